@@ -1,0 +1,54 @@
+# One command surface. `make run` and `make test` work on a fresh clone: both
+# depend on `install`, which creates .venv when it is missing.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint typecheck bench images compile docker-test clean help
+
+help:
+	@echo "make install   create $(VENV) and install semlayout with its dev extras"
+	@echo "make run       the training pipeline end to end under kfp.local -> outputs/latest/"
+	@echo "make test      the whole test suite (slow end-to-end tests included)"
+	@echo "make lint      ruff + mypy"
+	@echo "make bench     benchmarks: ratios against baselines measured in the same run"
+	@echo "make images    build the docker images (needs a Docker engine)"
+	@echo "make compile   compile the KFP pipelines to YAML in outputs/pipelines/"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m semlayout.run_local $(RUN_ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+images: install
+	bash docker/build.sh
+
+docker-test: install
+	bash docker/test.sh
+
+compile: install
+	$(BIN)/semlayout pipeline compile --out outputs/pipelines
+
+clean:
+	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

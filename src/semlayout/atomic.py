@@ -1,0 +1,60 @@
+"""Write outputs so that a failed run leaves nothing that looks finished.
+
+Everything is built in a hidden temporary sibling of the destination and moved
+into place with one rename when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder that replaces `dest` only if the block succeeds.
+
+    An existing `dest` is replaced only after the new content is complete;
+    on error the temporary folder is removed and `dest` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(dest)
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `dest` through a temporary file and a rename."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(dest, text.encode("utf-8"))

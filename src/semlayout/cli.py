@@ -1,0 +1,78 @@
+"""The `semlayout` command: one entry point that composes each area's commands.
+
+Each `semlayout.commands.*` module owns its commands and imports heavy
+libraries (torch, mlflow, kfp) inside the command bodies, so `semlayout --help`
+stays fast. A `SemlayoutError` (a user mistake) prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from semlayout.errors import SemlayoutError
+
+app = typer.Typer(
+    name="semlayout",
+    help="Bidirectional SEM <-> layout translation: data, training, registry, serving, monitoring.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported here, not at module top, so one broken area cannot hide the others' help.
+    import importlib
+
+    for module_name in (
+        "data", "align", "shard", "train", "model", "registry", "intake",
+        "serve", "monitor", "pipeline", "loop",
+    ):
+        try:
+            mod = importlib.import_module(f"semlayout.commands.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"semlayout.commands.{module_name}":
+                continue
+            raise
+        mod.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print the semlayout version."""
+    from semlayout import __version__
+
+    print(__version__)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except SemlayoutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # typer/click exits (e.g. --help) pass through
+        return int(exc.code or 0)
+    except Exception as err:  # click usage errors carry their own message
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            return err.exit_code
+        if isinstance(err, click.exceptions.Abort):
+            print("error: aborted", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

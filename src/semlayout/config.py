@@ -1,0 +1,156 @@
+"""Typed experiment configuration: what the networks, losses and training loop need.
+
+Configs are pydantic models with `extra="forbid"`, so a misspelt key is an
+error naming the key. A config is saved as `config.json` beside every
+checkpoint's weights; the checkpoint rebuilds its networks from it alone.
+Loading a config has no side effects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from semlayout.errors import SemlayoutError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class GeneratorConfig(_Strict):
+    """U-Net generator. Channels at depth k: min(base_filters * 2**k, max_filters)."""
+
+    image_size: int = Field(256, ge=16, description="square side the network sees (px)")
+    in_channels: int = Field(1, ge=1)
+    out_channels: int = Field(1, ge=1)
+    base_filters: int = Field(64, ge=1)
+    max_filters: int = Field(256, ge=1)
+    n_down: int = Field(5, ge=1, description="down-sampling steps; bottleneck = image_size / 2**n_down")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    dropout_blocks: int = Field(3, ge=0, description="early decoder blocks that use dropout")
+    norm: Literal["batch", "instance"] = "batch"
+    attention: bool = False
+    attention_resolutions: list[int] = Field(default_factory=lambda: [8, 16])
+
+    @model_validator(mode="after")
+    def _depth_fits_size(self) -> GeneratorConfig:
+        bottleneck = self.image_size / 2**self.n_down
+        if bottleneck < 2 or bottleneck != int(bottleneck):
+            raise ValueError(
+                f"n_down={self.n_down} does not fit image_size={self.image_size}: the bottleneck "
+                f"would be {bottleneck:g} px; it must be a whole number >= 2 "
+                f"(e.g. n_down=5 gives 8x8 at 256 px)"
+            )
+        return self
+
+
+class DiscriminatorConfig(_Strict):
+    """Conditional PatchGAN: input is cat(source, output)."""
+
+    in_channels: int = Field(2, ge=1)
+    base_filters: int = Field(64, ge=1)
+    n_layers: int = Field(3, ge=1, description="3 gives a 70x70 receptive field")
+    spectral_norm: bool = True
+    norm: Literal["batch", "instance", "none"] = "instance"
+
+
+class LossConfig(_Strict):
+    gan_mode: Literal["lsgan", "bce"] = "lsgan"
+    lambda_l1: float = Field(100.0, ge=0)
+    lambda_cycle: float = Field(10.0, ge=0)
+    lambda_fm: float = Field(10.0, ge=0, description="feature matching; 0 disables it")
+    lambda_identity: float = Field(0.0, ge=0)
+    real_label: float = Field(0.9, gt=0, le=1, description="label smoothing on real targets")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(100, ge=1)
+    decay_start_epoch: int = Field(50, ge=0, description="LR constant before, linear to 0 after")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    buffer_size: int = Field(50, ge=0, description="image pool for D; 0 disables it")
+    balanced_sampling: bool = False
+    augment: bool = True
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="stop early after this many steps")
+    channels_last: bool = False
+
+    @model_validator(mode="after")
+    def _decay_inside_run(self) -> TrainConfig:
+        if self.decay_start_epoch > self.epochs:
+            raise ValueError(
+                f"decay_start_epoch={self.decay_start_epoch} is after epochs={self.epochs}"
+            )
+        return self
+
+
+class ExperimentConfig(_Strict):
+    name: str = "semlayout"
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"{loc}: {e['msg']}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise SemlayoutError(f"invalid config {source}: expected a mapping, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise SemlayoutError(_format_validation_error(source, err)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Load a YAML or JSON experiment config; errors name the file and the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemlayoutError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SemlayoutError(f"config {path} is not valid YAML: {err}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """Return a copy with dotted-key overrides applied, e.g. {"train.epochs": 2}."""
+    data = cfg.to_dict()
+    for dotted, value in overrides.items():
+        node = data
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            if k not in node or not isinstance(node[k], dict):
+                raise SemlayoutError(f"unknown config key '{dotted}'")
+            node = node[k]
+        if keys[-1] not in node:
+            raise SemlayoutError(f"unknown config key '{dotted}'")
+        node[keys[-1]] = value
+    return config_from_dict(data, source="<overrides>")

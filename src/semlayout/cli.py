@@ -39,6 +39,11 @@ def _register() -> None:
         mod.register(app)
 
 
+@app.callback()
+def _root() -> None:
+    """Bidirectional SEM <-> layout translation: data, training, registry, serving, monitoring."""
+
+
 @app.command()
 def version() -> None:
     """Print the semlayout version."""
@@ -52,25 +57,20 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone mode: click prints usage errors itself and raises SystemExit
+        app(args=argv, standalone_mode=True)
     except SemlayoutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as exc:  # typer/click exits (e.g. --help) pass through
-        return int(exc.code or 0)
-    except Exception as err:  # click usage errors carry their own message
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
-            print("error: aborted", file=sys.stderr)
-            return 1
-        raise
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return int(code or 0)
+        print(code, file=sys.stderr)
+        return 1
     return 0
 
 

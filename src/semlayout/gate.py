@@ -1,0 +1,193 @@
+"""The promotion gate: is a candidate good enough to become the `challenger`?
+
+Judged per direction on one metric (SSIM by default), from the dict that
+`semlayout.evaluation.evaluate_model` returns (`metrics[direction]["ssim"]`):
+
+- training gate (`judge`): metric >= floor AND, when a champion exists,
+  metric >= champion - tolerance;
+- fine-tune gate (`judge_finetune`): better than the champion on the new
+  pairs' test split AND no more than `tolerance` worse on the original test shard.
+
+A gate fails closed: a missing or non-finite metric is a failing reason, not a pass.
+Every reason is a sentence with the numbers, so a release manager can read the
+verdict without opening the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from semlayout.errors import SemlayoutError
+
+DIRECTIONS = ("sem2layout", "layout2sem")
+
+
+class GateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    floors: dict[str, float] = Field(
+        description="per direction: the lowest acceptable metric value (set from measured baselines)"
+    )
+    tolerance: float = Field(0.01, ge=0, description="allowed loss against the champion")
+    metric: str = "ssim"
+    min_improvement: float = Field(
+        0.0, ge=0, description="fine-tune gate: required gain over the champion on the new pairs"
+    )
+
+    @field_validator("floors")
+    @classmethod
+    def _known_directions(cls, floors: dict[str, float]) -> dict[str, float]:
+        if not floors:
+            raise ValueError("floors must name at least one direction")
+        unknown = sorted(set(floors) - set(DIRECTIONS))
+        if unknown:
+            raise ValueError(f"unknown direction(s) {unknown}; expected {list(DIRECTIONS)}")
+        return floors
+
+
+def gate_config(**kwargs: Any) -> GateConfig:
+    """Build a `GateConfig`, turning validation errors into a one-line `SemlayoutError`."""
+    try:
+        return GateConfig(**kwargs)
+    except ValidationError as err:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise SemlayoutError(f"invalid gate config: {msgs}") from None
+
+
+class GateResult(BaseModel):
+    passed: bool
+    reasons: list[str]
+    judged: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GateResult:
+        return cls.model_validate(json.loads(text))
+
+
+def _value(metrics: dict[str, Any] | None, direction: str, metric: str) -> float | None:
+    """metrics[direction][metric] as a finite float, or None when absent / NaN / not a number."""
+    if not metrics:
+        return None
+    block = metrics.get(direction)
+    if not isinstance(block, dict):
+        return None
+    v = block.get(metric)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _ceiling_note(metrics: dict[str, Any], direction: str, metric: str) -> str:
+    # layout->SEM against a noisy SEM is capped by SSIM(clean, noisy); state it beside the score.
+    block = metrics.get(direction)
+    ceiling = block.get("ceiling") if isinstance(block, dict) else None
+    if isinstance(ceiling, dict) and isinstance(ceiling.get(metric), numbers.Real):
+        return f" (ceiling for this data: {float(ceiling[metric]):.4f})"
+    return ""
+
+
+def judge(
+    metrics: dict[str, Any], champion_metrics: dict[str, Any] | None, cfg: GateConfig
+) -> GateResult:
+    """Per direction: metric >= floor AND (no champion OR metric >= champion - tolerance)."""
+    m, tol = cfg.metric, cfg.tolerance
+    reasons: list[str] = []
+    judged: dict[str, Any] = {"kind": "train", "metric": m, "tolerance": tol}
+    all_ok = True
+    for direction, floor in cfg.floors.items():
+        value = _value(metrics, direction, m)
+        champ = _value(champion_metrics, direction, m)
+        entry: dict[str, Any] = {"value": value, "floor": floor, "champion": champ}
+        if value is None:
+            ok = False
+            reasons.append(f"{direction}: no finite {m} in the candidate's metrics, so the gate fails.")
+        else:
+            note = _ceiling_note(metrics, direction, m)
+            floor_ok = value >= floor
+            reasons.append(
+                f"{direction}: {m} {value:.4f} is {'at or above' if floor_ok else 'below'} "
+                f"the floor {floor:.4f}{note}."
+            )
+            champ_ok = True
+            if champ is not None:
+                needed = champ - tol
+                champ_ok = value >= needed
+                reasons.append(
+                    f"{direction}: {m} {value:.4f} vs champion {champ:.4f} "
+                    f"({value - champ:+.4f}; tolerance {tol:.4f}, so at least {needed:.4f} is needed): "
+                    f"{'kept' if champ_ok else 'worse than the champion'}."
+                )
+            elif champion_metrics is not None:
+                reasons.append(f"{direction}: the champion has no {m} for this direction; judged on the floor only.")
+            ok = floor_ok and champ_ok
+        entry["passed"] = ok
+        judged[direction] = entry
+        all_ok = all_ok and ok
+    reasons.append("Gate passed." if all_ok else "Gate failed.")
+    return GateResult(passed=all_ok, reasons=reasons, judged=judged)
+
+
+def judge_finetune(
+    new_metrics: dict[str, Any],
+    new_baseline_metrics: dict[str, Any],
+    orig_metrics: dict[str, Any],
+    orig_champion_metrics: dict[str, Any],
+    cfg: GateConfig,
+) -> GateResult:
+    """A fine-tuned model passes when, for every direction in `cfg.floors`:
+
+    - on the new pairs' test split it beats the champion by more than `min_improvement`
+      (`new_metrics` vs `new_baseline_metrics`, the champion evaluated on the same split), and
+    - on the original test shard it loses no more than `tolerance` against the champion
+      (`orig_metrics` vs `orig_champion_metrics`) and stays at or above the floor.
+    """
+    m, tol, gain = cfg.metric, cfg.tolerance, cfg.min_improvement
+    reasons: list[str] = []
+    judged: dict[str, Any] = {"kind": "finetune", "metric": m, "tolerance": tol, "min_improvement": gain}
+    all_ok = True
+    for direction, floor in cfg.floors.items():
+        new = _value(new_metrics, direction, m)
+        base = _value(new_baseline_metrics, direction, m)
+        orig = _value(orig_metrics, direction, m)
+        champ = _value(orig_champion_metrics, direction, m)
+        entry: dict[str, Any] = {
+            "new": new, "new_champion": base, "orig": orig, "orig_champion": champ, "floor": floor,
+        }
+        missing = [n for n, v in (("new pairs (candidate)", new), ("new pairs (champion)", base),
+                                  ("original shard (candidate)", orig),
+                                  ("original shard (champion)", champ)) if v is None]
+        if missing:
+            ok = False
+            reasons.append(f"{direction}: no finite {m} for {', '.join(missing)}, so the gate fails.")
+        else:
+            assert new is not None and base is not None and orig is not None and champ is not None
+            improved = new - base > gain
+            reasons.append(
+                f"{direction}: on the new pairs {m} {new:.4f} vs champion {base:.4f} "
+                f"({new - base:+.4f}; more than {gain:+.4f} needed): "
+                f"{'improved' if improved else 'no improvement'}."
+            )
+            kept = orig >= champ - tol
+            reasons.append(
+                f"{direction}: on the original test shard {m} {orig:.4f} vs champion {champ:.4f} "
+                f"({orig - champ:+.4f}; tolerance {tol:.4f}): "
+                f"{'kept' if kept else 'lost too much'}."
+            )
+            floor_ok = orig >= floor
+            if not floor_ok:
+                reasons.append(f"{direction}: {m} {orig:.4f} on the original test shard is below the floor {floor:.4f}.")
+            ok = improved and kept and floor_ok
+        entry["passed"] = ok
+        judged[direction] = entry
+        all_ok = all_ok and ok
+    reasons.append("Fine-tune gate passed." if all_ok else "Fine-tune gate failed.")
+    return GateResult(passed=all_ok, reasons=reasons, judged=judged)

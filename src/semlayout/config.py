@@ -46,6 +46,15 @@ class GeneratorConfig(_Strict):
                 f"would be {bottleneck:g} px; it must be a whole number >= 2 "
                 f"(e.g. n_down=5 gives 8x8 at 256 px)"
             )
+        if self.attention:
+            # decoder resolutions: the bottleneck up to half the image size
+            valid = [self.image_size // 2**j for j in range(self.n_down, 0, -1)]
+            bad = [r for r in self.attention_resolutions if r not in valid]
+            if bad:
+                raise ValueError(
+                    f"attention_resolutions {bad} are not decoder resolutions for "
+                    f"image_size={self.image_size}, n_down={self.n_down}; expected some of {valid}"
+                )
         return self
 
 
@@ -84,6 +93,10 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps")
     channels_last: bool = False
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
+    keep_checkpoints: int = Field(3, ge=1, description="step checkpoints kept in RUN/checkpoints")
+    val_samples: int = Field(32, ge=0, description="val images scored after each epoch; 0 skips")
+    sample_images: int = Field(4, ge=0, description="val images in the per-epoch sample grid")
 
     @model_validator(mode="after")
     def _decay_inside_run(self) -> TrainConfig:

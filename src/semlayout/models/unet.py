@@ -1,0 +1,116 @@
+"""U-Net generator (pix2pix, Isola et al. 2017), built from a typed config.
+
+Encoder: `n_down` blocks of Conv 4x4 stride 2 (LeakyReLU 0.2 before each but the
+first, norm after each but the outermost and the innermost), channels at depth k
+`min(base_filters * 2**k, max_filters)`. Decoder: mirror image, ReLU +
+ConvTranspose 4x4 stride 2 + norm, dropout in the first `dropout_blocks`
+decoder blocks, each output concatenated with the encoder features of the same
+size (the skip), Tanh at the end so outputs are in [-1, 1] like the inputs.
+With `attention` on, a `SelfAttention2d` follows the decoder features at each
+resolution listed in `attention_resolutions` (the bottleneck counts as one).
+
+Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
+pix2pix — the loss weights (lambda_l1=100 ...) were tuned against that init.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from semlayout.config import GeneratorConfig
+from semlayout.models.attention import SelfAttention2d
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm '{kind}', expected batch, instance or none")
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """pix2pix init: conv weights ~ N(0, std), norm scales ~ N(1, std), biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+
+
+class UNetGenerator(nn.Module):
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.n_down
+        ch = [min(cfg.base_filters * 2**k, cfg.max_filters) for k in range(n)]
+        bias = cfg.norm != "batch"  # a bias right before BatchNorm is redundant
+
+        # encoder block k: (B, ch[k-1], S/2^k, ..) -> (B, ch[k], S/2^(k+1), ..)
+        self.down = nn.ModuleList()
+        for k in range(n):
+            layers: list[nn.Module] = []
+            if k > 0:
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+            c_in = cfg.in_channels if k == 0 else ch[k - 1]
+            outermost, innermost = k == 0, k == n - 1
+            layers.append(nn.Conv2d(c_in, ch[k], 4, 2, 1, bias=bias or outermost or innermost))
+            if not (outermost or innermost):
+                layers.append(norm_layer(cfg.norm, ch[k]))
+            self.down.append(nn.Sequential(*layers))
+
+        # decoder block j (j = n-1 .. 1): up to S/2^j, output ch[j-1], then cat with skip -> 2*ch[j-1]
+        self.up = nn.ModuleList()
+        for i, j in enumerate(range(n - 1, 0, -1)):
+            c_in = ch[j] if j == n - 1 else 2 * ch[j]
+            layers = [
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(c_in, ch[j - 1], 4, 2, 1, bias=bias),
+                norm_layer(cfg.norm, ch[j - 1]),
+            ]
+            if i < cfg.dropout_blocks and cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            self.up.append(nn.Sequential(*layers))
+        c_last = ch[0] if n == 1 else 2 * ch[0]
+        self.outermost = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c_last, cfg.out_channels, 4, 2, 1),
+            nn.Tanh(),
+        )
+
+        # attention keyed by resolution; the bottleneck is S / 2^n with ch[n-1] channels,
+        # decoder output j has resolution S / 2^j with 2*ch[j-1] channels (after the skip).
+        self.attention = nn.ModuleDict()
+        if cfg.attention:
+            channels_at = {cfg.image_size // 2**n: ch[n - 1]}
+            for j in range(n - 1, 0, -1):
+                channels_at[cfg.image_size // 2**j] = 2 * ch[j - 1]
+            for res in cfg.attention_resolutions:
+                if res not in channels_at:
+                    raise ValueError(
+                        f"attention resolution {res} is not a decoder resolution; "
+                        f"expected one of {sorted(channels_at)}"
+                    )
+                self.attention[str(res)] = SelfAttention2d(channels_at[res])
+
+        init_weights(self)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        key = str(x.shape[-1])
+        return self.attention[key](x) if key in self.attention else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        x = self._attend(skips.pop())  # bottleneck (B, ch[n-1], S/2^n, S/2^n)
+        for block in self.up:
+            x = self._attend(torch.cat([block(x), skips.pop()], dim=1))
+        return self.outermost(x)  # (B, out_channels, S, S) in [-1, 1]

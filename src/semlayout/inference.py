@@ -1,0 +1,294 @@
+"""Translate images with a trained checkpoint: eager PyTorch or ONNX Runtime.
+
+```python
+tr = Translator.load("runs/x/final")                       # or "models:/semlayout@champion"
+layouts = tr.translate("sem2layout", [sem_u8, ...], binarize=True)
+```
+Per image: (H, W) uint8 -> cv2 INTER_AREA resize to the model's square size S ->
+[-1, 1] (`x / 127.5 - 1`) -> batched generator forward (eval mode, no autograd) ->
+Tanh output resized back to (H, W) with INTER_LINEAR -> uint8 (or {0, 255} with
+`binarize=True`, threshold at the middle of the range). Directions:
+`sem2layout` = G_A, `layout2sem` = G_B.
+
+ONNX: uses `CKPT/<direction>.onnx` when present. Otherwise it exports: into the
+checkpoint folder itself when that folder was given locally, and into a cache
+folder (keyed by the weights' hash) when it came from the registry, so a
+downloaded artifact folder is never modified.
+
+Thread safety: `translate` keeps no per-call state on the object, eager forwards
+run in eval mode under `torch.inference_mode()`, and ONNX Runtime sessions
+allow concurrent `run` calls, so one Translator serves a thread pool. Pass
+`num_threads` to bound intra-op threads (the server shares few cores between
+concurrent requests; the default leaves torch / ORT at their defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semlayout.errors import SemlayoutError
+
+DIRECTIONS = ("sem2layout", "layout2sem")
+BACKENDS = ("eager", "onnx")
+NET_FOR_DIRECTION = {"sem2layout": "G_A", "layout2sem": "G_B"}
+
+# (B, 1, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise SemlayoutError(f"unknown direction '{direction}': expected one of {', '.join(DIRECTIONS)}")
+    return direction
+
+
+def check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Refuse an empty list and anything that is not a non-empty (H, W) uint8 array."""
+    if isinstance(images, np.ndarray):
+        raise SemlayoutError("images must be a list of (H, W) uint8 arrays, got a single array")
+    images = list(images)
+    if not images:
+        raise SemlayoutError("no images to translate: expected a non-empty list of (H, W) uint8 arrays")
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray):
+            raise SemlayoutError(f"image {i}: expected a numpy array, got {type(img).__name__}")
+        if img.dtype != np.uint8:
+            raise SemlayoutError(f"image {i}: expected dtype uint8 (8-bit grayscale), got {img.dtype}")
+        if img.ndim != 2:
+            raise SemlayoutError(f"image {i}: expected an (H, W) grayscale array, got shape {img.shape}")
+        if img.shape[0] < 1 or img.shape[1] < 1:
+            raise SemlayoutError(f"image {i}: empty image of shape {img.shape}")
+    return images
+
+
+def resolve_model_path(model: str | os.PathLike[str], tracking_uri: str | None = None) -> tuple[Path, bool]:
+    """(local checkpoint folder, came_from_registry). `models:/...` goes through the registry."""
+    text = str(model)
+    if text.startswith("models:/"):
+        from semlayout.registry import resolve_model_uri  # lazy: mlflow is heavy
+
+        return Path(resolve_model_uri(text, tracking_uri)), True
+    return Path(model), False
+
+
+def _weights_digest(ckpt: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("weights.safetensors", "config.json"):
+        with open(ckpt / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SEMLAYOUT_CACHE_DIR")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
+    return base / "onnx"
+
+
+def export_generator_onnx(net: Any, dest: Path, image_size: int) -> Path:
+    """Export one generator to ONNX with a dynamic batch axis, atomically (temp file + rename)."""
+    import torch
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    example = torch.zeros(2, 1, image_size, image_size)
+    net = net.eval()
+    try:
+        with warnings.catch_warnings():
+            # the tracer warns about Python-side shape checks; ONNX is checked against eager in tests
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net, (example,), str(tmp), input_names=["input"], output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                opset_version=18, dynamo=False,
+            )
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def _onnx_files(ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[str, Any], size: int) -> dict[str, Path]:
+    """Where each direction's ONNX file is; export the missing ones (see module docstring)."""
+    found = {d: ckpt / f"{d}.onnx" for d in DIRECTIONS}
+    if all(p.is_file() for p in found.values()):
+        return found
+    if not registry and os.access(ckpt, os.W_OK):
+        target = ckpt
+    else:
+        target = (cache_dir or default_cache_dir()) / _weights_digest(ckpt)
+        cached = {d: target / f"{d}.onnx" for d in DIRECTIONS}
+        if all(p.is_file() for p in cached.values()):
+            return cached
+    target.mkdir(parents=True, exist_ok=True)
+    if target != ckpt:
+        # export_onnx (the trainer's) writes into a checkpoint folder: give it a private copy.
+        for name in ("config.json", "weights.safetensors"):
+            if not (target / name).is_file():
+                shutil.copyfile(ckpt / name, target / name)
+    try:
+        from semlayout.train.export import export_onnx
+    except ImportError:
+        export_onnx = None
+    if export_onnx is not None:
+        export_onnx(target)
+    out = {}
+    for d in DIRECTIONS:
+        p = target / f"{d}.onnx"
+        if not p.is_file():
+            export_generator_onnx(nets[NET_FOR_DIRECTION[d]], p, size)
+        out[d] = p
+    return out
+
+
+class Translator:
+    """A loaded model that translates uint8 images in either direction (see module docstring)."""
+
+    def __init__(
+        self,
+        runners: dict[str, Runner],
+        config: Any,
+        image_size: int,
+        source: str,
+        backend: str,
+        info: dict[str, Any] | None = None,
+    ):
+        self._runners = runners
+        self.config = config
+        self.image_size = int(image_size)
+        self.source = source
+        self.backend = backend
+        self.info: dict[str, Any] = dict(info or {})
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str],
+        backend: str = "eager",
+        tracking_uri: str | None = None,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> Translator:
+        """Load a checkpoint folder or a `models:/NAME@ALIAS` / `models:/NAME/VERSION` URI."""
+        if backend not in BACKENDS:
+            raise SemlayoutError(f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}")
+        import torch
+
+        from semlayout.train.checkpoint import load_checkpoint
+
+        if num_threads is not None:
+            torch.set_num_threads(max(1, int(num_threads)))
+        ckpt, registry = resolve_model_path(model, tracking_uri)
+        dev = torch.device(device)
+        cfg, nets, meta = load_checkpoint(ckpt, map_location=dev)
+        size = cfg.generator.image_size
+        info = {
+            "source": str(model), "path": str(ckpt), "backend": backend, "image_size": size,
+            "name": cfg.name, "step": meta.get("step"), "epoch": meta.get("epoch"),
+            "created": meta.get("created"), "from_registry": registry,
+        }
+        if backend == "eager":
+            runners = {d: _eager_runner(nets[NET_FOR_DIRECTION[d]].eval(), dev) for d in DIRECTIONS}
+        else:
+            if dev.type != "cpu":
+                raise SemlayoutError(f"the onnx backend runs on cpu here, got device '{device}'")
+            files = _onnx_files(ckpt, registry, Path(cache_dir) if cache_dir else None, nets, size)
+            runners = {d: _onnx_runner(files[d], num_threads) for d in DIRECTIONS}
+            info["onnx"] = {d: str(p) for d, p in files.items()}
+        return cls(runners, cfg, size, str(model), backend, info)
+
+    # ------------------------------------------------------------ inference
+    def run_batch(self, direction: str, batch: np.ndarray) -> np.ndarray:
+        """Raw network call: (B, 1, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]."""
+        check_direction(direction)
+        s = self.image_size
+        if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
+            raise SemlayoutError(f"expected a (B, 1, {s}, {s}) batch, got shape {batch.shape}")
+        return self._runners[direction](np.ascontiguousarray(batch, dtype=np.float32))
+
+    def preprocess(self, img: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 -> (S, S) float32 in [-1, 1]."""
+        import cv2
+
+        s = self.image_size
+        if img.shape != (s, s):
+            img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+        return img.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+    @staticmethod
+    def postprocess(out: np.ndarray, shape: tuple[int, int], binarize: bool = False) -> np.ndarray:
+        """(S, S) float32 in [-1, 1] -> (H, W) uint8; with `binarize`, {0, 255} at threshold 0."""
+        import cv2
+
+        if out.shape != shape:
+            out = cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        if binarize:
+            return np.where(out > 0, 255, 0).astype(np.uint8)
+        return np.clip(np.rint((out + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+    def translate(
+        self,
+        direction: str,
+        images: Sequence[np.ndarray],
+        binarize: bool = False,
+        batch_size: int = 16,
+    ) -> list[np.ndarray]:
+        """Translate (H, W) uint8 images; each output has the size of its input.
+
+        `binarize` (sem2layout only) returns layouts with values {0, 255}.
+        """
+        check_direction(direction)
+        images = check_images(images)
+        if binarize and direction != "sem2layout":
+            raise SemlayoutError("binarize applies to sem2layout only (layouts are binary, SEMs are not)")
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), max(1, batch_size)):
+            chunk = images[start:start + batch_size]
+            batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
+            pred = self.run_batch(direction, batch)[:, 0]  # (B, S, S)
+            out.extend(self.postprocess(p, im.shape, binarize) for p, im in zip(pred, chunk, strict=True))
+        return out
+
+
+def _eager_runner(net: Any, device: Any) -> Runner:
+    import torch
+
+    net.eval()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(device)
+            return net(x).float().cpu().numpy()
+
+    return run
+
+
+def _onnx_runner(path: Path, num_threads: int | None) -> Runner:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if num_threads is not None:
+        opts.intra_op_num_threads = max(1, int(num_threads))
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own error types for a corrupt model
+        raise SemlayoutError(f"{path}: not a loadable ONNX model: {err}") from None
+    name = sess.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(None, {name: batch})[0], dtype=np.float32)
+
+    return run

@@ -1,0 +1,126 @@
+"""Translator: the resize/normalise pipeline, eager vs direct forward, ONNX vs eager, errors, threads."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers_eval import make_tiny_checkpoint
+
+from semlayout.errors import SemlayoutError
+from semlayout.inference import DIRECTIONS, Translator, _onnx_files
+from semlayout.train.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("inf") / "ckpt")
+
+
+def _identity_translator(size: int) -> Translator:
+    runners = {d: (lambda b: b.copy()) for d in DIRECTIONS}
+    return Translator(runners, config=None, image_size=size, source="identity", backend="test")
+
+
+def test_pipeline_round_trips_at_model_size_and_matches_cv2_when_resized():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 32)).astype(np.uint8)
+    tr = _identity_translator(32)
+    assert np.array_equal(tr.translate("layout2sem", [img])[0], img)  # x/127.5-1 and back is exact
+    big = rng.integers(0, 256, (50, 70)).astype(np.uint8)
+    down = cv2.resize(big, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1
+    up = cv2.resize(down, (70, 50), interpolation=cv2.INTER_LINEAR)
+    expected = np.clip(np.rint((up + 1) * 127.5), 0, 255).astype(np.uint8)
+    out = tr.translate("layout2sem", [big])[0]
+    assert out.shape == (50, 70) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    binary = tr.translate("sem2layout", [big], binarize=True)[0]
+    assert set(np.unique(binary)) <= {0, 255}
+    assert np.array_equal(binary, np.where(up > 0, 255, 0).astype(np.uint8))
+
+
+def test_eager_matches_a_direct_forward_of_the_generators(ckpt):
+    tr = Translator.load(ckpt)
+    assert tr.image_size == 32 and tr.backend == "eager" and tr.info["step"] == 3
+    _, nets, _ = load_checkpoint(ckpt)
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (32, 32)).astype(np.uint8) for _ in range(5)]
+    x = torch.from_numpy(np.stack(imgs)[:, None].astype(np.float32) / 127.5 - 1)
+    for direction, net in (("sem2layout", "G_A"), ("layout2sem", "G_B")):
+        with torch.no_grad():
+            ref = nets[net].eval()(x)[:, 0].numpy()
+        ref_u8 = np.clip(np.rint((ref + 1) * 127.5), 0, 255).astype(np.uint8)
+        got = tr.translate(direction, imgs, batch_size=2)  # batching must not change results
+        assert len(got) == 5
+        for g, r in zip(got, ref_u8, strict=True):
+            assert np.abs(g.astype(int) - r.astype(int)).max() <= 1
+    # the two directions use different generators
+    assert not np.array_equal(tr.translate("sem2layout", imgs[:1])[0], tr.translate("layout2sem", imgs[:1])[0])
+
+
+def test_onnx_matches_eager_and_exports_into_the_local_checkpoint(ckpt):
+    eager = Translator.load(ckpt)
+    onnx = Translator.load(ckpt, backend="onnx")
+    for d in DIRECTIONS:
+        assert (ckpt / f"{d}.onnx").is_file()
+    rng = np.random.default_rng(2)
+    batch = rng.uniform(-1, 1, (3, 1, 32, 32)).astype(np.float32)
+    for d in DIRECTIONS:
+        np.testing.assert_allclose(onnx.run_batch(d, batch), eager.run_batch(d, batch), atol=1e-4)
+        # dynamic batch axis: batch 1 and 5 work too
+        assert onnx.run_batch(d, batch[:1]).shape == (1, 1, 32, 32)
+    imgs = [rng.integers(0, 256, (40, 29)).astype(np.uint8) for _ in range(5)]
+    for d in DIRECTIONS:
+        for a, b in zip(onnx.translate(d, imgs), eager.translate(d, imgs), strict=True):
+            assert a.shape == (40, 29) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_onnx_for_a_registry_folder_goes_to_the_cache_and_leaves_the_folder_alone(tmp_path):
+    ckpt = make_tiny_checkpoint(tmp_path / "downloaded", seed=5)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt.iterdir()}
+    _, nets, _ = load_checkpoint(ckpt)
+    files = _onnx_files(ckpt, registry=True, cache_dir=tmp_path / "cache", nets=nets, size=32)
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt.iterdir()}
+    assert before == after
+    for d in DIRECTIONS:
+        assert files[d].is_file() and (tmp_path / "cache") in files[d].parents
+    # second call reuses the cached export
+    stamp = files["sem2layout"].stat().st_mtime_ns
+    again = _onnx_files(ckpt, registry=True, cache_dir=tmp_path / "cache", nets=nets, size=32)
+    assert again["sem2layout"].stat().st_mtime_ns == stamp
+
+
+def test_user_errors(ckpt, tmp_path):
+    tr = Translator.load(ckpt)
+    img = np.zeros((32, 32), np.uint8)
+    with pytest.raises(SemlayoutError, match="unknown direction 'sem2sem'"):
+        tr.translate("sem2sem", [img])
+    with pytest.raises(SemlayoutError, match="uint16"):
+        tr.translate("sem2layout", [img.astype(np.uint16)])
+    with pytest.raises(SemlayoutError, match=r"shape \(32, 32, 3\)"):
+        tr.translate("sem2layout", [np.zeros((32, 32, 3), np.uint8)])
+    with pytest.raises(SemlayoutError, match="non-empty list"):
+        tr.translate("sem2layout", [])
+    with pytest.raises(SemlayoutError, match="binarize"):
+        tr.translate("layout2sem", [img], binarize=True)
+    with pytest.raises(SemlayoutError, match="unknown backend 'tensorrt'"):
+        Translator.load(ckpt, backend="tensorrt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SemlayoutError, match="not a checkpoint"):
+        Translator.load(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_concurrent_calls_give_the_sequential_results(ckpt, backend):
+    tr = Translator.load(ckpt, backend=backend)
+    rng = np.random.default_rng(3)
+    jobs = [(DIRECTIONS[i % 2], [rng.integers(0, 256, (32 + i, 30)).astype(np.uint8)]) for i in range(16)]
+    sequential = [tr.translate(d, imgs)[0] for d, imgs in jobs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        concurrent = list(pool.map(lambda job: tr.translate(job[0], job[1])[0], jobs))
+    for a, b in zip(sequential, concurrent, strict=True):
+        assert np.array_equal(a, b)

@@ -1,0 +1,69 @@
+"""Step 5: evaluate on the test shard, judge the promotion gate, publish metrics and the HTML report.
+
+The gate per direction: SSIM >= an absolute floor and >= the current champion's SSIM
+on the SAME test shard minus a tolerance (no champion yet: the floor only). A failed
+gate is an outcome, not an error: the step succeeds and says why.
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate(
+    model: Input[Model],
+    shards: Input[Dataset],
+    mlflow_uri: str,
+    model_name: str,
+    floor_sem2layout: float,
+    floor_layout2sem: float,
+    tolerance: float,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    evaluation: Output[Artifact],
+) -> NamedTuple("Outputs", [("gate_passed", bool), ("gate_reasons", str)]):
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.common import Stopwatch, read_json, write_json
+    from semlayout.evaluation import evaluate_model
+    from semlayout.gate import gate_config, judge
+    from semlayout.report import write_report_html
+
+    with Stopwatch() as sw:
+        result = evaluate_model(Path(model.path), Path(shards.path), split="test")
+        samples = result.pop("samples", [])
+        champion, champion_version = None, None
+        if mlflow_uri and model_name:
+            from semlayout import registry
+
+            champion_version = registry.champion_version(mlflow_uri, model_name)
+            if champion_version is not None:
+                # the champion judged on this run's test shard, not on the numbers it was promoted with
+                champ_dir = registry.resolve_model_uri(f"models:/{model_name}@champion", mlflow_uri)
+                champion = evaluate_model(champ_dir, Path(shards.path), split="test")
+                champion.pop("samples", None)
+        cfg = gate_config(floors={"sem2layout": floor_sem2layout, "layout2sem": floor_layout2sem},
+                          tolerance=tolerance)
+        gate = judge(result, champion, cfg)
+    history = Path(model.path) / "history.json"
+    curves = read_json(history) if history.is_file() else None
+    write_report_html(Path(report.path), result, samples, curves=curves, gate=gate)
+    for direction in ("sem2layout", "layout2sem"):
+        for key, value in result[direction].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                metrics.log_metric(f"{direction}_{key}", float(value))
+        ceiling = result[direction].get("ceiling", {})
+        if "ssim" in ceiling:
+            metrics.log_metric(f"{direction}_ssim_ceiling", float(ceiling["ssim"]))
+    write_json(evaluation.path, {"metrics": result, "champion_metrics": champion,
+                                 "champion_version": champion_version, "gate": json.loads(gate.to_json()),
+                                 "gate_config": cfg.model_dump()})
+    evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})
+    return namedtuple("Outputs", ["gate_passed", "gate_reasons"])(gate.passed, json.dumps(gate.reasons))

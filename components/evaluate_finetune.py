@@ -1,0 +1,65 @@
+"""Judge a fine-tuned model: better on the new pairs, not worse on the original test shard.
+
+The champion is evaluated on the same two splits, so the comparison is like for like
+(`semlayout.gate.judge_finetune`).
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate_finetune(
+    model: Input[Model],
+    new_shards: Input[Dataset],
+    original_shards: Input[Dataset],
+    mlflow_uri: str,
+    model_name: str,
+    base_model: str,
+    floor_sem2layout: float,
+    floor_layout2sem: float,
+    tolerance: float,
+    min_improvement: float,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    evaluation: Output[Artifact],
+) -> NamedTuple("Outputs", [("gate_passed", bool), ("gate_reasons", str)]):
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.common import Stopwatch, read_json, write_json
+    from semlayout.evaluation import evaluate_model
+    from semlayout.gate import gate_config, judge_finetune
+    from semlayout.registry import resolve_model_uri
+    from semlayout.report import write_report_html
+
+    champ = Path(resolve_model_uri(base_model or f"models:/{model_name}@champion", mlflow_uri or None))
+    with Stopwatch() as sw:
+        new = evaluate_model(Path(model.path), Path(new_shards.path), split="test")
+        samples = new.pop("samples", [])
+        new_champ = evaluate_model(champ, Path(new_shards.path), split="test")
+        orig = evaluate_model(Path(model.path), Path(original_shards.path), split="test")
+        orig_champ = evaluate_model(champ, Path(original_shards.path), split="test")
+        for m in (new_champ, orig, orig_champ):
+            m.pop("samples", None)
+        cfg = gate_config(floors={"sem2layout": floor_sem2layout, "layout2sem": floor_layout2sem},
+                          tolerance=tolerance, min_improvement=min_improvement)
+        gate = judge_finetune(new, new_champ, orig, orig_champ, cfg)
+    history = Path(model.path) / "history.json"
+    write_report_html(Path(report.path), new, samples, curves=read_json(history) if history.is_file() else None,
+                      gate=gate)
+    for tag, block in (("new", new), ("new_champion", new_champ), ("orig", orig), ("orig_champion", orig_champ)):
+        for direction in ("sem2layout", "layout2sem"):
+            for key in ("ssim", "l1", "psnr", "iou"):
+                if isinstance(block[direction].get(key), int | float):
+                    metrics.log_metric(f"{tag}_{direction}_{key}", float(block[direction][key]))
+    write_json(evaluation.path, {"metrics": new, "champion_metrics": new_champ, "original_metrics": orig,
+                                 "original_champion_metrics": orig_champ,
+                                 "gate": json.loads(gate.to_json()), "gate_config": cfg.model_dump()})
+    evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})
+    return namedtuple("Outputs", ["gate_passed", "gate_reasons"])(gate.passed, json.dumps(gate.reasons))

@@ -1,0 +1,37 @@
+"""Fine-tune the champion on reviewed pairs (+ replay): its weights, a low LR, a few epochs."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def finetune(shards: Input[Dataset], mlflow_uri: str, model_name: str, base_model: str, config: str,
+             overrides: str, model: Output[Model]):
+    """`base_model`: a checkpoint folder or models:/ URI; empty -> models:/<model_name>@champion."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from components.common import Stopwatch, load_experiment_config, read_json
+    from semlayout.registry import resolve_model_uri
+    from semlayout.train.loop import train as train_loop
+
+    source = base_model or f"models:/{model_name}@champion"
+    init_from = Path(resolve_model_uri(source, mlflow_uri or None))
+    # the architecture comes from the champion's own config; the run settings (lr, epochs) from ours
+    base_cfg = read_json(init_from / "config.json")["config"]
+    run_cfg = load_experiment_config(config, overrides)
+    from semlayout.config import config_from_dict
+
+    cfg = config_from_dict({**base_cfg, "train": run_cfg.train.model_dump(mode="json")}, source=source)
+    work = Path(tempfile.mkdtemp(prefix="semlayout-finetune-"))
+    with Stopwatch() as sw:
+        final = Path(train_loop(cfg, Path(shards.path), work / "run", init_from=init_from))
+    shutil.copytree(final, model.path, dirs_exist_ok=True)
+    if (work / "run" / "history.json").is_file():
+        shutil.copy2(work / "run" / "history.json", Path(model.path) / "history.json")
+    model.metadata.update({"base_model": source, "lr": cfg.train.lr, "epochs": cfg.train.epochs,
+                           "seconds": sw.seconds})
+    shutil.rmtree(work, ignore_errors=True)

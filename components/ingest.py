@@ -1,0 +1,49 @@
+"""Step 1: bring the pairs in — synthesise them, or fetch a pair folder by URI, and validate."""
+
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def ingest(data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset]):
+    """Empty `data_uri` -> `n_synth` synthetic pairs; else a pair folder, `s3://` folder or intake prefix."""
+    import shutil
+    from pathlib import Path
+
+    from components.common import Stopwatch, tree_sha256
+    from semlayout.data.pairs import read_manifest
+    from semlayout.errors import SemlayoutError
+
+    dest = Path(pairs.path)
+    with Stopwatch() as sw:
+        if not data_uri:
+            from semlayout.data.synth import synthesize
+
+            if n_synth < 1:
+                raise SemlayoutError(f"n_synth={n_synth}: expected >= 1 when no data URI is given")
+            synthesize(dest, n=n_synth, seed=seed)
+        elif data_uri.startswith("s3://"):
+            from semlayout.storage import open_store
+
+            if any(k.startswith("batches/") for k in open_store(data_uri).list("batches/")):
+                from semlayout.intake import download_batches
+
+                download_batches(data_uri, dest)
+            else:
+                from semlayout.storage import fetch_to_local
+
+                fetch_to_local(data_uri, dest)
+        else:
+            from semlayout.storage import fetch_to_local
+
+            src = fetch_to_local(data_uri, dest)
+            read_manifest(src)  # refuse a non-pair folder before copying anything
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+        records = read_manifest(dest)
+        if not records:
+            raise SemlayoutError(f"data set {data_uri or '(synthetic)'} has no pairs: manifest.csv is empty")
+    pairs.metadata.update({"n_pairs": len(records), "source": data_uri or f"synth:n={n_synth},seed={seed}",
+                           "content_sha256": tree_sha256(dest), "seconds": sw.seconds})

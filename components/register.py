@@ -1,0 +1,31 @@
+"""Step 7 (only when the gate passed): register the run's model as a new version, alias `challenger`.
+
+Promotion to `champion` is the release manager's decision (`semlayout registry approve`).
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def register(
+    evaluation: Input[Artifact], run_id: str, lineage: str, mlflow_uri: str, model_name: str,
+) -> NamedTuple("Outputs", [("version", str), ("model_uri", str)]):
+    import json
+    from collections import namedtuple
+
+    from components.common import read_json
+    from semlayout.gate import GateResult
+    from semlayout.registry import register_version
+
+    ev = read_json(evaluation.path)
+    gate = GateResult.model_validate(ev["gate"])
+    version = register_version(mlflow_uri, model_name, run_id, gate, json.loads(lineage))
+    uri = f"models:/{model_name}/{version}"
+    print(f"registered {uri} (alias challenger: {gate.passed})")
+    return namedtuple("Outputs", ["version", "model_uri"])(str(version), uri)

@@ -1,0 +1,20 @@
+"""Step 3: stratified train/val/test shards and the drift reference statistics."""
+
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def shard(aligned: Input[Dataset], val: float, test: float, seed: int, shards: Output[Dataset]):
+    from pathlib import Path
+
+    from components.common import Stopwatch
+    from semlayout.data.shards import write_shards
+
+    with Stopwatch() as sw:
+        index = write_shards(Path(aligned.path), Path(shards.path), val=val, test=test, seed=seed)
+    shards.metadata.update({"splits": {k: v["n"] for k, v in index["splits"].items()},
+                            "families": index.get("families", []), "seconds": sw.seconds})

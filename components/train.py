@@ -1,0 +1,47 @@
+"""Step 4: train both generators (G_A SEM->layout, G_B layout->SEM) and their discriminators.
+
+One process on the CPU or one GPU; with `gpus > 1` the same training runs under
+`torchrun --standalone --nproc-per-node=gpus` (DDP inside the task; multi-node
+training is the Kubeflow Trainer `TrainJob` in k8s/).
+"""
+
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model: Output[Model]):
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from components.common import Stopwatch, load_experiment_config, read_json
+
+    cfg = load_experiment_config(config, overrides)
+    work = Path(tempfile.mkdtemp(prefix="semlayout-train-"))
+    with Stopwatch() as sw:
+        if gpus > 1:
+            cfg_file = work / "config.json"
+            cfg.save_json(cfg_file)
+            cmd = ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", "semlayout.cli",
+                   "train", "--config", str(cfg_file), "--data", shards.path, "--out", str(work / "run")]
+            subprocess.run(cmd, check=True, stdout=sys.stdout, stderr=sys.stderr)
+            final = work / "run" / "final"
+        else:
+            from semlayout.train.loop import train as train_loop
+
+            final = Path(train_loop(cfg, Path(shards.path), work / "run"))
+    # the artifact is the checkpoint folder (weights + config.json [+ onnx]) and the loss curves
+    shutil.copytree(final, model.path, dirs_exist_ok=True)
+    history = work / "run" / "history.json"
+    if history.is_file():
+        shutil.copy2(history, Path(model.path) / "history.json")
+    meta = read_json(Path(model.path) / "config.json")
+    model.metadata.update({"config": config, "step": meta.get("step"), "epoch": meta.get("epoch"),
+                           "gpus": gpus, "seconds": sw.seconds})
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,59 @@
+"""Compile the pipelines to KFP IR YAML for the cluster: one file per pipeline.
+
+    semlayout pipeline compile --out DIR [--image IMG] [--gpus N] [--node-selector K=V] ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from semlayout.errors import SemlayoutError
+
+PIPELINES = ("training", "finetune")
+
+
+def build(name: str, settings: Any = None) -> Any:
+    if name == "training":
+        from pipelines.training import build_training_pipeline
+
+        return build_training_pipeline(settings)
+    if name == "finetune":
+        from pipelines.finetune import build_finetune_pipeline
+
+        return build_finetune_pipeline(settings)
+    raise SemlayoutError(f"unknown pipeline '{name}': expected one of {list(PIPELINES)}")
+
+
+def _set_image(image: str | None) -> None:
+    """Components read SEMLAYOUT_IMAGE when first imported: set it and forget those imports."""
+    if not image:
+        return
+    import sys
+
+    os.environ["SEMLAYOUT_IMAGE"] = image
+    for mod in list(sys.modules):
+        if mod.startswith("components.") or mod in ("pipelines.training", "pipelines.finetune"):
+            del sys.modules[mod]
+
+
+def compile_pipelines(out_dir: str | Path, names: tuple[str, ...] = PIPELINES, image: str | None = None,
+                      settings: Any = None) -> dict[str, Path]:
+    """Write `<out_dir>/<name>.yaml` for each pipeline; returns the paths."""
+    from kfp import compiler
+
+    from pipelines.cluster import ClusterSettings
+
+    _set_image(image)
+    settings = settings or ClusterSettings.from_env()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in names:
+        path = out / f"{name}.yaml"
+        tmp = out / f".{name}.tmp.yaml"
+        compiler.Compiler().compile(build(name, settings), str(tmp))
+        os.replace(tmp, path)
+        written[name] = path
+    return written

@@ -1,0 +1,90 @@
+"""The fine-tune pipeline: reviewed pairs + a replay sample -> fine-tune the champion -> judge -> register.
+
+```
+drift_check -> dsl.If(proceed):
+  ingest(reviewed) -> align_qc -> shard (new pairs: train/val/test)
+  ingest(original) -> align_qc -> shard (original: the test shard for the forgetting check)
+  shard_mix(new train + replay sample of original train) -> finetune(from the champion)
+  evaluate_finetune(new test split, original test shard; champion on both) -> track
+  dsl.If(gate passed) -> register (alias "challenger")
+```
+"""
+
+from kfp import dsl
+
+from components.align_qc import align_qc
+from components.drift_check import drift_check
+from components.evaluate_finetune import evaluate_finetune
+from components.finetune import finetune
+from components.gate_failed import gate_failed
+from components.ingest import ingest
+from components.register import register
+from components.shard import shard
+from components.shard_mix import shard_mix
+from components.track import track
+from pipelines.cluster import ClusterSettings, on_cpu_pool, on_gpu_pool, with_mlflow, with_s3
+from pipelines.training import DEFAULT_FLOORS
+
+PIPELINE_NAME = "semlayout-finetune"
+# low LR, few epochs: adapt, do not forget
+DEFAULT_FINETUNE_OVERRIDES = '{"train.lr": 5e-05, "train.epochs": 3, "train.decay_start_epoch": 1}'
+
+def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa: ANN201 - GraphComponent
+    s = settings or ClusterSettings.from_env()
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="fine-tune the champion on reviewed pairs with replay")
+    def finetune_pipeline(
+        reviewed_uri: str,
+        original_data_uri: str = "",
+        n_synth: int = 200,
+        replay_n: int = 64,
+        seed: int = 0,
+        config: str = "small",
+        config_overrides: str = DEFAULT_FINETUNE_OVERRIDES,
+        base_model: str = "",
+        mlflow_uri: str = "",
+        experiment: str = "semlayout-finetune",
+        model_name: str = "semlayout",
+        floor_sem2layout: float = DEFAULT_FLOORS["sem2layout"],
+        floor_layout2sem: float = DEFAULT_FLOORS["layout2sem"],
+        tolerance: float = 0.01,
+        min_improvement: float = 0.0,
+        monitor_db: str = "",
+        trigger_policy: str = "",
+        force: bool = True,
+        min_qc_pass: float = 0.5,
+    ):
+        t_check = drift_check(monitor_db=monitor_db, policy=trigger_policy, force=force)
+        with dsl.If(t_check.outputs["proceed"] == True, name="triggered"):  # noqa: E712
+            t_new = with_s3(on_cpu_pool(ingest(data_uri=reviewed_uri, n_synth=0, seed=seed), s), s)
+            t_new.set_display_name("ingest reviewed pairs")
+            t_new_al = on_cpu_pool(align_qc(pairs=t_new.outputs["pairs"], min_pass_fraction=min_qc_pass), s)
+            t_new_sh = on_cpu_pool(shard(aligned=t_new_al.outputs["aligned"], val=0.1, test=0.3, seed=seed), s)
+            t_orig = with_s3(on_cpu_pool(ingest(data_uri=original_data_uri, n_synth=n_synth, seed=seed), s), s)
+            t_orig.set_display_name("ingest original data")
+            t_orig_al = on_cpu_pool(align_qc(pairs=t_orig.outputs["pairs"], min_pass_fraction=min_qc_pass), s)
+            t_orig_sh = on_cpu_pool(shard(aligned=t_orig_al.outputs["aligned"], val=0.1, test=0.2, seed=seed), s)
+            t_mix = on_cpu_pool(shard_mix(new_shards=t_new_sh.outputs["shards"],
+                                          original_shards=t_orig_sh.outputs["shards"],
+                                          replay_n=replay_n, seed=seed), s)
+            t_ft = with_mlflow(on_gpu_pool(finetune(
+                shards=t_mix.outputs["mixed"], mlflow_uri=mlflow_uri, model_name=model_name,
+                base_model=base_model, config=config, overrides=config_overrides), s), s)
+            t_eval = with_mlflow(on_cpu_pool(evaluate_finetune(
+                model=t_ft.outputs["model"], new_shards=t_new_sh.outputs["shards"],
+                original_shards=t_orig_sh.outputs["shards"], mlflow_uri=mlflow_uri, model_name=model_name,
+                base_model=base_model, floor_sem2layout=floor_sem2layout,
+                floor_layout2sem=floor_layout2sem, tolerance=tolerance, min_improvement=min_improvement), s), s)
+            t_track = with_mlflow(on_cpu_pool(track(
+                pairs=t_new.outputs["pairs"], model=t_ft.outputs["model"],
+                evaluation=t_eval.outputs["evaluation"], report=t_eval.outputs["report"],
+                mlflow_uri=mlflow_uri, experiment=experiment, config=config,
+                pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), s), s)
+            with dsl.If(t_eval.outputs["gate_passed"] == True, name="finetune-gate-passed"):  # noqa: E712
+                with_mlflow(on_cpu_pool(register(
+                    evaluation=t_eval.outputs["evaluation"], run_id=t_track.outputs["run_id"],
+                    lineage=t_track.outputs["lineage"], mlflow_uri=mlflow_uri, model_name=model_name), s), s)
+            with dsl.Else(name="finetune-gate-failed"):
+                gate_failed(gate_reasons=t_eval.outputs["gate_reasons"]).after(t_track)
+
+    return finetune_pipeline

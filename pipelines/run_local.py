@@ -1,0 +1,224 @@
+"""`make run`: the training pipeline end to end on this machine, under kfp.local.
+
+    python -m pipelines.run_local [--data URI] [--config small] [--n-synth N] [--out outputs]
+
+Writes `outputs/runs/<timestamp>/` (the kfp pipeline root, summary.json, report.html,
+evaluation.json) and then points `outputs/latest` at it (a symlink swapped with one
+rename). MLflow: `sqlite:///<abs>/outputs/mlflow/mlflow.db`, artifacts in
+`outputs/mlflow/artifacts`. Exit codes: 0 finished (gate passed or not), 1 a step
+failed, 2 bad input refused before the first step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from semlayout.errors import SemlayoutError
+
+SUMMARY_METRIC_KEYS = ("l1", "ssim", "psnr", "iou", "epe_px", "cd_error_px",
+                       "ssim_vs_clean", "l1_vs_clean", "psnr_vs_clean")
+
+
+def mlflow_locations(out: Path) -> tuple[str, Path]:
+    """-> (tracking URI, artifact folder) under `out/mlflow/`."""
+    root = (out / "mlflow").resolve()
+    return f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> None:
+    """Create the experiment with a local artifact folder (MLflow would default to ./mlruns)."""
+    from mlflow.tracking import MlflowClient
+
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=artifact_root.as_uri())
+
+
+def new_run_dir(out: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for i in range(100):
+        cand = runs / (stamp if i == 0 else f"{stamp}-{i}")
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            continue
+    raise SemlayoutError(f"cannot create a run folder under {runs}")
+
+
+def point_latest(out: Path, run_dir: Path) -> Path:
+    """Atomically make `out/latest` a symlink to `run_dir` (relative, so the tree can move)."""
+    latest = out / "latest"
+    tmp = out / f".latest.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(run_dir, out))
+    if latest.is_dir() and not latest.is_symlink():
+        shutil.rmtree(latest)  # an older copy-style 'latest'
+    os.replace(tmp, latest)
+    return latest
+
+
+def summarize(run: Any, evaluation: dict[str, Any], params: dict[str, Any], run_dir: Path,
+              mlflow_uri: str) -> dict[str, Any]:
+    out = run.outputs
+    metrics = evaluation["metrics"]
+    gate = evaluation["gate"]
+    summary_metrics: dict[str, Any] = {}
+    for direction in ("sem2layout", "layout2sem"):
+        block = metrics.get(direction, {})
+        summary_metrics[direction] = {k: block[k] for k in SUMMARY_METRIC_KEYS if k in block}
+        for extra in ("ceiling", "baseline_otsu"):
+            if isinstance(block.get(extra), dict):
+                summary_metrics[direction][extra] = {k: v for k, v in block[extra].items()
+                                                     if not isinstance(v, dict)}
+    version = out.get("model_version") or None
+    return {
+        "gate_passed": bool(out.get("gate_passed")),
+        "gate_reasons": gate.get("reasons", []),
+        "model_uri": out.get("model_uri") or None,
+        "model_version": version,
+        "checkpoint": str(Path(out["model"].path).resolve()),
+        "metrics": summary_metrics,
+        "champion_metrics": evaluation.get("champion_metrics"),
+        "champion_version": evaluation.get("champion_version"),
+        "gate_config": evaluation.get("gate_config"),
+        "n_test": metrics.get("n"),
+        "mlflow": {"tracking_uri": mlflow_uri, "run_id": out.get("run_id"),
+                   "experiment": params["experiment"], "model_name": params["model_name"]},
+        "params": params,
+        "timings": {
+            "total_seconds": run.seconds,
+            "steps": {n: {"seconds": t.seconds, "status": t.status} for n, t in run.tasks.items()},
+        },
+        "run_dir": str(run_dir.resolve()),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from pipelines.training import DEFAULT_FLOORS
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="", help="pair folder or s3:// URI; empty: synthesise --n-synth pairs")
+    p.add_argument("--config", default="small", help="a name in configs/ or a config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--n-synth", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs", help="output root (runs/, latest, mlflow/)")
+    p.add_argument("--mlflow-uri", default="", help="default: sqlite:///<out>/mlflow/mlflow.db")
+    p.add_argument("--experiment", default="semlayout")
+    p.add_argument("--model-name", default="semlayout")
+    p.add_argument("--floor-sem2layout", type=float, default=DEFAULT_FLOORS["sem2layout"])
+    p.add_argument("--floor-layout2sem", type=float, default=DEFAULT_FLOORS["layout2sem"])
+    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--min-qc-pass", type=float, default=0.5)
+    return p.parse_args(argv)
+
+
+def overrides_json(pairs: list[str]) -> str:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SemlayoutError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        out[key] = yaml.safe_load(value)
+    return json.dumps(out) if out else ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines import validate
+    from pipelines.local import run_pipeline
+    from pipelines.training import build_training_pipeline
+
+    t0 = time.perf_counter()
+    out = Path(args.out).resolve()
+    cfg_overrides = overrides_json(args.overrides)
+    # refuse bad input before the first step
+    data_info = validate.check_data_uri(args.data, args.n_synth)
+    validate.check_config(args.config, cfg_overrides)
+    validate.check_floors({"sem2layout": args.floor_sem2layout, "layout2sem": args.floor_layout2sem},
+                          args.tolerance)
+    data_uri = str(Path(args.data).resolve()) if data_info["kind"] == "folder" else args.data
+
+    mlflow_uri, artifact_root = mlflow_locations(out)
+    mlflow_uri = args.mlflow_uri or mlflow_uri
+    if not args.mlflow_uri:
+        ensure_experiment(mlflow_uri, args.experiment, artifact_root)
+    run_dir = new_run_dir(out)
+    params = {
+        "data_uri": data_uri, "n_synth": args.n_synth, "seed": args.seed, "config": args.config,
+        "config_overrides": cfg_overrides, "mlflow_uri": mlflow_uri, "experiment": args.experiment,
+        "model_name": args.model_name, "floor_sem2layout": args.floor_sem2layout,
+        "floor_layout2sem": args.floor_layout2sem, "tolerance": args.tolerance,
+        "min_qc_pass": args.min_qc_pass,
+    }
+    print(f"semlayout: training pipeline under kfp.local -> {run_dir}", flush=True)
+    result = run_pipeline(build_training_pipeline(), run_dir / "pipeline", **params)
+    if result.error:
+        failed = result.failed_task or "?"
+        print(f"error: the pipeline failed at step '{failed}' (its log is above): {result.error}",
+              file=sys.stderr)
+        (run_dir / "FAILED").write_text(f"step {failed}: {result.error}\n")
+        return 1
+
+    from components.common import read_json, write_json
+
+    evaluation = read_json(result.outputs["evaluation"].path)
+    summary = summarize(result, evaluation, params, run_dir, mlflow_uri)
+    summary["timings"]["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    shutil.copy2(result.outputs["report"].path, run_dir / "report.html")
+    write_json(run_dir / "evaluation.json", evaluation)
+    write_json(run_dir / "summary.json", summary)  # last: a run folder with summary.json is complete
+    latest = point_latest(out, run_dir)
+    _print_where(summary, latest, mlflow_uri, artifact_root)
+    return 0
+
+
+def _print_where(summary: dict[str, Any], latest: Path, mlflow_uri: str, artifact_root: Path) -> None:
+    verdict = "PASSED" if summary["gate_passed"] else "FAILED (nothing registered)"
+    print("\n== semlayout run finished ==")
+    print(f"gate: {verdict}")
+    for reason in summary["gate_reasons"]:
+        print(f"  - {reason}")
+    for direction, m in summary["metrics"].items():
+        nums = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, int | float))
+        print(f"{direction}: {nums}")
+    if summary["model_uri"]:
+        print(f"model:      {summary['model_uri']} (alias challenger; approve with "
+              f"`semlayout registry approve {summary['mlflow']['model_name']} {summary['model_version']} "
+              f"--by YOU --reason ...`)")
+    print(f"checkpoint: {summary['checkpoint']}")
+    print(f"summary:    {latest / 'summary.json'}")
+    print(f"report:     {latest / 'report.html'}")
+    steps = ", ".join(f"{n} {t['seconds']}s" for n, t in summary["timings"]["steps"].items())
+    print(f"timings:    {steps}; total {summary['timings']['wall_seconds']}s")
+    print(f"MLflow UI:  mlflow ui --backend-store-uri {mlflow_uri} "
+          f"--default-artifact-root {artifact_root.as_uri()} --host 127.0.0.1 --port 5000")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except SemlayoutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

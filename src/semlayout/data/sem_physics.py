@@ -1,0 +1,237 @@
+"""SEM image formation for a drawn layout, after NIST ARTIMAGEN's model.
+
+Stages, in the order they act (docs/physics.md gives the ranges and reasons):
+1. print: the drawn layout is printed with rounded corners, a CD bias and
+   line-edge roughness (LER) -> a sub-pixel coverage map (rendered at 2x, then
+   area-averaged);
+2. material contrast: pattern vs. background yield, polarity reversed on a
+   fraction of images (pattern dark on a bright background);
+3. secondary-electron edge effect: bright rims at every printed edge, mostly
+   on the pattern side, bright whatever the polarity;
+4. Gaussian beam blur;
+5. charging / slow background: a ramp, broad bumps and a halo around dense
+   pattern;
+6. detector gain and offset;
+7. scan distortion: per-row jitter plus a slow linear drift (row shifts);
+8. noise: Poisson shot noise at a dose (electrons per pixel) and Gaussian
+   detector noise.
+`render_clean` runs 1-7 (the noise-free image of the same scan, jitter
+included); `add_noise` runs 8. Everything stochastic is drawn from the
+generator passed in, so a seed fixes the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import cv2
+import numpy as np
+
+from semlayout.errors import SemlayoutError
+
+SUPERSAMPLE = 2
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class PhysicsRanges:
+    """Per-image parameter ranges; each image draws uniformly (dose: log-uniformly) inside them."""
+
+    dose: Range = (3.0, 3000.0)             # electrons / pixel (log-uniform)
+    reverse_fraction: float = 0.3           # share of images with reversed polarity
+    background: Range = (0.12, 0.32)        # SE yield of the darker material
+    contrast: Range = (0.12, 0.35)          # yield difference between materials
+    corner_sigma: Range = (0.6, 2.5)        # px, print blur that rounds corners
+    bias: Range = (-1.0, 1.0)               # px, printed edge moves outward (+) / inward (-)
+    ler_sigma: Range = (0.2, 1.2)           # px, RMS edge displacement
+    ler_corr: Range = (2.0, 8.0)            # px, correlation length of the roughness
+    edge_width: Range = (1.0, 4.0)          # px, decay length of the SE rim
+    edge_gain: Range = (0.30, 0.70)         # rim brightness at the edge (yield units)
+    blur_sigma: Range = (0.8, 2.5)          # px, Gaussian beam
+    gradient: Range = (0.0, 0.12)           # ramp + bump amplitude (yield units)
+    charging: Range = (0.0, 0.10)           # halo amplitude around dense pattern
+    gain: Range = (0.85, 1.15)
+    offset: Range = (-0.04, 0.04)
+    detector_sigma: Range = (0.002, 0.015)  # Gaussian read noise (yield units, 1.0 = 255)
+    jitter_px: Range = (0.0, 0.4)           # px, RMS per-row shift
+    drift_px: Range = (0.0, 1.5)            # px, linear x drift top -> bottom (mean zero)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                lo, hi = v
+                if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                    raise SemlayoutError(f"physics range {f.name}={v}: expected finite (low, high) with low <= high")
+        if self.dose[0] <= 0:
+            raise SemlayoutError(f"dose range {self.dose}: expected positive electrons/pixel")
+        if not 0.0 <= self.reverse_fraction <= 1.0:
+            raise SemlayoutError(f"reverse_fraction={self.reverse_fraction}: expected a value in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SemParams:
+    """The physics drawn for one image (written to the manifest as extra columns)."""
+
+    dose: float
+    polarity: int            # +1 pattern bright, -1 pattern dark (reversed)
+    background: float
+    contrast: float
+    corner_sigma: float
+    bias: float
+    ler_sigma: float
+    ler_corr: float
+    edge_width: float
+    edge_gain: float
+    blur_sigma: float
+    gradient: float
+    charging: float
+    gain: float
+    offset: float
+    detector_sigma: float
+    jitter_px: float
+    drift_px: float
+
+    def as_columns(self) -> dict[str, str]:
+        return {k: (str(v) if isinstance(v, int) else f"{v:.4g}") for k, v in asdict(self).items()}
+
+
+def sample_params(rng: np.random.Generator, ranges: PhysicsRanges | None = None, **fixed: float) -> SemParams:
+    """Draw one image's physics; `fixed` pins chosen parameters (e.g. dose=5.0, polarity=-1)."""
+    r = ranges or PhysicsRanges()
+    unknown = set(fixed) - {f.name for f in fields(SemParams)}
+    if unknown:
+        raise SemlayoutError(f"unknown physics parameter(s) {sorted(unknown)}; expected names of SemParams fields")
+
+    def u(name: str) -> float:
+        lo, hi = getattr(r, name)
+        return float(rng.uniform(lo, hi))
+
+    lo, hi = r.dose
+    values: dict[str, float] = {
+        "dose": float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+        "polarity": -1 if rng.random() < r.reverse_fraction else 1,
+    }
+    for f in fields(SemParams):
+        if f.name not in values:
+            values[f.name] = u(f.name)
+    values.update(fixed)
+    values["polarity"] = int(values["polarity"])
+    return SemParams(**values)  # type: ignore[arg-type]
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Gaussian random field with unit standard deviation and correlation length ~sigma.
+
+    Drawn on a grid `sigma/2` times coarser and upsampled: the field is smooth
+    at that scale anyway, and it costs a fraction of a full-resolution blur.
+    """
+    k = max(1, int(sigma // 2))
+    small = (max(2, -(-shape[0] // k)), max(2, -(-shape[1] // k)))
+    n = rng.standard_normal(small, dtype=np.float32)
+    n = cv2.GaussianBlur(n, (0, 0), sigma / k, borderType=cv2.BORDER_REFLECT)
+    if k > 1:
+        n = cv2.resize(n, (small[1] * k, small[0] * k), interpolation=cv2.INTER_CUBIC)[: shape[0], : shape[1]]
+    return n / max(float(n.std()), 1e-6)
+
+
+def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Printed shape of a drawn binary field.
+
+    Returns (coverage (H,W) float32 in [0,1], printed (sH,sW) bool at SUPERSAMPLE x).
+    A Gaussian print blur thresholded at 0.5 rounds corners; a smooth random
+    displacement field (RMS `ler_sigma` px, correlation `ler_corr` px) warps
+    the blurred image so edges wander (LER) without creating or deleting
+    features far from edges; a threshold shift moves every edge by `bias` px.
+    """
+    h, w = field.shape
+    s = SUPERSAMPLE
+    up = cv2.resize(field.astype(np.float32), (w * s, h * s), interpolation=cv2.INTER_NEAREST)
+    sig = p.corner_sigma * s
+    level = cv2.GaussianBlur(up, (0, 0), sig, borderType=cv2.BORDER_REFLECT)
+    amp = p.ler_sigma * s / math.sqrt(2.0)  # per axis, so the total RMS displacement is ler_sigma
+    gx = np.arange(w * s, dtype=np.float32)[None, :] + amp * _smooth_noise(rng, level.shape, p.ler_corr * s)
+    gy = np.arange(h * s, dtype=np.float32)[:, None] + amp * _smooth_noise(rng, level.shape, p.ler_corr * s)
+    level = cv2.remap(level, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    # slope of the blurred level across a straight edge: 1/(sqrt(2 pi) sigma) per (supersampled) px;
+    # the threshold stays inside (0.15, 0.85) so bias never prints the empty background
+    slope = 1.0 / (math.sqrt(2 * math.pi) * sig)
+    threshold = min(max(0.5 - p.bias * s * slope, 0.15), 0.85)
+    printed = level > threshold
+    coverage = cv2.resize(printed.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    return coverage, printed
+
+
+def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> np.ndarray:
+    """SE edge effect: exp(-d / edge_width) inside the pattern, a weaker, narrower tail outside.
+
+    (H,W) float32 in [0,1], from distance transforms of the supersampled print.
+    """
+    s = SUPERSAMPLE
+    fg = printed.astype(np.uint8)
+    d_in = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+    d_out = cv2.distanceTransform(1 - fg, cv2.DIST_L2, 5)
+    w = p.edge_width * s
+    rim = np.where(fg > 0, np.exp(-(d_in - 0.5) / w), 0.7 * np.exp(-(d_out - 0.5) / (0.7 * w)))
+    return cv2.resize(rim.astype(np.float32), (out_shape[1], out_shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def background_field(shape: tuple[int, int], coverage: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
+    """Slow additive field: a ramp, two broad bumps and a charging halo over dense pattern."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / h - 0.5, xx / w - 0.5
+    theta = rng.uniform(0, 2 * math.pi)
+    ramp = (math.cos(theta) * xx + math.sin(theta) * yy) * p.gradient
+    bumps = np.zeros(shape, np.float32)
+    for _ in range(2):
+        cx, cy = rng.uniform(-0.3, 0.3, 2)
+        r = rng.uniform(0.2, 0.5)
+        bumps += rng.uniform(-1, 1) * p.gradient * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+    # charging halo: a 12-30 px blur of the pattern density, computed at 1/4 scale (it is smooth)
+    small = cv2.resize(coverage, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), rng.uniform(12, 30) / 4, borderType=cv2.BORDER_REFLECT)
+    halo = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return (ramp + bumps + p.charging * halo).astype(np.float32)
+
+
+def scan_shifts(h: int, p: SemParams, rng: np.random.Generator) -> np.ndarray:
+    """Per-row x shift (px): white jitter + linear drift, zero mean so the truth offset stays exact."""
+    jitter = rng.standard_normal(h).astype(np.float32) * p.jitter_px
+    drift = np.linspace(-0.5, 0.5, h, dtype=np.float32) * p.drift_px
+    dx = jitter + drift
+    return dx - dx.mean()
+
+
+def render_clean(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
+    """Noise-free SEM signal of a drawn field: (H,W) float32, yield units (1.0 -> 255)."""
+    h, w = field.shape
+    coverage, printed = print_pattern(field, p, rng)
+    rim = edge_rim(printed, p, (h, w))
+    if p.polarity >= 0:
+        pattern, back = p.background + p.contrast, p.background
+    else:
+        pattern, back = p.background, p.background + p.contrast
+    signal = back + (pattern - back) * coverage + p.edge_gain * rim
+    signal = cv2.GaussianBlur(signal, (0, 0), p.blur_sigma, borderType=cv2.BORDER_REFLECT)
+    signal = signal + background_field((h, w), coverage, p, rng)
+    signal = p.gain * signal + p.offset
+    dx = scan_shifts(h, p, rng)
+    map_x = np.arange(w, dtype=np.float32)[None, :] - dx[:, None]
+    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None], w, axis=1)
+    signal = cv2.remap(signal, np.ascontiguousarray(map_x + 0 * map_y), map_y, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REFLECT)
+    return np.clip(signal, 0.0, 1.0).astype(np.float32)
+
+
+def add_noise(clean: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
+    """Shot noise (Poisson counts at `dose` e-/px, rescaled) plus Gaussian detector noise."""
+    counts = rng.poisson(clean.astype(np.float64) * p.dose)
+    noisy = counts / p.dose + rng.standard_normal(clean.shape, dtype=np.float32) * p.detector_sigma
+    return noisy.astype(np.float32)
+
+
+def to_u8(signal: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(signal * 255.0), 0, 255).astype(np.uint8)

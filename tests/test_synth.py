@@ -1,0 +1,264 @@
+"""`semlayout synth`: the pair-folder contract, ground truth, determinism, physics, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from semlayout.data.layouts import DEFAULT_MIX, FAMILIES
+from semlayout.data.pairs import check_binary_layout, read_gray8, read_manifest
+from semlayout.data.sem_physics import PhysicsRanges, sample_params
+from semlayout.data.synth import assign_families, generate_pair, parse_mix, read_truth, synthesize
+from semlayout.errors import SemlayoutError
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    return float(structural_similarity(a / 255.0, b / 255.0, data_range=1.0, gaussian_weights=True,
+                                       sigma=1.5, use_sample_covariance=False))
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "pairs"
+    synthesize(out, 40, seed=7, progress=False)
+    return out
+
+
+def test_folder_follows_the_pair_contract(synth_dir: Path) -> None:
+    records = read_manifest(synth_dir)
+    assert len(records) == 40
+    header = (synth_dir / "manifest.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["id", "sem_path", "layout_path", "pattern_type", "clean_path"]
+    assert {"dose", "polarity", "blur_sigma"} <= set(header)
+    for r in records:
+        sem = read_gray8(r.sem_path, (304, 304))
+        layout = check_binary_layout(read_gray8(r.layout_path, (250, 250)))
+        assert r.clean_path is not None
+        clean = read_gray8(r.clean_path, (304, 304))
+        assert sem.dtype == layout.dtype == clean.dtype == np.uint8
+        assert r.pattern_type in FAMILIES
+        # a template with structure: neither empty nor full
+        assert 0.02 < (layout > 0).mean() < 0.98
+
+
+def test_truth_offsets_in_range_and_match_the_drawn_field(synth_dir: Path) -> None:
+    truth = read_truth(synth_dir)
+    records = read_manifest(synth_dir)
+    assert set(truth) == {r.id for r in records}
+    xs = [x for x, _ in truth.values()]
+    ys = [y for _, y in truth.values()]
+    assert min(xs) >= 2 and max(xs) <= 52 and min(ys) >= 2 and max(ys) <= 52
+    assert len(set(truth.values())) > 20  # offsets really vary
+    # regenerate pair i in memory: its field window at the truth offset is the written template
+    for i, r in enumerate(records[:10]):
+        seed = int(r.extra["seed"])
+        _, layout, _, x, y, meta = generate_pair(np.random.default_rng([seed, i]), r.pattern_type)
+        assert (x, y) == truth[r.id]
+        np.testing.assert_array_equal(read_gray8(r.layout_path), layout)
+        np.testing.assert_array_equal(layout, meta["field"][y : y + 250, x : x + 250] * 255)
+
+
+def test_same_seed_byte_identical_and_other_seed_differs(tmp_path: Path) -> None:
+    synthesize(tmp_path / "a", 12, seed=3, progress=False)
+    synthesize(tmp_path / "b", 12, seed=3, progress=False)
+    synthesize(tmp_path / "c", 12, seed=4, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_parallel_workers_give_the_same_bytes(tmp_path: Path) -> None:
+    synthesize(tmp_path / "serial", 70, seed=5, workers=1, progress=False)
+    synthesize(tmp_path / "parallel", 70, seed=5, workers=2, progress=False)
+    assert _digest(tmp_path / "serial") == _digest(tmp_path / "parallel")
+
+
+def test_family_mix_is_respected() -> None:
+    fams = assign_families(1000, parse_mix(None), np.random.default_rng(0))
+    counts = Counter(fams)
+    for name, w in DEFAULT_MIX.items():
+        assert abs(counts[name] - 1000 * w) <= 1
+    assert counts.most_common(1)[0][0] == "line_space"
+    mix = parse_mix("via_array=3,line_end=1")
+    assert mix == {"via_array": 0.75, "line_end": 0.25}
+    fams = assign_families(8, mix, np.random.default_rng(1))
+    assert Counter(fams) == {"via_array": 6, "line_end": 2}
+
+
+def test_mix_errors_name_the_bad_value() -> None:
+    with pytest.raises(SemlayoutError, match="unknown family 'vias'"):
+        parse_mix("vias=1")
+    with pytest.raises(SemlayoutError, match="not a number"):
+        parse_mix("via_array=lots")
+    with pytest.raises(SemlayoutError, match="no positive weight"):
+        parse_mix("via_array=0")
+    with pytest.raises(SemlayoutError, match=">= 0"):
+        parse_mix("via_array=-1,line_end=2")
+
+
+def test_written_mix_matches_request(tmp_path: Path) -> None:
+    out = synthesize(tmp_path / "p", 10, seed=0, mix="contact_staggered=0.5,t_shape=0.5", progress=False)
+    assert Counter(r.pattern_type for r in read_manifest(out)) == {"contact_staggered": 5, "t_shape": 5}
+
+
+def test_reversed_polarity_appears_and_inverts_material_contrast() -> None:
+    ps = [sample_params(np.random.default_rng(i)) for i in range(400)]
+    share = np.mean([p.polarity == -1 for p in ps])
+    assert 0.2 < share < 0.4  # default 0.3
+    # pattern brighter than background for +1, darker for -1 (measured far from edges)
+    for pol in (1, -1):
+        _, _, clean, x, y, meta = generate_pair(11, "line_space", {"polarity": pol, "edge_gain": 0.0,
+                                                                   "gradient": 0.0, "charging": 0.0})
+        import cv2
+
+        field = meta["field"]
+        inner = cv2.erode(field, np.ones((7, 7), np.uint8))
+        outer = cv2.erode(1 - field, np.ones((7, 7), np.uint8))
+        diff = clean[inner > 0].mean() - clean[outer > 0].mean()
+        assert np.sign(diff) == pol, (pol, diff)
+
+
+def test_edges_are_brighter_than_both_materials() -> None:
+    import cv2
+
+    for pol in (1, -1):
+        _, _, clean, _, _, meta = generate_pair(5, "via_array", {
+            "polarity": pol, "edge_gain": 0.6, "edge_width": 2.0, "blur_sigma": 0.8, "gradient": 0.0,
+            "charging": 0.0, "corner_sigma": 0.8, "ler_sigma": 0.2, "jitter_px": 0.0, "drift_px": 0.0})
+        field = meta["field"]
+        k = np.ones((3, 3), np.uint8)
+        edge = (cv2.dilate(field, k) - cv2.erode(field, k)) > 0
+        inner = cv2.erode(field, np.ones((9, 9), np.uint8)) > 0
+        outer = cv2.erode(1 - field, np.ones((9, 9), np.uint8)) > 0
+        assert clean[edge].mean() > max(clean[inner].mean(), clean[outer].mean()) + 10
+
+
+def test_printed_shape_differs_from_drawn_layout() -> None:
+    _, _, _, _, _, meta = generate_pair(2, "via_array", {"corner_sigma": 2.0, "ler_sigma": 1.0})
+    from semlayout.data.sem_physics import print_pattern
+
+    cov, _ = print_pattern(meta["field"], meta["params"], np.random.default_rng(0))
+    drawn = meta["field"].astype(bool)
+    printed = cov > 0.5
+    disagree = (drawn != printed).mean()
+    assert 0.005 < disagree < 0.2  # rounded corners + LER, but still the same design
+    assert ((drawn & printed).sum() / (drawn | printed).sum()) > 0.7
+
+
+def test_low_dose_is_very_noisy_high_dose_is_not() -> None:
+    for fam in ("line_space", "via_array", "random_routing"):
+        for s in range(2):
+            sem, _, clean, *_ = generate_pair(s, fam, {"dose": 5.0})
+            assert _ssim(clean, sem) < 0.5
+            sem, _, clean, *_ = generate_pair(s, fam, {"dose": 3000.0})
+            assert _ssim(clean, sem) > 0.7
+
+
+def test_default_dose_range_spans_both_regimes() -> None:
+    r = PhysicsRanges()
+    assert r.dose[0] <= 5 and r.dose[1] >= 3000
+
+
+def test_generate_pair_is_deterministic_per_seed() -> None:
+    a = generate_pair(9, "l_shape")
+    b = generate_pair(9, "l_shape")
+    for u, v in zip(a[:3], b[:3], strict=True):
+        np.testing.assert_array_equal(u, v)
+    assert a[3:5] == b[3:5]
+    assert a[0].shape == a[2].shape == (304, 304) and a[1].shape == (250, 250)
+    assert set(np.unique(a[1]).tolist()) <= {0, 255}
+
+
+def test_every_family_renders() -> None:
+    for fam in FAMILIES:
+        sem, layout, clean, x, y, meta = generate_pair(0, fam)
+        assert meta["family"] == fam
+        assert 0.02 < (layout > 0).mean() < 0.98
+        assert clean.std() > 5
+
+
+def test_preview_written(tmp_path: Path, synth_dir: Path) -> None:
+    from semlayout.data.synth import write_preview
+
+    dest = write_preview(synth_dir, tmp_path / "grid.png")
+    img = read_gray8(dest)
+    assert img.shape[1] == 3 * 304 + 4 * 6
+    assert img.shape[0] > 3 * 304
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "semlayout.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_synth_with_preview(tmp_path: Path) -> None:
+    res = _cli("synth", str(tmp_path / "out"), "--n", "6", "--seed", "2", "--preview",
+               str(tmp_path / "prev.png"), "--dose-range", "10,20", "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "prev.png").is_file()
+    rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").read_text().splitlines()))
+    assert len(rows) == 6 and all(10 <= float(r["dose"]) <= 20 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--n", "0"], "n=0"),
+        (["--n", "-3"], "n=-3"),
+        (["--n", "3", "--mix", "squares=1"], "unknown family 'squares'"),
+        (["--n", "3", "--dose-range", "100,1"], "--dose-range"),
+        (["--n", "3", "--reverse-fraction", "1.5"], "reverse_fraction"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    out = tmp_path / "out"
+    res = _cli("synth", str(out), *args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_cli_unwritable_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    res = _cli("synth", str(blocker / "out"), "--n", "2")
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "file.txt" in res.stderr
+
+
+def test_failure_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import semlayout.data.synth as synth_mod
+
+    calls = {"n": 0}
+    real = synth_mod._make_one
+
+    def flaky(job):  # fails on the 4th pair, after files have been written
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("disk full")
+        return real(job)
+
+    monkeypatch.setattr(synth_mod, "_make_one", flaky)
+    out = tmp_path / "pairs"
+    with pytest.raises(RuntimeError):
+        synthesize(out, 8, seed=0, workers=1, progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -124,3 +124,69 @@ def test_concurrent_calls_give_the_sequential_results(ckpt, backend):
         concurrent = list(pool.map(lambda job: tr.translate(job[0], job[1])[0], jobs))
     for a, b in zip(sequential, concurrent, strict=True):
         assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- `semlayout predict`
+def _write_png(path, img):
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+def test_cli_predict_writes_same_names_and_sizes(ckpt, tmp_path, capsys):
+    from semlayout.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(4)
+    shapes = {"a.png": (250, 250), "b.png": (64, 90)}
+    for name, shape in shapes.items():
+        _write_png(src / name, rng.integers(0, 256, shape).astype(np.uint8))
+    (src / "notes.txt").write_text("ignored")
+    for backend in ("eager", "onnx"):
+        out = tmp_path / f"out-{backend}"
+        code = main(["predict", "--model", str(ckpt), "--direction", "sem2layout", str(src), "--out", str(out),
+                     "--backend", backend, "--binarize"])
+        assert code == 0, capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+        for name, shape in shapes.items():
+            img = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+            assert img.shape == shape and img.dtype == np.uint8 and set(np.unique(img)) <= {0, 255}
+    # predict output equals the Python API's output
+    tr = Translator.load(ckpt)
+    a = cv2.imread(str(src / "b.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(cv2.imread(str(tmp_path / "out-eager" / "b.png"), cv2.IMREAD_UNCHANGED),
+                          tr.translate("sem2layout", [a], binarize=True)[0])
+
+
+def test_cli_predict_refuses_bad_input_in_one_line(ckpt, tmp_path, capsys):
+    from semlayout.cli import main
+
+    good = tmp_path / "good"
+    good.mkdir()
+    _write_png(good / "x.png", np.zeros((40, 40), np.uint8))
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    _write_png(rgb / "ok.png", np.zeros((40, 40), np.uint8))
+    _write_png(rgb / "colour.png", np.zeros((40, 40, 3), np.uint8))
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    _write_png(deep / "d16.png", np.zeros((40, 40), np.uint16))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        ([str(rgb), "--model", str(ckpt), "--direction", "sem2layout"], "colour.png"),
+        ([str(deep), "--model", str(ckpt), "--direction", "sem2layout"], "d16.png"),
+        ([str(empty), "--model", str(ckpt), "--direction", "sem2layout"], "no .png"),
+        ([str(good), "--model", str(ckpt), "--direction", "up"], "unknown direction 'up'"),
+        ([str(good), "--model", str(empty), "--direction", "sem2layout"], "not a checkpoint"),
+        ([str(good), "--model", str(ckpt), "--direction", "layout2sem", "--binarize"], "--binarize"),
+    ]
+    for args, msg in cases:
+        out = tmp_path / "out"
+        assert main(["predict", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    assert main(["predict", str(good), "--model", str(ckpt), "--direction", "sem2layout", "--out", str(good)]) == 2
+    assert (good / "x.png").is_file()

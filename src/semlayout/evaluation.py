@@ -1,0 +1,227 @@
+"""Evaluate a model on a shard split, both directions, per family, with baselines.
+
+`evaluate_model(model, shards_dir, split="test")` returns (docs/architecture.md):
+```
+{"n", "split", "model", "backend", "image_size", "seconds",
+ "sem2layout": {"l1","ssim","psnr","iou","epe_px","cd_error_px", "per_family": {fam: {..., "n"}},
+                "baseline_otsu": {"l1","ssim","psnr","iou","epe_px","cd_error_px", "per_family"}},
+ "layout2sem": {"l1","ssim","psnr","iou", "ssim_vs_clean","l1_vs_clean","psnr_vs_clean",
+                "ceiling": {"ssim","psnr","l1"}, "per_family": {...}},
+ "samples": [ {direction, id, family, input, prediction, target[, clean], ssim, iou}, ... ]}
+```
+`samples` holds uint8 images for the HTML report: pop it before writing JSON
+(`metrics_json_ready` does). Everything else is plain JSON (a metric with no
+value, e.g. CD error on a split without line/space, is null, never NaN).
+
+How each number is measured, at 250x250 (the native template size; the
+Translator resizes to the model size and back):
+- SEM->Layout: L1/SSIM/PSNR on the model's continuous output (uint8) against the
+  binary template; IoU, edge placement error (px) and CD error (px, line/space
+  pairs only) after thresholding at mid-range.
+- Layout->SEM: L1/SSIM/PSNR against the noisy SEM; IoU between the two images
+  each binarised by its own Otsu threshold (structure agreement, polarity as is).
+  When the shards carry noise-free renderings: the same scores against the clean
+  image (`*_vs_clean`) and the `ceiling` = clean vs noisy, the best any model can
+  score against a noisy measurement.
+- Baseline for SEM->Layout (`baseline_otsu`): Gaussian blur (sigma 2 px), Otsu
+  threshold, and the MINORITY class taken as the pattern. The polarity rule never
+  looks at the target (a baseline that picks the polarity from the answer would
+  flatter itself and make the model look worse than it is).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semlayout import metrics as M
+from semlayout.errors import SemlayoutError
+
+LINE_SPACE_FAMILY = "line_space"
+OTSU_BLUR_SIGMA = 2.0
+
+
+# ---------------------------------------------------------------- baselines
+def otsu_layout_baseline(sem: np.ndarray) -> np.ndarray:
+    """SEM (H, W) uint8 -> binary layout guess {0, 255}: blur, Otsu, minority class = pattern."""
+    import cv2
+
+    blurred = cv2.GaussianBlur(sem, (0, 0), OTSU_BLUR_SIGMA)
+    _, mask = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if np.count_nonzero(mask) > mask.size / 2:
+        mask = 255 - mask
+    return mask.astype(np.uint8)
+
+
+def otsu_binarize(img: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> {0, 255} by its own Otsu threshold after a light blur (polarity kept)."""
+    import cv2
+
+    blurred = cv2.GaussianBlur(img, (0, 0), 1.0)
+    _, mask = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return mask.astype(np.uint8)
+
+
+# ---------------------------------------------------------------- per-image scores
+def _layout_scores(pred: np.ndarray, target: np.ndarray, families: np.ndarray) -> dict[str, list[float]]:
+    """Per-image SEM->Layout metrics for (N, H, W) uint8 stacks."""
+    out: dict[str, list[float]] = {
+        "l1": M.l1_batch(pred, target).tolist(),
+        "ssim": M.ssim_batch(pred, target).tolist(),
+        "psnr": M.psnr_batch(pred, target).tolist(),
+        "iou": M.iou_batch(pred, target).tolist(),
+        "epe_px": [M.edge_placement_error(p, t) for p, t in zip(pred, target, strict=True)],
+        "cd_error_px": [
+            M.cd_error(p, t) if fam == LINE_SPACE_FAMILY else math.nan
+            for p, t, fam in zip(pred, target, families, strict=True)
+        ],
+    }
+    return out
+
+
+def _sem_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, list[float]]:
+    """Per-image Layout->SEM metrics for (N, H, W) uint8 stacks."""
+    pb = np.stack([otsu_binarize(p) for p in pred])
+    tb = np.stack([otsu_binarize(t) for t in target])
+    return {
+        "l1": M.l1_batch(pred, target).tolist(),
+        "ssim": M.ssim_batch(pred, target).tolist(),
+        "psnr": M.psnr_batch(pred, target).tolist(),
+        "iou": M.iou_batch(pb, tb).tolist(),
+    }
+
+
+def _mean(values: Any) -> float | None:
+    vals = [float(v) for v in values if math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+# ---------------------------------------------------------------- selection
+def select_indices(families: np.ndarray, max_samples: int | None) -> np.ndarray:
+    """All indices, or `max_samples` of them taken round-robin over families (every family shows up)."""
+    n = len(families)
+    if max_samples is None or max_samples >= n:
+        return np.arange(n)
+    if max_samples < 1:
+        raise SemlayoutError(f"max_samples must be >= 1, got {max_samples}")
+    queues = {f: list(np.flatnonzero(families == f)) for f in sorted(set(families.tolist()))}
+    picked: list[int] = []
+    while len(picked) < max_samples:
+        for f in list(queues):
+            if queues[f] and len(picked) < max_samples:
+                picked.append(int(queues[f].pop(0)))
+    return np.array(sorted(picked))
+
+
+def _sample_indices(families: np.ndarray, k: int) -> list[int]:
+    """Up to k pair indices for the report, one per family first."""
+    if k <= 0:
+        return []
+    return select_indices(families, min(k, len(families))).tolist()
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate_model(
+    model: Any,
+    shards_dir: str | os.PathLike[str],
+    split: str = "test",
+    backend: str = "eager",
+    max_samples: int | None = None,
+    tracking_uri: str | None = None,
+    n_report_samples: int = 4,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Score both directions of `model` (checkpoint folder, `models:/...` URI or a loaded
+    `Translator`) on a shard split, with baselines; see the module docstring."""
+    from semlayout.data.shards import load_split_arrays
+    from semlayout.inference import Translator
+
+    t0 = time.perf_counter()
+    tr = model if isinstance(model, Translator) else Translator.load(
+        model, backend=backend, tracking_uri=tracking_uri
+    )
+    data = load_split_arrays(shards_dir, split)
+    idx = select_indices(data["families"], max_samples)
+    ids, families = data["ids"][idx], data["families"][idx]
+    sem, layout = data["sem"][idx], data["layout"][idx]
+    clean = data["clean"][idx] if "clean" in data else None
+    fam_list = [str(f) for f in families]
+
+    # SEM -> Layout, and the Otsu baseline on the same pairs
+    pred_layout = np.stack(tr.translate("sem2layout", list(sem), batch_size=batch_size))
+    s2l_scores = _layout_scores(pred_layout, layout, families)
+    s2l = M.aggregate(s2l_scores, fam_list)
+    base_layout = np.stack([otsu_layout_baseline(s) for s in sem])
+    s2l["baseline_otsu"] = M.aggregate(_layout_scores(base_layout, layout, families), fam_list)
+
+    # Layout -> SEM, against the noisy SEM and (when present) the clean rendering
+    pred_sem = np.stack(tr.translate("layout2sem", list(layout), batch_size=batch_size))
+    l2s_scores = _sem_scores(pred_sem, sem)
+    if clean is not None:
+        l2s_scores["ssim_vs_clean"] = M.ssim_batch(pred_sem, clean).tolist()
+        l2s_scores["l1_vs_clean"] = M.l1_batch(pred_sem, clean).tolist()
+        l2s_scores["psnr_vs_clean"] = M.psnr_batch(pred_sem, clean).tolist()
+    l2s = M.aggregate(l2s_scores, fam_list)
+    if clean is not None:
+        ceil_ssim = M.ssim_batch(clean, sem)
+        ceil_psnr = M.psnr_batch(clean, sem)
+        ceil_l1 = M.l1_batch(clean, sem)
+        l2s["ceiling"] = {"ssim": _mean(ceil_ssim), "psnr": _mean(ceil_psnr), "l1": _mean(ceil_l1)}
+        for fam, row in l2s["per_family"].items():  # type: ignore[union-attr]
+            sel = families == fam
+            row["ceiling_ssim"] = _mean(ceil_ssim[sel])
+
+    samples: list[dict[str, Any]] = []
+    for i in _sample_indices(families, n_report_samples):
+        common = {"id": str(ids[i]), "family": str(families[i])}
+        samples.append({**common, "direction": "sem2layout", "input": sem[i], "prediction": pred_layout[i],
+                        "target": layout[i], "ssim": s2l_scores["ssim"][i], "iou": s2l_scores["iou"][i]})
+        l2s_sample = {**common, "direction": "layout2sem", "input": layout[i], "prediction": pred_sem[i],
+                      "target": sem[i], "ssim": l2s_scores["ssim"][i]}
+        if clean is not None:
+            l2s_sample["clean"] = clean[i]
+        samples.append(l2s_sample)
+
+    return {
+        "n": len(idx),
+        "split": split,
+        "model": str(getattr(tr, "source", model)),
+        "backend": getattr(tr, "backend", backend),
+        "image_size": int(sem.shape[-1]),
+        "model_image_size": int(tr.image_size),
+        "shards": str(shards_dir),
+        "has_clean": clean is not None,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "sem2layout": s2l,
+        "layout2sem": l2s,
+        "samples": samples,
+    }
+
+
+def metrics_json_ready(result: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation dict without the sample images (what goes into metrics.json)."""
+    return {k: v for k, v in result.items() if k != "samples"}
+
+
+def write_evaluation(
+    result: dict[str, Any],
+    out: str | os.PathLike[str],
+    report: str | os.PathLike[str] | None = None,
+    curves: Any = None,
+    gate: Any = None,
+) -> None:
+    """metrics.json (atomic) and optionally the HTML report."""
+    import json
+
+    from semlayout.atomic import atomic_write_text
+    from semlayout.report import write_report_html
+
+    atomic_write_text(Path(out), json.dumps(metrics_json_ready(result), indent=2, sort_keys=True) + "\n")
+    if report is not None:
+        write_report_html(report, metrics_json_ready(result), result.get("samples", []), curves=curves,
+                          gate=gate, title=f"semlayout evaluation: {result.get('model', '')}")

@@ -101,6 +101,23 @@ def generate_pair(
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
     field = draw_layout(family, rng, FIELD)
     x, y = (int(v) for v in rng.integers(CENTRE - MAX_OFFSET, CENTRE + MAX_OFFSET + 1, size=2))
+    sem, layout, clean, x, y, meta = render_sem_pair(field, x, y, rng, params, ranges)
+    meta["family"] = family
+    return sem, layout, clean, x, y, meta
+
+
+def render_sem_pair(
+    field: np.ndarray,
+    x: int,
+    y: int,
+    rng: np.random.Generator,
+    params: SemParams | Mapping[str, float] | None = None,
+    ranges: PhysicsRanges | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, dict[str, Any]]:
+    """SEM of a drawn (304,304) {0,1} field; the template is its 250x250 window at (x, y).
+
+    Same return as `generate_pair` (meta without "family"); used for GDS clips too.
+    """
     if isinstance(params, SemParams):
         p = params
     else:
@@ -108,7 +125,7 @@ def generate_pair(
     clean_f = render_clean(field, p, rng)
     noisy_f = add_noise(clean_f, p, rng)
     layout = (field[y : y + TEMPLATE, x : x + TEMPLATE] * 255).astype(np.uint8)
-    return to_u8(noisy_f), layout, to_u8(clean_f), x, y, {"family": family, "params": p, "field": field}
+    return to_u8(noisy_f), layout, to_u8(clean_f), x, y, {"params": p, "field": field}
 
 
 def _pair_id(seed: int, i: int) -> str:

@@ -1,0 +1,123 @@
+"""Feedback store: reviewed SEM/layout pairs posted to the API, kept as a pair folder.
+
+Each pair is written into `folder` in the pair-folder format (`sem/<id>.png`,
+`layout/<id>.png`, `manifest.csv`), so the fine-tune pipeline reads it like any
+other pair folder, and a row goes into the monitoring store's `feedback` table
+(what the loop counts). Ordering makes a crash harmless: images first (atomic
+writes), then the manifest is rewritten to a temporary file and renamed over the
+old one, so a reader sees either the old or the new manifest, and every row it
+lists has its images. A thread lock plus an advisory file lock serialise writers
+(several server workers may share one folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from semlayout.atomic import atomic_write_bytes, atomic_write_text
+from semlayout.data.pairs import (
+    SEM_RAW_SHAPE,
+    TEMPLATE_SHAPE,
+    ImageRejected,
+    check_binary_layout,
+    encode_png,
+)
+from semlayout.errors import SemlayoutError
+from semlayout.monitoring.performance import sha256
+from semlayout.monitoring.store import MonitorStore
+
+COLUMNS = ("id", "sem_path", "layout_path", "pattern_type", "source", "received_at")
+_PATTERN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_pattern_type(pattern_type: str) -> str:
+    if not _PATTERN_RE.match(pattern_type or ""):
+        raise SemlayoutError(
+            f"pattern_type '{pattern_type[:80]}' is not valid: expected 1-64 letters, digits, '_', '.', '-'")
+    return pattern_type
+
+
+class FeedbackStore:
+    def __init__(self, folder: str | Path, store: MonitorStore | None = None,
+                 sem_shape: tuple[int, int] = SEM_RAW_SHAPE,
+                 layout_shape: tuple[int, int] = TEMPLATE_SHAPE):
+        self.folder = Path(folder)
+        self.store = store
+        self.sem_shape = sem_shape
+        self.layout_shape = layout_shape
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.folder / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def validate(self, sem: np.ndarray, layout: np.ndarray) -> None:
+        if sem.shape != self.sem_shape:
+            raise ImageRejected("sem", "wrong_size", f"expected a raw SEM of {self.sem_shape[1]}x"
+                                f"{self.sem_shape[0]} px, got {sem.shape[1]}x{sem.shape[0]}")
+        if layout.shape != self.layout_shape:
+            raise ImageRejected("layout", "wrong_size", f"expected a layout template of "
+                                f"{self.layout_shape[1]}x{self.layout_shape[0]} px, got "
+                                f"{layout.shape[1]}x{layout.shape[0]}")
+        check_binary_layout(layout, "layout")
+
+    def add(self, sem: np.ndarray, layout: np.ndarray, pattern_type: str) -> dict[str, str]:
+        """Validate and store one reviewed pair; returns {"id", "sem_path", "layout_path", ...}."""
+        check_pattern_type(pattern_type)
+        self.validate(sem, layout)
+        pid = f"fb-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        row = {"id": pid, "sem_path": f"sem/{pid}.png", "layout_path": f"layout/{pid}.png",
+               "pattern_type": pattern_type, "source": "api_feedback",
+               "received_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        with self._locked():
+            atomic_write_bytes(self.folder / row["sem_path"], encode_png(sem))
+            atomic_write_bytes(self.folder / row["layout_path"], encode_png(layout))
+            self._append_manifest(row)
+        if self.store is not None:
+            self.store.add_feedback(id=pid, pattern_type=pattern_type, sem_sha256=sha256(sem),
+                                    layout_sha256=sha256(layout), sem_path=row["sem_path"],
+                                    layout_path=row["layout_path"], folder=str(self.folder),
+                                    ts=time.time())
+        return row
+
+    def _append_manifest(self, row: dict[str, str]) -> None:
+        manifest = self.folder / "manifest.csv"
+        rows: list[dict[str, str]] = []
+        columns = list(COLUMNS)
+        if manifest.is_file():
+            reader = csv.DictReader(io.StringIO(manifest.read_text(encoding="utf-8")))
+            for c in reader.fieldnames or []:
+                if c not in columns:
+                    columns.append(c)
+            rows = [dict(r) for r in reader]
+        rows.append(row)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c) or "" for c in columns})
+        atomic_write_text(manifest, buf.getvalue())
+
+    def count(self) -> int:
+        manifest = self.folder / "manifest.csv"
+        if not manifest.is_file():
+            return 0
+        return sum(1 for _ in csv.DictReader(io.StringIO(manifest.read_text(encoding="utf-8"))))

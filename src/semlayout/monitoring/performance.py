@@ -1,0 +1,86 @@
+"""PerformanceTracker: quality of served predictions once their ground truth arrives.
+
+At inference every output is registered with a prediction id, the SHA-256 of the
+input and the output image (PNG, in the monitoring store). When the truth for that
+id arrives later (`POST /v1/ground-truth/{id}`), L1 / SSIM / PSNR / IoU are computed
+with `semlayout.metrics` and stored; the rolling mean SSIM per direction is compared
+with the promotion baseline (the SSIM the model was approved on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from semlayout.errors import SemlayoutError
+from semlayout.monitoring.store import MonitorStore, Prediction
+
+
+class UnknownPrediction(SemlayoutError):
+    """Ground truth was posted for a prediction id the store does not know."""
+
+
+def new_prediction_id() -> str:
+    return uuid.uuid4().hex
+
+
+def sha256(data: bytes | np.ndarray) -> str:
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    return hashlib.sha256(raw).hexdigest()
+
+
+class PerformanceTracker:
+    def __init__(self, store: MonitorStore, baseline: Mapping[str, float] | None = None):
+        self.store = store
+        self.baseline: dict[str, float] = dict(baseline or {})
+
+    def register(self, direction: str, model_version: str, image: np.ndarray, output: np.ndarray,
+                 prediction_id: str | None = None) -> str:
+        """Store one prediction (input hash + output PNG); returns its id."""
+        from semlayout.data.pairs import encode_png
+
+        pid = prediction_id or new_prediction_id()
+        self.store.add_prediction(Prediction(
+            id=pid, ts=time.time(), direction=direction, model_version=model_version,
+            input_sha256=sha256(np.ascontiguousarray(image)), width=int(image.shape[1]),
+            height=int(image.shape[0]), output_png=encode_png(output),
+        ))
+        return pid
+
+    def output_of(self, prediction_id: str) -> tuple[Prediction, np.ndarray]:
+        from semlayout.data.pairs import decode_gray8
+
+        pred = self.store.get_prediction(prediction_id)
+        if pred is None or pred.output_png is None:
+            raise UnknownPrediction(f"unknown prediction id '{prediction_id}'")
+        return pred, decode_gray8(pred.output_png, f"prediction {prediction_id}")
+
+    def add_ground_truth(self, prediction_id: str, truth: np.ndarray) -> dict[str, Any]:
+        """Quality of prediction `prediction_id` against `truth` (uint8, the prediction's size)."""
+        from semlayout import metrics
+
+        pred, output = self.output_of(prediction_id)
+        if truth.shape != output.shape:
+            raise SemlayoutError(
+                f"ground truth is {truth.shape[1]}x{truth.shape[0]} px but prediction "
+                f"'{prediction_id}' is {output.shape[1]}x{output.shape[0]} px; expected the same size")
+        values = {
+            "l1": metrics.l1(output, truth),
+            "ssim": metrics.ssim(output, truth),
+            "psnr": metrics.psnr(output, truth),
+            "iou": metrics.iou(output, truth),
+        }
+        self.store.add_ground_truth(prediction_id, pred.direction, pred.model_version, values)
+        return {"prediction_id": prediction_id, "direction": pred.direction,
+                "model_version": pred.model_version, "metrics": values}
+
+    def rolling(self, direction: str, window: int) -> dict[str, Any]:
+        mean, n = self.store.rolling_ssim_stats(direction, window)
+        base = self.baseline.get(direction)
+        return {"ssim": mean, "n": n, "baseline": base,
+                "delta": (mean - base) if (mean is not None and base is not None) else None}

@@ -1,0 +1,283 @@
+"""InferenceEngine: the served model (both generators via `semlayout.inference.Translator`).
+
+Path of one image: decode and grayscale check (`serving.uploads`) -> the Translator
+(resize to the model's size with INTER_AREA, [-1, 1], forward, back to the input's size
+as uint8) -> optional binarisation (sem2layout: >= 128 -> 255).
+
+The engine holds one `LoadedModel` at a time. `reload()` loads the version the registry
+alias points to *beside* the current one and then swaps a single reference, so requests
+already running finish on the model they started with and no request sees a half-loaded
+model. A model given as `models:/NAME@ALIAS` is pinned to the version the alias named
+at load time (loaded as `models:/NAME/VERSION`), which is what `X-Model-Version` reports.
+
+`MicroBatcher` (asyncio) queues single images and runs them in batches of up to
+`max_batch` per direction in a worker thread: one forward pass at a time (2 cores are
+better used by one batched pass than by two competing ones), queued requests share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from semlayout.errors import SemlayoutError
+
+log = logging.getLogger("semlayout.serving")
+DIRECTIONS = ("sem2layout", "layout2sem")
+_ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+_VERSION_RE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+class Translates(Protocol):
+    image_size: int
+
+    def translate(self, direction: str, images: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    translator: Translates
+    version: str
+    source: str
+    backend: str
+    loaded_at: float = field(default_factory=time.time)
+    baseline_ssim: dict[str, float] = field(default_factory=dict)
+
+
+def parse_alias(uri: str) -> tuple[str, str] | None:
+    m = _ALIAS_RE.match(uri)
+    return (m["name"], m["alias"]) if m else None
+
+
+def _local_version(folder: Path) -> str:
+    """A short content id of a checkpoint folder: config.json plus the weights' first 1 MB."""
+    h = hashlib.sha256()
+    for name in ("config.json", "weights.safetensors"):
+        f = folder / name
+        if f.is_file():
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+            h.update(str(f.stat().st_size).encode())
+    return f"local-{h.hexdigest()[:10]}"
+
+
+def _registry_baseline(client: Any, run_id: str | None) -> dict[str, float]:
+    """Promotion SSIM per direction from the version's training run, when it logged one."""
+    if not run_id:
+        return {}
+    try:
+        metrics = client.get_run(run_id).data.metrics
+    except Exception:  # noqa: BLE001 - a missing run only means "no baseline"
+        return {}
+    out: dict[str, float] = {}
+    for d in DIRECTIONS:
+        for key in (f"{d}.ssim", f"{d}_ssim", f"{d}/ssim", f"test.{d}.ssim", f"test_{d}_ssim"):
+            if key in metrics:
+                out[d] = float(metrics[key])
+                break
+    return out
+
+
+def alias_version(uri: str, tracking_uri: str | None) -> str:
+    """The version number `models:/NAME@ALIAS` points to now."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    parsed = parse_alias(uri)
+    if parsed is None:
+        raise SemlayoutError(f"'{uri}' is not a models:/NAME@ALIAS URI")
+    name, alias = parsed
+    try:
+        return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException as err:
+        raise SemlayoutError(f"cannot resolve {uri}: {str(err).splitlines()[0]}") from None
+
+
+def load_model(model: str, backend: str = "eager", tracking_uri: str | None = None) -> LoadedModel:
+    """Load a checkpoint folder or registry URI into a `LoadedModel` (pinning aliases to a version)."""
+    from semlayout.inference import Translator
+
+    if not model:
+        raise SemlayoutError("no model given: pass --model (checkpoint folder or models:/NAME@ALIAS)")
+    alias = parse_alias(model)
+    if alias is not None or _VERSION_RE.match(model):
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        try:
+            if alias is not None:
+                mv = client.get_model_version_by_alias(alias[0], alias[1])
+            else:
+                m = _VERSION_RE.match(model)
+                assert m is not None
+                mv = client.get_model_version(m["name"], m["version"])
+        except MlflowException as err:
+            raise SemlayoutError(f"cannot resolve {model}: {str(err).splitlines()[0]}") from None
+        pinned = f"models:/{mv.name}/{mv.version}"
+        translator = Translator.load(pinned, backend=backend, tracking_uri=tracking_uri)
+        return LoadedModel(translator, str(mv.version), pinned, backend,
+                           baseline_ssim=_registry_baseline(client, mv.run_id))
+    folder = Path(model)
+    if not folder.is_dir():
+        raise SemlayoutError(f"model not found: '{model}' (expected a checkpoint folder or models:/NAME@ALIAS)")
+    translator = Translator.load(folder, backend=backend)
+    return LoadedModel(translator, _local_version(folder), str(folder), backend)
+
+
+@dataclass(frozen=True)
+class TranslateResult:
+    outputs: list[np.ndarray]
+    model: LoadedModel
+    forward_ms: float
+
+
+def binarize(img: np.ndarray) -> np.ndarray:
+    return np.where(img >= 128, 255, 0).astype(np.uint8)
+
+
+class InferenceEngine:
+    def __init__(self, loaded: LoadedModel, model: str | None = None, backend: str = "eager",
+                 tracking_uri: str | None = None,
+                 loader: Callable[[str, str, str | None], LoadedModel] = load_model):
+        self._current = loaded
+        self.model = model if model is not None else loaded.source
+        self.backend = backend
+        self.tracking_uri = tracking_uri
+        self._loader = loader
+        self._reload_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str, backend: str = "eager", tracking_uri: str | None = None) -> InferenceEngine:
+        return cls(load_model(model, backend, tracking_uri), model, backend, tracking_uri)
+
+    @property
+    def current(self) -> LoadedModel:
+        return self._current
+
+    @property
+    def follows_alias(self) -> bool:
+        return parse_alias(self.model) is not None
+
+    def translate(self, direction: str, images: list[np.ndarray], binarize_output: bool = False) -> TranslateResult:
+        """Translate a batch on the model current at call time (a swap meanwhile does not affect it)."""
+        if direction not in DIRECTIONS:
+            raise SemlayoutError(f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}")
+        loaded = self._current
+        t0 = time.perf_counter()
+        outputs = loaded.translator.translate(direction, list(images))
+        forward_ms = (time.perf_counter() - t0) * 1000
+        if binarize_output:
+            outputs = [binarize(o) for o in outputs]
+        return TranslateResult(outputs, loaded, forward_ms)
+
+    def reload(self, force: bool = False) -> dict[str, Any]:
+        """Load what `self.model` names now; swap if the version changed (or `force`)."""
+        with self._reload_lock:
+            old = self._current
+            if self.follows_alias and not force:
+                target = alias_version(self.model, self.tracking_uri)
+                if target == old.version:
+                    return {"changed": False, "old_version": old.version, "new_version": old.version,
+                            "source": old.source}
+            new = self._loader(self.model, self.backend, self.tracking_uri)
+            changed = new.version != old.version or force
+            if changed:
+                self._current = new  # one reference swap; running requests keep `old`
+                log.info("model swapped: %s -> %s (%s)", old.version, new.version, new.source)
+            return {"changed": changed, "old_version": old.version, "new_version": new.version,
+                    "source": new.source}
+
+
+# --------------------------------------------------------------------------- micro-batching
+@dataclass
+class _Job:
+    direction: str
+    image: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, LoadedModel, float, int]]
+
+
+class QueueFull(SemlayoutError):
+    """More images are waiting than the server accepts; the client should retry later (503)."""
+
+
+class MicroBatcher:
+    """Collects single images for up to `max_wait_ms` and runs them as one forward per direction."""
+
+    def __init__(self, engine: InferenceEngine, max_batch: int = 8, max_wait_ms: float = 2.0,
+                 max_queue: int = 256, on_batch: Callable[[str, int, float], None] | None = None):
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="semlayout-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def submit(self, direction: str, image: np.ndarray) -> tuple[np.ndarray, LoadedModel, float, int]:
+        """(output, model used, forward ms of the batch, batch size)."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        if self._queue.qsize() >= self.max_queue:
+            raise QueueFull(f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue})")
+        fut: asyncio.Future[tuple[np.ndarray, LoadedModel, float, int]] = (
+            asyncio.get_running_loop().create_future())
+        await self._queue.put(_Job(direction, image, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        assert self._queue is not None
+        while True:
+            jobs = [await self._queue.get()]
+            deadline = time.perf_counter() + self.max_wait
+            while len(jobs) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    jobs.append(self._queue.get_nowait() if remaining <= 0 else
+                                await asyncio.wait_for(self._queue.get(), remaining))
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+            for direction in DIRECTIONS:
+                group = [j for j in jobs if j.direction == direction and not j.future.cancelled()]
+                if not group:
+                    continue
+                try:
+                    res = await run_in_threadpool(self.engine.translate, direction, [j.image for j in group])
+                except Exception as err:  # noqa: BLE001 - handed to every waiting request
+                    for j in group:
+                        if not j.future.done():
+                            j.future.set_exception(err)
+                    continue
+                if self.on_batch is not None:
+                    self.on_batch(direction, len(group), res.forward_ms)
+                for j, out in zip(group, res.outputs, strict=True):
+                    if not j.future.done():
+                        j.future.set_result((out, res.model, res.forward_ms, len(group)))

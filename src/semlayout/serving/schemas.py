@@ -1,0 +1,130 @@
+"""Request/response models of the HTTP API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+
+class Direction(str, Enum):
+    sem2layout = "sem2layout"
+    layout2sem = "layout2sem"
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(..., description="why the request was refused")
+
+
+class DriftInfo(BaseModel):
+    drifted: bool
+    score: float = Field(..., description="max(max|z|/z_threshold, KL/kl_threshold); > 1 means drifted")
+    max_abs_z: float
+    worst_feature: str
+    kl: float = Field(..., description="KL(p_image || q_reference) of 64-bin histograms, nats")
+    z_threshold: float
+    kl_threshold: float
+
+
+class TranslateResponse(BaseModel):
+    prediction_id: str
+    direction: Direction
+    model_version: str
+    width: int
+    height: int
+    image_png_base64: str = Field(..., description="the translated image, PNG, the input's size")
+    drift: DriftInfo | None = Field(None, description="null when the server has no drift reference")
+
+
+class AlignResponse(BaseModel):
+    x: int = Field(..., description="column of the template's top-left corner in the SEM")
+    y: int = Field(..., description="row of the template's top-left corner in the SEM")
+    x_sub: float
+    y_sub: float
+    score: float
+    confidence: float
+    polarity: int
+    n_equivalent: int
+    qc_pass: bool
+    reason: str
+    translated: TranslateResponse | None = Field(None, description="sem2layout of the aligned crop")
+
+
+class QualityMetrics(BaseModel):
+    l1: float
+    ssim: float
+    psnr: float
+    iou: float
+
+
+class GroundTruthResponse(BaseModel):
+    prediction_id: str
+    direction: Direction
+    model_version: str
+    metrics: QualityMetrics
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    pattern_type: str
+    sem_path: str
+    layout_path: str
+    feedback_count: int
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model_loaded: bool
+    db_writable: bool
+    model_version: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+class ReloadResponse(BaseModel):
+    changed: bool
+    old_version: str
+    new_version: str
+    source: str
+
+
+class LatencySummary(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class InferenceSummary(BaseModel):
+    window: int
+    requests: int
+    errors: int
+    error_rate: float | None
+    errors_by_status: dict[str, int]
+    requests_by_direction: dict[str, int]
+    latency_ms: LatencySummary
+
+
+class DriftSummary(BaseModel):
+    window: int
+    rate: float | None = Field(..., description="share of drifted images among the last `window`")
+    n: int
+    by_direction: dict[str, float | None]
+    thresholds: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class QualitySummary(BaseModel):
+    ssim: float | None = Field(..., description="rolling mean SSIM of predictions with ground truth")
+    n: int
+    baseline: float | None = Field(..., description="SSIM the model was promoted on")
+    delta: float | None
+
+
+class MonitoringSummary(BaseModel):
+    model_version: str | None
+    inference: InferenceSummary
+    drift: DriftSummary
+    quality: dict[str, QualitySummary]
+    feedback_count: int

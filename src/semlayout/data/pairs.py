@@ -71,11 +71,16 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
     if not manifest.is_file():
         raise SemlayoutError(f"{folder} is not a pair folder: manifest.csv is missing")
     try:
-        text = manifest.read_text(encoding="utf-8")
+        # utf-8-sig: spreadsheet exports start with a byte-order mark that would rename column 'id'
+        text = manifest.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise SemlayoutError(f"{manifest}: not UTF-8 text") from None
+    if not text.strip():
+        raise SemlayoutError(f"{manifest} is empty; expected a header {','.join(REQUIRED_COLUMNS)} and one row per pair")
     reader = csv.DictReader(io.StringIO(text))
-    columns = reader.fieldnames or []
+    # tolerate "id, sem_path, ..." (spaces after commas) in the header
+    reader.fieldnames = [c.strip() for c in (reader.fieldnames or [])]
+    columns = reader.fieldnames
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise SemlayoutError(

@@ -113,9 +113,9 @@ def _sem2layout_section(m: Mapping[str, Any]) -> str:
         "<h2>SEM &rarr; Layout</h2>"
         '<table><tr><th class="l">metric</th><th>model</th><th>baseline: Otsu of blurred SEM</th></tr>'
         + "".join(rows) + "</table>"
-        '<p class="note">Otsu baseline: Gaussian blur, Otsu threshold, the minority class taken as the '
-        "pattern (polarity chosen without looking at the target). EPE/CD in pixels at 250x250; CD on "
-        "line/space only.</p>" + _family_table(m, ("ssim", "iou", "l1", "epe_px", "cd_error_px"), base)
+        f'<p class="note">Otsu baseline: Gaussian blur, Otsu threshold, one polarity for all images '
+        f'({fmt(base.get("polarity", "bright"))} = pattern), fitted on the train split, never on the '
+        "test targets. EPE/CD in pixels at 250x250; CD on line/space only.</p>" + _family_table(m, ("ssim", "iou", "l1", "epe_px", "cd_error_px"), base)
     )
 
 

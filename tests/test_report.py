@@ -12,6 +12,7 @@ import numpy as np
 from semlayout.report import (
     abs_diff_heatmap,
     curves_from_history,
+    group_curves,
     layout_error_overlay,
     write_report_html,
 )
@@ -64,7 +65,9 @@ def _samples() -> list[dict]:
 
 
 def test_report_parses_and_contains_numbers_images_gate_curves(tmp_path):
-    history = {"epochs": [{"epoch": e, "loss_G": 10.0 / e, "loss_D": 0.5, "l1_A": 50.0 / e} for e in range(1, 6)]}
+    history = {"epochs": [{"epoch": e, "step": 10 * e, "seconds": 3.0 * e, "lr": 2e-4, "loss_G": 10.0 / e,
+                           "loss_D": 0.5, "l1_A": 50.0 / e, "val_sem2layout_iou": 0.5 + e / 20}
+                          for e in range(1, 6)]}
     (tmp_path / "history.json").write_text(json.dumps(history))
     dest = write_report_html(
         tmp_path / "r" / "report.html", _metrics(), _samples(), curves=tmp_path / "history.json",
@@ -92,7 +95,7 @@ def test_report_parses_and_contains_numbers_images_gate_curves(tmp_path):
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in text
     polylines = [a for t, a in p.tags if t == "polyline"]
-    assert len(polylines) == 3
+    assert len(polylines) == 5  # loss_G, loss_D | l1_A | val iou | lr; never seconds
     assert all(len(a["points"].split()) == 5 for a in polylines)
 
 
@@ -115,6 +118,12 @@ def test_overlay_colours_and_heatmap():
     assert ov[0, 1, 0] == ov[0, 1, 1] == ov[0, 1, 2]  # agreement -> gray
     hm = abs_diff_heatmap(t, t)
     assert hm.shape == (4, 4, 3) and hm.max() < 10  # equal -> black
+
+
+def test_curve_groups():
+    g = group_curves({"loss_G": [1.0], "l1_A": [40.0], "val_x": [0.5], "lr": [1e-3], "seconds": [9.0]})
+    assert g == {"losses": {"loss_G": [1.0]}, "losses (large terms)": {"l1_A": [40.0]},
+                 "validation": {"val_x": [0.5]}, "learning rate": {"lr": [1e-3]}}
 
 
 def test_curves_from_history_forms():

@@ -268,14 +268,36 @@ def _curves_section(curves: Any) -> str:
     series = curves_from_history(curves)
     if not series:
         return ""
-    # Losses of very different scale (L1 x100 vs GAN) each get their own chart when far apart.
+    charts = "".join(
+        f"<h3>{html.escape(title)}</h3><div>{curves_svg(group)}</div>"
+        for title, group in group_curves(series).items()
+    )
+    return f"<h2>Training curves</h2>{charts}"
+
+
+_NOT_CURVES = ("seconds", "time", "wall")
+
+
+def group_curves(series: Mapping[str, list[float]]) -> dict[str, dict[str, list[float]]]:
+    """Split series into charts: losses (D, then G terms), validation metrics, learning rate.
+
+    Losses of very different scale (L1 x100 vs GAN ~1) get separate charts. Timing fields are dropped.
+    """
     groups: dict[str, dict[str, list[float]]] = {}
     for name, vals in series.items():
-        peak = max((abs(v) for v in vals if math.isfinite(v)), default=0.0)
-        key = "large" if peak > 10 else "small"
-        groups.setdefault(key, {})[name] = vals
-    charts = "".join(f"<div>{curves_svg(g)}</div>" for g in groups.values())
-    return f"<h2>Training curves</h2>{charts}"
+        low = name.lower()
+        if any(t in low for t in _NOT_CURVES):
+            continue
+        if low.startswith("val"):
+            title = "validation"
+        elif low in ("lr", "learning_rate") or low.startswith("lr_"):
+            title = "learning rate"
+        else:
+            peak = max((abs(v) for v in vals if math.isfinite(v)), default=0.0)
+            title = "losses (large terms)" if peak > 10 else "losses"
+        groups.setdefault(title, {})[name] = vals
+    order = ("losses", "losses (large terms)", "validation", "learning rate")
+    return {t: groups[t] for t in order if t in groups}
 
 
 # ---------------------------------------------------------------- entry point

@@ -1,0 +1,121 @@
+"""`semlayout loop check|run` — the continuous-learning loop from the command line.
+
+`check` only reports; `run` acts (fine-tune pipeline under kfp.local, or submitted to
+a KFP host with `--kfp-host`). The `pipelines` package (and kfp) is imported inside
+`run` only, so the library stays free of kfp.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from semlayout.errors import SemlayoutError
+
+loop_app = typer.Typer(help="Continuous learning: triggers -> fine-tune -> gated registration.",
+                       no_args_is_help=True)
+
+_CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
+
+
+def _set(items: list[str]) -> dict[str, object]:
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SemlayoutError(f"--set {item!r}: expected KEY=VALUE, e.g. policy.min_new_pairs=20")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _options(monitor_db: str | None, feedback_dir: str | None, intake_uri: str | None,
+             tracking_uri: str | None, model_name: str | None, sets: list[str]) -> dict[str, object]:
+    overrides = _set(sets)
+    for key, value in (("monitor_db", monitor_db), ("feedback_dir", feedback_dir),
+                       ("intake_uri", intake_uri), ("tracking_uri", tracking_uri),
+                       ("model_name", model_name)):
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+@loop_app.command("check")
+def check_cmd(
+    config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
+    monitor_db: str = typer.Option(None, "--monitor-db"),
+    feedback_dir: str = typer.Option(None, "--feedback-dir"),
+    intake_uri: str = typer.Option(None, "--intake-uri"),
+    tracking_uri: str = typer.Option(None, "--tracking-uri"),
+    model_name: str = typer.Option(None, "--model-name"),
+    set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Report the trigger decision and every reason with its numbers (acts on nothing)."""
+    from semlayout.loop import check, load_loop_config
+
+    cfg = load_loop_config(config, _options(monitor_db, feedback_dir, intake_uri, tracking_uri,
+                                            model_name, set_))
+    decision, obs = check(cfg)
+    if as_json:
+        print(json.dumps({**decision.to_dict(), "observations": {
+            "new_pairs_feedback": obs.new_pairs_feedback, "new_pairs_intake": obs.new_pairs_intake,
+            "drift_rate": obs.drift_rate, "drift_samples": obs.drift_samples,
+            "rolling_ssim": obs.rolling_ssim, "baseline_ssim": obs.baseline_ssim,
+            "last_run_at": obs.last_run_at.isoformat() if obs.last_run_at else None}}, indent=2))
+    else:
+        print(decision.summary())
+
+
+@loop_app.command("run")
+def run_cmd(
+    config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
+    monitor_db: str = typer.Option(None, "--monitor-db"),
+    feedback_dir: str = typer.Option(None, "--feedback-dir"),
+    intake_uri: str = typer.Option(None, "--intake-uri"),
+    tracking_uri: str = typer.Option(None, "--tracking-uri"),
+    model_name: str = typer.Option(None, "--model-name"),
+    kfp_host: str = typer.Option(None, "--kfp-host", help="submit to this KFP host instead of kfp.local"),
+    force: bool = typer.Option(False, "--force", help="run even if no trigger fires (cooldown still holds)"),
+    set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check the triggers and, when they fire, run the fine-tune pipeline once."""
+    from semlayout.loop import load_loop_config, run
+
+    overrides = _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
+    if kfp_host is not None:
+        overrides["kfp_host"] = kfp_host
+    cfg = load_loop_config(config, overrides)
+    from pipelines.launch import launcher_for
+
+    outcome = run(cfg, launcher_for(cfg), force=force)
+    if as_json:
+        print(json.dumps(outcome, indent=2, default=str))
+    else:
+        from semlayout.triggers import Reason, TriggerDecision
+
+        d = outcome["decision"]
+        print(TriggerDecision(
+            fire=d["fire"], held_by_cooldown=d["held_by_cooldown"],
+            reasons=[Reason(**r) for r in d["reasons"]], checked_at=_iso(d["checked_at"]),
+            cooldown_until=_iso(d["cooldown_until"]) if d["cooldown_until"] else None).summary())
+        print(f"status: {outcome['status']}")
+        for key in ("message", "n_reviewed", "run_id", "gate_passed", "model_version", "gate_reasons"):
+            if outcome.get(key) not in (None, "", []):
+                print(f"{key}: {outcome[key]}")
+    if outcome["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _iso(value: str):
+    from datetime import datetime
+
+    return datetime.fromisoformat(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(loop_app, name="loop")

@@ -1,0 +1,36 @@
+"""`semlayout align PAIRS --out OUT`: template matching + QC over a pair folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("align")
+    def align(
+        pairs: Path = typer.Argument(..., help="pair folder with manifest.csv (raw 304x304 SEMs)"),
+        out: Path = typer.Option(..., "--out", help="aligned pair folder to write (QC-passed pairs + alignment.csv)"),
+        blur: float = typer.Option(0.0, "--blur", help="extra Gaussian sigma (px) on the SEM before matching"),
+        min_score: float = typer.Option(None, "--min-score", help="QC: least multiple-correlation score at the peak"),
+        min_confidence: float = typer.Option(
+            None, "--min-confidence", help="QC: least z-score separating the peak from the best non-equivalent one"
+        ),
+        workers: int = typer.Option(1, "--workers", help="processes (one per core helps on large folders)"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar"),
+    ) -> None:
+        """Align raw SEMs to their layout templates; write OUT (cropped 250x250 pairs) and OUT/alignment.csv."""
+        from semlayout.data.align import AlignConfig, align_folder
+
+        kw: dict[str, float] = {"blur": blur}
+        if min_score is not None:
+            kw["min_score"] = min_score
+        if min_confidence is not None:
+            kw["min_confidence"] = min_confidence
+        summary = align_folder(pairs, out, AlignConfig(**kw), workers=workers, progress=progress)
+        reasons = ", ".join(f"{k}={v}" for k, v in summary.reasons.items())
+        typer.echo(
+            f"aligned {summary.n_pairs} pairs: {summary.n_passed} passed QC ({reasons}) "
+            f"in {summary.seconds:.1f} s ({summary.pairs_per_s:.0f} pairs/s) -> {summary.out_dir}"
+        )

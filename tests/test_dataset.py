@@ -14,13 +14,12 @@ from torch.utils.data import DataLoader
 
 from semlayout.data.dataset import (
     ShardDataset,
-    _npz_members,
     balanced_sampler,
     dihedral,
     from_uint8,
     to_uint8,
 )
-from semlayout.data.shards import load_split_arrays, read_index, write_shards
+from semlayout.data.shards import load_split_arrays, npz_members, read_index, write_shards
 from semlayout.errors import SemlayoutError
 
 
@@ -178,7 +177,7 @@ def test_dataloader_with_workers(shards):
 
 def test_shards_are_memory_mapped(shards):
     rel = read_index(shards)["splits"]["train"]["shards"][0]
-    mm = _npz_members(shards / rel)
+    mm = npz_members(shards / rel)
     with np.load(shards / rel, allow_pickle=False) as z:
         for key in z.files:
             np.testing.assert_array_equal(mm[key], z[key])
@@ -187,7 +186,7 @@ def test_shards_are_memory_mapped(shards):
 
 def test_compressed_npz_still_readable(tmp_path):
     np.savez_compressed(tmp_path / "c.npz", sem=np.ones((2, 3, 3), np.uint8), ids=np.array(["a", "b"]))
-    mm = _npz_members(tmp_path / "c.npz")
+    mm = npz_members(tmp_path / "c.npz")
     assert mm["sem"].sum() == 18 and mm["ids"].tolist() == ["a", "b"]
 
 

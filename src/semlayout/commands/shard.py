@@ -46,7 +46,7 @@ def shard(
             raise SemlayoutError(f"--limit names {p}, which is not one of the inputs")
     sources = [ShardSource(p, limits.get(str(p.resolve()))) for p in aligned]
     index = write_shards(sources, out, val=val, test=test, seed=seed, shard_size=shard_size,
-                         max_per_source=max_per_source)
+                         max_per_source=max_per_source, progress=True)
     fams = index["families"]
     width = max(len(f) for f in [*fams, "family"])
     print(f"{'family':<{width}}  {'train':>6} {'val':>6} {'test':>6}")

@@ -25,7 +25,6 @@ contiguous in the file), so a big shard set costs page cache, not RAM per worker
 from __future__ import annotations
 
 import os
-import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from semlayout.data.shards import _split_info, read_index
+from semlayout.data.shards import _split_info, npz_members, read_index
 from semlayout.errors import SemlayoutError
 
 IMAGE_KEYS = ("sem", "layout", "clean")
@@ -67,43 +66,6 @@ def dihedral(img: np.ndarray, k: int) -> np.ndarray:
     if k >= 4:
         out = out[..., ::-1]
     return np.ascontiguousarray(out)
-
-
-def _npz_members(path: Path) -> dict[str, np.ndarray]:
-    """Memory-map the arrays of an uncompressed .npz; fall back to loading compressed members."""
-    out: dict[str, np.ndarray] = {}
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-    with open(path, "rb") as f:
-        for info in infos:
-            key = info.filename.removesuffix(".npy")
-            if info.compress_type != zipfile.ZIP_STORED:
-                with np.load(path, allow_pickle=False) as z:
-                    out[key] = z[key]
-                continue
-            # local file header: 30 bytes + name + extra, then the .npy bytes
-            f.seek(info.header_offset + 26)
-            name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
-            start = info.header_offset + 30 + int(name_len) + int(extra_len)
-            f.seek(start)
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                with np.load(path, allow_pickle=False) as z:
-                    out[key] = z[key]
-                continue
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
-            if dtype.hasobject:
-                raise SemlayoutError(f"{path}: member {key} holds Python objects; shards must not")
-            if dtype.kind in "uib" and not fortran:
-                out[key] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape)
-            else:  # small string arrays: read them (unaligned string memmaps are slow)
-                count = int(np.prod(shape)) if shape else 1
-                arr = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
-                out[key] = arr.reshape(shape, order="F" if fortran else "C")
-    return out
 
 
 class ShardDataset(Dataset):
@@ -162,7 +124,7 @@ class ShardDataset(Dataset):
 
     def _shard(self, s: int) -> dict[str, np.ndarray]:
         if s not in self._cache:
-            self._cache[s] = _npz_members(self._shard_paths[s])
+            self._cache[s] = npz_members(self._shard_paths[s])
         return self._cache[s]
 
     def transform_index(self, index: int) -> int:

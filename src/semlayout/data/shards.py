@@ -23,21 +23,31 @@ reviewed pairs. Every record keeps the name of its source.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
 import zipfile
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from semlayout.atomic import atomic_dir
-from semlayout.data.pairs import TEMPLATE_SHAPE, check_binary_layout, read_gray8, read_manifest
+from semlayout.data.pairs import (
+    TEMPLATE_SHAPE,
+    PairRecord,
+    check_binary_layout,
+    read_gray8,
+    read_manifest,
+)
 from semlayout.errors import SemlayoutError
 
 FORMAT = "semlayout-shards/1"
@@ -55,14 +65,18 @@ class ShardSource:
     name: str | None = None
 
 
+Images = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # sem, layout, clean: (250, 250) uint8
+
+
 @dataclass
-class _Record:
+class _Entry:
+    """One pair to shard; its images are read only when its shard is written (bounded memory)."""
+
     id: str
     family: str
     source: str
-    sem: np.ndarray
-    layout: np.ndarray
-    clean: np.ndarray | None
+    has_clean: bool
+    load: Callable[[], Images]
 
 
 SourceLike = str | os.PathLike[str] | ShardSource | tuple[str | os.PathLike[str], int | None]
@@ -109,64 +123,68 @@ def _qc_failed_ids(folder: Path) -> set[str]:
     return {r["id"] for r in rows if str(r.get("qc_pass", "true")).strip().lower() in ("false", "0", "no")}
 
 
-def _read_pair_folder(folder: Path, name: str, keep: set[str] | None = None) -> list[_Record]:
-    records = read_manifest(folder)
+def _load_pair(rec: PairRecord, folder: Path, has_alignment: bool) -> Images:
+    sem = read_gray8(rec.sem_path)
+    if sem.shape != TEMPLATE_SHAPE:
+        if not has_alignment:
+            raise SemlayoutError(
+                f"{rec.sem_path}: SEM is {sem.shape[1]}x{sem.shape[0]} px and {folder} has no "
+                f"alignment.csv: expected an aligned folder (run `semlayout align` first) or "
+                f"SEMs already {TEMPLATE_SHAPE[1]}x{TEMPLATE_SHAPE[0]}"
+            )
+        raise SemlayoutError(
+            f"{rec.sem_path}: aligned SEM must be {TEMPLATE_SHAPE[1]}x{TEMPLATE_SHAPE[0]} px, "
+            f"got {sem.shape[1]}x{sem.shape[0]}"
+        )
+    layout = read_gray8(rec.layout_path, TEMPLATE_SHAPE)
+    if cv2.countNonZero(cv2.inRange(layout, 1, 254)):  # fast test; the slow one words the error
+        check_binary_layout(layout, str(rec.layout_path))
+    clean = read_gray8(rec.clean_path, TEMPLATE_SHAPE) if rec.clean_path is not None else None
+    return sem, layout, clean
+
+
+def _pair_folder_entries(folder: Path, name: str) -> list[_Entry]:
     has_alignment = (folder / "alignment.csv").is_file()
     failed = _qc_failed_ids(folder) if has_alignment else set()
-    out: list[_Record] = []
-    for rec in records:
-        if rec.id in failed or (keep is not None and rec.id not in keep):
-            continue
-        sem = read_gray8(rec.sem_path)
-        if sem.shape != TEMPLATE_SHAPE:
-            if not has_alignment:
-                raise SemlayoutError(
-                    f"{rec.sem_path}: SEM is {sem.shape[1]}x{sem.shape[0]} px and {folder} has no "
-                    f"alignment.csv: expected an aligned folder (run `semlayout align` first) or "
-                    f"SEMs already {TEMPLATE_SHAPE[1]}x{TEMPLATE_SHAPE[0]}"
-                )
-            raise SemlayoutError(
-                f"{rec.sem_path}: aligned SEM must be {TEMPLATE_SHAPE[1]}x{TEMPLATE_SHAPE[0]} px, "
-                f"got {sem.shape[1]}x{sem.shape[0]}"
-            )
-        layout = check_binary_layout(read_gray8(rec.layout_path, TEMPLATE_SHAPE), str(rec.layout_path))
-        clean = read_gray8(rec.clean_path, TEMPLATE_SHAPE) if rec.clean_path is not None else None
-        out.append(_Record(rec.id, rec.pattern_type, name, sem, layout, clean))
+    return [
+        _Entry(rec.id, rec.pattern_type, name, rec.clean_path is not None,
+               functools.partial(_load_pair, rec, folder, has_alignment))
+        for rec in read_manifest(folder) if rec.id not in failed
+    ]
+
+
+def _load_shard_row(members: dict[str, np.ndarray], row: int) -> Images:
+    clean = None
+    if "clean" in members and ("clean_mask" not in members or members["clean_mask"][row]):
+        clean = np.array(members["clean"][row])
+    return np.array(members["sem"][row]), np.array(members["layout"][row]), clean
+
+
+def _shard_set_entries(folder: Path, name: str) -> list[_Entry]:
+    """The TRAIN split of an existing shard set (memory-mapped, rows read on demand)."""
+    index = read_index(folder)
+    out: list[_Entry] = []
+    for rel in index["splits"]["train"]["shards"]:
+        members = npz_members(folder / rel)
+        has_clean = "clean" in members
+        mask = members.get("clean_mask")
+        for row, (pid, fam) in enumerate(zip(members["ids"].tolist(), members["families"].tolist(), strict=True)):
+            clean_here = has_clean and (mask is None or bool(mask[row]))
+            out.append(_Entry(pid, fam, name, clean_here, functools.partial(_load_shard_row, members, row)))
     return out
 
 
-def _read_shard_source(folder: Path, name: str, keep: set[str] | None = None) -> list[_Record]:
-    out = []
-    for r in iter_split(folder, "train"):
-        if keep is None or r["id"] in keep:
-            out.append(_Record(r["id"], r["family"], name, r["sem"], r["layout"], r.get("clean")))
-    return out
-
-
-def _list_ids(folder: Path) -> list[tuple[str, str]]:
-    """(id, family) of every usable pair of a source, without reading images."""
-    if (folder / "index.json").is_file():
-        index = read_index(folder)
-        pairs = []
-        for rel in index["splits"]["train"]["shards"]:
-            with np.load(folder / rel, allow_pickle=False) as z:
-                pairs += list(zip(z["ids"].tolist(), z["families"].tolist(), strict=True))
-        return pairs
-    failed = _qc_failed_ids(folder) if (folder / "alignment.csv").is_file() else set()
-    return [(r.id, r.pattern_type) for r in read_manifest(folder) if r.id not in failed]
-
-
-def _sample_ids(pairs: list[tuple[str, str]], max_n: int | None, seed: int, position: int) -> set[str] | None:
-    """A deterministic random sample of `max_n` ids (None: keep all)."""
-    if max_n is None or max_n >= len(pairs):
-        return None
-    ids = sorted(p[0] for p in pairs)
+def _sample(entries: list[_Entry], max_n: int | None, seed: int, position: int) -> list[_Entry]:
+    """A deterministic random sample of `max_n` entries (all of them when max_n is None)."""
+    if max_n is None or max_n >= len(entries):
+        return entries
+    ordered = sorted(entries, key=lambda e: e.id)
     rng = np.random.default_rng([seed, position, 1])
-    return {ids[i] for i in rng.choice(len(ids), size=max_n, replace=False)}
+    return [ordered[i] for i in sorted(rng.choice(len(ordered), size=max_n, replace=False))]
 
 
-def _load_sources(sources: list[ShardSource], seed: int) -> tuple[list[_Record], list[dict[str, Any]]]:
-    records: list[_Record] = []
+def _collect_entries(sources: list[ShardSource], seed: int) -> tuple[list[_Entry], list[dict[str, Any]]]:
+    entries: list[_Entry] = []
     summary: list[dict[str, Any]] = []
     seen: set[str] = set()
     for k, src in enumerate(sources):
@@ -179,27 +197,25 @@ def _load_sources(sources: list[ShardSource], seed: int) -> tuple[list[_Record],
                 f"{folder} is neither an aligned pair folder (manifest.csv + alignment.csv) nor a shard set (index.json)"
             )
         assert src.name is not None
-        available = _list_ids(folder)
-        keep = _sample_ids(available, src.max_n, seed, k)
-        reader = _read_shard_source if is_shards else _read_pair_folder
-        recs = reader(folder, src.name, keep)
+        available = (_shard_set_entries if is_shards else _pair_folder_entries)(folder, src.name)
+        chosen = _sample(available, src.max_n, seed, k)
         # ids must be unique across sources: a clash gets a source prefix, deterministically
         renamed = 0
-        for r in recs:
-            if r.id in seen:
-                r.id = f"s{k}-{r.id}"
+        for e in chosen:
+            if e.id in seen:
+                e.id = f"s{k}-{e.id}"
                 renamed += 1
-            seen.add(r.id)
-        records += recs
+            seen.add(e.id)
+        entries += chosen
         summary.append({
             "name": src.name, "path": str(folder), "kind": "shards" if is_shards else "pairs",
-            "n_available": len(available), "n_used": len(recs), "max_n": src.max_n, "renamed_ids": renamed,
+            "n_available": len(available), "n_used": len(chosen), "max_n": src.max_n, "renamed_ids": renamed,
         })
-    if not records:
+    if not entries:
         raise SemlayoutError(
             "no pairs to shard: " + ", ".join(f"{s['path']} ({s['n_available']} usable)" for s in summary)
         )
-    return records, summary
+    return entries, summary
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -230,9 +246,9 @@ def assign_splits(
     """Map each id to a split. keys: (id, family, source). Stratified by (source, family).
 
     Each (source, family) group is shuffled by a generator seeded with (seed, family), so adding
-    a family does not reshuffle another and the folder's name plays no part, and cut by `split_counts`. Then a family with >= 3 pairs in
-    total that still misses a split (possible only when spread thinly across sources) gets
-    one pair moved there from its largest train group.
+    a family does not reshuffle another and a folder's name plays no part; each group is cut
+    by `split_counts`. Then a family with >= 3 pairs in total that still misses a split
+    (possible only when it is spread thinly across sources) gets a train pair moved there.
     """
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for pid, fam, src in keys:
@@ -275,40 +291,46 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def _shard_arrays(recs: list[_Record], store_clean: bool) -> dict[str, np.ndarray]:
+def _shard_arrays(entries: list[_Entry], images: list[Images], store_clean: bool) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {
-        "ids": np.array([r.id for r in recs], dtype=str),
-        "families": np.array([r.family for r in recs], dtype=str),
-        "sources": np.array([r.source for r in recs], dtype=str),
-        "sem": np.stack([r.sem for r in recs]),
-        "layout": np.stack([r.layout for r in recs]),
+        "ids": np.array([e.id for e in entries], dtype=str),
+        "families": np.array([e.family for e in entries], dtype=str),
+        "sources": np.array([e.source for e in entries], dtype=str),
+        "sem": np.stack([im[0] for im in images]),
+        "layout": np.stack([im[1] for im in images]),
     }
     if store_clean:
-        mask = np.array([r.clean is not None for r in recs], dtype=bool)
+        mask = np.array([im[2] is not None for im in images], dtype=bool)
         zero = np.zeros(TEMPLATE_SHAPE, np.uint8)
-        arrays["clean"] = np.stack([r.clean if r.clean is not None else zero for r in recs])
+        arrays["clean"] = np.stack([im[2] if im[2] is not None else zero for im in images])
         if not mask.all():
             arrays["clean_mask"] = mask
     return arrays
 
 
-def _stats_block(images: list[np.ndarray]) -> dict[str, Any]:
-    from semlayout.data.features import FEATURE_NAMES, HISTOGRAM_BINS, features_table, histogram
+def _describe(img: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    from semlayout.data.features import HISTOGRAM_BINS, histogram, image_features
 
-    table = features_table(images)
-    hist = np.mean([histogram(im, HISTOGRAM_BINS) for im in images], axis=0)
+    return image_features(img), histogram(img, HISTOGRAM_BINS)
+
+
+def _stats_block(described: list[tuple[dict[str, float], np.ndarray]]) -> dict[str, Any]:
+    from semlayout.data.features import FEATURE_NAMES
+
+    table = {f: [d[0][f] for d in described] for f in FEATURE_NAMES}
+    hist = np.mean([d[1] for d in described], axis=0)
     return {
-        "n": len(images),
+        "n": len(described),
         # population std (ddof=0) of the per-image values
         "mean": {f: float(np.mean(table[f])) for f in FEATURE_NAMES},
         "std": {f: float(np.std(table[f])) for f in FEATURE_NAMES},
         "histogram": [float(v) for v in hist / hist.sum()],
-        "features": {f: table[f] for f in FEATURE_NAMES},
+        "features": table,
     }
 
 
-def reference_stats(sem: list[np.ndarray], layout: list[np.ndarray]) -> dict[str, Any]:
-    """The drift reference (`reference_stats.json` content) of a set of training images."""
+def _reference_doc(sem: list[tuple[dict[str, float], np.ndarray]],
+                   layout: list[tuple[dict[str, float], np.ndarray]]) -> dict[str, Any]:
     from semlayout.data.features import FEATURE_NAMES, HISTOGRAM_BINS
 
     if not sem:
@@ -323,6 +345,15 @@ def reference_stats(sem: list[np.ndarray], layout: list[np.ndarray]) -> dict[str
     }
 
 
+def reference_stats(sem: Sequence[np.ndarray], layout: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The drift reference (`reference_stats.json` content) of a set of training images."""
+    return _reference_doc([_describe(im) for im in sem], [_describe(im) for im in layout])
+
+
+def _threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def write_shards(
     aligned_dir: SourceLike | Sequence[SourceLike],
     out_dir: str | os.PathLike[str],
@@ -331,6 +362,7 @@ def write_shards(
     seed: int = 0,
     shard_size: int = 256,
     max_per_source: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Shard one or more aligned folders (or shard sets) into `out_dir`; returns the index dict.
 
@@ -345,11 +377,10 @@ def write_shards(
     if not isinstance(shard_size, int) or shard_size < 1:
         raise SemlayoutError(f"--shard-size must be a positive integer, got {shard_size!r}")
     sources = _as_sources(aligned_dir, max_per_source)
-    records, source_summary = _load_sources(sources, seed)
-    split_of = assign_splits([(r.id, r.family, r.source) for r in records], val, test, seed)
+    entries, source_summary = _collect_entries(sources, seed)
+    split_of = assign_splits([(e.id, e.family, e.source) for e in entries], val, test, seed)
 
-    n_clean = sum(r.clean is not None for r in records)
-    has_clean = n_clean == len(records)
+    n_clean = sum(e.has_clean for e in entries)
     index: dict[str, Any] = {
         "format": FORMAT,
         "seed": seed,
@@ -358,42 +389,89 @@ def write_shards(
         "test": test,
         "shard_size": shard_size,
         "splits": {},
-        "families": sorted({r.family for r in records}),
-        "has_clean": has_clean,
+        "families": sorted({e.family for e in entries}),
+        "has_clean": n_clean == len(entries),
         "n_clean": n_clean,
         "source": ";".join(s["path"] for s in source_summary),
         "sources": source_summary,
     }
-    with atomic_dir(out_dir) as tmp:
+    described: dict[str, list[tuple[dict[str, float], np.ndarray]]] = {"sem": [], "layout": []}
+    bar = tqdm(total=len(entries), desc="shard", unit="pair", leave=False,
+               disable=not progress or len(entries) < 200)
+    # threads: PNG decoding and the OpenCV feature code release the GIL
+    with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(_threads()) as pool:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a shard set is meant to be shared
-        train_recs: list[_Record] = []
         for split in SPLITS:
-            recs = sorted((r for r in records if split_of[r.id] == split), key=lambda r: r.id)
+            chosen = sorted((e for e in entries if split_of[e.id] == split), key=lambda e: e.id)
             # shuffle so each shard mixes families (streaming readers see a fair sample)
             rng = np.random.default_rng([seed, SPLITS.index(split), 7])
-            recs = [recs[i] for i in rng.permutation(len(recs))]
-            if split == "train":
-                train_recs = recs
+            chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+            (tmp / split).mkdir()
             shards = []
-            for s, start in enumerate(range(0, len(recs), shard_size)):
+            for s, start in enumerate(range(0, len(chosen), shard_size)):
+                part = chosen[start:start + shard_size]
+                images = list(pool.map(lambda e: e.load(), part))
                 rel = f"{split}/shard-{s:05d}.npz"
-                _write_npz(tmp / rel, _shard_arrays(recs[start:start + shard_size], n_clean > 0))
+                _write_npz(tmp / rel, _shard_arrays(part, images, n_clean > 0))
                 shards.append(rel)
-            (tmp / split).mkdir(exist_ok=True)
+                if split == "train":
+                    for kind, col in (("sem", 0), ("layout", 1)):
+                        described[kind] += pool.map(_describe, [im[col] for im in images])
+                bar.update(len(part))
             index["splits"][split] = {
-                "n": len(recs),
+                "n": len(chosen),
                 "shards": shards,
-                "families": dict(sorted(Counter(r.family for r in recs).items())),
-                "sources": dict(sorted(Counter(r.source for r in recs).items())),
+                "families": dict(sorted(Counter(e.family for e in chosen).items())),
+                "sources": dict(sorted(Counter(e.source for e in chosen).items())),
             }
-        if not train_recs:
+        bar.close()
+        if not described["sem"]:
             raise SemlayoutError("no pairs in the train split")
-        stats = reference_stats([r.sem for r in train_recs], [r.layout for r in train_recs])
+        stats = _reference_doc(described["sem"], described["layout"])
         (tmp / "reference_stats.json").write_text(json.dumps(stats) + "\n")
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     return index
+
+
+def npz_members(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Memory-map the integer arrays of an uncompressed .npz (the others are read).
+
+    Members of an uncompressed zip are contiguous in the file: parse the local file header
+    and the .npy header, then map the data. Compressed members fall back to np.load.
+    """
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+    with open(path, "rb") as f:
+        for info in infos:
+            key = info.filename.removesuffix(".npy")
+            version = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                # local file header: 30 bytes + name + extra, then the .npy bytes
+                f.seek(info.header_offset + 26)
+                name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+                f.seek(info.header_offset + 30 + int(name_len) + int(extra_len))
+                version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                with np.load(path, allow_pickle=False) as z:
+                    out[key] = z[key]
+                continue
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            if dtype.hasobject:
+                raise SemlayoutError(f"{path}: member {key} holds Python objects; shards must not")
+            if dtype.kind in "uib" and not fortran:
+                out[key] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape)
+            else:  # small string arrays: read them
+                count = int(np.prod(shape)) if shape else 1
+                arr = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+                out[key] = arr.reshape(shape, order="F" if fortran else "C")
+    return out
 
 
 # ----------------------------------------------------------------------------- reading shards
@@ -455,8 +533,7 @@ def iter_split(
     index = read_index(shards_dir)
     info = _split_info(index, split, shards_dir)
     for rel in info["shards"]:
-        with np.load(Path(shards_dir) / rel, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        data = npz_members(Path(shards_dir) / rel)  # memory-mapped: one shard's pages at a time
         n = len(data["ids"])
         srcs = data["sources"] if "sources" in data else np.array([""] * n)
         mask = data.get("clean_mask")
@@ -465,10 +542,10 @@ def iter_split(
                 continue
             rec: dict[str, Any] = {
                 "id": str(data["ids"][i]), "family": str(data["families"][i]), "source": str(srcs[i]),
-                "sem": data["sem"][i], "layout": data["layout"][i],
+                "sem": np.array(data["sem"][i]), "layout": np.array(data["layout"][i]),
             }
             if "clean" in data and (mask is None or mask[i]):
-                rec["clean"] = data["clean"][i]
+                rec["clean"] = np.array(data["clean"][i])
             yield rec
 
 

@@ -180,7 +180,8 @@ def test_agrees_with_scikit_image_masked_phase_correlation_on_easy_pairs():
     "make, reason",
     [
         (lambda s, t: (np.full_like(s, 128), t), "blank_sem"),
-        (lambda s, t: (np.where(s > 100, 255, 0).astype(np.uint8), t), "saturated_sem"),
+        (lambda s, t: (np.clip(s.astype(int) * 8, 0, 255).astype(np.uint8), t), "saturated_sem"),
+        (lambda s, t: (np.where(s > 180, 255, 0).astype(np.uint8), t), "saturated_sem"),
         (lambda s, t: (s, np.zeros_like(t)), "blank_template"),
         (lambda s, t: (s, np.full_like(t, 255)), "blank_template"),
         (lambda s, t: (s, (t // 2)), "not_binary"),

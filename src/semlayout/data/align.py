@@ -78,7 +78,8 @@ class AlignConfig:
     misfit_corr: float = 4.0  # pixels per independent residual sample (the residual is not white)
     exclusion: int = 2  # competitors within this Chebyshev radius of an equivalent offset are ignored
     blank_std: float = 2.0  # SEM standard deviation (grey levels) below which it is blank
-    max_clipped: float = 0.5  # share of SEM pixels at 0 or 255 above which it is saturated
+    max_clipped: float = 0.5  # share of SEM pixels at 255 above which it is saturated
+    max_dark: float = 0.8  # share at 0 (or at 0 and 255) above which it is saturated
     min_minority: float = 0.002  # template: least share of the rarer value (else blank)
     sem_shape: tuple[int, int] | None = SEM_RAW_SHAPE  # None accepts any SEM >= the template
     template_shape: tuple[int, int] = TEMPLATE_SHAPE
@@ -89,6 +90,7 @@ class AlignConfig:
             "highpass": self.highpass >= 0, "min_confidence": self.min_confidence >= 0,
             "equiv_tol": 0 <= self.equiv_tol < 0.5, "exclusion": self.exclusion >= 0,
             "blank_std": self.blank_std >= 0, "max_clipped": 0 < self.max_clipped <= 1,
+            "max_dark": 0 < self.max_dark <= 1,
             "min_score": -1 <= self.min_score <= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -97,7 +99,7 @@ class AlignConfig:
                 "invalid align setting(s): "
                 + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
                 + " (blur/template_sigma/highpass/min_confidence/exclusion/blank_std >= 0, "
-                "0 <= equiv_tol < 0.5, 0 < max_clipped <= 1, -1 <= min_score <= 1)"
+                "0 <= equiv_tol < 0.5, 0 < max_clipped/max_dark <= 1, -1 <= min_score <= 1)"
             )
 
 
@@ -317,8 +319,10 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
         return AlignResult(reason="blank_template")
     if float(sem.std()) < cfg.blank_std:
         return AlignResult(reason="blank_sem")
-    clipped = float(np.count_nonzero((sem == 0) | (sem == 255))) / sem.size
-    if clipped > cfg.max_clipped:
+    # zeros are clipped black *or* honest zero counts of a low-dose image: allow more of them
+    bright = float(np.count_nonzero(sem == 255)) / sem.size
+    dark = float(np.count_nonzero(sem == 0)) / sem.size
+    if bright > cfg.max_clipped or dark > cfg.max_dark or bright + dark > cfg.max_dark:
         return AlignResult(reason="saturated_sem")
 
     tpl01 = fg.astype(np.uint8)

@@ -7,6 +7,7 @@ of every task, measured from the local orchestrator's own log records.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -30,21 +31,38 @@ class TaskTiming:
     _t0: float = field(default=0.0, repr=False)
 
 
-class _TaskTimer(logging.Handler):
-    """Turns "Executing task 'x'" / "Task 'x' finished with status S" records into timings."""
+class _TaskTimer:
+    """Turns "Executing task 'x'" / "Task 'x' finished with status S" log records into timings.
+
+    kfp.local swaps the root logger's handlers for every task, so this hooks the log
+    record factory (called for every record, whatever the handlers) instead of a handler.
+    """
 
     def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
         self.tasks: dict[str, TaskTiming] = {}
+        self._previous = logging.getLogRecordFactory()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = _ANSI.sub("", record.getMessage())
+    def _factory(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._previous(*args, **kwargs)
+        with contextlib.suppress(Exception):  # timing must never break a run
+            self._observe(_ANSI.sub("", record.getMessage()))
+        return record
+
+    def _observe(self, msg: str) -> None:
         if m := _START.match(msg):
             self.tasks[m.group(1)] = TaskTiming(m.group(1), _t0=time.perf_counter())
         elif (m := _END.match(msg)) and m.group(1) in self.tasks:
             t = self.tasks[m.group(1)]
-            t.seconds = round(time.perf_counter() - t._t0, 3)
-            t.status = m.group(2)
+            if t.seconds is None:
+                t.seconds = round(time.perf_counter() - t._t0, 3)
+                t.status = m.group(2)
+
+    def __enter__(self) -> _TaskTimer:
+        logging.setLogRecordFactory(self._factory)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.setLogRecordFactory(self._previous)
 
 
 @dataclass
@@ -80,19 +98,15 @@ def _quiet_cluster_settings() -> Iterator[None]:
 def run_pipeline(pipeline: Any, pipeline_root: str | Path, **params: Any) -> LocalRun:
     """Run `pipeline(**params)` locally. Never raises for a failed task: see `LocalRun.error`."""
     init_local(pipeline_root)
-    timer = _TaskTimer()
-    root_logger = logging.getLogger()
-    root_logger.addHandler(timer)
     t0 = time.perf_counter()
     error = None
     outputs: dict[str, Any] = {}
-    try:
-        with _quiet_cluster_settings():
-            task = pipeline(**params)
-        outputs = dict(task.outputs) if hasattr(task, "outputs") else {}
-    except RuntimeError as err:  # kfp.local: "Pipeline ... finished with status FAILURE"
-        error = _ANSI.sub("", str(err))
-    finally:
-        root_logger.removeHandler(timer)
+    with _TaskTimer() as timer:
+        try:
+            with _quiet_cluster_settings():
+                task = pipeline(**params)
+            outputs = dict(task.outputs) if hasattr(task, "outputs") else {}
+        except RuntimeError as err:  # kfp.local: "Pipeline ... finished with status FAILURE"
+            error = _ANSI.sub("", str(err))
     return LocalRun(outputs=outputs, tasks=timer.tasks, seconds=round(time.perf_counter() - t0, 3),
                     error=error)

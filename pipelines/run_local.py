@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         "min_qc_pass": args.min_qc_pass,
     }
     print(f"semlayout: training pipeline under kfp.local -> {run_dir}", flush=True)
+    t_start = time.perf_counter()
     result = run_pipeline(build_training_pipeline(), run_dir / "pipeline", **params)
     if result.error:
         failed = result.failed_task or "?"
@@ -181,9 +182,12 @@ def run(args: argparse.Namespace) -> int:
     evaluation = read_json(result.outputs["evaluation"].path)
     summary = summarize(result, evaluation, params, run_dir, mlflow_uri)
     summary["timings"]["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    summary["timings"]["before_pipeline_seconds"] = round(t_start - t0, 3)
     shutil.copy2(result.outputs["report"].path, run_dir / "report.html")
     write_json(run_dir / "evaluation.json", evaluation)
     write_json(run_dir / "summary.json", summary)  # last: a run folder with summary.json is complete
+    for name in ("report.html", "evaluation.json", "summary.json"):
+        (run_dir / name).chmod(0o644)
     latest = point_latest(out, run_dir)
     _print_where(summary, latest, mlflow_uri, artifact_root)
     return 0

@@ -8,15 +8,17 @@ Stages, in the order they act (docs/physics.md gives the ranges and reasons):
    fraction of images (pattern dark on a bright background);
 3. secondary-electron edge effect: bright rims at every printed edge, mostly
    on the pattern side, bright whatever the polarity;
-4. Gaussian beam blur;
+4. probe PSF: an astigmatic Gaussian core plus a broad backscatter tail;
 5. charging / slow background: a ramp, broad bumps and a halo around dense
    pattern;
 6. detector gain and offset;
-7. scan distortion: per-row jitter plus a slow linear drift (row shifts);
-8. noise: Poisson shot noise at a dose (electrons per pixel) and Gaussian
+7. scan distortion: per-row jitter, a sinusoidal vibration and a slow
+   linear drift (row shifts, zero mean);
+8. detector lag: a short causal smear along each scan line;
+9. noise: Poisson shot noise at a dose (electrons per pixel) and Gaussian
    detector noise.
-`render_clean` runs 1-7 (the noise-free image of the same scan, jitter
-included); `add_noise` runs 8. Everything stochastic is drawn from the
+`render_clean` runs 1-8 (the noise-free image of the same scan, jitter
+included); `add_noise` runs 9. Everything stochastic is drawn from the
 generator passed in, so a seed fixes the image.
 """
 
@@ -49,13 +51,20 @@ class PhysicsRanges:
     ler_corr: Range = (2.0, 8.0)            # px, correlation length of the roughness
     edge_width: Range = (1.0, 4.0)          # px, decay length of the SE rim
     edge_gain: Range = (0.30, 0.70)         # rim brightness at the edge (yield units)
-    blur_sigma: Range = (0.8, 2.5)          # px, Gaussian beam
+    blur_sigma: Range = (0.8, 2.5)          # px, Gaussian beam (geometric mean of x and y)
+    astigmatism: Range = (0.8, 1.25)        # sigma_x / sigma_y of the beam
+    psf_tail: Range = (0.0, 0.25)           # share of signal in the broad backscatter tail
+    psf_tail_sigma: Range = (4.0, 12.0)     # px, width of that tail
     gradient: Range = (0.0, 0.12)           # ramp + bump amplitude (yield units)
     charging: Range = (0.0, 0.10)           # halo amplitude around dense pattern
     gain: Range = (0.85, 1.15)
     offset: Range = (-0.04, 0.04)
     detector_sigma: Range = (0.002, 0.015)  # Gaussian read noise (yield units, 1.0 = 255)
+    streak: Range = (0.0, 0.15)             # detector lag: share of signal smeared along the scan
+    streak_len: Range = (1.0, 5.0)          # px, decay length of that smear
     jitter_px: Range = (0.0, 0.4)           # px, RMS per-row shift
+    vibration_px: Range = (0.0, 0.4)        # px, amplitude of a sinusoidal row shift (mains hum)
+    vibration_period: Range = (8.0, 64.0)   # rows per vibration cycle
     drift_px: Range = (0.0, 1.5)            # px, linear x drift top -> bottom (mean zero)
 
     def __post_init__(self) -> None:
@@ -86,12 +95,19 @@ class SemParams:
     edge_width: float
     edge_gain: float
     blur_sigma: float
+    astigmatism: float
+    psf_tail: float
+    psf_tail_sigma: float
     gradient: float
     charging: float
     gain: float
     offset: float
     detector_sigma: float
+    streak: float
+    streak_len: float
     jitter_px: float
+    vibration_px: float
+    vibration_period: float
     drift_px: float
 
     def as_columns(self) -> dict[str, str]:
@@ -132,9 +148,10 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     small = (max(2, -(-shape[0] // k)), max(2, -(-shape[1] // k)))
     n = rng.standard_normal(small, dtype=np.float32)
     n = cv2.GaussianBlur(n, (0, 0), sigma / k, borderType=cv2.BORDER_REFLECT)
+    n /= max(float(n.std()), 1e-6)
     if k > 1:
         n = cv2.resize(n, (small[1] * k, small[0] * k), interpolation=cv2.INTER_CUBIC)[: shape[0], : shape[1]]
-    return n / max(float(n.std()), 1e-6)
+    return n
 
 
 def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -179,30 +196,73 @@ def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> n
 
 
 def background_field(shape: tuple[int, int], coverage: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
-    """Slow additive field: a ramp, two broad bumps and a charging halo over dense pattern."""
+    """Slow additive field: a ramp, two broad bumps and a charging halo over dense pattern.
+
+    All three vary over tens of pixels, so they are built at 1/4 scale and upsampled once.
+    """
     h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yy, xx = yy / h - 0.5, xx / w - 0.5
+    hs, ws = h // 4, w // 4
+    yy, xx = np.mgrid[0:hs, 0:ws].astype(np.float32)
+    yy, xx = (yy + 0.5) / hs - 0.5, (xx + 0.5) / ws - 0.5
     theta = rng.uniform(0, 2 * math.pi)
-    ramp = (math.cos(theta) * xx + math.sin(theta) * yy) * p.gradient
-    bumps = np.zeros(shape, np.float32)
+    slow = (math.cos(theta) * xx + math.sin(theta) * yy) * p.gradient
     for _ in range(2):
         cx, cy = rng.uniform(-0.3, 0.3, 2)
         r = rng.uniform(0.2, 0.5)
-        bumps += rng.uniform(-1, 1) * p.gradient * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
-    # charging halo: a 12-30 px blur of the pattern density, computed at 1/4 scale (it is smooth)
-    small = cv2.resize(coverage, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), rng.uniform(12, 30) / 4, borderType=cv2.BORDER_REFLECT)
-    halo = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return (ramp + bumps + p.charging * halo).astype(np.float32)
+        slow += rng.uniform(-1, 1) * p.gradient * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+    # charging halo: a 12-30 px blur of the local pattern density
+    density = cv2.resize(coverage, (ws, hs), interpolation=cv2.INTER_AREA)
+    slow += p.charging * cv2.GaussianBlur(density, (0, 0), rng.uniform(12, 30) / 4, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(slow.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def scan_shifts(h: int, p: SemParams, rng: np.random.Generator) -> np.ndarray:
-    """Per-row x shift (px): white jitter + linear drift, zero mean so the truth offset stays exact."""
+    """Per-row x shift (px): white jitter + vibration + linear drift, zero mean so the truth offset stays exact."""
+    rows = np.arange(h, dtype=np.float32)
     jitter = rng.standard_normal(h).astype(np.float32) * p.jitter_px
-    drift = np.linspace(-0.5, 0.5, h, dtype=np.float32) * p.drift_px
-    dx = jitter + drift
-    return dx - dx.mean()
+    phase = rng.uniform(0, 2 * math.pi)
+    vibration = p.vibration_px * np.sin(2 * math.pi * rows / p.vibration_period + phase).astype(np.float32)
+    drift = (rows / max(h - 1, 1) - 0.5) * p.drift_px
+    dx = jitter + vibration + drift
+    return (dx - dx.mean()).astype(np.float32)
+
+
+def beam_blur(signal: np.ndarray, p: SemParams) -> np.ndarray:
+    """Probe PSF: an (astigmatic) Gaussian core plus a broad backscatter tail holding `psf_tail` of the signal."""
+    sx = p.blur_sigma * math.sqrt(p.astigmatism)
+    sy = p.blur_sigma / math.sqrt(p.astigmatism)
+    core = cv2.GaussianBlur(signal, (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT)
+    if p.psf_tail <= 0:
+        return core
+    h, w = signal.shape
+    # the tail is wide, so blur at half scale
+    half = cv2.resize(signal, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    half = cv2.GaussianBlur(half, (0, 0), p.psf_tail_sigma / 2, borderType=cv2.BORDER_REFLECT)
+    tail = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
+    return (1.0 - p.psf_tail) * core + p.psf_tail * tail
+
+
+def detector_lag(signal: np.ndarray, p: SemParams) -> np.ndarray:
+    """Causal exponential smear along each scan line (left to right): bright edges leave a short tail.
+
+    The kernel's centroid moves by ~streak * streak_len px (<= 0.75 px with the default ranges).
+    """
+    if p.streak <= 0:
+        return signal
+    n = max(2, int(math.ceil(4 * p.streak_len)))
+    tail = np.exp(-np.arange(1, n + 1) / p.streak_len)
+    tail = p.streak * tail / tail.sum()
+    # filter2D correlates: kernel[j] weighs signal[x + j - anchor]; anchor at the right end -> past pixels only
+    kernel = np.concatenate([tail[::-1], [1.0 - p.streak]]).astype(np.float32)[None, :]
+    return cv2.filter2D(signal, -1, kernel, anchor=(n, 0), borderType=cv2.BORDER_REFLECT)
+
+
+def scan_distort(signal: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Row r of the image is seen shifted right by dx[r] px (sub-pixel, bilinear)."""
+    h, w = signal.shape
+    map_x = np.ascontiguousarray(np.arange(w, dtype=np.float32)[None, :] - dx[:, None])
+    map_y = np.ascontiguousarray(np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w)))
+    return cv2.remap(signal, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def render_clean(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
@@ -215,14 +275,11 @@ def render_clean(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> n
     else:
         pattern, back = p.background, p.background + p.contrast
     signal = back + (pattern - back) * coverage + p.edge_gain * rim
-    signal = cv2.GaussianBlur(signal, (0, 0), p.blur_sigma, borderType=cv2.BORDER_REFLECT)
+    signal = beam_blur(signal, p)
     signal = signal + background_field((h, w), coverage, p, rng)
     signal = p.gain * signal + p.offset
-    dx = scan_shifts(h, p, rng)
-    map_x = np.arange(w, dtype=np.float32)[None, :] - dx[:, None]
-    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None], w, axis=1)
-    signal = cv2.remap(signal, np.ascontiguousarray(map_x + 0 * map_y), map_y, cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REFLECT)
+    signal = scan_distort(signal, scan_shifts(h, p, rng))
+    signal = detector_lag(signal, p)  # acts on the recorded time series, after the beam's path
     return np.clip(signal, 0.0, 1.0).astype(np.float32)
 
 

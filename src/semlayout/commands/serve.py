@@ -1,0 +1,62 @@
+"""`semlayout serve`: the HTTP API (FastAPI under uvicorn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    model: str = typer.Option(None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    backend: str = typer.Option(None, "--backend", help="eager | onnx (env SEMLAYOUT_BACKEND)"),
+    reference: Path = typer.Option(None, "--reference", help="SHARDS/reference_stats.json: enables drift checks"),
+    db: Path = typer.Option(None, "--db", help="monitoring SQLite file (env SEMLAYOUT_MONITOR_DB)"),
+    feedback_dir: Path = typer.Option(None, "--feedback-dir", help="pair folder for /v1/feedback"),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ URIs"),
+    poll_interval: float = typer.Option(None, "--poll-interval", help="seconds between alias checks; 0 = off"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Serve both translation directions with drift, health and quality monitoring.
+
+    Tokens come from the environment only: SEMLAYOUT_API_TOKEN (ground truth, feedback) and
+    SEMLAYOUT_ADMIN_TOKEN (reload); unset, those endpoints answer 503.
+    """
+    import os
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from semlayout.errors import SemlayoutError
+    from semlayout.serving.app import create_app
+    from semlayout.serving.settings import ServeSettings
+
+    given = {"model": model, "backend": backend, "reference": reference, "monitor_db": db,
+             "feedback_dir": feedback_dir, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+             "poll_interval_s": poll_interval}
+    try:
+        settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise SemlayoutError(f"invalid setting {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    if not settings.model:
+        raise SemlayoutError("no model: pass --model (checkpoint folder or models:/NAME@ALIAS) or set SEMLAYOUT_MODEL")
+    if settings.reference is not None and not Path(settings.reference).exists():
+        raise SemlayoutError(f"drift reference not found: {settings.reference}")
+    if not (1 <= port <= 65535):
+        raise SemlayoutError(f"--port {port}: expected 1..65535")
+    # load the model here, before binding, so a bad model is one line and exit 2, not a traceback
+    from semlayout.serving.engine import InferenceEngine
+
+    engine = InferenceEngine.load(settings.model, settings.backend, settings.tracking_uri)
+    if settings.reference is not None:
+        from semlayout.monitoring.drift import load_reference_stats
+
+        load_reference_stats(settings.reference)
+    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level, workers=1)

@@ -11,7 +11,7 @@ from typing import Any
 
 from semlayout.errors import SemlayoutError
 
-PIPELINES = ("training", "finetune")
+PIPELINES = ("training", "finetune", "drift_monitor")
 
 
 def build(name: str, settings: Any = None) -> Any:
@@ -23,6 +23,10 @@ def build(name: str, settings: Any = None) -> Any:
         from pipelines.finetune import build_finetune_pipeline
 
         return build_finetune_pipeline(settings)
+    if name == "drift_monitor":
+        from pipelines.finetune import build_drift_monitor_pipeline
+
+        return build_drift_monitor_pipeline(settings)
     raise SemlayoutError(f"unknown pipeline '{name}': expected one of {list(PIPELINES)}")
 
 

@@ -125,20 +125,35 @@ def test_secrets_retries_and_image(compiled: dict) -> None:
 
 def test_finetune_dag(compiled: dict) -> None:
     spec, _ = compiled["finetune"]
-    root = spec["root"]["dag"]["tasks"]
-    assert set(root) == {"drift-check", "condition-1"}
-    assert "proceed'] == true" in root["condition-1"]["triggerPolicy"]["condition"]
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    deps = {n: set(t.get("dependentTasks", [])) for n, t in inner.items()}
+    tasks = spec["root"]["dag"]["tasks"]
+    deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
+    # reviewed pairs (ingest) and the original data (ingest-2) each aligned and sharded
+    assert deps["align-qc"] == {"ingest"} and deps["shard"] == {"align-qc"}
+    assert deps["align-qc-2"] == {"ingest-2"} and deps["shard-2"] == {"align-qc-2"}
     assert deps["shard-mix"] == {"shard", "shard-2"}
     assert deps["finetune"] == {"shard-mix"}
-    assert deps["evaluate-finetune"] >= {"finetune", "shard", "shard-2"}
-    ev = inner["evaluate-finetune"]["inputs"]["artifacts"]
-    producers = {ev[k]["taskOutputArtifact"]["producerTask"] for k in ("new_shards", "original_shards")}
-    assert producers == {"shard", "shard-2"}, "judged on the new pairs' AND the original test shard"
+    assert deps["evaluate-finetune"] == {"finetune", "shard", "shard-2"}
+    ev = tasks["evaluate-finetune"]["inputs"]["artifacts"]
+    assert ev["new_shards"]["taskOutputArtifact"]["producerTask"] == "shard"
+    assert ev["original_shards"]["taskOutputArtifact"]["producerTask"] == "shard-2", "forgetting check"
+    ft = tasks["finetune"]["inputs"]["parameters"]
+    assert ft["overrides"]["componentInputParameter"] == "config_overrides"
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    overrides = json.loads(defaults["config_overrides"]["defaultValue"])
+    assert overrides["train.lr"] < 2e-4 and overrides["train.epochs"] <= 5, "low LR, few epochs"
     branch = next(k for k in spec["components"] if k.startswith("comp-condition-branches"))
-    conds = [t["triggerPolicy"]["condition"] for t in spec["components"][branch]["dag"]["tasks"].values()]
-    assert any("evaluate-finetune-gate_passed'] == true" in c and not c.startswith("!") for c in conds)
+    conds = {n: t["triggerPolicy"]["condition"] for n, t in spec["components"][branch]["dag"]["tasks"].items()}
+    passed = next(n for n, c in conds.items() if not c.startswith("!"))
+    assert "evaluate-finetune-gate_passed'] == true" in conds[passed]
+    assert set(spec["components"][f"comp-{passed}"]["dag"]["tasks"]) == {"register"}
+
+
+def test_drift_monitor_runs_finetune_only_when_triggered(compiled: dict) -> None:
+    spec, _ = compiled["drift_monitor"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"drift-check", "condition-1"}
+    assert "drift-check-proceed'] == true" in tasks["condition-1"]["triggerPolicy"]["condition"]
+    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"semlayout-finetune"}
 
 
 def test_cpu_only_compile_has_no_gpu(tmp_path: Path) -> None:

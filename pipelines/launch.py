@@ -1,0 +1,95 @@
+"""Launchers for the continuous-learning loop (`semlayout loop run`): run the fine-tune pipeline.
+
+`launcher_for(cfg)` -> a callable `LaunchRequest -> LaunchResult` (see `semlayout.loop`):
+- no `kfp_host`: the fine-tune pipeline under kfp.local, pipeline root in the loop's run folder;
+- `kfp_host`: submitted to Kubeflow Pipelines. The reviewed pairs are a local folder in the
+  loop's pod, so they are first uploaded to `$SEMLAYOUT_STAGING_URI/<run>/reviewed`
+  (s3://...), or, with no feedback folder, the S3 intake prefix is passed as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from semlayout.errors import SemlayoutError
+
+
+def pipeline_arguments(cfg: Any, reviewed_uri: str) -> dict[str, Any]:
+    """The fine-tune pipeline's parameters from a `semlayout.loop.LoopConfig`."""
+    from pipelines.training import DEFAULT_FLOORS
+
+    floors = {**DEFAULT_FLOORS, **(cfg.floors or {})}
+    tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not tracking:
+        raise SemlayoutError("no MLflow tracking URI: set tracking_uri in the loop config or MLFLOW_TRACKING_URI "
+                             "(the fine-tune starts from the registry's champion)")
+    return {
+        "reviewed_uri": reviewed_uri,
+        "original_data_uri": cfg.original_data_uri,
+        "replay_n": cfg.replay_n,
+        "config": cfg.config,
+        "config_overrides": json.dumps(cfg.finetune_overrides),
+        "mlflow_uri": tracking,
+        "model_name": cfg.model_name,
+        "floor_sem2layout": floors["sem2layout"],
+        "floor_layout2sem": floors["layout2sem"],
+        "tolerance": cfg.tolerance,
+        "min_improvement": cfg.min_improvement,
+    }
+
+
+def local_launcher(req: Any) -> Any:
+    from components.common import read_json
+    from pipelines import validate
+    from pipelines.finetune import build_finetune_pipeline
+    from pipelines.local import run_pipeline
+    from semlayout.loop import LaunchResult
+
+    args = pipeline_arguments(req.cfg, str(req.reviewed_dir.resolve()))
+    validate.check_data_uri(args["reviewed_uri"], 0)
+    validate.check_config(args["config"], args["config_overrides"])
+    if args["original_data_uri"]:
+        validate.check_data_uri(args["original_data_uri"], 1)
+    run = run_pipeline(build_finetune_pipeline(), req.run_dir / "pipeline", **args)
+    if run.error:
+        raise SemlayoutError(f"fine-tune pipeline failed at step '{run.failed_task}': {run.error}")
+    out = run.outputs
+    evaluation = read_json(out["evaluation"].path)
+    return LaunchResult(
+        run_id=str(out.get("run_id") or ""), gate_passed=bool(out.get("gate_passed")),
+        model_version=out.get("model_version") or None, gate_reasons=evaluation["gate"]["reasons"],
+        details={"report": out["report"].path, "checkpoint": out["model"].path,
+                 "timings": {n: t.seconds for n, t in run.tasks.items()}},
+    )
+
+
+def kfp_launcher(host: str) -> Callable[[Any], Any]:
+    def launch(req: Any) -> Any:
+        from pipelines.client import submit
+        from semlayout.loop import LaunchResult
+
+        staging = os.environ.get("SEMLAYOUT_STAGING_URI", "")
+        if staging:
+            from semlayout.storage import open_store
+
+            prefix = f"{req.run_dir.name}/reviewed"
+            open_store(staging).upload_tree(req.reviewed_dir, prefix)
+            reviewed_uri = f"{staging.rstrip('/')}/{prefix}"
+        elif req.cfg.intake_uri and not req.cfg.feedback_dir:
+            reviewed_uri = req.cfg.intake_uri
+        else:
+            raise SemlayoutError("the reviewed pairs are local to this pod: set SEMLAYOUT_STAGING_URI=s3://... "
+                                 "so they can be uploaded for the cluster run")
+        run_id = submit(host, "finetune", pipeline_arguments(req.cfg, reviewed_uri),
+                        experiment="semlayout-finetune", run_name=f"loop-{req.run_dir.name}")
+        # the gate is judged inside the cluster run: its verdict appears in MLflow / KFP later
+        return LaunchResult(run_id=run_id, details={"kfp_host": host, "reviewed_uri": reviewed_uri})
+
+    return launch
+
+
+def launcher_for(cfg: Any) -> Callable[[Any], Any]:
+    return kfp_launcher(cfg.kfp_host) if cfg.kfp_host else local_launcher

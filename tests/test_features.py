@@ -130,3 +130,27 @@ def test_fast_enough_for_per_request_use():
         times.append(time.perf_counter() - t0)
     # target < 2 ms on an idle core; the bound leaves room for a shared, busy CI machine
     assert float(np.median(times)) < 0.006
+
+
+def test_crop_vs_raw_parent_within_reference_spread(tiny_pairs, tiny_aligned, tiny_shards):
+    """Synth SEMs (304x304) vs their aligned 250x250 crops, in units of the training spread."""
+    import csv
+
+    from semlayout.data.pairs import read_gray8, read_manifest
+    from semlayout.data.shards import load_reference_stats
+
+    std = load_reference_stats(tiny_shards)["sem"]["std"]
+    with open(tiny_aligned / "alignment.csv", newline="") as f:
+        passed = {r["id"]: (int(r["x"]), int(r["y"])) for r in csv.DictReader(f) if r["qc_pass"] == "true"}
+    dz: dict[str, list[float]] = {k: [] for k in FEATURE_NAMES}
+    for rec in read_manifest(tiny_pairs):
+        if rec.id not in passed:
+            continue
+        x, y = passed[rec.id]
+        parent = read_gray8(rec.sem_path)
+        fp, fc = image_features(parent), image_features(parent[y:y + 250, x:x + 250])
+        for k in FEATURE_NAMES:
+            dz[k].append(abs(fp[k] - fc[k]) / max(std[k], 1e-6))
+    assert len(dz["mean"]) >= 10
+    for k, v in dz.items():
+        assert np.median(v) < 0.3 and max(v) < 2.0, (k, np.median(v), max(v))

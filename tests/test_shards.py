@@ -387,3 +387,29 @@ def test_cli_limit_per_source(aligned, tmp_path, capsys):
 def test_tiny_shards_fixture(tiny_shards):
     index = read_index(tiny_shards)
     assert index["splits"]["train"]["n"] > 0 and index["splits"]["test"]["n"] > 0
+
+
+def test_output_must_not_replace_an_input(aligned, shards, tmp_path):
+    with pytest.raises(SemlayoutError, match="would replace the input"):
+        write_shards(aligned, aligned)
+    with pytest.raises(SemlayoutError, match="would replace the input"):
+        write_shards([aligned, shards], aligned.parent)
+    assert (aligned / "manifest.csv").is_file() and (shards / "index.json").is_file()
+
+
+def test_unwritable_output_is_a_user_error(aligned, tmp_path):
+    import os
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SemlayoutError, match="cannot write"):
+        write_shards(aligned, tmp_path / "file" / "out")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(SemlayoutError, match="cannot write"):
+            write_shards(aligned, locked / "out")
+    finally:
+        locked.chmod(0o700)

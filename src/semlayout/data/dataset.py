@@ -180,6 +180,6 @@ def balanced_sampler(
     if not fams:
         raise SemlayoutError("balanced_sampler needs a non-empty dataset")
     counts = Counter(fams)
-    weights = torch.tensor([1.0 / counts[f] for f in fams], dtype=torch.double)
+    weights = [1.0 / counts[f] for f in fams]  # each family sums to 1
     gen = torch.Generator().manual_seed(int(seed))
     return WeightedRandomSampler(weights, num_samples or len(fams), replacement=True, generator=gen)

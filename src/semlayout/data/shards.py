@@ -377,9 +377,24 @@ def write_shards(
     if not isinstance(shard_size, int) or shard_size < 1:
         raise SemlayoutError(f"--shard-size must be a positive integer, got {shard_size!r}")
     sources = _as_sources(aligned_dir, max_per_source)
+    dest = Path(out_dir).resolve()
+    for src in sources:
+        here = Path(src.path).resolve()
+        if dest == here or dest in here.parents:
+            raise SemlayoutError(f"--out {out_dir} would replace the input {src.path}; choose another folder")
     entries, source_summary = _collect_entries(sources, seed)
-    split_of = assign_splits([(e.id, e.family, e.source) for e in entries], val, test, seed)
+    try:
+        return _write(entries, source_summary, split_of=assign_splits(
+            [(e.id, e.family, e.source) for e in entries], val, test, seed),
+            out_dir=Path(out_dir), val=val, test=test, seed=seed, shard_size=shard_size, progress=progress)
+    except (PermissionError, NotADirectoryError, FileExistsError) as err:
+        raise SemlayoutError(f"cannot write {out_dir}: {err.strerror or err}") from None
 
+
+def _write(
+    entries: list[_Entry], source_summary: list[dict[str, Any]], split_of: dict[str, str], out_dir: Path,
+    val: float, test: float, seed: int, shard_size: int, progress: bool,
+) -> dict[str, Any]:
     n_clean = sum(e.has_clean for e in entries)
     index: dict[str, Any] = {
         "format": FORMAT,

@@ -65,7 +65,7 @@ def _stop(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -156,7 +156,32 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+def make_empty_mlflow_db(path: str | os.PathLike[str]) -> Path:
+    """Create an MLflow SQLite database with all migrations applied (takes seconds)."""
+    from mlflow import MlflowClient
+
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{path}"
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    c.search_experiments()
+    c.search_registered_models()
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow database, made once per session (migrations cost seconds)."""
+    return make_empty_mlflow_db(tmp_path_factory.mktemp("mlflow-template") / "mlflow.db")
+
+
 @pytest.fixture
-def sqlite_tracking_uri(tmp_path: Path) -> str:
-    """A fresh file-backed MLflow registry (fast path, no server)."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def sqlite_tracking_uri(tmp_path: Path, mlflow_template_db: Path) -> str:
+    """A fresh file-backed MLflow registry (fast path, no server) at tmp_path/mlflow/mlflow.db,
+    copied from the session's migrated template."""
+    import shutil
+
+    dest = tmp_path / "mlflow" / "mlflow.db"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(mlflow_template_db, dest)
+    return f"sqlite:///{dest}"

@@ -1,0 +1,164 @@
+"""`semlayout registry ...`: the release manager's view of the MLflow registry.
+
+list / show / approve / reject / rollback. The tracking URI comes from
+`--tracking-uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///$PWD/outputs/mlflow/mlflow.db`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+TrackingOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/outputs/mlflow/mlflow.db)")]
+ByOpt = Annotated[str, typer.Option("--by", help="who decides (recorded in the audit trail)")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="why (recorded in the audit trail)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
+
+group = typer.Typer(help="MLflow model registry: list, show, approve, reject, rollback.", no_args_is_help=True)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+@group.command("list")
+def list_cmd(tracking_uri: TrackingOpt = None, as_json: JsonOpt = False) -> None:
+    """Registered models with their champion, challenger and previous champion."""
+    from semlayout.registry import list_models
+
+    rows = list_models(tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no registered models")
+        return
+    header = ("name", "versions", "latest", "champion", "challenger", "previous-champion")
+    table = [header] + [(r["name"], r["versions"], r["latest"], r["champion"], r["challenger"],
+                         r["previous_champion"]) for r in rows]
+    widths = [max(len(_fmt(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        typer.echo("  ".join(_fmt(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _echo_audit(log: list[dict[str, Any]], indent: str = "  ") -> None:
+    if not log:
+        typer.echo(f"{indent}(empty)")
+    for e in log:
+        v = e.get("version")
+        extra = f" (from {e['from_version']})" if e.get("from_version") else ""
+        typer.echo(f"{indent}{e.get('at', '?')}  {e.get('action', '?'):<11} v{v}{extra}  "
+                   f"by {e.get('by', '?')}: {e.get('reason', '')}")
+
+
+def _echo_metrics(info: dict[str, Any]) -> None:
+    mine, champ = info.get("metrics") or {}, info.get("champion_metrics") or {}
+    champ_label = f"champion v{info['champion']}" if champ else "champion"
+    typer.echo(f"metrics:{'':<24}{'this version':>14}{champ_label:>16}{'delta':>10}")
+    for direction in ("sem2layout", "layout2sem"):
+        a, b = mine.get(direction) or {}, champ.get(direction) or {}
+        for key in sorted(set(a) | set(b)):
+            va, vb = a.get(key), b.get(key)
+            delta = va - vb if isinstance(va, float) and isinstance(vb, float) else None
+            typer.echo(f"  {direction + '.' + key:<30}{_fmt(va):>14}{_fmt(vb):>16}"
+                       f"{(f'{delta:+.4f}' if delta is not None else '-'):>10}")
+
+
+@group.command("show")
+def show_cmd(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    version: Annotated[str | None, typer.Argument(help="version number (default: the whole model)")] = None,
+    tracking_uri: TrackingOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A model's versions and audit trail, or one version beside the champion."""
+    from semlayout.registry import show
+
+    info = show(tracking_uri, name, version)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    if version is None:
+        aliases = ", ".join(f"{k}=v{v}" for k, v in sorted(info["aliases"].items())) or "none"
+        typer.echo(f"model {info['name']}  aliases: {aliases}")
+        for v in info["versions"]:
+            gate = {True: "passed", False: "FAILED", None: "-"}[v["gate_passed"]]
+            tags = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+            typer.echo(f"  v{v['version']:<4} gate {gate:<7} {v['status']:<12} {v['created'] or ''}{tags}")
+        typer.echo("audit trail:")
+        _echo_audit(info["audit_log"])
+        return
+    tags = f" [{', '.join(info['aliases'])}]" if info["aliases"] else ""
+    typer.echo(f"model {info['name']} version {info['version']}{tags}  status: {info['status']}")
+    typer.echo(f"  uri {info['model_uri']}  run {info['run_id']}")
+    gate = info.get("gate") or {}
+    verdict = {True: "PASSED", False: "FAILED", None: "unknown"}[info["gate_passed"]]
+    typer.echo(f"gate: {verdict}")
+    for reason in gate.get("reasons", []):
+        typer.echo(f"  - {reason}")
+    _echo_metrics(info)
+    typer.echo("lineage:")
+    for k, v in sorted(info["lineage"].items()):
+        typer.echo(f"  {k}: {v}")
+    if info["decision"]:
+        typer.echo("decision:")
+        for k, v in info["decision"].items():
+            typer.echo(f"  {k}: {v}")
+    typer.echo("audit trail:")
+    _echo_audit(info["audit_log"])
+
+
+@group.command("approve")
+def approve_cmd(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    version: Annotated[str, typer.Argument(help="version to promote to champion")],
+    by: ByOpt,
+    reason: ReasonOpt,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Promote a gated version to champion (the old champion becomes previous-champion)."""
+    from semlayout.registry import approve
+
+    r = approve(tracking_uri, name, version, by, reason)
+    prev = f" (previous champion v{r['previous_champion']})" if r["previous_champion"] else ""
+    typer.echo(f"{name}: v{r['champion']} is now champion{prev}")
+
+
+@group.command("reject")
+def reject_cmd(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    version: Annotated[str, typer.Argument(help="version to reject")],
+    by: ByOpt,
+    reason: ReasonOpt,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Reject a version (removes the challenger alias if it points there)."""
+    from semlayout.registry import reject
+
+    r = reject(tracking_uri, name, version, by, reason)
+    typer.echo(f"{name}: v{r['rejected']} rejected" + (" (challenger alias removed)" if r["challenger_removed"] else ""))
+
+
+@group.command("rollback")
+def rollback_cmd(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    by: ByOpt,
+    reason: ReasonOpt,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Make the previous champion the champion again."""
+    from semlayout.registry import rollback
+
+    r = rollback(tracking_uri, name, by, reason)
+    typer.echo(f"{name}: rolled back v{r['rolled_back']}; v{r['champion']} is champion again")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="registry")

@@ -17,6 +17,15 @@ from semlayout.train.pool import ImagePool
 from semlayout.train.schedule import lr_factor, set_lr
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the machine is shared: two intra-op threads spin against other jobs and run 10x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_lsgan_losses_match_hand_computed_values():
     real = torch.tensor([0.9, 0.5])
     fake = torch.tensor([0.2, -0.2])

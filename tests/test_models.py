@@ -21,6 +21,15 @@ from semlayout.models.unet import UNetGenerator
 from semlayout.train.checkpoint import build_networks, load_checkpoint, save_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the machine is shared: two intra-op threads spin against other jobs and run 10x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize(("size", "n_down"), [(32, 4), (64, 5), (64, 3), (128, 6)])
 def test_unet_maps_image_to_same_size_in_tanh_range(size, n_down):
     g = UNetGenerator(GeneratorConfig(image_size=size, n_down=n_down, base_filters=4, max_filters=16))

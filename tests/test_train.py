@@ -1,0 +1,147 @@
+"""The training step and loop: frozen D in the G step, exact resume, overfit, divergence, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers_train import PairsInMemory, tiny_config
+from safetensors.torch import load_file
+
+from semlayout.config import apply_overrides
+from semlayout.errors import SemlayoutError
+from semlayout.train.checkpoint import load_checkpoint
+from semlayout.train.loop import NonFiniteLoss, Trainer, run_training
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the machine is shared: two intra-op threads spin against other jobs and run 10x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _batch(n=2, seed=0):
+    ds = PairsInMemory(n, seed=seed)
+    items = [ds[i] for i in range(n)]
+    return torch.stack([it["sem"] for it in items]), torch.stack([it["layout"] for it in items])
+
+
+def test_d_gets_no_gradient_in_the_g_step():
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_config())
+    grads_seen = {}
+    d_params = {f"{n}.{k}": p for n in ("D_A", "D_B") for k, p in trainer.nets[n].named_parameters()}
+    for name, p in d_params.items():
+        p.register_hook(lambda g, name=name: grads_seen.__setitem__(name, grads_seen.get(name, 0) + 1))
+    g_params = [p for n in ("G_A", "G_B") for p in trainer.nets[n].parameters()]
+    g_before = [p.detach().clone() for p in g_params]
+    sem, lay = _batch()
+    losses = trainer.train_step(sem, lay)
+    # one gradient per D parameter: from the D update only, none from the G update
+    assert set(grads_seen) == set(d_params)
+    assert all(v == 1 for v in grads_seen.values())
+    assert all(p.requires_grad for p in d_params.values())  # unfrozen again after the step
+    assert not {id(p) for p in d_params.values()} & {id(p) for g in trainer.opt_G.param_groups for p in g["params"]}
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, g_params, strict=True))
+    assert set(losses) >= {"loss_G", "loss_D", "gan_A", "l1_B", "cycle_A", "fm_B", "idt_A"}
+    terms = ("gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "cycle_B", "fm_A", "fm_B", "idt_A", "idt_B")
+    assert losses["loss_G"] == pytest.approx(sum(losses[k] for k in terms), rel=1e-5)
+
+
+def test_one_batch_overfit():
+    torch.manual_seed(0)
+    cfg = tiny_config(buffer_size=0)
+    cfg = apply_overrides(cfg, {"generator.dropout": 0.0, "generator.base_filters": 8,
+                                "generator.max_filters": 16, "train.lr": 1e-3})
+    trainer = Trainer(cfg)
+    sem, lay = _batch(4, seed=3)
+    first = trainer.train_step(sem, lay)["l1_A"]
+    for _ in range(120):
+        last = trainer.train_step(sem, lay)["l1_A"]
+    assert last < 0.15 * first
+    trainer.G_A.eval()
+    with torch.no_grad():
+        pred = trainer.G_A(sem) > 0
+    truth = lay > 0
+    iou = float((pred & truth).sum() / (pred | truth).sum())
+    assert iou > 0.95
+
+
+def _run(tmp_path, name, cfg, ds, resume=False):
+    seen = []
+    final = run_training(cfg, ds, tmp_path / name, val_ds=PairsInMemory(4, seed=9), resume=resume,
+                         progress=False, on_step=lambda s, losses: seen.append((s, losses)))
+    return final, seen
+
+
+def test_resume_is_exact(tmp_path):
+    # 12 items, batch 2 -> 6 steps an epoch; stop at step 4 (mid-epoch), resume to 10
+    cfg = tiny_config(checkpoint_every=4, balanced_sampling=True, augment=True)
+    ds = PairsInMemory(12, augment=True)
+    straight, losses_straight = _run(tmp_path, "straight", apply_overrides(cfg, {"train.max_steps": 10}), ds)
+    _, losses_a = _run(tmp_path, "resumed", apply_overrides(cfg, {"train.max_steps": 4}), ds)
+    assert (tmp_path / "resumed" / "last").resolve().name == "step-000004"
+    resumed, losses_b = _run(tmp_path, "resumed", apply_overrides(cfg, {"train.max_steps": 10}), ds, resume=True)
+    assert [s for s, _ in losses_a + losses_b] == list(range(1, 11))
+    for (s, a), (_, b) in zip(losses_straight, losses_a + losses_b, strict=True):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7), (s, k)
+    w1 = load_file(str(straight / "weights.safetensors"))
+    w2 = load_file(str(resumed / "weights.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-6, rtol=0), k
+    h1 = json.loads((tmp_path / "straight" / "history.json").read_text())["epochs"]
+    h2 = json.loads((tmp_path / "resumed" / "history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in h1] == [1] and [r["epoch"] for r in h2] == [1]
+    assert h1[0]["loss_G"] == pytest.approx(h2[0]["loss_G"], rel=1e-6)
+    assert "val_sem2layout_iou" in h1[0]
+
+
+def test_run_layout_and_checkpoint_contents(tmp_path):
+    cfg = tiny_config(checkpoint_every=3, keep_checkpoints=2, max_steps=9)
+    final, _ = _run(tmp_path, "run", cfg, PairsInMemory(8))
+    run = tmp_path / "run"
+    assert final == run / "final"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000006", "step-000009"]
+    assert (run / "last").is_symlink() and (run / "last").resolve().name == "step-000009"
+    assert (run / "samples").is_dir()
+    cfg2, nets, meta = load_checkpoint(final)
+    assert cfg2 == cfg and meta["step"] == 9 and meta["has_train_state"]
+    state = torch.load(final / "train_state.pt", weights_only=True)
+    assert state["step"] == 9 and len(state["ranks"]) == 1
+    with pytest.raises(SemlayoutError, match="already holds a training run"):
+        _run(tmp_path, "run", cfg, PairsInMemory(8))
+
+
+def test_init_from_starts_from_the_checkpoint_weights(tmp_path):
+    cfg = tiny_config(max_steps=2)
+    first, _ = _run(tmp_path, "a", cfg, PairsInMemory(4))
+    ft = apply_overrides(cfg, {"train.lr": 1e-12, "train.max_steps": 1})
+    final = run_training(ft, PairsInMemory(4), tmp_path / "b", init_from=first, progress=False)
+    a, b = load_file(str(first / "weights.safetensors")), load_file(str(final / "weights.safetensors"))
+    key = "G_A.down.0.0.weight"
+    assert torch.allclose(a[key], b[key], atol=1e-6)
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(checkpoint_every=2, batch_size=1, max_steps=8)
+    ds = PairsInMemory(6, nan_at=-1)
+    # sequential order is random; poison whichever item comes at step 5
+    from semlayout.train.loop import epoch_order
+
+    ds.nan_at = epoch_order(6, 0, cfg.train.seed)[4]
+    with pytest.raises(NonFiniteLoss, match=r"diverged at step 4: .*=nan"):
+        run_training(cfg, ds, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "last").resolve().name == "step-000004"
+    assert not (tmp_path / "run" / "final").exists()
+    load_checkpoint(tmp_path / "run" / "last")
+
+
+def test_dataset_smaller_than_a_batch_is_a_user_error(tmp_path):
+    with pytest.raises(SemlayoutError, match="fewer than one batch"):
+        run_training(tiny_config(batch_size=8), PairsInMemory(3), tmp_path / "r", progress=False)

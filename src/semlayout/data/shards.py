@@ -383,10 +383,9 @@ def write_shards(
         if dest == here or dest in here.parents:
             raise SemlayoutError(f"--out {out_dir} would replace the input {src.path}; choose another folder")
     entries, source_summary = _collect_entries(sources, seed)
+    split_of = assign_splits([(e.id, e.family, e.source) for e in entries], val, test, seed)
     try:
-        return _write(entries, source_summary, split_of=assign_splits(
-            [(e.id, e.family, e.source) for e in entries], val, test, seed),
-            out_dir=Path(out_dir), val=val, test=test, seed=seed, shard_size=shard_size, progress=progress)
+        return _write(entries, source_summary, split_of, Path(out_dir), val, test, seed, shard_size, progress)
     except (PermissionError, NotADirectoryError, FileExistsError) as err:
         raise SemlayoutError(f"cannot write {out_dir}: {err.strerror or err}") from None
 

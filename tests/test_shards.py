@@ -413,3 +413,18 @@ def test_unwritable_output_is_a_user_error(aligned, tmp_path):
             write_shards(aligned, locked / "out")
     finally:
         locked.chmod(0o700)
+
+
+def test_conftest_fallback_data_shards(tmp_path):
+    """The shared fixtures' fallback (no synth / align) still yields a valid shard set."""
+    from conftest import _fallback_align, _fallback_pairs
+
+    pairs = _fallback_pairs(tmp_path / "pairs")
+    assert read_gray8(read_manifest(pairs)[0].sem_path).shape == (304, 304)
+    aligned = _fallback_align(pairs, tmp_path / "aligned")
+    index = write_shards(aligned, tmp_path / "shards", val=0.15, test=0.25)
+    assert sum(index["splits"][s]["n"] for s in SPLITS) == 24
+    assert all(index["splits"][s]["n"] > 0 for s in SPLITS)
+    # the truth crop reproduces the template relation of helpers_shards: layout == (sem > 127)
+    arrays = load_split_arrays(tmp_path / "shards", "train")
+    assert np.array_equal(arrays["layout"] > 0, arrays["sem"] > 127)

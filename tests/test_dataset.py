@@ -220,3 +220,17 @@ def test_tiny_shards_fixture_dataset(tiny_shards):
     item = ds[0]
     assert item["sem"].shape == (1, 64, 64)
     assert float(item["sem"].abs().max()) <= 1.0
+
+
+def test_count_reads_replays_a_mid_epoch_resume(shards):
+    rng = np.random.default_rng(0)
+    full = ShardDataset(shards, "train", image_size=64, augment=True, seed=4)
+    order = rng.integers(0, len(full), 3 * len(full)).tolist()  # with repeats, like a balanced sampler
+    full.set_epoch(2)
+    straight = [full[i]["sem"] for i in order]
+    resumed = ShardDataset(shards, "train", image_size=64, augment=True, seed=4)
+    resumed.set_epoch(2)
+    cut = len(order) // 2
+    resumed.count_reads(order[:cut])
+    tail = [resumed[i]["sem"] for i in order[cut:]]
+    assert all(torch.equal(a, b) for a, b in zip(straight[cut:], tail, strict=True))

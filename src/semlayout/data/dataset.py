@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,12 @@ class ShardDataset(Dataset):
         """Choose the augmentation draw for this epoch (like DistributedSampler.set_epoch)."""
         self.epoch = int(epoch)
         self._reads.clear()
+
+    def count_reads(self, indices: Iterable[int]) -> None:
+        """Record reads already made this epoch without loading anything (exact mid-epoch resume:
+        the augmentation draw of an index depends on how often it was read this epoch)."""
+        for i in indices:
+            self._reads[int(i)] += 1
 
     def _shard(self, s: int) -> dict[str, np.ndarray]:
         if s not in self._cache:

@@ -1,0 +1,363 @@
+"""Reviewed-pair intake: validate a pair folder, upload it to an object store as one batch.
+
+Layout under the intake prefix (`s3://BUCKET/PREFIX` or a local folder):
+```
+objects/<sha256>.png                 content-addressed images (sha256 of the PNG file bytes)
+batches/<batch_id>/batch.json        counts, uploader, created, source, rejects
+batches/<batch_id>/manifest.csv      written LAST: id,sem_path,layout_path,pattern_type[,clean_path],
+                                     sem_sha256,layout_sha256,pair_sha256,<extra columns>;
+                                     paths are keys relative to PREFIX ("objects/<sha256>.png")
+```
+Readers trust only batches with a manifest. `batch_id` is a hash of the sorted pair content
+hashes, so uploading the same folder again is the same batch and uploads nothing. Objects that
+already exist are skipped (HEAD), so an interrupted upload resumes where it stopped, and the
+manifest appears only once every object it names is stored.
+
+Validation (all pairs are checked before anything is uploaded): the pair-folder contract
+(`semlayout.data.pairs`), PNG files, 8-bit grayscale, 304x304 SEM and 250x250 binary layout,
+alignment QC (`semlayout.data.align.align_pair`), and no duplicate SEM or pair within the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import getpass
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semlayout.errors import SemlayoutError
+from semlayout.storage import open_store
+
+FORMAT = "semlayout-intake-batch/1"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+OBJECTS = "objects"
+BATCHES = "batches"
+
+
+@dataclass
+class Reject:
+    id: str
+    reason: str  # short code: missing, not_png, bit_depth, wrong_size, not_binary, align:<reason>, duplicate
+    detail: str
+
+
+@dataclass
+class ValidPair:
+    id: str
+    pattern_type: str
+    files: dict[str, Path]  # role (sem, layout, clean) -> local file
+    hashes: dict[str, str]  # role -> sha256 of the file bytes
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pair_hash(self) -> str:
+        return hashlib.sha256(f"{self.hashes['sem']}:{self.hashes['layout']}".encode()).hexdigest()
+
+
+@dataclass
+class Validation:
+    valid: list[ValidPair]
+    rejects: list[Reject]
+
+
+class BatchRefused(SemlayoutError):
+    """Some pairs are invalid and `skip_invalid` was not given: nothing was uploaded."""
+
+    def __init__(self, rejects: list[Reject], n_total: int):
+        self.rejects = rejects
+        super().__init__(
+            f"batch refused: {len(rejects)} of {n_total} pairs are invalid "
+            f"({', '.join(sorted({r.reason for r in rejects}))}); nothing was uploaded. "
+            "Fix them or pass --skip-invalid to upload the valid pairs only"
+        )
+
+
+@dataclass
+class UploadResult:
+    batch_id: str
+    uri: str
+    n_pairs: int
+    rejects: list[Reject]
+    objects_uploaded: int
+    objects_skipped: int
+    already_complete: bool
+    manifest_key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_rejected"] = len(self.rejects)
+        return d
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None) -> Validation:
+    """Check every pair of a pair folder; a broken manifest raises, a bad pair becomes a `Reject`."""
+    from semlayout.data.align import AlignConfig, align_pair
+    from semlayout.data.pairs import (
+        SEM_RAW_SHAPE,
+        TEMPLATE_SHAPE,
+        ImageRejected,
+        check_binary_layout,
+        read_gray8,
+        read_manifest,
+    )
+
+    cfg = align_cfg or AlignConfig()
+    records = read_manifest(pairs_dir)
+    valid: list[ValidPair] = []
+    rejects: list[Reject] = []
+    seen_sem: dict[str, str] = {}
+    seen_pair: dict[str, str] = {}
+    for rec in records:
+        files = {"sem": rec.sem_path, "layout": rec.layout_path}
+        if rec.clean_path is not None:
+            files["clean"] = rec.clean_path
+        try:
+            for path in files.values():
+                if not path.is_file():
+                    raise ImageRejected(path, "missing", "file not found")
+                with open(path, "rb") as f:
+                    if f.read(8) != PNG_MAGIC:
+                        raise ImageRejected(path, "not_png", "expected a PNG file")
+            sem = read_gray8(rec.sem_path, expected_shape=SEM_RAW_SHAPE)
+            layout = check_binary_layout(read_gray8(rec.layout_path, expected_shape=TEMPLATE_SHAPE),
+                                         str(rec.layout_path))
+            if "clean" in files:
+                read_gray8(files["clean"], expected_shape=sem.shape)
+        except ImageRejected as err:
+            rejects.append(Reject(rec.id, err.reason, str(err)))
+            continue
+        result = align_pair(sem, layout, cfg)
+        if not result.qc_pass:
+            num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            rejects.append(Reject(rec.id, f"align:{result.reason}",
+                                  f"alignment QC failed: {result.reason} (score {num(result.score)}, "
+                                  f"confidence {num(result.confidence)})"))
+            continue
+        pair = ValidPair(rec.id, rec.pattern_type, files, {r: _sha256_file(p) for r, p in files.items()},
+                         dict(rec.extra))
+        if pair.pair_hash in seen_pair:
+            rejects.append(Reject(rec.id, "duplicate", f"same SEM and layout as pair '{seen_pair[pair.pair_hash]}'"))
+            continue
+        if pair.hashes["sem"] in seen_sem:
+            rejects.append(Reject(rec.id, "duplicate", f"same SEM image as pair '{seen_sem[pair.hashes['sem']]}'"))
+            continue
+        seen_pair[pair.pair_hash] = rec.id
+        seen_sem[pair.hashes["sem"]] = rec.id
+        valid.append(pair)
+    return Validation(valid, rejects)
+
+
+def batch_id_for(pairs: list[ValidPair]) -> str:
+    joined = "\n".join(sorted(p.pair_hash for p in pairs))
+    return hashlib.sha256(joined.encode()).hexdigest()[:20]
+
+
+def object_key(sha: str) -> str:
+    return f"{OBJECTS}/{sha}.png"
+
+
+def _manifest_csv(pairs: list[ValidPair]) -> str:
+    has_clean = any("clean" in p.files for p in pairs)
+    extra_cols: list[str] = []
+    for p in pairs:
+        extra_cols += [k for k in p.extra if k not in extra_cols]
+    cols = ["id", "sem_path", "layout_path", "pattern_type"] + (["clean_path"] if has_clean else [])
+    cols += ["sem_sha256", "layout_sha256", "pair_sha256"] + [c for c in extra_cols if c not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for p in pairs:
+        row = {**p.extra, "id": p.id, "sem_path": object_key(p.hashes["sem"]),
+               "layout_path": object_key(p.hashes["layout"]), "pattern_type": p.pattern_type,
+               "sem_sha256": p.hashes["sem"], "layout_sha256": p.hashes["layout"], "pair_sha256": p.pair_hash}
+        if has_clean:
+            row["clean_path"] = object_key(p.hashes["clean"]) if "clean" in p.files else ""
+        w.writerow({c: row.get(c, "") for c in cols})
+    return buf.getvalue()
+
+
+def upload_batch(
+    pairs_dir: str | os.PathLike[str],
+    uri: str,
+    skip_invalid: bool = False,
+    uploader: str | None = None,
+    progress: bool = False,
+    align_cfg: Any = None,
+    on_object: Callable[[str], None] | None = None,
+) -> UploadResult:
+    """Validate `pairs_dir` and upload it as one batch under `uri` (see the module docstring).
+
+    Raises `BatchRefused` (nothing uploaded) when a pair is invalid and `skip_invalid` is
+    False. `on_object(key)` is called after each object is stored (progress hooks, tests).
+    """
+    store = open_store(uri)
+    checked = validate_pairs(pairs_dir, align_cfg)
+    n_total = len(checked.valid) + len(checked.rejects)
+    if checked.rejects and not skip_invalid:
+        raise BatchRefused(checked.rejects, n_total)
+    if not checked.valid:
+        raise SemlayoutError(f"no valid pairs in {pairs_dir}: all {n_total} were rejected; nothing was uploaded")
+    pairs = sorted(checked.valid, key=lambda p: p.id)
+    bid = batch_id_for(pairs)
+    manifest_key = f"{BATCHES}/{bid}/manifest.csv"
+    if store.exists(manifest_key):
+        return UploadResult(bid, store.uri, len(pairs), checked.rejects, 0, 0, True, manifest_key)
+
+    # content-addressed: one object per distinct file, whoever else uses it
+    todo: dict[str, Path] = {}
+    for p in pairs:
+        for role, path in p.files.items():
+            todo.setdefault(object_key(p.hashes[role]), path)
+    uploaded = skipped = 0
+    from tqdm import tqdm
+
+    for key, path in tqdm(sorted(todo.items()), desc="objects", unit="obj", disable=not progress):
+        if store.exists(key):
+            skipped += 1
+            continue
+        store.put_bytes(key, path.read_bytes())
+        uploaded += 1
+        if on_object is not None:
+            on_object(key)
+
+    info = {
+        "format": FORMAT,
+        "batch_id": bid,
+        "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "uploader": uploader or _default_uploader(),
+        "source": str(Path(pairs_dir).absolute()),
+        "counts": {"pairs": len(pairs), "rejected": len(checked.rejects), "objects": len(todo),
+                   "families": _family_counts(pairs)},
+        "rejects": [asdict(r) for r in checked.rejects],
+    }
+    store.put_bytes(f"{BATCHES}/{bid}/batch.json", (json.dumps(info, indent=2) + "\n").encode())
+    store.put_bytes(manifest_key, _manifest_csv(pairs).encode())  # last: the batch now exists
+    return UploadResult(bid, store.uri, len(pairs), checked.rejects, uploaded, skipped, False, manifest_key)
+
+
+def _family_counts(pairs: list[ValidPair]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in pairs:
+        out[p.pattern_type] = out.get(p.pattern_type, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _default_uploader() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "unknown"
+
+
+def list_batches(uri: str, include_incomplete: bool = False) -> list[dict[str, Any]]:
+    """Batches under `uri`, oldest first: {batch_id, complete, created, uploader, pairs, rejected, ...}."""
+    store = open_store(uri)
+    keys = store.list(f"{BATCHES}/")
+    ids = sorted({k.split("/")[1] for k in keys if k.count("/") >= 2})
+    present = set(keys)
+    out = []
+    for bid in ids:
+        complete = f"{BATCHES}/{bid}/manifest.csv" in present
+        if not complete and not include_incomplete:
+            continue
+        info: dict[str, Any] = {}
+        if f"{BATCHES}/{bid}/batch.json" in present:
+            try:
+                info = json.loads(store.get_bytes(f"{BATCHES}/{bid}/batch.json"))
+            except json.JSONDecodeError:
+                info = {}
+        counts = info.get("counts", {})
+        out.append({
+            "batch_id": bid, "complete": complete, "created": info.get("created"),
+            "uploader": info.get("uploader"), "pairs": counts.get("pairs"),
+            "rejected": counts.get("rejected"), "objects": counts.get("objects"),
+            "families": counts.get("families", {}),
+        })
+    return sorted(out, key=lambda b: (b["created"] or "", b["batch_id"]))
+
+
+def _parse_since(since: str | dt.datetime | None) -> dt.datetime | None:
+    if since is None or isinstance(since, dt.datetime):
+        return since if since is None or since.tzinfo else since.replace(tzinfo=dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+    except ValueError:
+        raise SemlayoutError(f"since '{since}' is not an ISO date/time (e.g. 2026-11-24T05:00:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def download_batches(
+    uri: str, dest_dir: str | os.PathLike[str], since: str | dt.datetime | None = None,
+) -> Path:
+    """Materialise every complete batch (created at or after `since`) as ONE local pair folder.
+
+    `dest_dir/manifest.csv` (+ `batch_id` column), `sem/<id>.png`, `layout/<id>.png`,
+    `clean/<id>.png` when uploaded. A pair present in several batches appears once; an id
+    reused by different content is suffixed with its pair hash. Written atomically.
+    """
+    from semlayout.atomic import atomic_dir
+
+    store = open_store(uri)
+    cutoff = _parse_since(since)
+    batches = []
+    for b in list_batches(uri):
+        created = _parse_since(b["created"]) if b["created"] else None
+        if cutoff is None or (created is not None and created >= cutoff):
+            batches.append(b)
+    if not batches:
+        when = f" created since {since}" if since is not None else ""
+        raise SemlayoutError(f"no complete intake batches{when} under {store.uri}")
+    rows: list[dict[str, str]] = []
+    seen_pairs: set[str] = set()
+    used_ids: set[str] = set()
+    with atomic_dir(dest_dir) as tmp:
+        for b in batches:
+            text = store.get_bytes(f"{BATCHES}/{b['batch_id']}/manifest.csv").decode("utf-8")
+            for row in csv.DictReader(io.StringIO(text)):
+                if row.get("pair_sha256") in seen_pairs:
+                    continue
+                seen_pairs.add(row.get("pair_sha256", ""))
+                pid = row["id"]
+                if pid in used_ids:
+                    pid = f"{pid}-{row.get('pair_sha256', '')[:8]}"
+                used_ids.add(pid)
+                out = {**row, "id": pid, "batch_id": b["batch_id"]}
+                for role in ("sem", "layout", "clean"):
+                    key = row.get(f"{role}_path") or ""
+                    if not key:
+                        continue
+                    local = tmp / role / f"{pid}.png"
+                    local.parent.mkdir(exist_ok=True)
+                    data = store.get_bytes(key)
+                    if role != "clean" and hashlib.sha256(data).hexdigest() != row.get(f"{role}_sha256"):
+                        raise SemlayoutError(f"object {key} of batch {b['batch_id']} does not match its hash")
+                    local.write_bytes(data)
+                    out[f"{role}_path"] = f"{role}/{pid}.png"
+                rows.append(out)
+        cols: list[str] = ["id", "sem_path", "layout_path", "pattern_type"]
+        if any(r.get("clean_path") for r in rows):
+            cols.append("clean_path")
+        for r in rows:
+            cols += [k for k in r if k not in cols]
+        with open(tmp / "manifest.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: r.get(c, "") for c in cols})
+    return Path(dest_dir)
+

@@ -234,3 +234,16 @@ def test_count_reads_replays_a_mid_epoch_resume(shards):
     resumed.count_reads(order[:cut])
     tail = [resumed[i]["sem"] for i in order[cut:]]
     assert all(torch.equal(a, b) for a, b in zip(straight[cut:], tail, strict=True))
+
+
+def test_worker_state_drops_open_shards(shards):
+    ds = ShardDataset(shards, "val", image_size=32)
+    ds[0]
+    assert ds._cache and ds.__getstate__()["_cache"] == {}  # spawn workers reopen, not copy
+
+
+def test_dataloader_spawn_workers(shards):
+    ds = ShardDataset(shards, "val", image_size=32)
+    ds[0]
+    loader = DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+    assert sorted(i for b in loader for i in b["id"]) == sorted(ds.ids)

@@ -122,6 +122,12 @@ class ShardDataset(Dataset):
         self.epoch = int(epoch)
         self._reads.clear()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # workers started with "spawn" reopen the shards instead of receiving copies of the maps
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
     def count_reads(self, indices: Iterable[int]) -> None:
         """Record reads already made this epoch without loading anything (exact mid-epoch resume:
         the augmentation draw of an index depends on how often it was read this epoch)."""

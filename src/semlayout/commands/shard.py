@@ -21,7 +21,7 @@ def _parse_limits(limits: list[str]) -> dict[str, int]:
 
 def shard(
     aligned: list[Path] = typer.Argument(
-        ..., metavar="ALIGNED...", help="aligned pair folder(s) (pair folder + alignment.csv, or SEMs already 250x250), "
+        ..., metavar="ALIGNED", help="aligned pair folder(s) (pair folder + alignment.csv, or SEMs already 250x250), "
         "or existing shard sets (their train split is used, e.g. as a replay sample)",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="output shard folder (replaced atomically)"),

@@ -228,3 +228,37 @@ def test_local_folder_target_and_cli_download(synth_folder, tmp_path, capsys):
     assert code == 2 and "not found" in err
     code, _, err = _cli(["intake", "upload", str(tmp_path / "p"), "--to", "s3:///x"], capsys)
     assert code == 2 and "empty bucket" in err
+
+
+def test_upload_killed_midway_resumes_without_duplicates(synth_folder, tmp_path, s3_bucket, s3_env):
+    """A real `kill -9` of an uploading process: no manifest, and a re-run completes the batch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src, ok, _ = synth_folder
+    folder = subset(src, tmp_path / "p", ok[:4])
+    uri = f"s3://{s3_bucket}/k"
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    # slow each object down so the kill lands in the middle of the upload
+    code = ("import sys, time; from semlayout.intake import upload_batch; "
+            "upload_batch(sys.argv[1], sys.argv[2], on_object=lambda k: time.sleep(0.4))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), uri], env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while len(_objects(endpoint, s3_bucket)) < 3:
+            assert proc.poll() is None, "upload finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    partial = _objects(endpoint, s3_bucket)
+    assert 3 <= len(partial) < 12 and not any("/batches/" in k for k in partial)
+    assert list_batches(uri) == []
+    res = upload_batch(folder, uri)
+    assert res.objects_skipped == len(partial) and res.objects_uploaded == 12 - len(partial)
+    final = _objects(endpoint, s3_bucket)
+    assert len([k for k in final if "/objects/" in k]) == 12
+    assert [b["batch_id"] for b in list_batches(uri)] == [res.batch_id]

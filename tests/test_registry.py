@@ -287,6 +287,18 @@ def test_cli_release_manager_flow(uri, ckpts, capsys):
     assert code == 2 and "no MLflow registry" in err
 
 
+def test_champion_lookups_on_a_first_run_and_an_unreachable_server(tmp_path):
+    # the training pipeline asks for the champion before anything was ever registered
+    missing = f"sqlite:///{tmp_path / 'never' / 'mlflow.db'}"
+    assert champion_version(missing, "semlayout") is None
+    assert champion_metrics(missing, "semlayout") is None
+    assert not (tmp_path / "never").exists()
+    # ... but a server that does not answer must not look like "no champion" (the gate would skip it)
+    down = f"http://127.0.0.1:{hs.free_port()}"
+    with pytest.raises(SemlayoutError, match="cannot reach"):
+        champion_metrics(down, "semlayout")
+
+
 @pytest.mark.slow
 def test_client_server_path(mlflow_server, ckpts, tmp_path, monkeypatch, capsys):
     """The same flow through a real `mlflow server` (proxied artifacts over HTTP)."""

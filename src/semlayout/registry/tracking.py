@@ -43,9 +43,16 @@ def default_tracking_uri() -> str:
 
 
 def _sqlite_path(uri: str) -> Path | None:
+    # sqlite:////abs/path.db -> /abs/path.db ; sqlite:///rel/path.db -> rel/path.db (SQLAlchemy's rule)
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):] if uri.startswith("sqlite:////") else uri[len("sqlite://"):])
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
     return None
+
+
+def registry_missing(tracking_uri: str | None) -> bool:
+    """True when the URI names a SQLite registry whose file does not exist yet (a first run)."""
+    db = _sqlite_path((tracking_uri or "").strip() or default_tracking_uri())
+    return db is not None and not db.is_file()
 
 
 def check_tracking_uri(tracking_uri: str | None, create: bool = False) -> str:

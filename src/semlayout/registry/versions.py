@@ -33,6 +33,7 @@ from semlayout.registry.tracking import (
     client,
     flatten_numbers,
     mlflow_errors,
+    registry_missing,
     use_tracking_uri,
 )
 
@@ -213,7 +214,10 @@ def _run_metrics(c: Any, run_id: str) -> dict[str, Any] | None:
 
 
 def champion_version(tracking_uri: str | None, name: str) -> int | None:
-    """The version the `champion` alias points at; None if the model has none (or does not exist)."""
+    """The version the `champion` alias points at; None if the model has none (or does not exist,
+    or the SQLite registry is not created yet). An unreachable server still raises."""
+    if registry_missing(tracking_uri):
+        return None
     c = client(check_tracking_uri(tracking_uri, create=False))
     try:
         v = _alias_version(c, name, CHAMPION)
@@ -224,6 +228,8 @@ def champion_version(tracking_uri: str | None, name: str) -> int | None:
 
 def champion_metrics(tracking_uri: str | None, name: str) -> dict[str, Any] | None:
     """The champion's evaluation metrics (evaluate dict shape), or None without a champion."""
+    if registry_missing(tracking_uri):
+        return None
     c = client(check_tracking_uri(tracking_uri, create=False))
     try:
         v = _alias_version(c, name, CHAMPION)

@@ -68,6 +68,13 @@ def test_fg_fraction_matches_skimage_otsu():
     assert image_features(lay)["fg_fraction"] == pytest.approx((lay > 0).mean(), abs=1e-12)
 
 
+def test_constant_image():
+    for v in (0, 128, 255):
+        f = image_features(np.full((16, 16), v, np.uint8))
+        assert f["std"] == 0 and f["edge_density"] == 0 and f["fg_fraction"] == 0
+        assert f["laplacian_var"] == 0 and f["p05"] == f["p95"] == f["mean"] == v / 255
+
+
 def test_edge_density_rises_with_more_edges():
     dens = [image_features(_lines(p))["edge_density"] for p in (128, 64, 32, 16)]
     assert dens == sorted(dens) and dens[-1] > 4 * dens[0]

@@ -14,7 +14,7 @@ per-pixel average or a quantile, so it does not depend on the image size: a
 | p05, p95       | 5th / 95th intensity percentiles (exact on uint8, "lower" rule)      |
 | edge_density   | share of pixels on a Canny edge of the lightly blurred image         |
 | laplacian_var  | variance of the 3x3 Laplacian: sharpness, and noise on SEM images    |
-| fg_fraction    | share of pixels above the image's own Otsu threshold                 |
+| fg_fraction    | share of pixels above the image's own Otsu threshold (0 if constant) |
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def image_features(img_u8: np.ndarray) -> dict[str, float]:
     lap = cv2.Laplacian(img, cv2.CV_32F, ksize=1)
     _, lap_std = cv2.meanStdDev(lap)
     otsu, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    fg = counts[int(otsu) + 1:].sum() / n  # pixels > threshold, as THRESH_BINARY does
+    # pixels > threshold, as THRESH_BINARY does; a constant image has no foreground
+    fg = counts[int(otsu) + 1:].sum() / n if std[0, 0] > 0 else 0.0
     return {
         "mean": float(mean[0, 0]) / 255.0,
         "std": float(std[0, 0]) / 255.0,

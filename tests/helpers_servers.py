@@ -89,8 +89,17 @@ def start_moto_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def start_mlflow_server(workdir: str | os.PathLike[str], timeout: float = 120) -> Iterator[str]:
-    """Yield the URL of an `mlflow server` (SQLite backend, local artifacts, 1 worker)."""
+def start_mlflow_server(
+    workdir: str | os.PathLike[str],
+    timeout: float = 120,
+    artifacts_destination: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Yield the URL of an `mlflow server` (SQLite backend, 1 worker, proxied artifacts).
+
+    Artifacts go to `workdir/artifacts` unless `artifacts_destination` is given (e.g.
+    `s3://bucket/mlflow` with `env={"MLFLOW_S3_ENDPOINT_URL": ..., "AWS_ACCESS_KEY_ID": ...}`).
+    """
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -100,11 +109,11 @@ def start_mlflow_server(workdir: str | os.PathLike[str], timeout: float = 120) -
             [
                 str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                 "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-                "--artifacts-destination", str(workdir / "artifacts"),
+                "--artifacts-destination", artifacts_destination or str(workdir / "artifacts"),
                 "--workers", "1",
             ],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir,
-            env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+            env={**os.environ, "MLFLOW_TRACKING_URI": "", **(env or {})},
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -29,6 +29,7 @@ from semlayout.registry import (
 from semlayout.registry.tracking import use_tracking_uri
 
 mlflow_server, sqlite_tracking_uri, mlflow_template_db = hs.mlflow_server, hs.sqlite_tracking_uri, hs.mlflow_template_db
+moto_server = hs.moto_server
 
 CFG = GateConfig(floors={"sem2layout": 0.5, "layout2sem": 0.2}, tolerance=0.01)
 
@@ -318,3 +319,20 @@ def test_client_server_path(mlflow_server, ckpts, tmp_path, monkeypatch, capsys)
     assert any(m["name"] == name and m["champion"] == v1 for m in list_models(mlflow_server))
     code, out, _ = _cli(["registry", "show", name], capsys)
     assert code == 0 and "rollback" in out and "carol" in out
+
+
+@pytest.mark.slow
+def test_server_with_s3_artifacts(moto_server, ckpts, tmp_path, monkeypatch):
+    """Production shape: mlflow server with its artifact store on S3 (moto), clients over HTTP only."""
+    monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = "mlflow-artifacts-test"
+    hs.s3_client(moto_server).create_bucket(Bucket=bucket)
+    env = {**hs.S3_TEST_ENV, "MLFLOW_S3_ENDPOINT_URL": moto_server}
+    with hs.start_mlflow_server(tmp_path / "srv", artifacts_destination=f"s3://{bucket}/mlflow", env=env) as url:
+        v = _register(url, ckpts[2], 0.8, 0.3, name="s3model")
+        approve(url, "s3model", v, by="alice", reason="s3 artifacts")
+        path = resolve_model_uri("models:/s3model@champion", url)
+    assert (path / "weights.safetensors").read_bytes() == (ckpts[2] / "weights.safetensors").read_bytes()
+    keys = [o["Key"] for o in hs.s3_client(moto_server).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.endswith("checkpoint/weights.safetensors") for k in keys)
+    assert any(k.endswith("metrics.json") for k in keys)

@@ -117,7 +117,7 @@ def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None) -> 
     )
 
     cfg = align_cfg or AlignConfig()
-    records = read_manifest(pairs_dir)
+    records = read_manifest(Path(pairs_dir))
     valid: list[ValidPair] = []
     rejects: list[Reject] = []
     seen_sem: dict[str, str] = {}

@@ -10,6 +10,7 @@ fails in seconds with a one-line `SemlayoutError`, not a hang.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from abc import ABC, abstractmethod
@@ -87,7 +88,7 @@ class Store(ABC):
             atomic_write_bytes(out, self.get_bytes(key))
         return dest
 
-    def upload_tree(self, local_dir: str | os.PathLike[str], prefix: str = "") -> list[str]:
+    def upload_tree(self, local_dir: str | os.PathLike[str], prefix: str = "") -> builtins.list[str]:
         """Upload every file under `local_dir` to `prefix/<relative path>`; returns the keys."""
         src = Path(local_dir)
         if not src.is_dir():

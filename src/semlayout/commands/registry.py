@@ -98,10 +98,10 @@ def show_cmd(
     tags = f" [{', '.join(info['aliases'])}]" if info["aliases"] else ""
     typer.echo(f"model {info['name']} version {info['version']}{tags}  status: {info['status']}")
     typer.echo(f"  uri {info['model_uri']}  run {info['run_id']}")
-    gate = info.get("gate") or {}
+    gate_info = info.get("gate") or {}
     verdict = {True: "PASSED", False: "FAILED", None: "unknown"}[info["gate_passed"]]
     typer.echo(f"gate: {verdict}")
-    for reason in gate.get("reasons", []):
+    for reason in gate_info.get("reasons", []):
         typer.echo(f"  - {reason}")
     _echo_metrics(info)
     typer.echo("lineage:")

@@ -121,7 +121,7 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(prev_t)
+        mlflow.set_tracking_uri(prev_t)  # type: ignore[arg-type]  # None restores the default
         registry_utils._registry_uri = prev_r
         for k, v in prev_env.items():
             if v is None:

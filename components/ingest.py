@@ -24,7 +24,7 @@ def ingest(data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset]):
 
             if n_synth < 1:
                 raise SemlayoutError(f"n_synth={n_synth}: expected >= 1 when no data URI is given")
-            synthesize(dest, n=n_synth, seed=seed)
+            synthesize(dest, n=n_synth, seed=seed, workers=2, progress=False)
         elif data_uri.startswith("s3://"):
             from semlayout.storage import open_store
 

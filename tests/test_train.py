@@ -145,3 +145,76 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_p
 def test_dataset_smaller_than_a_batch_is_a_user_error(tmp_path):
     with pytest.raises(SemlayoutError, match="fewer than one batch"):
         run_training(tiny_config(batch_size=8), PairsInMemory(3), tmp_path / "r", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory):
+    from helpers_shards import make_pairs
+
+    from semlayout.data.shards import write_shards
+
+    root = tmp_path_factory.mktemp("shards")
+    make_pairs(root / "aligned", {"line_space": 10, "via_array": 6})
+    write_shards([root / "aligned"], root / "shards", val=0.2, test=0.2, seed=0)
+    return root / "shards"
+
+
+@pytest.mark.parametrize("name", ["baseline", "improved", "small", "tiny"])
+def test_shipped_configs_load_and_build(name):
+    from pathlib import Path
+
+    from semlayout.config import load_config
+    from semlayout.train.checkpoint import build_networks
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+    assert cfg.name == name
+    nets = build_networks(cfg)
+    assert set(nets) == {"G_A", "G_B", "D_A", "D_B"}
+
+
+def test_shipped_baseline_and_improved_differ_as_specified():
+    from pathlib import Path
+
+    from semlayout.config import load_config
+
+    root = Path(__file__).parent.parent / "configs"
+    base, imp = load_config(root / "baseline.yaml"), load_config(root / "improved.yaml")
+    assert (base.loss.gan_mode, imp.loss.gan_mode) == ("bce", "lsgan")
+    assert not base.discriminator.spectral_norm and imp.discriminator.spectral_norm
+    assert not base.generator.attention and imp.generator.attention
+    assert base.loss.lambda_fm == 0 and imp.loss.lambda_fm > 0
+    assert base.train.buffer_size == 0 and imp.train.buffer_size == 50
+    assert base.loss.real_label == 1.0 and imp.loss.real_label == 0.9
+
+
+def test_cli_trains_resumes_and_reports_errors(tiny_shards, tmp_path):
+    from pathlib import Path
+
+    from semlayout.cli import main
+
+    tiny = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
+    run = tmp_path / "run"
+    args = ["train", "--config", tiny, "--data", str(tiny_shards), "--out", str(run), "--no-progress",
+            "--set", "train.max_steps=2", "--set", "train.num_threads=1"]
+    assert main(args) == 0
+    assert load_checkpoint(run / "final")[2]["step"] == 2
+    assert main([*args[:-4], "--resume", "--set", "train.max_steps=4", "--set", "train.num_threads=1"]) == 0
+    assert load_checkpoint(run / "final")[2]["step"] == 4
+    assert json.loads((run / "history.json").read_text())["epochs"] == []  # 4 steps < one epoch
+
+
+def test_cli_errors_are_one_line(tiny_shards, tmp_path, capsys):
+    from pathlib import Path
+
+    from semlayout.cli import main
+
+    tiny = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
+    base = ["train", "--config", tiny, "--data", str(tiny_shards), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*base, "--set", "train.epoks=2"]) == 2
+    assert "unknown config key 'train.epoks'" in capsys.readouterr().err
+    assert main([*base, "--set", "nonsense"]) == 2
+    assert "is not KEY=VALUE" in capsys.readouterr().err
+    assert main([*base, "--resume"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    assert main(["train", "--config", tiny, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "shard folder not found" in capsys.readouterr().err

@@ -91,6 +91,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, ge=1)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps")
     channels_last: bool = False
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")

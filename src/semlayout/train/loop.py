@@ -401,6 +401,8 @@ def run_training(
     if not resume and ctx.is_main and ((run_dir / "last").exists() or (run_dir / "final").exists()):
         raise SemlayoutError(f"{run_dir} already holds a training run; pass --resume or choose a new --out")
 
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
     seed_everything(t.seed)
     nets = build_networks(cfg)
     if init_from is not None:

@@ -250,7 +250,7 @@ def create_app(settings: ServeSettings | None = None, engine: InferenceEngine | 
     app.state.settings = settings
     app.state.svc = None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    _install_request_metrics(app, metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, owner=app)
     _install_error_handlers(app)
     _routes(app, settings, metrics)
     return app
@@ -278,39 +278,56 @@ async def _poll(state: ServingState) -> None:
             state.metrics.reloads.labels("swapped").inc()
 
 
-def _install_request_metrics(app: FastAPI, metrics: ServingMetrics) -> None:
+class RequestMetricsMiddleware:
+    """Pure ASGI: counts every request by route template and status, times it, and records
+    refused translate/align requests as error events in the monitoring store (after the
+    response has gone out, so the client does not wait for the write)."""
+
     monitored = ("/v1/translate", "/v1/align")
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        metrics.inflight.inc()
+    def __init__(self, app: Any, metrics: ServingMetrics, owner: FastAPI):
+        self.app = app
+        self.metrics = metrics
+        self.owner = owner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         status = 500
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        m = self.metrics
+        m.inflight.inc()
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_wrapper)
         finally:
-            metrics.inflight.dec()
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            m.inflight.dec()
             dt = time.perf_counter() - t0
-            metrics.requests.labels(request.method, path, str(status)).inc()
-            metrics.latency.labels(path).observe(dt)
-            state = getattr(app.state, "svc", None)
+            route = scope.get("route")  # set by the router on this same scope dict
+            path = getattr(route, "path", "unmatched")
+            m.requests.labels(scope.get("method", ""), path, str(status)).inc()
+            m.latency.labels(path).observe(dt)
+            state = getattr(self.owner.state, "svc", None)
             if state is not None:
-                metrics.queue_depth.set(state.batcher.depth)
-            direction = request.path_params.get("direction") if route is not None else None
-            if path.startswith(monitored) and status == 200 and direction in ("sem2layout", "layout2sem"):
-                metrics.translate_latency.labels(direction).observe(dt)
+                m.queue_depth.set(state.batcher.depth)
+            direction = (scope.get("path_params") or {}).get("direction") if route is not None else None
+            direction = direction if direction in ("sem2layout", "layout2sem") else None
+            if path.startswith(self.monitored) and status == 200 and direction:
+                m.translate_latency.labels(direction).observe(dt)
             if status >= 400:
-                metrics.errors.labels(path, str(status)).inc()
-                if path.startswith(monitored) and state is not None:
+                m.errors.labels(path, str(status)).inc()
+                if path.startswith(self.monitored) and state is not None:
                     with contextlib.suppress(Exception):
                         await run_in_threadpool(
                             state.monitor.record_error, endpoint=path, http_status=status,
-                            error=f"HTTP {status}", latency_ms=dt * 1000,
-                            direction=direction if direction in ("sem2layout", "layout2sem") else None)
+                            error=f"HTTP {status}", latency_ms=dt * 1000, direction=direction)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

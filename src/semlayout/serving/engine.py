@@ -12,7 +12,9 @@ at load time (loaded as `models:/NAME/VERSION`), which is what `X-Model-Version`
 
 `MicroBatcher` (asyncio) queues single images and runs them in batches of up to
 `max_batch` per direction in a worker thread: one forward pass at a time (2 cores are
-better used by one batched pass than by two competing ones), queued requests share it.
+better used by one batched pass than by two competing ones). Requests that arrive while a
+forward runs wait in the queue and go together into the next one, so a lone request pays
+no batching delay (`max_wait_ms` > 0 adds an explicit wait for company).
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ class QueueFull(SemlayoutError):
 class MicroBatcher:
     """Collects single images for up to `max_wait_ms` and runs them as one forward per direction."""
 
-    def __init__(self, engine: InferenceEngine, max_batch: int = 8, max_wait_ms: float = 2.0,
+    def __init__(self, engine: InferenceEngine, max_batch: int = 8, max_wait_ms: float = 0.0,
                  max_queue: int = 256, on_batch: Callable[[str, int, float], None] | None = None):
         self.engine = engine
         self.max_batch = max_batch

@@ -32,7 +32,9 @@ class ServeSettings(BaseSettings):
     max_batch_images: int = Field(16, ge=1, description="images per /batch request")
 
     micro_batch: int = Field(8, ge=1, description="most images in one forward pass")
-    micro_batch_wait_ms: float = Field(2.0, ge=0, description="how long a forward waits for company")
+    micro_batch_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait for company before a forward; 0: take what is queued "
+        "(requests that arrive during a forward form the next batch)")
     max_queue: int = Field(256, ge=1, description="images waiting for the model; beyond: 503")
 
     poll_interval_s: float = Field(30.0, ge=0, description="registry alias polling; 0 disables")

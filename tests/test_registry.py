@@ -336,3 +336,29 @@ def test_server_with_s3_artifacts(moto_server, ckpts, tmp_path, monkeypatch):
     keys = [o["Key"] for o in hs.s3_client(moto_server).list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.endswith("checkpoint/weights.safetensors") for k in keys)
     assert any(k.endswith("metrics.json") for k in keys)
+
+
+def test_model_level_audit_log_keeps_the_newest_events_within_the_tag_limit():
+    from semlayout.registry.versions import MODEL_TAG_LIMIT, _fit_list
+
+    events = [{"at": f"2026-11-24T00:00:{i:02d}Z", "action": "approved", "version": i, "by": "x" * 40,
+               "reason": "r" * 80} for i in range(60)]
+    text = _fit_list(events, MODEL_TAG_LIMIT)
+    kept = json.loads(text)
+    assert len(text) <= MODEL_TAG_LIMIT and 0 < len(kept) < 60
+    assert kept[-1]["version"] == 59 and kept == events[-len(kept):]
+
+
+def test_concurrent_resolves_share_one_complete_download(uri, ckpts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    v = _register(uri, ckpts[0], 0.8, 0.3)
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: resolve_model_uri(f"models:/semlayout/{v}", uri), range(4)))
+    assert len(set(paths)) == 1
+    assert (paths[0] / "weights.safetensors").read_bytes() == (ckpts[0] / "weights.safetensors").read_bytes()
+    assert not [p for p in paths[0].parent.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    # the global MLflow URI is left as it was (no leak between threads)
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -104,7 +104,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None) -> Validation:
+def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None, progress: bool = False) -> Validation:
     """Check every pair of a pair folder; a broken manifest raises, a bad pair becomes a `Reject`."""
     from semlayout.data.align import AlignConfig, align_pair
     from semlayout.data.pairs import (
@@ -122,7 +122,9 @@ def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None) -> 
     rejects: list[Reject] = []
     seen_sem: dict[str, str] = {}
     seen_pair: dict[str, str] = {}
-    for rec in records:
+    from tqdm import tqdm
+
+    for rec in tqdm(records, desc="validating", unit="pair", disable=not progress):
         files = {"sem": rec.sem_path, "layout": rec.layout_path}
         if rec.clean_path is not None:
             files["clean"] = rec.clean_path
@@ -206,7 +208,7 @@ def upload_batch(
     False. `on_object(key)` is called after each object is stored (progress hooks, tests).
     """
     store = open_store(uri)
-    checked = validate_pairs(pairs_dir, align_cfg)
+    checked = validate_pairs(pairs_dir, align_cfg, progress=progress)
     n_total = len(checked.valid) + len(checked.rejects)
     if checked.rejects and not skip_invalid:
         raise BatchRefused(checked.rejects, n_total)

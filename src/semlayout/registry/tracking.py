@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ CHECKPOINT_FILES = ("config.json", "weights.safetensors", "sem2layout.onnx", "la
 TAG_MODEL_URI = "semlayout.model_uri"
 TAG_CONFIG_HASH = "semlayout.config_hash"
 TAG_CHECKPOINT_STEP = "semlayout.checkpoint_step"
+_URI_LOCK = threading.RLock()
 
 
 def default_tracking_uri() -> str:
@@ -114,20 +116,22 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
 
     # the raw globals and variables, not get_*_uri() (which resolve defaults): restoring those
     # would pin the defaults and leak MLFLOW_TRACKING_URI into the environment
-    prev_t, prev_r = tracking_utils._tracking_uri, registry_utils._registry_uri
-    prev_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(prev_t)  # type: ignore[arg-type]  # None restores the default
-        registry_utils._registry_uri = prev_r
-        for k, v in prev_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # one block at a time: interleaved save/restore from threads would leak a URI
+    with _URI_LOCK:
+        prev_t, prev_r = tracking_utils._tracking_uri, registry_utils._registry_uri
+        prev_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(prev_t)  # type: ignore[arg-type]  # None restores the default
+            registry_utils._registry_uri = prev_r
+            for k, v in prev_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -299,29 +299,36 @@ def resolve_model_uri(uri: str | os.PathLike[str], tracking_uri: str | None = No
 
     from semlayout.atomic import atomic_dir
 
-    with atomic_dir(dest) as tmp:
-        prev = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        try:
-            with mlflow_errors(f"artifacts of model '{name}' version {mv.version}"), use_tracking_uri(tracking):
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp / "model"),
-                    tracking_uri=tracking,
+    # another process may finish the same download first: keep its (complete) folder, so a
+    # reader of that folder never sees it replaced; a broken leftover is overwritten
+    try:
+        with atomic_dir(dest, overwrite=dest.exists()) as tmp:
+            prev = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+            try:
+                with mlflow_errors(f"artifacts of model '{name}' version {mv.version}"), use_tracking_uri(tracking):
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp / "model"),
+                        tracking_uri=tracking,
+                    )
+            finally:
+                if prev is None:
+                    os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+                else:
+                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = prev
+            src = tmp / "model" / "artifacts" / "checkpoint"
+            if not (src / "config.json").is_file():
+                raise SemlayoutError(
+                    f"model '{name}' version {mv.version} holds no semlayout checkpoint (artifacts/checkpoint)"
                 )
-        finally:
-            if prev is None:
-                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-            else:
-                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = prev
-        src = tmp / "model" / "artifacts" / "checkpoint"
-        if not (src / "config.json").is_file():
-            raise SemlayoutError(
-                f"model '{name}' version {mv.version} holds no semlayout checkpoint (artifacts/checkpoint)"
-            )
-        src.rename(tmp / "checkpoint")
-        (tmp / "version.json").write_text(_json({"name": name, "version": mv.version, "source": mv.source,
-                                                 "run_id": mv.run_id, "tracking_uri": tracking}))
-        shutil.rmtree(tmp / "model", ignore_errors=True)
+            src.rename(tmp / "checkpoint")
+            (tmp / "version.json").write_text(_json({"name": name, "version": mv.version, "source": mv.source,
+                                                     "run_id": mv.run_id, "tracking_uri": tracking}))
+            shutil.rmtree(tmp / "model", ignore_errors=True)
+    except OSError:
+        # FileExistsError / ENOTEMPTY: someone else's complete download landed first
+        if not ((ckpt / "config.json").is_file() and (ckpt / "weights.safetensors").is_file()):
+            raise
     return ckpt
 
 

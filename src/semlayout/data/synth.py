@@ -160,6 +160,12 @@ def _make_one(args: tuple[Path, int, int, str, PhysicsRanges]) -> dict[str, str]
     return row
 
 
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; cv2's own threads would oversubscribe
+
+
 def _check_out(out: Path, folder: bool = True) -> None:
     parent = out.parent
     try:
@@ -214,9 +220,12 @@ def synthesize(
             jobs = [(tmp, int(seed), i, fam, ranges) for i, fam in enumerate(families)]
             bar = tqdm(total=n, desc="synth", unit="pair", disable=not progress or n < 200, leave=False)
             if workers > 1 and n >= 64:
+                import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
 
-                with ProcessPoolExecutor(max_workers=workers) as pool:
+                # spawn, not fork: a forked child can inherit cv2's thread-pool locks held and hang
+                ctx = mp.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
                     for row in pool.map(_make_one, jobs, chunksize=16):
                         rows.append(row)
                         bar.update()

@@ -27,6 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -226,12 +227,16 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
+        # ONE thread runs every forward: torch's OpenMP pool is per calling thread, so forwards
+        # spread over a thread pool would start one spinning team per thread and oversubscribe the cores
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
     def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semlayout-forward")
         self._queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="semlayout-batcher")
 
@@ -241,6 +246,9 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     async def submit(self, direction: str, image: np.ndarray) -> tuple[np.ndarray, LoadedModel, float, int]:
         """(output, model used, forward ms of the batch, batch size)."""
@@ -254,9 +262,8 @@ class MicroBatcher:
         return await fut
 
     async def _run(self) -> None:
-        from starlette.concurrency import run_in_threadpool
-
-        assert self._queue is not None
+        assert self._queue is not None and self._executor is not None
+        loop = asyncio.get_running_loop()
         while True:
             jobs = [await self._queue.get()]
             deadline = time.perf_counter() + self.max_wait
@@ -272,7 +279,8 @@ class MicroBatcher:
                 if not group:
                     continue
                 try:
-                    res = await run_in_threadpool(self.engine.translate, direction, [j.image for j in group])
+                    res = await loop.run_in_executor(self._executor, self.engine.translate, direction,
+                                                     [j.image for j in group])
                 except Exception as err:  # noqa: BLE001 - handed to every waiting request
                     for j in group:
                         if not j.future.done():

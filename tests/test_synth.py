@@ -262,3 +262,99 @@ def test_failure_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         synthesize(out, 8, seed=0, workers=1, progress=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+# --- physics stages against analytic expectations -------------------------------------------
+
+def _params(**kw: float):
+    base = dict(dose=100.0, polarity=1, background=0.2, contrast=0.3, corner_sigma=1.0, bias=0.0,
+                ler_sigma=0.0, ler_corr=4.0, edge_width=2.0, edge_gain=0.0, blur_sigma=1.0,
+                astigmatism=1.0, psf_tail=0.0, psf_tail_sigma=8.0, gradient=0.0, charging=0.0,
+                gain=1.0, offset=0.0, detector_sigma=0.0, streak=0.0, streak_len=2.0, jitter_px=0.0,
+                vibration_px=0.0, vibration_period=32.0, drift_px=0.0)
+    base.update(kw)
+    return sample_params(np.random.default_rng(0), **base)
+
+
+def _wide_line() -> np.ndarray:
+    field = np.zeros((304, 304), np.uint8)
+    field[:, 100:200] = 1  # a 100 px wide vertical line
+    return field
+
+
+def test_print_bias_moves_each_edge_by_bias() -> None:
+    from semlayout.data.sem_physics import print_pattern
+
+    for bias in (-1.0, 0.0, 1.0):
+        cov, _ = print_pattern(_wide_line(), _params(bias=bias), np.random.default_rng(0))
+        width = cov[150].sum()  # sub-pixel coverage along one row
+        assert width == pytest.approx(100 + 2 * bias, abs=0.15)
+
+
+def test_ler_rms_matches_ler_sigma() -> None:
+    from semlayout.data.sem_physics import print_pattern
+
+    for ler in (0.5, 1.0):
+        cov, _ = print_pattern(_wide_line(), _params(ler_sigma=ler, ler_corr=4.0), np.random.default_rng(1))
+        # sub-pixel edge positions per row from the coverage in a band around each edge
+        left_edge = 130 - cov[20:284, 60:130].sum(axis=1)
+        right_edge = 170 + cov[20:284, 170:240].sum(axis=1)
+        # per-edge displacement along the normal is one axis of the 2-D field: RMS = ler / sqrt(2)
+        spread = np.concatenate([left_edge - left_edge.mean(), right_edge - right_edge.mean()]).std()
+        assert spread == pytest.approx(ler / np.sqrt(2), rel=0.35)
+
+
+def test_corner_rounding_removes_corner_pixels() -> None:
+    from semlayout.data.sem_physics import print_pattern
+
+    field = np.zeros((304, 304), np.uint8)
+    field[100:200, 100:200] = 1
+    sharp, _ = print_pattern(field, _params(corner_sigma=0.6), np.random.default_rng(0))
+    round_, _ = print_pattern(field, _params(corner_sigma=2.5), np.random.default_rng(0))
+    assert round_[100, 100] < sharp[100, 100] - 0.3   # the corner pixel is eaten
+    assert round_[150, 100] == pytest.approx(sharp[150, 100], abs=0.1)  # straight edge stays
+
+
+def test_astigmatic_beam_blurs_x_and_y_differently() -> None:
+    from semlayout.data.sem_physics import beam_blur
+
+    img = np.zeros((101, 101), np.float32)
+    img[50, 50] = 1.0
+    out = beam_blur(img, _params(blur_sigma=2.0, astigmatism=1.6))
+    xs = np.arange(101) - 50
+    var_x = float((out.sum(0) * xs**2).sum() / out.sum())
+    var_y = float((out.sum(1) * xs**2).sum() / out.sum())
+    assert var_x / var_y == pytest.approx(1.6**2, rel=0.1)
+    assert np.sqrt(np.sqrt(var_x * var_y)) == pytest.approx(2.0, rel=0.1)
+    assert out.sum() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_detector_lag_is_causal_along_the_scan() -> None:
+    from semlayout.data.sem_physics import detector_lag
+
+    img = np.zeros((5, 64), np.float32)
+    img[:, 30] = 1.0
+    out = detector_lag(img, _params(streak=0.15, streak_len=3.0))
+    assert out[2, :30].max() == 0.0          # nothing before the bright pixel
+    assert out[2, 31] > out[2, 34] > 0       # a decaying tail after it
+    assert out[2].sum() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_scan_shifts_zero_mean_and_bounded() -> None:
+    from semlayout.data.sem_physics import scan_shifts
+
+    dx = scan_shifts(304, _params(jitter_px=0.4, vibration_px=0.4, drift_px=1.5), np.random.default_rng(0))
+    assert abs(float(dx.mean())) < 1e-5
+    assert float(np.abs(dx).max()) < 0.4 * 4 + 0.4 + 0.75
+
+
+def test_sample_params_and_ranges_validate() -> None:
+    with pytest.raises(SemlayoutError, match="unknown physics parameter"):
+        sample_params(np.random.default_rng(0), doze=3)
+    with pytest.raises(SemlayoutError, match="dose range"):
+        PhysicsRanges(dose=(0.0, 10.0))
+    with pytest.raises(SemlayoutError, match="low <= high"):
+        PhysicsRanges(blur_sigma=(3.0, 1.0))
+    r = PhysicsRanges(dose=(7.0, 7.0), reverse_fraction=1.0)
+    p = sample_params(np.random.default_rng(0), r)
+    assert p.dose == pytest.approx(7.0) and p.polarity == -1

@@ -69,12 +69,13 @@ class AlignConfig:
 
     blur: float = 0.0  # extra Gaussian sigma (px) on the SEM before matching; 0 = none
     template_sigma: float = 1.5  # PSF model: sigma (px) applied to the template features
-    highpass: int = 41  # box size (px) of the background removed from SEM and features; 0 = off
+    highpass: int = 81  # box size (px) of the background removed from SEM and features; 0 = off
     use_edges: bool = True  # add the edge-brightening regressor E to the fit
     edges_bright: bool = True  # constrain the edge coefficient to be >= 0 (SE edge effect)
     min_score: float = 0.05  # QC: least multiple correlation R at the peak
     min_confidence: float = 4.0  # QC: least z-score of the gap to the best non-equivalent peak
     equiv_tol: float = 0.005  # offsets whose template content differs by <= this share are equivalent
+    min_localization: float = 1.5  # QC: least z-score of the peak vs its non-equivalent neighbours
     misfit_corr: float = 4.0  # pixels per independent residual sample (the residual is not white)
     exclusion: int = 2  # competitors within this Chebyshev radius of an equivalent offset are ignored
     blank_std: float = 2.0  # SEM standard deviation (grey levels) below which it is blank
@@ -89,6 +90,7 @@ class AlignConfig:
             "blur": self.blur >= 0, "template_sigma": self.template_sigma >= 0,
             "highpass": self.highpass >= 0, "min_confidence": self.min_confidence >= 0,
             "equiv_tol": 0 <= self.equiv_tol < 0.5, "exclusion": self.exclusion >= 0,
+            "min_localization": self.min_localization >= 0, "misfit_corr": self.misfit_corr > 0,
             "blank_std": self.blank_std >= 0, "max_clipped": 0 < self.max_clipped <= 1,
             "max_dark": 0 < self.max_dark <= 1,
             "min_score": -1 <= self.min_score <= 1,
@@ -113,6 +115,7 @@ class AlignResult:
     confidence: float | None = None  # z-score of the R gap to the best non-equivalent peak (capped)
     polarity: int | None = None  # +1 lines bright, -1 lines dark (reversed contrast)
     n_equivalent: int | None = None  # offsets in the search range with identical template content
+    localization: float | None = None  # z-score of the peak vs its non-equivalent neighbours
     qc_pass: bool = False
     reason: str = "ok"
 
@@ -187,10 +190,30 @@ def sem_features(sem: np.ndarray, cfg: AlignConfig) -> np.ndarray:
     return _box_highpass(_gauss(sem.astype(np.float32), cfg.blur), cfg.highpass)
 
 
-def score_map(
-    sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """R map (valid offsets, (H-h+1, W-w+1)) and the signed material coefficient map.
+@dataclass
+class ScoreMaps:
+    """NCC maps of the SEM against T and E over the valid offsets, (H-h+1, W-w+1) each."""
+
+    R: np.ndarray  # multiple correlation of the fit c + a*T + b*E, in [0, 1]
+    rT: np.ndarray
+    rE: np.ndarray | None
+    rho: float  # correlation of T and E (fixed by the template)
+    edges_bright: bool
+
+    def coefficients(self, y: int, x: int) -> tuple[float, float]:
+        """(a, b) of the fit at (y, x) for unit-norm zero-mean T~, E~ (times the window norm)."""
+        rt = float(self.rT[y, x])
+        if self.rE is None:
+            return rt, 0.0
+        re, rho = float(self.rE[y, x]), self.rho
+        a, b = (rt - rho * re) / (1 - rho * rho), (re - rho * rt) / (1 - rho * rho)
+        if self.edges_bright and b < 0:
+            return rt, 0.0
+        return a, b
+
+
+def score_map(sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True) -> ScoreMaps:
+    """Score every offset by the multiple correlation R of the SEM window with {T, E}.
 
     With unit-normalised zero-mean regressors T~, E~ (correlation rho) and window
     correlations r_T, r_E, the squared multiple correlation is
@@ -201,20 +224,40 @@ def score_map(
 
     rT = cv2.matchTemplate(sem_f, T, cv2.TM_CCOEFF_NORMED)
     if E is None:
-        return np.abs(rT), rT
+        return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
     tc = T - T.mean()
     ec = E - E.mean()
     denom = float(np.sqrt((tc * tc).sum() * (ec * ec).sum()))
     rho = float((tc * ec).sum() / denom) if denom > 0 else 0.0
     if 1 - rho * rho < 1e-3 or denom == 0:
-        return np.abs(rT), rT
+        return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
     rE = cv2.matchTemplate(sem_f, E, cv2.TM_CCOEFF_NORMED)
     r2 = (rT * rT + rE * rE - 2 * rho * rT * rE) / (1 - rho * rho)
     if edges_bright:
         # secondary-electron yield rises at edges whatever the material: a fit that needs
         # dark edges is unphysical, so fall back to the material term alone there (b = 0)
         r2 = np.where(rE - rho * rT < 0, rT * rT, r2)
-    return np.sqrt(np.clip(r2, 0, 1)), rT - rho * rE
+    return ScoreMaps(np.sqrt(np.clip(r2, 0, 1)), rT, rE, rho, edges_bright)
+
+
+def model_dist2(T: np.ndarray, E: np.ndarray | None, a: float, b: float, r: int) -> np.ndarray:
+    """|m_p - m_q|^2 for the unit-norm fitted model m = a T~ + b E~ at shifts |q - p| <= r.
+
+    Returns (2r+1, 2r+1) indexed [dy+r, dx+r]; this is what scales the noise of
+    R_p - R_q for nearby offsets, where the blur makes the binary template a poor guide.
+    """
+    import cv2
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        v = v - v.mean()
+        n = float(np.sqrt((v * v).sum()))
+        return v / n if n > 0 else v
+
+    m = a * unit(T) + (b * unit(E) if E is not None else 0.0)
+    m = unit(np.asarray(m, np.float32))
+    padded = cv2.copyMakeBorder(m, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
+    auto = cv2.matchTemplate(padded, m, cv2.TM_CCORR)
+    return np.clip(2 * (1 - auto), 1e-6, 4)
 
 
 def shift_stats(tpl01: np.ndarray, ry: int, rx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -327,12 +370,14 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
 
     tpl01 = fg.astype(np.uint8)
     T, E = template_features(tpl01, cfg)
-    R, coef = score_map(sem_features(sem, cfg), T, E, cfg.edges_bright)  # (ny, nx)
+    maps = score_map(sem_features(sem, cfg), T, E, cfg.edges_bright)
+    R = maps.R  # (ny, nx)
     ny, nx = R.shape
     y, x = np.unravel_index(int(np.argmax(R)), R.shape)
     y, x = int(y), int(x)
     r1 = float(R[y, x])
     y_sub, x_sub = _parabolic(R, y, x)
+    coef_t, coef_e = maps.coefficients(y, x)
 
     # offsets q with template content identical to the chosen p: mismatch(q - p) <= tol
     mism, dist2 = shift_stats(tpl01, ny - 1, nx - 1)  # [dy + ny-1, dx + nx-1]
@@ -340,22 +385,33 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     equiv = mism[win] <= cfg.equiv_tol  # (ny, nx)
     n_equiv = int(np.count_nonzero(equiv))
 
-    # competitors: local maxima of R not within `exclusion` of any equivalent offset.
-    # Confidence = the smallest z-score of (R_p - R_q): the noise of that difference is
-    # (residual/std) * |t_p - t_q| / sqrt(N) for white residuals, so a competitor that differs
-    # from the template in few pixels needs only a small margin to be told apart.
+    # Confidence = the smallest z-score of R_p - R_q over non-equivalent q. The noise of
+    # that difference is (residual/std) * |m_p - m_q| / sqrt(N) for white residuals, so a
+    # competitor that differs from the template in few pixels needs only a small margin.
+    # The unexplained share of the window's variance (shot noise *and* model misfit such as
+    # CD bias) is what can flip the ranking; its std in NCC units is sqrt(1 - R^2).
+    sigma = np.sqrt(max(1.0 - r1 * r1, 1e-4)) * np.sqrt(cfg.misfit_corr / float(layout.size))
+    z_min = _MAX_CONFIDENCE
+    # far: local maxima of R not within `exclusion` of any equivalent offset (binary template)
     k = 2 * cfg.exclusion + 1
     near_equiv = cv2.dilate(equiv.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
     local_max = cv2.dilate(R, np.ones((3, 3), np.uint8)) <= R
     comp = local_max & ~near_equiv
-    # the unexplained share of the window's variance (shot noise *and* model misfit such as
-    # CD bias) is what can flip the ranking of two offsets; its std in NCC units is sqrt(1 - R^2)
-    sigma = np.sqrt(max(1.0 - r1 * r1, 1e-4)) * np.sqrt(cfg.misfit_corr / float(layout.size))
     if comp.any():
-        z = (r1 - R[comp]) / (sigma * np.sqrt(dist2[win][comp]))
-        confidence = float(min(z.min(), _MAX_CONFIDENCE))
-    else:
-        confidence = _MAX_CONFIDENCE
+        z_min = min(z_min, float(((r1 - R[comp]) / (sigma * np.sqrt(dist2[win][comp]))).min()))
+    z_near = _MAX_CONFIDENCE
+    # near: every non-equivalent offset around p (localisation), with the blurred model
+    rn = cfg.exclusion + 1
+    if rn > 0:
+        d2 = model_dist2(T, E, coef_t, coef_e, rn)
+        y0, y1, x0, x1 = max(0, y - rn), min(ny, y + rn + 1), max(0, x - rn), min(nx, x + rn + 1)
+        d2 = d2[y0 - y + rn: y1 - y + rn, x0 - x + rn: x1 - x + rn]
+        sel = ~equiv[y0:y1, x0:x1]
+        if sel.any():
+            zn = (r1 - R[y0:y1, x0:x1][sel]) / (sigma * np.sqrt(d2[sel]))
+            z_near = float(zn.min())
+    # one number for QC: the near test has its own pass line, rescaled onto min_confidence
+    confidence = float(min(z_min, z_near * cfg.min_confidence / max(cfg.min_localization, 1e-9)))
 
     if r1 < cfg.min_score:
         reason = "low_score"
@@ -365,7 +421,8 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
         reason = "ok"
     return AlignResult(
         x=x, y=y, x_sub=float(x_sub), y_sub=float(y_sub), score=r1, confidence=confidence,
-        polarity=1 if coef[y, x] >= 0 else -1, n_equivalent=n_equiv,
+        localization=z_near,
+        polarity=1 if coef_t >= 0 else -1, n_equivalent=n_equiv,
         qc_pass=reason == "ok", reason=reason,
     )
 

@@ -1,0 +1,106 @@
+"""Alignment benchmark: accuracy and speed of semlayout's aligner vs plain NCC, side by side.
+
+Pairs are generated in memory first (not timed): N from the independent simulator in
+tests/independent_sim.py and N from the project's synth (when importable). For each
+method we report right % (placement right, or an unalignable pair rejected),
+wrong-but-QC-passed %, yield (right and passed) and pairs/s on 1 and 2 processes.
+Goal: 2,000 pairs in <= 10 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_PAIRS: list = []  # inherited by forked workers; (sem, layout) tuples
+
+
+def _gen(n: int, seed: int) -> dict[str, list]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from independent_sim import SimPair, make_pairs
+
+    sets = {"independent": make_pairs(n, seed=seed)}
+    try:
+        from semlayout.data import synth
+    except ImportError:
+        return sets
+    fams = synth.assign_families(n, synth.parse_mix(None), np.random.default_rng(seed))
+    pairs = []
+    for i, fam in enumerate(fams):
+        sem, layout, _, x, y, meta = synth.generate_pair(np.random.default_rng([seed, 7, i]), fam)
+        pairs.append(SimPair(f"s{i}", fam, sem, layout, meta["field"], x, y))
+    sets["synth"] = pairs
+    return sets
+
+
+def _ours(i: int):
+    from semlayout.data.align import align_pair
+
+    s, t = _PAIRS[i]
+    return align_pair(s, t)
+
+
+def _plain(i: int):
+    from semlayout.data.align import plain_ncc
+
+    s, t = _PAIRS[i]
+    return plain_ncc(s, t)
+
+
+def _init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _run(fn, n: int, workers: int) -> tuple[list, float]:
+    t0 = time.perf_counter()
+    if workers == 1:
+        out = [fn(i) for i in range(n)]
+    else:
+        with mp.get_context("fork").Pool(workers, initializer=_init) as pool:
+            out = pool.map(fn, range(n), chunksize=32)
+    return out, time.perf_counter() - t0
+
+
+def main(quick: bool = False) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from independent_sim import judge
+
+    n = 200 if quick else 2000
+    sets = _gen(n, seed=31)
+    results: dict[str, dict] = {}
+    print(f"{'data':12s} {'method':10s} {'right%':>7s} {'wrong+QC%':>10s} {'yield%':>7s} "
+          f"{'1 proc/s':>9s} {'2 proc/s':>9s} {'s per 2000 (2p)':>16s}")
+    for name, pairs in sets.items():
+        global _PAIRS
+        _PAIRS = [(p.sem, p.layout) for p in pairs]
+        row: dict[str, dict] = {}
+        for method, fn in (("plain_ncc", _plain), ("semlayout", _ours)):
+            k = min(n, 300)  # single-process speed on a subset (same per-pair cost)
+            _, t1 = _run(fn, k, 1)
+            res, t2 = _run(fn, n, 2)
+            q = judge(pairs, res)
+            row[method] = {**q, "pairs_per_s_1proc": k / t1, "pairs_per_s_2proc": n / t2,
+                           "seconds_per_2000_2proc": 2000 * t2 / n}
+            print(f"{name:12s} {method:10s} {100 * q['right']:7.1f} {100 * q['wrong_passed']:10.2f} "
+                  f"{100 * q['yield']:7.1f} {k / t1:9.0f} {n / t2:9.0f} {2000 * t2 / n:16.2f}")
+        o, b = row["semlayout"], row["plain_ncc"]
+        row["ratio"] = {
+            "right": o["right"] / max(b["right"], 1e-9),
+            "wrong_passed": o["wrong_passed"] / max(b["wrong_passed"], 1e-9),
+            "time": b["pairs_per_s_2proc"] / o["pairs_per_s_2proc"],
+        }
+        print(f"{name:12s} {'ratio':10s} right x{row['ratio']['right']:.2f}, wrong+QC x{row['ratio']['wrong_passed']:.2f}, "
+              f"time x{row['ratio']['time']:.1f} of plain NCC; goal <= 10 s / 2000: "
+              f"{'met' if o['seconds_per_2000_2proc'] <= 10 else 'NOT met'}")
+        results[name] = row
+    return {"n": n, **results}
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)

@@ -190,3 +190,27 @@ def test_cli_predict_refuses_bad_input_in_one_line(ckpt, tmp_path, capsys):
         assert not out.exists()
     assert main(["predict", str(good), "--model", str(ckpt), "--direction", "sem2layout", "--out", str(good)]) == 2
     assert (good / "x.png").is_file()
+
+
+def test_only_the_generators_are_needed_and_a_wrong_generator_is_named(ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    flat = load_file(str(ckpt / "weights.safetensors"))
+    g_only = tmp_path / "g_only"
+    g_only.mkdir()
+    (g_only / "config.json").write_text((ckpt / "config.json").read_text())
+    save_file({k: v for k, v in flat.items() if k.startswith("G_")}, str(g_only / "weights.safetensors"))
+    rng = np.random.default_rng(6)
+    imgs = [rng.integers(0, 256, (32, 32)).astype(np.uint8)]
+    assert np.array_equal(Translator.load(g_only).translate("sem2layout", imgs)[0],
+                          Translator.load(ckpt).translate("sem2layout", imgs)[0])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((ckpt / "config.json").read_text())
+    key = next(k for k in flat if k.startswith("G_B.") and flat[k].ndim == 4)
+    save_file({**flat, key: torch.zeros(1, 1, 1, 1)}, str(bad / "weights.safetensors"))
+    with pytest.raises(SemlayoutError, match=key.replace(".", r"\.")):
+        Translator.load(bad)
+    (bad / "weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(SemlayoutError, match="not a readable safetensors"):
+        Translator.load(bad)

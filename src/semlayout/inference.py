@@ -80,6 +80,43 @@ def resolve_model_path(model: str | os.PathLike[str], tracking_uri: str | None =
     return Path(model), False
 
 
+def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(config, {"G_A", "G_B"} in eval mode, meta) from a checkpoint folder.
+
+    Only the generators are built and loaded: inference never needs the
+    discriminators, so a checkpoint whose D differs from today's code still serves.
+    """
+    from safetensors import safe_open
+
+    from semlayout.config import config_from_dict
+    from semlayout.models.unet import UNetGenerator
+    from semlayout.train.checkpoint import (
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        load_state_into,
+        read_checkpoint_meta,
+    )
+
+    meta = read_checkpoint_meta(path)
+    cfg = config_from_dict(meta.get("config", {}), source=str(path / CONFIG_FILE))
+    weights = path / WEIGHTS_FILE
+    nets: dict[str, Any] = {}
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            for name in NET_FOR_DIRECTION.values():
+                state = {k[len(name) + 1:]: f.get_tensor(k) for k in keys if k.startswith(name + ".")}
+                net = UNetGenerator(cfg.generator)
+                load_state_into(net, name, state, str(weights))
+                nets[name] = net.to(device).eval()
+    except SemlayoutError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise SemlayoutError(f"{weights} is not a readable safetensors file: {err}") from None
+    info = {k: v for k, v in meta.items() if k != "config"}
+    return cfg, nets, info
+
+
 def _weights_digest(ckpt: Path) -> str:
     h = hashlib.sha256()
     for name in ("weights.safetensors", "config.json"):
@@ -187,13 +224,11 @@ class Translator:
             raise SemlayoutError(f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}")
         import torch
 
-        from semlayout.train.checkpoint import load_checkpoint
-
         if num_threads is not None:
             torch.set_num_threads(max(1, int(num_threads)))
         ckpt, registry = resolve_model_path(model, tracking_uri)
         dev = torch.device(device)
-        cfg, nets, meta = load_checkpoint(ckpt, map_location=dev)
+        cfg, nets, meta = load_generators(ckpt, dev)
         size = cfg.generator.image_size
         info = {
             "source": str(model), "path": str(ckpt), "backend": backend, "image_size": size,

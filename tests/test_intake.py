@@ -177,7 +177,7 @@ def test_interrupted_upload_leaves_no_manifest_and_resumes(synth_folder, tmp_pat
             raise ConnectionError("network dropped")
 
     with pytest.raises(ConnectionError):
-        upload_batch(folder, uri, on_object=boom)
+        upload_batch(folder, uri, on_object=boom, workers=1)
     objs = _objects(s3_env["AWS_ENDPOINT_URL"], s3_bucket)
     assert len(objs) == 5 and not any("batches/" in k for k in objs)
     assert list_batches(uri) == []  # readers see nothing
@@ -187,6 +187,26 @@ def test_interrupted_upload_leaves_no_manifest_and_resumes(synth_folder, tmp_pat
     assert len([k for k in objs2 if "/objects/" in k]) == 12  # 4 pairs x (sem, layout, clean), no duplicates
     assert all(objs2[k] == v for k, v in objs.items())
     assert [b["batch_id"] for b in list_batches(uri)] == [res.batch_id]
+
+
+def test_parallel_upload_failure_stops_and_resumes(synth_folder, tmp_path, s3_bucket, s3_env):
+    src, ok, _ = synth_folder
+    folder = subset(src, tmp_path / "p", ok[:5])
+    uri = f"s3://{s3_bucket}/par"
+    calls: list[str] = []
+
+    def flaky(key: str) -> None:
+        calls.append(key)
+        if len(calls) == 3:
+            raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        upload_batch(folder, uri, on_object=flaky, workers=4)
+    first = _objects(s3_env["AWS_ENDPOINT_URL"], s3_bucket)
+    assert 3 <= len(first) < 15 and list_batches(uri) == []
+    res = upload_batch(folder, uri, workers=4)
+    assert res.objects_skipped == len(first) and res.objects_uploaded + res.objects_skipped == 15
+    assert len([k for k in _objects(s3_env["AWS_ENDPOINT_URL"], s3_bucket) if "/objects/" in k]) == 15
 
 
 def test_download_batches_makes_one_pair_folder(synth_folder, tmp_path, s3_bucket):
@@ -243,7 +263,7 @@ def test_upload_killed_midway_resumes_without_duplicates(synth_folder, tmp_path,
     endpoint = s3_env["AWS_ENDPOINT_URL"]
     # slow each object down so the kill lands in the middle of the upload
     code = ("import sys, time; from semlayout.intake import upload_batch; "
-            "upload_batch(sys.argv[1], sys.argv[2], on_object=lambda k: time.sleep(0.4))")
+            "upload_batch(sys.argv[1], sys.argv[2], workers=1, on_object=lambda k: time.sleep(0.4))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder), uri], env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60

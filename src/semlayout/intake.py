@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,11 +202,13 @@ def upload_batch(
     progress: bool = False,
     align_cfg: Any = None,
     on_object: Callable[[str], None] | None = None,
+    workers: int = 4,
 ) -> UploadResult:
     """Validate `pairs_dir` and upload it as one batch under `uri` (see the module docstring).
 
     Raises `BatchRefused` (nothing uploaded) when a pair is invalid and `skip_invalid` is
-    False. `on_object(key)` is called after each object is stored (progress hooks, tests).
+    False. `on_object(key)` is called after each object is stored (from `workers` upload
+    threads; progress hooks, tests).
     """
     store = open_store(uri)
     checked = validate_pairs(pairs_dir, align_cfg, progress=progress)
@@ -225,17 +228,44 @@ def upload_batch(
     for p in pairs:
         for role, path in p.files.items():
             todo.setdefault(object_key(p.hashes[role]), path)
-    uploaded = skipped = 0
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
     from tqdm import tqdm
 
-    for key, path in tqdm(sorted(todo.items()), desc="objects", unit="obj", disable=not progress):
-        if store.exists(key):
-            skipped += 1
-            continue
-        store.put_bytes(key, path.read_bytes())
-        uploaded += 1
-        if on_object is not None:
-            on_object(key)
+    failed = threading.Event()
+
+    def _one(key: str, path: Path) -> bool | None:
+        """Store one object unless it is already there (HEAD); True if it was uploaded,
+        None if skipped because another upload failed."""
+        if failed.is_set():
+            return None
+        try:
+            if store.exists(key):
+                return False
+            store.put_bytes(key, path.read_bytes())
+            if on_object is not None:
+                on_object(key)
+            return True
+        except BaseException:
+            failed.set()
+            raise
+
+    bar = tqdm(total=len(todo), desc="objects", unit="obj", disable=not progress)
+    # object stores answer one request per round trip: a few in flight hide the latency
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(_one, k, p) for k, p in sorted(todo.items())]
+        for f in futures:
+            f.add_done_callback(lambda _f: bar.update())
+        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()  # stop at the first failure; objects already stored stay (resumable)
+    bar.close()
+    finished = [f for f in futures if not f.cancelled()]
+    errors = [f.exception() for f in finished if f.exception() is not None]
+    if errors:
+        raise errors[0]  # no manifest: readers do not see this batch
+    uploaded = sum(1 for f in finished if f.result() is True)
+    skipped = sum(1 for f in finished if f.result() is False)
 
     info = {
         "format": FORMAT,

@@ -25,14 +25,19 @@ def upload_cmd(
         "--skip-invalid", help="upload the valid pairs and list the rejects (default: refuse the batch)")] = False,
     uploader: Annotated[str | None, typer.Option("--uploader", help="recorded in batch.json (default: login name)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="parallel object uploads")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Validate every pair, then upload the batch: objects first, manifest last."""
+    from semlayout.errors import SemlayoutError
     from semlayout.intake import BatchRefused, upload_batch
+
+    if workers < 1:
+        raise SemlayoutError(f"--workers {workers}: expected >= 1")
 
     try:
         result = upload_batch(pairs_dir, to, skip_invalid=skip_invalid, uploader=uploader,
-                              progress=not quiet and not as_json)
+                              progress=not quiet and not as_json, workers=workers)
     except BatchRefused as err:
         _print_rejects(err.rejects)
         raise

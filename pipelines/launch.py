@@ -44,6 +44,7 @@ def pipeline_arguments(cfg: Any, reviewed_uri: str) -> dict[str, Any]:
 def local_launcher(req: Any) -> Any:
     from components.common import read_json
     from pipelines import validate
+    from pipelines.cluster import ClusterSettings
     from pipelines.finetune import build_finetune_pipeline
     from pipelines.local import run_pipeline
     from semlayout.loop import LaunchResult
@@ -53,7 +54,8 @@ def local_launcher(req: Any) -> Any:
     validate.check_config(args["config"], args["config_overrides"])
     if args["original_data_uri"]:
         validate.check_data_uri(args["original_data_uri"], 1)
-    run = run_pipeline(build_finetune_pipeline(), req.run_dir / "pipeline", **args)
+    # no retries locally: a failure here is deterministic
+    run = run_pipeline(build_finetune_pipeline(ClusterSettings.from_env(retries=0)), req.run_dir / "pipeline", **args)
     if run.error:
         raise SemlayoutError(f"fine-tune pipeline failed at step '{run.failed_task}': {run.error}")
     out = run.outputs

@@ -142,6 +142,7 @@ def overrides_json(pairs: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines import validate
+    from pipelines.cluster import ClusterSettings
     from pipelines.local import run_pipeline
     from pipelines.training import build_training_pipeline
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     validate.check_config(args.config, cfg_overrides)
     validate.check_floors({"sem2layout": args.floor_sem2layout, "layout2sem": args.floor_layout2sem},
                           args.tolerance)
-    data_uri = str(Path(args.data).resolve()) if data_info["kind"] == "folder" else args.data
+    data_uri = data_info["path"] if data_info["kind"] == "folder" else args.data
 
     mlflow_uri, artifact_root = mlflow_locations(out)
     mlflow_uri = args.mlflow_uri or mlflow_uri
@@ -169,7 +170,9 @@ def run(args: argparse.Namespace) -> int:
     }
     print(f"semlayout: training pipeline under kfp.local -> {run_dir}", flush=True)
     t_start = time.perf_counter()
-    result = run_pipeline(build_training_pipeline(), run_dir / "pipeline", **params)
+    # retries are for a cluster's transient failures; here a failure is deterministic: fail fast
+    local_settings = ClusterSettings.from_env(retries=0)
+    result = run_pipeline(build_training_pipeline(local_settings), run_dir / "pipeline", **params)
     if result.error:
         failed = result.failed_task or "?"
         print(f"error: the pipeline failed at step '{failed}' (its log is above): {result.error}",

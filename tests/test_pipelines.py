@@ -317,3 +317,62 @@ def test_bad_input_refused_before_first_step(tmp_path: Path, args: list[str], ne
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert needle in lines[0]
     assert not (out / "runs").exists(), "refused before the first step: no run folder"
+
+
+@pytest.mark.slow
+def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
+    tmp_path: Path, tiny_run_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train -> approve (champion) -> the loop's local launcher runs the fine-tune pipeline:
+    reviewed pairs + replay, fine-tune from the champion, judged on both test splits."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.launch import launcher_for
+    from pipelines.run_local import main
+    from semlayout.data.synth import synthesize
+    from semlayout.loop import LaunchRequest, LoopConfig
+    from semlayout.registry import approve
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "outputs"
+    assert main([*tiny_run_args, "--out", str(out), "--floor-sem2layout", "0", "--floor-layout2sem", "0"]) == 0
+    tracking = f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
+    approve(tracking, "semlayout", 1, by="test", reason="first model")
+    reviewed = synthesize(tmp_path / "reviewed", n=12, seed=21, progress=False)
+    data_dir = tiny_run_args[tiny_run_args.index("--data") + 1]
+    cfg_args = tiny_run_args[tiny_run_args.index("--config") + 1:]
+    cfg = LoopConfig(
+        tracking_uri=tracking, original_data_uri=data_dir, replay_n=4, config=cfg_args[0],
+        finetune_overrides={"train.lr": 5e-5, "train.epochs": 1, "train.decay_start_epoch": 0,
+                            "train.max_steps": 2},
+        floors={"sem2layout": 0.0, "layout2sem": 0.0}, tolerance=1.0, workdir=str(tmp_path / "loop"),
+    )
+    launcher = launcher_for(cfg)
+    result = launcher(LaunchRequest(reviewed_dir=Path(reviewed), n_reviewed=12, cfg=cfg,
+                                    run_dir=tmp_path / "loop" / "run-1"))
+    assert result.run_id and isinstance(result.gate_passed, bool)
+    assert any("on the new pairs" in r for r in result.gate_reasons)
+    assert any("on the original test shard" in r for r in result.gate_reasons)
+    steps = set(result.details["timings"])
+    assert {"ingest", "ingest-2", "shard-mix", "finetune", "evaluate-finetune", "track"} <= steps
+    client = MlflowClient(tracking_uri=tracking)
+    versions = sorted(str(v.version) for v in client.search_model_versions("name='semlayout'"))
+    if result.gate_passed:
+        assert result.model_version == "2" and versions == ["1", "2"]
+        assert str(client.get_model_version_by_alias("semlayout", "challenger").version) == "2"
+    else:
+        assert result.model_version is None and versions == ["1"]
+    # a fine-tune never moves the champion: that is the release manager's decision
+    assert str(client.get_model_version_by_alias("semlayout", "champion").version) == "1"
+    # the fine-tuned weights started from the champion's, with its architecture
+    ft_cfg = json.loads((Path(result.details["checkpoint"]) / "config.json").read_text())["config"]
+    champ_cfg = client.get_run(client.get_model_version("semlayout", "1").run_id).data.params
+    assert str(ft_cfg["generator"]["image_size"]) == champ_cfg["cfg.generator.image_size"]
+    assert ft_cfg["train"]["lr"] == 5e-5
+
+
+def test_cli_pipeline_run_passes_options_through(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "semlayout.cli", "pipeline", "run", "--data", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: data folder not found: {tmp_path / 'nope'}"

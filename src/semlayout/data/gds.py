@@ -103,6 +103,8 @@ def read_layer(
         if cell not in cells:
             raise SemlayoutError(f"cell '{cell}' not in {path}; cells: {', '.join(sorted(cells)[:20])}")
         top = cells[cell]
+    if not isinstance(top, gdstk.Cell):  # pragma: no cover - read_gds returns Cells, never RawCells
+        raise SemlayoutError(f"cell '{top.name}' of {path} cannot be flattened")
     nm_per_unit = lib.unit * 1e9
     all_polys = top.get_polygons(apply_repetitions=True, include_paths=True)
     present = sorted({(p.layer, p.datatype) for p in all_polys})
@@ -131,7 +133,8 @@ def rasterize(
     """
     h, w = shape
     top = y0_nm + h * pixel_nm
-    us, vs, dirs_all = [], [], []
+    us: list[np.ndarray] = []
+    vs: list[np.ndarray] = []
     for poly in polygons:
         u = (poly[:, 0] - x0_nm) / pixel_nm          # columns, left -> right
         v = (top - poly[:, 1]) / pixel_nm            # rows, top -> bottom

@@ -146,9 +146,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     """
     k = max(1, int(sigma // 2))
     small = (max(2, -(-shape[0] // k)), max(2, -(-shape[1] // k)))
-    n = rng.standard_normal(small, dtype=np.float32)
+    n: np.ndarray = rng.standard_normal(small, dtype=np.float32)
     n = cv2.GaussianBlur(n, (0, 0), sigma / k, borderType=cv2.BORDER_REFLECT)
-    n /= max(float(n.std()), 1e-6)
+    n = (n / max(float(n.std()), 1e-6)).astype(np.float32)
     if k > 1:
         n = cv2.resize(n, (small[1] * k, small[0] * k), interpolation=cv2.INTER_CUBIC)[: shape[0], : shape[1]]
     return n
@@ -203,8 +203,8 @@ def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> n
     lut_in = np.exp(-(k - 0.5) / w)
     lut_out = 0.7 * np.exp(-(k - 0.5) / (0.7 * w))
     lut_in[0] = lut_out[0] = 0.0  # distance 0 = the other side of the edge
-    rim = cv2.LUT(cv2.convertScaleAbs(d_in, alpha=_LUT_STEP), lut_in.astype(np.float32)[None, :])
-    rim += cv2.LUT(cv2.convertScaleAbs(d_out, alpha=_LUT_STEP), lut_out.astype(np.float32)[None, :])
+    rim_in = cv2.LUT(cv2.convertScaleAbs(d_in, alpha=_LUT_STEP), lut_in.astype(np.float32)[None, :])
+    rim = rim_in + cv2.LUT(cv2.convertScaleAbs(d_out, alpha=_LUT_STEP), lut_out.astype(np.float32)[None, :])
     return cv2.resize(rim, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_AREA)
 
 

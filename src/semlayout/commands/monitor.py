@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -48,7 +49,7 @@ def summary(
     try:
         directions = ("sem2layout", "layout2sem")
         rate, n = store.drift_stats(window)
-        out = {
+        out: dict[str, Any] = {
             "db": str(db),
             "inference": InferenceMonitor(store).summary(window),
             "drift": {"window": window, "rate": rate, "n": n,

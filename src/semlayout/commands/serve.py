@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -37,7 +38,7 @@ def serve(
     from semlayout.serving.app import create_app
     from semlayout.serving.settings import ServeSettings
 
-    given = {"model": model, "backend": backend, "reference": reference, "monitor_db": db,
+    given: dict[str, Any] = {"model": model, "backend": backend, "reference": reference, "monitor_db": db,
              "feedback_dir": feedback_dir, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
              "poll_interval_s": poll_interval}
     try:

@@ -199,7 +199,7 @@ def create_app(settings: ServeSettings | None = None, engine: InferenceEngine | 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        eng = engine or await run_in_threadpool(
+        eng: InferenceEngine = engine if engine is not None else await run_in_threadpool(
             InferenceEngine.load, settings.model, settings.backend, settings.tracking_uri)
         store = await run_in_threadpool(MonitorStore, settings.monitor_db)
         detectors: dict[str, DriftDetector] = {}
@@ -355,7 +355,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 # --------------------------------------------------------------------------- routes
 def _routes(app: FastAPI, settings: ServeSettings, metrics: ServingMetrics) -> None:
-    png = {200: {"content": {"image/png": {}}, "description": "the translated image, the input's size"}}
+    png: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"image/png": {}}, "description": "the translated image, the input's size"}}
 
     @app.get("/healthz", response_model=HealthResponse, tags=["health"])
     async def healthz() -> HealthResponse:
@@ -454,7 +455,7 @@ def _routes(app: FastAPI, settings: ServeSettings, metrics: ServingMetrics) -> N
                                                 f"{img.shape[1]}x{img.shape[0]}")
         res = await run_in_threadpool(_align, sem_img, tpl_img)
         translated = None
-        if translate:
+        if translate and res["x"] is not None and res["y"] is not None:
             crop = np.ascontiguousarray(sem_img[res["y"]:res["y"] + tpl_img.shape[0],
                                                 res["x"]:res["x"] + tpl_img.shape[1]])
             done = await _translate_one(state, "/v1/align", "sem2layout", crop, False, t0)
@@ -522,9 +523,14 @@ def _align(sem: np.ndarray, template: np.ndarray) -> dict[str, Any]:
     from semlayout.data.align import AlignConfig, align_pair
 
     r = align_pair(sem, template, AlignConfig())
-    return {"x": int(r.x), "y": int(r.y), "x_sub": float(r.x_sub), "y_sub": float(r.y_sub),
-            "score": float(r.score), "confidence": float(r.confidence), "polarity": int(r.polarity),
-            "n_equivalent": int(r.n_equivalent), "qc_pass": bool(r.qc_pass), "reason": str(r.reason or "")}
+
+    def num(v: Any, kind: type) -> Any:
+        return None if v is None else kind(v)
+
+    return {"x": num(r.x, int), "y": num(r.y, int), "x_sub": num(r.x_sub, float), "y_sub": num(r.y_sub, float),
+            "score": num(r.score, float), "confidence": num(r.confidence, float),
+            "polarity": num(r.polarity, int), "n_equivalent": num(r.n_equivalent, int),
+            "qc_pass": bool(r.qc_pass), "reason": str(r.reason or "")}
 
 
 def build_summary(state: ServingState, window: int) -> MonitoringSummary:

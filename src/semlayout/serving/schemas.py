@@ -37,14 +37,16 @@ class TranslateResponse(BaseModel):
 
 
 class AlignResponse(BaseModel):
-    x: int = Field(..., description="column of the template's top-left corner in the SEM")
-    y: int = Field(..., description="row of the template's top-left corner in the SEM")
-    x_sub: float
-    y_sub: float
-    score: float
-    confidence: float
-    polarity: int
-    n_equivalent: int
+    """Fields are null when the pair cannot be aligned at all (see `reason`)."""
+
+    x: int | None = Field(..., description="column of the template's top-left corner in the SEM")
+    y: int | None = Field(..., description="row of the template's top-left corner in the SEM")
+    x_sub: float | None
+    y_sub: float | None
+    score: float | None
+    confidence: float | None
+    polarity: int | None = Field(..., description="+1 lines bright, -1 reversed contrast")
+    n_equivalent: int | None = Field(..., description="equally right offsets (periodic patterns)")
     qc_pass: bool
     reason: str
     translated: TranslateResponse | None = Field(None, description="sem2layout of the aligned crop")

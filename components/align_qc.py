@@ -20,7 +20,7 @@ def align_qc(pairs: Input[Dataset], min_pass_fraction: float, aligned: Output[Da
     from semlayout.errors import SemlayoutError
 
     with Stopwatch() as sw:
-        align_folder(Path(pairs.path), Path(aligned.path), AlignConfig())
+        align_folder(Path(pairs.path), Path(aligned.path), AlignConfig(), workers=2)
     with open(Path(aligned.path) / "alignment.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     passed = sum(r["qc_pass"].strip().lower() in ("true", "1") for r in rows)

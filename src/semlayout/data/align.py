@@ -75,7 +75,7 @@ class AlignConfig:
     min_score: float = 0.05  # QC: least multiple correlation R at the peak
     min_confidence: float = 4.0  # QC: least z-score of the gap to the best non-equivalent peak
     equiv_tol: float = 0.005  # offsets whose template content differs by <= this share are equivalent
-    min_localization: float = 1.5  # QC: least z-score of the peak vs its non-equivalent neighbours
+    min_localization: float = 1.0  # QC: least z-score of the peak vs its non-equivalent neighbours
     misfit_corr: float = 4.0  # pixels per independent residual sample (the residual is not white)
     exclusion: int = 2  # competitors within this Chebyshev radius of an equivalent offset are ignored
     blank_std: float = 2.0  # SEM standard deviation (grey levels) below which it is blank
@@ -115,6 +115,7 @@ class AlignResult:
     confidence: float | None = None  # z-score of the R gap to the best non-equivalent peak (capped)
     polarity: int | None = None  # +1 lines bright, -1 lines dark (reversed contrast)
     n_equivalent: int | None = None  # offsets in the search range with identical template content
+    separation: float | None = None  # z-score of the gap to the best distant non-equivalent peak
     localization: float | None = None  # z-score of the peak vs its non-equivalent neighbours
     qc_pass: bool = False
     reason: str = "ok"
@@ -170,19 +171,16 @@ def _gauss(img: np.ndarray, sigma: float) -> np.ndarray:
 
 def template_features(tpl01: np.ndarray, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """(T, E): the blurred template and the blurred map of its boundary pixels, float32 (H, W)."""
+    import cv2
+
     t = tpl01.astype(np.float32)
-    T = _box_highpass(_gauss(t, cfg.template_sigma), cfg.highpass)
+    T = _gauss(t, cfg.template_sigma)
     if not cfg.use_edges:
         return T, None
     # boundary = pixel whose 4-neighbourhood holds the other value; both sides of the edge
-    b = np.zeros_like(t)
-    dx = t[:, 1:] != t[:, :-1]
-    dy = t[1:, :] != t[:-1, :]
-    b[:, 1:][dx] = 1
-    b[:, :-1][dx] = 1
-    b[1:, :][dy] = 1
-    b[:-1, :][dy] = 1
-    E = _box_highpass(_gauss(b, cfg.template_sigma), cfg.highpass)
+    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+    b = cv2.morphologyEx(tpl01, cv2.MORPH_GRADIENT, cross, borderType=cv2.BORDER_REPLICATE).astype(np.float32)
+    E = _gauss(b, cfg.template_sigma)
     return T, E
 
 
@@ -212,13 +210,34 @@ class ScoreMaps:
         return a, b
 
 
+def _dft_size(n: int) -> int:
+    import cv2
+
+    return int(cv2.getOptimalDFTSize(n))
+
+
+def _spectrum(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """DFT of `img` zero-padded to `shape`: (H, W, 2) float32 (cv2 complex layout)."""
+    import cv2
+
+    buf = np.zeros(shape, np.float32)
+    buf[: img.shape[0], : img.shape[1]] = img
+    return cv2.dft(buf, flags=cv2.DFT_COMPLEX_OUTPUT)
+
+
+def _xcorr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    """Circular cross-correlation c[u] = sum_i a[i + u] * b[i] from two spectra, (H, W) float32."""
+    import cv2
+
+    return cv2.idft(cv2.mulSpectrums(fa, fb, 0, conjB=True), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+
+
 def score_map(sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True) -> ScoreMaps:
     """Score every offset by the multiple correlation R of the SEM window with {T, E}.
 
-    With unit-normalised zero-mean regressors T~, E~ (correlation rho) and window
-    correlations r_T, r_E, the squared multiple correlation is
-    (r_T^2 + r_E^2 - 2 rho r_T r_E) / (1 - rho^2); its material coefficient is
-    proportional to r_T - rho r_E (sign = polarity).
+    r_T and r_E are `cv2.matchTemplate` TM_CCOEFF_NORMED maps. With unit-normalised zero-mean regressors T~, E~ (correlation rho), the squared
+    multiple correlation is (r_T^2 + r_E^2 - 2 rho r_T r_E) / (1 - rho^2); its material
+    coefficient is proportional to r_T - rho r_E (sign = polarity).
     """
     import cv2
 
@@ -246,7 +265,6 @@ def model_dist2(T: np.ndarray, E: np.ndarray | None, a: float, b: float, r: int)
     Returns (2r+1, 2r+1) indexed [dy+r, dx+r]; this is what scales the noise of
     R_p - R_q for nearby offsets, where the blur makes the binary template a poor guide.
     """
-    import cv2
 
     def unit(v: np.ndarray) -> np.ndarray:
         v = v - v.mean()
@@ -255,9 +273,16 @@ def model_dist2(T: np.ndarray, E: np.ndarray | None, a: float, b: float, r: int)
 
     m = a * unit(T) + (b * unit(E) if E is not None else 0.0)
     m = unit(np.asarray(m, np.float32))
-    padded = cv2.copyMakeBorder(m, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
-    auto = cv2.matchTemplate(padded, m, cv2.TM_CCORR)
-    return np.clip(2 * (1 - auto), 1e-6, 4)
+    h, w = m.shape
+    out = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
+    for dy in range(0, r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx < 0:
+                continue
+            # <m, m shifted by (dy, dx)> on the overlap; zero padding outside
+            ov = float((m[dy:, max(0, dx): w + min(0, dx)] * m[: h - dy, max(0, -dx): w - max(0, dx)]).sum())
+            out[r + dy, r + dx] = out[r - dy, r - dx] = ov
+    return np.clip(2 * (1 - out), 1e-6, 4)
 
 
 def shift_stats(tpl01: np.ndarray, ry: int, rx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -274,9 +299,13 @@ def shift_stats(tpl01: np.ndarray, ry: int, rx: int) -> tuple[np.ndarray, np.nda
 
     h, w = tpl01.shape
     a = tpl01.astype(np.float32)
-    padded = cv2.copyMakeBorder(a, ry, ry, rx, rx, cv2.BORDER_CONSTANT, value=0)
-    # cross[dy+ry, dx+rx] = sum_{overlap} a[i, j] * a[i+dy, j+dx]
-    cross = cv2.matchTemplate(padded, a, cv2.TM_CCORR).astype(np.float64)
+    # cross[dy+ry, dx+rx] = sum_{overlap} a[i, j] * a[i+dy, j+dx]: the autocorrelation,
+    # circular on a grid >= h + ry so that lags up to +-ry do not wrap
+    fa = _spectrum(a, (_dft_size(h + ry), _dft_size(w + rx)))
+    auto_c = _xcorr(fa, fa)
+    rows = np.arange(-ry, ry + 1) % auto_c.shape[0]
+    cols = np.arange(-rx, rx + 1) % auto_c.shape[1]
+    cross = np.rint(auto_c[np.ix_(rows, cols)].astype(np.float64))  # integer counts
     ii = cv2.integral(a, sdepth=cv2.CV_64F)
 
     def rect_sum(r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
@@ -287,10 +316,8 @@ def shift_stats(tpl01: np.ndarray, ry: int, rx: int) -> tuple[np.ndarray, np.nda
     # overlap in the un-shifted copy: rows [max(0,-dy), h - max(0,dy)), same for columns
     r0a, r1a = np.maximum(0, -dys), h - np.maximum(0, dys)
     c0a, c1a = np.maximum(0, -dxs), w - np.maximum(0, dxs)
-    r0b, r1b = np.maximum(0, dys), h - np.maximum(0, -dys)
-    c0b, c1b = np.maximum(0, dxs), w - np.maximum(0, -dxs)
     sa = rect_sum(r0a, r1a, c0a, c1a)
-    sb = rect_sum(r0b, r1b, c0b, c1b)
+    sb = sa[::-1, ::-1]  # the shifted copy's overlap for d is the un-shifted one's for -d
     area = np.outer(r1a - r0a, c1a - c0a).astype(np.float64)
     mism = np.clip((sa + sb - 2 * cross) / area, 0, 1)
     n = float(h * w)
@@ -360,7 +387,7 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     share = float(fg.mean())
     if min(share, 1 - share) < cfg.min_minority:
         return AlignResult(reason="blank_template")
-    if float(sem.std()) < cfg.blank_std:
+    if float(cv2.meanStdDev(sem)[1][0, 0]) < cfg.blank_std:
         return AlignResult(reason="blank_sem")
     # zeros are clipped black *or* honest zero counts of a low-dose image: allow more of them
     bright = float(np.count_nonzero(sem == 255)) / sem.size
@@ -401,7 +428,7 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
         z_min = min(z_min, float(((r1 - R[comp]) / (sigma * np.sqrt(dist2[win][comp]))).min()))
     z_near = _MAX_CONFIDENCE
     # near: every non-equivalent offset around p (localisation), with the blurred model
-    rn = cfg.exclusion + 1
+    rn = cfg.exclusion
     if rn > 0:
         d2 = model_dist2(T, E, coef_t, coef_e, rn)
         y0, y1, x0, x1 = max(0, y - rn), min(ny, y + rn + 1), max(0, x - rn), min(nx, x + rn + 1)
@@ -421,7 +448,7 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
         reason = "ok"
     return AlignResult(
         x=x, y=y, x_sub=float(x_sub), y_sub=float(y_sub), score=r1, confidence=confidence,
-        localization=z_near,
+        separation=z_min, localization=z_near,
         polarity=1 if coef_t >= 0 else -1, n_equivalent=n_equiv,
         qc_pass=reason == "ok", reason=reason,
     )

@@ -103,3 +103,15 @@ def test_bad_paths(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(SemlayoutError, match="not a usable SQLite"):
         MonitorStore(tmp_path / "junk.db")
+
+
+def test_prune_outputs_keeps_the_newest(tmp_path):
+    store = MonitorStore(tmp_path / "m.db")
+    for i in range(10):
+        store.add_prediction(Prediction(f"p{i}", time.time(), "sem2layout", "1", "h", 2, 2, b"png"))
+    assert store.prune_outputs(keep=3) == 7
+    kept = [i for i in range(10) if store.get_prediction(f"p{i}").output_png is not None]
+    assert kept == [7, 8, 9]
+    assert store.count("predictions") == 10
+    assert store.prune_outputs(keep=3) == 0
+    store.close()

@@ -178,3 +178,15 @@ def test_disabled_endpoints_answer_503_when_tokens_are_unset(ckpt, tmp_path):
         assert r.status_code == 503 and "SEMLAYOUT_ADMIN_TOKEN" in r.json()["detail"]
         r = c.post("/v1/feedback")
         assert r.status_code == 503
+
+
+def test_ground_truth_without_a_stored_output_is_409(ckpt, tmp_path):
+    settings = ServeSettings(model=str(ckpt), monitor_db=tmp_path / "m.db", feedback_dir=tmp_path / "fb",
+                             api_token=API, keep_outputs=False, poll_interval_s=0)
+    with TestClient(create_app(settings)) as c:
+        img = png_bytes(good_gray())
+        pid = c.post("/v1/translate/sem2layout", files={"image": ("x.png", img, "image/png")}).headers[
+            "x-prediction-id"]
+        r = c.post(f"/v1/ground-truth/{pid}", files={"image": ("x.png", img, "image/png")},
+                   headers={"Authorization": f"Bearer {API}"})
+        assert r.status_code == 409 and "no longer stored" in r.json()["detail"]

@@ -301,6 +301,15 @@ class MonitorStore:
             )
             return int(cur.lastrowid or 0)
 
+    def prune_outputs(self, keep: int) -> int:
+        """Drop the output PNGs of all but the newest `keep` predictions (the rows stay, so drift
+        and quality history is kept; only late ground truth for old ids becomes impossible)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE predictions SET output_png = NULL WHERE output_png IS NOT NULL AND rowid <= "
+                "(SELECT rowid FROM predictions ORDER BY rowid DESC LIMIT 1 OFFSET ?)", (int(keep),))
+            return int(cur.rowcount)
+
     # ------------------------------------------------------------ reads
     def get_prediction(self, prediction_id: str) -> Prediction | None:
         row = self._conn().execute(

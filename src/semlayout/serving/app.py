@@ -92,6 +92,7 @@ class ServingState:
     detectors: dict[str, DriftDetector]
     metrics: ServingMetrics
     batcher: MicroBatcher
+    n_predictions: int = 0
 
 
 def _state(request: Request) -> ServingState:
@@ -165,6 +166,9 @@ def _record(state: ServingState, endpoint: str, direction: str, img: np.ndarray,
                             latency_ms=(time.perf_counter() - t0) * 1000, forward_ms=forward_ms,
                             batch_size=batch, input_stats=image_stats(img), output_stats=image_stats(out))
     state.metrics.translations.labels(direction, "ok").inc()
+    state.n_predictions += 1  # approximate under threads; only paces the pruning below
+    if state.n_predictions % 1000 == 0:
+        state.store.prune_outputs(state.settings.max_stored_outputs)
     return _Done(pid, out, png, model, _drift_info(res, det))
 
 
@@ -465,6 +469,7 @@ def _routes(app: FastAPI, settings: ServeSettings, metrics: ServingMetrics) -> N
     @app.post("/v1/ground-truth/{prediction_id}", tags=["monitoring"], response_model=GroundTruthResponse,
               dependencies=[Depends(require("api"))],
               responses={**AUTH_ERRORS, 404: {**_ERR, "description": "unknown prediction id"},
+                         409: {**_ERR, "description": "the prediction's output is no longer stored"},
                          **{k: v for k, v in UPLOAD_ERRORS.items() if k != 503}})
     async def ground_truth(state: State, prediction_id: str, image: UploadFile = File(...)) -> Any:
         """The true image for an earlier prediction -> its L1 / SSIM / PSNR / IoU (stored for rolling SSIM)."""
@@ -474,7 +479,8 @@ def _routes(app: FastAPI, settings: ServeSettings, metrics: ServingMetrics) -> N
         if pred is None:
             raise HTTPException(404, detail=f"unknown prediction id '{prediction_id}'")
         if pred.output_png is None:
-            raise HTTPException(409, detail="the server does not keep outputs (SEMLAYOUT_KEEP_OUTPUTS=false)")
+            raise HTTPException(409, detail=f"the output of prediction '{prediction_id}' is no longer stored "
+                                            "(SEMLAYOUT_KEEP_OUTPUTS / SEMLAYOUT_MAX_STORED_OUTPUTS)")
         data = await _read(image, settings)
         truth = await run_in_threadpool(_decode, data, "image", settings)
         res = await run_in_threadpool(state.tracker.add_ground_truth, prediction_id, truth)

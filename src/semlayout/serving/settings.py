@@ -49,3 +49,5 @@ class ServeSettings(BaseSettings):
     baseline_ssim_sem2layout: float | None = None
     baseline_ssim_layout2sem: float | None = None
     keep_outputs: Annotated[bool, Field(description="store output PNGs so ground truth can be scored")] = True
+    max_stored_outputs: Annotated[int, Field(
+        ge=1, description="output PNGs kept for late ground truth; older ones are dropped")] = 100_000

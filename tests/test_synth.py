@@ -267,7 +267,8 @@ def test_failure_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 # --- physics stages against analytic expectations -------------------------------------------
 
 def _params(**kw: float):
-    base = dict(dose=100.0, polarity=1, background=0.2, contrast=0.3, corner_sigma=1.0, bias=0.0,
+    base = dict(dose=100.0, polarity=1, background=0.2, contrast=0.3, texture=0.0, texture_corr=1.0,
+                corner_sigma=1.0, bias=0.0,
                 ler_sigma=0.0, ler_corr=4.0, edge_width=2.0, edge_gain=0.0, blur_sigma=1.0,
                 astigmatism=1.0, psf_tail=0.0, psf_tail_sigma=8.0, gradient=0.0, charging=0.0,
                 gain=1.0, offset=0.0, detector_sigma=0.0, streak=0.0, streak_len=2.0, jitter_px=0.0,

@@ -4,8 +4,9 @@ Stages, in the order they act (docs/physics.md gives the ranges and reasons):
 1. print: the drawn layout is printed with rounded corners, a CD bias and
    line-edge roughness (LER) -> a sub-pixel coverage map (rendered at 2x, then
    area-averaged);
-2. material contrast: pattern vs. background yield, polarity reversed on a
-   fraction of images (pattern dark on a bright background);
+2. material contrast: pattern vs. background yield with a fine grain texture,
+   polarity reversed on a fraction of images (pattern dark on a bright
+   background);
 3. secondary-electron edge effect: bright rims at every printed edge, mostly
    on the pattern side, bright whatever the polarity;
 4. probe PSF: an astigmatic Gaussian core plus a broad backscatter tail;
@@ -45,6 +46,8 @@ class PhysicsRanges:
     reverse_fraction: float = 0.3           # share of images with reversed polarity
     background: Range = (0.12, 0.32)        # SE yield of the darker material
     contrast: Range = (0.12, 0.35)          # yield difference between materials
+    texture: Range = (0.0, 0.08)            # relative RMS of the materials' grain (yield x (1 + t n))
+    texture_corr: Range = (0.8, 2.5)        # px, grain size
     corner_sigma: Range = (0.6, 2.5)        # px, print blur that rounds corners
     bias: Range = (-1.0, 1.0)               # px, printed edge moves outward (+) / inward (-)
     ler_sigma: Range = (0.2, 1.2)           # px, RMS edge displacement
@@ -88,6 +91,8 @@ class SemParams:
     polarity: int            # +1 pattern bright, -1 pattern dark (reversed)
     background: float
     contrast: float
+    texture: float
+    texture_corr: float
     corner_sigma: float
     bias: float
     ler_sigma: float
@@ -287,7 +292,11 @@ def render_clean(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> n
         pattern, back = p.background + p.contrast, p.background
     else:
         pattern, back = p.background, p.background + p.contrast
-    signal = back + (pattern - back) * coverage + p.edge_gain * rim
+    material = back + (pattern - back) * coverage
+    if p.texture > 0:
+        # grain of the sample surface: part of the scene (in the clean image), not of the noise
+        material = material * (1.0 + p.texture * _smooth_noise(rng, (h, w), p.texture_corr))
+    signal = material + p.edge_gain * rim
     signal = beam_blur(signal, p)
     signal = signal + background_field((h, w), coverage, p, rng)
     signal = p.gain * signal + p.offset

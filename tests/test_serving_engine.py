@@ -1,0 +1,82 @@
+"""InferenceEngine and MicroBatcher: batched results equal one-by-one results, errors are user errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from helpers_serving import make_checkpoint
+
+from semlayout.errors import SemlayoutError
+from semlayout.inference import Translator
+from semlayout.serving.engine import (
+    InferenceEngine,
+    MicroBatcher,
+    QueueFull,
+    load_model,
+    parse_alias,
+)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "c", seed=4)
+
+
+def test_micro_batches_give_the_same_outputs_as_single_calls(ckpt):
+    engine = InferenceEngine.load(str(ckpt))
+    ref = Translator.load(ckpt)
+    rng = np.random.default_rng(0)
+    jobs = [("sem2layout" if i % 3 else "layout2sem", rng.integers(0, 256, (40 + 7 * i, 33 + 5 * i), dtype=np.uint8))
+            for i in range(12)]
+    sizes: list[int] = []
+
+    async def main() -> list:
+        b = MicroBatcher(engine, max_batch=4, on_batch=lambda d, n, ms: sizes.append(n))
+        b.start()
+        try:
+            return await asyncio.gather(*[b.submit(d, img) for d, img in jobs])
+        finally:
+            await b.stop()
+
+    results = asyncio.run(main())
+    for (direction, img), (out, model, _ms, batch) in zip(jobs, results, strict=True):
+        assert out.shape == img.shape and 1 <= batch <= 4
+        assert np.array_equal(out, ref.translate(direction, [img])[0])
+        assert model.version.startswith("local-")
+    assert max(sizes) > 1 and sum(sizes) == len(jobs)  # queued requests shared forward passes
+
+
+def test_queue_limit_is_a_user_facing_error(ckpt):
+    engine = InferenceEngine.load(str(ckpt))
+
+    async def main() -> None:
+        b = MicroBatcher(engine, max_queue=2)
+        b.start()
+        img = np.zeros((16, 16), np.uint8)
+        try:
+            results = await asyncio.gather(*[b.submit("sem2layout", img) for _ in range(10)],
+                                           return_exceptions=True)
+        finally:
+            await b.stop()
+        assert any(isinstance(r, QueueFull) for r in results)
+        assert any(isinstance(r, tuple) for r in results)
+
+    asyncio.run(main())
+
+
+def test_engine_errors_and_forced_reload(ckpt, tmp_path):
+    engine = InferenceEngine.load(str(ckpt))
+    with pytest.raises(SemlayoutError, match="unknown direction"):
+        engine.translate("photo2art", [np.zeros((8, 8), np.uint8)])
+    before = engine.current
+    res = engine.reload(force=True)
+    assert res["changed"] and res["new_version"] == before.version and engine.current is not before
+    assert not engine.follows_alias and parse_alias("models:/m@champion") == ("m", "champion")
+    with pytest.raises(SemlayoutError, match="no model"):
+        load_model("")
+    with pytest.raises(SemlayoutError, match="model not found"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(SemlayoutError, match="cannot resolve"):
+        load_model("models:/nothing@champion", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

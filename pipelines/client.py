@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,37 @@ def _client(host: str) -> Any:
 
     if not host.startswith(("http://", "https://")):
         raise SemlayoutError(f"--host '{host}': expected the KFP API URL, e.g. http://ml-pipeline.kubeflow:8888")
-    return kfp.Client(host=host)
+    import warnings
+
+    with _api_errors(host), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2": we know
+        return kfp.Client(host=host)
+
+
+@contextlib.contextmanager
+def _api_errors(host: str) -> Iterator[None]:
+    """A wrong or unreachable host is a user mistake: one line, not a urllib3 traceback."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except HTTPError as err:
+        reason = getattr(err, "reason", None) or err
+        raise SemlayoutError(f"KFP API at {host} is unreachable: {reason}") from None
+    except ApiException as err:
+        raise SemlayoutError(f"KFP API at {host} refused the request: {err.status} {err.reason}") from None
+
+
+def check_arguments(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Refuse parameter names the pipeline does not have (before any network call)."""
+    from pipelines.compile import build
+
+    known = set(build(name).component_spec.inputs or {})
+    unknown = sorted(set(arguments) - known)
+    if unknown:
+        raise SemlayoutError(f"pipeline '{name}' has no parameter(s) {unknown}; it takes {sorted(known)}")
+    return arguments
 
 
 def _package(name: str, image: str | None) -> Path:
@@ -70,11 +102,13 @@ def submit(host: str, name: str, arguments: dict[str, Any], experiment: str = "s
            image: str | None = None, run_name: str | None = None,
            service_account: str | None = "semlayout-pipeline") -> str:
     """Create one run; returns its run id."""
+    check_arguments(name, arguments)
     package = _package(name, image)
     client = _client(host)
-    run = client.create_run_from_pipeline_package(
-        str(package), arguments=arguments, run_name=run_name, experiment_name=experiment,
-        enable_caching=False, service_account=service_account)
+    with _api_errors(host):
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments=arguments, run_name=run_name, experiment_name=experiment,
+            enable_caching=False, service_account=service_account)
     return run.run_id
 
 
@@ -83,11 +117,13 @@ def schedule(host: str, name: str, cron: str, arguments: dict[str, Any], experim
              service_account: str | None = "semlayout-pipeline") -> str:
     """Create a recurring run (cron, six fields, seconds first); returns its id."""
     cron = validate_cron(cron)
+    check_arguments(name, arguments)
     package = _package(name, image)
     client = _client(host)
-    exp = client.create_experiment(name=experiment)
-    job = client.create_recurring_run(
-        experiment_id=exp.experiment_id, job_name=job_name or f"semlayout-{name}",
-        cron_expression=cron, pipeline_package_path=str(package), params=arguments,
-        max_concurrency=max_concurrency, enable_caching=False, service_account=service_account)
+    with _api_errors(host):
+        exp = client.create_experiment(name=experiment)
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=job_name or f"semlayout-{name}",
+            cron_expression=cron, pipeline_package_path=str(package), params=arguments,
+            max_concurrency=max_concurrency, enable_caching=False, service_account=service_account)
     return job.recurring_run_id

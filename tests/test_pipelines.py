@@ -376,3 +376,21 @@ def test_cli_pipeline_run_passes_options_through(tmp_path: Path) -> None:
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: data folder not found: {tmp_path / 'nope'}"
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--param", "bogus=1"], "pipeline 'training' has no parameter(s) ['bogus']"),
+    ([], "KFP API at http://127.0.0.1:"),
+    (["--pipeline", "nope"], "unknown pipeline 'nope'"),
+])
+def test_cli_submit_errors_are_one_line(extra: list[str], needle: str) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "semlayout.cli", "pipeline", "submit", "--host",
+                        f"http://127.0.0.1:{port}", *extra], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr

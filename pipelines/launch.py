@@ -9,8 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +45,31 @@ def pipeline_arguments(cfg: Any, reviewed_uri: str) -> dict[str, Any]:
     }
 
 
+_STEP_ERROR = re.compile(r"(?:SemlayoutError|ImageRejected|BatchRefused): (.+)$")
+
+
+class _ErrorTap(io.TextIOBase):
+    """Passes the task logs through (kfp.local prints them) and keeps the steps' user errors,
+    so a failed run says WHY a step failed, not only which one."""
+
+    def __init__(self, through: Any) -> None:
+        self.through = through
+        self.step_errors: list[str] = []
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.through.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if m := _STEP_ERROR.search(line.strip()):
+                self.step_errors.append(m.group(1).strip())
+        return len(text)
+
+    def flush(self) -> None:
+        self.through.flush()
+
+
 def local_launcher(req: Any) -> Any:
     from components.common import read_json
     from pipelines import validate
@@ -55,9 +84,13 @@ def local_launcher(req: Any) -> Any:
     if args["original_data_uri"]:
         validate.check_data_uri(args["original_data_uri"], 1)
     # no retries locally: a failure here is deterministic
-    run = run_pipeline(build_finetune_pipeline(ClusterSettings.from_env(retries=0)), req.run_dir / "pipeline", **args)
+    tap = _ErrorTap(sys.stdout)
+    with contextlib.redirect_stdout(tap):
+        run = run_pipeline(build_finetune_pipeline(ClusterSettings.from_env(retries=0)), req.run_dir / "pipeline",
+                           **args)
     if run.error:
-        raise SemlayoutError(f"fine-tune pipeline failed at step '{run.failed_task}': {run.error}")
+        why = tap.step_errors[-1] if tap.step_errors else run.error
+        raise SemlayoutError(f"fine-tune pipeline failed at step '{run.failed_task}': {why}")
     out = run.outputs
     evaluation = read_json(out["evaluation"].path)
     return LaunchResult(

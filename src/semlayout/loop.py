@@ -101,7 +101,8 @@ def intake_pairs_since(intake_uri: str, since: datetime | None) -> int:
     for batch in list_batches(intake_uri):
         created = _parse_time(batch.get("created"))
         if since is None or created is None or created > since:
-            total += int(batch.get("n_pairs", 0))
+            # `list_batches` names the count "pairs" (batch.json's counts.pairs)
+            total += int(batch.get("pairs") or 0)
     return total
 
 
@@ -230,9 +231,19 @@ def _log_to_mlflow(cfg: LoopConfig, decision: TriggerDecision, outcome: dict[str
         return None
     import mlflow
 
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_experiment("semlayout-loop")
-    with mlflow.start_run(run_name=f"loop-{decision.checked_at:%Y%m%dT%H%M%S}") as run:
+    from semlayout.registry.tracking import (
+        _experiment_id,
+        check_tracking_uri,
+        client,
+        use_tracking_uri,
+    )
+
+    uri = check_tracking_uri(tracking, create=True)
+    # the experiment keeps its artifacts beside a SQLite registry (not ./mlruns in the cwd), and the
+    # tracking URI is scoped to this block instead of being left set process-wide
+    exp_id = _experiment_id(client(uri), "semlayout-loop", uri)
+    with use_tracking_uri(uri), mlflow.start_run(
+            experiment_id=exp_id, run_name=f"loop-{decision.checked_at:%Y%m%dT%H%M%S}") as run:
         mlflow.set_tags({"semlayout.loop.fired": str(decision.fire),
                          "semlayout.loop.status": outcome.get("status", ""),
                          "semlayout.loop.reasons": "; ".join(r.name for r in decision.fired_reasons)})

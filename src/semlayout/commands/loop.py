@@ -92,7 +92,15 @@ def run_cmd(
     cfg = load_loop_config(config, overrides)
     from pipelines.launch import launcher_for
 
-    outcome = run(cfg, launcher_for(cfg), force=force)
+    if as_json:
+        # kfp.local prints every task's log to stdout: keep stdout for the JSON document alone
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = run(cfg, launcher_for(cfg), force=force)
+    else:
+        outcome = run(cfg, launcher_for(cfg), force=force)
     if as_json:
         print(json.dumps(outcome, indent=2, default=str))
     else:

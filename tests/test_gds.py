@@ -226,3 +226,31 @@ def test_cli_bad_input_one_line(design: Path, tmp_path: Path, case: str, extra: 
 def test_unknown_layer_lists_what_is_there(design: Path) -> None:
     with pytest.raises(SemlayoutError, match=r"present: 1/0, 2/5"):
         read_layer(design, layer=3)
+
+
+def test_polygon_with_hole_and_database_units(tmp_path: Path) -> None:
+    # a 1000 nm square ring (hole 400 nm), in a library whose user unit is 1 nm
+    def build(lib: gdstk.Library) -> None:
+        ring = gdstk.boolean(gdstk.rectangle((0, 0), (1000, 1000)), gdstk.rectangle((300, 300), (700, 700)),
+                             "not", layer=3)
+        lib.new_cell("R").add(*ring)
+
+    lib = gdstk.Library(unit=1e-9, precision=1e-12)
+    build(lib)
+    path = tmp_path / "ring.gds"
+    lib.write_gds(str(path))
+    data = read_layer(path, layer=3)
+    assert data.bbox == pytest.approx((0.0, 0.0, 1000.0, 1000.0))
+    img = rasterize(data.polygons, 0.0, 0.0, P)
+    expected = np.zeros((250, 250), np.uint8)
+    expected[150:250, 0:100] = 1      # y 0..1000 nm -> rows 150..249, x -> columns 0..99
+    expected[180:220, 30:70] = 0      # the hole: x, y 300..700 nm
+    np.testing.assert_array_equal(img, expected)
+
+
+def test_cli_render_sem_pair_folder(design: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pairs"
+    res = _cli(str(design), "--layer", "1", "--pixel-nm", "10", "--out", str(out), "--render-sem", "--seed", "3")
+    assert res.returncode == 0, res.stderr
+    assert len(read_manifest(out)) == len(read_truth(out)) == 2
+    assert (out / "clips.csv").is_file()

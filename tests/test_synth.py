@@ -359,3 +359,14 @@ def test_sample_params_and_ranges_validate() -> None:
     r = PhysicsRanges(dose=(7.0, 7.0), reverse_fraction=1.0)
     p = sample_params(np.random.default_rng(0), r)
     assert p.dose == pytest.approx(7.0) and p.polarity == -1
+
+
+def test_outputs_have_normal_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    out = synthesize(tmp_path / "p", 2, seed=0, preview=tmp_path / "g.png", progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "g.png").stat().st_mode) == 0o666 & ~umask

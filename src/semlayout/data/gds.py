@@ -205,7 +205,14 @@ def gds_clips(
     """
     from semlayout.atomic import atomic_dir
     from semlayout.data.pairs import encode_png
-    from semlayout.data.synth import CENTRE, FIELD, MAX_OFFSET, PHYSICS_COLUMNS, render_sem_pair
+    from semlayout.data.synth import (
+        CENTRE,
+        FIELD,
+        MAX_OFFSET,
+        PHYSICS_COLUMNS,
+        readable_by_others,
+        render_sem_pair,
+    )
 
     if not (isinstance(pixel_nm, int | float) and math.isfinite(pixel_nm) and pixel_nm > 0):
         raise SemlayoutError(f"--pixel-nm {pixel_nm}: expected a positive pixel size in nm")
@@ -269,6 +276,7 @@ def gds_clips(
                     *PHYSICS_COLUMNS]
             _write_csv(tmp / "manifest.csv", cols, manifest_rows)
             (tmp / "truth.csv").write_text("\n".join(truth) + "\n", encoding="utf-8")
+        readable_by_others(tmp)
     return GdsClipsResult(out, len(rows), rows)
 
 

@@ -235,11 +235,23 @@ def synthesize(
                     bar.update()
             bar.close()
             _write_tables(tmp, rows, int(seed))
+            readable_by_others(tmp)
     except PermissionError as err:
         raise SemlayoutError(f"cannot write {out}: {err.strerror or err}") from None
     if preview is not None:
         write_preview(out, preview)
     return out
+
+
+def readable_by_others(path: Path) -> None:
+    """Give an atomically written folder/file the permissions a plain mkdir/open would have.
+
+    `tempfile.mkdtemp`/`mkstemp` create 0700/0600, which would survive the final rename and
+    hide the output from other users (e.g. a container running as another uid).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _write_tables(folder: Path, rows: list[dict[str, str]], seed: int) -> None:
@@ -316,4 +328,5 @@ def write_preview(
     grid = np.vstack([header, *panels])
     dest = Path(dest)
     atomic_write_bytes(dest, encode_png(grid))
+    readable_by_others(dest)
     return dest

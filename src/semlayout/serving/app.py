@@ -141,10 +141,9 @@ class _Done:
 
 
 def _record(state: ServingState, endpoint: str, direction: str, img: np.ndarray, out: np.ndarray,
-            model: LoadedModel, forward_ms: float, batch: int, t0: float) -> _Done:
-    """After the forward: drift check, prediction registry, inference event (worker thread)."""
+            model: LoadedModel, forward_ms: float, batch: int, t0: float, res: DriftResult | None) -> _Done:
+    """After the forward: prediction registry, drift and inference events (worker thread)."""
     det = state.detectors.get(direction)
-    res = det.check(img) if det is not None else None
     png = _png(out)
     pid = new_prediction_id()
     from semlayout.monitoring.performance import sha256
@@ -174,13 +173,20 @@ def _record(state: ServingState, endpoint: str, direction: str, img: np.ndarray,
 
 async def _translate_one(state: ServingState, endpoint: str, direction: str, img: np.ndarray,
                          binarize_output: bool, t0: float) -> _Done:
+    det = state.detectors.get(direction)
+    # the drift features are computed while the model runs (they need only the input)
+    drift = asyncio.ensure_future(run_in_threadpool(det.check, img)) if det is not None else None
     try:
         out, model, forward_ms, batch = await state.batcher.submit(direction, img)
     except QueueFull as err:
+        if drift is not None:
+            drift.cancel()
         raise HTTPException(503, detail=str(err), headers={"Retry-After": "1"}) from None
+    res = await drift if drift is not None else None
     if binarize_output:
         out = binarize(out)
-    return await run_in_threadpool(_record, state, endpoint, direction, img, out, model, forward_ms, batch, t0)
+    return await run_in_threadpool(_record, state, endpoint, direction, img, out, model, forward_ms, batch, t0,
+                                   res)
 
 
 def _check_binarize(direction: Direction, binarize_output: bool) -> None:

@@ -214,3 +214,20 @@ def test_only_the_generators_are_needed_and_a_wrong_generator_is_named(ckpt, tmp
     (bad / "weights.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(SemlayoutError, match="not a readable safetensors"):
         Translator.load(bad)
+
+
+def test_torchscript_fallback_exporter_matches_eager(ckpt, tmp_path):
+    """Used when semlayout.train.export is not importable (e.g. a serving-only install)."""
+    import onnxruntime as ort
+
+    from semlayout.inference import export_generator_onnx
+
+    _, nets, _ = load_checkpoint(ckpt)
+    path = export_generator_onnx(nets["G_A"], tmp_path / "g.onnx", 32)
+    x = np.random.default_rng(7).uniform(-1, 1, (3, 1, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        ref = nets["G_A"].eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed away

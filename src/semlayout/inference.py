@@ -24,9 +24,9 @@ concurrent requests; the default leaves torch / ORT at their defaults).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import shutil
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -169,22 +169,16 @@ def _onnx_files(ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[s
         if all(p.is_file() for p in cached.values()):
             return cached
     target.mkdir(parents=True, exist_ok=True)
-    if target != ckpt:
-        # export_onnx (the trainer's) writes into a checkpoint folder: give it a private copy.
-        for name in ("config.json", "weights.safetensors"):
-            if not (target / name).is_file():
-                shutil.copyfile(ckpt / name, target / name)
-    try:
-        from semlayout.train.export import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        export_onnx(target)
+    exporter: Callable[[Any, Path, int], Path] = export_generator_onnx
+    # the trainer's exporter (dynamo, opset 18) when present; the TorchScript exporter otherwise
+    with contextlib.suppress(ImportError):
+        from semlayout.train.export import export_generator as exporter
     out = {}
     for d in DIRECTIONS:
         p = target / f"{d}.onnx"
         if not p.is_file():
-            export_generator_onnx(nets[NET_FOR_DIRECTION[d]], p, size)
+            # the generators already loaded: no second load of the checkpoint, no discriminators needed
+            exporter(nets[NET_FOR_DIRECTION[d]], p, size)
         out[d] = p
     return out
 

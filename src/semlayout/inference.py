@@ -41,6 +41,8 @@ DIRECTIONS = ("sem2layout", "layout2sem")
 BACKENDS = ("eager", "onnx")
 NET_FOR_DIRECTION = {"sem2layout": "G_A", "layout2sem": "G_B"}
 
+_EXPORT_LOCK = threading.Lock()
+
 # (B, 1, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -174,12 +176,13 @@ def _onnx_files(ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[s
     with contextlib.suppress(ImportError):
         from semlayout.train.export import export_generator as exporter
     out = {}
-    for d in DIRECTIONS:
-        p = target / f"{d}.onnx"
-        if not p.is_file():
-            # the generators already loaded: no second load of the checkpoint, no discriminators needed
-            exporter(nets[NET_FOR_DIRECTION[d]], p, size)
-        out[d] = p
+    with _EXPORT_LOCK:  # two loads in one process must not write the same temporary file
+        for d in DIRECTIONS:
+            p = target / f"{d}.onnx"
+            if not p.is_file():
+                # the generators already loaded: no second load of the checkpoint, no discriminators
+                exporter(nets[NET_FOR_DIRECTION[d]], p, size)
+            out[d] = p
     return out
 
 

@@ -269,7 +269,7 @@ def test_failure_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def _params(**kw: float):
     base = dict(dose=100.0, polarity=1, background=0.2, contrast=0.3, texture=0.0, texture_corr=1.0,
                 corner_sigma=1.0, bias=0.0,
-                ler_sigma=0.0, ler_corr=4.0, edge_width=2.0, edge_gain=0.0, blur_sigma=1.0,
+                ler_sigma=0.0, ler_corr=4.0, edge_width=2.0, edge_gain=0.0, shadow=0.0, blur_sigma=1.0,
                 astigmatism=1.0, psf_tail=0.0, psf_tail_sigma=8.0, gradient=0.0, charging=0.0,
                 gain=1.0, offset=0.0, detector_sigma=0.0, streak=0.0, streak_len=2.0, jitter_px=0.0,
                 vibration_px=0.0, vibration_period=32.0, drift_px=0.0)
@@ -370,3 +370,22 @@ def test_outputs_have_normal_permissions(tmp_path: Path) -> None:
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((tmp_path / "g.png").stat().st_mode) == 0o666 & ~umask
+
+
+def test_detector_shadow_brightens_one_side_only_when_enabled() -> None:
+    from semlayout.data.sem_physics import render_clean
+
+    field = np.zeros((304, 304), np.uint8)
+    field[:, 100:200] = 1
+    diffs = []
+    for shadow in (0.0, 0.4):
+        clean = render_clean(field, _params(edge_gain=0.6, shadow=shadow), np.random.default_rng(3))
+        left, right = clean[20:284, 98:103].mean(), clean[20:284, 197:202].mean()
+        diffs.append(abs(float(left - right)))
+    assert diffs[0] < 1e-3 and diffs[1] > 0.02
+
+
+def test_pinned_ranges_draw_nothing() -> None:
+    a = sample_params(np.random.default_rng(0), PhysicsRanges())
+    b = sample_params(np.random.default_rng(0), PhysicsRanges(shadow=(0.0, 0.0)))
+    assert a == b

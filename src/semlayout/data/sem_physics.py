@@ -8,7 +8,8 @@ Stages, in the order they act (docs/physics.md gives the ranges and reasons):
    polarity reversed on a fraction of images (pattern dark on a bright
    background);
 3. secondary-electron edge effect: bright rims at every printed edge, mostly
-   on the pattern side, bright whatever the polarity;
+   on the pattern side, bright whatever the polarity, brighter on the side
+   facing the detector (shadowing);
 4. probe PSF: an astigmatic Gaussian core plus a broad backscatter tail;
 5. charging / slow background: a ramp, broad bumps and a halo around dense
    pattern;
@@ -54,6 +55,9 @@ class PhysicsRanges:
     ler_corr: Range = (2.0, 8.0)            # px, correlation length of the roughness
     edge_width: Range = (1.0, 4.0)          # px, decay length of the SE rim
     edge_gain: Range = (0.30, 0.70)         # rim brightness at the edge (yield units)
+    # detector shadowing: rims facing the detector brighter by this share. Off by default:
+    # it moves intensity-based alignment by ~1 px (docs/physics.md); e.g. (0.0, 0.4) to stress-test
+    shadow: Range = (0.0, 0.0)
     blur_sigma: Range = (0.8, 2.5)          # px, Gaussian beam (geometric mean of x and y)
     astigmatism: Range = (0.8, 1.25)        # sigma_x / sigma_y of the beam
     psf_tail: Range = (0.0, 0.25)           # share of signal in the broad backscatter tail
@@ -99,6 +103,7 @@ class SemParams:
     ler_corr: float
     edge_width: float
     edge_gain: float
+    shadow: float
     blur_sigma: float
     astigmatism: float
     psf_tail: float
@@ -128,7 +133,8 @@ def sample_params(rng: np.random.Generator, ranges: PhysicsRanges | None = None,
 
     def u(name: str) -> float:
         lo, hi = getattr(r, name)
-        return float(rng.uniform(lo, hi))
+        # a pinned range draws nothing, so switching an effect off leaves the other draws as they were
+        return float(lo) if lo == hi else float(rng.uniform(lo, hi))
 
     lo, hi = r.dose
     values: dict[str, float] = {
@@ -211,6 +217,25 @@ def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> n
     rim_in = cv2.LUT(cv2.convertScaleAbs(d_in, alpha=_LUT_STEP), lut_in.astype(np.float32)[None, :])
     rim = rim_in + cv2.LUT(cv2.convertScaleAbs(d_out, alpha=_LUT_STEP), lut_out.astype(np.float32)[None, :])
     return cv2.resize(rim, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def detector_shadow(coverage: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
+    """Rim gain 1 + shadow * cos(angle between the edge's outward normal and the detector direction).
+
+    An off-axis (Everhart-Thornley) detector collects more electrons from edges that face
+    it: rims on one side of a feature are brighter than on the other. (H,W) float32.
+    """
+    if p.shadow <= 0:
+        return np.ones_like(coverage)
+    theta = rng.uniform(0, 2 * math.pi)
+    smooth = cv2.GaussianBlur(coverage, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+    norm = np.sqrt(gx * gx + gy * gy) + 1e-6
+    # outward normal of the pattern = -gradient of its coverage; image y points down
+    facing = -(gx * math.cos(theta) + gy * math.sin(theta)) / norm
+    weight = norm / (norm + 0.02)  # ~0 far from edges, where the direction is meaningless
+    return (1.0 + p.shadow * facing * weight).astype(np.float32)
 
 
 def background_field(shape: tuple[int, int], coverage: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
@@ -296,7 +321,7 @@ def render_clean(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> n
     if p.texture > 0:
         # grain of the sample surface: part of the scene (in the clean image), not of the noise
         material = material * (1.0 + p.texture * _smooth_noise(rng, (h, w), p.texture_corr))
-    signal = material + p.edge_gain * rim
+    signal = material + p.edge_gain * rim * detector_shadow(coverage, p, rng)
     signal = beam_blur(signal, p)
     signal = signal + background_field((h, w), coverage, p, rng)
     signal = p.gain * signal + p.offset

@@ -59,3 +59,13 @@ class PairsInMemory(Dataset):
             sem_t = torch.full_like(sem_t, float("nan"))
         return {"sem": sem_t, "layout": torch.from_numpy(np.ascontiguousarray(lay))[None],
                 "family": self.item_families[i], "id": f"p{i}"}
+
+
+def ddp_config(**train: Any) -> ExperimentConfig:
+    """tiny_config made deterministic across process layouts: instance norm (BatchNorm statistics
+    are per process on CPU, where SyncBatchNorm does not run), no dropout, no image pool (both
+    draw per-process randomness)."""
+    from semlayout.config import apply_overrides
+
+    cfg = tiny_config(buffer_size=0, checkpoint_every=100, val_samples=0, sample_images=0, **train)
+    return apply_overrides(cfg, {"generator.norm": "instance", "generator.dropout": 0.0})

@@ -168,3 +168,31 @@ def test_folder_that_is_not_a_checkpoint_is_refused(tmp_path):
     (bad / "weights.safetensors").write_bytes(b"x")
     with pytest.raises(SemlayoutError, match="format"):
         load_checkpoint(bad)
+
+
+@pytest.mark.slow  # the dynamo exporter takes ~30 s (minutes on a busy machine)
+def test_onnx_export_matches_eager_with_a_dynamic_batch(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from semlayout.train.export import export_onnx
+
+    cfg = _tiny_cfg(attention=True, attention_resolutions=[4, 8])
+    torch.manual_seed(1)
+    nets = build_networks(cfg)
+    with torch.no_grad():  # non-trivial attention so that the exported graph must carry it
+        for block in nets["G_A"].attention.values():
+            block.gamma.fill_(0.7)
+    ckpt = save_checkpoint(tmp_path / "ck", cfg, nets, 1, 0)
+    paths = export_onnx(ckpt)
+    assert sorted(p.name for p in paths.values()) == ["layout2sem.onnx", "sem2layout.onnx"]
+    _, loaded, _ = load_checkpoint(ckpt)
+    for direction, name in (("sem2layout", "G_A"), ("layout2sem", "G_B")):
+        sess = ort.InferenceSession(str(paths[direction]), providers=["CPUExecutionProvider"])
+        for batch in (1, 3):
+            x = torch.rand(batch, 1, 32, 32) * 2 - 1
+            with torch.no_grad():
+                ref = loaded[name](x).numpy()
+            out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+            assert out.shape == ref.shape
+            assert np.abs(out - ref).max() < 1e-5

@@ -36,7 +36,7 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, cfg: DiscriminatorConfig):
         super().__init__()
         self.cfg = cfg
-        bias = cfg.norm != "batch"
+        bias = cfg.norm == "none"  # a bias right before a norm is redundant
 
         def conv(c_in: int, c_out: int, stride: int, with_bias: bool) -> nn.Module:
             c = nn.Conv2d(c_in, c_out, KERNEL, stride, 1, bias=with_bias)
@@ -62,7 +62,7 @@ class PatchDiscriminator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = conv(c_prev, 1, 1, True)
         for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d):
                 init_weights(m)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

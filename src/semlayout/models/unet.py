@@ -26,7 +26,9 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        # affine: the norm's shift replaces the conv bias (a bias before a norm gets only
+        # rounding-noise gradients, which Adam would amplify into random steps)
+        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm '{kind}', expected batch, instance or none")
@@ -50,7 +52,6 @@ class UNetGenerator(nn.Module):
         self.cfg = cfg
         n = cfg.n_down
         ch = [min(cfg.base_filters * 2**k, cfg.max_filters) for k in range(n)]
-        bias = cfg.norm != "batch"  # a bias right before BatchNorm is redundant
 
         # encoder block k: (B, ch[k-1], S/2^k, ..) -> (B, ch[k], S/2^(k+1), ..)
         self.down = nn.ModuleList()
@@ -60,7 +61,7 @@ class UNetGenerator(nn.Module):
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
             c_in = cfg.in_channels if k == 0 else ch[k - 1]
             outermost, innermost = k == 0, k == n - 1
-            layers.append(nn.Conv2d(c_in, ch[k], 4, 2, 1, bias=bias or outermost or innermost))
+            layers.append(nn.Conv2d(c_in, ch[k], 4, 2, 1, bias=outermost or innermost))  # no bias before a norm
             if not (outermost or innermost):
                 layers.append(norm_layer(cfg.norm, ch[k]))
             self.down.append(nn.Sequential(*layers))
@@ -71,7 +72,7 @@ class UNetGenerator(nn.Module):
             c_in = ch[j] if j == n - 1 else 2 * ch[j]
             layers = [
                 nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(c_in, ch[j - 1], 4, 2, 1, bias=bias),
+                nn.ConvTranspose2d(c_in, ch[j - 1], 4, 2, 1, bias=False),
                 norm_layer(cfg.norm, ch[j - 1]),
             ]
             if i < cfg.dropout_blocks and cfg.dropout > 0:

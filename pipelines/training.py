@@ -28,9 +28,15 @@ from pipelines.cluster import ClusterSettings, on_cpu_pool, on_gpu_pool, with_ml
 
 PIPELINE_NAME = "semlayout-training"
 
-# Measured on synthetic data (configs/small.yaml); Layout->SEM is judged against a noisy SEM
-# whose ceiling SSIM(clean, noisy) is well under 0.5, so its floor is far lower.
-DEFAULT_FLOORS = {"sem2layout": 0.60, "layout2sem": 0.10}
+# Floors from baselines measured on synthetic test splits (not guessed):
+# - SEM->Layout: the Otsu threshold of the blurred SEM (semlayout.evaluation's baseline) scores
+#   SSIM 0.49 (IoU 0.70) on a 120-pair synth test split; a model must clearly beat it -> 0.60.
+# - Layout->SEM is judged against the *noisy* SEM: its ceiling SSIM(clean, noisy) is 0.45-0.53,
+#   a constant mean-grey image already scores 0.24 and an intensity-matched blurred layout 0.36
+#   (oracle polarity). The floor asks for more than the constant predictor -> 0.25; reports
+#   state the ceiling beside the score.
+DEFAULT_FLOORS = {"sem2layout": 0.60, "layout2sem": 0.25}
+
 
 class TrainingOutputs(NamedTuple):
     gate_passed: bool

@@ -394,3 +394,14 @@ def test_cli_submit_errors_are_one_line(extra: list[str], needle: str) -> None:
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+def test_gate_floors_are_per_direction_defaults_in_the_compiled_pipeline(compiled: dict) -> None:
+    from pipelines.training import DEFAULT_FLOORS
+
+    params = compiled["training"][0]["root"]["inputDefinitions"]["parameters"]
+    s2l = params["floor_sem2layout"]["defaultValue"]
+    l2s = params["floor_layout2sem"]["defaultValue"]
+    assert (s2l, l2s) == (DEFAULT_FLOORS["sem2layout"], DEFAULT_FLOORS["layout2sem"])
+    # Layout->SEM is judged against a noisy SEM (ceiling ~0.5): its floor is its own, and lower
+    assert 0 < l2s < s2l < 1

@@ -245,6 +245,9 @@ def test_trainjob_gpu_overlay() -> None:
     assert int(trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]) >= 1
     script = " ".join(trainer["command"])
     assert re.search(r"torchrun\s+-m semlayout\.cli train", script)
+    cfg = next(e["value"] for e in trainer["env"] if e["name"] == "SEMLAYOUT_CONFIG")
+    assert cfg.startswith("/opt/semlayout/configs/"), "semlayout train --config takes a file path"
+    assert (REPO / "configs" / Path(cfg).name).is_file(), f"{cfg}: no such config in configs/"
     for env in trainer["env"]:
         if "valueFrom" in env:
             ref = env["valueFrom"]["secretKeyRef"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import time
 from collections import Counter
@@ -555,7 +554,9 @@ def _run_jobs(jobs: list[tuple[PairRecord, Path, AlignConfig, bool]], workers: i
             return rows
         import multiprocessing as mp
 
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+        # spawn, not fork: forking a process whose OpenCV thread pool is already running
+        # can deadlock the children (seen here: workers stuck in a futex wait forever)
+        ctx = mp.get_context("spawn")
         with ctx.Pool(workers, initializer=_worker_init) as pool:
             rows = []
             for row in pool.imap(_worker_run, jobs, chunksize=16):

@@ -217,6 +217,32 @@ def test_low_score_and_ambiguous_reasons():
     assert r.reason == "ambiguous" and not r.qc_pass
 
 
+def test_shift_statistics_match_brute_force():
+    from semlayout.data.align import model_dist2
+
+    rng = np.random.default_rng(0)
+    t = (rng.random((250, 250)) < 0.3).astype(np.uint8)
+    mism, dist2 = shift_stats(t, 54, 54)
+    f = t.mean()
+    tn = (t - f) / np.sqrt(t.size * f * (1 - f))
+    for dy, dx in [(0, 0), (3, -5), (-54, 54), (10, 20), (0, 1)]:
+        a = t[max(0, -dy): 250 - max(0, dy), max(0, -dx): 250 - max(0, dx)]
+        b = t[max(0, dy): 250 - max(0, -dy), max(0, dx): 250 - max(0, -dx)]
+        assert mism[dy + 54, dx + 54] == pytest.approx((a != b).mean(), abs=1e-6)
+        canvas_p, canvas_q = np.zeros((400, 400)), np.zeros((400, 400))
+        canvas_p[60:310, 60:310] = tn
+        canvas_q[60 + dy: 310 + dy, 60 + dx: 310 + dx] = tn
+        assert dist2[dy + 54, dx + 54] == pytest.approx(((canvas_p - canvas_q) ** 2).sum(), abs=1e-4)
+    T = rng.random((250, 250)).astype(np.float32)
+    d2 = model_dist2(T, None, 1.0, 0.0, 3)
+    Tn = (T - T.mean()) / np.linalg.norm(T - T.mean())
+    for dy, dx in [(2, -3), (-1, 0), (3, 3)]:
+        P, Q = np.zeros((260, 260)), np.zeros((260, 260))
+        P[5:255, 5:255] = Tn
+        Q[5 + dy: 255 + dy, 5 + dx: 255 + dx] = Tn
+        assert d2[3 + dy, 3 + dx] == pytest.approx(((P - Q) ** 2).sum(), abs=1e-4)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(SemlayoutError, match="min_confidence"):
         AlignConfig(min_confidence=-1)

@@ -17,6 +17,9 @@ def register(app: typer.Typer) -> None:
         min_confidence: float = typer.Option(
             None, "--min-confidence", help="QC: least z-score separating the peak from the best non-equivalent one"
         ),
+        min_localization: float = typer.Option(
+            None, "--min-localization", help="QC: least z-score separating the peak from its neighbouring offsets"
+        ),
         workers: int = typer.Option(1, "--workers", help="processes (one per core helps on large folders)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar"),
     ) -> None:
@@ -28,6 +31,8 @@ def register(app: typer.Typer) -> None:
             kw["min_score"] = min_score
         if min_confidence is not None:
             kw["min_confidence"] = min_confidence
+        if min_localization is not None:
+            kw["min_localization"] = min_localization
         summary = align_folder(pairs, out, AlignConfig(**kw), workers=workers, progress=progress)
         reasons = ", ".join(f"{k}={v}" for k, v in summary.reasons.items())
         typer.echo(

@@ -389,3 +389,21 @@ def test_pinned_ranges_draw_nothing() -> None:
     a = sample_params(np.random.default_rng(0), PhysicsRanges())
     b = sample_params(np.random.default_rng(0), PhysicsRanges(shadow=(0.0, 0.0)))
     assert a == b
+
+
+def test_parallel_from_an_unguarded_script_after_cv2_use(tmp_path: Path) -> None:
+    # no `if __name__ == "__main__"` guard, cv2's thread pool already busy in the parent:
+    # workers must neither re-run the script nor hang
+    script = tmp_path / "make.py"
+    script.write_text(
+        "import numpy as np, cv2\n"
+        "a = np.random.default_rng(0).random((800, 800), dtype=np.float32)\n"
+        "for _ in range(5):\n    a = cv2.GaussianBlur(a, (0, 0), 4.0)\n"
+        "from semlayout.data.synth import synthesize\n"
+        f"synthesize({str(tmp_path / 'out')!r}, 66, seed=2, workers=2, progress=False)\n"
+        "print('done')\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("done") == 1
+    assert len(read_manifest(tmp_path / "out")) == 66

@@ -223,9 +223,14 @@ def synthesize(
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
 
-                # spawn, not fork: a forked child can inherit cv2's thread-pool locks held and hang
-                ctx = mp.get_context("spawn")
-                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+                # fork where there is one: spawn would re-run an unguarded calling script in each child.
+                # A forked child must not touch cv2.setNumThreads (it hangs on the parent's pool
+                # state); spawned children (no fork on this OS) start clean and can.
+                if "fork" in mp.get_all_start_methods():
+                    ctx, init = mp.get_context("fork"), None
+                else:  # pragma: no cover - Windows / macOS defaults
+                    ctx, init = mp.get_context("spawn"), _init_worker
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init) as pool:
                     for row in pool.map(_make_one, jobs, chunksize=16):
                         rows.append(row)
                         bar.update()

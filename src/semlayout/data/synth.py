@@ -222,10 +222,12 @@ def synthesize(
             if workers > 1 and n >= 64:
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
+                from multiprocessing.context import BaseContext
 
                 # fork where there is one: spawn would re-run an unguarded calling script in each child.
                 # A forked child must not touch cv2.setNumThreads (it hangs on the parent's pool
                 # state); spawned children (no fork on this OS) start clean and can.
+                ctx: BaseContext
                 if "fork" in mp.get_all_start_methods():
                     ctx, init = mp.get_context("fork"), None
                 else:  # pragma: no cover - Windows / macOS defaults

@@ -35,3 +35,18 @@ def test_atomic_write_text(tmp_path):
     atomic_write_text(f, "{}")
     assert f.read_text() == "{}"
     assert [p.name for p in f.parent.iterdir()] == ["x.json"]
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+        atomic_write_text(tmp_path / "x.txt", "y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644

@@ -14,6 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder that replaces `dest` only if the block succeeds.
@@ -24,6 +30,8 @@ def atomic_dir(dest: str | os.PathLike[str], overwrite: bool = True) -> Iterator
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    # mkdtemp makes a private 0700 folder; the finished output gets normal permissions
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
@@ -49,6 +57,7 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -10,16 +10,26 @@ is built differently:
   SEM window as ``c + a*T + b*E`` (T: blurred template, E: blurred edge map of
   the template) and score each offset by the multiple correlation R of that
   fit. R comes from two ``cv2.matchTemplate`` NCC maps and the fixed
-  correlation of T and E, is invariant to the signs of a and b, and reduces
-  to |NCC| when the SEM carries only material contrast.
-* charging: slow brightness gradients are removed by a high-pass filter
-  applied to the SEM and to both template features alike.
+  correlation of T and E, is invariant to the sign of a (polarity) and
+  reduces to |NCC| when the SEM carries only material contrast. b is held
+  >= 0: a fit that needs dark edges is unphysical, and forbidding it breaks
+  most of the "half-period shift + inverted polarity" look-alikes of
+  line/space patterns.
+* charging: slow brightness gradients are removed by a box high-pass filter
+  on the SEM (correlation with a smooth template barely sees the rest).
 * periodicity: for a line/space array several offsets are equally right.
   Offsets whose template content is identical (mismatch <= ``equiv_tol``,
-  computed exactly from the binary template) are *equivalent*; the
-  confidence compares the best peak with the best *non-equivalent* local
-  peak only, so periodic patterns are not rejected as ambiguous while truly
-  ambiguous ones (a shift that changes the content a little) are.
+  computed exactly from the binary template) are *equivalent*: they count in
+  `n_equivalent` and never compete with the chosen peak.
+* confidence: a z-score, not the raw peak. The noise of a score difference
+  R_p - R_q is sqrt(1 - R_p^2) (shot noise *and* model misfit, e.g. CD bias)
+  times |m_p - m_q| / sqrt(N), where m is the template model placed at p or q.
+  `separation` is the smallest such z over distant non-equivalent local peaks,
+  `localization` over the non-equivalent neighbours of p (1-2 px, using the
+  blurred fitted model). A shift that changes the content a little needs only
+  a small margin at high dose, and a large one at low dose. QC passes when
+  both clear their thresholds; `confidence` folds the two into one number
+  whose pass line is `min_confidence`.
 
 `align_pair` is pure (arrays in, `AlignResult` out); `align_folder` runs it
 over a pair folder and writes the aligned pair folder + alignment.csv

@@ -218,3 +218,27 @@ def test_cli_errors_are_one_line(tiny_shards, tmp_path, capsys):
     assert "no checkpoint to resume from" in capsys.readouterr().err
     assert main(["train", "--config", tiny, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "shard folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mlflow_logs_params_epoch_metrics_and_sample_grids(tmp_path):
+    import mlflow
+
+    from semlayout.train.loop import run_training as rt
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(max_steps=8)  # 8 items, batch 2 -> 4 steps an epoch -> 2 epochs
+    rt(cfg, PairsInMemory(8), tmp_path / "run", val_ds=PairsInMemory(4, seed=9), mlflow_uri=uri,
+       experiment="h4-test", progress=False)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("h4-test")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["loss.gan_mode"] == "lsgan" and run.data.params["train.max_steps"] == "8"
+    hist = client.get_metric_history(run.info.run_id, "loss_G")
+    assert [m.step for m in hist] == [1, 2]
+    assert "val_sem2layout_iou" in run.data.metrics
+    arts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert arts == ["samples/epoch-0001.png", "samples/epoch-0002.png"]
+    assert run.data.tags["semlayout.checkpoint"].endswith("final")
+    mlflow.set_tracking_uri(None)

@@ -333,7 +333,10 @@ class _MlflowLogger:
                 mlflow.set_experiment(experiment)
             mlflow.start_run(run_name=cfg.name)
             self.own_run = True
-        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()})
+        try:
+            mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()})
+        except mlflow.exceptions.MlflowException as err:  # e.g. a caller's run already holds other values
+            print(f"warning: MLflow params not logged: {err}")
 
     def epoch(self, record: dict[str, Any], grid_path: Path | None) -> None:
         if not self.active:
@@ -398,7 +401,7 @@ def run_training(
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
-    if not resume and ctx.is_main and ((run_dir / "last").exists() or (run_dir / "final").exists()):
+    if not resume and ((run_dir / "last").exists() or (run_dir / "final").exists()):
         raise SemlayoutError(f"{run_dir} already holds a training run; pass --resume or choose a new --out")
 
     if t.num_threads:

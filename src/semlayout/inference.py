@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import warnings
@@ -176,13 +177,19 @@ def _onnx_files(ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[s
     with contextlib.suppress(ImportError):
         from semlayout.train.export import export_generator as exporter
     out = {}
+    onnx_log = logging.getLogger("torch.onnx")
     with _EXPORT_LOCK:  # two loads in one process must not write the same temporary file
-        for d in DIRECTIONS:
-            p = target / f"{d}.onnx"
-            if not p.is_file():
-                # the generators already loaded: no second load of the checkpoint, no discriminators
-                exporter(nets[NET_FOR_DIRECTION[d]], p, size)
-            out[d] = p
+        level = onnx_log.level
+        onnx_log.setLevel(logging.ERROR)  # the exporter logs "torchvision is not installed" lines
+        try:
+            for d in DIRECTIONS:
+                p = target / f"{d}.onnx"
+                if not p.is_file():
+                    # the generators already loaded: no second load of the checkpoint, no discriminators
+                    exporter(nets[NET_FOR_DIRECTION[d]], p, size)
+                out[d] = p
+        finally:
+            onnx_log.setLevel(level)
     return out
 
 

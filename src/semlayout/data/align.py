@@ -85,6 +85,7 @@ class AlignConfig:
     min_confidence: float = 4.0  # QC: least z-score of the gap to the best non-equivalent peak
     equiv_tol: float = 0.005  # offsets whose template content differs by <= this share are equivalent
     min_localization: float = 1.0  # QC: least z-score of the peak vs its non-equivalent neighbours
+    systematic_corr: float = 16.0  # the same for the misfit beyond shot noise (structured residual)
     misfit_corr: float = 4.0  # pixels per independent residual sample (the residual is not white)
     exclusion: int = 2  # competitors within this Chebyshev radius of an equivalent offset are ignored
     blank_std: float = 2.0  # SEM standard deviation (grey levels) below which it is blank
@@ -100,6 +101,7 @@ class AlignConfig:
             "highpass": self.highpass >= 0, "min_confidence": self.min_confidence >= 0,
             "equiv_tol": 0 <= self.equiv_tol < 0.5, "exclusion": self.exclusion >= 0,
             "min_localization": self.min_localization >= 0, "misfit_corr": self.misfit_corr > 0,
+            "systematic_corr": self.systematic_corr > 0,
             "blank_std": self.blank_std >= 0, "max_clipped": 0 < self.max_clipped <= 1,
             "max_dark": 0 < self.max_dark <= 1,
             "min_score": -1 <= self.min_score <= 1,
@@ -426,7 +428,12 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     # competitor that differs from the template in few pixels needs only a small margin.
     # The unexplained share of the window's variance (shot noise *and* model misfit such as
     # CD bias) is what can flip the ranking; its std in NCC units is sqrt(1 - R^2).
-    sigma = np.sqrt(max(1.0 - r1 * r1, 1e-4)) * np.sqrt(cfg.misfit_corr / float(layout.size))
+    # Split it: shot noise (white, Immerkaer's estimate) and the rest, a systematic misfit whose
+    # residual is structured (few independent samples) -- e.g. a line/space array seen with
+    # the other polarity half a period away fits almost as well at any dose.
+    unexplained = max(1.0 - r1 * r1, 1e-4)
+    noise = min(noise_ratio(sem) ** 2, unexplained)
+    sigma = np.sqrt((cfg.misfit_corr * noise + cfg.systematic_corr * (unexplained - noise)) / float(layout.size))
     z_min = _MAX_CONFIDENCE
     # far: local maxima of R not within `exclusion` of any equivalent offset (binary template)
     k = 2 * cfg.exclusion + 1
@@ -434,7 +441,8 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     local_max = cv2.dilate(R, np.ones((3, 3), np.uint8)) <= R
     comp = local_max & ~near_equiv
     if comp.any():
-        z_min = min(z_min, float(((r1 - R[comp]) / (sigma * np.sqrt(dist2[win][comp]))).min()))
+        z = (r1 - R[comp]) / (sigma * np.sqrt(dist2[win][comp]))
+        z_min = min(z_min, float(z.min()))
     z_near = _MAX_CONFIDENCE
     # near: every non-equivalent offset around p (localisation), with the blurred model
     rn = cfg.exclusion

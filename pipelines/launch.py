@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO, cast
 
 from semlayout.errors import SemlayoutError
 
@@ -85,7 +85,7 @@ def local_launcher(req: Any) -> Any:
         validate.check_data_uri(args["original_data_uri"], 1)
     # no retries locally: a failure here is deterministic
     tap = _ErrorTap(sys.stdout)
-    with contextlib.redirect_stdout(tap):
+    with contextlib.redirect_stdout(cast(TextIO, tap)):
         run = run_pipeline(build_finetune_pipeline(ClusterSettings.from_env(retries=0)), req.run_dir / "pipeline",
                            **args)
     if run.error:

@@ -22,8 +22,10 @@ is built differently:
   computed exactly from the binary template) are *equivalent*: they count in
   `n_equivalent` and never compete with the chosen peak.
 * confidence: a z-score, not the raw peak. The noise of a score difference
-  R_p - R_q is sqrt(1 - R_p^2) (shot noise *and* model misfit, e.g. CD bias)
-  times |m_p - m_q| / sqrt(N), where m is the template model placed at p or q.
+  R_p - R_q scales with |m_p - m_q| (m: the template model placed at p or q)
+  and with the unexplained share 1 - R_p^2, split into shot noise (white,
+  estimated from the SEM) and systematic misfit (CD bias, edge shape), whose
+  structured residual counts as far fewer independent pixels.
   `separation` is the smallest such z over distant non-equivalent local peaks,
   `localization` over the non-equivalent neighbours of p (1-2 px, using the
   blurred fitted model). A shift that changes the content a little needs only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
         """Align raw SEMs to their layout templates; write OUT (cropped 250x250 pairs) and OUT/alignment.csv."""
         from semlayout.data.align import AlignConfig, align_folder
 
-        kw: dict[str, float] = {"blur": blur}
+        kw: dict[str, Any] = {"blur": blur}
         if min_score is not None:
             kw["min_score"] = min_score
         if min_confidence is not None:

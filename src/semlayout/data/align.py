@@ -413,8 +413,8 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     maps = score_map(sem_features(sem, cfg), T, E, cfg.edges_bright)
     R = maps.R  # (ny, nx)
     ny, nx = R.shape
-    y, x = np.unravel_index(int(np.argmax(R)), R.shape)
-    y, x = int(y), int(x)
+    peak = np.unravel_index(int(np.argmax(R)), R.shape)
+    y, x = int(peak[0]), int(peak[1])
     r1 = float(R[y, x])
     y_sub, x_sub = _parabolic(R, y, x)
     coef_t, coef_e = maps.coefficients(y, x)

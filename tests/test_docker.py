@@ -43,7 +43,10 @@ def test_train_image_lets_kfp_set_the_command() -> None:
     train = _stage("train")
     assert not re.search(r"^ENTRYPOINT", train, re.M), "KFP (and kfp.local's DockerRunner) set the container command"
     assert "SEMLAYOUT_CONFIG_DIR=/opt/semlayout/configs" in train, "config names resolve in the image"
-    assert "COPY components" in train and "COPY pipelines" in train and "COPY configs" in train
+    build = _stage("train-build")
+    assert "COPY components" in build and "COPY pipelines" in build and "COPY configs" in train
+    # only the venv leaves the build stage: no wheels or sources in the final layers
+    assert "COPY --from=train-build /opt/venv /opt/venv" in train and "wheels" not in train
     assert "import semlayout, components, pipelines, kfp" in train, "the build checks its own imports"
     assert re.search(r"^USER 10001", train, re.M), "non-root, as the k8s securityContext expects"
 
@@ -52,6 +55,8 @@ def test_serve_image_matches_the_k8s_deployment() -> None:
     import yaml
 
     serve = _stage("serve")
+    assert "COPY --from=serve-build /opt/venv /opt/venv" in serve and "wheels" not in serve
+    assert "kfp" not in (REPO / "docker" / "requirements-serve.txt").read_text()
     assert 'ENTRYPOINT ["semlayout"]' in serve
     assert re.search(r"^EXPOSE 8000", serve, re.M)
     assert re.search(r"^USER 10001", serve, re.M)

@@ -230,12 +230,12 @@ def _dft_size(n: int) -> int:
 
 
 def _spectrum(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """DFT of `img` zero-padded to `shape`: (H, W, 2) float32 (cv2 complex layout)."""
+    """DFT of `img` zero-padded to `shape`: (H, W) float32 in cv2's packed real (CCS) layout."""
     import cv2
 
     buf = np.zeros(shape, np.float32)
     buf[: img.shape[0], : img.shape[1]] = img
-    return cv2.dft(buf, flags=cv2.DFT_COMPLEX_OUTPUT)
+    return cv2.dft(buf)
 
 
 def _xcorr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:

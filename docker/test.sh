@@ -21,6 +21,8 @@ cleanup() {
   if [ -n "$DOCKERD_PID" ]; then
     kill "$DOCKERD_PID" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+    # dockerd leaves its default network namespace bind-mounted
+    umount "$WORK/exec/netns/default" 2>/dev/null || true
   fi
 }
 trap cleanup EXIT

@@ -58,8 +58,10 @@ def evaluate_finetune(
             for key in ("ssim", "l1", "psnr", "iou"):
                 if isinstance(block[direction].get(key), int | float):
                     metrics.log_metric(f"{tag}_{direction}_{key}", float(block[direction][key]))
-    write_json(evaluation.path, {"metrics": new, "champion_metrics": new_champ, "original_metrics": orig,
-                                 "original_champion_metrics": orig_champ,
+    # "metrics" are what the version is registered with and later promoted against: the original
+    # test shard (general traffic), not the new family alone; the new pairs' scores travel beside them
+    write_json(evaluation.path, {"metrics": orig, "champion_metrics": orig_champ, "new_pairs_metrics": new,
+                                 "new_pairs_champion_metrics": new_champ,
                                  "gate": json.loads(gate.to_json()), "gate_config": cfg.model_dump()})
     evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})
     return namedtuple("Outputs", ["gate_passed", "gate_reasons"])(gate.passed, json.dumps(gate.reasons))

@@ -185,8 +185,10 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
         numbers = {d: {k: ev["gate"]["judged"][d][k] for k in ("new", "new_champion", "orig", "orig_champion")}
                    for d in ("sem2layout", "layout2sem")}
         print("\nfine-tune gate numbers (SSIM):", json.dumps(numbers, indent=1))
-        print("IoU new family: challenger", ev["metrics"]["sem2layout"]["iou"],
-              "champion", ev["champion_metrics"]["sem2layout"]["iou"])
+        print("IoU new family: challenger", ev["new_pairs_metrics"]["sem2layout"]["iou"],
+              "champion", ev["new_pairs_champion_metrics"]["sem2layout"]["iou"])
+        # the version is registered with its scores on the original test shard (promotion baseline)
+        assert ev["metrics"]["sem2layout"]["ssim"] == ev["gate"]["judged"]["sem2layout"]["orig"]
         assert outcome["status"] == "registered", outcome.get("gate_reasons")
         assert outcome["gate_passed"] is True and outcome["model_version"] == "2"
         for d, v in numbers.items():

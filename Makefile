@@ -35,7 +35,6 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
 	$(BIN)/mypy
 
 bench: install

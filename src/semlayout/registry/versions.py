@@ -213,9 +213,8 @@ def _run_metrics(c: Any, run_id: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def champion_version(tracking_uri: str | None, name: str) -> int | None:
-    """The version the `champion` alias points at; None if the model has none (or does not exist,
-    or the SQLite registry is not created yet). An unreachable server still raises."""
+def _champion(tracking_uri: str | None, name: str) -> tuple[Any, str] | None:
+    """(client, version) of the `champion` alias; None without a registry, model or champion."""
     if registry_missing(tracking_uri):
         return None
     c = client(check_tracking_uri(tracking_uri, create=False))
@@ -223,20 +222,22 @@ def champion_version(tracking_uri: str | None, name: str) -> int | None:
         v = _alias_version(c, name, CHAMPION)
     except SemlayoutError:
         return None
-    return int(v) if v else None
+    return (c, v) if v else None
+
+
+def champion_version(tracking_uri: str | None, name: str) -> int | None:
+    """The version the `champion` alias points at; None if the model has none (or does not exist,
+    or the SQLite registry is not created yet). An unreachable server still raises."""
+    found = _champion(tracking_uri, name)
+    return int(found[1]) if found else None
 
 
 def champion_metrics(tracking_uri: str | None, name: str) -> dict[str, Any] | None:
     """The champion's evaluation metrics (evaluate dict shape), or None without a champion."""
-    if registry_missing(tracking_uri):
+    found = _champion(tracking_uri, name)
+    if not found:
         return None
-    c = client(check_tracking_uri(tracking_uri, create=False))
-    try:
-        v = _alias_version(c, name, CHAMPION)
-    except SemlayoutError:
-        return None
-    if not v:
-        return None
+    c, v = found
     mv = c.get_model_version(name, v)
     metrics = _run_metrics(c, mv.run_id) if mv.run_id else None
     if metrics is None:

@@ -33,6 +33,14 @@ def test_depth_must_fit_size():
         config_from_dict({"generator": {"image_size": 128, "n_down": 8}})
 
 
+def test_crop_must_fit_the_network():
+    cfg = config_from_dict({"generator": {"image_size": 256, "n_down": 5}, "train": {"crop_size": 128}})
+    assert cfg.train.crop_size == 128
+    for crop in (300, 100, 32):  # larger than the image, not a multiple of 32, bottleneck 1 px
+        with pytest.raises(SemlayoutError, match=f"train.crop_size={crop} does not fit"):
+            config_from_dict({"generator": {"image_size": 256, "n_down": 5}, "train": {"crop_size": crop}})
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(SemlayoutError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -247,3 +247,21 @@ def test_dataloader_spawn_workers(shards):
     ds[0]
     loader = DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="spawn")
     assert sorted(i for b in loader for i in b["id"]) == sorted(ds.ids)
+
+
+def test_crop_takes_the_same_window_of_every_image(shards):
+    ds = ShardDataset(shards, "train", image_size=256, augment=True, seed=1, crop=128)
+    full = ShardDataset(shards, "train", image_size=256, augment=False)
+    offsets = set()
+    for i in range(len(ds)):
+        k, top, left = ds._draw(i)
+        item = ds[i]
+        assert item["sem"].shape == item["layout"].shape == (1, 128, 128)
+        ref = full[i]
+        for key in ("sem", "layout"):
+            window = to_uint8(ref[key][0])[top : top + 128, left : left + 128]
+            np.testing.assert_array_equal(to_uint8(item[key][0]), dihedral(window, k))
+        offsets.add((top, left))
+    assert len(offsets) > len(ds) // 2  # crops move around
+    with pytest.raises(SemlayoutError, match="crop must be an integer in"):
+        ShardDataset(shards, "train", image_size=64, crop=128)

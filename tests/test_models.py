@@ -81,6 +81,19 @@ def test_attention_blocks_start_as_identity_at_8_and_16():
     assert g(torch.randn(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
+def test_attention_acts_at_the_same_depth_on_a_crop():
+    # trained on crops, the blocks named for 8 and 16 px at image_size must act at the same
+    # decoder levels (4 and 8 px on a half-size crop), not wherever a map happens to be 8 px wide
+    cfg = GeneratorConfig(image_size=64, n_down=3, base_filters=4, attention=True,
+                          attention_resolutions=[8, 16])
+    g = UNetGenerator(cfg).eval()
+    seen: list[tuple[str, int]] = []
+    for key, block in g.attention.items():
+        block.register_forward_hook(lambda m, i, o, key=key: seen.append((key, o.shape[-1])))
+    assert g(torch.randn(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert sorted(seen) == [("16", 8), ("8", 4)]
+
+
 def test_attention_at_a_missing_resolution_is_a_config_error():
     with pytest.raises(SemlayoutError, match=r"attention_resolutions \[4\]"):
         config_from_dict({"generator": {"image_size": 64, "n_down": 3, "attention": True,

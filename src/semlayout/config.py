@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     buffer_size: int = Field(50, ge=0, description="image pool for D; 0 disables it")
     balanced_sampling: bool = False
     augment: bool = True
+    crop_size: int | None = Field(
+        None, ge=8, description="train on random crops of this side at full image_size resolution "
+        "(same crop for both images; validation and inference see the whole image); None = whole image")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1)
     seed: int = 0
@@ -114,6 +117,19 @@ class ExperimentConfig(_Strict):
     discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _crop_fits_network(self) -> ExperimentConfig:
+        crop, g = self.train.crop_size, self.generator
+        if crop is not None:
+            bottleneck = crop / 2**g.n_down
+            if crop > g.image_size or bottleneck < 2 or bottleneck != int(bottleneck):
+                raise ValueError(
+                    f"train.crop_size={crop} does not fit generator.image_size={g.image_size}, "
+                    f"n_down={g.n_down}: expected at most image_size and a multiple of "
+                    f"2**n_down={2**g.n_down} that leaves a bottleneck >= 2 px"
+                )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -11,6 +11,10 @@ which is what a Tanh generator can match and what `to_uint8` maps back; training
 against a re-binarised layout would move edges by up to half a pixel. With S = 250
 nothing is resized and the layout stays exactly {-1, 1}.
 
+With `crop=C` every read takes a random C x C window (the same for every image of
+the item) after the resize: training at full resolution for a quarter of the pixels
+per step at C = S/2 (`train.crop_size`).
+
 Augmentation is geometric only (the 8 dihedral transforms: 90-degree rotations
 and flips), applied identically to every image of an item; never photometric,
 because intensity is what the SEM<->layout translation has to learn. The transform
@@ -79,9 +83,13 @@ class ShardDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
         source: str | None = None,
+        crop: int | None = None,
     ) -> None:
         if not isinstance(image_size, int) or image_size < 8:
             raise SemlayoutError(f"image_size must be an integer >= 8, got {image_size!r}")
+        if crop is not None and not (isinstance(crop, int) and 8 <= crop <= image_size):
+            raise SemlayoutError(f"crop must be an integer in [8, image_size={image_size}], got {crop!r}")
+        self.crop = crop
         self.shards_dir = Path(shards_dir)
         self.split = split
         self.image_size = image_size
@@ -141,10 +149,18 @@ class ShardDataset(Dataset):
 
     def transform_index(self, index: int) -> int:
         """The dihedral transform (0..7) the next read of `index` will use; 0 without augmentation."""
-        if not self.augment:
-            return 0
+        return self._draw(index)[0]
+
+    def _draw(self, index: int) -> tuple[int, int, int]:
+        """(dihedral transform, crop top, crop left) of the next read of `index`."""
+        if not self.augment and self.crop is None:
+            return 0, 0, 0
         rng = np.random.default_rng([self.seed, self.epoch, index, self._reads[index]])
-        return int(rng.integers(8))
+        k = int(rng.integers(8)) if self.augment else 0
+        if self.crop is None:
+            return k, 0, 0
+        top, left = (int(v) for v in rng.integers(0, self.image_size - self.crop + 1, size=2))
+        return k, top, left
 
     def raw(self, index: int) -> dict[str, Any]:
         """The stored uint8 (250, 250) images of an item, untransformed."""
@@ -162,7 +178,7 @@ class ShardDataset(Dataset):
                 index += len(self._loc)
             else:
                 raise IndexError(index)
-        k = self.transform_index(index)
+        k, top, left = self._draw(index)
         self._reads[index] += 1
         rec = self.raw(index)
         item: dict[str, Any] = {"id": rec["id"], "family": rec["family"]}
@@ -173,6 +189,8 @@ class ShardDataset(Dataset):
             img = rec[key]
             if img.shape != (size, size):
                 img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+            if self.crop is not None:
+                img = img[top : top + self.crop, left : left + self.crop]
             if k:
                 img = dihedral(img, k)
             item[key] = torch.from_numpy(from_uint8(img)[None])  # (1, S, S)

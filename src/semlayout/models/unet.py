@@ -7,7 +7,9 @@ ConvTranspose 4x4 stride 2 + norm, dropout in the first `dropout_blocks`
 decoder blocks, each output concatenated with the encoder features of the same
 size (the skip), Tanh at the end so outputs are in [-1, 1] like the inputs.
 With `attention` on, a `SelfAttention2d` follows the decoder features at each
-resolution listed in `attention_resolutions` (the bottleneck counts as one).
+resolution listed in `attention_resolutions` (the bottleneck counts as one); the
+resolutions name decoder levels at `image_size`, so the same blocks act at the
+same depth when the network runs on a crop (training with `train.crop_size`).
 
 Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
 pix2pix — the loss weights (lambda_l1=100 ...) were tuned against that init.
@@ -102,16 +104,23 @@ class UNetGenerator(nn.Module):
 
         init_weights(self)
 
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        key = str(x.shape[-1])
-        return self.attention[key](x) if key in self.attention else x
+        # the network is fully convolutional (training may use crops of image_size), so an
+        # attention block belongs to a decoder *level*, named by its resolution at image_size
+        self._attention_at_level = {
+            j: str(cfg.image_size // 2**j) for j in range(n, 0, -1) if str(cfg.image_size // 2**j) in self.attention
+        }
+
+    def _attend(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        key = self._attention_at_level.get(level)
+        return self.attention[key](x) if key is not None else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for block in self.down:
             x = block(x)
             skips.append(x)
-        x = self._attend(skips.pop())  # bottleneck (B, ch[n-1], S/2^n, S/2^n)
-        for block in self.up:
-            x = self._attend(torch.cat([block(x), skips.pop()], dim=1))
+        n = len(self.down)
+        x = self._attend(skips.pop(), n)  # bottleneck (B, ch[n-1], S/2^n, S/2^n)
+        for j, block in zip(range(n - 1, 0, -1), self.up, strict=True):
+            x = self._attend(torch.cat([block(x), skips.pop()], dim=1), j)
         return self.outermost(x)  # (B, out_channels, S, S) in [-1, 1]

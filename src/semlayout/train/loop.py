@@ -594,7 +594,8 @@ def train(
     from semlayout.data.shards import read_index
 
     size = cfg.generator.image_size
-    train_ds = ShardDataset(shards_dir, "train", image_size=size, augment=cfg.train.augment, seed=cfg.train.seed)
+    train_ds = ShardDataset(shards_dir, "train", image_size=size, augment=cfg.train.augment, seed=cfg.train.seed,
+                            crop=cfg.train.crop_size)
     splits = read_index(shards_dir).get("splits", {})
     val_ds = None
     if splits.get("val", {}).get("n", 0) > 0:

@@ -28,10 +28,13 @@ def _gen(n: int, seed: int) -> dict[str, list]:
         from semlayout.data import synth
     except ImportError:
         return sets
+    from semlayout.data.sem_physics import PhysicsRanges
+
+    mixed = PhysicsRanges(reverse_fraction=0.3)  # both contrasts, as the aligner meets them across layers
     fams = synth.assign_families(n, synth.parse_mix(None), np.random.default_rng(seed))
     pairs = []
     for i, fam in enumerate(fams):
-        sem, layout, _, x, y, meta = synth.generate_pair(np.random.default_rng([seed, 7, i]), fam)
+        sem, layout, _, x, y, meta = synth.generate_pair(np.random.default_rng([seed, 7, i]), fam, ranges=mixed)
         pairs.append(SimPair(f"s{i}", fam, sem, layout, meta["field"], x, y))
     sets["synth"] = pairs
     return sets

@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default="small", help="a name in configs/ or a config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.epochs=2 (repeatable)")
-    p.add_argument("--n-synth", type=int, default=400)
+    p.add_argument("--n-synth", type=int, default=800)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs", help="output root (runs/, latest, mlflow/)")
     p.add_argument("--mlflow-uri", default="", help="default: sqlite:///<out>/mlflow/mlflow.db")

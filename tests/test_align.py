@@ -382,10 +382,14 @@ def test_quality_on_the_project_synth():
     synth = pytest.importorskip("semlayout.data.synth")
     from independent_sim import SimPair
 
+    from semlayout.data.sem_physics import PhysicsRanges
+
+    # layers of both contrasts mixed (30 % reversed): the aligner must not assume a polarity
+    mixed = PhysicsRanges(reverse_fraction=0.3)
     fams = synth.assign_families(320, synth.parse_mix(None), np.random.default_rng(1))
     pairs = []
     for i, fam in enumerate(fams):
-        sem, layout, _, x, y, meta = synth.generate_pair(np.random.default_rng([99, i]), fam)
+        sem, layout, _, x, y, meta = synth.generate_pair(np.random.default_rng([99, i]), fam, ranges=mixed)
         pairs.append(SimPair(f"s{i}", fam, sem, layout, meta["field"], x, y))
     ours = _score(pairs, lambda s, t: align_pair(s, t, CFG))
     plain = _score(pairs, plain_ncc)

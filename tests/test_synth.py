@@ -118,9 +118,11 @@ def test_written_mix_matches_request(tmp_path: Path) -> None:
 
 
 def test_reversed_polarity_appears_and_inverts_material_contrast() -> None:
-    ps = [sample_params(np.random.default_rng(i)) for i in range(400)]
+    # default: one layer, one contrast; --reverse-fraction mixes in reversed images
+    assert all(sample_params(np.random.default_rng(i)).polarity == 1 for i in range(100))
+    ps = [sample_params(np.random.default_rng(i), PhysicsRanges(reverse_fraction=0.3)) for i in range(400)]
     share = np.mean([p.polarity == -1 for p in ps])
-    assert 0.2 < share < 0.4  # default 0.3
+    assert 0.2 < share < 0.4
     # pattern brighter than background for +1, darker for -1 (measured far from edges)
     for pol in (1, -1):
         _, _, clean, x, y, meta = generate_pair(11, "line_space", {"polarity": pol, "edge_gain": 0.0,

@@ -35,7 +35,7 @@ def synth(
     dose_range: Annotated[str | None, typer.Option(
         "--dose-range", help="electrons/pixel LOW,HIGH, drawn log-uniformly (default 3,3000)")] = None,
     reverse_fraction: Annotated[float | None, typer.Option(
-        "--reverse-fraction", help="share of images with reversed polarity (default 0.3)")] = None,
+        "--reverse-fraction", help="share of images with reversed polarity (default 0: one layer, one contrast)")] = None,
     preview: Annotated[Path | None, typer.Option(
         "--preview", help="also write a PNG grid: layout | clean SEM | noisy SEM per family")] = None,
     workers: Annotated[int, typer.Option("--workers", help="processes (default: min(2, CPUs))")] = 0,

@@ -44,17 +44,20 @@ class PhysicsRanges:
     """Per-image parameter ranges; each image draws uniformly (dose: log-uniformly) inside them."""
 
     dose: Range = (3.0, 3000.0)             # electrons / pixel (log-uniform)
-    reverse_fraction: float = 0.3           # share of images with reversed polarity
+    # share of images with reversed polarity. 0 by default: material contrast is a property of the
+    # layer stack and the detector, fixed for a data set (docs/physics.md); set it to mix layers
+    reverse_fraction: float = 0.0
     background: Range = (0.12, 0.32)        # SE yield of the darker material
-    contrast: Range = (0.12, 0.35)          # yield difference between materials
+    contrast: Range = (0.04, 0.35)          # yield difference between materials (low: edges carry the image)
     texture: Range = (0.0, 0.08)            # relative RMS of the materials' grain (yield x (1 + t n))
     texture_corr: Range = (0.8, 2.5)        # px, grain size
     corner_sigma: Range = (0.6, 2.5)        # px, print blur that rounds corners
-    bias: Range = (-1.0, 1.0)               # px, printed edge moves outward (+) / inward (-)
+    bias: Range = (0.0, 0.6)                # px, printed edge moves outward (+) / inward (-)
     ler_sigma: Range = (0.2, 1.2)           # px, RMS edge displacement
     ler_corr: Range = (2.0, 8.0)            # px, correlation length of the roughness
     edge_width: Range = (1.0, 4.0)          # px, decay length of the SE rim
     edge_gain: Range = (0.30, 0.70)         # rim brightness at the edge (yield units)
+    rim_outside: Range = (0.2, 0.7)         # rim amplitude just outside the pattern, relative to inside
     # detector shadowing: rims facing the detector brighter by this share. Off by default:
     # it moves intensity-based alignment by ~1 px (docs/physics.md); e.g. (0.0, 0.4) to stress-test
     shadow: Range = (0.0, 0.0)
@@ -64,8 +67,8 @@ class PhysicsRanges:
     psf_tail_sigma: Range = (4.0, 12.0)     # px, width of that tail
     gradient: Range = (0.0, 0.12)           # ramp + bump amplitude (yield units)
     charging: Range = (0.0, 0.10)           # halo amplitude around dense pattern
-    gain: Range = (0.85, 1.15)
-    offset: Range = (-0.04, 0.04)
+    gain: Range = (0.7, 1.4)                # detector brightness/contrast settings differ by tool and operator
+    offset: Range = (-0.05, 0.10)
     detector_sigma: Range = (0.002, 0.015)  # Gaussian read noise (yield units, 1.0 = 255)
     streak: Range = (0.0, 0.15)             # detector lag: share of signal smeared along the scan
     streak_len: Range = (1.0, 5.0)          # px, decay length of that smear
@@ -103,6 +106,7 @@ class SemParams:
     ler_corr: float
     edge_width: float
     edge_gain: float
+    rim_outside: float
     shadow: float
     blur_sigma: float
     astigmatism: float
@@ -200,7 +204,7 @@ _LUT_STEP = 4  # distance-lookup bins per supersampled px (0.125 px at 2x)
 
 
 def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> np.ndarray:
-    """SE edge effect: exp(-d / edge_width) inside the pattern, a weaker, narrower tail outside.
+    """SE edge effect: exp(-d / edge_width) inside the pattern, a weaker (`rim_outside`), narrower tail outside.
 
     (H,W) float32 in [0,1], from distance transforms of the supersampled print;
     the exponentials are table lookups on the quantised distance (cv2.LUT).
@@ -212,7 +216,7 @@ def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> n
     w = p.edge_width * s
     k = np.arange(256, dtype=np.float64) / _LUT_STEP
     lut_in = np.exp(-(k - 0.5) / w)
-    lut_out = 0.7 * np.exp(-(k - 0.5) / (0.7 * w))
+    lut_out = p.rim_outside * np.exp(-(k - 0.5) / (0.7 * w))
     lut_in[0] = lut_out[0] = 0.0  # distance 0 = the other side of the edge
     rim_in = cv2.LUT(cv2.convertScaleAbs(d_in, alpha=_LUT_STEP), lut_in.astype(np.float32)[None, :])
     rim = rim_in + cv2.LUT(cv2.convertScaleAbs(d_out, alpha=_LUT_STEP), lut_out.astype(np.float32)[None, :])

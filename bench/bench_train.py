@@ -4,26 +4,46 @@ Networks: `small` (configs/small.yaml), `full` (configs/improved.yaml's generato
 ngf 64, 5 downs, attention) and `pix2pix` (the classic unet_256: 8 downs, ngf 64,
 max 512 filters, BatchNorm; the reference layout). For each: generator forward ms at
 batch 1 and 8, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) as a share of
-an fp32 2048x2048 matmul timed in the same run, and a full training step (D update +
-G update, both directions) in images/s. Speed-ups tried at equal architecture:
-channels_last, oneDNN fusion through `torch.jit.trace` + `torch.jit.freeze`,
-`torch.compile` and ONNX Runtime (dynamo exporter, opset 18); ratios are against plain
-eager in the same run. Goals: inference >= 1.5x, training step >= 1.2x.
-Quick mode (~1 min on an idle machine): small network only, no compile, no ONNX.
+an fp32 2048x2048 matmul timed in the same run (a bf16 matmul is timed too), and a full
+training step (`Trainer.train_step`: D update + G update, both directions) in images/s, at
+the config's batch size and at `train.crop_size` when the config trains on crops (the step
+`make run` runs).
+
+Every variant keeps the architecture and the weights; ratios are against plain fp32 eager in
+the same run. The variants of one table are timed round-robin (eager, A, B, ..., eager, A,
+B, ...) and reported as medians, so a load change on the shared machine hits all of them.
+Inference: channels_last; oneDNN fusion through `torch.jit.trace` + `torch.jit.freeze`;
+oneDNN Graph (`torch.jit.enable_onednn_fusion`) on the frozen trace; bf16 as autocast around
+the fp32 network (`bf16_autocast`) or as a bf16 copy of the weights (`bf16`, `cl+bf16`,
+`jit_freeze+bf16`, `onednn_graph+bf16`), each with its largest absolute output difference
+from fp32 eager (outputs are in [-1, 1]); full mode adds `torch.compile` and ONNX Runtime
+(dynamo exporter, opset 18). Training: `train.channels_last`, `train.precision: bf16` (G and
+D forwards under bf16 autocast, losses and optimiser state fp32) and both; full mode adds
+`torch.compile` (mode default) of G_A, G_B, D_A, D_B inside the step, fp32 and bf16, with
+its warm-up time and the number of graphs dynamo compiled (the D runs with gradients, under
+no_grad and with its weights frozen: each is a graph). `loss diff`: the largest relative
+difference of the first step's loss terms from eager's (same weights, batch and RNG seed;
+channels_last and compile draw the dropout masks differently, so they differ by ~1% for that
+reason alone). Goals: inference >= 1.5x, training step >= 1.2x. `--threads 1` (see
+`python -m bench --help`) when another job shares the cores: two intra-op threads then wait
+on each other and eager times swing by 10x or more.
+Quick mode (~2 min on an idle machine): small network only, no compile, no ONNX.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+GOAL_INFERENCE, GOAL_TRAIN = 1.5, 1.2
 
 
 def _median_ms(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
@@ -37,8 +57,19 @@ def _median_ms(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def matmul_gflops(reps: int) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def _round_robin_ms(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
+    """ms of each call, the variants taking turns (already warmed up by the caller)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def matmul_gflops(reps: int, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     ms = _median_ms(lambda: a @ b, reps)
     return 2 * 2048**3 / (ms / 1000) / 1e9
 
@@ -71,7 +102,70 @@ def _flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def _inference(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _onednn_fusion() -> Iterator[None]:
+    """oneDNN Graph fusion for TorchScript calls inside the block (a process-wide switch)."""
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(False)
+
+
+def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
+                        quick: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    from semlayout.models.unet import UNetGenerator
+
+    def copy(fmt: torch.memory_format = torch.contiguous_format,
+             dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        other = UNetGenerator(cfg.generator).eval()
+        other.load_state_dict(net.state_dict())
+        return other.to(memory_format=fmt, dtype=dtype)  # type: ignore[call-overload]
+
+    cl, bf = torch.channels_last, torch.bfloat16
+    x_cl, x_bf = x.contiguous(memory_format=cl), x.to(bf)
+    x_cl_bf = x_bf.contiguous(memory_format=cl)
+    net_cl, net_bf, net_cl_bf = copy(cl), copy(dtype=bf), copy(cl, bf)
+    v: dict[str, Callable[[], torch.Tensor]] = {"eager": lambda: net(x)}
+    v["channels_last"] = lambda: net_cl(x_cl)
+    frozen = torch.jit.freeze(torch.jit.trace(copy(), x))
+    v["jit_freeze"] = lambda: frozen(x)
+    with _onednn_fusion():
+        graph = torch.jit.freeze(torch.jit.trace(copy(), x))
+
+    def onednn_graph() -> torch.Tensor:
+        with _onednn_fusion():
+            return graph(x)
+
+    v["onednn_graph"] = onednn_graph
+
+    def bf16_autocast() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=bf):
+            return net(x)
+
+    v["bf16_autocast"] = bf16_autocast
+    v["bf16"] = lambda: net_bf(x_bf)
+    v["cl+bf16"] = lambda: net_cl_bf(x_cl_bf)
+    frozen_bf = torch.jit.freeze(torch.jit.trace(copy(dtype=bf), x_bf))
+    v["jit_freeze+bf16"] = lambda: frozen_bf(x_bf)
+    with _onednn_fusion():
+        graph_bf = torch.jit.freeze(torch.jit.trace(copy(dtype=bf), x_bf))
+
+    def onednn_graph_bf16() -> torch.Tensor:
+        with _onednn_fusion():
+            return graph_bf(x_bf)
+
+    v["onednn_graph+bf16"] = onednn_graph_bf16
+    if not quick:
+        compiled = torch.compile(copy())
+        v["compile"] = lambda: compiled(x)
+        compiled_bf = torch.compile(copy(cl, bf))
+        v["compile+cl+bf16"] = lambda: compiled_bf(x_cl_bf)
+        v["onnxruntime"] = _ort_runner(net, cfg.generator.image_size, x)
+    return v
+
+
+def _inference(cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     from semlayout.models.unet import UNetGenerator
 
     size = cfg.generator.image_size
@@ -81,27 +175,21 @@ def _inference(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     for batch in (1, 8):
         x = torch.randn(batch, 1, size, size)
         gflop = _flops(net, x) / 1e9
-        variants: dict[str, Callable[[], Any]] = {}
         with torch.no_grad():
-            variants["eager"] = lambda net=net, x=x: net(x)
-            net_cl = UNetGenerator(cfg.generator).eval().to(memory_format=torch.channels_last)
-            net_cl.load_state_dict(net.state_dict())
-            x_cl = x.contiguous(memory_format=torch.channels_last)
-            variants["channels_last"] = lambda n=net_cl, x=x_cl: n(x)
-            frozen = torch.jit.freeze(torch.jit.trace(net, x))
-            variants["jit_freeze"] = lambda f=frozen, x=x: f(x)
-        if not quick:
-            compiled = torch.compile(net)
-            variants["compile"] = lambda c=compiled, x=x: c(x)
-            variants["onnxruntime"] = _ort_runner(net, size, x)
+            variants = _inference_variants(net, cfg, x, quick)
+            ref = net(x)
+            diffs = {}
+            for vname, fn in variants.items():  # warm-up: oneDNN Graph and compile fuse on early calls
+                for _ in range(3 if vname.startswith(("compile", "onednn")) else 1):
+                    out = fn()
+                diffs[vname] = float((torch.as_tensor(out).float() - ref).abs().max())
+            times = _round_robin_ms(variants, reps)
         row: dict[str, Any] = {"gflop": round(gflop, 3)}
-        for vname, fn in variants.items():
-            with torch.no_grad():
-                ms = _median_ms(fn, reps, warmup=3 if vname == "compile" else 1)
-            row[vname] = {"ms": round(ms, 2), "gflops": round(gflop / (ms / 1000), 1)}
-        base = row["eager"]["ms"]
-        for vname in variants:
-            row[vname]["speedup"] = round(base / row[vname]["ms"], 2)
+        base = statistics.median(times["eager"])
+        for vname, ts in times.items():
+            ms = statistics.median(ts)
+            row[vname] = {"ms": round(ms, 2), "gflops": round(gflop / (ms / 1000), 1),
+                          "speedup": round(base / ms, 2), "max_abs_diff": float(f"{diffs[vname]:.2g}")}
         res[f"b{batch}"] = row
     return res
 
@@ -117,69 +205,146 @@ def _ort_runner(net: torch.nn.Module, size: int, x: torch.Tensor) -> Callable[[]
     opts.intra_op_num_threads = torch.get_num_threads()
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x.numpy()}
-    return lambda: sess.run(None, feed)
+    return lambda: torch.from_numpy(sess.run(None, feed)[0])
 
 
-def _training(cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
+def _train_variants(quick: bool, name: str) -> dict[str, tuple[dict[str, Any], bool]]:
+    """variant -> (config overrides, torch.compile the four networks)."""
+    out: dict[str, tuple[dict[str, Any], bool]] = {
+        "eager": ({}, False),
+        "channels_last": ({"train.channels_last": True}, False),
+        "bf16": ({"train.precision": "bf16"}, False),
+        "cl+bf16": ({"train.channels_last": True, "train.precision": "bf16"}, False),
+    }
+    if not quick and name != "pix2pix":  # the reference network: eager-family variants only
+        out["compile"] = ({}, True)
+        out["compile+bf16"] = ({"train.precision": "bf16"}, True)
+    return out
+
+
+def _step_fn(trainer: Any, sem: torch.Tensor, lay: torch.Tensor) -> Callable[[], dict[str, float]]:
+    return lambda: trainer.train_step(sem, lay)
+
+
+def _graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _training(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     from semlayout.config import apply_overrides
     from semlayout.train.loop import Trainer
 
-    batch = 4 if not quick else 2
-    size = cfg.generator.image_size
-    res: dict[str, Any] = {"batch": batch}
-    variants = {"eager": {}, "channels_last": {"train.channels_last": True}}
-    for vname, over in variants.items():
-        c = apply_overrides(cfg, {"train.batch_size": batch, **over})
+    batch = cfg.train.batch_size
+    size = cfg.train.crop_size or cfg.generator.image_size
+    res: dict[str, Any] = {"batch": batch, "size": size}
+    steps: dict[str, Callable[[], Any]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    first_losses: dict[str, dict[str, float]] = {}
+    for vname, (over, compiled) in _train_variants(quick, name).items():
+        c = apply_overrides(cfg, over) if over else cfg
         torch.manual_seed(0)
         trainer = Trainer(c)
+        if compiled:  # the step calls these attributes; trainer.nets keeps the plain modules
+            for attr in ("G_A", "G_B", "D_A", "D_B"):
+                setattr(trainer, attr, torch.compile(getattr(trainer, attr)))
         fmt = torch.channels_last if c.train.channels_last else torch.contiguous_format
-        sem = torch.rand(batch, 1, size, size).mul(2).sub(1).contiguous(memory_format=fmt)
-        lay = (torch.rand(batch, 1, size, size) > 0.5).float().mul(2).sub(1).contiguous(memory_format=fmt)
-        ms = _median_ms(lambda t=trainer, s=sem, y=lay: t.train_step(s, y), reps)
-        res[vname] = {"step_ms": round(ms, 1), "images_per_s": round(batch / (ms / 1000), 2)}
-    base = res["eager"]["step_ms"]
-    for vname in variants:
-        res[vname]["speedup"] = round(base / res[vname]["step_ms"], 2)
+        gen = torch.Generator().manual_seed(1)
+        sem = torch.rand(batch, 1, size, size, generator=gen).mul(2).sub(1).contiguous(memory_format=fmt)
+        lay = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float().mul(2).sub(1)
+        lay = lay.contiguous(memory_format=fmt)
+        steps[vname] = _step_fn(trainer, sem, lay)
+        graphs, t0 = _graphs_compiled(), time.perf_counter()
+        torch.manual_seed(2)
+        first_losses[vname] = steps[vname]()
+        for _ in range(2 if compiled else 0):  # compile: the later calls must not recompile
+            steps[vname]()
+        info[vname] = {}
+        if compiled:
+            info[vname] = {"warmup_s": round(time.perf_counter() - t0, 1),
+                           "graphs": _graphs_compiled() - graphs}
+            before = _graphs_compiled()
+            steps[vname]()
+            info[vname]["recompiled_after_warmup"] = _graphs_compiled() - before
+    times = _round_robin_ms(steps, reps)
+    base = statistics.median(times["eager"])
+    ref = first_losses["eager"]
+    for vname, ts in times.items():
+        ms = statistics.median(ts)
+        loss_diff = max(abs(first_losses[vname][k] - ref[k]) / max(abs(ref[k]), 1e-6) for k in ref)
+        res[vname] = {"step_ms": round(ms, 1), "images_per_s": round(batch / (ms / 1000), 2),
+                      "speedup": round(base / ms, 2), "first_step_loss_rel_diff": float(f"{loss_diff:.2g}"),
+                      **info[vname]}
     return res
 
 
-def main(quick: bool = False) -> dict[str, Any]:
-    reps = 3 if quick else 7
-    peak = matmul_gflops(reps)
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_2048_gflops": round(peak, 1),
-                               "networks": {}}
-    for name, cfg in _configs(quick).items():
-        inf = _inference(name, cfg, quick, reps)
-        train = _training(cfg, quick, max(2, reps // 2)) if name != "pix2pix" or not quick else {}
-        results["networks"][name] = {"image_size": cfg.generator.image_size, "inference": inf, "train": train}
-
-    print(f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling)")
-    print(f"{'network':<8} {'batch':>5} {'variant':<14} {'ms':>9} {'GFLOP/s':>8} {'of peak':>7} {'x eager':>7}")
+def _print(results: dict[str, Any]) -> None:
+    peak = results["matmul_2048_gflops"]
+    print(f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), "
+          f"bf16: {results['matmul_2048_bf16_gflops']:.1f} GFLOP/s")
+    print(f"{'network':<8} {'batch':>5} {'variant':<18} {'ms':>9} {'GFLOP/s':>8} {'of fp32':>7} "
+          f"{'x eager':>7} {'max|diff|':>9}")
     for name, r in results["networks"].items():
         for b in ("b1", "b8"):
-            row = r["inference"][b]
-            for vname, v in row.items():
+            for vname, v in r["inference"][b].items():
                 if vname == "gflop":
                     continue
-                print(f"{name:<8} {b[1:]:>5} {vname:<14} {v['ms']:>9.2f} {v['gflops']:>8.1f} "
-                      f"{v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f}")
-    print(f"{'network':<8} {'train':<14} {'step ms':>9} {'img/s':>8} {'x eager':>7}")
+                print(f"{name:<8} {b[1:]:>5} {vname:<18} {v['ms']:>9.2f} {v['gflops']:>8.1f} "
+                      f"{v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f} {v['max_abs_diff']:>9.2g}")
+    print(f"{'network':<8} {'train step':<18} {'size':>5} {'ms':>9} {'img/s':>8} {'x eager':>7} "
+          f"{'loss diff':>9}  compile")
     for name, r in results["networks"].items():
-        for vname, v in r["train"].items():
-            if vname == "batch":
+        t = r["train"]
+        for vname, v in t.items():
+            if not isinstance(v, dict):
                 continue
-            print(f"{name:<8} {vname:<14} {v['step_ms']:>9.1f} {v['images_per_s']:>8.2f} {v['speedup']:>7.2f}")
+            extra = (f"  warm-up {v['warmup_s']} s, {v['graphs']} graphs, "
+                     f"{v['recompiled_after_warmup']} recompiled later") if "graphs" in v else ""
+            print(f"{name:<8} {vname:<18} {t['size']:>5} {v['step_ms']:>9.1f} {v['images_per_s']:>8.2f} "
+                  f"{v['speedup']:>7.2f} {v['first_step_loss_rel_diff']:>9.2g}{extra}")
+    for name, r in results["networks"].items():
+        for key, goal in (("b1", GOAL_INFERENCE), ("b8", GOAL_INFERENCE), ("train", GOAL_TRAIN)):
+            table = r["inference"][key] if key != "train" else r["train"]
+            best = max((v for v in table if isinstance(table[v], dict) and v != "eager"),
+                       key=lambda v: table[v]["speedup"])
+            sp = table[best]["speedup"]
+            what = f"inference {key}" if key != "train" else "training step"
+            print(f"goal {name} {what} >= {goal}x eager: best {best} {sp}x -> {'met' if sp >= goal else 'NOT met'}")
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    import torch._dynamo
+
+    # the compiled variants share the networks' forward code; with dynamo's default limit (8
+    # graphs per code object) the later ones would silently fall back to eager
+    torch._dynamo.config.recompile_limit = 64
+    reps = 5 if quick else 7
+    peak = matmul_gflops(reps)
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_2048_gflops": round(peak, 1),
+                               "matmul_2048_bf16_gflops": round(matmul_gflops(reps, torch.bfloat16), 1),
+                               "networks": {}}
+    for name, cfg in _configs(quick).items():
+        print(f"{name}: inference ...", flush=True)
+        inf = _inference(cfg, quick, reps)
+        print(f"{name}: training step ...", flush=True)
+        train = _training(name, cfg, quick, 5 if quick else 3)
+        results["networks"][name] = {"image_size": cfg.generator.image_size, "inference": inf, "train": train}
+
+    _print(results)
     nets = results["networks"]
     if "pix2pix" in nets:
         ref = nets["pix2pix"]["inference"]["b1"]["eager"]["ms"]
         for name in ("small", "full"):
             nets[name]["inference_vs_pix2pix_b1"] = round(ref / nets[name]["inference"]["b1"]["eager"]["ms"], 2)
             print(f"{name}: generator b1 eager {nets[name]['inference_vs_pix2pix_b1']}x faster than pix2pix unet_256")
-        if nets["pix2pix"]["train"]:
-            tref = nets["pix2pix"]["train"]["eager"]["step_ms"]
-            for name in ("small", "full"):
-                nets[name]["train_vs_pix2pix"] = round(tref / nets[name]["train"]["eager"]["step_ms"], 2)
-                print(f"{name}: training step {nets[name]['train_vs_pix2pix']}x faster than pix2pix")
+        p2p = nets["pix2pix"]["train"]
+        tref = p2p["batch"] / p2p["eager"]["step_ms"]  # images per ms: the sizes differ (crops)
+        for name in ("small", "full"):
+            t = nets[name]["train"]
+            nets[name]["train_vs_pix2pix"] = round(t["batch"] / t["eager"]["step_ms"] / tref, 2)
+            print(f"{name}: training images/s {nets[name]['train_vs_pix2pix']}x pix2pix's "
+                  f"({t['size']} px vs {p2p['size']} px)")
     return results
 
 

@@ -97,6 +97,9 @@ class TrainConfig(_Strict):
     num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps")
     channels_last: bool = False
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32, or bf16: the G and D forwards of the training step run under "
+        "bf16 autocast (losses, weights and optimiser state stay fp32); validation stays fp32")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
     keep_checkpoints: int = Field(3, ge=1, description="step checkpoints kept in RUN/checkpoints")
     val_samples: int = Field(32, ge=0, description="val images scored after each epoch; 0 skips")

@@ -11,10 +11,16 @@ Loss terms, each already multiplied by its lambda:
 
 `Trainer` owns the networks, optimisers and image pools and runs one step;
 `run_training` drives epochs, checkpoints, exact resume, history and MLflow.
+
+Precision (`train.precision`): with bf16 every G and D forward of the step runs under
+`torch.autocast(dtype=bfloat16)` and its outputs are cast back to fp32 before the pool and
+the losses, so losses, gradients of the fp32 weights, optimiser state, pools and checkpoints
+are fp32 either way (bf16 keeps fp32's exponent range: no loss scaling).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -85,6 +91,8 @@ class Trainer:
         self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
         self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]
         t = cfg.train
+        if t.precision == "bf16" and self.ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SemlayoutError(f"train.precision=bf16: {self.ctx.device} does not support bfloat16; use fp32")
         betas = (t.beta1, t.beta2)
         self.opt_G = torch.optim.Adam(chain(self.G_A.parameters(), self.G_B.parameters()), lr=t.lr, betas=betas)
         self.opt_D = torch.optim.Adam(chain(self.D_A.parameters(), self.D_B.parameters()), lr=t.lr, betas=betas)
@@ -95,6 +103,23 @@ class Trainer:
     def set_lr_factor(self, factor: float) -> float:
         set_lr(self.opt_D, self.cfg.train.lr, factor)
         return set_lr(self.opt_G, self.cfg.train.lr, factor)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _gen(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A generator forward at the step's precision; the output in fp32."""
+        with self._autocast():
+            out = net(x)
+        return out.float()
+
+    def _disc(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A discriminator forward at the step's precision: (logits, hidden activations) in fp32."""
+        with self._autocast():
+            logits, feats = net(x)
+        return logits.float(), [f.float() for f in feats]
 
     def _check_finite(self, named: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         names = list(named)
@@ -115,8 +140,8 @@ class Trainer:
         D = (self.D_A, self.D_B)
 
         # forward both generators (and the cycles when they are weighted)
-        fake_lay = self.G_A(real_sem)  # SEM -> layout
-        fake_sem = self.G_B(real_lay)  # layout -> SEM
+        fake_lay = self._gen(self.G_A, real_sem)  # SEM -> layout
+        fake_sem = self._gen(self.G_B, real_lay)  # layout -> SEM
         real_pair_A = torch.cat([real_sem, real_lay], 1)  # what D_A should call real
         real_pair_B = torch.cat([real_lay, real_sem], 1)
 
@@ -125,8 +150,10 @@ class Trainer:
         self.opt_D.zero_grad(set_to_none=True)
         fake_pair_A = self.pool_A.query(torch.cat([real_sem, fake_lay.detach()], 1))
         fake_pair_B = self.pool_B.query(torch.cat([real_lay, fake_sem.detach()], 1))
-        d_A = discriminator_loss(self.D_A(real_pair_A)[0], self.D_A(fake_pair_A)[0], mode, lc.real_label)
-        d_B = discriminator_loss(self.D_B(real_pair_B)[0], self.D_B(fake_pair_B)[0], mode, lc.real_label)
+        d_A = discriminator_loss(self._disc(self.D_A, real_pair_A)[0], self._disc(self.D_A, fake_pair_A)[0],
+                                 mode, lc.real_label)
+        d_B = discriminator_loss(self._disc(self.D_B, real_pair_B)[0], self._disc(self.D_B, fake_pair_B)[0],
+                                 mode, lc.real_label)
         loss_D = d_A + d_B
         d_values = self._check_finite({"loss_D": loss_D, "d_A": d_A, "d_B": d_B}, step)
         loss_D.backward()
@@ -138,25 +165,25 @@ class Trainer:
 
         # 3. G update
         self.opt_G.zero_grad(set_to_none=True)
-        logits_A, feats_fake_A = self.D_A(torch.cat([real_sem, fake_lay], 1))
-        logits_B, feats_fake_B = self.D_B(torch.cat([real_lay, fake_sem], 1))
+        logits_A, feats_fake_A = self._disc(self.D_A, torch.cat([real_sem, fake_lay], 1))
+        logits_B, feats_fake_B = self._disc(self.D_B, torch.cat([real_lay, fake_sem], 1))
         gan_A = generator_adversarial_loss(logits_A, mode)
         gan_B = generator_adversarial_loss(logits_B, mode)
         l1_A = lc.lambda_l1 * l1_loss(fake_lay, real_lay)
         l1_B = lc.lambda_l1 * l1_loss(fake_sem, real_sem)
         cycle_A = cycle_B = fm_A = fm_B = idt_A = idt_B = zero
         if lc.lambda_cycle > 0:
-            cycle_A = lc.lambda_cycle * l1_loss(self.G_B(fake_lay), real_sem)
-            cycle_B = lc.lambda_cycle * l1_loss(self.G_A(fake_sem), real_lay)
+            cycle_A = lc.lambda_cycle * l1_loss(self._gen(self.G_B, fake_lay), real_sem)
+            cycle_B = lc.lambda_cycle * l1_loss(self._gen(self.G_A, fake_sem), real_lay)
         if lc.lambda_fm > 0:
             with torch.no_grad():  # targets: real activations carry no gradient
-                _, feats_real_A = self.D_A(real_pair_A)
-                _, feats_real_B = self.D_B(real_pair_B)
+                _, feats_real_A = self._disc(self.D_A, real_pair_A)
+                _, feats_real_B = self._disc(self.D_B, real_pair_B)
             fm_A = lc.lambda_fm * feature_matching_loss(feats_fake_A, feats_real_A)
             fm_B = lc.lambda_fm * feature_matching_loss(feats_fake_B, feats_real_B)
         if lc.lambda_identity > 0:
-            idt_A = lc.lambda_identity * l1_loss(self.G_A(real_lay), real_lay)
-            idt_B = lc.lambda_identity * l1_loss(self.G_B(real_sem), real_sem)
+            idt_A = lc.lambda_identity * l1_loss(self._gen(self.G_A, real_lay), real_lay)
+            idt_B = lc.lambda_identity * l1_loss(self._gen(self.G_B, real_sem), real_sem)
         loss_G = gan_A + gan_B + l1_A + l1_B + cycle_A + cycle_B + fm_A + fm_B + idt_A + idt_B
         terms = dict(zip(LOSS_TERMS, (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B),
                          strict=True))

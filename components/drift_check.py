@@ -1,7 +1,10 @@
-"""Should a fine-tune run go ahead? The trigger policy over the monitoring store.
+"""Should a fine-tune run go ahead? The same decision `semlayout loop check` makes.
 
-With no monitor DB (the caller — `semlayout loop run` — has already decided) or
-`force`, it proceeds and says so. The decision is recorded in the store.
+`semlayout.loop.check` over the monitoring store, the API feedback folder, the S3 intake
+batches and the registry's champion (its promotion SSIM, for the SSIM-drop reasons).
+With no monitor DB (the caller — `semlayout loop run` — has already decided) or `force`,
+it proceeds and says so. The decision is recorded in the store. A bad policy is one
+`SemlayoutError` line naming the key, as for the loop config.
 """
 
 from typing import NamedTuple
@@ -12,35 +15,27 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def drift_check(monitor_db: str, policy: str, force: bool
+def drift_check(monitor_db: str, policy: str, force: bool, intake_uri: str = "", feedback_dir: str = "",
+                mlflow_uri: str = "", model_name: str = "semlayout"
                 ) -> NamedTuple("Outputs", [("proceed", bool), ("reasons", str)]):
     import json
     from collections import namedtuple
-    from datetime import UTC, datetime
 
     from components.common import parse_json_object
+    from semlayout.loop import check, load_loop_config
 
-    Out = namedtuple("Outputs", ["proceed", "reasons"])
+    Outputs = namedtuple("Outputs", ["proceed", "reasons"])
+    settings = {"policy": parse_json_object(policy, "trigger policy"), "intake_uri": intake_uri,
+                "feedback_dir": feedback_dir, "tracking_uri": mlflow_uri, "model_name": model_name}
+    cfg = load_loop_config(None, {**settings, **({"monitor_db": monitor_db} if monitor_db else {})})
     if force or not monitor_db:
         why = "forced" if force else "no monitor store given: the caller decided"
         print(f"proceeding: {why}")
-        return Out(True, json.dumps([why]))
+        return Outputs(True, json.dumps([why]))
 
     from semlayout.monitoring.store import MonitorStore
-    from semlayout.triggers import Observations, TriggerPolicy, decide
 
-    pol = TriggerPolicy(**parse_json_object(policy, "trigger policy"))
-    store = MonitorStore(monitor_db, create=False)
-    rate, n = store.drift_stats(pol.drift_window)
-    rolling, samples = {}, {}
-    for direction in ("sem2layout", "layout2sem"):
-        value, k = store.rolling_ssim_stats(direction, pol.ssim_window)
-        if value is not None:
-            rolling[direction], samples[direction] = value, k
-    last = store.last_trigger_time()
-    obs = Observations(new_pairs_feedback=store.feedback_count(since=last), drift_rate=rate,
-                       drift_samples=n, rolling_ssim=rolling, ssim_samples=samples, last_run_at=last)
-    decision = decide(pol, obs, datetime.now(UTC))
-    store.record_trigger_decision(decision.fire, decision.to_dict())
+    decision, _ = check(cfg)
+    MonitorStore(cfg.monitor_db, create=False).record_trigger_decision(decision.fire, decision.to_dict())
     print(decision.summary())
-    return Out(decision.fire, json.dumps([r.detail for r in decision.reasons]))
+    return Outputs(decision.fire, json.dumps([r.detail for r in decision.reasons]))

@@ -11,6 +11,7 @@ import helpers_servers as hs
 import pytest
 
 moto_server, s3_env, s3_bucket = hs.moto_server, hs.s3_env, hs.s3_bucket
+mlflow_template_db, sqlite_tracking_uri = hs.mlflow_template_db, hs.sqlite_tracking_uri
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 
 COMPONENTS = {
@@ -189,6 +190,75 @@ def test_drift_check_reads_a_real_monitor_store(local_root: Path, tmp_path: Path
     assert out["proceed"] is False
     assert any("new reviewed pairs" in r for r in json.loads(out["reasons"]))
     assert MonitorStore(db).trigger_decisions(limit=5), "the decision is recorded"
+
+
+def test_drift_check_makes_the_loop_checks_decision(
+    local_root: Path, tmp_path: Path, tiny_pairs: Path, s3_bucket: str, sqlite_tracking_uri: str
+) -> None:
+    """Issue #7: the step counted API feedback only and had no promotion baseline, so S3 intake
+    pairs never fired it and the SSIM-drop reasons never had a verdict. Now it is `loop check`."""
+    from helpers_serving import make_checkpoint
+
+    from components.drift_check import drift_check
+    from semlayout.data.pairs import read_gray8, read_manifest
+    from semlayout.gate import GateConfig, judge
+    from semlayout.intake import upload_batch
+    from semlayout.loop import check, load_loop_config
+    from semlayout.monitoring.feedback import FeedbackStore
+    from semlayout.monitoring.store import MonitorStore
+    from semlayout.registry import approve, log_training_run, register_version
+
+    # the champion, promoted with SSIM 0.9 / 0.4; reviewed predictions now score far below that
+    metrics = {"n": 4, "split": "test", "sem2layout": {"ssim": 0.9}, "layout2sem": {"ssim": 0.4}}
+    run_id = log_training_run(sqlite_tracking_uri, "drift-check", make_checkpoint(tmp_path / "ckpt"), metrics)
+    gate = judge(metrics, None, GateConfig(floors={"sem2layout": 0.0}))
+    approve(sqlite_tracking_uri, "dc", register_version(sqlite_tracking_uri, "dc", run_id, gate), by="rm", reason="first")
+    db = tmp_path / "monitor.db"
+    store = MonitorStore(db)
+    for i in range(6):
+        store.add_ground_truth(f"p{i}", "sem2layout", "1", {"l1": 0.3, "ssim": 0.5, "psnr": 10.0, "iou": 0.4})
+    recs = read_manifest(tiny_pairs)
+    fb = FeedbackStore(tmp_path / "feedback", store=store)
+    for rec in recs[:2]:
+        fb.add(read_gray8(rec.sem_path), read_gray8(rec.layout_path), pattern_type=rec.pattern_type)
+    intake = f"s3://{s3_bucket}/intake"
+    n_s3 = upload_batch(tiny_pairs, intake, skip_invalid=True).n_pairs
+
+    policy = {"min_new_pairs": n_s3 + 2, "cooldown_minutes": 60}
+    cfg = load_loop_config(None, {"policy": policy, "monitor_db": str(db), "intake_uri": intake,
+                                  "feedback_dir": str(tmp_path / "feedback"),
+                                  "tracking_uri": sqlite_tracking_uri, "model_name": "dc"})
+    decision, obs = check(cfg)  # before the step: a firing step starts the cooldown
+    out = drift_check(monitor_db=str(db), policy=json.dumps(policy), force=False, intake_uri=intake,
+                      feedback_dir=str(tmp_path / "feedback"), mlflow_uri=sqlite_tracking_uri,
+                      model_name="dc").outputs
+    reasons = json.loads(out["reasons"])
+    assert out["proceed"] is True and decision.fire
+    assert reasons == [r.detail for r in decision.reasons], "the same decision as `semlayout loop check`"
+    assert obs.new_pairs_intake == n_s3 and f"2 via API feedback, {n_s3} via S3 intake" in reasons[0]
+    assert any("rolling SSIM 0.500 over 6 reviewed predictions vs baseline 0.900" in r for r in reasons)
+    assert MonitorStore(db).trigger_decisions(limit=1)[0]["fired"] is True
+
+
+@pytest.mark.parametrize("policy, key", [('{"min_pairs": 3}', "unknown key 'policy.min_pairs'"),
+                                         ('{"min_new_pairs": "many"}', "policy.min_new_pairs")])
+def test_drift_check_names_a_bad_policy_key(local_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture,
+                                            policy: str, key: str) -> None:
+    from components.drift_check import drift_check
+    from semlayout.errors import SemlayoutError
+    from semlayout.monitoring.store import MonitorStore
+
+    db = tmp_path / "monitor.db"
+    MonitorStore(db).close()
+    with pytest.raises(SemlayoutError, match=key) as err:
+        drift_check.python_func(monitor_db=str(db), policy=policy, force=False)
+    assert "\n" not in str(err.value)
+    capfd.readouterr()
+    with pytest.raises(RuntimeError, match="FAILURE"):  # the step under kfp.local: its log says why
+        drift_check(monitor_db=str(db), policy=policy, force=False)
+    log = "".join(capfd.readouterr())
+    assert f"SemlayoutError: {err.value}" in log and "ValidationError" not in log
+    assert not MonitorStore(db).trigger_decisions(limit=5), "nothing recorded"
 
 
 def test_config_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,12 @@ intake batches) into one pair folder, hands it to a *launcher* — the fine-tune
 under kfp.local or on a KFP host, supplied by the caller so this library never imports
 kfp — and records the decision and the run in the monitoring store and in MLflow.
 
+A run consumes what it collected: "new reviewed pairs" are the pairs no completed run has
+used yet (`pending_pairs`), counted by `check` and collected by `run` from the same list.
+When a run completes (gate passed or failed, or submitted to a KFP host) its pairs go into
+the `loop_consumed` table of the monitoring store in one transaction, QC-rejected ones
+included (their number is in the outcome); a run that fails or crashes consumes nothing.
+
 Failures never move an alias: registration of a `challenger` is the pipeline's gated
 last step, and `champion` moves only by a release manager's `registry approve`. A run
 that fails is recorded as not fired, so the cooldown does not start and the next check
@@ -15,10 +21,13 @@ starts clean with the same pairs still counted.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
-import shutil
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +36,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from semlayout.atomic import atomic_write_text
 from semlayout.errors import SemlayoutError
 from semlayout.triggers import DIRECTIONS, Observations, TriggerDecision, TriggerPolicy, decide
 
@@ -36,7 +46,7 @@ class LoopConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: TriggerPolicy = Field(default_factory=TriggerPolicy)
+    policy: TriggerPolicy = Field(default_factory=lambda: TriggerPolicy())
     monitor_db: str = Field("outputs/serving/monitor.db", description="the server's SQLite store")
     feedback_dir: str = Field("", description="pair folder the API writes reviewed pairs into")
     intake_uri: str = Field("", description="s3://bucket/prefix of reviewed intake batches")
@@ -55,6 +65,9 @@ class LoopConfig(BaseModel):
 
 
 def load_loop_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> LoopConfig:
+    """The loop config from YAML (or nothing) plus dotted-key overrides (`policy.min_new_pairs`).
+
+    Every mistake is one `SemlayoutError` line naming the key (`config_error`)."""
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -69,17 +82,26 @@ def load_loop_config(path: str | Path | None, overrides: dict[str, Any] | None =
     for dotted, value in (overrides or {}).items():
         node = data
         keys = dotted.split(".")
-        for k in keys[:-1]:
+        for i, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise SemlayoutError(f"invalid loop config: '{'.'.join(keys[:i + 1])}' is not a mapping, "
+                                     f"so '{dotted}' cannot be set")
         node[keys[-1]] = value
     try:
         return LoopConfig.model_validate(data)
     except ValidationError as err:
-        parts = []
-        for e in err.errors():
-            loc = ".".join(str(x) for x in e["loc"])
-            parts.append(f"unknown key '{loc}'" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg']}")
-        raise SemlayoutError(f"invalid loop config: {'; '.join(parts)}") from None
+        raise config_error(err, "loop config") from None
+
+
+def config_error(err: ValidationError, what: str) -> SemlayoutError:
+    """One line naming every bad key (dotted, as written in the YAML) and what is wrong with it."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"unknown key '{loc}'" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg']}")
+    message = f"invalid {what}: {'; '.join(parts)}"
+    return SemlayoutError(" ".join(message.split()))  # one line, whatever the messages hold
 
 
 # ---------------------------------------------------------------- observing
@@ -92,7 +114,9 @@ def _store(cfg: LoopConfig):  # -> MonitorStore
 
 
 def intake_pairs_since(intake_uri: str, since: datetime | None) -> int:
-    """Pairs in complete intake batches created after `since` (all batches when None)."""
+    """Pairs in complete intake batches created after `since` (all batches when None).
+
+    A listing by upload time; the loop itself counts unconsumed pairs (`pending_pairs`)."""
     if not intake_uri:
         return 0
     from semlayout.intake import list_batches
@@ -118,6 +142,116 @@ def _parse_time(value: Any) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+@dataclass(frozen=True)
+class ReviewedPair:
+    """One reviewed pair where it lives, before it is collected into a run's pair folder."""
+
+    source: str  # "feedback" (the API's pair folder) or "intake" (an S3 intake batch)
+    key: str  # the ledger key: the feedback pair's id, or the intake pair's content hash (pair_sha256)
+    id: str  # its id in the source
+    pattern_type: str
+    sem: str  # feedback: a local file; intake: an object key under the intake URI
+    layout: str
+    sem_sha256: str = ""  # intake: checked on download
+    layout_sha256: str = ""
+
+
+class ConsumedLedger:
+    """The reviewed pairs completed runs have used: table `loop_consumed` in the monitoring store.
+
+    It lives beside the trigger decisions (the monitor volume survives the CronJob's pods; the
+    loop's workdir does not). The table appears with the first completed run."""
+
+    TABLE = """CREATE TABLE IF NOT EXISTS loop_consumed (
+        source TEXT NOT NULL,
+        key TEXT NOT NULL,
+        pair_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        qc_failed INTEGER,
+        ts REAL NOT NULL,
+        PRIMARY KEY (source, key))"""
+
+    def __init__(self, db: str | Path):
+        self.db = Path(db)
+
+    def _connect(self) -> sqlite3.Connection:
+        from semlayout.monitoring.store import BUSY_TIMEOUT_MS
+
+        conn = sqlite3.connect(self.db, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return conn
+
+    def keys(self) -> set[tuple[str, str]]:
+        if not self.db.is_file():  # connecting would create an empty database
+            return set()
+        conn = self._connect()
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'loop_consumed'"
+                            ).fetchone() is None:
+                return set()
+            return {(r[0], r[1]) for r in conn.execute("SELECT source, key FROM loop_consumed")}
+        finally:
+            conn.close()
+
+    def consume(self, pairs: dict[str, ReviewedPair], run_id: str, qc_failed: set[str] | None) -> None:
+        """Record the collected pairs (folder id -> pair) of one completed run, all or none."""
+        now = time.time()
+        rows = [(p.source, p.key, pid, run_id, None if qc_failed is None else int(pid in qc_failed), now)
+                for pid, p in pairs.items()]
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(self.TABLE)
+                conn.executemany("INSERT OR IGNORE INTO loop_consumed (source, key, pair_id, run_id, qc_failed,"
+                                 " ts) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+
+def reviewed_pairs(cfg: LoopConfig) -> Iterator[ReviewedPair]:
+    """Every reviewed pair the loop can collect: the API feedback folder, then the complete intake
+    batches oldest first (a pair uploaded in several batches once). Reads manifests only."""
+    if cfg.feedback_dir and (Path(cfg.feedback_dir) / "manifest.csv").is_file():
+        from semlayout.data.pairs import read_manifest
+
+        try:
+            records = read_manifest(cfg.feedback_dir)
+        except SemlayoutError as err:
+            if "no pairs listed" not in str(err):
+                raise
+            records = []
+        for rec in records:
+            yield ReviewedPair("feedback", rec.id, rec.id, rec.pattern_type, str(rec.sem_path),
+                               str(rec.layout_path))
+    if cfg.intake_uri:
+        from semlayout.intake import BATCHES, list_batches
+        from semlayout.storage import open_store
+
+        store = open_store(cfg.intake_uri)
+        seen: set[str] = set()
+        for batch in list_batches(cfg.intake_uri):
+            text = store.get_bytes(f"{BATCHES}/{batch['batch_id']}/manifest.csv").decode("utf-8")
+            for row in csv.DictReader(io.StringIO(text)):
+                key = row.get("pair_sha256") or ""
+                if not key or key in seen:
+                    continue
+                seen.add(key)
+                yield ReviewedPair("intake", key, row["id"], row.get("pattern_type") or "unknown",
+                                   row["sem_path"], row["layout_path"], row.get("sem_sha256") or "",
+                                   row.get("layout_sha256") or "")
+
+
+def pending_pairs(cfg: LoopConfig) -> list[ReviewedPair]:
+    """The reviewed pairs no completed run has consumed: what `check` counts and `run` collects."""
+    consumed = ConsumedLedger(cfg.monitor_db).keys()
+    return [p for p in reviewed_pairs(cfg) if (p.source, p.key) not in consumed]
+
+
 def baseline_ssim(tracking_uri: str | None, model_name: str) -> dict[str, float]:
     """The champion's promotion SSIM per direction (what the gate judged it on)."""
     from semlayout.registry import champion_metrics
@@ -134,8 +268,10 @@ def baseline_ssim(tracking_uri: str | None, model_name: str) -> dict[str, float]
     return out
 
 
-def observe(cfg: LoopConfig, store: Any = None) -> Observations:
+def observe(cfg: LoopConfig, store: Any = None, pending: list[ReviewedPair] | None = None) -> Observations:
     store = store or _store(cfg)
+    if pending is None:
+        pending = pending_pairs(cfg)
     last = store.last_trigger_time()
     rate, n = store.drift_stats(cfg.policy.drift_window)
     rolling: dict[str, float] = {}
@@ -145,8 +281,8 @@ def observe(cfg: LoopConfig, store: Any = None) -> Observations:
         if value is not None:
             rolling[d], samples[d] = value, k
     return Observations(
-        new_pairs_feedback=store.feedback_count(since=last),
-        new_pairs_intake=intake_pairs_since(cfg.intake_uri, last),
+        new_pairs_feedback=sum(p.source == "feedback" for p in pending),
+        new_pairs_intake=sum(p.source == "intake" for p in pending),
         drift_rate=rate,
         drift_samples=n,
         rolling_ssim=rolling,
@@ -184,41 +320,54 @@ class LaunchResult:
 Launcher = Callable[[LaunchRequest], LaunchResult]
 
 
-def collect_reviewed(cfg: LoopConfig, dest: Path) -> int:
-    """Merge the API feedback folder and complete intake batches into one pair folder."""
-    from semlayout.data.pairs import PairArrays, read_gray8, read_manifest, write_pair_folder
+def collect_reviewed(cfg: LoopConfig, dest: Path,
+                     pairs: list[ReviewedPair] | None = None) -> dict[str, ReviewedPair]:
+    """Write `pairs` (default: the pending ones) into one pair folder at `dest`, atomically.
 
-    sources: list[tuple[str, Path]] = []
-    if cfg.feedback_dir and (Path(cfg.feedback_dir) / "manifest.csv").is_file():
-        sources.append(("feedback", Path(cfg.feedback_dir)))
-    tmp_intake = dest.parent / f".{dest.name}-intake"
-    if cfg.intake_uri:
-        from semlayout.intake import download_batches
+    Returns {id in the folder: pair}; nothing is written when there are no pairs. Intake images
+    are fetched one object at a time and checked against their content hash."""
+    from semlayout.data.pairs import PairArrays, decode_gray8, read_gray8, write_pair_folder
 
-        shutil.rmtree(tmp_intake, ignore_errors=True)
-        got = download_batches(cfg.intake_uri, tmp_intake)
-        if (Path(got) / "manifest.csv").is_file():
-            sources.append(("intake", Path(got)))
+    if pairs is None:
+        pairs = pending_pairs(cfg)
+    collected: dict[str, ReviewedPair] = {}
+    for p in pairs:
+        pid = p.id if p.id not in collected else f"{p.id[:100]}-{p.source}-{p.key[:12]}"
+        collected[pid] = p
+    if not collected:
+        return collected
+    intake = None
+    if any(p.source == "intake" for p in pairs):
+        from semlayout.storage import open_store
 
-    def pairs():
-        seen: set[str] = set()
-        for tag, folder in sources:
-            for rec in read_manifest(folder):
-                pid = rec.id if rec.id not in seen else f"{tag}-{rec.id}"
-                seen.add(pid)
-                yield PairArrays(id=pid, sem=read_gray8(rec.sem_path), layout=read_gray8(rec.layout_path),
-                                 pattern_type=rec.pattern_type, extra={"source": tag})
+        intake = open_store(cfg.intake_uri)
 
-    try:
-        ids = write_pair_folder(dest, pairs()) if sources else []
-    except SemlayoutError as err:
-        if "no pairs listed" in str(err):
-            ids = []
-        else:
-            raise
-    finally:
-        shutil.rmtree(tmp_intake, ignore_errors=True)
-    return len(ids)
+    def image(p: ReviewedPair, role: str) -> Any:
+        ref, sha = (p.sem, p.sem_sha256) if role == "sem" else (p.layout, p.layout_sha256)
+        if intake is None or p.source != "intake":
+            return read_gray8(ref)
+        data = intake.get_bytes(ref)
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise SemlayoutError(f"intake object {ref} (pair '{p.id}') does not match its hash")
+        return decode_gray8(data, ref)
+
+    write_pair_folder(dest, (PairArrays(id=pid, sem=image(p, "sem"), layout=image(p, "layout"),
+                                        pattern_type=p.pattern_type,
+                                        extra={"source": p.source, "source_id": p.id})
+                             for pid, p in collected.items()))
+    return collected
+
+
+def qc_failed_ids(run_dir: Path, ids: set[str]) -> set[str] | None:
+    """The collected pairs the run's alignment QC rejected, read from its align step's
+    `alignment.csv` for exactly these ids (kfp.local keeps the artifacts in the run folder);
+    None when the run's artifacts are elsewhere (a run submitted to a KFP host)."""
+    for table in sorted(run_dir.rglob("alignment.csv")):
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if {r.get("id") for r in rows} == ids:
+            return {r["id"] for r in rows if (r.get("qc_pass") or "").strip().lower() not in ("true", "1")}
+    return None
 
 
 def _log_to_mlflow(cfg: LoopConfig, decision: TriggerDecision, outcome: dict[str, Any]) -> str | None:
@@ -258,7 +407,8 @@ def run(cfg: LoopConfig, launcher: Launcher, now: datetime | None = None,
         force: bool = False) -> dict[str, Any]:
     """Check, and when the policy fires (or `force`), launch the fine-tune pipeline once."""
     store = _store(cfg)
-    obs = observe(cfg, store)
+    pending = pending_pairs(cfg)
+    obs = observe(cfg, store, pending)
     decision = decide(cfg.policy, obs, now or datetime.now(UTC))
     outcome: dict[str, Any] = {"decision": decision.to_dict(), "status": "not_triggered"}
     if not (decision.fire or (force and not decision.held_by_cooldown)):
@@ -270,7 +420,8 @@ def run(cfg: LoopConfig, launcher: Launcher, now: datetime | None = None,
     run_dir = Path(cfg.workdir) / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{int(time.time() * 1000) % 1000:03d}"
     run_dir.mkdir(parents=True, exist_ok=True)
     reviewed = run_dir / "reviewed"
-    n = collect_reviewed(cfg, reviewed)
+    collected = collect_reviewed(cfg, reviewed, pending)
+    n = len(collected)
     outcome["n_reviewed"] = n
     if n == 0:
         outcome["status"] = "no_reviewed_pairs"
@@ -287,12 +438,18 @@ def run(cfg: LoopConfig, launcher: Launcher, now: datetime | None = None,
         store.record_trigger_decision(False, outcome)
         outcome["mlflow_run_id"] = _log_to_mlflow(cfg, decision, outcome)
         return outcome
+    qc_failed = qc_failed_ids(run_dir, set(collected))
     outcome.update(
         status="launched" if result.gate_passed is None else ("registered" if result.gate_passed else "gate_failed"),
         run_id=result.run_id, gate_passed=result.gate_passed, model_version=result.model_version,
-        gate_reasons=result.gate_reasons, seconds=round(time.perf_counter() - t0, 1), **result.details,
+        gate_reasons=result.gate_reasons, seconds=round(time.perf_counter() - t0, 1),
+        n_consumed=n, n_qc_failed=None if qc_failed is None else len(qc_failed),
+        qc_failed_ids=sorted(qc_failed or []), **result.details,
     )
+    # the pairs first: should the process die between the two writes, a completed run's pairs are
+    # not trained on twice (the cooldown just does not start)
+    ConsumedLedger(cfg.monitor_db).consume(collected, result.run_id, qc_failed)
     store.record_trigger_decision(True, outcome, run_id=result.run_id)
     outcome["mlflow_run_id"] = _log_to_mlflow(cfg, decision, outcome)
-    (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str))
+    atomic_write_text(run_dir / "outcome.json", json.dumps(outcome, indent=2, default=str))
     return outcome

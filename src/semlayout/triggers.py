@@ -1,7 +1,7 @@
 """When to fine-tune: the trigger policy of the continuous-learning loop.
 
 Three independent reasons can fire a fine-tune run, each with its numbers:
-- enough new reviewed pairs (API feedback store + S3 intake batches since the last run),
+- enough new reviewed pairs (API feedback + S3 intake batches that no completed run has used yet),
 - a drift rate over the recent traffic window above a threshold,
 - a rolling reviewed SSIM (ground truth that arrived later) below the promotion baseline
   by more than a margin.
@@ -24,14 +24,14 @@ DIRECTIONS = ("sem2layout", "layout2sem")
 class TriggerPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min_new_pairs: int = Field(50, ge=1, description="reviewed pairs since the last run")
-    drift_rate_threshold: float = Field(0.3, gt=0, le=1, description="share of drifted requests")
-    drift_window: int = Field(200, ge=1, description="most recent requests considered")
-    min_drift_samples: int = Field(20, ge=1, description="fewer requests than this: no drift verdict")
-    ssim_drop_margin: float = Field(0.05, ge=0, description="rolling SSIM below baseline - margin fires")
-    ssim_window: int = Field(50, ge=1, description="most recent ground-truth evaluations considered")
-    min_ssim_samples: int = Field(5, ge=1)
-    cooldown_minutes: float = Field(24 * 60, ge=0, description="no new run this soon after the last")
+    min_new_pairs: int = Field(default=50, ge=1, description="reviewed pairs no run has used yet")
+    drift_rate_threshold: float = Field(default=0.3, gt=0, le=1, description="share of drifted requests")
+    drift_window: int = Field(default=200, ge=1, description="most recent requests considered")
+    min_drift_samples: int = Field(default=20, ge=1, description="fewer requests than this: no drift verdict")
+    ssim_drop_margin: float = Field(default=0.05, ge=0, description="rolling SSIM below baseline - margin fires")
+    ssim_window: int = Field(default=50, ge=1, description="most recent ground-truth evaluations considered")
+    min_ssim_samples: int = Field(default=5, ge=1)
+    cooldown_minutes: float = Field(default=24 * 60, ge=0, description="no new run this soon after the last")
 
 
 @dataclass

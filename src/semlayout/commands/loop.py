@@ -112,7 +112,8 @@ def run_cmd(
             reasons=[Reason(**r) for r in d["reasons"]], checked_at=_iso(d["checked_at"]),
             cooldown_until=_iso(d["cooldown_until"]) if d["cooldown_until"] else None).summary())
         print(f"status: {outcome['status']}")
-        for key in ("message", "n_reviewed", "run_id", "gate_passed", "model_version", "gate_reasons"):
+        for key in ("message", "n_reviewed", "n_qc_failed", "run_id", "gate_passed", "model_version",
+                    "gate_reasons"):
             if outcome.get(key) not in (None, "", []):
                 print(f"{key}: {outcome[key]}")
     if outcome["status"] == "failed":

@@ -19,7 +19,9 @@ the fp32 network (`bf16_autocast`) or as a bf16 copy of the weights (`bf16`, `cl
 from fp32 eager (outputs are in [-1, 1]); full mode adds `torch.compile` and ONNX Runtime
 (dynamo exporter, opset 18). Training: `train.channels_last`, `train.precision: bf16` (G and
 D forwards under bf16 autocast, losses and optimiser state fp32) and both; full mode adds
-`torch.compile` (mode default) of G_A, G_B, D_A, D_B inside the step, fp32 and bf16, with
+`torch.compile` (mode default, static shapes: with automatic dynamic shapes inductor 2.13
+failed on the full D once the small D's shapes had been seen, ValueRangeError) of G_A, G_B,
+D_A, D_B inside the step, fp32 and bf16, with
 its warm-up time and the number of graphs dynamo compiled (the D runs with gradients, under
 no_grad and with its weights frozen: each is a graph). `loss diff`: the largest relative
 difference of the first step's loss terms from eager's (same weights, batch and RNG seed;
@@ -27,7 +29,8 @@ channels_last and compile draw the dropout masks differently, so they differ by 
 reason alone). Goals: inference >= 1.5x, training step >= 1.2x. `--threads 1` (see
 `python -m bench --help`) when another job shares the cores: two intra-op threads then wait
 on each other and eager times swing by 10x or more.
-Quick mode (~2 min on an idle machine): small network only, no compile, no ONNX.
+A variant that fails is reported as failed and the others still run.
+Quick mode (~30 s on an idle machine): small network only, no compile, no ONNX.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_INFERENCE, GOAL_TRAIN = 1.5, 1.2
@@ -157,9 +161,9 @@ def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
 
     v["onednn_graph+bf16"] = onednn_graph_bf16
     if not quick:
-        compiled = torch.compile(copy())
+        compiled = torch.compile(copy(), dynamic=False)
         v["compile"] = lambda: compiled(x)
-        compiled_bf = torch.compile(copy(cl, bf))
+        compiled_bf = torch.compile(copy(cl, bf), dynamic=False)
         v["compile+cl+bf16"] = lambda: compiled_bf(x_cl_bf)
         v["onnxruntime"] = _ort_runner(net, cfg.generator.image_size, x)
     return v
@@ -168,6 +172,7 @@ def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
 def _inference(cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     from semlayout.models.unet import UNetGenerator
 
+    torch._dynamo.reset()  # each network's compiled graphs start from scratch (static shapes)
     size = cfg.generator.image_size
     torch.manual_seed(0)
     net = UNetGenerator(cfg.generator).eval()
@@ -175,16 +180,21 @@ def _inference(cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     for batch in (1, 8):
         x = torch.randn(batch, 1, size, size)
         gflop = _flops(net, x) / 1e9
+        row: dict[str, Any] = {"gflop": round(gflop, 3)}
         with torch.no_grad():
             variants = _inference_variants(net, cfg, x, quick)
             ref = net(x)
             diffs = {}
-            for vname, fn in variants.items():  # warm-up: oneDNN Graph and compile fuse on early calls
-                for _ in range(3 if vname.startswith(("compile", "onednn")) else 1):
-                    out = fn()
+            for vname, fn in list(variants.items()):  # warm-up: oneDNN Graph and compile fuse early
+                try:
+                    for _ in range(3 if vname.startswith(("compile", "onednn")) else 1):
+                        out = fn()
+                except Exception as err:  # a backend that fails is reported, the others still run
+                    row[vname] = {"error": _first_line(err)}
+                    del variants[vname]
+                    continue
                 diffs[vname] = float((torch.as_tensor(out).float() - ref).abs().max())
             times = _round_robin_ms(variants, reps)
-        row: dict[str, Any] = {"gflop": round(gflop, 3)}
         base = statistics.median(times["eager"])
         for vname, ts in times.items():
             ms = statistics.median(ts)
@@ -192,6 +202,11 @@ def _inference(cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
                           "speedup": round(base / ms, 2), "max_abs_diff": float(f"{diffs[vname]:.2g}")}
         res[f"b{batch}"] = row
     return res
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:160]
 
 
 def _ort_runner(net: torch.nn.Module, size: int, x: torch.Tensor) -> Callable[[], Any]:
@@ -239,6 +254,7 @@ def _training(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     batch = cfg.train.batch_size
     size = cfg.train.crop_size or cfg.generator.image_size
     res: dict[str, Any] = {"batch": batch, "size": size}
+    torch._dynamo.reset()
     steps: dict[str, Callable[[], Any]] = {}
     info: dict[str, dict[str, Any]] = {}
     first_losses: dict[str, dict[str, float]] = {}
@@ -248,24 +264,29 @@ def _training(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
         trainer = Trainer(c)
         if compiled:  # the step calls these attributes; trainer.nets keeps the plain modules
             for attr in ("G_A", "G_B", "D_A", "D_B"):
-                setattr(trainer, attr, torch.compile(getattr(trainer, attr)))
+                setattr(trainer, attr, torch.compile(getattr(trainer, attr), dynamic=False))
         fmt = torch.channels_last if c.train.channels_last else torch.contiguous_format
         gen = torch.Generator().manual_seed(1)
         sem = torch.rand(batch, 1, size, size, generator=gen).mul(2).sub(1).contiguous(memory_format=fmt)
         lay = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float().mul(2).sub(1)
         lay = lay.contiguous(memory_format=fmt)
-        steps[vname] = _step_fn(trainer, sem, lay)
+        step = _step_fn(trainer, sem, lay)
         graphs, t0 = _graphs_compiled(), time.perf_counter()
         torch.manual_seed(2)
-        first_losses[vname] = steps[vname]()
-        for _ in range(2 if compiled else 0):  # compile: the later calls must not recompile
-            steps[vname]()
+        try:
+            first_losses[vname] = step()
+            for _ in range(2 if compiled else 0):  # compile: the later calls must not recompile
+                step()
+        except Exception as err:  # a variant that fails is reported, the others still run
+            res[vname] = {"error": _first_line(err)}
+            continue
+        steps[vname] = step
         info[vname] = {}
         if compiled:
             info[vname] = {"warmup_s": round(time.perf_counter() - t0, 1),
                            "graphs": _graphs_compiled() - graphs}
             before = _graphs_compiled()
-            steps[vname]()
+            step()
             info[vname]["recompiled_after_warmup"] = _graphs_compiled() - before
     times = _round_robin_ms(steps, reps)
     base = statistics.median(times["eager"])
@@ -279,43 +300,47 @@ def _training(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     return res
 
 
-def _print(results: dict[str, Any]) -> None:
-    peak = results["matmul_2048_gflops"]
-    print(f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), "
-          f"bf16: {results['matmul_2048_bf16_gflops']:.1f} GFLOP/s")
+def _print_inference(name: str, inf: dict[str, Any], peak: float) -> None:
     print(f"{'network':<8} {'batch':>5} {'variant':<18} {'ms':>9} {'GFLOP/s':>8} {'of fp32':>7} "
           f"{'x eager':>7} {'max|diff|':>9}")
-    for name, r in results["networks"].items():
-        for b in ("b1", "b8"):
-            for vname, v in r["inference"][b].items():
-                if vname == "gflop":
-                    continue
-                print(f"{name:<8} {b[1:]:>5} {vname:<18} {v['ms']:>9.2f} {v['gflops']:>8.1f} "
-                      f"{v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f} {v['max_abs_diff']:>9.2g}")
+    for b in ("b1", "b8"):
+        for vname, v in inf[b].items():
+            if vname == "gflop":
+                continue
+            if "error" in v:
+                print(f"{name:<8} {b[1:]:>5} {vname:<18} failed: {v['error']}")
+                continue
+            print(f"{name:<8} {b[1:]:>5} {vname:<18} {v['ms']:>9.2f} {v['gflops']:>8.1f} "
+                  f"{v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f} {v['max_abs_diff']:>9.2g}", flush=True)
+
+
+def _print_training(name: str, t: dict[str, Any]) -> None:
     print(f"{'network':<8} {'train step':<18} {'size':>5} {'ms':>9} {'img/s':>8} {'x eager':>7} "
           f"{'loss diff':>9}  compile")
-    for name, r in results["networks"].items():
-        t = r["train"]
-        for vname, v in t.items():
-            if not isinstance(v, dict):
-                continue
-            extra = (f"  warm-up {v['warmup_s']} s, {v['graphs']} graphs, "
-                     f"{v['recompiled_after_warmup']} recompiled later") if "graphs" in v else ""
-            print(f"{name:<8} {vname:<18} {t['size']:>5} {v['step_ms']:>9.1f} {v['images_per_s']:>8.2f} "
-                  f"{v['speedup']:>7.2f} {v['first_step_loss_rel_diff']:>9.2g}{extra}")
+    for vname, v in t.items():
+        if not isinstance(v, dict):
+            continue
+        if "error" in v:
+            print(f"{name:<8} {vname:<18} failed: {v['error']}")
+            continue
+        extra = (f"  warm-up {v['warmup_s']} s, {v['graphs']} graphs, "
+                 f"{v['recompiled_after_warmup']} recompiled later") if "graphs" in v else ""
+        print(f"{name:<8} {vname:<18} {t['size']:>5} {v['step_ms']:>9.1f} {v['images_per_s']:>8.2f} "
+              f"{v['speedup']:>7.2f} {v['first_step_loss_rel_diff']:>9.2g}{extra}", flush=True)
+
+
+def _print_goals(results: dict[str, Any]) -> None:
     for name, r in results["networks"].items():
         for key, goal in (("b1", GOAL_INFERENCE), ("b8", GOAL_INFERENCE), ("train", GOAL_TRAIN)):
             table = r["inference"][key] if key != "train" else r["train"]
-            best = max((v for v in table if isinstance(table[v], dict) and v != "eager"),
-                       key=lambda v: table[v]["speedup"])
+            timed = [v for v in table if isinstance(table[v], dict) and "speedup" in table[v] and v != "eager"]
+            best = max(timed, key=lambda v: table[v]["speedup"])
             sp = table[best]["speedup"]
             what = f"inference {key}" if key != "train" else "training step"
             print(f"goal {name} {what} >= {goal}x eager: best {best} {sp}x -> {'met' if sp >= goal else 'NOT met'}")
 
 
 def main(quick: bool = False) -> dict[str, Any]:
-    import torch._dynamo
-
     # the compiled variants share the networks' forward code; with dynamo's default limit (8
     # graphs per code object) the later ones would silently fall back to eager
     torch._dynamo.config.recompile_limit = 64
@@ -324,14 +349,16 @@ def main(quick: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_2048_gflops": round(peak, 1),
                                "matmul_2048_bf16_gflops": round(matmul_gflops(reps, torch.bfloat16), 1),
                                "networks": {}}
+    print(f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), "
+          f"bf16: {results['matmul_2048_bf16_gflops']:.1f} GFLOP/s", flush=True)
     for name, cfg in _configs(quick).items():
-        print(f"{name}: inference ...", flush=True)
         inf = _inference(cfg, quick, reps)
-        print(f"{name}: training step ...", flush=True)
+        _print_inference(name, inf, peak)
         train = _training(name, cfg, quick, 5 if quick else 3)
+        _print_training(name, train)
         results["networks"][name] = {"image_size": cfg.generator.image_size, "inference": inf, "train": train}
 
-    _print(results)
+    _print_goals(results)
     nets = results["networks"]
     if "pix2pix" in nets:
         ref = nets["pix2pix"]["inference"]["b1"]["eager"]["ms"]

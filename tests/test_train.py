@@ -53,9 +53,10 @@ def test_d_gets_no_gradient_in_the_g_step(precision):
     assert losses["loss_G"] == pytest.approx(sum(losses[k] for k in terms), rel=1e-5)
 
 
-def test_one_batch_overfit():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_batch_overfit(precision):
     torch.manual_seed(0)
-    cfg = tiny_config(buffer_size=0)
+    cfg = tiny_config(buffer_size=0, precision=precision)
     cfg = apply_overrides(cfg, {"generator.dropout": 0.0, "generator.base_filters": 8,
                                 "generator.max_filters": 16, "train.lr": 1e-3})
     trainer = Trainer(cfg)

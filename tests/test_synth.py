@@ -174,7 +174,7 @@ def test_low_dose_is_very_noisy_high_dose_is_not() -> None:
 
 def test_default_dose_range_spans_both_regimes() -> None:
     r = PhysicsRanges()
-    assert r.dose[0] <= 5 and r.dose[1] >= 3000
+    assert r.dose[0] <= 2 and r.dose[1] >= 3000
 
 
 def test_generate_pair_is_deterministic_per_seed() -> None:
@@ -316,6 +316,44 @@ def test_corner_rounding_removes_corner_pixels() -> None:
     round_, _ = print_pattern(field, _params(corner_sigma=2.5), np.random.default_rng(0))
     assert round_[100, 100] < sharp[100, 100] - 0.3   # the corner pixel is eaten
     assert round_[150, 100] == pytest.approx(sharp[150, 100], abs=0.1)  # straight edge stays
+
+
+def test_critical_dimension_is_a_line_width_or_half_a_square() -> None:
+    from semlayout.data.sem_physics import critical_dimension, print_scale
+
+    lines = np.zeros((304, 304), np.uint8)
+    lines[:, 10:290:20] = 1
+    for k in range(1, 6):  # 6 px wide lines at pitch 20
+        lines[:, 10 + k:290:20] = 1
+    assert critical_dimension(lines) == pytest.approx(6.0, abs=0.1)
+    vias = np.zeros((304, 304), np.uint8)
+    for y in range(8, 296, 24):
+        for x in range(8, 296, 24):
+            vias[y:y + 8, x:x + 8] = 1
+    assert critical_dimension(vias) == pytest.approx(4.0, abs=0.01)  # narrower than the gaps
+    assert critical_dimension(np.zeros((50, 50), np.uint8)) == 0.0
+    assert print_scale(vias) == pytest.approx(0.5)
+    assert print_scale(_wide_line()) == 1.0
+
+
+def test_fine_designs_still_print_as_drawn() -> None:
+    """The heaviest print blur and LER of the ranges leave a 4 px via array recognisable (scaled
+    with the design's CD); unscaled they would turn it into blobs that are not the drawing."""
+    from semlayout.data.sem_physics import print_pattern
+
+    field = np.zeros((304, 304), np.uint8)
+    for y in range(6, 296, 10):
+        for x in range(6, 296, 10):
+            field[y:y + 4, x:x + 4] = 1
+    heavy = _params(corner_sigma=2.5, ler_sigma=1.2)
+    cov, _ = print_pattern(field, heavy, np.random.default_rng(0))
+    drawn, printed = field.astype(bool), cov > 0.5
+    assert (drawn & printed).sum() / (drawn | printed).sum() > 0.6
+    # the same blur applied at full strength (no scaling) all but erases them
+    import cv2
+
+    blurred = cv2.GaussianBlur(field.astype(np.float32), (0, 0), 2.5) > 0.5
+    assert (drawn & blurred).sum() / (drawn | blurred).sum() < 0.2
 
 
 def test_astigmatic_beam_blurs_x_and_y_differently() -> None:

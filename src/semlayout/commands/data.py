@@ -33,7 +33,7 @@ def synth(
     mix: Annotated[str | None, typer.Option(
         "--mix", help="family weights, e.g. line_space=0.5,via_array=0.2 (default: imbalanced mix of all)")] = None,
     dose_range: Annotated[str | None, typer.Option(
-        "--dose-range", help="electrons/pixel LOW,HIGH, drawn log-uniformly (default 3,3000)")] = None,
+        "--dose-range", help="electrons/pixel LOW,HIGH, drawn log-uniformly (default 2,3000)")] = None,
     reverse_fraction: Annotated[float | None, typer.Option(
         "--reverse-fraction", help="share of images with reversed polarity (default 0: one layer, one contrast)")] = None,
     preview: Annotated[Path | None, typer.Option(

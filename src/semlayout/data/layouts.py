@@ -29,15 +29,20 @@ def _rect(img: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> None:
         img[r0:r1, c0:c1] = 1
 
 
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    # feature sizes in px span a magnification range: equal weight per octave
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
 def _maybe_transpose(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     # Draw horizontally, then rotate half of them so both orientations appear.
     return np.ascontiguousarray(img.T) if rng.random() < 0.5 else img
 
 
 def line_space(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
-    """Parallel lines, pitch 16-60 px, duty 0.3-0.7; sometimes breaks, jogs, irregular pitch."""
+    """Parallel lines, pitch 10-60 px, duty 0.3-0.7; sometimes breaks, jogs, irregular pitch."""
     img = np.zeros((size, size), np.uint8)
-    pitch = rng.uniform(16, 60)
+    pitch = _log_uniform(rng, 10, 60)
     duty = rng.uniform(0.3, 0.7)
     width = max(3.0, pitch * duty)
     irregular = rng.random() < 0.3
@@ -65,11 +70,11 @@ def line_space(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
 def via_array(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
     """Square (or slightly rectangular) contacts on a grid, some missing."""
     img = np.zeros((size, size), np.uint8)
-    side = rng.uniform(8, 24)
+    side = _log_uniform(rng, 4, 24)
     aspect = 1.0 if rng.random() < 0.7 else rng.uniform(0.6, 1.6)
     wx, wy = side, side * aspect
-    px = max(wx + 6, side * rng.uniform(1.6, 3.0))
-    py = px if rng.random() < 0.6 else max(wy + 6, side * rng.uniform(1.6, 3.0))
+    px = max(wx + 4, side * rng.uniform(1.6, 3.0))
+    py = px if rng.random() < 0.6 else max(wy + 4, side * rng.uniform(1.6, 3.0))
     p_missing = rng.choice([0.0, 0.05, 0.15])
     ox, oy = rng.uniform(0, px), rng.uniform(0, py)
     for y in np.arange(-oy, size, py):
@@ -82,7 +87,7 @@ def via_array(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
 def contact_staggered(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
     """Round (or square) contacts with every other row shifted by half a pitch."""
     img = np.zeros((size, size), np.uint8)
-    r = rng.uniform(4, 12)
+    r = _log_uniform(rng, 2.5, 12)
     pitch = 2 * r * rng.uniform(1.5, 2.8)
     row_pitch = pitch * rng.uniform(0.5, 1.0)
     round_ = rng.random() < 0.75
@@ -104,7 +109,7 @@ def contact_staggered(rng: np.random.Generator, size: int = FIELD) -> np.ndarray
 def line_end(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
     """Lines cut into segments: tip-to-tip gaps of 8-30 px at staggered positions."""
     img = np.zeros((size, size), np.uint8)
-    pitch = rng.uniform(20, 56)
+    pitch = _log_uniform(rng, 12, 56)
     width = pitch * rng.uniform(0.35, 0.6)
     seg_len = rng.uniform(50, 160)
     y = -rng.uniform(0, pitch)
@@ -128,7 +133,7 @@ def _wire(img: np.ndarray, pts: list[tuple[float, float]], width: float) -> None
 def l_shape(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
     """L shapes and bent (multi-corner) routing wires, non-overlapping-ish, several per field."""
     img = np.zeros((size, size), np.uint8)
-    width = rng.uniform(8, 22)
+    width = _log_uniform(rng, 4, 22)
     n = int(rng.integers(6, 14))
     for _ in range(n):
         x, y = rng.uniform(-20, size), rng.uniform(-20, size)
@@ -146,7 +151,7 @@ def l_shape(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
 def t_shape(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
     """T junctions (and occasional crosses): a bar with a perpendicular stem."""
     img = np.zeros((size, size), np.uint8)
-    width = rng.uniform(8, 22)
+    width = _log_uniform(rng, 4, 22)
     n = int(rng.integers(5, 11))
     for _ in range(n):
         cx, cy = rng.uniform(0, size), rng.uniform(0, size)
@@ -163,7 +168,7 @@ def t_shape(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
 def random_routing(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
     """Manhattan polygons: unions of grid-snapped rectangles and track segments."""
     img = np.zeros((size, size), np.uint8)
-    grid = float(rng.choice([4, 6, 8]))
+    grid = float(rng.choice([3, 4, 6, 8]))
     track = grid * float(rng.integers(4, 9))
     width = track * rng.uniform(0.35, 0.55)
 

@@ -43,7 +43,7 @@ Range = tuple[float, float]
 class PhysicsRanges:
     """Per-image parameter ranges; each image draws uniformly (dose: log-uniformly) inside them."""
 
-    dose: Range = (3.0, 3000.0)             # electrons / pixel (log-uniform)
+    dose: Range = (2.0, 3000.0)             # electrons / pixel (log-uniform)
     # share of images with reversed polarity. 0 by default: material contrast is a property of the
     # layer stack and the detector, fixed for a data set (docs/physics.md); set it to mix layers
     reverse_fraction: float = 0.0
@@ -51,9 +51,9 @@ class PhysicsRanges:
     contrast: Range = (0.04, 0.35)          # yield difference between materials (low: edges carry the image)
     texture: Range = (0.0, 0.08)            # relative RMS of the materials' grain (yield x (1 + t n))
     texture_corr: Range = (0.8, 2.5)        # px, grain size
-    corner_sigma: Range = (0.6, 2.5)        # px, print blur that rounds corners
-    bias: Range = (0.0, 0.6)                # px, printed edge moves outward (+) / inward (-)
-    ler_sigma: Range = (0.2, 1.2)           # px, RMS edge displacement
+    corner_sigma: Range = (0.6, 2.5)        # px, print blur that rounds corners (x print_scale for fine designs)
+    bias: Range = (-0.3, 0.3)               # px, printed edge moves outward (+) / inward (-)
+    ler_sigma: Range = (0.2, 1.2)           # px, RMS edge displacement (x print_scale for fine designs)
     ler_corr: Range = (2.0, 8.0)            # px, correlation length of the roughness
     edge_width: Range = (1.0, 4.0)          # px, decay length of the SE rim
     edge_gain: Range = (0.30, 0.70)         # rim brightness at the edge (yield units)
@@ -65,7 +65,7 @@ class PhysicsRanges:
     astigmatism: Range = (0.8, 1.25)        # sigma_x / sigma_y of the beam
     psf_tail: Range = (0.0, 0.25)           # share of signal in the broad backscatter tail
     psf_tail_sigma: Range = (4.0, 12.0)     # px, width of that tail
-    gradient: Range = (0.0, 0.12)           # ramp + bump amplitude (yield units)
+    gradient: Range = (0.0, 0.25)           # ramp + bump amplitude (yield units): charging shades whole fields
     charging: Range = (0.0, 0.10)           # halo amplitude around dense pattern
     gain: Range = (0.7, 1.4)                # detector brightness/contrast settings differ by tool and operator
     offset: Range = (-0.05, 0.10)
@@ -169,6 +169,35 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return n
 
 
+PRINT_CD_REF = 8.0  # px: `corner_sigma` and `ler_sigma` hold as drawn for designs this coarse or coarser
+
+
+def critical_dimension(field: np.ndarray) -> float:
+    """2 x area / perimeter (px) of the narrower of pattern and background in a binary field.
+
+    A line's width, half a square's side: the scale at which printing starts to
+    lose a design. 0 for a blank or full field.
+    """
+    f = field.astype(np.int16)
+    perimeter = int(np.abs(np.diff(f, axis=0)).sum() + np.abs(np.diff(f, axis=1)).sum())
+    if perimeter == 0:
+        return 0.0
+    area = int(f.sum())
+    return 2.0 * min(area, f.size - area) / perimeter
+
+
+def print_scale(field: np.ndarray) -> float:
+    """Factor on the print blur and LER of a design: min(1, CD / PRINT_CD_REF).
+
+    A process that prints a design resolves it: its corner rounding and edge
+    roughness are a fraction of the design's own critical dimension, not fixed
+    pixel counts. Without this, a 4 px via under the full 2.5 px corner blur
+    would print as a faint blob and its drawn square could not be recovered.
+    """
+    cd = critical_dimension(field)
+    return 1.0 if cd <= 0 else min(1.0, cd / PRINT_CD_REF)
+
+
 def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Printed shape of a drawn binary field.
 
@@ -177,14 +206,18 @@ def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> 
     displacement field (RMS `ler_sigma` px, correlation `ler_corr` px) warps
     the blurred image so edges wander (LER) without creating or deleting
     features far from edges; a threshold shift moves every edge by `bias` px.
+    Blur and LER are scaled by `print_scale(field)` for designs finer than
+    PRINT_CD_REF px.
     The blur runs at 1x; one bilinear remap both warps and upsamples it to the
     SUPERSAMPLE grid, where it is thresholded (the blurred level is smooth, so
     this loses nothing visible and costs a quarter of a 2x blur).
     """
     h, w = field.shape
     s = SUPERSAMPLE
-    level = cv2.GaussianBlur(field.astype(np.float32), (0, 0), p.corner_sigma, borderType=cv2.BORDER_REFLECT)
-    amp = p.ler_sigma / math.sqrt(2.0)  # per axis, so the total RMS displacement is ler_sigma
+    scale = print_scale(field)
+    corner_sigma = p.corner_sigma * scale
+    level = cv2.GaussianBlur(field.astype(np.float32), (0, 0), corner_sigma, borderType=cv2.BORDER_REFLECT)
+    amp = p.ler_sigma * scale / math.sqrt(2.0)  # per axis, so the total RMS displacement is ler_sigma
     # centre of supersampled pixel i, in 1x pixel coordinates
     cx = (np.arange(w * s, dtype=np.float32) + 0.5) / s - 0.5
     cy = (np.arange(h * s, dtype=np.float32) + 0.5) / s - 0.5
@@ -193,7 +226,7 @@ def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> 
     level = cv2.remap(level, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     # slope of the blurred level across a straight edge: 1/(sqrt(2 pi) sigma) per px;
     # the threshold stays inside (0.15, 0.85) so bias never prints the empty background
-    slope = 1.0 / (math.sqrt(2 * math.pi) * p.corner_sigma)
+    slope = 1.0 / (math.sqrt(2 * math.pi) * corner_sigma)
     threshold = min(max(0.5 - p.bias * slope, 0.15), 0.85)
     printed = level > threshold
     coverage = cv2.resize(printed.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)

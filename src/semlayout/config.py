@@ -116,10 +116,10 @@ class TrainConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = "semlayout"
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig.model_validate({}))
+    discriminator: DiscriminatorConfig = Field(default_factory=lambda: DiscriminatorConfig.model_validate({}))
+    loss: LossConfig = Field(default_factory=lambda: LossConfig.model_validate({}))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _crop_fits_network(self) -> ExperimentConfig:

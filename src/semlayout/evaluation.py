@@ -205,7 +205,7 @@ def evaluate_model(
         ceil_psnr = M.psnr_batch(clean, sem)
         ceil_l1 = M.l1_batch(clean, sem)
         l2s["ceiling"] = {"ssim": _mean(ceil_ssim), "psnr": _mean(ceil_psnr), "l1": _mean(ceil_l1)}
-        for fam, row in l2s["per_family"].items():  # type: ignore[union-attr]
+        for fam, row in l2s["per_family"].items():
             sel = families == fam
             row["ceiling_ssim"] = _mean(ceil_ssim[sel])
 

@@ -261,7 +261,7 @@ def upload_batch(
             f.cancel()  # stop at the first failure; objects already stored stay (resumable)
     bar.close()
     finished = [f for f in futures if not f.cancelled()]
-    errors = [f.exception() for f in finished if f.exception() is not None]
+    errors = [err for f in finished if (err := f.exception()) is not None]
     if errors:
         raise errors[0]  # no manifest: readers do not see this batch
     uploaded = sum(1 for f in finished if f.result() is True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -238,7 +239,7 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
 
 def aggregate(
     per_image: Mapping[str, Sequence[float]], families: Sequence[str]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Means of per-image metric values, overall and per family.
 
     `per_image` = {metric: [value per image]}, `families[i]` = the family of image i.

@@ -86,7 +86,7 @@ class Trainer:
         self.nets = nets if nets is not None else build_networks(cfg)
         memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         for net in self.nets.values():
-            net.to(self.ctx.device, memory_format=memory_format).train()
+            net.to(self.ctx.device, memory_format=memory_format).train()  # type: ignore[call-overload]
             distributed.broadcast_module(net, self.ctx)
         self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
         self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]

@@ -2,7 +2,7 @@
 
 Setup (not timed): a random-weight generator of the served size (256 px, 32 base filters,
 5 downs -- the "ngf 32" row of ENVIRONMENT.md), a drift reference from synthetic pairs,
-250x250 synthetic SEM requests. For each backend (eager, ONNX Runtime):
+250x250 synthetic SEM requests. For each backend (eager fp32, eager bf16, ONNX Runtime):
 1. bare: `Translator.translate("sem2layout", [img])` at batch 1 in this process (the same
    work the server does minus HTTP, decoding, drift features, SQLite and PNG encoding);
 2. one client, sequential requests to a real `semlayout serve` subprocess: p50 latency, and
@@ -215,7 +215,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         sems, layouts = _requests(40)
         ref = _reference(work / "ref", sems, layouts)
         pngs = [encode_png(s) for s in sems]
-        rows = [_bench_backend(b, ckpt, ref, work, pngs, sems, seq_n, duration, clients) for b in ("eager", "onnx")]
+        rows = [_bench_backend(b, ckpt, ref, work, pngs, sems, seq_n, duration, clients)
+                for b in ("eager", "bf16", "onnx")]
     print(f"serving bench ({'quick' if quick else 'full'}): generator {GEN['image_size']} px, "
           f"{GEN['base_filters']} base filters; 250x250 SEM requests; {clients} concurrent clients")
     print(f"{'backend':8} {'bare p50':>9} {'fwd in srv':>11} {'server p50':>11} {'overhead':>9} {'conc p50':>9} "
@@ -225,14 +226,17 @@ def main(quick: bool = False) -> dict[str, Any]:
               f"{r['server_seq_p50_ms']:10.1f}ms "
               f"{r['overhead_ratio']:+8.1%} {r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms "
               f"{r['throughput_rps']:7.1f} {r['mean_batch']:6.2f} {r['errors']:6d}")
-    eager, onnx = rows
+    eager, bf16, onnx = rows
     for r in rows:
         print(f"{r['backend']}: inside the server, forward p50 {r['server_forward_p50_ms']:.1f} ms, the rest of the "
               f"handler (decode, drift features, SQLite, PNG) p50 {r['server_handler_overhead_p50_ms']:.1f} ms")
-    print(f"onnx vs eager: bare {eager['bare_p50_ms'] / onnx['bare_p50_ms']:.2f}x faster, "
-          f"throughput {onnx['throughput_rps'] / eager['throughput_rps']:.2f}x")
+    for other in (bf16, onnx):
+        print(f"{other['backend']} vs eager: bare {eager['bare_p50_ms'] / other['bare_p50_ms']:.2f}x faster, "
+              f"throughput {other['throughput_rps'] / eager['throughput_rps']:.2f}x")
     return {"rows": rows, "onnx_speedup_bare": eager["bare_p50_ms"] / onnx["bare_p50_ms"],
-            "onnx_speedup_throughput": onnx["throughput_rps"] / eager["throughput_rps"]}
+            "onnx_speedup_throughput": onnx["throughput_rps"] / eager["throughput_rps"],
+            "bf16_speedup_bare": eager["bare_p50_ms"] / bf16["bare_p50_ms"],
+            "bf16_speedup_throughput": bf16["throughput_rps"] / eager["throughput_rps"]}
 
 
 if __name__ == "__main__":

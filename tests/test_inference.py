@@ -62,6 +62,17 @@ def test_eager_matches_a_direct_forward_of_the_generators(ckpt):
     assert not np.array_equal(tr.translate("sem2layout", imgs[:1])[0], tr.translate("layout2sem", imgs[:1])[0])
 
 
+def test_bf16_backend_stays_within_a_grey_level_of_fp32(ckpt):
+    eager, bf16 = Translator.load(ckpt), Translator.load(ckpt, backend="bf16")
+    assert bf16.backend == "bf16"
+    rng = np.random.default_rng(2)
+    batch = rng.uniform(-1, 1, (3, 1, 32, 32)).astype(np.float32)
+    for d in DIRECTIONS:
+        ref, got = eager.run_batch(d, batch), bf16.run_batch(d, batch)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        assert 0 < np.abs(got - ref).max() < 2 / 127.5  # bf16 really ran, and under 2 grey levels
+
+
 def test_onnx_matches_eager_and_exports_into_the_local_checkpoint(ckpt):
     eager = Translator.load(ckpt)
     onnx = Translator.load(ckpt, backend="onnx")
@@ -143,7 +154,7 @@ def test_cli_predict_writes_same_names_and_sizes(ckpt, tmp_path, capsys):
     for name, shape in shapes.items():
         _write_png(src / name, rng.integers(0, 256, shape).astype(np.uint8))
     (src / "notes.txt").write_text("ignored")
-    for backend in ("eager", "onnx"):
+    for backend in ("eager", "bf16", "onnx"):
         out = tmp_path / f"out-{backend}"
         code = main(["predict", "--model", str(ckpt), "--direction", "sem2layout", str(src), "--out", str(out),
                      "--backend", backend, "--binarize"])

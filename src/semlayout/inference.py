@@ -1,4 +1,4 @@
-"""Translate images with a trained checkpoint: eager PyTorch or ONNX Runtime.
+"""Translate images with a trained checkpoint: eager PyTorch (fp32 or bf16) or ONNX Runtime.
 
 ```python
 tr = Translator.load("runs/x/final")                       # or "models:/semlayout@champion"
@@ -39,7 +39,10 @@ import numpy as np
 from semlayout.errors import SemlayoutError
 
 DIRECTIONS = ("sem2layout", "layout2sem")
-BACKENDS = ("eager", "onnx")
+# eager: fp32 PyTorch (channels_last); bf16: the same with bfloat16 weights and activations
+# (outputs within ~1e-3 of fp32, i.e. under a grey level; several times faster where the CPU
+# has bf16 units such as AMX, slower where it emulates them); onnx: ONNX Runtime, fp32
+BACKENDS = ("eager", "bf16", "onnx")
 NET_FOR_DIRECTION = {"sem2layout": "G_A", "layout2sem": "G_B"}
 
 _EXPORT_LOCK = threading.Lock()
@@ -239,8 +242,9 @@ class Translator:
             "name": cfg.name, "step": meta.get("step"), "epoch": meta.get("epoch"),
             "created": meta.get("created"), "from_registry": registry,
         }
-        if backend == "eager":
-            runners = {d: _eager_runner(nets[NET_FOR_DIRECTION[d]].eval(), dev) for d in DIRECTIONS}
+        if backend in ("eager", "bf16"):
+            dtype = torch.bfloat16 if backend == "bf16" else torch.float32
+            runners = {d: _eager_runner(nets[NET_FOR_DIRECTION[d]].eval(), dev, dtype) for d in DIRECTIONS}
         else:
             if dev.type != "cpu":
                 raise SemlayoutError(f"the onnx backend runs on cpu here, got device '{device}'")
@@ -302,15 +306,19 @@ class Translator:
         return out
 
 
-def _eager_runner(net: Any, device: Any) -> Runner:
+def _eager_runner(net: Any, device: Any, dtype: Any = None) -> Runner:
     import torch
 
-    net.eval()
+    # channels_last lets oneDNN pick its blocked convolution kernels: the same numbers (max
+    # difference ~1e-8) 1.9-3.5x faster at batch 1 on the CPU (`python -m bench train`)
+    cl = torch.channels_last
+    dtype = dtype or torch.float32
+    net.eval().to(dtype=dtype, memory_format=cl)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(device)
-            return net(x).float().cpu().numpy()
+            x = torch.from_numpy(batch).to(device, dtype).contiguous(memory_format=cl)
+            return np.ascontiguousarray(net(x).float().cpu().numpy())
 
     return run
 

@@ -23,7 +23,7 @@ def predict(
     model: str = typer.Option(..., "--model", "-m", help="checkpoint folder or models:/NAME@ALIAS"),
     direction: str = typer.Option(..., "--direction", "-d", help="sem2layout or layout2sem"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
-    backend: str = typer.Option("eager", help="eager or onnx"),
+    backend: str = typer.Option("eager", help="eager, bf16 or onnx"),
     binarize: bool = typer.Option(False, "--binarize", help="sem2layout: write layouts as {0, 255}"),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI for models:/ URIs"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -73,7 +73,7 @@ def evaluate(
     split: str = typer.Option("test", help="train, val or test"),
     out: Path = typer.Option(..., "--out", "-o", help="metrics.json to write"),
     report: Path | None = typer.Option(None, "--report", help="also write a self-contained HTML report"),
-    backend: str = typer.Option("eager", help="eager or onnx"),
+    backend: str = typer.Option("eager", help="eager, bf16 or onnx"),
     max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="evaluate a stratified subset"),
     history: Path | None = typer.Option(
         None, "--history", help="training history.json for the report's curves (default: found beside the model)"

@@ -16,7 +16,7 @@ def serve(
     model: str = typer.Option(None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    backend: str = typer.Option(None, "--backend", help="eager | onnx (env SEMLAYOUT_BACKEND)"),
+    backend: str = typer.Option(None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"),
     reference: Path = typer.Option(None, "--reference", help="SHARDS/reference_stats.json: enables drift checks"),
     db: Path = typer.Option(None, "--db", help="monitoring SQLite file (env SEMLAYOUT_MONITOR_DB)"),
     feedback_dir: Path = typer.Option(None, "--feedback-dir", help="pair folder for /v1/feedback"),

@@ -18,7 +18,7 @@ class ServeSettings(BaseSettings):
 
     model: Annotated[str, Field(
         description="checkpoint folder, models:/NAME@ALIAS or models:/NAME/VERSION")] = ""
-    backend: Literal["eager", "onnx"] = "eager"
+    backend: Literal["eager", "bf16", "onnx"] = "eager"
     tracking_uri: Annotated[str | None, Field(
         description="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")] = None
     reference: Annotated[Path | None, Field(

@@ -244,7 +244,7 @@ class Translator:
         }
         if backend in ("eager", "bf16"):
             dtype = torch.bfloat16 if backend == "bf16" else torch.float32
-            runners = {d: _eager_runner(nets[NET_FOR_DIRECTION[d]].eval(), dev, dtype) for d in DIRECTIONS}
+            runners = {d: _eager_runner(nets[NET_FOR_DIRECTION[d]], dev, dtype) for d in DIRECTIONS}
         else:
             if dev.type != "cpu":
                 raise SemlayoutError(f"the onnx backend runs on cpu here, got device '{device}'")
@@ -306,13 +306,12 @@ class Translator:
         return out
 
 
-def _eager_runner(net: Any, device: Any, dtype: Any = None) -> Runner:
+def _eager_runner(net: Any, device: Any, dtype: Any) -> Runner:
     import torch
 
     # channels_last lets oneDNN pick its blocked convolution kernels: the same numbers (max
     # difference ~1e-8) 1.9-3.5x faster at batch 1 on the CPU (`python -m bench train`)
     cl = torch.channels_last
-    dtype = dtype or torch.float32
     net.eval().to(dtype=dtype, memory_format=cl)
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -217,7 +217,7 @@ def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> 
     scale = print_scale(field)
     corner_sigma = p.corner_sigma * scale
     level = cv2.GaussianBlur(field.astype(np.float32), (0, 0), corner_sigma, borderType=cv2.BORDER_REFLECT)
-    amp = p.ler_sigma * scale / math.sqrt(2.0)  # per axis, so the total RMS displacement is ler_sigma
+    amp = p.ler_sigma * scale / math.sqrt(2.0)  # per axis: the total RMS displacement is ler_sigma * scale
     # centre of supersampled pixel i, in 1x pixel coordinates
     cx = (np.arange(w * s, dtype=np.float32) + 0.5) / s - 0.5
     cy = (np.arange(h * s, dtype=np.float32) + 0.5) / s - 0.5

@@ -44,7 +44,7 @@ def _score(translator: Any, sems: list[np.ndarray], layouts: list[np.ndarray]) -
     from semlayout import metrics as M
     from semlayout.evaluation import otsu_layout_baseline
 
-    preds = translator.translate("sem2layout", sems)
+    preds = translator.translate("sem2layout", sems, binarize=True)  # the drawn layout users get
     return np.array([(M.iou(p, t), M.iou(otsu_layout_baseline(s, "bright"), t))
                      for p, s, t in zip(preds, sems, layouts, strict=True)])
 

@@ -72,9 +72,15 @@ def test_numbers_match_an_independent_recomputation(setup, result):
     s2l, l2s = result["sem2layout"], result["layout2sem"]
     assert s2l["ssim"] == pytest.approx(np.mean([sk_ssim(p, t) for p, t in zip(pred_l, d["layout"], strict=True)]), abs=1e-6)
     assert s2l["l1"] == pytest.approx(np.mean([np.abs(p / 255 - t / 255).mean() for p, t in zip(pred_l, d["layout"], strict=True)]))
-    inter = [np.logical_and(p > 127, t > 127).sum() / max(np.logical_or(p > 127, t > 127).sum(), 1)
-             for p, t in zip(pred_l, d["layout"], strict=True)]
-    assert s2l["iou"] == pytest.approx(np.mean(inter), abs=1e-9)
+    def iou(a, b):
+        return np.logical_and(a > 127, b > 127).sum() / max(np.logical_or(a > 127, b > 127).sum(), 1)
+
+    # IoU of the output thresholded alone, and of the drawn layout the product returns (+ fit)
+    assert s2l["iou_threshold"] == pytest.approx(
+        np.mean([iou(p, t) for p, t in zip(pred_l, d["layout"], strict=True)]), abs=1e-9)
+    drawn = tr.translate("sem2layout", list(d["sem"]), binarize=True)
+    assert s2l["iou"] == pytest.approx(np.mean([iou(p, t) for p, t in zip(drawn, d["layout"], strict=True)]),
+                                       abs=1e-9)
     assert l2s["ssim"] == pytest.approx(np.mean([sk_ssim(p, t) for p, t in zip(pred_s, d["sem"], strict=True)]), abs=1e-6)
     assert l2s["ssim_vs_clean"] == pytest.approx(
         np.mean([sk_ssim(p, t) for p, t in zip(pred_s, d["clean"], strict=True)]), abs=1e-6)

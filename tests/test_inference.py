@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers_eval import make_tiny_checkpoint
 
+from semlayout.config import config_from_dict
 from semlayout.errors import SemlayoutError
 from semlayout.inference import DIRECTIONS, Translator, _onnx_files
 from semlayout.train.checkpoint import load_checkpoint
@@ -21,9 +22,10 @@ def ckpt(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("inf") / "ckpt")
 
 
-def _identity_translator(size: int) -> Translator:
+def _identity_translator(size: int, fit: str = "threshold") -> Translator:
     runners = {d: (lambda b: b.copy()) for d in DIRECTIONS}
-    return Translator(runners, config=None, image_size=size, source="identity", backend="test")
+    cfg = config_from_dict({"layout_fit": {"method": fit}})
+    return Translator(runners, config=cfg, image_size=size, source="identity", backend="test")
 
 
 def test_pipeline_round_trips_at_model_size_and_matches_cv2_when_resized():
@@ -41,6 +43,13 @@ def test_pipeline_round_trips_at_model_size_and_matches_cv2_when_resized():
     binary = tr.translate("sem2layout", [big], binarize=True)[0]
     assert set(np.unique(binary)) <= {0, 255}
     assert np.array_equal(binary, np.where(up > 0, 255, 0).astype(np.uint8))
+    # the checkpoint's layout_fit decides what binarize returns: the Manhattan fit squares a blob
+    blob = np.zeros((32, 32), np.uint8)
+    cv2.circle(blob, (16, 16), 6, 255, -1)
+    square = _identity_translator(32, "manhattan").translate("sem2layout", [blob], binarize=True)[0]
+    ys, xs = np.nonzero(square)
+    assert square[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # filled rectangle
+    assert not np.array_equal(square, _identity_translator(32).translate("sem2layout", [blob], binarize=True)[0])
 
 
 def test_eager_matches_a_direct_forward_of_the_generators(ckpt):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -291,3 +292,17 @@ def test_mlflow_logs_params_epoch_metrics_and_sample_grids(tmp_path):
     assert arts == ["samples/epoch-0001.png", "samples/epoch-0002.png"]
     assert run.data.tags["semlayout.checkpoint"].endswith("final")
     mlflow.set_tracking_uri(None)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units():
+    from semlayout.train.loop import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
+    native = bool(flags & {"amx_bf16", "avx512_bf16"})  # what the kernel reports, not torch's probe
+    trainer = Trainer(tiny_config(precision="auto"))
+    assert trainer.precision == ("bf16" if native else "fp32")
+    sem, lay = _batch()
+    assert all(torch.isfinite(torch.tensor(v)) for v in trainer.train_step(sem, lay).values())

@@ -97,9 +97,11 @@ class TrainConfig(_Strict):
     num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps")
     channels_last: bool = False
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32", description="fp32, or bf16: the G and D forwards of the training step run under "
-        "bf16 autocast (losses, weights and optimiser state stay fp32); validation stays fp32")
+        "bf16 autocast (losses, weights and optimiser state stay fp32); validation stays fp32; "
+        "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AMX or "
+        "AVX512-BF16), else fp32")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
     keep_checkpoints: int = Field(3, ge=1, description="step checkpoints kept in RUN/checkpoints")
     val_samples: int = Field(32, ge=0, description="val images scored after each epoch; 0 skips")
@@ -114,12 +116,24 @@ class TrainConfig(_Strict):
         return self
 
 
+class LayoutFitConfig(_Strict):
+    """How `sem2layout` output becomes a binary layout (`semlayout.layout_fit`)."""
+
+    method: Literal["manhattan", "threshold"] = Field(
+        "manhattan", description="manhattan: threshold, then rectangle-like components become their "
+        "best-fit axis-parallel rectangle; threshold: the binarisation alone")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="foreground above this fraction of white")
+    min_iou: float = Field(0.75, ge=0.0, le=1.0,
+                           description="a component is replaced only if its rectangle covers it this well")
+
+
 class ExperimentConfig(_Strict):
     name: str = "semlayout"
     generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig.model_validate({}))
     discriminator: DiscriminatorConfig = Field(default_factory=lambda: DiscriminatorConfig.model_validate({}))
     loss: LossConfig = Field(default_factory=lambda: LossConfig.model_validate({}))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
+    layout_fit: LayoutFitConfig = Field(default_factory=lambda: LayoutFitConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _crop_fits_network(self) -> ExperimentConfig:

@@ -3,7 +3,8 @@
 `evaluate_model(model, shards_dir, split="test")` returns (docs/architecture.md):
 ```
 {"n", "split", "model", "backend", "image_size", "seconds",
- "sem2layout": {"l1","ssim","psnr","iou","epe_px","cd_error_px", "per_family": {fam: {..., "n"}},
+ "sem2layout": {"l1","ssim","psnr","iou","iou_threshold","epe_px","cd_error_px",
+                "per_family": {fam: {..., "n"}},
                 "baseline_otsu": {"l1","ssim","psnr","iou","epe_px","cd_error_px", "per_family"}},
  "layout2sem": {"l1","ssim","psnr","iou", "ssim_vs_clean","l1_vs_clean","psnr_vs_clean",
                 "ceiling": {"ssim","psnr","l1"}, "per_family": {...}},
@@ -17,7 +18,9 @@ How each number is measured, at 250x250 (the native template size; the
 Translator resizes to the model size and back):
 - SEM->Layout: L1/SSIM/PSNR on the model's continuous output (uint8) against the
   binary template; IoU, edge placement error (px) and CD error (px, line/space
-  pairs only) after thresholding at mid-range.
+  pairs only) on the drawn layout the product returns (`Translator.to_layout`:
+  threshold at mid-range, then the checkpoint's Manhattan fit); `iou_threshold` is
+  the IoU of the thresholded output without the fit.
 - Layout->SEM: L1/SSIM/PSNR against the noisy SEM; IoU between the two images
   each binarised by its own Otsu threshold (structure agreement, polarity as is).
   When the shards carry noise-free renderings: the same scores against the clean
@@ -99,19 +102,25 @@ def otsu_binarize(img: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- per-image scores
-def _layout_scores(pred: np.ndarray, target: np.ndarray, families: np.ndarray) -> dict[str, list[float]]:
-    """Per-image SEM->Layout metrics for (N, H, W) uint8 stacks."""
+def _layout_scores(pred: np.ndarray, target: np.ndarray, families: np.ndarray,
+                   drawn: np.ndarray | None = None) -> dict[str, list[float]]:
+    """Per-image SEM->Layout metrics for (N, H, W) uint8 stacks. `drawn` is the binary layout
+    the product returns for `pred` (threshold + fit): IoU, EPE and CD are scored on it, and
+    `iou_threshold` keeps the IoU of `pred` thresholded alone."""
+    binary = pred if drawn is None else drawn
     out: dict[str, list[float]] = {
         "l1": M.l1_batch(pred, target).tolist(),
         "ssim": M.ssim_batch(pred, target).tolist(),
         "psnr": M.psnr_batch(pred, target).tolist(),
-        "iou": M.iou_batch(pred, target).tolist(),
-        "epe_px": [M.edge_placement_error(p, t) for p, t in zip(pred, target, strict=True)],
+        "iou": M.iou_batch(binary, target).tolist(),
+        "epe_px": [M.edge_placement_error(p, t) for p, t in zip(binary, target, strict=True)],
         "cd_error_px": [
             M.cd_error(p, t) if fam == LINE_SPACE_FAMILY else math.nan
-            for p, t, fam in zip(pred, target, families, strict=True)
+            for p, t, fam in zip(binary, target, families, strict=True)
         ],
     }
+    if drawn is not None:
+        out["iou_threshold"] = M.iou_batch(pred, target).tolist()
     return out
 
 
@@ -185,7 +194,8 @@ def evaluate_model(
 
     # SEM -> Layout, and the Otsu baseline on the same pairs
     pred_layout = np.stack(tr.translate("sem2layout", list(sem), batch_size=batch_size))
-    s2l_scores = _layout_scores(pred_layout, layout, families)
+    drawn = np.stack([tr.to_layout(p) for p in pred_layout])
+    s2l_scores = _layout_scores(pred_layout, layout, families, drawn)
     s2l = M.aggregate(s2l_scores, fam_list)
     polarity = fit_otsu_polarity(shards_dir)
     base_layout = np.stack([otsu_layout_baseline(s, polarity) for s in sem])

@@ -6,8 +6,9 @@ layouts = tr.translate("sem2layout", [sem_u8, ...], binarize=True)
 ```
 Per image: (H, W) uint8 -> cv2 INTER_AREA resize to the model's square size S ->
 [-1, 1] (`x / 127.5 - 1`) -> batched generator forward (eval mode, no autograd) ->
-Tanh output resized back to (H, W) with INTER_LINEAR -> uint8 (or {0, 255} with
-`binarize=True`, threshold at the middle of the range). Directions:
+Tanh output resized back to (H, W) with INTER_LINEAR -> uint8 (or, with `binarize=True`,
+the drawn layout in {0, 255}: threshold, then the Manhattan fit of `semlayout.layout_fit`,
+as the checkpoint's `layout_fit` config says). Directions:
 `sem2layout` = G_A, `layout2sem` = G_B.
 
 ONNX: uses `CKPT/<direction>.onnx` when present. Otherwise it exports: into the
@@ -272,15 +273,21 @@ class Translator:
         return img.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
     @staticmethod
-    def postprocess(out: np.ndarray, shape: tuple[int, int], binarize: bool = False) -> np.ndarray:
-        """(S, S) float32 in [-1, 1] -> (H, W) uint8; with `binarize`, {0, 255} at threshold 0."""
+    def postprocess(out: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """(S, S) float32 in [-1, 1] -> (H, W) uint8."""
         import cv2
 
         if out.shape != shape:
             out = cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        if binarize:
-            return np.where(out > 0, 255, 0).astype(np.uint8)
         return np.clip(np.rint((out + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+    def to_layout(self, grey: np.ndarray) -> np.ndarray:
+        """A sem2layout output (H, W) uint8 -> binary layout {0, 255}, by the checkpoint's
+        `layout_fit` config (threshold, then Manhattan fit: `semlayout.layout_fit`)."""
+        from semlayout.layout_fit import fit_layout
+
+        fit = self.config.layout_fit
+        return fit_layout(grey, fit.method, fit.threshold, fit.min_iou)
 
     def translate(
         self,
@@ -291,7 +298,7 @@ class Translator:
     ) -> list[np.ndarray]:
         """Translate (H, W) uint8 images; each output has the size of its input.
 
-        `binarize` (sem2layout only) returns layouts with values {0, 255}.
+        `binarize` (sem2layout only) returns layouts with values {0, 255} (`to_layout`).
         """
         check_direction(direction)
         images = check_images(images)
@@ -302,7 +309,8 @@ class Translator:
             chunk = images[start:start + batch_size]
             batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
             pred = self.run_batch(direction, batch)[:, 0]  # (B, S, S)
-            out.extend(self.postprocess(p, im.shape, binarize) for p, im in zip(pred, chunk, strict=True))
+            grey = [self.postprocess(p, im.shape) for p, im in zip(pred, chunk, strict=True)]
+            out.extend([self.to_layout(g) for g in grey] if binarize else grey)
         return out
 
 

@@ -43,7 +43,7 @@ from semlayout.monitoring.performance import (
     new_prediction_id,
 )
 from semlayout.monitoring.store import MonitorStore
-from semlayout.serving.engine import InferenceEngine, LoadedModel, MicroBatcher, QueueFull, binarize
+from semlayout.serving.engine import InferenceEngine, LoadedModel, MicroBatcher, QueueFull
 from semlayout.serving.metrics import ServingMetrics
 from semlayout.serving.schemas import (
     AlignResponse,
@@ -183,8 +183,8 @@ async def _translate_one(state: ServingState, endpoint: str, direction: str, img
             drift.cancel()
         raise HTTPException(503, detail=str(err), headers={"Retry-After": "1"}) from None
     res = await drift if drift is not None else None
-    if binarize_output:
-        out = binarize(out)
+    if binarize_output:  # the drawn layout, as the serving model's layout_fit config says
+        out = await run_in_threadpool(model.translator.to_layout, out)
     return await run_in_threadpool(_record, state, endpoint, direction, img, out, model, forward_ms, batch, t0,
                                    res)
 
@@ -401,7 +401,7 @@ def _routes(app: FastAPI, settings: ServeSettings, metrics: ServingMetrics) -> N
     @app.post("/v1/translate/{direction}", tags=["translate"], response_class=Response,
               responses={**png, **UPLOAD_ERRORS})
     async def translate_png(state: State, direction: Direction, image: UploadFile = File(...),
-                            binarize: bool = Query(False, description="sem2layout: output in {0, 255}")
+                            binarize: bool = Query(False, description="sem2layout: the drawn layout in {0, 255} (threshold + Manhattan fit)")
                             ) -> Response:
         """Translate one image; answers a PNG of the input's size."""
         t0 = time.perf_counter()

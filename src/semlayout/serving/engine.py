@@ -47,6 +47,8 @@ class Translates(Protocol):
 
     def translate(self, direction: str, images: list[np.ndarray]) -> list[np.ndarray]: ...
 
+    def to_layout(self, grey: np.ndarray) -> np.ndarray: ...
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -146,10 +148,6 @@ class TranslateResult:
     forward_ms: float
 
 
-def binarize(img: np.ndarray) -> np.ndarray:
-    return np.where(img >= 128, 255, 0).astype(np.uint8)
-
-
 class InferenceEngine:
     def __init__(self, loaded: LoadedModel, model: str | None = None, backend: str = "eager",
                  tracking_uri: str | None = None,
@@ -182,7 +180,7 @@ class InferenceEngine:
         outputs = loaded.translator.translate(direction, list(images))
         forward_ms = (time.perf_counter() - t0) * 1000
         if binarize_output:
-            outputs = [binarize(o) for o in outputs]
+            outputs = [loaded.translator.to_layout(o) for o in outputs]
         return TranslateResult(outputs, loaded, forward_ms)
 
     def reload(self, force: bool = False) -> dict[str, Any]:

@@ -15,7 +15,9 @@ Loss terms, each already multiplied by its lambda:
 Precision (`train.precision`): with bf16 every G and D forward of the step runs under
 `torch.autocast(dtype=bfloat16)` and its outputs are cast back to fp32 before the pool and
 the losses, so losses, gradients of the fp32 weights, optimiser state, pools and checkpoints
-are fp32 either way (bf16 keeps fp32's exponent range: no loss scaling).
+are fp32 either way (bf16 keeps fp32's exponent range: no loss scaling). `auto` resolves
+once per run (`resolve_precision`) to bf16 where the device has bf16 units, else fp32: on a
+CPU without them bf16 is emulated and slower than fp32.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ def set_requires_grad(nets: Sequence[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`train.precision` -> "fp32" | "bf16"; "auto" is bf16 only where the device has bf16 units."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence the getattr
+        native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+        return "bf16" if native else "fp32"
+    return "fp32"
+
+
 class Trainer:
     """Networks + optimisers + image pools, and `train_step` — one update of D then of G."""
 
@@ -93,6 +108,7 @@ class Trainer:
         t = cfg.train
         if t.precision == "bf16" and self.ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise SemlayoutError(f"train.precision=bf16: {self.ctx.device} does not support bfloat16; use fp32")
+        self.precision = resolve_precision(t.precision, self.ctx.device)
         betas = (t.beta1, t.beta2)
         self.opt_G = torch.optim.Adam(chain(self.G_A.parameters(), self.G_B.parameters()), lr=t.lr, betas=betas)
         self.opt_D = torch.optim.Adam(chain(self.D_A.parameters(), self.D_B.parameters()), lr=t.lr, betas=betas)
@@ -105,7 +121,7 @@ class Trainer:
         return set_lr(self.opt_G, self.cfg.train.lr, factor)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.train.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -365,6 +381,10 @@ class _MlflowLogger:
         except mlflow.exceptions.MlflowException as err:  # e.g. a caller's run already holds other values
             print(f"warning: MLflow params not logged: {err}")
 
+    def params(self, values: dict[str, Any]) -> None:
+        if self.active:
+            self.mlflow.log_params({k: str(v) for k, v in values.items()})
+
     def epoch(self, record: dict[str, Any], grid_path: Path | None) -> None:
         if not self.active:
             return
@@ -462,6 +482,8 @@ def run_training(
 
     weights = family_weights(train_ds) if t.balanced_sampling else None
     logger = _MlflowLogger(mlflow_uri, experiment, cfg, enabled=ctx.is_main)
+    if t.precision == "auto":
+        logger.params({"train.precision_resolved": trainer.precision})
     bar = None
     if progress and ctx.is_main:
         from tqdm import tqdm

@@ -18,7 +18,7 @@ def tiny_config(**train: Any) -> ExperimentConfig:
         "name": "tiny-test",
         "generator": {"image_size": 32, "n_down": 3, "base_filters": 4, "max_filters": 8, "dropout_blocks": 1},
         "discriminator": {"base_filters": 4, "n_layers": 2, "spectral_norm": True, "norm": "instance"},
-        "loss": {"gan_mode": "lsgan", "lambda_fm": 10.0, "lambda_identity": 1.0},
+        "loss": {"gan_mode": "lsgan", "lambda_fm": 10.0, "lambda_identity": 1.0, "lambda_dice": 1.0},
         "train": t,
     })
 

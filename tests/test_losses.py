@@ -12,6 +12,7 @@ from semlayout.train.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     l1_loss,
+    soft_dice_loss,
 )
 from semlayout.train.pool import ImagePool
 from semlayout.train.schedule import lr_factor, set_lr
@@ -45,6 +46,22 @@ def test_bce_losses_match_hand_computed_values():
 
 def test_l1():
     assert float(l1_loss(torch.tensor([1.0, -1.0]), torch.tensor([0.0, 0.0]))) == 1.0
+
+
+def test_soft_dice_counts_each_image_as_a_whole():
+    target = -torch.ones(2, 1, 16, 16)
+    target[0, 0, 4:12, 4:12] = 1  # a big square
+    target[1, 0, 7:9, 7:9] = 1  # a 2 px via
+    assert soft_dice_loss(target, target).item() == pytest.approx(0.0, abs=0.02)
+    assert soft_dice_loss(-target, target).item() > 0.95  # everything inverted
+    # missing the via alone costs about half the loss; L1 barely notices it (4 of 512 pixels)
+    miss = target.clone()
+    miss[1] = -1
+    assert soft_dice_loss(miss, target).item() > 0.4
+    assert l1_loss(miss, target).item() < 0.02
+    grad_in = target.clone().requires_grad_(True)
+    soft_dice_loss(grad_in * 0.5, target).backward()
+    assert grad_in.grad is not None and torch.isfinite(grad_in.grad).all()
 
 
 def test_feature_matching_targets_carry_no_gradient():

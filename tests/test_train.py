@@ -50,7 +50,7 @@ def test_d_gets_no_gradient_in_the_g_step(precision):
     assert not {id(p) for p in d_params.values()} & {id(p) for g in trainer.opt_G.param_groups for p in g["params"]}
     assert any(not torch.equal(a, b) for a, b in zip(g_before, g_params, strict=True))
     assert set(losses) >= {"loss_G", "loss_D", "gan_A", "l1_B", "cycle_A", "fm_B", "idt_A"}
-    terms = ("gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "cycle_B", "fm_A", "fm_B", "idt_A", "idt_B")
+    terms = ("gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "cycle_B", "fm_A", "fm_B", "idt_A", "idt_B", "dice_A")
     assert losses["loss_G"] == pytest.approx(sum(losses[k] for k in terms), rel=1e-5)
 
 
@@ -86,7 +86,7 @@ def _step_with(precision, seed=0):
 def test_bf16_step_runs_with_finite_losses_and_fp32_state():
     trainer, losses = _step_with("bf16")
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
-    assert losses["cycle_A"] > 0 and losses["fm_B"] > 0 and losses["idt_A"] > 0
+    assert losses["cycle_A"] > 0 and losses["fm_B"] > 0 and losses["idt_A"] > 0 and losses["dice_A"] > 0
     # weights, gradients, optimiser moments and the pools' stored fakes stay fp32
     for name, net in trainer.nets.items():
         for pname, p in net.named_parameters():

@@ -36,6 +36,10 @@ class GeneratorConfig(_Strict):
     norm: Literal["batch", "instance"] = "batch"
     attention: bool = False
     attention_resolutions: list[int] = Field(default_factory=lambda: [8, 16])
+    input_norm: Literal["none", "standardize"] = Field(
+        "none", description="standardize: G_A (SEM -> layout) scales each input image to zero mean and "
+        "unit standard deviation (times 0.5) before its first layer, so detector gain, offset and "
+        "background do not have to be learned; G_B's binary layout input is never rescaled")
 
     @model_validator(mode="after")
     def _depth_fits_size(self) -> GeneratorConfig:
@@ -74,6 +78,7 @@ class LossConfig(_Strict):
     lambda_cycle: float = Field(10.0, ge=0)
     lambda_fm: float = Field(10.0, ge=0, description="feature matching; 0 disables it")
     lambda_identity: float = Field(0.0, ge=0)
+    lambda_dice: float = Field(0.0, ge=0, description="soft Dice of G_A's layout vs the target; 0 disables it")
     real_label: float = Field(0.9, gt=0, le=1, description="label smoothing on real targets")
 
 

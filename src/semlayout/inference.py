@@ -96,10 +96,10 @@ def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any
     from safetensors import safe_open
 
     from semlayout.config import config_from_dict
-    from semlayout.models.unet import UNetGenerator
     from semlayout.train.checkpoint import (
         CONFIG_FILE,
         WEIGHTS_FILE,
+        build_generator,
         load_state_into,
         read_checkpoint_meta,
     )
@@ -113,7 +113,7 @@ def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any
             keys = list(f.keys())
             for name in NET_FOR_DIRECTION.values():
                 state = {k[len(name) + 1:]: f.get_tensor(k) for k in keys if k.startswith(name + ".")}
-                net = UNetGenerator(cfg.generator)
+                net = build_generator(cfg, name)
                 load_state_into(net, name, state, str(weights))
                 nets[name] = net.to(device).eval()
     except SemlayoutError:

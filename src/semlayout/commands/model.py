@@ -24,7 +24,8 @@ def predict(
     direction: str = typer.Option(..., "--direction", "-d", help="sem2layout or layout2sem"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
     backend: str = typer.Option("eager", help="eager, bf16 or onnx"),
-    binarize: bool = typer.Option(False, "--binarize", help="sem2layout: write layouts as {0, 255}"),
+    binarize: bool = typer.Option(
+        False, "--binarize", help="sem2layout: write the drawn layout, {0, 255} (threshold + Manhattan fit)"),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI for models:/ URIs"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
 ) -> None:

@@ -11,6 +11,10 @@ resolution listed in `attention_resolutions` (the bottleneck counts as one); the
 resolutions name decoder levels at `image_size`, so the same blocks act at the
 same depth when the network runs on a crop (training with `train.crop_size`).
 
+With `input_norm="standardize"` each input image is first scaled to zero mean and a
+standard deviation of 0.5 (per image, over its pixels): part of the network, so training,
+the Translator, ONNX and serving all see the same input.
+
 Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
 pix2pix — the loss weights (lambda_l1=100 ...) were tuned against that init.
 """
@@ -115,6 +119,10 @@ class UNetGenerator(nn.Module):
         return self.attention[key](x) if key is not None else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.input_norm == "standardize":
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
+            x = (x - mean) * (0.5 / (std + 0.01))  # a blank image stays blank, not amplified noise
         skips = []
         for block in self.down:
             x = block(x)

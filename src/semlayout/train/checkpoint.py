@@ -33,11 +33,18 @@ WEIGHTS_FILE = "weights.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
 
 
+def build_generator(cfg: ExperimentConfig, name: str) -> UNetGenerator:
+    """G_A (SEM -> layout) or G_B (layout -> SEM); `input_norm` applies to G_A only (a layout is binary)."""
+    if name == "G_B":
+        return UNetGenerator(cfg.generator.model_copy(update={"input_norm": "none"}))
+    return UNetGenerator(cfg.generator)
+
+
 def build_networks(cfg: ExperimentConfig) -> dict[str, nn.Module]:
     """G_A: SEM -> layout, G_B: layout -> SEM, D_A judges (SEM, layout), D_B judges (layout, SEM)."""
     return {
-        "G_A": UNetGenerator(cfg.generator),
-        "G_B": UNetGenerator(cfg.generator),
+        "G_A": build_generator(cfg, "G_A"),
+        "G_B": build_generator(cfg, "G_B"),
         "D_A": PatchDiscriminator(cfg.discriminator),
         "D_B": PatchDiscriminator(cfg.discriminator),
     }

@@ -8,6 +8,7 @@ Loss terms, each already multiplied by its lambda:
   cycle_A / cycle_B G_B(G_A(sem)) vs sem / G_A(G_B(layout)) vs layout
   fm_A / fm_B       feature matching on D_A / D_B hidden layers (real side detached)
   idt_A / idt_B     G_A(layout) vs layout / G_B(sem) vs sem (optional)
+  dice_A            soft Dice of G_A(sem) vs layout (optional: small, rare features)
 
 `Trainer` owns the networks, optimisers and image pools and runs one step;
 `run_training` drives epochs, checkpoints, exact resume, history and MLflow.
@@ -56,11 +57,13 @@ from semlayout.train.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
     l1_loss,
+    soft_dice_loss,
 )
 from semlayout.train.pool import ImagePool
 from semlayout.train.schedule import lr_factor, set_lr
 
-LOSS_TERMS = ("gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "cycle_B", "fm_A", "fm_B", "idt_A", "idt_B")
+LOSS_TERMS = ("gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "cycle_B", "fm_A", "fm_B", "idt_A", "idt_B",
+              "dice_A")
 LOGGED = ("loss_D", "d_A", "d_B", "loss_G", *LOSS_TERMS)
 
 
@@ -187,7 +190,9 @@ class Trainer:
         gan_B = generator_adversarial_loss(logits_B, mode)
         l1_A = lc.lambda_l1 * l1_loss(fake_lay, real_lay)
         l1_B = lc.lambda_l1 * l1_loss(fake_sem, real_sem)
-        cycle_A = cycle_B = fm_A = fm_B = idt_A = idt_B = zero
+        cycle_A = cycle_B = fm_A = fm_B = idt_A = idt_B = dice_A = zero
+        if lc.lambda_dice > 0:
+            dice_A = lc.lambda_dice * soft_dice_loss(fake_lay, real_lay)
         if lc.lambda_cycle > 0:
             cycle_A = lc.lambda_cycle * l1_loss(self._gen(self.G_B, fake_lay), real_sem)
             cycle_B = lc.lambda_cycle * l1_loss(self._gen(self.G_A, fake_sem), real_lay)
@@ -200,9 +205,9 @@ class Trainer:
         if lc.lambda_identity > 0:
             idt_A = lc.lambda_identity * l1_loss(self._gen(self.G_A, real_lay), real_lay)
             idt_B = lc.lambda_identity * l1_loss(self._gen(self.G_B, real_sem), real_sem)
-        loss_G = gan_A + gan_B + l1_A + l1_B + cycle_A + cycle_B + fm_A + fm_B + idt_A + idt_B
-        terms = dict(zip(LOSS_TERMS, (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B),
-                         strict=True))
+        loss_G = gan_A + gan_B + l1_A + l1_B + cycle_A + cycle_B + fm_A + fm_B + idt_A + idt_B + dice_A
+        terms = dict(zip(LOSS_TERMS, (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B,
+                                      dice_A), strict=True))
         g_values = self._check_finite({"loss_G": loss_G, **terms}, step)
         loss_G.backward()
         distributed.all_reduce_grads(chain(self.G_A.parameters(), self.G_B.parameters()), self.ctx)

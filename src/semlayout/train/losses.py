@@ -40,6 +40,18 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).abs().mean()
 
 
+def soft_dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice overlap of two (B, C, H, W) maps in [-1, 1] (mapped to [0, 1]), per image.
+
+    Unlike L1 it weighs each image's foreground as a whole, so a 4 px via counts as much
+    as the background around it: the term for small, rare features (an optional extra,
+    `loss.lambda_dice`, on G_A's layout only)."""
+    p, t = (pred + 1) / 2, (target + 1) / 2
+    inter = (p * t).sum(dim=(1, 2, 3))
+    total = p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3))
+    return (1 - (2 * inter + smooth) / (total + smooth)).mean()
+
+
 def feature_matching_loss(
     fake_feats: Sequence[torch.Tensor], real_feats: Sequence[torch.Tensor]
 ) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Domains: A = SEM, B = layout. G_A: SEM -> layout, G_B: layout -> SEM. D_A judges
 (SEM, layout) pairs, D_B judges (layout, SEM) pairs (conditional PatchGANs).
 Loss terms, each already multiplied by its lambda:
-  gan_A / gan_B     G_A / G_B fooling D_A / D_B
+  gan_A / gan_B     G_A / G_B fooling D_A / D_B (gan_B and fm_B x loss.adversarial_weight_B)
   l1_A / l1_B       paired L1 of G_A(sem) vs layout / G_B(layout) vs sem
   cycle_A / cycle_B G_B(G_A(sem)) vs sem / G_A(G_B(layout)) vs layout
   fm_A / fm_B       feature matching on D_A / D_B hidden layers (real side detached)
@@ -187,7 +187,7 @@ class Trainer:
         logits_A, feats_fake_A = self._disc(self.D_A, torch.cat([real_sem, fake_lay], 1))
         logits_B, feats_fake_B = self._disc(self.D_B, torch.cat([real_lay, fake_sem], 1))
         gan_A = generator_adversarial_loss(logits_A, mode)
-        gan_B = generator_adversarial_loss(logits_B, mode)
+        gan_B = lc.adversarial_weight_B * generator_adversarial_loss(logits_B, mode)
         l1_A = lc.lambda_l1 * l1_loss(fake_lay, real_lay)
         l1_B = lc.lambda_l1 * l1_loss(fake_sem, real_sem)
         cycle_A = cycle_B = fm_A = fm_B = idt_A = idt_B = dice_A = zero
@@ -201,7 +201,7 @@ class Trainer:
                 _, feats_real_A = self._disc(self.D_A, real_pair_A)
                 _, feats_real_B = self._disc(self.D_B, real_pair_B)
             fm_A = lc.lambda_fm * feature_matching_loss(feats_fake_A, feats_real_A)
-            fm_B = lc.lambda_fm * feature_matching_loss(feats_fake_B, feats_real_B)
+            fm_B = lc.adversarial_weight_B * lc.lambda_fm * feature_matching_loss(feats_fake_B, feats_real_B)
         if lc.lambda_identity > 0:
             idt_A = lc.lambda_identity * l1_loss(self._gen(self.G_A, real_lay), real_lay)
             idt_B = lc.lambda_identity * l1_loss(self._gen(self.G_B, real_sem), real_sem)

@@ -322,3 +322,13 @@ def test_adversarial_weight_b_scales_what_d_b_teaches_g_b_only():
         assert full[k] > 0 and half[k] == pytest.approx(0.5 * full[k], rel=1e-5) and off[k] == 0
     for k in ("gan_A", "fm_A", "l1_A", "l1_B", "d_A", "d_B"):  # the same first step otherwise
         assert half[k] == pytest.approx(full[k], rel=1e-5), k
+
+
+def test_a_resume_keeps_the_precision_the_run_started_with():
+    started = Trainer(tiny_config(precision="bf16"))
+    state = started.state_dict()
+    assert state["precision"] == "bf16"
+    elsewhere = Trainer(tiny_config(precision="auto"))  # `auto` may resolve otherwise on another host
+    elsewhere.precision = "fp32"
+    elsewhere.load_state_dict(state)
+    assert elsewhere.precision == "bf16"

@@ -8,7 +8,7 @@
                 "baseline_otsu": {"l1","ssim","psnr","iou","epe_px","cd_error_px", "per_family"}},
  "layout2sem": {"l1","ssim","psnr","iou", "ssim_vs_clean","l1_vs_clean","psnr_vs_clean",
                 "ceiling": {"ssim","psnr","l1"}, "per_family": {...}},
- "samples": [ {direction, id, family, input, prediction, target[, clean], ssim, iou}, ... ]}
+ "samples": [ {direction, id, family, input, prediction[, layout], target[, clean], ssim, iou}, ... ]}
 ```
 `samples` holds uint8 images for the HTML report: pop it before writing JSON
 (`metrics_json_ready` does). Everything else is plain JSON (a metric with no
@@ -103,10 +103,10 @@ def otsu_binarize(img: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- per-image scores
 def _layout_scores(pred: np.ndarray, target: np.ndarray, families: np.ndarray,
-                   drawn: np.ndarray | None = None) -> dict[str, list[float]]:
+                   drawn: np.ndarray | None = None, threshold: float = 0.5) -> dict[str, list[float]]:
     """Per-image SEM->Layout metrics for (N, H, W) uint8 stacks. `drawn` is the binary layout
     the product returns for `pred` (threshold + fit): IoU, EPE and CD are scored on it, and
-    `iou_threshold` keeps the IoU of `pred` thresholded alone."""
+    `iou_threshold` keeps the IoU of `pred` thresholded alone (at the fit's `threshold`)."""
     binary = pred if drawn is None else drawn
     out: dict[str, list[float]] = {
         "l1": M.l1_batch(pred, target).tolist(),
@@ -120,7 +120,7 @@ def _layout_scores(pred: np.ndarray, target: np.ndarray, families: np.ndarray,
         ],
     }
     if drawn is not None:
-        out["iou_threshold"] = M.iou_batch(pred, target).tolist()
+        out["iou_threshold"] = M.iou_batch(pred, target, threshold).tolist()
     return out
 
 
@@ -195,7 +195,7 @@ def evaluate_model(
     # SEM -> Layout, and the Otsu baseline on the same pairs
     pred_layout = np.stack(tr.translate("sem2layout", list(sem), batch_size=batch_size))
     drawn = np.stack([tr.to_layout(p) for p in pred_layout])
-    s2l_scores = _layout_scores(pred_layout, layout, families, drawn)
+    s2l_scores = _layout_scores(pred_layout, layout, families, drawn, tr.config.layout_fit.threshold)
     s2l = M.aggregate(s2l_scores, fam_list)
     polarity = fit_otsu_polarity(shards_dir)
     base_layout = np.stack([otsu_layout_baseline(s, polarity) for s in sem])
@@ -223,7 +223,8 @@ def evaluate_model(
     for i in _sample_indices(families, n_report_samples):
         common = {"id": str(ids[i]), "family": str(families[i])}
         samples.append({**common, "direction": "sem2layout", "input": sem[i], "prediction": pred_layout[i],
-                        "target": layout[i], "ssim": s2l_scores["ssim"][i], "iou": s2l_scores["iou"][i]})
+                        "layout": drawn[i], "target": layout[i], "ssim": s2l_scores["ssim"][i],
+                        "iou": s2l_scores["iou"][i]})
         l2s_sample = {**common, "direction": "layout2sem", "input": layout[i], "prediction": pred_sem[i],
                       "target": sem[i], "ssim": l2s_scores["ssim"][i]}
         if clean is not None:

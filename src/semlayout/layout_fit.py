@@ -55,7 +55,10 @@ def manhattan_fit(mask: np.ndarray, min_iou: float = 0.75) -> np.ndarray:
     if mask.ndim != 2:
         raise SemlayoutError(f"expected an (H, W) mask, got shape {mask.shape}")
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
-    out = mask.astype(bool, copy=True)
+    # every decision is taken on the input mask; the edits are applied at the end, so a blob
+    # inside another's rectangle (an island in a hole) cannot erase part of that rectangle
+    erase = np.zeros(mask.shape, dtype=bool)
+    paint = np.zeros(mask.shape, dtype=bool)
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
         comp = labels[y:y + h, x:x + w] == i
@@ -67,10 +70,9 @@ def manhattan_fit(mask: np.ndarray, min_iou: float = 0.75) -> np.ndarray:
         union = area + (r1 - r0 + 1) * (c1 - c0 + 1) - inside
         if inside / union < min_iou:
             continue
-        window = out[y:y + h, x:x + w]
-        window[comp] = False
-        window[r0:r1 + 1, c0:c1 + 1] = True
-    return out
+        erase[y:y + h, x:x + w] |= comp
+        paint[y + r0:y + r1 + 1, x + c0:x + c1 + 1] = True
+    return (mask.astype(bool) & ~erase) | paint
 
 
 def fit_layout(grey: np.ndarray, method: str = "manhattan", threshold: float = 0.5,

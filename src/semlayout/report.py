@@ -179,8 +179,9 @@ def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
         out.append(f'<h3>{title}</h3><table class="grid"><tr><th class="l">pair</th><th>input</th>'
                    "<th>prediction</th><th>target</th><th>error</th></tr>")
         for s in rows:
+            # sem2layout: the error of the drawn layout the IoU was scored on (`layout`), when given
             err = (layout_error_overlay if direction == "sem2layout" else abs_diff_heatmap)(
-                s["prediction"], s["target"]
+                s.get("layout", s["prediction"]), s["target"]
             )
             cells = "".join(
                 f'<td><img alt="{html.escape(kind)} {html.escape(str(s.get("id", "")))}" src="{png_data_uri(img)}"></td>'

@@ -122,7 +122,7 @@ class UNetGenerator(nn.Module):
         if self.cfg.input_norm == "standardize":
             mean = x.mean(dim=(2, 3), keepdim=True)
             std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
-            x = (x - mean) * (0.5 / (std + 0.01))  # a blank image stays blank, not amplified noise
+            x = (x - mean) * (0.5 / (std + 0.01))  # the floor bounds the gain on a near-blank image (~50x)
         skips = []
         for block in self.down:
             x = block(x)

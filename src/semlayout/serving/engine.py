@@ -2,7 +2,7 @@
 
 Path of one image: decode and grayscale check (`serving.uploads`) -> the Translator
 (resize to the model's size with INTER_AREA, [-1, 1], forward, back to the input's size
-as uint8) -> optional binarisation (sem2layout: >= 128 -> 255).
+as uint8) -> optional drawn layout (sem2layout: `Translator.to_layout`, threshold + Manhattan fit).
 
 The engine holds one `LoadedModel` at a time. `reload()` loads the version the registry
 alias points to *beside* the current one and then swaps a single reference, so requests

@@ -82,7 +82,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        with torch.cuda.device(device):  # native bf16 only: emulated bf16 (e.g. T4, V100) is slower than fp32
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     if device.type == "cpu":
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence the getattr
         native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -220,11 +221,15 @@ class Trainer:
         return {
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
+            "precision": self.precision,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
+        # a resume keeps the precision the run started with (exact resume), even when `auto`
+        # would resolve differently on this machine
+        self.precision = str(state.get("precision", self.precision))
 
 
 # ---------------------------------------------------------------- data order
@@ -387,8 +392,12 @@ class _MlflowLogger:
             print(f"warning: MLflow params not logged: {err}")
 
     def params(self, values: dict[str, Any]) -> None:
-        if self.active:
+        if not self.active:
+            return
+        try:
             self.mlflow.log_params({k: str(v) for k, v in values.items()})
+        except self.mlflow.exceptions.MlflowException as err:  # e.g. a caller's run holds another value
+            print(f"warning: MLflow params not logged: {err}")
 
     def epoch(self, record: dict[str, Any], grid_path: Path | None) -> None:
         if not self.active:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from semlayout.errors import SemlayoutError
+from semlayout.layout_fit import FitMethod
 
 
 class _Strict(BaseModel):
@@ -127,7 +128,7 @@ class TrainConfig(_Strict):
 class LayoutFitConfig(_Strict):
     """How `sem2layout` output becomes a binary layout (`semlayout.layout_fit`)."""
 
-    method: Literal["manhattan", "threshold"] = Field(
+    method: FitMethod = Field(
         "manhattan", description="manhattan: threshold, then rectangle-like components become their "
         "best-fit axis-parallel rectangle; threshold: the binarisation alone")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="foreground above this fraction of white")

@@ -17,20 +17,20 @@ first to last such row and column. It is the rectangle a layout engineer would d
 over the blob, and unlike the bounding box it ignores one-pixel excursions (LER).
 
 `method="threshold"` skips the fit (the raw binarisation). Both return uint8 {0, 255}.
-Measured (docs/physics.md, "Layout fit"): the fit adds IoU on line/space, line ends,
+Measured (docs/physics.md, "the layout fit"): the fit adds IoU on line/space, line ends,
 vias and the independent simulator's combs; it leaves L/T/routing shapes as they were.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from semlayout.errors import SemlayoutError
 
-FitMethod = Literal["manhattan", "threshold"]
-FIT_METHODS: tuple[str, ...] = ("manhattan", "threshold")
+FitMethod = Literal["manhattan", "threshold"]  # also the config's `layout_fit.method` type
+FIT_METHODS: tuple[str, ...] = get_args(FitMethod)
 
 
 def _majority_rectangle(comp: np.ndarray) -> tuple[int, int, int, int] | None:

@@ -2,7 +2,8 @@
 
 Path of one image: decode and grayscale check (`serving.uploads`) -> the Translator
 (resize to the model's size with INTER_AREA, [-1, 1], forward, back to the input's size
-as uint8) -> optional drawn layout (sem2layout: `Translator.to_layout`, threshold + Manhattan fit).
+as uint8). The API turns a sem2layout output into the drawn layout (`binarize=true`) with
+the model's own `Translator.to_layout`, after the batch.
 
 The engine holds one `LoadedModel` at a time. `reload()` loads the version the registry
 alias points to *beside* the current one and then swaps a single reference, so requests
@@ -171,7 +172,7 @@ class InferenceEngine:
     def follows_alias(self) -> bool:
         return parse_alias(self.model) is not None
 
-    def translate(self, direction: str, images: list[np.ndarray], binarize_output: bool = False) -> TranslateResult:
+    def translate(self, direction: str, images: list[np.ndarray]) -> TranslateResult:
         """Translate a batch on the model current at call time (a swap meanwhile does not affect it)."""
         if direction not in DIRECTIONS:
             raise SemlayoutError(f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}")
@@ -179,8 +180,6 @@ class InferenceEngine:
         t0 = time.perf_counter()
         outputs = loaded.translator.translate(direction, list(images))
         forward_ms = (time.perf_counter() - t0) * 1000
-        if binarize_output:
-            outputs = [loaded.translator.to_layout(o) for o in outputs]
         return TranslateResult(outputs, loaded, forward_ms)
 
     def reload(self, force: bool = False) -> dict[str, Any]:

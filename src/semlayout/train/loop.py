@@ -386,17 +386,14 @@ class _MlflowLogger:
                 mlflow.set_experiment(experiment)
             mlflow.start_run(run_name=cfg.name)
             self.own_run = True
-        try:
-            mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()})
-        except mlflow.exceptions.MlflowException as err:  # e.g. a caller's run already holds other values
-            print(f"warning: MLflow params not logged: {err}")
+        self.params(_flatten(cfg.to_dict()))
 
     def params(self, values: dict[str, Any]) -> None:
         if not self.active:
             return
         try:
-            self.mlflow.log_params({k: str(v) for k, v in values.items()})
-        except self.mlflow.exceptions.MlflowException as err:  # e.g. a caller's run holds another value
+            self.mlflow.log_params({k: str(v)[:500] for k, v in values.items()})
+        except self.mlflow.exceptions.MlflowException as err:  # e.g. a caller's run already holds other values
             print(f"warning: MLflow params not logged: {err}")
 
     def epoch(self, record: dict[str, Any], grid_path: Path | None) -> None:

@@ -159,3 +159,20 @@ def cached_reference(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-un
         done.write_text("ok")
     return {"shards": base / "ref" / "shards", "fresh": base / "fresh" / "aligned",
             "lowdose": base / "lowdose" / "aligned"}
+
+
+def alignable_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A raw 304x304 SEM and a 250x250 template that passes alignment QC: 40 random rectangles
+    (no periodicity to confuse the match), blurred and noisy, the template cut at a random offset."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    field = np.zeros((304, 304), np.uint8)
+    for _ in range(40):
+        x, y = rng.integers(0, 290, 2)
+        w, h = rng.integers(6, 40, 2)
+        field[y:y + h, x:x + w] = 1
+    x, y = (int(v) for v in rng.integers(0, 55, 2))
+    layout = (field[y:y + 250, x:x + 250] * 255).astype(np.uint8)
+    sem = cv2.GaussianBlur(40.0 + 150.0 * field, (0, 0), 1.2) + rng.normal(0, 12, (304, 304))
+    return np.clip(sem, 0, 255).astype(np.uint8), layout

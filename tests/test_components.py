@@ -218,7 +218,7 @@ def test_drift_check_makes_the_loop_checks_decision(
     for i in range(6):
         store.add_ground_truth(f"p{i}", "sem2layout", "1", {"l1": 0.3, "ssim": 0.5, "psnr": 10.0, "iou": 0.4})
     recs = read_manifest(tiny_pairs)
-    fb = FeedbackStore(tmp_path / "feedback", store=store)
+    fb = FeedbackStore(tmp_path / "feedback", store=store, check_alignment=False)
     for rec in recs[:2]:
         fb.add(read_gray8(rec.sem_path), read_gray8(rec.layout_path), pattern_type=rec.pattern_type)
     intake = f"s3://{s3_bucket}/intake"

@@ -42,7 +42,7 @@ def _pair(seed):
 def loop_env(tmp_path):
     db = tmp_path / "monitor.db"
     store = MonitorStore(db)
-    fb = FeedbackStore(tmp_path / "feedback", store=store)
+    fb = FeedbackStore(tmp_path / "feedback", store=store, check_alignment=False)  # noise pairs: loop logic only
     cfg = LoopConfig(monitor_db=str(db), feedback_dir=str(tmp_path / "feedback"),
                      workdir=str(tmp_path / "loop"),
                      policy={"min_new_pairs": 3, "cooldown_minutes": 30})

@@ -6,18 +6,16 @@ import threading
 
 import numpy as np
 import pytest
+from helpers_serving import alignable_pair
 
 from semlayout.data.pairs import ImageRejected, read_gray8, read_manifest
 from semlayout.errors import SemlayoutError
-from semlayout.monitoring.feedback import FeedbackStore
+from semlayout.monitoring.feedback import DuplicatePair, FeedbackStore
 from semlayout.monitoring.store import MonitorStore
 
 
 def _pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    sem = rng.integers(0, 256, (304, 304), dtype=np.uint8)
-    layout = np.where(rng.random((250, 250)) > 0.5, 255, 0).astype(np.uint8)
-    return sem, layout
+    return alignable_pair(seed)
 
 
 def test_pairs_land_in_a_readable_pair_folder_and_the_store(tmp_path):
@@ -61,3 +59,35 @@ def test_validation(tmp_path):
     with pytest.raises(SemlayoutError, match="pattern_type"):
         fb.add(sem, lay, "../etc")
     assert not (tmp_path / "fb" / "manifest.csv").exists()
+
+
+def test_a_sem_counts_once_and_an_unaligned_pair_is_refused(tmp_path):
+    store = MonitorStore(tmp_path / "m.db")
+    fb = FeedbackStore(tmp_path / "fb", store)
+    sem, lay = _pair(1)
+    first = fb.add(sem, lay, "via")
+    with pytest.raises(DuplicatePair, match=f"same pair was already received as '{first['id']}'"):
+        fb.add(sem, lay, "via")
+    with pytest.raises(DuplicatePair, match="this SEM"):
+        corrected = lay.copy()
+        corrected[100:110, 100:110] = 255 - corrected[100:110, 100:110]
+        fb.add(sem, corrected, "via")  # a corrected layout for the same SEM: still one SEM
+    noise = np.random.default_rng(0).integers(0, 256, (304, 304), dtype=np.uint8)
+    with pytest.raises(ImageRejected, match="does not align") as err:
+        fb.add(noise, lay, "via")
+    assert err.value.reason.startswith("align:")
+    with pytest.raises(SemlayoutError, match="pattern_type"):
+        fb.add(*_pair(3), "via\n")  # "$" would have matched before the final newline
+    assert len(read_manifest(tmp_path / "fb")) == 1 == store.feedback_count()
+    assert len(list((tmp_path / "fb" / "sem").glob("*.png"))) == 1
+    # the same SEM in a manifest written before the hash columns existed is found by its pixels
+    manifest = tmp_path / "fb" / "manifest.csv"
+    head, row = manifest.read_text().splitlines()
+    cols = head.split(",")
+    keep = [i for i, c in enumerate(cols) if not c.endswith("_pixel_sha256")]
+    manifest.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in (head, row)) + "\n")
+    with pytest.raises(DuplicatePair):
+        fb.add(sem, lay, "via")
+    unchecked = FeedbackStore(tmp_path / "fb2", check_alignment=False)
+    assert unchecked.add(noise, lay, "via")["id"]
+    store.close()

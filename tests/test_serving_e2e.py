@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers_serving import (
+    alignable_pair,
     aligned_arrays,
     cached_reference,
     free_port,
@@ -142,24 +143,40 @@ def test_ground_truth_gives_quality_metrics(server, data):
     assert m["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((a - b) ** 2)), rel=1e-6)
     assert _post(url, "/v1/ground-truth/0123456789abcdef", layout[5], headers=auth).status_code == 404
     assert _post(url, f"/v1/ground-truth/{pid}", layout[5][:100], headers=auth).status_code == 422
+    # the truth of a layout prediction is a layout: a grey image (the SEM, by mistake) is refused
+    # and does not replace the truth already given
+    wrong = _post(url, f"/v1/ground-truth/{pid}", sem[5], headers=auth)
+    assert wrong.status_code == 422 and "only 0 and 255" in wrong.json()["detail"], wrong.text
     s = httpx.get(f"{url}/v1/monitoring/summary").json()
     assert s["quality"]["sem2layout"]["n"] >= 1 and s["quality"]["sem2layout"]["ssim"] is not None
 
 
 def test_feedback_is_stored_as_a_pair_folder(server, data):
     url = server["url"]
-    rng = np.random.default_rng(3)
     auth = {"Authorization": f"Bearer {API}"}
+
+    def post(sem: np.ndarray, lay: np.ndarray) -> httpx.Response:
+        return httpx.post(f"{url}/v1/feedback", headers=auth, data={"pattern_type": "line_space"},
+                          files={"sem": ("s.png", png_bytes(sem), "image/png"),
+                                 "layout": ("l.png", png_bytes(lay), "image/png")}, timeout=60)
+
     sent = []
     for i in range(2):
-        sem = rng.integers(0, 256, (304, 304), dtype=np.uint8)
-        lay = np.where(rng.random((250, 250)) > 0.6, 255, 0).astype(np.uint8)
-        r = httpx.post(f"{url}/v1/feedback", headers=auth, data={"pattern_type": "line_space"},
-                       files={"sem": ("s.png", png_bytes(sem), "image/png"),
-                              "layout": ("l.png", png_bytes(lay), "image/png")}, timeout=60)
+        sem, lay = alignable_pair(300 + i)
+        r = post(sem, lay)
         assert r.status_code == 200, r.text
         assert r.json()["feedback_count"] == i + 1
         sent.append((r.json()["id"], sem, lay))
+    # refused, nothing stored: the same pair again, the same SEM with another layout, and a
+    # template that does not align with its SEM (the fine-tune would drop it; the trigger would count it)
+    again = post(sent[0][1], sent[0][2])
+    assert again.status_code == 409 and sent[0][0] in again.json()["detail"], again.text
+    corrected = sent[0][2].copy()
+    corrected[100:110, 100:110] = 255 - corrected[100:110, 100:110]
+    assert post(sent[0][1], corrected).status_code == 409
+    noise = np.random.default_rng(3).integers(0, 256, (304, 304), dtype=np.uint8)
+    unaligned = post(noise, sent[1][2])
+    assert unaligned.status_code == 422 and "align" in unaligned.json()["detail"], unaligned.text
     recs = {rec.id: rec for rec in read_manifest(server["settings"].feedback_dir)}
     assert set(recs) == {s[0] for s in sent}
     for pid, sem, lay in sent:

@@ -66,6 +66,30 @@ def test_queue_limit_is_a_user_facing_error(ckpt):
     asyncio.run(main())
 
 
+def test_a_batch_is_queued_whole_or_not_at_all(ckpt):
+    engine = InferenceEngine.load(str(ckpt))
+    sizes: list[int] = []
+
+    async def main() -> None:
+        b = MicroBatcher(engine, max_batch=8, max_queue=5, on_batch=lambda d, n, ms: sizes.append(n))
+        b.start()
+        img = np.zeros((16, 16), np.uint8)
+        try:
+            # the first batch fills 4 of 5 places; the second (3 images) does not fit: refused
+            # before any of its images is queued, so none of them is run (or recorded by the API)
+            first = asyncio.ensure_future(b.submit_many("sem2layout", [img] * 4))
+            await asyncio.sleep(0)
+            with pytest.raises(QueueFull, match="3 more would pass the limit of 5"):
+                await b.submit_many("sem2layout", [img] * 3)
+            assert len(await first) == 4
+            assert len(await b.submit_many("layout2sem", [img] * 5)) == 5  # exactly the limit
+        finally:
+            await b.stop()
+
+    asyncio.run(main())
+    assert sum(sizes) == 9, sizes  # 4 + 5 forwards: the refused batch never reached the model
+
+
 def test_engine_errors_and_forced_reload(ckpt, tmp_path):
     engine = InferenceEngine.load(str(ckpt))
     with pytest.raises(SemlayoutError, match="unknown direction"):

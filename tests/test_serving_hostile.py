@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers_serving import make_checkpoint, png_bytes, running_server
+from helpers_serving import alignable_pair, make_checkpoint, png_bytes, running_server
 from hostile_images import good_gray, hostile_uploads
 
 from semlayout.serving.app import create_app
@@ -77,6 +77,12 @@ def test_oversized_bodies(url):
     body, ctype = _multipart("image", png_bytes(good_gray()))
     r = httpx.post(f"{url}/v1/translate/sem2layout", content=iter([body]), headers={"content-type": ctype})
     check("chunked small", r, {200})
+    # both refusals are counted against the route, though the declared-length one is answered
+    # before routing
+    counted = [ln for ln in httpx.get(f"{url}/metrics").text.splitlines()
+               if ln.startswith("semlayout_requests_total{") and 'status="413"' in ln]
+    assert any('route="/v1/translate/{direction}"' in ln and float(ln.split()[-1]) >= 2 for ln in counted), counted
+    assert not any('route="unmatched"' in ln for ln in counted), counted
 
 
 def test_malformed_requests(url):
@@ -122,7 +128,10 @@ def test_tokens(url):
     r = httpx.post(f"{url}/v1/translate/sem2layout", files={"image": ("x.png", img, "image/png")})
     pid = r.headers["x-prediction-id"]
     gt = f"{url}/v1/ground-truth/{pid}"
-    files = {"image": ("x.png", img, "image/png")}
+    truth = np.where(good_gray() > 127, 255, 0).astype(np.uint8)  # a sem2layout truth is a layout
+    files = {"image": ("x.png", png_bytes(truth), "image/png")}
+    check("gt grey truth", httpx.post(gt, files={"image": ("x.png", img, "image/png")},
+                                      headers={"Authorization": f"Bearer {API}"}), {422})
     check("gt no token", httpx.post(gt, files=files), {401})
     check("gt basic auth", httpx.post(gt, files=files, auth=("u", API)), {401})
     check("gt wrong token", httpx.post(gt, files=files, headers={"Authorization": "Bearer nope"}), {403})
@@ -144,9 +153,8 @@ def test_tokens(url):
 
 
 def test_feedback_refusals(url):
-    rng = np.random.default_rng(0)
-    sem = png_bytes(rng.integers(0, 256, (304, 304), dtype=np.uint8))
-    lay = png_bytes(np.where(rng.random((250, 250)) > 0.5, 255, 0).astype(np.uint8))
+    sem_a, lay_a = alignable_pair(0)
+    sem, lay = png_bytes(sem_a), png_bytes(lay_a)
     auth = {"Authorization": f"Bearer {API}"}
     fb = f"{url}/v1/feedback"
 
@@ -163,7 +171,9 @@ def test_feedback_refusals(url):
     check("fb long pattern", post(sem, lay, pattern="x" * 500, headers=auth), {422})
     check("fb missing pattern", post(sem, lay, pattern=None, headers=auth), {422})
     check("fb text sem", post(b"hello", lay, headers=auth), {415})
+    check("fb pattern with a final newline", post(sem, lay, pattern="via\n", headers=auth), {422})
     check("fb ok", post(sem, lay, headers=auth), {200})
+    check("fb duplicate", post(sem, lay, headers=auth), {409})
 
 
 def test_disabled_endpoints_answer_503_when_tokens_are_unset(ckpt, tmp_path):

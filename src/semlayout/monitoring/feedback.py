@@ -8,6 +8,12 @@ writes), then the manifest is rewritten to a temporary file and renamed over the
 old one, so a reader sees either the old or the new manifest, and every row it
 lists has its images. A thread lock plus an advisory file lock serialise writers
 (several server workers may share one folder).
+
+What is refused (nothing is written then): wrong sizes or a non-binary layout
+(`ImageRejected`), a pair whose template alignment QC fails (`ImageRejected`,
+reason `align:<reason>`: the fine-tune would drop it, and the trigger would count
+it), and a SEM already in the folder (`DuplicatePair`: a pair counts once, as in
+the S3 intake). Each manifest row carries the SHA-256 of its SEM and layout pixels (`*_pixel_sha256`).
 """
 
 from __future__ import annotations
@@ -33,27 +39,38 @@ from semlayout.data.pairs import (
     ImageRejected,
     check_binary_layout,
     encode_png,
+    read_gray8,
 )
 from semlayout.errors import SemlayoutError
 from semlayout.monitoring.performance import sha256
 from semlayout.monitoring.store import MonitorStore
 
-COLUMNS = ("id", "sem_path", "layout_path", "pattern_type", "source", "received_at")
+# *_pixel_sha256: of the decoded pixels (the monitor store's hashes), not of the PNG file bytes
+# that the S3 intake's sem_sha256 columns hold
+COLUMNS = ("id", "sem_path", "layout_path", "pattern_type", "source", "received_at",
+           "sem_pixel_sha256", "layout_pixel_sha256")
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def check_pattern_type(pattern_type: str) -> str:
-    if not _PATTERN_RE.match(pattern_type or ""):
+    if not _PATTERN_RE.fullmatch(pattern_type or ""):  # fullmatch: "$" would let a final "\n" through
         raise SemlayoutError(
             f"pattern_type '{pattern_type[:80]}' is not valid: expected 1-64 letters, digits, '_', '.', '-'")
     return pattern_type
 
 
+class DuplicatePair(SemlayoutError):
+    """This SEM is already in the feedback folder (the API answers 409)."""
+
+
 class FeedbackStore:
     def __init__(self, folder: str | Path, store: MonitorStore | None = None,
                  sem_shape: tuple[int, int] = SEM_RAW_SHAPE,
-                 layout_shape: tuple[int, int] = TEMPLATE_SHAPE):
+                 layout_shape: tuple[int, int] = TEMPLATE_SHAPE, check_alignment: bool = True):
+        """`check_alignment=False` skips the template-alignment QC (tests of what the loop and the
+        fine-tune do with pairs that got into a folder some other way)."""
         self.folder = Path(folder)
+        self.check_alignment = check_alignment
         self.store = store
         self.sem_shape = sem_shape
         self.layout_shape = layout_shape
@@ -83,38 +100,68 @@ class FeedbackStore:
         """Validate and store one reviewed pair; returns {"id", "sem_path", "layout_path", ...}."""
         check_pattern_type(pattern_type)
         self.validate(sem, layout)
+        if self.check_alignment:
+            self._check_alignment(sem, layout)
+        sem_h, lay_h = sha256(sem), sha256(layout)
         pid = f"fb-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         row = {"id": pid, "sem_path": f"sem/{pid}.png", "layout_path": f"layout/{pid}.png",
                "pattern_type": pattern_type, "source": "api_feedback",
-               "received_at": datetime.now(UTC).isoformat(timespec="seconds")}
+               "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
+               "sem_pixel_sha256": sem_h, "layout_pixel_sha256": lay_h}
         with self._locked():
+            columns, rows = self._read_manifest()
+            for old in rows:
+                if self._sem_hash(old) == sem_h:
+                    same = "the same pair" if old.get("layout_pixel_sha256") == lay_h else "this SEM"
+                    raise DuplicatePair(f"{same} was already received as '{old.get('id')}'; a SEM "
+                                        "counts once (nothing was stored)")
             atomic_write_bytes(self.folder / row["sem_path"], encode_png(sem))
             atomic_write_bytes(self.folder / row["layout_path"], encode_png(layout))
-            self._append_manifest(row)
+            self._write_manifest(columns, [*rows, row])
         if self.store is not None:
-            self.store.add_feedback(id=pid, pattern_type=pattern_type, sem_sha256=sha256(sem),
-                                    layout_sha256=sha256(layout), sem_path=row["sem_path"],
+            self.store.add_feedback(id=pid, pattern_type=pattern_type, sem_sha256=sem_h,
+                                    layout_sha256=lay_h, sem_path=row["sem_path"],
                                     layout_path=row["layout_path"], folder=str(self.folder),
                                     ts=time.time())
         return row
 
-    def _append_manifest(self, row: dict[str, str]) -> None:
+    @staticmethod
+    def _check_alignment(sem: np.ndarray, layout: np.ndarray) -> None:
+        from semlayout.data.align import align_pair
+
+        res = align_pair(sem, layout)
+        if not res.qc_pass:
+            num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            raise ImageRejected("layout", f"align:{res.reason}",
+                                f"the template does not align with the SEM (QC: {res.reason}, score "
+                                f"{num(res.score)}, confidence {num(res.confidence)}); nothing was stored")
+
+    def _sem_hash(self, row: dict[str, str]) -> str | None:
+        if row.get("sem_pixel_sha256"):
+            return row["sem_pixel_sha256"]
+        path = self.folder / (row.get("sem_path") or "")
+        if not path.is_file():  # rows written before the hash column existed: hash the image
+            return None
+        return sha256(read_gray8(path))
+
+    def _read_manifest(self) -> tuple[list[str], list[dict[str, str]]]:
         manifest = self.folder / "manifest.csv"
-        rows: list[dict[str, str]] = []
         columns = list(COLUMNS)
-        if manifest.is_file():
-            reader = csv.DictReader(io.StringIO(manifest.read_text(encoding="utf-8")))
-            for c in reader.fieldnames or []:
-                if c not in columns:
-                    columns.append(c)
-            rows = [dict(r) for r in reader]
-        rows.append(row)
+        if not manifest.is_file():
+            return columns, []
+        reader = csv.DictReader(io.StringIO(manifest.read_text(encoding="utf-8")))
+        for c in reader.fieldnames or []:
+            if c not in columns:
+                columns.append(c)
+        return columns, [dict(r) for r in reader]
+
+    def _write_manifest(self, columns: list[str], rows: list[dict[str, str]]) -> None:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({c: r.get(c) or "" for c in columns})
-        atomic_write_text(manifest, buf.getvalue())
+        atomic_write_text(self.folder / "manifest.csv", buf.getvalue())
 
     def count(self) -> int:
         manifest = self.folder / "manifest.csv"

@@ -69,6 +69,10 @@ class PerformanceTracker:
             raise SemlayoutError(
                 f"ground truth is {truth.shape[1]}x{truth.shape[0]} px but prediction "
                 f"'{prediction_id}' is {output.shape[1]}x{output.shape[0]} px; expected the same size")
+        if pred.direction == "sem2layout":  # the truth of a layout prediction is a drawn layout
+            from semlayout.data.pairs import check_binary_layout
+
+            check_binary_layout(truth, "ground truth (a sem2layout prediction's truth is a layout)")
         values = {
             "l1": metrics.l1(output, truth),
             "ssim": metrics.ssim(output, truth),

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from semlayout.errors import SemlayoutError
 from semlayout.monitoring.drift import DriftDetector, DriftResult, detectors_from_reference
-from semlayout.monitoring.feedback import FeedbackStore
+from semlayout.monitoring.feedback import DuplicatePair, FeedbackStore
 from semlayout.monitoring.inference_monitor import InferenceMonitor, image_stats
 from semlayout.monitoring.performance import (
     PerformanceTracker,
@@ -171,22 +171,32 @@ def _record(state: ServingState, endpoint: str, direction: str, img: np.ndarray,
     return _Done(pid, out, png, model, _drift_info(res, det))
 
 
-async def _translate_one(state: ServingState, endpoint: str, direction: str, img: np.ndarray,
-                         binarize_output: bool, t0: float) -> _Done:
+async def _translate(state: ServingState, endpoint: str, direction: str, images: list[np.ndarray],
+                     binarize_output: bool, t0: float) -> list[_Done]:
+    """Translate and record `images`: all of them, or none when the queue cannot take them all."""
     det = state.detectors.get(direction)
     # the drift features are computed while the model runs (they need only the input)
-    drift = asyncio.ensure_future(run_in_threadpool(det.check, img)) if det is not None else None
+    drifts = ([asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images]
+              if det is not None else [])
     try:
-        out, model, forward_ms, batch = await state.batcher.submit(direction, img)
+        results = await state.batcher.submit_many(direction, images)
     except QueueFull as err:
-        if drift is not None:
+        for drift in drifts:
             drift.cancel()
         raise HTTPException(503, detail=str(err), headers={"Retry-After": "1"}) from None
-    res = await drift if drift is not None else None
-    if binarize_output:  # the drawn layout, as the serving model's layout_fit config says
-        out = await run_in_threadpool(model.translator.to_layout, out)
-    return await run_in_threadpool(_record, state, endpoint, direction, img, out, model, forward_ms, batch, t0,
-                                   res)
+    done = []
+    for i, (img, (out, model, forward_ms, batch)) in enumerate(zip(images, results, strict=True)):
+        res = await drifts[i] if drifts else None
+        if binarize_output:  # the drawn layout, as the serving model's layout_fit config says
+            out = await run_in_threadpool(model.translator.to_layout, out)
+        done.append(await run_in_threadpool(_record, state, endpoint, direction, img, out, model, forward_ms,
+                                            batch, t0, res))
+    return done
+
+
+async def _translate_one(state: ServingState, endpoint: str, direction: str, img: np.ndarray,
+                         binarize_output: bool, t0: float) -> _Done:
+    return (await _translate(state, endpoint, direction, [img], binarize_output, t0))[0]
 
 
 def _check_binarize(direction: Direction, binarize_output: bool) -> None:
@@ -321,13 +331,16 @@ class RequestMetricsMiddleware:
             m.inflight.dec()
             dt = time.perf_counter() - t0
             route = scope.get("route")  # set by the router on this same scope dict
+            params = scope.get("path_params") or {}
+            if route is None:  # answered before routing (the body limit's 413): match it here
+                route, params = self._match(scope)
             path = getattr(route, "path", "unmatched")
             m.requests.labels(scope.get("method", ""), path, str(status)).inc()
             m.latency.labels(path).observe(dt)
             state = getattr(self.owner.state, "svc", None)
             if state is not None:
                 m.queue_depth.set(state.batcher.depth)
-            direction = (scope.get("path_params") or {}).get("direction") if route is not None else None
+            direction = params.get("direction") if route is not None else None
             direction = direction if direction in ("sem2layout", "layout2sem") else None
             if path.startswith(self.monitored) and status == 200 and direction:
                 m.translate_latency.labels(direction).observe(dt)
@@ -338,6 +351,16 @@ class RequestMetricsMiddleware:
                         await run_in_threadpool(
                             state.monitor.record_error, endpoint=path, http_status=status,
                             error=f"HTTP {status}", latency_ms=dt * 1000, direction=direction)
+
+
+    def _match(self, scope: Any) -> tuple[Any, dict[str, Any]]:
+        from starlette.routing import Match
+
+        for candidate in self.owner.router.routes:
+            match, child = candidate.matches(scope)
+            if match == Match.FULL:
+                return candidate, child.get("path_params") or {}
+        return None, {}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -443,9 +466,7 @@ def _routes(app: FastAPI, settings: ServeSettings, metrics: ServingMetrics) -> N
         for i, up in enumerate(images):
             data = await _read(up, settings)
             decoded.append(await run_in_threadpool(_decode, data, f"images[{i}]", settings))
-        done = await asyncio.gather(*[
-            _translate_one(state, "/v1/translate/{direction}/batch", direction.value, img, binarize, t0)
-            for img in decoded])
+        done = await _translate(state, "/v1/translate/{direction}/batch", direction.value, decoded, binarize, t0)
         return [_as_response(d, direction.value) for d in done]
 
     @app.post("/v1/align", tags=["translate"], response_model=AlignResponse, responses=UPLOAD_ERRORS)
@@ -495,14 +516,22 @@ def _routes(app: FastAPI, settings: ServeSettings, metrics: ServingMetrics) -> N
 
     @app.post("/v1/feedback", tags=["monitoring"], response_model=FeedbackResponse,
               dependencies=[Depends(require("api"))],
-              responses={**AUTH_ERRORS, **{k: v for k, v in UPLOAD_ERRORS.items() if k != 503}})
+              responses={**AUTH_ERRORS, **{k: v for k, v in UPLOAD_ERRORS.items() if k != 503},
+                         409: {**_ERR, "description": "this SEM was already received (a pair counts once)"}})
     async def feedback(state: State, sem: UploadFile = File(..., description="raw SEM, 304x304, 8-bit"),
                        layout: UploadFile = File(..., description="layout, 250x250, values 0 and 255"),
                        pattern_type: str = Form(..., max_length=64)) -> FeedbackResponse:
-        """Store a human-reviewed pair (SQLite + the feedback pair folder) for fine-tuning."""
+        """Store a human-reviewed pair (SQLite + the feedback pair folder) for fine-tuning.
+
+        Refused, with nothing stored: sizes other than 304x304 / 250x250, a layout with values
+        other than 0 and 255, a template that fails alignment QC against the SEM (422), and a
+        SEM already received (409)."""
         sem_img = await run_in_threadpool(_decode, await _read(sem, settings), "sem", settings)
         lay_img = await run_in_threadpool(_decode, await _read(layout, settings), "layout", settings)
-        row = await run_in_threadpool(state.feedback.add, sem_img, lay_img, pattern_type)
+        try:
+            row = await run_in_threadpool(state.feedback.add, sem_img, lay_img, pattern_type)
+        except DuplicatePair as err:
+            raise HTTPException(409, detail=str(err)) from None
         metrics.feedback.inc()
         count = await run_in_threadpool(state.store.feedback_count, None)
         return FeedbackResponse(id=row["id"], pattern_type=row["pattern_type"], sem_path=row["sem_path"],

@@ -27,7 +27,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,14 +249,26 @@ class MicroBatcher:
 
     async def submit(self, direction: str, image: np.ndarray) -> tuple[np.ndarray, LoadedModel, float, int]:
         """(output, model used, forward ms of the batch, batch size)."""
+        return (await self.submit_many(direction, [image]))[0]
+
+    async def submit_many(self, direction: str, images: Sequence[np.ndarray]
+                          ) -> list[tuple[np.ndarray, LoadedModel, float, int]]:
+        """All of `images` or none: QueueFull before any is queued when they do not all fit."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
-        if self._queue.qsize() >= self.max_queue:
-            raise QueueFull(f"server busy: {self._queue.qsize()} images queued (limit {self.max_queue})")
-        fut: asyncio.Future[tuple[np.ndarray, LoadedModel, float, int]] = (
-            asyncio.get_running_loop().create_future())
-        await self._queue.put(_Job(direction, image, fut))
-        return await fut
+        if self._queue.qsize() + len(images) > self.max_queue:
+            raise QueueFull(f"server busy: {self._queue.qsize()} images queued, {len(images)} more "
+                            f"would pass the limit of {self.max_queue}")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[tuple[np.ndarray, LoadedModel, float, int]]] = []
+        for image in images:  # no await between the check and the puts: nothing else can queue
+            futures.append(loop.create_future())
+            self._queue.put_nowait(_Job(direction, image, futures[-1]))
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for fut in futures:  # a cancelled request: its images are skipped, not run
+                fut.cancel()
 
     async def _run(self) -> None:
         assert self._queue is not None and self._executor is not None

@@ -162,8 +162,11 @@ def check_header(h: ImageHeader, max_pixels: int, min_side: int) -> None:
 
 def decode_upload(data: bytes, name: str, max_pixels: int, min_side: int = 1) -> np.ndarray:
     """Header checks, then decode: an (H, W) uint8 array, or UploadRejected with a reason."""
-    header = read_header(data)
-    check_header(header, max_pixels, min_side)
+    try:
+        header = read_header(data)
+        check_header(header, max_pixels, min_side)
+    except UploadRejected as err:  # name the field: a batch or a pair has several uploads
+        raise UploadRejected(err.status_code, f"{name}: {err.detail}") from None
     try:
         img = decode_gray8(data, name)
     except ImageRejected as err:

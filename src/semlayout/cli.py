@@ -55,7 +55,33 @@ def version() -> None:
 _register()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, kill, Kubernetes) unwinds like Ctrl-C, so atomic writes clean up."""
+
+
+_terminated = False  # click may re-wrap the exception; this remembers what it was
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    raise Terminated()
+
+
+def _os_error_message(err: OSError) -> str:
+    what = err.strerror or err.__class__.__name__
+    if err.filename is not None:
+        return f"cannot use {err.filename}: {what.lower()}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # standalone mode: click prints usage errors itself and raises SystemExit
         app(args=argv, standalone_mode=True)
@@ -63,14 +89,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        print(f"error: {'terminated' if _terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if _terminated else 130
+    except OSError as err:  # the environment, not a bug: unwritable, missing or wrong-kind paths
+        print(f"error: {_os_error_message(err)}", file=sys.stderr)
+        return 1
     except SystemExit as exc:
+        if _terminated:
+            print("error: terminated", file=sys.stderr)
+            return 143
         code = exc.code
         if code is None or isinstance(code, int):
             return int(code or 0)
         print(code, file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

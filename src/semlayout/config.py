@@ -111,7 +111,8 @@ class TrainConfig(_Strict):
         "bf16 autocast (losses, weights and optimiser state stay fp32); validation stays fp32; "
         "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AMX or "
         "AVX512-BF16), else fp32")
-    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="auto (cuda if available), cpu, cuda, cuda:N")
     keep_checkpoints: int = Field(3, ge=1, description="step checkpoints kept in RUN/checkpoints")
     val_samples: int = Field(32, ge=0, description="val images scored after each epoch; 0 skips")
     sample_images: int = Field(4, ge=0, description="val images in the per-epoch sample grid")
@@ -190,10 +191,19 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not path.is_file():
         raise SemlayoutError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise SemlayoutError(f"config {path} is not a UTF-8 text file") from None
     except yaml.YAMLError as err:
-        raise SemlayoutError(f"config {path} is not valid YAML: {err}") from None
+        raise SemlayoutError(f"config {path} is not valid YAML: {yaml_error_line(err)}") from None
     return config_from_dict(data, source=str(path))
+
+
+def yaml_error_line(err: Exception) -> str:
+    """A YAML parser error on one line: what went wrong and where (line, column)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:

@@ -265,7 +265,11 @@ def write_evaluation(
     from semlayout.atomic import atomic_write_text
     from semlayout.report import write_report_html
 
-    atomic_write_text(Path(out), json.dumps(metrics_json_ready(result), indent=2, sort_keys=True) + "\n")
+    for path in (out, report):
+        if path is not None and Path(path).is_dir():
+            raise SemlayoutError(f"{path} is a folder; expected a file path to write")
+    # the report first: when it cannot be written, no metrics.json claims a finished evaluation
     if report is not None:
         write_report_html(report, metrics_json_ready(result), result.get("samples", []), curves=curves,
                           gate=gate, title=f"semlayout evaluation: {result.get('model', '')}")
+    atomic_write_text(Path(out), json.dumps(metrics_json_ready(result), indent=2, sort_keys=True) + "\n")

@@ -113,6 +113,10 @@ def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any
             keys = list(f.keys())
             for name in NET_FOR_DIRECTION.values():
                 state = {k[len(name) + 1:]: f.get_tensor(k) for k in keys if k.startswith(name + ".")}
+                broken = [k for k, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+                if broken:  # would translate every image to black, silently
+                    raise SemlayoutError(f"{weights}: {name} has non-finite (NaN/inf) weights in {len(broken)} "
+                                         f"tensor(s), e.g. {name}.{broken[0]}; this checkpoint cannot serve")
                 net = build_generator(cfg, name)
                 load_state_into(net, name, state, str(weights))
                 nets[name] = net.to(device).eval()

@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from semlayout.atomic import atomic_write_text
+from semlayout.config import yaml_error_line
 from semlayout.errors import SemlayoutError
 from semlayout.triggers import DIRECTIONS, Observations, TriggerDecision, TriggerPolicy, decide
 
@@ -74,9 +75,11 @@ def load_loop_config(path: str | Path | None, overrides: dict[str, Any] | None =
         if not p.is_file():
             raise SemlayoutError(f"loop config not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise SemlayoutError(f"loop config {p} is not a UTF-8 text file") from None
         except yaml.YAMLError as err:
-            raise SemlayoutError(f"loop config {p} is not valid YAML: {err}") from None
+            raise SemlayoutError(f"loop config {p} is not valid YAML: {yaml_error_line(err)}") from None
         if not isinstance(data, dict):
             raise SemlayoutError(f"loop config {p}: expected a mapping")
     for dotted, value in (overrides or {}).items():

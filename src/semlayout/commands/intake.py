@@ -88,9 +88,11 @@ def download_cmd(
     since: Annotated[str | None, typer.Option("--since", help="only batches created at/after this ISO time")] = None,
 ) -> None:
     """Materialise all complete batches as one local pair folder."""
+    from semlayout.atomic import check_not_over_inputs
     from semlayout.data.pairs import read_manifest
     from semlayout.intake import download_batches
 
+    check_not_over_inputs(out, intake_store=uri)
     path = download_batches(uri, out, since=since)
     typer.echo(f"wrote {len(read_manifest(path))} pairs to {path}")
 

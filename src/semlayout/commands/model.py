@@ -32,7 +32,7 @@ def predict(
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT."""
     import cv2
 
-    from semlayout.atomic import atomic_dir
+    from semlayout.atomic import atomic_dir, check_not_over_inputs
     from semlayout.data.pairs import read_gray8
     from semlayout.inference import Translator, check_direction
 
@@ -40,9 +40,7 @@ def predict(
     if binarize and direction != "sem2layout":
         raise SemlayoutError("--binarize applies to --direction sem2layout only")
     files = _list_pngs(in_dir)
-    src, dst = in_dir.resolve(), out.resolve()
-    if dst == src or dst in src.parents:
-        raise SemlayoutError(f"--out {out} would replace the input folder {in_dir}; choose another folder")
+    check_not_over_inputs(out, input_folder=in_dir, model=model)
     images = [read_gray8(p) for p in files]  # refuses 16-bit / RGB naming the file, before any work
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
     with atomic_dir(out) as tmp:

@@ -22,7 +22,8 @@ def drift_report(
     window: int = typer.Option(500, "--window", min=2, help="most recent requests of the direction"),
     out: Path = typer.Option(Path("drift.html"), "--out"),
     direction: str = typer.Option("sem2layout", "--direction", help="sem2layout | layout2sem"),
-    drift_share: float = typer.Option(0.3, "--drift-share", help="share of drifted features = data set drift"),
+    drift_share: float = typer.Option(0.3, "--drift-share", min=0.0, max=1.0,
+                                      help="share of drifted features = data set drift (0..1)"),
 ) -> None:
     """Evidently data-drift report (HTML): a window of traffic against the training reference."""
     import json

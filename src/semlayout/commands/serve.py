@@ -52,7 +52,15 @@ def serve(
         raise SemlayoutError(f"drift reference not found: {settings.reference}")
     if not (1 <= port <= 65535):
         raise SemlayoutError(f"--port {port}: expected 1..65535")
-    # load the model here, before binding, so a bad model is one line and exit 2, not a traceback
+    # everything the app opens is checked here, before binding, so a bad model, registry or
+    # database is one line and exit 2, not a traceback from inside uvicorn's startup
+    if str(settings.model).startswith("models:/"):
+        from semlayout.registry.tracking import check_tracking_uri
+
+        check_tracking_uri(settings.tracking_uri, create=False)  # a typo must not create a registry
+    from semlayout.monitoring.store import MonitorStore
+
+    MonitorStore(settings.monitor_db).close()
     from semlayout.serving.engine import InferenceEngine
 
     engine = InferenceEngine.load(settings.model, settings.backend, settings.tracking_uri)

@@ -29,6 +29,7 @@ contiguous in the file), so a big shard set costs page cache, not RAM per worker
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -106,9 +107,13 @@ class ShardDataset(Dataset):
         self.item_families: list[str] = []
         self.item_sources: list[str] = []
         for s, path in enumerate(self._shard_paths):
-            with np.load(path, allow_pickle=False) as z:
-                ids, fams = z["ids"].tolist(), z["families"].tolist()
-                srcs = z["sources"].tolist() if "sources" in z.files else [""] * len(ids)
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    ids, fams = z["ids"].tolist(), z["families"].tolist()
+                    srcs = z["sources"].tolist() if "sources" in z.files else [""] * len(ids)
+            except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as err:
+                raise SemlayoutError(f"shard {path} is corrupt or truncated ({err}); "
+                                     "re-create it with `semlayout shard`") from None
             for row, (pid, fam, src) in enumerate(zip(ids, fams, srcs, strict=True)):
                 if source is not None and src != source:
                     continue

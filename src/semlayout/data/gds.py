@@ -177,12 +177,19 @@ def _window(layer: LayerPolygons, x0: float, y0: float, pixel_nm: float, shape: 
     return rasterize([layer.polygons[i] for i in hit], x0, y0, pixel_nm, shape)
 
 
-def tile_origins(bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float) -> list[tuple[float, float]]:
+def iter_tile_origins(bbox: tuple[float, float, float, float], clip_nm: float,
+                      stride_nm: float) -> Iterator[tuple[float, float]]:
     """Lower-left corners of clips covering the bbox, top row first, left to right."""
     xmin, ymin, xmax, ymax = bbox
     nx = max(1, math.ceil((xmax - xmin - clip_nm) / stride_nm - 1e-9) + 1)
     ny = max(1, math.ceil((ymax - ymin - clip_nm) / stride_nm - 1e-9) + 1)
-    return [(xmin + i * stride_nm, ymax - clip_nm - j * stride_nm) for j in range(ny) for i in range(nx)]
+    for j in range(ny):
+        for i in range(nx):
+            yield xmin + i * stride_nm, ymax - clip_nm - j * stride_nm
+
+
+def tile_origins(bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float) -> list[tuple[float, float]]:
+    return list(iter_tile_origins(bbox, clip_nm, stride_nm))
 
 
 def gds_clips(
@@ -223,7 +230,7 @@ def gds_clips(
     if max_clips is not None and max_clips <= 0:
         raise SemlayoutError(f"--max-clips {max_clips}: expected a positive number")
     data = read_layer(path, layer, datatype, cell)
-    origins = tile_origins(data.bbox, clip_nm, stride)
+    origins = iter_tile_origins(data.bbox, clip_nm, stride)  # lazy: --max-clips stops it early
     out = Path(out_dir)
     rows: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:

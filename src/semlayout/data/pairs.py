@@ -12,6 +12,7 @@ the reason; `ImageRejected.reason` is a short code that QC reports reuse.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -124,11 +125,40 @@ def decode_gray8(data: bytes, name: str = "<upload>", expected_shape: tuple[int,
 
     if not data:
         raise ImageRejected(name, "unreadable", "empty file")
+    _check_png_header(data, name, expected_shape)
+    _quiet_opencv()
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV will allocate
+        raise ImageRejected(name, "unreadable", "cannot decode: corrupt, or too large for the decoder") from None
     if img is None:
         raise ImageRejected(name, "unreadable", "not a readable image")
     return _check_gray8(img, name, expected_shape)
+
+
+MAX_DECODE_PIXELS = 8192 * 8192  # files on disk: far above any SEM or layout clip, far below a bomb
+
+
+def _check_png_header(data: bytes, name: str, expected_shape: tuple[int, int] | None) -> None:
+    """Refuse a PNG by its header (size) before the decoder allocates anything."""
+    import struct
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24 or data[12:16] != b"IHDR":
+        return
+    w, h = struct.unpack(">II", data[16:24])
+    if w * h > MAX_DECODE_PIXELS:
+        raise ImageRejected(name, "too_large", f"PNG header claims {w}x{h} px; the limit is {MAX_DECODE_PIXELS} px")
+    if expected_shape is not None and (h, w) != tuple(expected_shape):
+        raise ImageRejected(name, "wrong_size", f"expected {expected_shape[1]}x{expected_shape[0]} px, got {w}x{h}")
+
+
+def _quiet_opencv() -> None:
+    """OpenCV prints '[ WARN:0@...] ...' lines for truncated files; the caller reports those itself."""
+    import cv2
+
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def _check_gray8(img: np.ndarray, name: str, expected_shape: tuple[int, int] | None) -> np.ndarray:

@@ -457,8 +457,11 @@ def npz_members(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     out: dict[str, np.ndarray] = {}
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise SemlayoutError(f"shard {path} is corrupt or truncated ({err}); re-create it with `semlayout shard`") from None
     with open(path, "rb") as f:
         for info in infos:
             key = info.filename.removesuffix(".npy")

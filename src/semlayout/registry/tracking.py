@@ -73,6 +73,10 @@ def check_tracking_uri(tracking_uri: str | None, create: bool = False) -> str:
                 f"no MLflow registry at {uri} (file {db} does not exist); "
                 "pass --tracking-uri or set MLFLOW_TRACKING_URI"
             )
+        if db.is_file() and db.stat().st_size > 0:
+            with open(db, "rb") as fh:
+                if fh.read(16) != b"SQLite format 3\x00":
+                    raise SemlayoutError(f"tracking URI {uri}: {db} is not an SQLite database")
         return uri
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
@@ -93,7 +97,10 @@ def check_tracking_uri(tracking_uri: str | None, create: bool = False) -> str:
             f"tracking URI '{uri}' is a file store, which MLflow 3 no longer supports; "
             "use sqlite:////abs/path/mlflow.db or http://host:port"
         )
-    return uri
+    raise SemlayoutError(
+        f"tracking URI '{uri}': unsupported scheme '{uri.split('://', 1)[0]}'; expected "
+        "sqlite:////abs/path/mlflow.db, http(s)://host:port or a database URI (postgresql, mysql, mssql)"
+    )
 
 
 def client(checked_uri: str) -> Any:

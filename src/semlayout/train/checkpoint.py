@@ -165,4 +165,8 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     f = Path(path) / TRAIN_STATE_FILE
     if not f.is_file():
         raise SemlayoutError(f"{path} has no {TRAIN_STATE_FILE}; it cannot be resumed exactly")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as err:
+        raise SemlayoutError(f"{f} is corrupt or truncated ({str(err).splitlines()[0]}); resume from an "
+                             "earlier checkpoint") from None

@@ -25,3 +25,10 @@ def test_unknown_command_is_a_usage_error():
 def test_version():
     out = _run("version")
     assert out.returncode == 0 and out.stdout.strip()
+
+
+def test_a_sigterm_in_one_call_does_not_leak_into_the_next_in_process_call():
+    from semlayout import cli
+
+    cli._terminated = True  # as the SIGTERM handler leaves it
+    assert cli.main(["version"]) == 0

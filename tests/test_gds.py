@@ -254,3 +254,15 @@ def test_cli_render_sem_pair_folder(design: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert len(read_manifest(out)) == len(read_truth(out)) == 2
     assert (out / "clips.csv").is_file()
+
+
+def test_a_pixel_size_that_would_cut_millions_of_clips_is_refused_at_once(design, tmp_path) -> None:
+    from semlayout.data.gds import MAX_TILES, iter_tile_origins, tile_count
+
+    # the design is ~6 x 3 um: at 0.0001 nm/px (a typo) that is ~1e10 windows of 0.025 nm
+    assert tile_count((0.0, 0.0, 6000.0, 3000.0), 0.025, 0.025) > MAX_TILES
+    with pytest.raises(SemlayoutError, match="clip windows"):
+        gds_clips(design, 1, 0.0001, tmp_path / "out", max_clips=5)
+    assert not (tmp_path / "out").exists()
+    first = next(iter_tile_origins((0.0, 0.0, 1e9, 1e9), 2500.0, 2500.0))  # lazy: no list of 1.6e11
+    assert first == (0.0, 1e9 - 2500.0)

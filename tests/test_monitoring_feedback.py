@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import threading
 
 import numpy as np
@@ -88,6 +90,15 @@ def test_a_sem_counts_once_and_an_unaligned_pair_is_refused(tmp_path):
     manifest.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in (head, row)) + "\n")
     with pytest.raises(DuplicatePair):
         fb.add(sem, lay, "via")
+    # the next accepted pair writes the old row's hash back (it is hashed once)
+    fb.add(*_pair(4), "via")
+    recs = list(csv.DictReader(io.StringIO(manifest.read_text())))
+    assert [r["id"] for r in recs][0] == first["id"] and all(r["sem_pixel_sha256"] for r in recs)
+    # an old row whose image is unreadable blocks nothing
+    manifest.write_text(manifest.read_text().replace(recs[0]["sem_pixel_sha256"], ""))
+    (tmp_path / "fb" / recs[0]["sem_path"]).write_bytes(b"x")
+    fb.add(*_pair(5), "via")
+    assert len(read_manifest(tmp_path / "fb")) == 3
     unchecked = FeedbackStore(tmp_path / "fb2", check_alignment=False)
     assert unchecked.add(noise, lay, "via")["id"]
     store.close()

@@ -7,7 +7,9 @@ stays fast. A `SemlayoutError` (a user mistake) prints one line and exits 2.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 
@@ -65,23 +67,29 @@ _terminated = False  # click may re-wrap the exception; this remembers what it w
 def _on_sigterm(signum: int, frame: object) -> None:
     global _terminated
     _terminated = True
+    # a second SIGTERM kills at once: a process stuck in native code (a collective, a long
+    # kernel) never runs this handler's unwinding
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated()
 
 
 def _os_error_message(err: OSError) -> str:
-    what = err.strerror or err.__class__.__name__
+    what = (err.strerror or err.__class__.__name__).lower()
+    if err.filename is not None and err.filename2 is not None:
+        return f"cannot move {err.filename} to {err.filename2}: {what}"
     if err.filename is not None:
-        return f"cannot use {err.filename}: {what.lower()}"
+        return f"cannot use {err.filename}: {what}"
     return str(err)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import signal
-    import threading
+_USER_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+
+def main(argv: list[str] | None = None) -> int:
+    global _terminated
+    _terminated = False
+    installed = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
     try:
         # standalone mode: click prints usage errors itself and raises SystemExit
         app(args=argv, standalone_mode=True)
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"error: {'terminated' if _terminated else 'interrupted'}", file=sys.stderr)
         return 143 if _terminated else 130
-    except OSError as err:  # the environment, not a bug: unwritable, missing or wrong-kind paths
+    except _USER_PATH_ERRORS as err:  # the environment, not a bug: unwritable, missing or wrong-kind paths
         print(f"error: {_os_error_message(err)}", file=sys.stderr)
         return 1
     except SystemExit as exc:
@@ -104,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(code, file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:  # None: the previous handler was set from C; the default is the closest
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
 
 

@@ -177,12 +177,26 @@ def _window(layer: LayerPolygons, x0: float, y0: float, pixel_nm: float, shape: 
     return rasterize([layer.polygons[i] for i in hit], x0, y0, pixel_nm, shape)
 
 
-def iter_tile_origins(bbox: tuple[float, float, float, float], clip_nm: float,
-                      stride_nm: float) -> Iterator[tuple[float, float]]:
-    """Lower-left corners of clips covering the bbox, top row first, left to right."""
+MAX_TILES = 100_000_000  # clip windows gds_clips will visit: a 1 cm die at 1 nm/px is ~1.6e9
+
+
+def _grid(bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float) -> tuple[int, int]:
     xmin, ymin, xmax, ymax = bbox
     nx = max(1, math.ceil((xmax - xmin - clip_nm) / stride_nm - 1e-9) + 1)
     ny = max(1, math.ceil((ymax - ymin - clip_nm) / stride_nm - 1e-9) + 1)
+    return nx, ny
+
+
+def tile_count(bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float) -> int:
+    nx, ny = _grid(bbox, clip_nm, stride_nm)
+    return nx * ny
+
+
+def iter_tile_origins(bbox: tuple[float, float, float, float], clip_nm: float,
+                      stride_nm: float) -> Iterator[tuple[float, float]]:
+    """Lower-left corners of clips covering the bbox, top row first, left to right."""
+    xmin, _, _, ymax = bbox
+    nx, ny = _grid(bbox, clip_nm, stride_nm)
     for j in range(ny):
         for i in range(nx):
             yield xmin + i * stride_nm, ymax - clip_nm - j * stride_nm
@@ -230,6 +244,10 @@ def gds_clips(
     if max_clips is not None and max_clips <= 0:
         raise SemlayoutError(f"--max-clips {max_clips}: expected a positive number")
     data = read_layer(path, layer, datatype, cell)
+    n_tiles = tile_count(data.bbox, clip_nm, stride)
+    if n_tiles > MAX_TILES:
+        raise SemlayoutError(f"--pixel-nm {pixel_nm} with a {stride:g} nm stride cuts the cell into {n_tiles} clip "
+                             f"windows (limit {MAX_TILES}); use a larger pixel size or stride")
     origins = iter_tile_origins(data.bbox, clip_nm, stride)  # lazy: --max-clips stops it early
     out = Path(out_dir)
     rows: list[dict[str, str]] = []

@@ -153,12 +153,20 @@ def _check_png_header(data: bytes, name: str, expected_shape: tuple[int, int] | 
         raise ImageRejected(name, "wrong_size", f"expected {expected_shape[1]}x{expected_shape[0]} px, got {w}x{h}")
 
 
+_OPENCV_QUIET = False
+
+
 def _quiet_opencv() -> None:
-    """OpenCV prints '[ WARN:0@...] ...' lines for truncated files; the caller reports those itself."""
+    """OpenCV prints '[ WARN:0@...]' / '[ERROR:0@...]' lines for corrupt files; the caller reports
+    those itself, as one line. Set once for the process."""
+    global _OPENCV_QUIET
+    if _OPENCV_QUIET:
+        return
     import cv2
 
     with contextlib.suppress(AttributeError):
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    _OPENCV_QUIET = True
 
 
 def _check_gray8(img: np.ndarray, name: str, expected_shape: tuple[int, int] | None) -> np.ndarray:

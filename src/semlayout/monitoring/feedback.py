@@ -111,7 +111,9 @@ class FeedbackStore:
         with self._locked():
             columns, rows = self._read_manifest()
             for old in rows:
-                if self._sem_hash(old) == sem_h:
+                if not old.get("sem_pixel_sha256"):  # a row from before the hash columns: hash it once,
+                    old["sem_pixel_sha256"] = self._legacy_sem_hash(old) or ""  # kept by the rewrite below
+                if old["sem_pixel_sha256"] == sem_h:
                     same = "the same pair" if old.get("layout_pixel_sha256") == lay_h else "this SEM"
                     raise DuplicatePair(f"{same} was already received as '{old.get('id')}'; a SEM "
                                         "counts once (nothing was stored)")
@@ -136,13 +138,12 @@ class FeedbackStore:
                                 f"the template does not align with the SEM (QC: {res.reason}, score "
                                 f"{num(res.score)}, confidence {num(res.confidence)}); nothing was stored")
 
-    def _sem_hash(self, row: dict[str, str]) -> str | None:
-        if row.get("sem_pixel_sha256"):
-            return row["sem_pixel_sha256"]
+    def _legacy_sem_hash(self, row: dict[str, str]) -> str | None:
         path = self.folder / (row.get("sem_path") or "")
-        if not path.is_file():  # rows written before the hash column existed: hash the image
+        try:
+            return sha256(read_gray8(path))
+        except ImageRejected:  # a missing or unreadable old image cannot be a duplicate of anything
             return None
-        return sha256(read_gray8(path))
 
     def _read_manifest(self) -> tuple[list[str], list[dict[str, str]]]:
         manifest = self.folder / "manifest.csv"

@@ -11,10 +11,13 @@ of the columns drift (Evidently 0.7 has no boolean for it, so it is derived here
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from semlayout.atomic import atomic_write_text
+from semlayout.atomic import _umask
 from semlayout.errors import SemlayoutError
 from semlayout.monitoring.drift import DIRECTION_KIND, load_reference_stats
 from semlayout.monitoring.store import MonitorStore
@@ -30,6 +33,10 @@ def drift_report(db: str | Path, reference: str | Path, out: str | Path, window:
     if direction not in DIRECTION_KIND:
         raise SemlayoutError(f"unknown direction '{direction}'; expected one of {', '.join(DIRECTION_KIND)}")
     kind = DIRECTION_KIND[direction]
+    out = Path(out)
+    if out.is_dir():
+        raise SemlayoutError(f"--out {out} is a folder; expected the HTML file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
     stats = load_reference_stats(reference)
     per_image = stats[kind].get("features")
     if not isinstance(per_image, dict) or not per_image:
@@ -60,10 +67,15 @@ def drift_report(db: str | Path, reference: str | Path, out: str | Path, window:
             per_column[col] = float(m["value"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    snap.save_html(str(tmp))
-    atomic_write_text(out, tmp.read_text(encoding="utf-8"))
-    tmp.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=".html", dir=out.parent)
+    os.close(fd)
+    try:  # Evidently writes the file itself: into a private temporary, renamed when complete
+        snap.save_html(tmp_name)
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
     share = float(counts["share"])
     return {
         "direction": direction, "window": window, "n_current": len(rows), "n_reference": len(ref_df),

@@ -173,25 +173,31 @@ def _record(state: ServingState, endpoint: str, direction: str, img: np.ndarray,
 
 async def _translate(state: ServingState, endpoint: str, direction: str, images: list[np.ndarray],
                      binarize_output: bool, t0: float) -> list[_Done]:
-    """Translate and record `images`: all of them, or none when the queue cannot take them all."""
+    """Translate and record `images`: nothing is recorded unless every image was translated."""
+    try:
+        state.batcher.check_room(len(images))  # before any work: a refused batch costs nothing
+    except QueueFull as err:
+        raise HTTPException(503, detail=str(err), headers={"Retry-After": "1"}) from None
     det = state.detectors.get(direction)
     # the drift features are computed while the model runs (they need only the input)
     drifts = ([asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images]
               if det is not None else [])
     try:
-        results = await state.batcher.submit_many(direction, images)
-    except QueueFull as err:
-        for drift in drifts:
-            drift.cancel()
-        raise HTTPException(503, detail=str(err), headers={"Retry-After": "1"}) from None
-    done = []
-    for i, (img, (out, model, forward_ms, batch)) in enumerate(zip(images, results, strict=True)):
-        res = await drifts[i] if drifts else None
+        try:
+            results = await state.batcher.submit_many(direction, images)
+        except QueueFull as err:
+            raise HTTPException(503, detail=str(err), headers={"Retry-After": "1"}) from None
+        checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
+        outs = [out for out, *_ in results]
         if binarize_output:  # the drawn layout, as the serving model's layout_fit config says
-            out = await run_in_threadpool(model.translator.to_layout, out)
-        done.append(await run_in_threadpool(_record, state, endpoint, direction, img, out, model, forward_ms,
-                                            batch, t0, res))
-    return done
+            outs = list(await asyncio.gather(*[run_in_threadpool(m.translator.to_layout, out)
+                                               for out, (_, m, *_) in zip(outs, results, strict=True)]))
+    finally:
+        for drift in drifts:  # a failure above: nothing left running unobserved
+            drift.cancel()
+    return list(await asyncio.gather(*[
+        run_in_threadpool(_record, state, endpoint, direction, img, out, model, forward_ms, batch, t0, res)
+        for img, out, (_, model, forward_ms, batch), res in zip(images, outs, results, checks, strict=True)]))
 
 
 async def _translate_one(state: ServingState, endpoint: str, direction: str, img: np.ndarray,

@@ -251,14 +251,19 @@ class MicroBatcher:
         """(output, model used, forward ms of the batch, batch size)."""
         return (await self.submit_many(direction, [image]))[0]
 
+    def check_room(self, n: int) -> None:
+        """QueueFull unless `n` more images fit in the queue now."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        if self._queue.qsize() + n > self.max_queue:
+            raise QueueFull(f"server busy: {self._queue.qsize()} images queued, {n} more "
+                            f"would pass the limit of {self.max_queue}")
+
     async def submit_many(self, direction: str, images: Sequence[np.ndarray]
                           ) -> list[tuple[np.ndarray, LoadedModel, float, int]]:
         """All of `images` or none: QueueFull before any is queued when they do not all fit."""
-        if self._queue is None:
-            raise RuntimeError("MicroBatcher.start() was not called")
-        if self._queue.qsize() + len(images) > self.max_queue:
-            raise QueueFull(f"server busy: {self._queue.qsize()} images queued, {len(images)} more "
-                            f"would pass the limit of {self.max_queue}")
+        self.check_room(len(images))
+        assert self._queue is not None
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[tuple[np.ndarray, LoadedModel, float, int]]] = []
         for image in images:  # no await between the check and the puts: nothing else can queue

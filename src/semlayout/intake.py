@@ -146,10 +146,7 @@ def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None, pro
             continue
         result = align_pair(sem, layout, cfg)
         if not result.qc_pass:
-            num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            rejects.append(Reject(rec.id, f"align:{result.reason}",
-                                  f"alignment QC failed: {result.reason} (score {num(result.score)}, "
-                                  f"confidence {num(result.confidence)})"))
+            rejects.append(Reject(rec.id, f"align:{result.reason}", f"alignment QC failed: {result.qc_summary()}"))
             continue
         pair = ValidPair(rec.id, rec.pattern_type, files, {r: _sha256_file(p) for r, p in files.items()},
                          dict(rec.extra))

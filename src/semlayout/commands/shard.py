@@ -40,10 +40,11 @@ def shard(
     from semlayout.data.shards import ShardSource, write_shards
 
     limits = _parse_limits(limit)
-    known = {str(p.resolve()) for p in aligned}
-    if len(known) < len(aligned):  # the same pairs twice would land in different splits (a train/test leak)
-        twice = next(p for p in aligned if sum(str(q.resolve()) == str(p.resolve()) for q in aligned) > 1)
-        raise SemlayoutError(f"input {twice} is given twice; give each folder once")
+    known: set[str] = set()
+    for folder in aligned:  # the same pairs twice would land in different splits (a train/test leak)
+        if str(folder.resolve()) in known:
+            raise SemlayoutError(f"input {folder} is given twice; give each folder once")
+        known.add(str(folder.resolve()))
     for p in limits:
         if p not in known:
             raise SemlayoutError(f"--limit names {p}, which is not one of the inputs")

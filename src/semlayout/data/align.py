@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from semlayout.atomic import atomic_dir
+from semlayout.atomic import atomic_dir, check_not_over_inputs
 from semlayout.data.pairs import (
     REQUIRED_COLUMNS,
     SEM_RAW_SHAPE,
@@ -132,6 +132,13 @@ class AlignResult:
     localization: float | None = None  # z-score of the peak vs its non-equivalent neighbours
     qc_pass: bool = False
     reason: str = "ok"
+
+    def qc_summary(self) -> str:
+        """Why QC said what it said, for a message: "ambiguous (score 0.109, confidence 0.163)"."""
+        def num(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        return f"{self.reason} (score {num(self.score)}, confidence {num(self.confidence)})"
 
     def row(self, pair_id: str) -> dict[str, str]:
         def fmt(v: Any, nd: int = 4) -> str:
@@ -538,9 +545,7 @@ def align_folder(
     cfg = cfg or AlignConfig()
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
     records = read_manifest(pairs_dir)
-    src, dst = pairs_dir.resolve(), out_dir.resolve()
-    if dst == src or dst in src.parents:
-        raise SemlayoutError(f"--out {out_dir} would replace the input pair folder {pairs_dir}; choose another folder")
+    check_not_over_inputs(out_dir, input_pair_folder=pairs_dir)
     if workers < 1:
         raise SemlayoutError(f"workers must be >= 1, got {workers}")
     has_clean = any(r.clean_path is not None for r in records)

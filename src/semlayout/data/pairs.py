@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from semlayout.atomic import atomic_dir
+from semlayout.data.image_header import HeaderRejected, read_header
 from semlayout.errors import SemlayoutError
 
 REQUIRED_COLUMNS = ("id", "sem_path", "layout_path", "pattern_type")
@@ -125,7 +126,7 @@ def decode_gray8(data: bytes, name: str = "<upload>", expected_shape: tuple[int,
 
     if not data:
         raise ImageRejected(name, "unreadable", "empty file")
-    _check_png_header(data, name, expected_shape)
+    _check_header(data, name, expected_shape)
     _quiet_opencv()
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
@@ -140,17 +141,19 @@ def decode_gray8(data: bytes, name: str = "<upload>", expected_shape: tuple[int,
 MAX_DECODE_PIXELS = 8192 * 8192  # files on disk: far above any SEM or layout clip, far below a bomb
 
 
-def _check_png_header(data: bytes, name: str, expected_shape: tuple[int, int] | None) -> None:
-    """Refuse a PNG by its header (size) before the decoder allocates anything."""
-    import struct
-
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24 or data[12:16] != b"IHDR":
+def _check_header(data: bytes, name: str, expected_shape: tuple[int, int] | None) -> None:
+    """Refuse an image by its header (pixel count, size) before the decoder allocates anything.
+    A header these parsers do not know is left to the decoder, which refuses what it cannot read."""
+    try:
+        h = read_header(data)
+    except HeaderRejected:
         return
-    w, h = struct.unpack(">II", data[16:24])
-    if w * h > MAX_DECODE_PIXELS:
-        raise ImageRejected(name, "too_large", f"PNG header claims {w}x{h} px; the limit is {MAX_DECODE_PIXELS} px")
-    if expected_shape is not None and (h, w) != tuple(expected_shape):
-        raise ImageRejected(name, "wrong_size", f"expected {expected_shape[1]}x{expected_shape[0]} px, got {w}x{h}")
+    if h.width * h.height > MAX_DECODE_PIXELS:
+        raise ImageRejected(name, "too_large", f"{h.format.upper()} header claims {h.width}x{h.height} px; "
+                            f"the limit is {MAX_DECODE_PIXELS} px")
+    if expected_shape is not None and (h.height, h.width) != tuple(expected_shape):
+        raise ImageRejected(name, "wrong_size",
+                            f"expected {expected_shape[1]}x{expected_shape[0]} px, got {h.width}x{h.height}")
 
 
 _OPENCV_QUIET = False

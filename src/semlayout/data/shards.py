@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from semlayout.atomic import atomic_dir
+from semlayout.atomic import atomic_dir, check_not_over_inputs
 from semlayout.data.pairs import (
     TEMPLATE_SHAPE,
     PairRecord,
@@ -377,11 +377,8 @@ def write_shards(
     if not isinstance(shard_size, int) or shard_size < 1:
         raise SemlayoutError(f"--shard-size must be a positive integer, got {shard_size!r}")
     sources = _as_sources(aligned_dir, max_per_source)
-    dest = Path(out_dir).resolve()
     for src in sources:
-        here = Path(src.path).resolve()
-        if dest == here or dest in here.parents:
-            raise SemlayoutError(f"--out {out_dir} would replace the input {src.path}; choose another folder")
+        check_not_over_inputs(out_dir, input=src.path)
     entries, source_summary = _collect_entries(sources, seed)
     split_of = assign_splits([(e.id, e.family, e.source) for e in entries], val, test, seed)
     try:

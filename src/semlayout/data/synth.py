@@ -174,8 +174,7 @@ def _check_out(out: Path, folder: bool = True) -> None:
         raise SemlayoutError(f"cannot create output folder {out}: {err.strerror or err}") from None
     if not os.access(parent, os.W_OK):
         raise SemlayoutError(f"cannot write into {parent}: permission denied")
-    if folder and out.exists() and not out.is_dir():
-        raise SemlayoutError(f"output {out} exists and is not a folder")
+    # (a file where the folder goes is refused by atomic_dir, before any work)
     if not folder and out.is_dir():
         raise SemlayoutError(f"output file {out} is a folder; expected a .png file path")
 

@@ -133,10 +133,8 @@ class FeedbackStore:
 
         res = align_pair(sem, layout)
         if not res.qc_pass:
-            num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            raise ImageRejected("layout", f"align:{res.reason}",
-                                f"the template does not align with the SEM (QC: {res.reason}, score "
-                                f"{num(res.score)}, confidence {num(res.confidence)}); nothing was stored")
+            raise ImageRejected("layout", f"align:{res.reason}", f"the template does not align with the SEM "
+                                f"(alignment QC failed: {res.qc_summary()}); nothing was stored")
 
     def _legacy_sem_hash(self, row: dict[str, str]) -> str | None:
         path = self.folder / (row.get("sem_path") or "")

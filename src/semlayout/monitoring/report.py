@@ -65,8 +65,6 @@ def drift_report(db: str | Path, reference: str | Path, out: str | Path, window:
         if name.startswith("ValueDrift("):
             col = name.split("column=", 1)[1].split(",", 1)[0].rstrip(")")
             per_column[col] = float(m["value"])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=".html", dir=out.parent)
     os.close(fd)
     try:  # Evidently writes the file itself: into a private temporary, renamed when complete

@@ -192,3 +192,33 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_partial_output(tmp_path):
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "terminated" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["synth", "OUT", "--n", "abc"], ["semlayout synth", "'--n'", "integer", "--help"]),
+    (["frobnicate"], ["No such command 'frobnicate'"]),
+    (["synth"], ["Missing argument 'out'"]),
+    (["train", "--bogus"], ["semlayout train", "--bogus"]),
+    (["registry", "frob"], ["semlayout registry", "'frob'"]),
+    (["serve", "--port", "x"], ["'--port'"]),
+])
+def test_usage_errors_are_one_line_with_a_pointer_to_help(tmp_path, capsys, argv, needles):
+    from semlayout.cli import main
+
+    code = main([str(tmp_path / a) if a == "OUT" else a for a in argv])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert all(n in lines[0] for n in needles), lines[0]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_help_and_bare_groups_still_print_help(capsys):
+    from semlayout.cli import main
+
+    assert main(["synth", "--help"]) == 0
+    assert "--reverse-fraction" in capsys.readouterr().out
+    assert main(["registry"]) == 2  # a group without a command shows its commands, as click does
+    assert "approve" in capsys.readouterr().out
+    assert main(["version"]) == 0

@@ -2,7 +2,9 @@
 
 Each `semlayout.commands.*` module owns its commands and imports heavy
 libraries (torch, mlflow, kfp) inside the command bodies, so `semlayout --help`
-stays fast. A `SemlayoutError` (a user mistake) prints one line and exits 2.
+stays fast. A `SemlayoutError` (a user mistake) prints one line and exits 2; so does a
+usage error (an unknown command or option, a missing argument, a value of the wrong type),
+with a pointer to `--help` instead of the usage box.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import threading
 import typer
 
 from semlayout.errors import SemlayoutError
+
+try:  # recent typer carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[assignment]
 
 app = typer.Typer(
     name="semlayout",
@@ -82,6 +89,15 @@ def _os_error_message(err: OSError) -> str:
     return str(err)
 
 
+def _usage_message(err: ClickException) -> str:
+    """A click usage error as one line: `error: semlayout synth: Invalid value for '--n': ...`."""
+    message = " ".join(err.format_message().split())
+    ctx = getattr(err, "ctx", None)
+    if ctx is None:
+        return f"error: {message}"
+    return f"error: {ctx.command_path}: {message} (see '{ctx.command_path} --help')"
+
+
 _USER_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
@@ -91,8 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     installed = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
     try:
-        # standalone mode: click prints usage errors itself and raises SystemExit
-        app(args=argv, standalone_mode=True)
+        # not standalone: usage errors come here as exceptions (one line below, not the box);
+        # `typer.Exit(code)` and --help come back as the return value
+        rv = app(args=argv, prog_name="semlayout", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+        # typer turns KeyboardInterrupt (Ctrl-C, and SIGTERM's Terminated) into exit code 130
+        # after the unwinding that cleans up partial outputs
+        if _terminated:
+            print("error: terminated", file=sys.stderr)
+            return 143
+        if code == 130:
+            print("error: interrupted", file=sys.stderr)
+        return code
+    except NoArgsIsHelpError as err:  # bare `semlayout` / `semlayout registry`: the help text
+        err.show()
+        return err.exit_code
+    except ClickException as err:
+        print(_usage_message(err), file=sys.stderr)
+        return err.exit_code
+    except typer.Abort:
+        print(f"error: {'terminated' if _terminated else 'aborted'}", file=sys.stderr)
+        return 143 if _terminated else 1
     except SemlayoutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

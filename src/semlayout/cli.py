@@ -141,10 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         if _terminated:
             print("error: terminated", file=sys.stderr)
             return 143
-        code = exc.code
-        if code is None or isinstance(code, int):
-            return int(code or 0)
-        print(code, file=sys.stderr)
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        print(exc.code, file=sys.stderr)
         return 1
     finally:
         if installed:  # None: the previous handler was set from C; the default is the closest

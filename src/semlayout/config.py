@@ -80,6 +80,8 @@ class LossConfig(_Strict):
     lambda_fm: float = Field(10.0, ge=0, description="feature matching; 0 disables it")
     lambda_identity: float = Field(0.0, ge=0)
     lambda_dice: float = Field(0.0, ge=0, description="soft Dice of G_A's layout vs the target; 0 disables it")
+    adversarial_weight_A: float = Field(
+        1.0, ge=0, description="scales what D_A teaches G_A (gan_A and fm_A); 0 = L1 alone for SEM->Layout")
     adversarial_weight_B: float = Field(
         1.0, ge=0, description="scales what D_B teaches G_B (gan_B and fm_B): below 1, Layout->SEM "
         "leans on L1 and predicts the expected SEM rather than imitating its shot noise")

@@ -187,7 +187,7 @@ class Trainer:
         self.opt_G.zero_grad(set_to_none=True)
         logits_A, feats_fake_A = self._disc(self.D_A, torch.cat([real_sem, fake_lay], 1))
         logits_B, feats_fake_B = self._disc(self.D_B, torch.cat([real_lay, fake_sem], 1))
-        gan_A = generator_adversarial_loss(logits_A, mode)
+        gan_A = lc.adversarial_weight_A * generator_adversarial_loss(logits_A, mode)
         gan_B = lc.adversarial_weight_B * generator_adversarial_loss(logits_B, mode)
         l1_A = lc.lambda_l1 * l1_loss(fake_lay, real_lay)
         l1_B = lc.lambda_l1 * l1_loss(fake_sem, real_sem)
@@ -201,7 +201,7 @@ class Trainer:
             with torch.no_grad():  # targets: real activations carry no gradient
                 _, feats_real_A = self._disc(self.D_A, real_pair_A)
                 _, feats_real_B = self._disc(self.D_B, real_pair_B)
-            fm_A = lc.lambda_fm * feature_matching_loss(feats_fake_A, feats_real_A)
+            fm_A = lc.adversarial_weight_A * lc.lambda_fm * feature_matching_loss(feats_fake_A, feats_real_A)
             fm_B = lc.adversarial_weight_B * lc.lambda_fm * feature_matching_loss(feats_fake_B, feats_real_B)
         if lc.lambda_identity > 0:
             idt_A = lc.lambda_identity * l1_loss(self._gen(self.G_A, real_lay), real_lay)

@@ -3,7 +3,7 @@
 Domains: A = SEM, B = layout. G_A: SEM -> layout, G_B: layout -> SEM. D_A judges
 (SEM, layout) pairs, D_B judges (layout, SEM) pairs (conditional PatchGANs).
 Loss terms, each already multiplied by its lambda:
-  gan_A / gan_B     G_A / G_B fooling D_A / D_B (gan_B and fm_B x loss.adversarial_weight_B)
+  gan_A / gan_B     G_A / G_B fooling D_A / D_B (gan_X and fm_X x loss.adversarial_weight_X)
   l1_A / l1_B       paired L1 of G_A(sem) vs layout / G_B(layout) vs sem
   cycle_A / cycle_B G_B(G_A(sem)) vs sem / G_A(G_B(layout)) vs layout
   fm_A / fm_B       feature matching on D_A / D_B hidden layers (real side detached)

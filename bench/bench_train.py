@@ -29,7 +29,10 @@ channels_last and compile draw the dropout masks differently, so they differ by 
 reason alone). Goals: inference >= 1.5x, training step >= 1.2x. `--threads 1` (see
 `python -m bench --help`) when another job shares the cores: two intra-op threads then wait
 on each other and eager times swing by 10x or more.
-A variant that fails is reported as failed and the others still run.
+A variant that fails is reported as failed and the others still run. On a CPU without bf16
+units (no AMX, no AVX512-BF16) the bf16 variants are skipped, as `train.precision: auto`
+skips them: emulated bf16 measured 7-14x *slower* than fp32 (an AVX2-only AMD EPYC, Dec.),
+and its 2048^2 matmul alone took minutes; `SEMLAYOUT_BENCH_BF16=1` times them anyway.
 The step ratio is the step alone, in one process: for the small config the whole `make run`
 training stage (16 epochs, data loading and per-epoch validation included) measured 1.03x
 and 1.08x faster with bf16 in two order-swapped pairs of runs on this 2-core VM (279 -> 259 s,
@@ -77,6 +80,16 @@ def _round_robin_ms(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, l
     return times
 
 
+def native_bf16() -> bool:
+    """Does this CPU have bf16 units? (the same probe as `train.precision: auto`)"""
+    import os
+
+    from semlayout.train.loop import resolve_precision
+
+    return os.environ.get("SEMLAYOUT_BENCH_BF16") == "1" or \
+        resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
 def matmul_gflops(reps: int, dtype: torch.dtype = torch.float32) -> float:
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     ms = _median_ms(lambda: a @ b, reps)
@@ -122,7 +135,7 @@ def _onednn_fusion() -> Iterator[None]:
 
 
 def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
-                        quick: bool) -> dict[str, Callable[[], torch.Tensor]]:
+                        quick: bool, bf16: bool) -> dict[str, Callable[[], torch.Tensor]]:
     from semlayout.models.unet import UNetGenerator
 
     def copy(fmt: torch.memory_format = torch.contiguous_format,
@@ -131,10 +144,9 @@ def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
         other.load_state_dict(net.state_dict())
         return other.to(memory_format=fmt, dtype=dtype)  # type: ignore[call-overload]
 
-    cl, bf = torch.channels_last, torch.bfloat16
-    x_cl, x_bf = x.contiguous(memory_format=cl), x.to(bf)
-    x_cl_bf = x_bf.contiguous(memory_format=cl)
-    net_cl, net_bf, net_cl_bf = copy(cl), copy(dtype=bf), copy(cl, bf)
+    cl = torch.channels_last
+    x_cl = x.contiguous(memory_format=cl)
+    net_cl = copy(cl)
     v: dict[str, Callable[[], torch.Tensor]] = {"eager": lambda: net(x)}
     v["channels_last"] = lambda: net_cl(x_cl)
     frozen = torch.jit.freeze(torch.jit.trace(copy(), x))
@@ -147,6 +159,27 @@ def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
             return graph(x)
 
     v["onednn_graph"] = onednn_graph
+
+    if bf16:
+        v |= _bf16_inference_variants(net, copy, x)
+    if not quick:
+        compiled = torch.compile(copy(), dynamic=False)
+        v["compile"] = lambda: compiled(x)
+        if bf16:
+            compiled_bf = torch.compile(copy(cl, torch.bfloat16), dynamic=False)
+            x_cl_bf = x.to(torch.bfloat16).contiguous(memory_format=cl)
+            v["compile+cl+bf16"] = lambda: compiled_bf(x_cl_bf)
+        v["onnxruntime"] = _ort_runner(net, cfg.generator.image_size, x)
+    return v
+
+
+def _bf16_inference_variants(net: torch.nn.Module, copy: Callable[..., torch.nn.Module],
+                             x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    cl, bf = torch.channels_last, torch.bfloat16
+    x_bf = x.to(bf)
+    x_cl_bf = x_bf.contiguous(memory_format=cl)
+    net_bf, net_cl_bf = copy(dtype=bf), copy(cl, bf)
+    v: dict[str, Callable[[], torch.Tensor]] = {}
 
     def bf16_autocast() -> torch.Tensor:
         with torch.autocast("cpu", dtype=bf):
@@ -165,16 +198,10 @@ def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
             return graph_bf(x_bf)
 
     v["onednn_graph+bf16"] = onednn_graph_bf16
-    if not quick:
-        compiled = torch.compile(copy(), dynamic=False)
-        v["compile"] = lambda: compiled(x)
-        compiled_bf = torch.compile(copy(cl, bf), dynamic=False)
-        v["compile+cl+bf16"] = lambda: compiled_bf(x_cl_bf)
-        v["onnxruntime"] = _ort_runner(net, cfg.generator.image_size, x)
     return v
 
 
-def _inference(cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
+def _inference(cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[str, Any]:
     from semlayout.models.unet import UNetGenerator
 
     torch._dynamo.reset()  # each network's compiled graphs start from scratch (static shapes)
@@ -187,7 +214,7 @@ def _inference(cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
         gflop = _flops(net, x) / 1e9
         row: dict[str, Any] = {"gflop": round(gflop, 3)}
         with torch.no_grad():
-            variants = _inference_variants(net, cfg, x, quick)
+            variants = _inference_variants(net, cfg, x, quick, bf16)
             ref = net(x)
             diffs = {}
             for vname, fn in list(variants.items()):  # warm-up: oneDNN Graph and compile fuse early
@@ -228,17 +255,19 @@ def _ort_runner(net: torch.nn.Module, size: int, x: torch.Tensor) -> Callable[[]
     return lambda: torch.from_numpy(sess.run(None, feed)[0])
 
 
-def _train_variants(quick: bool, name: str) -> dict[str, tuple[dict[str, Any], bool]]:
+def _train_variants(quick: bool, name: str, bf16: bool) -> dict[str, tuple[dict[str, Any], bool]]:
     """variant -> (train config overrides, torch.compile the four networks)."""
     out: dict[str, tuple[dict[str, Any], bool]] = {
         "eager": ({}, False),
         "channels_last": ({"channels_last": True}, False),
-        "bf16": ({"precision": "bf16"}, False),
-        "cl+bf16": ({"channels_last": True, "precision": "bf16"}, False),
     }
+    if bf16:
+        out["bf16"] = ({"precision": "bf16"}, False)
+        out["cl+bf16"] = ({"channels_last": True, "precision": "bf16"}, False)
     if not quick and name != "pix2pix":  # the reference network: eager-family variants only
         out["compile"] = ({}, True)
-        out["compile+bf16"] = ({"precision": "bf16"}, True)
+        if bf16:
+            out["compile+bf16"] = ({"precision": "bf16"}, True)
     return out
 
 
@@ -252,7 +281,7 @@ def _graphs_compiled() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _training(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
+def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[str, Any]:
     from semlayout.config import TrainConfig
     from semlayout.train.loop import Trainer
 
@@ -263,7 +292,7 @@ def _training(name: str, cfg: Any, quick: bool, reps: int) -> dict[str, Any]:
     steps: dict[str, Callable[[], Any]] = {}
     info: dict[str, dict[str, Any]] = {}
     first_losses: dict[str, dict[str, float]] = {}
-    for vname, (over, compiled) in _train_variants(quick, name).items():
+    for vname, (over, compiled) in _train_variants(quick, name, bf16).items():
         # only the train section is revalidated: pix2pix's generator config is model_construct'ed
         c = cfg.model_copy(update={"train": TrainConfig.model_validate({**cfg.train.model_dump(), **over})})
         torch.manual_seed(0)
@@ -352,15 +381,20 @@ def main(quick: bool = False) -> dict[str, Any]:
     torch._dynamo.config.recompile_limit = 64
     reps = 5 if quick else 7
     peak = matmul_gflops(reps)
+    bf16 = native_bf16()
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_2048_gflops": round(peak, 1),
-                               "matmul_2048_bf16_gflops": round(matmul_gflops(reps, torch.bfloat16), 1),
-                               "networks": {}}
+                               "bf16_units": bf16, "networks": {}}
+    if bf16:
+        results["matmul_2048_bf16_gflops"] = round(matmul_gflops(reps, torch.bfloat16), 1)
+        bf16_text = f"bf16: {results['matmul_2048_bf16_gflops']:.1f} GFLOP/s"
+    else:
+        bf16_text = "no bf16 units: bf16 variants skipped (SEMLAYOUT_BENCH_BF16=1 times them anyway)"
     print(f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), "
-          f"bf16: {results['matmul_2048_bf16_gflops']:.1f} GFLOP/s", flush=True)
+          f"{bf16_text}", flush=True)
     for name, cfg in _configs(quick).items():
-        inf = _inference(cfg, quick, reps)
+        inf = _inference(cfg, quick, reps, bf16)
         _print_inference(name, inf, peak)
-        train = _training(name, cfg, quick, 5 if quick else 3)
+        train = _training(name, cfg, quick, 5 if quick else 3, bf16)
         _print_training(name, train)
         results["networks"][name] = {"image_size": cfg.generator.image_size, "inference": inf, "train": train}
 

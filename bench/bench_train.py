@@ -161,20 +161,16 @@ def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
     v["onednn_graph"] = onednn_graph
 
     if bf16:
-        v |= _bf16_inference_variants(net, copy, x)
+        v |= _bf16_inference_variants(net, copy, x, quick)
     if not quick:
         compiled = torch.compile(copy(), dynamic=False)
         v["compile"] = lambda: compiled(x)
-        if bf16:
-            compiled_bf = torch.compile(copy(cl, torch.bfloat16), dynamic=False)
-            x_cl_bf = x.to(torch.bfloat16).contiguous(memory_format=cl)
-            v["compile+cl+bf16"] = lambda: compiled_bf(x_cl_bf)
         v["onnxruntime"] = _ort_runner(net, cfg.generator.image_size, x)
     return v
 
 
 def _bf16_inference_variants(net: torch.nn.Module, copy: Callable[..., torch.nn.Module],
-                             x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+                             x: torch.Tensor, quick: bool) -> dict[str, Callable[[], torch.Tensor]]:
     cl, bf = torch.channels_last, torch.bfloat16
     x_bf = x.to(bf)
     x_cl_bf = x_bf.contiguous(memory_format=cl)
@@ -198,6 +194,9 @@ def _bf16_inference_variants(net: torch.nn.Module, copy: Callable[..., torch.nn.
             return graph_bf(x_bf)
 
     v["onednn_graph+bf16"] = onednn_graph_bf16
+    if not quick:
+        compiled_bf = torch.compile(copy(cl, bf), dynamic=False)
+        v["compile+cl+bf16"] = lambda: compiled_bf(x_cl_bf)
     return v
 
 

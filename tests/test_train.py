@@ -308,9 +308,10 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units():
     assert all(torch.isfinite(torch.tensor(v)) for v in trainer.train_step(sem, lay).values())
 
 
-def test_adversarial_weight_b_scales_what_d_b_teaches_g_b_only():
+@pytest.mark.parametrize(("side", "other"), [("B", "A"), ("A", "B")])
+def test_adversarial_weight_scales_what_its_d_teaches_its_g_only(side, other):
     def step(weight):
-        cfg = apply_overrides(tiny_config(buffer_size=0), {"loss.adversarial_weight_B": weight})
+        cfg = apply_overrides(tiny_config(buffer_size=0), {f"loss.adversarial_weight_{side}": weight})
         torch.manual_seed(0)
         trainer = Trainer(cfg)
         sem, lay = _batch(2, seed=5)
@@ -318,9 +319,9 @@ def test_adversarial_weight_b_scales_what_d_b_teaches_g_b_only():
         return trainer.train_step(sem, lay)
 
     full, half, off = step(1.0), step(0.5), step(0.0)
-    for k in ("gan_B", "fm_B"):
+    for k in (f"gan_{side}", f"fm_{side}"):
         assert full[k] > 0 and half[k] == pytest.approx(0.5 * full[k], rel=1e-5) and off[k] == 0
-    for k in ("gan_A", "fm_A", "l1_A", "l1_B", "d_A", "d_B"):  # the same first step otherwise
+    for k in (f"gan_{other}", f"fm_{other}", "l1_A", "l1_B", "d_A", "d_B"):  # the same first step otherwise
         assert half[k] == pytest.approx(full[k], rel=1e-5), k
 
 

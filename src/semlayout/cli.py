@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClickException as err:
         print(_usage_message(err), file=sys.stderr)
         return err.exit_code
-    except typer.Abort:
-        print(f"error: {'terminated' if _terminated else 'aborted'}", file=sys.stderr)
-        return 143 if _terminated else 1
+    except typer.Abort:  # end of input at a prompt (interrupts come back as code 130 above)
+        print("error: aborted", file=sys.stderr)
+        return 1
     except SemlayoutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     areas = args.areas or _areas()
     unknown = sorted(set(areas) - set(_areas()))
     if unknown:
-        print(f"error: unknown benchmark area(s) {', '.join(unknown)}; have {', '.join(_areas())}",
-              file=sys.stderr)
+        print(
+            f"error: unknown benchmark area(s) {', '.join(unknown)}; have {', '.join(_areas())}",
+            file=sys.stderr,
+        )
         return 2
     results: dict[str, object] = {}
     for area in areas:

@@ -30,11 +30,15 @@ def _gen(n: int, seed: int) -> dict[str, list]:
         return sets
     from semlayout.data.sem_physics import PhysicsRanges
 
-    mixed = PhysicsRanges(reverse_fraction=0.3)  # both contrasts, as the aligner meets them across layers
+    mixed = PhysicsRanges(
+        reverse_fraction=0.3
+    )  # both contrasts, as the aligner meets them across layers
     fams = synth.assign_families(n, synth.parse_mix(None), np.random.default_rng(seed))
     pairs = []
     for i, fam in enumerate(fams):
-        sem, layout, _, x, y, meta = synth.generate_pair(np.random.default_rng([seed, 7, i]), fam, ranges=mixed)
+        sem, layout, _, x, y, meta = synth.generate_pair(
+            np.random.default_rng([seed, 7, i]), fam, ranges=mixed
+        )
         pairs.append(SimPair(f"s{i}", fam, sem, layout, meta["field"], x, y))
     sets["synth"] = pairs
     return sets
@@ -83,8 +87,10 @@ def main(quick: bool = False) -> dict:
     n = 200 if quick else 2000
     sets = _gen(n, seed=31)
     results: dict[str, dict] = {}
-    print(f"{'data':12s} {'method':10s} {'right%':>7s} {'wrong+QC%':>10s} {'yield%':>7s} "
-          f"{'1 proc/s':>9s} {'2 proc/s':>9s} {'s per 2000 (2p)':>16s} {'cpu ms':>7s} {'cpu s/2000/2c':>14s}")
+    print(
+        f"{'data':12s} {'method':10s} {'right%':>7s} {'wrong+QC%':>10s} {'yield%':>7s} "
+        f"{'1 proc/s':>9s} {'2 proc/s':>9s} {'s per 2000 (2p)':>16s} {'cpu ms':>7s} {'cpu s/2000/2c':>14s}"
+    )
     for name, pairs in sets.items():
         global _PAIRS
         _PAIRS = [(p.sem, p.layout) for p in pairs]
@@ -96,12 +102,19 @@ def main(quick: bool = False) -> dict:
             cpu_ms = 1000 * (time.process_time() - c0) / k  # robust to other load on the machine
             res, t2 = _run(fn, n, 2)
             q = judge(pairs, res)
-            row[method] = {**q, "pairs_per_s_1proc": k / t1, "pairs_per_s_2proc": n / t2,
-                           "seconds_per_2000_2proc": 2000 * t2 / n, "cpu_ms_per_pair": cpu_ms,
-                           "cpu_seconds_per_2000_on_2_cores": 2000 * cpu_ms / 2000}
-            print(f"{name:12s} {method:10s} {100 * q['right']:7.1f} {100 * q['wrong_passed']:10.2f} "
-                  f"{100 * q['yield']:7.1f} {k / t1:9.0f} {n / t2:9.0f} {2000 * t2 / n:16.2f} "
-                  f"{cpu_ms:7.2f} {cpu_ms:14.1f}")
+            row[method] = {
+                **q,
+                "pairs_per_s_1proc": k / t1,
+                "pairs_per_s_2proc": n / t2,
+                "seconds_per_2000_2proc": 2000 * t2 / n,
+                "cpu_ms_per_pair": cpu_ms,
+                "cpu_seconds_per_2000_on_2_cores": 2000 * cpu_ms / 2000,
+            }
+            print(
+                f"{name:12s} {method:10s} {100 * q['right']:7.1f} {100 * q['wrong_passed']:10.2f} "
+                f"{100 * q['yield']:7.1f} {k / t1:9.0f} {n / t2:9.0f} {2000 * t2 / n:16.2f} "
+                f"{cpu_ms:7.2f} {cpu_ms:14.1f}"
+            )
         o, b = row["semlayout"], row["plain_ncc"]
         row["ratio"] = {
             "right": o["right"] / max(b["right"], 1e-9),
@@ -109,10 +122,12 @@ def main(quick: bool = False) -> dict:
             "time": b["pairs_per_s_2proc"] / o["pairs_per_s_2proc"],
             "cpu": o["cpu_ms_per_pair"] / max(b["cpu_ms_per_pair"], 1e-9),
         }
-        print(f"{name:12s} {'ratio':10s} right x{row['ratio']['right']:.2f}, wrong+QC x{row['ratio']['wrong_passed']:.2f}, "
-              f"time x{row['ratio']['time']:.1f} (cpu x{row['ratio']['cpu']:.1f}) of plain NCC; goal <= 10 s / 2000 "
-              f"on 2 cores: wall {o['seconds_per_2000_2proc']:.1f} s, cpu-bound estimate "
-              f"{o['cpu_seconds_per_2000_on_2_cores']:.1f} s (wall includes other load on a shared machine)")
+        print(
+            f"{name:12s} {'ratio':10s} right x{row['ratio']['right']:.2f}, wrong+QC x{row['ratio']['wrong_passed']:.2f}, "
+            f"time x{row['ratio']['time']:.1f} (cpu x{row['ratio']['cpu']:.1f}) of plain NCC; goal <= 10 s / 2000 "
+            f"on 2 cores: wall {o['seconds_per_2000_2proc']:.1f} s, cpu-bound estimate "
+            f"{o['cpu_seconds_per_2000_on_2_cores']:.1f} s (wall includes other load on a shared machine)"
+        )
         results[name] = row
     return {"n": n, **results}
 

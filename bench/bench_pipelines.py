@@ -81,11 +81,15 @@ def main(quick: bool = False) -> dict:
         "pipeline_total_s": run.seconds,
     }
     res["overhead_vs_kfp_import"] = round(res["task_param_median_s"] / kfp_import, 2)
-    print(f"{'kfp.local SubprocessRunner, per task (median)':<48} {'seconds':>8} {'x import kfp':>13}")
-    for label, key in (("no-op task, parameter in/out", "task_param_median_s"),
-                       ("no-op task, Dataset artifact in/out", "task_artifact_median_s"),
-                       ("baseline: python -c import kfp.dsl.executor_main", "python_import_kfp_s"),
-                       ("baseline: python -c pass", "python_bare_s")):
+    print(
+        f"{'kfp.local SubprocessRunner, per task (median)':<48} {'seconds':>8} {'x import kfp':>13}"
+    )
+    for label, key in (
+        ("no-op task, parameter in/out", "task_param_median_s"),
+        ("no-op task, Dataset artifact in/out", "task_artifact_median_s"),
+        ("baseline: python -c import kfp.dsl.executor_main", "python_import_kfp_s"),
+        ("baseline: python -c pass", "python_bare_s"),
+    ):
         print(f"{label:<48} {res[key]:>8.3f} {res[key] / kfp_import:>13.2f}")
     return res
 

@@ -45,8 +45,12 @@ def _score(translator: Any, sems: list[np.ndarray], layouts: list[np.ndarray]) -
     from semlayout.evaluation import otsu_layout_baseline
 
     preds = translator.translate("sem2layout", sems, binarize=True)  # the drawn layout users get
-    return np.array([(M.iou(p, t), M.iou(otsu_layout_baseline(s, "bright"), t))
-                     for p, s, t in zip(preds, sems, layouts, strict=True)])
+    return np.array(
+        [
+            (M.iou(p, t), M.iou(otsu_layout_baseline(s, "bright"), t))
+            for p, s, t in zip(preds, sems, layouts, strict=True)
+        ]
+    )
 
 
 def _rows(title: str, groups: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -54,8 +58,12 @@ def _rows(title: str, groups: dict[str, np.ndarray]) -> dict[str, Any]:
     print(f"{title:<22} {'n':>4} {'model IoU':>9} {'Otsu IoU':>9} {'margin':>7}")
     for name, v in groups.items():
         model, otsu = float(v[:, 0].mean()), float(v[:, 1].mean())
-        out[name] = {"n": len(v), "model_iou": round(model, 3), "otsu_iou": round(otsu, 3),
-                     "margin": round(model - otsu, 3)}
+        out[name] = {
+            "n": len(v),
+            "model_iou": round(model, 3),
+            "otsu_iou": round(otsu, 3),
+            "margin": round(model - otsu, 3),
+        }
         print(f"  {name:<20} {len(v):>4} {model:>9.3f} {otsu:>9.3f} {model - otsu:>+7.3f}")
     return out
 
@@ -69,7 +77,7 @@ def synth_quality(translator: Any, n: int, seed: int = 90210) -> dict[str, Any]:
     sems, lays = [], []
     for i, fam in enumerate(fams):
         sem, layout, _, x, y, _ = generate_pair(np.random.default_rng([seed, i]), str(fam))
-        sems.append(sem[y:y + layout.shape[0], x:x + layout.shape[1]])
+        sems.append(sem[y : y + layout.shape[0], x : x + layout.shape[1]])
         lays.append(layout)
     scores = _score(translator, sems, lays)
     groups = {"all": scores} | {f: scores[fams == f] for f in DEFAULT_MIX if (fams == f).any()}
@@ -82,13 +90,19 @@ def independent_quality(translator: Any, n: int) -> dict[str, Any]:
 
     rng = np.random.default_rng(123)
     pairs = [sim.make_pair(i, rng, p_unalignable=0.0) for i in range(n)]
-    sems = [p.sem[p.y:p.y + sim.TPL, p.x:p.x + sim.TPL] for p in pairs]
+    sems = [p.sem[p.y : p.y + sim.TPL, p.x : p.x + sim.TPL] for p in pairs]
     scores = _score(translator, sems, [p.layout for p in pairs])
     pol = np.array([p.polarity for p in pairs])
     fam = np.array([p.family for p in pairs])
     dose = np.array([p.dose for p in pairs])
-    groups = {"all": scores, "normal contrast": scores[pol > 0], "reversed contrast": scores[pol < 0]}
-    groups |= {f: scores[(fam == f) & (pol > 0)] for f in sim.FAMILIES if ((fam == f) & (pol > 0)).any()}
+    groups = {
+        "all": scores,
+        "normal contrast": scores[pol > 0],
+        "reversed contrast": scores[pol < 0],
+    }
+    groups |= {
+        f: scores[(fam == f) & (pol > 0)] for f in sim.FAMILIES if ((fam == f) & (pol > 0)).any()
+    }
     for lo, hi in ((2.5, 6), (6, 15), (15, 60)):
         m = (dose >= lo) & (dose < hi) & (pol > 0)
         if m.any():
@@ -105,10 +119,15 @@ def main(quick: bool = False) -> dict[str, Any]:
         return {"model": None}
     translator = Translator.load(model)
     n = 60 if quick else 300
-    print(f"model {model} ({translator.image_size} px); per-family rows of the independent "
-          "simulator are normal-contrast images")
-    return {"model": model, "synth": synth_quality(translator, n),
-            "independent": independent_quality(translator, n)}
+    print(
+        f"model {model} ({translator.image_size} px); per-family rows of the independent "
+        "simulator are normal-contrast images"
+    )
+    return {
+        "model": model,
+        "synth": synth_quality(translator, n),
+        "independent": independent_quality(translator, n),
+    }
 
 
 if __name__ == "__main__":

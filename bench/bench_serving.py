@@ -36,8 +36,13 @@ def _checkpoint(dest: Path) -> Path:
     from semlayout.config import config_from_dict
     from semlayout.train.checkpoint import build_networks, save_checkpoint
 
-    cfg = config_from_dict({"name": "bench-serving", "generator": GEN,
-                            "discriminator": {"base_filters": 8, "n_layers": 1}})
+    cfg = config_from_dict(
+        {
+            "name": "bench-serving",
+            "generator": GEN,
+            "discriminator": {"base_filters": 8, "n_layers": 1},
+        }
+    )
     torch.manual_seed(0)
     return Path(save_checkpoint(dest, cfg, build_networks(cfg), step=0, epoch=0))
 
@@ -49,7 +54,7 @@ def _requests(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     sems, layouts = [], []
     for i, fam in enumerate(fams):
         sem, layout, _, x, y, _ = synth.generate_pair(np.random.default_rng([5, i]), fam)
-        sems.append(np.ascontiguousarray(sem[y:y + 250, x:x + 250]))
+        sems.append(np.ascontiguousarray(sem[y : y + 250, x : x + 250]))
         layouts.append(layout)
     return sems, layouts
 
@@ -77,15 +82,37 @@ def _start(ckpt: Path, backend: str, ref: Path, work: Path) -> tuple[subprocess.
 
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "semlayout.cli", "serve", "--model", str(ckpt), "--backend", backend,
-         "--port", str(port), "--reference", str(ref), "--db", str(work / f"monitor-{backend}.db"),
-         "--feedback-dir", str(work / "fb"), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "SEMLAYOUT_POLL_INTERVAL_S": "0"})
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "serve",
+            "--model",
+            str(ckpt),
+            "--backend",
+            backend,
+            "--port",
+            str(port),
+            "--reference",
+            str(ref),
+            "--db",
+            str(work / f"monitor-{backend}.db"),
+            "--feedback-dir",
+            str(work / "fb"),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "SEMLAYOUT_POLL_INTERVAL_S": "0"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"semlayout serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"semlayout serve exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return proc, url
@@ -101,8 +128,17 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def _bench_backend(backend: str, ckpt: Path, ref: Path, work: Path, pngs: list[bytes], imgs: list[np.ndarray],
-                   seq_n: int, duration: float, clients: int) -> dict[str, Any]:
+def _bench_backend(
+    backend: str,
+    ckpt: Path,
+    ref: Path,
+    work: Path,
+    pngs: list[bytes],
+    imgs: list[np.ndarray],
+    seq_n: int,
+    duration: float,
+    clients: int,
+) -> dict[str, Any]:
     import httpx
 
     from semlayout.inference import Translator
@@ -129,9 +165,12 @@ def _bench_backend(backend: str, ckpt: Path, ref: Path, work: Path, pngs: list[b
     try:
         seq: list[float] = []
         with httpx.Client(timeout=60) as c:
+
             def post(i: int) -> httpx.Response:
-                return c.post(f"{url}/v1/translate/sem2layout",
-                              files={"image": ("x.png", pngs[i % len(pngs)], "image/png")})
+                return c.post(
+                    f"{url}/v1/translate/sem2layout",
+                    files={"image": ("x.png", pngs[i % len(pngs)], "image/png")},
+                )
 
             for i in range(5):
                 post(i)  # warm-up: first forwards, DB connection per worker thread
@@ -144,8 +183,11 @@ def _bench_backend(backend: str, ckpt: Path, ref: Path, work: Path, pngs: list[b
         import sqlite3
 
         with sqlite3.connect(work / f"monitor-{backend}.db") as db:
-            rows = db.execute("SELECT latency_ms, forward_ms FROM inference_events WHERE status = 'ok'"
-                              " ORDER BY id LIMIT ? OFFSET 5", (seq_n,)).fetchall()
+            rows = db.execute(
+                "SELECT latency_ms, forward_ms FROM inference_events WHERE status = 'ok'"
+                " ORDER BY id LIMIT ? OFFSET 5",
+                (seq_n,),
+            ).fetchall()
         inner = [lat_ms - fwd_ms for lat_ms, fwd_ms in rows]
         fwd_in_server = [fwd_ms for _, fwd_ms in rows]
         lat: list[float] = []
@@ -159,8 +201,10 @@ def _bench_backend(backend: str, ckpt: Path, ref: Path, work: Path, pngs: list[b
                 while time.monotonic() < stop_at:
                     t0 = time.perf_counter()
                     try:
-                        r = cc.post(f"{url}/v1/translate/sem2layout",
-                                    files={"image": ("x.png", pngs[i % len(pngs)], "image/png")})
+                        r = cc.post(
+                            f"{url}/v1/translate/sem2layout",
+                            files={"image": ("x.png", pngs[i % len(pngs)], "image/png")},
+                        )
                         ok = r.status_code == 200
                     except httpx.HTTPError:
                         ok = False
@@ -183,23 +227,43 @@ def _bench_backend(backend: str, ckpt: Path, ref: Path, work: Path, pngs: list[b
     finally:
         proc.terminate()
         proc.wait(30)
-    batch_sum = next((float(line.split()[-1]) for line in metrics.splitlines()
-                      if line.startswith("semlayout_forward_batch_size_sum")), 0.0)
-    batch_n = next((float(line.split()[-1]) for line in metrics.splitlines()
-                    if line.startswith("semlayout_forward_batch_size_count")), 1.0)
+    batch_sum = next(
+        (
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("semlayout_forward_batch_size_sum")
+        ),
+        0.0,
+    )
+    batch_n = next(
+        (
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("semlayout_forward_batch_size_count")
+        ),
+        1.0,
+    )
     bare_p50, seq_p50 = statistics.median(bare), statistics.median(seq)
     fwd_p50 = statistics.median(fwd_in_server)
     return {
-        "backend": backend, "bare_p50_ms": bare_p50, "server_seq_p50_ms": seq_p50,
+        "backend": backend,
+        "bare_p50_ms": bare_p50,
+        "server_seq_p50_ms": seq_p50,
         "overhead_vs_bare_ratio": seq_p50 / bare_p50 - 1,
         # the goal's number: client-observed latency vs the forward (Translator call) inside the
         # server for the same requests, so both sides see the same load on a shared machine
-        "overhead_ms": seq_p50 - fwd_p50, "overhead_ratio": seq_p50 / fwd_p50 - 1,
+        "overhead_ms": seq_p50 - fwd_p50,
+        "overhead_ratio": seq_p50 / fwd_p50 - 1,
         "server_forward_p50_ms": fwd_p50,
         "server_handler_overhead_p50_ms": statistics.median(inner),
-        "clients": clients, "duration_s": wall, "requests": len(lat), "errors": errors[0],
-        "throughput_rps": len(lat) / wall, "p50_ms": _pct(lat, 50) if lat else None,
-        "p99_ms": _pct(lat, 99) if lat else None, "mean_batch": batch_sum / max(batch_n, 1.0),
+        "clients": clients,
+        "duration_s": wall,
+        "requests": len(lat),
+        "errors": errors[0],
+        "throughput_rps": len(lat) / wall,
+        "p50_ms": _pct(lat, 50) if lat else None,
+        "p99_ms": _pct(lat, 99) if lat else None,
+        "mean_batch": batch_sum / max(batch_n, 1.0),
     }
 
 
@@ -215,28 +279,43 @@ def main(quick: bool = False) -> dict[str, Any]:
         sems, layouts = _requests(40)
         ref = _reference(work / "ref", sems, layouts)
         pngs = [encode_png(s) for s in sems]
-        rows = [_bench_backend(b, ckpt, ref, work, pngs, sems, seq_n, duration, clients)
-                for b in ("eager", "bf16", "onnx")]
-    print(f"serving bench ({'quick' if quick else 'full'}): generator {GEN['image_size']} px, "
-          f"{GEN['base_filters']} base filters; 250x250 SEM requests; {clients} concurrent clients")
-    print(f"{'backend':8} {'bare p50':>9} {'fwd in srv':>11} {'server p50':>11} {'overhead':>9} {'conc p50':>9} "
-          f"{'conc p99':>9} {'req/s':>7} {'batch':>6} {'errors':>6}")
+        rows = [
+            _bench_backend(b, ckpt, ref, work, pngs, sems, seq_n, duration, clients)
+            for b in ("eager", "bf16", "onnx")
+        ]
+    print(
+        f"serving bench ({'quick' if quick else 'full'}): generator {GEN['image_size']} px, "
+        f"{GEN['base_filters']} base filters; 250x250 SEM requests; {clients} concurrent clients"
+    )
+    print(
+        f"{'backend':8} {'bare p50':>9} {'fwd in srv':>11} {'server p50':>11} {'overhead':>9} {'conc p50':>9} "
+        f"{'conc p99':>9} {'req/s':>7} {'batch':>6} {'errors':>6}"
+    )
     for r in rows:
-        print(f"{r['backend']:8} {r['bare_p50_ms']:8.1f}ms {r['server_forward_p50_ms']:10.1f}ms "
-              f"{r['server_seq_p50_ms']:10.1f}ms "
-              f"{r['overhead_ratio']:+8.1%} {r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms "
-              f"{r['throughput_rps']:7.1f} {r['mean_batch']:6.2f} {r['errors']:6d}")
+        print(
+            f"{r['backend']:8} {r['bare_p50_ms']:8.1f}ms {r['server_forward_p50_ms']:10.1f}ms "
+            f"{r['server_seq_p50_ms']:10.1f}ms "
+            f"{r['overhead_ratio']:+8.1%} {r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms "
+            f"{r['throughput_rps']:7.1f} {r['mean_batch']:6.2f} {r['errors']:6d}"
+        )
     eager, bf16, onnx = rows
     for r in rows:
-        print(f"{r['backend']}: inside the server, forward p50 {r['server_forward_p50_ms']:.1f} ms, the rest of the "
-              f"handler (decode, drift features, SQLite, PNG) p50 {r['server_handler_overhead_p50_ms']:.1f} ms")
+        print(
+            f"{r['backend']}: inside the server, forward p50 {r['server_forward_p50_ms']:.1f} ms, the rest of the "
+            f"handler (decode, drift features, SQLite, PNG) p50 {r['server_handler_overhead_p50_ms']:.1f} ms"
+        )
     for other in (bf16, onnx):
-        print(f"{other['backend']} vs eager: bare {eager['bare_p50_ms'] / other['bare_p50_ms']:.2f}x faster, "
-              f"throughput {other['throughput_rps'] / eager['throughput_rps']:.2f}x")
-    return {"rows": rows, "onnx_speedup_bare": eager["bare_p50_ms"] / onnx["bare_p50_ms"],
-            "onnx_speedup_throughput": onnx["throughput_rps"] / eager["throughput_rps"],
-            "bf16_speedup_bare": eager["bare_p50_ms"] / bf16["bare_p50_ms"],
-            "bf16_speedup_throughput": bf16["throughput_rps"] / eager["throughput_rps"]}
+        print(
+            f"{other['backend']} vs eager: bare {eager['bare_p50_ms'] / other['bare_p50_ms']:.2f}x faster, "
+            f"throughput {other['throughput_rps'] / eager['throughput_rps']:.2f}x"
+        )
+    return {
+        "rows": rows,
+        "onnx_speedup_bare": eager["bare_p50_ms"] / onnx["bare_p50_ms"],
+        "onnx_speedup_throughput": onnx["throughput_rps"] / eager["throughput_rps"],
+        "bf16_speedup_bare": eager["bare_p50_ms"] / bf16["bare_p50_ms"],
+        "bf16_speedup_throughput": bf16["throughput_rps"] / eager["throughput_rps"],
+    }
 
 
 if __name__ == "__main__":

@@ -86,8 +86,10 @@ def native_bf16() -> bool:
 
     from semlayout.train.loop import resolve_precision
 
-    return os.environ.get("SEMLAYOUT_BENCH_BF16") == "1" or \
-        resolve_precision("auto", torch.device("cpu")) == "bf16"
+    return (
+        os.environ.get("SEMLAYOUT_BENCH_BF16") == "1"
+        or resolve_precision("auto", torch.device("cpu")) == "bf16"
+    )
 
 
 def matmul_gflops(reps: int, dtype: torch.dtype = torch.float32) -> float:
@@ -107,8 +109,15 @@ def _configs(quick: bool) -> dict[str, Any]:
         # training with BatchNorm; model_construct skips that check for this timing reference
         p2p = full.model_copy(deep=True)
         p2p.generator = GeneratorConfig.model_construct(
-            **{**GeneratorConfig().model_dump(), "image_size": 256, "base_filters": 64,
-               "max_filters": 512, "n_down": 8, "norm": "batch", "attention": False}
+            **{
+                **GeneratorConfig().model_dump(),
+                "image_size": 256,
+                "base_filters": 64,
+                "max_filters": 512,
+                "n_down": 8,
+                "norm": "batch",
+                "attention": False,
+            }
         )
         p2p.discriminator.spectral_norm = False
         p2p.discriminator.norm = "batch"
@@ -134,12 +143,14 @@ def _onednn_fusion() -> Iterator[None]:
         torch.jit.enable_onednn_fusion(False)
 
 
-def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
-                        quick: bool, bf16: bool) -> dict[str, Callable[[], torch.Tensor]]:
+def _inference_variants(
+    net: torch.nn.Module, cfg: Any, x: torch.Tensor, quick: bool, bf16: bool
+) -> dict[str, Callable[[], torch.Tensor]]:
     from semlayout.models.unet import UNetGenerator
 
-    def copy(fmt: torch.memory_format = torch.contiguous_format,
-             dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    def copy(
+        fmt: torch.memory_format = torch.contiguous_format, dtype: torch.dtype = torch.float32
+    ) -> torch.nn.Module:
         other = UNetGenerator(cfg.generator).eval()
         other.load_state_dict(net.state_dict())
         return other.to(memory_format=fmt, dtype=dtype)  # type: ignore[call-overload]
@@ -169,8 +180,9 @@ def _inference_variants(net: torch.nn.Module, cfg: Any, x: torch.Tensor,
     return v
 
 
-def _bf16_inference_variants(net: torch.nn.Module, copy: Callable[..., torch.nn.Module],
-                             x: torch.Tensor, quick: bool) -> dict[str, Callable[[], torch.Tensor]]:
+def _bf16_inference_variants(
+    net: torch.nn.Module, copy: Callable[..., torch.nn.Module], x: torch.Tensor, quick: bool
+) -> dict[str, Callable[[], torch.Tensor]]:
     cl, bf = torch.channels_last, torch.bfloat16
     x_bf = x.to(bf)
     x_cl_bf = x_bf.contiguous(memory_format=cl)
@@ -229,8 +241,12 @@ def _inference(cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[str, Any]:
         base = statistics.median(times["eager"])
         for vname, ts in times.items():
             ms = statistics.median(ts)
-            row[vname] = {"ms": round(ms, 2), "gflops": round(gflop / (ms / 1000), 1),
-                          "speedup": round(base / ms, 2), "max_abs_diff": float(f"{diffs[vname]:.2g}")}
+            row[vname] = {
+                "ms": round(ms, 2),
+                "gflops": round(gflop / (ms / 1000), 1),
+                "speedup": round(base / ms, 2),
+                "max_abs_diff": float(f"{diffs[vname]:.2g}"),
+            }
         res[f"b{batch}"] = row
     return res
 
@@ -293,7 +309,9 @@ def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[s
     first_losses: dict[str, dict[str, float]] = {}
     for vname, (over, compiled) in _train_variants(quick, name, bf16).items():
         # only the train section is revalidated: pix2pix's generator config is model_construct'ed
-        c = cfg.model_copy(update={"train": TrainConfig.model_validate({**cfg.train.model_dump(), **over})})
+        c = cfg.model_copy(
+            update={"train": TrainConfig.model_validate({**cfg.train.model_dump(), **over})}
+        )
         torch.manual_seed(0)
         trainer = Trainer(c)
         if compiled:  # the step calls these attributes; trainer.nets keeps the plain modules
@@ -301,7 +319,12 @@ def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[s
                 setattr(trainer, attr, torch.compile(getattr(trainer, attr), dynamic=False))
         fmt = torch.channels_last if c.train.channels_last else torch.contiguous_format
         gen = torch.Generator().manual_seed(1)
-        sem = torch.rand(batch, 1, size, size, generator=gen).mul(2).sub(1).contiguous(memory_format=fmt)
+        sem = (
+            torch.rand(batch, 1, size, size, generator=gen)
+            .mul(2)
+            .sub(1)
+            .contiguous(memory_format=fmt)
+        )
         lay = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float().mul(2).sub(1)
         lay = lay.contiguous(memory_format=fmt)
         step = _step_fn(trainer, sem, lay)
@@ -317,8 +340,10 @@ def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[s
         steps[vname] = step
         info[vname] = {}
         if compiled:
-            info[vname] = {"warmup_s": round(time.perf_counter() - t0, 1),
-                           "graphs": _graphs_compiled() - graphs}
+            info[vname] = {
+                "warmup_s": round(time.perf_counter() - t0, 1),
+                "graphs": _graphs_compiled() - graphs,
+            }
             before = _graphs_compiled()
             step()
             info[vname]["recompiled_after_warmup"] = _graphs_compiled() - before
@@ -328,15 +353,21 @@ def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[s
     for vname, ts in times.items():
         ms = statistics.median(ts)
         loss_diff = max(abs(first_losses[vname][k] - ref[k]) / max(abs(ref[k]), 1e-6) for k in ref)
-        res[vname] = {"step_ms": round(ms, 1), "images_per_s": round(batch / (ms / 1000), 2),
-                      "speedup": round(base / ms, 2), "first_step_loss_rel_diff": float(f"{loss_diff:.2g}"),
-                      **info[vname]}
+        res[vname] = {
+            "step_ms": round(ms, 1),
+            "images_per_s": round(batch / (ms / 1000), 2),
+            "speedup": round(base / ms, 2),
+            "first_step_loss_rel_diff": float(f"{loss_diff:.2g}"),
+            **info[vname],
+        }
     return res
 
 
 def _print_inference(name: str, inf: dict[str, Any], peak: float) -> None:
-    print(f"{'network':<8} {'batch':>5} {'variant':<18} {'ms':>9} {'GFLOP/s':>8} {'of fp32':>7} "
-          f"{'x eager':>7} {'max|diff|':>9}")
+    print(
+        f"{'network':<8} {'batch':>5} {'variant':<18} {'ms':>9} {'GFLOP/s':>8} {'of fp32':>7} "
+        f"{'x eager':>7} {'max|diff|':>9}"
+    )
     for b in ("b1", "b8"):
         for vname, v in inf[b].items():
             if vname == "gflop":
@@ -344,34 +375,54 @@ def _print_inference(name: str, inf: dict[str, Any], peak: float) -> None:
             if "error" in v:
                 print(f"{name:<8} {b[1:]:>5} {vname:<18} failed: {v['error']}")
                 continue
-            print(f"{name:<8} {b[1:]:>5} {vname:<18} {v['ms']:>9.2f} {v['gflops']:>8.1f} "
-                  f"{v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f} {v['max_abs_diff']:>9.2g}", flush=True)
+            print(
+                f"{name:<8} {b[1:]:>5} {vname:<18} {v['ms']:>9.2f} {v['gflops']:>8.1f} "
+                f"{v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f} {v['max_abs_diff']:>9.2g}",
+                flush=True,
+            )
 
 
 def _print_training(name: str, t: dict[str, Any]) -> None:
-    print(f"{'network':<8} {'train step':<18} {'size':>5} {'ms':>9} {'img/s':>8} {'x eager':>7} "
-          f"{'loss diff':>9}  compile")
+    print(
+        f"{'network':<8} {'train step':<18} {'size':>5} {'ms':>9} {'img/s':>8} {'x eager':>7} "
+        f"{'loss diff':>9}  compile"
+    )
     for vname, v in t.items():
         if not isinstance(v, dict):
             continue
         if "error" in v:
             print(f"{name:<8} {vname:<18} failed: {v['error']}")
             continue
-        extra = (f"  warm-up {v['warmup_s']} s, {v['graphs']} graphs, "
-                 f"{v['recompiled_after_warmup']} recompiled later") if "graphs" in v else ""
-        print(f"{name:<8} {vname:<18} {t['size']:>5} {v['step_ms']:>9.1f} {v['images_per_s']:>8.2f} "
-              f"{v['speedup']:>7.2f} {v['first_step_loss_rel_diff']:>9.2g}{extra}", flush=True)
+        extra = (
+            (
+                f"  warm-up {v['warmup_s']} s, {v['graphs']} graphs, "
+                f"{v['recompiled_after_warmup']} recompiled later"
+            )
+            if "graphs" in v
+            else ""
+        )
+        print(
+            f"{name:<8} {vname:<18} {t['size']:>5} {v['step_ms']:>9.1f} {v['images_per_s']:>8.2f} "
+            f"{v['speedup']:>7.2f} {v['first_step_loss_rel_diff']:>9.2g}{extra}",
+            flush=True,
+        )
 
 
 def _print_goals(results: dict[str, Any]) -> None:
     for name, r in results["networks"].items():
         for key, goal in (("b1", GOAL_INFERENCE), ("b8", GOAL_INFERENCE), ("train", GOAL_TRAIN)):
             table = r["inference"][key] if key != "train" else r["train"]
-            timed = [v for v in table if isinstance(table[v], dict) and "speedup" in table[v] and v != "eager"]
+            timed = [
+                v
+                for v in table
+                if isinstance(table[v], dict) and "speedup" in table[v] and v != "eager"
+            ]
             best = max(timed, key=lambda v: table[v]["speedup"])
             sp = table[best]["speedup"]
             what = f"inference {key}" if key != "train" else "training step"
-            print(f"goal {name} {what} >= {goal}x eager: best {best} {sp}x -> {'met' if sp >= goal else 'NOT met'}")
+            print(
+                f"goal {name} {what} >= {goal}x eager: best {best} {sp}x -> {'met' if sp >= goal else 'NOT met'}"
+            )
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -381,36 +432,55 @@ def main(quick: bool = False) -> dict[str, Any]:
     reps = 5 if quick else 7
     peak = matmul_gflops(reps)
     bf16 = native_bf16()
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_2048_gflops": round(peak, 1),
-                               "bf16_units": bf16, "networks": {}}
+    results: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "matmul_2048_gflops": round(peak, 1),
+        "bf16_units": bf16,
+        "networks": {},
+    }
     if bf16:
         results["matmul_2048_bf16_gflops"] = round(matmul_gflops(reps, torch.bfloat16), 1)
         bf16_text = f"bf16: {results['matmul_2048_bf16_gflops']:.1f} GFLOP/s"
     else:
-        bf16_text = "no bf16 units: bf16 variants skipped (SEMLAYOUT_BENCH_BF16=1 times them anyway)"
-    print(f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), "
-          f"{bf16_text}", flush=True)
+        bf16_text = (
+            "no bf16 units: bf16 variants skipped (SEMLAYOUT_BENCH_BF16=1 times them anyway)"
+        )
+    print(
+        f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), "
+        f"{bf16_text}",
+        flush=True,
+    )
     for name, cfg in _configs(quick).items():
         inf = _inference(cfg, quick, reps, bf16)
         _print_inference(name, inf, peak)
         train = _training(name, cfg, quick, 5 if quick else 3, bf16)
         _print_training(name, train)
-        results["networks"][name] = {"image_size": cfg.generator.image_size, "inference": inf, "train": train}
+        results["networks"][name] = {
+            "image_size": cfg.generator.image_size,
+            "inference": inf,
+            "train": train,
+        }
 
     _print_goals(results)
     nets = results["networks"]
     if "pix2pix" in nets:
         ref = nets["pix2pix"]["inference"]["b1"]["eager"]["ms"]
         for name in ("small", "full"):
-            nets[name]["inference_vs_pix2pix_b1"] = round(ref / nets[name]["inference"]["b1"]["eager"]["ms"], 2)
-            print(f"{name}: generator b1 eager {nets[name]['inference_vs_pix2pix_b1']}x faster than pix2pix unet_256")
+            nets[name]["inference_vs_pix2pix_b1"] = round(
+                ref / nets[name]["inference"]["b1"]["eager"]["ms"], 2
+            )
+            print(
+                f"{name}: generator b1 eager {nets[name]['inference_vs_pix2pix_b1']}x faster than pix2pix unet_256"
+            )
         p2p = nets["pix2pix"]["train"]
         tref = p2p["batch"] / p2p["eager"]["step_ms"]  # images per ms: the sizes differ (crops)
         for name in ("small", "full"):
             t = nets[name]["train"]
             nets[name]["train_vs_pix2pix"] = round(t["batch"] / t["eager"]["step_ms"] / tref, 2)
-            print(f"{name}: training images/s {nets[name]['train_vs_pix2pix']}x pix2pix's "
-                  f"({t['size']} px vs {p2p['size']} px)")
+            print(
+                f"{name}: training images/s {nets[name]['train_vs_pix2pix']}x pix2pix's "
+                f"({t['size']} px vs {p2p['size']} px)"
+            )
     return results
 
 

@@ -1,6 +1,5 @@
 """Step 2: NCC alignment of each SEM to its template, QC verdicts, aligned 250x250 pair folder."""
 
-
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -8,8 +7,9 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def align_qc(pairs: Input[Dataset], min_pass_fraction: float, aligned: Output[Dataset],
-             qc: Output[Metrics]):
+def align_qc(
+    pairs: Input[Dataset], min_pass_fraction: float, aligned: Output[Dataset], qc: Output[Metrics]
+):
     """Align every pair; fail the step when fewer than `min_pass_fraction` pass QC."""
     import csv
     from collections import Counter
@@ -29,8 +29,9 @@ def align_qc(pairs: Input[Dataset], min_pass_fraction: float, aligned: Output[Da
     qc.log_metric("qc_pass_fraction", round(fraction, 4))
     qc.log_metric("n_pairs", len(rows))
     qc.log_metric("n_passed", passed)
-    aligned.metadata.update({"n_pairs": len(rows), "n_passed": passed, "reasons": dict(reasons),
-                             "seconds": sw.seconds})
+    aligned.metadata.update(
+        {"n_pairs": len(rows), "n_passed": passed, "reasons": dict(reasons), "seconds": sw.seconds}
+    )
     if passed == 0 or fraction < min_pass_fraction:
         raise SemlayoutError(
             f"only {passed}/{len(rows)} pairs passed alignment QC ({fraction:.1%}; at least "

@@ -30,7 +30,9 @@ def config_dirs() -> list[Path]:
 def resolve_config_path(spec: str) -> Path:
     """A config file path, or a name such as `small` looked up as `configs/small.yaml`."""
     if not spec or not spec.strip():
-        raise SemlayoutError("config is empty; expected a name in configs/ (e.g. 'small') or a file path")
+        raise SemlayoutError(
+            "config is empty; expected a name in configs/ (e.g. 'small') or a file path"
+        )
     p = Path(spec).expanduser()
     if p.is_file():
         return p
@@ -42,7 +44,9 @@ def resolve_config_path(spec: str) -> Path:
             if cand.is_file():
                 return cand
     names = sorted({f.stem for d in config_dirs() if d.is_dir() for f in d.glob("*.y*ml")})
-    raise SemlayoutError(f"unknown config '{spec}': expected a file path or one of {names or '(none found)'}")
+    raise SemlayoutError(
+        f"unknown config '{spec}': expected a file path or one of {names or '(none found)'}"
+    )
 
 
 def load_experiment_config(spec: str, overrides_json: str = "") -> Any:
@@ -107,8 +111,13 @@ def git_commit() -> str:
     if os.environ.get("SEMLAYOUT_GIT_COMMIT"):
         return os.environ["SEMLAYOUT_GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

@@ -15,9 +15,15 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def drift_check(monitor_db: str, policy: str, force: bool, intake_uri: str = "", feedback_dir: str = "",
-                mlflow_uri: str = "", model_name: str = "semlayout"
-                ) -> NamedTuple("Outputs", [("proceed", bool), ("reasons", str)]):
+def drift_check(
+    monitor_db: str,
+    policy: str,
+    force: bool,
+    intake_uri: str = "",
+    feedback_dir: str = "",
+    mlflow_uri: str = "",
+    model_name: str = "semlayout",
+) -> NamedTuple("Outputs", [("proceed", bool), ("reasons", str)]):
     import json
     from collections import namedtuple
 
@@ -25,8 +31,13 @@ def drift_check(monitor_db: str, policy: str, force: bool, intake_uri: str = "",
     from semlayout.loop import check, load_loop_config
 
     Outputs = namedtuple("Outputs", ["proceed", "reasons"])
-    settings = {"policy": parse_json_object(policy, "trigger policy"), "intake_uri": intake_uri,
-                "feedback_dir": feedback_dir, "tracking_uri": mlflow_uri, "model_name": model_name}
+    settings = {
+        "policy": parse_json_object(policy, "trigger policy"),
+        "intake_uri": intake_uri,
+        "feedback_dir": feedback_dir,
+        "tracking_uri": mlflow_uri,
+        "model_name": model_name,
+    }
     cfg = load_loop_config(None, {**settings, **({"monitor_db": monitor_db} if monitor_db else {})})
     if force or not monitor_db:
         why = "forced" if force else "no monitor store given: the caller decided"
@@ -36,6 +47,8 @@ def drift_check(monitor_db: str, policy: str, force: bool, intake_uri: str = "",
     from semlayout.monitoring.store import MonitorStore
 
     decision, _ = check(cfg)
-    MonitorStore(cfg.monitor_db, create=False).record_trigger_decision(decision.fire, decision.to_dict())
+    MonitorStore(cfg.monitor_db, create=False).record_trigger_decision(
+        decision.fire, decision.to_dict()
+    )
     print(decision.summary())
     return Outputs(decision.fire, json.dumps([r.detail for r in decision.reasons]))

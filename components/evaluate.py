@@ -5,7 +5,6 @@ on the SAME test shard minus a tolerance (no champion yet: the floor only). A fa
 gate is an outcome, not an error: the step succeeds and says why.
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -49,8 +48,10 @@ def evaluate(
                 champ_dir = registry.resolve_model_uri(f"models:/{model_name}@champion", mlflow_uri)
                 champion = evaluate_model(champ_dir, Path(shards.path), split="test")
                 champion.pop("samples", None)
-        cfg = gate_config(floors={"sem2layout": floor_sem2layout, "layout2sem": floor_layout2sem},
-                          tolerance=tolerance)
+        cfg = gate_config(
+            floors={"sem2layout": floor_sem2layout, "layout2sem": floor_layout2sem},
+            tolerance=tolerance,
+        )
         gate = judge(result, champion, cfg)
     history = Path(model.path) / "history.json"
     curves = read_json(history) if history.is_file() else None
@@ -62,8 +63,17 @@ def evaluate(
         ceiling = result[direction].get("ceiling", {})
         if "ssim" in ceiling:
             metrics.log_metric(f"{direction}_ssim_ceiling", float(ceiling["ssim"]))
-    write_json(evaluation.path, {"metrics": result, "champion_metrics": champion,
-                                 "champion_version": champion_version, "gate": json.loads(gate.to_json()),
-                                 "gate_config": cfg.model_dump()})
+    write_json(
+        evaluation.path,
+        {
+            "metrics": result,
+            "champion_metrics": champion,
+            "champion_version": champion_version,
+            "gate": json.loads(gate.to_json()),
+            "gate_config": cfg.model_dump(),
+        },
+    )
     evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})
-    return namedtuple("Outputs", ["gate_passed", "gate_reasons"])(gate.passed, json.dumps(gate.reasons))
+    return namedtuple("Outputs", ["gate_passed", "gate_reasons"])(
+        gate.passed, json.dumps(gate.reasons)
+    )

@@ -38,7 +38,9 @@ def evaluate_finetune(
     from semlayout.registry import resolve_model_uri
     from semlayout.report import write_report_html
 
-    champ = Path(resolve_model_uri(base_model or f"models:/{model_name}@champion", mlflow_uri or None))
+    champ = Path(
+        resolve_model_uri(base_model or f"models:/{model_name}@champion", mlflow_uri or None)
+    )
     with Stopwatch() as sw:
         new = evaluate_model(Path(model.path), Path(new_shards.path), split="test")
         samples = new.pop("samples", [])
@@ -47,21 +49,44 @@ def evaluate_finetune(
         orig_champ = evaluate_model(champ, Path(original_shards.path), split="test")
         for m in (new_champ, orig, orig_champ):
             m.pop("samples", None)
-        cfg = gate_config(floors={"sem2layout": floor_sem2layout, "layout2sem": floor_layout2sem},
-                          tolerance=tolerance, min_improvement=min_improvement)
+        cfg = gate_config(
+            floors={"sem2layout": floor_sem2layout, "layout2sem": floor_layout2sem},
+            tolerance=tolerance,
+            min_improvement=min_improvement,
+        )
         gate = judge_finetune(new, new_champ, orig, orig_champ, cfg)
     history = Path(model.path) / "history.json"
-    write_report_html(Path(report.path), new, samples, curves=read_json(history) if history.is_file() else None,
-                      gate=gate)
-    for tag, block in (("new", new), ("new_champion", new_champ), ("orig", orig), ("orig_champion", orig_champ)):
+    write_report_html(
+        Path(report.path),
+        new,
+        samples,
+        curves=read_json(history) if history.is_file() else None,
+        gate=gate,
+    )
+    for tag, block in (
+        ("new", new),
+        ("new_champion", new_champ),
+        ("orig", orig),
+        ("orig_champion", orig_champ),
+    ):
         for direction in ("sem2layout", "layout2sem"):
             for key in ("ssim", "l1", "psnr", "iou"):
                 if isinstance(block[direction].get(key), int | float):
                     metrics.log_metric(f"{tag}_{direction}_{key}", float(block[direction][key]))
     # "metrics" are what the version is registered with and later promoted against: the original
     # test shard (general traffic), not the new family alone; the new pairs' scores travel beside them
-    write_json(evaluation.path, {"metrics": orig, "champion_metrics": orig_champ, "new_pairs_metrics": new,
-                                 "new_pairs_champion_metrics": new_champ,
-                                 "gate": json.loads(gate.to_json()), "gate_config": cfg.model_dump()})
+    write_json(
+        evaluation.path,
+        {
+            "metrics": orig,
+            "champion_metrics": orig_champ,
+            "new_pairs_metrics": new,
+            "new_pairs_champion_metrics": new_champ,
+            "gate": json.loads(gate.to_json()),
+            "gate_config": cfg.model_dump(),
+        },
+    )
     evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})
-    return namedtuple("Outputs", ["gate_passed", "gate_reasons"])(gate.passed, json.dumps(gate.reasons))
+    return namedtuple("Outputs", ["gate_passed", "gate_reasons"])(
+        gate.passed, json.dumps(gate.reasons)
+    )

@@ -7,8 +7,15 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def finetune(shards: Input[Dataset], mlflow_uri: str, model_name: str, base_model: str, config: str,
-             overrides: str, model: Output[Model]):
+def finetune(
+    shards: Input[Dataset],
+    mlflow_uri: str,
+    model_name: str,
+    base_model: str,
+    config: str,
+    overrides: str,
+    model: Output[Model],
+):
     """`base_model`: a checkpoint folder or models:/ URI; empty -> models:/<model_name>@champion."""
     import shutil
     import tempfile
@@ -25,13 +32,21 @@ def finetune(shards: Input[Dataset], mlflow_uri: str, model_name: str, base_mode
     run_cfg = load_experiment_config(config, overrides)
     from semlayout.config import config_from_dict
 
-    cfg = config_from_dict({**base_cfg, "train": run_cfg.train.model_dump(mode="json")}, source=source)
+    cfg = config_from_dict(
+        {**base_cfg, "train": run_cfg.train.model_dump(mode="json")}, source=source
+    )
     work = Path(tempfile.mkdtemp(prefix="semlayout-finetune-"))
     with Stopwatch() as sw:
         final = Path(train_loop(cfg, Path(shards.path), work / "run", init_from=init_from))
     shutil.copytree(final, model.path, dirs_exist_ok=True)
     if (work / "run" / "history.json").is_file():
         shutil.copy2(work / "run" / "history.json", Path(model.path) / "history.json")
-    model.metadata.update({"base_model": source, "lr": cfg.train.lr, "epochs": cfg.train.epochs,
-                           "seconds": sw.seconds})
+    model.metadata.update(
+        {
+            "base_model": source,
+            "lr": cfg.train.lr,
+            "epochs": cfg.train.epochs,
+            "seconds": sw.seconds,
+        }
+    )
     shutil.rmtree(work, ignore_errors=True)

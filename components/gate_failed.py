@@ -1,6 +1,5 @@
 """The other branch of the gate: nothing is registered; say why (a failed gate is not an error)."""
 
-
 from typing import NamedTuple
 
 from kfp import dsl

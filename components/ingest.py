@@ -1,6 +1,5 @@
 """Step 1: bring the pairs in — synthesise them, or fetch a pair folder by URI, and validate."""
 
-
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
@@ -44,6 +43,14 @@ def ingest(data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset]):
             shutil.copytree(src, dest, dirs_exist_ok=True)
         records = read_manifest(dest)
         if not records:
-            raise SemlayoutError(f"data set {data_uri or '(synthetic)'} has no pairs: manifest.csv is empty")
-    pairs.metadata.update({"n_pairs": len(records), "source": data_uri or f"synth:n={n_synth},seed={seed}",
-                           "content_sha256": tree_sha256(dest), "seconds": sw.seconds})
+            raise SemlayoutError(
+                f"data set {data_uri or '(synthetic)'} has no pairs: manifest.csv is empty"
+            )
+    pairs.metadata.update(
+        {
+            "n_pairs": len(records),
+            "source": data_uri or f"synth:n={n_synth},seed={seed}",
+            "content_sha256": tree_sha256(dest),
+            "seconds": sw.seconds,
+        }
+    )

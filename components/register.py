@@ -3,7 +3,6 @@
 Promotion to `champion` is the release manager's decision (`semlayout registry approve`).
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -14,7 +13,11 @@ from components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register(
-    evaluation: Input[Artifact], run_id: str, lineage: str, mlflow_uri: str, model_name: str,
+    evaluation: Input[Artifact],
+    run_id: str,
+    lineage: str,
+    mlflow_uri: str,
+    model_name: str,
 ) -> NamedTuple("Outputs", [("version", str), ("model_uri", str)]):
     import json
     from collections import namedtuple

@@ -1,6 +1,5 @@
 """Step 3: stratified train/val/test shards and the drift reference statistics."""
 
-
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
@@ -16,5 +15,10 @@ def shard(aligned: Input[Dataset], val: float, test: float, seed: int, shards: O
 
     with Stopwatch() as sw:
         index = write_shards(Path(aligned.path), Path(shards.path), val=val, test=test, seed=seed)
-    shards.metadata.update({"splits": {k: v["n"] for k, v in index["splits"].items()},
-                            "families": index.get("families", []), "seconds": sw.seconds})
+    shards.metadata.update(
+        {
+            "splits": {k: v["n"] for k, v in index["splits"].items()},
+            "families": index.get("families", []),
+            "seconds": sw.seconds,
+        }
+    )

@@ -12,8 +12,13 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def shard_mix(new_shards: Input[Dataset], original_shards: Input[Dataset], replay_n: int, seed: int,
-              mixed: Output[Dataset]):
+def shard_mix(
+    new_shards: Input[Dataset],
+    original_shards: Input[Dataset],
+    replay_n: int,
+    seed: int,
+    mixed: Output[Dataset],
+):
     from pathlib import Path
 
     from components.common import Stopwatch
@@ -24,5 +29,10 @@ def shard_mix(new_shards: Input[Dataset], original_shards: Input[Dataset], repla
         sources.append(ShardSource(Path(original_shards.path), replay_n, "replay"))
     with Stopwatch() as sw:
         index = write_shards(sources, Path(mixed.path), val=0.1, test=0.0, seed=seed)
-    mixed.metadata.update({"splits": {k: v["n"] for k, v in index["splits"].items()},
-                           "sources": index["splits"]["train"].get("sources", {}), "seconds": sw.seconds})
+    mixed.metadata.update(
+        {
+            "splits": {k: v["n"] for k, v in index["splits"].items()},
+            "sources": index["splits"]["train"].get("sources", {}),
+            "seconds": sw.seconds,
+        }
+    )

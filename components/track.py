@@ -1,6 +1,5 @@
 """Step 6: log the run to MLflow — params, metrics, config, checkpoint, report — gate passed or not."""
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -39,10 +38,18 @@ def track(
         "pipeline_run": pipeline_run,
     }
     run_id = log_training_run(
-        mlflow_uri, experiment, Path(model.path), ev["metrics"],
-        params={"config": config, "step": model.metadata.get("step"),
-                "gate_passed": ev["gate"]["passed"], **{f"lineage.{k}": v for k, v in lineage.items()}},
-        config=ckpt_cfg, report_html=Path(report.path),
+        mlflow_uri,
+        experiment,
+        Path(model.path),
+        ev["metrics"],
+        params={
+            "config": config,
+            "step": model.metadata.get("step"),
+            "gate_passed": ev["gate"]["passed"],
+            **{f"lineage.{k}": v for k, v in lineage.items()},
+        },
+        config=ckpt_cfg,
+        report_html=Path(report.path),
         tags={"gate_passed": str(ev["gate"]["passed"]).lower(), "pipeline_run": pipeline_run},
     )
     return namedtuple("Outputs", ["run_id", "lineage"])(run_id, json.dumps(lineage))

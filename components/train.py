@@ -5,7 +5,6 @@ One process on the CPU or one GPU; with `gpus > 1` the same training runs under
 training is the Kubeflow Trainer `TrainJob` in k8s/).
 """
 
-
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
@@ -28,8 +27,20 @@ def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model:
         if gpus > 1:
             cfg_file = work / "config.json"
             cfg.save_json(cfg_file)
-            cmd = ["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", "semlayout.cli",
-                   "train", "--config", str(cfg_file), "--data", shards.path, "--out", str(work / "run")]
+            cmd = [
+                "torchrun",
+                "--standalone",
+                f"--nproc-per-node={gpus}",
+                "-m",
+                "semlayout.cli",
+                "train",
+                "--config",
+                str(cfg_file),
+                "--data",
+                shards.path,
+                "--out",
+                str(work / "run"),
+            ]
             subprocess.run(cmd, check=True, stdout=sys.stdout, stderr=sys.stderr)
             final = work / "run" / "final"
         else:
@@ -42,6 +53,13 @@ def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model:
     if history.is_file():
         shutil.copy2(history, Path(model.path) / "history.json")
     meta = read_json(Path(model.path) / "config.json")
-    model.metadata.update({"config": config, "step": meta.get("step"), "epoch": meta.get("epoch"),
-                           "gpus": gpus, "seconds": sw.seconds})
+    model.metadata.update(
+        {
+            "config": config,
+            "step": meta.get("step"),
+            "epoch": meta.get("epoch"),
+            "gpus": gpus,
+            "seconds": sw.seconds,
+        }
+    )
     shutil.rmtree(work, ignore_errors=True)

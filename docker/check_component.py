@@ -6,7 +6,6 @@ Prints one JSON line: {"identical": true, "files": N, "seconds": {"subprocess": 
 Exit 1 when the outputs differ.
 """
 
-
 import argparse
 import hashlib
 import json
@@ -17,8 +16,11 @@ from pathlib import Path
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name] = round(time.perf_counter() - t0, 2)
         results[name] = tree_digest(Path(aligned.path))
     identical = results["subprocess"] == results["docker"]
-    report = {"identical": identical, "files": len(results["docker"]), "seconds": seconds,
-              "image": os.environ["SEMLAYOUT_IMAGE"]}
+    report = {
+        "identical": identical,
+        "files": len(results["docker"]),
+        "seconds": seconds,
+        "image": os.environ["SEMLAYOUT_IMAGE"],
+    }
     if not identical:
-        diff = sorted(k for k in set(results["subprocess"]) | set(results["docker"])
-                      if results["subprocess"].get(k) != results["docker"].get(k))
+        diff = sorted(
+            k
+            for k in set(results["subprocess"]) | set(results["docker"])
+            if results["subprocess"].get(k) != results["docker"].get(k)
+        )
         report["differ"] = diff[:20]
     print(json.dumps(report))
     return 0 if identical and results["docker"] else 1

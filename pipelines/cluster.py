@@ -35,16 +35,20 @@ class ClusterSettings:
     memory_limit: str = "4Gi"
     retries: int = 2
     s3_secret: str = "semlayout-s3"
-    s3_secret_keys: dict[str, str] = field(default_factory=lambda: {
-        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-        "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-    })
+    s3_secret_keys: dict[str, str] = field(
+        default_factory=lambda: {
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+        }
+    )
     mlflow_secret: str = "semlayout-mlflow"
-    mlflow_secret_keys: dict[str, str] = field(default_factory=lambda: {
-        "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-    })
+    mlflow_secret_keys: dict[str, str] = field(
+        default_factory=lambda: {
+            "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+        }
+    )
 
     def __post_init__(self) -> None:
         if self.gpus < 0:
@@ -97,7 +101,9 @@ def on_gpu_pool(task, s: ClusterSettings):  # noqa: ANN001,ANN201
         if pair:
             kubernetes.add_node_selector(task, label_key=pair[0], label_value=pair[1])
         if s.toleration_key:
-            kubernetes.add_toleration(task, key=s.toleration_key, operator="Exists", effect="NoSchedule")
+            kubernetes.add_toleration(
+                task, key=s.toleration_key, operator="Exists", effect="NoSchedule"
+            )
     if s.retries:
         task.set_retry(num_retries=s.retries, backoff_duration="120s", backoff_factor=2.0)
     return task
@@ -107,8 +113,9 @@ def with_s3(task, s: ClusterSettings):  # noqa: ANN001,ANN201
     from kfp import kubernetes
 
     if s.s3_secret:
-        kubernetes.use_secret_as_env(task, secret_name=s.s3_secret, secret_key_to_env=dict(s.s3_secret_keys),
-                                     optional=True)
+        kubernetes.use_secret_as_env(
+            task, secret_name=s.s3_secret, secret_key_to_env=dict(s.s3_secret_keys), optional=True
+        )
     return task
 
 
@@ -117,6 +124,10 @@ def with_mlflow(task, s: ClusterSettings):  # noqa: ANN001,ANN201
 
     with_s3(task, s)  # MLflow artifacts live in S3 on the cluster
     if s.mlflow_secret:
-        kubernetes.use_secret_as_env(task, secret_name=s.mlflow_secret,
-                                     secret_key_to_env=dict(s.mlflow_secret_keys), optional=True)
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=s.mlflow_secret,
+            secret_key_to_env=dict(s.mlflow_secret_keys),
+            optional=True,
+        )
     return task

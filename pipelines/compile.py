@@ -1,6 +1,6 @@
 """Compile the pipelines to KFP IR YAML for the cluster: one file per pipeline.
 
-    semlayout pipeline compile --out DIR [--image IMG] [--gpus N] [--node-selector K=V] ...
+semlayout pipeline compile --out DIR [--image IMG] [--gpus N] [--node-selector K=V] ...
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ def _set_image(image: str | None) -> None:
             del sys.modules[mod]
 
 
-def compile_pipelines(out_dir: str | Path, names: tuple[str, ...] = PIPELINES, image: str | None = None,
-                      settings: Any = None) -> dict[str, Path]:
+def compile_pipelines(
+    out_dir: str | Path,
+    names: tuple[str, ...] = PIPELINES,
+    image: str | None = None,
+    settings: Any = None,
+) -> dict[str, Path]:
     """Write `<out_dir>/<name>.yaml` for each pipeline; returns the paths."""
     from kfp import compiler
 

@@ -46,7 +46,9 @@ class FinetuneOutputs(NamedTuple):
 def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa: ANN201 - GraphComponent
     s = settings or ClusterSettings.from_env()
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="fine-tune the champion on reviewed pairs with replay")
+    @dsl.pipeline(
+        name=PIPELINE_NAME, description="fine-tune the champion on reviewed pairs with replay"
+    )
     def finetune_pipeline(
         reviewed_uri: str,
         original_data_uri: str = "",
@@ -67,32 +69,93 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
     ) -> FinetuneOutputs:
         t_new = with_s3(on_cpu_pool(ingest(data_uri=reviewed_uri, n_synth=0, seed=seed), s), s)
         t_new.set_display_name("ingest reviewed pairs")
-        t_new_al = on_cpu_pool(align_qc(pairs=t_new.outputs["pairs"], min_pass_fraction=min_qc_pass), s)
-        t_new_sh = on_cpu_pool(shard(aligned=t_new_al.outputs["aligned"], val=0.1, test=0.3, seed=seed), s)
-        t_orig = with_s3(on_cpu_pool(ingest(data_uri=original_data_uri, n_synth=n_synth, seed=seed), s), s)
+        t_new_al = on_cpu_pool(
+            align_qc(pairs=t_new.outputs["pairs"], min_pass_fraction=min_qc_pass), s
+        )
+        t_new_sh = on_cpu_pool(
+            shard(aligned=t_new_al.outputs["aligned"], val=0.1, test=0.3, seed=seed), s
+        )
+        t_orig = with_s3(
+            on_cpu_pool(ingest(data_uri=original_data_uri, n_synth=n_synth, seed=seed), s), s
+        )
         t_orig.set_display_name("ingest original data")
-        t_orig_al = on_cpu_pool(align_qc(pairs=t_orig.outputs["pairs"], min_pass_fraction=min_qc_pass), s)
-        t_orig_sh = on_cpu_pool(shard(aligned=t_orig_al.outputs["aligned"], val=0.1, test=0.2, seed=seed), s)
-        t_mix = on_cpu_pool(shard_mix(new_shards=t_new_sh.outputs["shards"],
-                                      original_shards=t_orig_sh.outputs["shards"], replay_n=replay_n,
-                                      seed=seed), s)
-        t_ft = with_mlflow(on_gpu_pool(finetune(
-            shards=t_mix.outputs["mixed"], mlflow_uri=mlflow_uri, model_name=model_name,
-            base_model=base_model, config=config, overrides=config_overrides), s), s)
-        t_eval = with_mlflow(on_cpu_pool(evaluate_finetune(
-            model=t_ft.outputs["model"], new_shards=t_new_sh.outputs["shards"],
-            original_shards=t_orig_sh.outputs["shards"], mlflow_uri=mlflow_uri, model_name=model_name,
-            base_model=base_model, floor_sem2layout=floor_sem2layout, floor_layout2sem=floor_layout2sem,
-            tolerance=tolerance, min_improvement=min_improvement), s), s)
-        t_track = with_mlflow(on_cpu_pool(track(
-            pairs=t_new.outputs["pairs"], model=t_ft.outputs["model"],
-            evaluation=t_eval.outputs["evaluation"], report=t_eval.outputs["report"],
-            mlflow_uri=mlflow_uri, experiment=experiment, config=config,
-            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), s), s)
+        t_orig_al = on_cpu_pool(
+            align_qc(pairs=t_orig.outputs["pairs"], min_pass_fraction=min_qc_pass), s
+        )
+        t_orig_sh = on_cpu_pool(
+            shard(aligned=t_orig_al.outputs["aligned"], val=0.1, test=0.2, seed=seed), s
+        )
+        t_mix = on_cpu_pool(
+            shard_mix(
+                new_shards=t_new_sh.outputs["shards"],
+                original_shards=t_orig_sh.outputs["shards"],
+                replay_n=replay_n,
+                seed=seed,
+            ),
+            s,
+        )
+        t_ft = with_mlflow(
+            on_gpu_pool(
+                finetune(
+                    shards=t_mix.outputs["mixed"],
+                    mlflow_uri=mlflow_uri,
+                    model_name=model_name,
+                    base_model=base_model,
+                    config=config,
+                    overrides=config_overrides,
+                ),
+                s,
+            ),
+            s,
+        )
+        t_eval = with_mlflow(
+            on_cpu_pool(
+                evaluate_finetune(
+                    model=t_ft.outputs["model"],
+                    new_shards=t_new_sh.outputs["shards"],
+                    original_shards=t_orig_sh.outputs["shards"],
+                    mlflow_uri=mlflow_uri,
+                    model_name=model_name,
+                    base_model=base_model,
+                    floor_sem2layout=floor_sem2layout,
+                    floor_layout2sem=floor_layout2sem,
+                    tolerance=tolerance,
+                    min_improvement=min_improvement,
+                ),
+                s,
+            ),
+            s,
+        )
+        t_track = with_mlflow(
+            on_cpu_pool(
+                track(
+                    pairs=t_new.outputs["pairs"],
+                    model=t_ft.outputs["model"],
+                    evaluation=t_eval.outputs["evaluation"],
+                    report=t_eval.outputs["report"],
+                    mlflow_uri=mlflow_uri,
+                    experiment=experiment,
+                    config=config,
+                    pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                ),
+                s,
+            ),
+            s,
+        )
         with dsl.If(t_eval.outputs["gate_passed"] == True, name="finetune-gate-passed"):  # noqa: E712
-            t_reg = with_mlflow(on_cpu_pool(register(
-                evaluation=t_eval.outputs["evaluation"], run_id=t_track.outputs["run_id"],
-                lineage=t_track.outputs["lineage"], mlflow_uri=mlflow_uri, model_name=model_name), s), s)
+            t_reg = with_mlflow(
+                on_cpu_pool(
+                    register(
+                        evaluation=t_eval.outputs["evaluation"],
+                        run_id=t_track.outputs["run_id"],
+                        lineage=t_track.outputs["lineage"],
+                        mlflow_uri=mlflow_uri,
+                        model_name=model_name,
+                    ),
+                    s,
+                ),
+                s,
+            )
         with dsl.Else(name="finetune-gate-failed"):
             t_skip = gate_failed(gate_reasons=t_eval.outputs["gate_reasons"])
             t_skip.after(t_track)
@@ -113,7 +176,9 @@ def build_drift_monitor_pipeline(settings: "ClusterSettings | None" = None):  # 
     """For a recurring run on the cluster: check the triggers, fine-tune only when they fire."""
     inner = build_finetune_pipeline(settings)
 
-    @dsl.pipeline(name="semlayout-drift-monitor", description="trigger check, then the fine-tune pipeline")
+    @dsl.pipeline(
+        name="semlayout-drift-monitor", description="trigger check, then the fine-tune pipeline"
+    )
     def drift_monitor_pipeline(
         reviewed_uri: str,
         monitor_db: str,
@@ -126,7 +191,12 @@ def build_drift_monitor_pipeline(settings: "ClusterSettings | None" = None):  # 
     ):
         t_check = drift_check(monitor_db=monitor_db, policy=trigger_policy, force=force)
         with dsl.If(t_check.outputs["proceed"] == True, name="triggered"):  # noqa: E712
-            inner(reviewed_uri=reviewed_uri, original_data_uri=original_data_uri, mlflow_uri=mlflow_uri,
-                  model_name=model_name, config=config)
+            inner(
+                reviewed_uri=reviewed_uri,
+                original_data_uri=original_data_uri,
+                mlflow_uri=mlflow_uri,
+                model_name=model_name,
+                config=config,
+            )
 
     return drift_monitor_pipeline

@@ -28,8 +28,10 @@ def pipeline_arguments(cfg: Any, reviewed_uri: str) -> dict[str, Any]:
     floors = {**DEFAULT_FLOORS, **(cfg.floors or {})}
     tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not tracking:
-        raise SemlayoutError("no MLflow tracking URI: set tracking_uri in the loop config or MLFLOW_TRACKING_URI "
-                             "(the fine-tune starts from the registry's champion)")
+        raise SemlayoutError(
+            "no MLflow tracking URI: set tracking_uri in the loop config or MLFLOW_TRACKING_URI "
+            "(the fine-tune starts from the registry's champion)"
+        )
     return {
         "reviewed_uri": reviewed_uri,
         "original_data_uri": cfg.original_data_uri,
@@ -86,18 +88,26 @@ def local_launcher(req: Any) -> Any:
     # no retries locally: a failure here is deterministic
     tap = _ErrorTap(sys.stdout)
     with contextlib.redirect_stdout(cast(TextIO, tap)):
-        run = run_pipeline(build_finetune_pipeline(ClusterSettings.from_env(retries=0)), req.run_dir / "pipeline",
-                           **args)
+        run = run_pipeline(
+            build_finetune_pipeline(ClusterSettings.from_env(retries=0)),
+            req.run_dir / "pipeline",
+            **args,
+        )
     if run.error:
         why = tap.step_errors[-1] if tap.step_errors else run.error
         raise SemlayoutError(f"fine-tune pipeline failed at step '{run.failed_task}': {why}")
     out = run.outputs
     evaluation = read_json(out["evaluation"].path)
     return LaunchResult(
-        run_id=str(out.get("run_id") or ""), gate_passed=bool(out.get("gate_passed")),
-        model_version=out.get("model_version") or None, gate_reasons=evaluation["gate"]["reasons"],
-        details={"report": out["report"].path, "checkpoint": out["model"].path,
-                 "timings": {n: t.seconds for n, t in run.tasks.items()}},
+        run_id=str(out.get("run_id") or ""),
+        gate_passed=bool(out.get("gate_passed")),
+        model_version=out.get("model_version") or None,
+        gate_reasons=evaluation["gate"]["reasons"],
+        details={
+            "report": out["report"].path,
+            "checkpoint": out["model"].path,
+            "timings": {n: t.seconds for n, t in run.tasks.items()},
+        },
     )
 
 
@@ -116,10 +126,17 @@ def kfp_launcher(host: str) -> Callable[[Any], Any]:
         elif req.cfg.intake_uri and not req.cfg.feedback_dir:
             reviewed_uri = req.cfg.intake_uri
         else:
-            raise SemlayoutError("the reviewed pairs are local to this pod: set SEMLAYOUT_STAGING_URI=s3://... "
-                                 "so they can be uploaded for the cluster run")
-        run_id = submit(host, "finetune", pipeline_arguments(req.cfg, reviewed_uri),
-                        experiment="semlayout-finetune", run_name=f"loop-{req.run_dir.name}")
+            raise SemlayoutError(
+                "the reviewed pairs are local to this pod: set SEMLAYOUT_STAGING_URI=s3://... "
+                "so they can be uploaded for the cluster run"
+            )
+        run_id = submit(
+            host,
+            "finetune",
+            pipeline_arguments(req.cfg, reviewed_uri),
+            experiment="semlayout-finetune",
+            run_name=f"loop-{req.run_dir.name}",
+        )
         # the gate is judged inside the cluster run: its verdict appears in MLflow / KFP later
         return LaunchResult(run_id=run_id, details={"kfp_host": host, "reviewed_uri": reviewed_uri})
 

@@ -82,7 +82,9 @@ def init_local(pipeline_root: str | Path) -> None:
 
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
 
 
 @contextmanager
@@ -108,5 +110,6 @@ def run_pipeline(pipeline: Any, pipeline_root: str | Path, **params: Any) -> Loc
             outputs = dict(task.outputs) if hasattr(task, "outputs") else {}
         except RuntimeError as err:  # kfp.local: "Pipeline ... finished with status FAILURE"
             error = _ANSI.sub("", str(err))
-    return LocalRun(outputs=outputs, tasks=timer.tasks, seconds=round(time.perf_counter() - t0, 3),
-                    error=error)
+    return LocalRun(
+        outputs=outputs, tasks=timer.tasks, seconds=round(time.perf_counter() - t0, 3), error=error
+    )

@@ -23,8 +23,17 @@ from typing import Any
 
 from semlayout.errors import SemlayoutError
 
-SUMMARY_METRIC_KEYS = ("l1", "ssim", "psnr", "iou", "epe_px", "cd_error_px",
-                       "ssim_vs_clean", "l1_vs_clean", "psnr_vs_clean")
+SUMMARY_METRIC_KEYS = (
+    "l1",
+    "ssim",
+    "psnr",
+    "iou",
+    "epe_px",
+    "cd_error_px",
+    "ssim_vs_clean",
+    "l1_vs_clean",
+    "psnr_vs_clean",
+)
 
 
 def mlflow_locations(out: Path) -> tuple[str, Path]:
@@ -70,8 +79,9 @@ def point_latest(out: Path, run_dir: Path) -> Path:
     return latest
 
 
-def summarize(run: Any, evaluation: dict[str, Any], params: dict[str, Any], run_dir: Path,
-              mlflow_uri: str) -> dict[str, Any]:
+def summarize(
+    run: Any, evaluation: dict[str, Any], params: dict[str, Any], run_dir: Path, mlflow_uri: str
+) -> dict[str, Any]:
     out = run.outputs
     metrics = evaluation["metrics"]
     gate = evaluation["gate"]
@@ -81,8 +91,9 @@ def summarize(run: Any, evaluation: dict[str, Any], params: dict[str, Any], run_
         summary_metrics[direction] = {k: block[k] for k in SUMMARY_METRIC_KEYS if k in block}
         for extra in ("ceiling", "baseline_otsu"):
             if isinstance(block.get(extra), dict):
-                summary_metrics[direction][extra] = {k: v for k, v in block[extra].items()
-                                                     if not isinstance(v, dict)}
+                summary_metrics[direction][extra] = {
+                    k: v for k, v in block[extra].items() if not isinstance(v, dict)
+                }
     version = out.get("model_version") or None
     return {
         "gate_passed": bool(out.get("gate_passed")),
@@ -95,8 +106,12 @@ def summarize(run: Any, evaluation: dict[str, Any], params: dict[str, Any], run_
         "champion_version": evaluation.get("champion_version"),
         "gate_config": evaluation.get("gate_config"),
         "n_test": metrics.get("n"),
-        "mlflow": {"tracking_uri": mlflow_uri, "run_id": out.get("run_id"),
-                   "experiment": params["experiment"], "model_name": params["model_name"]},
+        "mlflow": {
+            "tracking_uri": mlflow_uri,
+            "run_id": out.get("run_id"),
+            "experiment": params["experiment"],
+            "model_name": params["model_name"],
+        },
         "params": params,
         "timings": {
             "total_seconds": run.seconds,
@@ -110,11 +125,21 @@ def summarize(run: Any, evaluation: dict[str, Any], params: dict[str, Any], run_
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from pipelines.training import DEFAULT_FLOORS
 
-    p = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="", help="pair folder or s3:// URI; empty: synthesise --n-synth pairs")
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--data", default="", help="pair folder or s3:// URI; empty: synthesise --n-synth pairs"
+    )
     p.add_argument("--config", default="small", help="a name in configs/ or a config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set train.epochs=2 (repeatable)",
+    )
     p.add_argument("--n-synth", type=int, default=800)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs", help="output root (runs/, latest, mlflow/)")
@@ -152,8 +177,9 @@ def run(args: argparse.Namespace) -> int:
     # refuse bad input before the first step
     data_info = validate.check_data_uri(args.data, args.n_synth)
     validate.check_config(args.config, cfg_overrides)
-    validate.check_floors({"sem2layout": args.floor_sem2layout, "layout2sem": args.floor_layout2sem},
-                          args.tolerance)
+    validate.check_floors(
+        {"sem2layout": args.floor_sem2layout, "layout2sem": args.floor_layout2sem}, args.tolerance
+    )
     data_uri = data_info["path"] if data_info["kind"] == "folder" else args.data
 
     mlflow_uri, artifact_root = mlflow_locations(out)
@@ -162,10 +188,17 @@ def run(args: argparse.Namespace) -> int:
         ensure_experiment(mlflow_uri, args.experiment, artifact_root)
     run_dir = new_run_dir(out)
     params = {
-        "data_uri": data_uri, "n_synth": args.n_synth, "seed": args.seed, "config": args.config,
-        "config_overrides": cfg_overrides, "mlflow_uri": mlflow_uri, "experiment": args.experiment,
-        "model_name": args.model_name, "floor_sem2layout": args.floor_sem2layout,
-        "floor_layout2sem": args.floor_layout2sem, "tolerance": args.tolerance,
+        "data_uri": data_uri,
+        "n_synth": args.n_synth,
+        "seed": args.seed,
+        "config": args.config,
+        "config_overrides": cfg_overrides,
+        "mlflow_uri": mlflow_uri,
+        "experiment": args.experiment,
+        "model_name": args.model_name,
+        "floor_sem2layout": args.floor_sem2layout,
+        "floor_layout2sem": args.floor_layout2sem,
+        "tolerance": args.tolerance,
         "min_qc_pass": args.min_qc_pass,
     }
     print(f"semlayout: training pipeline under kfp.local -> {run_dir}", flush=True)
@@ -175,8 +208,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_pipeline(build_training_pipeline(local_settings), run_dir / "pipeline", **params)
     if result.error:
         failed = result.failed_task or "?"
-        print(f"error: the pipeline failed at step '{failed}' (its log is above): {result.error}",
-              file=sys.stderr)
+        print(
+            f"error: the pipeline failed at step '{failed}' (its log is above): {result.error}",
+            file=sys.stderr,
+        )
         (run_dir / "FAILED").write_text(f"step {failed}: {result.error}\n")
         return 1
 
@@ -188,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
     summary["timings"]["before_pipeline_seconds"] = round(t_start - t0, 3)
     shutil.copy2(result.outputs["report"].path, run_dir / "report.html")
     write_json(run_dir / "evaluation.json", evaluation)
-    write_json(run_dir / "summary.json", summary)  # last: a run folder with summary.json is complete
+    write_json(
+        run_dir / "summary.json", summary
+    )  # last: a run folder with summary.json is complete
     for name in ("report.html", "evaluation.json", "summary.json"):
         (run_dir / name).chmod(0o644)
     latest = point_latest(out, run_dir)
@@ -196,7 +233,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_where(summary: dict[str, Any], latest: Path, mlflow_uri: str, artifact_root: Path) -> None:
+def _print_where(
+    summary: dict[str, Any], latest: Path, mlflow_uri: str, artifact_root: Path
+) -> None:
     verdict = "PASSED" if summary["gate_passed"] else "FAILED (nothing registered)"
     print("\n== semlayout run finished ==")
     print(f"gate: {verdict}")
@@ -206,16 +245,20 @@ def _print_where(summary: dict[str, Any], latest: Path, mlflow_uri: str, artifac
         nums = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, int | float))
         print(f"{direction}: {nums}")
     if summary["model_uri"]:
-        print(f"model:      {summary['model_uri']} (alias challenger; approve with "
-              f"`semlayout registry approve {summary['mlflow']['model_name']} {summary['model_version']} "
-              f"--by YOU --reason ...`)")
+        print(
+            f"model:      {summary['model_uri']} (alias challenger; approve with "
+            f"`semlayout registry approve {summary['mlflow']['model_name']} {summary['model_version']} "
+            f"--by YOU --reason ...`)"
+        )
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"summary:    {latest / 'summary.json'}")
     print(f"report:     {latest / 'report.html'}")
     steps = ", ".join(f"{n} {t['seconds']}s" for n, t in summary["timings"]["steps"].items())
     print(f"timings:    {steps}; total {summary['timings']['wall_seconds']}s")
-    print(f"MLflow UI:  mlflow ui --backend-store-uri {mlflow_uri} "
-          f"--default-artifact-root {artifact_root.as_uri()} --host 127.0.0.1 --port 5000")
+    print(
+        f"MLflow UI:  mlflow ui --backend-store-uri {mlflow_uri} "
+        f"--default-artifact-root {artifact_root.as_uri()} --host 127.0.0.1 --port 5000"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

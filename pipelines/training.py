@@ -10,7 +10,6 @@ Parameters are the run-time knobs; GPU pool, limits, retries and secrets are
 compile-time `ClusterSettings` (see `pipelines.cluster`).
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -52,7 +51,10 @@ class TrainingOutputs(NamedTuple):
 def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa: ANN201 - GraphComponent
     s = settings or ClusterSettings.from_env()
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="SEM<->layout: align, shard, train, evaluate, gate, register")
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="SEM<->layout: align, shard, train, evaluate, gate, register",
+    )
     def training_pipeline(
         data_uri: str = "",
         n_synth: int = 200,
@@ -71,26 +73,71 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
     ) -> TrainingOutputs:
         t_ingest = with_s3(on_cpu_pool(ingest(data_uri=data_uri, n_synth=n_synth, seed=seed), s), s)
         t_ingest.set_display_name("ingest")
-        t_align = on_cpu_pool(align_qc(pairs=t_ingest.outputs["pairs"], min_pass_fraction=min_qc_pass), s)
+        t_align = on_cpu_pool(
+            align_qc(pairs=t_ingest.outputs["pairs"], min_pass_fraction=min_qc_pass), s
+        )
         t_align.set_display_name("align + QC")
-        t_shard = on_cpu_pool(shard(aligned=t_align.outputs["aligned"], val=val_fraction,
-                                    test=test_fraction, seed=seed), s)
-        t_train = on_gpu_pool(train(shards=t_shard.outputs["shards"], config=config,
-                                    overrides=config_overrides, gpus=s.gpus), s)
+        t_shard = on_cpu_pool(
+            shard(
+                aligned=t_align.outputs["aligned"], val=val_fraction, test=test_fraction, seed=seed
+            ),
+            s,
+        )
+        t_train = on_gpu_pool(
+            train(
+                shards=t_shard.outputs["shards"],
+                config=config,
+                overrides=config_overrides,
+                gpus=s.gpus,
+            ),
+            s,
+        )
         t_train = with_mlflow(t_train, s)
-        t_eval = with_mlflow(on_cpu_pool(evaluate(
-            model=t_train.outputs["model"], shards=t_shard.outputs["shards"], mlflow_uri=mlflow_uri,
-            model_name=model_name, floor_sem2layout=floor_sem2layout, floor_layout2sem=floor_layout2sem,
-            tolerance=tolerance), s), s)
-        t_track = with_mlflow(on_cpu_pool(track(
-            pairs=t_ingest.outputs["pairs"], model=t_train.outputs["model"],
-            evaluation=t_eval.outputs["evaluation"], report=t_eval.outputs["report"],
-            mlflow_uri=mlflow_uri, experiment=experiment, config=config,
-            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), s), s)
+        t_eval = with_mlflow(
+            on_cpu_pool(
+                evaluate(
+                    model=t_train.outputs["model"],
+                    shards=t_shard.outputs["shards"],
+                    mlflow_uri=mlflow_uri,
+                    model_name=model_name,
+                    floor_sem2layout=floor_sem2layout,
+                    floor_layout2sem=floor_layout2sem,
+                    tolerance=tolerance,
+                ),
+                s,
+            ),
+            s,
+        )
+        t_track = with_mlflow(
+            on_cpu_pool(
+                track(
+                    pairs=t_ingest.outputs["pairs"],
+                    model=t_train.outputs["model"],
+                    evaluation=t_eval.outputs["evaluation"],
+                    report=t_eval.outputs["report"],
+                    mlflow_uri=mlflow_uri,
+                    experiment=experiment,
+                    config=config,
+                    pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                ),
+                s,
+            ),
+            s,
+        )
         with dsl.If(t_eval.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
-            t_reg = with_mlflow(on_cpu_pool(register(
-                evaluation=t_eval.outputs["evaluation"], run_id=t_track.outputs["run_id"],
-                lineage=t_track.outputs["lineage"], mlflow_uri=mlflow_uri, model_name=model_name), s), s)
+            t_reg = with_mlflow(
+                on_cpu_pool(
+                    register(
+                        evaluation=t_eval.outputs["evaluation"],
+                        run_id=t_track.outputs["run_id"],
+                        lineage=t_track.outputs["lineage"],
+                        mlflow_uri=mlflow_uri,
+                        model_name=model_name,
+                    ),
+                    s,
+                ),
+                s,
+            )
         with dsl.Else(name="gate-failed"):
             t_skip = gate_failed(gate_reasons=t_eval.outputs["gate_reasons"])
             t_skip.after(t_track)

@@ -24,8 +24,10 @@ def _fallback_pairs(dest: Path) -> Path:
     from helpers_shards import make_pairs
 
     return make_pairs(
-        dest, {"line_space": 10, "via_array": 5, "random_routing": 3, "line_end": 3, "l_shape": 3},
-        seed=0, aligned=False,
+        dest,
+        {"line_space": 10, "via_array": 5, "random_routing": 3, "line_end": 3, "l_shape": 3},
+        seed=0,
+        aligned=False,
     )
 
 
@@ -45,10 +47,10 @@ def _fallback_align(pairs: Path, dest: Path) -> Path:
     arrays = []
     for rec in read_manifest(pairs):
         x, y = truth[rec.id]
-        sem = np.ascontiguousarray(read_gray8(rec.sem_path)[y:y + h, x:x + w])
+        sem = np.ascontiguousarray(read_gray8(rec.sem_path)[y : y + h, x : x + w])
         clean = None
         if rec.clean_path is not None:
-            clean = np.ascontiguousarray(read_gray8(rec.clean_path)[y:y + h, x:x + w])
+            clean = np.ascontiguousarray(read_gray8(rec.clean_path)[y : y + h, x : x + w])
         arrays.append(PairArrays(rec.id, sem, read_gray8(rec.layout_path), rec.pattern_type, clean))
     write_pair_folder(dest, arrays)
     with open(dest / "alignment.csv", "w", newline="") as f:
@@ -66,7 +68,10 @@ def tiny_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
         return Path(synthesize(dest, TINY_N, seed=0, progress=False))
     except Exception as err:  # noqa: BLE001 - any failure of synth falls back to rectangles
-        warnings.warn(f"tiny_pairs: semlayout synth unavailable ({err!r}); using numpy rectangles", stacklevel=1)
+        warnings.warn(
+            f"tiny_pairs: semlayout synth unavailable ({err!r}); using numpy rectangles",
+            stacklevel=1,
+        )
         return _fallback_pairs(dest)
 
 
@@ -79,7 +84,9 @@ def tiny_aligned(tiny_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         align_folder(tiny_pairs, dest)
         return dest
     except Exception as err:  # noqa: BLE001 - any failure of align falls back to the truth crop
-        warnings.warn(f"tiny_aligned: semlayout align unavailable ({err!r}); cropping at truth", stacklevel=1)
+        warnings.warn(
+            f"tiny_aligned: semlayout align unavailable ({err!r}); cropping at truth", stacklevel=1
+        )
         return _fallback_align(tiny_pairs, dest)
 
 

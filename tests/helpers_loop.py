@@ -57,7 +57,9 @@ def write_config(path: Path, epochs: int, decay: int) -> Path:
     return path
 
 
-def synth(dest: Path, n: int, seed: int, mix: dict[str, float], dose: tuple[float, float] = NARROW_DOSE) -> Path:
+def synth(
+    dest: Path, n: int, seed: int, mix: dict[str, float], dose: tuple[float, float] = NARROW_DOSE
+) -> Path:
     from semlayout.data.synth import synthesize
 
     return Path(synthesize(dest, n, seed=seed, mix=mix, ranges=ranges(dose), progress=False))
@@ -70,10 +72,15 @@ def split_pair_folder(src: Path, dests: list[Path], sizes: list[int]) -> list[Pa
     recs = read_manifest(src)
     start = 0
     for dest, k in zip(dests, sizes, strict=True):
-        part = recs[start:start + k]
+        part = recs[start : start + k]
         start += k
-        write_pair_folder(dest, [PairArrays(r.id, read_gray8(r.sem_path), read_gray8(r.layout_path),
-                                            r.pattern_type) for r in part])
+        write_pair_folder(
+            dest,
+            [
+                PairArrays(r.id, read_gray8(r.sem_path), read_gray8(r.layout_path), r.pattern_type)
+                for r in part
+            ],
+        )
     return dests
 
 
@@ -86,11 +93,13 @@ def cropped_sems(pairs: Path) -> list[np.ndarray]:
     out = []
     for rec in read_manifest(pairs):
         x, y = truth[rec.id]
-        out.append(np.ascontiguousarray(read_gray8(rec.sem_path)[y:y + 250, x:x + 250]))
+        out.append(np.ascontiguousarray(read_gray8(rec.sem_path)[y : y + 250, x : x + 250]))
     return out
 
 
-def train_champion(root: Path, pairs: Path, cfg_path: Path, tracking_uri: str, model_name: str) -> dict[str, Any]:
+def train_champion(
+    root: Path, pairs: Path, cfg_path: Path, tracking_uri: str, model_name: str
+) -> dict[str, Any]:
     """The library calls the training pipeline makes (align -> shard -> train -> evaluate ->
     gate -> track -> register), then the release manager's approval as `champion`.
 
@@ -115,11 +124,20 @@ def train_champion(root: Path, pairs: Path, cfg_path: Path, tracking_uri: str, m
     metrics = evaluate_model(final, shards, split="test")
     metrics.pop("samples", None)
     gate = judge(metrics, None, GateConfig(floors={"sem2layout": 0.0, "layout2sem": 0.0}))
-    run_id = log_training_run(tracking_uri, "semlayout-e2e", final, metrics, params={"config": str(cfg_path)})
-    version = register_version(tracking_uri, model_name, run_id, gate, lineage={"data_uri": str(pairs)})
+    run_id = log_training_run(
+        tracking_uri, "semlayout-e2e", final, metrics, params={"config": str(cfg_path)}
+    )
+    version = register_version(
+        tracking_uri, model_name, run_id, gate, lineage={"data_uri": str(pairs)}
+    )
     approve(tracking_uri, model_name, version, by="release-manager", reason="first champion")
-    return {"shards": shards, "checkpoint": final, "version": str(version), "metrics": metrics,
-            "train_seconds": round(seconds, 1)}
+    return {
+        "shards": shards,
+        "checkpoint": final,
+        "version": str(version),
+        "metrics": metrics,
+        "train_seconds": round(seconds, 1),
+    }
 
 
 # --------------------------------------------------------------------------- processes
@@ -129,10 +147,18 @@ def cli_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """`semlayout ARGS` as a user runs it (a subprocess of this interpreter)."""
-    return subprocess.run([sys.executable, "-m", "semlayout.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "semlayout.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:
@@ -149,15 +175,34 @@ def serve(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240)
     port = free_port()
     log = cwd / f"serve-{port}.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "semlayout.cli", "serve", *args, "--host", "127.0.0.1",
-                                 "--port", str(port), "--log-level", "warning"],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "semlayout.cli",
+                "serve",
+                *args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"semlayout serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"semlayout serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
                     if r.status == 200:
@@ -165,7 +210,9 @@ def serve(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240)
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"semlayout serve did not get ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"semlayout serve did not get ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:

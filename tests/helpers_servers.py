@@ -49,7 +49,9 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path | Non
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}\n{tail}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode} before answering {url}\n{tail}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status < 500:
@@ -78,7 +80,9 @@ def start_moto_server() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -107,12 +111,23 @@ def start_mlflow_server(
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
             [
-                str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-                "--artifacts-destination", artifacts_destination or str(workdir / "artifacts"),
-                "--workers", "1",
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{workdir / 'mlflow.db'}",
+                "--artifacts-destination",
+                artifacts_destination or str(workdir / "artifacts"),
+                "--workers",
+                "1",
             ],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=workdir,
             env={**os.environ, "MLFLOW_TRACKING_URI": "", **(env or {})},
         )
     url = f"http://127.0.0.1:{port}"
@@ -127,8 +142,11 @@ def s3_client(endpoint: str):
     import boto3
 
     return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
 
 

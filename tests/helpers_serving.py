@@ -47,7 +47,7 @@ def crop_at_truth(pairs: Path, dest: Path) -> Path:
     arrays = []
     for rec in read_manifest(pairs):
         x, y = truth[rec.id]
-        sem = np.ascontiguousarray(read_gray8(rec.sem_path)[y:y + h, x:x + w])
+        sem = np.ascontiguousarray(read_gray8(rec.sem_path)[y : y + h, x : x + w])
         arrays.append(PairArrays(rec.id, sem, read_gray8(rec.layout_path), rec.pattern_type))
     write_pair_folder(dest, arrays)
     with open(dest / "alignment.csv", "w", newline="") as f:
@@ -57,12 +57,19 @@ def crop_at_truth(pairs: Path, dest: Path) -> Path:
     return dest
 
 
-def synth_aligned(dest: Path, n: int, seed: int, mix: dict[str, float] | None = None,
-                  ranges=None) -> Path:  # type: ignore[no-untyped-def]
+def synth_aligned(
+    dest: Path, n: int, seed: int, mix: dict[str, float] | None = None, ranges=None
+) -> Path:  # type: ignore[no-untyped-def]
     from semlayout.data.synth import synthesize
 
-    pairs = synthesize(dest / "pairs", n, seed=seed, mix=mix or REF_MIX,
-                       ranges=ranges or narrow_ranges(), progress=False)
+    pairs = synthesize(
+        dest / "pairs",
+        n,
+        seed=seed,
+        mix=mix or REF_MIX,
+        ranges=ranges or narrow_ranges(),
+        progress=False,
+    )
     return crop_at_truth(pairs, dest / "aligned")
 
 
@@ -79,24 +86,40 @@ def aligned_arrays(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray], li
     from semlayout.data.pairs import read_gray8, read_manifest
 
     recs = read_manifest(folder)
-    return ([read_gray8(r.sem_path) for r in recs], [read_gray8(r.layout_path) for r in recs],
-            [r.pattern_type for r in recs])
+    return (
+        [read_gray8(r.sem_path) for r in recs],
+        [read_gray8(r.layout_path) for r in recs],
+        [r.pattern_type for r in recs],
+    )
 
 
-def make_checkpoint(dest: Path, seed: int = 0, image_size: int = 32, base_filters: int = 4,
-                    n_down: int = 3, max_filters: int = 8) -> Path:
+def make_checkpoint(
+    dest: Path,
+    seed: int = 0,
+    image_size: int = 32,
+    base_filters: int = 4,
+    n_down: int = 3,
+    max_filters: int = 8,
+) -> Path:
     """A tiny random-weight checkpoint through the documented save_checkpoint API."""
     import torch
 
     from semlayout.config import config_from_dict
     from semlayout.train.checkpoint import build_networks, save_checkpoint
 
-    cfg = config_from_dict({
-        "name": "serving-test",
-        "generator": {"image_size": image_size, "base_filters": base_filters, "max_filters": max_filters,
-                      "n_down": n_down, "norm": "batch"},
-        "discriminator": {"base_filters": 4, "n_layers": 1},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "serving-test",
+            "generator": {
+                "image_size": image_size,
+                "base_filters": base_filters,
+                "max_filters": max_filters,
+                "n_down": n_down,
+                "norm": "batch",
+            },
+            "discriminator": {"base_filters": 4, "n_layers": 1},
+        }
+    )
     torch.manual_seed(seed)
     nets = build_networks(cfg)
     return Path(save_checkpoint(dest, cfg, nets, step=seed, epoch=0))
@@ -157,8 +180,11 @@ def cached_reference(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-un
         synth_aligned(base / "fresh", 40, seed=99)
         synth_aligned(base / "lowdose", 20, seed=98, ranges=narrow_ranges(dose=(2.0, 5.0)))
         done.write_text("ok")
-    return {"shards": base / "ref" / "shards", "fresh": base / "fresh" / "aligned",
-            "lowdose": base / "lowdose" / "aligned"}
+    return {
+        "shards": base / "ref" / "shards",
+        "fresh": base / "fresh" / "aligned",
+        "lowdose": base / "lowdose" / "aligned",
+    }
 
 
 def alignable_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,8 +197,8 @@ def alignable_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(40):
         x, y = rng.integers(0, 290, 2)
         w, h = rng.integers(6, 40, 2)
-        field[y:y + h, x:x + w] = 1
+        field[y : y + h, x : x + w] = 1
     x, y = (int(v) for v in rng.integers(0, 55, 2))
-    layout = (field[y:y + 250, x:x + 250] * 255).astype(np.uint8)
+    layout = (field[y : y + 250, x : x + 250] * 255).astype(np.uint8)
     sem = cv2.GaussianBlur(40.0 + 150.0 * field, (0, 0), 1.2) + rng.normal(0, 12, (304, 304))
     return np.clip(sem, 0, 255).astype(np.uint8), layout

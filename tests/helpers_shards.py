@@ -27,7 +27,7 @@ def draw_layout(rng: np.random.Generator, family: str, size: int) -> np.ndarray:
         width = max(4, int(pitch * rng.uniform(0.3, 0.7)))
         off = int(rng.integers(pitch))
         for c in range(off, size, pitch):
-            img[:, c:c + width] = 255
+            img[:, c : c + width] = 255
         if rng.random() < 0.5:
             img = np.ascontiguousarray(img.T)
     elif family.startswith("via"):
@@ -36,16 +36,18 @@ def draw_layout(rng: np.random.Generator, family: str, size: int) -> np.ndarray:
         for r in range(4, size - side, pitch):
             for c in range(4, size - side, pitch):
                 if rng.random() > 0.1:
-                    img[r:r + side, c:c + side] = 255
+                    img[r : r + side, c : c + side] = 255
     else:
         for _ in range(int(rng.integers(3, 9))):
             r, c = rng.integers(0, size - 20, 2)
             h, w = rng.integers(8, 80, 2)
-            img[r:r + h, c:c + w] = 255
+            img[r : r + h, c : c + w] = 255
     return img
 
 
-def render_sem(rng: np.random.Generator, layout: np.ndarray, noise: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+def render_sem(
+    rng: np.random.Generator, layout: np.ndarray, noise: float = 6.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) uint8 with noisy > 127 exactly where layout == 255."""
     clean = np.where(layout > 0, 190, 60).astype(np.float64)
     noisy = clean + rng.normal(0, noise, layout.shape).clip(-50, 50)
@@ -68,13 +70,23 @@ def make_pairs(
         for _ in range(n):
             field = draw_layout(rng, fam, FIELD)
             x, y = (int(v) for v in rng.integers(2, 53, 2))
-            layout = np.ascontiguousarray(field[y:y + TEMPLATE, x:x + TEMPLATE])
+            layout = np.ascontiguousarray(field[y : y + TEMPLATE, x : x + TEMPLATE])
             sem, clean = render_sem(rng, field)
             if aligned:
-                sem, clean = sem[y:y + TEMPLATE, x:x + TEMPLATE], clean[y:y + TEMPLATE, x:x + TEMPLATE]
+                sem, clean = (
+                    sem[y : y + TEMPLATE, x : x + TEMPLATE],
+                    clean[y : y + TEMPLATE, x : x + TEMPLATE],
+                )
             pid = f"{prefix}{k:05d}"
-            pairs.append(PairArrays(pid, np.ascontiguousarray(sem), layout, fam,
-                                    np.ascontiguousarray(clean) if with_clean else None))
+            pairs.append(
+                PairArrays(
+                    pid,
+                    np.ascontiguousarray(sem),
+                    layout,
+                    fam,
+                    np.ascontiguousarray(clean) if with_clean else None,
+                )
+            )
             truth.append((pid, x, y))
             k += 1
     write_pair_folder(dest, pairs)

@@ -12,15 +12,41 @@ from semlayout.config import ExperimentConfig, config_from_dict
 
 
 def tiny_config(**train: Any) -> ExperimentConfig:
-    t = {"epochs": 4, "decay_start_epoch": 2, "batch_size": 2, "buffer_size": 3, "checkpoint_every": 4,
-         "val_samples": 4, "sample_images": 2, "augment": False} | train
-    return config_from_dict({
-        "name": "tiny-test",
-        "generator": {"image_size": 32, "n_down": 3, "base_filters": 4, "max_filters": 8, "dropout_blocks": 1},
-        "discriminator": {"base_filters": 4, "n_layers": 2, "spectral_norm": True, "norm": "instance"},
-        "loss": {"gan_mode": "lsgan", "lambda_fm": 10.0, "lambda_identity": 1.0, "lambda_dice": 1.0},
-        "train": t,
-    })
+    t = {
+        "epochs": 4,
+        "decay_start_epoch": 2,
+        "batch_size": 2,
+        "buffer_size": 3,
+        "checkpoint_every": 4,
+        "val_samples": 4,
+        "sample_images": 2,
+        "augment": False,
+    } | train
+    return config_from_dict(
+        {
+            "name": "tiny-test",
+            "generator": {
+                "image_size": 32,
+                "n_down": 3,
+                "base_filters": 4,
+                "max_filters": 8,
+                "dropout_blocks": 1,
+            },
+            "discriminator": {
+                "base_filters": 4,
+                "n_layers": 2,
+                "spectral_norm": True,
+                "norm": "instance",
+            },
+            "loss": {
+                "gan_mode": "lsgan",
+                "lambda_fm": 10.0,
+                "lambda_identity": 1.0,
+                "lambda_dice": 1.0,
+            },
+            "train": t,
+        }
+    )
 
 
 def stripes(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +66,14 @@ class PairsInMemory(Dataset):
     """Items like ShardDataset's; with `augment`, a random flip drawn from the global NumPy RNG
     (so a resume must restore that RNG to replay it)."""
 
-    def __init__(self, n: int, size: int = 32, seed: int = 0, augment: bool = False, nan_at: int | None = None):
+    def __init__(
+        self,
+        n: int,
+        size: int = 32,
+        seed: int = 0,
+        augment: bool = False,
+        nan_at: int | None = None,
+    ):
         rng = np.random.default_rng(seed)
         self.pairs = [stripes(rng, size) for _ in range(n)]
         self.item_families = ["lines" if i % 3 else "other" for i in range(n)]
@@ -57,8 +90,12 @@ class PairsInMemory(Dataset):
         sem_t = torch.from_numpy(np.ascontiguousarray(sem))[None]
         if self.nan_at is not None and i == self.nan_at:
             sem_t = torch.full_like(sem_t, float("nan"))
-        return {"sem": sem_t, "layout": torch.from_numpy(np.ascontiguousarray(lay))[None],
-                "family": self.item_families[i], "id": f"p{i}"}
+        return {
+            "sem": sem_t,
+            "layout": torch.from_numpy(np.ascontiguousarray(lay))[None],
+            "family": self.item_families[i],
+            "id": f"p{i}",
+        }
 
 
 def ddp_config(**train: Any) -> ExperimentConfig:

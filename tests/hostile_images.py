@@ -16,24 +16,48 @@ from PIL import Image
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid-looking 8-bit gray PNG claiming width x height px; IDAT holds only the first rows."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = b"".join(b"\x00" + b"\x00" * width for _ in range(4))
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows, 9))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(rows, 9))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def tiff_header_only(width: int, height: int) -> bytes:
     """Little-endian TIFF with one IFD claiming width x height 8-bit gray, strip data missing."""
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, width * height)]
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHI", t, typ, c) + (struct.pack("<HH", v, 0) if typ == 3 else struct.pack("<I", v))
-        for t, typ, c, v in entries) + struct.pack("<I", 0)
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, width * height),
+    ]
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(
+            struct.pack("<HHI", t, typ, c)
+            + (struct.pack("<HH", v, 0) if typ == 3 else struct.pack("<I", v))
+            for t, typ, c, v in entries
+        )
+        + struct.pack("<I", 0)
+    )
     return b"II*\x00" + struct.pack("<I", 8) + ifd
 
 
@@ -65,7 +89,10 @@ def hostile_uploads() -> dict[str, tuple[bytes, set[int]]]:
         "zero_bytes": (b"", {422}),
         "text": (b"hello, I am not an image\n" * 10, {415}),
         "html": (b"<html><script>alert(1)</script></html>", {415}),
-        "random_binary": (bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)), {415}),
+        "random_binary": (
+            bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)),
+            {415},
+        ),
         "png_signature_only": (png[:8], {422}),
         "truncated_png": (png[: len(png) // 2], {422}),
         "png_bad_crc_body": (png[:40] + b"\x00" * 64, {422}),
@@ -96,5 +123,10 @@ def hostile_uploads() -> dict[str, tuple[bytes, set[int]]]:
 
 def good_uploads() -> dict[str, bytes]:
     g = good_gray()
-    return {"png": _cv(".png", g), "tiff": _cv(".tiff", g), "jpeg": _cv(".jpg", g),
-            "tiff_pillow": _pil(Image.fromarray(g), "TIFF"), "png_pillow": _pil(Image.fromarray(g), "PNG")}
+    return {
+        "png": _cv(".png", g),
+        "tiff": _cv(".tiff", g),
+        "jpeg": _cv(".jpg", g),
+        "tiff_pillow": _pil(Image.fromarray(g), "TIFF"),
+        "png_pillow": _pil(Image.fromarray(g), "PNG"),
+    }

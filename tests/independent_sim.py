@@ -57,15 +57,15 @@ def _comb(rng: np.random.Generator) -> np.ndarray:
     gap = int(rng.integers(6, 25))
     top_bus = int(rng.integers(-30, 40))  # bus rows may be outside the field
     bot_bus = SEM - int(rng.integers(-30, 40))
-    f[max(0, top_bus): max(0, top_bus + bus)] = 1
-    f[min(SEM, bot_bus - bus): min(SEM, bot_bus)] = 1
+    f[max(0, top_bus) : max(0, top_bus + bus)] = 1
+    f[min(SEM, bot_bus - bus) : min(SEM, bot_bus)] = 1
     phase = int(rng.integers(0, 2 * pitch))
     for k, x0 in enumerate(range(-2 * pitch + phase, SEM, pitch)):
         xs = slice(max(0, x0), max(0, x0 + w))
         if k % 2 == 0:
-            f[max(0, top_bus): max(0, bot_bus - bus - gap), xs] = 1
+            f[max(0, top_bus) : max(0, bot_bus - bus - gap), xs] = 1
         else:
-            f[max(0, top_bus + bus + gap): max(0, bot_bus), xs] = 1
+            f[max(0, top_bus + bus + gap) : max(0, bot_bus), xs] = 1
     return f
 
 
@@ -84,7 +84,7 @@ def _sram(rng: np.random.Generator) -> np.ndarray:
         for x0 in range(-2 * px + ox + shift, SEM, px):
             if defects and rng.random() < 0.04:
                 continue
-            f[max(0, y0): max(0, y0 + height), max(0, x0): max(0, x0 + length)] = 1
+            f[max(0, y0) : max(0, y0 + height), max(0, x0) : max(0, x0 + length)] = 1
     return f
 
 
@@ -103,7 +103,7 @@ def _contacts(rng: np.random.Generator) -> np.ndarray:
                 c = (x0 + size // 2, y0 + size // 2)
                 cv2.circle(f, c, max(1, size // 2), 1, thickness=-1)
             else:
-                f[max(0, y0): max(0, y0 + size), max(0, x0): max(0, x0 + size)] = 1
+                f[max(0, y0) : max(0, y0 + size), max(0, x0) : max(0, x0 + size)] = 1
     return f
 
 
@@ -115,16 +115,16 @@ def _isolated(rng: np.random.Generator) -> np.ndarray:
         if rng.random() < 0.6:  # a jog: the line steps sideways at some row
             yj = int(rng.integers(40, SEM - 40))
             dx = int(rng.integers(-25, 26))
-            f[:yj, x0: x0 + w] = 1
-            f[yj:, max(0, x0 + dx): max(0, x0 + dx + w)] = 1
+            f[:yj, x0 : x0 + w] = 1
+            f[yj:, max(0, x0 + dx) : max(0, x0 + dx + w)] = 1
             lo, hi = sorted((x0, x0 + dx))
-            f[yj - w // 2: yj + w // 2 + 1, max(0, lo): hi + w] = 1
+            f[yj - w // 2 : yj + w // 2 + 1, max(0, lo) : hi + w] = 1
         else:
-            f[:, x0: x0 + w] = 1
+            f[:, x0 : x0 + w] = 1
     if rng.random() < 0.5:  # a pad
         s = int(rng.integers(20, 60))
         px, py = int(rng.integers(50, SEM - 50 - s)), int(rng.integers(50, SEM - 50 - s))
-        f[py: py + s, px: px + s] = 1
+        f[py : py + s, px : px + s] = 1
     return f
 
 
@@ -136,15 +136,20 @@ def _serpentine(rng: np.random.Generator) -> np.ndarray:
     phase = int(rng.integers(0, 2 * pitch))
     xs = list(range(-2 * pitch + phase, SEM + pitch, pitch))
     for k, x0 in enumerate(xs):
-        f[top: bot, max(0, x0): max(0, x0 + w)] = 1
+        f[top:bot, max(0, x0) : max(0, x0 + w)] = 1
         if k + 1 < len(xs):
             yb = top if k % 2 == 0 else bot - w
-            f[yb: yb + w, max(0, x0): max(0, xs[k + 1] + w)] = 1
+            f[yb : yb + w, max(0, x0) : max(0, xs[k + 1] + w)] = 1
     return f
 
 
-_MAKERS = {"comb": _comb, "sram": _sram, "contacts": _contacts, "isolated": _isolated,
-           "serpentine": _serpentine}
+_MAKERS = {
+    "comb": _comb,
+    "sram": _sram,
+    "contacts": _contacts,
+    "isolated": _isolated,
+    "serpentine": _serpentine,
+}
 
 
 def make_field(family: str, rng: np.random.Generator) -> np.ndarray:
@@ -159,7 +164,9 @@ def make_field(family: str, rng: np.random.Generator) -> np.ndarray:
 # ----------------------------------------------------------------------------- SEM model
 
 
-def render_sem(field: np.ndarray, rng: np.random.Generator, polarity: int, dose: float) -> np.ndarray:
+def render_sem(
+    field: np.ndarray, rng: np.random.Generator, polarity: int, dose: float
+) -> np.ndarray:
     f = field.astype(np.float32)
     inside = cv2.distanceTransform(field.astype(np.uint8), cv2.DIST_L2, 3)
     outside = cv2.distanceTransform((1 - field).astype(np.uint8), cv2.DIST_L2, 3)
@@ -167,12 +174,18 @@ def render_sem(field: np.ndarray, rng: np.random.Generator, polarity: int, dose:
     material = float(rng.uniform(0.0, 0.4) if polarity > 0 else rng.uniform(0.12, 0.45)) * polarity
     bloom_w = float(rng.uniform(1.0, 3.0))
     bloom = float(rng.uniform(0.2, 0.6))
-    edge = np.where(field > 0, np.exp(-(inside - 0.5) / bloom_w), 0.3 * np.exp(-(outside - 0.5) / (0.5 * bloom_w)))
+    edge = np.where(
+        field > 0,
+        np.exp(-(inside - 0.5) / bloom_w),
+        0.3 * np.exp(-(outside - 0.5) / (0.5 * bloom_w)),
+    )
     signal = 0.35 + material * f + bloom * edge
     core = float(rng.uniform(0.7, 2.2))
     tail = float(rng.uniform(4.0, 8.0))
     mix = float(rng.uniform(0.0, 0.35))
-    signal = (1 - mix) * cv2.GaussianBlur(signal, (0, 0), core) + mix * cv2.GaussianBlur(signal, (0, 0), tail)
+    signal = (1 - mix) * cv2.GaussianBlur(signal, (0, 0), core) + mix * cv2.GaussianBlur(
+        signal, (0, 0), tail
+    )
     yy, xx = np.mgrid[0:SEM, 0:SEM].astype(np.float32) / SEM
     kind = rng.integers(0, 3)
     amp = float(rng.uniform(0.0, 0.5))
@@ -192,8 +205,9 @@ def render_sem(field: np.ndarray, rng: np.random.Generator, polarity: int, dose:
     return np.clip(img * gain + offset, 0, 255).astype(np.uint8)
 
 
-def make_pair(i: int, rng: np.random.Generator, p_unalignable: float = 0.04,
-              p_reversed: float = 0.2) -> SimPair:
+def make_pair(
+    i: int, rng: np.random.Generator, p_unalignable: float = 0.04, p_reversed: float = 0.2
+) -> SimPair:
     family = FAMILIES[i % len(FAMILIES)]
     field = make_field(family, rng)
     x, y = int(rng.integers(0, SEM - TPL + 1)), int(rng.integers(0, SEM - TPL + 1))
@@ -201,7 +215,7 @@ def make_pair(i: int, rng: np.random.Generator, p_unalignable: float = 0.04,
     p_rev = 0.7 if family == "contacts" else p_reversed
     polarity = -1 if rng.random() < p_rev else 1
     dose = float(np.exp(rng.uniform(np.log(2.5), np.log(60.0))))
-    layout = (field[y: y + TPL, x: x + TPL] * 255).astype(np.uint8)
+    layout = (field[y : y + TPL, x : x + TPL] * 255).astype(np.uint8)
     pair_id = f"{family}-{i:05d}"
     kind = "normal"
     if rng.random() < p_unalignable:
@@ -214,8 +228,10 @@ def make_pair(i: int, rng: np.random.Generator, p_unalignable: float = 0.04,
     if kind == "wrong_template":
         other = make_field(family, rng)  # same family, different field: looks plausible
         ox, oy = int(rng.integers(0, SEM - TPL + 1)), int(rng.integers(0, SEM - TPL + 1))
-        layout = (other[oy: oy + TPL, ox: ox + TPL] * 255).astype(np.uint8)
-    return SimPair(pair_id, family, sem, layout, field, x, y, kind == "normal", kind, dose, polarity)
+        layout = (other[oy : oy + TPL, ox : ox + TPL] * 255).astype(np.uint8)
+    return SimPair(
+        pair_id, family, sem, layout, field, x, y, kind == "normal", kind, dose, polarity
+    )
 
 
 def make_pairs(n: int, seed: int = 0, **kw: float) -> list[SimPair]:
@@ -231,15 +247,16 @@ def make_pairs(n: int, seed: int = 0, **kw: float) -> list[SimPair]:
     return out
 
 
-def placement_right(field: np.ndarray, layout: np.ndarray, x: int | None, y: int | None,
-                    tol: float = 0.005) -> bool:
+def placement_right(
+    field: np.ndarray, layout: np.ndarray, x: int | None, y: int | None, tol: float = 0.005
+) -> bool:
     """The acceptance judgement: the field under the SEM at (x, y) equals the template."""
     if x is None or y is None:
         return False
     h, w = layout.shape
     if not (0 <= x <= field.shape[1] - w and 0 <= y <= field.shape[0] - h):
         return False
-    under = field[y: y + h, x: x + w] > 0
+    under = field[y : y + h, x : x + w] > 0
     return float(np.mean(under != (layout > 0))) <= tol
 
 

@@ -36,12 +36,17 @@ def blobs_field(seed: int, n: int = 40) -> np.ndarray:
     for _ in range(n):
         x0, y0 = rng.integers(0, 290, size=2)
         w, h = rng.integers(6, 40, size=2)
-        f[y0: y0 + h, x0: x0 + w] = 1
+        f[y0 : y0 + h, x0 : x0 + w] = 1
     return f
 
 
-def render(field: np.ndarray, seed: int = 0, dose: float | None = None, invert: bool = False,
-           sigma: float = 1.5) -> np.ndarray:
+def render(
+    field: np.ndarray,
+    seed: int = 0,
+    dose: float | None = None,
+    invert: bool = False,
+    sigma: float = 1.5,
+) -> np.ndarray:
     """Simple SEM: material contrast + blur (+ Poisson noise); inverted = lines dark."""
     rng = np.random.default_rng(seed)
     sig = field.astype(np.float32)
@@ -54,7 +59,7 @@ def render(field: np.ndarray, seed: int = 0, dose: float | None = None, invert: 
 
 
 def cut(field: np.ndarray, x: int, y: int) -> np.ndarray:
-    return (field[y: y + 250, x: x + 250] * 255).astype(np.uint8)
+    return (field[y : y + 250, x : x + 250] * 255).astype(np.uint8)
 
 
 def write_folder(folder: Path, pairs, extra: bool = True) -> Path:
@@ -69,8 +74,16 @@ def write_folder(folder: Path, pairs, extra: bool = True) -> Path:
             cv2.imwrite(str(folder / "sem" / f"{p.id}.png"), p.sem)
             cv2.imwrite(str(folder / "layout" / f"{p.id}.png"), p.layout)
             cv2.imwrite(str(folder / "clean" / f"{p.id}.png"), p.sem)
-            w.writerow([p.id, f"sem/{p.id}.png", f"layout/{p.id}.png", p.family, f"clean/{p.id}.png",
-                        f"lot-{p.id}"])
+            w.writerow(
+                [
+                    p.id,
+                    f"sem/{p.id}.png",
+                    f"layout/{p.id}.png",
+                    p.family,
+                    f"clean/{p.id}.png",
+                    f"lot-{p.id}",
+                ]
+            )
     return folder
 
 
@@ -105,7 +118,9 @@ def test_reversed_contrast_is_found_and_reported():
 def test_edge_only_contrast_is_found():
     """Material contrast 0: only edges are bright (SE edge effect); raw NCC has nothing to hold."""
     field = blobs_field(3)
-    edges = cv2.morphologyEx(field, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(np.float32)
+    edges = cv2.morphologyEx(field, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(
+        np.float32
+    )
     sem = np.clip(cv2.GaussianBlur(60 + 120 * edges, (0, 0), 1.2), 0, 255).astype(np.uint8)
     r = align_pair(sem, cut(field, 7, 45), CFG)
     assert (r.x, r.y, r.qc_pass) == (7, 45, True)
@@ -117,8 +132,13 @@ def test_subpixel_refinement_recovers_a_fractional_shift():
     base = cv2.GaussianBlur(field.astype(np.float32) * 200 + 20, (0, 0), 2.0)
     for dx, dy in [(0.3, -0.2), (-0.4, 0.25), (0.0, 0.0)]:
         m = np.float32([[1, 0, dx], [0, 1, dy]])  # content moves by (+dx, +dy)
-        sem = np.clip(cv2.warpAffine(base, m, (304, 304), flags=cv2.INTER_CUBIC,
-                                     borderMode=cv2.BORDER_REFLECT), 0, 255).astype(np.uint8)
+        sem = np.clip(
+            cv2.warpAffine(
+                base, m, (304, 304), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+            ),
+            0,
+            255,
+        ).astype(np.uint8)
         r = align_pair(sem, cut(field, x, y), CFG)
         assert abs(r.x_sub - (x + dx)) < 0.15 and abs(r.y_sub - (y + dy)) < 0.15, (r.x_sub, r.y_sub)
         assert (r.x, r.y) == (round(x + dx), round(y + dy))
@@ -127,7 +147,7 @@ def test_subpixel_refinement_recovers_a_fractional_shift():
 def test_periodic_lines_have_many_equivalent_answers_and_pass():
     field = np.zeros((304, 304), np.uint8)
     for x0 in range(0, 304, 24):
-        field[:, x0: x0 + 10] = 1
+        field[:, x0 : x0 + 10] = 1
     x, y = 30, 12
     tpl = cut(field, x, y)
     r = align_pair(render(field, dose=30), tpl, CFG)
@@ -142,12 +162,14 @@ def test_a_near_periodic_shift_is_a_competitor_not_an_equivalent():
     field = np.zeros((304, 304), np.uint8)
     for y0 in range(0, 304, 20):
         for x0 in range(0, 304, 20):
-            field[y0: y0 + 8, x0: x0 + 8] = 1
+            field[y0 : y0 + 8, x0 : x0 + 8] = 1
     for y0, x0 in [(140, 140), (200, 80), (60, 220)]:  # three missing holes, far apart
-        field[y0: y0 + 8, x0: x0 + 8] = 0
+        field[y0 : y0 + 8, x0 : x0 + 8] = 0
     tpl = cut(field, 10, 10)
     mism, _ = shift_stats((tpl > 0).astype(np.uint8), 54, 54)
-    assert CFG.equiv_tol < mism[54, 54 + 20] < 0.02  # the pitch shift differs in the missing holes only
+    assert (
+        CFG.equiv_tol < mism[54, 54 + 20] < 0.02
+    )  # the pitch shift differs in the missing holes only
     r = align_pair(render(field, dose=200), tpl, CFG)
     assert (r.x, r.y) == (10, 10) and r.n_equivalent == 1
     # at a very low dose the missing hole cannot be told apart: QC says ambiguous, not ok
@@ -168,8 +190,9 @@ def test_agrees_with_scikit_image_masked_phase_correlation_on_easy_pairs():
         moving[:250, :250] = tpl
         mask = np.zeros((304, 304), bool)
         mask[:250, :250] = True
-        shift = phase_cross_correlation(sem.astype(np.float32), moving, reference_mask=np.ones_like(mask),
-                                        moving_mask=mask)
+        shift = phase_cross_correlation(
+            sem.astype(np.float32), moving, reference_mask=np.ones_like(mask), moving_mask=mask
+        )
         shift = shift[0] if isinstance(shift, tuple) else shift
         ref_y, ref_x = (int(round(float(v))) for v in np.asarray(shift).ravel()[:2])
         r = align_pair(sem, tpl, CFG)
@@ -226,20 +249,22 @@ def test_shift_statistics_match_brute_force():
     f = t.mean()
     tn = (t - f) / np.sqrt(t.size * f * (1 - f))
     for dy, dx in [(0, 0), (3, -5), (-54, 54), (10, 20), (0, 1)]:
-        a = t[max(0, -dy): 250 - max(0, dy), max(0, -dx): 250 - max(0, dx)]
-        b = t[max(0, dy): 250 - max(0, -dy), max(0, dx): 250 - max(0, -dx)]
+        a = t[max(0, -dy) : 250 - max(0, dy), max(0, -dx) : 250 - max(0, dx)]
+        b = t[max(0, dy) : 250 - max(0, -dy), max(0, dx) : 250 - max(0, -dx)]
         assert mism[dy + 54, dx + 54] == pytest.approx((a != b).mean(), abs=1e-6)
         canvas_p, canvas_q = np.zeros((400, 400)), np.zeros((400, 400))
         canvas_p[60:310, 60:310] = tn
-        canvas_q[60 + dy: 310 + dy, 60 + dx: 310 + dx] = tn
-        assert dist2[dy + 54, dx + 54] == pytest.approx(((canvas_p - canvas_q) ** 2).sum(), abs=1e-4)
+        canvas_q[60 + dy : 310 + dy, 60 + dx : 310 + dx] = tn
+        assert dist2[dy + 54, dx + 54] == pytest.approx(
+            ((canvas_p - canvas_q) ** 2).sum(), abs=1e-4
+        )
     T = rng.random((250, 250)).astype(np.float32)
     d2 = model_dist2(T, None, 1.0, 0.0, 3)
     Tn = (T - T.mean()) / np.linalg.norm(T - T.mean())
     for dy, dx in [(2, -3), (-1, 0), (3, 3)]:
         P, Q = np.zeros((260, 260)), np.zeros((260, 260))
         P[5:255, 5:255] = Tn
-        Q[5 + dy: 255 + dy, 5 + dx: 255 + dx] = Tn
+        Q[5 + dy : 255 + dy, 5 + dx : 255 + dx] = Tn
         assert d2[3 + dy, 3 + dx] == pytest.approx(((P - Q) ** 2).sum(), abs=1e-4)
 
 
@@ -287,7 +312,9 @@ def test_align_folder_writes_the_contract(sim_folder, tmp_path):
     assert all(by_id[k]["qc_pass"] == "false" for k in by_id if k.startswith("bad-"))
     manifest = read_csv(out / "manifest.csv")
     passed = [r for r in rows if r["qc_pass"] == "true"]
-    assert [m["id"] for m in manifest] == [r["id"] for r in passed] and summary.n_passed == len(passed)
+    assert [m["id"] for m in manifest] == [r["id"] for r in passed] and summary.n_passed == len(
+        passed
+    )
     assert len(passed) >= 0.6 * len(pairs)
     truth = {p.id: p for p in pairs}
     for m in manifest:
@@ -295,10 +322,12 @@ def test_align_folder_writes_the_contract(sim_folder, tmp_path):
         x, y = int(r["x"]), int(r["y"])
         assert placement_right(p.field, p.layout, x, y)
         sem = cv2.imread(str(out / m["sem_path"]), cv2.IMREAD_UNCHANGED)
-        assert sem.shape == (250, 250) and np.array_equal(sem, p.sem[y: y + 250, x: x + 250])
+        assert sem.shape == (250, 250) and np.array_equal(sem, p.sem[y : y + 250, x : x + 250])
         clean = cv2.imread(str(out / m["clean_path"]), cv2.IMREAD_UNCHANGED)
         assert clean.shape == (250, 250)
-        assert np.array_equal(cv2.imread(str(out / m["layout_path"]), cv2.IMREAD_UNCHANGED), p.layout)
+        assert np.array_equal(
+            cv2.imread(str(out / m["layout_path"]), cv2.IMREAD_UNCHANGED), p.layout
+        )
         assert m["lot"] == f"lot-{p.id}" and m["pattern_type"] == p.family
     assert sum(summary.reasons.values()) == len(rows)
     # the output is itself a pair folder
@@ -335,7 +364,9 @@ def test_failed_run_leaves_the_old_output_untouched(sim_folder, tmp_path, monkey
 def test_cli_aligns_a_folder(sim_folder, tmp_path, capsys):
     folder, pairs = sim_folder
     out = tmp_path / "cli-out"
-    code = cli_main(["align", str(folder), "--out", str(out), "--no-progress", "--min-confidence", "4"])
+    code = cli_main(
+        ["align", str(folder), "--out", str(out), "--no-progress", "--min-confidence", "4"]
+    )
     assert code == 0
     assert "passed QC" in capsys.readouterr().out
     assert len(read_csv(out / "alignment.csv")) == len(pairs) + 5
@@ -351,7 +382,14 @@ def test_cli_user_mistakes_are_one_line(case, tmp_path, capsys, sim_folder):
     elif case == "out_is_input":
         args = ["align", str(sim_folder[0]), "--out", str(sim_folder[0]), "--no-progress"]
     elif case == "bad_setting":
-        args = ["align", str(sim_folder[0]), "--out", str(tmp_path / "out"), "--min-confidence", "-3"]
+        args = [
+            "align",
+            str(sim_folder[0]),
+            "--out",
+            str(tmp_path / "out"),
+            "--min-confidence",
+            "-3",
+        ]
     code = cli_main(args)
     err = capsys.readouterr().err
     assert code == 2
@@ -389,7 +427,9 @@ def test_quality_on_the_project_synth():
     fams = synth.assign_families(320, synth.parse_mix(None), np.random.default_rng(1))
     pairs = []
     for i, fam in enumerate(fams):
-        sem, layout, _, x, y, meta = synth.generate_pair(np.random.default_rng([99, i]), fam, ranges=mixed)
+        sem, layout, _, x, y, meta = synth.generate_pair(
+            np.random.default_rng([99, i]), fam, ranges=mixed
+        )
         pairs.append(SimPair(f"s{i}", fam, sem, layout, meta["field"], x, y))
     ours = _score(pairs, lambda s, t: align_pair(s, t, CFG))
     plain = _score(pairs, plain_ncc)

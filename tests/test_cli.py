@@ -5,8 +5,9 @@ import sys
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "semlayout.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "semlayout.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_help_lists_the_commands():

@@ -1,7 +1,6 @@
 """The KFP components: their specs (image, no run-time installs) and real runs of the light
 steps under kfp.local's SubprocessRunner (no mocks: real files, a real moto S3 server)."""
 
-
 import csv
 import importlib
 import json
@@ -15,9 +14,17 @@ mlflow_template_db, sqlite_tracking_uri = hs.mlflow_template_db, hs.sqlite_track
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 
 COMPONENTS = {
-    "ingest": "ingest", "align_qc": "align_qc", "shard": "shard", "train": "train",
-    "evaluate": "evaluate", "track": "track", "register": "register", "gate_failed": "gate_failed",
-    "shard_mix": "shard_mix", "finetune": "finetune", "evaluate_finetune": "evaluate_finetune",
+    "ingest": "ingest",
+    "align_qc": "align_qc",
+    "shard": "shard",
+    "train": "train",
+    "evaluate": "evaluate",
+    "track": "track",
+    "register": "register",
+    "gate_failed": "gate_failed",
+    "shard_mix": "shard_mix",
+    "finetune": "finetune",
+    "evaluate_finetune": "evaluate_finetune",
     "drift_check": "drift_check",
 }
 
@@ -31,7 +38,9 @@ def test_component_spec_uses_the_project_image_and_installs_nothing(module: str)
     assert container.image == project_image()
     command = " ".join(container.command)
     assert "pip install" not in command, "the image carries kfp and semlayout"
-    assert "kfp.dsl.executor_main" in command, "a lightweight component (runs under SubprocessRunner)"
+    assert (
+        "kfp.dsl.executor_main" in command
+    ), "a lightweight component (runs under SubprocessRunner)"
     # only the function's source travels: every global it reads must exist in that source alone
     import builtins
     import dis
@@ -40,7 +49,11 @@ def test_component_spec_uses_the_project_image_and_installs_nothing(module: str)
     ns: dict = {}
     exec(compile(source, "ephemeral_component.py", "exec"), ns)  # noqa: S102 - what KFP does too
     fn = ns[COMPONENTS[module]]
-    missing = {i.argval for i in dis.get_instructions(fn) if i.opname == "LOAD_GLOBAL"} - set(ns) - set(dir(builtins))
+    missing = (
+        {i.argval for i in dis.get_instructions(fn) if i.opname == "LOAD_GLOBAL"}
+        - set(ns)
+        - set(dir(builtins))
+    )
     assert not missing, f"{module} reads module globals not shipped with it: {missing}"
 
 
@@ -83,7 +96,9 @@ def test_ingest_synthesises_when_no_uri(local_root: Path) -> None:
     assert len(_rows(Path(pairs.path))) == 5
     assert pairs.metadata["n_pairs"] == 5 and len(pairs.metadata["content_sha256"]) == 64
     again = ingest(data_uri="", n_synth=5, seed=2).outputs["pairs"]
-    assert again.metadata["content_sha256"] == pairs.metadata["content_sha256"], "deterministic by seed"
+    assert (
+        again.metadata["content_sha256"] == pairs.metadata["content_sha256"]
+    ), "deterministic by seed"
 
 
 def test_ingest_copies_a_local_folder_and_an_s3_folder_identically(
@@ -132,12 +147,18 @@ def test_align_then_shard_in_a_pipeline(local_root: Path, pairs_dir: Path) -> No
     shards = p(data_uri=str(pairs_dir)).output
     index = json.loads((Path(shards.path) / "index.json").read_text())
     assert index["format"] == "semlayout-shards/1"
-    assert sum(v["n"] for v in index["splits"].values()) == shards.metadata["splits"]["train"] + \
-        shards.metadata["splits"]["val"] + shards.metadata["splits"]["test"]
+    assert (
+        sum(v["n"] for v in index["splits"].values())
+        == shards.metadata["splits"]["train"]
+        + shards.metadata["splits"]["val"]
+        + shards.metadata["splits"]["test"]
+    )
     assert (Path(shards.path) / "reference_stats.json").is_file()
 
 
-def test_align_qc_fails_the_step_when_too_few_pairs_pass(local_root: Path, tmp_path: Path, pairs_dir: Path) -> None:
+def test_align_qc_fails_the_step_when_too_few_pairs_pass(
+    local_root: Path, tmp_path: Path, pairs_dir: Path
+) -> None:
     """Pairs whose SEM is blank fail QC; with a 100% pass requirement the step fails loudly."""
     import shutil
 
@@ -167,7 +188,9 @@ def test_align_qc_fails_the_step_when_too_few_pairs_pass(local_root: Path, tmp_p
 def test_gate_failed_registers_nothing_and_lists_reasons(local_root: Path) -> None:
     from components.gate_failed import gate_failed
 
-    out = gate_failed(gate_reasons=json.dumps(["sem2layout: ssim 0.1 is below the floor 0.6."])).outputs
+    out = gate_failed(
+        gate_reasons=json.dumps(["sem2layout: ssim 0.1 is below the floor 0.6."])
+    ).outputs
     assert out["version"] == "" and out["model_uri"] == ""
 
 
@@ -176,7 +199,9 @@ def test_drift_check_proceeds_without_a_store_and_when_forced(local_root: Path) 
 
     out = drift_check(monitor_db="", policy="", force=False).outputs
     assert out["proceed"] is True and "caller decided" in out["reasons"]
-    assert drift_check(monitor_db="/nonexistent.db", policy="", force=True).outputs["proceed"] is True
+    assert (
+        drift_check(monitor_db="/nonexistent.db", policy="", force=True).outputs["proceed"] is True
+    )
 
 
 def test_drift_check_reads_a_real_monitor_store(local_root: Path, tmp_path: Path) -> None:
@@ -186,7 +211,9 @@ def test_drift_check_reads_a_real_monitor_store(local_root: Path, tmp_path: Path
 
     db = tmp_path / "monitor.db"
     MonitorStore(db).close()
-    out = drift_check(monitor_db=str(db), policy=json.dumps({"min_new_pairs": 5}), force=False).outputs
+    out = drift_check(
+        monitor_db=str(db), policy=json.dumps({"min_new_pairs": 5}), force=False
+    ).outputs
     assert out["proceed"] is False
     assert any("new reviewed pairs" in r for r in json.loads(out["reasons"]))
     assert MonitorStore(db).trigger_decisions(limit=5), "the decision is recorded"
@@ -210,13 +237,23 @@ def test_drift_check_makes_the_loop_checks_decision(
 
     # the champion, promoted with SSIM 0.9 / 0.4; reviewed predictions now score far below that
     metrics = {"n": 4, "split": "test", "sem2layout": {"ssim": 0.9}, "layout2sem": {"ssim": 0.4}}
-    run_id = log_training_run(sqlite_tracking_uri, "drift-check", make_checkpoint(tmp_path / "ckpt"), metrics)
+    run_id = log_training_run(
+        sqlite_tracking_uri, "drift-check", make_checkpoint(tmp_path / "ckpt"), metrics
+    )
     gate = judge(metrics, None, GateConfig(floors={"sem2layout": 0.0}))
-    approve(sqlite_tracking_uri, "dc", register_version(sqlite_tracking_uri, "dc", run_id, gate), by="rm", reason="first")
+    approve(
+        sqlite_tracking_uri,
+        "dc",
+        register_version(sqlite_tracking_uri, "dc", run_id, gate),
+        by="rm",
+        reason="first",
+    )
     db = tmp_path / "monitor.db"
     store = MonitorStore(db)
     for i in range(6):
-        store.add_ground_truth(f"p{i}", "sem2layout", "1", {"l1": 0.3, "ssim": 0.5, "psnr": 10.0, "iou": 0.4})
+        store.add_ground_truth(
+            f"p{i}", "sem2layout", "1", {"l1": 0.3, "ssim": 0.5, "psnr": 10.0, "iou": 0.4}
+        )
     recs = read_manifest(tiny_pairs)
     fb = FeedbackStore(tmp_path / "feedback", store=store, check_alignment=False)
     for rec in recs[:2]:
@@ -225,25 +262,51 @@ def test_drift_check_makes_the_loop_checks_decision(
     n_s3 = upload_batch(tiny_pairs, intake, skip_invalid=True).n_pairs
 
     policy = {"min_new_pairs": n_s3 + 2, "cooldown_minutes": 60}
-    cfg = load_loop_config(None, {"policy": policy, "monitor_db": str(db), "intake_uri": intake,
-                                  "feedback_dir": str(tmp_path / "feedback"),
-                                  "tracking_uri": sqlite_tracking_uri, "model_name": "dc"})
+    cfg = load_loop_config(
+        None,
+        {
+            "policy": policy,
+            "monitor_db": str(db),
+            "intake_uri": intake,
+            "feedback_dir": str(tmp_path / "feedback"),
+            "tracking_uri": sqlite_tracking_uri,
+            "model_name": "dc",
+        },
+    )
     decision, obs = check(cfg)  # before the step: a firing step starts the cooldown
-    out = drift_check(monitor_db=str(db), policy=json.dumps(policy), force=False, intake_uri=intake,
-                      feedback_dir=str(tmp_path / "feedback"), mlflow_uri=sqlite_tracking_uri,
-                      model_name="dc").outputs
+    out = drift_check(
+        monitor_db=str(db),
+        policy=json.dumps(policy),
+        force=False,
+        intake_uri=intake,
+        feedback_dir=str(tmp_path / "feedback"),
+        mlflow_uri=sqlite_tracking_uri,
+        model_name="dc",
+    ).outputs
     reasons = json.loads(out["reasons"])
     assert out["proceed"] is True and decision.fire
-    assert reasons == [r.detail for r in decision.reasons], "the same decision as `semlayout loop check`"
-    assert obs.new_pairs_intake == n_s3 and f"2 via API feedback, {n_s3} via S3 intake" in reasons[0]
-    assert any("rolling SSIM 0.500 over 6 reviewed predictions vs baseline 0.900" in r for r in reasons)
+    assert reasons == [
+        r.detail for r in decision.reasons
+    ], "the same decision as `semlayout loop check`"
+    assert (
+        obs.new_pairs_intake == n_s3 and f"2 via API feedback, {n_s3} via S3 intake" in reasons[0]
+    )
+    assert any(
+        "rolling SSIM 0.500 over 6 reviewed predictions vs baseline 0.900" in r for r in reasons
+    )
     assert MonitorStore(db).trigger_decisions(limit=1)[0]["fired"] is True
 
 
-@pytest.mark.parametrize("policy, key", [('{"min_pairs": 3}', "unknown key 'policy.min_pairs'"),
-                                         ('{"min_new_pairs": "many"}', "policy.min_new_pairs")])
-def test_drift_check_names_a_bad_policy_key(local_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture,
-                                            policy: str, key: str) -> None:
+@pytest.mark.parametrize(
+    "policy, key",
+    [
+        ('{"min_pairs": 3}', "unknown key 'policy.min_pairs'"),
+        ('{"min_new_pairs": "many"}', "policy.min_new_pairs"),
+    ],
+)
+def test_drift_check_names_a_bad_policy_key(
+    local_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture, policy: str, key: str
+) -> None:
     from components.drift_check import drift_check
     from semlayout.errors import SemlayoutError
     from semlayout.monitoring.store import MonitorStore

@@ -34,11 +34,15 @@ def test_depth_must_fit_size():
 
 
 def test_crop_must_fit_the_network():
-    cfg = config_from_dict({"generator": {"image_size": 256, "n_down": 5}, "train": {"crop_size": 128}})
+    cfg = config_from_dict(
+        {"generator": {"image_size": 256, "n_down": 5}, "train": {"crop_size": 128}}
+    )
     assert cfg.train.crop_size == 128
     for crop in (300, 100, 32):  # larger than the image, not a multiple of 32, bottleneck 1 px
         with pytest.raises(SemlayoutError, match=f"train.crop_size={crop} does not fit"):
-            config_from_dict({"generator": {"image_size": 256, "n_down": 5}, "train": {"crop_size": crop}})
+            config_from_dict(
+                {"generator": {"image_size": 256, "n_down": 5}, "train": {"crop_size": crop}}
+            )
 
 
 def test_missing_and_invalid_files(tmp_path):

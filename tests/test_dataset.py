@@ -185,7 +185,9 @@ def test_shards_are_memory_mapped(shards):
 
 
 def test_compressed_npz_still_readable(tmp_path):
-    np.savez_compressed(tmp_path / "c.npz", sem=np.ones((2, 3, 3), np.uint8), ids=np.array(["a", "b"]))
+    np.savez_compressed(
+        tmp_path / "c.npz", sem=np.ones((2, 3, 3), np.uint8), ids=np.array(["a", "b"])
+    )
     mm = npz_members(tmp_path / "c.npz")
     assert mm["sem"].sum() == 18 and mm["ids"].tolist() == ["a", "b"]
 
@@ -225,7 +227,9 @@ def test_tiny_shards_fixture_dataset(tiny_shards):
 def test_count_reads_replays_a_mid_epoch_resume(shards):
     rng = np.random.default_rng(0)
     full = ShardDataset(shards, "train", image_size=64, augment=True, seed=4)
-    order = rng.integers(0, len(full), 3 * len(full)).tolist()  # with repeats, like a balanced sampler
+    order = rng.integers(
+        0, len(full), 3 * len(full)
+    ).tolist()  # with repeats, like a balanced sampler
     full.set_epoch(2)
     straight = [full[i]["sem"] for i in order]
     resumed = ShardDataset(shards, "train", image_size=64, augment=True, seed=4)

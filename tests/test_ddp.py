@@ -28,17 +28,32 @@ def test_two_process_ddp_matches_one_process_with_the_combined_batch(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     worker = Path(__file__).parent / "ddp_worker.py"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         str(worker), str(tmp_path / "ddp"), str(STEPS)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(worker),
+            str(tmp_path / "ddp"),
+            str(STEPS),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = run_training(ddp_config(batch_size=4, max_steps=STEPS), PairsInMemory(16),
-                              tmp_path / "single", progress=False)
+        single = run_training(
+            ddp_config(batch_size=4, max_steps=STEPS),
+            PairsInMemory(16),
+            tmp_path / "single",
+            progress=False,
+        )
     finally:
         torch.set_num_threads(n)
 
@@ -50,8 +65,9 @@ def test_two_process_ddp_matches_one_process_with_the_combined_batch(tmp_path):
     # and training did move the weights (the comparison is not between two untouched inits)
     fresh = PairsInMemory(16)
     assert len(fresh) == 16
-    init_dir = run_training(ddp_config(batch_size=4, max_steps=1, lr=1e-30), fresh, tmp_path / "init",
-                            progress=False)
+    init_dir = run_training(
+        ddp_config(batch_size=4, max_steps=1, lr=1e-30), fresh, tmp_path / "init", progress=False
+    )
     c = load_file(str(init_dir / "weights.safetensors"))
     assert not torch.allclose(a["G_A.down.0.0.weight"], c["G_A.down.0.0.weight"], atol=1e-6)
     state = torch.load(tmp_path / "ddp" / "final" / "train_state.pt", weights_only=True)

@@ -30,7 +30,9 @@ def _req_name(line: str) -> str:
 
 def test_scripts_parse() -> None:
     for script in ("build.sh", "test.sh"):
-        r = subprocess.run(["bash", "-n", str(REPO / "docker" / script)], capture_output=True, text=True)
+        r = subprocess.run(
+            ["bash", "-n", str(REPO / "docker" / script)], capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stderr
 
 
@@ -41,13 +43,19 @@ def test_base_image_is_a_build_arg_with_a_production_default() -> None:
 
 def test_train_image_lets_kfp_set_the_command() -> None:
     train = _stage("train")
-    assert not re.search(r"^ENTRYPOINT", train, re.M), "KFP (and kfp.local's DockerRunner) set the container command"
-    assert "SEMLAYOUT_CONFIG_DIR=/opt/semlayout/configs" in train, "config names resolve in the image"
+    assert not re.search(
+        r"^ENTRYPOINT", train, re.M
+    ), "KFP (and kfp.local's DockerRunner) set the container command"
+    assert (
+        "SEMLAYOUT_CONFIG_DIR=/opt/semlayout/configs" in train
+    ), "config names resolve in the image"
     build = _stage("train-build")
     assert "COPY components" in build and "COPY pipelines" in build and "COPY configs" in train
     # only the venv leaves the build stage: no wheels or sources in the final layers
     assert "COPY --from=train-build /opt/venv /opt/venv" in train and "wheels" not in train
-    assert "import semlayout, components, pipelines, kfp" in train, "the build checks its own imports"
+    assert (
+        "import semlayout, components, pipelines, kfp" in train
+    ), "the build checks its own imports"
     assert re.search(r"^USER 10001", train, re.M), "non-root, as the k8s securityContext expects"
 
 
@@ -70,10 +78,19 @@ def test_serve_image_matches_the_k8s_deployment() -> None:
 def test_serving_requirements_are_a_slim_subset() -> None:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     project = {_req_name(d) for d in deps}
-    serve = {_req_name(line) for line in (REPO / "docker" / "requirements-serve.txt").read_text().splitlines()
-             if line.strip() and not line.startswith("#")}
+    serve = {
+        _req_name(line)
+        for line in (REPO / "docker" / "requirements-serve.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert serve <= project, f"not project dependencies: {serve - project}"
-    assert not serve & {"kfp", "kfp-kubernetes", "evidently", "gdstk", "torch"}, "slim: no pipeline stack"
+    assert not serve & {
+        "kfp",
+        "kfp-kubernetes",
+        "evidently",
+        "gdstk",
+        "torch",
+    }, "slim: no pipeline stack"
     assert {"fastapi", "uvicorn", "onnxruntime", "mlflow", "prometheus-client"} <= serve
 
 
@@ -81,12 +98,19 @@ def test_serving_requirements_are_a_slim_subset() -> None:
 @pytest.mark.slow
 def test_build_images_and_run_a_component_inside(tmp_path: Path) -> None:
     if os.environ.get("SEMLAYOUT_DOCKER_BUILD") != "1":
-        pytest.skip("image builds take minutes: run `make docker-test` or set SEMLAYOUT_DOCKER_BUILD=1")
+        pytest.skip(
+            "image builds take minutes: run `make docker-test` or set SEMLAYOUT_DOCKER_BUILD=1"
+        )
     if shutil.which("docker") is None:
         pytest.skip("no docker client")
     env = {**os.environ, "OUT": str(tmp_path)}
-    r = subprocess.run(["bash", str(REPO / "docker" / "test.sh")], capture_output=True, text=True, env=env,
-                       timeout=3600)
+    r = subprocess.run(
+        ["bash", str(REPO / "docker" / "test.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if r.returncode == 77:
         pytest.skip(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

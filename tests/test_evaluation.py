@@ -24,8 +24,14 @@ from semlayout.inference import Translator
 
 
 def sk_ssim(a, b):
-    return structural_similarity(a / 255.0, b / 255.0, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, data_range=1.0)
+    return structural_similarity(
+        a / 255.0,
+        b / 255.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,17 @@ def test_result_follows_the_contract_and_is_json(result):
         assert k in s2l
     for k in ("l1", "ssim", "psnr", "iou", "per_family"):
         assert k in s2l["baseline_otsu"]
-    for k in ("l1", "ssim", "psnr", "iou", "ssim_vs_clean", "l1_vs_clean", "psnr_vs_clean", "ceiling", "per_family"):
+    for k in (
+        "l1",
+        "ssim",
+        "psnr",
+        "iou",
+        "ssim_vs_clean",
+        "l1_vs_clean",
+        "psnr_vs_clean",
+        "ceiling",
+        "per_family",
+    ):
         assert k in l2s
     assert set(l2s["ceiling"]) == {"ssim", "psnr", "l1"}
     assert sum(r["n"] for r in s2l["per_family"].values()) == 6
@@ -70,26 +86,42 @@ def test_numbers_match_an_independent_recomputation(setup, result):
     pred_l = tr.translate("sem2layout", list(d["sem"]))
     pred_s = tr.translate("layout2sem", list(d["layout"]))
     s2l, l2s = result["sem2layout"], result["layout2sem"]
-    assert s2l["ssim"] == pytest.approx(np.mean([sk_ssim(p, t) for p, t in zip(pred_l, d["layout"], strict=True)]), abs=1e-6)
-    assert s2l["l1"] == pytest.approx(np.mean([np.abs(p / 255 - t / 255).mean() for p, t in zip(pred_l, d["layout"], strict=True)]))
+    assert s2l["ssim"] == pytest.approx(
+        np.mean([sk_ssim(p, t) for p, t in zip(pred_l, d["layout"], strict=True)]), abs=1e-6
+    )
+    assert s2l["l1"] == pytest.approx(
+        np.mean(
+            [np.abs(p / 255 - t / 255).mean() for p, t in zip(pred_l, d["layout"], strict=True)]
+        )
+    )
+
     def iou(a, b):
-        return np.logical_and(a > 127, b > 127).sum() / max(np.logical_or(a > 127, b > 127).sum(), 1)
+        return np.logical_and(a > 127, b > 127).sum() / max(
+            np.logical_or(a > 127, b > 127).sum(), 1
+        )
 
     # IoU of the output thresholded alone, and of the drawn layout the product returns (+ fit)
     assert s2l["iou_threshold"] == pytest.approx(
-        np.mean([iou(p, t) for p, t in zip(pred_l, d["layout"], strict=True)]), abs=1e-9)
+        np.mean([iou(p, t) for p, t in zip(pred_l, d["layout"], strict=True)]), abs=1e-9
+    )
     drawn = tr.translate("sem2layout", list(d["sem"]), binarize=True)
-    assert s2l["iou"] == pytest.approx(np.mean([iou(p, t) for p, t in zip(drawn, d["layout"], strict=True)]),
-                                       abs=1e-9)
-    assert l2s["ssim"] == pytest.approx(np.mean([sk_ssim(p, t) for p, t in zip(pred_s, d["sem"], strict=True)]), abs=1e-6)
+    assert s2l["iou"] == pytest.approx(
+        np.mean([iou(p, t) for p, t in zip(drawn, d["layout"], strict=True)]), abs=1e-9
+    )
+    assert l2s["ssim"] == pytest.approx(
+        np.mean([sk_ssim(p, t) for p, t in zip(pred_s, d["sem"], strict=True)]), abs=1e-6
+    )
     assert l2s["ssim_vs_clean"] == pytest.approx(
-        np.mean([sk_ssim(p, t) for p, t in zip(pred_s, d["clean"], strict=True)]), abs=1e-6)
+        np.mean([sk_ssim(p, t) for p, t in zip(pred_s, d["clean"], strict=True)]), abs=1e-6
+    )
     ceiling = np.mean([sk_ssim(c, s) for c, s in zip(d["clean"], d["sem"], strict=True)])
     assert l2s["ceiling"]["ssim"] == pytest.approx(ceiling, abs=1e-6)
     assert 0 < ceiling < 0.9  # noisy targets: nobody reaches 1
 
 
-def test_otsu_baseline_matches_skimage_and_its_polarity_comes_from_train_only(setup, result, tmp_path):
+def test_otsu_baseline_matches_skimage_and_its_polarity_comes_from_train_only(
+    setup, result, tmp_path
+):
     _, shards, _ = setup
     from semlayout.data.shards import load_split_arrays
 
@@ -106,7 +138,9 @@ def test_otsu_baseline_matches_skimage_and_its_polarity_comes_from_train_only(se
         ours = otsu_layout_baseline(sem, "bright") > 127
         assert (ours != mask).mean() < 0.01
     assert base["iou"] == pytest.approx(np.mean(ious), abs=0.01)
-    assert base["iou"] > 0.6  # a real baseline, not a strawman (one reversed-contrast pair included)
+    assert (
+        base["iou"] > 0.6
+    )  # a real baseline, not a strawman (one reversed-contrast pair included)
     # the polarity is fitted on train: dark-line training pairs flip it, test targets never do
     dark = tmp_path / "dark"
     shutil.copytree(shards, dark)
@@ -149,9 +183,23 @@ def test_onnx_backend_gives_the_same_numbers(setup, result):
 
 def test_cli_evaluate_writes_metrics_and_report(setup, capsys):
     ckpt, shards, root = setup
-    (root / "run" / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "loss_G": 3.0}, {"epoch": 2, "loss_G": 2.0}]}))
+    (root / "run" / "history.json").write_text(
+        json.dumps({"epochs": [{"epoch": 1, "loss_G": 3.0}, {"epoch": 2, "loss_G": 2.0}]})
+    )
     out, rep = root / "o" / "metrics.json", root / "o" / "report.html"
-    code = main(["evaluate", "--model", str(ckpt), "--data", str(shards), "--out", str(out), "--report", str(rep)])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(ckpt),
+            "--data",
+            str(shards),
+            "--out",
+            str(out),
+            "--report",
+            str(rep),
+        ]
+    )
     assert code == 0
     m = json.loads(out.read_text())
     assert m["n"] == 6 and "sem2layout" in m and "samples" not in m

@@ -23,7 +23,7 @@ def _sem(seed: int = 0, size: int = 256, family: str = "line_space") -> np.ndarr
 def _lines(pitch: int, size: int = 256) -> np.ndarray:
     img = np.full((size, size), 40, np.uint8)
     for c in range(0, size, pitch):
-        img[:, c:c + pitch // 2] = 200
+        img[:, c : c + pitch // 2] = 200
     return img
 
 
@@ -47,7 +47,9 @@ def test_intensity_features_match_numpy(seed):
 
 def test_laplacian_var_matches_scipy():
     img = _sem(3)
-    ref = ndimage.laplace(img.astype(np.float64) / 255, mode="mirror").var()  # = cv2 BORDER_REFLECT_101
+    ref = ndimage.laplace(
+        img.astype(np.float64) / 255, mode="mirror"
+    ).var()  # = cv2 BORDER_REFLECT_101
     assert image_features(img)["laplacian_var"] == pytest.approx(ref, rel=1e-4)
 
 
@@ -87,11 +89,15 @@ def test_edge_density_rises_with_more_edges():
 
 def test_size_independent_crop_vs_parent():
     for seed in range(4):
-        parent = _sem(seed, size=304, family=("line_space", "via_array", "via_array", "line_space")[seed])
+        parent = _sem(
+            seed, size=304, family=("line_space", "via_array", "via_array", "line_space")[seed]
+        )
         crop = parent[27:277, 27:277]
         fp, fc = image_features(parent), image_features(crop)
         for k in FEATURE_NAMES:
-            assert fc[k] == pytest.approx(fp[k], rel=0.2, abs=0.01), k  # the crop holds less border margin
+            assert fc[k] == pytest.approx(
+                fp[k], rel=0.2, abs=0.01
+            ), k  # the crop holds less border margin
 
 
 def test_histogram_sums_to_one_and_matches_numpy():
@@ -105,10 +111,16 @@ def test_histogram_sums_to_one_and_matches_numpy():
     assert histogram(np.zeros((5, 5), np.uint8))[0] == 1.0
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint16),
-    np.zeros((2, 8), np.uint8), [[1, 2], [3, 4]],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((8, 8, 3), np.uint8),
+        np.zeros((8, 8), np.float32),
+        np.zeros((8, 8), np.uint16),
+        np.zeros((2, 8), np.uint8),
+        [[1, 2], [3, 4]],
+    ],
+)
 def test_bad_images_refused(bad):
     with pytest.raises(SemlayoutError, match="image"):
         image_features(bad)
@@ -148,14 +160,16 @@ def test_crop_vs_raw_parent_within_reference_spread(tiny_pairs, tiny_aligned, ti
 
     std = load_reference_stats(tiny_shards)["sem"]["std"]
     with open(tiny_aligned / "alignment.csv", newline="") as f:
-        passed = {r["id"]: (int(r["x"]), int(r["y"])) for r in csv.DictReader(f) if r["qc_pass"] == "true"}
+        passed = {
+            r["id"]: (int(r["x"]), int(r["y"])) for r in csv.DictReader(f) if r["qc_pass"] == "true"
+        }
     dz: dict[str, list[float]] = {k: [] for k in FEATURE_NAMES}
     for rec in read_manifest(tiny_pairs):
         if rec.id not in passed:
             continue
         x, y = passed[rec.id]
         parent = read_gray8(rec.sem_path)
-        fp, fc = image_features(parent), image_features(parent[y:y + 250, x:x + 250])
+        fp, fc = image_features(parent), image_features(parent[y : y + 250, x : x + 250])
         for k in FEATURE_NAMES:
             dz[k].append(abs(fp[k] - fc[k]) / max(std[k], 1e-6))
     assert len(dz["mean"]) >= 10

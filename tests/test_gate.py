@@ -118,7 +118,9 @@ def test_finetune_needs_improvement_and_bounded_loss():
 
 def test_finetune_min_improvement_and_missing_metrics():
     cfg = GateConfig(floors={"sem2layout": 0.5}, min_improvement=0.05)
-    assert not judge_finetune(_m(0.74, None), _m(0.70, None), _m(0.9, None), _m(0.9, None), cfg).passed
+    assert not judge_finetune(
+        _m(0.74, None), _m(0.70, None), _m(0.9, None), _m(0.9, None), cfg
+    ).passed
     assert judge_finetune(_m(0.76, None), _m(0.70, None), _m(0.9, None), _m(0.9, None), cfg).passed
     r = judge_finetune(_m(0.76, None), {}, _m(0.9, None), _m(0.9, None), cfg)
     assert not r.passed and any("new pairs (champion)" in s for s in r.reasons)

@@ -35,10 +35,12 @@ def design(tmp_path: Path) -> Path:
         via = lib.new_cell("VIA")
         via.add(gdstk.rectangle((0, 0), (0.1, 0.1), layer=1))
         top = lib.new_cell("TOP")
-        top.add(gdstk.rectangle((0.1, 0.2), (0.4, 0.7), layer=1))                  # clip 0 (top-left tile)
-        top.add(gdstk.Polygon([(1.0, 1.0), (2.0, 1.0), (1.0, 2.0)], layer=1))      # triangle
-        top.add(gdstk.Reference(via, (3.0, 0.5), columns=3, rows=2, spacing=(0.3, 0.3)))  # second tile
-        top.add(gdstk.FlexPath([(0.5, 2.3), (2.0, 2.3)], 0.1, layer=1))            # horizontal wire
+        top.add(gdstk.rectangle((0.1, 0.2), (0.4, 0.7), layer=1))  # clip 0 (top-left tile)
+        top.add(gdstk.Polygon([(1.0, 1.0), (2.0, 1.0), (1.0, 2.0)], layer=1))  # triangle
+        top.add(
+            gdstk.Reference(via, (3.0, 0.5), columns=3, rows=2, spacing=(0.3, 0.3))
+        )  # second tile
+        top.add(gdstk.FlexPath([(0.5, 2.3), (2.0, 2.3)], 0.1, layer=1))  # horizontal wire
         top.add(gdstk.rectangle((0, 0), (0.05, 0.05), layer=2, datatype=5))
 
     return _write(tmp_path / "design.gds", build)
@@ -55,8 +57,10 @@ def test_rectangle_on_pixel_boundaries_is_exact() -> None:
 
 def test_abutting_and_overlapping_polygons_make_a_union() -> None:
     a = np.array([[0, 0], [500, 0], [500, 500], [0, 500]], float)
-    b = np.array([[500, 0], [1000, 0], [1000, 500], [500, 500]], float)        # abuts a: no seam
-    c = np.array([[200, 200], [200, 800], [800, 800], [800, 200]], float)      # clockwise, overlaps a and b
+    b = np.array([[500, 0], [1000, 0], [1000, 500], [500, 500]], float)  # abuts a: no seam
+    c = np.array(
+        [[200, 200], [200, 800], [800, 800], [800, 200]], float
+    )  # clockwise, overlaps a and b
     img = rasterize([a, b, c], 0.0, 0.0, P)
     expected = np.zeros((250, 250), np.uint8)
     expected[200:250, 0:100] = 1
@@ -100,13 +104,20 @@ def test_gds_clips_pixel_exact_at_known_coordinates(design: Path, tmp_path: Path
     rows = list(csv.DictReader((tmp_path / "clips" / "clips.csv").read_text().splitlines()))
     assert [r["id"] for r in rows] == [c["id"] for c in res.clips]
     # bbox x 100..3700, y 200..2350 nm -> a 2x1 tiling at stride 2500 nm, origins (100, -150) and (2600, -150)
-    assert [(float(r["x_nm"]), float(r["y_nm"])) for r in rows] == [(100.0, -150.0), (2600.0, -150.0)]
+    assert [(float(r["x_nm"]), float(r["y_nm"])) for r in rows] == [
+        (100.0, -150.0),
+        (2600.0, -150.0),
+    ]
     assert all(r["pattern_type"] == "gds" and r["layer"] == "1" for r in rows)
     first = check_binary_layout(read_gray8(tmp_path / "clips" / rows[0]["layout_path"], (250, 250)))
     # rectangle (100..400, 200..700) nm in a clip with lower-left (100, -150): top = 2350 nm
     # columns (100-100)/10=0 .. 29, rows (2350-700)/10=165 .. (2350-200)/10-1=214
     assert (first[165:215, 0:30] == 255).all()
-    assert first[164, 0:30].max() == 0 and first[215, 0:30].max() == 0 and first[165:215, 30].max() == 0
+    assert (
+        first[164, 0:30].max() == 0
+        and first[215, 0:30].max() == 0
+        and first[165:215, 30].max() == 0
+    )
     # the wire: y 2250..2350 -> rows 0..9, x 500..2000 -> columns 40..189 (flush ends)
     assert (first[0:10, 40:190] == 255).all() and first[10, 40:190].max() == 0
     assert first[0:10, 39].max() == 0 and first[0:10, 190].max() == 0
@@ -123,16 +134,21 @@ def test_gds_clips_pixel_exact_at_known_coordinates(design: Path, tmp_path: Path
 def test_empty_and_full_clips_are_skipped_and_max_clips(tmp_path: Path) -> None:
     def build(lib: gdstk.Library) -> None:
         top = lib.new_cell("TOP")
-        top.add(gdstk.rectangle((0, 0), (0.5, 0.5), layer=1))        # tile 0
-        top.add(gdstk.rectangle((2.5, 0), (5.0, 2.5), layer=1))      # covers tile 1 completely
+        top.add(gdstk.rectangle((0, 0), (0.5, 0.5), layer=1))  # tile 0
+        top.add(gdstk.rectangle((2.5, 0), (5.0, 2.5), layer=1))  # covers tile 1 completely
         top.add(gdstk.rectangle((10.0, 2.0), (10.5, 2.5), layer=1))  # tile 4; tiles 2, 3 empty
 
     gds = _write(tmp_path / "sparse.gds", build)
     res = gds_clips(gds, layer=1, pixel_nm=P, out_dir=tmp_path / "a")
     assert [(float(c["x_nm"]), float(c["y_nm"])) for c in res.clips] == [(0.0, 0.0), (10000.0, 0.0)]
     assert all(0 < float(c["fill"]) < 1 for c in res.clips)
-    assert sorted(p.name for p in (tmp_path / "a" / "layout").iterdir()) == ["clip-000000.png", "clip-000001.png"]
-    res2 = gds_clips(gds, layer=1, pixel_nm=P, out_dir=tmp_path / "b", stride_nm=1250.0, max_clips=2)
+    assert sorted(p.name for p in (tmp_path / "a" / "layout").iterdir()) == [
+        "clip-000000.png",
+        "clip-000001.png",
+    ]
+    res2 = gds_clips(
+        gds, layer=1, pixel_nm=P, out_dir=tmp_path / "b", stride_nm=1250.0, max_clips=2
+    )
     assert res2.n_clips == 2
 
 
@@ -151,12 +167,18 @@ def test_render_sem_makes_a_pair_folder(design: Path, tmp_path: Path) -> None:
         x, y = truth[r.id]
         assert 2 <= x <= 52 and 2 <= y <= 52
         # the template cut from the rendered field equals the plain rasterised clip
-        np.testing.assert_array_equal(read_gray8(r.layout_path), read_gray8(plain / "layout" / f"{r.id}.png"))
+        np.testing.assert_array_equal(
+            read_gray8(r.layout_path), read_gray8(plain / "layout" / f"{r.id}.png")
+        )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "semlayout.cli", "gds-clips", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "semlayout.cli", "gds-clips", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_writes_clips(design: Path, tmp_path: Path) -> None:
@@ -200,7 +222,9 @@ def _labels_only(tmp_path: Path) -> Path:
         ("labels", [], "no polygons"),
     ],
 )
-def test_cli_bad_input_one_line(design: Path, tmp_path: Path, case: str, extra: list[str], needle: str) -> None:
+def test_cli_bad_input_one_line(
+    design: Path, tmp_path: Path, case: str, extra: list[str], needle: str
+) -> None:
     path = {
         "missing": tmp_path / "nope.gds",
         "text": tmp_path / "notes.gds",
@@ -231,8 +255,12 @@ def test_unknown_layer_lists_what_is_there(design: Path) -> None:
 def test_polygon_with_hole_and_database_units(tmp_path: Path) -> None:
     # a 1000 nm square ring (hole 400 nm), in a library whose user unit is 1 nm
     def build(lib: gdstk.Library) -> None:
-        ring = gdstk.boolean(gdstk.rectangle((0, 0), (1000, 1000)), gdstk.rectangle((300, 300), (700, 700)),
-                             "not", layer=3)
+        ring = gdstk.boolean(
+            gdstk.rectangle((0, 0), (1000, 1000)),
+            gdstk.rectangle((300, 300), (700, 700)),
+            "not",
+            layer=3,
+        )
         lib.new_cell("R").add(*ring)
 
     lib = gdstk.Library(unit=1e-9, precision=1e-12)
@@ -243,14 +271,25 @@ def test_polygon_with_hole_and_database_units(tmp_path: Path) -> None:
     assert data.bbox == pytest.approx((0.0, 0.0, 1000.0, 1000.0))
     img = rasterize(data.polygons, 0.0, 0.0, P)
     expected = np.zeros((250, 250), np.uint8)
-    expected[150:250, 0:100] = 1      # y 0..1000 nm -> rows 150..249, x -> columns 0..99
-    expected[180:220, 30:70] = 0      # the hole: x, y 300..700 nm
+    expected[150:250, 0:100] = 1  # y 0..1000 nm -> rows 150..249, x -> columns 0..99
+    expected[180:220, 30:70] = 0  # the hole: x, y 300..700 nm
     np.testing.assert_array_equal(img, expected)
 
 
 def test_cli_render_sem_pair_folder(design: Path, tmp_path: Path) -> None:
     out = tmp_path / "pairs"
-    res = _cli(str(design), "--layer", "1", "--pixel-nm", "10", "--out", str(out), "--render-sem", "--seed", "3")
+    res = _cli(
+        str(design),
+        "--layer",
+        "1",
+        "--pixel-nm",
+        "10",
+        "--out",
+        str(out),
+        "--render-sem",
+        "--seed",
+        "3",
+    )
     assert res.returncode == 0, res.stderr
     assert len(read_manifest(out)) == len(read_truth(out)) == 2
     assert (out / "clips.csv").is_file()

@@ -48,8 +48,10 @@ def test_pipeline_round_trips_at_model_size_and_matches_cv2_when_resized():
     cv2.circle(blob, (16, 16), 6, 255, -1)
     square = _identity_translator(32, "manhattan").translate("sem2layout", [blob], binarize=True)[0]
     ys, xs = np.nonzero(square)
-    assert square[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # filled rectangle
-    assert not np.array_equal(square, _identity_translator(32).translate("sem2layout", [blob], binarize=True)[0])
+    assert square[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()  # filled rectangle
+    assert not np.array_equal(
+        square, _identity_translator(32).translate("sem2layout", [blob], binarize=True)[0]
+    )
 
 
 def test_eager_matches_a_direct_forward_of_the_generators(ckpt):
@@ -68,7 +70,9 @@ def test_eager_matches_a_direct_forward_of_the_generators(ckpt):
         for g, r in zip(got, ref_u8, strict=True):
             assert np.abs(g.astype(int) - r.astype(int)).max() <= 1
     # the two directions use different generators
-    assert not np.array_equal(tr.translate("sem2layout", imgs[:1])[0], tr.translate("layout2sem", imgs[:1])[0])
+    assert not np.array_equal(
+        tr.translate("sem2layout", imgs[:1])[0], tr.translate("layout2sem", imgs[:1])[0]
+    )
 
 
 def test_bf16_backend_stays_within_a_grey_level_of_fp32(ckpt):
@@ -138,7 +142,10 @@ def test_user_errors(ckpt, tmp_path):
 def test_concurrent_calls_give_the_sequential_results(ckpt, backend):
     tr = Translator.load(ckpt, backend=backend)
     rng = np.random.default_rng(3)
-    jobs = [(DIRECTIONS[i % 2], [rng.integers(0, 256, (32 + i, 30)).astype(np.uint8)]) for i in range(16)]
+    jobs = [
+        (DIRECTIONS[i % 2], [rng.integers(0, 256, (32 + i, 30)).astype(np.uint8)])
+        for i in range(16)
+    ]
     sequential = [tr.translate(d, imgs)[0] for d, imgs in jobs]
     with ThreadPoolExecutor(max_workers=6) as pool:
         concurrent = list(pool.map(lambda job: tr.translate(job[0], job[1])[0], jobs))
@@ -165,8 +172,21 @@ def test_cli_predict_writes_same_names_and_sizes(ckpt, tmp_path, capsys):
     (src / "notes.txt").write_text("ignored")
     for backend in ("eager", "bf16", "onnx"):
         out = tmp_path / f"out-{backend}"
-        code = main(["predict", "--model", str(ckpt), "--direction", "sem2layout", str(src), "--out", str(out),
-                     "--backend", backend, "--binarize"])
+        code = main(
+            [
+                "predict",
+                "--model",
+                str(ckpt),
+                "--direction",
+                "sem2layout",
+                str(src),
+                "--out",
+                str(out),
+                "--backend",
+                backend,
+                "--binarize",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
         for name, shape in shapes.items():
@@ -175,8 +195,10 @@ def test_cli_predict_writes_same_names_and_sizes(ckpt, tmp_path, capsys):
     # predict output equals the Python API's output
     tr = Translator.load(ckpt)
     a = cv2.imread(str(src / "b.png"), cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(cv2.imread(str(tmp_path / "out-eager" / "b.png"), cv2.IMREAD_UNCHANGED),
-                          tr.translate("sem2layout", [a], binarize=True)[0])
+    assert np.array_equal(
+        cv2.imread(str(tmp_path / "out-eager" / "b.png"), cv2.IMREAD_UNCHANGED),
+        tr.translate("sem2layout", [a], binarize=True)[0],
+    )
 
 
 def test_cli_predict_refuses_bad_input_in_one_line(ckpt, tmp_path, capsys):
@@ -200,7 +222,10 @@ def test_cli_predict_refuses_bad_input_in_one_line(ckpt, tmp_path, capsys):
         ([str(empty), "--model", str(ckpt), "--direction", "sem2layout"], "no .png"),
         ([str(good), "--model", str(ckpt), "--direction", "up"], "unknown direction 'up'"),
         ([str(good), "--model", str(empty), "--direction", "sem2layout"], "not a checkpoint"),
-        ([str(good), "--model", str(ckpt), "--direction", "layout2sem", "--binarize"], "--binarize"),
+        (
+            [str(good), "--model", str(ckpt), "--direction", "layout2sem", "--binarize"],
+            "--binarize",
+        ),
     ]
     for args, msg in cases:
         out = tmp_path / "out"
@@ -208,7 +233,21 @@ def test_cli_predict_refuses_bad_input_in_one_line(ckpt, tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
-    assert main(["predict", str(good), "--model", str(ckpt), "--direction", "sem2layout", "--out", str(good)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(good),
+                "--model",
+                str(ckpt),
+                "--direction",
+                "sem2layout",
+                "--out",
+                str(good),
+            ]
+        )
+        == 2
+    )
     assert (good / "x.png").is_file()
 
 
@@ -219,11 +258,15 @@ def test_only_the_generators_are_needed_and_a_wrong_generator_is_named(ckpt, tmp
     g_only = tmp_path / "g_only"
     g_only.mkdir()
     (g_only / "config.json").write_text((ckpt / "config.json").read_text())
-    save_file({k: v for k, v in flat.items() if k.startswith("G_")}, str(g_only / "weights.safetensors"))
+    save_file(
+        {k: v for k, v in flat.items() if k.startswith("G_")}, str(g_only / "weights.safetensors")
+    )
     rng = np.random.default_rng(6)
     imgs = [rng.integers(0, 256, (32, 32)).astype(np.uint8)]
-    assert np.array_equal(Translator.load(g_only).translate("sem2layout", imgs)[0],
-                          Translator.load(ckpt).translate("sem2layout", imgs)[0])
+    assert np.array_equal(
+        Translator.load(g_only).translate("sem2layout", imgs)[0],
+        Translator.load(ckpt).translate("sem2layout", imgs)[0],
+    )
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text((ckpt / "config.json").read_text())

@@ -16,9 +16,12 @@ sqlite_tracking_uri, mlflow_template_db = hs.sqlite_tracking_uri, hs.mlflow_temp
 
 
 def _metrics() -> dict:
-    return {"n": 2, "split": "test",
-            "sem2layout": {"l1": 0.1, "ssim": 0.9, "psnr": 20.0, "iou": 0.9},
-            "layout2sem": {"l1": 0.2, "ssim": 0.4, "psnr": 15.0, "iou": 0.5, "ceiling": {"ssim": 0.45}}}
+    return {
+        "n": 2,
+        "split": "test",
+        "sem2layout": {"l1": 0.1, "ssim": 0.9, "psnr": 20.0, "iou": 0.9},
+        "layout2sem": {"l1": 0.2, "ssim": 0.4, "psnr": 15.0, "iou": 0.5, "ceiling": {"ssim": 0.45}},
+    }
 
 
 @pytest.mark.slow
@@ -30,7 +33,9 @@ def test_models_uri_loads_the_registered_checkpoint_and_keeps_the_download_clean
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", seed=11)
     metrics = _metrics()
     run_id = log_training_run(uri, "exp", ckpt, metrics, params={"seed": 0})
-    gate = judge(metrics, None, GateConfig(floors={"sem2layout": 0.5, "layout2sem": 0.2}, tolerance=0.01))
+    gate = judge(
+        metrics, None, GateConfig(floors={"sem2layout": 0.5, "layout2sem": 0.2}, tolerance=0.01)
+    )
     version = register_version(uri, "tiny", run_id, gate)
     approve(uri, "tiny", version, by="tester", reason="test")
 

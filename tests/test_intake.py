@@ -47,8 +47,13 @@ def synth_folder(tmp_path_factory) -> tuple[Path, list[str], list[str]]:
     from semlayout.data.pairs import read_gray8
     from semlayout.data.synth import synthesize
 
-    folder = synthesize(tmp_path_factory.mktemp("intake") / "syn", 10, seed=1,
-                        mix="line_space=1,via_array=1", progress=False)
+    folder = synthesize(
+        tmp_path_factory.mktemp("intake") / "syn",
+        10,
+        seed=1,
+        mix="line_space=1,via_array=1",
+        progress=False,
+    )
     ok, bad = [], []
     for rec in read_manifest(folder):
         res = align_pair(read_gray8(rec.sem_path), read_gray8(rec.layout_path))
@@ -103,17 +108,28 @@ def test_validation_names_each_problem(synth_folder, tmp_path):
 
     v = validate_pairs(folder)
     reasons = {r.id: r.reason for r in v.rejects}
-    assert reasons == {ok[0]: "not_grayscale", ok[1]: "bit_depth", ok[2]: "not_binary", ok[3]: "missing",
-                       bad[0]: reasons[bad[0]], "dup-of-4": "duplicate", "jpeg-one": "not_png"}
+    assert reasons == {
+        ok[0]: "not_grayscale",
+        ok[1]: "bit_depth",
+        ok[2]: "not_binary",
+        ok[3]: "missing",
+        bad[0]: reasons[bad[0]],
+        "dup-of-4": "duplicate",
+        "jpeg-one": "not_png",
+    }
     assert reasons[bad[0]].startswith("align:")
     assert [p.id for p in v.valid] == [ok[4]]
     assert all(r.detail for r in v.rejects)
 
 
-def test_one_corrupt_pair_refuses_the_whole_batch(synth_folder, tmp_path, s3_bucket, s3_env, capsys):
+def test_one_corrupt_pair_refuses_the_whole_batch(
+    synth_folder, tmp_path, s3_bucket, s3_env, capsys
+):
     src, ok, bad = synth_folder
     folder = subset(src, tmp_path / "p", ok[:4] + bad[:1])
-    code, out, err = _cli(["intake", "upload", str(folder), "--to", f"s3://{s3_bucket}/reviewed", "--quiet"], capsys)
+    code, out, err = _cli(
+        ["intake", "upload", str(folder), "--to", f"s3://{s3_bucket}/reviewed", "--quiet"], capsys
+    )
     assert code == 2
     assert f"rejected {bad[0]}: align:" in err
     assert err.strip().splitlines()[-1].startswith("error: batch refused: 1 of 5 pairs are invalid")
@@ -123,12 +139,26 @@ def test_one_corrupt_pair_refuses_the_whole_batch(synth_folder, tmp_path, s3_buc
     assert [r.id for r in info.value.rejects] == [bad[0]]
 
 
-def test_skip_invalid_uploads_valid_pairs_then_the_manifest(synth_folder, tmp_path, s3_bucket, s3_env, capsys):
+def test_skip_invalid_uploads_valid_pairs_then_the_manifest(
+    synth_folder, tmp_path, s3_bucket, s3_env, capsys
+):
     src, ok, bad = synth_folder
     folder = subset(src, tmp_path / "p", ok[:4] + bad[:1])
     uri = f"s3://{s3_bucket}/reviewed"
-    code, out, err = _cli(["intake", "upload", str(folder), "--to", uri, "--skip-invalid", "--json",
-                           "--uploader", "dana"], capsys)
+    code, out, err = _cli(
+        [
+            "intake",
+            "upload",
+            str(folder),
+            "--to",
+            uri,
+            "--skip-invalid",
+            "--json",
+            "--uploader",
+            "dana",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["n_pairs"] == 4 and res["n_rejected"] == 1 and res["rejects"][0]["id"] == bad[0]
@@ -141,31 +171,52 @@ def test_skip_invalid_uploads_valid_pairs_then_the_manifest(synth_folder, tmp_pa
             for col in ("sem_path", "layout_path", "clean_path"):
                 import hashlib
 
-                expected.add(f"reviewed/objects/{hashlib.sha256((folder / r[col]).read_bytes()).hexdigest()}.png")
-    assert set(objs) == expected | {f"reviewed/batches/{bid}/manifest.csv", f"reviewed/batches/{bid}/batch.json"}
+                expected.add(
+                    f"reviewed/objects/{hashlib.sha256((folder / r[col]).read_bytes()).hexdigest()}.png"
+                )
+    assert set(objs) == expected | {
+        f"reviewed/batches/{bid}/manifest.csv",
+        f"reviewed/batches/{bid}/batch.json",
+    }
     client = hs.s3_client(s3_env["AWS_ENDPOINT_URL"])
-    manifest = client.get_object(Bucket=s3_bucket, Key=f"reviewed/batches/{bid}/manifest.csv")["Body"].read().decode()
+    manifest = (
+        client.get_object(Bucket=s3_bucket, Key=f"reviewed/batches/{bid}/manifest.csv")["Body"]
+        .read()
+        .decode()
+    )
     mrows = list(csv.DictReader(manifest.splitlines()))
     assert sorted(r["id"] for r in mrows) == sorted(ok[:4])
     assert all(f"reviewed/{r['sem_path']}" in objs for r in mrows)
     assert "dose" in mrows[0]  # extra columns travel with the pairs
-    info = json.loads(client.get_object(Bucket=s3_bucket, Key=f"reviewed/batches/{bid}/batch.json")["Body"].read())
-    assert info["uploader"] == "dana" and info["counts"]["pairs"] == 4 and info["counts"]["rejected"] == 1
+    info = json.loads(
+        client.get_object(Bucket=s3_bucket, Key=f"reviewed/batches/{bid}/batch.json")["Body"].read()
+    )
+    assert (
+        info["uploader"] == "dana"
+        and info["counts"]["pairs"] == 4
+        and info["counts"]["rejected"] == 1
+    )
     assert info["rejects"][0]["id"] == bad[0]
 
     # a re-run of the same folder is the same batch and adds nothing
-    code, out, _ = _cli(["intake", "upload", str(folder), "--to", uri, "--skip-invalid", "--quiet"], capsys)
+    code, out, _ = _cli(
+        ["intake", "upload", str(folder), "--to", uri, "--skip-invalid", "--quiet"], capsys
+    )
     assert code == 0 and "already uploaded" in out and bid in out
     assert _objects(s3_env["AWS_ENDPOINT_URL"], s3_bucket) == objs
 
     code, out, _ = _cli(["intake", "list", uri, "--json"], capsys)
     listed = json.loads(out)
-    assert [(b["batch_id"], b["pairs"], b["rejected"], b["complete"]) for b in listed] == [(bid, 4, 1, True)]
+    assert [(b["batch_id"], b["pairs"], b["rejected"], b["complete"]) for b in listed] == [
+        (bid, 4, 1, True)
+    ]
     code, out, _ = _cli(["intake", "list", uri], capsys)
     assert code == 0 and bid in out and "4 pairs in 1 complete batches" in out
 
 
-def test_interrupted_upload_leaves_no_manifest_and_resumes(synth_folder, tmp_path, s3_bucket, s3_env):
+def test_interrupted_upload_leaves_no_manifest_and_resumes(
+    synth_folder, tmp_path, s3_bucket, s3_env
+):
     src, ok, _ = synth_folder
     folder = subset(src, tmp_path / "p", ok[:4])
     uri = f"s3://{s3_bucket}/r"
@@ -184,7 +235,9 @@ def test_interrupted_upload_leaves_no_manifest_and_resumes(synth_folder, tmp_pat
     res = upload_batch(folder, uri)
     assert res.objects_skipped == 5 and res.objects_uploaded == 12 - 5 and not res.already_complete
     objs2 = _objects(s3_env["AWS_ENDPOINT_URL"], s3_bucket)
-    assert len([k for k in objs2 if "/objects/" in k]) == 12  # 4 pairs x (sem, layout, clean), no duplicates
+    assert (
+        len([k for k in objs2 if "/objects/" in k]) == 12
+    )  # 4 pairs x (sem, layout, clean), no duplicates
     assert all(objs2[k] == v for k, v in objs.items())
     assert [b["batch_id"] for b in list_batches(uri)] == [res.batch_id]
 
@@ -206,7 +259,9 @@ def test_parallel_upload_failure_stops_and_resumes(synth_folder, tmp_path, s3_bu
     assert 3 <= len(first) < 15 and list_batches(uri) == []
     res = upload_batch(folder, uri, workers=4)
     assert res.objects_skipped == len(first) and res.objects_uploaded + res.objects_skipped == 15
-    assert len([k for k in _objects(s3_env["AWS_ENDPOINT_URL"], s3_bucket) if "/objects/" in k]) == 15
+    assert (
+        len([k for k in _objects(s3_env["AWS_ENDPOINT_URL"], s3_bucket) if "/objects/" in k]) == 15
+    )
 
 
 def test_download_batches_makes_one_pair_folder(synth_folder, tmp_path, s3_bucket):
@@ -238,8 +293,17 @@ def test_download_batches_makes_one_pair_folder(synth_folder, tmp_path, s3_bucke
 def test_local_folder_target_and_cli_download(synth_folder, tmp_path, capsys):
     src, ok, _ = synth_folder
     target = tmp_path / "bucket"
-    code, out, err = _cli(["intake", "upload", str(subset(src, tmp_path / "p", ok[:2])), "--to", str(target),
-                           "--quiet"], capsys)
+    code, out, err = _cli(
+        [
+            "intake",
+            "upload",
+            str(subset(src, tmp_path / "p", ok[:2])),
+            "--to",
+            str(target),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert len(list((target / "objects").glob("*.png"))) == 6
     code, out, _ = _cli(["intake", "download", str(target), "--out", str(tmp_path / "dl")], capsys)
@@ -262,8 +326,10 @@ def test_upload_killed_midway_resumes_without_duplicates(synth_folder, tmp_path,
     uri = f"s3://{s3_bucket}/k"
     endpoint = s3_env["AWS_ENDPOINT_URL"]
     # slow each object down so the kill lands in the middle of the upload
-    code = ("import sys, time; from semlayout.intake import upload_batch; "
-            "upload_batch(sys.argv[1], sys.argv[2], workers=1, on_object=lambda k: time.sleep(0.4))")
+    code = (
+        "import sys, time; from semlayout.intake import upload_batch; "
+        "upload_batch(sys.argv[1], sys.argv[2], workers=1, on_object=lambda k: time.sleep(0.4))"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder), uri], env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60

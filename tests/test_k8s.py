@@ -27,7 +27,9 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 
 
 def render(path: str) -> list[dict[str, Any]]:
-    r = subprocess.run(["kubectl", "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     return [d for d in yaml.safe_load_all(r.stdout) if d]
 
@@ -108,9 +110,16 @@ def test_secret_and_configmap_references_resolve(rendered: list[dict]) -> None:
                 ref = env.get("valueFrom", {})
                 if "secretKeyRef" in ref:
                     name, key = ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]
-                    assert key in EXTERNAL_SECRETS.get(name, set()), (doc["metadata"]["name"], name, key)
+                    assert key in EXTERNAL_SECRETS.get(name, set()), (
+                        doc["metadata"]["name"],
+                        name,
+                        key,
+                    )
                 if "configMapKeyRef" in ref:
-                    assert ref["configMapKeyRef"]["key"] in defined_cms[ref["configMapKeyRef"]["name"]]["data"]
+                    assert (
+                        ref["configMapKeyRef"]["key"]
+                        in defined_cms[ref["configMapKeyRef"]["name"]]["data"]
+                    )
             for src in c.get("envFrom", []):
                 if "secretRef" in src:
                     assert src["secretRef"]["name"] in EXTERNAL_SECRETS
@@ -137,8 +146,13 @@ def test_service_accounts_rbac_and_pvcs_resolve(rendered: list[dict]) -> None:
         assert spec.get("serviceAccountName") in sas, doc["metadata"]["name"]
         # least privilege: only the pipeline runner's account mounts an API token
         sa = sas[spec["serviceAccountName"]]
-        assert spec.get("automountServiceAccountToken") is False or sa.get("automountServiceAccountToken") is False
-        claim_templates = {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        assert (
+            spec.get("automountServiceAccountToken") is False
+            or sa.get("automountServiceAccountToken") is False
+        )
+        claim_templates = {
+            t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])
+        }
         for vol in spec.get("volumes", []):
             if "persistentVolumeClaim" in vol:
                 assert vol["persistentVolumeClaim"]["claimName"] in pvcs
@@ -159,12 +173,22 @@ def test_service_accounts_rbac_and_pvcs_resolve(rendered: list[dict]) -> None:
 def test_services_select_pods_with_the_target_port(rendered: list[dict]) -> None:
     for svc in by_kind(rendered, "Service").values():
         selector = svc["spec"]["selector"]
-        matches = [w for w in workloads(rendered)
-                   if all(pod_labels(w).get(k) == v for k, v in selector.items())]
+        matches = [
+            w
+            for w in workloads(rendered)
+            if all(pod_labels(w).get(k) == v for k, v in selector.items())
+        ]
         assert matches, f"service {svc['metadata']['name']} selects no pods"
         for port in svc["spec"]["ports"]:
-            names = {p.get("name") for w in matches for c in containers(w) for p in c.get("ports", [])}
-            numbers = {p["containerPort"] for w in matches for c in containers(w) for p in c.get("ports", [])}
+            names = {
+                p.get("name") for w in matches for c in containers(w) for p in c.get("ports", [])
+            }
+            numbers = {
+                p["containerPort"]
+                for w in matches
+                for c in containers(w)
+                for p in c.get("ports", [])
+            }
             assert port["targetPort"] in names | numbers, (svc["metadata"]["name"], port)
 
 
@@ -179,8 +203,14 @@ def test_serving_probes_port_and_hpa(rendered: list[dict]) -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["port"] == "http"
     hpa = by_kind(rendered, "HorizontalPodAutoscaler")["semlayout-serve"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "semlayout-serve"}
-    assert hpa["spec"]["minReplicas"] >= 2 and c["resources"]["requests"]["cpu"], "HPA needs CPU requests"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "semlayout-serve",
+    }
+    assert (
+        hpa["spec"]["minReplicas"] >= 2 and c["resources"]["requests"]["cpu"]
+    ), "HPA needs CPU requests"
     svc = by_kind(rendered, "Service")["semlayout-serve"]
     assert svc["metadata"]["annotations"]["prometheus.io/port"] == str(port)
 
@@ -225,7 +255,9 @@ def test_restricted_pod_security(rendered: list[dict]) -> None:
 def test_network_policies_select_existing_pods(rendered: list[dict]) -> None:
     for np_ in by_kind(rendered, "NetworkPolicy").values():
         sel = np_["spec"]["podSelector"]["matchLabels"]
-        assert any(all(pod_labels(w).get(k) == v for k, v in sel.items()) for w in workloads(rendered))
+        assert any(
+            all(pod_labels(w).get(k) == v for k, v in sel.items()) for w in workloads(rendered)
+        )
 
 
 def test_trainjob_gpu_overlay() -> None:
@@ -237,7 +269,9 @@ def test_trainjob_gpu_overlay() -> None:
     assert ref["kind"] == "TrainingRuntime" and ref["name"] in runtimes
     runtime = runtimes[ref["name"]]
     assert "torch" in runtime["spec"]["mlPolicy"]
-    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+        "spec"
+    ]
     assert pod["nodeSelector"] and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["serviceAccountName"] in by_kind(docs, "ServiceAccount")
     trainer = job["spec"]["trainer"]

@@ -20,7 +20,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_a_rounded_via_becomes_its_drawn_square() -> None:
     drawn = np.zeros((40, 40), np.uint8)
     drawn[14:22, 16:24] = 1  # an 8 px square via
-    blurred = cv2.GaussianBlur(drawn.astype(np.float32), (0, 0), 2.0)  # what a printed via looks like
+    blurred = cv2.GaussianBlur(
+        drawn.astype(np.float32), (0, 0), 2.0
+    )  # what a printed via looks like
     grey = np.clip(np.rint(blurred * 255), 0, 255).astype(np.uint8)
     thresholded = fit_layout(grey, "threshold") > 0
     fitted = fit_layout(grey, "manhattan") > 0
@@ -87,11 +89,15 @@ def test_fit_recovers_the_drawing_from_simulated_prints(family: str) -> None:
 
     gains = []
     for seed in range(6):
-        _, _, _, _, _, meta = generate_pair(seed, family, {"corner_sigma": 2.0, "ler_sigma": 0.8, "bias": 0.0})
+        _, _, _, _, _, meta = generate_pair(
+            seed, family, {"corner_sigma": 2.0, "ler_sigma": 0.8, "bias": 0.0}
+        )
         cov, _ = print_pattern(meta["field"], meta["params"], np.random.default_rng(seed))
         grey = np.clip(np.rint(cov * 255), 0, 255).astype(np.uint8)
         drawn = meta["field"].astype(bool)
-        gains.append(_iou(fit_layout(grey) > 0, drawn) - _iou(fit_layout(grey, "threshold") > 0, drawn))
+        gains.append(
+            _iou(fit_layout(grey) > 0, drawn) - _iou(fit_layout(grey, "threshold") > 0, drawn)
+        )
     assert np.mean(gains) > 0.005 and min(gains) > -0.005
 
 
@@ -109,5 +115,7 @@ def test_bad_input_is_refused_by_name() -> None:
 
 
 def test_configs_without_a_layout_fit_section_get_the_manhattan_default() -> None:
-    cfg = config_from_dict({"name": "old-checkpoint"})  # config.json written before the section existed
+    cfg = config_from_dict(
+        {"name": "old-checkpoint"}
+    )  # config.json written before the section existed
     assert cfg.layout_fit.method == "manhattan" and cfg.layout_fit.threshold == 0.5

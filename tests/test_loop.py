@@ -42,10 +42,15 @@ def _pair(seed):
 def loop_env(tmp_path):
     db = tmp_path / "monitor.db"
     store = MonitorStore(db)
-    fb = FeedbackStore(tmp_path / "feedback", store=store, check_alignment=False)  # noise pairs: loop logic only
-    cfg = LoopConfig(monitor_db=str(db), feedback_dir=str(tmp_path / "feedback"),
-                     workdir=str(tmp_path / "loop"),
-                     policy={"min_new_pairs": 3, "cooldown_minutes": 30})
+    fb = FeedbackStore(
+        tmp_path / "feedback", store=store, check_alignment=False
+    )  # noise pairs: loop logic only
+    cfg = LoopConfig(
+        monitor_db=str(db),
+        feedback_dir=str(tmp_path / "feedback"),
+        workdir=str(tmp_path / "loop"),
+        policy={"min_new_pairs": 3, "cooldown_minutes": 30},
+    )
     return cfg, store, fb
 
 
@@ -134,7 +139,9 @@ def test_a_completed_run_consumes_its_pairs_even_when_the_gate_fails(loop_env):
 
     def launcher(req):
         seen.append(_ids(req.reviewed_dir))
-        return LaunchResult(run_id=f"run-{len(seen)}", gate_passed=False, gate_reasons=["no better"])
+        return LaunchResult(
+            run_id=f"run-{len(seen)}", gate_passed=False, gate_reasons=["no better"]
+        )
 
     out = run(cfg, launcher)
     assert out["status"] == "gate_failed" and out["n_consumed"] == 3 and seen == [first]
@@ -159,8 +166,14 @@ def test_a_crashed_run_consumes_nothing(loop_env):
         run(cfg, crash)
     assert ConsumedLedger(cfg.monitor_db).keys() == set() and store.last_trigger_time() is None
     seen = []
-    out = run(cfg, lambda req: seen.append(_ids(req.reviewed_dir)) or LaunchResult(run_id="r", gate_passed=True))
-    assert out["status"] == "registered" and seen == [ids], "the next run starts clean with the same pairs"
+    out = run(
+        cfg,
+        lambda req: seen.append(_ids(req.reviewed_dir))
+        or LaunchResult(run_id="r", gate_passed=True),
+    )
+    assert out["status"] == "registered" and seen == [
+        ids
+    ], "the next run starts clean with the same pairs"
 
 
 def test_the_count_is_what_a_run_would_collect(loop_env, tmp_path):
@@ -212,14 +225,28 @@ def test_intake_pairs_are_consumed_by_content(loop_env, tiny_pairs, tmp_path, s3
     recs = read_manifest(tiny_pairs)
 
     def folder(name, part):
-        return write_pair_folder(tmp_path / name, [PairArrays(r.id, read_gray8(r.sem_path), read_gray8(r.layout_path),
-                                                              r.pattern_type) for r in part]) and tmp_path / name
+        return (
+            write_pair_folder(
+                tmp_path / name,
+                [
+                    PairArrays(
+                        r.id, read_gray8(r.sem_path), read_gray8(r.layout_path), r.pattern_type
+                    )
+                    for r in part
+                ],
+            )
+            and tmp_path / name
+        )
 
     b1 = upload_batch(folder("b1", recs[:6]), cfg.intake_uri, skip_invalid=True)
     d, obs = check(cfg)
     assert obs.new_pairs_intake == b1.n_pairs >= 3 and d.fire
     seen = []
-    out = run(cfg, lambda req: seen.append(_ids(req.reviewed_dir)) or LaunchResult(run_id="r1", gate_passed=False))
+    out = run(
+        cfg,
+        lambda req: seen.append(_ids(req.reviewed_dir))
+        or LaunchResult(run_id="r1", gate_passed=False),
+    )
     assert out["n_reviewed"] == b1.n_pairs and out["n_consumed"] == b1.n_pairs
 
     b2 = upload_batch(folder("b2", recs[:10]), cfg.intake_uri, skip_invalid=True)

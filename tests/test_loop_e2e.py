@@ -47,11 +47,20 @@ MODEL = "semlayout-e2e"
 def _aliases(tracking_uri: str, name: str) -> dict[str, str]:
     from mlflow import MlflowClient
 
-    return {k: str(v) for k, v in MlflowClient(tracking_uri=tracking_uri).get_registered_model(name).aliases.items()}
+    return {
+        k: str(v)
+        for k, v in MlflowClient(tracking_uri=tracking_uri)
+        .get_registered_model(name)
+        .aliases.items()
+    }
 
 
 def _translate(url: str, img: np.ndarray) -> httpx.Response:
-    r = httpx.post(f"{url}/v1/translate/sem2layout", files={"image": ("x.png", png(img), "image/png")}, timeout=120)
+    r = httpx.post(
+        f"{url}/v1/translate/sem2layout",
+        files={"image": ("x.png", png(img), "image/png")},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     return r
 
@@ -65,8 +74,13 @@ def _reason(decision: dict, name: str) -> dict:
 
 
 @pytest.mark.slow
-def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sqlite_tracking_uri: str,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loop_closes_end_to_end(
+    tmp_path: Path,
+    s3_env: dict,
+    s3_bucket: str,
+    sqlite_tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -78,8 +92,15 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
     cache = tmp_path / "model-cache"
     monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(cache))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    env = cli_env({**s3_env, "MLFLOW_TRACKING_URI": tracking, "SEMLAYOUT_CACHE_DIR": str(cache),
-                   "SEMLAYOUT_API_TOKEN": API, "SEMLAYOUT_ADMIN_TOKEN": ADMIN})
+    env = cli_env(
+        {
+            **s3_env,
+            "MLFLOW_TRACKING_URI": tracking,
+            "SEMLAYOUT_CACHE_DIR": str(cache),
+            "SEMLAYOUT_API_TOKEN": API,
+            "SEMLAYOUT_ADMIN_TOKEN": ADMIN,
+        }
+    )
     work = tmp_path / "work"
     work.mkdir()
 
@@ -88,7 +109,8 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
     original = synth(tmp_path / "original", 64, seed=1, mix=ORIG_MIX)
     reviewed_all = synth(tmp_path / "reviewed-all", 56, seed=2, mix={NEW_FAMILY: 1.0})
     feedback_src, intake_src = split_pair_folder(
-        reviewed_all, [tmp_path / "reviewed-api", tmp_path / "reviewed-s3"], [22, 34])
+        reviewed_all, [tmp_path / "reviewed-api", tmp_path / "reviewed-s3"], [22, 34]
+    )
     drift_src = synth(tmp_path / "drifted", 24, seed=3, mix={NEW_FAMILY: 1.0}, dose=LOW_DOSE)
     t = lap("synth", t)
     # enough epochs that the champion has learnt its families (at 10 the fine-tune's gain on the new
@@ -101,8 +123,22 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
     # ---- 2. serve the champion from the registry, with drift reference, monitor DB, feedback dir
     db, feedback_dir = tmp_path / "serving" / "monitor.db", tmp_path / "serving" / "feedback"
     db.parent.mkdir()
-    with serve(["--model", f"models:/{MODEL}@champion", "--reference", str(champ["shards"] / "reference_stats.json"),
-                "--db", str(db), "--feedback-dir", str(feedback_dir), "--poll-interval", "0"], env, work) as url:
+    with serve(
+        [
+            "--model",
+            f"models:/{MODEL}@champion",
+            "--reference",
+            str(champ["shards"] / "reference_stats.json"),
+            "--db",
+            str(db),
+            "--feedback-dir",
+            str(feedback_dir),
+            "--poll-interval",
+            "0",
+        ],
+        env,
+        work,
+    ) as url:
         assert httpx.get(f"{url}/readyz").json()["model_version"] == "1"
         t = lap("serve_start", t)
 
@@ -124,26 +160,38 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
         assert n_in <= max(1, len(ok) // 5), f"{n_in}/{len(ok)} in-distribution images flagged"
         assert n_dr >= 0.8 * len(drifted), f"only {n_dr}/{len(drifted)} drifted images flagged"
         assert s_all["drift"]["rate"] > s_in["drift"]["rate"]
-        alerts = [ln for ln in httpx.get(f"{url}/metrics").text.splitlines()
-                  if ln.startswith('semlayout_drift_alerts_total{direction="sem2layout"}')]
+        alerts = [
+            ln
+            for ln in httpx.get(f"{url}/metrics").text.splitlines()
+            if ln.startswith('semlayout_drift_alerts_total{direction="sem2layout"}')
+        ]
         assert alerts and float(alerts[0].split()[-1]) == n_in + n_dr
         t = lap("traffic", t)
 
         # ---- 4. reviewed pairs of the new family: API feedback (bearer token) and an S3 intake batch
         from semlayout.data.pairs import read_gray8, read_manifest
 
-        denied = httpx.post(f"{url}/v1/feedback", data={"pattern_type": NEW_FAMILY}, files={
-            "sem": ("s.png", b"x", "image/png"), "layout": ("l.png", b"x", "image/png")})
+        denied = httpx.post(
+            f"{url}/v1/feedback",
+            data={"pattern_type": NEW_FAMILY},
+            files={"sem": ("s.png", b"x", "image/png"), "layout": ("l.png", b"x", "image/png")},
+        )
         assert denied.status_code == 401
         from semlayout.data.align import align_pair
 
         n_api = 0
         for rec in read_manifest(feedback_src):
             sem_i, lay_i = read_gray8(rec.sem_path), read_gray8(rec.layout_path)
-            r = httpx.post(f"{url}/v1/feedback", headers={"Authorization": f"Bearer {API}"},
-                           data={"pattern_type": rec.pattern_type},
-                           files={"sem": ("s.png", png(sem_i), "image/png"),
-                                  "layout": ("l.png", png(lay_i), "image/png")}, timeout=60)
+            r = httpx.post(
+                f"{url}/v1/feedback",
+                headers={"Authorization": f"Bearer {API}"},
+                data={"pattern_type": rec.pattern_type},
+                files={
+                    "sem": ("s.png", png(sem_i), "image/png"),
+                    "layout": ("l.png", png(lay_i), "image/png"),
+                },
+                timeout=60,
+            )
             # a pair whose template fails alignment QC is refused at the door (422), not counted
             expected = 200 if align_pair(sem_i, lay_i).qc_pass else 422
             assert r.status_code == expected, r.text
@@ -151,8 +199,21 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
         assert n_api >= 10, n_api
         assert httpx.get(f"{url}/v1/monitoring/summary").json()["feedback_count"] == n_api
         intake_uri = f"s3://{s3_bucket}/intake"
-        up = cli(["intake", "upload", str(intake_src), "--to", intake_uri, "--skip-invalid", "--json",
-                  "--uploader", "data-eng"], env, work)
+        up = cli(
+            [
+                "intake",
+                "upload",
+                str(intake_src),
+                "--to",
+                intake_uri,
+                "--skip-invalid",
+                "--json",
+                "--uploader",
+                "data-eng",
+            ],
+            env,
+            work,
+        )
         assert up.returncode == 0, up.stderr
         n_s3 = json.loads(up.stdout)["n_pairs"]
         assert n_s3 >= 15, up.stdout
@@ -160,19 +221,39 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
 
         # ---- 5. the trigger check fires, with its reasons and numbers
         loop_cfg = tmp_path / "loop.yaml"
-        loop_cfg.write_text(json.dumps({
-            "policy": {"min_new_pairs": 30, "drift_rate_threshold": 0.3, "drift_window": 30,
-                       "min_drift_samples": 20, "cooldown_minutes": 60},
-            "monitor_db": str(db), "feedback_dir": str(feedback_dir), "intake_uri": intake_uri,
-            "tracking_uri": tracking, "model_name": MODEL, "original_data_uri": str(original),
-            "replay_n": 24, "config": str(cfg_path),
-            # fine-tune: the champion's weights, a lower LR than its training, a few epochs
-            "finetune_overrides": {"train.lr": 5e-4, "train.epochs": 16, "train.decay_start_epoch": 8},
-            # the tiny model's floors sit below its measured SSIM; the fine-tune gate judges
-            # improvement on the new family and forgetting on the original test shard
-            "floors": {"sem2layout": 0.0, "layout2sem": 0.0}, "tolerance": 0.01, "min_improvement": 0.0,
-            "workdir": str(tmp_path / "loop"),
-        }))
+        loop_cfg.write_text(
+            json.dumps(
+                {
+                    "policy": {
+                        "min_new_pairs": 30,
+                        "drift_rate_threshold": 0.3,
+                        "drift_window": 30,
+                        "min_drift_samples": 20,
+                        "cooldown_minutes": 60,
+                    },
+                    "monitor_db": str(db),
+                    "feedback_dir": str(feedback_dir),
+                    "intake_uri": intake_uri,
+                    "tracking_uri": tracking,
+                    "model_name": MODEL,
+                    "original_data_uri": str(original),
+                    "replay_n": 24,
+                    "config": str(cfg_path),
+                    # fine-tune: the champion's weights, a lower LR than its training, a few epochs
+                    "finetune_overrides": {
+                        "train.lr": 5e-4,
+                        "train.epochs": 16,
+                        "train.decay_start_epoch": 8,
+                    },
+                    # the tiny model's floors sit below its measured SSIM; the fine-tune gate judges
+                    # improvement on the new family and forgetting on the original test shard
+                    "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
+                    "tolerance": 0.01,
+                    "min_improvement": 0.0,
+                    "workdir": str(tmp_path / "loop"),
+                }
+            )
+        )
         chk = cli(["loop", "check", "--config", str(loop_cfg), "--json"], env, work)
         assert chk.returncode == 0, chk.stderr
         decision = json.loads(chk.stdout)
@@ -191,29 +272,55 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
         t = lap("loop_run", t)
         assert outcome["n_reviewed"] == n_api + n_s3
         ev = _evaluation(tmp_path / "loop")
-        numbers = {d: {k: ev["gate"]["judged"][d][k] for k in ("new", "new_champion", "orig", "orig_champion")}
-                   for d in ("sem2layout", "layout2sem")}
+        numbers = {
+            d: {
+                k: ev["gate"]["judged"][d][k]
+                for k in ("new", "new_champion", "orig", "orig_champion")
+            }
+            for d in ("sem2layout", "layout2sem")
+        }
         print("\nfine-tune gate numbers (SSIM):", json.dumps(numbers, indent=1))
-        print("IoU new family: challenger", ev["new_pairs_metrics"]["sem2layout"]["iou"],
-              "champion", ev["new_pairs_champion_metrics"]["sem2layout"]["iou"])
+        print(
+            "IoU new family: challenger",
+            ev["new_pairs_metrics"]["sem2layout"]["iou"],
+            "champion",
+            ev["new_pairs_champion_metrics"]["sem2layout"]["iou"],
+        )
         # the version is registered with its scores on the original test shard (promotion baseline)
         assert ev["metrics"]["sem2layout"]["ssim"] == ev["gate"]["judged"]["sem2layout"]["orig"]
         assert outcome["status"] == "registered", outcome.get("gate_reasons")
         assert outcome["gate_passed"] is True and outcome["model_version"] == "2"
         for d, v in numbers.items():
-            assert v["new"] > v["new_champion"], (d, v)             # better on the new family
-            assert v["orig"] >= v["orig_champion"] - 0.01, (d, v)   # no forgetting beyond the tolerance
+            assert v["new"] > v["new_champion"], (d, v)  # better on the new family
+            assert v["orig"] >= v["orig_champion"] - 0.01, (
+                d,
+                v,
+            )  # no forgetting beyond the tolerance
 
         # ---- 7. champion unchanged until the release manager approves; then the server serves v2
         assert _aliases(tracking, MODEL) == {"champion": "1", "challenger": "2"}
         assert _translate(url, in_dist[0]).headers["x-model-version"] == "1"
-        appr = cli(["registry", "approve", MODEL, "2", "--by", "release-manager", "--reason",
-                    "fine-tuned on via_array"], env, work)
+        appr = cli(
+            [
+                "registry",
+                "approve",
+                MODEL,
+                "2",
+                "--by",
+                "release-manager",
+                "--reason",
+                "fine-tuned on via_array",
+            ],
+            env,
+            work,
+        )
         assert appr.returncode == 0, appr.stderr
         assert _aliases(tracking, MODEL)["champion"] == "2"
         bad = httpx.post(f"{url}/v1/admin/reload", headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 403
-        rel = httpx.post(f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=300)
+        rel = httpx.post(
+            f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=300
+        )
         assert rel.status_code == 200, rel.text
         assert rel.json()["new_version"] == "2" and rel.json()["changed"] is True
         assert _translate(url, in_dist[0]).headers["x-model-version"] == "2"
@@ -226,7 +333,10 @@ def test_loop_closes_end_to_end(tmp_path: Path, s3_env: dict, s3_bucket: str, sq
     assert again.returncode == 0, again.stderr
     d2 = json.loads(again.stdout)
     assert d2["fire"] is False and d2["held_by_cooldown"] is True, d2
-    assert d2["observations"]["new_pairs_feedback"] == 0 and d2["observations"]["new_pairs_intake"] == 0
+    assert (
+        d2["observations"]["new_pairs_feedback"] == 0
+        and d2["observations"]["new_pairs_intake"] == 0
+    )
     assert not (work / "mlruns").exists(), "MLflow artifacts must not land in the working directory"
     timings["total"] = round(time.perf_counter() - t_start, 1)
     print("timings (s):", json.dumps(timings), "champion training", champ["train_seconds"], "s")
@@ -257,8 +367,9 @@ def test_example_loop_config_loads() -> None:
 
 
 @pytest.mark.slow
-def test_unalignable_reviewed_pairs_fail_and_move_nothing(tmp_path: Path, sqlite_tracking_uri: str,
-                                                          tiny_pairs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unalignable_reviewed_pairs_fail_and_move_nothing(
+    tmp_path: Path, sqlite_tracking_uri: str, tiny_pairs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from helpers_serving import make_checkpoint
 
     from semlayout.gate import GateConfig, judge
@@ -272,7 +383,9 @@ def test_unalignable_reviewed_pairs_fail_and_move_nothing(tmp_path: Path, sqlite
     metrics = {"n": 4, "split": "test", "sem2layout": {"ssim": 0.5}, "layout2sem": {"ssim": 0.2}}
     ckpt = make_checkpoint(tmp_path / "ckpt")
     run_id = log_training_run(tracking, "e2e-negative", ckpt, metrics)
-    version = register_version(tracking, MODEL, run_id, judge(metrics, None, GateConfig(floors={"sem2layout": 0.0})))
+    version = register_version(
+        tracking, MODEL, run_id, judge(metrics, None, GateConfig(floors={"sem2layout": 0.0}))
+    )
     approve(tracking, MODEL, version, by="rm", reason="first")
 
     # reviewed pairs whose SEM is pure noise: a valid upload, but nothing to align the template to
@@ -282,32 +395,48 @@ def test_unalignable_reviewed_pairs_fail_and_move_nothing(tmp_path: Path, sqlite
     rng = np.random.default_rng(0)
     for i in range(6):
         layout = np.zeros((250, 250), np.uint8)
-        layout[:, (i % 3) * 7::20] = 255
+        layout[:, (i % 3) * 7 :: 20] = 255
         fb.add(rng.integers(0, 256, (304, 304), dtype=np.uint8), layout, pattern_type=NEW_FAMILY)
     (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
     loop_cfg = tmp_path / "loop.yaml"
-    loop_cfg.write_text(json.dumps({
-        "policy": {"min_new_pairs": 5, "cooldown_minutes": 60}, "monitor_db": str(db),
-        "feedback_dir": str(fb_dir), "tracking_uri": tracking, "model_name": MODEL,
-        "original_data_uri": str(tiny_pairs), "replay_n": 4, "config": str(tmp_path / "tiny.yaml"),
-        "workdir": str(tmp_path / "loop")}))
+    loop_cfg.write_text(
+        json.dumps(
+            {
+                "policy": {"min_new_pairs": 5, "cooldown_minutes": 60},
+                "monitor_db": str(db),
+                "feedback_dir": str(fb_dir),
+                "tracking_uri": tracking,
+                "model_name": MODEL,
+                "original_data_uri": str(tiny_pairs),
+                "replay_n": 4,
+                "config": str(tmp_path / "tiny.yaml"),
+                "workdir": str(tmp_path / "loop"),
+            }
+        )
+    )
     work = tmp_path / "work"
     work.mkdir()
     r = cli(["loop", "run", "--config", str(loop_cfg), "--json"], env, work, timeout=900)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
     outcome = _last_json(r.stdout)
     assert outcome["status"] == "failed" and outcome["n_reviewed"] == 6
-    assert "align-qc" in outcome["message"] and "passed alignment QC" in outcome["message"], outcome["message"]
+    assert (
+        "align-qc" in outcome["message"] and "passed alignment QC" in outcome["message"]
+    ), outcome["message"]
     assert _aliases(tracking, MODEL) == {"champion": "1"}, "no alias moves"
     from mlflow import MlflowClient
 
     assert len(MlflowClient(tracking_uri=tracking).search_model_versions(f"name='{MODEL}'")) == 1
     assert store.last_trigger_time() is None, "a failed run does not start the cooldown"
-    assert outcome["mlflow_run_id"] and not (work / "mlruns").exists(), "the loop's record sits in the registry's store"
+    assert (
+        outcome["mlflow_run_id"] and not (work / "mlruns").exists()
+    ), "the loop's record sits in the registry's store"
     chk = cli(["loop", "check", "--config", str(loop_cfg), "--json"], env, work)
     assert chk.returncode == 0, chk.stderr
     d = json.loads(chk.stdout)
-    assert d["fire"] is True and d["observations"]["new_pairs_feedback"] == 6, "the next check starts clean"
+    assert (
+        d["fire"] is True and d["observations"]["new_pairs_feedback"] == 6
+    ), "the next check starts clean"
 
 
 TINY_CONFIG = """\

@@ -40,7 +40,9 @@ def test_bce_losses_match_hand_computed_values():
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     ref_real = -(0.9 * math.log(sig(2.0)) + 0.1 * math.log(1 - sig(2.0)))
     ref_fake = -math.log(1 - sig(-1.0))
-    assert float(discriminator_loss(real, fake, "bce", 0.9)) == pytest.approx(0.5 * (ref_real + ref_fake))
+    assert float(discriminator_loss(real, fake, "bce", 0.9)) == pytest.approx(
+        0.5 * (ref_real + ref_fake)
+    )
     assert float(generator_adversarial_loss(fake, "bce")) == pytest.approx(-math.log(sig(-1.0)))
 
 

@@ -30,7 +30,7 @@ def _structured_pairs(rng: np.random.Generator) -> list[tuple[np.ndarray, np.nda
         img = np.zeros((h, w), np.uint8)
         for _ in range(rng.integers(1, 6)):
             y0, x0 = rng.integers(0, h), rng.integers(0, w)
-            img[y0:y0 + rng.integers(2, 30), x0:x0 + rng.integers(2, 30)] = 255
+            img[y0 : y0 + rng.integers(2, 30), x0 : x0 + rng.integers(2, 30)] = 255
         noisy = np.clip(img + rng.normal(0, rng.uniform(5, 80), img.shape), 0, 255).astype(np.uint8)
         blurred = cv2.GaussianBlur(img, (7, 7), 2.0)
         shifted = np.roll(img, rng.integers(-3, 4), axis=1)
@@ -144,9 +144,9 @@ def _lines(shape, width, pitch, offset=3, vertical=True):
     img = np.zeros(shape, np.uint8)
     for s in range(offset, (shape[1] if vertical else shape[0]), pitch):
         if vertical:
-            img[:, s:s + width] = 255
+            img[:, s : s + width] = 255
         else:
-            img[s:s + width, :] = 255
+            img[s : s + width, :] = 255
     return img
 
 
@@ -182,5 +182,9 @@ def test_aggregate_per_family_skips_nan():
     assert out["ssim"] == pytest.approx(0.7)
     assert out["cd_error_px"] == pytest.approx(2.0)
     fam = out["per_family"]
-    assert fam["line_space"] == {"ssim": pytest.approx(0.7), "cd_error_px": pytest.approx(2.0), "n": 2}
+    assert fam["line_space"] == {
+        "ssim": pytest.approx(0.7),
+        "cd_error_px": pytest.approx(2.0),
+        "n": 2,
+    }
     assert fam["via"]["cd_error_px"] is None and fam["via"]["n"] == 1

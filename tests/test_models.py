@@ -32,7 +32,9 @@ def _one_thread():
 
 @pytest.mark.parametrize(("size", "n_down"), [(32, 4), (64, 5), (64, 3), (128, 6)])
 def test_unet_maps_image_to_same_size_in_tanh_range(size, n_down):
-    g = UNetGenerator(GeneratorConfig(image_size=size, n_down=n_down, base_filters=4, max_filters=16))
+    g = UNetGenerator(
+        GeneratorConfig(image_size=size, n_down=n_down, base_filters=4, max_filters=16)
+    )
     x = torch.randn(2, 1, size, size)
     y = g(x)
     assert y.shape == (2, 1, size, size)
@@ -66,8 +68,9 @@ def test_depth_that_does_not_fit_the_size_is_a_config_error():
 
 
 def test_attention_blocks_start_as_identity_at_8_and_16():
-    cfg = GeneratorConfig(image_size=64, n_down=3, base_filters=4, attention=True,
-                          attention_resolutions=[8, 16])
+    cfg = GeneratorConfig(
+        image_size=64, n_down=3, base_filters=4, attention=True, attention_resolutions=[8, 16]
+    )
     g = UNetGenerator(cfg)
     assert sorted(g.attention.keys()) == ["16", "8"]
     for block in g.attention.values():
@@ -84,8 +87,9 @@ def test_attention_blocks_start_as_identity_at_8_and_16():
 def test_attention_acts_at_the_same_depth_on_a_crop():
     # trained on crops, the blocks named for 8 and 16 px at image_size must act at the same
     # decoder levels (4 and 8 px on a half-size crop), not wherever a map happens to be 8 px wide
-    cfg = GeneratorConfig(image_size=64, n_down=3, base_filters=4, attention=True,
-                          attention_resolutions=[8, 16])
+    cfg = GeneratorConfig(
+        image_size=64, n_down=3, base_filters=4, attention=True, attention_resolutions=[8, 16]
+    )
     g = UNetGenerator(cfg).eval()
     seen: list[tuple[str, int]] = []
     for key, block in g.attention.items():
@@ -96,8 +100,16 @@ def test_attention_acts_at_the_same_depth_on_a_crop():
 
 def test_attention_at_a_missing_resolution_is_a_config_error():
     with pytest.raises(SemlayoutError, match=r"attention_resolutions \[4\]"):
-        config_from_dict({"generator": {"image_size": 64, "n_down": 3, "attention": True,
-                                        "attention_resolutions": [4]}})
+        config_from_dict(
+            {
+                "generator": {
+                    "image_size": 64,
+                    "n_down": 3,
+                    "attention": True,
+                    "attention_resolutions": [4],
+                }
+            }
+        )
 
 
 @pytest.mark.parametrize("spectral", [True, False])
@@ -114,8 +126,9 @@ def test_receptive_field_formula_and_measured_by_gradient():
     assert receptive_field(3) == 70
     assert receptive_field(1) == 16 and receptive_field(2) == 34
     for n_layers in (1, 2, 3):
-        d = PatchDiscriminator(DiscriminatorConfig(base_filters=4, n_layers=n_layers,
-                                                   spectral_norm=False, norm="none"))
+        d = PatchDiscriminator(
+            DiscriminatorConfig(base_filters=4, n_layers=n_layers, spectral_norm=False, norm="none")
+        )
         x = torch.randn(1, 2, 160, 160, requires_grad=True)
         logits, _ = d(x)
         h, w = logits.shape[-2:]
@@ -155,8 +168,9 @@ def test_checkpoint_round_trip_rebuilds_identical_networks(tmp_path):
     assert not info["has_train_state"]
     assert torch.equal(nets2["G_A"](x), expected)
     for name in ("G_B", "D_A", "D_B"):
-        for (k, a), (_, b) in zip(nets[name].state_dict().items(),
-                                  nets2[name].state_dict().items(), strict=True):
+        for (k, a), (_, b) in zip(
+            nets[name].state_dict().items(), nets2[name].state_dict().items(), strict=True
+        ):
             assert torch.equal(a, b), f"{name}.{k}"
 
 
@@ -212,8 +226,17 @@ def test_onnx_export_matches_eager_with_a_dynamic_batch(tmp_path):
 
 
 def test_standardized_input_makes_g_a_blind_to_detector_gain_and_offset(tmp_path):
-    cfg = config_from_dict({"generator": {"image_size": 32, "n_down": 3, "base_filters": 4, "max_filters": 8,
-                                          "input_norm": "standardize"}})
+    cfg = config_from_dict(
+        {
+            "generator": {
+                "image_size": 32,
+                "n_down": 3,
+                "base_filters": 4,
+                "max_filters": 8,
+                "input_norm": "standardize",
+            }
+        }
+    )
     torch.manual_seed(0)
     nets = build_networks(cfg)
     assert nets["G_A"].cfg.input_norm == "standardize" and nets["G_B"].cfg.input_norm == "none"
@@ -227,7 +250,9 @@ def test_standardized_input_makes_g_a_blind_to_detector_gain_and_offset(tmp_path
     with torch.no_grad():
         same = (nets["G_A"](x) - nets["G_A"](brighter)).abs().max().item()
         differs = (plain(x) - plain(brighter)).abs().max().item()
-    assert same < 0.2 * differs  # measured 0.05x: only the 0.01 floor under the std is not scale-free
+    assert (
+        same < 0.2 * differs
+    )  # measured 0.05x: only the 0.01 floor under the std is not scale-free
     # G_A and G_B are rebuilt the same way from a checkpoint (inference never sees a mismatch)
     save_checkpoint(tmp_path / "ck", cfg, nets, step=1, epoch=0)
     _, loaded, _ = load_checkpoint(tmp_path / "ck")

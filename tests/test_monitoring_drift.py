@@ -26,17 +26,26 @@ def test_kl_is_current_vs_reference_with_additive_smoothing():
     q = rng.random(64)
     q[:10] = 0.0  # reference never saw these grey levels
     ps, qs = (p / p.sum() + EPS) / (1 + 64 * EPS), (q / q.sum() + EPS) / (1 + 64 * EPS)
-    assert kl_divergence(p, q) == pytest.approx(entropy(ps, qs), rel=1e-9)   # scipy: KL(p || q)
-    assert kl_divergence(p, q) != pytest.approx(entropy(qs, ps), rel=1e-3)   # not the other way round
+    assert kl_divergence(p, q) == pytest.approx(entropy(ps, qs), rel=1e-9)  # scipy: KL(p || q)
+    assert kl_divergence(p, q) != pytest.approx(
+        entropy(qs, ps), rel=1e-3
+    )  # not the other way round
     assert kl_divergence(q, q) == pytest.approx(0.0, abs=1e-12)
     assert np.isfinite(kl_divergence(np.eye(64)[0], q))  # all mass where the reference has none
 
 
 def test_z_scores_and_verdict():
     feats = {"mean": 0.5, "std": 0.1}
-    det = DriftDetector({"mean": 0.4, "std": 0.1}, {"mean": 0.05, "std": 0.0}, np.full(4, 0.25), "sem",
-                        z_threshold=3, kl_threshold=0.5,
-                        feature_fn=lambda img: feats, histogram_fn=lambda img: np.full(4, 0.25))
+    det = DriftDetector(
+        {"mean": 0.4, "std": 0.1},
+        {"mean": 0.05, "std": 0.0},
+        np.full(4, 0.25),
+        "sem",
+        z_threshold=3,
+        kl_threshold=0.5,
+        feature_fn=lambda img: feats,
+        histogram_fn=lambda img: np.full(4, 0.25),
+    )
     z = det.z_scores(feats)
     assert z["mean"] == pytest.approx(2.0)
     assert z["std"] == pytest.approx(0.0)  # never-varying feature, unchanged value

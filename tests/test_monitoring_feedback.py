@@ -87,7 +87,9 @@ def test_a_sem_counts_once_and_an_unaligned_pair_is_refused(tmp_path):
     head, row = manifest.read_text().splitlines()
     cols = head.split(",")
     keep = [i for i, c in enumerate(cols) if not c.endswith("_pixel_sha256")]
-    manifest.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in (head, row)) + "\n")
+    manifest.write_text(
+        "\n".join(",".join(line.split(",")[i] for i in keep) for line in (head, row)) + "\n"
+    )
     with pytest.raises(DuplicatePair):
         fb.add(sem, lay, "via")
     # the next accepted pair writes the old row's hash back (it is hashed once)

@@ -14,17 +14,34 @@ from semlayout.monitoring.store import MonitorStore, Prediction
 
 
 def _drift(store: MonitorStore, direction: str, drifted: bool) -> None:
-    store.add_drift_event(direction=direction, drifted=drifted, max_abs_z=1.0, kl=0.1, score=0.5,
-                          z={"mean": 1.0}, features={"mean": 0.3})
+    store.add_drift_event(
+        direction=direction,
+        drifted=drifted,
+        max_abs_z=1.0,
+        kl=0.1,
+        score=0.5,
+        z={"mean": 1.0},
+        features={"mean": 0.3},
+    )
 
 
 def test_wal_mode_and_schema(tmp_path):
     store = MonitorStore(tmp_path / "m.db")
     assert store.journal_mode() == "wal"
-    names = {r[0] for r in sqlite3.connect(tmp_path / "m.db").execute(
-        "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"predictions", "inference_events", "drift_events", "ground_truth", "feedback",
-            "trigger_decisions"} <= names
+    names = {
+        r[0]
+        for r in sqlite3.connect(tmp_path / "m.db").execute(
+            "SELECT name FROM sqlite_master WHERE type='table'"
+        )
+    }
+    assert {
+        "predictions",
+        "inference_events",
+        "drift_events",
+        "ground_truth",
+        "feedback",
+        "trigger_decisions",
+    } <= names
     store.check_writable()
     store.close()
 
@@ -39,10 +56,17 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         try:
             s = store if i % 2 else other
             for k in range(per):
-                s.add_inference_event(endpoint="/t", status="ok", http_status=200, latency_ms=1.0,
-                                      direction="sem2layout")
+                s.add_inference_event(
+                    endpoint="/t",
+                    status="ok",
+                    http_status=200,
+                    latency_ms=1.0,
+                    direction="sem2layout",
+                )
                 _drift(s, "sem2layout", drifted=(k % 4 == 0))
-                s.add_prediction(Prediction(f"p{i}-{k}", time.time(), "sem2layout", "1", "h", 2, 2, b"x"))
+                s.add_prediction(
+                    Prediction(f"p{i}-{k}", time.time(), "sem2layout", "1", "h", 2, 2, b"x")
+                )
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
 
@@ -69,20 +93,42 @@ def test_loop_api(tmp_path):
     for i in range(10):
         _drift(store, "sem2layout", drifted=i >= 6)  # last 4 drifted
     _drift(store, "layout2sem", drifted=True)
-    assert store.drift_rate(6) == pytest.approx(5 / 6)  # newest: l2s + s2l 9, 8, 7, 6 drifted, 5 not
+    assert store.drift_rate(6) == pytest.approx(
+        5 / 6
+    )  # newest: l2s + s2l 9, 8, 7, 6 drifted, 5 not
     assert store.drift_rate(5, "sem2layout") == pytest.approx(4 / 5)
     assert store.drift_stats(1000) == (pytest.approx(5 / 11), 11)
     for i, s in enumerate([0.9, 0.8, 0.7, 0.6]):
-        store.add_ground_truth(f"p{i}", "sem2layout", "1", {"l1": 0.1, "ssim": s, "psnr": 20, "iou": 0.5},
-                               ts=1000.0 + i)
+        store.add_ground_truth(
+            f"p{i}",
+            "sem2layout",
+            "1",
+            {"l1": 0.1, "ssim": s, "psnr": 20, "iou": 0.5},
+            ts=1000.0 + i,
+        )
     assert store.rolling_ssim("sem2layout", 2) == pytest.approx(0.65)  # newest two
     assert store.rolling_ssim_stats("sem2layout", 100) == (pytest.approx(0.75), 4)
     assert store.rolling_ssim("layout2sem", 10) is None
     t0 = datetime.now(UTC)
-    store.add_feedback(id="a", pattern_type="x", sem_sha256="1", layout_sha256="2", sem_path="s", layout_path="l",
-                       folder="f", ts=(t0 - timedelta(hours=2)).timestamp())
-    store.add_feedback(id="b", pattern_type="x", sem_sha256="1", layout_sha256="2", sem_path="s", layout_path="l",
-                       folder="f")
+    store.add_feedback(
+        id="a",
+        pattern_type="x",
+        sem_sha256="1",
+        layout_sha256="2",
+        sem_path="s",
+        layout_path="l",
+        folder="f",
+        ts=(t0 - timedelta(hours=2)).timestamp(),
+    )
+    store.add_feedback(
+        id="b",
+        pattern_type="x",
+        sem_sha256="1",
+        layout_sha256="2",
+        sem_path="s",
+        layout_path="l",
+        folder="f",
+    )
     assert store.feedback_count() == 2
     assert store.feedback_count(t0 - timedelta(hours=1)) == 1
     assert store.feedback_count((t0 - timedelta(hours=1)).replace(tzinfo=None)) == 1  # naive = UTC

@@ -32,10 +32,14 @@ def _folder(tmp_path: Path, text: str) -> Path:
 
 # --- read_manifest -------------------------------------------------------------------------------
 
+
 def test_reads_records_with_extra_columns_and_optional_clean(tmp_path: Path) -> None:
-    d = _folder(tmp_path, "id,sem_path,layout_path,pattern_type,clean_path,dose\n"
-                          "a,sem/a.png,layout/a.png,via_array,clean/a.png,12.5\n"
-                          "b,sem/b.png,layout/b.png,,,\n")
+    d = _folder(
+        tmp_path,
+        "id,sem_path,layout_path,pattern_type,clean_path,dose\n"
+        "a,sem/a.png,layout/a.png,via_array,clean/a.png,12.5\n"
+        "b,sem/b.png,layout/b.png,,,\n",
+    )
     recs = read_manifest(d)
     assert [r.id for r in recs] == ["a", "b"]
     assert recs[0].sem_path == d / "sem/a.png" and recs[0].clean_path == d / "clean/a.png"
@@ -113,13 +117,15 @@ def test_excel_bom_and_padded_header_are_accepted(tmp_path: Path) -> None:
     # spreadsheet exports: a UTF-8 byte-order mark, spaces after the commas
     d = tmp_path / "p"
     d.mkdir()
-    (d / "manifest.csv").write_bytes(b"\xef\xbb\xbfid, sem_path, layout_path, pattern_type\r\n"
-                                     b"a,sem/a.png,layout/a.png,x\r\n")
+    (d / "manifest.csv").write_bytes(
+        b"\xef\xbb\xbfid, sem_path, layout_path, pattern_type\r\n" b"a,sem/a.png,layout/a.png,x\r\n"
+    )
     rec = read_manifest(d)[0]
     assert rec.id == "a" and rec.sem_path == d / "sem/a.png"
 
 
 # --- read_gray8 / decode_gray8 ------------------------------------------------------------------
+
 
 def _png(path: Path, img: np.ndarray) -> Path:
     assert cv2.imwrite(str(path), img)
@@ -189,12 +195,18 @@ def test_image_rejected_is_a_semlayout_error() -> None:
 
 # --- write_pair_folder ------------------------------------------------------------------------
 
+
 def test_write_then_read_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     pairs = [
-        PairArrays(f"p{i}", rng.integers(0, 255, (304, 304), dtype=np.uint8),
-                   (rng.random((250, 250)) > 0.5).astype(np.uint8) * 255, "line_space",
-                   clean=rng.integers(0, 255, (304, 304), dtype=np.uint8), extra={"dose": str(i)})
+        PairArrays(
+            f"p{i}",
+            rng.integers(0, 255, (304, 304), dtype=np.uint8),
+            (rng.random((250, 250)) > 0.5).astype(np.uint8) * 255,
+            "line_space",
+            clean=rng.integers(0, 255, (304, 304), dtype=np.uint8),
+            extra={"dose": str(i)},
+        )
         for i in range(3)
     ]
     ids = write_pair_folder(tmp_path / "out", pairs)

@@ -32,8 +32,12 @@ def _compile(tmp_path: Path, **settings: object) -> dict[str, tuple[dict, dict]]
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, dict]]:
-    return _compile(tmp_path_factory.mktemp("ir"), gpus=2, node_selector="pool=gpu-l4",
-                    toleration_key="nvidia.com/gpu")
+    return _compile(
+        tmp_path_factory.mktemp("ir"),
+        gpus=2,
+        node_selector="pool=gpu-l4",
+        toleration_key="nvidia.com/gpu",
+    )
 
 
 def _k8s(platform: dict) -> dict:
@@ -50,6 +54,7 @@ def test_training_dag_order_and_artifacts(compiled: dict) -> None:
     assert deps["train"] == {"shard"}
     assert deps["evaluate"] == {"shard", "train"}
     assert deps["track"] == {"evaluate", "ingest", "train"}
+
     # artifacts passed between steps, by name and producer
     def src(task: str, name: str) -> tuple[str, str]:
         a = tasks[task]["inputs"]["artifacts"][name]["taskOutputArtifact"]
@@ -83,7 +88,9 @@ def test_training_gate_condition_guards_register(compiled: dict) -> None:
     # register is the only task that writes a model version, and only under the gate
     assert "register" not in spec["root"]["dag"]["tasks"]
     reg_in = in_pass["register"]["inputs"]
-    assert reg_in["parameters"]["run_id"]["componentInputParameter"] == "pipelinechannel--track-run_id"
+    assert (
+        reg_in["parameters"]["run_id"]["componentInputParameter"] == "pipelinechannel--track-run_id"
+    )
 
 
 def test_gpu_requests_node_selector_tolerations_only_on_training(compiled: dict) -> None:
@@ -96,7 +103,9 @@ def test_gpu_requests_node_selector_tolerations_only_on_training(compiled: dict)
         assert res["resourceCpuLimit"] == "8" and res["resourceMemoryLimit"] == "32Gi"
         k8s = _k8s(platform)[train_exec]
         assert k8s["nodeSelector"]["labels"] == {"pool": "gpu-l4"}
-        assert k8s["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+        assert k8s["tolerations"] == [
+            {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+        ]
         # light steps stay off the GPU pool
         for ex_name, ex in execs.items():
             if ex_name != train_exec:
@@ -108,7 +117,9 @@ def test_secrets_retries_and_image(compiled: dict) -> None:
     spec, platform = compiled["training"]
     k8s = _k8s(platform)
     for ex in ("exec-ingest", "exec-train", "exec-evaluate", "exec-track", "exec-register"):
-        secrets = {s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in k8s[ex]["secretAsEnv"]}
+        secrets = {
+            s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in k8s[ex]["secretAsEnv"]
+        }
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= secrets["semlayout-s3"], ex
     for ex in ("exec-train", "exec-evaluate", "exec-track", "exec-register"):
         names = {s["secretName"] for s in k8s[ex]["secretAsEnv"]}
@@ -118,7 +129,9 @@ def test_secrets_retries_and_image(compiled: dict) -> None:
         assert tasks[t]["retryPolicy"]["maxRetryCount"] == 2, t
     for ex in spec["deploymentSpec"]["executors"].values():
         c = ex["container"]
-        assert c["image"].startswith("ghcr.io/semlayout/semlayout:") or c["image"] == os.environ.get("SEMLAYOUT_IMAGE")
+        assert c["image"].startswith("ghcr.io/semlayout/semlayout:") or c[
+            "image"
+        ] == os.environ.get("SEMLAYOUT_IMAGE")
         # no run-time pip installs: the image carries kfp and semlayout
         assert "pip install" not in " ".join(c["command"])
 
@@ -135,14 +148,19 @@ def test_finetune_dag(compiled: dict) -> None:
     assert deps["evaluate-finetune"] == {"finetune", "shard", "shard-2"}
     ev = tasks["evaluate-finetune"]["inputs"]["artifacts"]
     assert ev["new_shards"]["taskOutputArtifact"]["producerTask"] == "shard"
-    assert ev["original_shards"]["taskOutputArtifact"]["producerTask"] == "shard-2", "forgetting check"
+    assert (
+        ev["original_shards"]["taskOutputArtifact"]["producerTask"] == "shard-2"
+    ), "forgetting check"
     ft = tasks["finetune"]["inputs"]["parameters"]
     assert ft["overrides"]["componentInputParameter"] == "config_overrides"
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     overrides = json.loads(defaults["config_overrides"]["defaultValue"])
     assert overrides["train.lr"] < 2e-4 and overrides["train.epochs"] <= 5, "low LR, few epochs"
     branch = next(k for k in spec["components"] if k.startswith("comp-condition-branches"))
-    conds = {n: t["triggerPolicy"]["condition"] for n, t in spec["components"][branch]["dag"]["tasks"].items()}
+    conds = {
+        n: t["triggerPolicy"]["condition"]
+        for n, t in spec["components"][branch]["dag"]["tasks"].items()
+    }
     passed = next(n for n, c in conds.items() if not c.startswith("!"))
     assert "evaluate-finetune-gate_passed'] == true" in conds[passed]
     assert set(spec["components"][f"comp-{passed}"]["dag"]["tasks"]) == {"register"}
@@ -166,9 +184,25 @@ def test_cpu_only_compile_has_no_gpu(tmp_path: Path) -> None:
 
 def test_image_option_reaches_every_step(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "semlayout.cli", "pipeline", "compile", "--out", str(tmp_path),
-                        "--image", "registry.example/semlayout:test", "--gpus", "4"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "pipeline",
+            "compile",
+            "--out",
+            str(tmp_path),
+            "--image",
+            "registry.example/semlayout:test",
+            "--gpus",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     spec = next(yaml.safe_load_all((tmp_path / "training.yaml").read_text()))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
@@ -177,17 +211,26 @@ def test_image_option_reaches_every_step(tmp_path: Path) -> None:
     assert res["accelerator"]["resourceCount"] == "4"
 
 
-@pytest.mark.parametrize("cron", ["0 0 2 * * *", "0 */15 * * * *", "30 0 6 * * MON-FRI", "0 0 0 1 1,7 ?"])
+@pytest.mark.parametrize(
+    "cron", ["0 0 2 * * *", "0 */15 * * * *", "30 0 6 * * MON-FRI", "0 0 0 1 1,7 ?"]
+)
 def test_valid_cron(cron: str) -> None:
     from pipelines.client import validate_cron
 
     assert validate_cron(cron) == cron
 
 
-@pytest.mark.parametrize("cron, needle", [
-    ("0 2 * * *", "5 fields"), ("0 0 25 * * *", "hour 25"), ("0 0 2 * * * *", "7 fields"),
-    ("0 0 x * * *", "hour field"), ("0 0 5-2 * * *", "backwards"), ("0 */0 * * * *", "step"),
-])
+@pytest.mark.parametrize(
+    "cron, needle",
+    [
+        ("0 2 * * *", "5 fields"),
+        ("0 0 25 * * *", "hour 25"),
+        ("0 0 2 * * * *", "7 fields"),
+        ("0 0 x * * *", "hour field"),
+        ("0 0 5-2 * * *", "backwards"),
+        ("0 */0 * * * *", "step"),
+    ],
+)
 def test_invalid_cron(cron: str, needle: str) -> None:
     from pipelines.client import validate_cron
 
@@ -196,8 +239,22 @@ def test_invalid_cron(cron: str, needle: str) -> None:
 
 
 def test_cli_schedule_rejects_bad_cron_before_network() -> None:
-    r = subprocess.run([sys.executable, "-m", "semlayout.cli", "pipeline", "schedule", "--host",
-                        "http://127.0.0.1:9", "--cron", "0 2 * * *"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "pipeline",
+            "schedule",
+            "--host",
+            "http://127.0.0.1:9",
+            "--cron",
+            "0 2 * * *",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: cron '0 2 * * *' has 5 fields")
     assert "Traceback" not in r.stderr
@@ -240,7 +297,10 @@ def tiny_run_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 def _versions(tracking_uri: str, name: str) -> list[str]:
     from mlflow.tracking import MlflowClient
 
-    return sorted(str(v.version) for v in MlflowClient(tracking_uri=tracking_uri).search_model_versions(f"name='{name}'"))
+    return sorted(
+        str(v.version)
+        for v in MlflowClient(tracking_uri=tracking_uri).search_model_versions(f"name='{name}'")
+    )
 
 
 @pytest.mark.slow
@@ -254,16 +314,33 @@ def test_local_run_gate_pass_registers_challenger_then_gate_fail_registers_nothi
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "outputs"
     # 1) floors at 0: the gate passes, a version is registered with alias challenger
-    assert main([*tiny_run_args, "--out", str(out), "--floor-sem2layout", "0", "--floor-layout2sem", "0"]) == 0
+    assert (
+        main(
+            [
+                *tiny_run_args,
+                "--out",
+                str(out),
+                "--floor-sem2layout",
+                "0",
+                "--floor-layout2sem",
+                "0",
+            ]
+        )
+        == 0
+    )
     s1 = json.loads((out / "latest" / "summary.json").read_text())
     assert s1["gate_passed"] is True
     assert s1["model_version"] == "1" and s1["model_uri"] == "models:/semlayout/1"
     for direction in ("sem2layout", "layout2sem"):
         assert {"l1", "ssim", "psnr", "iou"} <= set(s1["metrics"][direction])
         assert 0.0 <= s1["metrics"][direction]["ssim"] <= 1.0
-    assert "ceiling" in s1["metrics"]["layout2sem"], "Layout->SEM states its ceiling beside the score"
+    assert (
+        "ceiling" in s1["metrics"]["layout2sem"]
+    ), "Layout->SEM states its ceiling beside the score"
     assert (Path(s1["checkpoint"]) / "weights.safetensors").is_file()
-    assert {"ingest", "align-qc", "shard", "train", "evaluate", "track", "register"} <= set(s1["timings"]["steps"])
+    assert {"ingest", "align-qc", "shard", "train", "evaluate", "track", "register"} <= set(
+        s1["timings"]["steps"]
+    )
     tracking = f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
     assert s1["mlflow"]["tracking_uri"] == tracking
     client = MlflowClient(tracking_uri=tracking)
@@ -285,19 +362,25 @@ def test_local_run_gate_pass_registers_challenger_then_gate_fail_registers_nothi
     assert _versions(tracking, "semlayout") == ["1"]
     assert str(client.get_model_version_by_alias("semlayout", "challenger").version) == "1"
     # the failed run is still tracked (an MLflow run), just not registered
-    assert s2["mlflow"]["run_id"] and client.get_run(s2["mlflow"]["run_id"]).data.tags["gate_passed"] == "false"
+    assert (
+        s2["mlflow"]["run_id"]
+        and client.get_run(s2["mlflow"]["run_id"]).data.tags["gate_passed"] == "false"
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--data", "/nonexistent/pairs"], "data folder not found: /nonexistent/pairs"),
-    (["--data", "EMPTY"], "no pairs"),
-    (["--data", "NOMANIFEST"], "manifest.csv is missing"),
-    (["--config", "no-such-config"], "unknown config 'no-such-config'"),
-    (["--config", "BADKEY"], "unknown key 'train.epochz'"),
-    (["--n-synth", "0"], "--n-synth 0"),
-    (["--floor-sem2layout", "1.5"], "expected a value in [0, 1]"),
-    (["--set", "train.nope=1"], "unknown config key 'train.nope'"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "/nonexistent/pairs"], "data folder not found: /nonexistent/pairs"),
+        (["--data", "EMPTY"], "no pairs"),
+        (["--data", "NOMANIFEST"], "manifest.csv is missing"),
+        (["--config", "no-such-config"], "unknown config 'no-such-config'"),
+        (["--config", "BADKEY"], "unknown key 'train.epochz'"),
+        (["--n-synth", "0"], "--n-synth 0"),
+        (["--floor-sem2layout", "1.5"], "expected a value in [0, 1]"),
+        (["--set", "train.nope=1"], "unknown config key 'train.nope'"),
+    ],
+)
 def test_bad_input_refused_before_first_step(tmp_path: Path, args: list[str], needle: str) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -307,11 +390,20 @@ def test_bad_input_refused_before_first_step(tmp_path: Path, args: list[str], ne
     (tmp_path / "good.yaml").write_text(TINY_FALLBACK)
     if "--config" not in args:
         args = [*args, "--config", str(tmp_path / "good.yaml")]
-    subst = {"EMPTY": str(empty), "NOMANIFEST": str(tmp_path / "nomanifest"), "BADKEY": str(tmp_path / "bad.yaml")}
+    subst = {
+        "EMPTY": str(empty),
+        "NOMANIFEST": str(tmp_path / "nomanifest"),
+        "BADKEY": str(tmp_path / "bad.yaml"),
+    }
     args = [subst.get(a, a) for a in args]
     out = tmp_path / "outputs"
-    r = subprocess.run([sys.executable, "-m", "pipelines.run_local", *args, "--out", str(out)],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipelines.run_local", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
@@ -335,21 +427,46 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "outputs"
-    assert main([*tiny_run_args, "--out", str(out), "--floor-sem2layout", "0", "--floor-layout2sem", "0"]) == 0
+    assert (
+        main(
+            [
+                *tiny_run_args,
+                "--out",
+                str(out),
+                "--floor-sem2layout",
+                "0",
+                "--floor-layout2sem",
+                "0",
+            ]
+        )
+        == 0
+    )
     tracking = f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
     approve(tracking, "semlayout", 1, by="test", reason="first model")
     reviewed = synthesize(tmp_path / "reviewed", n=12, seed=21, progress=False)
     data_dir = tiny_run_args[tiny_run_args.index("--data") + 1]
-    cfg_args = tiny_run_args[tiny_run_args.index("--config") + 1:]
+    cfg_args = tiny_run_args[tiny_run_args.index("--config") + 1 :]
     cfg = LoopConfig(
-        tracking_uri=tracking, original_data_uri=data_dir, replay_n=4, config=cfg_args[0],
-        finetune_overrides={"train.lr": 5e-5, "train.epochs": 1, "train.decay_start_epoch": 0,
-                            "train.max_steps": 2},
-        floors={"sem2layout": 0.0, "layout2sem": 0.0}, tolerance=1.0, workdir=str(tmp_path / "loop"),
+        tracking_uri=tracking,
+        original_data_uri=data_dir,
+        replay_n=4,
+        config=cfg_args[0],
+        finetune_overrides={
+            "train.lr": 5e-5,
+            "train.epochs": 1,
+            "train.decay_start_epoch": 0,
+            "train.max_steps": 2,
+        },
+        floors={"sem2layout": 0.0, "layout2sem": 0.0},
+        tolerance=1.0,
+        workdir=str(tmp_path / "loop"),
     )
     launcher = launcher_for(cfg)
-    result = launcher(LaunchRequest(reviewed_dir=Path(reviewed), n_reviewed=12, cfg=cfg,
-                                    run_dir=tmp_path / "loop" / "run-1"))
+    result = launcher(
+        LaunchRequest(
+            reviewed_dir=Path(reviewed), n_reviewed=12, cfg=cfg, run_dir=tmp_path / "loop" / "run-1"
+        )
+    )
     assert result.run_id and isinstance(result.gate_passed, bool)
     assert any("on the new pairs" in r for r in result.gate_reasons)
     assert any("on the original test shard" in r for r in result.gate_reasons)
@@ -372,25 +489,55 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
 
 
 def test_cli_pipeline_run_passes_options_through(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "semlayout.cli", "pipeline", "run", "--data", str(tmp_path / "nope"),
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "pipeline",
+            "run",
+            "--data",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: data folder not found: {tmp_path / 'nope'}"
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--param", "bogus=1"], "pipeline 'training' has no parameter(s) ['bogus']"),
-    ([], "KFP API at http://127.0.0.1:"),
-    (["--pipeline", "nope"], "unknown pipeline 'nope'"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--param", "bogus=1"], "pipeline 'training' has no parameter(s) ['bogus']"),
+        ([], "KFP API at http://127.0.0.1:"),
+        (["--pipeline", "nope"], "unknown pipeline 'nope'"),
+    ],
+)
 def test_cli_submit_errors_are_one_line(extra: list[str], needle: str) -> None:
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "semlayout.cli", "pipeline", "submit", "--host",
-                        f"http://127.0.0.1:{port}", *extra], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "pipeline",
+            "submit",
+            "--host",
+            f"http://127.0.0.1:{port}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr

@@ -28,7 +28,11 @@ from semlayout.registry import (
 )
 from semlayout.registry.tracking import use_tracking_uri
 
-mlflow_server, sqlite_tracking_uri, mlflow_template_db = hs.mlflow_server, hs.sqlite_tracking_uri, hs.mlflow_template_db
+mlflow_server, sqlite_tracking_uri, mlflow_template_db = (
+    hs.mlflow_server,
+    hs.sqlite_tracking_uri,
+    hs.mlflow_template_db,
+)
 moto_server = hs.moto_server
 
 CFG = GateConfig(floors={"sem2layout": 0.5, "layout2sem": 0.2}, tolerance=0.01)
@@ -36,9 +40,15 @@ CFG = GateConfig(floors={"sem2layout": 0.5, "layout2sem": 0.2}, tolerance=0.01)
 
 def _metrics(s2l: float, l2s: float) -> dict:
     return {
-        "n": 6, "split": "test",
-        "sem2layout": {"l1": 0.1, "ssim": s2l, "psnr": 20.0, "iou": 0.8,
-                       "per_family": {"line_space": {"ssim": s2l, "n": 6}}},
+        "n": 6,
+        "split": "test",
+        "sem2layout": {
+            "l1": 0.1,
+            "ssim": s2l,
+            "psnr": 20.0,
+            "iou": 0.8,
+            "per_family": {"line_space": {"ssim": s2l, "n": 6}},
+        },
         "layout2sem": {"l1": 0.2, "ssim": l2s, "psnr": 15.0, "iou": 0.5, "ceiling": {"ssim": 0.45}},
     }
 
@@ -50,11 +60,19 @@ def make_checkpoint(dest: Path, seed: int = 0) -> Path:
     from semlayout.train.checkpoint import build_networks, save_checkpoint
 
     torch.manual_seed(seed)
-    cfg = config_from_dict({
-        "name": "registry-test",
-        "generator": {"image_size": 32, "n_down": 3, "base_filters": 4, "max_filters": 8, "dropout_blocks": 1},
-        "discriminator": {"base_filters": 4, "n_layers": 2},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "registry-test",
+            "generator": {
+                "image_size": 32,
+                "n_down": 3,
+                "base_filters": 4,
+                "max_filters": 8,
+                "dropout_blocks": 1,
+            },
+            "discriminator": {"base_filters": 4, "n_layers": 2},
+        }
+    )
     return save_checkpoint(dest, cfg, build_networks(cfg), step=7, epoch=1)
 
 
@@ -71,12 +89,19 @@ def uri(sqlite_tracking_uri, tmp_path, monkeypatch) -> str:
     return sqlite_tracking_uri
 
 
-def _register(uri: str, ckpt: Path, s2l: float, l2s: float, name: str = "semlayout", champ=None) -> int:
+def _register(
+    uri: str, ckpt: Path, s2l: float, l2s: float, name: str = "semlayout", champ=None
+) -> int:
     metrics = _metrics(s2l, l2s)
     run_id = log_training_run(uri, "exp", ckpt, metrics, params={"seed": 0, "data": {"n": 6}})
     gate = judge(metrics, champ, CFG)
-    return register_version(uri, name, run_id, gate,
-                            lineage={"data_uri": "s3://b/pairs", "data_hash": "abc123", "pipeline_run_id": "p-1"})
+    return register_version(
+        uri,
+        name,
+        run_id,
+        gate,
+        lineage={"data_uri": "s3://b/pairs", "data_hash": "abc123", "pipeline_run_id": "p-1"},
+    )
 
 
 def _aliases(uri: str, name: str = "semlayout") -> dict:
@@ -86,8 +111,14 @@ def _aliases(uri: str, name: str = "semlayout") -> dict:
 def test_log_training_run_flattens_params_metrics_and_logs_the_model(uri, ckpts):
     import mlflow
 
-    run_id = log_training_run(uri, "exp", ckpts[0], _metrics(0.9, 0.3), params={"seed": 3, "data": {"n": 6}},
-                              tags={"who": "test"})
+    run_id = log_training_run(
+        uri,
+        "exp",
+        ckpts[0],
+        _metrics(0.9, 0.3),
+        params={"seed": 3, "data": {"n": 6}},
+        tags={"who": "test"},
+    )
     c = mlflow.MlflowClient(uri)
     run = c.get_run(run_id)
     assert run.data.metrics["sem2layout.ssim"] == 0.9
@@ -99,7 +130,7 @@ def test_log_training_run_flattens_params_metrics_and_logs_the_model(uri, ckpts)
     names = {a.path for a in c.list_artifacts(run_id)}
     assert {"metrics.json", "config.json"} <= names
     # artifacts stay beside the database, not in the cwd
-    assert (Path(uri[len("sqlite:///"):]).parent / "artifacts").is_dir()
+    assert (Path(uri[len("sqlite:///") :]).parent / "artifacts").is_dir()
     with pytest.raises(SemlayoutError, match="not a checkpoint folder"):
         log_training_run(uri, "exp", ckpts[0].parent, _metrics(0.9, 0.3))
 
@@ -108,7 +139,9 @@ def test_register_approve_rollback_with_audit_trail(uri, ckpts):
     v1 = _register(uri, ckpts[0], 0.80, 0.30)
     assert v1 == 1 and _aliases(uri) == {"challenger": 1}
     tags = show(uri, "semlayout", 1)
-    assert tags["lineage"]["data_uri"] == "s3://b/pairs" and tags["lineage"]["data_hash"] == "abc123"
+    assert (
+        tags["lineage"]["data_uri"] == "s3://b/pairs" and tags["lineage"]["data_hash"] == "abc123"
+    )
     assert len(tags["lineage"]["config_hash"]) == 64 and tags["lineage"]["git_commit"]
     assert tags["gate_passed"] is True and tags["gate"]["judged"]["sem2layout"]["value"] == 0.80
     assert champion_version(uri, "semlayout") is None and champion_metrics(uri, "semlayout") is None
@@ -123,7 +156,10 @@ def test_register_approve_rollback_with_audit_trail(uri, ckpts):
     approve(uri, "semlayout", 2, by="bob", reason="better s2l")
     assert _aliases(uri) == {"champion": 2, "previous-champion": 1}
     info = show(uri, "semlayout", 2)
-    assert info["decision"]["approved_by"] == "bob" and info["decision"]["approval_reason"] == "better s2l"
+    assert (
+        info["decision"]["approved_by"] == "bob"
+        and info["decision"]["approval_reason"] == "better s2l"
+    )
     assert info["champion_metrics"] is None  # it is the champion itself
     assert [e["action"] for e in info["audit_log"]] == ["registered", "challenger", "approved"]
     assert info["audit_log"][-1]["previous_champion"] == 1
@@ -136,7 +172,14 @@ def test_register_approve_rollback_with_audit_trail(uri, ckpts):
     assert info2["audit_log"][-1]["action"] == "rollback"
     model = show(uri, "semlayout")
     assert [e["action"] for e in model["audit_log"]] == [
-        "registered", "challenger", "approved", "registered", "challenger", "approved", "rollback"]
+        "registered",
+        "challenger",
+        "approved",
+        "registered",
+        "challenger",
+        "approved",
+        "rollback",
+    ]
     assert model["champion_history"] == [1]
     with pytest.raises(SemlayoutError, match="no previous-champion"):
         rollback(uri, "semlayout", by="carol", reason="again")
@@ -185,7 +228,9 @@ def test_reject_removes_challenger_and_blocks_approval(uri, ckpts):
     r = reject(uri, "semlayout", v, by="dave", reason="artefacts on vias")
     assert r["challenger_removed"] and _aliases(uri) == {}
     info = show(uri, "semlayout", v)
-    assert info["status"] == "rejected" and info["decision"]["rejection_reason"] == "artefacts on vias"
+    assert (
+        info["status"] == "rejected" and info["decision"]["rejection_reason"] == "artefacts on vias"
+    )
     with pytest.raises(SemlayoutError, match="rejected"):
         approve(uri, "semlayout", v, by="erin", reason="x")
 
@@ -204,12 +249,20 @@ def test_resolve_model_uri_downloads_the_checkpoint_and_caches_it(uri, ckpts, tm
     v2 = _register(uri, ckpts[1], 0.85, 0.30)
     approve(uri, "semlayout", v2, by="a", reason="r")
     path2 = resolve_model_uri("models:/semlayout@champion", uri)
-    assert path2 != path and (path2 / "weights.safetensors").read_bytes() == (ckpts[1] / "weights.safetensors").read_bytes()
+    assert (
+        path2 != path
+        and (path2 / "weights.safetensors").read_bytes()
+        == (ckpts[1] / "weights.safetensors").read_bytes()
+    )
     # a plain folder passes through
     assert resolve_model_uri(str(ckpts[2])) == ckpts[2]
-    for bad, match in [("models:/semlayout@nope", "alias 'nope'"), ("models:/missing@champion", "'missing'"),
-                       ("models:/semlayout/7", "version 7"), ("models:/", "not valid"),
-                       (str(tmp_path / "none"), "not found")]:
+    for bad, match in [
+        ("models:/semlayout@nope", "alias 'nope'"),
+        ("models:/missing@champion", "'missing'"),
+        ("models:/semlayout/7", "version 7"),
+        ("models:/", "not valid"),
+        (str(tmp_path / "none"), "not found"),
+    ]:
         with pytest.raises(SemlayoutError, match=match):
             resolve_model_uri(bad, uri)
 
@@ -229,7 +282,10 @@ def test_pyfunc_from_the_registry_predicts_like_the_checkpoint(uri, ckpts):
         model = mlflow.pyfunc.load_model("models:/semlayout@champion")
         local = Path(mlflow.artifacts.download_artifacts("models:/semlayout/1"))
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (40, 40), dtype=np.uint8), rng.integers(0, 256, (32, 32), dtype=np.uint8)]
+    images = [
+        rng.integers(0, 256, (40, 40), dtype=np.uint8),
+        rng.integers(0, 256, (32, 32), dtype=np.uint8),
+    ]
     ref = Translator.load(ckpts[0])
     for direction in ("sem2layout", "layout2sem"):
         got = model.predict({"direction": direction, "images": images})
@@ -238,13 +294,21 @@ def test_pyfunc_from_the_registry_predicts_like_the_checkpoint(uri, ckpts):
         for g, w, im in zip(got, want, images, strict=True):
             assert g.shape == im.shape and g.dtype == np.uint8
             np.testing.assert_array_equal(g, w)
-    df = pd.DataFrame({"direction": ["sem2layout"],
-                       "image_png_b64": [base64.b64encode(encode_png(images[0])).decode()]})
+    df = pd.DataFrame(
+        {
+            "direction": ["sem2layout"],
+            "image_png_b64": [base64.b64encode(encode_png(images[0])).decode()],
+        }
+    )
     out = model.predict(df)
-    np.testing.assert_array_equal(decode_gray8(base64.b64decode(out["image_png_b64"][0])),
-                                  ref.translate("sem2layout", images[:1])[0])
+    np.testing.assert_array_equal(
+        decode_gray8(base64.b64decode(out["image_png_b64"][0])),
+        ref.translate("sem2layout", images[:1])[0],
+    )
     # the model was logged as code: no pickle inside
-    assert not list(local.rglob("*.pkl")) and "python_model.pkl" not in (local / "MLmodel").read_text()
+    assert (
+        not list(local.rglob("*.pkl")) and "python_model.pkl" not in (local / "MLmodel").read_text()
+    )
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -260,31 +324,56 @@ def test_cli_release_manager_flow(uri, ckpts, capsys):
     code, out, _ = _cli(["registry", "list", *t], capsys)
     assert code == 0 and "semlayout" in out
     code, out, _ = _cli(["registry", "list", "--json", *t], capsys)
-    assert json.loads(out)[0] == {"name": "semlayout", "versions": 2, "latest": 2, "champion": None,
-                                  "challenger": 1, "previous_champion": None}
-    code, out, err = _cli(["registry", "approve", "semlayout", "2", "--by", "al", "--reason", "r", *t], capsys)
+    assert json.loads(out)[0] == {
+        "name": "semlayout",
+        "versions": 2,
+        "latest": 2,
+        "champion": None,
+        "challenger": 1,
+        "previous_champion": None,
+    }
+    code, out, err = _cli(
+        ["registry", "approve", "semlayout", "2", "--by", "al", "--reason", "r", *t], capsys
+    )
     assert code == 2 and err.strip().count("\n") == 0 and "failed the gate" in err
-    code, out, _ = _cli(["registry", "approve", "semlayout", "1", "--by", "al", "--reason", "ok", *t], capsys)
+    code, out, _ = _cli(
+        ["registry", "approve", "semlayout", "1", "--by", "al", "--reason", "ok", *t], capsys
+    )
     assert code == 0 and "v1 is now champion" in out
-    code, out, err = _cli(["registry", "approve", "semlayout", "1", "--by", "al", "--reason", "ok", *t], capsys)
+    code, out, err = _cli(
+        ["registry", "approve", "semlayout", "1", "--by", "al", "--reason", "ok", *t], capsys
+    )
     assert code == 2 and "already the champion" in err
     code, out, _ = _cli(["registry", "show", "semlayout", "1", *t], capsys)
-    assert code == 0 and "gate: PASSED" in out and "approved_by: al" in out and "data_hash: abc123" in out
+    assert (
+        code == 0
+        and "gate: PASSED" in out
+        and "approved_by: al" in out
+        and "data_hash: abc123" in out
+    )
     assert "sem2layout.ssim" in out and "0.8000" in out
     code, out, _ = _cli(["registry", "show", "semlayout", "2", "--json", *t], capsys)
     info = json.loads(out)
     assert info["gate_passed"] is False and info["champion_metrics"]["sem2layout"]["ssim"] == 0.80
     code, out, _ = _cli(["registry", "show", "semlayout", *t], capsys)
     assert code == 0 and "approved" in out and "by al: ok" in out
-    code, out, _ = _cli(["registry", "reject", "semlayout", "2", "--by", "al", "--reason", "bad", *t], capsys)
+    code, out, _ = _cli(
+        ["registry", "reject", "semlayout", "2", "--by", "al", "--reason", "bad", *t], capsys
+    )
     assert code == 0
-    code, _, err = _cli(["registry", "rollback", "semlayout", "--by", "al", "--reason", "x", *t], capsys)
+    code, _, err = _cli(
+        ["registry", "rollback", "semlayout", "--by", "al", "--reason", "x", *t], capsys
+    )
     assert code == 2 and "no previous-champion" in err
     code, _, err = _cli(["registry", "show", "nope", *t], capsys)
     assert code == 2 and "'nope'" in err
-    code, _, err = _cli(["registry", "list", "--tracking-uri", f"http://127.0.0.1:{hs.free_port()}"], capsys)
+    code, _, err = _cli(
+        ["registry", "list", "--tracking-uri", f"http://127.0.0.1:{hs.free_port()}"], capsys
+    )
     assert code == 2 and "cannot reach" in err
-    code, _, err = _cli(["registry", "list", "--tracking-uri", "sqlite:////nonexistent/x.db"], capsys)
+    code, _, err = _cli(
+        ["registry", "list", "--tracking-uri", "sqlite:////nonexistent/x.db"], capsys
+    )
     assert code == 2 and "no MLflow registry" in err
 
 
@@ -308,12 +397,18 @@ def test_client_server_path(mlflow_server, ckpts, tmp_path, monkeypatch, capsys)
     name = f"srv-{tmp_path.name[-12:]}".replace("_", "-")
     v1 = _register(mlflow_server, ckpts[0], 0.80, 0.30, name=name)
     approve(mlflow_server, name, v1, by="alice", reason="first")
-    v2 = _register(mlflow_server, ckpts[1], 0.85, 0.30, name=name, champ=champion_metrics(mlflow_server, name))
-    code, out, _ = _cli(["registry", "approve", name, str(v2), "--by", "bob", "--reason", "better"], capsys)
+    v2 = _register(
+        mlflow_server, ckpts[1], 0.85, 0.30, name=name, champ=champion_metrics(mlflow_server, name)
+    )
+    code, out, _ = _cli(
+        ["registry", "approve", name, str(v2), "--by", "bob", "--reason", "better"], capsys
+    )
     assert code == 0, out
     assert show(mlflow_server, name)["aliases"] == {"champion": v2, "previous-champion": v1}
     path = resolve_model_uri(f"models:/{name}@champion", mlflow_server)
-    assert (path / "weights.safetensors").read_bytes() == (ckpts[1] / "weights.safetensors").read_bytes()
+    assert (path / "weights.safetensors").read_bytes() == (
+        ckpts[1] / "weights.safetensors"
+    ).read_bytes()
     rollback(mlflow_server, name, by="carol", reason="prod regression")
     assert champion_version(mlflow_server, name) == v1
     assert any(m["name"] == name and m["champion"] == v1 for m in list_models(mlflow_server))
@@ -328,11 +423,15 @@ def test_server_with_s3_artifacts(moto_server, ckpts, tmp_path, monkeypatch):
     bucket = "mlflow-artifacts-test"
     hs.s3_client(moto_server).create_bucket(Bucket=bucket)
     env = {**hs.S3_TEST_ENV, "MLFLOW_S3_ENDPOINT_URL": moto_server}
-    with hs.start_mlflow_server(tmp_path / "srv", artifacts_destination=f"s3://{bucket}/mlflow", env=env) as url:
+    with hs.start_mlflow_server(
+        tmp_path / "srv", artifacts_destination=f"s3://{bucket}/mlflow", env=env
+    ) as url:
         v = _register(url, ckpts[2], 0.8, 0.3, name="s3model")
         approve(url, "s3model", v, by="alice", reason="s3 artifacts")
         path = resolve_model_uri("models:/s3model@champion", url)
-    assert (path / "weights.safetensors").read_bytes() == (ckpts[2] / "weights.safetensors").read_bytes()
+    assert (path / "weights.safetensors").read_bytes() == (
+        ckpts[2] / "weights.safetensors"
+    ).read_bytes()
     keys = [o["Key"] for o in hs.s3_client(moto_server).list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.endswith("checkpoint/weights.safetensors") for k in keys)
     assert any(k.endswith("metrics.json") for k in keys)
@@ -341,12 +440,20 @@ def test_server_with_s3_artifacts(moto_server, ckpts, tmp_path, monkeypatch):
 def test_model_level_audit_log_keeps_the_newest_events_within_the_tag_limit():
     from semlayout.registry.versions import MODEL_TAG_LIMIT, _fit_list
 
-    events = [{"at": f"2026-11-24T00:00:{i:02d}Z", "action": "approved", "version": i, "by": "x" * 40,
-               "reason": "r" * 80} for i in range(60)]
+    events = [
+        {
+            "at": f"2026-11-24T00:00:{i:02d}Z",
+            "action": "approved",
+            "version": i,
+            "by": "x" * 40,
+            "reason": "r" * 80,
+        }
+        for i in range(60)
+    ]
     text = _fit_list(events, MODEL_TAG_LIMIT)
     kept = json.loads(text)
     assert len(text) <= MODEL_TAG_LIMIT and 0 < len(kept) < 60
-    assert kept[-1]["version"] == 59 and kept == events[-len(kept):]
+    assert kept[-1]["version"] == 59 and kept == events[-len(kept) :]
 
 
 def test_concurrent_resolves_share_one_complete_download(uri, ckpts):
@@ -356,8 +463,12 @@ def test_concurrent_resolves_share_one_complete_download(uri, ckpts):
     with ThreadPoolExecutor(4) as pool:
         paths = list(pool.map(lambda _: resolve_model_uri(f"models:/semlayout/{v}", uri), range(4)))
     assert len(set(paths)) == 1
-    assert (paths[0] / "weights.safetensors").read_bytes() == (ckpts[0] / "weights.safetensors").read_bytes()
-    assert not [p for p in paths[0].parent.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert (paths[0] / "weights.safetensors").read_bytes() == (
+        ckpts[0] / "weights.safetensors"
+    ).read_bytes()
+    assert not [
+        p for p in paths[0].parent.parent.iterdir() if p.name.startswith(".")
+    ]  # no temp leftovers
     # the global MLflow URI is left as it was (no leak between threads)
     import os
 

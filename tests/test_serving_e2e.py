@@ -48,15 +48,23 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(data, ckpt, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
-    settings = ServeSettings(model=str(ckpt), reference=data["shards"] / "reference_stats.json",
-                             monitor_db=work / "monitor.db", feedback_dir=work / "feedback",
-                             api_token=API, admin_token=ADMIN, poll_interval_s=0)
+    settings = ServeSettings(
+        model=str(ckpt),
+        reference=data["shards"] / "reference_stats.json",
+        monitor_db=work / "monitor.db",
+        feedback_dir=work / "feedback",
+        api_token=API,
+        admin_token=ADMIN,
+        poll_interval_s=0,
+    )
     with running_server(create_app(settings)) as url:
         yield {"url": url, "settings": settings, "work": work}
 
 
 def _post(url: str, path: str, img: np.ndarray, **kw) -> httpx.Response:
-    return httpx.post(f"{url}{path}", files={"image": ("x.png", png_bytes(img), "image/png")}, timeout=60, **kw)
+    return httpx.post(
+        f"{url}{path}", files={"image": ("x.png", png_bytes(img), "image/png")}, timeout=60, **kw
+    )
 
 
 def _decode(content: bytes) -> np.ndarray:
@@ -85,8 +93,10 @@ def test_translate_both_directions_matches_the_translator(server, data, ckpt):
     body = r.json()
     assert r.status_code == 200 and body["direction"] == "layout2sem"
     assert (body["width"], body["height"]) == (250, 250)
-    assert np.array_equal(_decode(base64.b64decode(body["image_png_base64"])),
-                          ref.translate("layout2sem", [layout[2]])[0])
+    assert np.array_equal(
+        _decode(base64.b64decode(body["image_png_base64"])),
+        ref.translate("layout2sem", [layout[2]])[0],
+    )
     assert body["drift"]["drifted"] in (True, False) and body["drift"]["z_threshold"] > 0
 
     files = [("images", (f"{i}.png", png_bytes(s), "image/png")) for i, s in enumerate(sem[:3])]
@@ -117,8 +127,8 @@ def test_drift_flagged_for_shifted_traffic_only(server, data):
     assert stream("sem2layout", sem) <= 0.05
     assert stream("layout2sem", layout) <= 0.05
     assert store.drift_rate(len(sem) + len(layout)) <= 0.05
-    assert stream("sem2layout", low) >= 0.9          # very low dose: shot noise the model never saw
-    assert store.drift_rate(len(low)) >= 0.9          # the window the loop reads
+    assert stream("sem2layout", low) >= 0.9  # very low dose: shot noise the model never saw
+    assert store.drift_rate(len(low)) >= 0.9  # the window the loop reads
     assert store.drift_rate(len(low), "layout2sem") <= 0.05
     summary = httpx.get(f"{url}/v1/monitoring/summary", params={"window": len(low)}).json()
     assert summary["drift"]["rate"] >= 0.9 and summary["drift"]["n"] == len(low)
@@ -136,12 +146,18 @@ def test_ground_truth_gives_quality_metrics(server, data):
     m = g.json()["metrics"]
     a, b = pred / 255.0, layout[5] / 255.0
     assert m["l1"] == pytest.approx(np.abs(a - b).mean(), abs=1e-9)
-    assert m["ssim"] == pytest.approx(structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
-                                                            use_sample_covariance=False, data_range=1.0), abs=1e-3)
+    assert m["ssim"] == pytest.approx(
+        structural_similarity(
+            a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+        ),
+        abs=1e-3,
+    )
     inter, union = np.logical_and(a > 0.5, b > 0.5).sum(), np.logical_or(a > 0.5, b > 0.5).sum()
     assert m["iou"] == pytest.approx(inter / union)
     assert m["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((a - b) ** 2)), rel=1e-6)
-    assert _post(url, "/v1/ground-truth/0123456789abcdef", layout[5], headers=auth).status_code == 404
+    assert (
+        _post(url, "/v1/ground-truth/0123456789abcdef", layout[5], headers=auth).status_code == 404
+    )
     assert _post(url, f"/v1/ground-truth/{pid}", layout[5][:100], headers=auth).status_code == 422
     # the truth of a layout prediction is a layout: a grey image (the SEM, by mistake) is refused
     # and does not replace the truth already given
@@ -156,9 +172,16 @@ def test_feedback_is_stored_as_a_pair_folder(server, data):
     auth = {"Authorization": f"Bearer {API}"}
 
     def post(sem: np.ndarray, lay: np.ndarray) -> httpx.Response:
-        return httpx.post(f"{url}/v1/feedback", headers=auth, data={"pattern_type": "line_space"},
-                          files={"sem": ("s.png", png_bytes(sem), "image/png"),
-                                 "layout": ("l.png", png_bytes(lay), "image/png")}, timeout=60)
+        return httpx.post(
+            f"{url}/v1/feedback",
+            headers=auth,
+            data={"pattern_type": "line_space"},
+            files={
+                "sem": ("s.png", png_bytes(sem), "image/png"),
+                "layout": ("l.png", png_bytes(lay), "image/png"),
+            },
+            timeout=60,
+        )
 
     sent = []
     for i in range(2):
@@ -194,12 +217,23 @@ def test_health_readiness_and_prometheus(server):
     r = httpx.get(f"{url}/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     fams = {f.name: f for f in text_string_to_metric_families(r.text)}
-    for name in ("semlayout_requests", "semlayout_translations", "semlayout_request_latency_seconds",
-                 "semlayout_forward_seconds", "semlayout_drift_alerts", "semlayout_model_info",
-                 "semlayout_inflight_requests", "semlayout_queue_depth", "semlayout_errors"):
+    for name in (
+        "semlayout_requests",
+        "semlayout_translations",
+        "semlayout_request_latency_seconds",
+        "semlayout_forward_seconds",
+        "semlayout_drift_alerts",
+        "semlayout_model_info",
+        "semlayout_inflight_requests",
+        "semlayout_queue_depth",
+        "semlayout_errors",
+    ):
         assert name in fams, name
-    ok = sum(s.value for s in fams["semlayout_translations"].samples
-             if s.name.endswith("_total") and s.labels["status"] == "ok")
+    ok = sum(
+        s.value
+        for s in fams["semlayout_translations"].samples
+        if s.name.endswith("_total") and s.labels["status"] == "ok"
+    )
     assert ok >= 1
     info = [s for s in fams["semlayout_model_info"].samples][0]
     assert info.labels["version"].startswith("local-") and info.value == 1
@@ -212,10 +246,28 @@ def test_serve_and_monitor_commands(data, ckpt, tmp_path):
     db = tmp_path / "monitor.db"
     env = {**os.environ, "SEMLAYOUT_API_TOKEN": API}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "semlayout.cli", "serve", "--model", str(ckpt), "--port", str(port),
-         "--reference", str(data["shards"] / "reference_stats.json"), "--db", str(db),
-         "--feedback-dir", str(tmp_path / "fb"), "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "serve",
+            "--model",
+            str(ckpt),
+            "--port",
+            str(port),
+            "--reference",
+            str(data["shards"] / "reference_stats.json"),
+            "--db",
+            str(db),
+            "--feedback-dir",
+            str(tmp_path / "fb"),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -235,17 +287,37 @@ def test_serve_and_monitor_commands(data, ckpt, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
-    out = subprocess.run([sys.executable, "-m", "semlayout.cli", "monitor", "summary", "--db", str(db), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "semlayout.cli", "monitor", "summary", "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json
 
     summ = json.loads(out.stdout)
     assert summ["inference"]["requests"] == 30 and summ["drift"]["n"] == 30
     assert 0.4 <= summ["drift"]["rate"] <= 0.6
     html = tmp_path / "drift.html"
-    out = subprocess.run([sys.executable, "-m", "semlayout.cli", "monitor", "drift-report", "--db", str(db),
-                          "--reference", str(data["shards"]), "--window", "15", "--out", str(html)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "monitor",
+            "drift-report",
+            "--db",
+            str(db),
+            "--reference",
+            str(data["shards"]),
+            "--window",
+            "15",
+            "--out",
+            str(html),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["n_current"] == 15 and res["detector_flagged_rate"] >= 0.9
@@ -253,9 +325,26 @@ def test_serve_and_monitor_commands(data, ckpt, tmp_path):
     text = html.read_text()
     assert text.lstrip().lower().startswith("<!doctype html>")
     assert "laplacian_var" in text and "edge_density" in text  # the per-image feature columns
-    bad = subprocess.run([sys.executable, "-m", "semlayout.cli", "monitor", "drift-report", "--db",
-                          str(tmp_path / "none.db"), "--reference", str(data["shards"])], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semlayout.cli",
+            "monitor",
+            "drift-report",
+            "--db",
+            str(tmp_path / "none.db"),
+            "--reference",
+            str(data["shards"]),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.startswith("error:")
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_align_endpoint_finds_the_template_and_translates_the_crop(server, data, ckpt):
@@ -269,15 +358,23 @@ def test_align_endpoint_finds_the_template_and_translates_the_crop(server, data,
     recs = read_manifest(pairs)[:4]
     for rec in recs:
         sem, lay = read_gray8(rec.sem_path, (304, 304)), read_gray8(rec.layout_path, (250, 250))
-        r = httpx.post(f"{url}/v1/align", params={"translate": "true"}, timeout=60,
-                       files={"sem": ("s.png", png_bytes(sem), "image/png"),
-                              "template": ("t.png", png_bytes(lay), "image/png")})
+        r = httpx.post(
+            f"{url}/v1/align",
+            params={"translate": "true"},
+            timeout=60,
+            files={
+                "sem": ("s.png", png_bytes(sem), "image/png"),
+                "template": ("t.png", png_bytes(lay), "image/png"),
+            },
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         x, y = body["x"], body["y"]
         assert 0 <= x <= 54 and 0 <= y <= 54
         hits += (x, y) == truth[rec.id] or body["n_equivalent"] > 1
-        crop = np.ascontiguousarray(sem[y:y + 250, x:x + 250])
+        crop = np.ascontiguousarray(sem[y : y + 250, x : x + 250])
         out = _decode(base64.b64decode(body["translated"]["image_png_base64"]))
         assert np.array_equal(out, ref.translate("sem2layout", [crop])[0])
-    assert hits >= len(recs) - 1  # the aligner's own accuracy is tested elsewhere; this checks the plumbing
+    assert (
+        hits >= len(recs) - 1
+    )  # the aligner's own accuracy is tested elsewhere; this checks the plumbing

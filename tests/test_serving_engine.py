@@ -28,8 +28,13 @@ def test_micro_batches_give_the_same_outputs_as_single_calls(ckpt):
     engine = InferenceEngine.load(str(ckpt))
     ref = Translator.load(ckpt)
     rng = np.random.default_rng(0)
-    jobs = [("sem2layout" if i % 3 else "layout2sem", rng.integers(0, 256, (40 + 7 * i, 33 + 5 * i), dtype=np.uint8))
-            for i in range(12)]
+    jobs = [
+        (
+            "sem2layout" if i % 3 else "layout2sem",
+            rng.integers(0, 256, (40 + 7 * i, 33 + 5 * i), dtype=np.uint8),
+        )
+        for i in range(12)
+    ]
     sizes: list[int] = []
 
     async def main() -> list:
@@ -56,8 +61,9 @@ def test_queue_limit_is_a_user_facing_error(ckpt):
         b.start()
         img = np.zeros((16, 16), np.uint8)
         try:
-            results = await asyncio.gather(*[b.submit("sem2layout", img) for _ in range(10)],
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *[b.submit("sem2layout", img) for _ in range(10)], return_exceptions=True
+            )
         finally:
             await b.stop()
         assert any(isinstance(r, QueueFull) for r in results)
@@ -71,7 +77,9 @@ def test_a_batch_is_queued_whole_or_not_at_all(ckpt):
     sizes: list[int] = []
 
     async def main() -> None:
-        b = MicroBatcher(engine, max_batch=8, max_queue=5, on_batch=lambda d, n, ms: sizes.append(n))
+        b = MicroBatcher(
+            engine, max_batch=8, max_queue=5, on_batch=lambda d, n, ms: sizes.append(n)
+        )
         b.start()
         img = np.zeros((16, 16), np.uint8)
         try:

@@ -20,8 +20,16 @@ STATS: dict[str, dict[int, int]] = {}
 @pytest.mark.slow
 def test_openapi_fuzz_never_answers_5xx(tmp_path):
     ckpt = make_checkpoint(tmp_path / "c", seed=2)
-    app = create_app(ServeSettings(model=str(ckpt), monitor_db=tmp_path / "m.db", feedback_dir=tmp_path / "fb",
-                                   api_token="fuzz-api", admin_token="fuzz-admin", poll_interval_s=0))
+    app = create_app(
+        ServeSettings(
+            model=str(ckpt),
+            monitor_db=tmp_path / "m.db",
+            feedback_dir=tmp_path / "fb",
+            api_token="fuzz-api",
+            admin_token="fuzz-admin",
+            poll_interval_s=0,
+        )
+    )
     with running_server(app) as url:
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         failures: list[str] = []
@@ -30,8 +38,12 @@ def test_openapi_fuzz_never_answers_5xx(tmp_path):
         for result in schema.get_all_operations():
             op = result.ok()
 
-            @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=op.as_strategy())
             def run(case) -> None:
                 label = f"{case.operation.method.upper()} {case.operation.path}"
@@ -52,4 +64,7 @@ def test_openapi_fuzz_never_answers_5xx(tmp_path):
     assert len(counts) >= 10 and sum(counts.values()) >= 100, counts
     assert elapsed < 120
     # the valid token got the requests past the auth check
-    assert 200 in STATS["POST /v1/admin/reload"] and 404 in STATS["POST /v1/ground-truth/{prediction_id}"], STATS
+    assert (
+        200 in STATS["POST /v1/admin/reload"]
+        and 404 in STATS["POST /v1/ground-truth/{prediction_id}"]
+    ), STATS

@@ -26,14 +26,24 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(ckpt, tmp_path_factory):
     work = tmp_path_factory.mktemp("hostile")
-    settings = ServeSettings(model=str(ckpt), monitor_db=work / "m.db", feedback_dir=work / "fb",
-                             api_token=API, admin_token=ADMIN, max_upload_bytes=LIMIT, max_batch_images=4,
-                             poll_interval_s=0)
+    settings = ServeSettings(
+        model=str(ckpt),
+        monitor_db=work / "m.db",
+        feedback_dir=work / "fb",
+        api_token=API,
+        admin_token=ADMIN,
+        max_upload_bytes=LIMIT,
+        max_batch_images=4,
+        poll_interval_s=0,
+    )
     with running_server(create_app(settings)) as u:
         yield u
         # after everything below: still alive, still correct, and never a 5xx
         assert httpx.get(f"{u}/healthz").status_code == 200
-        r = httpx.post(f"{u}/v1/translate/sem2layout", files={"image": ("a.png", png_bytes(good_gray()), "image/png")})
+        r = httpx.post(
+            f"{u}/v1/translate/sem2layout",
+            files={"image": ("a.png", png_bytes(good_gray()), "image/png")},
+        )
         assert r.status_code == 200
         assert not [s for s in STATUSES if s[1] >= 500], STATUSES
 
@@ -56,8 +66,14 @@ def test_hostile_images(url, name):
 
 def _multipart(field: str, payload: bytes) -> tuple[bytes, str]:
     boundary = "----semlayoutboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -69,58 +85,144 @@ def test_oversized_bodies(url):
 
     def chunks():
         for i in range(0, len(body), 16384):
-            yield body[i:i + 16384]
+            yield body[i : i + 16384]
 
     # no Content-Length: the limit is enforced while the body streams in
-    r = httpx.post(f"{url}/v1/translate/sem2layout", content=chunks(), headers={"content-type": ctype})
+    r = httpx.post(
+        f"{url}/v1/translate/sem2layout", content=chunks(), headers={"content-type": ctype}
+    )
     check("chunked over limit", r, {413})
     body, ctype = _multipart("image", png_bytes(good_gray()))
-    r = httpx.post(f"{url}/v1/translate/sem2layout", content=iter([body]), headers={"content-type": ctype})
+    r = httpx.post(
+        f"{url}/v1/translate/sem2layout", content=iter([body]), headers={"content-type": ctype}
+    )
     check("chunked small", r, {200})
     # both refusals are counted against the route, though the declared-length one is answered
     # before routing
-    counted = [ln for ln in httpx.get(f"{url}/metrics").text.splitlines()
-               if ln.startswith("semlayout_requests_total{") and 'status="413"' in ln]
-    assert any('route="/v1/translate/{direction}"' in ln and float(ln.split()[-1]) >= 2 for ln in counted), counted
+    counted = [
+        ln
+        for ln in httpx.get(f"{url}/metrics").text.splitlines()
+        if ln.startswith("semlayout_requests_total{") and 'status="413"' in ln
+    ]
+    assert any(
+        'route="/v1/translate/{direction}"' in ln and float(ln.split()[-1]) >= 2 for ln in counted
+    ), counted
     assert not any('route="unmatched"' in ln for ln in counted), counted
 
 
 def test_malformed_requests(url):
     img = png_bytes(good_gray())
     cases = [
-        ("missing field", dict(files={"other": ("x.png", img, "image/png")}), "/v1/translate/sem2layout", {422}),
+        (
+            "missing field",
+            dict(files={"other": ("x.png", img, "image/png")}),
+            "/v1/translate/sem2layout",
+            {422},
+        ),
         ("no body", {}, "/v1/translate/sem2layout", {422}),
         ("json body", dict(json={"image": "abc"}), "/v1/translate/sem2layout", {422, 415}),
         ("urlencoded", dict(data={"image": "abc"}), "/v1/translate/sem2layout", {422, 415}),
-        ("text field not file", dict(data={"image": "abc"}, files={"x": ("a", b"b")}), "/v1/translate/sem2layout",
-         {422, 415}),
-        ("broken multipart", dict(content=b"--nope\r\n\r\nxx", headers={"content-type": "multipart/form-data; boundary=zz"}),
-         "/v1/translate/sem2layout", {400, 422}),
-        ("unknown direction", dict(files={"image": ("x.png", img, "image/png")}), "/v1/translate/photo2art", {404, 422}),
-        ("direction traversal", dict(files={"image": ("x.png", img, "image/png")}), "/v1/translate/..%2f..%2fetc", {404, 422}),
-        ("binarize layout2sem", dict(files={"image": ("x.png", img, "image/png")}),
-         "/v1/translate/layout2sem?binarize=true", {422}),
-        ("binarize not bool", dict(files={"image": ("x.png", img, "image/png")}),
-         "/v1/translate/sem2layout?binarize=maybe", {422}),
-        ("weird filename", dict(files={"image": ("../../\u202e\n.png", img, "image/png")}),
-         "/v1/translate/sem2layout", {200}),
-        ("wrong content type claimed", dict(files={"image": ("x.exe", img, "application/x-msdownload")}),
-         "/v1/translate/sem2layout", {200}),
-        ("unknown path", dict(files={"image": ("x.png", img, "image/png")}), "/v2/translate", {404}),
+        (
+            "text field not file",
+            dict(data={"image": "abc"}, files={"x": ("a", b"b")}),
+            "/v1/translate/sem2layout",
+            {422, 415},
+        ),
+        (
+            "broken multipart",
+            dict(
+                content=b"--nope\r\n\r\nxx",
+                headers={"content-type": "multipart/form-data; boundary=zz"},
+            ),
+            "/v1/translate/sem2layout",
+            {400, 422},
+        ),
+        (
+            "unknown direction",
+            dict(files={"image": ("x.png", img, "image/png")}),
+            "/v1/translate/photo2art",
+            {404, 422},
+        ),
+        (
+            "direction traversal",
+            dict(files={"image": ("x.png", img, "image/png")}),
+            "/v1/translate/..%2f..%2fetc",
+            {404, 422},
+        ),
+        (
+            "binarize layout2sem",
+            dict(files={"image": ("x.png", img, "image/png")}),
+            "/v1/translate/layout2sem?binarize=true",
+            {422},
+        ),
+        (
+            "binarize not bool",
+            dict(files={"image": ("x.png", img, "image/png")}),
+            "/v1/translate/sem2layout?binarize=maybe",
+            {422},
+        ),
+        (
+            "weird filename",
+            dict(files={"image": ("../../\u202e\n.png", img, "image/png")}),
+            "/v1/translate/sem2layout",
+            {200},
+        ),
+        (
+            "wrong content type claimed",
+            dict(files={"image": ("x.exe", img, "application/x-msdownload")}),
+            "/v1/translate/sem2layout",
+            {200},
+        ),
+        (
+            "unknown path",
+            dict(files={"image": ("x.png", img, "image/png")}),
+            "/v2/translate",
+            {404},
+        ),
         ("batch empty", dict(data={"x": "1"}), "/v1/translate/sem2layout/batch", {422}),
-        ("batch too many", dict(files=[("images", (f"{i}.png", img, "image/png")) for i in range(5)]),
-         "/v1/translate/sem2layout/batch", {413}),
-        ("batch one bad", dict(files=[("images", ("a.png", img, "image/png")), ("images", ("b.png", b"xx", "image/png"))]),
-         "/v1/translate/sem2layout/batch", {415}),
-        ("align wrong sizes", dict(files={"sem": ("s.png", img, "image/png"), "template": ("t.png", img, "image/png")}),
-         "/v1/align", {422}),
-        ("align missing template", dict(files={"sem": ("s.png", img, "image/png")}), "/v1/align", {422}),
+        (
+            "batch too many",
+            dict(files=[("images", (f"{i}.png", img, "image/png")) for i in range(5)]),
+            "/v1/translate/sem2layout/batch",
+            {413},
+        ),
+        (
+            "batch one bad",
+            dict(
+                files=[
+                    ("images", ("a.png", img, "image/png")),
+                    ("images", ("b.png", b"xx", "image/png")),
+                ]
+            ),
+            "/v1/translate/sem2layout/batch",
+            {415},
+        ),
+        (
+            "align wrong sizes",
+            dict(
+                files={"sem": ("s.png", img, "image/png"), "template": ("t.png", img, "image/png")}
+            ),
+            "/v1/align",
+            {422},
+        ),
+        (
+            "align missing template",
+            dict(files={"sem": ("s.png", img, "image/png")}),
+            "/v1/align",
+            {422},
+        ),
     ]
     for name, kw, path, expected in cases:
         check(name, httpx.post(f"{url}{path}", timeout=30, **kw), expected)
     check("GET on POST route", httpx.get(f"{url}/v1/translate/sem2layout"), {405})
-    check("huge query", httpx.get(f"{url}/v1/monitoring/summary", params={"window": "9" * 5000}), {422})
-    check("negative window", httpx.get(f"{url}/v1/monitoring/summary", params={"window": -1}), {422})
+    check(
+        "huge query",
+        httpx.get(f"{url}/v1/monitoring/summary", params={"window": "9" * 5000}),
+        {422},
+    )
+    check(
+        "negative window", httpx.get(f"{url}/v1/monitoring/summary", params={"window": -1}), {422}
+    )
 
 
 def test_tokens(url):
@@ -130,24 +232,69 @@ def test_tokens(url):
     gt = f"{url}/v1/ground-truth/{pid}"
     truth = np.where(good_gray() > 127, 255, 0).astype(np.uint8)  # a sem2layout truth is a layout
     files = {"image": ("x.png", png_bytes(truth), "image/png")}
-    check("gt grey truth", httpx.post(gt, files={"image": ("x.png", img, "image/png")},
-                                      headers={"Authorization": f"Bearer {API}"}), {422})
+    check(
+        "gt grey truth",
+        httpx.post(
+            gt,
+            files={"image": ("x.png", img, "image/png")},
+            headers={"Authorization": f"Bearer {API}"},
+        ),
+        {422},
+    )
     check("gt no token", httpx.post(gt, files=files), {401})
     check("gt basic auth", httpx.post(gt, files=files, auth=("u", API)), {401})
-    check("gt wrong token", httpx.post(gt, files=files, headers={"Authorization": "Bearer nope"}), {403})
-    check("gt token prefix", httpx.post(gt, files=files, headers={"Authorization": f"Bearer {API[:-1]}"}), {403})
+    check(
+        "gt wrong token",
+        httpx.post(gt, files=files, headers={"Authorization": "Bearer nope"}),
+        {403},
+    )
+    check(
+        "gt token prefix",
+        httpx.post(gt, files=files, headers={"Authorization": f"Bearer {API[:-1]}"}),
+        {403},
+    )
     check("gt ok", httpx.post(gt, files=files, headers={"Authorization": f"Bearer {API}"}), {200})
-    check("gt admin ok", httpx.post(gt, files=files, headers={"Authorization": f"Bearer {ADMIN}"}), {200})
-    check("gt unknown id", httpx.post(f"{url}/v1/ground-truth/feedbeef", files=files,
-                                      headers={"Authorization": f"Bearer {API}"}), {404})
-    check("gt traversal id", httpx.post(f"{url}/v1/ground-truth/..%2F..%2Fetc", files=files,
-                                        headers={"Authorization": f"Bearer {API}"}), {404})
-    check("gt long id", httpx.post(f"{url}/v1/ground-truth/{'a' * 5000}", files=files,
-                                   headers={"Authorization": f"Bearer {API}"}), {404, 414})
-    check("reload with api token", httpx.post(f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {API}"}),
-          {403})
+    check(
+        "gt admin ok",
+        httpx.post(gt, files=files, headers={"Authorization": f"Bearer {ADMIN}"}),
+        {200},
+    )
+    check(
+        "gt unknown id",
+        httpx.post(
+            f"{url}/v1/ground-truth/feedbeef",
+            files=files,
+            headers={"Authorization": f"Bearer {API}"},
+        ),
+        {404},
+    )
+    check(
+        "gt traversal id",
+        httpx.post(
+            f"{url}/v1/ground-truth/..%2F..%2Fetc",
+            files=files,
+            headers={"Authorization": f"Bearer {API}"},
+        ),
+        {404},
+    )
+    check(
+        "gt long id",
+        httpx.post(
+            f"{url}/v1/ground-truth/{'a' * 5000}",
+            files=files,
+            headers={"Authorization": f"Bearer {API}"},
+        ),
+        {404, 414},
+    )
+    check(
+        "reload with api token",
+        httpx.post(f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {API}"}),
+        {403},
+    )
     check("reload no token", httpx.post(f"{url}/v1/admin/reload"), {401})
-    r = httpx.post(f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60
+    )
     check("reload admin", r, {200})
     assert r.json()["changed"] is False  # same checkpoint folder, same content id
 
@@ -158,15 +305,25 @@ def test_feedback_refusals(url):
     auth = {"Authorization": f"Bearer {API}"}
     fb = f"{url}/v1/feedback"
 
-    def post(sem_b: bytes, lay_b: bytes, pattern: str | None = "line_space", **kw) -> httpx.Response:
+    def post(
+        sem_b: bytes, lay_b: bytes, pattern: str | None = "line_space", **kw
+    ) -> httpx.Response:
         data = {"pattern_type": pattern} if pattern is not None else {}
-        return httpx.post(fb, data=data, files={"sem": ("s.png", sem_b, "image/png"),
-                                                "layout": ("l.png", lay_b, "image/png")}, **kw)
+        return httpx.post(
+            fb,
+            data=data,
+            files={"sem": ("s.png", sem_b, "image/png"), "layout": ("l.png", lay_b, "image/png")},
+            **kw,
+        )
 
     check("fb no token", post(sem, lay), {401})
     check("fb wrong token", post(sem, lay, headers={"Authorization": "Bearer x"}), {403})
     check("fb swapped images", post(lay, sem, headers=auth), {422})
-    check("fb grey layout", post(sem, png_bytes(np.full((250, 250), 128, np.uint8)), headers=auth), {422})
+    check(
+        "fb grey layout",
+        post(sem, png_bytes(np.full((250, 250), 128, np.uint8)), headers=auth),
+        {422},
+    )
     check("fb bad pattern", post(sem, lay, pattern="../../etc/passwd", headers=auth), {422})
     check("fb long pattern", post(sem, lay, pattern="x" * 500, headers=auth), {422})
     check("fb missing pattern", post(sem, lay, pattern=None, headers=auth), {422})
@@ -177,12 +334,21 @@ def test_feedback_refusals(url):
 
 
 def test_disabled_endpoints_answer_503_when_tokens_are_unset(ckpt, tmp_path):
-    settings = ServeSettings(model=str(ckpt), monitor_db=tmp_path / "m.db", feedback_dir=tmp_path / "fb",
-                             api_token=None, admin_token=None, poll_interval_s=0)
+    settings = ServeSettings(
+        model=str(ckpt),
+        monitor_db=tmp_path / "m.db",
+        feedback_dir=tmp_path / "fb",
+        api_token=None,
+        admin_token=None,
+        poll_interval_s=0,
+    )
     with TestClient(create_app(settings)) as c:
         img = png_bytes(good_gray())
-        r = c.post("/v1/ground-truth/abc", files={"image": ("x.png", img, "image/png")},
-                   headers={"Authorization": "Bearer anything"})
+        r = c.post(
+            "/v1/ground-truth/abc",
+            files={"image": ("x.png", img, "image/png")},
+            headers={"Authorization": "Bearer anything"},
+        )
         assert r.status_code == 503 and "SEMLAYOUT_API_TOKEN" in r.json()["detail"]
         r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer "})
         assert r.status_code == 503 and "SEMLAYOUT_ADMIN_TOKEN" in r.json()["detail"]
@@ -191,12 +357,22 @@ def test_disabled_endpoints_answer_503_when_tokens_are_unset(ckpt, tmp_path):
 
 
 def test_ground_truth_without_a_stored_output_is_409(ckpt, tmp_path):
-    settings = ServeSettings(model=str(ckpt), monitor_db=tmp_path / "m.db", feedback_dir=tmp_path / "fb",
-                             api_token=API, keep_outputs=False, poll_interval_s=0)
+    settings = ServeSettings(
+        model=str(ckpt),
+        monitor_db=tmp_path / "m.db",
+        feedback_dir=tmp_path / "fb",
+        api_token=API,
+        keep_outputs=False,
+        poll_interval_s=0,
+    )
     with TestClient(create_app(settings)) as c:
         img = png_bytes(good_gray())
-        pid = c.post("/v1/translate/sem2layout", files={"image": ("x.png", img, "image/png")}).headers[
-            "x-prediction-id"]
-        r = c.post(f"/v1/ground-truth/{pid}", files={"image": ("x.png", img, "image/png")},
-                   headers={"Authorization": f"Bearer {API}"})
+        pid = c.post(
+            "/v1/translate/sem2layout", files={"image": ("x.png", img, "image/png")}
+        ).headers["x-prediction-id"]
+        r = c.post(
+            f"/v1/ground-truth/{pid}",
+            files={"image": ("x.png", img, "image/png")},
+            headers={"Authorization": f"Bearer {API}"},
+        )
         assert r.status_code == 409 and "no longer stored" in r.json()["detail"]

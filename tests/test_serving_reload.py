@@ -23,9 +23,12 @@ ADMIN = "reload-admin"
 
 
 def _metrics(s2l: float) -> dict:
-    return {"n": 6, "split": "test",
-            "sem2layout": {"l1": 0.1, "ssim": s2l, "psnr": 20.0, "iou": 0.8},
-            "layout2sem": {"l1": 0.2, "ssim": 0.3, "psnr": 15.0, "iou": 0.5}}
+    return {
+        "n": 6,
+        "split": "test",
+        "sem2layout": {"l1": 0.1, "ssim": s2l, "psnr": 20.0, "iou": 0.8},
+        "layout2sem": {"l1": 0.2, "ssim": 0.3, "psnr": 15.0, "iou": 0.5},
+    }
 
 
 @pytest.mark.slow
@@ -38,27 +41,51 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
     for i, ck in enumerate(ckpts):
         m = _metrics(0.6 + 0.1 * i)
         run = log_training_run(uri, "serving-test", ck, m, params={"seed": i})
-        assert register_version(uri, "semlayout", run, judge(m, None, cfg), lineage={"data_uri": "test"}) == i + 1
+        assert (
+            register_version(
+                uri, "semlayout", run, judge(m, None, cfg), lineage={"data_uri": "test"}
+            )
+            == i + 1
+        )
     approve(uri, "semlayout", 1, by="rm", reason="first")
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (96, 80), dtype=np.uint8)
-    expected = {str(i + 1): Translator.load(ck).translate("sem2layout", [img])[0] for i, ck in enumerate(ckpts)}
+    expected = {
+        str(i + 1): Translator.load(ck).translate("sem2layout", [img])[0]
+        for i, ck in enumerate(ckpts)
+    }
     assert not np.array_equal(expected["1"], expected["2"])  # the two versions are distinguishable
 
-    settings = ServeSettings(model="models:/semlayout@champion", tracking_uri=uri, monitor_db=tmp_path / "m.db",
-                             feedback_dir=tmp_path / "fb", admin_token=ADMIN, poll_interval_s=0.5)
+    settings = ServeSettings(
+        model="models:/semlayout@champion",
+        tracking_uri=uri,
+        monitor_db=tmp_path / "m.db",
+        feedback_dir=tmp_path / "fb",
+        admin_token=ADMIN,
+        poll_interval_s=0.5,
+    )
     with running_server(create_app(settings), timeout=120) as url:
+
         def call() -> tuple[int, str, np.ndarray | None]:
-            r = httpx.post(f"{url}/v1/translate/sem2layout", files={"image": ("x.png", png_bytes(img), "image/png")},
-                           timeout=60)
-            out = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED) if r.status_code == 200 else None
+            r = httpx.post(
+                f"{url}/v1/translate/sem2layout",
+                files={"image": ("x.png", png_bytes(img), "image/png")},
+                timeout=60,
+            )
+            out = (
+                cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED)
+                if r.status_code == 200
+                else None
+            )
             return r.status_code, r.headers.get("x-model-version", ""), out
 
         status, version, out = call()
         assert (status, version) == (200, "1") and np.array_equal(out, expected["1"])
         summary = httpx.get(f"{url}/v1/monitoring/summary").json()
-        assert summary["quality"]["sem2layout"]["baseline"] == pytest.approx(0.6)  # promotion SSIM of v1
+        assert summary["quality"]["sem2layout"]["baseline"] == pytest.approx(
+            0.6
+        )  # promotion SSIM of v1
 
         seen: list[tuple[int, str, np.ndarray | None]] = []
         stop = threading.Event()
@@ -87,12 +114,17 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
         for _, v, o in seen:
             assert np.array_equal(o, expected[v])  # output and version header agree: no mixed model
         metrics = httpx.get(f"{url}/metrics").text
-        assert 'semlayout_model_info{backend="eager",source="models:/semlayout/2",version="2"} 1.0' in metrics
-        assert "semlayout_model_reloads_total{result=\"swapped\"} 1.0" in metrics
+        assert (
+            'semlayout_model_info{backend="eager",source="models:/semlayout/2",version="2"} 1.0'
+            in metrics
+        )
+        assert 'semlayout_model_reloads_total{result="swapped"} 1.0' in metrics
 
         # rollback, then the admin endpoint instead of waiting for the poller
         rollback(uri, "semlayout", by="rm", reason="regression")
-        r = httpx.post(f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
+        r = httpx.post(
+            f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         # the poller may have won the race; either way the server now serves version 1

@@ -22,7 +22,9 @@ def test_hostile_upload_is_refused_with_a_reason(name):
         decode_upload(data, "images[2]", MAX_PIXELS, min_side=8)
     assert info.value.status_code in statuses, (name, info.value.status_code, info.value.detail)
     # the reason names the field: a batch or a pair request carries several uploads
-    assert info.value.detail.startswith("images[2]: ") and len(info.value.detail) > len("images[2]: ")
+    assert info.value.detail.startswith("images[2]: ") and len(info.value.detail) > len(
+        "images[2]: "
+    )
 
 
 @pytest.mark.parametrize("name", sorted(good_uploads()))

@@ -56,6 +56,7 @@ def _members(shards_dir: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- splitting
 
+
 @pytest.mark.parametrize("n", range(0, 40))
 def test_split_counts(n):
     tr, va, te = split_counts(n, 0.1, 0.2)
@@ -100,7 +101,9 @@ def test_split_deterministic_by_seed_and_independent_of_manifest_order(aligned, 
     assert _members(again) == _members(shards)
     for rel in read_index(shards)["splits"]["train"]["shards"]:
         assert (again / rel).read_bytes() == (shards / rel).read_bytes()  # byte-identical
-    assert (again / "index.json").read_text().replace(str(again), "") == (shards / "index.json").read_text().replace(str(shards), "")
+    assert (again / "index.json").read_text().replace(str(again), "") == (
+        shards / "index.json"
+    ).read_text().replace(str(shards), "")
 
     # reversed manifest rows: same split
     shuffled = tmp_path / "shuffled"
@@ -115,6 +118,7 @@ def test_split_deterministic_by_seed_and_independent_of_manifest_order(aligned, 
 
 
 # ----------------------------------------------------------------------------- format and round trip
+
 
 def test_shard_files_follow_the_contract(shards):
     index = read_index(shards)
@@ -181,6 +185,7 @@ def test_reference_stats_match_recomputation(shards):
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def test_plain_pair_folder_with_250_sems_is_accepted(aligned, tmp_path):
     plain = tmp_path / "plain"
@@ -250,6 +255,7 @@ def test_max_per_source_caps_every_input(aligned, tmp_path):
 
 # ----------------------------------------------------------------------------- errors
 
+
 def test_input_errors(aligned, tmp_path):
     with pytest.raises(SemlayoutError, match="not found"):
         write_shards(tmp_path / "nope", tmp_path / "o")
@@ -262,8 +268,12 @@ def test_input_errors(aligned, tmp_path):
     (raw / "alignment.csv").write_text("id,x,y,score,qc_pass,reason\n")
     with pytest.raises(SemlayoutError, match="aligned SEM must be 250x250"):
         write_shards(raw, tmp_path / "o")
-    for kw, msg in ((dict(val=0.6, test=0.5), "leave pairs"), (dict(test=-0.1), "--test"),
-                    (dict(shard_size=0), "--shard-size"), (dict(max_per_source=0), "positive")):
+    for kw, msg in (
+        (dict(val=0.6, test=0.5), "leave pairs"),
+        (dict(test=-0.1), "--test"),
+        (dict(shard_size=0), "--shard-size"),
+        (dict(max_per_source=0), "positive"),
+    ):
         with pytest.raises(SemlayoutError, match=msg):
             write_shards(aligned, tmp_path / "o", **kw)
     assert not (tmp_path / "o").exists()
@@ -280,7 +290,10 @@ def test_failed_run_leaves_existing_output_untouched(aligned, shards, tmp_path):
     with pytest.raises(SemlayoutError, match="not a readable image"):
         write_shards(broken, out)
     assert (out / "index.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out"]  # no temp folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "broken",
+        "out",
+    ]  # no temp folder left behind
 
 
 def test_non_binary_layout_refused(aligned, tmp_path):
@@ -314,7 +327,10 @@ def test_index_validation(shards, tmp_path):
     cases = [
         (lambda i, d: i.update(format="other/9"), "format is 'other/9'"),
         (lambda i, d: i["splits"].pop("val"), "split 'val' is missing"),
-        (lambda i, d: (d / i["splits"]["test"]["shards"][0]).unlink(), "shard file test/shard-00000.npz"),
+        (
+            lambda i, d: (d / i["splits"]["test"]["shards"][0]).unlink(),
+            "shard file test/shard-00000.npz",
+        ),
         (lambda i, d: i["splits"]["train"]["shards"].append("../../etc/x.npz"), "relative inside"),
         (lambda i, d: [i["splits"][s].update(n=0, shards=[]) for s in SPLITS], "empty"),
     ]
@@ -352,22 +368,40 @@ def test_reference_stats_errors(shards, tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def test_cli_shard(aligned, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = cli_main(["shard", str(aligned), "--out", str(out), "--val", "0.1", "--test", "0.2",
-                   "--seed", "0", "--shard-size", "8"])
+    rc = cli_main(
+        [
+            "shard",
+            str(aligned),
+            "--out",
+            str(out),
+            "--val",
+            "0.1",
+            "--test",
+            "0.2",
+            "--seed",
+            "0",
+            "--shard-size",
+            "8",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "rare" in text and "total" in text
     assert (out / "index.json").is_file() and (out / "reference_stats.json").is_file()
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["{missing}"], "input folder not found"),
-    (["{empty}"], "neither an aligned pair folder"),
-    (["{aligned}", "--val", "0.9", "--test", "0.2"], "leave pairs"),
-    (["{aligned}", "--limit", "oops"], "PATH=N"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["{missing}"], "input folder not found"),
+        (["{empty}"], "neither an aligned pair folder"),
+        (["{aligned}", "--val", "0.9", "--test", "0.2"], "leave pairs"),
+        (["{aligned}", "--limit", "oops"], "PATH=N"),
+    ],
+)
 def test_cli_errors_one_line_exit_2(args, msg, aligned, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     fmt = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "aligned": aligned}

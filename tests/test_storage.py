@@ -57,7 +57,9 @@ def test_trees_roundtrip(store, tmp_path):
     store.put_bytes("pairs/xy/other.txt", b"o")
     out2 = store.download_tree("pairs/x/", tmp_path / "out2")
     assert sorted(p.relative_to(out2).as_posix() for p in out2.rglob("*") if p.is_file()) == [
-        "manifest.csv", "sem/1.png"]
+        "manifest.csv",
+        "sem/1.png",
+    ]
     with pytest.raises(SemlayoutError, match="nothing stored"):
         store.download_tree("missing", tmp_path / "out3")
 

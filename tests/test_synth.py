@@ -21,8 +21,16 @@ from semlayout.errors import SemlayoutError
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:
-    return float(structural_similarity(a / 255.0, b / 255.0, data_range=1.0, gaussian_weights=True,
-                                       sigma=1.5, use_sample_covariance=False))
+    return float(
+        structural_similarity(
+            a / 255.0,
+            b / 255.0,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )
 
 
 def _digest(folder: Path) -> str:
@@ -113,20 +121,29 @@ def test_mix_errors_name_the_bad_value() -> None:
 
 
 def test_written_mix_matches_request(tmp_path: Path) -> None:
-    out = synthesize(tmp_path / "p", 10, seed=0, mix="contact_staggered=0.5,t_shape=0.5", progress=False)
-    assert Counter(r.pattern_type for r in read_manifest(out)) == {"contact_staggered": 5, "t_shape": 5}
+    out = synthesize(
+        tmp_path / "p", 10, seed=0, mix="contact_staggered=0.5,t_shape=0.5", progress=False
+    )
+    assert Counter(r.pattern_type for r in read_manifest(out)) == {
+        "contact_staggered": 5,
+        "t_shape": 5,
+    }
 
 
 def test_reversed_polarity_appears_and_inverts_material_contrast() -> None:
     # default: one layer, one contrast; --reverse-fraction mixes in reversed images
     assert all(sample_params(np.random.default_rng(i)).polarity == 1 for i in range(100))
-    ps = [sample_params(np.random.default_rng(i), PhysicsRanges(reverse_fraction=0.3)) for i in range(400)]
+    ps = [
+        sample_params(np.random.default_rng(i), PhysicsRanges(reverse_fraction=0.3))
+        for i in range(400)
+    ]
     share = np.mean([p.polarity == -1 for p in ps])
     assert 0.2 < share < 0.4
     # pattern brighter than background for +1, darker for -1 (measured far from edges)
     for pol in (1, -1):
-        _, _, clean, x, y, meta = generate_pair(11, "line_space", {"polarity": pol, "edge_gain": 0.0,
-                                                                   "gradient": 0.0, "charging": 0.0})
+        _, _, clean, x, y, meta = generate_pair(
+            11, "line_space", {"polarity": pol, "edge_gain": 0.0, "gradient": 0.0, "charging": 0.0}
+        )
         import cv2
 
         field = meta["field"]
@@ -140,9 +157,22 @@ def test_edges_are_brighter_than_both_materials() -> None:
     import cv2
 
     for pol in (1, -1):
-        _, _, clean, _, _, meta = generate_pair(5, "via_array", {
-            "polarity": pol, "edge_gain": 0.6, "edge_width": 2.0, "blur_sigma": 0.8, "gradient": 0.0,
-            "charging": 0.0, "corner_sigma": 0.8, "ler_sigma": 0.2, "jitter_px": 0.0, "drift_px": 0.0})
+        _, _, clean, _, _, meta = generate_pair(
+            5,
+            "via_array",
+            {
+                "polarity": pol,
+                "edge_gain": 0.6,
+                "edge_width": 2.0,
+                "blur_sigma": 0.8,
+                "gradient": 0.0,
+                "charging": 0.0,
+                "corner_sigma": 0.8,
+                "ler_sigma": 0.2,
+                "jitter_px": 0.0,
+                "drift_px": 0.0,
+            },
+        )
         field = meta["field"]
         k = np.ones((3, 3), np.uint8)
         edge = (cv2.dilate(field, k) - cv2.erode(field, k)) > 0
@@ -205,13 +235,26 @@ def test_preview_written(tmp_path: Path, synth_dir: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "semlayout.cli", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "semlayout.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_synth_with_preview(tmp_path: Path) -> None:
-    res = _cli("synth", str(tmp_path / "out"), "--n", "6", "--seed", "2", "--preview",
-               str(tmp_path / "prev.png"), "--dose-range", "10,20", "--workers", "1")
+    res = _cli(
+        "synth",
+        str(tmp_path / "out"),
+        "--n",
+        "6",
+        "--seed",
+        "2",
+        "--preview",
+        str(tmp_path / "prev.png"),
+        "--dose-range",
+        "10,20",
+        "--workers",
+        "1",
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "prev.png").is_file()
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").read_text().splitlines()))
@@ -268,13 +311,38 @@ def test_failure_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 # --- physics stages against analytic expectations -------------------------------------------
 
+
 def _params(**kw: float):
-    base = dict(dose=100.0, polarity=1, background=0.2, contrast=0.3, texture=0.0, texture_corr=1.0,
-                corner_sigma=1.0, bias=0.0,
-                ler_sigma=0.0, ler_corr=4.0, edge_width=2.0, edge_gain=0.0, shadow=0.0, blur_sigma=1.0,
-                astigmatism=1.0, psf_tail=0.0, psf_tail_sigma=8.0, gradient=0.0, charging=0.0,
-                gain=1.0, offset=0.0, detector_sigma=0.0, streak=0.0, streak_len=2.0, jitter_px=0.0,
-                vibration_px=0.0, vibration_period=32.0, drift_px=0.0)
+    base = dict(
+        dose=100.0,
+        polarity=1,
+        background=0.2,
+        contrast=0.3,
+        texture=0.0,
+        texture_corr=1.0,
+        corner_sigma=1.0,
+        bias=0.0,
+        ler_sigma=0.0,
+        ler_corr=4.0,
+        edge_width=2.0,
+        edge_gain=0.0,
+        shadow=0.0,
+        blur_sigma=1.0,
+        astigmatism=1.0,
+        psf_tail=0.0,
+        psf_tail_sigma=8.0,
+        gradient=0.0,
+        charging=0.0,
+        gain=1.0,
+        offset=0.0,
+        detector_sigma=0.0,
+        streak=0.0,
+        streak_len=2.0,
+        jitter_px=0.0,
+        vibration_px=0.0,
+        vibration_period=32.0,
+        drift_px=0.0,
+    )
     base.update(kw)
     return sample_params(np.random.default_rng(0), **base)
 
@@ -298,12 +366,16 @@ def test_ler_rms_matches_ler_sigma() -> None:
     from semlayout.data.sem_physics import print_pattern
 
     for ler in (0.5, 1.0):
-        cov, _ = print_pattern(_wide_line(), _params(ler_sigma=ler, ler_corr=4.0), np.random.default_rng(1))
+        cov, _ = print_pattern(
+            _wide_line(), _params(ler_sigma=ler, ler_corr=4.0), np.random.default_rng(1)
+        )
         # sub-pixel edge positions per row from the coverage in a band around each edge
         left_edge = 130 - cov[20:284, 60:130].sum(axis=1)
         right_edge = 170 + cov[20:284, 170:240].sum(axis=1)
         # per-edge displacement along the normal is one axis of the 2-D field: RMS = ler / sqrt(2)
-        spread = np.concatenate([left_edge - left_edge.mean(), right_edge - right_edge.mean()]).std()
+        spread = np.concatenate(
+            [left_edge - left_edge.mean(), right_edge - right_edge.mean()]
+        ).std()
         assert spread == pytest.approx(ler / np.sqrt(2), rel=0.35)
 
 
@@ -314,7 +386,7 @@ def test_corner_rounding_removes_corner_pixels() -> None:
     field[100:200, 100:200] = 1
     sharp, _ = print_pattern(field, _params(corner_sigma=0.6), np.random.default_rng(0))
     round_, _ = print_pattern(field, _params(corner_sigma=2.5), np.random.default_rng(0))
-    assert round_[100, 100] < sharp[100, 100] - 0.3   # the corner pixel is eaten
+    assert round_[100, 100] < sharp[100, 100] - 0.3  # the corner pixel is eaten
     assert round_[150, 100] == pytest.approx(sharp[150, 100], abs=0.1)  # straight edge stays
 
 
@@ -324,12 +396,12 @@ def test_critical_dimension_is_a_line_width_or_half_a_square() -> None:
     lines = np.zeros((304, 304), np.uint8)
     lines[:, 10:290:20] = 1
     for k in range(1, 6):  # 6 px wide lines at pitch 20
-        lines[:, 10 + k:290:20] = 1
+        lines[:, 10 + k : 290 : 20] = 1
     assert critical_dimension(lines) == pytest.approx(6.0, abs=0.1)
     vias = np.zeros((304, 304), np.uint8)
     for y in range(8, 296, 24):
         for x in range(8, 296, 24):
-            vias[y:y + 8, x:x + 8] = 1
+            vias[y : y + 8, x : x + 8] = 1
     assert critical_dimension(vias) == pytest.approx(4.0, abs=0.01)  # narrower than the gaps
     assert critical_dimension(np.zeros((50, 50), np.uint8)) == 0.0
     assert print_scale(vias) == pytest.approx(0.5)
@@ -346,7 +418,7 @@ def test_fine_designs_still_print_as_drawn() -> None:
     field = np.zeros((304, 304), np.uint8)
     for y in range(6, 296, 10):
         for x in range(6, 296, 10):
-            field[y:y + 4, x:x + 4] = 1
+            field[y : y + 4, x : x + 4] = 1
     heavy = _params(corner_sigma=2.5, ler_sigma=1.2)
     cov, _ = print_pattern(field, heavy, np.random.default_rng(0))
     drawn, printed = field.astype(bool), cov > 0.5
@@ -377,15 +449,17 @@ def test_detector_lag_is_causal_along_the_scan() -> None:
     img = np.zeros((5, 64), np.float32)
     img[:, 30] = 1.0
     out = detector_lag(img, _params(streak=0.15, streak_len=3.0))
-    assert out[2, :30].max() == 0.0          # nothing before the bright pixel
-    assert out[2, 31] > out[2, 34] > 0       # a decaying tail after it
+    assert out[2, :30].max() == 0.0  # nothing before the bright pixel
+    assert out[2, 31] > out[2, 34] > 0  # a decaying tail after it
     assert out[2].sum() == pytest.approx(1.0, rel=1e-4)
 
 
 def test_scan_shifts_zero_mean_and_bounded() -> None:
     from semlayout.data.sem_physics import scan_shifts
 
-    dx = scan_shifts(304, _params(jitter_px=0.4, vibration_px=0.4, drift_px=1.5), np.random.default_rng(0))
+    dx = scan_shifts(
+        304, _params(jitter_px=0.4, vibration_px=0.4, drift_px=1.5), np.random.default_rng(0)
+    )
     assert abs(float(dx.mean())) < 1e-5
     assert float(np.abs(dx).max()) < 0.4 * 4 + 0.4 + 0.75
 

@@ -36,9 +36,13 @@ def test_d_gets_no_gradient_in_the_g_step(precision):
     torch.manual_seed(0)
     trainer = Trainer(tiny_config(precision=precision))
     grads_seen = {}
-    d_params = {f"{n}.{k}": p for n in ("D_A", "D_B") for k, p in trainer.nets[n].named_parameters()}
+    d_params = {
+        f"{n}.{k}": p for n in ("D_A", "D_B") for k, p in trainer.nets[n].named_parameters()
+    }
     for name, p in d_params.items():
-        p.register_hook(lambda g, name=name: grads_seen.__setitem__(name, grads_seen.get(name, 0) + 1))
+        p.register_hook(
+            lambda g, name=name: grads_seen.__setitem__(name, grads_seen.get(name, 0) + 1)
+        )
     g_params = [p for n in ("G_A", "G_B") for p in trainer.nets[n].parameters()]
     g_before = [p.detach().clone() for p in g_params]
     sem, lay = _batch()
@@ -47,10 +51,24 @@ def test_d_gets_no_gradient_in_the_g_step(precision):
     assert set(grads_seen) == set(d_params)
     assert all(v == 1 for v in grads_seen.values())
     assert all(p.requires_grad for p in d_params.values())  # unfrozen again after the step
-    assert not {id(p) for p in d_params.values()} & {id(p) for g in trainer.opt_G.param_groups for p in g["params"]}
+    assert not {id(p) for p in d_params.values()} & {
+        id(p) for g in trainer.opt_G.param_groups for p in g["params"]
+    }
     assert any(not torch.equal(a, b) for a, b in zip(g_before, g_params, strict=True))
     assert set(losses) >= {"loss_G", "loss_D", "gan_A", "l1_B", "cycle_A", "fm_B", "idt_A"}
-    terms = ("gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "cycle_B", "fm_A", "fm_B", "idt_A", "idt_B", "dice_A")
+    terms = (
+        "gan_A",
+        "gan_B",
+        "l1_A",
+        "l1_B",
+        "cycle_A",
+        "cycle_B",
+        "fm_A",
+        "fm_B",
+        "idt_A",
+        "idt_B",
+        "dice_A",
+    )
     assert losses["loss_G"] == pytest.approx(sum(losses[k] for k in terms), rel=1e-5)
 
 
@@ -58,8 +76,15 @@ def test_d_gets_no_gradient_in_the_g_step(precision):
 def test_one_batch_overfit(precision):
     torch.manual_seed(0)
     cfg = tiny_config(buffer_size=0, precision=precision)
-    cfg = apply_overrides(cfg, {"generator.dropout": 0.0, "generator.base_filters": 8,
-                                "generator.max_filters": 16, "train.lr": 1e-3})
+    cfg = apply_overrides(
+        cfg,
+        {
+            "generator.dropout": 0.0,
+            "generator.base_filters": 8,
+            "generator.max_filters": 16,
+            "train.lr": 1e-3,
+        },
+    )
     trainer = Trainer(cfg)
     sem, lay = _batch(4, seed=3)
     first = trainer.train_step(sem, lay)["l1_A"]
@@ -86,7 +111,12 @@ def _step_with(precision, seed=0):
 def test_bf16_step_runs_with_finite_losses_and_fp32_state():
     trainer, losses = _step_with("bf16")
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
-    assert losses["cycle_A"] > 0 and losses["fm_B"] > 0 and losses["idt_A"] > 0 and losses["dice_A"] > 0
+    assert (
+        losses["cycle_A"] > 0
+        and losses["fm_B"] > 0
+        and losses["idt_A"] > 0
+        and losses["dice_A"] > 0
+    )
     # weights, gradients, optimiser moments and the pools' stored fakes stay fp32
     for name, net in trainer.nets.items():
         for pname, p in net.named_parameters():
@@ -94,8 +124,12 @@ def test_bf16_step_runs_with_finite_losses_and_fp32_state():
             assert p.grad is None or p.grad.dtype == torch.float32, (name, pname)
     for opt in (trainer.opt_G, trainer.opt_D):
         states = list(opt.state.values())
-        assert states and all(v.dtype == torch.float32 for st in states for v in st.values()
-                              if torch.is_tensor(v) and v.numel() > 1)
+        assert states and all(
+            v.dtype == torch.float32
+            for st in states
+            for v in st.values()
+            if torch.is_tensor(v) and v.numel() > 1
+        )
     assert trainer.pool_A.images and all(im.dtype == torch.float32 for im in trainer.pool_A.images)
 
 
@@ -123,8 +157,15 @@ def test_precision_is_validated_and_saved_with_the_checkpoint(tmp_path):
 
 def _run(tmp_path, name, cfg, ds, resume=False):
     seen = []
-    final = run_training(cfg, ds, tmp_path / name, val_ds=PairsInMemory(4, seed=9), resume=resume,
-                         progress=False, on_step=lambda s, losses: seen.append((s, losses)))
+    final = run_training(
+        cfg,
+        ds,
+        tmp_path / name,
+        val_ds=PairsInMemory(4, seed=9),
+        resume=resume,
+        progress=False,
+        on_step=lambda s, losses: seen.append((s, losses)),
+    )
     return final, seen
 
 
@@ -132,10 +173,14 @@ def test_resume_is_exact(tmp_path):
     # 12 items, batch 2 -> 6 steps an epoch; stop at step 4 (mid-epoch), resume to 10
     cfg = tiny_config(checkpoint_every=4, balanced_sampling=True, augment=True)
     ds = PairsInMemory(12, augment=True)
-    straight, losses_straight = _run(tmp_path, "straight", apply_overrides(cfg, {"train.max_steps": 10}), ds)
+    straight, losses_straight = _run(
+        tmp_path, "straight", apply_overrides(cfg, {"train.max_steps": 10}), ds
+    )
     _, losses_a = _run(tmp_path, "resumed", apply_overrides(cfg, {"train.max_steps": 4}), ds)
     assert (tmp_path / "resumed" / "last").resolve().name == "step-000004"
-    resumed, losses_b = _run(tmp_path, "resumed", apply_overrides(cfg, {"train.max_steps": 10}), ds, resume=True)
+    resumed, losses_b = _run(
+        tmp_path, "resumed", apply_overrides(cfg, {"train.max_steps": 10}), ds, resume=True
+    )
     assert [s for s, _ in losses_a + losses_b] == list(range(1, 11))
     for (s, a), (_, b) in zip(losses_straight, losses_a + losses_b, strict=True):
         for k in a:
@@ -173,7 +218,10 @@ def test_init_from_starts_from_the_checkpoint_weights(tmp_path):
     first, _ = _run(tmp_path, "a", cfg, PairsInMemory(4))
     ft = apply_overrides(cfg, {"train.lr": 1e-12, "train.max_steps": 1})
     final = run_training(ft, PairsInMemory(4), tmp_path / "b", init_from=first, progress=False)
-    a, b = load_file(str(first / "weights.safetensors")), load_file(str(final / "weights.safetensors"))
+    a, b = (
+        load_file(str(first / "weights.safetensors")),
+        load_file(str(final / "weights.safetensors")),
+    )
     key = "G_A.down.0.0.weight"
     assert torch.allclose(a[key], b[key], atol=1e-6)
 
@@ -244,11 +292,26 @@ def test_cli_trains_resumes_and_reports_errors(tiny_shards, tmp_path):
 
     tiny = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
     run = tmp_path / "run"
-    args = ["train", "--config", tiny, "--data", str(tiny_shards), "--out", str(run), "--no-progress",
-            "--set", "train.max_steps=2", "--set", "train.num_threads=1"]
+    args = [
+        "train",
+        "--config",
+        tiny,
+        "--data",
+        str(tiny_shards),
+        "--out",
+        str(run),
+        "--no-progress",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.num_threads=1",
+    ]
     assert main(args) == 0
     assert load_checkpoint(run / "final")[2]["step"] == 2
-    assert main([*args[:-4], "--resume", "--set", "train.max_steps=4", "--set", "train.num_threads=1"]) == 0
+    assert (
+        main([*args[:-4], "--resume", "--set", "train.max_steps=4", "--set", "train.num_threads=1"])
+        == 0
+    )
     assert load_checkpoint(run / "final")[2]["step"] == 4
     assert json.loads((run / "history.json").read_text())["epochs"] == []  # 4 steps < one epoch
 
@@ -259,14 +322,36 @@ def test_cli_errors_are_one_line(tiny_shards, tmp_path, capsys):
     from semlayout.cli import main
 
     tiny = str(Path(__file__).parent.parent / "configs" / "tiny.yaml")
-    base = ["train", "--config", tiny, "--data", str(tiny_shards), "--out", str(tmp_path / "r"), "--no-progress"]
+    base = [
+        "train",
+        "--config",
+        tiny,
+        "--data",
+        str(tiny_shards),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    ]
     assert main([*base, "--set", "train.epoks=2"]) == 2
     assert "unknown config key 'train.epoks'" in capsys.readouterr().err
     assert main([*base, "--set", "nonsense"]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
     assert main([*base, "--resume"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
-    assert main(["train", "--config", tiny, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                tiny,
+                "--data",
+                str(tmp_path / "missing"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "shard folder not found" in capsys.readouterr().err
 
 
@@ -278,8 +363,15 @@ def test_mlflow_logs_params_epoch_metrics_and_sample_grids(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tiny_config(max_steps=8)  # 8 items, batch 2 -> 4 steps an epoch -> 2 epochs
-    rt(cfg, PairsInMemory(8), tmp_path / "run", val_ds=PairsInMemory(4, seed=9), mlflow_uri=uri,
-       experiment="h4-test", progress=False)
+    rt(
+        cfg,
+        PairsInMemory(8),
+        tmp_path / "run",
+        val_ds=PairsInMemory(4, seed=9),
+        mlflow_uri=uri,
+        experiment="h4-test",
+        progress=False,
+    )
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("h4-test")
     (run,) = client.search_runs([exp.experiment_id])
@@ -311,7 +403,9 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units():
 @pytest.mark.parametrize(("side", "other"), [("B", "A"), ("A", "B")])
 def test_adversarial_weight_scales_what_its_d_teaches_its_g_only(side, other):
     def step(weight):
-        cfg = apply_overrides(tiny_config(buffer_size=0), {f"loss.adversarial_weight_{side}": weight})
+        cfg = apply_overrides(
+            tiny_config(buffer_size=0), {f"loss.adversarial_weight_{side}": weight}
+        )
         torch.manual_seed(0)
         trainer = Trainer(cfg)
         sem, lay = _batch(2, seed=5)
@@ -321,7 +415,14 @@ def test_adversarial_weight_scales_what_its_d_teaches_its_g_only(side, other):
     full, half, off = step(1.0), step(0.5), step(0.0)
     for k in (f"gan_{side}", f"fm_{side}"):
         assert full[k] > 0 and half[k] == pytest.approx(0.5 * full[k], rel=1e-5) and off[k] == 0
-    for k in (f"gan_{other}", f"fm_{other}", "l1_A", "l1_B", "d_A", "d_B"):  # the same first step otherwise
+    for k in (
+        f"gan_{other}",
+        f"fm_{other}",
+        "l1_A",
+        "l1_B",
+        "d_A",
+        "d_B",
+    ):  # the same first step otherwise
         assert half[k] == pytest.approx(full[k], rel=1e-5), k
 
 
@@ -329,7 +430,9 @@ def test_a_resume_keeps_the_precision_the_run_started_with():
     started = Trainer(tiny_config(precision="bf16"))
     state = started.state_dict()
     assert state["precision"] == "bf16"
-    elsewhere = Trainer(tiny_config(precision="auto"))  # `auto` may resolve otherwise on another host
+    elsewhere = Trainer(
+        tiny_config(precision="auto")
+    )  # `auto` may resolve otherwise on another host
     elsewhere.precision = "fp32"
     elsewhere.load_state_dict(state)
     assert elsewhere.precision == "bf16"

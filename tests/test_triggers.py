@@ -10,8 +10,14 @@ NOW = datetime(2026, 11, 24, 12, 0, 0)
 
 
 def _policy(**kw):
-    base = dict(min_new_pairs=10, drift_rate_threshold=0.3, min_drift_samples=20,
-                ssim_drop_margin=0.05, min_ssim_samples=5, cooldown_minutes=60)
+    base = dict(
+        min_new_pairs=10,
+        drift_rate_threshold=0.3,
+        min_drift_samples=20,
+        ssim_drop_margin=0.05,
+        min_ssim_samples=5,
+        cooldown_minutes=60,
+    )
     base.update(kw)
     return TriggerPolicy(**base)
 
@@ -21,7 +27,9 @@ def _reason(decision, name):
 
 
 def test_quiet_system_does_not_fire():
-    d = decide(_policy(), Observations(new_pairs_feedback=3, drift_rate=0.02, drift_samples=100), NOW)
+    d = decide(
+        _policy(), Observations(new_pairs_feedback=3, drift_rate=0.02, drift_samples=100), NOW
+    )
     assert not d.fire and not d.held_by_cooldown
     assert not any(r.fired for r in d.reasons)
     assert "3 new reviewed pairs" in _reason(d, "new_pairs").detail
@@ -43,13 +51,19 @@ def test_drift_needs_enough_samples():
 
 
 def test_ssim_drop_against_baseline_minus_margin():
-    obs = Observations(rolling_ssim={"sem2layout": 0.80}, ssim_samples={"sem2layout": 8},
-                       baseline_ssim={"sem2layout": 0.90, "layout2sem": 0.3})
+    obs = Observations(
+        rolling_ssim={"sem2layout": 0.80},
+        ssim_samples={"sem2layout": 8},
+        baseline_ssim={"sem2layout": 0.90, "layout2sem": 0.3},
+    )
     d = decide(_policy(), obs, NOW)
     r = _reason(d, "ssim_drop_sem2layout")
     assert d.fire and r.fired and r.threshold == pytest.approx(0.85)
-    ok = Observations(rolling_ssim={"sem2layout": 0.86}, ssim_samples={"sem2layout": 8},
-                      baseline_ssim={"sem2layout": 0.90})
+    ok = Observations(
+        rolling_ssim={"sem2layout": 0.86},
+        ssim_samples={"sem2layout": 8},
+        baseline_ssim={"sem2layout": 0.90},
+    )
     assert not decide(_policy(), ok, NOW).fire
     # without a baseline there is no verdict, whatever the score
     nob = Observations(rolling_ssim={"sem2layout": 0.1}, ssim_samples={"sem2layout": 8})
@@ -76,4 +90,8 @@ def test_decision_serialises():
     data = d.to_dict()
     assert data["fire"] is True
     assert {r["name"] for r in data["reasons"]} == {
-        "new_pairs", "drift", "ssim_drop_sem2layout", "ssim_drop_layout2sem"}
+        "new_pairs",
+        "drift",
+        "ssim_drop_sem2layout",
+        "ssim_drop_layout2sem",
+    }

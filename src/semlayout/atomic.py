@@ -31,7 +31,9 @@ def atomic_dir(dest: str | os.PathLike[str], overwrite: bool = True) -> Iterator
     """
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():  # before any work: a file is not replaced by a folder
-        raise SemlayoutError(f"output {dest} exists and is not a folder; remove it or choose another path")
+        raise SemlayoutError(
+            f"output {dest} exists and is not a folder; remove it or choose another path"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     # mkdtemp makes a private 0700 folder; the finished output gets normal permissions
@@ -53,7 +55,9 @@ def atomic_dir(dest: str | os.PathLike[str], overwrite: bool = True) -> Iterator
         os.replace(tmp, dest)
 
 
-def check_not_over_inputs(out: str | os.PathLike[str], **inputs: str | os.PathLike[str] | None) -> None:
+def check_not_over_inputs(
+    out: str | os.PathLike[str], **inputs: str | os.PathLike[str] | None
+) -> None:
     """Refuse an output folder that is, or contains, one of the inputs: replacing it would delete
     that input (`predict --out MODEL`, `intake download STORE --out STORE`). Keyword = option name;
     None or non-local inputs (s3://, models:/) are skipped."""
@@ -64,8 +68,10 @@ def check_not_over_inputs(out: str | os.PathLike[str], **inputs: str | os.PathLi
             continue
         src = Path(text).resolve()
         if dst == src or dst in src.parents:
-            raise SemlayoutError(f"--out {out} would replace the {name.replace('_', ' ')} {value}; "
-                                 "choose another folder")
+            raise SemlayoutError(
+                f"--out {out} would replace the {name.replace('_', ' ')} {value}; "
+                "choose another folder"
+            )
 
 
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:

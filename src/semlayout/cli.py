@@ -36,8 +36,17 @@ def _register() -> None:
     import importlib
 
     for module_name in (
-        "data", "align", "shard", "train", "model", "registry", "intake",
-        "serve", "monitor", "pipeline", "loop",
+        "data",
+        "align",
+        "shard",
+        "train",
+        "model",
+        "registry",
+        "intake",
+        "serve",
+        "monitor",
+        "pipeline",
+        "loop",
     ):
         try:
             mod = importlib.import_module(f"semlayout.commands.{module_name}")
@@ -98,7 +107,13 @@ def _usage_message(err: ClickException) -> str:
     return f"error: {ctx.command_path}: {message} (see '{ctx.command_path} --help')"
 
 
-_USER_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_USER_PATH_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"error: {'terminated' if _terminated else 'interrupted'}", file=sys.stderr)
         return 143 if _terminated else 130
-    except _USER_PATH_ERRORS as err:  # the environment, not a bug: unwritable, missing or wrong-kind paths
+    except (
+        _USER_PATH_ERRORS
+    ) as err:  # the environment, not a bug: unwritable, missing or wrong-kind paths
         print(f"error: {_os_error_message(err)}", file=sys.stderr)
         return 1
     except SystemExit as exc:

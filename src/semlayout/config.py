@@ -31,16 +31,20 @@ class GeneratorConfig(_Strict):
     out_channels: int = Field(1, ge=1)
     base_filters: int = Field(64, ge=1)
     max_filters: int = Field(256, ge=1)
-    n_down: int = Field(5, ge=1, description="down-sampling steps; bottleneck = image_size / 2**n_down")
+    n_down: int = Field(
+        5, ge=1, description="down-sampling steps; bottleneck = image_size / 2**n_down"
+    )
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     dropout_blocks: int = Field(3, ge=0, description="early decoder blocks that use dropout")
     norm: Literal["batch", "instance"] = "batch"
     attention: bool = False
     attention_resolutions: list[int] = Field(default_factory=lambda: [8, 16])
     input_norm: Literal["none", "standardize"] = Field(
-        "none", description="standardize: G_A (SEM -> layout) scales each input image to zero mean and "
+        "none",
+        description="standardize: G_A (SEM -> layout) scales each input image to zero mean and "
         "unit standard deviation (times 0.5) before its first layer, so detector gain, offset and "
-        "background do not have to be learned; G_B's binary layout input is never rescaled")
+        "background do not have to be learned; G_B's binary layout input is never rescaled",
+    )
 
     @model_validator(mode="after")
     def _depth_fits_size(self) -> GeneratorConfig:
@@ -79,12 +83,20 @@ class LossConfig(_Strict):
     lambda_cycle: float = Field(10.0, ge=0)
     lambda_fm: float = Field(10.0, ge=0, description="feature matching; 0 disables it")
     lambda_identity: float = Field(0.0, ge=0)
-    lambda_dice: float = Field(0.0, ge=0, description="soft Dice of G_A's layout vs the target; 0 disables it")
+    lambda_dice: float = Field(
+        0.0, ge=0, description="soft Dice of G_A's layout vs the target; 0 disables it"
+    )
     adversarial_weight_A: float = Field(
-        1.0, ge=0, description="scales what D_A teaches G_A (gan_A and fm_A); 0 = L1 alone for SEM->Layout")
+        1.0,
+        ge=0,
+        description="scales what D_A teaches G_A (gan_A and fm_A); 0 = L1 alone for SEM->Layout",
+    )
     adversarial_weight_B: float = Field(
-        1.0, ge=0, description="scales what D_B teaches G_B (gan_B and fm_B): below 1, Layout->SEM "
-        "leans on L1 and predicts the expected SEM rather than imitating its shot noise")
+        1.0,
+        ge=0,
+        description="scales what D_B teaches G_B (gan_B and fm_B): below 1, Layout->SEM "
+        "leans on L1 and predicts the expected SEM rather than imitating its shot noise",
+    )
     real_label: float = Field(0.9, gt=0, le=1, description="label smoothing on real targets")
 
 
@@ -99,8 +111,11 @@ class TrainConfig(_Strict):
     balanced_sampling: bool = False
     augment: bool = True
     crop_size: int | None = Field(
-        None, ge=8, description="train on random crops of this side at full image_size resolution "
-        "(same crop for both images; validation and inference see the whole image); None = whole image")
+        None,
+        ge=8,
+        description="train on random crops of this side at full image_size resolution "
+        "(same crop for both images; validation and inference see the whole image); None = whole image",
+    )
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1)
     seed: int = 0
@@ -109,12 +124,17 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="stop early after this many steps")
     channels_last: bool = False
     precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="fp32, or bf16: the G and D forwards of the training step run under "
+        "fp32",
+        description="fp32, or bf16: the G and D forwards of the training step run under "
         "bf16 autocast (losses, weights and optimiser state stay fp32); validation stays fp32; "
         "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AMX or "
-        "AVX512-BF16), else fp32")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
-                        description="auto (cuda if available), cpu, cuda, cuda:N")
+        "AVX512-BF16), else fp32",
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="auto (cuda if available), cpu, cuda, cuda:N",
+    )
     keep_checkpoints: int = Field(3, ge=1, description="step checkpoints kept in RUN/checkpoints")
     val_samples: int = Field(32, ge=0, description="val images scored after each epoch; 0 skips")
     sample_images: int = Field(4, ge=0, description="val images in the per-epoch sample grid")
@@ -132,17 +152,27 @@ class LayoutFitConfig(_Strict):
     """How `sem2layout` output becomes a binary layout (`semlayout.layout_fit`)."""
 
     method: FitMethod = Field(
-        "manhattan", description="manhattan: threshold, then rectangle-like components become their "
-        "best-fit axis-parallel rectangle; threshold: the binarisation alone")
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="foreground above this fraction of white")
-    min_iou: float = Field(0.75, ge=0.0, le=1.0,
-                           description="a component is replaced only if its rectangle covers it this well")
+        "manhattan",
+        description="manhattan: threshold, then rectangle-like components become their "
+        "best-fit axis-parallel rectangle; threshold: the binarisation alone",
+    )
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="foreground above this fraction of white"
+    )
+    min_iou: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description="a component is replaced only if its rectangle covers it this well",
+    )
 
 
 class ExperimentConfig(_Strict):
     name: str = "semlayout"
     generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig.model_validate({}))
-    discriminator: DiscriminatorConfig = Field(default_factory=lambda: DiscriminatorConfig.model_validate({}))
+    discriminator: DiscriminatorConfig = Field(
+        default_factory=lambda: DiscriminatorConfig.model_validate({})
+    )
     loss: LossConfig = Field(default_factory=lambda: LossConfig.model_validate({}))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
     layout_fit: LayoutFitConfig = Field(default_factory=lambda: LayoutFitConfig.model_validate({}))
@@ -180,7 +210,9 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     if not isinstance(data, dict):
-        raise SemlayoutError(f"invalid config {source}: expected a mapping, got {type(data).__name__}")
+        raise SemlayoutError(
+            f"invalid config {source}: expected a mapping, got {type(data).__name__}"
+        )
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
@@ -205,7 +237,11 @@ def yaml_error_line(err: Exception) -> str:
     """A YAML parser error on one line: what went wrong and where (line, column)."""
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     mark = getattr(err, "problem_mark", None)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+    return (
+        f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        if mark is not None
+        else str(problem)
+    )
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:

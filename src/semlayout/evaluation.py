@@ -102,8 +102,13 @@ def otsu_binarize(img: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- per-image scores
-def _layout_scores(pred: np.ndarray, target: np.ndarray, families: np.ndarray,
-                   drawn: np.ndarray | None = None, threshold: float = 0.5) -> dict[str, list[float]]:
+def _layout_scores(
+    pred: np.ndarray,
+    target: np.ndarray,
+    families: np.ndarray,
+    drawn: np.ndarray | None = None,
+    threshold: float = 0.5,
+) -> dict[str, list[float]]:
     """Per-image SEM->Layout metrics for (N, H, W) uint8 stacks. `drawn` is the binary layout
     the product returns for `pred` (threshold + fit): IoU, EPE and CD are scored on it, and
     `iou_threshold` keeps the IoU of `pred` thresholded alone (at the fit's `threshold`)."""
@@ -182,8 +187,10 @@ def evaluate_model(
     from semlayout.inference import Translator
 
     t0 = time.perf_counter()
-    tr = model if isinstance(model, Translator) else Translator.load(
-        model, backend=backend, tracking_uri=tracking_uri
+    tr = (
+        model
+        if isinstance(model, Translator)
+        else Translator.load(model, backend=backend, tracking_uri=tracking_uri)
     )
     data = load_split_arrays(shards_dir, split)
     idx = select_indices(data["families"], max_samples)
@@ -195,7 +202,9 @@ def evaluate_model(
     # SEM -> Layout, and the Otsu baseline on the same pairs
     pred_layout = np.stack(tr.translate("sem2layout", list(sem), batch_size=batch_size))
     drawn = np.stack([tr.to_layout(p) for p in pred_layout])
-    s2l_scores = _layout_scores(pred_layout, layout, families, drawn, tr.config.layout_fit.threshold)
+    s2l_scores = _layout_scores(
+        pred_layout, layout, families, drawn, tr.config.layout_fit.threshold
+    )
     s2l = M.aggregate(s2l_scores, fam_list)
     polarity = fit_otsu_polarity(shards_dir)
     base_layout = np.stack([otsu_layout_baseline(s, polarity) for s in sem])
@@ -222,11 +231,26 @@ def evaluate_model(
     samples: list[dict[str, Any]] = []
     for i in _sample_indices(families, n_report_samples):
         common = {"id": str(ids[i]), "family": str(families[i])}
-        samples.append({**common, "direction": "sem2layout", "input": sem[i], "prediction": pred_layout[i],
-                        "layout": drawn[i], "target": layout[i], "ssim": s2l_scores["ssim"][i],
-                        "iou": s2l_scores["iou"][i]})
-        l2s_sample = {**common, "direction": "layout2sem", "input": layout[i], "prediction": pred_sem[i],
-                      "target": sem[i], "ssim": l2s_scores["ssim"][i]}
+        samples.append(
+            {
+                **common,
+                "direction": "sem2layout",
+                "input": sem[i],
+                "prediction": pred_layout[i],
+                "layout": drawn[i],
+                "target": layout[i],
+                "ssim": s2l_scores["ssim"][i],
+                "iou": s2l_scores["iou"][i],
+            }
+        )
+        l2s_sample = {
+            **common,
+            "direction": "layout2sem",
+            "input": layout[i],
+            "prediction": pred_sem[i],
+            "target": sem[i],
+            "ssim": l2s_scores["ssim"][i],
+        }
         if clean is not None:
             l2s_sample["clean"] = clean[i]
         samples.append(l2s_sample)
@@ -270,6 +294,14 @@ def write_evaluation(
             raise SemlayoutError(f"{path} is a folder; expected a file path to write")
     # the report first: when it cannot be written, no metrics.json claims a finished evaluation
     if report is not None:
-        write_report_html(report, metrics_json_ready(result), result.get("samples", []), curves=curves,
-                          gate=gate, title=f"semlayout evaluation: {result.get('model', '')}")
-    atomic_write_text(Path(out), json.dumps(metrics_json_ready(result), indent=2, sort_keys=True) + "\n")
+        write_report_html(
+            report,
+            metrics_json_ready(result),
+            result.get("samples", []),
+            curves=curves,
+            gate=gate,
+            title=f"semlayout evaluation: {result.get('model', '')}",
+        )
+    atomic_write_text(
+        Path(out), json.dumps(metrics_json_ready(result), indent=2, sort_keys=True) + "\n"
+    )

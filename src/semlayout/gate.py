@@ -109,7 +109,9 @@ def judge(
         entry: dict[str, Any] = {"value": value, "floor": floor, "champion": champ}
         if value is None:
             ok = False
-            reasons.append(f"{direction}: no finite {m} in the candidate's metrics, so the gate fails.")
+            reasons.append(
+                f"{direction}: no finite {m} in the candidate's metrics, so the gate fails."
+            )
         else:
             note = _ceiling_note(metrics, direction, m)
             floor_ok = value >= floor
@@ -127,7 +129,9 @@ def judge(
                     f"{'kept' if champ_ok else 'worse than the champion'}."
                 )
             elif champion_metrics is not None:
-                reasons.append(f"{direction}: the champion has no {m} for this direction; judged on the floor only.")
+                reasons.append(
+                    f"{direction}: the champion has no {m} for this direction; judged on the floor only."
+                )
             ok = floor_ok and champ_ok
         entry["passed"] = ok
         judged[direction] = entry
@@ -152,7 +156,12 @@ def judge_finetune(
     """
     m, tol, gain = cfg.metric, cfg.tolerance, cfg.min_improvement
     reasons: list[str] = []
-    judged: dict[str, Any] = {"kind": "finetune", "metric": m, "tolerance": tol, "min_improvement": gain}
+    judged: dict[str, Any] = {
+        "kind": "finetune",
+        "metric": m,
+        "tolerance": tol,
+        "min_improvement": gain,
+    }
     all_ok = True
     for direction, floor in cfg.floors.items():
         new = _value(new_metrics, direction, m)
@@ -160,14 +169,27 @@ def judge_finetune(
         orig = _value(orig_metrics, direction, m)
         champ = _value(orig_champion_metrics, direction, m)
         entry: dict[str, Any] = {
-            "new": new, "new_champion": base, "orig": orig, "orig_champion": champ, "floor": floor,
+            "new": new,
+            "new_champion": base,
+            "orig": orig,
+            "orig_champion": champ,
+            "floor": floor,
         }
-        missing = [n for n, v in (("new pairs (candidate)", new), ("new pairs (champion)", base),
-                                  ("original shard (candidate)", orig),
-                                  ("original shard (champion)", champ)) if v is None]
+        missing = [
+            n
+            for n, v in (
+                ("new pairs (candidate)", new),
+                ("new pairs (champion)", base),
+                ("original shard (candidate)", orig),
+                ("original shard (champion)", champ),
+            )
+            if v is None
+        ]
         if missing:
             ok = False
-            reasons.append(f"{direction}: no finite {m} for {', '.join(missing)}, so the gate fails.")
+            reasons.append(
+                f"{direction}: no finite {m} for {', '.join(missing)}, so the gate fails."
+            )
         else:
             assert new is not None and base is not None and orig is not None and champ is not None
             improved = new - base > gain
@@ -184,7 +206,9 @@ def judge_finetune(
             )
             floor_ok = orig >= floor
             if not floor_ok:
-                reasons.append(f"{direction}: {m} {orig:.4f} on the original test shard is below the floor {floor:.4f}.")
+                reasons.append(
+                    f"{direction}: {m} {orig:.4f} on the original test shard is below the floor {floor:.4f}."
+                )
             ok = improved and kept and floor_ok
         entry["passed"] = ok
         judged[direction] = entry

@@ -54,7 +54,9 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 def check_direction(direction: str) -> str:
     if direction not in DIRECTIONS:
-        raise SemlayoutError(f"unknown direction '{direction}': expected one of {', '.join(DIRECTIONS)}")
+        raise SemlayoutError(
+            f"unknown direction '{direction}': expected one of {', '.join(DIRECTIONS)}"
+        )
     return direction
 
 
@@ -64,20 +66,28 @@ def check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         raise SemlayoutError("images must be a list of (H, W) uint8 arrays, got a single array")
     images = list(images)
     if not images:
-        raise SemlayoutError("no images to translate: expected a non-empty list of (H, W) uint8 arrays")
+        raise SemlayoutError(
+            "no images to translate: expected a non-empty list of (H, W) uint8 arrays"
+        )
     for i, img in enumerate(images):
         if not isinstance(img, np.ndarray):
             raise SemlayoutError(f"image {i}: expected a numpy array, got {type(img).__name__}")
         if img.dtype != np.uint8:
-            raise SemlayoutError(f"image {i}: expected dtype uint8 (8-bit grayscale), got {img.dtype}")
+            raise SemlayoutError(
+                f"image {i}: expected dtype uint8 (8-bit grayscale), got {img.dtype}"
+            )
         if img.ndim != 2:
-            raise SemlayoutError(f"image {i}: expected an (H, W) grayscale array, got shape {img.shape}")
+            raise SemlayoutError(
+                f"image {i}: expected an (H, W) grayscale array, got shape {img.shape}"
+            )
         if img.shape[0] < 1 or img.shape[1] < 1:
             raise SemlayoutError(f"image {i}: empty image of shape {img.shape}")
     return images
 
 
-def resolve_model_path(model: str | os.PathLike[str], tracking_uri: str | None = None) -> tuple[Path, bool]:
+def resolve_model_path(
+    model: str | os.PathLike[str], tracking_uri: str | None = None
+) -> tuple[Path, bool]:
     """(local checkpoint folder, came_from_registry). `models:/...` goes through the registry."""
     text = str(model)
     if text.startswith("models:/"):
@@ -112,11 +122,19 @@ def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             keys = list(f.keys())
             for name in NET_FOR_DIRECTION.values():
-                state = {k[len(name) + 1:]: f.get_tensor(k) for k in keys if k.startswith(name + ".")}
-                broken = [k for k, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+                state = {
+                    k[len(name) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(name + ".")
+                }
+                broken = [
+                    k
+                    for k, t in state.items()
+                    if t.is_floating_point() and not bool(t.isfinite().all())
+                ]
                 if broken:  # would translate every image to black, silently
-                    raise SemlayoutError(f"{weights}: {name} has non-finite (NaN/inf) weights in {len(broken)} "
-                                         f"tensor(s), e.g. {name}.{broken[0]}; this checkpoint cannot serve")
+                    raise SemlayoutError(
+                        f"{weights}: {name} has non-finite (NaN/inf) weights in {len(broken)} "
+                        f"tensor(s), e.g. {name}.{broken[0]}; this checkpoint cannot serve"
+                    )
                 net = build_generator(cfg, name)
                 load_state_into(net, name, state, str(weights))
                 nets[name] = net.to(device).eval()
@@ -139,7 +157,11 @@ def _weights_digest(ckpt: Path) -> str:
 
 def default_cache_dir() -> Path:
     env = os.environ.get("SEMLAYOUT_CACHE_DIR")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
+    base = (
+        Path(env)
+        if env
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
+    )
     return base / "onnx"
 
 
@@ -156,9 +178,14 @@ def export_generator_onnx(net: Any, dest: Path, image_size: int) -> Path:
             # the tracer warns about Python-side shape checks; ONNX is checked against eager in tests
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                net, (example,), str(tmp), input_names=["input"], output_names=["output"],
+                net,
+                (example,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                opset_version=18, dynamo=False,
+                opset_version=18,
+                dynamo=False,
             )
         os.replace(tmp, dest)
     finally:
@@ -167,7 +194,9 @@ def export_generator_onnx(net: Any, dest: Path, image_size: int) -> Path:
     return dest
 
 
-def _onnx_files(ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[str, Any], size: int) -> dict[str, Path]:
+def _onnx_files(
+    ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[str, Any], size: int
+) -> dict[str, Path]:
     """Where each direction's ONNX file is; export the missing ones (see module docstring)."""
     found = {d: ckpt / f"{d}.onnx" for d in DIRECTIONS}
     if all(p.is_file() for p in found.values()):
@@ -233,7 +262,9 @@ class Translator:
     ) -> Translator:
         """Load a checkpoint folder or a `models:/NAME@ALIAS` / `models:/NAME/VERSION` URI."""
         if backend not in BACKENDS:
-            raise SemlayoutError(f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}")
+            raise SemlayoutError(
+                f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}"
+            )
         import torch
 
         if num_threads is not None:
@@ -243,9 +274,15 @@ class Translator:
         cfg, nets, meta = load_generators(ckpt, dev)
         size = cfg.generator.image_size
         info = {
-            "source": str(model), "path": str(ckpt), "backend": backend, "image_size": size,
-            "name": cfg.name, "step": meta.get("step"), "epoch": meta.get("epoch"),
-            "created": meta.get("created"), "from_registry": registry,
+            "source": str(model),
+            "path": str(ckpt),
+            "backend": backend,
+            "image_size": size,
+            "name": cfg.name,
+            "step": meta.get("step"),
+            "epoch": meta.get("epoch"),
+            "created": meta.get("created"),
+            "from_registry": registry,
         }
         if backend in ("eager", "bf16"):
             dtype = torch.bfloat16 if backend == "bf16" else torch.float32
@@ -307,10 +344,12 @@ class Translator:
         check_direction(direction)
         images = check_images(images)
         if binarize and direction != "sem2layout":
-            raise SemlayoutError("binarize applies to sem2layout only (layouts are binary, SEMs are not)")
+            raise SemlayoutError(
+                "binarize applies to sem2layout only (layouts are binary, SEMs are not)"
+            )
         out: list[np.ndarray] = []
         for start in range(0, len(images), max(1, batch_size)):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
             pred = self.run_batch(direction, batch)[:, 0]  # (B, S, S)
             grey = [self.postprocess(p, im.shape) for p, im in zip(pred, chunk, strict=True)]
@@ -341,7 +380,9 @@ def _onnx_runner(path: Path, num_threads: int | None) -> Runner:
     if num_threads is not None:
         opts.intra_op_num_threads = max(1, int(num_threads))
     try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as err:  # onnxruntime raises its own error types for a corrupt model
         raise SemlayoutError(f"{path}: not a loadable ONNX model: {err}") from None
     name = sess.get_inputs()[0].name

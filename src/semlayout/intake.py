@@ -105,7 +105,9 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None, progress: bool = False) -> Validation:
+def validate_pairs(
+    pairs_dir: str | os.PathLike[str], align_cfg: Any = None, progress: bool = False
+) -> Validation:
     """Check every pair of a pair folder; a broken manifest raises, a bad pair becomes a `Reject`."""
     from semlayout.data.align import AlignConfig, align_pair
     from semlayout.data.pairs import (
@@ -137,8 +139,9 @@ def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None, pro
                     if f.read(8) != PNG_MAGIC:
                         raise ImageRejected(path, "not_png", "expected a PNG file")
             sem = read_gray8(rec.sem_path, expected_shape=SEM_RAW_SHAPE)
-            layout = check_binary_layout(read_gray8(rec.layout_path, expected_shape=TEMPLATE_SHAPE),
-                                         str(rec.layout_path))
+            layout = check_binary_layout(
+                read_gray8(rec.layout_path, expected_shape=TEMPLATE_SHAPE), str(rec.layout_path)
+            )
             if "clean" in files:
                 read_gray8(files["clean"], expected_shape=sem.shape)
         except ImageRejected as err:
@@ -146,15 +149,34 @@ def validate_pairs(pairs_dir: str | os.PathLike[str], align_cfg: Any = None, pro
             continue
         result = align_pair(sem, layout, cfg)
         if not result.qc_pass:
-            rejects.append(Reject(rec.id, f"align:{result.reason}", f"alignment QC failed: {result.qc_summary()}"))
+            rejects.append(
+                Reject(
+                    rec.id, f"align:{result.reason}", f"alignment QC failed: {result.qc_summary()}"
+                )
+            )
             continue
-        pair = ValidPair(rec.id, rec.pattern_type, files, {r: _sha256_file(p) for r, p in files.items()},
-                         dict(rec.extra))
+        pair = ValidPair(
+            rec.id,
+            rec.pattern_type,
+            files,
+            {r: _sha256_file(p) for r, p in files.items()},
+            dict(rec.extra),
+        )
         if pair.pair_hash in seen_pair:
-            rejects.append(Reject(rec.id, "duplicate", f"same SEM and layout as pair '{seen_pair[pair.pair_hash]}'"))
+            rejects.append(
+                Reject(
+                    rec.id,
+                    "duplicate",
+                    f"same SEM and layout as pair '{seen_pair[pair.pair_hash]}'",
+                )
+            )
             continue
         if pair.hashes["sem"] in seen_sem:
-            rejects.append(Reject(rec.id, "duplicate", f"same SEM image as pair '{seen_sem[pair.hashes['sem']]}'"))
+            rejects.append(
+                Reject(
+                    rec.id, "duplicate", f"same SEM image as pair '{seen_sem[pair.hashes['sem']]}'"
+                )
+            )
             continue
         seen_pair[pair.pair_hash] = rec.id
         seen_sem[pair.hashes["sem"]] = rec.id
@@ -177,14 +199,23 @@ def _manifest_csv(pairs: list[ValidPair]) -> str:
     for p in pairs:
         extra_cols += [k for k in p.extra if k not in extra_cols]
     cols = ["id", "sem_path", "layout_path", "pattern_type"] + (["clean_path"] if has_clean else [])
-    cols += ["sem_sha256", "layout_sha256", "pair_sha256"] + [c for c in extra_cols if c not in cols]
+    cols += ["sem_sha256", "layout_sha256", "pair_sha256"] + [
+        c for c in extra_cols if c not in cols
+    ]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for p in pairs:
-        row = {**p.extra, "id": p.id, "sem_path": object_key(p.hashes["sem"]),
-               "layout_path": object_key(p.hashes["layout"]), "pattern_type": p.pattern_type,
-               "sem_sha256": p.hashes["sem"], "layout_sha256": p.hashes["layout"], "pair_sha256": p.pair_hash}
+        row = {
+            **p.extra,
+            "id": p.id,
+            "sem_path": object_key(p.hashes["sem"]),
+            "layout_path": object_key(p.hashes["layout"]),
+            "pattern_type": p.pattern_type,
+            "sem_sha256": p.hashes["sem"],
+            "layout_sha256": p.hashes["layout"],
+            "pair_sha256": p.pair_hash,
+        }
         if has_clean:
             row["clean_path"] = object_key(p.hashes["clean"]) if "clean" in p.files else ""
         w.writerow({c: row.get(c, "") for c in cols})
@@ -213,7 +244,9 @@ def upload_batch(
     if checked.rejects and not skip_invalid:
         raise BatchRefused(checked.rejects, n_total)
     if not checked.valid:
-        raise SemlayoutError(f"no valid pairs in {pairs_dir}: all {n_total} were rejected; nothing was uploaded")
+        raise SemlayoutError(
+            f"no valid pairs in {pairs_dir}: all {n_total} were rejected; nothing was uploaded"
+        )
     pairs = sorted(checked.valid, key=lambda p: p.id)
     bid = batch_id_for(pairs)
     manifest_key = f"{BATCHES}/{bid}/manifest.csv"
@@ -267,16 +300,25 @@ def upload_batch(
     info = {
         "format": FORMAT,
         "batch_id": bid,
-        "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "created": dt.datetime.now(dt.UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z"),
         "uploader": uploader or _default_uploader(),
         "source": str(Path(pairs_dir).absolute()),
-        "counts": {"pairs": len(pairs), "rejected": len(checked.rejects), "objects": len(todo),
-                   "families": _family_counts(pairs)},
+        "counts": {
+            "pairs": len(pairs),
+            "rejected": len(checked.rejects),
+            "objects": len(todo),
+            "families": _family_counts(pairs),
+        },
         "rejects": [asdict(r) for r in checked.rejects],
     }
     store.put_bytes(f"{BATCHES}/{bid}/batch.json", (json.dumps(info, indent=2) + "\n").encode())
     store.put_bytes(manifest_key, _manifest_csv(pairs).encode())  # last: the batch now exists
-    return UploadResult(bid, store.uri, len(pairs), checked.rejects, uploaded, skipped, False, manifest_key)
+    return UploadResult(
+        bid, store.uri, len(pairs), checked.rejects, uploaded, skipped, False, manifest_key
+    )
 
 
 def _family_counts(pairs: list[ValidPair]) -> dict[str, int]:
@@ -311,12 +353,18 @@ def list_batches(uri: str, include_incomplete: bool = False) -> list[dict[str, A
             except json.JSONDecodeError:
                 info = {}
         counts = info.get("counts", {})
-        out.append({
-            "batch_id": bid, "complete": complete, "created": info.get("created"),
-            "uploader": info.get("uploader"), "pairs": counts.get("pairs"),
-            "rejected": counts.get("rejected"), "objects": counts.get("objects"),
-            "families": counts.get("families", {}),
-        })
+        out.append(
+            {
+                "batch_id": bid,
+                "complete": complete,
+                "created": info.get("created"),
+                "uploader": info.get("uploader"),
+                "pairs": counts.get("pairs"),
+                "rejected": counts.get("rejected"),
+                "objects": counts.get("objects"),
+                "families": counts.get("families", {}),
+            }
+        )
     return sorted(out, key=lambda b: (b["created"] or "", b["batch_id"]))
 
 
@@ -326,12 +374,16 @@ def _parse_since(since: str | dt.datetime | None) -> dt.datetime | None:
     try:
         parsed = dt.datetime.fromisoformat(str(since).replace("Z", "+00:00"))
     except ValueError:
-        raise SemlayoutError(f"since '{since}' is not an ISO date/time (e.g. 2026-11-24T05:00:00Z)") from None
+        raise SemlayoutError(
+            f"since '{since}' is not an ISO date/time (e.g. 2026-11-24T05:00:00Z)"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def download_batches(
-    uri: str, dest_dir: str | os.PathLike[str], since: str | dt.datetime | None = None,
+    uri: str,
+    dest_dir: str | os.PathLike[str],
+    since: str | dt.datetime | None = None,
 ) -> Path:
     """Materialise every complete batch (created at or after `since`) as ONE local pair folder.
 
@@ -373,8 +425,12 @@ def download_batches(
                     local = tmp / role / f"{pid}.png"
                     local.parent.mkdir(exist_ok=True)
                     data = store.get_bytes(key)
-                    if role != "clean" and hashlib.sha256(data).hexdigest() != row.get(f"{role}_sha256"):
-                        raise SemlayoutError(f"object {key} of batch {b['batch_id']} does not match its hash")
+                    if role != "clean" and hashlib.sha256(data).hexdigest() != row.get(
+                        f"{role}_sha256"
+                    ):
+                        raise SemlayoutError(
+                            f"object {key} of batch {b['batch_id']} does not match its hash"
+                        )
                     local.write_bytes(data)
                     out[f"{role}_path"] = f"{role}/{pid}.png"
                 rows.append(out)
@@ -389,4 +445,3 @@ def download_batches(
             for r in rows:
                 w.writerow({c: r.get(c, "") for c in cols})
     return Path(dest_dir)
-

@@ -61,25 +61,28 @@ def manhattan_fit(mask: np.ndarray, min_iou: float = 0.75) -> np.ndarray:
     paint = np.zeros(mask.shape, dtype=bool)
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
-        comp = labels[y:y + h, x:x + w] == i
+        comp = labels[y : y + h, x : x + w] == i
         rect = _majority_rectangle(comp)
         if rect is None:
             continue
         r0, r1, c0, c1 = rect
-        inside = int(comp[r0:r1 + 1, c0:c1 + 1].sum())
+        inside = int(comp[r0 : r1 + 1, c0 : c1 + 1].sum())
         union = area + (r1 - r0 + 1) * (c1 - c0 + 1) - inside
         if inside / union < min_iou:
             continue
-        erase[y:y + h, x:x + w] |= comp
-        paint[y + r0:y + r1 + 1, x + c0:x + c1 + 1] = True
+        erase[y : y + h, x : x + w] |= comp
+        paint[y + r0 : y + r1 + 1, x + c0 : x + c1 + 1] = True
     return (mask.astype(bool) & ~erase) | paint
 
 
-def fit_layout(grey: np.ndarray, method: str = "manhattan", threshold: float = 0.5,
-               min_iou: float = 0.75) -> np.ndarray:
+def fit_layout(
+    grey: np.ndarray, method: str = "manhattan", threshold: float = 0.5, min_iou: float = 0.75
+) -> np.ndarray:
     """(H, W) uint8 generator output -> (H, W) uint8 layout in {0, 255} (see module docstring)."""
     if method not in FIT_METHODS:
-        raise SemlayoutError(f"unknown layout fit '{method}': expected one of {', '.join(FIT_METHODS)}")
+        raise SemlayoutError(
+            f"unknown layout fit '{method}': expected one of {', '.join(FIT_METHODS)}"
+        )
     if grey.ndim != 2 or grey.dtype != np.uint8:
         raise SemlayoutError(f"expected an (H, W) uint8 image, got {grey.dtype} {grey.shape}")
     mask = grey > threshold * 255.0

@@ -53,19 +53,28 @@ class LoopConfig(BaseModel):
     intake_uri: str = Field("", description="s3://bucket/prefix of reviewed intake batches")
     tracking_uri: str = Field("", description="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI)")
     model_name: str = "semlayout"
-    original_data_uri: str = Field("", description="original training pairs, for replay and forgetting")
+    original_data_uri: str = Field(
+        "", description="original training pairs, for replay and forgetting"
+    )
     replay_n: int = Field(64, ge=0, description="original pairs mixed into the fine-tune set")
     config: str = Field("small", description="experiment config name or path for the run settings")
     finetune_overrides: dict[str, Any] = Field(
-        default_factory=lambda: {"train.lr": 5e-5, "train.epochs": 3, "train.decay_start_epoch": 1})
-    floors: dict[str, float] = Field(default_factory=dict, description="absolute SSIM floors per direction")
+        default_factory=lambda: {"train.lr": 5e-5, "train.epochs": 3, "train.decay_start_epoch": 1}
+    )
+    floors: dict[str, float] = Field(
+        default_factory=dict, description="absolute SSIM floors per direction"
+    )
     tolerance: float = Field(0.01, ge=0, description="allowed SSIM loss on the original test shard")
-    min_improvement: float = Field(0.0, description="required SSIM gain on the new pairs' test split")
+    min_improvement: float = Field(
+        0.0, description="required SSIM gain on the new pairs' test split"
+    )
     workdir: str = Field("outputs/loop", description="where runs keep their inputs and outputs")
     kfp_host: str = Field("", description="submit to this KFP host instead of running locally")
 
 
-def load_loop_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> LoopConfig:
+def load_loop_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None
+) -> LoopConfig:
     """The loop config from YAML (or nothing) plus dotted-key overrides (`policy.min_new_pairs`).
 
     Every mistake is one `SemlayoutError` line naming the key (`config_error`)."""
@@ -79,7 +88,9 @@ def load_loop_config(path: str | Path | None, overrides: dict[str, Any] | None =
         except UnicodeDecodeError:
             raise SemlayoutError(f"loop config {p} is not a UTF-8 text file") from None
         except yaml.YAMLError as err:
-            raise SemlayoutError(f"loop config {p} is not valid YAML: {yaml_error_line(err)}") from None
+            raise SemlayoutError(
+                f"loop config {p} is not valid YAML: {yaml_error_line(err)}"
+            ) from None
         if not isinstance(data, dict):
             raise SemlayoutError(f"loop config {p}: expected a mapping")
     for dotted, value in (overrides or {}).items():
@@ -88,8 +99,10 @@ def load_loop_config(path: str | Path | None, overrides: dict[str, Any] | None =
         for i, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise SemlayoutError(f"invalid loop config: '{'.'.join(keys[:i + 1])}' is not a mapping, "
-                                     f"so '{dotted}' cannot be set")
+                raise SemlayoutError(
+                    f"invalid loop config: '{'.'.join(keys[:i + 1])}' is not a mapping, "
+                    f"so '{dotted}' cannot be set"
+                )
         node[keys[-1]] = value
     try:
         return LoopConfig.model_validate(data)
@@ -102,7 +115,9 @@ def config_error(err: ValidationError, what: str) -> SemlayoutError:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"unknown key '{loc}'" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg']}")
+        parts.append(
+            f"unknown key '{loc}'" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg']}"
+        )
     message = f"invalid {what}: {'; '.join(parts)}"
     return SemlayoutError(" ".join(message.split()))  # one line, whatever the messages hold
 
@@ -112,7 +127,9 @@ def _store(cfg: LoopConfig):  # -> MonitorStore
     from semlayout.monitoring.store import MonitorStore
 
     if not Path(cfg.monitor_db).is_file():
-        raise SemlayoutError(f"monitoring store not found: {cfg.monitor_db} (is the server's --db elsewhere?)")
+        raise SemlayoutError(
+            f"monitoring store not found: {cfg.monitor_db} (is the server's --db elsewhere?)"
+        )
     return MonitorStore(cfg.monitor_db, create=False)
 
 
@@ -189,25 +206,43 @@ class ConsumedLedger:
             return set()
         conn = self._connect()
         try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'loop_consumed'"
-                            ).fetchone() is None:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'loop_consumed'"
+                ).fetchone()
+                is None
+            ):
                 return set()
             return {(r[0], r[1]) for r in conn.execute("SELECT source, key FROM loop_consumed")}
         finally:
             conn.close()
 
-    def consume(self, pairs: dict[str, ReviewedPair], run_id: str, qc_failed: set[str] | None) -> None:
+    def consume(
+        self, pairs: dict[str, ReviewedPair], run_id: str, qc_failed: set[str] | None
+    ) -> None:
         """Record the collected pairs (folder id -> pair) of one completed run, all or none."""
         now = time.time()
-        rows = [(p.source, p.key, pid, run_id, None if qc_failed is None else int(pid in qc_failed), now)
-                for pid, p in pairs.items()]
+        rows = [
+            (
+                p.source,
+                p.key,
+                pid,
+                run_id,
+                None if qc_failed is None else int(pid in qc_failed),
+                now,
+            )
+            for pid, p in pairs.items()
+        ]
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute(self.TABLE)
-                conn.executemany("INSERT OR IGNORE INTO loop_consumed (source, key, pair_id, run_id, qc_failed,"
-                                 " ts) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany(
+                    "INSERT OR IGNORE INTO loop_consumed (source, key, pair_id, run_id, qc_failed,"
+                    " ts) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -229,8 +264,14 @@ def reviewed_pairs(cfg: LoopConfig) -> Iterator[ReviewedPair]:
                 raise
             records = []
         for rec in records:
-            yield ReviewedPair("feedback", rec.id, rec.id, rec.pattern_type, str(rec.sem_path),
-                               str(rec.layout_path))
+            yield ReviewedPair(
+                "feedback",
+                rec.id,
+                rec.id,
+                rec.pattern_type,
+                str(rec.sem_path),
+                str(rec.layout_path),
+            )
     if cfg.intake_uri:
         from semlayout.intake import BATCHES, list_batches
         from semlayout.storage import open_store
@@ -244,9 +285,16 @@ def reviewed_pairs(cfg: LoopConfig) -> Iterator[ReviewedPair]:
                 if not key or key in seen:
                     continue
                 seen.add(key)
-                yield ReviewedPair("intake", key, row["id"], row.get("pattern_type") or "unknown",
-                                   row["sem_path"], row["layout_path"], row.get("sem_sha256") or "",
-                                   row.get("layout_sha256") or "")
+                yield ReviewedPair(
+                    "intake",
+                    key,
+                    row["id"],
+                    row.get("pattern_type") or "unknown",
+                    row["sem_path"],
+                    row["layout_path"],
+                    row.get("sem_sha256") or "",
+                    row.get("layout_sha256") or "",
+                )
 
 
 def pending_pairs(cfg: LoopConfig) -> list[ReviewedPair]:
@@ -271,7 +319,9 @@ def baseline_ssim(tracking_uri: str | None, model_name: str) -> dict[str, float]
     return out
 
 
-def observe(cfg: LoopConfig, store: Any = None, pending: list[ReviewedPair] | None = None) -> Observations:
+def observe(
+    cfg: LoopConfig, store: Any = None, pending: list[ReviewedPair] | None = None
+) -> Observations:
     store = store or _store(cfg)
     if pending is None:
         pending = pending_pairs(cfg)
@@ -323,8 +373,9 @@ class LaunchResult:
 Launcher = Callable[[LaunchRequest], LaunchResult]
 
 
-def collect_reviewed(cfg: LoopConfig, dest: Path,
-                     pairs: list[ReviewedPair] | None = None) -> dict[str, ReviewedPair]:
+def collect_reviewed(
+    cfg: LoopConfig, dest: Path, pairs: list[ReviewedPair] | None = None
+) -> dict[str, ReviewedPair]:
     """Write `pairs` (default: the pending ones) into one pair folder at `dest`, atomically.
 
     Returns {id in the folder: pair}; nothing is written when there are no pairs. Intake images
@@ -354,10 +405,19 @@ def collect_reviewed(cfg: LoopConfig, dest: Path,
             raise SemlayoutError(f"intake object {ref} (pair '{p.id}') does not match its hash")
         return decode_gray8(data, ref)
 
-    write_pair_folder(dest, (PairArrays(id=pid, sem=image(p, "sem"), layout=image(p, "layout"),
-                                        pattern_type=p.pattern_type,
-                                        extra={"source": p.source, "source_id": p.id})
-                             for pid, p in collected.items()))
+    write_pair_folder(
+        dest,
+        (
+            PairArrays(
+                id=pid,
+                sem=image(p, "sem"),
+                layout=image(p, "layout"),
+                pattern_type=p.pattern_type,
+                extra={"source": p.source, "source_id": p.id},
+            )
+            for pid, p in collected.items()
+        ),
+    )
     return collected
 
 
@@ -369,11 +429,17 @@ def qc_failed_ids(run_dir: Path, ids: set[str]) -> set[str] | None:
         with open(table, newline="") as f:
             rows = list(csv.DictReader(f))
         if {r.get("id") for r in rows} == ids:
-            return {r["id"] for r in rows if (r.get("qc_pass") or "").strip().lower() not in ("true", "1")}
+            return {
+                r["id"]
+                for r in rows
+                if (r.get("qc_pass") or "").strip().lower() not in ("true", "1")
+            }
     return None
 
 
-def _log_to_mlflow(cfg: LoopConfig, decision: TriggerDecision, outcome: dict[str, Any]) -> str | None:
+def _log_to_mlflow(
+    cfg: LoopConfig, decision: TriggerDecision, outcome: dict[str, Any]
+) -> str | None:
     tracking = cfg.tracking_uri
     if not tracking:
         import os
@@ -394,11 +460,19 @@ def _log_to_mlflow(cfg: LoopConfig, decision: TriggerDecision, outcome: dict[str
     # the experiment keeps its artifacts beside a SQLite registry (not ./mlruns in the cwd), and the
     # tracking URI is scoped to this block instead of being left set process-wide
     exp_id = _experiment_id(client(uri), "semlayout-loop", uri)
-    with use_tracking_uri(uri), mlflow.start_run(
-            experiment_id=exp_id, run_name=f"loop-{decision.checked_at:%Y%m%dT%H%M%S}") as run:
-        mlflow.set_tags({"semlayout.loop.fired": str(decision.fire),
-                         "semlayout.loop.status": outcome.get("status", ""),
-                         "semlayout.loop.reasons": "; ".join(r.name for r in decision.fired_reasons)})
+    with (
+        use_tracking_uri(uri),
+        mlflow.start_run(
+            experiment_id=exp_id, run_name=f"loop-{decision.checked_at:%Y%m%dT%H%M%S}"
+        ) as run,
+    ):
+        mlflow.set_tags(
+            {
+                "semlayout.loop.fired": str(decision.fire),
+                "semlayout.loop.status": outcome.get("status", ""),
+                "semlayout.loop.reasons": "; ".join(r.name for r in decision.fired_reasons),
+            }
+        )
         for r in decision.reasons:
             if isinstance(r.value, int | float):
                 mlflow.log_metric(f"trigger.{r.name}", float(r.value))
@@ -406,8 +480,9 @@ def _log_to_mlflow(cfg: LoopConfig, decision: TriggerDecision, outcome: dict[str
         return str(run.info.run_id)
 
 
-def run(cfg: LoopConfig, launcher: Launcher, now: datetime | None = None,
-        force: bool = False) -> dict[str, Any]:
+def run(
+    cfg: LoopConfig, launcher: Launcher, now: datetime | None = None, force: bool = False
+) -> dict[str, Any]:
     """Check, and when the policy fires (or `force`), launch the fine-tune pipeline once."""
     store = _store(cfg)
     pending = pending_pairs(cfg)
@@ -420,7 +495,10 @@ def run(cfg: LoopConfig, launcher: Launcher, now: datetime | None = None,
         store.record_trigger_decision(False, outcome)
         return outcome
 
-    run_dir = Path(cfg.workdir) / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{int(time.time() * 1000) % 1000:03d}"
+    run_dir = (
+        Path(cfg.workdir)
+        / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{int(time.time() * 1000) % 1000:03d}"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     reviewed = run_dir / "reviewed"
     collected = collect_reviewed(cfg, reviewed, pending)
@@ -428,26 +506,39 @@ def run(cfg: LoopConfig, launcher: Launcher, now: datetime | None = None,
     outcome["n_reviewed"] = n
     if n == 0:
         outcome["status"] = "no_reviewed_pairs"
-        outcome["message"] = "the trigger fired but there are no reviewed pairs to fine-tune on; stopped"
+        outcome["message"] = (
+            "the trigger fired but there are no reviewed pairs to fine-tune on; stopped"
+        )
         store.record_trigger_decision(False, outcome)
         outcome["mlflow_run_id"] = _log_to_mlflow(cfg, decision, outcome)
         return outcome
 
     t0 = time.perf_counter()
     try:
-        result = launcher(LaunchRequest(reviewed_dir=reviewed, n_reviewed=n, cfg=cfg, run_dir=run_dir))
+        result = launcher(
+            LaunchRequest(reviewed_dir=reviewed, n_reviewed=n, cfg=cfg, run_dir=run_dir)
+        )
     except SemlayoutError as err:
-        outcome.update(status="failed", message=str(err), seconds=round(time.perf_counter() - t0, 1))
+        outcome.update(
+            status="failed", message=str(err), seconds=round(time.perf_counter() - t0, 1)
+        )
         store.record_trigger_decision(False, outcome)
         outcome["mlflow_run_id"] = _log_to_mlflow(cfg, decision, outcome)
         return outcome
     qc_failed = qc_failed_ids(run_dir, set(collected))
     outcome.update(
-        status="launched" if result.gate_passed is None else ("registered" if result.gate_passed else "gate_failed"),
-        run_id=result.run_id, gate_passed=result.gate_passed, model_version=result.model_version,
-        gate_reasons=result.gate_reasons, seconds=round(time.perf_counter() - t0, 1),
-        n_consumed=n, n_qc_failed=None if qc_failed is None else len(qc_failed),
-        qc_failed_ids=sorted(qc_failed or []), **result.details,
+        status="launched"
+        if result.gate_passed is None
+        else ("registered" if result.gate_passed else "gate_failed"),
+        run_id=result.run_id,
+        gate_passed=result.gate_passed,
+        model_version=result.model_version,
+        gate_reasons=result.gate_reasons,
+        seconds=round(time.perf_counter() - t0, 1),
+        n_consumed=n,
+        n_qc_failed=None if qc_failed is None else len(qc_failed),
+        qc_failed_ids=sorted(qc_failed or []),
+        **result.details,
     )
     # the pairs first: should the process die between the two writes, a completed run's pairs are
     # not trained on twice (the cooldown just does not start)

@@ -103,7 +103,10 @@ def _gauss_blur_rows_stacked(stack: np.ndarray) -> np.ndarray:
     m, h, w = stack.shape
     tall = np.ascontiguousarray(stack.reshape(m * h, w))
     blurred = cv2.GaussianBlur(
-        tall, (SSIM_WIN, SSIM_WIN), SSIM_SIGMA, sigmaY=SSIM_SIGMA,
+        tall,
+        (SSIM_WIN, SSIM_WIN),
+        SSIM_SIGMA,
+        sigmaY=SSIM_SIGMA,
         borderType=cv2.BORDER_REFLECT,  # = scipy's "reflect"; the cropped border hides it anyway
     )
     return blurred.reshape(m, h, w)
@@ -113,7 +116,7 @@ def _ssim_chunk(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     # One blur call for all five moments: (5N, H, W).
     moments = _gauss_blur_rows_stacked(np.concatenate([x, y, x * x, y * y, x * y], axis=0))
-    ux, uy, uxx, uyy, uxy = (moments[i * n:(i + 1) * n] for i in range(5))
+    ux, uy, uxx, uyy, uxy = (moments[i * n : (i + 1) * n] for i in range(5))
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = _K1**2, _K2**2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
@@ -125,13 +128,15 @@ def ssim_batch(a: np.ndarray, b: np.ndarray, chunk: int = 2) -> np.ndarray:
     """SSIM per image of two (N, H, W) stacks (see module docstring for the exact definition)."""
     x, y = _pair(a, b, 3)
     if min(x.shape[1:]) < SSIM_WIN:
-        raise SemlayoutError(f"ssim needs images of at least {SSIM_WIN}x{SSIM_WIN} px, got {x.shape[1:]}")
+        raise SemlayoutError(
+            f"ssim needs images of at least {SSIM_WIN}x{SSIM_WIN} px, got {x.shape[1:]}"
+        )
     if x.shape[0] == 0:
         return np.zeros(0)
     # Small chunks keep the 5 float64 moment planes in cache: measured ~3 ms per 250x250 pair
     # at chunk 2 vs ~10 ms at chunk 32 (and a large split never sits in memory 5 times over).
     return np.concatenate(
-        [_ssim_chunk(x[i:i + chunk], y[i:i + chunk]) for i in range(0, x.shape[0], chunk)]
+        [_ssim_chunk(x[i : i + chunk], y[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
     )
 
 
@@ -237,9 +242,7 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def aggregate(
-    per_image: Mapping[str, Sequence[float]], families: Sequence[str]
-) -> dict[str, Any]:
+def aggregate(per_image: Mapping[str, Sequence[float]], families: Sequence[str]) -> dict[str, Any]:
     """Means of per-image metric values, overall and per family.
 
     `per_image` = {metric: [value per image]}, `families[i]` = the family of image i.

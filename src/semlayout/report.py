@@ -39,11 +39,27 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}
 
 # Metric keys shown per direction, in this order, with their display names.
 _LABELS = {
-    "ssim": "SSIM", "l1": "L1", "psnr": "PSNR (dB)", "iou": "IoU",
-    "epe_px": "edge placement error (px)", "cd_error_px": "CD error (px)",
-    "ssim_vs_clean": "SSIM vs clean", "ceiling_ssim": "SSIM ceiling", "l1_vs_clean": "L1 vs clean", "psnr_vs_clean": "PSNR vs clean (dB)",
+    "ssim": "SSIM",
+    "l1": "L1",
+    "psnr": "PSNR (dB)",
+    "iou": "IoU",
+    "epe_px": "edge placement error (px)",
+    "cd_error_px": "CD error (px)",
+    "ssim_vs_clean": "SSIM vs clean",
+    "ceiling_ssim": "SSIM ceiling",
+    "l1_vs_clean": "L1 vs clean",
+    "psnr_vs_clean": "PSNR vs clean (dB)",
 }
-_SERIES_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_SERIES_COLOURS = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+)
 
 
 def fmt(value: Any) -> str:
@@ -103,19 +119,29 @@ def _gate_section(gate: Any) -> str:
 
 
 def _row(name: str, *cells: Any) -> str:
-    return f'<tr><td class="l">{html.escape(name)}</td>' + "".join(f"<td>{fmt(c)}</td>" for c in cells) + "</tr>"
+    return (
+        f'<tr><td class="l">{html.escape(name)}</td>'
+        + "".join(f"<td>{fmt(c)}</td>" for c in cells)
+        + "</tr>"
+    )
 
 
 def _sem2layout_section(m: Mapping[str, Any]) -> str:
     base = m.get("baseline_otsu") or {}
-    rows = [_row(_LABELS[k], m.get(k), base.get(k)) for k in ("ssim", "l1", "psnr", "iou", "epe_px", "cd_error_px") if k in m]
+    rows = [
+        _row(_LABELS[k], m.get(k), base.get(k))
+        for k in ("ssim", "l1", "psnr", "iou", "epe_px", "cd_error_px")
+        if k in m
+    ]
     return (
         "<h2>SEM &rarr; Layout</h2>"
         '<table><tr><th class="l">metric</th><th>model</th><th>baseline: Otsu of blurred SEM</th></tr>'
-        + "".join(rows) + "</table>"
+        + "".join(rows)
+        + "</table>"
         f'<p class="note">Otsu baseline: Gaussian blur, Otsu threshold, one polarity for all images '
         f'({fmt(base.get("polarity", "bright"))} = pattern), fitted on the train split, never on the '
-        "test targets. EPE/CD in pixels at 250x250; CD on line/space only.</p>" + _family_table(m, ("ssim", "iou", "l1", "epe_px", "cd_error_px"), base)
+        "test targets. EPE/CD in pixels at 250x250; CD on line/space only.</p>"
+        + _family_table(m, ("ssim", "iou", "l1", "epe_px", "cd_error_px"), base)
     )
 
 
@@ -126,7 +152,11 @@ def _layout2sem_section(m: Mapping[str, Any]) -> str:
         _row("L1", m.get("l1"), ceil.get("l1")),
         _row("PSNR (dB)", m.get("psnr"), ceil.get("psnr")),
     ]
-    clean_rows = [_row(_LABELS[k], m.get(k), None) for k in ("ssim_vs_clean", "l1_vs_clean", "psnr_vs_clean") if k in m]
+    clean_rows = [
+        _row(_LABELS[k], m.get(k), None)
+        for k in ("ssim_vs_clean", "l1_vs_clean", "psnr_vs_clean")
+        if k in m
+    ]
     ceiling_note = ""
     if ceil.get("ssim") is not None and m.get("ssim") is not None:
         ceiling_note = (
@@ -138,8 +168,11 @@ def _layout2sem_section(m: Mapping[str, Any]) -> str:
     return (
         "<h2>Layout &rarr; SEM</h2>"
         '<table><tr><th class="l">metric</th><th>model vs noisy SEM</th>'
-        "<th>ceiling: clean vs noisy SEM</th></tr>" + "".join(rows + clean_rows) + "</table>"
-        + ceiling_note + _family_table(m, ("ssim", "ceiling_ssim", "ssim_vs_clean", "l1", "psnr"), None)
+        "<th>ceiling: clean vs noisy SEM</th></tr>"
+        + "".join(rows + clean_rows)
+        + "</table>"
+        + ceiling_note
+        + _family_table(m, ("ssim", "ceiling_ssim", "ssim_vs_clean", "l1", "psnr"), None)
     )
 
 
@@ -168,16 +201,20 @@ def _family_table(m: Mapping[str, Any], keys: Sequence[str], base: Mapping[str, 
 def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
     if not samples:
         return ""
-    out = ['<h2>Samples</h2><p class="legend note"><span>layout error: '
-           '<b style="color:#e61e1e">red</b> = missing pattern, <b style="color:#285af0">blue</b> = extra '
-           "pattern, gray = agreement</span><span>SEM error: |prediction - target| heatmap</span></p>"]
+    out = [
+        '<h2>Samples</h2><p class="legend note"><span>layout error: '
+        '<b style="color:#e61e1e">red</b> = missing pattern, <b style="color:#285af0">blue</b> = extra '
+        "pattern, gray = agreement</span><span>SEM error: |prediction - target| heatmap</span></p>"
+    ]
     for direction in ("sem2layout", "layout2sem"):
         rows = [s for s in samples if s.get("direction") == direction]
         if not rows:
             continue
         title = "SEM &rarr; Layout" if direction == "sem2layout" else "Layout &rarr; SEM"
-        out.append(f'<h3>{title}</h3><table class="grid"><tr><th class="l">pair</th><th>input</th>'
-                   "<th>prediction</th><th>target</th><th>error</th></tr>")
+        out.append(
+            f'<h3>{title}</h3><table class="grid"><tr><th class="l">pair</th><th>input</th>'
+            "<th>prediction</th><th>target</th><th>error</th></tr>"
+        )
         for s in rows:
             # sem2layout: the error of the drawn layout the IoU was scored on (`layout`), when given
             err = (layout_error_overlay if direction == "sem2layout" else abs_diff_heatmap)(
@@ -185,10 +222,16 @@ def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
             )
             cells = "".join(
                 f'<td><img alt="{html.escape(kind)} {html.escape(str(s.get("id", "")))}" src="{png_data_uri(img)}"></td>'
-                for kind, img in (("input", s["input"]), ("prediction", s["prediction"]),
-                                  ("target", s["target"]), ("error", err))
+                for kind, img in (
+                    ("input", s["input"]),
+                    ("prediction", s["prediction"]),
+                    ("target", s["target"]),
+                    ("error", err),
+                )
             )
-            label = f'{html.escape(str(s.get("id", "")))}<br>{html.escape(str(s.get("family", "")))}'
+            label = (
+                f'{html.escape(str(s.get("id", "")))}<br>{html.escape(str(s.get("family", "")))}'
+            )
             scores = "".join(
                 f"<br>{_LABELS.get(k, k)} {fmt(s[k])}" for k in ("ssim", "iou") if k in s
             )
@@ -239,24 +282,32 @@ def curves_svg(curves: Mapping[str, Sequence[float]], width: int = 640, height: 
         y = pad_t + ph * (1 - (v - lo) / (hi - lo))
         return f"{x:.1f},{y:.1f}"
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<rect x="{pad_l}" y="{pad_t}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-             f'<text x="{pad_l - 4}" y="{pad_t + 10}" font-size="10" text-anchor="end">{hi:.3g}</text>',
-             f'<text x="{pad_l - 4}" y="{pad_t + ph}" font-size="10" text-anchor="end">{lo:.3g}</text>',
-             f'<text x="{pad_l + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">epoch '
-             f"(1..{n_max})</text>"]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+        f'<rect x="{pad_l}" y="{pad_t}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+        f'<text x="{pad_l - 4}" y="{pad_t + 10}" font-size="10" text-anchor="end">{hi:.3g}</text>',
+        f'<text x="{pad_l - 4}" y="{pad_t + ph}" font-size="10" text-anchor="end">{lo:.3g}</text>',
+        f'<text x="{pad_l + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">epoch '
+        f"(1..{n_max})</text>",
+    ]
     for j, (name, vals) in enumerate(curves.items()):
         colour = _SERIES_COLOURS[j % len(_SERIES_COLOURS)]
         pts = " ".join(xy(i, v) for i, v in enumerate(vals) if math.isfinite(v))
         if not pts:
             continue
         if len(vals) == 1:
-            parts.append(f'<circle cx="{pts.split(",")[0]}" cy="{pts.split(",")[1]}" r="3" fill="{colour}"/>')
+            parts.append(
+                f'<circle cx="{pts.split(",")[0]}" cy="{pts.split(",")[1]}" r="3" fill="{colour}"/>'
+            )
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
         ly = pad_t + 12 + 14 * j
-        parts.append(f'<line x1="{width - pad_r + 8}" y1="{ly - 4}" x2="{width - pad_r + 24}" y2="{ly - 4}" '
-                     f'stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<text x="{width - pad_r + 28}" y="{ly}" font-size="11">{html.escape(name)}</text>')
+        parts.append(
+            f'<line x1="{width - pad_r + 8}" y1="{ly - 4}" x2="{width - pad_r + 24}" y2="{ly - 4}" '
+            f'stroke="{colour}" stroke-width="2"/>'
+        )
+        parts.append(
+            f'<text x="{width - pad_r + 28}" y="{ly}" font-size="11">{html.escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -311,7 +362,7 @@ def render_report_html(
 ) -> str:
     """The report as an HTML string (see module docstring)."""
     head = (
-        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
     )
     info = []

@@ -31,14 +31,20 @@ def check_key(key: str, allow_empty: bool = False) -> str:
     if key == "" and allow_empty:
         return ""
     if not key or key.strip("/") == "":
-        raise SemlayoutError("object key is empty; expected a relative path such as 'objects/ab12.png'")
+        raise SemlayoutError(
+            "object key is empty; expected a relative path such as 'objects/ab12.png'"
+        )
     if key.startswith("/") or key.startswith("\\") or re.match(r"^[A-Za-z]:", key):
-        raise SemlayoutError(f"object key '{key}' is absolute; expected a path relative to the store")
+        raise SemlayoutError(
+            f"object key '{key}' is absolute; expected a path relative to the store"
+        )
     if "\\" in key or "\x00" in key:
         raise SemlayoutError(f"object key '{key}' holds a backslash or NUL; use '/' separators")
     parts = key.split("/")
     if any(p in ("..", ".") for p in parts):
-        raise SemlayoutError(f"object key '{key}' contains '.' or '..'; keys must stay inside the store")
+        raise SemlayoutError(
+            f"object key '{key}' contains '.' or '..'; keys must stay inside the store"
+        )
     return key
 
 
@@ -81,14 +87,16 @@ class Store(ABC):
             raise SemlayoutError(f"nothing stored under {self.uri.rstrip('/')}/{base}")
         dest.mkdir(parents=True, exist_ok=True)
         for key in keys:
-            rel = key[len(base):]
+            rel = key[len(base) :]
             if not rel or rel.endswith("/"):
                 continue  # "directory marker" objects some tools create
             out = dest / rel
             atomic_write_bytes(out, self.get_bytes(key))
         return dest
 
-    def upload_tree(self, local_dir: str | os.PathLike[str], prefix: str = "") -> builtins.list[str]:
+    def upload_tree(
+        self, local_dir: str | os.PathLike[str], prefix: str = ""
+    ) -> builtins.list[str]:
         """Upload every file under `local_dir` to `prefix/<relative path>`; returns the keys."""
         src = Path(local_dir)
         if not src.is_dir():
@@ -197,7 +205,9 @@ class S3Store(Store):
             ) from None
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code", ""))
-            if code == "NoSuchBucket" or (err.operation_name == "HeadBucket" and code in ("404", "NotFound")):
+            if code == "NoSuchBucket" or (
+                err.operation_name == "HeadBucket" and code in ("404", "NotFound")
+            ):
                 raise SemlayoutError(f"S3 bucket '{self.bucket}' does not exist ({what})") from None
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise SemlayoutError(f"access denied to {where} ({what}): {code}") from None
@@ -275,9 +285,13 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
         return "file", "", unquote(parsed.path)
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise SemlayoutError(f"S3 URI '{uri}' has an empty bucket name; expected s3://BUCKET/PREFIX")
+            raise SemlayoutError(
+                f"S3 URI '{uri}' has an empty bucket name; expected s3://BUCKET/PREFIX"
+            )
         return "s3", parsed.netloc, parsed.path.strip("/")
-    raise SemlayoutError(f"unsupported storage URI '{uri}': expected a folder path, file:// or s3://")
+    raise SemlayoutError(
+        f"unsupported storage URI '{uri}': expected a folder path, file:// or s3://"
+    )
 
 
 def open_store(uri: str) -> Store:

@@ -25,13 +25,23 @@ class TriggerPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_new_pairs: int = Field(default=50, ge=1, description="reviewed pairs no run has used yet")
-    drift_rate_threshold: float = Field(default=0.3, gt=0, le=1, description="share of drifted requests")
+    drift_rate_threshold: float = Field(
+        default=0.3, gt=0, le=1, description="share of drifted requests"
+    )
     drift_window: int = Field(default=200, ge=1, description="most recent requests considered")
-    min_drift_samples: int = Field(default=20, ge=1, description="fewer requests than this: no drift verdict")
-    ssim_drop_margin: float = Field(default=0.05, ge=0, description="rolling SSIM below baseline - margin fires")
-    ssim_window: int = Field(default=50, ge=1, description="most recent ground-truth evaluations considered")
+    min_drift_samples: int = Field(
+        default=20, ge=1, description="fewer requests than this: no drift verdict"
+    )
+    ssim_drop_margin: float = Field(
+        default=0.05, ge=0, description="rolling SSIM below baseline - margin fires"
+    )
+    ssim_window: int = Field(
+        default=50, ge=1, description="most recent ground-truth evaluations considered"
+    )
     min_ssim_samples: int = Field(default=5, ge=1)
-    cooldown_minutes: float = Field(default=24 * 60, ge=0, description="no new run this soon after the last")
+    cooldown_minutes: float = Field(
+        default=24 * 60, ge=0, description="no new run this soon after the last"
+    )
 
 
 @dataclass
@@ -95,30 +105,45 @@ def decide(policy: TriggerPolicy, obs: Observations, now: datetime) -> TriggerDe
     reasons: list[Reason] = []
 
     pairs = obs.new_pairs_feedback + obs.new_pairs_intake
-    reasons.append(Reason(
-        name="new_pairs",
-        fired=pairs >= policy.min_new_pairs,
-        value=float(pairs),
-        threshold=float(policy.min_new_pairs),
-        detail=(f"{pairs} new reviewed pairs ({obs.new_pairs_feedback} via API feedback, "
-                f"{obs.new_pairs_intake} via S3 intake); threshold {policy.min_new_pairs}"),
-    ))
+    reasons.append(
+        Reason(
+            name="new_pairs",
+            fired=pairs >= policy.min_new_pairs,
+            value=float(pairs),
+            threshold=float(policy.min_new_pairs),
+            detail=(
+                f"{pairs} new reviewed pairs ({obs.new_pairs_feedback} via API feedback, "
+                f"{obs.new_pairs_intake} via S3 intake); threshold {policy.min_new_pairs}"
+            ),
+        )
+    )
 
     if obs.drift_rate is None or obs.drift_samples < policy.min_drift_samples:
-        reasons.append(Reason(
-            name="drift", fired=False, value=obs.drift_rate, threshold=policy.drift_rate_threshold,
-            detail=(f"only {obs.drift_samples} requests in the window "
-                    f"(need {policy.min_drift_samples}); no verdict"),
-        ))
+        reasons.append(
+            Reason(
+                name="drift",
+                fired=False,
+                value=obs.drift_rate,
+                threshold=policy.drift_rate_threshold,
+                detail=(
+                    f"only {obs.drift_samples} requests in the window "
+                    f"(need {policy.min_drift_samples}); no verdict"
+                ),
+            )
+        )
     else:
-        reasons.append(Reason(
-            name="drift",
-            fired=obs.drift_rate > policy.drift_rate_threshold,
-            value=obs.drift_rate,
-            threshold=policy.drift_rate_threshold,
-            detail=(f"drift rate {obs.drift_rate:.1%} over the last {obs.drift_samples} requests; "
-                    f"threshold {policy.drift_rate_threshold:.1%}"),
-        ))
+        reasons.append(
+            Reason(
+                name="drift",
+                fired=obs.drift_rate > policy.drift_rate_threshold,
+                value=obs.drift_rate,
+                threshold=policy.drift_rate_threshold,
+                detail=(
+                    f"drift rate {obs.drift_rate:.1%} over the last {obs.drift_samples} requests; "
+                    f"threshold {policy.drift_rate_threshold:.1%}"
+                ),
+            )
+        )
 
     for direction in DIRECTIONS:
         name = f"ssim_drop_{direction}"
@@ -126,20 +151,30 @@ def decide(policy: TriggerPolicy, obs: Observations, now: datetime) -> TriggerDe
         n = obs.ssim_samples.get(direction, 0)
         base = obs.baseline_ssim.get(direction)
         if ssim is None or base is None or n < policy.min_ssim_samples:
-            why = "no promotion baseline" if base is None else (
-                f"only {n} ground-truth evaluations (need {policy.min_ssim_samples})")
-            reasons.append(Reason(name=name, fired=False, value=ssim, threshold=None,
-                                  detail=f"{why}; no verdict"))
+            why = (
+                "no promotion baseline"
+                if base is None
+                else (f"only {n} ground-truth evaluations (need {policy.min_ssim_samples})")
+            )
+            reasons.append(
+                Reason(
+                    name=name, fired=False, value=ssim, threshold=None, detail=f"{why}; no verdict"
+                )
+            )
             continue
         limit = base - policy.ssim_drop_margin
-        reasons.append(Reason(
-            name=name,
-            fired=ssim < limit,
-            value=ssim,
-            threshold=limit,
-            detail=(f"rolling SSIM {ssim:.3f} over {n} reviewed predictions vs baseline "
-                    f"{base:.3f} - margin {policy.ssim_drop_margin:.3f} = {limit:.3f}"),
-        ))
+        reasons.append(
+            Reason(
+                name=name,
+                fired=ssim < limit,
+                value=ssim,
+                threshold=limit,
+                detail=(
+                    f"rolling SSIM {ssim:.3f} over {n} reviewed predictions vs baseline "
+                    f"{base:.3f} - margin {policy.ssim_drop_margin:.3f} = {limit:.3f}"
+                ),
+            )
+        )
 
     any_fired = any(r.fired for r in reasons)
     cooldown_until = None

@@ -12,16 +12,28 @@ def register(app: typer.Typer) -> None:
     @app.command("align")
     def align(
         pairs: Path = typer.Argument(..., help="pair folder with manifest.csv (raw 304x304 SEMs)"),
-        out: Path = typer.Option(..., "--out", help="aligned pair folder to write (QC-passed pairs + alignment.csv)"),
-        blur: float = typer.Option(0.0, "--blur", help="extra Gaussian sigma (px) on the SEM before matching"),
-        min_score: float = typer.Option(None, "--min-score", help="QC: least multiple-correlation score at the peak"),
+        out: Path = typer.Option(
+            ..., "--out", help="aligned pair folder to write (QC-passed pairs + alignment.csv)"
+        ),
+        blur: float = typer.Option(
+            0.0, "--blur", help="extra Gaussian sigma (px) on the SEM before matching"
+        ),
+        min_score: float = typer.Option(
+            None, "--min-score", help="QC: least multiple-correlation score at the peak"
+        ),
         min_confidence: float = typer.Option(
-            None, "--min-confidence", help="QC: least z-score separating the peak from the best non-equivalent one"
+            None,
+            "--min-confidence",
+            help="QC: least z-score separating the peak from the best non-equivalent one",
         ),
         min_localization: float = typer.Option(
-            None, "--min-localization", help="QC: least z-score separating the peak from its neighbouring offsets"
+            None,
+            "--min-localization",
+            help="QC: least z-score separating the peak from its neighbouring offsets",
         ),
-        workers: int = typer.Option(1, "--workers", help="processes (one per core helps on large folders)"),
+        workers: int = typer.Option(
+            1, "--workers", help="processes (one per core helps on large folders)"
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar"),
     ) -> None:
         """Align raw SEMs to their layout templates; write OUT (cropped 250x250 pairs) and OUT/alignment.csv."""

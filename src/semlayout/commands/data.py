@@ -30,15 +30,35 @@ def synth(
     out: Annotated[Path, typer.Argument(help="output pair folder (replaced atomically)")],
     n: Annotated[int, typer.Option("--n", help="number of pairs")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="same seed -> byte-identical files")] = 0,
-    mix: Annotated[str | None, typer.Option(
-        "--mix", help="family weights, e.g. line_space=0.5,via_array=0.2 (default: imbalanced mix of all)")] = None,
-    dose_range: Annotated[str | None, typer.Option(
-        "--dose-range", help="electrons/pixel LOW,HIGH, drawn log-uniformly (default 2,3000)")] = None,
-    reverse_fraction: Annotated[float | None, typer.Option(
-        "--reverse-fraction", help="share of images with reversed polarity (default 0: one layer, one contrast)")] = None,
-    preview: Annotated[Path | None, typer.Option(
-        "--preview", help="also write a PNG grid: layout | clean SEM | noisy SEM per family")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="processes (default: min(2, CPUs))")] = 0,
+    mix: Annotated[
+        str | None,
+        typer.Option(
+            "--mix",
+            help="family weights, e.g. line_space=0.5,via_array=0.2 (default: imbalanced mix of all)",
+        ),
+    ] = None,
+    dose_range: Annotated[
+        str | None,
+        typer.Option(
+            "--dose-range", help="electrons/pixel LOW,HIGH, drawn log-uniformly (default 2,3000)"
+        ),
+    ] = None,
+    reverse_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--reverse-fraction",
+            help="share of images with reversed polarity (default 0: one layer, one contrast)",
+        ),
+    ] = None,
+    preview: Annotated[
+        Path | None,
+        typer.Option(
+            "--preview", help="also write a PNG grid: layout | clean SEM | noisy SEM per family"
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="processes (default: min(2, CPUs))")
+    ] = 0,
 ) -> None:
     """Synthesise SEM/layout pairs with ground-truth offsets (manifest.csv, sem/, layout/, clean/, truth.csv)."""
     from dataclasses import replace
@@ -64,22 +84,49 @@ def gds_clips(
     layer: Annotated[int, typer.Option("--layer", help="GDS layer number")],
     pixel_nm: Annotated[float, typer.Option("--pixel-nm", help="pixel size in nm")],
     out: Annotated[Path, typer.Option("--out", help="output folder (replaced atomically)")],
-    datatype: Annotated[int | None, typer.Option("--datatype", help="GDS datatype (default: all)")] = None,
-    cell: Annotated[str | None, typer.Option("--cell", help="cell name (default: the single top cell)")] = None,
-    stride_nm: Annotated[float | None, typer.Option(
-        "--stride-nm", help="tiling step in nm (default: one clip width, no overlap)")] = None,
-    max_clips: Annotated[int | None, typer.Option("--max-clips", help="stop after this many clips")] = None,
-    render_sem: Annotated[bool, typer.Option(
-        "--render-sem", help="also render synthetic SEMs: OUT becomes a pair folder with truth.csv")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="seed for --render-sem physics and offsets")] = 0,
+    datatype: Annotated[
+        int | None, typer.Option("--datatype", help="GDS datatype (default: all)")
+    ] = None,
+    cell: Annotated[
+        str | None, typer.Option("--cell", help="cell name (default: the single top cell)")
+    ] = None,
+    stride_nm: Annotated[
+        float | None,
+        typer.Option("--stride-nm", help="tiling step in nm (default: one clip width, no overlap)"),
+    ] = None,
+    max_clips: Annotated[
+        int | None, typer.Option("--max-clips", help="stop after this many clips")
+    ] = None,
+    render_sem: Annotated[
+        bool,
+        typer.Option(
+            "--render-sem",
+            help="also render synthetic SEMs: OUT becomes a pair folder with truth.csv",
+        ),
+    ] = False,
+    seed: Annotated[
+        int, typer.Option("--seed", help="seed for --render-sem physics and offsets")
+    ] = 0,
 ) -> None:
     """Rasterise 250x250 layout clips from a GDSII layer (layout/<id>.png + clips.csv)."""
     from semlayout.data.gds import gds_clips as run
 
-    result = run(gds_file, layer=layer, pixel_nm=pixel_nm, out_dir=out, datatype=datatype, cell=cell,
-                 stride_nm=stride_nm, max_clips=max_clips, render_sem=render_sem, seed=seed)
-    typer.echo(f"wrote {result.n_clips} clips to {result.out_dir}"
-               + (" with rendered SEMs" if render_sem else ""))
+    result = run(
+        gds_file,
+        layer=layer,
+        pixel_nm=pixel_nm,
+        out_dir=out,
+        datatype=datatype,
+        cell=cell,
+        stride_nm=stride_nm,
+        max_clips=max_clips,
+        render_sem=render_sem,
+        seed=seed,
+    )
+    typer.echo(
+        f"wrote {result.n_clips} clips to {result.out_dir}"
+        + (" with rendered SEMs" if render_sem else "")
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -14,8 +14,9 @@ import typer
 
 from semlayout.errors import SemlayoutError
 
-loop_app = typer.Typer(help="Continuous learning: triggers -> fine-tune -> gated registration.",
-                       no_args_is_help=True)
+loop_app = typer.Typer(
+    help="Continuous learning: triggers -> fine-tune -> gated registration.", no_args_is_help=True
+)
 
 _CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
 
@@ -27,17 +28,29 @@ def _set(items: list[str]) -> dict[str, object]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SemlayoutError(f"--set {item!r}: expected KEY=VALUE, e.g. policy.min_new_pairs=20")
+            raise SemlayoutError(
+                f"--set {item!r}: expected KEY=VALUE, e.g. policy.min_new_pairs=20"
+            )
         out[key] = yaml.safe_load(value)
     return out
 
 
-def _options(monitor_db: str | None, feedback_dir: str | None, intake_uri: str | None,
-             tracking_uri: str | None, model_name: str | None, sets: list[str]) -> dict[str, object]:
+def _options(
+    monitor_db: str | None,
+    feedback_dir: str | None,
+    intake_uri: str | None,
+    tracking_uri: str | None,
+    model_name: str | None,
+    sets: list[str],
+) -> dict[str, object]:
     overrides = _set(sets)
-    for key, value in (("monitor_db", monitor_db), ("feedback_dir", feedback_dir),
-                       ("intake_uri", intake_uri), ("tracking_uri", tracking_uri),
-                       ("model_name", model_name)):
+    for key, value in (
+        ("monitor_db", monitor_db),
+        ("feedback_dir", feedback_dir),
+        ("intake_uri", intake_uri),
+        ("tracking_uri", tracking_uri),
+        ("model_name", model_name),
+    ):
         if value is not None:
             overrides[key] = value
     return overrides
@@ -57,15 +70,28 @@ def check_cmd(
     """Report the trigger decision and every reason with its numbers (acts on nothing)."""
     from semlayout.loop import check, load_loop_config
 
-    cfg = load_loop_config(config, _options(monitor_db, feedback_dir, intake_uri, tracking_uri,
-                                            model_name, set_))
+    cfg = load_loop_config(
+        config, _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
+    )
     decision, obs = check(cfg)
     if as_json:
-        print(json.dumps({**decision.to_dict(), "observations": {
-            "new_pairs_feedback": obs.new_pairs_feedback, "new_pairs_intake": obs.new_pairs_intake,
-            "drift_rate": obs.drift_rate, "drift_samples": obs.drift_samples,
-            "rolling_ssim": obs.rolling_ssim, "baseline_ssim": obs.baseline_ssim,
-            "last_run_at": obs.last_run_at.isoformat() if obs.last_run_at else None}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **decision.to_dict(),
+                    "observations": {
+                        "new_pairs_feedback": obs.new_pairs_feedback,
+                        "new_pairs_intake": obs.new_pairs_intake,
+                        "drift_rate": obs.drift_rate,
+                        "drift_samples": obs.drift_samples,
+                        "rolling_ssim": obs.rolling_ssim,
+                        "baseline_ssim": obs.baseline_ssim,
+                        "last_run_at": obs.last_run_at.isoformat() if obs.last_run_at else None,
+                    },
+                },
+                indent=2,
+            )
+        )
     else:
         print(decision.summary())
 
@@ -78,8 +104,12 @@ def run_cmd(
     intake_uri: str = typer.Option(None, "--intake-uri"),
     tracking_uri: str = typer.Option(None, "--tracking-uri"),
     model_name: str = typer.Option(None, "--model-name"),
-    kfp_host: str = typer.Option(None, "--kfp-host", help="submit to this KFP host instead of kfp.local"),
-    force: bool = typer.Option(False, "--force", help="run even if no trigger fires (cooldown still holds)"),
+    kfp_host: str = typer.Option(
+        None, "--kfp-host", help="submit to this KFP host instead of kfp.local"
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="run even if no trigger fires (cooldown still holds)"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -107,13 +137,25 @@ def run_cmd(
         from semlayout.triggers import Reason, TriggerDecision
 
         d = outcome["decision"]
-        print(TriggerDecision(
-            fire=d["fire"], held_by_cooldown=d["held_by_cooldown"],
-            reasons=[Reason(**r) for r in d["reasons"]], checked_at=_iso(d["checked_at"]),
-            cooldown_until=_iso(d["cooldown_until"]) if d["cooldown_until"] else None).summary())
+        print(
+            TriggerDecision(
+                fire=d["fire"],
+                held_by_cooldown=d["held_by_cooldown"],
+                reasons=[Reason(**r) for r in d["reasons"]],
+                checked_at=_iso(d["checked_at"]),
+                cooldown_until=_iso(d["cooldown_until"]) if d["cooldown_until"] else None,
+            ).summary()
+        )
         print(f"status: {outcome['status']}")
-        for key in ("message", "n_reviewed", "n_qc_failed", "run_id", "gate_passed", "model_version",
-                    "gate_reasons"):
+        for key in (
+            "message",
+            "n_reviewed",
+            "n_qc_failed",
+            "run_id",
+            "gate_passed",
+            "model_version",
+            "gate_reasons",
+        ):
             if outcome.get(key) not in (None, "", []):
                 print(f"{key}: {outcome[key]}")
     if outcome["status"] == "failed":

@@ -25,8 +25,13 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
     backend: str = typer.Option("eager", help="eager, bf16 or onnx"),
     binarize: bool = typer.Option(
-        False, "--binarize", help="sem2layout: write the drawn layout, {0, 255} (threshold + Manhattan fit)"),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI for models:/ URIs"),
+        False,
+        "--binarize",
+        help="sem2layout: write the drawn layout, {0, 255} (threshold + Manhattan fit)",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow URI for models:/ URIs"
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
 ) -> None:
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT."""
@@ -45,9 +50,13 @@ def predict(
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
     with atomic_dir(out) as tmp:
         for start in range(0, len(files), batch_size):
-            preds = tr.translate(direction, images[start:start + batch_size], binarize=binarize,
-                                 batch_size=batch_size)
-            for path, pred in zip(files[start:start + batch_size], preds, strict=True):
+            preds = tr.translate(
+                direction,
+                images[start : start + batch_size],
+                binarize=binarize,
+                batch_size=batch_size,
+            )
+            for path, pred in zip(files[start : start + batch_size], preds, strict=True):
                 ok, buf = cv2.imencode(".png", pred)
                 if not ok:
                     raise RuntimeError(f"PNG encoding failed for {path.name}")
@@ -71,21 +80,35 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="shard folder (from `semlayout shard`)"),
     split: str = typer.Option("test", help="train, val or test"),
     out: Path = typer.Option(..., "--out", "-o", help="metrics.json to write"),
-    report: Path | None = typer.Option(None, "--report", help="also write a self-contained HTML report"),
-    backend: str = typer.Option("eager", help="eager, bf16 or onnx"),
-    max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="evaluate a stratified subset"),
-    history: Path | None = typer.Option(
-        None, "--history", help="training history.json for the report's curves (default: found beside the model)"
+    report: Path | None = typer.Option(
+        None, "--report", help="also write a self-contained HTML report"
     ),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI for models:/ URIs"),
+    backend: str = typer.Option("eager", help="eager, bf16 or onnx"),
+    max_samples: int | None = typer.Option(
+        None, "--max-samples", min=1, help="evaluate a stratified subset"
+    ),
+    history: Path | None = typer.Option(
+        None,
+        "--history",
+        help="training history.json for the report's curves (default: found beside the model)",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow URI for models:/ URIs"
+    ),
 ) -> None:
     """Score both directions on a shard split (per family, with baselines) -> metrics.json [+ report]."""
     from semlayout.evaluation import evaluate_model, write_evaluation
 
     if history is not None and not history.is_file():
         raise SemlayoutError(f"--history {history} not found")
-    result = evaluate_model(model, data, split=split, backend=backend, max_samples=max_samples,
-                            tracking_uri=tracking_uri)
+    result = evaluate_model(
+        model,
+        data,
+        split=split,
+        backend=backend,
+        max_samples=max_samples,
+        tracking_uri=tracking_uri,
+    )
     hist = history or _find_history(model)
     curves = None
     if report is not None and hist is not None:
@@ -102,12 +125,16 @@ def evaluate(
         return "-" if v is None else f"{v:.4f}"
 
     print(f"{result['n']} pairs ({split}) model {result['model']}")
-    print(f"sem2layout  ssim {f(s2l['ssim'])}  iou {f(s2l['iou'])}  l1 {f(s2l['l1'])}  "
-          f"epe {f(s2l['epe_px'])} px   | otsu baseline ssim {f(s2l['baseline_otsu']['ssim'])} "
-          f"iou {f(s2l['baseline_otsu']['iou'])}")
+    print(
+        f"sem2layout  ssim {f(s2l['ssim'])}  iou {f(s2l['iou'])}  l1 {f(s2l['l1'])}  "
+        f"epe {f(s2l['epe_px'])} px   | otsu baseline ssim {f(s2l['baseline_otsu']['ssim'])} "
+        f"iou {f(s2l['baseline_otsu']['iou'])}"
+    )
     ceiling = l2s.get("ceiling", {}).get("ssim")
-    print(f"layout2sem  ssim {f(l2s['ssim'])} (ceiling {f(ceiling)})  "
-          f"ssim vs clean {f(l2s.get('ssim_vs_clean'))}  l1 {f(l2s['l1'])}")
+    print(
+        f"layout2sem  ssim {f(l2s['ssim'])} (ceiling {f(ceiling)})  "
+        f"ssim vs clean {f(l2s.get('ssim_vs_clean'))}  l1 {f(l2s['l1'])}"
+    )
     print(f"wrote {out}" + (f" and {report}" if report is not None else ""))
 
 

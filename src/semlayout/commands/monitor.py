@@ -7,8 +7,9 @@ from typing import Any
 
 import typer
 
-monitor_app = typer.Typer(help="Drift report and health summary from the monitoring database.",
-                          no_args_is_help=True)
+monitor_app = typer.Typer(
+    help="Drift report and health summary from the monitoring database.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -17,13 +18,24 @@ def register(app: typer.Typer) -> None:
 
 @monitor_app.command("drift-report")
 def drift_report(
-    db: Path = typer.Option(..., "--db", help="monitoring SQLite file written by `semlayout serve`"),
-    reference: Path = typer.Option(..., "--reference", help="SHARDS folder or its reference_stats.json"),
-    window: int = typer.Option(500, "--window", min=2, help="most recent requests of the direction"),
+    db: Path = typer.Option(
+        ..., "--db", help="monitoring SQLite file written by `semlayout serve`"
+    ),
+    reference: Path = typer.Option(
+        ..., "--reference", help="SHARDS folder or its reference_stats.json"
+    ),
+    window: int = typer.Option(
+        500, "--window", min=2, help="most recent requests of the direction"
+    ),
     out: Path = typer.Option(Path("drift.html"), "--out"),
     direction: str = typer.Option("sem2layout", "--direction", help="sem2layout | layout2sem"),
-    drift_share: float = typer.Option(0.3, "--drift-share", min=0.0, max=1.0,
-                                      help="share of drifted features = data set drift (0..1)"),
+    drift_share: float = typer.Option(
+        0.3,
+        "--drift-share",
+        min=0.0,
+        max=1.0,
+        help="share of drifted features = data set drift (0..1)",
+    ),
 ) -> None:
     """Evidently data-drift report (HTML): a window of traffic against the training reference."""
     import json
@@ -36,7 +48,9 @@ def drift_report(
 
 @monitor_app.command("summary")
 def summary(
-    db: Path = typer.Option(..., "--db", help="monitoring SQLite file written by `semlayout serve`"),
+    db: Path = typer.Option(
+        ..., "--db", help="monitoring SQLite file written by `semlayout serve`"
+    ),
     window: int = typer.Option(500, "--window", min=1),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -53,10 +67,16 @@ def summary(
         out: dict[str, Any] = {
             "db": str(db),
             "inference": InferenceMonitor(store).summary(window),
-            "drift": {"window": window, "rate": rate, "n": n,
-                      "by_direction": {d: store.drift_rate(window, d) for d in directions}},
-            "quality": {d: dict(zip(("ssim", "n"), store.rolling_ssim_stats(d, window), strict=True))
-                        for d in directions},
+            "drift": {
+                "window": window,
+                "rate": rate,
+                "n": n,
+                "by_direction": {d: store.drift_rate(window, d) for d in directions},
+            },
+            "quality": {
+                d: dict(zip(("ssim", "n"), store.rolling_ssim_stats(d, window), strict=True))
+                for d in directions
+            },
             "feedback_count": store.feedback_count(),
             "last_trigger": (t.isoformat() if (t := store.last_trigger_time()) else None),
         }
@@ -71,12 +91,18 @@ def summary(
 
     inf = out["inference"]
     lat = inf["latency_ms"]
-    print(f"requests (last {window}): {inf['requests']}  errors: {inf['errors']} "
-          f"({f(inf['error_rate'], '.1%')})  latency ms p50/p95/p99: {f(lat['p50'], '.1f')}/"
-          f"{f(lat['p95'], '.1f')}/{f(lat['p99'], '.1f')}")
+    print(
+        f"requests (last {window}): {inf['requests']}  errors: {inf['errors']} "
+        f"({f(inf['error_rate'], '.1%')})  latency ms p50/p95/p99: {f(lat['p50'], '.1f')}/"
+        f"{f(lat['p95'], '.1f')}/{f(lat['p99'], '.1f')}"
+    )
     dr = out["drift"]
-    print(f"drift rate: {f(dr['rate'], '.1%')} of {dr['n']} images  "
-          + "  ".join(f"{d}: {f(v, '.1%')}" for d, v in dr["by_direction"].items()))
+    print(
+        f"drift rate: {f(dr['rate'], '.1%')} of {dr['n']} images  "
+        + "  ".join(f"{d}: {f(v, '.1%')}" for d, v in dr["by_direction"].items())
+    )
     for d, q in out["quality"].items():
         print(f"rolling SSIM {d}: {f(q['ssim'])} over {q['n']} reviewed predictions")
-    print(f"feedback pairs: {out['feedback_count']}  last fine-tune trigger: {out['last_trigger'] or '-'}")
+    print(
+        f"feedback pairs: {out['feedback_count']}  last fine-tune trigger: {out['last_trigger'] or '-'}"
+    )

@@ -12,8 +12,10 @@ import typer
 
 from semlayout.errors import SemlayoutError
 
-pipeline_app = typer.Typer(help="KFP pipelines: compile for the cluster, submit, schedule, run locally.",
-                           no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="KFP pipelines: compile for the cluster, submit, schedule, run locally.",
+    no_args_is_help=True,
+)
 
 
 def _params(items: list[str]) -> dict[str, object]:
@@ -23,7 +25,9 @@ def _params(items: list[str]) -> dict[str, object]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SemlayoutError(f"--param {item!r}: expected NAME=VALUE, e.g. data_uri=s3://bucket/pairs")
+            raise SemlayoutError(
+                f"--param {item!r}: expected NAME=VALUE, e.g. data_uri=s3://bucket/pairs"
+            )
         out[key] = yaml.safe_load(value) if value else ""
     return out
 
@@ -40,8 +44,13 @@ def _check_pipeline(name: str) -> str:
 def compile_cmd(
     out: Path = typer.Option(..., "--out", help="folder for <pipeline>.yaml"),
     pipeline: str = typer.Option("all", help="training, finetune or all"),
-    image: str = typer.Option("", help="component image (default: $SEMLAYOUT_IMAGE or ghcr.io/semlayout/semlayout:<version>)"),
-    gpus: int = typer.Option(None, help="GPUs per train/fine-tune task (>1: torchrun inside the task)"),
+    image: str = typer.Option(
+        "",
+        help="component image (default: $SEMLAYOUT_IMAGE or ghcr.io/semlayout/semlayout:<version>)",
+    ),
+    gpus: int = typer.Option(
+        None, help="GPUs per train/fine-tune task (>1: torchrun inside the task)"
+    ),
     accelerator: str = typer.Option(None, help="accelerator resource, e.g. nvidia.com/gpu"),
     node_selector: str = typer.Option(None, help="GPU pool label KEY=VALUE ('' for none)"),
     toleration_key: str = typer.Option(None, help="taint key the GPU pool carries ('' for none)"),
@@ -52,8 +61,13 @@ def compile_cmd(
     from pipelines.compile import PIPELINES, compile_pipelines
 
     names = PIPELINES if pipeline == "all" else (_check_pipeline(pipeline),)
-    settings = ClusterSettings.from_env(gpus=gpus, accelerator=accelerator, node_selector=node_selector,
-                                        toleration_key=toleration_key, retries=retries)
+    settings = ClusterSettings.from_env(
+        gpus=gpus,
+        accelerator=accelerator,
+        node_selector=node_selector,
+        toleration_key=toleration_key,
+        retries=retries,
+    )
     for name, path in compile_pipelines(out, names, image=image or None, settings=settings).items():
         print(f"{name}: {path}")
 
@@ -62,14 +76,18 @@ def compile_cmd(
 def submit_cmd(
     host: str = typer.Option(..., help="KFP API URL"),
     pipeline: str = typer.Option("training", help="training or finetune"),
-    param: list[str] = typer.Option([], "--param", help="pipeline parameter NAME=VALUE (repeatable)"),
+    param: list[str] = typer.Option(
+        [], "--param", help="pipeline parameter NAME=VALUE (repeatable)"
+    ),
     experiment: str = typer.Option("semlayout"),
     image: str = typer.Option(""),
 ) -> None:
     """Start one run on a Kubeflow Pipelines server."""
     from pipelines.client import submit
 
-    run_id = submit(host, _check_pipeline(pipeline), _params(param), experiment=experiment, image=image or None)
+    run_id = submit(
+        host, _check_pipeline(pipeline), _params(param), experiment=experiment, image=image or None
+    )
     print(json.dumps({"run_id": run_id}))
 
 
@@ -78,7 +96,9 @@ def schedule_cmd(
     host: str = typer.Option(..., help="KFP API URL"),
     cron: str = typer.Option(..., help="six fields, seconds first, e.g. '0 0 2 * * *'"),
     pipeline: str = typer.Option("training", help="training or finetune"),
-    param: list[str] = typer.Option([], "--param", help="pipeline parameter NAME=VALUE (repeatable)"),
+    param: list[str] = typer.Option(
+        [], "--param", help="pipeline parameter NAME=VALUE (repeatable)"
+    ),
     experiment: str = typer.Option("semlayout"),
     image: str = typer.Option(""),
     max_concurrency: int = typer.Option(1),
@@ -87,13 +107,26 @@ def schedule_cmd(
     from pipelines.client import schedule, validate_cron
 
     validate_cron(cron)  # before any network call
-    job_id = schedule(host, _check_pipeline(pipeline), cron, _params(param), experiment=experiment,
-                      image=image or None, max_concurrency=max_concurrency)
+    job_id = schedule(
+        host,
+        _check_pipeline(pipeline),
+        cron,
+        _params(param),
+        experiment=experiment,
+        image=image or None,
+        max_concurrency=max_concurrency,
+    )
     print(json.dumps({"recurring_run_id": job_id}))
 
 
-@pipeline_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                                               "help_option_names": []})
+@pipeline_app.command(
+    "run",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
 def run_cmd(ctx: typer.Context) -> None:
     """Run the training pipeline locally under kfp.local (same as `make run`; --help for options)."""
     from pipelines.run_local import main

@@ -11,13 +11,20 @@ from typing import Annotated, Any
 
 import typer
 
-TrackingOpt = Annotated[str | None, typer.Option(
-    "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/outputs/mlflow/mlflow.db)")]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/outputs/mlflow/mlflow.db)",
+    ),
+]
 ByOpt = Annotated[str, typer.Option("--by", help="who decides (recorded in the audit trail)")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why (recorded in the audit trail)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 
-group = typer.Typer(help="MLflow model registry: list, show, approve, reject, rollback.", no_args_is_help=True)
+group = typer.Typer(
+    help="MLflow model registry: list, show, approve, reject, rollback.", no_args_is_help=True
+)
 
 
 def _fmt(v: Any) -> str:
@@ -41,8 +48,17 @@ def list_cmd(tracking_uri: TrackingOpt = None, as_json: JsonOpt = False) -> None
         typer.echo("no registered models")
         return
     header = ("name", "versions", "latest", "champion", "challenger", "previous-champion")
-    table = [header] + [(r["name"], r["versions"], r["latest"], r["champion"], r["challenger"],
-                         r["previous_champion"]) for r in rows]
+    table = [header] + [
+        (
+            r["name"],
+            r["versions"],
+            r["latest"],
+            r["champion"],
+            r["challenger"],
+            r["previous_champion"],
+        )
+        for r in rows
+    ]
     widths = [max(len(_fmt(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         typer.echo("  ".join(_fmt(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -54,8 +70,10 @@ def _echo_audit(log: list[dict[str, Any]], indent: str = "  ") -> None:
     for e in log:
         v = e.get("version")
         extra = f" (from {e['from_version']})" if e.get("from_version") else ""
-        typer.echo(f"{indent}{e.get('at', '?')}  {e.get('action', '?'):<11} v{v}{extra}  "
-                   f"by {e.get('by', '?')}: {e.get('reason', '')}")
+        typer.echo(
+            f"{indent}{e.get('at', '?')}  {e.get('action', '?'):<11} v{v}{extra}  "
+            f"by {e.get('by', '?')}: {e.get('reason', '')}"
+        )
 
 
 def _echo_metrics(info: dict[str, Any]) -> None:
@@ -67,14 +85,18 @@ def _echo_metrics(info: dict[str, Any]) -> None:
         for key in sorted(set(a) | set(b)):
             va, vb = a.get(key), b.get(key)
             delta = va - vb if isinstance(va, float) and isinstance(vb, float) else None
-            typer.echo(f"  {direction + '.' + key:<30}{_fmt(va):>14}{_fmt(vb):>16}"
-                       f"{(f'{delta:+.4f}' if delta is not None else '-'):>10}")
+            typer.echo(
+                f"  {direction + '.' + key:<30}{_fmt(va):>14}{_fmt(vb):>16}"
+                f"{(f'{delta:+.4f}' if delta is not None else '-'):>10}"
+            )
 
 
 @group.command("show")
 def show_cmd(
     name: Annotated[str, typer.Argument(help="registered model name")],
-    version: Annotated[str | None, typer.Argument(help="version number (default: the whole model)")] = None,
+    version: Annotated[
+        str | None, typer.Argument(help="version number (default: the whole model)")
+    ] = None,
     tracking_uri: TrackingOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,7 +113,9 @@ def show_cmd(
         for v in info["versions"]:
             gate = {True: "passed", False: "FAILED", None: "-"}[v["gate_passed"]]
             tags = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
-            typer.echo(f"  v{v['version']:<4} gate {gate:<7} {v['status']:<12} {v['created'] or ''}{tags}")
+            typer.echo(
+                f"  v{v['version']:<4} gate {gate:<7} {v['status']:<12} {v['created'] or ''}{tags}"
+            )
         typer.echo("audit trail:")
         _echo_audit(info["audit_log"])
         return
@@ -143,7 +167,10 @@ def reject_cmd(
     from semlayout.registry import reject
 
     r = reject(tracking_uri, name, version, by, reason)
-    typer.echo(f"{name}: v{r['rejected']} rejected" + (" (challenger alias removed)" if r["challenger_removed"] else ""))
+    typer.echo(
+        f"{name}: v{r['rejected']} rejected"
+        + (" (challenger alias removed)" if r["challenger_removed"] else "")
+    )
 
 
 @group.command("rollback")

@@ -13,15 +13,25 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    model: str = typer.Option(None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"),
+    model: str = typer.Option(
+        None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"
+    ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    backend: str = typer.Option(None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"),
-    reference: Path = typer.Option(None, "--reference", help="SHARDS/reference_stats.json: enables drift checks"),
+    backend: str = typer.Option(
+        None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
+    ),
+    reference: Path = typer.Option(
+        None, "--reference", help="SHARDS/reference_stats.json: enables drift checks"
+    ),
     db: Path = typer.Option(None, "--db", help="monitoring SQLite file (env SEMLAYOUT_MONITOR_DB)"),
     feedback_dir: Path = typer.Option(None, "--feedback-dir", help="pair folder for /v1/feedback"),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ URIs"),
-    poll_interval: float = typer.Option(None, "--poll-interval", help="seconds between alias checks; 0 = off"),
+    tracking_uri: str = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI for models:/ URIs"
+    ),
+    poll_interval: float = typer.Option(
+        None, "--poll-interval", help="seconds between alias checks; 0 = off"
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
@@ -38,16 +48,26 @@ def serve(
     from semlayout.serving.app import create_app
     from semlayout.serving.settings import ServeSettings
 
-    given: dict[str, Any] = {"model": model, "backend": backend, "reference": reference, "monitor_db": db,
-             "feedback_dir": feedback_dir, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
-             "poll_interval_s": poll_interval}
+    given: dict[str, Any] = {
+        "model": model,
+        "backend": backend,
+        "reference": reference,
+        "monitor_db": db,
+        "feedback_dir": feedback_dir,
+        "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+        "poll_interval_s": poll_interval,
+    }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as err:
         e = err.errors()[0]
-        raise SemlayoutError(f"invalid setting {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+        raise SemlayoutError(
+            f"invalid setting {'.'.join(map(str, e['loc']))}: {e['msg']}"
+        ) from None
     if not settings.model:
-        raise SemlayoutError("no model: pass --model (checkpoint folder or models:/NAME@ALIAS) or set SEMLAYOUT_MODEL")
+        raise SemlayoutError(
+            "no model: pass --model (checkpoint folder or models:/NAME@ALIAS) or set SEMLAYOUT_MODEL"
+        )
     if settings.reference is not None and not Path(settings.reference).exists():
         raise SemlayoutError(f"drift reference not found: {settings.reference}")
     if not (1 <= port <= 65535):

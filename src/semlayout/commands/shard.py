@@ -21,7 +21,9 @@ def _parse_limits(limits: list[str]) -> dict[str, int]:
 
 def shard(
     aligned: list[Path] = typer.Argument(
-        ..., metavar="ALIGNED", help="aligned pair folder(s) (pair folder + alignment.csv, or SEMs already 250x250), "
+        ...,
+        metavar="ALIGNED",
+        help="aligned pair folder(s) (pair folder + alignment.csv, or SEMs already 250x250), "
         "or existing shard sets (their train split is used, e.g. as a replay sample)",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="output shard folder (replaced atomically)"),
@@ -30,10 +32,14 @@ def shard(
     seed: int = typer.Option(0, help="split and sampling seed"),
     shard_size: int = typer.Option(256, "--shard-size", help="pairs per .npz shard"),
     max_per_source: int | None = typer.Option(
-        None, "--max-per-source", help="cap on pairs taken from each input (random sample by seed)",
+        None,
+        "--max-per-source",
+        help="cap on pairs taken from each input (random sample by seed)",
     ),
     limit: list[str] = typer.Option(
-        [], "--limit", help="PATH=N: cap on pairs taken from one input (repeatable; overrides --max-per-source)",
+        [],
+        "--limit",
+        help="PATH=N: cap on pairs taken from one input (repeatable; overrides --max-per-source)",
     ),
 ) -> None:
     """Split aligned pairs by pattern type into train/val/test .npz shards and write reference statistics."""
@@ -41,7 +47,9 @@ def shard(
 
     limits = _parse_limits(limit)
     known: set[str] = set()
-    for folder in aligned:  # the same pairs twice would land in different splits (a train/test leak)
+    for (
+        folder
+    ) in aligned:  # the same pairs twice would land in different splits (a train/test leak)
         if str(folder.resolve()) in known:
             raise SemlayoutError(f"input {folder} is given twice; give each folder once")
         known.add(str(folder.resolve()))
@@ -49,8 +57,16 @@ def shard(
         if p not in known:
             raise SemlayoutError(f"--limit names {p}, which is not one of the inputs")
     sources = [ShardSource(p, limits.get(str(p.resolve()))) for p in aligned]
-    index = write_shards(sources, out, val=val, test=test, seed=seed, shard_size=shard_size,
-                         max_per_source=max_per_source, progress=True)
+    index = write_shards(
+        sources,
+        out,
+        val=val,
+        test=test,
+        seed=seed,
+        shard_size=shard_size,
+        max_per_source=max_per_source,
+        progress=True,
+    )
     fams = index["families"]
     width = max(len(f) for f in [*fams, "family"])
     print(f"{'family':<{width}}  {'train':>6} {'val':>6} {'test':>6}")

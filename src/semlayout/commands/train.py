@@ -27,15 +27,39 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="experiment config (YAML), e.g. configs/small.yaml")],
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", help="experiment config (YAML), e.g. configs/small.yaml"),
+    ],
     data: Annotated[Path, typer.Option("--data", help="shard folder written by `semlayout shard`")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="run folder: checkpoints/, last, final/, history.json")],
-    resume: Annotated[bool, typer.Option("--resume", help="continue exactly from RUN/last")] = False,
-    set_: Annotated[list[str], typer.Option("--set", help="override a config key, e.g. train.epochs=2 (repeatable)")] = [],  # noqa: B006
-    init_from: Annotated[Path | None, typer.Option("--init-from", help="start from this checkpoint's weights (fine-tuning)")] = None,
-    mlflow_uri: Annotated[str | None, typer.Option("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no logging)")] = None,
-    experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="tqdm progress bar")] = True,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="run folder: checkpoints/, last, final/, history.json"),
+    ],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue exactly from RUN/last")
+    ] = False,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="override a config key, e.g. train.epochs=2 (repeatable)"),
+    ] = [],  # noqa: B006
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="start from this checkpoint's weights (fine-tuning)"),
+    ] = None,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow-uri",
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no logging)",
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment name")
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="tqdm progress bar")
+    ] = True,
 ) -> None:
     """Train G_A (SEM->layout) and G_B (layout->SEM) with their discriminators; print the final checkpoint."""
     from semlayout.config import apply_overrides, load_config
@@ -46,8 +70,16 @@ def train(
         cfg = apply_overrides(cfg, parse_sets(set_))
     if not data.is_dir():
         raise SemlayoutError(f"--data {data}: shard folder not found")
-    final = run(cfg, data, out, resume=resume, mlflow_uri=mlflow_uri, init_from=init_from,
-                experiment=experiment, progress=progress)
+    final = run(
+        cfg,
+        data,
+        out,
+        resume=resume,
+        mlflow_uri=mlflow_uri,
+        init_from=init_from,
+        experiment=experiment,
+        progress=progress,
+    )
     typer.echo(f"final checkpoint: {final}")
 
 

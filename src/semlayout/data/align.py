@@ -65,12 +65,31 @@ from semlayout.errors import SemlayoutError
 
 _MAX_CONFIDENCE = 99.0
 REASONS = (
-    "ok", "low_score", "ambiguous", "blank_sem", "saturated_sem", "blank_template",
-    "wrong_size", "bit_depth", "not_grayscale", "unreadable", "missing", "not_binary",
+    "ok",
+    "low_score",
+    "ambiguous",
+    "blank_sem",
+    "saturated_sem",
+    "blank_template",
+    "wrong_size",
+    "bit_depth",
+    "not_grayscale",
+    "unreadable",
+    "missing",
+    "not_binary",
 )
 ALIGNMENT_COLUMNS = (
-    "id", "x", "y", "score", "qc_pass", "reason",
-    "confidence", "x_sub", "y_sub", "polarity", "n_equivalent",
+    "id",
+    "x",
+    "y",
+    "score",
+    "qc_pass",
+    "reason",
+    "confidence",
+    "x_sub",
+    "y_sub",
+    "polarity",
+    "n_equivalent",
 )
 
 
@@ -85,11 +104,15 @@ class AlignConfig:
     edges_bright: bool = True  # constrain the edge coefficient to be >= 0 (SE edge effect)
     min_score: float = 0.05  # QC: least multiple correlation R at the peak
     min_confidence: float = 4.0  # QC: least z-score of the gap to the best non-equivalent peak
-    equiv_tol: float = 0.005  # offsets whose template content differs by <= this share are equivalent
+    equiv_tol: float = (
+        0.005  # offsets whose template content differs by <= this share are equivalent
+    )
     min_localization: float = 1.0  # QC: least z-score of the peak vs its non-equivalent neighbours
     systematic_corr: float = 16.0  # the same for the misfit beyond shot noise (structured residual)
     misfit_corr: float = 4.0  # pixels per independent residual sample (the residual is not white)
-    exclusion: int = 2  # competitors within this Chebyshev radius of an equivalent offset are ignored
+    exclusion: int = (
+        2  # competitors within this Chebyshev radius of an equivalent offset are ignored
+    )
     blank_std: float = 2.0  # SEM standard deviation (grey levels) below which it is blank
     max_clipped: float = 0.5  # share of SEM pixels at 255 above which it is saturated
     max_dark: float = 0.8  # share at 0 (or at 0 and 255) above which it is saturated
@@ -99,12 +122,17 @@ class AlignConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "blur": self.blur >= 0, "template_sigma": self.template_sigma >= 0,
-            "highpass": self.highpass >= 0, "min_confidence": self.min_confidence >= 0,
-            "equiv_tol": 0 <= self.equiv_tol < 0.5, "exclusion": self.exclusion >= 0,
-            "min_localization": self.min_localization >= 0, "misfit_corr": self.misfit_corr > 0,
+            "blur": self.blur >= 0,
+            "template_sigma": self.template_sigma >= 0,
+            "highpass": self.highpass >= 0,
+            "min_confidence": self.min_confidence >= 0,
+            "equiv_tol": 0 <= self.equiv_tol < 0.5,
+            "exclusion": self.exclusion >= 0,
+            "min_localization": self.min_localization >= 0,
+            "misfit_corr": self.misfit_corr > 0,
             "systematic_corr": self.systematic_corr > 0,
-            "blank_std": self.blank_std >= 0, "max_clipped": 0 < self.max_clipped <= 1,
+            "blank_std": self.blank_std >= 0,
+            "max_clipped": 0 < self.max_clipped <= 1,
             "max_dark": 0 < self.max_dark <= 1,
             "min_score": -1 <= self.min_score <= 1,
         }
@@ -135,6 +163,7 @@ class AlignResult:
 
     def qc_summary(self) -> str:
         """Why QC said what it said, for a message: "ambiguous (score 0.109, confidence 0.163)"."""
+
         def num(v: float | None) -> str:
             return "-" if v is None else f"{v:.3f}"
 
@@ -176,8 +205,11 @@ def _box_highpass(img: np.ndarray, size: int) -> np.ndarray:
 
     if size <= 1:
         return img
-    low = cv2.blur(cv2.blur(img, (size, size), borderType=cv2.BORDER_REFLECT),
-                   (size, size), borderType=cv2.BORDER_REFLECT)
+    low = cv2.blur(
+        cv2.blur(img, (size, size), borderType=cv2.BORDER_REFLECT),
+        (size, size),
+        borderType=cv2.BORDER_REFLECT,
+    )
     return img - low
 
 
@@ -199,7 +231,9 @@ def template_features(tpl01: np.ndarray, cfg: AlignConfig) -> tuple[np.ndarray, 
         return T, None
     # boundary = pixel whose 4-neighbourhood holds the other value; both sides of the edge
     cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
-    b = cv2.morphologyEx(tpl01, cv2.MORPH_GRADIENT, cross, borderType=cv2.BORDER_REPLICATE).astype(np.float32)
+    b = cv2.morphologyEx(tpl01, cv2.MORPH_GRADIENT, cross, borderType=cv2.BORDER_REPLICATE).astype(
+        np.float32
+    )
     E = _gauss(b, cfg.template_sigma)
     return T, E
 
@@ -249,10 +283,14 @@ def _xcorr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
     """Circular cross-correlation c[u] = sum_i a[i + u] * b[i] from two spectra, (H, W) float32."""
     import cv2
 
-    return cv2.idft(cv2.mulSpectrums(fa, fb, 0, conjB=True), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    return cv2.idft(
+        cv2.mulSpectrums(fa, fb, 0, conjB=True), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
+    )
 
 
-def score_map(sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True) -> ScoreMaps:
+def score_map(
+    sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True
+) -> ScoreMaps:
     """Score every offset by the multiple correlation R of the SEM window with {T, E}.
 
     r_T and r_E are `cv2.matchTemplate` TM_CCOEFF_NORMED maps. With unit-normalised zero-mean regressors T~, E~ (correlation rho), the squared
@@ -300,7 +338,11 @@ def model_dist2(T: np.ndarray, E: np.ndarray | None, a: float, b: float, r: int)
             if dy == 0 and dx < 0:
                 continue
             # <m, m shifted by (dy, dx)> on the overlap; zero padding outside
-            ov = float((m[dy:, max(0, dx): w + min(0, dx)] * m[: h - dy, max(0, -dx): w - max(0, dx)]).sum())
+            ov = float(
+                (
+                    m[dy:, max(0, dx) : w + min(0, dx)] * m[: h - dy, max(0, -dx) : w - max(0, dx)]
+                ).sum()
+            )
             out[r + dy, r + dx] = out[r - dy, r - dx] = ov
     return np.clip(2 * (1 - out), 1e-6, 4)
 
@@ -391,7 +433,9 @@ def check_inputs(sem: np.ndarray, layout: np.ndarray, cfg: AlignConfig) -> str |
     return None
 
 
-def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | None = None) -> AlignResult:
+def align_pair(
+    sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | None = None
+) -> AlignResult:
     """Find the layout template inside the raw SEM; never raises for bad images (see `reason`)."""
     import cv2
 
@@ -442,7 +486,9 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     # the other polarity half a period away fits almost as well at any dose.
     unexplained = max(1.0 - r1 * r1, 1e-4)
     noise = min(noise_ratio(sem) ** 2, unexplained)
-    sigma = np.sqrt((cfg.misfit_corr * noise + cfg.systematic_corr * (unexplained - noise)) / float(layout.size))
+    sigma = np.sqrt(
+        (cfg.misfit_corr * noise + cfg.systematic_corr * (unexplained - noise)) / float(layout.size)
+    )
     z_min = _MAX_CONFIDENCE
     # far: local maxima of R not within `exclusion` of any equivalent offset (binary template)
     k = 2 * cfg.exclusion + 1
@@ -458,7 +504,7 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     if rn > 0:
         d2 = model_dist2(T, E, coef_t, coef_e, rn)
         y0, y1, x0, x1 = max(0, y - rn), min(ny, y + rn + 1), max(0, x - rn), min(nx, x + rn + 1)
-        d2 = d2[y0 - y + rn: y1 - y + rn, x0 - x + rn: x1 - x + rn]
+        d2 = d2[y0 - y + rn : y1 - y + rn, x0 - x + rn : x1 - x + rn]
         sel = ~equiv[y0:y1, x0:x1]
         if sel.any():
             zn = (r1 - R[y0:y1, x0:x1][sel]) / (sigma * np.sqrt(d2[sel]))
@@ -473,10 +519,18 @@ def align_pair(sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | Non
     else:
         reason = "ok"
     return AlignResult(
-        x=x, y=y, x_sub=float(x_sub), y_sub=float(y_sub), score=r1, confidence=confidence,
-        separation=z_min, localization=z_near,
-        polarity=1 if coef_t >= 0 else -1, n_equivalent=n_equiv,
-        qc_pass=reason == "ok", reason=reason,
+        x=x,
+        y=y,
+        x_sub=float(x_sub),
+        y_sub=float(y_sub),
+        score=r1,
+        confidence=confidence,
+        separation=z_min,
+        localization=z_near,
+        polarity=1 if coef_t >= 0 else -1,
+        n_equivalent=n_equiv,
+        qc_pass=reason == "ok",
+        reason=reason,
     )
 
 
@@ -484,12 +538,24 @@ def plain_ncc(sem_u8: np.ndarray, layout_u8: np.ndarray, min_score: float = 0.3)
     """The baseline: TM_CCOEFF_NORMED argmax on raw intensity, QC by a fixed score threshold."""
     import cv2
 
-    r = cv2.matchTemplate(sem_u8.astype(np.float32), layout_u8.astype(np.float32), cv2.TM_CCOEFF_NORMED)
+    r = cv2.matchTemplate(
+        sem_u8.astype(np.float32), layout_u8.astype(np.float32), cv2.TM_CCOEFF_NORMED
+    )
     y, x = np.unravel_index(int(np.argmax(r)), r.shape)
     s = float(r[y, x])
     ok = s >= min_score
-    return AlignResult(x=int(x), y=int(y), x_sub=float(x), y_sub=float(y), score=s, confidence=None,
-                       polarity=1, n_equivalent=None, qc_pass=ok, reason="ok" if ok else "low_score")
+    return AlignResult(
+        x=int(x),
+        y=int(y),
+        x_sub=float(x),
+        y_sub=float(y),
+        score=s,
+        confidence=None,
+        polarity=1,
+        n_equivalent=None,
+        qc_pass=ok,
+        reason="ok" if ok else "low_score",
+    )
 
 
 # ----------------------------------------------------------------------------- folders
@@ -516,10 +582,18 @@ def _align_record(rec: PairRecord, tmp: Path, cfg: AlignConfig, has_clean: bool)
         h, w = layout.shape
         y, x = res.y, res.x
         fast = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless either way; level 1 is ~2x faster
-        cv2.imwrite(str(tmp / "sem" / f"{rec.id}.png"), np.ascontiguousarray(sem[y:y + h, x:x + w]), fast)
+        cv2.imwrite(
+            str(tmp / "sem" / f"{rec.id}.png"),
+            np.ascontiguousarray(sem[y : y + h, x : x + w]),
+            fast,
+        )
         shutil.copyfile(rec.layout_path, tmp / "layout" / f"{rec.id}.png")
         if clean is not None:
-            cv2.imwrite(str(tmp / "clean" / f"{rec.id}.png"), np.ascontiguousarray(clean[y:y + h, x:x + w]), fast)
+            cv2.imwrite(
+                str(tmp / "clean" / f"{rec.id}.png"),
+                np.ascontiguousarray(clean[y : y + h, x : x + w]),
+                fast,
+            )
     return res.row(rec.id)
 
 
@@ -534,8 +608,11 @@ def _worker_run(args: tuple[PairRecord, Path, AlignConfig, bool]) -> dict[str, s
 
 
 def align_folder(
-    pairs_dir: str | Path, out_dir: str | Path, cfg: AlignConfig | None = None,
-    workers: int = 1, progress: bool = False,
+    pairs_dir: str | Path,
+    out_dir: str | Path,
+    cfg: AlignConfig | None = None,
+    workers: int = 1,
+    progress: bool = False,
 ) -> AlignSummary:
     """Align every pair of `pairs_dir`; `out_dir` becomes the pair folder of QC-passed pairs.
 
@@ -560,12 +637,18 @@ def align_folder(
     reasons = Counter(r["reason"] for r in rows)
     n_pass = sum(r["qc_pass"] == "true" for r in rows)
     return AlignSummary(
-        out_dir=str(out_dir), n_pairs=len(rows), n_passed=n_pass, reasons=dict(sorted(reasons.items())),
-        seconds=seconds, pairs_per_s=len(rows) / seconds if seconds > 0 else 0.0,
+        out_dir=str(out_dir),
+        n_pairs=len(rows),
+        n_passed=n_pass,
+        reasons=dict(sorted(reasons.items())),
+        seconds=seconds,
+        pairs_per_s=len(rows) / seconds if seconds > 0 else 0.0,
     )
 
 
-def _run_jobs(jobs: list[tuple[PairRecord, Path, AlignConfig, bool]], workers: int, progress: bool) -> list[dict[str, str]]:
+def _run_jobs(
+    jobs: list[tuple[PairRecord, Path, AlignConfig, bool]], workers: int, progress: bool
+) -> list[dict[str, str]]:
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), unit="pair", desc="align", disable=not progress, leave=False)
@@ -591,7 +674,9 @@ def _run_jobs(jobs: list[tuple[PairRecord, Path, AlignConfig, bool]], workers: i
         bar.close()
 
 
-def _write_outputs(tmp: Path, records: list[PairRecord], rows: list[dict[str, str]], has_clean: bool) -> None:
+def _write_outputs(
+    tmp: Path, records: list[PairRecord], rows: list[dict[str, str]], has_clean: bool
+) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(ALIGNMENT_COLUMNS), lineterminator="\n")
     w.writeheader()
@@ -610,8 +695,12 @@ def _write_outputs(tmp: Path, records: list[PairRecord], rows: list[dict[str, st
     for rec, row in zip(records, rows, strict=True):
         if row["qc_pass"] != "true":
             continue
-        out = {"id": rec.id, "sem_path": f"sem/{rec.id}.png", "layout_path": f"layout/{rec.id}.png",
-               "pattern_type": rec.pattern_type}
+        out = {
+            "id": rec.id,
+            "sem_path": f"sem/{rec.id}.png",
+            "layout_path": f"layout/{rec.id}.png",
+            "pattern_type": rec.pattern_type,
+        }
         if has_clean:
             out["clean_path"] = f"clean/{rec.id}.png" if rec.clean_path is not None else ""
         for k in extra_cols:

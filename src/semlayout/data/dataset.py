@@ -89,7 +89,9 @@ class ShardDataset(Dataset):
         if not isinstance(image_size, int) or image_size < 8:
             raise SemlayoutError(f"image_size must be an integer >= 8, got {image_size!r}")
         if crop is not None and not (isinstance(crop, int) and 8 <= crop <= image_size):
-            raise SemlayoutError(f"crop must be an integer in [8, image_size={image_size}], got {crop!r}")
+            raise SemlayoutError(
+                f"crop must be an integer in [8, image_size={image_size}], got {crop!r}"
+            )
         self.crop = crop
         self.shards_dir = Path(shards_dir)
         self.split = split
@@ -112,8 +114,10 @@ class ShardDataset(Dataset):
                     ids, fams = z["ids"].tolist(), z["families"].tolist()
                     srcs = z["sources"].tolist() if "sources" in z.files else [""] * len(ids)
             except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as err:
-                raise SemlayoutError(f"shard {path} is corrupt or truncated ({err}); "
-                                     "re-create it with `semlayout shard`") from None
+                raise SemlayoutError(
+                    f"shard {path} is corrupt or truncated ({err}); "
+                    "re-create it with `semlayout shard`"
+                ) from None
             for row, (pid, fam, src) in enumerate(zip(ids, fams, srcs, strict=True)):
                 if source is not None and src != source:
                     continue
@@ -122,7 +126,9 @@ class ShardDataset(Dataset):
                 self.item_families.append(fam)
                 self.item_sources.append(src)
         if not self._loc:
-            raise SemlayoutError(f"split '{split}' of {shards_dir} has no pairs from source '{source}'")
+            raise SemlayoutError(
+                f"split '{split}' of {shards_dir} has no pairs from source '{source}'"
+            )
         self.families: list[str] = sorted(set(self.item_families))
         self.epoch = 0
         self._reads: Counter[int] = Counter()
@@ -203,7 +209,9 @@ class ShardDataset(Dataset):
 
 
 def balanced_sampler(
-    dataset: Any, seed: int = 0, num_samples: int | None = None,
+    dataset: Any,
+    seed: int = 0,
+    num_samples: int | None = None,
 ) -> WeightedRandomSampler:
     """Sample with replacement so every family gets the same total weight (class imbalance).
 

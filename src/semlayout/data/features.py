@@ -27,7 +27,13 @@ import numpy as np
 from semlayout.errors import SemlayoutError
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "mean", "std", "edge_density", "p05", "p95", "laplacian_var", "fg_fraction",
+    "mean",
+    "std",
+    "edge_density",
+    "p05",
+    "p95",
+    "laplacian_var",
+    "fg_fraction",
 )
 HISTOGRAM_BINS = 64
 
@@ -66,7 +72,7 @@ def image_features(img_u8: np.ndarray) -> dict[str, float]:
     _, lap_std = cv2.meanStdDev(lap)
     otsu, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # pixels > threshold, as THRESH_BINARY does; a constant image has no foreground
-    fg = counts[int(otsu) + 1:].sum() / n if std[0, 0] > 0 else 0.0
+    fg = counts[int(otsu) + 1 :].sum() / n if std[0, 0] > 0 else 0.0
     return {
         "mean": float(mean[0, 0]) / 255.0,
         "std": float(std[0, 0]) / 255.0,

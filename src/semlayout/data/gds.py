@@ -42,7 +42,7 @@ class LayerPolygons:
     cell: str
     layer: int
     datatype: int | None
-    polygons: list[np.ndarray]            # each (K, 2) float64, nm
+    polygons: list[np.ndarray]  # each (K, 2) float64, nm
     bbox: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # xmin, ymin, xmax, ymax (nm)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # per polygon, same order
 
@@ -83,47 +83,68 @@ def read_layer(
     with open(path, "rb") as f:
         head = f.read(4)
     if head != GDS_MAGIC:
-        raise SemlayoutError(f"{path} is not a GDSII stream file (it does not start with a GDSII HEADER record)")
+        raise SemlayoutError(
+            f"{path} is not a GDSII stream file (it does not start with a GDSII HEADER record)"
+        )
     with _quiet_c_stderr() as msgs:
         try:
             lib = gdstk.read_gds(str(path))
         except Exception:
             lib = None
     if lib is None:
-        detail = "; ".join(m.replace("[GDSTK]", "").strip() for m in msgs if m.strip()) or "unreadable"
+        detail = (
+            "; ".join(m.replace("[GDSTK]", "").strip() for m in msgs if m.strip()) or "unreadable"
+        )
         raise SemlayoutError(f"{path}: cannot read GDSII ({detail})")
     cells = {c.name: c for c in lib.cells}
     if cell is None:
         tops = lib.top_level()
         if len(tops) != 1:
             names = ", ".join(sorted(c.name for c in tops)[:10]) or "none"
-            raise SemlayoutError(f"{path} has {len(tops)} top-level cells ({names}); choose one with --cell")
+            raise SemlayoutError(
+                f"{path} has {len(tops)} top-level cells ({names}); choose one with --cell"
+            )
         top = tops[0]
     else:
         if cell not in cells:
-            raise SemlayoutError(f"cell '{cell}' not in {path}; cells: {', '.join(sorted(cells)[:20])}")
+            raise SemlayoutError(
+                f"cell '{cell}' not in {path}; cells: {', '.join(sorted(cells)[:20])}"
+            )
         top = cells[cell]
     if not isinstance(top, gdstk.Cell):  # pragma: no cover - read_gds returns Cells, never RawCells
         raise SemlayoutError(f"cell '{top.name}' of {path} cannot be flattened")
     nm_per_unit = lib.unit * 1e9
     all_polys = top.get_polygons(apply_repetitions=True, include_paths=True)
     present = sorted({(p.layer, p.datatype) for p in all_polys})
-    polys = [p for p in all_polys if p.layer == layer and (datatype is None or p.datatype == datatype)]
+    polys = [
+        p for p in all_polys if p.layer == layer and (datatype is None or p.datatype == datatype)
+    ]
     spec = f"layer {layer}" + (f" datatype {datatype}" if datatype is not None else "")
     if not polys:
         if present:
             have = ", ".join(f"{a}/{b}" for a, b in present[:30])
-            raise SemlayoutError(f"{spec} has no polygons in cell '{top.name}' of {path}; layer/datatype present: {have}")
+            raise SemlayoutError(
+                f"{spec} has no polygons in cell '{top.name}' of {path}; layer/datatype present: {have}"
+            )
         raise SemlayoutError(f"cell '{top.name}' of {path} holds no polygons at all")
     pts = [np.asarray(p.points, dtype=np.float64) * nm_per_unit for p in polys]
     pts = [p for p in pts if len(p) >= 3]
     boxes = np.array([[p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()] for p in pts])
-    bbox = (float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max()))
+    bbox = (
+        float(boxes[:, 0].min()),
+        float(boxes[:, 1].min()),
+        float(boxes[:, 2].max()),
+        float(boxes[:, 3].max()),
+    )
     return LayerPolygons(top.name, layer, datatype, pts, bbox, boxes)
 
 
 def rasterize(
-    polygons: list[np.ndarray], x0_nm: float, y0_nm: float, pixel_nm: float, shape: tuple[int, int] = (TEMPLATE, TEMPLATE)
+    polygons: list[np.ndarray],
+    x0_nm: float,
+    y0_nm: float,
+    pixel_nm: float,
+    shape: tuple[int, int] = (TEMPLATE, TEMPLATE),
 ) -> np.ndarray:
     """(H, W) uint8 {0, 1}: pixel centres inside the union of `polygons` (nm), window lower-left (x0, y0).
 
@@ -136,8 +157,8 @@ def rasterize(
     us: list[np.ndarray] = []
     vs: list[np.ndarray] = []
     for poly in polygons:
-        u = (poly[:, 0] - x0_nm) / pixel_nm          # columns, left -> right
-        v = (top - poly[:, 1]) / pixel_nm            # rows, top -> bottom
+        u = (poly[:, 0] - x0_nm) / pixel_nm  # columns, left -> right
+        v = (top - poly[:, 1]) / pixel_nm  # rows, top -> bottom
         area = 0.5 * float(np.sum(u * np.roll(v, -1) - np.roll(u, -1) * v))
         if area == 0.0:
             continue
@@ -169,7 +190,9 @@ def rasterize(
     return (np.rint(winding) != 0).astype(np.uint8)
 
 
-def _window(layer: LayerPolygons, x0: float, y0: float, pixel_nm: float, shape: tuple[int, int]) -> np.ndarray:
+def _window(
+    layer: LayerPolygons, x0: float, y0: float, pixel_nm: float, shape: tuple[int, int]
+) -> np.ndarray:
     """Rasterise only the polygons whose boxes touch the window."""
     x1, y1 = x0 + shape[1] * pixel_nm, y0 + shape[0] * pixel_nm
     b = layer.boxes
@@ -180,7 +203,9 @@ def _window(layer: LayerPolygons, x0: float, y0: float, pixel_nm: float, shape: 
 MAX_TILES = 100_000_000  # clip windows gds_clips will visit: a 1 cm die at 1 nm/px is ~1.6e9
 
 
-def _grid(bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float) -> tuple[int, int]:
+def _grid(
+    bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float
+) -> tuple[int, int]:
     xmin, ymin, xmax, ymax = bbox
     nx = max(1, math.ceil((xmax - xmin - clip_nm) / stride_nm - 1e-9) + 1)
     ny = max(1, math.ceil((ymax - ymin - clip_nm) / stride_nm - 1e-9) + 1)
@@ -192,8 +217,9 @@ def tile_count(bbox: tuple[float, float, float, float], clip_nm: float, stride_n
     return nx * ny
 
 
-def iter_tile_origins(bbox: tuple[float, float, float, float], clip_nm: float,
-                      stride_nm: float) -> Iterator[tuple[float, float]]:
+def iter_tile_origins(
+    bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float
+) -> Iterator[tuple[float, float]]:
     """Lower-left corners of clips covering the bbox, top row first, left to right."""
     xmin, _, _, ymax = bbox
     nx, ny = _grid(bbox, clip_nm, stride_nm)
@@ -202,7 +228,9 @@ def iter_tile_origins(bbox: tuple[float, float, float, float], clip_nm: float,
             yield xmin + i * stride_nm, ymax - clip_nm - j * stride_nm
 
 
-def tile_origins(bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float) -> list[tuple[float, float]]:
+def tile_origins(
+    bbox: tuple[float, float, float, float], clip_nm: float, stride_nm: float
+) -> list[tuple[float, float]]:
     return list(iter_tile_origins(bbox, clip_nm, stride_nm))
 
 
@@ -246,8 +274,10 @@ def gds_clips(
     data = read_layer(path, layer, datatype, cell)
     n_tiles = tile_count(data.bbox, clip_nm, stride)
     if n_tiles > MAX_TILES:
-        raise SemlayoutError(f"--pixel-nm {pixel_nm} with a {stride:g} nm stride cuts the cell into {n_tiles} clip "
-                             f"windows (limit {MAX_TILES}); use a larger pixel size or stride")
+        raise SemlayoutError(
+            f"--pixel-nm {pixel_nm} with a {stride:g} nm stride cuts the cell into {n_tiles} clip "
+            f"windows (limit {MAX_TILES}); use a larger pixel size or stride"
+        )
     origins = iter_tile_origins(data.bbox, clip_nm, stride)  # lazy: --max-clips stops it early
     out = Path(out_dir)
     rows: list[dict[str, str]] = []
@@ -265,7 +295,10 @@ def gds_clips(
             pid = f"clip-{k:06d}"
             if render_sem:
                 rng = np.random.default_rng([seed, k])
-                x, y = (int(v) for v in rng.integers(CENTRE - MAX_OFFSET, CENTRE + MAX_OFFSET + 1, size=2))
+                x, y = (
+                    int(v)
+                    for v in rng.integers(CENTRE - MAX_OFFSET, CENTRE + MAX_OFFSET + 1, size=2)
+                )
                 # field window: template's top-left pixel sits at (x, y) of the 304x304 field
                 fx0 = x0 - x * pixel_nm
                 fy0 = (y0 + clip_nm + y * pixel_nm) - FIELD * pixel_nm
@@ -277,28 +310,68 @@ def gds_clips(
             if fill == 0.0 or fill == 1.0:
                 continue  # no edge inside: nothing to learn or align
             (tmp / "layout" / f"{pid}.png").write_bytes(encode_png(tpl * np.uint8(255)))
-            row = {"id": pid, "layout_path": f"layout/{pid}.png", "x_nm": f"{x0:.6g}", "y_nm": f"{y0:.6g}",
-                   "layer": str(layer), "datatype": "" if datatype is None else str(datatype),
-                   "cell": data.cell, "pattern_type": "gds", "fill": f"{fill:.4f}"}
+            row = {
+                "id": pid,
+                "layout_path": f"layout/{pid}.png",
+                "x_nm": f"{x0:.6g}",
+                "y_nm": f"{y0:.6g}",
+                "layer": str(layer),
+                "datatype": "" if datatype is None else str(datatype),
+                "cell": data.cell,
+                "pattern_type": "gds",
+                "fill": f"{fill:.4f}",
+            }
             rows.append(row)
             if render_sem:
                 sem, _, clean, _, _, meta = render_sem_pair(fld, x, y, rng, ranges=ranges)  # type: ignore[arg-type]
                 (tmp / "sem" / f"{pid}.png").write_bytes(encode_png(sem))
                 (tmp / "clean" / f"{pid}.png").write_bytes(encode_png(clean))
                 truth.append(f"{pid},{x},{y}")
-                manifest_rows.append({"id": pid, "sem_path": f"sem/{pid}.png", "layout_path": row["layout_path"],
-                                      "pattern_type": "gds", "clean_path": f"clean/{pid}.png", "seed": str(seed),
-                                      "x_nm": row["x_nm"], "y_nm": row["y_nm"], **meta["params"].as_columns()})
+                manifest_rows.append(
+                    {
+                        "id": pid,
+                        "sem_path": f"sem/{pid}.png",
+                        "layout_path": row["layout_path"],
+                        "pattern_type": "gds",
+                        "clean_path": f"clean/{pid}.png",
+                        "seed": str(seed),
+                        "x_nm": row["x_nm"],
+                        "y_nm": row["y_nm"],
+                        **meta["params"].as_columns(),
+                    }
+                )
         if not rows:
             raise SemlayoutError(
                 f"no clip of layer {layer} in cell '{data.cell}' has structure at {pixel_nm} nm/px "
                 f"(every clip was empty or fully covered); try another --pixel-nm"
             )
-        _write_csv(tmp / "clips.csv", ["id", "layout_path", "x_nm", "y_nm", "layer", "datatype", "cell",
-                                       "pattern_type", "fill"], rows)
+        _write_csv(
+            tmp / "clips.csv",
+            [
+                "id",
+                "layout_path",
+                "x_nm",
+                "y_nm",
+                "layer",
+                "datatype",
+                "cell",
+                "pattern_type",
+                "fill",
+            ],
+            rows,
+        )
         if render_sem:
-            cols = ["id", "sem_path", "layout_path", "pattern_type", "clean_path", "seed", "x_nm", "y_nm",
-                    *PHYSICS_COLUMNS]
+            cols = [
+                "id",
+                "sem_path",
+                "layout_path",
+                "pattern_type",
+                "clean_path",
+                "seed",
+                "x_nm",
+                "y_nm",
+                *PHYSICS_COLUMNS,
+            ]
             _write_csv(tmp / "manifest.csv", cols, manifest_rows)
             (tmp / "truth.csv").write_text("\n".join(truth) + "\n", encoding="utf-8")
         readable_by_others(tmp)

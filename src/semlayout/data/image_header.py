@@ -58,12 +58,12 @@ def _tiff_header(data: bytes) -> ImageHeader:
         raise HeaderRejected(415, "BigTIFF is not supported; send a classic TIFF or a PNG")
     try:
         (ifd,) = struct.unpack(e + "I", data[4:8])
-        (n,) = struct.unpack(e + "H", data[ifd:ifd + 2])
+        (n,) = struct.unpack(e + "H", data[ifd : ifd + 2])
         tags: dict[int, tuple[int, int, bytes]] = {}
         for i in range(n):
             off = ifd + 2 + 12 * i
-            tag, typ, count = struct.unpack(e + "HHI", data[off:off + 8])
-            tags[tag] = (typ, count, data[off + 8:off + 12])
+            tag, typ, count = struct.unpack(e + "HHI", data[off : off + 8])
+            tags[tag] = (typ, count, data[off + 8 : off + 12])
     except struct.error:
         raise HeaderRejected(422, "truncated or invalid TIFF header") from None
 
@@ -103,12 +103,16 @@ def _jpeg_header(data: bytes) -> ImageHeader:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         if marker in _SOF:
             if i + 10 > len(data):
                 break
-            precision, height, width, comps = struct.unpack(">BHHB", data[i + 4:i + 10])
-            kind = "grayscale" if comps == 1 else {3: "colour (YCbCr/RGB)", 4: "CMYK"}.get(comps, f"{comps}-channel")
+            precision, height, width, comps = struct.unpack(">BHHB", data[i + 4 : i + 10])
+            kind = (
+                "grayscale"
+                if comps == 1
+                else {3: "colour (YCbCr/RGB)", 4: "CMYK"}.get(comps, f"{comps}-channel")
+            )
             return ImageHeader("jpeg", width, height, precision, comps, kind)
         if marker in (0xDA, 0xD9):
             break
@@ -121,16 +125,24 @@ def read_header(data: bytes) -> ImageHeader:
     if not data:
         raise HeaderRejected(422, "empty file: expected an 8-bit grayscale PNG, TIFF or JPEG")
     parsers = {"PNG": _png_header, "TIFF": _tiff_header, "JPEG": _jpeg_header}
-    fmt = ("PNG" if data[:8] == PNG_SIG
-           else "TIFF" if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-           else "JPEG" if data[:3] == b"\xff\xd8\xff" else None)
+    fmt = (
+        "PNG"
+        if data[:8] == PNG_SIG
+        else "TIFF"
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+        else "JPEG"
+        if data[:3] == b"\xff\xd8\xff"
+        else None
+    )
     if fmt is not None:
         try:
             return parsers[fmt](data)
         except struct.error:
             raise HeaderRejected(422, f"truncated or invalid {fmt} header") from None
     return_kind = "text" if _looks_like_text(data[:512]) else "an unsupported format"
-    raise HeaderRejected(415, f"upload is {return_kind}; expected an 8-bit grayscale PNG, TIFF or JPEG")
+    raise HeaderRejected(
+        415, f"upload is {return_kind}; expected an 8-bit grayscale PNG, TIFF or JPEG"
+    )
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -145,13 +157,19 @@ def check_header(h: ImageHeader, max_pixels: int, min_side: int) -> None:
     if h.width == 0 or h.height == 0:
         raise HeaderRejected(422, f"{h.format.upper()} header claims {h.width}x{h.height} px")
     if h.width * h.height > max_pixels:
-        raise HeaderRejected(413, f"image claims {h.width}x{h.height} = {h.width * h.height} px; "
-                                  f"the limit is {max_pixels} px")
+        raise HeaderRejected(
+            413,
+            f"image claims {h.width}x{h.height} = {h.width * h.height} px; "
+            f"the limit is {max_pixels} px",
+        )
     if h.width < min_side or h.height < min_side:
-        raise HeaderRejected(422, f"image is {h.width}x{h.height} px; expected at least "
-                                  f"{min_side} px on each side")
+        raise HeaderRejected(
+            422,
+            f"image is {h.width}x{h.height} px; expected at least " f"{min_side} px on each side",
+        )
     if h.kind != "grayscale":
         raise HeaderRejected(422, f"expected 8-bit grayscale, got {h.kind} {h.format.upper()}")
     if h.bit_depth != 8:
-        raise HeaderRejected(422, f"expected 8-bit grayscale, got {h.bit_depth}-bit {h.format.upper()}")
-
+        raise HeaderRejected(
+            422, f"expected 8-bit grayscale, got {h.bit_depth}-bit {h.format.upper()}"
+        )

@@ -62,7 +62,7 @@ def line_space(rng: np.random.Generator, size: int = FIELD) -> np.ndarray:
         if rng.random() < p_break:
             gap = rng.uniform(8, 40)
             xb = rng.uniform(0, size - gap)
-            img[max(int(round(y)), 0):max(int(round(y + w + 3)), 0), int(xb):int(xb + gap)] = 0
+            img[max(int(round(y)), 0) : max(int(round(y + w + 3)), 0), int(xb) : int(xb + gap)] = 0
         y += pitch * (rng.uniform(0.85, 1.15) if irregular else 1.0)
     return _maybe_transpose(rng, img)
 

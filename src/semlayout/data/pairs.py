@@ -56,7 +56,9 @@ def _inside(folder: Path, rel: str, what: str, line: int) -> Path:
     if not rel:
         raise SemlayoutError(f"manifest.csv line {line}: empty {what}")
     if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
-        raise SemlayoutError(f"manifest.csv line {line}: {what} '{rel}' must be relative to the folder")
+        raise SemlayoutError(
+            f"manifest.csv line {line}: {what} '{rel}' must be relative to the folder"
+        )
     resolved = (folder / rel).resolve()
     root = folder.resolve()
     if resolved != root and root not in resolved.parents:
@@ -78,7 +80,9 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
     except UnicodeDecodeError:
         raise SemlayoutError(f"{manifest}: not UTF-8 text") from None
     if not text.strip():
-        raise SemlayoutError(f"{manifest} is empty; expected a header {','.join(REQUIRED_COLUMNS)} and one row per pair")
+        raise SemlayoutError(
+            f"{manifest} is empty; expected a header {','.join(REQUIRED_COLUMNS)} and one row per pair"
+        )
     reader = csv.DictReader(io.StringIO(text))
     # tolerate "id, sem_path, ..." (spaces after commas) in the header
     reader.fieldnames = [c.strip() for c in (reader.fieldnames or [])]
@@ -109,7 +113,9 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
             PairRecord(
                 id=pid,
                 sem_path=_inside(folder, (row.get("sem_path") or "").strip(), "sem_path", line),
-                layout_path=_inside(folder, (row.get("layout_path") or "").strip(), "layout_path", line),
+                layout_path=_inside(
+                    folder, (row.get("layout_path") or "").strip(), "layout_path", line
+                ),
                 pattern_type=(row.get("pattern_type") or "").strip() or "unknown",
                 clean_path=_inside(folder, clean_rel, "clean_path", line) if clean_rel else None,
                 extra=extra,
@@ -120,7 +126,9 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
     return records
 
 
-def decode_gray8(data: bytes, name: str = "<upload>", expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+def decode_gray8(
+    data: bytes, name: str = "<upload>", expected_shape: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode PNG/TIFF/... bytes to an (H, W) uint8 array, refusing colour, 16-bit and wrong sizes."""
     import cv2
 
@@ -132,7 +140,9 @@ def decode_gray8(data: bytes, name: str = "<upload>", expected_shape: tuple[int,
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error:  # e.g. a header claiming more pixels than OpenCV will allocate
-        raise ImageRejected(name, "unreadable", "cannot decode: corrupt, or too large for the decoder") from None
+        raise ImageRejected(
+            name, "unreadable", "cannot decode: corrupt, or too large for the decoder"
+        ) from None
     if img is None:
         raise ImageRejected(name, "unreadable", "not a readable image")
     return _check_gray8(img, name, expected_shape)
@@ -149,11 +159,18 @@ def _check_header(data: bytes, name: str, expected_shape: tuple[int, int] | None
     except HeaderRejected:
         return
     if h.width * h.height > MAX_DECODE_PIXELS:
-        raise ImageRejected(name, "too_large", f"{h.format.upper()} header claims {h.width}x{h.height} px; "
-                            f"the limit is {MAX_DECODE_PIXELS} px")
+        raise ImageRejected(
+            name,
+            "too_large",
+            f"{h.format.upper()} header claims {h.width}x{h.height} px; "
+            f"the limit is {MAX_DECODE_PIXELS} px",
+        )
     if expected_shape is not None and (h.height, h.width) != tuple(expected_shape):
-        raise ImageRejected(name, "wrong_size",
-                            f"expected {expected_shape[1]}x{expected_shape[0]} px, got {h.width}x{h.height}")
+        raise ImageRejected(
+            name,
+            "wrong_size",
+            f"expected {expected_shape[1]}x{expected_shape[0]} px, got {h.width}x{h.height}",
+        )
 
 
 _OPENCV_QUIET = False
@@ -174,7 +191,11 @@ def _quiet_opencv() -> None:
 
 def _check_gray8(img: np.ndarray, name: str, expected_shape: tuple[int, int] | None) -> np.ndarray:
     if img.dtype != np.uint8:
-        raise ImageRejected(name, "bit_depth", f"expected 8-bit grayscale, got {img.dtype} ({img.dtype.itemsize * 8}-bit)")
+        raise ImageRejected(
+            name,
+            "bit_depth",
+            f"expected 8-bit grayscale, got {img.dtype} ({img.dtype.itemsize * 8}-bit)",
+        )
     if img.ndim == 3:
         channels = img.shape[2]
         if channels == 1:
@@ -186,7 +207,8 @@ def _check_gray8(img: np.ndarray, name: str, expected_shape: tuple[int, int] | N
         raise ImageRejected(name, "unreadable", f"unexpected image shape {img.shape}")
     if expected_shape is not None and tuple(img.shape) != tuple(expected_shape):
         raise ImageRejected(
-            name, "wrong_size",
+            name,
+            "wrong_size",
             f"expected {expected_shape[1]}x{expected_shape[0]} px, got {img.shape[1]}x{img.shape[0]}",
         )
     return np.ascontiguousarray(img)
@@ -204,7 +226,11 @@ def check_binary_layout(img: np.ndarray, name: str = "<layout>") -> np.ndarray:
     """A layout template holds only 0 and 255."""
     values = np.unique(img)
     if not set(values.tolist()) <= {0, 255}:
-        raise ImageRejected(name, "not_binary", f"layout must hold only 0 and 255, found {len(values)} distinct values")
+        raise ImageRejected(
+            name,
+            "not_binary",
+            f"layout must hold only 0 and 255, found {len(values)} distinct values",
+        )
     return img
 
 
@@ -239,8 +265,13 @@ def write_pairs(folder: Path, pairs: Iterable[PairArrays]) -> list[str]:
     for p in pairs:
         cv2.imwrite(str(folder / "sem" / f"{p.id}.png"), p.sem)
         cv2.imwrite(str(folder / "layout" / f"{p.id}.png"), p.layout)
-        row = {"id": p.id, "sem_path": f"sem/{p.id}.png", "layout_path": f"layout/{p.id}.png",
-               "pattern_type": p.pattern_type, "clean_path": ""}
+        row = {
+            "id": p.id,
+            "sem_path": f"sem/{p.id}.png",
+            "layout_path": f"layout/{p.id}.png",
+            "pattern_type": p.pattern_type,
+            "clean_path": "",
+        }
         if p.clean is not None:
             any_clean = True
             (folder / "clean").mkdir(exist_ok=True)

@@ -43,39 +43,48 @@ Range = tuple[float, float]
 class PhysicsRanges:
     """Per-image parameter ranges; each image draws uniformly (dose: log-uniformly) inside them."""
 
-    dose: Range = (2.0, 3000.0)             # electrons / pixel (log-uniform)
+    dose: Range = (2.0, 3000.0)  # electrons / pixel (log-uniform)
     # share of images with reversed polarity. 0 by default: material contrast is a property of the
     # layer stack and the detector, fixed for a data set (docs/physics.md); set it to mix layers
     reverse_fraction: float = 0.0
-    background: Range = (0.12, 0.32)        # SE yield of the darker material
-    contrast: Range = (0.04, 0.35)          # yield difference between materials (low: edges carry the image)
-    texture: Range = (0.0, 0.08)            # relative RMS of the materials' grain (yield x (1 + t n))
-    texture_corr: Range = (0.8, 2.5)        # px, grain size
-    corner_sigma: Range = (0.6, 2.5)        # px, print blur that rounds corners (x print_scale for fine designs)
-    bias: Range = (-0.3, 0.3)               # px, printed edge moves outward (+) / inward (-)
-    ler_sigma: Range = (0.2, 1.2)           # px, RMS edge displacement (x print_scale for fine designs)
-    ler_corr: Range = (2.0, 8.0)            # px, correlation length of the roughness
-    edge_width: Range = (1.0, 4.0)          # px, decay length of the SE rim
-    edge_gain: Range = (0.30, 0.70)         # rim brightness at the edge (yield units)
-    rim_outside: Range = (0.2, 0.7)         # rim amplitude just outside the pattern, relative to inside
+    background: Range = (0.12, 0.32)  # SE yield of the darker material
+    contrast: Range = (
+        0.04,
+        0.35,
+    )  # yield difference between materials (low: edges carry the image)
+    texture: Range = (0.0, 0.08)  # relative RMS of the materials' grain (yield x (1 + t n))
+    texture_corr: Range = (0.8, 2.5)  # px, grain size
+    corner_sigma: Range = (
+        0.6,
+        2.5,
+    )  # px, print blur that rounds corners (x print_scale for fine designs)
+    bias: Range = (-0.3, 0.3)  # px, printed edge moves outward (+) / inward (-)
+    ler_sigma: Range = (0.2, 1.2)  # px, RMS edge displacement (x print_scale for fine designs)
+    ler_corr: Range = (2.0, 8.0)  # px, correlation length of the roughness
+    edge_width: Range = (1.0, 4.0)  # px, decay length of the SE rim
+    edge_gain: Range = (0.30, 0.70)  # rim brightness at the edge (yield units)
+    rim_outside: Range = (0.2, 0.7)  # rim amplitude just outside the pattern, relative to inside
     # detector shadowing: rims facing the detector brighter by this share. Off by default:
     # it moves intensity-based alignment by ~1 px (docs/physics.md); e.g. (0.0, 0.4) to stress-test
     shadow: Range = (0.0, 0.0)
-    blur_sigma: Range = (0.8, 2.5)          # px, Gaussian beam (geometric mean of x and y)
-    astigmatism: Range = (0.8, 1.25)        # sigma_x / sigma_y of the beam
-    psf_tail: Range = (0.0, 0.25)           # share of signal in the broad backscatter tail
-    psf_tail_sigma: Range = (4.0, 12.0)     # px, width of that tail
-    gradient: Range = (0.0, 0.25)           # ramp + bump amplitude (yield units): charging shades whole fields
-    charging: Range = (0.0, 0.10)           # halo amplitude around dense pattern
-    gain: Range = (0.7, 1.4)                # detector brightness/contrast settings differ by tool and operator
+    blur_sigma: Range = (0.8, 2.5)  # px, Gaussian beam (geometric mean of x and y)
+    astigmatism: Range = (0.8, 1.25)  # sigma_x / sigma_y of the beam
+    psf_tail: Range = (0.0, 0.25)  # share of signal in the broad backscatter tail
+    psf_tail_sigma: Range = (4.0, 12.0)  # px, width of that tail
+    gradient: Range = (
+        0.0,
+        0.25,
+    )  # ramp + bump amplitude (yield units): charging shades whole fields
+    charging: Range = (0.0, 0.10)  # halo amplitude around dense pattern
+    gain: Range = (0.7, 1.4)  # detector brightness/contrast settings differ by tool and operator
     offset: Range = (-0.05, 0.10)
     detector_sigma: Range = (0.002, 0.015)  # Gaussian read noise (yield units, 1.0 = 255)
-    streak: Range = (0.0, 0.15)             # detector lag: share of signal smeared along the scan
-    streak_len: Range = (1.0, 5.0)          # px, decay length of that smear
-    jitter_px: Range = (0.0, 0.4)           # px, RMS per-row shift
-    vibration_px: Range = (0.0, 0.4)        # px, amplitude of a sinusoidal row shift (mains hum)
-    vibration_period: Range = (8.0, 64.0)   # rows per vibration cycle
-    drift_px: Range = (0.0, 1.5)            # px, linear x drift top -> bottom (mean zero)
+    streak: Range = (0.0, 0.15)  # detector lag: share of signal smeared along the scan
+    streak_len: Range = (1.0, 5.0)  # px, decay length of that smear
+    jitter_px: Range = (0.0, 0.4)  # px, RMS per-row shift
+    vibration_px: Range = (0.0, 0.4)  # px, amplitude of a sinusoidal row shift (mains hum)
+    vibration_period: Range = (8.0, 64.0)  # rows per vibration cycle
+    drift_px: Range = (0.0, 1.5)  # px, linear x drift top -> bottom (mean zero)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -83,11 +92,15 @@ class PhysicsRanges:
             if isinstance(v, tuple):
                 lo, hi = v
                 if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-                    raise SemlayoutError(f"physics range {f.name}={v}: expected finite (low, high) with low <= high")
+                    raise SemlayoutError(
+                        f"physics range {f.name}={v}: expected finite (low, high) with low <= high"
+                    )
         if self.dose[0] <= 0:
             raise SemlayoutError(f"dose range {self.dose}: expected positive electrons/pixel")
         if not 0.0 <= self.reverse_fraction <= 1.0:
-            raise SemlayoutError(f"reverse_fraction={self.reverse_fraction}: expected a value in [0, 1]")
+            raise SemlayoutError(
+                f"reverse_fraction={self.reverse_fraction}: expected a value in [0, 1]"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ class SemParams:
     """The physics drawn for one image (written to the manifest as extra columns)."""
 
     dose: float
-    polarity: int            # +1 pattern bright, -1 pattern dark (reversed)
+    polarity: int  # +1 pattern bright, -1 pattern dark (reversed)
     background: float
     contrast: float
     texture: float
@@ -128,12 +141,16 @@ class SemParams:
         return {k: (str(v) if isinstance(v, int) else f"{v:.4g}") for k, v in asdict(self).items()}
 
 
-def sample_params(rng: np.random.Generator, ranges: PhysicsRanges | None = None, **fixed: float) -> SemParams:
+def sample_params(
+    rng: np.random.Generator, ranges: PhysicsRanges | None = None, **fixed: float
+) -> SemParams:
     """Draw one image's physics; `fixed` pins chosen parameters (e.g. dose=5.0, polarity=-1)."""
     r = ranges or PhysicsRanges()
     unknown = set(fixed) - {f.name for f in fields(SemParams)}
     if unknown:
-        raise SemlayoutError(f"unknown physics parameter(s) {sorted(unknown)}; expected names of SemParams fields")
+        raise SemlayoutError(
+            f"unknown physics parameter(s) {sorted(unknown)}; expected names of SemParams fields"
+        )
 
     def u(name: str) -> float:
         lo, hi = getattr(r, name)
@@ -165,11 +182,15 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     n = cv2.GaussianBlur(n, (0, 0), sigma / k, borderType=cv2.BORDER_REFLECT)
     n = (n / max(float(n.std()), 1e-6)).astype(np.float32)
     if k > 1:
-        n = cv2.resize(n, (small[1] * k, small[0] * k), interpolation=cv2.INTER_CUBIC)[: shape[0], : shape[1]]
+        n = cv2.resize(n, (small[1] * k, small[0] * k), interpolation=cv2.INTER_CUBIC)[
+            : shape[0], : shape[1]
+        ]
     return n
 
 
-PRINT_CD_REF = 8.0  # px: `corner_sigma` and `ler_sigma` hold as drawn for designs this coarse or coarser
+PRINT_CD_REF = (
+    8.0  # px: `corner_sigma` and `ler_sigma` hold as drawn for designs this coarse or coarser
+)
 
 
 def critical_dimension(field: np.ndarray) -> float:
@@ -198,7 +219,9 @@ def print_scale(field: np.ndarray) -> float:
     return 1.0 if cd <= 0 else min(1.0, cd / PRINT_CD_REF)
 
 
-def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def print_pattern(
+    field: np.ndarray, p: SemParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Printed shape of a drawn binary field.
 
     Returns (coverage (H,W) float32 in [0,1], printed (sH,sW) bool at SUPERSAMPLE x).
@@ -216,8 +239,12 @@ def print_pattern(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> 
     s = SUPERSAMPLE
     scale = print_scale(field)
     corner_sigma = p.corner_sigma * scale
-    level = cv2.GaussianBlur(field.astype(np.float32), (0, 0), corner_sigma, borderType=cv2.BORDER_REFLECT)
-    amp = p.ler_sigma * scale / math.sqrt(2.0)  # per axis: the total RMS displacement is ler_sigma * scale
+    level = cv2.GaussianBlur(
+        field.astype(np.float32), (0, 0), corner_sigma, borderType=cv2.BORDER_REFLECT
+    )
+    amp = (
+        p.ler_sigma * scale / math.sqrt(2.0)
+    )  # per axis: the total RMS displacement is ler_sigma * scale
     # centre of supersampled pixel i, in 1x pixel coordinates
     cx = (np.arange(w * s, dtype=np.float32) + 0.5) / s - 0.5
     cy = (np.arange(h * s, dtype=np.float32) + 0.5) / s - 0.5
@@ -244,7 +271,7 @@ def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> n
     """
     s = SUPERSAMPLE
     fg = printed.astype(np.uint8)
-    d_in = cv2.distanceTransform(fg, cv2.DIST_L2, 5)       # 0 outside, >= 1 inside
+    d_in = cv2.distanceTransform(fg, cv2.DIST_L2, 5)  # 0 outside, >= 1 inside
     d_out = cv2.distanceTransform(1 - fg, cv2.DIST_L2, 5)  # 0 inside, >= 1 outside
     w = p.edge_width * s
     k = np.arange(256, dtype=np.float64) / _LUT_STEP
@@ -252,7 +279,9 @@ def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> n
     lut_out = p.rim_outside * np.exp(-(k - 0.5) / (0.7 * w))
     lut_in[0] = lut_out[0] = 0.0  # distance 0 = the other side of the edge
     rim_in = cv2.LUT(cv2.convertScaleAbs(d_in, alpha=_LUT_STEP), lut_in.astype(np.float32)[None, :])
-    rim = rim_in + cv2.LUT(cv2.convertScaleAbs(d_out, alpha=_LUT_STEP), lut_out.astype(np.float32)[None, :])
+    rim = rim_in + cv2.LUT(
+        cv2.convertScaleAbs(d_out, alpha=_LUT_STEP), lut_out.astype(np.float32)[None, :]
+    )
     return cv2.resize(rim, (out_shape[1], out_shape[0]), interpolation=cv2.INTER_AREA)
 
 
@@ -275,7 +304,9 @@ def detector_shadow(coverage: np.ndarray, p: SemParams, rng: np.random.Generator
     return (1.0 + p.shadow * facing * weight).astype(np.float32)
 
 
-def background_field(shape: tuple[int, int], coverage: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
+def background_field(
+    shape: tuple[int, int], coverage: np.ndarray, p: SemParams, rng: np.random.Generator
+) -> np.ndarray:
     """Slow additive field: a ramp, two broad bumps and a charging halo over dense pattern.
 
     All three vary over tens of pixels, so they are built at 1/4 scale and upsampled once.
@@ -289,10 +320,16 @@ def background_field(shape: tuple[int, int], coverage: np.ndarray, p: SemParams,
     for _ in range(2):
         cx, cy = rng.uniform(-0.3, 0.3, 2)
         r = rng.uniform(0.2, 0.5)
-        slow += rng.uniform(-1, 1) * p.gradient * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        slow += (
+            rng.uniform(-1, 1)
+            * p.gradient
+            * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        )
     # charging halo: a 12-30 px blur of the local pattern density
     density = cv2.resize(coverage, (ws, hs), interpolation=cv2.INTER_AREA)
-    slow += p.charging * cv2.GaussianBlur(density, (0, 0), rng.uniform(12, 30) / 4, borderType=cv2.BORDER_REFLECT)
+    slow += p.charging * cv2.GaussianBlur(
+        density, (0, 0), rng.uniform(12, 30) / 4, borderType=cv2.BORDER_REFLECT
+    )
     return cv2.resize(slow.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -301,7 +338,9 @@ def scan_shifts(h: int, p: SemParams, rng: np.random.Generator) -> np.ndarray:
     rows = np.arange(h, dtype=np.float32)
     jitter = rng.standard_normal(h).astype(np.float32) * p.jitter_px
     phase = rng.uniform(0, 2 * math.pi)
-    vibration = p.vibration_px * np.sin(2 * math.pi * rows / p.vibration_period + phase).astype(np.float32)
+    vibration = p.vibration_px * np.sin(2 * math.pi * rows / p.vibration_period + phase).astype(
+        np.float32
+    )
     drift = (rows / max(h - 1, 1) - 0.5) * p.drift_px
     dx = jitter + vibration + drift
     return (dx - dx.mean()).astype(np.float32)

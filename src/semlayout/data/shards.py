@@ -84,9 +84,14 @@ SourceLike = str | os.PathLike[str] | ShardSource | tuple[str | os.PathLike[str]
 
 # ----------------------------------------------------------------------------- reading inputs
 
-def _as_sources(aligned: SourceLike | Sequence[SourceLike], max_per_source: int | None) -> list[ShardSource]:
+
+def _as_sources(
+    aligned: SourceLike | Sequence[SourceLike], max_per_source: int | None
+) -> list[ShardSource]:
     single = isinstance(aligned, str | os.PathLike | ShardSource) or (
-        isinstance(aligned, tuple) and len(aligned) == 2 and (aligned[1] is None or isinstance(aligned[1], int))
+        isinstance(aligned, tuple)
+        and len(aligned) == 2
+        and (aligned[1] is None or isinstance(aligned[1], int))
     )
     items: list[Any] = [aligned] if single else list(aligned)  # type: ignore[arg-type]
     if not items:
@@ -102,7 +107,9 @@ def _as_sources(aligned: SourceLike | Sequence[SourceLike], max_per_source: int 
             src = ShardSource(Path(item))
         max_n = src.max_n if src.max_n is not None else max_per_source
         if max_n is not None and (not isinstance(max_n, int) or max_n < 1):
-            raise SemlayoutError(f"max pairs per source must be a positive integer, got {max_n!r} for {src.path}")
+            raise SemlayoutError(
+                f"max pairs per source must be a positive integer, got {max_n!r} for {src.path}"
+            )
         name = src.name or Path(src.path).resolve().name or "source"
         used[name] += 1
         if used[name] > 1:
@@ -120,7 +127,11 @@ def _qc_failed_ids(folder: Path) -> set[str]:
         raise SemlayoutError(f"{path}: cannot read alignment table ({err})") from None
     if rows and "id" not in rows[0]:
         raise SemlayoutError(f"{path}: no 'id' column; expected id,x,y,score,qc_pass,reason")
-    return {r["id"] for r in rows if str(r.get("qc_pass", "true")).strip().lower() in ("false", "0", "no")}
+    return {
+        r["id"]
+        for r in rows
+        if str(r.get("qc_pass", "true")).strip().lower() in ("false", "0", "no")
+    }
 
 
 def _load_pair(rec: PairRecord, folder: Path, has_alignment: bool) -> Images:
@@ -147,9 +158,15 @@ def _pair_folder_entries(folder: Path, name: str) -> list[_Entry]:
     has_alignment = (folder / "alignment.csv").is_file()
     failed = _qc_failed_ids(folder) if has_alignment else set()
     return [
-        _Entry(rec.id, rec.pattern_type, name, rec.clean_path is not None,
-               functools.partial(_load_pair, rec, folder, has_alignment))
-        for rec in read_manifest(folder) if rec.id not in failed
+        _Entry(
+            rec.id,
+            rec.pattern_type,
+            name,
+            rec.clean_path is not None,
+            functools.partial(_load_pair, rec, folder, has_alignment),
+        )
+        for rec in read_manifest(folder)
+        if rec.id not in failed
     ]
 
 
@@ -168,9 +185,13 @@ def _shard_set_entries(folder: Path, name: str) -> list[_Entry]:
         members = npz_members(folder / rel)
         has_clean = "clean" in members
         mask = members.get("clean_mask")
-        for row, (pid, fam) in enumerate(zip(members["ids"].tolist(), members["families"].tolist(), strict=True)):
+        for row, (pid, fam) in enumerate(
+            zip(members["ids"].tolist(), members["families"].tolist(), strict=True)
+        ):
             clean_here = has_clean and (mask is None or bool(mask[row]))
-            out.append(_Entry(pid, fam, name, clean_here, functools.partial(_load_shard_row, members, row)))
+            out.append(
+                _Entry(pid, fam, name, clean_here, functools.partial(_load_shard_row, members, row))
+            )
     return out
 
 
@@ -183,7 +204,9 @@ def _sample(entries: list[_Entry], max_n: int | None, seed: int, position: int) 
     return [ordered[i] for i in sorted(rng.choice(len(ordered), size=max_n, replace=False))]
 
 
-def _collect_entries(sources: list[ShardSource], seed: int) -> tuple[list[_Entry], list[dict[str, Any]]]:
+def _collect_entries(
+    sources: list[ShardSource], seed: int
+) -> tuple[list[_Entry], list[dict[str, Any]]]:
     entries: list[_Entry] = []
     summary: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -207,18 +230,27 @@ def _collect_entries(sources: list[ShardSource], seed: int) -> tuple[list[_Entry
                 renamed += 1
             seen.add(e.id)
         entries += chosen
-        summary.append({
-            "name": src.name, "path": str(folder), "kind": "shards" if is_shards else "pairs",
-            "n_available": len(available), "n_used": len(chosen), "max_n": src.max_n, "renamed_ids": renamed,
-        })
+        summary.append(
+            {
+                "name": src.name,
+                "path": str(folder),
+                "kind": "shards" if is_shards else "pairs",
+                "n_available": len(available),
+                "n_used": len(chosen),
+                "max_n": src.max_n,
+                "renamed_ids": renamed,
+            }
+        )
     if not entries:
         raise SemlayoutError(
-            "no pairs to shard: " + ", ".join(f"{s['path']} ({s['n_available']} usable)" for s in summary)
+            "no pairs to shard: "
+            + ", ".join(f"{s['path']} ({s['n_available']} usable)" for s in summary)
         )
     return entries, summary
 
 
 # ----------------------------------------------------------------------------- splitting
+
 
 def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
     """(train, val, test) sizes of one family of n pairs; n >= 3 puts >= 1 in each split asked for."""
@@ -241,7 +273,10 @@ def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
 
 
 def assign_splits(
-    keys: Sequence[tuple[str, str, str]], val: float, test: float, seed: int,
+    keys: Sequence[tuple[str, str, str]],
+    val: float,
+    test: float,
+    seed: int,
 ) -> dict[str, str]:
     """Map each id to a split. keys: (id, family, source). Stratified by (source, family).
 
@@ -280,6 +315,7 @@ def assign_splits(
 
 # ----------------------------------------------------------------------------- writing
 
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Uncompressed .npz (np.load reads it) with fixed timestamps, so it is byte-reproducible."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +327,9 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def _shard_arrays(entries: list[_Entry], images: list[Images], store_clean: bool) -> dict[str, np.ndarray]:
+def _shard_arrays(
+    entries: list[_Entry], images: list[Images], store_clean: bool
+) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {
         "ids": np.array([e.id for e in entries], dtype=str),
         "families": np.array([e.family for e in entries], dtype=str),
@@ -329,8 +367,10 @@ def _stats_block(described: list[tuple[dict[str, float], np.ndarray]]) -> dict[s
     }
 
 
-def _reference_doc(sem: list[tuple[dict[str, float], np.ndarray]],
-                   layout: list[tuple[dict[str, float], np.ndarray]]) -> dict[str, Any]:
+def _reference_doc(
+    sem: list[tuple[dict[str, float], np.ndarray]],
+    layout: list[tuple[dict[str, float], np.ndarray]],
+) -> dict[str, Any]:
     from semlayout.data.features import FEATURE_NAMES, HISTOGRAM_BINS
 
     if not sem:
@@ -373,7 +413,9 @@ def write_shards(
         if not isinstance(frac, int | float) or not 0 <= frac < 1:
             raise SemlayoutError(f"--{what} must be a fraction in [0, 1), got {frac!r}")
     if val + test >= 1:
-        raise SemlayoutError(f"--val + --test must leave pairs for training, got {val} + {test} >= 1")
+        raise SemlayoutError(
+            f"--val + --test must leave pairs for training, got {val} + {test} >= 1"
+        )
     if not isinstance(shard_size, int) or shard_size < 1:
         raise SemlayoutError(f"--shard-size must be a positive integer, got {shard_size!r}")
     sources = _as_sources(aligned_dir, max_per_source)
@@ -382,14 +424,23 @@ def write_shards(
     entries, source_summary = _collect_entries(sources, seed)
     split_of = assign_splits([(e.id, e.family, e.source) for e in entries], val, test, seed)
     try:
-        return _write(entries, source_summary, split_of, Path(out_dir), val, test, seed, shard_size, progress)
+        return _write(
+            entries, source_summary, split_of, Path(out_dir), val, test, seed, shard_size, progress
+        )
     except (PermissionError, NotADirectoryError, FileExistsError) as err:
         raise SemlayoutError(f"cannot write {out_dir}: {err.strerror or err}") from None
 
 
 def _write(
-    entries: list[_Entry], source_summary: list[dict[str, Any]], split_of: dict[str, str], out_dir: Path,
-    val: float, test: float, seed: int, shard_size: int, progress: bool,
+    entries: list[_Entry],
+    source_summary: list[dict[str, Any]],
+    split_of: dict[str, str],
+    out_dir: Path,
+    val: float,
+    test: float,
+    seed: int,
+    shard_size: int,
+    progress: bool,
 ) -> dict[str, Any]:
     n_clean = sum(e.has_clean for e in entries)
     index: dict[str, Any] = {
@@ -407,8 +458,13 @@ def _write(
         "sources": source_summary,
     }
     described: dict[str, list[tuple[dict[str, float], np.ndarray]]] = {"sem": [], "layout": []}
-    bar = tqdm(total=len(entries), desc="shard", unit="pair", leave=False,
-               disable=not progress or len(entries) < 200)
+    bar = tqdm(
+        total=len(entries),
+        desc="shard",
+        unit="pair",
+        leave=False,
+        disable=not progress or len(entries) < 200,
+    )
     # threads: PNG decoding and the OpenCV feature code release the GIL
     with atomic_dir(out_dir) as tmp, ThreadPoolExecutor(_threads()) as pool:
         umask = os.umask(0)
@@ -422,7 +478,7 @@ def _write(
             (tmp / split).mkdir()
             shards = []
             for s, start in enumerate(range(0, len(chosen), shard_size)):
-                part = chosen[start:start + shard_size]
+                part = chosen[start : start + shard_size]
                 images = list(pool.map(lambda e: e.load(), part))
                 rel = f"{split}/shard-{s:05d}.npz"
                 _write_npz(tmp / rel, _shard_arrays(part, images, n_clean > 0))
@@ -458,7 +514,9 @@ def npz_members(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, EOFError) as err:
-        raise SemlayoutError(f"shard {path} is corrupt or truncated ({err}); re-create it with `semlayout shard`") from None
+        raise SemlayoutError(
+            f"shard {path} is corrupt or truncated ({err}); re-create it with `semlayout shard`"
+        ) from None
     with open(path, "rb") as f:
         for info in infos:
             key = info.filename.removesuffix(".npy")
@@ -474,7 +532,9 @@ def npz_members(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     out[key] = z[key]
                 continue
             read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
             )
             shape, fortran, dtype = read_header(f)
             if dtype.hasobject:
@@ -490,13 +550,16 @@ def npz_members(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- reading shards
 
+
 def _index_path(shards_dir: str | os.PathLike[str]) -> Path:
     d = Path(shards_dir)
     if not d.is_dir():
         raise SemlayoutError(f"shard folder not found: {d}")
     p = d / "index.json"
     if not p.is_file():
-        raise SemlayoutError(f"{d} is not a shard set: index.json is missing (make one with `semlayout shard`)")
+        raise SemlayoutError(
+            f"{d} is not a shard set: index.json is missing (make one with `semlayout shard`)"
+        )
     return p
 
 
@@ -515,11 +578,19 @@ def read_index(shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise SemlayoutError(f"{p}: 'splits' is missing; expected {{train, val, test}}")
     for split in SPLITS:
         info = splits.get(split)
-        if not isinstance(info, dict) or not isinstance(info.get("shards"), list) or not isinstance(info.get("n"), int):
-            raise SemlayoutError(f"{p}: split '{split}' is missing or malformed (needs n and shards)")
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("shards"), list)
+            or not isinstance(info.get("n"), int)
+        ):
+            raise SemlayoutError(
+                f"{p}: split '{split}' is missing or malformed (needs n and shards)"
+            )
         for rel in info["shards"]:
             if not isinstance(rel, str) or rel.startswith(("/", "\\")) or ".." in Path(rel).parts:
-                raise SemlayoutError(f"{p}: shard path {rel!r} must be relative inside the shard folder")
+                raise SemlayoutError(
+                    f"{p}: shard path {rel!r} must be relative inside the shard folder"
+                )
             if not (p.parent / rel).is_file():
                 raise SemlayoutError(f"{p}: shard file {rel} of split '{split}' is missing")
     if sum(splits[s]["n"] for s in SPLITS) == 0:
@@ -527,7 +598,9 @@ def read_index(shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return index
 
 
-def _split_info(index: dict[str, Any], split: str, shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def _split_info(
+    index: dict[str, Any], split: str, shards_dir: str | os.PathLike[str]
+) -> dict[str, Any]:
     if split not in SPLITS:
         raise SemlayoutError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}")
     info: dict[str, Any] = index["splits"][split]
@@ -537,7 +610,9 @@ def _split_info(index: dict[str, Any], split: str, shards_dir: str | os.PathLike
 
 
 def iter_split(
-    shards_dir: str | os.PathLike[str], split: str, source: str | None = None,
+    shards_dir: str | os.PathLike[str],
+    split: str,
+    source: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream the records of a split, one shard in memory at a time.
 
@@ -555,8 +630,11 @@ def iter_split(
             if source is not None and srcs[i] != source:
                 continue
             rec: dict[str, Any] = {
-                "id": str(data["ids"][i]), "family": str(data["families"][i]), "source": str(srcs[i]),
-                "sem": np.array(data["sem"][i]), "layout": np.array(data["layout"][i]),
+                "id": str(data["ids"][i]),
+                "family": str(data["families"][i]),
+                "source": str(srcs[i]),
+                "sem": np.array(data["sem"][i]),
+                "layout": np.array(data["layout"][i]),
             }
             if "clean" in data and (mask is None or mask[i]):
                 rec["clean"] = np.array(data["clean"][i])
@@ -564,7 +642,9 @@ def iter_split(
 
 
 def load_split_arrays(
-    shards_dir: str | os.PathLike[str], split: str, source: str | None = None,
+    shards_dir: str | os.PathLike[str],
+    split: str,
+    source: str | None = None,
 ) -> dict[str, np.ndarray]:
     """A whole split stacked: ids, families, sources (N,) str; sem, layout[, clean] (N,250,250) uint8.
 
@@ -599,9 +679,15 @@ def load_reference_stats(shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SemlayoutError(f"{p}: not valid JSON ({err})") from None
     if not isinstance(stats, dict) or stats.get("feature_names") != list(FEATURE_NAMES):
-        raise SemlayoutError(f"{p}: feature_names do not match {list(FEATURE_NAMES)}; re-run `semlayout shard`")
+        raise SemlayoutError(
+            f"{p}: feature_names do not match {list(FEATURE_NAMES)}; re-run `semlayout shard`"
+        )
     for kind in ("sem", "layout"):
         block = stats.get(kind)
-        if not isinstance(block, dict) or not all(k in block for k in ("mean", "std", "histogram", "features")):
-            raise SemlayoutError(f"{p}: '{kind}' block missing or incomplete (needs mean, std, histogram, features)")
+        if not isinstance(block, dict) or not all(
+            k in block for k in ("mean", "std", "histogram", "features")
+        ):
+            raise SemlayoutError(
+                f"{p}: '{kind}' block missing or incomplete (needs mean, std, histogram, features)"
+            )
     return stats

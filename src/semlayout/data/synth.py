@@ -54,21 +54,29 @@ def parse_mix(text: str | Mapping[str, float] | None) -> dict[str, float]:
             name, sep, value = part.partition("=")
             name = name.strip()
             if not sep:
-                raise SemlayoutError(f"--mix entry '{part}': expected family=weight, e.g. line_space=0.5")
+                raise SemlayoutError(
+                    f"--mix entry '{part}': expected family=weight, e.g. line_space=0.5"
+                )
             try:
                 raw[name] = float(value)
             except ValueError:
-                raise SemlayoutError(f"--mix entry '{part}': weight '{value}' is not a number") from None
+                raise SemlayoutError(
+                    f"--mix entry '{part}': weight '{value}' is not a number"
+                ) from None
     else:
         raw = {str(k): float(v) for k, v in text.items()}
     for name, w in raw.items():
         if name not in FAMILIES:
-            raise SemlayoutError(f"unknown family '{name}' in mix; expected one of {', '.join(FAMILIES)}")
+            raise SemlayoutError(
+                f"unknown family '{name}' in mix; expected one of {', '.join(FAMILIES)}"
+            )
         if not math.isfinite(w) or w < 0:
             raise SemlayoutError(f"mix weight for '{name}' is {w}; expected a number >= 0")
     total = sum(raw.values())
     if total <= 0:
-        raise SemlayoutError(f"mix {raw} has no positive weight; give at least one family a weight > 0")
+        raise SemlayoutError(
+            f"mix {raw} has no positive weight; give at least one family a weight > 0"
+        )
     return {k: v / total for k, v in raw.items() if v > 0}
 
 
@@ -98,7 +106,11 @@ def generate_pair(
     """
     if family not in FAMILIES:
         raise SemlayoutError(f"unknown family '{family}'; expected one of {', '.join(FAMILIES)}")
-    rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
+    rng = (
+        rng_or_seed
+        if isinstance(rng_or_seed, np.random.Generator)
+        else np.random.default_rng(rng_or_seed)
+    )
     field = draw_layout(family, rng, FIELD)
     x, y = (int(v) for v in rng.integers(CENTRE - MAX_OFFSET, CENTRE + MAX_OFFSET + 1, size=2))
     sem, layout, clean, x, y, meta = render_sem_pair(field, x, y, rng, params, ranges)
@@ -143,7 +155,9 @@ def _make_one(args: tuple[Path, int, int, str, PhysicsRanges]) -> dict[str, str]
     """Generate pair i and write its three PNGs; returns its manifest row (+ x, y)."""
     folder, seed, i, family, ranges = args
     pid = _pair_id(seed, i)
-    sem, layout, clean, x, y, meta = generate_pair(np.random.default_rng([seed, i]), family, ranges=ranges)
+    sem, layout, clean, x, y, meta = generate_pair(
+        np.random.default_rng([seed, i]), family, ranges=ranges
+    )
     _write_png(folder / "sem" / f"{pid}.png", sem)
     _write_png(folder / "layout" / f"{pid}.png", layout)
     _write_png(folder / "clean" / f"{pid}.png", clean)
@@ -217,7 +231,9 @@ def synthesize(
             for sub in ("sem", "layout", "clean"):
                 (tmp / sub).mkdir()
             jobs = [(tmp, int(seed), i, fam, ranges) for i, fam in enumerate(families)]
-            bar = tqdm(total=n, desc="synth", unit="pair", disable=not progress or n < 200, leave=False)
+            bar = tqdm(
+                total=n, desc="synth", unit="pair", disable=not progress or n < 200, leave=False
+            )
             if workers > 1 and n >= 64:
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
@@ -231,7 +247,9 @@ def synthesize(
                     ctx, init = mp.get_context("fork"), None
                 else:  # pragma: no cover - Windows / macOS defaults
                     ctx, init = mp.get_context("spawn"), _init_worker
-                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init) as pool:
+                with ProcessPoolExecutor(
+                    max_workers=workers, mp_context=ctx, initializer=init
+                ) as pool:
                     for row in pool.map(_make_one, jobs, chunksize=16):
                         rows.append(row)
                         bar.update()
@@ -323,14 +341,25 @@ def write_preview(
         row = np.full((label_h + cell + pad, width), 255, np.uint8)
         for k, img in enumerate((canvas, clean, sem)):
             x0 = pad + k * (cell + pad)
-            row[label_h : label_h + cell, x0 : x0 + cell] = cv2.resize(img, (cell, cell), interpolation=cv2.INTER_AREA)
+            row[label_h : label_h + cell, x0 : x0 + cell] = cv2.resize(
+                img, (cell, cell), interpolation=cv2.INTER_AREA
+            )
         extra = r.extra
         text = f"{r.pattern_type}   dose {extra.get('dose', '?')} e-/px   polarity {extra.get('polarity', '?')}"
         cv2.putText(row, text, (pad, label_h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 0, 1, cv2.LINE_AA)
         panels.append(row)
     header = np.full((label_h, width), 255, np.uint8)
     for k, name in enumerate(("layout (template in field)", "clean SEM", "noisy SEM")):
-        cv2.putText(header, name, (pad + k * (cell + pad), label_h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 0, 1, cv2.LINE_AA)
+        cv2.putText(
+            header,
+            name,
+            (pad + k * (cell + pad), label_h - 6),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            0,
+            1,
+            cv2.LINE_AA,
+        )
     grid = np.vstack([header, *panels])
     dest = Path(dest)
     atomic_write_bytes(dest, encode_png(grid))

@@ -67,7 +67,9 @@ class UNetGenerator(nn.Module):
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
             c_in = cfg.in_channels if k == 0 else ch[k - 1]
             outermost, innermost = k == 0, k == n - 1
-            layers.append(nn.Conv2d(c_in, ch[k], 4, 2, 1, bias=outermost or innermost))  # no bias before a norm
+            layers.append(
+                nn.Conv2d(c_in, ch[k], 4, 2, 1, bias=outermost or innermost)
+            )  # no bias before a norm
             if not (outermost or innermost):
                 layers.append(norm_layer(cfg.norm, ch[k]))
             self.down.append(nn.Sequential(*layers))
@@ -111,7 +113,9 @@ class UNetGenerator(nn.Module):
         # the network is fully convolutional (training may use crops of image_size), so an
         # attention block belongs to a decoder *level*, named by its resolution at image_size
         self._attention_at_level = {
-            j: str(cfg.image_size // 2**j) for j in range(n, 0, -1) if str(cfg.image_size // 2**j) in self.attention
+            j: str(cfg.image_size // 2**j)
+            for j in range(n, 0, -1)
+            if str(cfg.image_size // 2**j) in self.attention
         }
 
     def _attend(self, x: torch.Tensor, level: int) -> torch.Tensor:
@@ -122,7 +126,9 @@ class UNetGenerator(nn.Module):
         if self.cfg.input_norm == "standardize":
             mean = x.mean(dim=(2, 3), keepdim=True)
             std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
-            x = (x - mean) * (0.5 / (std + 0.01))  # the floor bounds the gain on a near-blank image (~50x)
+            x = (x - mean) * (
+                0.5 / (std + 0.01)
+            )  # the floor bounds the gain on a near-blank image (~50x)
         skips = []
         for block in self.down:
             x = block(x)

@@ -107,10 +107,18 @@ class DriftDetector:
         self.feature_names = list(mean)
         self.mean = {f: float(mean[f]) for f in self.feature_names}
         self.std = {f: float(std.get(f, 0.0)) for f in self.feature_names}
-        self.scale = {f: max(self.std[f], 1e-3 * (abs(self.mean[f]) + 1.0)) for f in self.feature_names}
+        self.scale = {
+            f: max(self.std[f], 1e-3 * (abs(self.mean[f]) + 1.0)) for f in self.feature_names
+        }
         self.ref_hist = np.asarray(list(histogram), dtype=np.float64)
-        if self.ref_hist.ndim != 1 or self.ref_hist.size < 2 or not np.all(np.isfinite(self.ref_hist)):
-            raise SemlayoutError(f"drift reference for '{kind}': histogram must be a list of >= 2 numbers")
+        if (
+            self.ref_hist.ndim != 1
+            or self.ref_hist.size < 2
+            or not np.all(np.isfinite(self.ref_hist))
+        ):
+            raise SemlayoutError(
+                f"drift reference for '{kind}': histogram must be a list of >= 2 numbers"
+            )
         self.z_threshold = float(z_threshold)
         self.kl_threshold = float(kl_threshold)
         if feature_fn is None or histogram_fn is None:
@@ -128,10 +136,14 @@ class DriftDetector:
         feats = {k: float(v) for k, v in self._features(img).items()}
         missing = [f for f in self.feature_names if f not in feats]
         if missing:
-            raise SemlayoutError(f"reference features {missing} are not computed by the feature function")
+            raise SemlayoutError(
+                f"reference features {missing} are not computed by the feature function"
+            )
         hist = self._histogram(img)
         if len(hist) != self.ref_hist.size:
-            raise SemlayoutError(f"histogram has {len(hist)} bins, reference has {self.ref_hist.size}")
+            raise SemlayoutError(
+                f"histogram has {len(hist)} bins, reference has {self.ref_hist.size}"
+            )
         return feats, self.z_scores(feats), kl_divergence(hist, self.ref_hist)
 
     def check(self, img: np.ndarray) -> DriftResult:
@@ -151,7 +163,9 @@ class DriftDetector:
         )
 
     # ------------------------------------------------------------------ calibration
-    def calibrate(self, images: Iterable[np.ndarray], target_rate: float = 0.01) -> dict[str, float]:
+    def calibrate(
+        self, images: Iterable[np.ndarray], target_rate: float = 0.01
+    ) -> dict[str, float]:
         """Set both thresholds from in-distribution `images` (see the module docstring)."""
         max_z, kls = [], []
         for img in images:
@@ -165,16 +179,25 @@ class DriftDetector:
         self.kl_threshold = max(MIN_KL, MARGIN * float(np.quantile(kls, q)))
         return {"z_threshold": self.z_threshold, "kl_threshold": self.kl_threshold, "n": len(max_z)}
 
-    def calibrate_z_from_features(self, per_image: Mapping[str, list[float]],
-                                  target_rate: float = 0.01) -> float:
+    def calibrate_z_from_features(
+        self, per_image: Mapping[str, list[float]], target_rate: float = 0.01
+    ) -> float:
         """Set the z threshold from per-image reference features (no images needed)."""
         n = min(len(per_image.get(f, [])) for f in self.feature_names)
         if n < 10:
             return self.z_threshold
-        cols = np.array([[self.z_scores({f: per_image[f][i] for f in self.feature_names})[f]
-                          for f in self.feature_names] for i in range(n)])
-        self.z_threshold = max(MIN_Z, MARGIN * float(np.quantile(np.abs(cols).max(axis=1),
-                                                                 1.0 - target_rate / 2)))
+        cols = np.array(
+            [
+                [
+                    self.z_scores({f: per_image[f][i] for f in self.feature_names})[f]
+                    for f in self.feature_names
+                ]
+                for i in range(n)
+            ]
+        )
+        self.z_threshold = max(
+            MIN_Z, MARGIN * float(np.quantile(np.abs(cols).max(axis=1), 1.0 - target_rate / 2))
+        )
         return self.z_threshold
 
     def thresholds(self) -> dict[str, float]:
@@ -188,7 +211,9 @@ def load_reference_stats(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "reference_stats.json"
     if not path.is_file():
-        raise SemlayoutError(f"drift reference not found: {path} (expected SHARDS/reference_stats.json)")
+        raise SemlayoutError(
+            f"drift reference not found: {path} (expected SHARDS/reference_stats.json)"
+        )
     try:
         stats = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -237,9 +262,16 @@ def detectors_from_reference(
     out: dict[str, DriftDetector] = {}
     for direction, kind in DIRECTION_KIND.items():
         block = stats[kind]
-        det = DriftDetector(block["mean"], block["std"], block["histogram"], kind,
-                            z_threshold=z_threshold or DEFAULT_Z, kl_threshold=kl_threshold or DEFAULT_KL,
-                            feature_fn=feature_fn, histogram_fn=histogram_fn)
+        det = DriftDetector(
+            block["mean"],
+            block["std"],
+            block["histogram"],
+            kind,
+            z_threshold=z_threshold or DEFAULT_Z,
+            kl_threshold=kl_threshold or DEFAULT_KL,
+            feature_fn=feature_fn,
+            histogram_fn=histogram_fn,
+        )
         if z_threshold is None or kl_threshold is None:
             given = det.thresholds()
             images = _calibration_images(shards_dir, kind, calibration_limit)

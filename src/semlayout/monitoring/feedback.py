@@ -47,15 +47,26 @@ from semlayout.monitoring.store import MonitorStore
 
 # *_pixel_sha256: of the decoded pixels (the monitor store's hashes), not of the PNG file bytes
 # that the S3 intake's sem_sha256 columns hold
-COLUMNS = ("id", "sem_path", "layout_path", "pattern_type", "source", "received_at",
-           "sem_pixel_sha256", "layout_pixel_sha256")
+COLUMNS = (
+    "id",
+    "sem_path",
+    "layout_path",
+    "pattern_type",
+    "source",
+    "received_at",
+    "sem_pixel_sha256",
+    "layout_pixel_sha256",
+)
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def check_pattern_type(pattern_type: str) -> str:
-    if not _PATTERN_RE.fullmatch(pattern_type or ""):  # fullmatch: "$" would let a final "\n" through
+    if not _PATTERN_RE.fullmatch(
+        pattern_type or ""
+    ):  # fullmatch: "$" would let a final "\n" through
         raise SemlayoutError(
-            f"pattern_type '{pattern_type[:80]}' is not valid: expected 1-64 letters, digits, '_', '.', '-'")
+            f"pattern_type '{pattern_type[:80]}' is not valid: expected 1-64 letters, digits, '_', '.', '-'"
+        )
     return pattern_type
 
 
@@ -64,9 +75,14 @@ class DuplicatePair(SemlayoutError):
 
 
 class FeedbackStore:
-    def __init__(self, folder: str | Path, store: MonitorStore | None = None,
-                 sem_shape: tuple[int, int] = SEM_RAW_SHAPE,
-                 layout_shape: tuple[int, int] = TEMPLATE_SHAPE, check_alignment: bool = True):
+    def __init__(
+        self,
+        folder: str | Path,
+        store: MonitorStore | None = None,
+        sem_shape: tuple[int, int] = SEM_RAW_SHAPE,
+        layout_shape: tuple[int, int] = TEMPLATE_SHAPE,
+        check_alignment: bool = True,
+    ):
         """`check_alignment=False` skips the template-alignment QC (tests of what the loop and the
         fine-tune do with pairs that got into a folder some other way)."""
         self.folder = Path(folder)
@@ -88,12 +104,20 @@ class FeedbackStore:
 
     def validate(self, sem: np.ndarray, layout: np.ndarray) -> None:
         if sem.shape != self.sem_shape:
-            raise ImageRejected("sem", "wrong_size", f"expected a raw SEM of {self.sem_shape[1]}x"
-                                f"{self.sem_shape[0]} px, got {sem.shape[1]}x{sem.shape[0]}")
+            raise ImageRejected(
+                "sem",
+                "wrong_size",
+                f"expected a raw SEM of {self.sem_shape[1]}x"
+                f"{self.sem_shape[0]} px, got {sem.shape[1]}x{sem.shape[0]}",
+            )
         if layout.shape != self.layout_shape:
-            raise ImageRejected("layout", "wrong_size", f"expected a layout template of "
-                                f"{self.layout_shape[1]}x{self.layout_shape[0]} px, got "
-                                f"{layout.shape[1]}x{layout.shape[0]}")
+            raise ImageRejected(
+                "layout",
+                "wrong_size",
+                f"expected a layout template of "
+                f"{self.layout_shape[1]}x{self.layout_shape[0]} px, got "
+                f"{layout.shape[1]}x{layout.shape[0]}",
+            )
         check_binary_layout(layout, "layout")
 
     def add(self, sem: np.ndarray, layout: np.ndarray, pattern_type: str) -> dict[str, str]:
@@ -104,27 +128,47 @@ class FeedbackStore:
             self._check_alignment(sem, layout)
         sem_h, lay_h = sha256(sem), sha256(layout)
         pid = f"fb-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-        row = {"id": pid, "sem_path": f"sem/{pid}.png", "layout_path": f"layout/{pid}.png",
-               "pattern_type": pattern_type, "source": "api_feedback",
-               "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
-               "sem_pixel_sha256": sem_h, "layout_pixel_sha256": lay_h}
+        row = {
+            "id": pid,
+            "sem_path": f"sem/{pid}.png",
+            "layout_path": f"layout/{pid}.png",
+            "pattern_type": pattern_type,
+            "source": "api_feedback",
+            "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sem_pixel_sha256": sem_h,
+            "layout_pixel_sha256": lay_h,
+        }
         with self._locked():
             columns, rows = self._read_manifest()
             for old in rows:
-                if not old.get("sem_pixel_sha256"):  # a row from before the hash columns: hash it once,
-                    old["sem_pixel_sha256"] = self._legacy_sem_hash(old) or ""  # kept by the rewrite below
+                if not old.get(
+                    "sem_pixel_sha256"
+                ):  # a row from before the hash columns: hash it once,
+                    old["sem_pixel_sha256"] = (
+                        self._legacy_sem_hash(old) or ""
+                    )  # kept by the rewrite below
                 if old["sem_pixel_sha256"] == sem_h:
-                    same = "the same pair" if old.get("layout_pixel_sha256") == lay_h else "this SEM"
-                    raise DuplicatePair(f"{same} was already received as '{old.get('id')}'; a SEM "
-                                        "counts once (nothing was stored)")
+                    same = (
+                        "the same pair" if old.get("layout_pixel_sha256") == lay_h else "this SEM"
+                    )
+                    raise DuplicatePair(
+                        f"{same} was already received as '{old.get('id')}'; a SEM "
+                        "counts once (nothing was stored)"
+                    )
             atomic_write_bytes(self.folder / row["sem_path"], encode_png(sem))
             atomic_write_bytes(self.folder / row["layout_path"], encode_png(layout))
             self._write_manifest(columns, [*rows, row])
         if self.store is not None:
-            self.store.add_feedback(id=pid, pattern_type=pattern_type, sem_sha256=sem_h,
-                                    layout_sha256=lay_h, sem_path=row["sem_path"],
-                                    layout_path=row["layout_path"], folder=str(self.folder),
-                                    ts=time.time())
+            self.store.add_feedback(
+                id=pid,
+                pattern_type=pattern_type,
+                sem_sha256=sem_h,
+                layout_sha256=lay_h,
+                sem_path=row["sem_path"],
+                layout_path=row["layout_path"],
+                folder=str(self.folder),
+                ts=time.time(),
+            )
         return row
 
     @staticmethod
@@ -133,8 +177,12 @@ class FeedbackStore:
 
         res = align_pair(sem, layout)
         if not res.qc_pass:
-            raise ImageRejected("layout", f"align:{res.reason}", f"the template does not align with the SEM "
-                                f"(alignment QC failed: {res.qc_summary()}); nothing was stored")
+            raise ImageRejected(
+                "layout",
+                f"align:{res.reason}",
+                f"the template does not align with the SEM "
+                f"(alignment QC failed: {res.qc_summary()}); nothing was stored",
+            )
 
     def _legacy_sem_hash(self, row: dict[str, str]) -> str | None:
         path = self.folder / (row.get("sem_path") or "")

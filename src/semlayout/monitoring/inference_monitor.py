@@ -18,29 +18,64 @@ from semlayout.monitoring.store import MonitorStore
 def image_stats(img: np.ndarray) -> dict[str, float]:
     """Cheap per-image statistics kept with every request (not the drift features)."""
     a = np.asarray(img)
-    return {"mean": float(a.mean()), "std": float(a.std()), "width": float(a.shape[1]),
-            "height": float(a.shape[0])}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "width": float(a.shape[1]),
+        "height": float(a.shape[0]),
+    }
 
 
 class InferenceMonitor:
     def __init__(self, store: MonitorStore):
         self.store = store
 
-    def record_ok(self, *, endpoint: str, direction: str, prediction_id: str, model_version: str,
-                  latency_ms: float, forward_ms: float | None, batch_size: int,
-                  input_stats: Mapping[str, float] | None = None,
-                  output_stats: Mapping[str, float] | None = None) -> None:
+    def record_ok(
+        self,
+        *,
+        endpoint: str,
+        direction: str,
+        prediction_id: str,
+        model_version: str,
+        latency_ms: float,
+        forward_ms: float | None,
+        batch_size: int,
+        input_stats: Mapping[str, float] | None = None,
+        output_stats: Mapping[str, float] | None = None,
+    ) -> None:
         self.store.add_inference_event(
-            endpoint=endpoint, status="ok", http_status=200, latency_ms=latency_ms,
-            direction=direction, prediction_id=prediction_id, model_version=model_version,
-            forward_ms=forward_ms, batch_size=batch_size, input_stats=input_stats,
-            output_stats=output_stats)
+            endpoint=endpoint,
+            status="ok",
+            http_status=200,
+            latency_ms=latency_ms,
+            direction=direction,
+            prediction_id=prediction_id,
+            model_version=model_version,
+            forward_ms=forward_ms,
+            batch_size=batch_size,
+            input_stats=input_stats,
+            output_stats=output_stats,
+        )
 
-    def record_error(self, *, endpoint: str, http_status: int, error: str, latency_ms: float,
-                     direction: str | None = None, model_version: str | None = None) -> None:
+    def record_error(
+        self,
+        *,
+        endpoint: str,
+        http_status: int,
+        error: str,
+        latency_ms: float,
+        direction: str | None = None,
+        model_version: str | None = None,
+    ) -> None:
         self.store.add_inference_event(
-            endpoint=endpoint, status="error", http_status=http_status, latency_ms=latency_ms,
-            direction=direction, model_version=model_version, error=error[:500])
+            endpoint=endpoint,
+            status="error",
+            http_status=http_status,
+            latency_ms=latency_ms,
+            direction=direction,
+            model_version=model_version,
+            error=error[:500],
+        )
 
     def summary(self, window: int) -> dict[str, Any]:
         rows = self.store.inference_window(window)
@@ -60,8 +95,11 @@ class InferenceMonitor:
             return float(np.percentile(lat, q)) if lat.size else None
 
         return {
-            "window": window, "requests": n, "errors": len(errors),
+            "window": window,
+            "requests": n,
+            "errors": len(errors),
             "error_rate": (len(errors) / n) if n else None,
-            "errors_by_status": reasons, "requests_by_direction": by_dir,
+            "errors_by_status": reasons,
+            "requests_by_direction": by_dir,
             "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
         }

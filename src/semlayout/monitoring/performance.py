@@ -39,17 +39,30 @@ class PerformanceTracker:
         self.store = store
         self.baseline: dict[str, float] = dict(baseline or {})
 
-    def register(self, direction: str, model_version: str, image: np.ndarray, output: np.ndarray,
-                 prediction_id: str | None = None) -> str:
+    def register(
+        self,
+        direction: str,
+        model_version: str,
+        image: np.ndarray,
+        output: np.ndarray,
+        prediction_id: str | None = None,
+    ) -> str:
         """Store one prediction (input hash + output PNG); returns its id."""
         from semlayout.data.pairs import encode_png
 
         pid = prediction_id or new_prediction_id()
-        self.store.add_prediction(Prediction(
-            id=pid, ts=time.time(), direction=direction, model_version=model_version,
-            input_sha256=sha256(np.ascontiguousarray(image)), width=int(image.shape[1]),
-            height=int(image.shape[0]), output_png=encode_png(output),
-        ))
+        self.store.add_prediction(
+            Prediction(
+                id=pid,
+                ts=time.time(),
+                direction=direction,
+                model_version=model_version,
+                input_sha256=sha256(np.ascontiguousarray(image)),
+                width=int(image.shape[1]),
+                height=int(image.shape[0]),
+                output_png=encode_png(output),
+            )
+        )
         return pid
 
     def output_of(self, prediction_id: str) -> tuple[Prediction, np.ndarray]:
@@ -68,7 +81,8 @@ class PerformanceTracker:
         if truth.shape != output.shape:
             raise SemlayoutError(
                 f"ground truth is {truth.shape[1]}x{truth.shape[0]} px but prediction "
-                f"'{prediction_id}' is {output.shape[1]}x{output.shape[0]} px; expected the same size")
+                f"'{prediction_id}' is {output.shape[1]}x{output.shape[0]} px; expected the same size"
+            )
         if pred.direction == "sem2layout":  # the truth of a layout prediction is a drawn layout
             from semlayout.data.pairs import check_binary_layout
 
@@ -80,11 +94,19 @@ class PerformanceTracker:
             "iou": metrics.iou(output, truth),
         }
         self.store.add_ground_truth(prediction_id, pred.direction, pred.model_version, values)
-        return {"prediction_id": prediction_id, "direction": pred.direction,
-                "model_version": pred.model_version, "metrics": values}
+        return {
+            "prediction_id": prediction_id,
+            "direction": pred.direction,
+            "model_version": pred.model_version,
+            "metrics": values,
+        }
 
     def rolling(self, direction: str, window: int) -> dict[str, Any]:
         mean, n = self.store.rolling_ssim_stats(direction, window)
         base = self.baseline.get(direction)
-        return {"ssim": mean, "n": n, "baseline": base,
-                "delta": (mean - base) if (mean is not None and base is not None) else None}
+        return {
+            "ssim": mean,
+            "n": n,
+            "baseline": base,
+            "delta": (mean - base) if (mean is not None and base is not None) else None,
+        }

@@ -23,15 +23,23 @@ from semlayout.monitoring.drift import DIRECTION_KIND, load_reference_stats
 from semlayout.monitoring.store import MonitorStore
 
 
-def drift_report(db: str | Path, reference: str | Path, out: str | Path, window: int = 500,
-                 direction: str = "sem2layout", drift_share: float = 0.3) -> dict[str, Any]:
+def drift_report(
+    db: str | Path,
+    reference: str | Path,
+    out: str | Path,
+    window: int = 500,
+    direction: str = "sem2layout",
+    drift_share: float = 0.3,
+) -> dict[str, Any]:
     """Write an Evidently HTML report to `out`; returns the drift summary it shows."""
     import pandas as pd
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
     if direction not in DIRECTION_KIND:
-        raise SemlayoutError(f"unknown direction '{direction}'; expected one of {', '.join(DIRECTION_KIND)}")
+        raise SemlayoutError(
+            f"unknown direction '{direction}'; expected one of {', '.join(DIRECTION_KIND)}"
+        )
     kind = DIRECTION_KIND[direction]
     out = Path(out)
     if out.is_dir():
@@ -40,7 +48,9 @@ def drift_report(db: str | Path, reference: str | Path, out: str | Path, window:
     stats = load_reference_stats(reference)
     per_image = stats[kind].get("features")
     if not isinstance(per_image, dict) or not per_image:
-        raise SemlayoutError(f"{reference}: '{kind}.features' (per-image reference features) is missing")
+        raise SemlayoutError(
+            f"{reference}: '{kind}.features' (per-image reference features) is missing"
+        )
     names = [f for f in stats.get("feature_names", list(per_image)) if f in per_image]
     ref_df = pd.DataFrame({f: per_image[f] for f in names}).astype(float)
 
@@ -51,14 +61,18 @@ def drift_report(db: str | Path, reference: str | Path, out: str | Path, window:
         store.close()
     if len(rows) < 2:
         raise SemlayoutError(
-            f"{db}: {len(rows)} {direction} request(s) recorded; a drift report needs at least 2")
+            f"{db}: {len(rows)} {direction} request(s) recorded; a drift report needs at least 2"
+        )
     cur_df = pd.DataFrame([{f: r.get(f) for f in names} for r in rows]).astype(float)
     flagged = sum(1 for r in rows if r["drifted"])
 
     snap = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True).run(
-        current_data=cur_df, reference_data=ref_df)
+        current_data=cur_df, reference_data=ref_df
+    )
     d = snap.dict()
-    counts = next(m for m in d["metrics"] if m["metric_name"].startswith("DriftedColumnsCount"))["value"]
+    counts = next(m for m in d["metrics"] if m["metric_name"].startswith("DriftedColumnsCount"))[
+        "value"
+    ]
     per_column = {}
     for m in d["metrics"]:
         name = m["metric_name"]
@@ -76,8 +90,14 @@ def drift_report(db: str | Path, reference: str | Path, out: str | Path, window:
             os.unlink(tmp_name)
     share = float(counts["share"])
     return {
-        "direction": direction, "window": window, "n_current": len(rows), "n_reference": len(ref_df),
-        "drifted_columns": int(counts["count"]), "drift_share": share,
-        "dataset_drift": share >= drift_share, "per_column_pvalue": per_column,
-        "detector_flagged_rate": flagged / len(rows), "out": str(out),
+        "direction": direction,
+        "window": window,
+        "n_current": len(rows),
+        "n_reference": len(ref_df),
+        "drifted_columns": int(counts["count"]),
+        "drift_share": share,
+        "dataset_drift": share >= drift_share,
+        "per_column_pvalue": per_column,
+        "detector_flagged_rate": flagged / len(rows),
+        "out": str(out),
     }

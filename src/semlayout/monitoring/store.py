@@ -145,7 +145,9 @@ class MonitorStore:
         if not create and not self.path.is_file():
             raise SemlayoutError(f"monitoring database not found: {self.path}")
         if self.path.exists() and self.path.is_dir():
-            raise SemlayoutError(f"monitoring database path is a folder, expected a file: {self.path}")
+            raise SemlayoutError(
+                f"monitoring database path is a folder, expected a file: {self.path}"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -154,9 +156,12 @@ class MonitorStore:
             # executescript commits on its own, so the transaction is spelled out in the script
             self._conn().executescript(
                 "BEGIN IMMEDIATE;" + _SCHEMA + "INSERT OR IGNORE INTO meta (key, value) VALUES "
-                f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+                f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            )
         except sqlite3.DatabaseError as err:
-            raise SemlayoutError(f"{self.path} is not a usable SQLite monitoring database: {err}") from None
+            raise SemlayoutError(
+                f"{self.path} is not a usable SQLite monitoring database: {err}"
+            ) from None
 
     # ------------------------------------------------------------ connections
     def _conn(self) -> sqlite3.Connection:
@@ -164,8 +169,12 @@ class MonitorStore:
         if conn is None:
             # check_same_thread=False only so close() may close every thread's connection;
             # each connection is still used by the one thread that opened it.
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -212,8 +221,16 @@ class MonitorStore:
             conn.execute(
                 "INSERT INTO predictions (id, ts, direction, model_version, input_sha256, width, height,"
                 " output_png) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (pred.id, pred.ts, pred.direction, pred.model_version, pred.input_sha256,
-                 pred.width, pred.height, pred.output_png),
+                (
+                    pred.id,
+                    pred.ts,
+                    pred.direction,
+                    pred.model_version,
+                    pred.input_sha256,
+                    pred.width,
+                    pred.height,
+                    pred.output_png,
+                ),
             )
 
     def add_inference_event(
@@ -238,10 +255,21 @@ class MonitorStore:
                 "INSERT INTO inference_events (ts, endpoint, direction, prediction_id, model_version,"
                 " status, http_status, error, latency_ms, forward_ms, batch_size, input_stats,"
                 " output_stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ts or time.time(), endpoint, direction, prediction_id, model_version, status,
-                 http_status, error, latency_ms, forward_ms, batch_size,
-                 json.dumps(dict(input_stats)) if input_stats is not None else None,
-                 json.dumps(dict(output_stats)) if output_stats is not None else None),
+                (
+                    ts or time.time(),
+                    endpoint,
+                    direction,
+                    prediction_id,
+                    model_version,
+                    status,
+                    http_status,
+                    error,
+                    latency_ms,
+                    forward_ms,
+                    batch_size,
+                    json.dumps(dict(input_stats)) if input_stats is not None else None,
+                    json.dumps(dict(output_stats)) if output_stats is not None else None,
+                ),
             )
 
     def add_drift_event(
@@ -261,34 +289,79 @@ class MonitorStore:
             conn.execute(
                 "INSERT INTO drift_events (ts, prediction_id, direction, drifted, max_abs_z, kl, score,"
                 " z, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (ts or time.time(), prediction_id, direction, int(drifted), max_abs_z, kl, score,
-                 json.dumps(dict(z)), json.dumps(dict(features))),
+                (
+                    ts or time.time(),
+                    prediction_id,
+                    direction,
+                    int(drifted),
+                    max_abs_z,
+                    kl,
+                    score,
+                    json.dumps(dict(z)),
+                    json.dumps(dict(features)),
+                ),
             )
 
-    def add_ground_truth(self, prediction_id: str, direction: str, model_version: str,
-                         metrics: Mapping[str, float], ts: float | None = None) -> None:
+    def add_ground_truth(
+        self,
+        prediction_id: str,
+        direction: str,
+        model_version: str,
+        metrics: Mapping[str, float],
+        ts: float | None = None,
+    ) -> None:
         """Store the quality of one prediction; a second truth for the same id replaces the first."""
         with self._tx() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO ground_truth (prediction_id, ts, direction, model_version,"
                 " l1, ssim, psnr, iou) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (prediction_id, ts or time.time(), direction, model_version, float(metrics["l1"]),
-                 float(metrics["ssim"]), float(metrics["psnr"]), float(metrics["iou"])),
+                (
+                    prediction_id,
+                    ts or time.time(),
+                    direction,
+                    model_version,
+                    float(metrics["l1"]),
+                    float(metrics["ssim"]),
+                    float(metrics["psnr"]),
+                    float(metrics["iou"]),
+                ),
             )
 
-    def add_feedback(self, *, id: str, pattern_type: str, sem_sha256: str, layout_sha256: str,
-                     sem_path: str, layout_path: str, folder: str, ts: float | None = None) -> None:
+    def add_feedback(
+        self,
+        *,
+        id: str,
+        pattern_type: str,
+        sem_sha256: str,
+        layout_sha256: str,
+        sem_path: str,
+        layout_path: str,
+        folder: str,
+        ts: float | None = None,
+    ) -> None:
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO feedback (id, ts, pattern_type, sem_sha256, layout_sha256, sem_path,"
                 " layout_path, folder) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (id, ts or time.time(), pattern_type, sem_sha256, layout_sha256, sem_path,
-                 layout_path, folder),
+                (
+                    id,
+                    ts or time.time(),
+                    pattern_type,
+                    sem_sha256,
+                    layout_sha256,
+                    sem_path,
+                    layout_path,
+                    folder,
+                ),
             )
 
-    def record_trigger_decision(self, fired: bool, details: Mapping[str, Any] | None = None,
-                                run_id: str | None = None,
-                                at: datetime | float | None = None) -> int:
+    def record_trigger_decision(
+        self,
+        fired: bool,
+        details: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        at: datetime | float | None = None,
+    ) -> int:
         """Record one decision of the loop (fired or not); returns its row id.
 
         `details` is any JSON-serialisable mapping (e.g. `TriggerDecision.to_dict()`).
@@ -307,20 +380,33 @@ class MonitorStore:
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE predictions SET output_png = NULL WHERE output_png IS NOT NULL AND rowid <= "
-                "(SELECT rowid FROM predictions ORDER BY rowid DESC LIMIT 1 OFFSET ?)", (int(keep),))
+                "(SELECT rowid FROM predictions ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                (int(keep),),
+            )
             return int(cur.rowcount)
 
     # ------------------------------------------------------------ reads
     def get_prediction(self, prediction_id: str) -> Prediction | None:
-        row = self._conn().execute(
-            "SELECT id, ts, direction, model_version, input_sha256, width, height, output_png"
-            " FROM predictions WHERE id = ?", (prediction_id,),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT id, ts, direction, model_version, input_sha256, width, height, output_png"
+                " FROM predictions WHERE id = ?",
+                (prediction_id,),
+            )
+            .fetchone()
+        )
         return None if row is None else Prediction(**dict(row))
 
     def count(self, table: str) -> int:
-        if table not in {"predictions", "inference_events", "drift_events", "ground_truth",
-                         "feedback", "trigger_decisions"}:
+        if table not in {
+            "predictions",
+            "inference_events",
+            "drift_events",
+            "ground_truth",
+            "feedback",
+            "trigger_decisions",
+        }:
             raise SemlayoutError(f"unknown monitoring table '{table}'")
         return int(self._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
@@ -331,8 +417,14 @@ class MonitorStore:
         if direction is not None:
             sql += " WHERE direction = ?"
             args = (direction,)
-        rows = self._conn().execute(f"SELECT AVG(drifted), COUNT(*) FROM ({sql} ORDER BY id DESC"
-                                    " LIMIT ?)", (*args, int(window))).fetchone()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT AVG(drifted), COUNT(*) FROM ({sql} ORDER BY id DESC" " LIMIT ?)",
+                (*args, int(window)),
+            )
+            .fetchone()
+        )
         n = int(rows[1])
         return (float(rows[0]) if n else None), n
 
@@ -342,10 +434,15 @@ class MonitorStore:
 
     def rolling_ssim_stats(self, direction: str, window: int) -> tuple[float | None, int]:
         """(mean SSIM of the last `window` predictions of `direction` that received ground truth, n)."""
-        row = self._conn().execute(
-            "SELECT AVG(ssim), COUNT(*) FROM (SELECT ssim FROM ground_truth WHERE direction = ?"
-            " ORDER BY ts DESC LIMIT ?)", (direction, int(window)),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT AVG(ssim), COUNT(*) FROM (SELECT ssim FROM ground_truth WHERE direction = ?"
+                " ORDER BY ts DESC LIMIT ?)",
+                (direction, int(window)),
+            )
+            .fetchone()
+        )
         n = int(row[1])
         return (float(row[0]) if n else None), n
 
@@ -357,38 +454,69 @@ class MonitorStore:
         t = _epoch(since)
         if t is None:
             return self.count("feedback")
-        return int(self._conn().execute("SELECT COUNT(*) FROM feedback WHERE ts > ?", (t,)).fetchone()[0])
+        return int(
+            self._conn().execute("SELECT COUNT(*) FROM feedback WHERE ts > ?", (t,)).fetchone()[0]
+        )
 
     def last_trigger_time(self) -> datetime | None:
         """When the loop last fired a fine-tune run (UTC), or None if it never did."""
-        row = self._conn().execute("SELECT MAX(ts) FROM trigger_decisions WHERE fired = 1").fetchone()
+        row = (
+            self._conn().execute("SELECT MAX(ts) FROM trigger_decisions WHERE fired = 1").fetchone()
+        )
         return None if row[0] is None else datetime.fromtimestamp(float(row[0]), tz=UTC)
 
     def trigger_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
-            "SELECT id, ts, fired, run_id, details FROM trigger_decisions ORDER BY id DESC LIMIT ?",
-            (int(limit),),
-        ).fetchall()
-        return [{"id": r["id"], "ts": r["ts"], "fired": bool(r["fired"]), "run_id": r["run_id"],
-                 "details": json.loads(r["details"])} for r in rows]
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, ts, fired, run_id, details FROM trigger_decisions ORDER BY id DESC LIMIT ?",
+                (int(limit),),
+            )
+            .fetchall()
+        )
+        return [
+            {
+                "id": r["id"],
+                "ts": r["ts"],
+                "fired": bool(r["fired"]),
+                "run_id": r["run_id"],
+                "details": json.loads(r["details"]),
+            }
+            for r in rows
+        ]
 
-    def recent_drift_features(self, window: int, direction: str | None = None) -> list[dict[str, Any]]:
+    def recent_drift_features(
+        self, window: int, direction: str | None = None
+    ) -> list[dict[str, Any]]:
         """Per-image features of the last `window` translated images (oldest first)."""
         sql = "SELECT direction, drifted, features FROM drift_events"
         args: tuple[Any, ...] = ()
         if direction is not None:
             sql += " WHERE direction = ?"
             args = (direction,)
-        rows = self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, int(window))).fetchall()
-        return [{"direction": r["direction"], "drifted": bool(r["drifted"]), **json.loads(r["features"])}
-                for r in reversed(rows)]
+        rows = (
+            self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, int(window))).fetchall()
+        )
+        return [
+            {
+                "direction": r["direction"],
+                "drifted": bool(r["drifted"]),
+                **json.loads(r["features"]),
+            }
+            for r in reversed(rows)
+        ]
 
     def inference_window(self, window: int) -> list[dict[str, Any]]:
         """The last `window` inference events (newest first) as dicts."""
-        rows = self._conn().execute(
-            "SELECT ts, endpoint, direction, status, http_status, error, latency_ms, forward_ms"
-            " FROM inference_events ORDER BY id DESC LIMIT ?", (int(window),),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT ts, endpoint, direction, status, http_status, error, latency_ms, forward_ms"
+                " FROM inference_events ORDER BY id DESC LIMIT ?",
+                (int(window),),
+            )
+            .fetchall()
+        )
         return [dict(r) for r in rows]
 
     def directions_seen(self) -> Sequence[str]:

@@ -28,8 +28,22 @@ from semlayout.registry.versions import (
 )
 
 __all__ = [
-    "ALIASES", "CHALLENGER", "CHAMPION", "PREVIOUS", "approve", "champion_metrics",
-    "champion_version", "check_tracking_uri", "config_hash", "default_tracking_uri",
-    "flatten_numbers", "list_models", "log_training_run", "register_version", "reject",
-    "resolve_model_uri", "rollback", "show",
+    "ALIASES",
+    "CHALLENGER",
+    "CHAMPION",
+    "PREVIOUS",
+    "approve",
+    "champion_metrics",
+    "champion_version",
+    "check_tracking_uri",
+    "config_hash",
+    "default_tracking_uri",
+    "flatten_numbers",
+    "list_models",
+    "log_training_run",
+    "register_version",
+    "reject",
+    "resolve_model_uri",
+    "rollback",
+    "show",
 ]

@@ -26,16 +26,22 @@ class SemlayoutTranslatorModel(PythonModel):
 
         self.translator = Translator.load(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow would infer a schema from hints
+    def predict(
+        self, context, model_input, params=None
+    ):  # untyped: MLflow would infer a schema from hints
         from semlayout.errors import SemlayoutError
 
         if isinstance(model_input, dict):
             direction = str(model_input.get("direction", ""))
             images = [np.asarray(im, dtype=np.uint8) for im in model_input.get("images", [])]
-            return self.translator.translate(direction, images, binarize=bool(model_input.get("binarize", False)))
+            return self.translator.translate(
+                direction, images, binarize=bool(model_input.get("binarize", False))
+            )
         import pandas as pd
 
-        if isinstance(model_input, pd.DataFrame) and {"direction", "image_png_b64"} <= set(model_input.columns):
+        if isinstance(model_input, pd.DataFrame) and {"direction", "image_png_b64"} <= set(
+            model_input.columns
+        ):
             from semlayout.data.pairs import decode_gray8, encode_png
 
             outputs = []

@@ -47,7 +47,7 @@ def default_tracking_uri() -> str:
 def _sqlite_path(uri: str) -> Path | None:
     # sqlite:////abs/path.db -> /abs/path.db ; sqlite:///rel/path.db -> rel/path.db (SQLAlchemy's rule)
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        return Path(uri[len("sqlite:///") :].split("?", 1)[0])
     return None
 
 
@@ -81,11 +81,15 @@ def check_tracking_uri(tracking_uri: str | None, create: bool = False) -> str:
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=float(os.environ.get("SEMLAYOUT_MLFLOW_TIMEOUT", "5"))):
+            with urllib.request.urlopen(
+                url, timeout=float(os.environ.get("SEMLAYOUT_MLFLOW_TIMEOUT", "5"))
+            ):
                 pass
         except urllib.error.HTTPError as err:
             if err.code >= 500:
-                raise SemlayoutError(f"MLflow tracking server {uri} answered {err.code} on /health") from None
+                raise SemlayoutError(
+                    f"MLflow tracking server {uri} answered {err.code} on /health"
+                ) from None
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise SemlayoutError(f"cannot reach MLflow tracking server {uri}: {reason}") from None
@@ -154,14 +158,18 @@ def mlflow_errors(what: str) -> Iterator[None]:
         if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in msg.lower():
             raise SemlayoutError(f"{what}: not found ({msg})") from None
         if "max retries" in msg.lower() or "connection" in msg.lower():
-            raise SemlayoutError(f"{what}: cannot reach the MLflow tracking server ({msg})") from None
+            raise SemlayoutError(
+                f"{what}: cannot reach the MLflow tracking server ({msg})"
+            ) from None
         raise
 
 
 def config_hash(config: Any) -> str:
     """sha256 of the canonical JSON of a config (ExperimentConfig or dict)."""
     data = config.to_dict() if hasattr(config, "to_dict") else config
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 _METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -175,7 +183,9 @@ def flatten_numbers(tree: Any, prefix: str = "") -> dict[str, float]:
         for k, v in tree.items():
             key = _METRIC_KEY_BAD.sub("_", str(k))
             out.update(flatten_numbers(v, f"{prefix}.{key}" if prefix else key))
-    elif isinstance(tree, numbers.Real) and not isinstance(tree, bool) and math.isfinite(float(tree)):
+    elif (
+        isinstance(tree, numbers.Real) and not isinstance(tree, bool) and math.isfinite(float(tree))
+    ):
         out[prefix] = float(tree)
     return out
 
@@ -195,7 +205,9 @@ def _experiment_id(c: Any, experiment: str, tracking_uri: str) -> str:
     exp = c.get_experiment_by_name(experiment)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
-            raise SemlayoutError(f"MLflow experiment '{experiment}' is deleted; restore it or pick another name")
+            raise SemlayoutError(
+                f"MLflow experiment '{experiment}' is deleted; restore it or pick another name"
+            )
         return str(exp.experiment_id)
     location = None
     db = _sqlite_path(tracking_uri)
@@ -208,15 +220,26 @@ def _experiment_id(c: Any, experiment: str, tracking_uri: str) -> str:
 def pip_requirements() -> list[str]:
     from semlayout import __version__
 
-    return [f"semlayout=={__version__}", "torch==2.13.0", "numpy", "safetensors", "pydantic>=2",
-            "opencv-python-headless", "onnxruntime", "pandas", "mlflow==3.17.*"]
+    return [
+        f"semlayout=={__version__}",
+        "torch==2.13.0",
+        "numpy",
+        "safetensors",
+        "pydantic>=2",
+        "opencv-python-headless",
+        "onnxruntime",
+        "pandas",
+        "mlflow==3.17.*",
+    ]
 
 
 def _stage_checkpoint(checkpoint_dir: Path, tmp: Path, include_train_state: bool) -> Path:
     if not (checkpoint_dir / "config.json").is_file():
         raise SemlayoutError(f"{checkpoint_dir} is not a checkpoint folder: config.json is missing")
     if not (checkpoint_dir / "weights.safetensors").is_file():
-        raise SemlayoutError(f"{checkpoint_dir} is not a checkpoint folder: weights.safetensors is missing")
+        raise SemlayoutError(
+            f"{checkpoint_dir} is not a checkpoint folder: weights.safetensors is missing"
+        )
     # the folder's name becomes the artifact name inside the model: artifacts/checkpoint/
     staged = tmp / "checkpoint"
     staged.mkdir()
@@ -276,8 +299,11 @@ def log_training_run(
     except (OSError, json.JSONDecodeError):
         pass
 
-    with use_tracking_uri(uri), mlflow.start_run(experiment_id=exp_id, tags=run_tags) as run, \
-            tempfile.TemporaryDirectory(prefix="semlayout-log-") as tmp_s:
+    with (
+        use_tracking_uri(uri),
+        mlflow.start_run(experiment_id=exp_id, tags=run_tags) as run,
+        tempfile.TemporaryDirectory(prefix="semlayout-log-") as tmp_s,
+    ):
         tmp = Path(tmp_s)
         all_params = {**flatten_params(params or {}), **flatten_params(cfg_dict, "cfg")}
         if all_params:

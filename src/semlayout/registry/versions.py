@@ -117,7 +117,9 @@ def _audit(c: Any, name: str, versions: list[str], event: dict[str, Any]) -> Non
 
 def _git_commit() -> str | None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if out.returncode == 0:
             return out.stdout.strip() or None
     return None
@@ -172,30 +174,51 @@ def register_version(
         info["git_commit"] = _git_commit() or "unknown"
     info.setdefault("run_id", run_id)
     tags = {f"lineage.{k}": v if isinstance(v, str) else _json(v) for k, v in info.items()}
-    tags.update({
-        "gate_passed": "true" if gate.passed else "false",
-        "gate_result": gate.to_json(),
-        "gate_metrics": _json(_compact_metrics(metrics)),
-        "registered_at": _now(),
-    })
+    tags.update(
+        {
+            "gate_passed": "true" if gate.passed else "false",
+            "gate_result": gate.to_json(),
+            "gate_metrics": _json(_compact_metrics(metrics)),
+            "registered_at": _now(),
+        }
+    )
     try:
         c.get_registered_model(name)
     except Exception:
         with mlflow_errors(f"registered model '{name}'"):
             c.create_registered_model(name, description="semlayout SEM <-> layout translator")
-    model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
+    model_id = model_uri[len("models:/") :] if model_uri.startswith("models:/m-") else None
     with mlflow_errors(f"registering run {run_id} as '{name}'"), use_tracking_uri(uri):
-        mv = c.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
+        mv = c.create_model_version(
+            name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id
+        )
     version = str(mv.version)
     verdict = "passed" if gate.passed else "failed"
-    _audit(c, name, [version], {
-        "action": "registered", "version": int(version), "by": "pipeline",
-        "reason": f"gate {verdict}", "run_id": run_id,
-    })
+    _audit(
+        c,
+        name,
+        [version],
+        {
+            "action": "registered",
+            "version": int(version),
+            "by": "pipeline",
+            "reason": f"gate {verdict}",
+            "run_id": run_id,
+        },
+    )
     if gate.passed:
         c.set_registered_model_alias(name, CHALLENGER, version)
-        _audit(c, name, [version], {"action": "challenger", "version": int(version), "by": "pipeline",
-                                    "reason": "gate passed"})
+        _audit(
+            c,
+            name,
+            [version],
+            {
+                "action": "challenger",
+                "version": int(version),
+                "by": "pipeline",
+                "reason": "gate passed",
+            },
+        )
     return int(version)
 
 
@@ -248,13 +271,17 @@ def champion_metrics(tracking_uri: str | None, name: str) -> dict[str, Any] | No
 
 def cache_root() -> Path:
     env = os.environ.get("SEMLAYOUT_CACHE_DIR")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
+    base = (
+        Path(env)
+        if env
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
+    )
     return base / "models"
 
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     """'models:/NAME@ALIAS' -> (NAME, None, ALIAS); 'models:/NAME/3' -> (NAME, '3', None)."""
-    rest = uri[len("models:/"):].strip("/")
+    rest = uri[len("models:/") :].strip("/")
     if "@" in rest:
         name, alias = rest.rsplit("@", 1)
         if name and alias and "/" not in name:
@@ -263,7 +290,9 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
         name, version = rest.rsplit("/", 1)
         if name and "/" not in name and version.isdigit():
             return name, version, None
-    raise SemlayoutError(f"model URI '{uri}' is not valid: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    raise SemlayoutError(
+        f"model URI '{uri}' is not valid: expected models:/NAME@ALIAS or models:/NAME/VERSION"
+    )
 
 
 def resolve_model_uri(uri: str | os.PathLike[str], tracking_uri: str | None = None) -> Path:
@@ -277,7 +306,9 @@ def resolve_model_uri(uri: str | os.PathLike[str], tracking_uri: str | None = No
     text = str(uri)
     if not text.startswith("models:/"):
         if "://" in text or text.startswith("runs:/"):
-            raise SemlayoutError(f"model '{text}' is not supported: expected a checkpoint folder or models:/NAME@ALIAS")
+            raise SemlayoutError(
+                f"model '{text}' is not supported: expected a checkpoint folder or models:/NAME@ALIAS"
+            )
         path = Path(text)
         if not path.is_dir():
             raise SemlayoutError(f"checkpoint folder not found: {path}")
@@ -292,7 +323,12 @@ def resolve_model_uri(uri: str | os.PathLike[str], tracking_uri: str | None = No
     else:
         mv = _get_version(c, name, version or "")
     key = hashlib.sha256(f"{tracking}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
-    dest = cache_root() / hashlib.sha256(tracking.encode()).hexdigest()[:10] / name / f"{mv.version}-{key}"
+    dest = (
+        cache_root()
+        / hashlib.sha256(tracking.encode()).hexdigest()[:10]
+        / name
+        / f"{mv.version}-{key}"
+    )
     ckpt = dest / "checkpoint"
     if (ckpt / "config.json").is_file() and (ckpt / "weights.safetensors").is_file():
         return ckpt
@@ -307,9 +343,13 @@ def resolve_model_uri(uri: str | os.PathLike[str], tracking_uri: str | None = No
             prev = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
             try:
-                with mlflow_errors(f"artifacts of model '{name}' version {mv.version}"), use_tracking_uri(tracking):
+                with (
+                    mlflow_errors(f"artifacts of model '{name}' version {mv.version}"),
+                    use_tracking_uri(tracking),
+                ):
                     mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp / "model"),
+                        artifact_uri=f"models:/{name}/{mv.version}",
+                        dst_path=str(tmp / "model"),
                         tracking_uri=tracking,
                     )
             finally:
@@ -323,8 +363,17 @@ def resolve_model_uri(uri: str | os.PathLike[str], tracking_uri: str | None = No
                     f"model '{name}' version {mv.version} holds no semlayout checkpoint (artifacts/checkpoint)"
                 )
             src.rename(tmp / "checkpoint")
-            (tmp / "version.json").write_text(_json({"name": name, "version": mv.version, "source": mv.source,
-                                                     "run_id": mv.run_id, "tracking_uri": tracking}))
+            (tmp / "version.json").write_text(
+                _json(
+                    {
+                        "name": name,
+                        "version": mv.version,
+                        "source": mv.source,
+                        "run_id": mv.run_id,
+                        "tracking_uri": tracking,
+                    }
+                )
+            )
             shutil.rmtree(tmp / "model", ignore_errors=True)
     except OSError:
         # FileExistsError / ENOTEMPTY: someone else's complete download landed first
@@ -334,7 +383,9 @@ def resolve_model_uri(uri: str | os.PathLike[str], tracking_uri: str | None = No
 
 
 # --------------------------------------------------------------------------- decisions
-def approve(tracking_uri: str | None, name: str, version: int | str, by: str, reason: str) -> dict[str, Any]:
+def approve(
+    tracking_uri: str | None, name: str, version: int | str, by: str, reason: str
+) -> dict[str, Any]:
     """Promote `version` to `champion` (the old champion becomes `previous-champion`).
 
     Refused: an unknown version, a version whose gate failed or has no verdict, a rejected
@@ -347,7 +398,9 @@ def approve(tracking_uri: str | None, name: str, version: int | str, by: str, re
     tags = mv.tags or {}
     gate = tags.get("gate_passed")
     if gate is None:
-        raise SemlayoutError(f"model '{name}' version {v} has no gate verdict; only gated versions can be approved")
+        raise SemlayoutError(
+            f"model '{name}' version {v} has no gate verdict; only gated versions can be approved"
+        )
     if gate != "true":
         raise SemlayoutError(f"model '{name}' version {v} failed the gate; it cannot be approved")
     if tags.get("rejected_by"):
@@ -369,8 +422,13 @@ def approve(tracking_uri: str | None, name: str, version: int | str, by: str, re
         history.append(old)  # a champion set by hand outside semlayout
     history.append(v)
     c.set_registered_model_tag(name, HISTORY_TAG, _fit_list(history, MODEL_TAG_LIMIT))
-    event = {"action": "approved", "version": int(v), "by": by, "reason": reason,
-             "previous_champion": int(old) if old else None}
+    event = {
+        "action": "approved",
+        "version": int(v),
+        "by": by,
+        "reason": reason,
+        "previous_champion": int(old) if old else None,
+    }
     _audit(c, name, [v] + ([old] if old else []), event)
     # 2. then the aliases
     if old:
@@ -378,17 +436,26 @@ def approve(tracking_uri: str | None, name: str, version: int | str, by: str, re
     c.set_registered_model_alias(name, CHAMPION, v)
     if _alias_version(c, name, CHALLENGER) == v:
         c.delete_registered_model_alias(name, CHALLENGER)
-    return {"name": name, "champion": int(v), "previous_champion": int(old) if old else None, "at": at}
+    return {
+        "name": name,
+        "champion": int(v),
+        "previous_champion": int(old) if old else None,
+        "at": at,
+    }
 
 
-def reject(tracking_uri: str | None, name: str, version: int | str, by: str, reason: str) -> dict[str, Any]:
+def reject(
+    tracking_uri: str | None, name: str, version: int | str, by: str, reason: str
+) -> dict[str, Any]:
     """Record a rejection; the `challenger` alias is removed if it points at `version`."""
     by, reason = _require(by, "--by (who rejects)"), _require(reason, "--reason")
     c = client(check_tracking_uri(tracking_uri, create=False))
     mv = _get_version(c, name, version)
     v = str(mv.version)
     if _alias_version(c, name, CHAMPION) == v:
-        raise SemlayoutError(f"model '{name}' version {v} is the champion; use `semlayout registry rollback` instead")
+        raise SemlayoutError(
+            f"model '{name}' version {v} is the champion; use `semlayout registry rollback` instead"
+        )
     if (mv.tags or {}).get("rejected_by"):
         raise SemlayoutError(f"model '{name}' version {v} is already rejected")
     at = _now()
@@ -419,23 +486,41 @@ def rollback(tracking_uri: str | None, name: str, by: str, reason: str) -> dict[
     history = [h for h in history if h != cur]
     # the new previous-champion: latest earlier champion that is neither prev nor rolled back
     before = history[: history.index(prev)] if prev in history else []
-    candidates = [h for h in reversed(before)
-                  if not (c.get_model_version(name, h).tags or {}).get("rolled_back_by")]
+    candidates = [
+        h
+        for h in reversed(before)
+        if not (c.get_model_version(name, h).tags or {}).get("rolled_back_by")
+    ]
     new_prev = candidates[0] if candidates else None
     at = _now()
     c.set_model_version_tag(name, cur, "rolled_back_by", by)
     c.set_model_version_tag(name, cur, "rolled_back_at", at)
     c.set_model_version_tag(name, cur, "rollback_reason", reason)
     c.set_registered_model_tag(name, HISTORY_TAG, _fit_list(history, MODEL_TAG_LIMIT))
-    _audit(c, name, [cur, prev], {"action": "rollback", "from_version": int(cur), "version": int(prev),
-                                   "by": by, "reason": reason})
+    _audit(
+        c,
+        name,
+        [cur, prev],
+        {
+            "action": "rollback",
+            "from_version": int(cur),
+            "version": int(prev),
+            "by": by,
+            "reason": reason,
+        },
+    )
     c.set_registered_model_alias(name, CHAMPION, prev)
     if new_prev:
         c.set_registered_model_alias(name, PREVIOUS, new_prev)
     else:
         c.delete_registered_model_alias(name, PREVIOUS)
-    return {"name": name, "champion": int(prev), "rolled_back": int(cur),
-            "previous_champion": int(new_prev) if new_prev else None, "at": at}
+    return {
+        "name": name,
+        "champion": int(prev),
+        "rolled_back": int(cur),
+        "previous_champion": int(new_prev) if new_prev else None,
+        "at": at,
+    }
 
 
 # --------------------------------------------------------------------------- listing
@@ -447,14 +532,16 @@ def list_models(tracking_uri: str | None) -> list[dict[str, Any]]:
     for m in models:
         aliases = {k: int(v) for k, v in (getattr(m, "aliases", None) or {}).items()}
         versions = c.search_model_versions(f"name='{m.name}'", max_results=10000)
-        out.append({
-            "name": m.name,
-            "versions": len(versions),
-            "latest": max((int(v.version) for v in versions), default=None),
-            "champion": aliases.get(CHAMPION),
-            "challenger": aliases.get(CHALLENGER),
-            "previous_champion": aliases.get(PREVIOUS),
-        })
+        out.append(
+            {
+                "name": m.name,
+                "versions": len(versions),
+                "latest": max((int(v.version) for v in versions), default=None),
+                "champion": aliases.get(CHAMPION),
+                "challenger": aliases.get(CHALLENGER),
+                "previous_champion": aliases.get(PREVIOUS),
+            }
+        )
     return sorted(out, key=lambda d: d["name"])
 
 
@@ -478,10 +565,22 @@ def _version_summary(mv: Any, aliases: dict[str, str]) -> dict[str, Any]:
         "created": tags.get("registered_at"),
         "gate_passed": {"true": True, "false": False}.get(tags.get("gate_passed", "")),
         "gate": gate,
-        "lineage": {k[len("lineage."):]: v for k, v in tags.items() if k.startswith("lineage.")},
-        "decision": {k: tags[k] for k in (
-            "approved_by", "approved_at", "approval_reason", "rejected_by", "rejected_at",
-            "rejection_reason", "rolled_back_by", "rolled_back_at", "rollback_reason") if k in tags},
+        "lineage": {k[len("lineage.") :]: v for k, v in tags.items() if k.startswith("lineage.")},
+        "decision": {
+            k: tags[k]
+            for k in (
+                "approved_by",
+                "approved_at",
+                "approval_reason",
+                "rejected_by",
+                "rejected_at",
+                "rejection_reason",
+                "rolled_back_by",
+                "rolled_back_at",
+                "rollback_reason",
+            )
+            if k in tags
+        },
         "audit_log": _read_list(tags, AUDIT_TAG),
     }
 
@@ -493,7 +592,10 @@ def show(tracking_uri: str | None, name: str, version: int | str | None = None) 
     model = _get_model(c, name)
     aliases = {k: str(v) for k, v in (getattr(model, "aliases", None) or {}).items()}
     if version is None:
-        versions = sorted(c.search_model_versions(f"name='{name}'", max_results=10000), key=lambda v: int(v.version))
+        versions = sorted(
+            c.search_model_versions(f"name='{name}'", max_results=10000),
+            key=lambda v: int(v.version),
+        )
         return {
             "name": name,
             "aliases": {k: int(v) for k, v in aliases.items()},

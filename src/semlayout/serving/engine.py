@@ -105,7 +105,9 @@ def alias_version(uri: str, tracking_uri: str | None) -> str:
         raise SemlayoutError(f"'{uri}' is not a models:/NAME@ALIAS URI")
     name, alias = parsed
     try:
-        return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version)
+        return str(
+            MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version
+        )
     except MlflowException as err:
         raise SemlayoutError(f"cannot resolve {uri}: {str(err).splitlines()[0]}") from None
 
@@ -115,7 +117,9 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
     from semlayout.inference import Translator
 
     if not model:
-        raise SemlayoutError("no model given: pass --model (checkpoint folder or models:/NAME@ALIAS)")
+        raise SemlayoutError(
+            "no model given: pass --model (checkpoint folder or models:/NAME@ALIAS)"
+        )
     alias = parse_alias(model)
     if alias is not None or _VERSION_RE.match(model):
         from mlflow import MlflowClient
@@ -133,11 +137,18 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             raise SemlayoutError(f"cannot resolve {model}: {str(err).splitlines()[0]}") from None
         pinned = f"models:/{mv.name}/{mv.version}"
         translator = Translator.load(pinned, backend=backend, tracking_uri=tracking_uri)
-        return LoadedModel(translator, str(mv.version), pinned, backend,
-                           baseline_ssim=_registry_baseline(client, mv.run_id))
+        return LoadedModel(
+            translator,
+            str(mv.version),
+            pinned,
+            backend,
+            baseline_ssim=_registry_baseline(client, mv.run_id),
+        )
     folder = Path(model)
     if not folder.is_dir():
-        raise SemlayoutError(f"model not found: '{model}' (expected a checkpoint folder or models:/NAME@ALIAS)")
+        raise SemlayoutError(
+            f"model not found: '{model}' (expected a checkpoint folder or models:/NAME@ALIAS)"
+        )
     translator = Translator.load(folder, backend=backend)
     return LoadedModel(translator, _local_version(folder), str(folder), backend)
 
@@ -150,9 +161,14 @@ class TranslateResult:
 
 
 class InferenceEngine:
-    def __init__(self, loaded: LoadedModel, model: str | None = None, backend: str = "eager",
-                 tracking_uri: str | None = None,
-                 loader: Callable[[str, str, str | None], LoadedModel] = load_model):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        model: str | None = None,
+        backend: str = "eager",
+        tracking_uri: str | None = None,
+        loader: Callable[[str, str, str | None], LoadedModel] = load_model,
+    ):
         self._current = loaded
         self.model = model if model is not None else loaded.source
         self.backend = backend
@@ -161,7 +177,9 @@ class InferenceEngine:
         self._reload_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str, backend: str = "eager", tracking_uri: str | None = None) -> InferenceEngine:
+    def load(
+        cls, model: str, backend: str = "eager", tracking_uri: str | None = None
+    ) -> InferenceEngine:
         return cls(load_model(model, backend, tracking_uri), model, backend, tracking_uri)
 
     @property
@@ -175,7 +193,9 @@ class InferenceEngine:
     def translate(self, direction: str, images: list[np.ndarray]) -> TranslateResult:
         """Translate a batch on the model current at call time (a swap meanwhile does not affect it)."""
         if direction not in DIRECTIONS:
-            raise SemlayoutError(f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}")
+            raise SemlayoutError(
+                f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}"
+            )
         loaded = self._current
         t0 = time.perf_counter()
         outputs = loaded.translator.translate(direction, list(images))
@@ -189,15 +209,23 @@ class InferenceEngine:
             if self.follows_alias and not force:
                 target = alias_version(self.model, self.tracking_uri)
                 if target == old.version:
-                    return {"changed": False, "old_version": old.version, "new_version": old.version,
-                            "source": old.source}
+                    return {
+                        "changed": False,
+                        "old_version": old.version,
+                        "new_version": old.version,
+                        "source": old.source,
+                    }
             new = self._loader(self.model, self.backend, self.tracking_uri)
             changed = new.version != old.version or force
             if changed:
                 self._current = new  # one reference swap; running requests keep `old`
                 log.info("model swapped: %s -> %s (%s)", old.version, new.version, new.source)
-            return {"changed": changed, "old_version": old.version, "new_version": new.version,
-                    "source": new.source}
+            return {
+                "changed": changed,
+                "old_version": old.version,
+                "new_version": new.version,
+                "source": new.source,
+            }
 
 
 # --------------------------------------------------------------------------- micro-batching
@@ -215,8 +243,14 @@ class QueueFull(SemlayoutError):
 class MicroBatcher:
     """Collects single images for up to `max_wait_ms` and runs them as one forward per direction."""
 
-    def __init__(self, engine: InferenceEngine, max_batch: int = 8, max_wait_ms: float = 0.0,
-                 max_queue: int = 256, on_batch: Callable[[str, int, float], None] | None = None):
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        max_batch: int = 8,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 256,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ):
         self.engine = engine
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
@@ -247,7 +281,9 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(self, direction: str, image: np.ndarray) -> tuple[np.ndarray, LoadedModel, float, int]:
+    async def submit(
+        self, direction: str, image: np.ndarray
+    ) -> tuple[np.ndarray, LoadedModel, float, int]:
         """(output, model used, forward ms of the batch, batch size)."""
         return (await self.submit_many(direction, [image]))[0]
 
@@ -256,11 +292,14 @@ class MicroBatcher:
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
         if self._queue.qsize() + n > self.max_queue:
-            raise QueueFull(f"server busy: {self._queue.qsize()} images queued, {n} more "
-                            f"would pass the limit of {self.max_queue}")
+            raise QueueFull(
+                f"server busy: {self._queue.qsize()} images queued, {n} more "
+                f"would pass the limit of {self.max_queue}"
+            )
 
-    async def submit_many(self, direction: str, images: Sequence[np.ndarray]
-                          ) -> list[tuple[np.ndarray, LoadedModel, float, int]]:
+    async def submit_many(
+        self, direction: str, images: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, LoadedModel, float, int]]:
         """All of `images` or none: QueueFull before any is queued when they do not all fit."""
         self.check_room(len(images))
         assert self._queue is not None
@@ -284,8 +323,11 @@ class MicroBatcher:
             while len(jobs) < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
-                    jobs.append(self._queue.get_nowait() if remaining <= 0 else
-                                await asyncio.wait_for(self._queue.get(), remaining))
+                    jobs.append(
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
             for direction in DIRECTIONS:
@@ -293,8 +335,9 @@ class MicroBatcher:
                 if not group:
                     continue
                 try:
-                    res = await loop.run_in_executor(self._executor, self.engine.translate, direction,
-                                                     [j.image for j in group])
+                    res = await loop.run_in_executor(
+                        self._executor, self.engine.translate, direction, [j.image for j in group]
+                    )
                 except Exception as err:  # noqa: BLE001 - handed to every waiting request
                     for j in group:
                         if not j.future.done():

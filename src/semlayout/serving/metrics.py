@@ -13,33 +13,80 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("semlayout_requests", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=r)
-        self.translations = Counter("semlayout_translations", "images translated by direction and outcome",
-                                    ["direction", "status"], registry=r)
-        self.latency = Histogram("semlayout_request_latency_seconds", "request latency by route",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.translate_latency = Histogram("semlayout_translate_latency_seconds",
-                                           "end-to-end latency of translate requests by direction",
-                                           ["direction"], buckets=LATENCY_BUCKETS, registry=r)
-        self.forward_latency = Histogram("semlayout_forward_seconds", "model forward pass (one micro-batch)",
-                                         ["direction"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("semlayout_forward_batch_size", "images per forward pass",
-                                    buckets=(1, 2, 4, 8, 16, 32), registry=r)
-        self.errors = Counter("semlayout_errors", "requests answered with an error, by route and status",
-                              ["route", "status"], registry=r)
-        self.drift_alerts = Counter("semlayout_drift_alerts", "images flagged as drifted", ["direction"],
-                                    registry=r)
-        self.drift_score = Histogram("semlayout_drift_score", "per-image drift score (>1 = drifted)",
-                                     ["direction"], buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2, 5, 10), registry=r)
-        self.model_info = Gauge("semlayout_model_info", "the model being served (value 1)",
-                                ["version", "source", "backend"], registry=r)
-        self.reloads = Counter("semlayout_model_reloads", "model reload attempts by result", ["result"],
-                               registry=r)
+        self.requests = Counter(
+            "semlayout_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.translations = Counter(
+            "semlayout_translations",
+            "images translated by direction and outcome",
+            ["direction", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "semlayout_request_latency_seconds",
+            "request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.translate_latency = Histogram(
+            "semlayout_translate_latency_seconds",
+            "end-to-end latency of translate requests by direction",
+            ["direction"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.forward_latency = Histogram(
+            "semlayout_forward_seconds",
+            "model forward pass (one micro-batch)",
+            ["direction"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "semlayout_forward_batch_size",
+            "images per forward pass",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=r,
+        )
+        self.errors = Counter(
+            "semlayout_errors",
+            "requests answered with an error, by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.drift_alerts = Counter(
+            "semlayout_drift_alerts", "images flagged as drifted", ["direction"], registry=r
+        )
+        self.drift_score = Histogram(
+            "semlayout_drift_score",
+            "per-image drift score (>1 = drifted)",
+            ["direction"],
+            buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2, 5, 10),
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "semlayout_model_info",
+            "the model being served (value 1)",
+            ["version", "source", "backend"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "semlayout_model_reloads", "model reload attempts by result", ["result"], registry=r
+        )
         self.inflight = Gauge("semlayout_inflight_requests", "requests being handled", registry=r)
-        self.queue_depth = Gauge("semlayout_queue_depth", "images waiting for the model", registry=r)
-        self.ground_truth = Counter("semlayout_ground_truth", "ground-truth submissions by direction",
-                                    ["direction"], registry=r)
+        self.queue_depth = Gauge(
+            "semlayout_queue_depth", "images waiting for the model", registry=r
+        )
+        self.ground_truth = Counter(
+            "semlayout_ground_truth",
+            "ground-truth submissions by direction",
+            ["direction"],
+            registry=r,
+        )
         self.feedback = Counter("semlayout_feedback_pairs", "reviewed pairs received", registry=r)
 
     def set_model(self, version: str, source: str, backend: str) -> None:

@@ -18,7 +18,9 @@ class ErrorResponse(BaseModel):
 
 class DriftInfo(BaseModel):
     drifted: bool
-    score: float = Field(..., description="max(max|z|/z_threshold, KL/kl_threshold); > 1 means drifted")
+    score: float = Field(
+        ..., description="max(max|z|/z_threshold, KL/kl_threshold); > 1 means drifted"
+    )
     max_abs_z: float
     worst_feature: str
     kl: float = Field(..., description="KL(p_image || q_reference) of 64-bin histograms, nats")
@@ -118,7 +120,9 @@ class DriftSummary(BaseModel):
 
 
 class QualitySummary(BaseModel):
-    ssim: float | None = Field(..., description="rolling mean SSIM of predictions with ground truth")
+    ssim: float | None = Field(
+        ..., description="rolling mean SSIM of predictions with ground truth"
+    )
     n: int
     baseline: float | None = Field(..., description="SSIM the model was promoted on")
     delta: float | None

@@ -29,8 +29,11 @@ def check_bearer(given: str | None, accepted: list[str], kind: Literal["api", "a
     if not accepted:
         raise HTTPException(503, detail=f"endpoint disabled: {_ENV[kind]} is not set on the server")
     if not given:
-        raise HTTPException(401, detail="missing bearer token (Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            detail="missing bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     # compare against every accepted token so timing does not tell which one exists
     ok = False
     for expected in accepted:

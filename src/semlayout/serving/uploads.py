@@ -43,8 +43,11 @@ def decode_upload(data: bytes, name: str, max_pixels: int, min_side: int = 1) ->
             detail = f"cannot decode the {header.format.upper()} data (truncated or corrupt?)"
         raise UploadRejected(422, f"{name}: {detail}") from None
     if img.shape != (header.height, header.width):
-        raise UploadRejected(422, f"{name}: decoded size {img.shape[1]}x{img.shape[0]} differs "
-                                  f"from the header's {header.width}x{header.height}")
+        raise UploadRejected(
+            422,
+            f"{name}: decoded size {img.shape[1]}x{img.shape[0]} differs "
+            f"from the header's {header.width}x{header.height}",
+        )
     return img
 
 
@@ -96,10 +99,17 @@ async def _send_json(send, status: int, detail: str) -> None:  # type: ignore[no
     import json
 
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

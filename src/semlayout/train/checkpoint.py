@@ -143,7 +143,9 @@ def load_checkpoint(
     try:
         flat = load_file(str(path / WEIGHTS_FILE), device=str(map_location))
     except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise SemlayoutError(f"{path / WEIGHTS_FILE} is not a readable safetensors file: {err}") from None
+        raise SemlayoutError(
+            f"{path / WEIGHTS_FILE} is not a readable safetensors file: {err}"
+        ) from None
     nets = build_networks(cfg)
     per_net: dict[str, dict[str, torch.Tensor]] = {n: {} for n in nets}
     for key, value in flat.items():
@@ -168,5 +170,7 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError) as err:
-        raise SemlayoutError(f"{f} is corrupt or truncated ({str(err).splitlines()[0]}); resume from an "
-                             "earlier checkpoint") from None
+        raise SemlayoutError(
+            f"{f} is corrupt or truncated ({str(err).splitlines()[0]}); resume from an "
+            "earlier checkpoint"
+        ) from None

@@ -47,11 +47,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise SemlayoutError(f"train.device={name}, but this torch build or machine has no CUDA device; "
-                                 "use train.device=auto or cpu")
+            raise SemlayoutError(
+                f"train.device={name}, but this torch build or machine has no CUDA device; "
+                "use train.device=auto or cpu"
+            )
         dev = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SemlayoutError(f"train.device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise SemlayoutError(
+                f"train.device={name}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
         return dev
     return torch.device(name)
 

@@ -29,9 +29,14 @@ def export_generator(net: nn.Module, dest: str | Path, image_size: int, opset: i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                net.eval(), (example,), dynamo=True, opset_version=opset,
-                input_names=["input"], output_names=["output"],
-                dynamic_shapes={"x": {0: batch}}, verbose=False,
+                net.eval(),
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes={"x": {0: batch}},
+                verbose=False,
             )
         assert program is not None
         program.save(str(tmp))
@@ -47,6 +52,8 @@ def export_onnx(checkpoint_dir: str | Path) -> dict[str, Path]:
     checkpoint_dir = Path(checkpoint_dir)
     cfg, nets, _ = load_checkpoint(checkpoint_dir)
     return {
-        direction: export_generator(nets[name], checkpoint_dir / f"{direction}.onnx", cfg.generator.image_size)
+        direction: export_generator(
+            nets[name], checkpoint_dir / f"{direction}.onnx", cfg.generator.image_size
+        )
         for direction, name in DIRECTION_NETS.items()
     }

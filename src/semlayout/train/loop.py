@@ -62,8 +62,19 @@ from semlayout.train.losses import (
 from semlayout.train.pool import ImagePool
 from semlayout.train.schedule import lr_factor, set_lr
 
-LOSS_TERMS = ("gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "cycle_B", "fm_A", "fm_B", "idt_A", "idt_B",
-              "dice_A")
+LOSS_TERMS = (
+    "gan_A",
+    "gan_B",
+    "l1_A",
+    "l1_B",
+    "cycle_A",
+    "cycle_B",
+    "fm_A",
+    "fm_B",
+    "idt_A",
+    "idt_B",
+    "dice_A",
+)
 LOGGED = ("loss_D", "d_A", "d_B", "loss_G", *LOSS_TERMS)
 
 
@@ -82,10 +93,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        with torch.cuda.device(device):  # native bf16 only: emulated bf16 (e.g. T4, V100) is slower than fp32
+        with torch.cuda.device(
+            device
+        ):  # native bf16 only: emulated bf16 (e.g. T4, V100) is slower than fp32
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     if device.type == "cpu":
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence the getattr
+        probes = (
+            "_is_amx_tile_supported",
+            "_is_avx512_bf16_supported",
+        )  # private, hence the getattr
         native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
         return "bf16" if native else "fp32"
     return "fp32"
@@ -110,12 +126,22 @@ class Trainer:
         self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
         self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]
         t = cfg.train
-        if t.precision == "bf16" and self.ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise SemlayoutError(f"train.precision=bf16: {self.ctx.device} does not support bfloat16; use fp32")
+        if (
+            t.precision == "bf16"
+            and self.ctx.device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise SemlayoutError(
+                f"train.precision=bf16: {self.ctx.device} does not support bfloat16; use fp32"
+            )
         self.precision = resolve_precision(t.precision, self.ctx.device)
         betas = (t.beta1, t.beta2)
-        self.opt_G = torch.optim.Adam(chain(self.G_A.parameters(), self.G_B.parameters()), lr=t.lr, betas=betas)
-        self.opt_D = torch.optim.Adam(chain(self.D_A.parameters(), self.D_B.parameters()), lr=t.lr, betas=betas)
+        self.opt_G = torch.optim.Adam(
+            chain(self.G_A.parameters(), self.G_B.parameters()), lr=t.lr, betas=betas
+        )
+        self.opt_D = torch.optim.Adam(
+            chain(self.D_A.parameters(), self.D_B.parameters()), lr=t.lr, betas=betas
+        )
         # per-rank pools with their own RNG so a resume replays their choices
         self.pool_A = ImagePool(t.buffer_size, seed=t.seed * 1000 + 2 * self.ctx.rank + 1)
         self.pool_B = ImagePool(t.buffer_size, seed=t.seed * 1000 + 2 * self.ctx.rank + 2)
@@ -143,7 +169,9 @@ class Trainer:
 
     def _check_finite(self, named: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         names = list(named)
-        values = distributed.all_reduce_mean(torch.stack([named[n].detach() for n in names]), self.ctx)
+        values = distributed.all_reduce_mean(
+            torch.stack([named[n].detach() for n in names]), self.ctx
+        )
         out = {n: float(v) for n, v in zip(names, values.tolist(), strict=True)}
         bad = [n for n, v in out.items() if not math.isfinite(v)]
         if bad:
@@ -153,7 +181,9 @@ class Trainer:
             )
         return out
 
-    def train_step(self, real_sem: torch.Tensor, real_lay: torch.Tensor, step: int = 0) -> dict[str, float]:
+    def train_step(
+        self, real_sem: torch.Tensor, real_lay: torch.Tensor, step: int = 0
+    ) -> dict[str, float]:
         """One update of D_A, D_B then of G_A, G_B on a batch of (B, 1, S, S) tensors in [-1, 1]."""
         lc = self.cfg.loss
         mode, zero = lc.gan_mode, real_sem.new_zeros(())
@@ -170,10 +200,18 @@ class Trainer:
         self.opt_D.zero_grad(set_to_none=True)
         fake_pair_A = self.pool_A.query(torch.cat([real_sem, fake_lay.detach()], 1))
         fake_pair_B = self.pool_B.query(torch.cat([real_lay, fake_sem.detach()], 1))
-        d_A = discriminator_loss(self._disc(self.D_A, real_pair_A)[0], self._disc(self.D_A, fake_pair_A)[0],
-                                 mode, lc.real_label)
-        d_B = discriminator_loss(self._disc(self.D_B, real_pair_B)[0], self._disc(self.D_B, fake_pair_B)[0],
-                                 mode, lc.real_label)
+        d_A = discriminator_loss(
+            self._disc(self.D_A, real_pair_A)[0],
+            self._disc(self.D_A, fake_pair_A)[0],
+            mode,
+            lc.real_label,
+        )
+        d_B = discriminator_loss(
+            self._disc(self.D_B, real_pair_B)[0],
+            self._disc(self.D_B, fake_pair_B)[0],
+            mode,
+            lc.real_label,
+        )
         loss_D = d_A + d_B
         d_values = self._check_finite({"loss_D": loss_D, "d_A": d_A, "d_B": d_B}, step)
         loss_D.backward()
@@ -201,14 +239,29 @@ class Trainer:
             with torch.no_grad():  # targets: real activations carry no gradient
                 _, feats_real_A = self._disc(self.D_A, real_pair_A)
                 _, feats_real_B = self._disc(self.D_B, real_pair_B)
-            fm_A = lc.adversarial_weight_A * lc.lambda_fm * feature_matching_loss(feats_fake_A, feats_real_A)
-            fm_B = lc.adversarial_weight_B * lc.lambda_fm * feature_matching_loss(feats_fake_B, feats_real_B)
+            fm_A = (
+                lc.adversarial_weight_A
+                * lc.lambda_fm
+                * feature_matching_loss(feats_fake_A, feats_real_A)
+            )
+            fm_B = (
+                lc.adversarial_weight_B
+                * lc.lambda_fm
+                * feature_matching_loss(feats_fake_B, feats_real_B)
+            )
         if lc.lambda_identity > 0:
             idt_A = lc.lambda_identity * l1_loss(self._gen(self.G_A, real_lay), real_lay)
             idt_B = lc.lambda_identity * l1_loss(self._gen(self.G_B, real_sem), real_sem)
-        loss_G = gan_A + gan_B + l1_A + l1_B + cycle_A + cycle_B + fm_A + fm_B + idt_A + idt_B + dice_A
-        terms = dict(zip(LOSS_TERMS, (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B,
-                                      dice_A), strict=True))
+        loss_G = (
+            gan_A + gan_B + l1_A + l1_B + cycle_A + cycle_B + fm_A + fm_B + idt_A + idt_B + dice_A
+        )
+        terms = dict(
+            zip(
+                LOSS_TERMS,
+                (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B, dice_A),
+                strict=True,
+            )
+        )
         g_values = self._check_finite({"loss_G": loss_G, **terms}, step)
         loss_G.backward()
         distributed.all_reduce_grads(chain(self.G_A.parameters(), self.G_B.parameters()), self.ctx)
@@ -249,7 +302,9 @@ def epoch_order(n: int, epoch: int, seed: int, weights: torch.Tensor | None = No
 class _BatchSlices(Sampler[list[int]]):
     """This rank's slice of each global batch of `order`, starting at batch `start`."""
 
-    def __init__(self, order: list[int], batch_size: int, ctx: DistContext, n_batches: int, start: int):
+    def __init__(
+        self, order: list[int], batch_size: int, ctx: DistContext, n_batches: int, start: int
+    ):
         self.order, self.batch_size, self.ctx = order, batch_size, ctx
         self.n_batches, self.start = n_batches, start
 
@@ -282,7 +337,9 @@ def rng_state() -> dict[str, torch.Tensor]:
     _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
         "python": torch.tensor(py_keys, dtype=torch.int64),
-        "python_gauss": torch.tensor([math.nan if py_gauss is None else py_gauss], dtype=torch.float64),
+        "python_gauss": torch.tensor(
+            [math.nan if py_gauss is None else py_gauss], dtype=torch.float64
+        ),
         "numpy": torch.from_numpy(np.asarray(np_keys).astype(np.int64)),
         "numpy_meta": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
         "torch": torch.get_rng_state(),
@@ -291,9 +348,13 @@ def rng_state() -> dict[str, torch.Tensor]:
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     gauss = float(state["python_gauss"][0])
-    random.setstate((3, tuple(int(v) for v in state["python"]), None if math.isnan(gauss) else gauss))
+    random.setstate(
+        (3, tuple(int(v) for v in state["python"]), None if math.isnan(gauss) else gauss)
+    )
     pos, has_gauss, np_gauss = state["numpy_meta"].tolist()
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), np_gauss))
+    np.random.set_state(
+        ("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), np_gauss)
+    )
     torch.set_rng_state(state["torch"])
 
 
@@ -307,7 +368,9 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def quick_validation(trainer: Trainer, val_ds: Dataset, n: int, batch_size: int) -> dict[str, float]:
+def quick_validation(
+    trainer: Trainer, val_ds: Dataset, n: int, batch_size: int
+) -> dict[str, float]:
     """SEM->layout IoU (threshold 0.5 on [0, 1]) and L1 of both directions on the first n val items."""
     if n <= 0 or len(val_ds) == 0:  # type: ignore[arg-type]
         return {}
@@ -371,7 +434,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class _MlflowLogger:
     """Logs to MLflow only when a tracking URI is given or MLFLOW_TRACKING_URI is set."""
 
-    def __init__(self, uri: str | None, experiment: str | None, cfg: ExperimentConfig, enabled: bool):
+    def __init__(
+        self, uri: str | None, experiment: str | None, cfg: ExperimentConfig, enabled: bool
+    ):
         self.active = enabled and bool(uri or os.environ.get("MLFLOW_TRACKING_URI"))
         self.own_run = False
         if not self.active:
@@ -393,13 +458,17 @@ class _MlflowLogger:
             return
         try:
             self.mlflow.log_params({k: str(v)[:500] for k, v in values.items()})
-        except self.mlflow.exceptions.MlflowException as err:  # e.g. a caller's run already holds other values
+        except (
+            self.mlflow.exceptions.MlflowException
+        ) as err:  # e.g. a caller's run already holds other values
             print(f"warning: MLflow params not logged: {err}")
 
     def epoch(self, record: dict[str, Any], grid_path: Path | None) -> None:
         if not self.active:
             return
-        metrics = {k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "epoch"}
+        metrics = {
+            k: float(v) for k, v in record.items() if isinstance(v, int | float) and k != "epoch"
+        }
         self.mlflow.log_metrics(metrics, step=int(record["epoch"]))
         if grid_path is not None:
             self.mlflow.log_artifact(str(grid_path), artifact_path="samples")
@@ -460,7 +529,9 @@ def run_training(
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
     if not resume and ((run_dir / "last").exists() or (run_dir / "final").exists()):
-        raise SemlayoutError(f"{run_dir} already holds a training run; pass --resume or choose a new --out")
+        raise SemlayoutError(
+            f"{run_dir} already holds a training run; pass --resume or choose a new --out"
+        )
 
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -477,13 +548,19 @@ def run_training(
     if resume:
         last = run_dir / "last"
         if not last.exists():
-            raise SemlayoutError(f"--resume: {run_dir} has no checkpoint to resume from (no {last})")
+            raise SemlayoutError(
+                f"--resume: {run_dir} has no checkpoint to resume from (no {last})"
+            )
         _, old_nets, meta = load_checkpoint(last)
         for name, net in trainer.nets.items():
             load_state_into(net, name, old_nets[name].state_dict(), str(last))
         state = load_train_state(last)
         trainer.load_state_dict(state["trainer"])
-        step, history, epoch_sums = int(state["step"]), list(state["history"]), dict(state["epoch_sums"])
+        step, history, epoch_sums = (
+            int(state["step"]),
+            list(state["history"]),
+            dict(state["epoch_sums"]),
+        )
         ranks = state["ranks"]
         if len(ranks) != ctx.world_size:
             raise SemlayoutError(
@@ -530,9 +607,13 @@ def run_training(
                 sem = batch["sem"].to(ctx.device)
                 lay = batch["layout"].to(ctx.device)
                 if t.channels_last:
-                    sem, lay = sem.contiguous(memory_format=torch.channels_last), lay.contiguous(
-                        memory_format=torch.channels_last)
-                lr = trainer.set_lr_factor(lr_factor(step / steps_per_epoch, t.epochs, t.decay_start_epoch))
+                    sem, lay = (
+                        sem.contiguous(memory_format=torch.channels_last),
+                        lay.contiguous(memory_format=torch.channels_last),
+                    )
+                lr = trainer.set_lr_factor(
+                    lr_factor(step / steps_per_epoch, t.epochs, t.decay_start_epoch)
+                )
                 losses = trainer.train_step(sem, lay, step)
                 step += 1
                 if on_step is not None:
@@ -543,29 +624,58 @@ def run_training(
                 if bar is not None:
                     bar.update(1)
                     if step % max(1, min(t.log_every, 10)) == 0:
-                        bar.set_postfix({k: f"{losses[k]:.3g}" for k in ("d_A", "d_B", "gan_A", "gan_B",
-                                                                        "l1_A", "l1_B", "cycle_A", "fm_A")})
+                        bar.set_postfix(
+                            {
+                                k: f"{losses[k]:.3g}"
+                                for k in (
+                                    "d_A",
+                                    "d_B",
+                                    "gan_A",
+                                    "gan_B",
+                                    "l1_A",
+                                    "l1_B",
+                                    "cycle_A",
+                                    "fm_A",
+                                )
+                            }
+                        )
                 epoch_done = step % steps_per_epoch == 0
                 if epoch_done:
                     n = epoch_sums.pop("_n")
-                    record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr,
-                                              "seconds": round(time.perf_counter() - t0, 2)}
+                    record: dict[str, Any] = {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "lr": lr,
+                        "seconds": round(time.perf_counter() - t0, 2),
+                    }
                     record.update({k: v / n for k, v in epoch_sums.items()})
                     grid_path = None
                     if val_ds is not None and ctx.is_main:
-                        record.update(quick_validation(trainer, val_ds, t.val_samples, t.batch_size))
+                        record.update(
+                            quick_validation(trainer, val_ds, t.val_samples, t.batch_size)
+                        )
                         if t.sample_images:
-                            grid_path = _write_grid(run_dir, epoch + 1, sample_grid(trainer, val_ds, t.sample_images))
+                            grid_path = _write_grid(
+                                run_dir, epoch + 1, sample_grid(trainer, val_ds, t.sample_images)
+                            )
                     history.append(record)
                     epoch_sums = {}
                     if ctx.is_main:
-                        atomic_write_text(run_dir / "history.json", json.dumps({"epochs": history}, indent=1))
+                        atomic_write_text(
+                            run_dir / "history.json", json.dumps({"epochs": history}, indent=1)
+                        )
                         logger.epoch(record, grid_path)
                 if step % t.checkpoint_every == 0 or step == total_steps:
                     state = train_state()  # every rank joins the RNG gather
                     if ctx.is_main:
-                        dest = save_checkpoint(ckpt_root / f"step-{step:06d}", cfg, trainer.nets, step,
-                                               step // steps_per_epoch, state)
+                        dest = save_checkpoint(
+                            ckpt_root / f"step-{step:06d}",
+                            cfg,
+                            trainer.nets,
+                            step,
+                            step // steps_per_epoch,
+                            state,
+                        )
                         _point_last(run_dir, dest)
                         _prune(ckpt_root, t.keep_checkpoints)
                 if step >= total_steps:
@@ -575,7 +685,9 @@ def run_training(
         if ctx.is_main:
             save_checkpoint(final, cfg, trainer.nets, step, step // steps_per_epoch, state)
             if not (run_dir / "history.json").exists():
-                atomic_write_text(run_dir / "history.json", json.dumps({"epochs": history}, indent=1))
+                atomic_write_text(
+                    run_dir / "history.json", json.dumps({"epochs": history}, indent=1)
+                )
         distributed.barrier(ctx)
         failed = False
         return final
@@ -613,7 +725,9 @@ def _gather_rank_states(trainer: Trainer, ctx: DistContext) -> list[dict[str, to
 def _restore_rank_state(trainer: Trainer, state: dict[str, torch.Tensor]) -> None:
     set_rng_state({k.removeprefix("rng."): v for k, v in state.items() if k.startswith("rng.")})
     for name, pool in (("pool_A", trainer.pool_A), ("pool_B", trainer.pool_B)):
-        pool.load_state_dict({"size": pool.size, "images": state[f"{name}.images"], "rng": state[f"{name}.rng"]})
+        pool.load_state_dict(
+            {"size": pool.size, "images": state[f"{name}.images"], "rng": state[f"{name}.rng"]}
+        )
 
 
 def _replay_reads(ds: Dataset, order: list[int], consumed: int) -> None:
@@ -654,11 +768,26 @@ def train(
     from semlayout.data.shards import read_index
 
     size = cfg.generator.image_size
-    train_ds = ShardDataset(shards_dir, "train", image_size=size, augment=cfg.train.augment, seed=cfg.train.seed,
-                            crop=cfg.train.crop_size)
+    train_ds = ShardDataset(
+        shards_dir,
+        "train",
+        image_size=size,
+        augment=cfg.train.augment,
+        seed=cfg.train.seed,
+        crop=cfg.train.crop_size,
+    )
     splits = read_index(shards_dir).get("splits", {})
     val_ds = None
     if splits.get("val", {}).get("n", 0) > 0:
         val_ds = ShardDataset(shards_dir, "val", image_size=size, augment=False)
-    return run_training(cfg, train_ds, out_dir, val_ds=val_ds, resume=resume, init_from=init_from,
-                        mlflow_uri=mlflow_uri, experiment=experiment, progress=progress)
+    return run_training(
+        cfg,
+        train_ds,
+        out_dir,
+        val_ds=val_ds,
+        resume=resume,
+        init_from=init_from,
+        mlflow_uri=mlflow_uri,
+        experiment=experiment,
+        progress=progress,
+    )

@@ -28,7 +28,9 @@ def discriminator_loss(
 
     Halved as in pix2pix so D learns at half G's pace.
     """
-    return 0.5 * (_adversarial(real_logits, real_label, mode) + _adversarial(fake_logits, 0.0, mode))
+    return 0.5 * (
+        _adversarial(real_logits, real_label, mode) + _adversarial(fake_logits, 0.0, mode)
+    )
 
 
 def generator_adversarial_loss(fake_logits: torch.Tensor, mode: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m pipelines.run_local $(RUN_ARGS)
+	$(BIN)/python -m semlayout_pipelines.run_local $(RUN_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -61,7 +61,7 @@ def _subprocess_median(code: str, reps: int) -> float:
 
 
 def main(quick: bool = False) -> dict:
-    from pipelines.local import run_pipeline
+    from semlayout_pipelines.local import run_pipeline
 
     n = 3 if quick else 8
     reps = 3 if quick else 7

@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -15,7 +14,8 @@ def align_qc(
     from collections import Counter
     from pathlib import Path
 
-    from components.common import Stopwatch
+    from semlayout_components.common import Stopwatch
+
     from semlayout.data.align import AlignConfig, align_folder
     from semlayout.errors import SemlayoutError
 

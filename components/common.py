@@ -14,46 +14,12 @@ from typing import Any
 
 from semlayout.errors import SemlayoutError
 
-# repository checkout: <repo>/components/common.py -> <repo>/configs
-_REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def config_dirs() -> list[Path]:
-    """Where a config *name* is looked up, in order."""
-    dirs = []
-    if os.environ.get("SEMLAYOUT_CONFIG_DIR"):
-        dirs.append(Path(os.environ["SEMLAYOUT_CONFIG_DIR"]))
-    dirs += [Path.cwd() / "configs", _REPO_CONFIGS]
-    return dirs
-
-
-def resolve_config_path(spec: str) -> Path:
-    """A config file path, or a name such as `small` looked up as `configs/small.yaml`."""
-    if not spec or not spec.strip():
-        raise SemlayoutError(
-            "config is empty; expected a name in configs/ (e.g. 'small') or a file path"
-        )
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return p
-    if p.suffix in (".yaml", ".yml", ".json") or "/" in spec:
-        raise SemlayoutError(f"config file not found: {spec}")
-    for d in config_dirs():
-        for ext in (".yaml", ".yml", ".json"):
-            cand = d / f"{spec}{ext}"
-            if cand.is_file():
-                return cand
-    names = sorted({f.stem for d in config_dirs() if d.is_dir() for f in d.glob("*.y*ml")})
-    raise SemlayoutError(
-        f"unknown config '{spec}': expected a file path or one of {names or '(none found)'}"
-    )
-
 
 def load_experiment_config(spec: str, overrides_json: str = "") -> Any:
     """-> a validated `ExperimentConfig` from a name/path plus JSON dotted-key overrides."""
     from semlayout.config import apply_overrides, load_config
 
-    cfg = load_config(resolve_config_path(spec))
+    cfg = load_config(spec)
     overrides = parse_json_object(overrides_json, "config overrides")
     return apply_overrides(cfg, overrides) if overrides else cfg
 

@@ -1,6 +1,6 @@
 """Should a fine-tune run go ahead? The same decision `semlayout loop check` makes.
 
-`semlayout.loop.check` over the monitoring store, the API feedback folder, the S3 intake
+`semlayout.continual.check` over the monitoring store, the API feedback folder, the S3 intake
 batches and the registry's champion (its promotion SSIM, for the SSIM-drop reasons).
 With no monitor DB (the caller — `semlayout loop run` — has already decided) or `force`,
 it proceeds and says so. The decision is recorded in the store. A bad policy is one
@@ -10,8 +10,7 @@ it proceeds and says so. The decision is recorded in the store. A bad policy is 
 from typing import NamedTuple
 
 from kfp import dsl
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -27,8 +26,9 @@ def drift_check(
     import json
     from collections import namedtuple
 
-    from components.common import parse_json_object
-    from semlayout.loop import check, load_loop_config
+    from semlayout_components.common import parse_json_object
+
+    from semlayout.continual import check, load_loop_config
 
     Outputs = namedtuple("Outputs", ["proceed", "reasons"])
     settings = {

@@ -9,8 +9,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -30,10 +29,12 @@ def evaluate(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.common import Stopwatch, read_json, write_json
+    from semlayout_components.common import Stopwatch, read_json, write_json
+
+    from semlayout.directions import DIRECTIONS
     from semlayout.evaluation import evaluate_model
+    from semlayout.evaluation_report import write_report_html
     from semlayout.gate import gate_config, judge
-    from semlayout.report import write_report_html
 
     with Stopwatch() as sw:
         result = evaluate_model(Path(model.path), Path(shards.path), split="test")
@@ -56,7 +57,7 @@ def evaluate(
     history = Path(model.path) / "history.json"
     curves = read_json(history) if history.is_file() else None
     write_report_html(Path(report.path), result, samples, curves=curves, gate=gate)
-    for direction in ("sem2layout", "layout2sem"):
+    for direction in DIRECTIONS:
         for key, value in result[direction].items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 metrics.log_metric(f"{direction}_{key}", float(value))

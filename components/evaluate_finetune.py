@@ -8,8 +8,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -32,11 +31,13 @@ def evaluate_finetune(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.common import Stopwatch, read_json, write_json
+    from semlayout_components.common import Stopwatch, read_json, write_json
+
+    from semlayout.directions import DIRECTIONS
     from semlayout.evaluation import evaluate_model
+    from semlayout.evaluation_report import write_report_html
     from semlayout.gate import gate_config, judge_finetune
     from semlayout.registry import resolve_model_uri
-    from semlayout.report import write_report_html
 
     champ = Path(
         resolve_model_uri(base_model or f"models:/{model_name}@champion", mlflow_uri or None)
@@ -69,7 +70,7 @@ def evaluate_finetune(
         ("orig", orig),
         ("orig_champion", orig_champ),
     ):
-        for direction in ("sem2layout", "layout2sem"):
+        for direction in DIRECTIONS:
             for key in ("ssim", "l1", "psnr", "iou"):
                 if isinstance(block[direction].get(key), int | float):
                     metrics.log_metric(f"{tag}_{direction}_{key}", float(block[direction][key]))

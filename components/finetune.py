@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -21,7 +20,8 @@ def finetune(
     import tempfile
     from pathlib import Path
 
-    from components.common import Stopwatch, load_experiment_config, read_json
+    from semlayout_components.common import Stopwatch, load_experiment_config, read_json
+
     from semlayout.registry import resolve_model_uri
     from semlayout.train.loop import train as train_loop
 

@@ -3,8 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -12,7 +11,8 @@ def ingest(data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset]):
     import shutil
     from pathlib import Path
 
-    from components.common import Stopwatch, tree_sha256
+    from semlayout_components.common import Stopwatch, tree_sha256
+
     from semlayout.data.pairs import read_manifest
     from semlayout.errors import SemlayoutError
 

@@ -7,8 +7,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -22,7 +21,8 @@ def register(
     import json
     from collections import namedtuple
 
-    from components.common import read_json
+    from semlayout_components.common import read_json
+
     from semlayout.gate import GateResult
     from semlayout.registry import register_version
 

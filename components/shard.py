@@ -2,15 +2,15 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def shard(aligned: Input[Dataset], val: float, test: float, seed: int, shards: Output[Dataset]):
     from pathlib import Path
 
-    from components.common import Stopwatch
+    from semlayout_components.common import Stopwatch
+
     from semlayout.data.shards import write_shards
 
     with Stopwatch() as sw:

@@ -7,8 +7,7 @@ model is judged on the new pairs' test split and the original test shard.
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -21,7 +20,8 @@ def shard_mix(
 ):
     from pathlib import Path
 
-    from components.common import Stopwatch
+    from semlayout_components.common import Stopwatch
+
     from semlayout.data.shards import ShardSource, write_shards
 
     sources = [ShardSource(Path(new_shards.path), None, "reviewed")]

@@ -4,8 +4,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Model
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -24,7 +23,8 @@ def track(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.common import git_commit, read_json
+    from semlayout_components.common import git_commit, read_json
+
     from semlayout.registry import log_training_run
 
     ev = read_json(evaluation.path)

@@ -7,8 +7,7 @@ training is the Kubeflow Trainer `TrainJob` in k8s/).
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
-
-from components.image import BASE_IMAGE
+from semlayout_components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -19,7 +18,7 @@ def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model:
     import tempfile
     from pathlib import Path
 
-    from components.common import Stopwatch, load_experiment_config, read_json
+    from semlayout_components.common import Stopwatch, load_experiment_config, read_json
 
     cfg = load_experiment_config(config, overrides)
     work = Path(tempfile.mkdtemp(prefix="semlayout-train-"))

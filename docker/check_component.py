@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: set SEMLAYOUT_IMAGE to the image to run the step in", file=sys.stderr)
         return 2
     from kfp import dsl, local
+    from semlayout_components.align_qc import align_qc
+    from semlayout_components.ingest import ingest
 
-    from components.align_qc import align_qc
-    from components.ingest import ingest
     from semlayout.data.synth import synthesize
 
     out = Path(args.out).resolve()

@@ -106,7 +106,7 @@ def _api_errors(host: str) -> Iterator[None]:
 
 def check_arguments(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """Refuse parameter names the pipeline does not have (before any network call)."""
-    from pipelines.compile import build
+    from semlayout_pipelines.compile import build
 
     known = set(build(name).component_spec.inputs or {})
     unknown = sorted(set(arguments) - known)
@@ -118,7 +118,7 @@ def check_arguments(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def _package(name: str, image: str | None) -> Path:
-    from pipelines.compile import compile_pipelines
+    from semlayout_pipelines.compile import compile_pipelines
 
     out = Path(tempfile.mkdtemp(prefix="semlayout-kfp-"))
     return compile_pipelines(out, (name,), image=image)[name]

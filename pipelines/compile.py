@@ -16,15 +16,15 @@ PIPELINES = ("training", "finetune", "drift_monitor")
 
 def build(name: str, settings: Any = None) -> Any:
     if name == "training":
-        from pipelines.training import build_training_pipeline
+        from semlayout_pipelines.training import build_training_pipeline
 
         return build_training_pipeline(settings)
     if name == "finetune":
-        from pipelines.finetune import build_finetune_pipeline
+        from semlayout_pipelines.finetune import build_finetune_pipeline
 
         return build_finetune_pipeline(settings)
     if name == "drift_monitor":
-        from pipelines.finetune import build_drift_monitor_pipeline
+        from semlayout_pipelines.finetune import build_drift_monitor_pipeline
 
         return build_drift_monitor_pipeline(settings)
     raise SemlayoutError(f"unknown pipeline '{name}': expected one of {list(PIPELINES)}")
@@ -38,7 +38,10 @@ def _set_image(image: str | None) -> None:
 
     os.environ["SEMLAYOUT_IMAGE"] = image
     for mod in list(sys.modules):
-        if mod.startswith("components.") or mod in ("pipelines.training", "pipelines.finetune"):
+        if mod.startswith("semlayout_components.") or mod in (
+            "semlayout_pipelines.training",
+            "semlayout_pipelines.finetune",
+        ):
             del sys.modules[mod]
 
 
@@ -50,8 +53,7 @@ def compile_pipelines(
 ) -> dict[str, Path]:
     """Write `<out_dir>/<name>.yaml` for each pipeline; returns the paths."""
     from kfp import compiler
-
-    from pipelines.cluster import ClusterSettings
+    from semlayout_pipelines.cluster import ClusterSettings
 
     _set_image(image)
     settings = settings or ClusterSettings.from_env()

@@ -14,19 +14,24 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Model
-
-from components.align_qc import align_qc
-from components.drift_check import drift_check
-from components.evaluate_finetune import evaluate_finetune
-from components.finetune import finetune
-from components.gate_failed import gate_failed
-from components.ingest import ingest
-from components.register import register
-from components.shard import shard
-from components.shard_mix import shard_mix
-from components.track import track
-from pipelines.cluster import ClusterSettings, on_cpu_pool, on_gpu_pool, with_mlflow, with_s3
-from pipelines.training import DEFAULT_FLOORS
+from semlayout_components.align_qc import align_qc
+from semlayout_components.drift_check import drift_check
+from semlayout_components.evaluate_finetune import evaluate_finetune
+from semlayout_components.finetune import finetune
+from semlayout_components.gate_failed import gate_failed
+from semlayout_components.ingest import ingest
+from semlayout_components.register import register
+from semlayout_components.shard import shard
+from semlayout_components.shard_mix import shard_mix
+from semlayout_components.track import track
+from semlayout_pipelines.cluster import (
+    ClusterSettings,
+    on_cpu_pool,
+    on_gpu_pool,
+    with_mlflow,
+    with_s3,
+)
+from semlayout_pipelines.training import DEFAULT_FLOORS
 
 PIPELINE_NAME = "semlayout-finetune"
 # low LR, few epochs: adapt, do not forget

@@ -1,6 +1,6 @@
 """Launchers for the continuous-learning loop (`semlayout loop run`): run the fine-tune pipeline.
 
-`launcher_for(cfg)` -> a callable `LaunchRequest -> LaunchResult` (see `semlayout.loop`):
+`launcher_for(cfg)` -> a callable `LaunchRequest -> LaunchResult` (see `semlayout.continual`):
 - no `kfp_host`: the fine-tune pipeline under kfp.local, pipeline root in the loop's run folder;
 - `kfp_host`: submitted to Kubeflow Pipelines. The reviewed pairs are a local folder in the
   loop's pod, so they are first uploaded to `$SEMLAYOUT_STAGING_URI/<run>/reviewed`
@@ -22,8 +22,8 @@ from semlayout.errors import SemlayoutError
 
 
 def pipeline_arguments(cfg: Any, reviewed_uri: str) -> dict[str, Any]:
-    """The fine-tune pipeline's parameters from a `semlayout.loop.LoopConfig`."""
-    from pipelines.training import DEFAULT_FLOORS
+    """The fine-tune pipeline's parameters from a `semlayout.continual.LoopConfig`."""
+    from semlayout_pipelines.training import DEFAULT_FLOORS
 
     floors = {**DEFAULT_FLOORS, **(cfg.floors or {})}
     tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -73,12 +73,13 @@ class _ErrorTap(io.TextIOBase):
 
 
 def local_launcher(req: Any) -> Any:
-    from components.common import read_json
-    from pipelines import validate
-    from pipelines.cluster import ClusterSettings
-    from pipelines.finetune import build_finetune_pipeline
-    from pipelines.local import run_pipeline
-    from semlayout.loop import LaunchResult
+    from semlayout_components.common import read_json
+    from semlayout_pipelines import validate
+    from semlayout_pipelines.cluster import ClusterSettings
+    from semlayout_pipelines.finetune import build_finetune_pipeline
+    from semlayout_pipelines.local import run_pipeline
+
+    from semlayout.continual import LaunchResult
 
     args = pipeline_arguments(req.cfg, str(req.reviewed_dir.resolve()))
     validate.check_data_uri(args["reviewed_uri"], 0)
@@ -113,8 +114,9 @@ def local_launcher(req: Any) -> Any:
 
 def kfp_launcher(host: str) -> Callable[[Any], Any]:
     def launch(req: Any) -> Any:
-        from pipelines.client import submit
-        from semlayout.loop import LaunchResult
+        from semlayout_pipelines.client import submit
+
+        from semlayout.continual import LaunchResult
 
         staging = os.environ.get("SEMLAYOUT_STAGING_URI", "")
         if staging:

@@ -1,6 +1,6 @@
 """`make run`: the training pipeline end to end on this machine, under kfp.local.
 
-    python -m pipelines.run_local [--data URI] [--config small] [--n-synth N] [--out outputs]
+    python -m semlayout_pipelines.run_local [--data URI] [--config small] [--n-synth N] [--out outputs]
 
 Writes `outputs/runs/<timestamp>/` (the kfp pipeline root, summary.json, report.html,
 evaluation.json) and then points `outputs/latest` at it (a symlink swapped with one
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 
 SUMMARY_METRIC_KEYS = (
@@ -86,7 +87,7 @@ def summarize(
     metrics = evaluation["metrics"]
     gate = evaluation["gate"]
     summary_metrics: dict[str, Any] = {}
-    for direction in ("sem2layout", "layout2sem"):
+    for direction in DIRECTIONS:
         block = metrics.get(direction, {})
         summary_metrics[direction] = {k: block[k] for k in SUMMARY_METRIC_KEYS if k in block}
         for extra in ("ceiling", "baseline_otsu"):
@@ -123,10 +124,10 @@ def summarize(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from pipelines.training import DEFAULT_FLOORS
+    from semlayout_pipelines.training import DEFAULT_FLOORS
 
     p = argparse.ArgumentParser(
-        prog="python -m pipelines.run_local", description=__doc__.split("\n\n")[0]
+        prog="python -m semlayout_pipelines.run_local", description=__doc__.split("\n\n")[0]
     )
     p.add_argument(
         "--data", default="", help="pair folder or s3:// URI; empty: synthesise --n-synth pairs"
@@ -166,10 +167,10 @@ def overrides_json(pairs: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines import validate
-    from pipelines.cluster import ClusterSettings
-    from pipelines.local import run_pipeline
-    from pipelines.training import build_training_pipeline
+    from semlayout_pipelines import validate
+    from semlayout_pipelines.cluster import ClusterSettings
+    from semlayout_pipelines.local import run_pipeline
+    from semlayout_pipelines.training import build_training_pipeline
 
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         (run_dir / "FAILED").write_text(f"step {failed}: {result.error}\n")
         return 1
 
-    from components.common import read_json, write_json
+    from semlayout_components.common import read_json, write_json
 
     evaluation = read_json(result.outputs["evaluation"].path)
     summary = summarize(result, evaluation, params, run_dir, mlflow_uri)

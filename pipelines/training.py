@@ -14,16 +14,21 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Model
-
-from components.align_qc import align_qc
-from components.evaluate import evaluate
-from components.gate_failed import gate_failed
-from components.ingest import ingest
-from components.register import register
-from components.shard import shard
-from components.track import track
-from components.train import train
-from pipelines.cluster import ClusterSettings, on_cpu_pool, on_gpu_pool, with_mlflow, with_s3
+from semlayout_components.align_qc import align_qc
+from semlayout_components.evaluate import evaluate
+from semlayout_components.gate_failed import gate_failed
+from semlayout_components.ingest import ingest
+from semlayout_components.register import register
+from semlayout_components.shard import shard
+from semlayout_components.track import track
+from semlayout_components.train import train
+from semlayout_pipelines.cluster import (
+    ClusterSettings,
+    on_cpu_pool,
+    on_gpu_pool,
+    with_mlflow,
+    with_s3,
+)
 
 PIPELINE_NAME = "semlayout-training"
 

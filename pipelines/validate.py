@@ -61,7 +61,7 @@ def check_data_uri(data_uri: str, n_synth: int) -> dict[str, Any]:
 
 
 def check_config(config: str, overrides_json: str = "") -> Any:
-    from components.common import load_experiment_config
+    from semlayout_components.common import load_experiment_config
 
     return load_experiment_config(config, overrides_json)
 

@@ -31,9 +31,9 @@ COMPONENTS = {
 
 @pytest.mark.parametrize("module", sorted(COMPONENTS))
 def test_component_spec_uses_the_project_image_and_installs_nothing(module: str) -> None:
-    from components.image import project_image
+    from semlayout_components.image import project_image
 
-    comp = getattr(importlib.import_module(f"components.{module}"), COMPONENTS[module])
+    comp = getattr(importlib.import_module(f"semlayout_components.{module}"), COMPONENTS[module])
     container = comp.component_spec.implementation.container
     assert container.image == project_image()
     command = " ".join(container.command)
@@ -58,7 +58,8 @@ def test_component_spec_uses_the_project_image_and_installs_nothing(module: str)
 
 
 def test_project_image_follows_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from components.image import DEFAULT_REPOSITORY, project_image
+    from semlayout_components.image import DEFAULT_REPOSITORY, project_image
+
     from semlayout import __version__
 
     monkeypatch.delenv("SEMLAYOUT_IMAGE", raising=False)
@@ -69,7 +70,7 @@ def test_project_image_follows_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def local_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.local import init_local
+    from semlayout_pipelines.local import init_local
 
     root = tmp_path_factory.mktemp("kfp-root")
     init_local(root)
@@ -89,7 +90,7 @@ def _rows(folder: Path) -> list[dict[str, str]]:
 
 
 def test_ingest_synthesises_when_no_uri(local_root: Path) -> None:
-    from components.ingest import ingest
+    from semlayout_components.ingest import ingest
 
     task = ingest(data_uri="", n_synth=5, seed=2)
     pairs = task.outputs["pairs"]
@@ -104,8 +105,9 @@ def test_ingest_synthesises_when_no_uri(local_root: Path) -> None:
 def test_ingest_copies_a_local_folder_and_an_s3_folder_identically(
     local_root: Path, pairs_dir: Path, s3_bucket: str
 ) -> None:
-    from components.common import tree_sha256
-    from components.ingest import ingest
+    from semlayout_components.common import tree_sha256
+    from semlayout_components.ingest import ingest
+
     from semlayout.storage import open_store
 
     local = ingest(data_uri=str(pairs_dir), n_synth=0, seed=0).outputs["pairs"]
@@ -118,7 +120,7 @@ def test_ingest_copies_a_local_folder_and_an_s3_folder_identically(
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not_pairs"])
 def test_ingest_refuses_bad_data(local_root: Path, tmp_path: Path, case: str) -> None:
-    from components.ingest import ingest
+    from semlayout_components.ingest import ingest
 
     folder = tmp_path / case
     if case == "empty":
@@ -133,10 +135,9 @@ def test_ingest_refuses_bad_data(local_root: Path, tmp_path: Path, case: str) ->
 
 def test_align_then_shard_in_a_pipeline(local_root: Path, pairs_dir: Path) -> None:
     from kfp import dsl
-
-    from components.align_qc import align_qc
-    from components.ingest import ingest
-    from components.shard import shard
+    from semlayout_components.align_qc import align_qc
+    from semlayout_components.ingest import ingest
+    from semlayout_components.shard import shard
 
     @dsl.pipeline(name="align-shard")
     def p(data_uri: str) -> dsl.Dataset:
@@ -165,9 +166,9 @@ def test_align_qc_fails_the_step_when_too_few_pairs_pass(
     import cv2
     import numpy as np
     from kfp import dsl
+    from semlayout_components.align_qc import align_qc
+    from semlayout_components.ingest import ingest
 
-    from components.align_qc import align_qc
-    from components.ingest import ingest
     from semlayout.atomic import atomic_write_bytes
 
     bad = tmp_path / "bad"
@@ -186,7 +187,7 @@ def test_align_qc_fails_the_step_when_too_few_pairs_pass(
 
 
 def test_gate_failed_registers_nothing_and_lists_reasons(local_root: Path) -> None:
-    from components.gate_failed import gate_failed
+    from semlayout_components.gate_failed import gate_failed
 
     out = gate_failed(
         gate_reasons=json.dumps(["sem2layout: ssim 0.1 is below the floor 0.6."])
@@ -195,7 +196,7 @@ def test_gate_failed_registers_nothing_and_lists_reasons(local_root: Path) -> No
 
 
 def test_drift_check_proceeds_without_a_store_and_when_forced(local_root: Path) -> None:
-    from components.drift_check import drift_check
+    from semlayout_components.drift_check import drift_check
 
     out = drift_check(monitor_db="", policy="", force=False).outputs
     assert out["proceed"] is True and "caller decided" in out["reasons"]
@@ -206,7 +207,8 @@ def test_drift_check_proceeds_without_a_store_and_when_forced(local_root: Path) 
 
 def test_drift_check_reads_a_real_monitor_store(local_root: Path, tmp_path: Path) -> None:
     """An empty store: no trigger fires, and the decision is recorded in the store."""
-    from components.drift_check import drift_check
+    from semlayout_components.drift_check import drift_check
+
     from semlayout.monitoring.store import MonitorStore
 
     db = tmp_path / "monitor.db"
@@ -225,12 +227,12 @@ def test_drift_check_makes_the_loop_checks_decision(
     """Issue #7: the step counted API feedback only and had no promotion baseline, so S3 intake
     pairs never fired it and the SSIM-drop reasons never had a verdict. Now it is `loop check`."""
     from helpers_serving import make_checkpoint
+    from semlayout_components.drift_check import drift_check
 
-    from components.drift_check import drift_check
+    from semlayout.continual import check, load_loop_config
     from semlayout.data.pairs import read_gray8, read_manifest
     from semlayout.gate import GateConfig, judge
     from semlayout.intake import upload_batch
-    from semlayout.loop import check, load_loop_config
     from semlayout.monitoring.feedback import FeedbackStore
     from semlayout.monitoring.store import MonitorStore
     from semlayout.registry import approve, log_training_run, register_version
@@ -307,7 +309,8 @@ def test_drift_check_makes_the_loop_checks_decision(
 def test_drift_check_names_a_bad_policy_key(
     local_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture, policy: str, key: str
 ) -> None:
-    from components.drift_check import drift_check
+    from semlayout_components.drift_check import drift_check
+
     from semlayout.errors import SemlayoutError
     from semlayout.monitoring.store import MonitorStore
 
@@ -325,7 +328,9 @@ def test_drift_check_names_a_bad_policy_key(
 
 
 def test_config_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from components.common import load_experiment_config, resolve_config_path
+    from semlayout_components.common import load_experiment_config
+
+    from semlayout.config import resolve_config_path
     from semlayout.errors import SemlayoutError
 
     (tmp_path / "mine.yaml").write_text("train: {epochs: 3, decay_start_epoch: 1}\n")

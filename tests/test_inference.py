@@ -12,8 +12,9 @@ import torch
 from helpers_eval import make_tiny_checkpoint
 
 from semlayout.config import config_from_dict
+from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
-from semlayout.inference import DIRECTIONS, Translator, _onnx_files
+from semlayout.inference import Translator, _onnx_files
 from semlayout.train.checkpoint import load_checkpoint
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from helpers_eval import make_tiny_checkpoint
 
+from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 from semlayout.gate import GateConfig, judge
-from semlayout.inference import DIRECTIONS, Translator
+from semlayout.inference import Translator
 from semlayout.registry import approve, log_training_run, register_version
 
 sqlite_tracking_uri, mlflow_template_db = hs.sqlite_tracking_uri, hs.mlflow_template_db

@@ -226,7 +226,7 @@ def test_serve_command_default_port_matches() -> None:
 
 
 def test_drift_cronjob_runs_the_loop_with_a_valid_config(rendered: list[dict]) -> None:
-    from semlayout.loop import LoopConfig
+    from semlayout.continual import LoopConfig
 
     cj = by_kind(rendered, "CronJob")["semlayout-drift-check"]
     assert len(cj["spec"]["schedule"].split()) == 5  # Kubernetes cron: five fields

@@ -11,9 +11,7 @@ import helpers_servers as hs
 import numpy as np
 import pytest
 
-from semlayout.data.pairs import read_gray8, read_manifest
-from semlayout.errors import SemlayoutError
-from semlayout.loop import (
+from semlayout.continual import (
     ConsumedLedger,
     LaunchResult,
     LoopConfig,
@@ -23,6 +21,8 @@ from semlayout.loop import (
     pending_pairs,
     run,
 )
+from semlayout.data.pairs import read_gray8, read_manifest
+from semlayout.errors import SemlayoutError
 from semlayout.monitoring.feedback import FeedbackStore
 from semlayout.monitoring.store import MonitorStore
 

@@ -359,7 +359,7 @@ def _evaluation(loop_dir: Path) -> dict:
 def test_example_loop_config_loads() -> None:
     from helpers_loop import REPO
 
-    from semlayout.loop import load_loop_config
+    from semlayout.continual import load_loop_config
 
     cfg = load_loop_config(REPO / "configs" / "loop.yaml")
     assert cfg.policy.min_new_pairs >= 1 and cfg.finetune_overrides["train.lr"] < 2e-4
@@ -451,8 +451,8 @@ def test_intake_batches_count_as_new_pairs(tmp_path: Path, tiny_pairs: Path) -> 
     """`loop check` counts the pairs of complete intake batches created since the last run."""
     from datetime import UTC, datetime, timedelta
 
+    from semlayout.continual import intake_pairs_since
     from semlayout.intake import upload_batch
-    from semlayout.loop import intake_pairs_since
 
     uri = str(tmp_path / "intake")
     res = upload_batch(tiny_pairs, uri, skip_invalid=True, progress=False)

@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _compile(tmp_path: Path, **settings: object) -> dict[str, tuple[dict, dict]]:
-    from pipelines.cluster import ClusterSettings
-    from pipelines.compile import compile_pipelines
+    from semlayout_pipelines.cluster import ClusterSettings
+    from semlayout_pipelines.compile import compile_pipelines
 
     paths = compile_pipelines(tmp_path, settings=ClusterSettings(**settings))
     out = {}
@@ -215,7 +215,7 @@ def test_image_option_reaches_every_step(tmp_path: Path) -> None:
     "cron", ["0 0 2 * * *", "0 */15 * * * *", "30 0 6 * * MON-FRI", "0 0 0 1 1,7 ?"]
 )
 def test_valid_cron(cron: str) -> None:
-    from pipelines.client import validate_cron
+    from semlayout_pipelines.client import validate_cron
 
     assert validate_cron(cron) == cron
 
@@ -232,7 +232,7 @@ def test_valid_cron(cron: str) -> None:
     ],
 )
 def test_invalid_cron(cron: str, needle: str) -> None:
-    from pipelines.client import validate_cron
+    from semlayout_pipelines.client import validate_cron
 
     with pytest.raises(SemlayoutError, match=needle):
         validate_cron(cron)
@@ -261,7 +261,7 @@ def test_cli_schedule_rejects_bad_cron_before_network() -> None:
 
 
 def test_cluster_settings_validation() -> None:
-    from pipelines.cluster import ClusterSettings
+    from semlayout_pipelines.cluster import ClusterSettings
 
     with pytest.raises(SemlayoutError, match="KEY=VALUE"):
         ClusterSettings(node_selector="just-a-key")
@@ -308,8 +308,7 @@ def test_local_run_gate_pass_registers_challenger_then_gate_fail_registers_nothi
     tmp_path: Path, tiny_run_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow.tracking import MlflowClient
-
-    from pipelines.run_local import main
+    from semlayout_pipelines.run_local import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "outputs"
@@ -398,7 +397,7 @@ def test_bad_input_refused_before_first_step(tmp_path: Path, args: list[str], ne
     args = [subst.get(a, a) for a in args]
     out = tmp_path / "outputs"
     r = subprocess.run(
-        [sys.executable, "-m", "pipelines.run_local", *args, "--out", str(out)],
+        [sys.executable, "-m", "semlayout_pipelines.run_local", *args, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -418,11 +417,11 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
     """Train -> approve (champion) -> the loop's local launcher runs the fine-tune pipeline:
     reviewed pairs + replay, fine-tune from the champion, judged on both test splits."""
     from mlflow.tracking import MlflowClient
+    from semlayout_pipelines.launch import launcher_for
+    from semlayout_pipelines.run_local import main
 
-    from pipelines.launch import launcher_for
-    from pipelines.run_local import main
+    from semlayout.continual import LaunchRequest, LoopConfig
     from semlayout.data.synth import synthesize
-    from semlayout.loop import LaunchRequest, LoopConfig
     from semlayout.registry import approve
 
     monkeypatch.chdir(tmp_path)
@@ -544,7 +543,7 @@ def test_cli_submit_errors_are_one_line(extra: list[str], needle: str) -> None:
 
 
 def test_gate_floors_are_per_direction_defaults_in_the_compiled_pipeline(compiled: dict) -> None:
-    from pipelines.training import DEFAULT_FLOORS
+    from semlayout_pipelines.training import DEFAULT_FLOORS
 
     params = compiled["training"][0]["root"]["inputDefinitions"]["parameters"]
     s2l = params["floor_sem2layout"]["defaultValue"]

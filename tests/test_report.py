@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import cv2
 import numpy as np
 
-from semlayout.report import (
+from semlayout.evaluation_report import (
     abs_diff_heatmap,
     curves_from_history,
     group_curves,

@@ -15,6 +15,18 @@ import threading
 
 import typer
 
+from semlayout.commands import (
+    cmd_align,
+    cmd_data,
+    cmd_intake,
+    cmd_loop,
+    cmd_model,
+    cmd_monitor,
+    cmd_registry,
+    cmd_serve,
+    cmd_shard,
+    cmd_train,
+)
 from semlayout.errors import SemlayoutError
 
 try:  # recent typer carries its own copy of click
@@ -31,30 +43,33 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    # Imported here, not at module top, so one broken area cannot hide the others' help.
-    import importlib
+# the library's own command areas; each module defines `register(app)` and imports heavy
+# libraries (torch, mlflow, cv2) inside its command bodies
+AREAS = (
+    cmd_data,
+    cmd_align,
+    cmd_shard,
+    cmd_train,
+    cmd_model,
+    cmd_registry,
+    cmd_intake,
+    cmd_serve,
+    cmd_monitor,
+    cmd_loop,
+)
+# commands that live above the library (the KFP pipelines) register themselves through this
+# entry-point group, so nothing in `semlayout` imports them (docs/architecture.md)
+PLUGIN_GROUP = "semlayout.commands"
 
-    for module_name in (
-        "data",
-        "align",
-        "shard",
-        "train",
-        "model",
-        "registry",
-        "intake",
-        "serve",
-        "monitor",
-        "pipeline",
-        "loop",
-    ):
-        try:
-            mod = importlib.import_module(f"semlayout.commands.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"semlayout.commands.{module_name}":
-                continue
-            raise
-        mod.register(app)
+
+def _register() -> None:
+    """Every area, built-in and plugin: an area that fails to import fails the command loudly."""
+    from importlib.metadata import entry_points
+
+    for area in AREAS:
+        area.register(app)
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        ep.load()(app)
 
 
 @app.callback()

@@ -9,13 +9,14 @@ Loading a config has no side effects.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from semlayout.errors import SemlayoutError
+from semlayout.errors import SemlayoutError, validation_error
 from semlayout.layout_fit import FitMethod
 
 
@@ -197,17 +198,6 @@ class ExperimentConfig(_Strict):
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def _format_validation_error(source: str, err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-        else:
-            parts.append(f"{loc}: {e['msg']}")
-    return f"invalid config {source}: " + "; ".join(parts)
-
-
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     if not isinstance(data, dict):
         raise SemlayoutError(
@@ -216,21 +206,60 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Experiment
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise SemlayoutError(_format_validation_error(source, err)) from None
+        raise validation_error(err, f"config {source}") from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Load a YAML or JSON experiment config; errors name the file and the bad key."""
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def config_dirs() -> list[Path]:
+    """Where a config *name* is looked up, in order: $SEMLAYOUT_CONFIG_DIR, ./configs, and the
+    configs shipped inside the package (so a wheel works without the checkout)."""
+    from importlib.resources import files
+
+    dirs = (
+        [Path(os.environ["SEMLAYOUT_CONFIG_DIR"])] if os.environ.get("SEMLAYOUT_CONFIG_DIR") else []
+    )
+    return [*dirs, Path.cwd() / "configs", Path(str(files("semlayout.configs")))]
+
+
+def resolve_config_path(spec: str | Path) -> Path:
+    """A config file path, or a name such as `small` looked up as `<dir>/small.yaml`."""
+    text = str(spec)
+    if not text.strip():
+        raise SemlayoutError("config is empty; expected a name such as 'small' or a file path")
+    p = Path(text).expanduser()
+    if p.is_file():
+        return p
+    if p.suffix in CONFIG_SUFFIXES or "/" in text:
+        raise SemlayoutError(f"config file not found: {text}")
+    for d in config_dirs():
+        for ext in CONFIG_SUFFIXES:
+            if (d / f"{text}{ext}").is_file():
+                return d / f"{text}{ext}"
+    names = sorted({f.stem for d in config_dirs() if d.is_dir() for f in d.glob("*.y*ml")})
+    raise SemlayoutError(
+        f"unknown config '{text}': expected a file path or one of {names or '(none found)'}"
+    )
+
+
+def read_config_file(path: str | Path, what: str = "config") -> Any:
+    """The parsed YAML (or JSON) of a config file; unreadable or invalid text is one line."""
     path = Path(path)
     if not path.is_file():
-        raise SemlayoutError(f"config file not found: {path}")
+        raise SemlayoutError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise SemlayoutError(f"config {path} is not a UTF-8 text file") from None
+        raise SemlayoutError(f"{what} {path} is not a UTF-8 text file") from None
     except yaml.YAMLError as err:
-        raise SemlayoutError(f"config {path} is not valid YAML: {yaml_error_line(err)}") from None
-    return config_from_dict(data, source=str(path))
+        raise SemlayoutError(f"{what} {path} is not valid YAML: {yaml_error_line(err)}") from None
+
+
+def load_config(spec: str | Path) -> ExperimentConfig:
+    """Load an experiment config by name (`small`) or path; errors name the file and the bad key."""
+    path = resolve_config_path(spec)
+    return config_from_dict(read_config_file(path) or {}, source=str(path))
 
 
 def yaml_error_line(err: Exception) -> str:

@@ -287,7 +287,7 @@ def write_evaluation(
     import json
 
     from semlayout.atomic import atomic_write_text
-    from semlayout.report import write_report_html
+    from semlayout.evaluation_report import write_report_html
 
     for path in (out, report):
         if path is not None and Path(path).is_dir():

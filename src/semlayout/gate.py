@@ -22,9 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from semlayout.errors import SemlayoutError
-
-DIRECTIONS = ("sem2layout", "layout2sem")
+from semlayout.directions import DIRECTIONS
+from semlayout.errors import validation_error
 
 
 class GateConfig(BaseModel):
@@ -46,7 +45,9 @@ class GateConfig(BaseModel):
             raise ValueError("floors must name at least one direction")
         unknown = sorted(set(floors) - set(DIRECTIONS))
         if unknown:
-            raise ValueError(f"unknown direction(s) {unknown}; expected {list(DIRECTIONS)}")
+            raise ValueError(
+                f"unknown direction(s) {unknown}; expected {list(map(str, DIRECTIONS))}"
+            )
         return floors
 
 
@@ -55,8 +56,7 @@ def gate_config(**kwargs: Any) -> GateConfig:
     try:
         return GateConfig(**kwargs)
     except ValidationError as err:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise SemlayoutError(f"invalid gate config: {msgs}") from None
+        raise validation_error(err, "gate config") from None
 
 
 class GateResult(BaseModel):

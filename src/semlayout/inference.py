@@ -37,27 +37,19 @@ from typing import Any
 
 import numpy as np
 
+from semlayout.directions import DIRECTIONS, Direction
 from semlayout.errors import SemlayoutError
 
-DIRECTIONS = ("sem2layout", "layout2sem")
 # eager: fp32 PyTorch (channels_last); bf16: the same with bfloat16 weights and activations
 # (outputs within ~1e-3 of fp32, i.e. under a grey level; several times faster where the CPU
 # has bf16 units such as AMX, slower where it emulates them); onnx: ONNX Runtime, fp32
 BACKENDS = ("eager", "bf16", "onnx")
-NET_FOR_DIRECTION = {"sem2layout": "G_A", "layout2sem": "G_B"}
+NET_FOR_DIRECTION = {d: d.generator for d in DIRECTIONS}
 
 _EXPORT_LOCK = threading.Lock()
 
 # (B, 1, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
 Runner = Callable[[np.ndarray], np.ndarray]
-
-
-def check_direction(direction: str) -> str:
-    if direction not in DIRECTIONS:
-        raise SemlayoutError(
-            f"unknown direction '{direction}': expected one of {', '.join(DIRECTIONS)}"
-        )
-    return direction
 
 
 def check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -198,14 +190,14 @@ def _onnx_files(
     ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[str, Any], size: int
 ) -> dict[str, Path]:
     """Where each direction's ONNX file is; export the missing ones (see module docstring)."""
-    found = {d: ckpt / f"{d}.onnx" for d in DIRECTIONS}
+    found: dict[str, Path] = {d: ckpt / f"{d}.onnx" for d in DIRECTIONS}
     if all(p.is_file() for p in found.values()):
         return found
     if not registry and os.access(ckpt, os.W_OK):
         target = ckpt
     else:
         target = (cache_dir or default_cache_dir()) / _weights_digest(ckpt)
-        cached = {d: target / f"{d}.onnx" for d in DIRECTIONS}
+        cached: dict[str, Path] = {d: target / f"{d}.onnx" for d in DIRECTIONS}
         if all(p.is_file() for p in cached.values()):
             return cached
     target.mkdir(parents=True, exist_ok=True)
@@ -213,7 +205,7 @@ def _onnx_files(
     # the trainer's exporter (dynamo, opset 18) when present; the TorchScript exporter otherwise
     with contextlib.suppress(ImportError):
         from semlayout.train.export import export_generator as exporter
-    out = {}
+    out: dict[str, Path] = {}
     onnx_log = logging.getLogger("torch.onnx")
     with _EXPORT_LOCK:  # two loads in one process must not write the same temporary file
         level = onnx_log.level
@@ -286,7 +278,9 @@ class Translator:
         }
         if backend in ("eager", "bf16"):
             dtype = torch.bfloat16 if backend == "bf16" else torch.float32
-            runners = {d: _eager_runner(nets[NET_FOR_DIRECTION[d]], dev, dtype) for d in DIRECTIONS}
+            runners: dict[str, Runner] = {
+                d: _eager_runner(nets[NET_FOR_DIRECTION[d]], dev, dtype) for d in DIRECTIONS
+            }
         else:
             if dev.type != "cpu":
                 raise SemlayoutError(f"the onnx backend runs on cpu here, got device '{device}'")
@@ -298,7 +292,7 @@ class Translator:
     # ------------------------------------------------------------ inference
     def run_batch(self, direction: str, batch: np.ndarray) -> np.ndarray:
         """Raw network call: (B, 1, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]."""
-        check_direction(direction)
+        Direction.parse(direction)
         s = self.image_size
         if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
             raise SemlayoutError(f"expected a (B, 1, {s}, {s}) batch, got shape {batch.shape}")
@@ -341,7 +335,7 @@ class Translator:
 
         `binarize` (sem2layout only) returns layouts with values {0, 255} (`to_layout`).
         """
-        check_direction(direction)
+        Direction.parse(direction)
         images = check_images(images)
         if binarize and direction != "sem2layout":
             raise SemlayoutError(

@@ -7,7 +7,7 @@ Three independent reasons can fire a fine-tune run, each with its numbers:
   by more than a margin.
 A cooldown holds any firing for a while after the last run, so one burst of drifted
 traffic or feedback does not start many runs. `decide` is pure: observations in,
-decision out; gathering observations and acting on the decision live in `semlayout.loop`.
+decision out; gathering observations and acting on the decision live in `semlayout.continual`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DIRECTIONS = ("sem2layout", "layout2sem")
+from semlayout.directions import DIRECTIONS
 
 
 class TriggerPolicy(BaseModel):

@@ -44,7 +44,7 @@ from semlayout.monitoring.performance import (
 )
 from semlayout.monitoring.store import MonitorStore
 from semlayout.serving.engine import InferenceEngine, LoadedModel, MicroBatcher, QueueFull
-from semlayout.serving.metrics import ServingMetrics
+from semlayout.serving.prometheus import ServingMetrics
 from semlayout.serving.schemas import (
     AlignResponse,
     Direction,

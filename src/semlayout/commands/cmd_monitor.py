@@ -40,7 +40,7 @@ def drift_report(
     """Evidently data-drift report (HTML): a window of traffic against the training reference."""
     import json
 
-    from semlayout.monitoring.report import drift_report as run
+    from semlayout.monitoring.drift_report import drift_report as run
 
     res = run(db, reference, out, window=window, direction=direction, drift_share=drift_share)
     print(json.dumps({k: v for k, v in res.items() if k != "per_column_pvalue"}))
@@ -57,12 +57,13 @@ def summary(
     """Inference health, drift rate, rolling SSIM and feedback count."""
     import json
 
+    from semlayout.directions import DIRECTIONS
     from semlayout.monitoring.inference_monitor import InferenceMonitor
     from semlayout.monitoring.store import MonitorStore
 
     store = MonitorStore(db, create=False)
     try:
-        directions = ("sem2layout", "layout2sem")
+        directions = DIRECTIONS
         rate, n = store.drift_stats(window)
         out: dict[str, Any] = {
             "db": str(db),

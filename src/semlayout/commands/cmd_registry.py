@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from semlayout.directions import DIRECTIONS
+
 TrackingOpt = Annotated[
     str | None,
     typer.Option(
@@ -80,7 +82,7 @@ def _echo_metrics(info: dict[str, Any]) -> None:
     mine, champ = info.get("metrics") or {}, info.get("champion_metrics") or {}
     champ_label = f"champion v{info['champion']}" if champ else "champion"
     typer.echo(f"metrics:{'':<24}{'this version':>14}{champ_label:>16}{'delta':>10}")
-    for direction in ("sem2layout", "layout2sem"):
+    for direction in DIRECTIONS:
         a, b = mine.get(direction) or {}, champ.get(direction) or {}
         for key in sorted(set(a) | set(b)):
             va, vb = a.get(key), b.get(key)

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from semlayout.errors import SemlayoutError
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """["train.epochs=2", "loss.gan_mode=bce"] -> {"train.epochs": 2, "loss.gan_mode": "bce"} (YAML values)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SemlayoutError(f"--set '{item}' is not KEY=VALUE (e.g. train.epochs=2)")
-        try:
-            out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise SemlayoutError(f"--set '{item}': value '{raw}' is not valid YAML") from None
-    return out
 
 
 def train(
@@ -63,11 +47,12 @@ def train(
 ) -> None:
     """Train G_A (SEM->layout) and G_B (layout->SEM) with their discriminators; print the final checkpoint."""
     from semlayout.config import apply_overrides, load_config
+    from semlayout.keyvalue import parse_assignments
     from semlayout.train.loop import train as run
 
     cfg = load_config(config)
     if set_:
-        cfg = apply_overrides(cfg, parse_sets(set_))
+        cfg = apply_overrides(cfg, parse_assignments(set_, "--set", "train.epochs=2"))
     if not data.is_dir():
         raise SemlayoutError(f"--data {data}: shard folder not found")
     final = run(

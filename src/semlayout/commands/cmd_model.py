@@ -39,9 +39,10 @@ def predict(
 
     from semlayout.atomic import atomic_dir, check_not_over_inputs
     from semlayout.data.pairs import read_gray8
-    from semlayout.inference import Translator, check_direction
+    from semlayout.directions import Direction
+    from semlayout.inference import Translator
 
-    check_direction(direction)
+    Direction.parse(direction)
     if binarize and direction != "sem2layout":
         raise SemlayoutError("--binarize applies to --direction sem2layout only")
     files = _list_pngs(in_dir)

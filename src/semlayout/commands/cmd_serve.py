@@ -44,7 +44,7 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from semlayout.errors import SemlayoutError
+    from semlayout.errors import SemlayoutError, validation_error
     from semlayout.serving.app import create_app
     from semlayout.serving.settings import ServeSettings
 
@@ -60,10 +60,7 @@ def serve(
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as err:
-        e = err.errors()[0]
-        raise SemlayoutError(
-            f"invalid setting {'.'.join(map(str, e['loc']))}: {e['msg']}"
-        ) from None
+        raise validation_error(err, "setting") from None
     if not settings.model:
         raise SemlayoutError(
             "no model: pass --model (checkpoint folder or models:/NAME@ALIAS) or set SEMLAYOUT_MODEL"

@@ -1,6 +1,8 @@
 """`semlayout pipeline compile|submit|schedule|run` — the KFP pipelines from the command line.
 
-The `pipelines` package (and kfp) is imported inside the commands only.
+A plugin of the `semlayout` command: registered through the `semlayout.commands` entry point
+(pyproject.toml), so the library never imports this package. kfp is imported inside the
+commands only, so `semlayout --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 import typer
 
 from semlayout.errors import SemlayoutError
+from semlayout.keyvalue import parse_assignments
 
 pipeline_app = typer.Typer(
     help="KFP pipelines: compile for the cluster, submit, schedule, run locally.",
@@ -18,22 +21,8 @@ pipeline_app = typer.Typer(
 )
 
 
-def _params(items: list[str]) -> dict[str, object]:
-    import yaml
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SemlayoutError(
-                f"--param {item!r}: expected NAME=VALUE, e.g. data_uri=s3://bucket/pairs"
-            )
-        out[key] = yaml.safe_load(value) if value else ""
-    return out
-
-
 def _check_pipeline(name: str) -> str:
-    from pipelines.compile import PIPELINES
+    from semlayout_pipelines.compile import PIPELINES
 
     if name not in PIPELINES:
         raise SemlayoutError(f"unknown pipeline '{name}': expected one of {list(PIPELINES)}")
@@ -57,8 +46,8 @@ def compile_cmd(
     retries: int = typer.Option(None, help="retries per task"),
 ) -> None:
     """Compile the pipelines to KFP IR YAML (GPU requests, node selector, tolerations, secrets)."""
-    from pipelines.cluster import ClusterSettings
-    from pipelines.compile import PIPELINES, compile_pipelines
+    from semlayout_pipelines.cluster import ClusterSettings
+    from semlayout_pipelines.compile import PIPELINES, compile_pipelines
 
     names = PIPELINES if pipeline == "all" else (_check_pipeline(pipeline),)
     settings = ClusterSettings.from_env(
@@ -83,10 +72,14 @@ def submit_cmd(
     image: str = typer.Option(""),
 ) -> None:
     """Start one run on a Kubeflow Pipelines server."""
-    from pipelines.client import submit
+    from semlayout_pipelines.client import submit
 
     run_id = submit(
-        host, _check_pipeline(pipeline), _params(param), experiment=experiment, image=image or None
+        host,
+        _check_pipeline(pipeline),
+        parse_assignments(param, "--param", "data_uri=s3://bucket/pairs"),
+        experiment=experiment,
+        image=image or None,
     )
     print(json.dumps({"run_id": run_id}))
 
@@ -104,14 +97,14 @@ def schedule_cmd(
     max_concurrency: int = typer.Option(1),
 ) -> None:
     """Create a recurring run (cron) on a Kubeflow Pipelines server."""
-    from pipelines.client import schedule, validate_cron
+    from semlayout_pipelines.client import schedule, validate_cron
 
     validate_cron(cron)  # before any network call
     job_id = schedule(
         host,
         _check_pipeline(pipeline),
         cron,
-        _params(param),
+        parse_assignments(param, "--param", "data_uri=s3://bucket/pairs"),
         experiment=experiment,
         image=image or None,
         max_concurrency=max_concurrency,
@@ -129,7 +122,7 @@ def schedule_cmd(
 )
 def run_cmd(ctx: typer.Context) -> None:
     """Run the training pipeline locally under kfp.local (same as `make run`; --help for options)."""
-    from pipelines.run_local import main
+    from semlayout_pipelines.run_local import main
 
     code = main(list(ctx.args))
     if code:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from semlayout.atomic import atomic_write_text
+from semlayout.directions import DIRECTIONS
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -206,7 +207,7 @@ def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
         '<b style="color:#e61e1e">red</b> = missing pattern, <b style="color:#285af0">blue</b> = extra '
         "pattern, gray = agreement</span><span>SEM error: |prediction - target| heatmap</span></p>"
     ]
-    for direction in ("sem2layout", "layout2sem"):
+    for direction in DIRECTIONS:
         rows = [s for s in samples if s.get("direction") == direction]
         if not rows:
             continue

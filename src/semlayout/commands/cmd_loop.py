@@ -12,27 +12,11 @@ from pathlib import Path
 
 import typer
 
-from semlayout.errors import SemlayoutError
-
 loop_app = typer.Typer(
     help="Continuous learning: triggers -> fine-tune -> gated registration.", no_args_is_help=True
 )
 
 _CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
-
-
-def _set(items: list[str]) -> dict[str, object]:
-    import yaml
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SemlayoutError(
-                f"--set {item!r}: expected KEY=VALUE, e.g. policy.min_new_pairs=20"
-            )
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def _options(
@@ -43,7 +27,9 @@ def _options(
     model_name: str | None,
     sets: list[str],
 ) -> dict[str, object]:
-    overrides = _set(sets)
+    from semlayout.keyvalue import parse_assignments
+
+    overrides = parse_assignments(sets, "--set", "policy.min_new_pairs=20")
     for key, value in (
         ("monitor_db", monitor_db),
         ("feedback_dir", feedback_dir),
@@ -68,7 +54,7 @@ def check_cmd(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Report the trigger decision and every reason with its numbers (acts on nothing)."""
-    from semlayout.loop import check, load_loop_config
+    from semlayout.continual import check, load_loop_config
 
     cfg = load_loop_config(
         config, _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
@@ -114,23 +100,22 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check the triggers and, when they fire, run the fine-tune pipeline once."""
-    from semlayout.loop import load_loop_config, run
+    from semlayout.continual import find_launcher, load_loop_config, run
 
     overrides = _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
     if kfp_host is not None:
         overrides["kfp_host"] = kfp_host
     cfg = load_loop_config(config, overrides)
-    from pipelines.launch import launcher_for
-
+    launcher = find_launcher(cfg)
     if as_json:
         # kfp.local prints every task's log to stdout: keep stdout for the JSON document alone
         import contextlib
         import sys
 
         with contextlib.redirect_stdout(sys.stderr):
-            outcome = run(cfg, launcher_for(cfg), force=force)
+            outcome = run(cfg, launcher, force=force)
     else:
-        outcome = run(cfg, launcher_for(cfg), force=force)
+        outcome = run(cfg, launcher, force=force)
     if as_json:
         print(json.dumps(outcome, indent=2, default=str))
     else:

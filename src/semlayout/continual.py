@@ -33,13 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from semlayout.atomic import atomic_write_text
-from semlayout.config import yaml_error_line
-from semlayout.errors import SemlayoutError
-from semlayout.triggers import DIRECTIONS, Observations, TriggerDecision, TriggerPolicy, decide
+from semlayout.config import read_config_file
+from semlayout.directions import DIRECTIONS
+from semlayout.errors import SemlayoutError, validation_error
+from semlayout.triggers import Observations, TriggerDecision, TriggerPolicy, decide
 
 
 class LoopConfig(BaseModel):
@@ -77,22 +77,12 @@ def load_loop_config(
 ) -> LoopConfig:
     """The loop config from YAML (or nothing) plus dotted-key overrides (`policy.min_new_pairs`).
 
-    Every mistake is one `SemlayoutError` line naming the key (`config_error`)."""
+    Every mistake is one `SemlayoutError` line naming the key (`semlayout.errors.validation_error`)."""
     data: dict[str, Any] = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise SemlayoutError(f"loop config not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise SemlayoutError(f"loop config {p} is not a UTF-8 text file") from None
-        except yaml.YAMLError as err:
-            raise SemlayoutError(
-                f"loop config {p} is not valid YAML: {yaml_error_line(err)}"
-            ) from None
+        data = read_config_file(path, "loop config") or {}
         if not isinstance(data, dict):
-            raise SemlayoutError(f"loop config {p}: expected a mapping")
+            raise SemlayoutError(f"loop config {path}: expected a mapping")
     for dotted, value in (overrides or {}).items():
         node = data
         keys = dotted.split(".")
@@ -107,19 +97,7 @@ def load_loop_config(
     try:
         return LoopConfig.model_validate(data)
     except ValidationError as err:
-        raise config_error(err, "loop config") from None
-
-
-def config_error(err: ValidationError, what: str) -> SemlayoutError:
-    """One line naming every bad key (dotted, as written in the YAML) and what is wrong with it."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(
-            f"unknown key '{loc}'" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg']}"
-        )
-    message = f"invalid {what}: {'; '.join(parts)}"
-    return SemlayoutError(" ".join(message.split()))  # one line, whatever the messages hold
+        raise validation_error(err, "loop config") from None
 
 
 # ---------------------------------------------------------------- observing
@@ -311,7 +289,7 @@ def baseline_ssim(tracking_uri: str | None, model_name: str) -> dict[str, float]
         metrics = champion_metrics(tracking_uri or None, model_name) or {}
     except SemlayoutError:  # no registry yet: no champion, so no baseline to drop below
         metrics = {}
-    out = {}
+    out: dict[str, float] = {}
     for d in DIRECTIONS:
         value = (metrics.get(d) or {}).get("ssim")
         if isinstance(value, int | float):
@@ -371,6 +349,24 @@ class LaunchResult:
 
 
 Launcher = Callable[[LaunchRequest], LaunchResult]
+
+# who runs the fine-tune: a package above the library (the KFP pipelines) registers a factory
+# `LoopConfig -> Launcher` under this entry-point group; the library never imports it
+LAUNCHER_GROUP = "semlayout.launchers"
+
+
+def find_launcher(cfg: LoopConfig, name: str = "kfp") -> Launcher:
+    """The installed launcher `name` built for `cfg` (`semlayout_pipelines.launch.launcher_for`)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group=LAUNCHER_GROUP)}
+    if name not in found:
+        raise SemlayoutError(
+            f"no fine-tune launcher '{name}' is installed (entry point group {LAUNCHER_GROUP}; "
+            f"found {sorted(found) or 'none'}): install semlayout with its pipelines package"
+        )
+    factory = found[name].load()
+    return factory(cfg)
 
 
 def collect_reviewed(
@@ -468,9 +464,9 @@ def _log_to_mlflow(
     ):
         mlflow.set_tags(
             {
-                "semlayout.loop.fired": str(decision.fire),
-                "semlayout.loop.status": outcome.get("status", ""),
-                "semlayout.loop.reasons": "; ".join(r.name for r in decision.fired_reasons),
+                "semlayout.continual.fired": str(decision.fire),
+                "semlayout.continual.status": outcome.get("status", ""),
+                "semlayout.continual.reasons": "; ".join(r.name for r in decision.fired_reasons),
             }
         )
         for r in decision.reasons:

@@ -1,11 +1,8 @@
 """Step 2: NCC alignment of each SEM to its template, QC verdicts, aligned 250x250 pair folder."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def align_qc(
     pairs: Input[Dataset], min_pass_fraction: float, aligned: Output[Dataset], qc: Output[Metrics]
 ):
@@ -14,10 +11,9 @@ def align_qc(
     from collections import Counter
     from pathlib import Path
 
-    from semlayout_components.common import Stopwatch
-
     from semlayout.data.align import AlignConfig, align_folder
     from semlayout.errors import SemlayoutError
+    from semlayout_components.common import Stopwatch
 
     with Stopwatch() as sw:
         align_folder(Path(pairs.path), Path(aligned.path), AlignConfig(), workers=2)

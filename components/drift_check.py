@@ -9,11 +9,7 @@ it proceeds and says so. The decision is recorded in the store. A bad policy is 
 
 from typing import NamedTuple
 
-from kfp import dsl
-from semlayout_components.image import BASE_IMAGE
 
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def drift_check(
     monitor_db: str,
     policy: str,
@@ -26,9 +22,8 @@ def drift_check(
     import json
     from collections import namedtuple
 
-    from semlayout_components.common import parse_json_object
-
     from semlayout.continual import check, load_loop_config
+    from semlayout_components.common import parse_json_object
 
     Outputs = namedtuple("Outputs", ["proceed", "reasons"])
     settings = {

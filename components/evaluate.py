@@ -7,12 +7,9 @@ gate is an outcome, not an error: the step succeeds and says why.
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate(
     model: Input[Model],
     shards: Input[Dataset],
@@ -29,12 +26,11 @@ def evaluate(
     from collections import namedtuple
     from pathlib import Path
 
-    from semlayout_components.common import Stopwatch, read_json, write_json
-
     from semlayout.directions import DIRECTIONS
     from semlayout.evaluation import evaluate_model
     from semlayout.evaluation_report import write_report_html
     from semlayout.gate import gate_config, judge
+    from semlayout_components.common import Stopwatch, read_json, write_json
 
     with Stopwatch() as sw:
         result = evaluate_model(Path(model.path), Path(shards.path), split="test")

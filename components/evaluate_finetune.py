@@ -6,12 +6,9 @@ The champion is evaluated on the same two splits, so the comparison is like for 
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_finetune(
     model: Input[Model],
     new_shards: Input[Dataset],
@@ -31,13 +28,12 @@ def evaluate_finetune(
     from collections import namedtuple
     from pathlib import Path
 
-    from semlayout_components.common import Stopwatch, read_json, write_json
-
     from semlayout.directions import DIRECTIONS
     from semlayout.evaluation import evaluate_model
     from semlayout.evaluation_report import write_report_html
     from semlayout.gate import gate_config, judge_finetune
     from semlayout.registry import resolve_model_uri
+    from semlayout_components.common import Stopwatch, read_json, write_json
 
     champ = Path(
         resolve_model_uri(base_model or f"models:/{model_name}@champion", mlflow_uri or None)

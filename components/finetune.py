@@ -1,11 +1,8 @@
 """Fine-tune the champion on reviewed pairs (+ replay): its weights, a low LR, a few epochs."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def finetune(
     shards: Input[Dataset],
     mlflow_uri: str,
@@ -20,10 +17,9 @@ def finetune(
     import tempfile
     from pathlib import Path
 
-    from semlayout_components.common import Stopwatch, load_experiment_config, read_json
-
     from semlayout.registry import resolve_model_uri
     from semlayout.train.loop import train as train_loop
+    from semlayout_components.common import Stopwatch, load_experiment_config, read_json
 
     source = base_model or f"models:/{model_name}@champion"
     init_from = Path(resolve_model_uri(source, mlflow_uri or None))

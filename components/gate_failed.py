@@ -2,11 +2,7 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
-from semlayout_components.image import BASE_IMAGE
 
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def gate_failed(gate_reasons: str) -> NamedTuple("Outputs", [("version", str), ("model_uri", str)]):
     import json
     from collections import namedtuple

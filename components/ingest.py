@@ -1,20 +1,16 @@
 """Step 1: bring the pairs in — synthesise them, or fetch a pair folder by URI, and validate."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def ingest(data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset]):
     """Empty `data_uri` -> `n_synth` synthetic pairs; else a pair folder, `s3://` folder or intake prefix."""
     import shutil
     from pathlib import Path
 
-    from semlayout_components.common import Stopwatch, tree_sha256
-
     from semlayout.data.pairs import read_manifest
     from semlayout.errors import SemlayoutError
+    from semlayout_components.common import Stopwatch, tree_sha256
 
     dest = Path(pairs.path)
     with Stopwatch() as sw:

@@ -5,12 +5,9 @@ Promotion to `champion` is the release manager's decision (`semlayout registry a
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register(
     evaluation: Input[Artifact],
     run_id: str,
@@ -21,10 +18,9 @@ def register(
     import json
     from collections import namedtuple
 
-    from semlayout_components.common import read_json
-
     from semlayout.gate import GateResult
     from semlayout.registry import register_version
+    from semlayout_components.common import read_json
 
     ev = read_json(evaluation.path)
     gate = GateResult.model_validate(ev["gate"])

@@ -1,17 +1,13 @@
 """Step 3: stratified train/val/test shards and the drift reference statistics."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def shard(aligned: Input[Dataset], val: float, test: float, seed: int, shards: Output[Dataset]):
     from pathlib import Path
 
-    from semlayout_components.common import Stopwatch
-
     from semlayout.data.shards import write_shards
+    from semlayout_components.common import Stopwatch
 
     with Stopwatch() as sw:
         index = write_shards(Path(aligned.path), Path(shards.path), val=val, test=test, seed=seed)

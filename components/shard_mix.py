@@ -5,12 +5,9 @@ neither test split leaks into training. No test split here (test=0): the fine-tu
 model is judged on the new pairs' test split and the original test shard.
 """
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def shard_mix(
     new_shards: Input[Dataset],
     original_shards: Input[Dataset],
@@ -20,9 +17,8 @@ def shard_mix(
 ):
     from pathlib import Path
 
-    from semlayout_components.common import Stopwatch
-
     from semlayout.data.shards import ShardSource, write_shards
+    from semlayout_components.common import Stopwatch
 
     sources = [ShardSource(Path(new_shards.path), None, "reviewed")]
     if replay_n > 0:

@@ -2,12 +2,9 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Model
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def track(
     pairs: Input[Dataset],
     model: Input[Model],
@@ -23,9 +20,8 @@ def track(
     from collections import namedtuple
     from pathlib import Path
 
-    from semlayout_components.common import git_commit, read_json
-
     from semlayout.registry import log_training_run
+    from semlayout_components.common import git_commit, read_json
 
     ev = read_json(evaluation.path)
     ckpt_cfg = read_json(Path(model.path) / "config.json")["config"]

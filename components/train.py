@@ -5,12 +5,9 @@ One process on the CPU or one GPU; with `gpus > 1` the same training runs under
 training is the Kubeflow Trainer `TrainJob` in k8s/).
 """
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
-from semlayout_components.image import BASE_IMAGE
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model: Output[Model]):
     import shutil
     import subprocess

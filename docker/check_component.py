@@ -32,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: set SEMLAYOUT_IMAGE to the image to run the step in", file=sys.stderr)
         return 2
     from kfp import dsl, local
-    from semlayout_components.align_qc import align_qc
-    from semlayout_components.ingest import ingest
 
     from semlayout.data.synth import synthesize
+    from semlayout_components.catalog import steps
+
+    c = steps(os.environ["SEMLAYOUT_IMAGE"])
+    ingest, align_qc = c.ingest, c.align_qc
 
     out = Path(args.out).resolve()
     pairs = synthesize(out / "input" / "pairs", n=args.n, seed=11, progress=False)

@@ -10,21 +10,17 @@ import os
 from dataclasses import dataclass, field
 
 from semlayout.errors import SemlayoutError
+from semlayout.keyvalue import split_assignment
+from semlayout_components.catalog import project_image
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-def _key_value(text: str, what: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SemlayoutError(f"{what} '{text}': expected KEY=VALUE")
-    return key, value
-
-
 @dataclass
 class ClusterSettings:
+    image: str = ""  # every step's container image; "" -> project_image() when compiling
     accelerator: str = "nvidia.com/gpu"
     gpus: int = 1
     node_selector: str = "cloud.google.com/gke-accelerator=nvidia-l4"  # KEY=VALUE of the GPU pool
@@ -56,11 +52,12 @@ class ClusterSettings:
         if self.retries < 0:
             raise SemlayoutError(f"retries={self.retries}: expected >= 0")
         if self.node_selector:
-            _key_value(self.node_selector, "GPU node selector")
+            split_assignment(self.node_selector, "GPU node selector", "pool=gpu")
 
     @classmethod
     def from_env(cls, **overrides: object) -> ClusterSettings:
         base = cls(
+            image=project_image(),
             accelerator=_env("SEMLAYOUT_GPU_ACCELERATOR", cls.accelerator),
             gpus=int(_env("SEMLAYOUT_GPUS", str(cls.gpus))),
             node_selector=os.environ.get("SEMLAYOUT_GPU_NODE_SELECTOR", cls.node_selector),
@@ -79,7 +76,9 @@ class ClusterSettings:
 
     @property
     def node_selector_pair(self) -> tuple[str, str] | None:
-        return _key_value(self.node_selector, "GPU node selector") if self.node_selector else None
+        if not self.node_selector:
+            return None
+        return split_assignment(self.node_selector, "GPU node selector", "pool=gpu")
 
 
 def on_cpu_pool(task, s: ClusterSettings):  # noqa: ANN001,ANN201 - kfp PipelineTask

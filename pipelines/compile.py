@@ -5,6 +5,7 @@ semlayout pipeline compile --out DIR [--image IMG] [--gpus N] [--node-selector K
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -30,21 +31,6 @@ def build(name: str, settings: Any = None) -> Any:
     raise SemlayoutError(f"unknown pipeline '{name}': expected one of {list(PIPELINES)}")
 
 
-def _set_image(image: str | None) -> None:
-    """Components read SEMLAYOUT_IMAGE when first imported: set it and forget those imports."""
-    if not image:
-        return
-    import sys
-
-    os.environ["SEMLAYOUT_IMAGE"] = image
-    for mod in list(sys.modules):
-        if mod.startswith("semlayout_components.") or mod in (
-            "semlayout_pipelines.training",
-            "semlayout_pipelines.finetune",
-        ):
-            del sys.modules[mod]
-
-
 def compile_pipelines(
     out_dir: str | Path,
     names: tuple[str, ...] = PIPELINES,
@@ -53,10 +39,13 @@ def compile_pipelines(
 ) -> dict[str, Path]:
     """Write `<out_dir>/<name>.yaml` for each pipeline; returns the paths."""
     from kfp import compiler
+
     from semlayout_pipelines.cluster import ClusterSettings
 
-    _set_image(image)
+    # the image is a compile-time choice: it goes into the settings the steps are built from
     settings = settings or ClusterSettings.from_env()
+    if image:
+        settings = dataclasses.replace(settings, image=image)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}

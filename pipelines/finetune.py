@@ -14,16 +14,9 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Model
-from semlayout_components.align_qc import align_qc
-from semlayout_components.drift_check import drift_check
-from semlayout_components.evaluate_finetune import evaluate_finetune
-from semlayout_components.finetune import finetune
-from semlayout_components.gate_failed import gate_failed
-from semlayout_components.ingest import ingest
-from semlayout_components.register import register
-from semlayout_components.shard import shard
-from semlayout_components.shard_mix import shard_mix
-from semlayout_components.track import track
+
+from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
+from semlayout_components.catalog import steps
 from semlayout_pipelines.cluster import (
     ClusterSettings,
     on_cpu_pool,
@@ -31,7 +24,6 @@ from semlayout_pipelines.cluster import (
     with_mlflow,
     with_s3,
 )
-from semlayout_pipelines.training import DEFAULT_FLOORS
 
 PIPELINE_NAME = "semlayout-finetune"
 # low LR, few epochs: adapt, do not forget
@@ -50,6 +42,7 @@ class FinetuneOutputs(NamedTuple):
 
 def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa: ANN201 - GraphComponent
     s = settings or ClusterSettings.from_env()
+    c = steps(s.image or None)
 
     @dsl.pipeline(
         name=PIPELINE_NAME, description="fine-tune the champion on reviewed pairs with replay"
@@ -68,30 +61,30 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         model_name: str = "semlayout",
         floor_sem2layout: float = DEFAULT_FLOORS["sem2layout"],
         floor_layout2sem: float = DEFAULT_FLOORS["layout2sem"],
-        tolerance: float = 0.01,
+        tolerance: float = DEFAULT_TOLERANCE,
         min_improvement: float = 0.0,
         min_qc_pass: float = 0.5,
     ) -> FinetuneOutputs:
-        t_new = with_s3(on_cpu_pool(ingest(data_uri=reviewed_uri, n_synth=0, seed=seed), s), s)
+        t_new = with_s3(on_cpu_pool(c.ingest(data_uri=reviewed_uri, n_synth=0, seed=seed), s), s)
         t_new.set_display_name("ingest reviewed pairs")
         t_new_al = on_cpu_pool(
-            align_qc(pairs=t_new.outputs["pairs"], min_pass_fraction=min_qc_pass), s
+            c.align_qc(pairs=t_new.outputs["pairs"], min_pass_fraction=min_qc_pass), s
         )
         t_new_sh = on_cpu_pool(
-            shard(aligned=t_new_al.outputs["aligned"], val=0.1, test=0.3, seed=seed), s
+            c.shard(aligned=t_new_al.outputs["aligned"], val=0.1, test=0.3, seed=seed), s
         )
         t_orig = with_s3(
-            on_cpu_pool(ingest(data_uri=original_data_uri, n_synth=n_synth, seed=seed), s), s
+            on_cpu_pool(c.ingest(data_uri=original_data_uri, n_synth=n_synth, seed=seed), s), s
         )
         t_orig.set_display_name("ingest original data")
         t_orig_al = on_cpu_pool(
-            align_qc(pairs=t_orig.outputs["pairs"], min_pass_fraction=min_qc_pass), s
+            c.align_qc(pairs=t_orig.outputs["pairs"], min_pass_fraction=min_qc_pass), s
         )
         t_orig_sh = on_cpu_pool(
-            shard(aligned=t_orig_al.outputs["aligned"], val=0.1, test=0.2, seed=seed), s
+            c.shard(aligned=t_orig_al.outputs["aligned"], val=0.1, test=0.2, seed=seed), s
         )
         t_mix = on_cpu_pool(
-            shard_mix(
+            c.shard_mix(
                 new_shards=t_new_sh.outputs["shards"],
                 original_shards=t_orig_sh.outputs["shards"],
                 replay_n=replay_n,
@@ -101,7 +94,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         )
         t_ft = with_mlflow(
             on_gpu_pool(
-                finetune(
+                c.finetune(
                     shards=t_mix.outputs["mixed"],
                     mlflow_uri=mlflow_uri,
                     model_name=model_name,
@@ -115,7 +108,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         )
         t_eval = with_mlflow(
             on_cpu_pool(
-                evaluate_finetune(
+                c.evaluate_finetune(
                     model=t_ft.outputs["model"],
                     new_shards=t_new_sh.outputs["shards"],
                     original_shards=t_orig_sh.outputs["shards"],
@@ -133,7 +126,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         )
         t_track = with_mlflow(
             on_cpu_pool(
-                track(
+                c.track(
                     pairs=t_new.outputs["pairs"],
                     model=t_ft.outputs["model"],
                     evaluation=t_eval.outputs["evaluation"],
@@ -150,7 +143,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         with dsl.If(t_eval.outputs["gate_passed"] == True, name="finetune-gate-passed"):  # noqa: E712
             t_reg = with_mlflow(
                 on_cpu_pool(
-                    register(
+                    c.register(
                         evaluation=t_eval.outputs["evaluation"],
                         run_id=t_track.outputs["run_id"],
                         lineage=t_track.outputs["lineage"],
@@ -162,7 +155,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
                 s,
             )
         with dsl.Else(name="finetune-gate-failed"):
-            t_skip = gate_failed(gate_reasons=t_eval.outputs["gate_reasons"])
+            t_skip = c.gate_failed(gate_reasons=t_eval.outputs["gate_reasons"])
             t_skip.after(t_track)
         return FinetuneOutputs(
             gate_passed=t_eval.outputs["gate_passed"],
@@ -179,7 +172,9 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
 
 def build_drift_monitor_pipeline(settings: "ClusterSettings | None" = None):  # noqa: ANN201
     """For a recurring run on the cluster: check the triggers, fine-tune only when they fire."""
-    inner = build_finetune_pipeline(settings)
+    s = settings or ClusterSettings.from_env()
+    c = steps(s.image or None)
+    inner = build_finetune_pipeline(s)
 
     @dsl.pipeline(
         name="semlayout-drift-monitor", description="trigger check, then the fine-tune pipeline"
@@ -194,7 +189,7 @@ def build_drift_monitor_pipeline(settings: "ClusterSettings | None" = None):  # 
         model_name: str = "semlayout",
         config: str = "small",
     ):
-        t_check = drift_check(monitor_db=monitor_db, policy=trigger_policy, force=force)
+        t_check = c.drift_check(monitor_db=monitor_db, policy=trigger_policy, force=force)
         with dsl.If(t_check.outputs["proceed"] == True, name="triggered"):  # noqa: E712
             inner(
                 reviewed_uri=reviewed_uri,

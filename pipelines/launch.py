@@ -23,7 +23,7 @@ from semlayout.errors import SemlayoutError
 
 def pipeline_arguments(cfg: Any, reviewed_uri: str) -> dict[str, Any]:
     """The fine-tune pipeline's parameters from a `semlayout.continual.LoopConfig`."""
-    from semlayout_pipelines.training import DEFAULT_FLOORS
+    from semlayout.gate import DEFAULT_FLOORS
 
     floors = {**DEFAULT_FLOORS, **(cfg.floors or {})}
     tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -73,13 +73,12 @@ class _ErrorTap(io.TextIOBase):
 
 
 def local_launcher(req: Any) -> Any:
+    from semlayout.continual import LaunchResult
     from semlayout_components.common import read_json
     from semlayout_pipelines import validate
     from semlayout_pipelines.cluster import ClusterSettings
     from semlayout_pipelines.finetune import build_finetune_pipeline
     from semlayout_pipelines.local import run_pipeline
-
-    from semlayout.continual import LaunchResult
 
     args = pipeline_arguments(req.cfg, str(req.reviewed_dir.resolve()))
     validate.check_data_uri(args["reviewed_uri"], 0)
@@ -114,9 +113,8 @@ def local_launcher(req: Any) -> Any:
 
 def kfp_launcher(host: str) -> Callable[[Any], Any]:
     def launch(req: Any) -> Any:
-        from semlayout_pipelines.client import submit
-
         from semlayout.continual import LaunchResult
+        from semlayout_pipelines.client import submit
 
         staging = os.environ.get("SEMLAYOUT_STAGING_URI", "")
         if staging:

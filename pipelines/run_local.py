@@ -124,7 +124,7 @@ def summarize(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from semlayout_pipelines.training import DEFAULT_FLOORS
+    from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
 
     p = argparse.ArgumentParser(
         prog="python -m semlayout_pipelines.run_local", description=__doc__.split("\n\n")[0]
@@ -149,7 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-name", default="semlayout")
     p.add_argument("--floor-sem2layout", type=float, default=DEFAULT_FLOORS["sem2layout"])
     p.add_argument("--floor-layout2sem", type=float, default=DEFAULT_FLOORS["layout2sem"])
-    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     p.add_argument("--min-qc-pass", type=float, default=0.5)
     return p.parse_args(argv)
 

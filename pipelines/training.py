@@ -14,14 +14,9 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Model
-from semlayout_components.align_qc import align_qc
-from semlayout_components.evaluate import evaluate
-from semlayout_components.gate_failed import gate_failed
-from semlayout_components.ingest import ingest
-from semlayout_components.register import register
-from semlayout_components.shard import shard
-from semlayout_components.track import track
-from semlayout_components.train import train
+
+from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
+from semlayout_components.catalog import steps
 from semlayout_pipelines.cluster import (
     ClusterSettings,
     on_cpu_pool,
@@ -31,15 +26,6 @@ from semlayout_pipelines.cluster import (
 )
 
 PIPELINE_NAME = "semlayout-training"
-
-# Floors from baselines measured on synthetic test splits (not guessed):
-# - SEM->Layout: the Otsu threshold of the blurred SEM (semlayout.evaluation's baseline) scores
-#   SSIM 0.49 (IoU 0.70) on a 120-pair synth test split; a model must clearly beat it -> 0.60.
-# - Layout->SEM is judged against the *noisy* SEM: its ceiling SSIM(clean, noisy) is 0.45-0.53,
-#   a constant mean-grey image already scores 0.24 and an intensity-matched blurred layout 0.36
-#   (oracle polarity). The floor asks for more than the constant predictor -> 0.25; reports
-#   state the ceiling beside the score.
-DEFAULT_FLOORS = {"sem2layout": 0.60, "layout2sem": 0.25}
 
 
 class TrainingOutputs(NamedTuple):
@@ -55,6 +41,7 @@ class TrainingOutputs(NamedTuple):
 
 def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa: ANN201 - GraphComponent
     s = settings or ClusterSettings.from_env()
+    c = steps(s.image or None)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -71,25 +58,27 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         model_name: str = "semlayout",
         floor_sem2layout: float = DEFAULT_FLOORS["sem2layout"],
         floor_layout2sem: float = DEFAULT_FLOORS["layout2sem"],
-        tolerance: float = 0.01,
+        tolerance: float = DEFAULT_TOLERANCE,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         min_qc_pass: float = 0.5,
     ) -> TrainingOutputs:
-        t_ingest = with_s3(on_cpu_pool(ingest(data_uri=data_uri, n_synth=n_synth, seed=seed), s), s)
+        t_ingest = with_s3(
+            on_cpu_pool(c.ingest(data_uri=data_uri, n_synth=n_synth, seed=seed), s), s
+        )
         t_ingest.set_display_name("ingest")
         t_align = on_cpu_pool(
-            align_qc(pairs=t_ingest.outputs["pairs"], min_pass_fraction=min_qc_pass), s
+            c.align_qc(pairs=t_ingest.outputs["pairs"], min_pass_fraction=min_qc_pass), s
         )
         t_align.set_display_name("align + QC")
         t_shard = on_cpu_pool(
-            shard(
+            c.shard(
                 aligned=t_align.outputs["aligned"], val=val_fraction, test=test_fraction, seed=seed
             ),
             s,
         )
         t_train = on_gpu_pool(
-            train(
+            c.train(
                 shards=t_shard.outputs["shards"],
                 config=config,
                 overrides=config_overrides,
@@ -100,7 +89,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         t_train = with_mlflow(t_train, s)
         t_eval = with_mlflow(
             on_cpu_pool(
-                evaluate(
+                c.evaluate(
                     model=t_train.outputs["model"],
                     shards=t_shard.outputs["shards"],
                     mlflow_uri=mlflow_uri,
@@ -115,7 +104,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         )
         t_track = with_mlflow(
             on_cpu_pool(
-                track(
+                c.track(
                     pairs=t_ingest.outputs["pairs"],
                     model=t_train.outputs["model"],
                     evaluation=t_eval.outputs["evaluation"],
@@ -132,7 +121,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         with dsl.If(t_eval.outputs["gate_passed"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
             t_reg = with_mlflow(
                 on_cpu_pool(
-                    register(
+                    c.register(
                         evaluation=t_eval.outputs["evaluation"],
                         run_id=t_track.outputs["run_id"],
                         lineage=t_track.outputs["lineage"],
@@ -144,7 +133,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
                 s,
             )
         with dsl.Else(name="gate-failed"):
-            t_skip = gate_failed(gate_reasons=t_eval.outputs["gate_reasons"])
+            t_skip = c.gate_failed(gate_reasons=t_eval.outputs["gate_reasons"])
             t_skip.after(t_track)
         return TrainingOutputs(
             gate_passed=t_eval.outputs["gate_passed"],

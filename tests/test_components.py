@@ -31,11 +31,13 @@ COMPONENTS = {
 
 @pytest.mark.parametrize("module", sorted(COMPONENTS))
 def test_component_spec_uses_the_project_image_and_installs_nothing(module: str) -> None:
-    from semlayout_components.image import project_image
+    from semlayout_components.catalog import steps
 
-    comp = getattr(importlib.import_module(f"semlayout_components.{module}"), COMPONENTS[module])
+    # the image is chosen when the pipeline is compiled, not read from the environment on import
+    comp = getattr(steps("registry.example/semlayout:test"), COMPONENTS[module])
     container = comp.component_spec.implementation.container
-    assert container.image == project_image()
+    assert container.image == "registry.example/semlayout:test"
+    assert getattr(importlib.import_module(f"semlayout_components.{module}"), module).__name__
     command = " ".join(container.command)
     assert "pip install" not in command, "the image carries kfp and semlayout"
     assert (
@@ -58,9 +60,8 @@ def test_component_spec_uses_the_project_image_and_installs_nothing(module: str)
 
 
 def test_project_image_follows_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from semlayout_components.image import DEFAULT_REPOSITORY, project_image
-
     from semlayout import __version__
+    from semlayout_components.catalog import DEFAULT_REPOSITORY, project_image
 
     monkeypatch.delenv("SEMLAYOUT_IMAGE", raising=False)
     assert project_image() == f"{DEFAULT_REPOSITORY}:{__version__}"
@@ -90,7 +91,9 @@ def _rows(folder: Path) -> list[dict[str, str]]:
 
 
 def test_ingest_synthesises_when_no_uri(local_root: Path) -> None:
-    from semlayout_components.ingest import ingest
+    from semlayout_components.catalog import steps
+
+    ingest = steps().ingest
 
     task = ingest(data_uri="", n_synth=5, seed=2)
     pairs = task.outputs["pairs"]
@@ -105,10 +108,11 @@ def test_ingest_synthesises_when_no_uri(local_root: Path) -> None:
 def test_ingest_copies_a_local_folder_and_an_s3_folder_identically(
     local_root: Path, pairs_dir: Path, s3_bucket: str
 ) -> None:
-    from semlayout_components.common import tree_sha256
-    from semlayout_components.ingest import ingest
-
     from semlayout.storage import open_store
+    from semlayout_components.catalog import steps
+    from semlayout_components.common import tree_sha256
+
+    ingest = steps().ingest
 
     local = ingest(data_uri=str(pairs_dir), n_synth=0, seed=0).outputs["pairs"]
     assert local.metadata["content_sha256"] == tree_sha256(pairs_dir)
@@ -120,7 +124,9 @@ def test_ingest_copies_a_local_folder_and_an_s3_folder_identically(
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not_pairs"])
 def test_ingest_refuses_bad_data(local_root: Path, tmp_path: Path, case: str) -> None:
-    from semlayout_components.ingest import ingest
+    from semlayout_components.catalog import steps
+
+    ingest = steps().ingest
 
     folder = tmp_path / case
     if case == "empty":
@@ -135,9 +141,12 @@ def test_ingest_refuses_bad_data(local_root: Path, tmp_path: Path, case: str) ->
 
 def test_align_then_shard_in_a_pipeline(local_root: Path, pairs_dir: Path) -> None:
     from kfp import dsl
-    from semlayout_components.align_qc import align_qc
-    from semlayout_components.ingest import ingest
-    from semlayout_components.shard import shard
+
+    from semlayout_components.catalog import steps
+
+    align_qc = steps().align_qc
+    ingest = steps().ingest
+    shard = steps().shard
 
     @dsl.pipeline(name="align-shard")
     def p(data_uri: str) -> dsl.Dataset:
@@ -166,10 +175,12 @@ def test_align_qc_fails_the_step_when_too_few_pairs_pass(
     import cv2
     import numpy as np
     from kfp import dsl
-    from semlayout_components.align_qc import align_qc
-    from semlayout_components.ingest import ingest
 
     from semlayout.atomic import atomic_write_bytes
+    from semlayout_components.catalog import steps
+
+    align_qc = steps().align_qc
+    ingest = steps().ingest
 
     bad = tmp_path / "bad"
     shutil.copytree(pairs_dir, bad)
@@ -187,7 +198,9 @@ def test_align_qc_fails_the_step_when_too_few_pairs_pass(
 
 
 def test_gate_failed_registers_nothing_and_lists_reasons(local_root: Path) -> None:
-    from semlayout_components.gate_failed import gate_failed
+    from semlayout_components.catalog import steps
+
+    gate_failed = steps().gate_failed
 
     out = gate_failed(
         gate_reasons=json.dumps(["sem2layout: ssim 0.1 is below the floor 0.6."])
@@ -196,7 +209,9 @@ def test_gate_failed_registers_nothing_and_lists_reasons(local_root: Path) -> No
 
 
 def test_drift_check_proceeds_without_a_store_and_when_forced(local_root: Path) -> None:
-    from semlayout_components.drift_check import drift_check
+    from semlayout_components.catalog import steps
+
+    drift_check = steps().drift_check
 
     out = drift_check(monitor_db="", policy="", force=False).outputs
     assert out["proceed"] is True and "caller decided" in out["reasons"]
@@ -207,9 +222,10 @@ def test_drift_check_proceeds_without_a_store_and_when_forced(local_root: Path) 
 
 def test_drift_check_reads_a_real_monitor_store(local_root: Path, tmp_path: Path) -> None:
     """An empty store: no trigger fires, and the decision is recorded in the store."""
-    from semlayout_components.drift_check import drift_check
-
     from semlayout.monitoring.store import MonitorStore
+    from semlayout_components.catalog import steps
+
+    drift_check = steps().drift_check
 
     db = tmp_path / "monitor.db"
     MonitorStore(db).close()
@@ -227,7 +243,6 @@ def test_drift_check_makes_the_loop_checks_decision(
     """Issue #7: the step counted API feedback only and had no promotion baseline, so S3 intake
     pairs never fired it and the SSIM-drop reasons never had a verdict. Now it is `loop check`."""
     from helpers_serving import make_checkpoint
-    from semlayout_components.drift_check import drift_check
 
     from semlayout.continual import check, load_loop_config
     from semlayout.data.pairs import read_gray8, read_manifest
@@ -236,6 +251,9 @@ def test_drift_check_makes_the_loop_checks_decision(
     from semlayout.monitoring.feedback import FeedbackStore
     from semlayout.monitoring.store import MonitorStore
     from semlayout.registry import approve, log_training_run, register_version
+    from semlayout_components.catalog import steps
+
+    drift_check = steps().drift_check
 
     # the champion, promoted with SSIM 0.9 / 0.4; reviewed predictions now score far below that
     metrics = {"n": 4, "split": "test", "sem2layout": {"ssim": 0.9}, "layout2sem": {"ssim": 0.4}}
@@ -309,10 +327,11 @@ def test_drift_check_makes_the_loop_checks_decision(
 def test_drift_check_names_a_bad_policy_key(
     local_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture, policy: str, key: str
 ) -> None:
-    from semlayout_components.drift_check import drift_check
-
     from semlayout.errors import SemlayoutError
     from semlayout.monitoring.store import MonitorStore
+    from semlayout_components.catalog import steps
+
+    drift_check = steps().drift_check
 
     db = tmp_path / "monitor.db"
     MonitorStore(db).close()
@@ -328,10 +347,9 @@ def test_drift_check_names_a_bad_policy_key(
 
 
 def test_config_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from semlayout_components.common import load_experiment_config
-
     from semlayout.config import resolve_config_path
     from semlayout.errors import SemlayoutError
+    from semlayout_components.common import load_experiment_config
 
     (tmp_path / "mine.yaml").write_text("train: {epochs: 3, decay_start_epoch: 1}\n")
     monkeypatch.setenv("SEMLAYOUT_CONFIG_DIR", str(tmp_path))

@@ -308,6 +308,7 @@ def test_local_run_gate_pass_registers_challenger_then_gate_fail_registers_nothi
     tmp_path: Path, tiny_run_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow.tracking import MlflowClient
+
     from semlayout_pipelines.run_local import main
 
     monkeypatch.chdir(tmp_path)
@@ -417,12 +418,12 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
     """Train -> approve (champion) -> the loop's local launcher runs the fine-tune pipeline:
     reviewed pairs + replay, fine-tune from the champion, judged on both test splits."""
     from mlflow.tracking import MlflowClient
-    from semlayout_pipelines.launch import launcher_for
-    from semlayout_pipelines.run_local import main
 
     from semlayout.continual import LaunchRequest, LoopConfig
     from semlayout.data.synth import synthesize
     from semlayout.registry import approve
+    from semlayout_pipelines.launch import launcher_for
+    from semlayout_pipelines.run_local import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "outputs"
@@ -543,7 +544,7 @@ def test_cli_submit_errors_are_one_line(extra: list[str], needle: str) -> None:
 
 
 def test_gate_floors_are_per_direction_defaults_in_the_compiled_pipeline(compiled: dict) -> None:
-    from semlayout_pipelines.training import DEFAULT_FLOORS
+    from semlayout.gate import DEFAULT_FLOORS
 
     params = compiled["training"][0]["root"]["inputDefinitions"]["parameters"]
     s2l = params["floor_sem2layout"]["defaultValue"]

@@ -39,6 +39,7 @@ from semlayout.atomic import atomic_write_text
 from semlayout.config import read_config_file
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError, validation_error
+from semlayout.gate import DEFAULT_TOLERANCE
 from semlayout.triggers import Observations, TriggerDecision, TriggerPolicy, decide
 
 
@@ -64,7 +65,9 @@ class LoopConfig(BaseModel):
     floors: dict[str, float] = Field(
         default_factory=dict, description="absolute SSIM floors per direction"
     )
-    tolerance: float = Field(0.01, ge=0, description="allowed SSIM loss on the original test shard")
+    tolerance: float = Field(
+        DEFAULT_TOLERANCE, ge=0, description="allowed SSIM loss on the original test shard"
+    )
     min_improvement: float = Field(
         0.0, description="required SSIM gain on the new pairs' test split"
     )

@@ -11,7 +11,8 @@ help:
 	@echo "make install   create $(VENV) and install semlayout with its dev extras"
 	@echo "make run       the training pipeline end to end under kfp.local -> outputs/latest/"
 	@echo "make test      the whole test suite (slow end-to-end tests included)"
-	@echo "make lint      ruff + mypy"
+	@echo "make lint      ruff (lint + format check) + mypy"
+	@echo "make typecheck mypy alone"
 	@echo "make bench     benchmarks: ratios against baselines measured in the same run"
 	@echo "make images    build the docker images (needs a Docker engine)"
 	@echo "make compile   compile the KFP pipelines to YAML in outputs/pipelines/"
@@ -35,6 +36,10 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: install
 	$(BIN)/mypy
 
 bench: install

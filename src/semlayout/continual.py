@@ -176,7 +176,7 @@ class ConsumedLedger:
         self.db = Path(db)
 
     def _connect(self) -> sqlite3.Connection:
-        from semlayout.monitoring.store import BUSY_TIMEOUT_MS
+        from semlayout.monitoring.schema import BUSY_TIMEOUT_MS
 
         conn = sqlite3.connect(self.db, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -424,15 +424,12 @@ def qc_failed_ids(run_dir: Path, ids: set[str]) -> set[str] | None:
     """The collected pairs the run's alignment QC rejected, read from its align step's
     `alignment.csv` for exactly these ids (kfp.local keeps the artifacts in the run folder);
     None when the run's artifacts are elsewhere (a run submitted to a KFP host)."""
-    for table in sorted(run_dir.rglob("alignment.csv")):
-        with open(table, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if {r.get("id") for r in rows} == ids:
-            return {
-                r["id"]
-                for r in rows
-                if (r.get("qc_pass") or "").strip().lower() not in ("true", "1")
-            }
+    from semlayout.data.alignment_table import ALIGNMENT_FILE, failed_ids, read_alignment_table
+
+    for table in sorted(run_dir.rglob(ALIGNMENT_FILE)):
+        rows = read_alignment_table(table)
+        if {r.id for r in rows} == ids:
+            return failed_ids(rows)
     return None
 
 

@@ -1,15 +1,6 @@
 """The monitoring store: one SQLite file (WAL) shared by the server, the CLI and the loop.
 
-Tables (timestamps are UNIX seconds, UTC):
-```
-predictions        id, ts, direction, model_version, input_sha256, width, height, output_png
-inference_events   one row per request outcome: latency, forward time, status, error reason,
-                   input/output statistics (JSON)
-drift_events       one row per translated image: drifted, max |z|, KL, z-scores and features (JSON)
-ground_truth       one row per prediction that later received its truth: l1, ssim, psnr, iou
-feedback           reviewed pairs posted to /v1/feedback (the images live in the pair folder)
-trigger_decisions  what the continuous-learning loop decided, and when
-```
+The tables are in `semlayout.monitoring.schema`.
 Concurrency: the server writes from a threadpool while the CLI or the loop read.
 Each thread gets its own connection (sqlite3 connections must not be shared
 between threads mid-statement), WAL lets readers run beside the one writer, and
@@ -23,90 +14,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from semlayout.errors import SemlayoutError
-
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    direction TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    input_sha256 TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    output_png BLOB
-);
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-CREATE TABLE IF NOT EXISTS inference_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    endpoint TEXT NOT NULL,
-    direction TEXT,
-    prediction_id TEXT,
-    model_version TEXT,
-    status TEXT NOT NULL,
-    http_status INTEGER NOT NULL,
-    error TEXT,
-    latency_ms REAL NOT NULL,
-    forward_ms REAL,
-    batch_size INTEGER,
-    input_stats TEXT,
-    output_stats TEXT
-);
-CREATE INDEX IF NOT EXISTS inference_events_ts ON inference_events (ts);
-CREATE TABLE IF NOT EXISTS drift_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    prediction_id TEXT,
-    direction TEXT NOT NULL,
-    drifted INTEGER NOT NULL,
-    max_abs_z REAL NOT NULL,
-    kl REAL NOT NULL,
-    score REAL NOT NULL,
-    z TEXT NOT NULL,
-    features TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS drift_events_dir ON drift_events (direction, id);
-CREATE TABLE IF NOT EXISTS ground_truth (
-    prediction_id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    direction TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    l1 REAL NOT NULL,
-    ssim REAL NOT NULL,
-    psnr REAL NOT NULL,
-    iou REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ground_truth_dir ON ground_truth (direction, ts);
-CREATE TABLE IF NOT EXISTS feedback (
-    id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    pattern_type TEXT NOT NULL,
-    sem_sha256 TEXT NOT NULL,
-    layout_sha256 TEXT NOT NULL,
-    sem_path TEXT NOT NULL,
-    layout_path TEXT NOT NULL,
-    folder TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
-CREATE TABLE IF NOT EXISTS trigger_decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    fired INTEGER NOT NULL,
-    run_id TEXT,
-    details TEXT NOT NULL
-);
-"""
+from semlayout.monitoring.schema import BUSY_TIMEOUT_MS, SCHEMA, SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -155,7 +70,7 @@ class MonitorStore:
         try:
             # executescript commits on its own, so the transaction is spelled out in the script
             self._conn().executescript(
-                "BEGIN IMMEDIATE;" + _SCHEMA + "INSERT OR IGNORE INTO meta (key, value) VALUES "
+                "BEGIN IMMEDIATE;" + SCHEMA + "INSERT OR IGNORE INTO meta (key, value) VALUES "
                 f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
             )
         except sqlite3.DatabaseError as err:
@@ -518,7 +433,3 @@ class MonitorStore:
             .fetchall()
         )
         return [dict(r) for r in rows]
-
-    def directions_seen(self) -> Sequence[str]:
-        rows = self._conn().execute("SELECT DISTINCT direction FROM drift_events").fetchall()
-        return sorted(r[0] for r in rows)

@@ -184,7 +184,15 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_writes_clips(design: Path, tmp_path: Path) -> None:
     res = _cli(str(design), "--layer", "1", "--pixel-nm", "10", "--out", str(tmp_path / "o"))
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "o" / "clips.csv").is_file()
+    # the command writes what the library call writes: the same table and the same pixels
+    gds_clips(design, layer=1, pixel_nm=P, out_dir=tmp_path / "lib")
+    cli_rows = (tmp_path / "o" / "clips.csv").read_text().splitlines()
+    assert cli_rows == (tmp_path / "lib" / "clips.csv").read_text().splitlines()
+    assert len(cli_rows) == 3  # header + the 2x1 tiling of the design's bbox
+    for row in csv.DictReader(cli_rows):
+        a = read_gray8(tmp_path / "o" / row["layout_path"], (250, 250))
+        b = read_gray8(tmp_path / "lib" / row["layout_path"], (250, 250))
+        assert np.array_equal(a, b) and 0 < int((a > 0).sum()) < a.size
 
 
 def _truncated(tmp_path: Path, design: Path) -> Path:

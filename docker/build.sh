@@ -26,7 +26,7 @@ fi
 
 CTX=$(mktemp -d "${TMPDIR:-/tmp}/semlayout-ctx.XXXXXX")
 trap 'rm -rf "$CTX"' EXIT
-cp -r pyproject.toml README.md src components pipelines configs "$CTX"/
+cp -r pyproject.toml README.md src components pipelines "$CTX"/
 mkdir -p "$CTX/docker" "$CTX/wheels"
 cp docker/Dockerfile docker/requirements-serve.txt "$CTX/docker/"
 find "$CTX" -name __pycache__ -prune -exec rm -rf {} + ; rm -rf "$CTX"/src/*.egg-info

@@ -46,15 +46,13 @@ def test_train_image_lets_kfp_set_the_command() -> None:
     assert not re.search(
         r"^ENTRYPOINT", train, re.M
     ), "KFP (and kfp.local's DockerRunner) set the container command"
-    assert (
-        "SEMLAYOUT_CONFIG_DIR=/opt/semlayout/configs" in train
-    ), "config names resolve in the image"
+    assert "load_config('small')" in train, "config names resolve inside the installed package"
     build = _stage("train-build")
-    assert "COPY components" in build and "COPY pipelines" in build and "COPY configs" in train
+    assert "COPY components" in build and "COPY pipelines" in build and "COPY configs" not in train
     # only the venv leaves the build stage: no wheels or sources in the final layers
     assert "COPY --from=train-build /opt/venv /opt/venv" in train and "wheels" not in train
     assert (
-        "import semlayout, components, pipelines, kfp" in train
+        "import semlayout, semlayout_components, semlayout_pipelines, kfp" in train
     ), "the build checks its own imports"
     assert re.search(r"^USER 10001", train, re.M), "non-root, as the k8s securityContext expects"
 

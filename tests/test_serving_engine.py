@@ -1,4 +1,5 @@
-"""InferenceEngine and MicroBatcher: batched results equal one-by-one results, errors are user errors."""
+"""InferenceEngine and MicroBatcher: batched results equal one-by-one results, errors are user
+errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from helpers_serving import make_checkpoint
 from semlayout.errors import SemlayoutError
 from semlayout.inference import Translator
 from semlayout.serving.engine import (
+    ImageResult,
     InferenceEngine,
     MicroBatcher,
     QueueFull,
@@ -41,15 +43,16 @@ def test_micro_batches_give_the_same_outputs_as_single_calls(ckpt):
         b = MicroBatcher(engine, max_batch=4, on_batch=lambda d, n, ms: sizes.append(n))
         b.start()
         try:
-            return await asyncio.gather(*[b.submit(d, img) for d, img in jobs])
+            done = await asyncio.gather(*[b.submit_many(d, [img]) for d, img in jobs])
+            return [one for (one,) in done]
         finally:
             await b.stop()
 
     results = asyncio.run(main())
-    for (direction, img), (out, model, _ms, batch) in zip(jobs, results, strict=True):
-        assert out.shape == img.shape and 1 <= batch <= 4
-        assert np.array_equal(out, ref.translate(direction, [img])[0])
-        assert model.version.startswith("local-")
+    for (direction, img), res in zip(jobs, results, strict=True):
+        assert res.output.shape == img.shape and 1 <= res.batch_size <= 4
+        assert np.array_equal(res.output, ref.translate(direction, [img])[0])
+        assert res.model.version.startswith("local-")
     assert max(sizes) > 1 and sum(sizes) == len(jobs)  # queued requests shared forward passes
 
 
@@ -62,12 +65,12 @@ def test_queue_limit_is_a_user_facing_error(ckpt):
         img = np.zeros((16, 16), np.uint8)
         try:
             results = await asyncio.gather(
-                *[b.submit("sem2layout", img) for _ in range(10)], return_exceptions=True
+                *[b.submit_many("sem2layout", [img]) for _ in range(10)], return_exceptions=True
             )
         finally:
             await b.stop()
         assert any(isinstance(r, QueueFull) for r in results)
-        assert any(isinstance(r, tuple) for r in results)
+        assert any(isinstance(r, list) and isinstance(r[0], ImageResult) for r in results)
 
     asyncio.run(main())
 

@@ -24,23 +24,26 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
+from semlayout.model_uri import ModelUri
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from semlayout.registry import Registry
 
 log = logging.getLogger("semlayout.serving")
-DIRECTIONS = ("sem2layout", "layout2sem")
-_ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
-_VERSION_RE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 class Translates(Protocol):
@@ -61,9 +64,19 @@ class LoadedModel:
     baseline_ssim: dict[str, float] = field(default_factory=dict)
 
 
+def registry_ref(uri: str) -> ModelUri | None:
+    """`uri` as a registry model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`), else None."""
+    if not ModelUri.is_model_uri(uri):
+        return None
+    try:
+        return ModelUri.parse(uri)
+    except SemlayoutError:
+        return None
+
+
 def parse_alias(uri: str) -> tuple[str, str] | None:
-    m = _ALIAS_RE.match(uri)
-    return (m["name"], m["alias"]) if m else None
+    ref = registry_ref(uri)
+    return (ref.name, ref.alias) if ref is not None and ref.alias else None
 
 
 def _local_version(folder: Path) -> str:
@@ -97,52 +110,47 @@ def _registry_baseline(client: Any, run_id: str | None) -> dict[str, float]:
 
 def alias_version(uri: str, tracking_uri: str | None) -> str:
     """The version number `models:/NAME@ALIAS` points to now."""
-    from mlflow import MlflowClient
+    ref = registry_ref(uri)
+    if ref is None or ref.alias is None:
+        raise SemlayoutError(f"'{uri}' is not a models:/NAME@ALIAS URI")
+    return str(_registry_version(uri, ref, tracking_uri)[1].version)
+
+
+def _registry_version(
+    uri: str, ref: ModelUri, tracking_uri: str | None
+) -> tuple[Registry, ModelVersion]:
+    """(the registry, the version `ref` names now); any failure is one line naming `uri`."""
     from mlflow.exceptions import MlflowException
 
-    parsed = parse_alias(uri)
-    if parsed is None:
-        raise SemlayoutError(f"'{uri}' is not a models:/NAME@ALIAS URI")
-    name, alias = parsed
+    from semlayout.registry import Registry
+
     try:
-        return str(
-            MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version
-        )
-    except MlflowException as err:
+        registry = Registry(tracking_uri)
+        return registry, registry.lookup(ref)
+    except (SemlayoutError, MlflowException) as err:
         raise SemlayoutError(f"cannot resolve {uri}: {str(err).splitlines()[0]}") from None
 
 
 def load_model(model: str, backend: str = "eager", tracking_uri: str | None = None) -> LoadedModel:
-    """Load a checkpoint folder or registry URI into a `LoadedModel` (pinning aliases to a version)."""
+    """Load a checkpoint folder or registry URI into a `LoadedModel` (pinning aliases to a
+    version)."""
     from semlayout.inference import Translator
 
     if not model:
         raise SemlayoutError(
             "no model given: pass --model (checkpoint folder or models:/NAME@ALIAS)"
         )
-    alias = parse_alias(model)
-    if alias is not None or _VERSION_RE.match(model):
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        client = MlflowClient(tracking_uri=tracking_uri)
-        try:
-            if alias is not None:
-                mv = client.get_model_version_by_alias(alias[0], alias[1])
-            else:
-                m = _VERSION_RE.match(model)
-                assert m is not None
-                mv = client.get_model_version(m["name"], m["version"])
-        except MlflowException as err:
-            raise SemlayoutError(f"cannot resolve {model}: {str(err).splitlines()[0]}") from None
-        pinned = f"models:/{mv.name}/{mv.version}"
+    ref = registry_ref(model)
+    if ref is not None:
+        registry, mv = _registry_version(model, ref, tracking_uri)
+        pinned = str(ref.pinned(mv.version))
         translator = Translator.load(pinned, backend=backend, tracking_uri=tracking_uri)
         return LoadedModel(
             translator,
             str(mv.version),
             pinned,
             backend,
-            baseline_ssim=_registry_baseline(client, mv.run_id),
+            baseline_ssim=_registry_baseline(registry.client, mv.run_id),
         )
     folder = Path(model)
     if not folder.is_dir():
@@ -191,7 +199,8 @@ class InferenceEngine:
         return parse_alias(self.model) is not None
 
     def translate(self, direction: str, images: list[np.ndarray]) -> TranslateResult:
-        """Translate a batch on the model current at call time (a swap meanwhile does not affect it)."""
+        """Translate a batch on the model current at call time (a swap meanwhile does not
+        affect it)."""
         if direction not in DIRECTIONS:
             raise SemlayoutError(
                 f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}"
@@ -229,11 +238,21 @@ class InferenceEngine:
 
 
 # --------------------------------------------------------------------------- micro-batching
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's share of a micro-batch forward."""
+
+    output: np.ndarray
+    model: LoadedModel  # the model that computed `output` (a swap meanwhile does not change it)
+    forward_ms: float  # the whole batch's forward pass
+    batch_size: int  # images in that forward pass
+
+
 @dataclass
 class _Job:
     direction: str
     image: np.ndarray
-    future: asyncio.Future[tuple[np.ndarray, LoadedModel, float, int]]
+    future: asyncio.Future[ImageResult]
 
 
 class QueueFull(SemlayoutError):
@@ -259,7 +278,8 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
         # ONE thread runs every forward: torch's OpenMP pool is per calling thread, so forwards
-        # spread over a thread pool would start one spinning team per thread and oversubscribe the cores
+        # spread over a thread pool would start one spinning team per thread and oversubscribe
+        # the cores
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -281,12 +301,6 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def submit(
-        self, direction: str, image: np.ndarray
-    ) -> tuple[np.ndarray, LoadedModel, float, int]:
-        """(output, model used, forward ms of the batch, batch size)."""
-        return (await self.submit_many(direction, [image]))[0]
-
     def check_room(self, n: int) -> None:
         """QueueFull unless `n` more images fit in the queue now."""
         if self._queue is None:
@@ -297,14 +311,13 @@ class MicroBatcher:
                 f"would pass the limit of {self.max_queue}"
             )
 
-    async def submit_many(
-        self, direction: str, images: Sequence[np.ndarray]
-    ) -> list[tuple[np.ndarray, LoadedModel, float, int]]:
-        """All of `images` or none: QueueFull before any is queued when they do not all fit."""
+    async def submit_many(self, direction: str, images: Sequence[np.ndarray]) -> list[ImageResult]:
+        """One result per image, in order. All of `images` or none: QueueFull before any is
+        queued when they do not all fit."""
         self.check_room(len(images))
         assert self._queue is not None
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[tuple[np.ndarray, LoadedModel, float, int]]] = []
+        futures: list[asyncio.Future[ImageResult]] = []
         for image in images:  # no await between the check and the puts: nothing else can queue
             futures.append(loop.create_future())
             self._queue.put_nowait(_Job(direction, image, futures[-1]))
@@ -347,4 +360,4 @@ class MicroBatcher:
                     self.on_batch(direction, len(group), res.forward_ms)
                 for j, out in zip(group, res.outputs, strict=True):
                     if not j.future.done():
-                        j.future.set_result((out, res.model, res.forward_ms, len(group)))
+                        j.future.set_result(ImageResult(out, res.model, res.forward_ms, len(group)))

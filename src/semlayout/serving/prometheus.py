@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app instance (its own CollectorRegistry, so apps and tests don't collide)."""
+"""Prometheus metrics of one app instance (its own CollectorRegistry, so apps and tests don't
+collide)."""
 
 from __future__ import annotations
 

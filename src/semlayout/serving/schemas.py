@@ -1,19 +1,46 @@
-"""Request/response models of the HTTP API (they are the OpenAPI schema)."""
+"""Request/response models of the HTTP API (they are the OpenAPI schema), and the error
+responses the routes declare.
+
+`Direction` is the library's (`semlayout.directions`), re-exported here for the API.
+"""
 
 from __future__ import annotations
 
-from enum import Enum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from semlayout.directions import Direction
 
-class Direction(str, Enum):
-    sem2layout = "sem2layout"
-    layout2sem = "layout2sem"
+__all__ = ["Direction"]  # the rest is imported by name
 
 
 class ErrorResponse(BaseModel):
     detail: str = Field(..., description="why the request was refused")
+
+
+# --------------------------------------------------------------------------- declared responses
+Responses = dict[int | str, dict[str, Any]]
+
+ERROR: dict[str, Any] = {"model": ErrorResponse}
+UPLOAD_ERRORS: Responses = {
+    413: {**ERROR, "description": "body or image dimensions over the limit"},
+    415: {**ERROR, "description": "not a PNG, TIFF or JPEG"},
+    422: {**ERROR, "description": "not an 8-bit grayscale image, truncated, or a missing field"},
+    503: {**ERROR, "description": "server busy or model not loaded"},
+}
+AUTH_ERRORS: Responses = {
+    401: {**ERROR, "description": "missing bearer token"},
+    403: {**ERROR, "description": "wrong token"},
+    503: {**ERROR, "description": "endpoint disabled: token not configured"},
+}
+SERVER_ERROR: Responses = {500: {**ERROR, "description": "server bug (never a user mistake)"}}
+PNG_IMAGE: Responses = {
+    200: {"content": {"image/png": {}}, "description": "the translated image, the input's size"}
+}
+
+# for the token endpoints, whose 503 is AUTH_ERRORS' "token not configured"
+UPLOAD_ERRORS_NO_503: Responses = {k: v for k, v in UPLOAD_ERRORS.items() if k != 503}
 
 
 class DriftInfo(BaseModel):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from semlayout.serving.deps import SettingsDep
 
 bearer = HTTPBearer(auto_error=False, description="SEMLAYOUT_API_TOKEN or SEMLAYOUT_ADMIN_TOKEN")
 
@@ -44,10 +46,10 @@ def check_bearer(given: str | None, accepted: list[str], kind: Literal["api", "a
 
 def require(kind: Literal["api", "admin"]) -> Callable[..., None]:
     """FastAPI dependency: `Depends(require("api"))`."""
-    from fastapi import Depends
 
-    def dep(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        settings = request.app.state.settings
+    def dep(
+        settings: SettingsDep, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> None:
         tokens = [t.get_secret_value() for t in (settings.admin_token,) if t]
         if kind == "api" and settings.api_token:
             tokens.insert(0, settings.api_token.get_secret_value())

@@ -4,6 +4,8 @@ A decoder allocates whatever the header claims (a decompression bomb), so each u
 header is read first (`semlayout.data.image_header`: PNG, TIFF, JPEG; anything else is 415),
 its size and depth checked, and only then does `cv2.imdecode` run; its result is checked
 again (`semlayout.data.pairs.decode_gray8`). Errors name the upload field.
+`read_image` is a request's whole decode step: read the part, then check and decode it in
+a worker thread (never on the event loop).
 
 The request body itself is limited by `BodyLimitMiddleware`: a Content-Length above the
 limit is answered 413 at once, and a chunked body is counted while it streams in and
@@ -13,12 +15,22 @@ cut off with 413 when it passes the limit.
 from __future__ import annotations
 
 import numpy as np
-from fastapi import HTTPException
+from fastapi import HTTPException, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from semlayout.data.image_header import HeaderRejected, ImageHeader, check_header, read_header
 from semlayout.data.pairs import ImageRejected, decode_gray8
+from semlayout.serving.settings import ServeSettings
 
-__all__ = ["ImageHeader", "UploadRejected", "check_header", "decode_upload", "read_header"]
+__all__ = [
+    "ImageHeader",
+    "UploadRejected",
+    "check_header",
+    "decode_upload",
+    "read_header",
+    "read_image",
+    "read_upload",
+]
 
 
 class UploadRejected(HTTPException):
@@ -49,6 +61,23 @@ def decode_upload(data: bytes, name: str, max_pixels: int, min_side: int = 1) ->
             f"from the header's {header.width}x{header.height}",
         )
     return img
+
+
+async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    """The part's bytes, or 413 when it holds more than `max_bytes`."""
+    # Starlette has already spooled the part; the body limit middleware bounded its size.
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UploadRejected(413, f"'{upload.filename}' exceeds the {max_bytes} byte limit")
+    return data
+
+
+async def read_image(upload: UploadFile, name: str, settings: ServeSettings) -> np.ndarray:
+    """Read one upload field and decode it (in a worker thread) within the server's limits."""
+    data = await read_upload(upload, settings.max_upload_bytes)
+    return await run_in_threadpool(
+        decode_upload, data, name, settings.max_pixels, settings.min_side
+    )
 
 
 # --------------------------------------------------------------------------- body limit

@@ -1,0 +1,57 @@
+"""GET /healthz (liveness), /readyz (readiness), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from semlayout.serving.deps import MaybeStateDep, MetricsDep
+from semlayout.serving.schemas import HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz() -> HealthResponse:
+    """Liveness: the process answers."""
+    return HealthResponse()
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "not ready"}},
+)
+async def readyz(state: MaybeStateDep) -> Any:
+    """Readiness: model loaded and the monitoring database writable."""
+    reasons = []
+    loaded = state is not None
+    writable = False
+    if state is None:
+        reasons.append("model not loaded")
+    else:
+        try:
+            await run_in_threadpool(state.store.check_writable)
+            writable = True
+        except Exception as err:  # noqa: BLE001 - reported, not raised
+            reasons.append(f"monitoring database not writable: {err}")
+    body = ReadyResponse(
+        ready=loaded and writable,
+        model_loaded=loaded,
+        db_writable=writable,
+        model_version=state.engine.current.version if state else None,
+        reasons=reasons,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+)
+async def prometheus(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=metrics.content_type)

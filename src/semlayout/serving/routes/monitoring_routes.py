@@ -1,0 +1,52 @@
+"""GET /v1/monitoring/summary: inference health, drift rate, rolling SSIM, feedback count."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from semlayout.directions import DIRECTIONS
+from semlayout.serving.deps import SettingsDep, StateDep
+from semlayout.serving.schemas import (
+    DriftSummary,
+    InferenceSummary,
+    MonitoringSummary,
+    QualitySummary,
+)
+from semlayout.serving.state import ServingState
+
+router = APIRouter(tags=["monitoring"])
+
+
+@router.get("/v1/monitoring/summary", response_model=MonitoringSummary)
+async def summary(
+    state: StateDep,
+    settings: SettingsDep,
+    window: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+) -> MonitoringSummary:
+    """Inference health, drift rate, rolling SSIM against the baseline, feedback count."""
+    return await run_in_threadpool(build_summary, state, window or settings.summary_window)
+
+
+def build_summary(state: ServingState, window: int) -> MonitoringSummary:
+    """The summary over the last `window` events (store reads: a worker thread)."""
+    rate, n = state.store.drift_stats(window)
+    by_dir: dict[str, float | None] = {d: state.store.drift_rate(window, d) for d in DIRECTIONS}
+    quality: dict[str, QualitySummary] = {
+        d: QualitySummary(**state.tracker.rolling(d, window)) for d in DIRECTIONS
+    }
+    return MonitoringSummary(
+        model_version=state.engine.current.version,
+        inference=InferenceSummary(**state.monitor.summary(window)),
+        drift=DriftSummary(
+            window=window,
+            rate=rate,
+            n=n,
+            by_direction=by_dir,
+            thresholds={d: det.thresholds() for d, det in state.detectors.items()},
+        ),
+        quality=quality,
+        feedback_count=state.store.feedback_count(None),
+    )

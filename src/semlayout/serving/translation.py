@@ -1,0 +1,209 @@
+"""The translate path of a request, in steps that can be called (and extended) one by one.
+
+1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
+2. `forward`: queue room check, the micro-batcher, the drift features (computed while the
+   model runs, they need only the input), `binarize`; nothing is recorded yet;
+3. `record` (worker thread): prediction registry, drift and inference events, metrics;
+4. the answer: `as_response` (JSON) or `png_headers` (PNG).
+
+`translate` is 2 + 3 for a list of images: nothing is recorded unless every image was
+translated. Everything heavy runs in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from semlayout.directions import Direction
+from semlayout.monitoring.drift import DriftDetector, DriftResult
+from semlayout.monitoring.inference_monitor import image_stats
+from semlayout.monitoring.performance import new_prediction_id
+from semlayout.serving.engine import LoadedModel, QueueFull
+from semlayout.serving.schemas import DriftInfo, TranslateResponse
+from semlayout.serving.state import ServingState
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """One image after the model: what `record` stores."""
+
+    image: np.ndarray  # the decoded input
+    output: np.ndarray  # the model's output (binarized when asked)
+    model: LoadedModel  # the model that computed it
+    forward_ms: float  # its micro-batch's forward pass
+    batch_size: int  # images in that forward pass
+    drift: DriftResult | None  # None without a drift reference for the direction
+
+
+@dataclass(frozen=True)
+class Translated:
+    """One recorded prediction: what the response is built from."""
+
+    prediction_id: str
+    output: np.ndarray
+    png: bytes
+    model: LoadedModel
+    drift: DriftInfo | None
+
+
+def _busy(err: QueueFull) -> HTTPException:
+    return HTTPException(503, detail=str(err), headers={"Retry-After": "1"})
+
+
+async def forward(
+    state: ServingState, direction: Direction, images: Sequence[np.ndarray], binarize: bool
+) -> list[Forwarded]:
+    """Run `images` through the model (all or none: 503 when the queue has no room for all)."""
+    try:
+        state.batcher.check_room(len(images))  # before any work: a refused batch costs nothing
+    except QueueFull as err:
+        raise _busy(err) from None
+    det = state.detectors.get(direction)
+    drifts = (
+        [asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images]
+        if det is not None
+        else []
+    )
+    try:
+        try:
+            results = await state.batcher.submit_many(direction, images)
+        except QueueFull as err:
+            raise _busy(err) from None
+        checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
+        outs = [r.output for r in results]
+        if binarize:  # the drawn layout, as the serving model's layout_fit config says
+            outs = list(
+                await asyncio.gather(
+                    *[run_in_threadpool(r.model.translator.to_layout, r.output) for r in results]
+                )
+            )
+    finally:
+        for drift in drifts:  # a failure above: nothing left running unobserved
+            drift.cancel()
+    return [
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res)
+        for img, out, r, res in zip(images, outs, results, checks, strict=True)
+    ]
+
+
+def record(
+    state: ServingState, endpoint: str, direction: Direction, item: Forwarded, t0: float
+) -> Translated:
+    """After the forward: prediction registry, drift and inference events (worker thread).
+
+    `t0` is when the request started (`time.perf_counter()`), for the recorded latency."""
+    from semlayout.data.pairs import encode_png
+    from semlayout.monitoring.performance import sha256
+    from semlayout.monitoring.store import Prediction
+
+    img, out, model, res = item.image, item.output, item.model, item.drift
+    png = encode_png(out)
+    pid = new_prediction_id()
+    state.store.add_prediction(
+        Prediction(
+            id=pid,
+            ts=time.time(),
+            direction=direction,
+            model_version=model.version,
+            input_sha256=sha256(np.ascontiguousarray(img)),
+            width=int(img.shape[1]),
+            height=int(img.shape[0]),
+            output_png=png if state.settings.keep_outputs else None,
+        )
+    )
+    if res is not None:
+        _record_drift(state, direction, pid, res)
+    state.monitor.record_ok(
+        endpoint=endpoint,
+        direction=direction,
+        prediction_id=pid,
+        model_version=model.version,
+        latency_ms=(time.perf_counter() - t0) * 1000,
+        forward_ms=item.forward_ms,
+        batch_size=item.batch_size,
+        input_stats=image_stats(img),
+        output_stats=image_stats(out),
+    )
+    state.metrics.translations.labels(direction, "ok").inc()
+    state.n_predictions += 1  # approximate under threads; only paces the pruning below
+    if state.n_predictions % 1000 == 0:
+        state.store.prune_outputs(state.settings.max_stored_outputs)
+    return Translated(pid, out, png, model, drift_info(res, state.detectors.get(direction)))
+
+
+def _record_drift(state: ServingState, direction: Direction, pid: str, res: DriftResult) -> None:
+    state.store.add_drift_event(
+        direction=direction,
+        drifted=res.drifted,
+        max_abs_z=res.max_abs_z,
+        kl=res.kl,
+        score=res.score,
+        z=res.z,
+        features=res.features,
+        prediction_id=pid,
+    )
+    state.metrics.drift_score.labels(direction).observe(res.score)
+    if res.drifted:
+        state.metrics.drift_alerts.labels(direction).inc()
+
+
+async def translate(
+    state: ServingState,
+    endpoint: str,
+    direction: Direction,
+    images: Sequence[np.ndarray],
+    binarize: bool,
+    t0: float,
+) -> list[Translated]:
+    """`forward` then `record` each image; `endpoint` is the route template, for the events."""
+    items = await forward(state, direction, images, binarize)
+    return list(
+        await asyncio.gather(
+            *[run_in_threadpool(record, state, endpoint, direction, it, t0) for it in items]
+        )
+    )
+
+
+# --------------------------------------------------------------------------- answers
+def drift_info(res: DriftResult | None, det: DriftDetector | None) -> DriftInfo | None:
+    if res is None or det is None:
+        return None
+    return DriftInfo(
+        drifted=res.drifted,
+        score=res.score,
+        max_abs_z=res.max_abs_z,
+        worst_feature=res.worst_feature,
+        kl=res.kl,
+        z_threshold=det.z_threshold,
+        kl_threshold=det.kl_threshold,
+    )
+
+
+def as_response(done: Translated, direction: Direction) -> TranslateResponse:
+    return TranslateResponse(
+        prediction_id=done.prediction_id,
+        direction=direction,
+        model_version=done.model.version,
+        width=int(done.output.shape[1]),
+        height=int(done.output.shape[0]),
+        image_png_base64=base64.b64encode(done.png).decode("ascii"),
+        drift=done.drift,
+    )
+
+
+def png_headers(done: Translated) -> dict[str, str]:
+    """The headers of a PNG answer: what the JSON answer carries in its fields."""
+    headers = {"X-Prediction-Id": done.prediction_id, "X-Model-Version": done.model.version}
+    if done.drift is not None:
+        headers["X-Drift-Score"] = f"{done.drift.score:.4f}"
+        headers["X-Drifted"] = "true" if done.drift.drifted else "false"
+    return headers

@@ -62,7 +62,7 @@ def _requests(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def _reference(dest: Path, sems: list[np.ndarray], layouts: list[np.ndarray]) -> Path:
     import json
 
-    from semlayout.data.shards import reference_stats
+    from semlayout.data.reference_stats import reference_stats
 
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "reference_stats.json").write_text(json.dumps(reference_stats(sems, layouts)))

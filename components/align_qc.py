@@ -7,20 +7,20 @@ def align_qc(
     pairs: Input[Dataset], min_pass_fraction: float, aligned: Output[Dataset], qc: Output[Metrics]
 ):
     """Align every pair; fail the step when fewer than `min_pass_fraction` pass QC."""
-    import csv
     from collections import Counter
     from pathlib import Path
 
-    from semlayout.data.align import AlignConfig, align_folder
+    from semlayout.data.align import AlignConfig
+    from semlayout.data.align_folder import align_folder
+    from semlayout.data.alignment_table import read_alignment_table
     from semlayout.errors import SemlayoutError
     from semlayout_components.common import Stopwatch
 
     with Stopwatch() as sw:
         align_folder(Path(pairs.path), Path(aligned.path), AlignConfig(), workers=2)
-    with open(Path(aligned.path) / "alignment.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    passed = sum(r["qc_pass"].strip().lower() in ("true", "1") for r in rows)
-    reasons = Counter(r["reason"] for r in rows)
+    rows = read_alignment_table(Path(aligned.path))
+    passed = sum(r.qc_pass for r in rows)
+    reasons = Counter(r.reason for r in rows)
     fraction = passed / len(rows) if rows else 0.0
     qc.log_metric("qc_pass_fraction", round(fraction, 4))
     qc.log_metric("n_pairs", len(rows))

@@ -79,7 +79,7 @@ def tiny_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_aligned(tiny_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("tiny") / "aligned"
     try:
-        from semlayout.data.align import align_folder
+        from semlayout.data.align_folder import align_folder
 
         align_folder(tiny_pairs, dest)
         return dest

@@ -106,7 +106,7 @@ def train_champion(
     Shards use the fine-tune pipeline's original-data split (val 0.1, test 0.2, seed 0), so
     its forgetting check runs on the very test shard the champion never trained on."""
     from semlayout.config import load_config
-    from semlayout.data.align import align_folder
+    from semlayout.data.align_folder import align_folder
     from semlayout.data.shards import write_shards
     from semlayout.evaluation import evaluate_model
     from semlayout.gate import GateConfig, judge

@@ -13,14 +13,10 @@ import pytest
 from independent_sim import judge, make_pairs, placement_right
 
 from semlayout.cli import main as cli_main
-from semlayout.data.align import (
-    ALIGNMENT_COLUMNS,
-    AlignConfig,
-    align_folder,
-    align_pair,
-    plain_ncc,
-    shift_stats,
-)
+from semlayout.data.align import AlignConfig, align_pair, plain_ncc
+from semlayout.data.align_folder import align_folder
+from semlayout.data.align_maps import model_dist2, shift_stats
+from semlayout.data.alignment_table import ALIGNMENT_COLUMNS, read_alignment_table
 from semlayout.errors import SemlayoutError
 
 CFG = AlignConfig()
@@ -241,8 +237,6 @@ def test_low_score_and_ambiguous_reasons():
 
 
 def test_shift_statistics_match_brute_force():
-    from semlayout.data.align import model_dist2
-
     rng = np.random.default_rng(0)
     t = (rng.random((250, 250)) < 0.3).astype(np.uint8)
     mism, dist2 = shift_stats(t, 54, 54)
@@ -334,6 +328,51 @@ def test_align_folder_writes_the_contract(sim_folder, tmp_path):
     from semlayout.data.pairs import read_manifest
 
     assert len(read_manifest(out)) == len(passed)
+    # ... and the table reads back typed, with the same verdicts
+    table = read_alignment_table(out)
+    assert [(t.id, t.qc_pass, t.reason) for t in table] == [
+        (r["id"], r["qc_pass"] == "true", r["reason"]) for r in rows
+    ]
+    ok = next(t for t in table if t.qc_pass)
+    assert (ok.x, ok.y) == (int(by_id[ok.id]["x"]), int(by_id[ok.id]["y"]))
+    assert ok.extra["confidence"] == by_id[ok.id]["confidence"]
+    missing = next(t for t in table if t.id == "bad-missing")
+    assert (missing.x, missing.y, missing.score, missing.qc_pass) == (None, None, None, False)
+
+
+_HEADER = "id,x,y,score,qc_pass,reason\n"
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [("true", True), ("TRUE", True), (" 1 ", True), ("Yes", True)]
+    + [("false", False), ("0", False), ("NO", False)],
+)
+def test_alignment_table_has_one_boolean_rule(tmp_path, text, want):
+    (tmp_path / "alignment.csv").write_text(_HEADER + f"a,3,4,0.5,{text},ok\n")
+    (row,) = read_alignment_table(tmp_path)
+    assert (row.id, row.x, row.y, row.score, row.qc_pass) == ("a", 3, 4, 0.5, want)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (_HEADER + "a,3,4,0.5,maybe,ok\n", r"alignment.csv: row 'a': qc_pass is 'maybe'"),
+        (_HEADER + "b,3,4,0.5,,ok\n", r"row 'b': qc_pass is ''; expected true/false"),
+        (_HEADER + "c,3.5,4,0.5,true,ok\n", r"row 'c': x is '3.5'"),
+        ("id,x,y,qc_pass\na,1,2,true\n", r"missing column\(s\) score, reason"),
+        ("", r"missing column\(s\) id, x, y, score, qc_pass, reason"),
+    ],
+)
+def test_alignment_table_errors_name_the_file_row_and_value(tmp_path, body, message):
+    (tmp_path / "alignment.csv").write_text(body)
+    with pytest.raises(SemlayoutError, match=message):
+        read_alignment_table(tmp_path / "alignment.csv")
+
+
+def test_alignment_table_missing_file(tmp_path):
+    with pytest.raises(SemlayoutError, match="cannot read alignment table"):
+        read_alignment_table(tmp_path)
 
 
 def test_two_workers_give_the_same_answers(sim_folder, tmp_path):
@@ -344,7 +383,7 @@ def test_two_workers_give_the_same_answers(sim_folder, tmp_path):
 
 
 def test_failed_run_leaves_the_old_output_untouched(sim_folder, tmp_path, monkeypatch):
-    import semlayout.data.align as align_mod
+    import semlayout.data.align_folder as align_mod
 
     folder, _ = sim_folder
     out = tmp_path / "aligned"

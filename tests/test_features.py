@@ -1,4 +1,5 @@
-"""image_features / histogram: values against independent numpy/scipy/skimage references, speed, size independence."""
+"""image_features / histogram: values against independent numpy/scipy/skimage references,
+speed, size independence."""
 
 from __future__ import annotations
 
@@ -153,16 +154,12 @@ def test_fast_enough_for_per_request_use():
 
 def test_crop_vs_raw_parent_within_reference_spread(tiny_pairs, tiny_aligned, tiny_shards):
     """Synth SEMs (304x304) vs their aligned 250x250 crops, in units of the training spread."""
-    import csv
-
+    from semlayout.data.alignment_table import read_alignment_table
     from semlayout.data.pairs import read_gray8, read_manifest
-    from semlayout.data.shards import load_reference_stats
+    from semlayout.data.reference_stats import load_reference_stats
 
     std = load_reference_stats(tiny_shards)["sem"]["std"]
-    with open(tiny_aligned / "alignment.csv", newline="") as f:
-        passed = {
-            r["id"]: (int(r["x"]), int(r["y"])) for r in csv.DictReader(f) if r["qc_pass"] == "true"
-        }
+    passed = {r.id: (r.x, r.y) for r in read_alignment_table(tiny_aligned) if r.qc_pass}
     dz: dict[str, list[float]] = {k: [] for k in FEATURE_NAMES}
     for rec in read_manifest(tiny_pairs):
         if rec.id not in passed:

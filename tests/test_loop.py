@@ -195,7 +195,7 @@ def test_qc_failed_pairs_are_consumed_and_reported(loop_env, tiny_pairs, tiny_al
     its artifact; two pairs with a pure-noise SEM fail it, the run completes on the others."""
     import csv
 
-    from semlayout.data.align import align_folder
+    from semlayout.data.align_folder import align_folder
 
     cfg, store, fb = loop_env
     with open(tiny_aligned / "alignment.csv", newline="") as f:

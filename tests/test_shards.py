@@ -1,4 +1,5 @@
-"""write_shards / read_index / iter_split / load_split_arrays / reference stats / `semlayout shard`."""
+"""write_shards / read_index / iter_split / load_split_arrays / reference stats / alignment
+table / `semlayout shard`."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from helpers_shards import make_pairs
 from semlayout.cli import main as cli_main
 from semlayout.data.features import FEATURE_NAMES, histogram, image_features
 from semlayout.data.pairs import read_gray8, read_manifest
+from semlayout.data.reference_stats import load_reference_stats
 from semlayout.data.shards import (
     FORMAT,
     SPLITS,
     ShardSource,
     assign_splits,
     iter_split,
-    load_reference_stats,
     load_split_arrays,
     read_index,
     split_counts,
@@ -117,7 +118,7 @@ def test_split_deterministic_by_seed_and_independent_of_manifest_order(aligned, 
     assert _members(tmp_path / "s3") != _members(shards)
 
 
-# ----------------------------------------------------------------------------- format and round trip
+# ----------------------------------------------------------------------------- format, round trip
 
 
 def test_shard_files_follow_the_contract(shards):
@@ -195,17 +196,33 @@ def test_plain_pair_folder_with_250_sems_is_accepted(aligned, tmp_path):
     assert sum(index["splits"][s]["n"] for s in SPLITS) == sum(FAMILIES.values())
 
 
-def test_qc_failed_rows_are_left_out(aligned, tmp_path):
-    copy = tmp_path / "a"
-    shutil.copytree(aligned, copy)
-    rows = list(csv.DictReader((copy / "alignment.csv").open()))
-    rows[0]["qc_pass"] = "false"
-    with (copy / "alignment.csv").open("w", newline="") as f:
+def _with_qc(aligned: Path, dest: Path, values: list[str]) -> list[dict[str, str]]:
+    """A copy of `aligned` whose first alignment.csv rows have these qc_pass values."""
+    shutil.copytree(aligned, dest)
+    rows = list(csv.DictReader((dest / "alignment.csv").open()))
+    for row, value in zip(rows, values, strict=False):
+        row["qc_pass"] = value
+    with (dest / "alignment.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    write_shards(copy, tmp_path / "out")
-    assert rows[0]["id"] not in _members(tmp_path / "out")
+    return rows
+
+
+def test_qc_failed_rows_are_left_out(aligned, tmp_path):
+    rows = _with_qc(aligned, tmp_path / "a", ["false", "No", "0", "YES", "1"])
+    write_shards(tmp_path / "a", tmp_path / "out")
+    members = _members(tmp_path / "out")
+    assert [r["id"] in members for r in rows[:5]] == [False, False, False, True, True]
+
+
+def test_malformed_qc_pass_is_refused(aligned, tmp_path):
+    rows = _with_qc(aligned, tmp_path / "a", ["true", "passed"])
+    with pytest.raises(SemlayoutError, match=rf"row '{rows[1]['id']}': qc_pass is 'passed'"):
+        write_shards(tmp_path / "a", tmp_path / "out")
+    (tmp_path / "a" / "alignment.csv").write_text("id,qc_pass\n")
+    with pytest.raises(SemlayoutError, match=r"missing column\(s\) x, y, score, reason"):
+        write_shards(tmp_path / "a", tmp_path / "out")
 
 
 def test_without_clean_images(tmp_path):
@@ -364,6 +381,13 @@ def test_reference_stats_errors(shards, tmp_path):
     bad.write_text(json.dumps(stats))
     with pytest.raises(SemlayoutError, match="feature_names"):
         load_reference_stats(tmp_path)
+    # the per-image features are part of the contract (the drift report and the
+    # DriftDetector's calibration without shards read them)
+    stats = json.loads((shards / "reference_stats.json").read_text())
+    del stats["layout"]["features"]
+    bad.write_text(json.dumps(stats))
+    with pytest.raises(SemlayoutError, match="missing 'layout' block with mean, std, histogram"):
+        load_reference_stats(bad)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -390,20 +390,20 @@ def test_corner_rounding_removes_corner_pixels() -> None:
     assert round_[150, 100] == pytest.approx(sharp[150, 100], abs=0.1)  # straight edge stays
 
 
-def test_critical_dimension_is_a_line_width_or_half_a_square() -> None:
-    from semlayout.data.sem_physics import critical_dimension, print_scale
+def test_minority_width_is_a_line_width_or_half_a_square() -> None:
+    from semlayout.data.sem_physics import minority_width, print_scale
 
     lines = np.zeros((304, 304), np.uint8)
     lines[:, 10:290:20] = 1
     for k in range(1, 6):  # 6 px wide lines at pitch 20
         lines[:, 10 + k : 290 : 20] = 1
-    assert critical_dimension(lines) == pytest.approx(6.0, abs=0.1)
+    assert minority_width(lines) == pytest.approx(6.0, abs=0.1)
     vias = np.zeros((304, 304), np.uint8)
     for y in range(8, 296, 24):
         for x in range(8, 296, 24):
             vias[y : y + 8, x : x + 8] = 1
-    assert critical_dimension(vias) == pytest.approx(4.0, abs=0.01)  # narrower than the gaps
-    assert critical_dimension(np.zeros((50, 50), np.uint8)) == 0.0
+    assert minority_width(vias) == pytest.approx(4.0, abs=0.01)  # narrower than the gaps
+    assert minority_width(np.zeros((50, 50), np.uint8)) == 0.0
     assert print_scale(vias) == pytest.approx(0.5)
     assert print_scale(_wide_line()) == 1.0
 

@@ -155,7 +155,8 @@ class S3Store(Store):
             raise SemlayoutError("S3 URI has an empty bucket name; expected s3://BUCKET/PREFIX")
         if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
             raise SemlayoutError(
-                f"S3 bucket name '{bucket}' is not valid: 3-63 characters, lowercase letters, digits, '.' and '-'"
+                f"S3 bucket name '{bucket}' is not valid: "
+                "3-63 characters, lowercase letters, digits, '.' and '-'"
             )
         self.bucket = bucket
         self.prefix = check_key(prefix.strip("/"), allow_empty=True) if prefix.strip("/") else ""
@@ -200,7 +201,8 @@ class S3Store(Store):
             ) from None
         except EndpointConnectionError as err:
             raise SemlayoutError(
-                f"cannot reach the S3 endpoint for {where} ({err.kwargs.get('endpoint_url', '?')}): "
+                f"cannot reach the S3 endpoint for {where} "
+                f"({err.kwargs.get('endpoint_url', '?')}): "
                 "check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 and the network"
             ) from None
         except ClientError as err:
@@ -299,10 +301,6 @@ def open_store(uri: str) -> Store:
     if scheme == "file":
         return LocalStore(path)
     return S3Store(bucket, path)
-
-
-def is_remote(uri: str) -> bool:
-    return isinstance(uri, str) and uri.startswith("s3://")
 
 
 def fetch_to_local(uri: str, dest: str | os.PathLike[str]) -> Path:

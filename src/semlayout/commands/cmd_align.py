@@ -36,8 +36,10 @@ def register(app: typer.Typer) -> None:
         ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar"),
     ) -> None:
-        """Align raw SEMs to their layout templates; write OUT (cropped 250x250 pairs) and OUT/alignment.csv."""
-        from semlayout.data.align import AlignConfig, align_folder
+        """Align raw SEMs to their layout templates; write OUT (cropped 250x250 pairs) and
+        OUT/alignment.csv."""
+        from semlayout.data.align import AlignConfig
+        from semlayout.data.align_folder import align_folder
 
         kw: dict[str, Any] = {"blur": blur}
         if min_score is not None:

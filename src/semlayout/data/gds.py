@@ -124,7 +124,8 @@ def read_layer(
         if present:
             have = ", ".join(f"{a}/{b}" for a, b in present[:30])
             raise SemlayoutError(
-                f"{spec} has no polygons in cell '{top.name}' of {path}; layer/datatype present: {have}"
+                f"{spec} has no polygons in cell '{top.name}' of {path}; "
+                f"layer/datatype present: {have}"
             )
         raise SemlayoutError(f"cell '{top.name}' of {path} holds no polygons at all")
     pts = [np.asarray(p.points, dtype=np.float64) * nm_per_unit for p in polys]
@@ -146,7 +147,8 @@ def rasterize(
     pixel_nm: float,
     shape: tuple[int, int] = (TEMPLATE, TEMPLATE),
 ) -> np.ndarray:
-    """(H, W) uint8 {0, 1}: pixel centres inside the union of `polygons` (nm), window lower-left (x0, y0).
+    """(H, W) uint8 {0, 1}: pixel centres inside the union of `polygons` (nm), window
+    lower-left (x0, y0).
 
     Scanline with winding numbers: every polygon is oriented the same way, each
     edge adds +-1 at the first pixel whose centre is right of where it crosses a
@@ -234,6 +236,34 @@ def tile_origins(
     return list(iter_tile_origins(bbox, clip_nm, stride_nm))
 
 
+# clips.csv: where each clip sits in the design (lower-left, nm), and its pattern share
+CLIPS_COLUMNS = (
+    "id",
+    "layout_path",
+    "x_nm",
+    "y_nm",
+    "layer",
+    "datatype",
+    "cell",
+    "pattern_type",
+    "fill",
+)
+
+
+@dataclass
+class _Clip:
+    """One clip window: its template and, for `render_sem`, the SEM field around it."""
+
+    pid: str
+    x_nm: float  # lower-left corner of the template (nm)
+    y_nm: float
+    tpl: np.ndarray  # (250, 250) uint8 {0, 1}
+    fld: np.ndarray | None = None  # (304, 304) uint8 {0, 1}: the template sits at (x, y)
+    x: int = 0
+    y: int = 0
+    rng: np.random.Generator | None = None
+
+
 def gds_clips(
     path: str | os.PathLike[str],
     layer: int,
@@ -247,22 +277,53 @@ def gds_clips(
     seed: int = 0,
     ranges: object | None = None,
 ) -> GdsClipsResult:
-    """Write `layout/<id>.png` + `clips.csv` (id,layout_path,x_nm,y_nm,layer,datatype,cell,pattern_type,fill).
+    """Write `layout/<id>.png` + `clips.csv` (CLIPS_COLUMNS), one clip per structured window.
 
     With `render_sem`, OUT is also a pair folder: sem/, clean/, manifest.csv and truth.csv,
-    the SEM rendered over a 304x304 field of the design around the clip (template at a random offset).
+    the SEM rendered over a 304x304 field of the design around the clip (template at a
+    random offset).
     """
     from semlayout.atomic import atomic_dir
-    from semlayout.data.pairs import encode_png
-    from semlayout.data.synth import (
-        CENTRE,
-        FIELD,
-        MAX_OFFSET,
-        PHYSICS_COLUMNS,
-        readable_by_others,
-        render_sem_pair,
-    )
+    from semlayout.data.synth import readable_by_others
 
+    clip_nm, stride = _check_options(pixel_nm, stride_nm, max_clips)
+    data = read_layer(path, layer, datatype, cell)
+    _check_tile_count(data.bbox, clip_nm, stride, pixel_nm)
+    origins = iter_tile_origins(data.bbox, clip_nm, stride)  # lazy: --max-clips stops it early
+    out = Path(out_dir)
+    rows: list[dict[str, str]] = []
+    with atomic_dir(out) as tmp:
+        for sub in ("layout",) + (("sem", "clean") if render_sem else ()):
+            (tmp / sub).mkdir()
+        truth: list[str] = ["id,x,y"]
+        manifest_rows: list[dict[str, str]] = []
+        for x0, y0 in origins:
+            if max_clips is not None and len(rows) >= max_clips:
+                break
+            clip = _cut(data, x0, y0, len(rows), pixel_nm, render_sem, seed)
+            row = _write_clip(tmp, clip, layer, datatype, data.cell)
+            if row is None:
+                continue  # no edge inside: nothing to learn or align
+            rows.append(row)
+            if render_sem:
+                manifest_rows.append(_write_sem(tmp, clip, row, seed, ranges))
+                truth.append(f"{clip.pid},{clip.x},{clip.y}")
+        if not rows:
+            raise SemlayoutError(
+                f"no clip of layer {layer} in cell '{data.cell}' has structure at {pixel_nm} nm/px "
+                f"(every clip was empty or fully covered); try another --pixel-nm"
+            )
+        _write_csv(tmp / "clips.csv", list(CLIPS_COLUMNS), rows)
+        if render_sem:
+            _write_pair_tables(tmp, manifest_rows, truth)
+        readable_by_others(tmp)
+    return GdsClipsResult(out, len(rows), rows)
+
+
+def _check_options(
+    pixel_nm: float, stride_nm: float | None, max_clips: int | None
+) -> tuple[float, float]:
+    """(clip size, stride) in nm, after checking the user's numbers."""
     if not (isinstance(pixel_nm, int | float) and math.isfinite(pixel_nm) and pixel_nm > 0):
         raise SemlayoutError(f"--pixel-nm {pixel_nm}: expected a positive pixel size in nm")
     clip_nm = TEMPLATE * pixel_nm
@@ -271,111 +332,107 @@ def gds_clips(
         raise SemlayoutError(f"--stride-nm {stride_nm}: expected a positive step in nm")
     if max_clips is not None and max_clips <= 0:
         raise SemlayoutError(f"--max-clips {max_clips}: expected a positive number")
-    data = read_layer(path, layer, datatype, cell)
-    n_tiles = tile_count(data.bbox, clip_nm, stride)
+    return clip_nm, stride
+
+
+def _check_tile_count(
+    bbox: tuple[float, float, float, float], clip_nm: float, stride: float, pixel_nm: float
+) -> None:
+    n_tiles = tile_count(bbox, clip_nm, stride)
     if n_tiles > MAX_TILES:
         raise SemlayoutError(
             f"--pixel-nm {pixel_nm} with a {stride:g} nm stride cuts the cell into {n_tiles} clip "
             f"windows (limit {MAX_TILES}); use a larger pixel size or stride"
         )
-    origins = iter_tile_origins(data.bbox, clip_nm, stride)  # lazy: --max-clips stops it early
-    out = Path(out_dir)
-    rows: list[dict[str, str]] = []
-    with atomic_dir(out) as tmp:
-        (tmp / "layout").mkdir()
-        if render_sem:
-            (tmp / "sem").mkdir()
-            (tmp / "clean").mkdir()
-        truth: list[str] = ["id,x,y"]
-        manifest_rows: list[dict[str, str]] = []
-        for x0, y0 in origins:
-            if max_clips is not None and len(rows) >= max_clips:
-                break
-            k = len(rows)
-            pid = f"clip-{k:06d}"
-            if render_sem:
-                rng = np.random.default_rng([seed, k])
-                x, y = (
-                    int(v)
-                    for v in rng.integers(CENTRE - MAX_OFFSET, CENTRE + MAX_OFFSET + 1, size=2)
-                )
-                # field window: template's top-left pixel sits at (x, y) of the 304x304 field
-                fx0 = x0 - x * pixel_nm
-                fy0 = (y0 + clip_nm + y * pixel_nm) - FIELD * pixel_nm
-                fld = _window(data, fx0, fy0, pixel_nm, (FIELD, FIELD))
-                tpl = fld[y : y + TEMPLATE, x : x + TEMPLATE]
-            else:
-                tpl = _window(data, x0, y0, pixel_nm, (TEMPLATE, TEMPLATE))
-            fill = float(tpl.mean())
-            if fill == 0.0 or fill == 1.0:
-                continue  # no edge inside: nothing to learn or align
-            (tmp / "layout" / f"{pid}.png").write_bytes(encode_png(tpl * np.uint8(255)))
-            row = {
-                "id": pid,
-                "layout_path": f"layout/{pid}.png",
-                "x_nm": f"{x0:.6g}",
-                "y_nm": f"{y0:.6g}",
-                "layer": str(layer),
-                "datatype": "" if datatype is None else str(datatype),
-                "cell": data.cell,
-                "pattern_type": "gds",
-                "fill": f"{fill:.4f}",
-            }
-            rows.append(row)
-            if render_sem:
-                sem, _, clean, _, _, meta = render_sem_pair(fld, x, y, rng, ranges=ranges)  # type: ignore[arg-type]
-                (tmp / "sem" / f"{pid}.png").write_bytes(encode_png(sem))
-                (tmp / "clean" / f"{pid}.png").write_bytes(encode_png(clean))
-                truth.append(f"{pid},{x},{y}")
-                manifest_rows.append(
-                    {
-                        "id": pid,
-                        "sem_path": f"sem/{pid}.png",
-                        "layout_path": row["layout_path"],
-                        "pattern_type": "gds",
-                        "clean_path": f"clean/{pid}.png",
-                        "seed": str(seed),
-                        "x_nm": row["x_nm"],
-                        "y_nm": row["y_nm"],
-                        **meta["params"].as_columns(),
-                    }
-                )
-        if not rows:
-            raise SemlayoutError(
-                f"no clip of layer {layer} in cell '{data.cell}' has structure at {pixel_nm} nm/px "
-                f"(every clip was empty or fully covered); try another --pixel-nm"
-            )
-        _write_csv(
-            tmp / "clips.csv",
-            [
-                "id",
-                "layout_path",
-                "x_nm",
-                "y_nm",
-                "layer",
-                "datatype",
-                "cell",
-                "pattern_type",
-                "fill",
-            ],
-            rows,
-        )
-        if render_sem:
-            cols = [
-                "id",
-                "sem_path",
-                "layout_path",
-                "pattern_type",
-                "clean_path",
-                "seed",
-                "x_nm",
-                "y_nm",
-                *PHYSICS_COLUMNS,
-            ]
-            _write_csv(tmp / "manifest.csv", cols, manifest_rows)
-            (tmp / "truth.csv").write_text("\n".join(truth) + "\n", encoding="utf-8")
-        readable_by_others(tmp)
-    return GdsClipsResult(out, len(rows), rows)
+
+
+def _cut(
+    data: LayerPolygons,
+    x0: float,
+    y0: float,
+    k: int,
+    pixel_nm: float,
+    render_sem: bool,
+    seed: int,
+) -> _Clip:
+    """Rasterise the k-th kept clip at lower-left (x0, y0): the template alone or, with
+    `render_sem`, the 304x304 field around it with the template at a random offset."""
+    from semlayout.data.synth import CENTRE, FIELD, MAX_OFFSET
+
+    pid = f"clip-{k:06d}"
+    if not render_sem:
+        return _Clip(pid, x0, y0, _window(data, x0, y0, pixel_nm, (TEMPLATE, TEMPLATE)))
+    clip_nm = TEMPLATE * pixel_nm
+    rng = np.random.default_rng([seed, k])
+    x, y = (int(v) for v in rng.integers(CENTRE - MAX_OFFSET, CENTRE + MAX_OFFSET + 1, size=2))
+    # field window: template's top-left pixel sits at (x, y) of the 304x304 field
+    fx0 = x0 - x * pixel_nm
+    fy0 = (y0 + clip_nm + y * pixel_nm) - FIELD * pixel_nm
+    fld = _window(data, fx0, fy0, pixel_nm, (FIELD, FIELD))
+    return _Clip(pid, x0, y0, fld[y : y + TEMPLATE, x : x + TEMPLATE], fld, x, y, rng)
+
+
+def _write_clip(
+    tmp: Path, clip: _Clip, layer: int, datatype: int | None, cell: str
+) -> dict[str, str] | None:
+    """Write the clip's layout PNG and return its clips.csv row; None (nothing written) for a
+    clip without structure (all background or all pattern)."""
+    from semlayout.data.pairs import encode_png
+
+    fill = float(clip.tpl.mean())
+    if fill == 0.0 or fill == 1.0:
+        return None
+    (tmp / "layout" / f"{clip.pid}.png").write_bytes(encode_png(clip.tpl * np.uint8(255)))
+    return {
+        "id": clip.pid,
+        "layout_path": f"layout/{clip.pid}.png",
+        "x_nm": f"{clip.x_nm:.6g}",
+        "y_nm": f"{clip.y_nm:.6g}",
+        "layer": str(layer),
+        "datatype": "" if datatype is None else str(datatype),
+        "cell": cell,
+        "pattern_type": "gds",
+        "fill": f"{fill:.4f}",
+    }
+
+
+def _write_sem(
+    tmp: Path, clip: _Clip, row: dict[str, str], seed: int, ranges: object | None
+) -> dict[str, str]:
+    """Render and write the clip's SEM and clean image; returns its manifest.csv row."""
+    from semlayout.data.pairs import encode_png
+    from semlayout.data.synth import render_sem_pair
+
+    assert clip.fld is not None and clip.rng is not None
+    sem, _, clean, _, _, meta = render_sem_pair(
+        clip.fld,
+        clip.x,
+        clip.y,
+        clip.rng,
+        ranges=ranges,  # type: ignore[arg-type]
+    )
+    (tmp / "sem" / f"{clip.pid}.png").write_bytes(encode_png(sem))
+    (tmp / "clean" / f"{clip.pid}.png").write_bytes(encode_png(clean))
+    return {
+        "id": clip.pid,
+        "sem_path": f"sem/{clip.pid}.png",
+        "layout_path": row["layout_path"],
+        "pattern_type": "gds",
+        "clean_path": f"clean/{clip.pid}.png",
+        "seed": str(seed),
+        "x_nm": row["x_nm"],
+        "y_nm": row["y_nm"],
+        **meta["params"].as_columns(),
+    }
+
+
+def _write_pair_tables(tmp: Path, manifest_rows: list[dict[str, str]], truth: list[str]) -> None:
+    """manifest.csv and truth.csv of a rendered pair folder."""
+    from semlayout.data.synth import PHYSICS_COLUMNS
+
+    cols = ["id", "sem_path", "layout_path", "pattern_type", "clean_path", "seed", "x_nm", "y_nm"]
+    _write_csv(tmp / "manifest.csv", [*cols, *PHYSICS_COLUMNS], manifest_rows)
+    (tmp / "truth.csv").write_text("\n".join(truth) + "\n", encoding="utf-8")
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:

@@ -154,7 +154,8 @@ def sample_params(
 
     def u(name: str) -> float:
         lo, hi = getattr(r, name)
-        # a pinned range draws nothing, so switching an effect off leaves the other draws as they were
+        # a pinned range draws nothing, so switching an effect off leaves the other draws as
+        # they were
         return float(lo) if lo == hi else float(rng.uniform(lo, hi))
 
     lo, hi = r.dose
@@ -193,11 +194,14 @@ PRINT_CD_REF = (
 )
 
 
-def critical_dimension(field: np.ndarray) -> float:
-    """2 x area / perimeter (px) of the narrower of pattern and background in a binary field.
+def minority_width(field: np.ndarray) -> float:
+    """Mean width (px) of the minority phase of a binary field: 2 x area / perimeter of
+    whichever of pattern and background covers less.
 
     A line's width, half a square's side: the scale at which printing starts to
-    lose a design. 0 for a blank or full field.
+    lose a design (its critical dimension, estimated from area and edge length alone;
+    `semlayout.metrics.critical_dimension` measures line widths of an image instead).
+    0 for a blank or full field.
     """
     f = field.astype(np.int16)
     perimeter = int(np.abs(np.diff(f, axis=0)).sum() + np.abs(np.diff(f, axis=1)).sum())
@@ -208,14 +212,14 @@ def critical_dimension(field: np.ndarray) -> float:
 
 
 def print_scale(field: np.ndarray) -> float:
-    """Factor on the print blur and LER of a design: min(1, CD / PRINT_CD_REF).
+    """Factor on the print blur and LER of a design: min(1, minority_width / PRINT_CD_REF).
 
     A process that prints a design resolves it: its corner rounding and edge
     roughness are a fraction of the design's own critical dimension, not fixed
     pixel counts. Without this, a 4 px via under the full 2.5 px corner blur
     would print as a faint blob and its drawn square could not be recovered.
     """
-    cd = critical_dimension(field)
+    cd = minority_width(field)
     return 1.0 if cd <= 0 else min(1.0, cd / PRINT_CD_REF)
 
 
@@ -264,7 +268,8 @@ _LUT_STEP = 4  # distance-lookup bins per supersampled px (0.125 px at 2x)
 
 
 def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> np.ndarray:
-    """SE edge effect: exp(-d / edge_width) inside the pattern, a weaker (`rim_outside`), narrower tail outside.
+    """SE edge effect: exp(-d / edge_width) inside the pattern, a weaker (`rim_outside`),
+    narrower tail outside.
 
     (H,W) float32 in [0,1], from distance transforms of the supersampled print;
     the exponentials are table lookups on the quantised distance (cv2.LUT).
@@ -286,7 +291,8 @@ def edge_rim(printed: np.ndarray, p: SemParams, out_shape: tuple[int, int]) -> n
 
 
 def detector_shadow(coverage: np.ndarray, p: SemParams, rng: np.random.Generator) -> np.ndarray:
-    """Rim gain 1 + shadow * cos(angle between the edge's outward normal and the detector direction).
+    """Rim gain 1 + shadow * cos(angle between the edge's outward normal and the detector
+    direction).
 
     An off-axis (Everhart-Thornley) detector collects more electrons from edges that face
     it: rims on one side of a feature are brighter than on the other. (H,W) float32.
@@ -334,7 +340,8 @@ def background_field(
 
 
 def scan_shifts(h: int, p: SemParams, rng: np.random.Generator) -> np.ndarray:
-    """Per-row x shift (px): white jitter + vibration + linear drift, zero mean so the truth offset stays exact."""
+    """Per-row x shift (px): white jitter + vibration + linear drift, zero mean so the truth
+    offset stays exact."""
     rows = np.arange(h, dtype=np.float32)
     jitter = rng.standard_normal(h).astype(np.float32) * p.jitter_px
     phase = rng.uniform(0, 2 * math.pi)
@@ -347,7 +354,8 @@ def scan_shifts(h: int, p: SemParams, rng: np.random.Generator) -> np.ndarray:
 
 
 def beam_blur(signal: np.ndarray, p: SemParams) -> np.ndarray:
-    """Probe PSF: an (astigmatic) Gaussian core plus a broad backscatter tail holding `psf_tail` of the signal."""
+    """Probe PSF: an (astigmatic) Gaussian core plus a broad backscatter tail holding
+    `psf_tail` of the signal."""
     sx = p.blur_sigma * math.sqrt(p.astigmatism)
     sy = p.blur_sigma / math.sqrt(p.astigmatism)
     core = cv2.GaussianBlur(signal, (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT)
@@ -362,7 +370,8 @@ def beam_blur(signal: np.ndarray, p: SemParams) -> np.ndarray:
 
 
 def detector_lag(signal: np.ndarray, p: SemParams) -> np.ndarray:
-    """Causal exponential smear along each scan line (left to right): bright edges leave a short tail.
+    """Causal exponential smear along each scan line (left to right): bright edges leave a
+    short tail.
 
     The kernel's centroid moves by ~streak * streak_len px (<= 0.75 px with the default ranges).
     """
@@ -371,7 +380,8 @@ def detector_lag(signal: np.ndarray, p: SemParams) -> np.ndarray:
     n = max(2, int(math.ceil(4 * p.streak_len)))
     tail = np.exp(-np.arange(1, n + 1) / p.streak_len)
     tail = p.streak * tail / tail.sum()
-    # filter2D correlates: kernel[j] weighs signal[x + j - anchor]; anchor at the right end -> past pixels only
+    # filter2D correlates: kernel[j] weighs signal[x + j - anchor]; anchor at the right end
+    # -> past pixels only
     kernel = np.concatenate([tail[::-1], [1.0 - p.streak]]).astype(np.float32)[None, :]
     return cv2.filter2D(signal, -1, kernel, anchor=(n, 0), borderType=cv2.BORDER_REFLECT)
 

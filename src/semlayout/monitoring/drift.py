@@ -23,9 +23,10 @@ Thresholds are calibrated on in-distribution images (`calibrate`): each is set t
 `1 - target_rate / 2` quantile of its statistic over those images times a 1.1 margin
 (and never below `MIN_Z` / `MIN_KL`), so in-distribution traffic is flagged at about
 `target_rate` (default 1%) or less. `detectors_from_reference` calibrates on the shards'
-train + val images when the reference file sits in a shards folder; with the JSON alone, the z threshold
-is calibrated on the reference's own per-image features and the KL threshold falls back to
-`DEFAULT_KL` unless given.
+train + val images when the reference file sits in a shards folder; with the JSON alone, the
+z threshold is calibrated on the reference's own per-image features and the KL threshold falls
+back to `DEFAULT_KL` unless given. The reference is read (and its shape checked) by
+`semlayout.data.reference_stats.load_reference_stats`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from semlayout.data.reference_stats import load_reference_stats
 from semlayout.errors import SemlayoutError
 
 EPS = 1e-4
@@ -205,28 +207,11 @@ class DriftDetector:
 
 
 # ---------------------------------------------------------------------- loading
-def load_reference_stats(path: str | Path) -> dict[str, Any]:
-    """Read `reference_stats.json` (a path to the file or to the shards folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "reference_stats.json"
-    if not path.is_file():
-        raise SemlayoutError(
-            f"drift reference not found: {path} (expected SHARDS/reference_stats.json)"
-        )
-    try:
-        stats = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SemlayoutError(f"{path} is not valid JSON: {err}") from None
-    for kind in ("sem", "layout"):
-        block = stats.get(kind) if isinstance(stats, dict) else None
-        if not isinstance(block, dict) or not {"mean", "std", "histogram"} <= set(block):
-            raise SemlayoutError(f"{path}: missing '{kind}' block with mean, std and histogram")
-    return stats
 
 
 def _calibration_images(shards_dir: Path, kind: str, limit: int) -> list[np.ndarray]:
-    """Up to `limit` in-distribution images of `kind`: the train and val splits pooled (not test)."""
+    """Up to `limit` in-distribution images of `kind`: the train and val splits pooled (not
+    test)."""
     index_path = shards_dir / "index.json"
     if not index_path.is_file():
         return []
@@ -255,7 +240,8 @@ def detectors_from_reference(
     feature_fn: FeatureFn | None = None,
     histogram_fn: HistogramFn | None = None,
 ) -> dict[str, DriftDetector]:
-    """One calibrated DriftDetector per direction ({"sem2layout": sem detector, "layout2sem": layout})."""
+    """One calibrated DriftDetector per direction: {"sem2layout": the sem detector,
+    "layout2sem": the layout detector}."""
     path = Path(path)
     stats = load_reference_stats(path)
     shards_dir = path if path.is_dir() else path.parent

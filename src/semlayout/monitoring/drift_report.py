@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from semlayout.atomic import _umask
+from semlayout.data.reference_stats import load_reference_stats
 from semlayout.errors import SemlayoutError
-from semlayout.monitoring.drift import DIRECTION_KIND, load_reference_stats
+from semlayout.monitoring.drift import DIRECTION_KIND
 from semlayout.monitoring.store import MonitorStore
 
 

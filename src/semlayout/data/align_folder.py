@@ -1,0 +1,203 @@
+"""Align a whole pair folder: `align_pair` on every pair (optionally in worker processes),
+then the aligned pair folder of the QC-passed pairs (SEM and clean image cropped to the
+template) and `alignment.csv` with one row per input pair, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semlayout.atomic import atomic_dir, check_not_over_inputs
+from semlayout.data.align import AlignConfig, AlignResult, align_pair
+from semlayout.data.alignment_table import ALIGNMENT_FILE, result_row, write_alignment_table
+from semlayout.data.pairs import (
+    REQUIRED_COLUMNS,
+    ImageRejected,
+    PairRecord,
+    read_gray8,
+    read_manifest,
+)
+from semlayout.errors import SemlayoutError
+
+Job = tuple[PairRecord, Path, AlignConfig]
+
+
+@dataclass
+class AlignSummary:
+    out_dir: str
+    n_pairs: int
+    n_passed: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    pairs_per_s: float = 0.0
+
+
+def align_folder(
+    pairs_dir: str | Path,
+    out_dir: str | Path,
+    cfg: AlignConfig | None = None,
+    workers: int = 1,
+    progress: bool = False,
+) -> AlignSummary:
+    """Align every pair of `pairs_dir`; `out_dir` becomes the pair folder of QC-passed pairs.
+
+    `out_dir/alignment.csv` has one row per input pair (rejected ones with a reason).
+    Nothing appears at `out_dir` unless the whole run succeeds.
+    """
+    cfg = cfg or AlignConfig()
+    pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
+    records = read_manifest(pairs_dir)
+    check_not_over_inputs(out_dir, input_pair_folder=pairs_dir)
+    if workers < 1:
+        raise SemlayoutError(f"workers must be >= 1, got {workers}")
+    has_clean = any(r.clean_path is not None for r in records)
+    t0 = time.perf_counter()
+    with atomic_dir(out_dir) as tmp:
+        for sub in ("sem", "layout") + (("clean",) if has_clean else ()):
+            (tmp / sub).mkdir()
+        results = _run_jobs([(r, tmp, cfg) for r in records], workers, progress)
+        _write_outputs(tmp, records, results, has_clean)
+    seconds = time.perf_counter() - t0
+    reasons = Counter(r.reason for r in results)
+    return AlignSummary(
+        out_dir=str(out_dir),
+        n_pairs=len(results),
+        n_passed=sum(r.qc_pass for r in results),
+        reasons=dict(sorted(reasons.items())),
+        seconds=seconds,
+        pairs_per_s=len(results) / seconds if seconds > 0 else 0.0,
+    )
+
+
+# ----------------------------------------------------------------------------- one pair
+
+
+def _align_record(rec: PairRecord, tmp: Path, cfg: AlignConfig) -> AlignResult:
+    """Read and align one pair; if QC passes, write its cropped images into `tmp`."""
+    try:
+        sem = read_gray8(rec.sem_path)
+        layout = read_gray8(rec.layout_path)  # align_pair rejects non-binary ones (not_binary)
+    except ImageRejected as err:
+        return AlignResult(reason=err.reason)
+    res = align_pair(sem, layout, cfg)
+    clean = None
+    if res.qc_pass and rec.clean_path is not None:
+        try:
+            clean = read_gray8(rec.clean_path, expected_shape=sem.shape)
+        except ImageRejected as err:
+            res.qc_pass, res.reason = False, err.reason
+    if res.qc_pass:
+        _write_crops(rec, tmp, res, sem, layout.shape, clean)
+    return res
+
+
+def _write_crops(
+    rec: PairRecord,
+    tmp: Path,
+    res: AlignResult,
+    sem: np.ndarray,
+    shape: tuple[int, ...],
+    clean: np.ndarray | None,
+) -> None:
+    """The SEM (and clean image) cropped to the template at (res.y, res.x), and the layout."""
+    import cv2
+
+    assert res.x is not None and res.y is not None
+    h, w = shape
+    y, x = res.y, res.x
+    fast = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless either way; level 1 is ~2x faster
+    cv2.imwrite(
+        str(tmp / "sem" / f"{rec.id}.png"),
+        np.ascontiguousarray(sem[y : y + h, x : x + w]),
+        fast,
+    )
+    shutil.copyfile(rec.layout_path, tmp / "layout" / f"{rec.id}.png")
+    if clean is not None:
+        cv2.imwrite(
+            str(tmp / "clean" / f"{rec.id}.png"),
+            np.ascontiguousarray(clean[y : y + h, x : x + w]),
+            fast,
+        )
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core; cv2's own threads would oversubscribe
+
+
+def _worker_run(job: Job) -> AlignResult:
+    return _align_record(*job)
+
+
+def _run_jobs(jobs: list[Job], workers: int, progress: bool) -> list[AlignResult]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), unit="pair", desc="align", disable=not progress, leave=False)
+    try:
+        if workers == 1 or len(jobs) < 64:
+            results = []
+            for j in jobs:
+                results.append(_worker_run(j))
+                bar.update()
+            return results
+        import multiprocessing as mp
+
+        # spawn, not fork: forking a process whose OpenCV thread pool is already running
+        # can deadlock the children (seen here: workers stuck in a futex wait forever)
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers, initializer=_worker_init) as pool:
+            results = []
+            for res in pool.imap(_worker_run, jobs, chunksize=16):
+                results.append(res)
+                bar.update()
+            return results
+    finally:
+        bar.close()
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _write_outputs(
+    tmp: Path, records: list[PairRecord], results: list[AlignResult], has_clean: bool
+) -> None:
+    """alignment.csv (every pair) and manifest.csv (the QC-passed ones, paths into `tmp`)."""
+    write_alignment_table(
+        tmp / ALIGNMENT_FILE,
+        [result_row(rec.id, res) for rec, res in zip(records, results, strict=True)],
+    )
+    extra_cols: list[str] = []
+    for r in records:
+        for k in r.extra:
+            if k not in extra_cols:
+                extra_cols.append(k)
+    columns = list(REQUIRED_COLUMNS) + (["clean_path"] if has_clean else []) + extra_cols
+    buf = io.StringIO()
+    mw = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    mw.writeheader()
+    for rec, res in zip(records, results, strict=True):
+        if not res.qc_pass:
+            continue
+        out = {
+            "id": rec.id,
+            "sem_path": f"sem/{rec.id}.png",
+            "layout_path": f"layout/{rec.id}.png",
+            "pattern_type": rec.pattern_type,
+        }
+        if has_clean:
+            out["clean_path"] = f"clean/{rec.id}.png" if rec.clean_path is not None else ""
+        for k in extra_cols:
+            out[k] = rec.extra.get(k, "")
+        mw.writerow(out)
+    (tmp / "manifest.csv").write_text(buf.getvalue())

@@ -1,0 +1,221 @@
+"""The maps the aligner scores with: NCC of the SEM against the template model, and
+the template's self-comparison under shifts (what sets the noise of a score difference).
+
+Everything is plain OpenCV/numpy on float32 arrays; `semlayout.data.align` decides
+what they mean (peak, equivalence, confidence, QC). Offsets are (row, column) of the
+template's top-left inside the SEM, over the valid placements (H - h + 1, W - w + 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _box_highpass(img: np.ndarray, size: int) -> np.ndarray:
+    """img minus a two-pass box blur (~Gaussian of sigma size/sqrt(6)); keeps float32."""
+    import cv2
+
+    if size <= 1:
+        return img
+    low = cv2.blur(
+        cv2.blur(img, (size, size), borderType=cv2.BORDER_REFLECT),
+        (size, size),
+        borderType=cv2.BORDER_REFLECT,
+    )
+    return img - low
+
+
+def _gauss(img: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    if sigma <= 0:
+        return img
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def template_features(
+    tpl01: np.ndarray, sigma: float, use_edges: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(T, E): the template and the map of its boundary pixels, each blurred by the PSF
+    model `sigma` (px), float32 (H, W); E is None without `use_edges`."""
+    import cv2
+
+    t = tpl01.astype(np.float32)
+    T = _gauss(t, sigma)
+    if not use_edges:
+        return T, None
+    # boundary = pixel whose 4-neighbourhood holds the other value; both sides of the edge
+    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
+    b = cv2.morphologyEx(tpl01, cv2.MORPH_GRADIENT, cross, borderType=cv2.BORDER_REPLICATE).astype(
+        np.float32
+    )
+    E = _gauss(b, sigma)
+    return T, E
+
+
+def sem_features(sem: np.ndarray, blur: float, highpass: int) -> np.ndarray:
+    """The SEM as matched: float32, Gaussian `blur` (px, 0 = none), minus its background
+    (box high-pass of size `highpass`, 0 = off)."""
+    return _box_highpass(_gauss(sem.astype(np.float32), blur), highpass)
+
+
+@dataclass
+class ScoreMaps:
+    """NCC maps of the SEM against T and E over the valid offsets, (H-h+1, W-w+1) each."""
+
+    R: np.ndarray  # multiple correlation of the fit c + a*T + b*E, in [0, 1]
+    rT: np.ndarray
+    rE: np.ndarray | None
+    rho: float  # correlation of T and E (fixed by the template)
+    edges_bright: bool
+
+    def coefficients(self, y: int, x: int) -> tuple[float, float]:
+        """(a, b) of the fit at (y, x) for unit-norm zero-mean T~, E~ (times the window norm)."""
+        rt = float(self.rT[y, x])
+        if self.rE is None:
+            return rt, 0.0
+        re, rho = float(self.rE[y, x]), self.rho
+        a, b = (rt - rho * re) / (1 - rho * rho), (re - rho * rt) / (1 - rho * rho)
+        if self.edges_bright and b < 0:
+            return rt, 0.0
+        return a, b
+
+
+def _dft_size(n: int) -> int:
+    import cv2
+
+    return int(cv2.getOptimalDFTSize(n))
+
+
+def _spectrum(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """DFT of `img` zero-padded to `shape`: (H, W) float32 in cv2's packed real (CCS) layout."""
+    import cv2
+
+    buf = np.zeros(shape, np.float32)
+    buf[: img.shape[0], : img.shape[1]] = img
+    return cv2.dft(buf)
+
+
+def _xcorr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    """Circular cross-correlation c[u] = sum_i a[i + u] * b[i] from two spectra, (H, W) float32."""
+    import cv2
+
+    return cv2.idft(
+        cv2.mulSpectrums(fa, fb, 0, conjB=True), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
+    )
+
+
+def score_map(
+    sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True
+) -> ScoreMaps:
+    """Score every offset by the multiple correlation R of the SEM window with {T, E}.
+
+    r_T and r_E are `cv2.matchTemplate` TM_CCOEFF_NORMED maps. With unit-normalised
+    zero-mean regressors T~, E~ (correlation rho), the squared multiple correlation is
+    (r_T^2 + r_E^2 - 2 rho r_T r_E) / (1 - rho^2); its material coefficient is
+    proportional to r_T - rho r_E (sign = polarity).
+    """
+    import cv2
+
+    rT = cv2.matchTemplate(sem_f, T, cv2.TM_CCOEFF_NORMED)
+    if E is None:
+        return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
+    tc = T - T.mean()
+    ec = E - E.mean()
+    denom = float(np.sqrt((tc * tc).sum() * (ec * ec).sum()))
+    rho = float((tc * ec).sum() / denom) if denom > 0 else 0.0
+    if 1 - rho * rho < 1e-3 or denom == 0:
+        return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
+    rE = cv2.matchTemplate(sem_f, E, cv2.TM_CCOEFF_NORMED)
+    r2 = (rT * rT + rE * rE - 2 * rho * rT * rE) / (1 - rho * rho)
+    if edges_bright:
+        # secondary-electron yield rises at edges whatever the material: a fit that needs
+        # dark edges is unphysical, so fall back to the material term alone there (b = 0)
+        r2 = np.where(rE - rho * rT < 0, rT * rT, r2)
+    return ScoreMaps(np.sqrt(np.clip(r2, 0, 1)), rT, rE, rho, edges_bright)
+
+
+def model_dist2(T: np.ndarray, E: np.ndarray | None, a: float, b: float, r: int) -> np.ndarray:
+    """|m_p - m_q|^2 for the unit-norm fitted model m = a T~ + b E~ at shifts |q - p| <= r.
+
+    Returns (2r+1, 2r+1) indexed [dy+r, dx+r]; this is what scales the noise of
+    R_p - R_q for nearby offsets, where the blur makes the binary template a poor guide.
+    """
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        v = v - v.mean()
+        n = float(np.sqrt((v * v).sum()))
+        return v / n if n > 0 else v
+
+    m = a * unit(T) + (b * unit(E) if E is not None else 0.0)
+    m = unit(np.asarray(m, np.float32))
+    h, w = m.shape
+    out = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
+    for dy in range(0, r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx < 0:
+                continue
+            # <m, m shifted by (dy, dx)> on the overlap; zero padding outside
+            ov = float(
+                (
+                    m[dy:, max(0, dx) : w + min(0, dx)] * m[: h - dy, max(0, -dx) : w - max(0, dx)]
+                ).sum()
+            )
+            out[r + dy, r + dx] = out[r - dy, r - dx] = ov
+    return np.clip(2 * (1 - out), 1e-6, 4)
+
+
+def shift_stats(tpl01: np.ndarray, ry: int, rx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Template self-comparison for every shift (dy, dx) in [-ry, ry] x [-rx, rx].
+
+    Returns two (2*ry+1, 2*rx+1) float arrays indexed [dy+ry, dx+rx]:
+    * mismatch: share of differing pixels between the template and itself shifted by
+      (dy, dx), on the overlap (sum(a) + sum(b) - 2 sum(a*b) for binary a, b);
+    * dist2: |t_p - t_q|^2 for the unit-norm zero-mean template placed at two offsets
+      q - p = (dy, dx) of the SEM canvas, = 2 (1 - autocorrelation). It scales the
+      noise of a score difference between the two offsets.
+    """
+    import cv2
+
+    h, w = tpl01.shape
+    a = tpl01.astype(np.float32)
+    # cross[dy+ry, dx+rx] = sum_{overlap} a[i, j] * a[i+dy, j+dx]: the autocorrelation,
+    # circular on a grid >= h + ry so that lags up to +-ry do not wrap
+    fa = _spectrum(a, (_dft_size(h + ry), _dft_size(w + rx)))
+    auto_c = _xcorr(fa, fa)
+    rows = np.arange(-ry, ry + 1) % auto_c.shape[0]
+    cols = np.arange(-rx, rx + 1) % auto_c.shape[1]
+    cross = np.rint(auto_c[np.ix_(rows, cols)].astype(np.float64))  # integer counts
+    ii = cv2.integral(a, sdepth=cv2.CV_64F)
+
+    def rect_sum(r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+        return ii[np.ix_(r1, c1)] - ii[np.ix_(r0, c1)] - ii[np.ix_(r1, c0)] + ii[np.ix_(r0, c0)]
+
+    dys = np.arange(-ry, ry + 1)
+    dxs = np.arange(-rx, rx + 1)
+    # overlap in the un-shifted copy: rows [max(0,-dy), h - max(0,dy)), same for columns
+    r0a, r1a = np.maximum(0, -dys), h - np.maximum(0, dys)
+    c0a, c1a = np.maximum(0, -dxs), w - np.maximum(0, dxs)
+    sa = rect_sum(r0a, r1a, c0a, c1a)
+    sb = sa[::-1, ::-1]  # the shifted copy's overlap for d is the un-shifted one's for -d
+    area = np.outer(r1a - r0a, c1a - c0a).astype(np.float64)
+    mism = np.clip((sa + sb - 2 * cross) / area, 0, 1)
+    n = float(h * w)
+    f = float(a.sum()) / n
+    var = max(n * f * (1 - f), 1e-9)
+    auto = (cross - f * (sa + sb) + f * f * area) / var  # <t~_p, t~_q>, zero outside the overlap
+    return mism.astype(np.float32), np.clip(2 * (1 - auto), 1e-6, 4).astype(np.float32)
+
+
+def noise_ratio(sem: np.ndarray) -> float:
+    """Estimated noise std / image std (<= 1), Immerkaer's Laplacian-difference estimator."""
+    import cv2
+
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    img = sem.astype(np.float32)
+    resp = cv2.filter2D(img, -1, k)[1:-1, 1:-1]
+    sigma = float(np.sqrt(np.pi / 2) * np.abs(resp).mean() / 6)
+    sd = float(img.std())
+    return min(1.0, sigma / sd) if sd > 0 else 1.0

@@ -84,7 +84,7 @@ def native_bf16() -> bool:
     """Does this CPU have bf16 units? (the same probe as `train.precision: auto`)"""
     import os
 
-    from semlayout.train.loop import resolve_precision
+    from semlayout.train.trainer import resolve_precision
 
     return (
         os.environ.get("SEMLAYOUT_BENCH_BF16") == "1"
@@ -298,7 +298,7 @@ def _graphs_compiled() -> int:
 
 def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[str, Any]:
     from semlayout.config import TrainConfig
-    from semlayout.train.loop import Trainer
+    from semlayout.train.trainer import Trainer
 
     batch = cfg.train.batch_size
     size = cfg.train.crop_size or cfg.generator.image_size

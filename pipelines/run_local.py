@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from semlayout.atomic import atomic_symlink
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 
@@ -69,15 +69,7 @@ def new_run_dir(out: Path) -> Path:
 
 def point_latest(out: Path, run_dir: Path) -> Path:
     """Atomically make `out/latest` a symlink to `run_dir` (relative, so the tree can move)."""
-    latest = out / "latest"
-    tmp = out / f".latest.tmp-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(os.path.relpath(run_dir, out))
-    if latest.is_dir() and not latest.is_symlink():
-        shutil.rmtree(latest)  # an older copy-style 'latest'
-    os.replace(tmp, latest)
-    return latest
+    return atomic_symlink(out / "latest", run_dir)  # replaces an older copy-style 'latest' too
 
 
 def summarize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from safetensors.torch import load_file
 from semlayout.config import apply_overrides
 from semlayout.errors import SemlayoutError
 from semlayout.train.checkpoint import load_checkpoint
-from semlayout.train.loop import NonFiniteLoss, Trainer, run_training
+from semlayout.train.loop import run_training
+from semlayout.train.trainer import NonFiniteLoss, Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -138,8 +140,8 @@ def test_bf16_and_fp32_losses_agree_on_one_batch():
     _, bf16 = _step_with("bf16")
     assert fp32.keys() == bf16.keys()
     for k in fp32:
-        # bf16 keeps 8 mantissa bits; measured differences are <= 0.3%: a loose tolerance, far below the
-        # size of any real difference between two step implementations
+        # bf16 keeps 8 mantissa bits; measured differences are <= 0.3%: a loose tolerance, far
+        # below the size of any real difference between two step implementations
         assert bf16[k] == pytest.approx(fp32[k], rel=0.02, abs=0.01), (k, fp32[k], bf16[k])
     assert fp32 != bf16  # the bf16 path really ran at a different precision
 
@@ -230,7 +232,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_p
     cfg = tiny_config(checkpoint_every=2, batch_size=1, max_steps=8)
     ds = PairsInMemory(6, nan_at=-1)
     # sequential order is random; poison whichever item comes at step 5
-    from semlayout.train.loop import epoch_order
+    from semlayout.train.sampling import epoch_order
 
     ds.nan_at = epoch_order(6, 0, cfg.train.seed)[4]
     with pytest.raises(NonFiniteLoss, match=r"diverged at step 4: .*=nan"):
@@ -335,7 +337,7 @@ def test_cli_errors_are_one_line(tiny_shards, tmp_path, capsys):
     assert main([*base, "--set", "train.epoks=2"]) == 2
     assert "unknown config key 'train.epoks'" in capsys.readouterr().err
     assert main([*base, "--set", "nonsense"]) == 2
-    assert "is not KEY=VALUE" in capsys.readouterr().err
+    assert "expected KEY=VALUE" in capsys.readouterr().err
     assert main([*base, "--resume"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
     assert (
@@ -387,7 +389,7 @@ def test_mlflow_logs_params_epoch_metrics_and_sample_grids(tmp_path):
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units():
-    from semlayout.train.loop import resolve_precision
+    from semlayout.train.trainer import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
@@ -436,3 +438,63 @@ def test_a_resume_keeps_the_precision_the_run_started_with():
     elsewhere.precision = "fp32"
     elsewhere.load_state_dict(state)
     assert elsewhere.precision == "bf16"
+
+
+def test_resume_of_a_shard_dataset_replays_its_reads(tiny_shards, tmp_path):
+    # balanced sampling repeats indices within an epoch and ShardDataset's augmentation draw
+    # depends on how often an index was read this epoch: a mid-epoch resume must count the reads
+    # the epoch already made (ShardDataset.count_reads) to draw the same transforms
+    from semlayout.data.dataset import ShardDataset
+    from semlayout.train.sampling import epoch_order, family_weights
+
+    cfg = tiny_config(checkpoint_every=2, balanced_sampling=True, augment=True, crop_size=16)
+    ds = ShardDataset(tiny_shards, "train", image_size=32, augment=True, seed=0, crop=16)
+    order = epoch_order(len(ds), 0, cfg.train.seed, family_weights(ds))
+    # the resume at step 2 is mid-epoch and an item read before it is read again after it
+    assert len(ds) // 2 > 2 and set(order[:4]) & set(order[4:])
+    steps = len(ds) // 2 + 2
+    straight, losses_straight = _run(
+        tmp_path, "straight", apply_overrides(cfg, {"train.max_steps": steps}), ds
+    )
+    _, losses_a = _run(tmp_path, "resumed", apply_overrides(cfg, {"train.max_steps": 2}), ds)
+    ds2 = ShardDataset(tiny_shards, "train", image_size=32, augment=True, seed=0, crop=16)
+    resumed, losses_b = _run(
+        tmp_path, "resumed", apply_overrides(cfg, {"train.max_steps": steps}), ds2, resume=True
+    )
+    assert [s for s, _ in losses_a + losses_b] == list(range(1, steps + 1))
+    assert [b for _, b in losses_a + losses_b] == [b for _, b in losses_straight]
+    w1 = load_file(str(straight / "weights.safetensors"))
+    w2 = load_file(str(resumed / "weights.safetensors"))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_epoch_stats_keep_the_saved_epoch_sums_format():
+    from semlayout.train.run_state import EpochStats
+    from semlayout.train.trainer import LOGGED
+
+    stats = EpochStats()
+    assert stats.state_dict() == {}
+    for i in range(3):
+        stats.add({k: float(i + j) for j, k in enumerate(LOGGED)})
+    saved = stats.state_dict()
+    assert list(saved) == [*LOGGED, "_n"] and saved["_n"] == 3.0
+    assert saved["loss_D"] == 0.0 + 1.0 + 2.0
+    again = EpochStats.from_state_dict(saved)  # what an older train_state.pt holds, too
+    assert again.n == 3 and again.means() == stats.means() and again.means()["loss_D"] == 1.0
+
+
+def test_atomic_symlink_points_last_relatively_and_replaces_a_copy(tmp_path):
+    from semlayout.atomic import atomic_symlink
+
+    run = tmp_path / "run"
+    for name in ("step-000002", "step-000004"):
+        (run / "checkpoints" / name).mkdir(parents=True)
+    atomic_symlink(run / "last", run / "checkpoints" / "step-000002")
+    assert os.readlink(run / "last") == os.path.join("checkpoints", "step-000002")
+    atomic_symlink(run / "last", run / "checkpoints" / "step-000004")
+    assert (run / "last").resolve().name == "step-000004"
+    (tmp_path / "latest").mkdir()  # an older copy-style pointer
+    (tmp_path / "latest" / "x").write_text("old")
+    assert atomic_symlink(tmp_path / "latest", run) == tmp_path / "latest"
+    assert os.readlink(tmp_path / "latest") == "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "run"]  # no temp link left

@@ -92,3 +92,18 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(dest, text.encode("utf-8"))
+
+
+def atomic_symlink(link: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Point `link` at `target` with a relative symlink (the tree can move) swapped in by one
+    rename, so a reader sees the old target or the new one, never none. A real folder at `link`
+    (an older copy-style pointer) is removed first. Returns `link`."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+    return link

@@ -20,7 +20,10 @@ and flips), applied identically to every image of an item; never photometric,
 because intensity is what the SEM<->layout translation has to learn. The transform
 of an item is a function of (seed, epoch, index, how often this process has read
 that index), so it is reproducible and still changes from epoch to epoch; call
-`set_epoch(e)` to make it independent of worker scheduling.
+`set_epoch(e)` to make it independent of worker scheduling, and after a mid-epoch resume
+`count_reads(order[:consumed])` to record the reads the epoch already made (the training loop
+does both through the protocols of `semlayout.train.sampling`). Reads are counted per process:
+with DataLoader workers an index read again in the same epoch counts only that worker's reads.
 
 Shards are opened lazily and memory-mapped (uncompressed .npz members are
 contiguous in the file), so a big shard set costs page cache, not RAM per worker.
@@ -66,7 +69,8 @@ def to_uint8(t: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def dihedral(img: np.ndarray, k: int) -> np.ndarray:
-    """One of the 8 symmetries of the square: k in 0..7 -> rotate by (k % 4) * 90 deg, then flip if k >= 4."""
+    """One of the 8 symmetries of the square: k in 0..7 -> rotate by (k % 4) * 90 deg, then flip
+    if k >= 4."""
     out = np.rot90(img, k % 4, axes=(-2, -1))
     if k >= 4:
         out = out[..., ::-1]
@@ -159,7 +163,7 @@ class ShardDataset(Dataset):
         return self._cache[s]
 
     def transform_index(self, index: int) -> int:
-        """The dihedral transform (0..7) the next read of `index` will use; 0 without augmentation."""
+        """The dihedral transform (0..7) the next read of `index` will use (0 without augment)."""
         return self._draw(index)[0]
 
     def _draw(self, index: int) -> tuple[int, int, int]:

@@ -1,7 +1,8 @@
 """Checkpoint folders: config.json + weights.safetensors (+ train_state.pt). No pickles.
 
 ```
-CKPT/config.json          {"format": "semlayout-checkpoint/1", "config": {...}, "step", "epoch", "created"}
+CKPT/config.json          {"format": "semlayout-checkpoint/1", "config": {...}, "step", "epoch",
+                           "created"}
 CKPT/weights.safetensors  "G_A.<param>", "G_B.<param>", "D_A.<param>", "D_B.<param>" (buffers too)
 CKPT/train_state.pt       optional: optimisers, image pools, RNG states, data position;
                           plain tensors/containers, read with torch.load(weights_only=True)
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,15 @@ TRAIN_STATE_FILE = "train_state.pt"
 
 
 def build_generator(cfg: ExperimentConfig, name: str) -> UNetGenerator:
-    """G_A (SEM -> layout) or G_B (layout -> SEM); `input_norm` applies to G_A only (a layout is binary)."""
+    """G_A (SEM -> layout) or G_B (layout -> SEM); `input_norm` applies to G_A only (a layout is
+    binary)."""
     if name == "G_B":
         return UNetGenerator(cfg.generator.model_copy(update={"input_norm": "none"}))
     return UNetGenerator(cfg.generator)
 
 
 def build_networks(cfg: ExperimentConfig) -> dict[str, nn.Module]:
-    """G_A: SEM -> layout, G_B: layout -> SEM, D_A judges (SEM, layout), D_B judges (layout, SEM)."""
+    """G_A: SEM -> layout, G_B: layout -> SEM; D_A judges (SEM, layout), D_B (layout, SEM)."""
     return {
         "G_A": build_generator(cfg, "G_A"),
         "G_B": build_generator(cfg, "G_B"),
@@ -174,3 +177,10 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
             f"{f} is corrupt or truncated ({str(err).splitlines()[0]}); resume from an "
             "earlier checkpoint"
         ) from None
+
+
+def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
+    """Delete all but the `keep` newest step-NNNNNN folders of RUN/checkpoints."""
+    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Loss terms of the paired + cycle GAN, each a small pure function of tensors.
 
 The training step sums them with their lambdas where every term is named
-(see `semlayout.train.loop`). Discriminator outputs are logits.
+(see `semlayout.train.trainer`). Discriminator outputs are logits.
 """
 
 from __future__ import annotations

@@ -197,39 +197,100 @@ def evaluate_model(
     ids, families = data["ids"][idx], data["families"][idx]
     sem, layout = data["sem"][idx], data["layout"][idx]
     clean = data["clean"][idx] if "clean" in data else None
-    fam_list = [str(f) for f in families]
 
-    # SEM -> Layout, and the Otsu baseline on the same pairs
+    pred_layout, drawn, s2l_scores, s2l = _score_sem2layout(
+        tr, sem, layout, families, shards_dir, batch_size
+    )
+    pred_sem, l2s_scores, l2s = _score_layout2sem(tr, sem, layout, clean, families, batch_size)
+    picked = _sample_indices(families, n_report_samples)
+    samples = _report_samples(
+        picked, ids, families, sem, layout, clean, (pred_layout, drawn, s2l_scores),
+        (pred_sem, l2s_scores),
+    )  # fmt: skip
+
+    return {
+        "n": len(idx),
+        "split": split,
+        "model": str(getattr(tr, "source", model)),
+        "backend": getattr(tr, "backend", backend),
+        "image_size": int(sem.shape[-1]),
+        "model_image_size": int(tr.image_size),
+        "shards": str(shards_dir),
+        "has_clean": clean is not None,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "sem2layout": s2l,
+        "layout2sem": l2s,
+        "samples": samples,
+    }
+
+
+def _score_sem2layout(
+    tr: Any,
+    sem: np.ndarray,
+    layout: np.ndarray,
+    families: np.ndarray,
+    shards_dir: str | os.PathLike[str],
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]], dict[str, Any]]:
+    """SEM -> Layout, and the Otsu baseline on the same pairs:
+    (raw predictions, drawn layouts, per-pair scores, aggregated block)."""
+    fam_list = [str(f) for f in families]
     pred_layout = np.stack(tr.translate("sem2layout", list(sem), batch_size=batch_size))
     drawn = np.stack([tr.to_layout(p) for p in pred_layout])
-    s2l_scores = _layout_scores(
-        pred_layout, layout, families, drawn, tr.config.layout_fit.threshold
-    )
-    s2l = M.aggregate(s2l_scores, fam_list)
+    scores = _layout_scores(pred_layout, layout, families, drawn, tr.config.layout_fit.threshold)
+    block = M.aggregate(scores, fam_list)
     polarity = fit_otsu_polarity(shards_dir)
     base_layout = np.stack([otsu_layout_baseline(s, polarity) for s in sem])
-    s2l["baseline_otsu"] = M.aggregate(_layout_scores(base_layout, layout, families), fam_list)
-    s2l["baseline_otsu"]["polarity"] = polarity
+    block["baseline_otsu"] = M.aggregate(_layout_scores(base_layout, layout, families), fam_list)
+    block["baseline_otsu"]["polarity"] = polarity
+    return pred_layout, drawn, scores, block
 
-    # Layout -> SEM, against the noisy SEM and (when present) the clean rendering
+
+def _score_layout2sem(
+    tr: Any,
+    sem: np.ndarray,
+    layout: np.ndarray,
+    clean: np.ndarray | None,
+    families: np.ndarray,
+    batch_size: int,
+) -> tuple[np.ndarray, dict[str, list[float]], dict[str, Any]]:
+    """Layout -> SEM against the noisy SEM and (when present) the clean rendering, with the
+    ceiling SSIM(clean, noisy): (predictions, per-pair scores, aggregated block)."""
     pred_sem = np.stack(tr.translate("layout2sem", list(layout), batch_size=batch_size))
-    l2s_scores = _sem_scores(pred_sem, sem)
+    scores = _sem_scores(pred_sem, sem)
     if clean is not None:
-        l2s_scores["ssim_vs_clean"] = M.ssim_batch(pred_sem, clean).tolist()
-        l2s_scores["l1_vs_clean"] = M.l1_batch(pred_sem, clean).tolist()
-        l2s_scores["psnr_vs_clean"] = M.psnr_batch(pred_sem, clean).tolist()
-    l2s = M.aggregate(l2s_scores, fam_list)
+        scores["ssim_vs_clean"] = M.ssim_batch(pred_sem, clean).tolist()
+        scores["l1_vs_clean"] = M.l1_batch(pred_sem, clean).tolist()
+        scores["psnr_vs_clean"] = M.psnr_batch(pred_sem, clean).tolist()
+    block = M.aggregate(scores, [str(f) for f in families])
     if clean is not None:
         ceil_ssim = M.ssim_batch(clean, sem)
         ceil_psnr = M.psnr_batch(clean, sem)
         ceil_l1 = M.l1_batch(clean, sem)
-        l2s["ceiling"] = {"ssim": _mean(ceil_ssim), "psnr": _mean(ceil_psnr), "l1": _mean(ceil_l1)}
-        for fam, row in l2s["per_family"].items():
-            sel = families == fam
-            row["ceiling_ssim"] = _mean(ceil_ssim[sel])
+        block["ceiling"] = {
+            "ssim": _mean(ceil_ssim),
+            "psnr": _mean(ceil_psnr),
+            "l1": _mean(ceil_l1),
+        }
+        for fam, row in block["per_family"].items():
+            row["ceiling_ssim"] = _mean(ceil_ssim[families == fam])
+    return pred_sem, scores, block
 
+
+def _report_samples(
+    picked: list[int],
+    ids: np.ndarray,
+    families: np.ndarray,
+    sem: np.ndarray,
+    layout: np.ndarray,
+    clean: np.ndarray | None,
+    s2l: tuple[np.ndarray, np.ndarray, dict[str, list[float]]],
+    l2s: tuple[np.ndarray, dict[str, list[float]]],
+) -> list[dict[str, Any]]:
+    """The report's image rows: both directions for each picked pair."""
+    (pred_layout, drawn, s2l_scores), (pred_sem, l2s_scores) = s2l, l2s
     samples: list[dict[str, Any]] = []
-    for i in _sample_indices(families, n_report_samples):
+    for i in picked:
         common = {"id": str(ids[i]), "family": str(families[i])}
         samples.append(
             {
@@ -254,21 +315,7 @@ def evaluate_model(
         if clean is not None:
             l2s_sample["clean"] = clean[i]
         samples.append(l2s_sample)
-
-    return {
-        "n": len(idx),
-        "split": split,
-        "model": str(getattr(tr, "source", model)),
-        "backend": getattr(tr, "backend", backend),
-        "image_size": int(sem.shape[-1]),
-        "model_image_size": int(tr.image_size),
-        "shards": str(shards_dir),
-        "has_clean": clean is not None,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "sem2layout": s2l,
-        "layout2sem": l2s,
-        "samples": samples,
-    }
+    return samples
 
 
 def metrics_json_ready(result: dict[str, Any]) -> dict[str, Any]:

@@ -258,6 +258,42 @@ def upload_batch(
     for p in pairs:
         for role, path in p.files.items():
             todo.setdefault(object_key(p.hashes[role]), path)
+    uploaded, skipped = _upload_objects(store, todo, workers, progress, on_object)
+
+    info = {
+        "format": FORMAT,
+        "batch_id": bid,
+        "created": dt.datetime.now(dt.UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z"),
+        "uploader": uploader or _default_uploader(),
+        "source": str(Path(pairs_dir).absolute()),
+        "counts": {
+            "pairs": len(pairs),
+            "rejected": len(checked.rejects),
+            "objects": len(todo),
+            "families": _family_counts(pairs),
+        },
+        "rejects": [asdict(r) for r in checked.rejects],
+    }
+    store.put_bytes(f"{BATCHES}/{bid}/batch.json", (json.dumps(info, indent=2) + "\n").encode())
+    store.put_bytes(manifest_key, _manifest_csv(pairs).encode())  # last: the batch now exists
+    return UploadResult(
+        bid, store.uri, len(pairs), checked.rejects, uploaded, skipped, False, manifest_key
+    )
+
+
+def _upload_objects(
+    store: Any,
+    todo: dict[str, Path],
+    workers: int,
+    progress: bool,
+    on_object: Callable[[str], None] | None,
+) -> tuple[int, int]:
+    """Store every `key -> file` of `todo` not already in the store, `workers` at a time;
+    -> (uploaded, skipped). The first failure stops the rest and is raised: objects already
+    stored stay (a re-run resumes), and no manifest is written, so readers never see a batch."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     from tqdm import tqdm
@@ -293,32 +329,10 @@ def upload_batch(
     finished = [f for f in futures if not f.cancelled()]
     errors = [err for f in finished if (err := f.exception()) is not None]
     if errors:
-        raise errors[0]  # no manifest: readers do not see this batch
+        raise errors[0]
     uploaded = sum(1 for f in finished if f.result() is True)
     skipped = sum(1 for f in finished if f.result() is False)
-
-    info = {
-        "format": FORMAT,
-        "batch_id": bid,
-        "created": dt.datetime.now(dt.UTC)
-        .replace(microsecond=0)
-        .isoformat()
-        .replace("+00:00", "Z"),
-        "uploader": uploader or _default_uploader(),
-        "source": str(Path(pairs_dir).absolute()),
-        "counts": {
-            "pairs": len(pairs),
-            "rejected": len(checked.rejects),
-            "objects": len(todo),
-            "families": _family_counts(pairs),
-        },
-        "rejects": [asdict(r) for r in checked.rejects],
-    }
-    store.put_bytes(f"{BATCHES}/{bid}/batch.json", (json.dumps(info, indent=2) + "\n").encode())
-    store.put_bytes(manifest_key, _manifest_csv(pairs).encode())  # last: the batch now exists
-    return UploadResult(
-        bid, store.uri, len(pairs), checked.rejects, uploaded, skipped, False, manifest_key
-    )
+    return uploaded, skipped
 
 
 def _family_counts(pairs: list[ValidPair]) -> dict[str, int]:

@@ -100,82 +100,78 @@ class TriggerDecision:
         return "\n".join(lines)
 
 
-def decide(policy: TriggerPolicy, obs: Observations, now: datetime) -> TriggerDecision:
-    """Evaluate every trigger, then apply the cooldown to the verdict."""
-    reasons: list[Reason] = []
-
+def _new_pairs_reason(policy: TriggerPolicy, obs: Observations) -> Reason:
     pairs = obs.new_pairs_feedback + obs.new_pairs_intake
-    reasons.append(
-        Reason(
-            name="new_pairs",
-            fired=pairs >= policy.min_new_pairs,
-            value=float(pairs),
-            threshold=float(policy.min_new_pairs),
-            detail=(
-                f"{pairs} new reviewed pairs ({obs.new_pairs_feedback} via API feedback, "
-                f"{obs.new_pairs_intake} via S3 intake); threshold {policy.min_new_pairs}"
-            ),
-        )
+    return Reason(
+        name="new_pairs",
+        fired=pairs >= policy.min_new_pairs,
+        value=float(pairs),
+        threshold=float(policy.min_new_pairs),
+        detail=(
+            f"{pairs} new reviewed pairs ({obs.new_pairs_feedback} via API feedback, "
+            f"{obs.new_pairs_intake} via S3 intake); threshold {policy.min_new_pairs}"
+        ),
     )
 
+
+def _drift_reason(policy: TriggerPolicy, obs: Observations) -> Reason:
     if obs.drift_rate is None or obs.drift_samples < policy.min_drift_samples:
-        reasons.append(
-            Reason(
-                name="drift",
-                fired=False,
-                value=obs.drift_rate,
-                threshold=policy.drift_rate_threshold,
-                detail=(
-                    f"only {obs.drift_samples} requests in the window "
-                    f"(need {policy.min_drift_samples}); no verdict"
-                ),
-            )
+        return Reason(
+            name="drift",
+            fired=False,
+            value=obs.drift_rate,
+            threshold=policy.drift_rate_threshold,
+            detail=(
+                f"only {obs.drift_samples} requests in the window "
+                f"(need {policy.min_drift_samples}); no verdict"
+            ),
         )
-    else:
-        reasons.append(
-            Reason(
-                name="drift",
-                fired=obs.drift_rate > policy.drift_rate_threshold,
-                value=obs.drift_rate,
-                threshold=policy.drift_rate_threshold,
-                detail=(
-                    f"drift rate {obs.drift_rate:.1%} over the last {obs.drift_samples} requests; "
-                    f"threshold {policy.drift_rate_threshold:.1%}"
-                ),
-            )
-        )
+    return Reason(
+        name="drift",
+        fired=obs.drift_rate > policy.drift_rate_threshold,
+        value=obs.drift_rate,
+        threshold=policy.drift_rate_threshold,
+        detail=(
+            f"drift rate {obs.drift_rate:.1%} over the last {obs.drift_samples} requests; "
+            f"threshold {policy.drift_rate_threshold:.1%}"
+        ),
+    )
 
-    for direction in DIRECTIONS:
-        name = f"ssim_drop_{direction}"
-        ssim = obs.rolling_ssim.get(direction)
-        n = obs.ssim_samples.get(direction, 0)
-        base = obs.baseline_ssim.get(direction)
-        if ssim is None or base is None or n < policy.min_ssim_samples:
-            why = (
-                "no promotion baseline"
-                if base is None
-                else (f"only {n} ground-truth evaluations (need {policy.min_ssim_samples})")
-            )
-            reasons.append(
-                Reason(
-                    name=name, fired=False, value=ssim, threshold=None, detail=f"{why}; no verdict"
-                )
-            )
-            continue
-        limit = base - policy.ssim_drop_margin
-        reasons.append(
-            Reason(
-                name=name,
-                fired=ssim < limit,
-                value=ssim,
-                threshold=limit,
-                detail=(
-                    f"rolling SSIM {ssim:.3f} over {n} reviewed predictions vs baseline "
-                    f"{base:.3f} - margin {policy.ssim_drop_margin:.3f} = {limit:.3f}"
-                ),
-            )
-        )
 
+def _ssim_drop_reason(policy: TriggerPolicy, obs: Observations, direction: str) -> Reason:
+    name = f"ssim_drop_{direction}"
+    ssim = obs.rolling_ssim.get(direction)
+    n = obs.ssim_samples.get(direction, 0)
+    base = obs.baseline_ssim.get(direction)
+    if ssim is None or base is None or n < policy.min_ssim_samples:
+        why = (
+            "no promotion baseline"
+            if base is None
+            else (f"only {n} ground-truth evaluations (need {policy.min_ssim_samples})")
+        )
+        return Reason(
+            name=name, fired=False, value=ssim, threshold=None, detail=f"{why}; no verdict"
+        )
+    limit = base - policy.ssim_drop_margin
+    return Reason(
+        name=name,
+        fired=ssim < limit,
+        value=ssim,
+        threshold=limit,
+        detail=(
+            f"rolling SSIM {ssim:.3f} over {n} reviewed predictions vs baseline "
+            f"{base:.3f} - margin {policy.ssim_drop_margin:.3f} = {limit:.3f}"
+        ),
+    )
+
+
+def decide(policy: TriggerPolicy, obs: Observations, now: datetime) -> TriggerDecision:
+    """Evaluate every trigger, then apply the cooldown to the verdict."""
+    reasons = [
+        _new_pairs_reason(policy, obs),
+        _drift_reason(policy, obs),
+        *(_ssim_drop_reason(policy, obs, d) for d in DIRECTIONS),
+    ]
     any_fired = any(r.fired for r in reasons)
     cooldown_until = None
     held = False

@@ -1,7 +1,5 @@
 """Request/response models of the HTTP API (they are the OpenAPI schema), and the error
-responses the routes declare.
-
-`Direction` is the library's (`semlayout.directions`), re-exported here for the API.
+responses the routes declare. `Direction` is the library's (`semlayout.directions`).
 """
 
 from __future__ import annotations
@@ -11,8 +9,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from semlayout.directions import Direction
-
-__all__ = ["Direction"]  # the rest is imported by name
 
 
 class ErrorResponse(BaseModel):

@@ -9,9 +9,10 @@ import numpy as np
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from semlayout.directions import Direction
 from semlayout.serving import translation
 from semlayout.serving.deps import SettingsDep, StateDep
-from semlayout.serving.schemas import UPLOAD_ERRORS, AlignResponse, Direction
+from semlayout.serving.schemas import UPLOAD_ERRORS, AlignResponse
 from semlayout.serving.uploads import read_image
 
 router = APIRouter(tags=["translate"])

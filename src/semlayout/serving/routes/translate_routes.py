@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from fastapi.responses import Response
 
+from semlayout.directions import Direction
 from semlayout.serving.deps import SettingsDep, StateDep
-from semlayout.serving.schemas import PNG_IMAGE, UPLOAD_ERRORS, Direction, TranslateResponse
+from semlayout.serving.schemas import PNG_IMAGE, UPLOAD_ERRORS, TranslateResponse
 from semlayout.serving.translation import as_response, png_headers, translate
 from semlayout.serving.uploads import read_image
 

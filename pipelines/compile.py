@@ -21,11 +21,11 @@ def build(name: str, settings: Any = None) -> Any:
 
         return build_training_pipeline(settings)
     if name == "finetune":
-        from semlayout_pipelines.finetune import build_finetune_pipeline
+        from semlayout_pipelines.finetuning import build_finetune_pipeline
 
         return build_finetune_pipeline(settings)
     if name == "drift_monitor":
-        from semlayout_pipelines.finetune import build_drift_monitor_pipeline
+        from semlayout_pipelines.finetuning import build_drift_monitor_pipeline
 
         return build_drift_monitor_pipeline(settings)
     raise SemlayoutError(f"unknown pipeline '{name}': expected one of {list(PIPELINES)}")

@@ -77,7 +77,7 @@ def local_launcher(req: Any) -> Any:
     from semlayout_components.common import read_json
     from semlayout_pipelines import validate
     from semlayout_pipelines.cluster import ClusterSettings
-    from semlayout_pipelines.finetune import build_finetune_pipeline
+    from semlayout_pipelines.finetuning import build_finetune_pipeline
     from semlayout_pipelines.local import run_pipeline
 
     args = pipeline_arguments(req.cfg, str(req.reviewed_dir.resolve()))

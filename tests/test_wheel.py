@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,10 +26,18 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
+    # built from a copy of the working tree: setuptools' in-tree build/ folder would keep stale
+    # modules between builds (and leave one in the checkout)
+    source = tmp_path_factory.mktemp("source") / "semlayout"
+    shutil.copytree(
+        REPO, source, symlinks=True,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "outputs", "*.egg-info",
+                                      "__pycache__", ".*_cache"),
+    )  # fmt: skip
     # no build isolation: the venv's setuptools builds it offline
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(dist), str(REPO)],
+         "-w", str(dist), str(source)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     (found,) = dist.glob("semlayout-*.whl")

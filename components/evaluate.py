@@ -1,4 +1,5 @@
-"""Step 5: evaluate on the test shard, judge the promotion gate, publish metrics and the HTML report.
+"""Step 5: evaluate on the test shard, judge the promotion gate, publish metrics and the HTML
+report.
 
 The gate per direction: SSIM >= an absolute floor and >= the current champion's SSIM
 on the SAME test shard minus a tolerance (no champion yet: the floor only). A failed
@@ -37,12 +38,16 @@ def evaluate(
         samples = result.pop("samples", [])
         champion, champion_version = None, None
         if mlflow_uri and model_name:
-            from semlayout import registry
+            from semlayout.model_uri import ModelUri
+            from semlayout.registry import CHAMPION, Registry
 
-            champion_version = registry.champion_version(mlflow_uri, model_name)
-            if champion_version is not None:
-                # the champion judged on this run's test shard, not on the numbers it was promoted with
-                champ_dir = registry.resolve_model_uri(f"models:/{model_name}@champion", mlflow_uri)
+            registry = Registry.existing(mlflow_uri)  # None on a first run: no champion yet
+            champion_version = registry.champion_version(model_name) if registry else None
+            if registry is not None and champion_version is not None:
+                # the champion judged on this run's test shard, not on the numbers it was
+                # promoted with (the version just looked up, even if the alias moves meanwhile)
+                champ = ModelUri(model_name, alias=CHAMPION).pinned(champion_version)
+                champ_dir = registry.fetch(champ)
                 champion = evaluate_model(champ_dir, Path(shards.path), split="test")
                 champion.pop("samples", None)
         cfg = gate_config(

@@ -32,11 +32,12 @@ def evaluate_finetune(
     from semlayout.evaluation import evaluate_model
     from semlayout.evaluation_report import write_report_html
     from semlayout.gate import gate_config, judge_finetune
-    from semlayout.registry import resolve_model_uri
+    from semlayout.model_uri import ModelUri
+    from semlayout.registry import CHAMPION, Registry
     from semlayout_components.common import Stopwatch, read_json, write_json
 
-    champ = Path(
-        resolve_model_uri(base_model or f"models:/{model_name}@champion", mlflow_uri or None)
+    champ = Registry.local_checkpoint(
+        base_model or str(ModelUri(model_name, alias=CHAMPION)), mlflow_uri or None
     )
     with Stopwatch() as sw:
         new = evaluate_model(Path(model.path), Path(new_shards.path), split="test")
@@ -71,7 +72,8 @@ def evaluate_finetune(
                 if isinstance(block[direction].get(key), int | float):
                     metrics.log_metric(f"{tag}_{direction}_{key}", float(block[direction][key]))
     # "metrics" are what the version is registered with and later promoted against: the original
-    # test shard (general traffic), not the new family alone; the new pairs' scores travel beside them
+    # test shard (general traffic), not the new family alone; the new pairs' scores travel
+    # beside them
     write_json(
         evaluation.path,
         {

@@ -17,12 +17,13 @@ def finetune(
     import tempfile
     from pathlib import Path
 
-    from semlayout.registry import resolve_model_uri
+    from semlayout.model_uri import ModelUri
+    from semlayout.registry import CHAMPION, Registry
     from semlayout.train.loop import train as train_loop
     from semlayout_components.common import Stopwatch, load_experiment_config, read_json
 
-    source = base_model or f"models:/{model_name}@champion"
-    init_from = Path(resolve_model_uri(source, mlflow_uri or None))
+    source = base_model or str(ModelUri(model_name, alias=CHAMPION))
+    init_from = Registry.local_checkpoint(source, mlflow_uri or None)
     # the architecture comes from the champion's own config; the run settings (lr, epochs) from ours
     base_cfg = read_json(init_from / "config.json")["config"]
     run_cfg = load_experiment_config(config, overrides)

@@ -1,4 +1,5 @@
-"""Step 7 (only when the gate passed): register the run's model as a new version, alias `challenger`.
+"""Step 7 (only when the gate passed): register the run's model as a new version, alias
+`challenger`.
 
 Promotion to `champion` is the release manager's decision (`semlayout registry approve`).
 """
@@ -19,12 +20,13 @@ def register(
     from collections import namedtuple
 
     from semlayout.gate import GateResult
-    from semlayout.registry import register_version
+    from semlayout.model_uri import ModelUri
+    from semlayout.registry import Registry
     from semlayout_components.common import read_json
 
     ev = read_json(evaluation.path)
     gate = GateResult.model_validate(ev["gate"])
-    version = register_version(mlflow_uri, model_name, run_id, gate, json.loads(lineage))
-    uri = f"models:/{model_name}/{version}"
+    version = Registry(mlflow_uri).register(model_name, run_id, gate, json.loads(lineage))
+    uri = str(ModelUri(model_name, version=str(version)))
     print(f"registered {uri} (alias challenger: {gate.passed})")
     return namedtuple("Outputs", ["version", "model_uri"])(str(version), uri)

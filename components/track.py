@@ -1,4 +1,5 @@
-"""Step 6: log the run to MLflow — params, metrics, config, checkpoint, report — gate passed or not."""
+"""Step 6: log the run to MLflow — params, metrics, config, checkpoint, report — gate passed or
+not."""
 
 from typing import NamedTuple
 
@@ -20,7 +21,7 @@ def track(
     from collections import namedtuple
     from pathlib import Path
 
-    from semlayout.registry import log_training_run
+    from semlayout.registry import Registry
     from semlayout_components.common import git_commit, read_json
 
     ev = read_json(evaluation.path)
@@ -33,8 +34,7 @@ def track(
         "git_commit": git_commit(),
         "pipeline_run": pipeline_run,
     }
-    run_id = log_training_run(
-        mlflow_uri,
+    run_id = Registry(mlflow_uri, create=True).log_run(
         experiment,
         Path(model.path),
         ev["metrics"],

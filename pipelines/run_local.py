@@ -1,6 +1,7 @@
 """`make run`: the training pipeline end to end on this machine, under kfp.local.
 
-    python -m semlayout_pipelines.run_local [--data URI] [--config small] [--n-synth N] [--out outputs]
+    python -m semlayout_pipelines.run_local [--data URI] [--config small] [--n-synth N]
+        [--out outputs]
 
 Writes `outputs/runs/<timestamp>/` (the kfp pipeline root, summary.json, report.html,
 evaluation.json) and then points `outputs/latest` at it (a symlink swapped with one
@@ -44,13 +45,13 @@ def mlflow_locations(out: Path) -> tuple[str, Path]:
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> None:
-    """Create the experiment with a local artifact folder (MLflow would default to ./mlruns)."""
-    from mlflow.tracking import MlflowClient
+    """Create the experiment with a local artifact folder (MLflow would default to ./mlruns):
+    `artifact_root` is the `artifacts/` folder beside the SQLite database, where
+    `Registry.experiment_id` puts a new experiment's artifacts."""
+    from semlayout.registry import Registry
 
     artifact_root.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    if client.get_experiment_by_name(name) is None:
-        client.create_experiment(name, artifact_location=artifact_root.as_uri())
+    Registry(tracking_uri, create=True).experiment_id(name)
 
 
 def new_run_dir(out: Path) -> Path:
@@ -240,7 +241,8 @@ def _print_where(
     if summary["model_uri"]:
         print(
             f"model:      {summary['model_uri']} (alias challenger; approve with "
-            f"`semlayout registry approve {summary['mlflow']['model_name']} {summary['model_version']} "
+            f"`semlayout registry approve {summary['mlflow']['model_name']} "
+            f"{summary['model_version']} "
             f"--by YOU --reason ...`)"
         )
     print(f"checkpoint: {summary['checkpoint']}")

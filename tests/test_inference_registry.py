@@ -1,4 +1,6 @@
-"""Translator.load on `models:/` URIs through a real SQLite MLflow registry; ONNX export to the cache."""
+"""Translator.load on `models:/` URIs through a real SQLite MLflow registry (set up with the
+one-call shortcuts `log_training_run` / `register_version` / `approve`); ONNX export to the
+cache."""
 
 from __future__ import annotations
 

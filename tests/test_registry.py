@@ -14,19 +14,7 @@ import pytest
 from semlayout.cli import main as cli_main
 from semlayout.errors import SemlayoutError
 from semlayout.gate import GateConfig, judge
-from semlayout.registry import (
-    approve,
-    champion_metrics,
-    champion_version,
-    list_models,
-    log_training_run,
-    register_version,
-    reject,
-    resolve_model_uri,
-    rollback,
-    show,
-)
-from semlayout.registry.tracking import use_tracking_uri
+from semlayout.registry import Registry
 
 mlflow_server, sqlite_tracking_uri, mlflow_template_db = (
     hs.mlflow_server,
@@ -93,10 +81,10 @@ def _register(
     uri: str, ckpt: Path, s2l: float, l2s: float, name: str = "semlayout", champ=None
 ) -> int:
     metrics = _metrics(s2l, l2s)
-    run_id = log_training_run(uri, "exp", ckpt, metrics, params={"seed": 0, "data": {"n": 6}})
+    registry = Registry(uri, create=True)
+    run_id = registry.log_run("exp", ckpt, metrics, params={"seed": 0, "data": {"n": 6}})
     gate = judge(metrics, champ, CFG)
-    return register_version(
-        uri,
+    return registry.register(
         name,
         run_id,
         gate,
@@ -105,14 +93,14 @@ def _register(
 
 
 def _aliases(uri: str, name: str = "semlayout") -> dict:
-    return show(uri, name)["aliases"]
+    return Registry(uri).show(name)["aliases"]
 
 
 def test_log_training_run_flattens_params_metrics_and_logs_the_model(uri, ckpts):
     import mlflow
 
-    run_id = log_training_run(
-        uri,
+    registry = Registry(uri, create=True)
+    run_id = registry.log_run(
         "exp",
         ckpts[0],
         _metrics(0.9, 0.3),
@@ -132,30 +120,31 @@ def test_log_training_run_flattens_params_metrics_and_logs_the_model(uri, ckpts)
     # artifacts stay beside the database, not in the cwd
     assert (Path(uri[len("sqlite:///") :]).parent / "artifacts").is_dir()
     with pytest.raises(SemlayoutError, match="not a checkpoint folder"):
-        log_training_run(uri, "exp", ckpts[0].parent, _metrics(0.9, 0.3))
+        registry.log_run("exp", ckpts[0].parent, _metrics(0.9, 0.3))
 
 
 def test_register_approve_rollback_with_audit_trail(uri, ckpts):
     v1 = _register(uri, ckpts[0], 0.80, 0.30)
     assert v1 == 1 and _aliases(uri) == {"challenger": 1}
-    tags = show(uri, "semlayout", 1)
+    reg = Registry(uri)
+    tags = reg.show("semlayout", 1)
     assert (
         tags["lineage"]["data_uri"] == "s3://b/pairs" and tags["lineage"]["data_hash"] == "abc123"
     )
     assert len(tags["lineage"]["config_hash"]) == 64 and tags["lineage"]["git_commit"]
     assert tags["gate_passed"] is True and tags["gate"]["judged"]["sem2layout"]["value"] == 0.80
-    assert champion_version(uri, "semlayout") is None and champion_metrics(uri, "semlayout") is None
+    assert reg.champion_version("semlayout") is None and reg.champion_metrics("semlayout") is None
 
-    approve(uri, "semlayout", 1, by="alice", reason="first model")
+    reg.approve("semlayout", 1, by="alice", reason="first model")
     assert _aliases(uri) == {"champion": 1}
-    assert champion_version(uri, "semlayout") == 1
-    assert champion_metrics(uri, "semlayout")["sem2layout"]["ssim"] == 0.80
+    assert reg.champion_version("semlayout") == 1
+    assert reg.champion_metrics("semlayout")["sem2layout"]["ssim"] == 0.80
 
-    v2 = _register(uri, ckpts[1], 0.85, 0.31, champ=champion_metrics(uri, "semlayout"))
+    v2 = _register(uri, ckpts[1], 0.85, 0.31, champ=reg.champion_metrics("semlayout"))
     assert v2 == 2 and _aliases(uri) == {"champion": 1, "challenger": 2}
-    approve(uri, "semlayout", 2, by="bob", reason="better s2l")
+    reg.approve("semlayout", 2, by="bob", reason="better s2l")
     assert _aliases(uri) == {"champion": 2, "previous-champion": 1}
-    info = show(uri, "semlayout", 2)
+    info = reg.show("semlayout", 2)
     assert (
         info["decision"]["approved_by"] == "bob"
         and info["decision"]["approval_reason"] == "better s2l"
@@ -164,13 +153,13 @@ def test_register_approve_rollback_with_audit_trail(uri, ckpts):
     assert [e["action"] for e in info["audit_log"]] == ["registered", "challenger", "approved"]
     assert info["audit_log"][-1]["previous_champion"] == 1
 
-    r = rollback(uri, "semlayout", by="carol", reason="regression in prod")
+    r = reg.rollback("semlayout", by="carol", reason="regression in prod")
     assert r == {**r, "champion": 1, "rolled_back": 2, "previous_champion": None}
     assert _aliases(uri) == {"champion": 1}
-    info2 = show(uri, "semlayout", 2)
+    info2 = reg.show("semlayout", 2)
     assert info2["decision"]["rolled_back_by"] == "carol" and info2["status"] == "rolled back"
     assert info2["audit_log"][-1]["action"] == "rollback"
-    model = show(uri, "semlayout")
+    model = reg.show("semlayout")
     assert [e["action"] for e in model["audit_log"]] == [
         "registered",
         "challenger",
@@ -182,80 +171,84 @@ def test_register_approve_rollback_with_audit_trail(uri, ckpts):
     ]
     assert model["champion_history"] == [1]
     with pytest.raises(SemlayoutError, match="no previous-champion"):
-        rollback(uri, "semlayout", by="carol", reason="again")
+        reg.rollback("semlayout", by="carol", reason="again")
 
 
 def test_rollback_walks_back_through_history(uri, ckpts):
+    reg = Registry(uri)
     for i in range(3):
         v = _register(uri, ckpts[i], 0.8 + 0.01 * i, 0.3)
-        approve(uri, "semlayout", v, by="a", reason=f"r{i}")
+        reg.approve("semlayout", v, by="a", reason=f"r{i}")
     assert _aliases(uri) == {"champion": 3, "previous-champion": 2}
-    rollback(uri, "semlayout", by="b", reason="bad v3")
+    reg.rollback("semlayout", by="b", reason="bad v3")
     assert _aliases(uri) == {"champion": 2, "previous-champion": 1}
-    rollback(uri, "semlayout", by="b", reason="bad v2")
+    reg.rollback("semlayout", by="b", reason="bad v2")
     assert _aliases(uri) == {"champion": 1}
     # a rolled-back version may be approved again deliberately
-    approve(uri, "semlayout", 3, by="a", reason="fixed data issue")
+    reg.approve("semlayout", 3, by="a", reason="fixed data issue")
     assert _aliases(uri) == {"champion": 3, "previous-champion": 1}
 
 
 def test_refusals(uri, ckpts):
     v1 = _register(uri, ckpts[0], 0.40, 0.30)  # below the 0.5 floor
     assert _aliases(uri) == {}
-    assert show(uri, "semlayout", v1)["gate_passed"] is False
+    reg = Registry(uri)
+    assert reg.show("semlayout", v1)["gate_passed"] is False
     with pytest.raises(SemlayoutError, match="failed the gate"):
-        approve(uri, "semlayout", v1, by="alice", reason="please")
-    assert "approved_by" not in show(uri, "semlayout", v1)["decision"]
+        reg.approve("semlayout", v1, by="alice", reason="please")
+    assert "approved_by" not in reg.show("semlayout", v1)["decision"]
     v2 = _register(uri, ckpts[1], 0.80, 0.30)
-    approve(uri, "semlayout", v2, by="alice", reason="ok")
+    reg.approve("semlayout", v2, by="alice", reason="ok")
     with pytest.raises(SemlayoutError, match="already the champion"):
-        approve(uri, "semlayout", v2, by="alice", reason="twice")
+        reg.approve("semlayout", v2, by="alice", reason="twice")
     with pytest.raises(SemlayoutError, match="version 9"):
-        approve(uri, "semlayout", 9, by="alice", reason="x")
+        reg.approve("semlayout", 9, by="alice", reason="x")
     with pytest.raises(SemlayoutError, match="'nope'"):
-        approve(uri, "nope", 1, by="alice", reason="x")
+        reg.approve("nope", 1, by="alice", reason="x")
     with pytest.raises(SemlayoutError, match="positive integer"):
-        approve(uri, "semlayout", "abc", by="alice", reason="x")
+        reg.approve("semlayout", "abc", by="alice", reason="x")
     with pytest.raises(SemlayoutError, match="--by"):
-        approve(uri, "semlayout", v1, by=" ", reason="x")
+        reg.approve("semlayout", v1, by=" ", reason="x")
     with pytest.raises(SemlayoutError, match="rollback"):
-        reject(uri, "semlayout", v2, by="alice", reason="x")
+        reg.reject("semlayout", v2, by="alice", reason="x")
 
 
 def test_reject_removes_challenger_and_blocks_approval(uri, ckpts):
     v = _register(uri, ckpts[0], 0.80, 0.30)
     assert _aliases(uri) == {"challenger": v}
-    r = reject(uri, "semlayout", v, by="dave", reason="artefacts on vias")
+    reg = Registry(uri)
+    r = reg.reject("semlayout", v, by="dave", reason="artefacts on vias")
     assert r["challenger_removed"] and _aliases(uri) == {}
-    info = show(uri, "semlayout", v)
+    info = reg.show("semlayout", v)
     assert (
         info["status"] == "rejected" and info["decision"]["rejection_reason"] == "artefacts on vias"
     )
     with pytest.raises(SemlayoutError, match="rejected"):
-        approve(uri, "semlayout", v, by="erin", reason="x")
+        reg.approve("semlayout", v, by="erin", reason="x")
 
 
 def test_resolve_model_uri_downloads_the_checkpoint_and_caches_it(uri, ckpts, tmp_path):
     v1 = _register(uri, ckpts[0], 0.80, 0.30)
-    approve(uri, "semlayout", v1, by="a", reason="r")
-    path = resolve_model_uri("models:/semlayout@champion", uri)
+    reg = Registry(uri)
+    reg.approve("semlayout", v1, by="a", reason="r")
+    path = reg.resolve("models:/semlayout@champion")
     for name in ("config.json", "weights.safetensors"):
         assert (path / name).read_bytes() == (ckpts[0] / name).read_bytes()
     assert str(path).startswith(str(tmp_path / "cache"))
     mtime = (path / "weights.safetensors").stat().st_mtime_ns
-    assert resolve_model_uri("models:/semlayout/1", uri) == path
+    assert reg.resolve("models:/semlayout/1") == path
     assert (path / "weights.safetensors").stat().st_mtime_ns == mtime  # not downloaded again
     # the alias is resolved on every call: it follows approvals
     v2 = _register(uri, ckpts[1], 0.85, 0.30)
-    approve(uri, "semlayout", v2, by="a", reason="r")
-    path2 = resolve_model_uri("models:/semlayout@champion", uri)
+    reg.approve("semlayout", v2, by="a", reason="r")
+    path2 = reg.resolve("models:/semlayout@champion")
     assert (
         path2 != path
         and (path2 / "weights.safetensors").read_bytes()
         == (ckpts[1] / "weights.safetensors").read_bytes()
     )
     # a plain folder passes through
-    assert resolve_model_uri(str(ckpts[2])) == ckpts[2]
+    assert Registry.local_checkpoint(str(ckpts[2])) == ckpts[2]
     for bad, match in [
         ("models:/semlayout@nope", "alias 'nope'"),
         ("models:/missing@champion", "'missing'"),
@@ -264,7 +257,7 @@ def test_resolve_model_uri_downloads_the_checkpoint_and_caches_it(uri, ckpts, tm
         (str(tmp_path / "none"), "not found"),
     ]:
         with pytest.raises(SemlayoutError, match=match):
-            resolve_model_uri(bad, uri)
+            Registry.local_checkpoint(bad, uri)
 
 
 def test_pyfunc_from_the_registry_predicts_like_the_checkpoint(uri, ckpts):
@@ -277,8 +270,9 @@ def test_pyfunc_from_the_registry_predicts_like_the_checkpoint(uri, ckpts):
     from semlayout.inference import Translator
 
     v = _register(uri, ckpts[0], 0.80, 0.30)
-    approve(uri, "semlayout", v, by="a", reason="r")
-    with use_tracking_uri(uri):
+    reg = Registry(uri)
+    reg.approve("semlayout", v, by="a", reason="r")
+    with reg.scoped():
         model = mlflow.pyfunc.load_model("models:/semlayout@champion")
         local = Path(mlflow.artifacts.download_artifacts("models:/semlayout/1"))
     rng = np.random.default_rng(0)
@@ -380,13 +374,13 @@ def test_cli_release_manager_flow(uri, ckpts, capsys):
 def test_champion_lookups_on_a_first_run_and_an_unreachable_server(tmp_path):
     # the training pipeline asks for the champion before anything was ever registered
     missing = f"sqlite:///{tmp_path / 'never' / 'mlflow.db'}"
-    assert champion_version(missing, "semlayout") is None
-    assert champion_metrics(missing, "semlayout") is None
+    assert Registry.existing(missing) is None  # so: no champion version, no champion metrics
     assert not (tmp_path / "never").exists()
-    # ... but a server that does not answer must not look like "no champion" (the gate would skip it)
+    # ... but a server that does not answer must not look like "no champion" (the gate would
+    # skip it)
     down = f"http://127.0.0.1:{hs.free_port()}"
     with pytest.raises(SemlayoutError, match="cannot reach"):
-        champion_metrics(down, "semlayout")
+        Registry.existing(down)
 
 
 @pytest.mark.slow
@@ -396,29 +390,29 @@ def test_client_server_path(mlflow_server, ckpts, tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the CLI's default source
     name = f"srv-{tmp_path.name[-12:]}".replace("_", "-")
     v1 = _register(mlflow_server, ckpts[0], 0.80, 0.30, name=name)
-    approve(mlflow_server, name, v1, by="alice", reason="first")
-    v2 = _register(
-        mlflow_server, ckpts[1], 0.85, 0.30, name=name, champ=champion_metrics(mlflow_server, name)
-    )
+    reg = Registry(mlflow_server)
+    reg.approve(name, v1, by="alice", reason="first")
+    v2 = _register(mlflow_server, ckpts[1], 0.85, 0.30, name=name, champ=reg.champion_metrics(name))
     code, out, _ = _cli(
         ["registry", "approve", name, str(v2), "--by", "bob", "--reason", "better"], capsys
     )
     assert code == 0, out
-    assert show(mlflow_server, name)["aliases"] == {"champion": v2, "previous-champion": v1}
-    path = resolve_model_uri(f"models:/{name}@champion", mlflow_server)
+    assert reg.show(name)["aliases"] == {"champion": v2, "previous-champion": v1}
+    path = reg.resolve(f"models:/{name}@champion")
     assert (path / "weights.safetensors").read_bytes() == (
         ckpts[1] / "weights.safetensors"
     ).read_bytes()
-    rollback(mlflow_server, name, by="carol", reason="prod regression")
-    assert champion_version(mlflow_server, name) == v1
-    assert any(m["name"] == name and m["champion"] == v1 for m in list_models(mlflow_server))
+    reg.rollback(name, by="carol", reason="prod regression")
+    assert reg.champion_version(name) == v1
+    assert any(m["name"] == name and m["champion"] == v1 for m in reg.list_models())
     code, out, _ = _cli(["registry", "show", name], capsys)
     assert code == 0 and "rollback" in out and "carol" in out
 
 
 @pytest.mark.slow
 def test_server_with_s3_artifacts(moto_server, ckpts, tmp_path, monkeypatch):
-    """Production shape: mlflow server with its artifact store on S3 (moto), clients over HTTP only."""
+    """Production shape: mlflow server with its artifact store on S3 (moto), clients over HTTP
+    only."""
     monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(tmp_path / "cache"))
     bucket = "mlflow-artifacts-test"
     hs.s3_client(moto_server).create_bucket(Bucket=bucket)
@@ -427,8 +421,9 @@ def test_server_with_s3_artifacts(moto_server, ckpts, tmp_path, monkeypatch):
         tmp_path / "srv", artifacts_destination=f"s3://{bucket}/mlflow", env=env
     ) as url:
         v = _register(url, ckpts[2], 0.8, 0.3, name="s3model")
-        approve(url, "s3model", v, by="alice", reason="s3 artifacts")
-        path = resolve_model_uri("models:/s3model@champion", url)
+        reg = Registry(url)
+        reg.approve("s3model", v, by="alice", reason="s3 artifacts")
+        path = reg.resolve("models:/s3model@champion")
     assert (path / "weights.safetensors").read_bytes() == (
         ckpts[2] / "weights.safetensors"
     ).read_bytes()
@@ -438,7 +433,7 @@ def test_server_with_s3_artifacts(moto_server, ckpts, tmp_path, monkeypatch):
 
 
 def test_model_level_audit_log_keeps_the_newest_events_within_the_tag_limit():
-    from semlayout.registry.versions import MODEL_TAG_LIMIT, _fit_list
+    from semlayout.registry.audit_tags import MODEL_TAG_LIMIT, fit_list
 
     events = [
         {
@@ -450,7 +445,7 @@ def test_model_level_audit_log_keeps_the_newest_events_within_the_tag_limit():
         }
         for i in range(60)
     ]
-    text = _fit_list(events, MODEL_TAG_LIMIT)
+    text = fit_list(events, MODEL_TAG_LIMIT)
     kept = json.loads(text)
     assert len(text) <= MODEL_TAG_LIMIT and 0 < len(kept) < 60
     assert kept[-1]["version"] == 59 and kept == events[-len(kept) :]
@@ -461,7 +456,7 @@ def test_concurrent_resolves_share_one_complete_download(uri, ckpts):
 
     v = _register(uri, ckpts[0], 0.8, 0.3)
     with ThreadPoolExecutor(4) as pool:
-        paths = list(pool.map(lambda _: resolve_model_uri(f"models:/semlayout/{v}", uri), range(4)))
+        paths = list(pool.map(lambda _: Registry(uri).resolve(f"models:/semlayout/{v}"), range(4)))
     assert len(set(paths)) == 1
     assert (paths[0] / "weights.safetensors").read_bytes() == (
         ckpts[0] / "weights.safetensors"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from semlayout.errors import SemlayoutError
+from semlayout.model_uri import ModelUri
 
 
 def _umask() -> int:
@@ -64,7 +65,7 @@ def check_not_over_inputs(
     dst = Path(out).resolve()
     for name, value in inputs.items():
         text = str(value).removeprefix("file://") if value is not None else ""
-        if not text or "://" in text or text.startswith("models:/"):
+        if not text or "://" in text or ModelUri.is_model_uri(text):
             continue
         src = Path(text).resolve()
         if dst == src or dst in src.parents:

@@ -80,7 +80,8 @@ def load_loop_config(
 ) -> LoopConfig:
     """The loop config from YAML (or nothing) plus dotted-key overrides (`policy.min_new_pairs`).
 
-    Every mistake is one `SemlayoutError` line naming the key (`semlayout.errors.validation_error`)."""
+    Every mistake is one `SemlayoutError` line naming the key
+    (`semlayout.errors.validation_error`)."""
     data: dict[str, Any] = {}
     if path:
         data = read_config_file(path, "loop config") or {}
@@ -148,7 +149,8 @@ class ReviewedPair:
     """One reviewed pair where it lives, before it is collected into a run's pair folder."""
 
     source: str  # "feedback" (the API's pair folder) or "intake" (an S3 intake batch)
-    key: str  # the ledger key: the feedback pair's id, or the intake pair's content hash (pair_sha256)
+    # the ledger key: the feedback pair's id, or the intake pair's content hash (pair_sha256)
+    key: str
     id: str  # its id in the source
     pattern_type: str
     sem: str  # feedback: a local file; intake: an object key under the intake URI
@@ -286,10 +288,11 @@ def pending_pairs(cfg: LoopConfig) -> list[ReviewedPair]:
 
 def baseline_ssim(tracking_uri: str | None, model_name: str) -> dict[str, float]:
     """The champion's promotion SSIM per direction (what the gate judged it on)."""
-    from semlayout.registry import champion_metrics
+    from semlayout.registry import Registry
 
     try:
-        metrics = champion_metrics(tracking_uri or None, model_name) or {}
+        registry = Registry.existing(tracking_uri or None)
+        metrics = (registry.champion_metrics(model_name) if registry else None) or {}
     except SemlayoutError:  # no registry yet: no champion, so no baseline to drop below
         metrics = {}
     out: dict[str, float] = {}
@@ -445,19 +448,14 @@ def _log_to_mlflow(
         return None
     import mlflow
 
-    from semlayout.registry.tracking import (
-        _experiment_id,
-        check_tracking_uri,
-        client,
-        use_tracking_uri,
-    )
+    from semlayout.registry import Registry
 
-    uri = check_tracking_uri(tracking, create=True)
+    registry = Registry(tracking, create=True)
     # the experiment keeps its artifacts beside a SQLite registry (not ./mlruns in the cwd), and the
     # tracking URI is scoped to this block instead of being left set process-wide
-    exp_id = _experiment_id(client(uri), "semlayout-loop", uri)
+    exp_id = registry.experiment_id("semlayout-loop")
     with (
-        use_tracking_uri(uri),
+        registry.scoped(),
         mlflow.start_run(
             experiment_id=exp_id, run_name=f"loop-{decision.checked_at:%Y%m%dT%H%M%S}"
         ) as run,

@@ -81,11 +81,12 @@ def resolve_model_path(
     model: str | os.PathLike[str], tracking_uri: str | None = None
 ) -> tuple[Path, bool]:
     """(local checkpoint folder, came_from_registry). `models:/...` goes through the registry."""
-    text = str(model)
-    if text.startswith("models:/"):
-        from semlayout.registry import resolve_model_uri  # lazy: mlflow is heavy
+    from semlayout.model_uri import ModelUri
 
-        return Path(resolve_model_uri(text, tracking_uri)), True
+    if ModelUri.is_model_uri(model):
+        from semlayout.registry import Registry  # lazy: mlflow is heavy
+
+        return Registry.local_checkpoint(model, tracking_uri), True
     return Path(model), False
 
 
@@ -167,7 +168,8 @@ def export_generator_onnx(net: Any, dest: Path, image_size: int) -> Path:
     net = net.eval()
     try:
         with warnings.catch_warnings():
-            # the tracer warns about Python-side shape checks; ONNX is checked against eager in tests
+            # the tracer warns about Python-side shape checks; ONNX is checked against eager in
+            # tests
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 net,
@@ -214,7 +216,8 @@ def _onnx_files(
             for d in DIRECTIONS:
                 p = target / f"{d}.onnx"
                 if not p.is_file():
-                    # the generators already loaded: no second load of the checkpoint, no discriminators
+                    # the generators already loaded: no second load of the checkpoint, no
+                    # discriminators
                     exporter(nets[NET_FOR_DIRECTION[d]], p, size)
                 out[d] = p
         finally:

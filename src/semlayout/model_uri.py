@@ -22,6 +22,11 @@ class ModelUri:
     def is_model_uri(text: str | os.PathLike[str]) -> bool:
         return str(text).startswith(SCHEME)
 
+    @staticmethod
+    def logged_model_id(text: str) -> str | None:
+        """'models:/m-<id>' (an MLflow 3 logged model, not a registry version) -> 'm-<id>'."""
+        return text[len(SCHEME) :] if text.startswith(f"{SCHEME}m-") else None
+
     @classmethod
     def parse(cls, uri: str) -> ModelUri:
         """'models:/NAME@ALIAS' or 'models:/NAME/3'; anything else is a `SemlayoutError`."""

@@ -17,7 +17,8 @@ TrackingOpt = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///$PWD/outputs/mlflow/mlflow.db)",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+        "sqlite:///$PWD/outputs/mlflow/mlflow.db)",
     ),
 ]
 ByOpt = Annotated[str, typer.Option("--by", help="who decides (recorded in the audit trail)")]
@@ -40,9 +41,9 @@ def _fmt(v: Any) -> str:
 @group.command("list")
 def list_cmd(tracking_uri: TrackingOpt = None, as_json: JsonOpt = False) -> None:
     """Registered models with their champion, challenger and previous champion."""
-    from semlayout.registry import list_models
+    from semlayout.registry import Registry
 
-    rows = list_models(tracking_uri)
+    rows = Registry(tracking_uri).list_models()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -103,9 +104,9 @@ def show_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """A model's versions and audit trail, or one version beside the champion."""
-    from semlayout.registry import show
+    from semlayout.registry import Registry
 
-    info = show(tracking_uri, name, version)
+    info = Registry(tracking_uri).show(name, version)
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
         return
@@ -150,9 +151,9 @@ def approve_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Promote a gated version to champion (the old champion becomes previous-champion)."""
-    from semlayout.registry import approve
+    from semlayout.registry import Registry
 
-    r = approve(tracking_uri, name, version, by, reason)
+    r = Registry(tracking_uri).approve(name, version, by, reason)
     prev = f" (previous champion v{r['previous_champion']})" if r["previous_champion"] else ""
     typer.echo(f"{name}: v{r['champion']} is now champion{prev}")
 
@@ -166,9 +167,9 @@ def reject_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Reject a version (removes the challenger alias if it points there)."""
-    from semlayout.registry import reject
+    from semlayout.registry import Registry
 
-    r = reject(tracking_uri, name, version, by, reason)
+    r = Registry(tracking_uri).reject(name, version, by, reason)
     typer.echo(
         f"{name}: v{r['rejected']} rejected"
         + (" (challenger alias removed)" if r["challenger_removed"] else "")
@@ -183,9 +184,9 @@ def rollback_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Make the previous champion the champion again."""
-    from semlayout.registry import rollback
+    from semlayout.registry import Registry
 
-    r = rollback(tracking_uri, name, by, reason)
+    r = Registry(tracking_uri).rollback(name, by, reason)
     typer.echo(f"{name}: rolled back v{r['rolled_back']}; v{r['champion']} is champion again")
 
 

@@ -71,10 +71,12 @@ def serve(
         raise SemlayoutError(f"--port {port}: expected 1..65535")
     # everything the app opens is checked here, before binding, so a bad model, registry or
     # database is one line and exit 2, not a traceback from inside uvicorn's startup
-    if str(settings.model).startswith("models:/"):
-        from semlayout.registry.tracking import check_tracking_uri
+    from semlayout.model_uri import ModelUri
 
-        check_tracking_uri(settings.tracking_uri, create=False)  # a typo must not create a registry
+    if ModelUri.is_model_uri(settings.model):
+        from semlayout.registry import Registry
+
+        Registry(settings.tracking_uri, create=False)  # a typo must not create a registry
     from semlayout.monitoring.store import MonitorStore
 
     MonitorStore(settings.monitor_db).close()

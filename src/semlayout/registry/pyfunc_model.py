@@ -4,7 +4,8 @@ MLflow copies this file into the model and runs it at load time; `load_context`
 rebuilds the networks from `artifacts/checkpoint/` (weights + config.json) with
 `semlayout.inference.Translator`. Inputs to `predict`:
 
-- a dict `{"direction": "sem2layout"|"layout2sem", "images": [(H, W) uint8 arrays], "binarize": bool}`
+- a dict `{"direction": "sem2layout"|"layout2sem", "images": [(H, W) uint8 arrays],
+  "binarize": bool}`
   -> list of (H, W) uint8 arrays, each the size of its input;
 - a pandas DataFrame with columns `direction` and `image_png_b64` (base64 PNG; the form
   `mlflow models serve` speaks) -> DataFrame with column `image_png_b64`.

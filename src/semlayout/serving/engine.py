@@ -24,23 +24,26 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
+from semlayout.model_uri import ModelUri
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from semlayout.registry import Registry
 
 log = logging.getLogger("semlayout.serving")
-_ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
-_VERSION_RE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 class Translates(Protocol):
@@ -61,9 +64,19 @@ class LoadedModel:
     baseline_ssim: dict[str, float] = field(default_factory=dict)
 
 
+def registry_ref(uri: str) -> ModelUri | None:
+    """`uri` as a registry model (`models:/NAME@ALIAS`, `models:/NAME/VERSION`), else None."""
+    if not ModelUri.is_model_uri(uri):
+        return None
+    try:
+        return ModelUri.parse(uri)
+    except SemlayoutError:
+        return None
+
+
 def parse_alias(uri: str) -> tuple[str, str] | None:
-    m = _ALIAS_RE.match(uri)
-    return (m["name"], m["alias"]) if m else None
+    ref = registry_ref(uri)
+    return (ref.name, ref.alias) if ref is not None and ref.alias else None
 
 
 def _local_version(folder: Path) -> str:
@@ -97,18 +110,24 @@ def _registry_baseline(client: Any, run_id: str | None) -> dict[str, float]:
 
 def alias_version(uri: str, tracking_uri: str | None) -> str:
     """The version number `models:/NAME@ALIAS` points to now."""
-    from mlflow import MlflowClient
+    ref = registry_ref(uri)
+    if ref is None or ref.alias is None:
+        raise SemlayoutError(f"'{uri}' is not a models:/NAME@ALIAS URI")
+    return str(_registry_version(uri, ref, tracking_uri)[1].version)
+
+
+def _registry_version(
+    uri: str, ref: ModelUri, tracking_uri: str | None
+) -> tuple[Registry, ModelVersion]:
+    """(the registry, the version `ref` names now); any failure is one line naming `uri`."""
     from mlflow.exceptions import MlflowException
 
-    parsed = parse_alias(uri)
-    if parsed is None:
-        raise SemlayoutError(f"'{uri}' is not a models:/NAME@ALIAS URI")
-    name, alias = parsed
+    from semlayout.registry import Registry
+
     try:
-        return str(
-            MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version
-        )
-    except MlflowException as err:
+        registry = Registry(tracking_uri)
+        return registry, registry.lookup(ref)
+    except (SemlayoutError, MlflowException) as err:
         raise SemlayoutError(f"cannot resolve {uri}: {str(err).splitlines()[0]}") from None
 
 
@@ -121,29 +140,17 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
         raise SemlayoutError(
             "no model given: pass --model (checkpoint folder or models:/NAME@ALIAS)"
         )
-    alias = parse_alias(model)
-    if alias is not None or _VERSION_RE.match(model):
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        client = MlflowClient(tracking_uri=tracking_uri)
-        try:
-            if alias is not None:
-                mv = client.get_model_version_by_alias(alias[0], alias[1])
-            else:
-                m = _VERSION_RE.match(model)
-                assert m is not None
-                mv = client.get_model_version(m["name"], m["version"])
-        except MlflowException as err:
-            raise SemlayoutError(f"cannot resolve {model}: {str(err).splitlines()[0]}") from None
-        pinned = f"models:/{mv.name}/{mv.version}"
+    ref = registry_ref(model)
+    if ref is not None:
+        registry, mv = _registry_version(model, ref, tracking_uri)
+        pinned = str(ref.pinned(mv.version))
         translator = Translator.load(pinned, backend=backend, tracking_uri=tracking_uri)
         return LoadedModel(
             translator,
             str(mv.version),
             pinned,
             backend,
-            baseline_ssim=_registry_baseline(client, mv.run_id),
+            baseline_ssim=_registry_baseline(registry.client, mv.run_id),
         )
     folder = Path(model)
     if not folder.is_dir():

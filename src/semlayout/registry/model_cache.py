@@ -1,0 +1,113 @@
+"""Local checkpoint folders for registered versions: downloaded once, atomically, into
+`$SEMLAYOUT_CACHE_DIR/models/<registry>/<name>/<version>-<source hash>/checkpoint/`
+(a killed download leaves no folder that looks complete). mlflow is imported inside."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from semlayout.errors import SemlayoutError
+from semlayout.model_uri import ModelUri
+from semlayout.registry.audit_tags import to_json
+from semlayout.registry.tracking import mlflow_errors, use_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+
+def cache_root() -> Path:
+    env = os.environ.get("SEMLAYOUT_CACHE_DIR")
+    base = (
+        Path(env)
+        if env
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
+    )
+    return base / "models"
+
+
+def checkpoint_folder(model: str | os.PathLike[str]) -> Path:
+    """A model given as a local checkpoint folder (anything but a `models:/` URI)."""
+    text = str(model)
+    if "://" in text or text.startswith("runs:/"):
+        raise SemlayoutError(
+            f"model '{text}' is not supported: expected a checkpoint folder or models:/NAME@ALIAS"
+        )
+    path = Path(text)
+    if not path.is_dir():
+        raise SemlayoutError(f"checkpoint folder not found: {path}")
+    return path
+
+
+def _complete(ckpt: Path) -> bool:
+    return (ckpt / "config.json").is_file() and (ckpt / "weights.safetensors").is_file()
+
+
+def download_checkpoint(tracking_uri: str, name: str, mv: ModelVersion) -> Path:
+    """The checkpoint folder of version `mv` of model `name`, from the cache or downloaded."""
+    key = hashlib.sha256(f"{tracking_uri}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
+    dest = (
+        cache_root()
+        / hashlib.sha256(tracking_uri.encode()).hexdigest()[:10]
+        / name
+        / f"{mv.version}-{key}"
+    )
+    ckpt = dest / "checkpoint"
+    if _complete(ckpt):
+        return ckpt
+    from semlayout.atomic import atomic_dir
+
+    # another process may finish the same download first: keep its (complete) folder, so a
+    # reader of that folder never sees it replaced; a broken leftover is overwritten
+    try:
+        with atomic_dir(dest, overwrite=dest.exists()) as tmp:
+            _download_into(tmp, tracking_uri, name, mv)
+    except OSError:
+        # FileExistsError / ENOTEMPTY: someone else's complete download landed first
+        if not _complete(ckpt):
+            raise
+    return ckpt
+
+
+def _download_into(tmp: Path, tracking_uri: str, name: str, mv: ModelVersion) -> None:
+    import mlflow
+
+    prev = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with (
+            mlflow_errors(f"artifacts of model '{name}' version {mv.version}"),
+            use_tracking_uri(tracking_uri),
+        ):
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=str(ModelUri(name, version=str(mv.version))),
+                dst_path=str(tmp / "model"),
+                tracking_uri=tracking_uri,
+            )
+    finally:
+        if prev is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = prev
+    src = tmp / "model" / "artifacts" / "checkpoint"
+    if not (src / "config.json").is_file():
+        raise SemlayoutError(
+            f"model '{name}' version {mv.version} holds no semlayout checkpoint "
+            "(artifacts/checkpoint)"
+        )
+    src.rename(tmp / "checkpoint")
+    (tmp / "version.json").write_text(
+        to_json(
+            {
+                "name": name,
+                "version": mv.version,
+                "source": mv.source,
+                "run_id": mv.run_id,
+                "tracking_uri": tracking_uri,
+            }
+        )
+    )
+    shutil.rmtree(tmp / "model", ignore_errors=True)

@@ -1,0 +1,169 @@
+"""What one training run logs (params, metrics, config, the checkpoint as a pyfunc model).
+
+The checkpoint folder is logged ONCE, inside the pyfunc model (`artifacts/checkpoint/`),
+so a 500 MB checkpoint is not stored twice; the run itself carries `config.json`,
+`metrics.json`, the report and the sample grid. `Registry.log_run` opens the run; the pieces
+are here. mlflow is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import numbers
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from semlayout.errors import SemlayoutError
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+MODEL_NAME_IN_RUN = "model"
+CHECKPOINT_FILES = ("config.json", "weights.safetensors", "sem2layout.onnx", "layout2sem.onnx")
+TAG_MODEL_URI = "semlayout.model_uri"
+TAG_CONFIG_HASH = "semlayout.config_hash"
+TAG_CHECKPOINT_STEP = "semlayout.checkpoint_step"
+_METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+PathLike = str | os.PathLike[str]
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of the canonical JSON of a config (ExperimentConfig or dict)."""
+    data = config.to_dict() if hasattr(config, "to_dict") else config
+    return hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def flatten_numbers(tree: Any, prefix: str = "") -> dict[str, float]:
+    """{"sem2layout": {"ssim": 0.9, "per_family": {"line": {"ssim": 0.8}}}} ->
+    {"sem2layout.ssim": 0.9, "sem2layout.per_family.line.ssim": 0.8}; finite numbers only."""
+    out: dict[str, float] = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            key = _METRIC_KEY_BAD.sub("_", str(k))
+            out.update(flatten_numbers(v, f"{prefix}.{key}" if prefix else key))
+    elif (
+        isinstance(tree, numbers.Real) and not isinstance(tree, bool) and math.isfinite(float(tree))
+    ):
+        out[prefix] = float(tree)
+    return out
+
+
+def flatten_params(tree: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(flatten_params(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        text = json.dumps(tree) if isinstance(tree, list | tuple) else str(tree)
+        out[prefix] = text[:6000]
+    return out
+
+
+def pip_requirements() -> list[str]:
+    from semlayout import __version__
+
+    return [
+        f"semlayout=={__version__}",
+        "torch==2.13.0",
+        "numpy",
+        "safetensors",
+        "pydantic>=2",
+        "opencv-python-headless",
+        "onnxruntime",
+        "pandas",
+        "mlflow==3.17.*",
+    ]
+
+
+def checkpoint_config(ckpt: Path, config: Any = None) -> dict[str, Any]:
+    """The config to log for checkpoint folder `ckpt` (checked first): `config` as a dict, or
+    the one saved in its `config.json`."""
+    if not ckpt.is_dir():
+        raise SemlayoutError(f"checkpoint folder not found: {ckpt}")
+    for required in ("config.json", "weights.safetensors"):
+        if not (ckpt / required).is_file():
+            raise SemlayoutError(f"{ckpt} is not a checkpoint folder: {required} is missing")
+    if config is None:
+        try:
+            config = json.loads((ckpt / "config.json").read_text()).get("config", {})
+        except (OSError, json.JSONDecodeError) as err:
+            raise SemlayoutError(f"{ckpt}/config.json is not readable JSON: {err}") from None
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def run_tags(ckpt: Path, cfg_dict: dict[str, Any], tags: dict[str, str] | None) -> dict[str, str]:
+    """The run's tags: the config hash, the checkpoint's step when it recorded one, `tags`."""
+    out = {TAG_CONFIG_HASH: config_hash(cfg_dict), **(tags or {})}
+    try:
+        meta = json.loads((ckpt / "config.json").read_text())
+        if isinstance(meta, dict) and "step" in meta:
+            out[TAG_CHECKPOINT_STEP] = str(meta["step"])
+    except (OSError, json.JSONDecodeError):
+        pass
+    return out
+
+
+def stage_checkpoint(checkpoint_dir: Path, tmp: Path, include_train_state: bool) -> Path:
+    if not (checkpoint_dir / "config.json").is_file():
+        raise SemlayoutError(f"{checkpoint_dir} is not a checkpoint folder: config.json is missing")
+    if not (checkpoint_dir / "weights.safetensors").is_file():
+        raise SemlayoutError(
+            f"{checkpoint_dir} is not a checkpoint folder: weights.safetensors is missing"
+        )
+    # the folder's name becomes the artifact name inside the model: artifacts/checkpoint/
+    staged = tmp / "checkpoint"
+    staged.mkdir()
+    names = list(CHECKPOINT_FILES) + (["train_state.pt"] if include_train_state else [])
+    for name in names:
+        src = checkpoint_dir / name
+        if src.is_file():
+            with contextlib.suppress(OSError):
+                os.link(src, staged / name)
+            if not (staged / name).exists():
+                shutil.copyfile(src, staged / name)
+    return staged
+
+
+def log_run_contents(
+    ckpt: Path,
+    metrics: dict[str, Any],
+    params: dict[str, Any] | None,
+    cfg_dict: dict[str, Any],
+    report_html: PathLike | None,
+    sample_grid_png: PathLike | None,
+    include_train_state: bool,
+) -> None:
+    """Log into the active run: params (`params` and `cfg.*`), flattened metrics,
+    `metrics.json`, `config.json`, the report, the sample grid, and the pyfunc model."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="semlayout-log-") as tmp_s:
+        tmp = Path(tmp_s)
+        all_params = {**flatten_params(params or {}), **flatten_params(cfg_dict, "cfg")}
+        if all_params:
+            mlflow.log_params(all_params)
+        flat = flatten_numbers(metrics)
+        if flat:
+            mlflow.log_metrics(flat)
+        mlflow.log_dict(metrics, "metrics.json")
+        mlflow.log_dict(cfg_dict, "config.json")
+        if report_html is not None:
+            mlflow.log_artifact(str(report_html), "report")
+        if sample_grid_png is not None:
+            mlflow.log_artifact(str(sample_grid_png), "samples")
+        staged = stage_checkpoint(ckpt, tmp, include_train_state)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=str(PYFUNC_FILE),
+            artifacts={"checkpoint": str(staged)},
+            pip_requirements=pip_requirements(),
+        )
+        mlflow.set_tag(TAG_MODEL_URI, info.model_uri)

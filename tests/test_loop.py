@@ -11,20 +11,12 @@ import helpers_servers as hs
 import numpy as np
 import pytest
 
-from semlayout.continual import (
-    ConsumedLedger,
-    LaunchResult,
-    LoopConfig,
-    check,
-    collect_reviewed,
-    load_loop_config,
-    pending_pairs,
-    run,
-)
+from semlayout.continual import LaunchResult, LoopConfig, check, load_loop_config, run
 from semlayout.data.pairs import read_gray8, read_manifest
 from semlayout.errors import SemlayoutError
 from semlayout.monitoring.feedback import FeedbackStore
 from semlayout.monitoring.store import MonitorStore
+from semlayout.reviewed import ConsumedLedger, collect_reviewed, pending_pairs
 
 moto_server, s3_env, s3_bucket = hs.moto_server, hs.s3_env, hs.s3_bucket
 LATER = timedelta(minutes=31)  # past the loop_env cooldown

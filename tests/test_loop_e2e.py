@@ -168,7 +168,7 @@ def test_loop_closes_end_to_end(
         assert alerts and float(alerts[0].split()[-1]) == n_in + n_dr
         t = lap("traffic", t)
 
-        # ---- 4. reviewed pairs of the new family: API feedback (bearer token) and an S3 intake batch
+        # ---- 4. reviewed pairs of the new family: API feedback (bearer token), an S3 intake batch
         from semlayout.data.pairs import read_gray8, read_manifest
 
         denied = httpx.post(
@@ -448,15 +448,23 @@ train: {epochs: 1, decay_start_epoch: 0, batch_size: 2, max_steps: 2, buffer_siz
 
 
 def test_intake_batches_count_as_new_pairs(tmp_path: Path, tiny_pairs: Path) -> None:
-    """`loop check` counts the pairs of complete intake batches created since the last run."""
-    from datetime import UTC, datetime, timedelta
-
-    from semlayout.continual import intake_pairs_since
+    """`loop check` counts the pairs of complete intake batches that no run has consumed."""
+    from semlayout.continual import LoopConfig, check
     from semlayout.intake import upload_batch
+    from semlayout.monitoring.store import MonitorStore
 
     uri = str(tmp_path / "intake")
     res = upload_batch(tiny_pairs, uri, skip_invalid=True, progress=False)
     assert res.n_pairs > 0
-    assert intake_pairs_since(uri, None) == res.n_pairs
-    assert intake_pairs_since(uri, datetime.now(UTC) - timedelta(hours=1)) == res.n_pairs
-    assert intake_pairs_since(uri, datetime.now(UTC) + timedelta(minutes=5)) == 0
+    MonitorStore(tmp_path / "monitor.db").close()
+    cfg = LoopConfig(
+        monitor_db=str(tmp_path / "monitor.db"),
+        intake_uri=uri,
+        policy={"min_new_pairs": res.n_pairs},
+    )
+    decision, obs = check(cfg)
+    assert (obs.new_pairs_intake, obs.new_pairs_feedback) == (res.n_pairs, 0)
+    assert decision.fire and decision.reasons[0].name == "new_pairs"
+    # the same pairs uploaded again in a second batch count once
+    upload_batch(tiny_pairs, str(tmp_path / "intake"), skip_invalid=True, progress=False)
+    assert check(cfg)[1].new_pairs_intake == res.n_pairs

@@ -67,7 +67,9 @@ def predict(
 
 def _find_history(model: str) -> Path | None:
     """history.json beside a local checkpoint (RUN/final/) or in its run folder (RUN/)."""
-    if model.startswith("models:/"):
+    from semlayout.model_uri import ModelUri
+
+    if ModelUri.is_model_uri(model):
         return None
     p = Path(model)
     for cand in (p / "history.json", p.parent / "history.json", p.parent.parent / "history.json"):
@@ -97,7 +99,8 @@ def evaluate(
         None, "--tracking-uri", help="MLflow URI for models:/ URIs"
     ),
 ) -> None:
-    """Score both directions on a shard split (per family, with baselines) -> metrics.json [+ report]."""
+    """Score both directions on a shard split (per family, with baselines) -> metrics.json \
+[+ report]."""
     from semlayout.evaluation import evaluate_model, write_evaluation
 
     if history is not None and not history.is_file():

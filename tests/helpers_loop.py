@@ -36,7 +36,8 @@ LOW_DOSE = (4.0, 25.0)  # electrons/pixel: far below anything the champion saw
 E2E_CONFIG = """\
 # tests/test_loop_e2e.py: a small model trained in a couple of CPU minutes
 name: loop-e2e
-generator: {image_size: 64, base_filters: 8, max_filters: 64, n_down: 4, dropout: 0.0, dropout_blocks: 0,
+generator: {image_size: 64, base_filters: 8, max_filters: 64, n_down: 4, dropout: 0.0, \
+dropout_blocks: 0,
             norm: batch, attention: false}
 discriminator: {base_filters: 8, n_layers: 2, spectral_norm: true, norm: instance}
 loss: {gan_mode: lsgan, lambda_l1: 100.0, lambda_cycle: 10.0, lambda_fm: 10.0, real_label: 0.9}
@@ -66,7 +67,8 @@ def synth(
 
 
 def split_pair_folder(src: Path, dests: list[Path], sizes: list[int]) -> list[Path]:
-    """Write consecutive slices of `src`'s pairs (raw 304x304 SEM + template) as new pair folders."""
+    """Write consecutive slices of `src`'s pairs (raw 304x304 SEM + template) as new pair
+    folders."""
     from semlayout.data.pairs import PairArrays, read_gray8, read_manifest, write_pair_folder
 
     recs = read_manifest(src)
@@ -110,7 +112,7 @@ def train_champion(
     from semlayout.data.shards import write_shards
     from semlayout.evaluation import evaluate_model
     from semlayout.gate import GateConfig, judge
-    from semlayout.registry import approve, log_training_run, register_version
+    from semlayout.registry import Registry
     from semlayout.train.loop import train
 
     aligned = root / "aligned"
@@ -124,13 +126,15 @@ def train_champion(
     metrics = evaluate_model(final, shards, split="test")
     metrics.pop("samples", None)
     gate = judge(metrics, None, GateConfig(floors={"sem2layout": 0.0, "layout2sem": 0.0}))
-    run_id = log_training_run(
-        tracking_uri, "semlayout-e2e", final, metrics, params={"config": str(cfg_path)}
+    run_id = Registry(tracking_uri, create=True).log_run(
+        "semlayout-e2e", final, metrics, params={"config": str(cfg_path)}
     )
-    version = register_version(
-        tracking_uri, model_name, run_id, gate, lineage={"data_uri": str(pairs)}
+    version = Registry(tracking_uri).register(
+        model_name, run_id, gate, lineage={"data_uri": str(pairs)}
     )
-    approve(tracking_uri, model_name, version, by="release-manager", reason="first champion")
+    Registry(tracking_uri).approve(
+        model_name, version, by="release-manager", reason="first champion"
+    )
     return {
         "shards": shards,
         "checkpoint": final,
@@ -211,7 +215,8 @@ def serve(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240)
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"semlayout serve did not get ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+                    f"semlayout serve did not get ready in {timeout:.0f} s:\n"
+                    f"{log.read_text()[-3000:]}"
                 )
             time.sleep(0.5)
         yield url

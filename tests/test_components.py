@@ -250,21 +250,20 @@ def test_drift_check_makes_the_loop_checks_decision(
     from semlayout.intake import upload_batch
     from semlayout.monitoring.feedback import FeedbackStore
     from semlayout.monitoring.store import MonitorStore
-    from semlayout.registry import approve, log_training_run, register_version
+    from semlayout.registry import Registry
     from semlayout_components.catalog import steps
 
     drift_check = steps().drift_check
 
     # the champion, promoted with SSIM 0.9 / 0.4; reviewed predictions now score far below that
     metrics = {"n": 4, "split": "test", "sem2layout": {"ssim": 0.9}, "layout2sem": {"ssim": 0.4}}
-    run_id = log_training_run(
-        sqlite_tracking_uri, "drift-check", make_checkpoint(tmp_path / "ckpt"), metrics
+    run_id = Registry(sqlite_tracking_uri, create=True).log_run(
+        "drift-check", make_checkpoint(tmp_path / "ckpt"), metrics
     )
     gate = judge(metrics, None, GateConfig(floors={"sem2layout": 0.0}))
-    approve(
-        sqlite_tracking_uri,
+    Registry(sqlite_tracking_uri).approve(
         "dc",
-        register_version(sqlite_tracking_uri, "dc", run_id, gate),
+        Registry(sqlite_tracking_uri).register("dc", run_id, gate),
         by="rm",
         reason="first",
     )

@@ -1,5 +1,5 @@
 """Translator.load on `models:/` URIs through a real SQLite MLflow registry (set up with the
-one-call shortcuts `log_training_run` / `register_version` / `approve`); ONNX export to the
+`Registry.log_run` / `register` / `approve`); ONNX export to the
 cache."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 from semlayout.gate import GateConfig, judge
 from semlayout.inference import Translator
-from semlayout.registry import approve, log_training_run, register_version
+from semlayout.registry import Registry
 
 sqlite_tracking_uri, mlflow_template_db = hs.sqlite_tracking_uri, hs.mlflow_template_db
 
@@ -35,12 +35,12 @@ def test_models_uri_loads_the_registered_checkpoint_and_keeps_the_download_clean
     uri = sqlite_tracking_uri
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", seed=11)
     metrics = _metrics()
-    run_id = log_training_run(uri, "exp", ckpt, metrics, params={"seed": 0})
+    run_id = Registry(uri, create=True).log_run("exp", ckpt, metrics, params={"seed": 0})
     gate = judge(
         metrics, None, GateConfig(floors={"sem2layout": 0.5, "layout2sem": 0.2}, tolerance=0.01)
     )
-    version = register_version(uri, "tiny", run_id, gate)
-    approve(uri, "tiny", version, by="tester", reason="test")
+    version = Registry(uri).register("tiny", run_id, gate)
+    Registry(uri).approve("tiny", version, by="tester", reason="test")
 
     local = Translator.load(ckpt)
     rng = np.random.default_rng(0)

@@ -375,18 +375,18 @@ def test_unalignable_reviewed_pairs_fail_and_move_nothing(
     from semlayout.gate import GateConfig, judge
     from semlayout.monitoring.feedback import FeedbackStore
     from semlayout.monitoring.store import MonitorStore
-    from semlayout.registry import approve, log_training_run, register_version
+    from semlayout.registry import Registry
 
     tracking = sqlite_tracking_uri
     monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(tmp_path / "cache"))
     env = cli_env({"MLFLOW_TRACKING_URI": tracking, "SEMLAYOUT_CACHE_DIR": str(tmp_path / "cache")})
     metrics = {"n": 4, "split": "test", "sem2layout": {"ssim": 0.5}, "layout2sem": {"ssim": 0.2}}
     ckpt = make_checkpoint(tmp_path / "ckpt")
-    run_id = log_training_run(tracking, "e2e-negative", ckpt, metrics)
-    version = register_version(
-        tracking, MODEL, run_id, judge(metrics, None, GateConfig(floors={"sem2layout": 0.0}))
+    run_id = Registry(tracking, create=True).log_run("e2e-negative", ckpt, metrics)
+    version = Registry(tracking).register(
+        MODEL, run_id, judge(metrics, None, GateConfig(floors={"sem2layout": 0.0}))
     )
-    approve(tracking, MODEL, version, by="rm", reason="first")
+    Registry(tracking).approve(MODEL, version, by="rm", reason="first")
 
     # reviewed pairs whose SEM is pure noise: a valid upload, but nothing to align the template to
     db, fb_dir = tmp_path / "monitor.db", tmp_path / "feedback"

@@ -275,13 +275,15 @@ TINY_FALLBACK = """\
 name: pipeline-tiny
 generator: {image_size: 32, base_filters: 8, max_filters: 32, n_down: 3, dropout_blocks: 1}
 discriminator: {base_filters: 8, n_layers: 2}
-train: {epochs: 1, decay_start_epoch: 0, batch_size: 4, max_steps: 2, checkpoint_every: 1000, buffer_size: 0}
+train: {epochs: 1, decay_start_epoch: 0, batch_size: 4, max_steps: 2, checkpoint_every: 1000, \
+buffer_size: 0}
 """
 
 
 @pytest.fixture(scope="module")
 def tiny_run_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """~24 synthetic pairs on disk and a seconds-scale config (configs/tiny.yaml, capped at 2 steps)."""
+    """~24 synthetic pairs on disk and a seconds-scale config
+    (configs/tiny.yaml, capped at 2 steps)."""
     from semlayout.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("tinydata")
@@ -421,7 +423,7 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
 
     from semlayout.continual import LaunchRequest, LoopConfig
     from semlayout.data.synth import synthesize
-    from semlayout.registry import approve
+    from semlayout.registry import Registry
     from semlayout_pipelines.launch import launcher_for
     from semlayout_pipelines.run_local import main
 
@@ -442,7 +444,7 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
         == 0
     )
     tracking = f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
-    approve(tracking, "semlayout", 1, by="test", reason="first model")
+    Registry(tracking).approve("semlayout", 1, by="test", reason="first model")
     reviewed = synthesize(tmp_path / "reviewed", n=12, seed=21, progress=False)
     data_dir = tiny_run_args[tiny_run_args.index("--data") + 1]
     cfg_args = tiny_run_args[tiny_run_args.index("--config") + 1 :]

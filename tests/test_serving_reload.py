@@ -15,7 +15,7 @@ from helpers_serving import make_checkpoint, png_bytes, running_server
 
 from semlayout.gate import GateConfig, judge
 from semlayout.inference import Translator
-from semlayout.registry import approve, log_training_run, register_version, rollback
+from semlayout.registry import Registry
 from semlayout.serving.app import create_app
 from semlayout.serving.settings import ServeSettings
 
@@ -40,14 +40,14 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
     ckpts = [make_checkpoint(tmp_path / f"c{i}", seed=10 + i) for i in range(2)]
     for i, ck in enumerate(ckpts):
         m = _metrics(0.6 + 0.1 * i)
-        run = log_training_run(uri, "serving-test", ck, m, params={"seed": i})
+        run = Registry(uri, create=True).log_run("serving-test", ck, m, params={"seed": i})
         assert (
-            register_version(
-                uri, "semlayout", run, judge(m, None, cfg), lineage={"data_uri": "test"}
+            Registry(uri).register(
+                "semlayout", run, judge(m, None, cfg), lineage={"data_uri": "test"}
             )
             == i + 1
         )
-    approve(uri, "semlayout", 1, by="rm", reason="first")
+    Registry(uri).approve("semlayout", 1, by="rm", reason="first")
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (96, 80), dtype=np.uint8)
@@ -98,7 +98,7 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
         t.start()
         try:
             time.sleep(0.5)
-            approve(uri, "semlayout", 2, by="rm", reason="better")
+            Registry(uri).approve("semlayout", 2, by="rm", reason="better")
             deadline = time.monotonic() + 90
             while not (seen and seen[-1][1] == "2"):
                 assert time.monotonic() < deadline, "the server never picked up version 2"
@@ -121,7 +121,7 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
         assert 'semlayout_model_reloads_total{result="swapped"} 1.0' in metrics
 
         # rollback, then the admin endpoint instead of waiting for the poller
-        rollback(uri, "semlayout", by="rm", reason="regression")
+        Registry(uri).rollback("semlayout", by="rm", reason="regression")
         r = httpx.post(
             f"{url}/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
         )

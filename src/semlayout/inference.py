@@ -149,13 +149,9 @@ def _weights_digest(ckpt: Path) -> str:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("SEMLAYOUT_CACHE_DIR")
-    base = (
-        Path(env)
-        if env
-        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
-    )
-    return base / "onnx"
+    from semlayout.cache import cache_dir
+
+    return cache_dir("onnx")
 
 
 def export_generator_onnx(net: Any, dest: Path, image_size: int) -> Path:

@@ -10,7 +10,6 @@ modules:
 - `model_cache`  registered checkpoints downloaded once into the local cache;
 - `lookups`      `RegistryReader`: lookups, champion, list / show, `models:/` -> folder;
 - `release`      `Registry`: logging runs, registration, approve / reject / rollback;
-- `shortcuts`    one-call forms for scripts and tests (`approve(uri, ...)`, ...).
 
 mlflow is imported inside the methods, so importing this package is cheap.
 """
@@ -19,12 +18,6 @@ from semlayout.registry.audit_tags import ALIASES, CHALLENGER, CHAMPION, PREVIOU
 from semlayout.registry.lookups import RegistryReader
 from semlayout.registry.release import Registry
 from semlayout.registry.run_logging import config_hash, flatten_numbers
-from semlayout.registry.shortcuts import (
-    approve,
-    log_training_run,
-    register_version,
-    rollback,
-)
 from semlayout.registry.tracking import check_tracking_uri, default_tracking_uri
 
 __all__ = [
@@ -34,12 +27,8 @@ __all__ = [
     "PREVIOUS",
     "Registry",
     "RegistryReader",
-    "approve",
     "check_tracking_uri",
     "config_hash",
     "default_tracking_uri",
     "flatten_numbers",
-    "log_training_run",
-    "register_version",
-    "rollback",
 ]

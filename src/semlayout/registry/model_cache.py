@@ -20,13 +20,9 @@ if TYPE_CHECKING:
 
 
 def cache_root() -> Path:
-    env = os.environ.get("SEMLAYOUT_CACHE_DIR")
-    base = (
-        Path(env)
-        if env
-        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semlayout"
-    )
-    return base / "models"
+    from semlayout.cache import cache_dir
+
+    return cache_dir("models")
 
 
 def checkpoint_folder(model: str | os.PathLike[str]) -> Path:

@@ -131,7 +131,7 @@ class Registry(RegistryReader):
         if not model_uri:
             raise SemlayoutError(
                 f"run {run_id} has no logged semlayout model (tag {TAG_MODEL_URI}); "
-                "log it with log_training_run"
+                "log it with Registry.log_run"
             )
         if metrics is None:
             with contextlib.suppress(Exception):

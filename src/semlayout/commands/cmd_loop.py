@@ -1,8 +1,8 @@
 """`semlayout loop check|run` — the continuous-learning loop from the command line.
 
 `check` only reports; `run` acts (fine-tune pipeline under kfp.local, or submitted to
-a KFP host with `--kfp-host`). The `pipelines` package (and kfp) is imported inside
-`run` only, so the library stays free of kfp.
+a KFP host with `--kfp-host`) through the launcher a package above the library registers
+(entry point group `semlayout.launchers`), so the library stays free of kfp.
 """
 
 from __future__ import annotations

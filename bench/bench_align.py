@@ -89,7 +89,8 @@ def main(quick: bool = False) -> dict:
     results: dict[str, dict] = {}
     print(
         f"{'data':12s} {'method':10s} {'right%':>7s} {'wrong+QC%':>10s} {'yield%':>7s} "
-        f"{'1 proc/s':>9s} {'2 proc/s':>9s} {'s per 2000 (2p)':>16s} {'cpu ms':>7s} {'cpu s/2000/2c':>14s}"
+        f"{'1 proc/s':>9s} {'2 proc/s':>9s} {'s per 2000 (2p)':>16s} {'cpu ms':>7s} "
+        f"{'cpu s/2000/2c':>14s}"
     )
     for name, pairs in sets.items():
         global _PAIRS
@@ -123,10 +124,13 @@ def main(quick: bool = False) -> dict:
             "cpu": o["cpu_ms_per_pair"] / max(b["cpu_ms_per_pair"], 1e-9),
         }
         print(
-            f"{name:12s} {'ratio':10s} right x{row['ratio']['right']:.2f}, wrong+QC x{row['ratio']['wrong_passed']:.2f}, "
-            f"time x{row['ratio']['time']:.1f} (cpu x{row['ratio']['cpu']:.1f}) of plain NCC; goal <= 10 s / 2000 "
+            f"{name:12s} {'ratio':10s} right x{row['ratio']['right']:.2f}, "
+            f"wrong+QC x{row['ratio']['wrong_passed']:.2f}, "
+            f"time x{row['ratio']['time']:.1f} (cpu x{row['ratio']['cpu']:.1f}) of plain NCC; "
+            "goal <= 10 s / 2000 "
             f"on 2 cores: wall {o['seconds_per_2000_2proc']:.1f} s, cpu-bound estimate "
-            f"{o['cpu_seconds_per_2000_on_2_cores']:.1f} s (wall includes other load on a shared machine)"
+            f"{o['cpu_seconds_per_2000_on_2_cores']:.1f} s "
+            "(wall includes other load on a shared machine)"
         )
         results[name] = row
     return {"n": n, **results}

@@ -3,7 +3,8 @@
 A pipeline of N no-op lightweight components (one parameter, one Dataset artifact each)
 runs under kfp.local; per-task wall time comes from the orchestrator's own log records
 (`pipelines.local`). Baselines measured in the same run: a bare `python -c pass` and
-`python -c "import kfp.dsl.executor_main"` subprocess (what a task starts with) (the floor a task cannot go under).
+`python -c "import kfp.dsl.executor_main"` subprocess (what a task starts with) (the floor a
+task cannot go under).
 """
 
 import statistics

@@ -1,4 +1,5 @@
-"""Serving benchmark: latency and throughput of `semlayout serve`, and its overhead over the bare model.
+"""Serving benchmark: latency and throughput of `semlayout serve`, and its overhead over the bare
+model.
 
 Setup (not timed): a random-weight generator of the served size (256 px, 32 base filters,
 5 downs -- the "ngf 32" row of ENVIRONMENT.md), a drift reference from synthetic pairs,
@@ -288,8 +289,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         f"{GEN['base_filters']} base filters; 250x250 SEM requests; {clients} concurrent clients"
     )
     print(
-        f"{'backend':8} {'bare p50':>9} {'fwd in srv':>11} {'server p50':>11} {'overhead':>9} {'conc p50':>9} "
-        f"{'conc p99':>9} {'req/s':>7} {'batch':>6} {'errors':>6}"
+        f"{'backend':8} {'bare p50':>9} {'fwd in srv':>11} {'server p50':>11} {'overhead':>9} "
+        f"{'conc p50':>9} {'conc p99':>9} {'req/s':>7} {'batch':>6} {'errors':>6}"
     )
     for r in rows:
         print(
@@ -301,12 +302,14 @@ def main(quick: bool = False) -> dict[str, Any]:
     eager, bf16, onnx = rows
     for r in rows:
         print(
-            f"{r['backend']}: inside the server, forward p50 {r['server_forward_p50_ms']:.1f} ms, the rest of the "
-            f"handler (decode, drift features, SQLite, PNG) p50 {r['server_handler_overhead_p50_ms']:.1f} ms"
+            f"{r['backend']}: inside the server, forward p50 {r['server_forward_p50_ms']:.1f} ms, "
+            "the rest of the handler (decode, drift features, SQLite, PNG) p50 "
+            f"{r['server_handler_overhead_p50_ms']:.1f} ms"
         )
     for other in (bf16, onnx):
         print(
-            f"{other['backend']} vs eager: bare {eager['bare_p50_ms'] / other['bare_p50_ms']:.2f}x faster, "
+            f"{other['backend']} vs eager: "
+            f"bare {eager['bare_p50_ms'] / other['bare_p50_ms']:.2f}x faster, "
             f"throughput {other['throughput_rps'] / eager['throughput_rps']:.2f}x"
         )
     return {

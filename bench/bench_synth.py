@@ -17,7 +17,8 @@ import numpy as np
 
 
 def _median_ms(fn, reps: int) -> float:
-    # CPU time of this process: stable when other jobs share the cores (cv2 runs single-threaded here)
+    # CPU time of this process: stable when other jobs share the cores
+    # (cv2 runs single-threaded here)
     times = []
     for i in range(reps):
         t = time.process_time()

@@ -421,7 +421,8 @@ def _print_goals(results: dict[str, Any]) -> None:
             sp = table[best]["speedup"]
             what = f"inference {key}" if key != "train" else "training step"
             print(
-                f"goal {name} {what} >= {goal}x eager: best {best} {sp}x -> {'met' if sp >= goal else 'NOT met'}"
+                f"goal {name} {what} >= {goal}x eager: best {best} {sp}x -> "
+                f"{'met' if sp >= goal else 'NOT met'}"
             )
 
 
@@ -470,7 +471,8 @@ def main(quick: bool = False) -> dict[str, Any]:
                 ref / nets[name]["inference"]["b1"]["eager"]["ms"], 2
             )
             print(
-                f"{name}: generator b1 eager {nets[name]['inference_vs_pix2pix_b1']}x faster than pix2pix unet_256"
+                f"{name}: generator b1 eager {nets[name]['inference_vs_pix2pix_b1']}x "
+                "faster than pix2pix unet_256"
             )
         p2p = nets["pix2pix"]["train"]
         tref = p2p["batch"] / p2p["eager"]["step_ms"]  # images per ms: the sizes differ (crops)

@@ -4,7 +4,8 @@ from kfp.dsl import Dataset, Output
 
 
 def ingest(data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset]):
-    """Empty `data_uri` -> `n_synth` synthetic pairs; else a pair folder, `s3://` folder or intake prefix."""
+    """Empty `data_uri` -> `n_synth` synthetic pairs; else a pair folder, `s3://` folder or intake \
+prefix."""
     import shutil
     from pathlib import Path
 

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         "docker": local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}"),
     }
     for name, runner in runners.items():
-        # the pipeline root is bind-mounted into the container at the same path: keep the input inside it
+        # the pipeline root is bind-mounted into the container at the same path: keep the input
+        # inside it
         local.init(runner=runner, pipeline_root=str(out), raise_on_error=True)
         t0 = time.perf_counter()
         aligned = align_check(data_uri=str(pairs)).output

@@ -121,7 +121,8 @@ def schedule_cmd(
     },
 )
 def run_cmd(ctx: typer.Context) -> None:
-    """Run the training pipeline locally under kfp.local (same as `make run`; --help for options)."""
+    """Run the training pipeline locally under kfp.local (same as `make run`; --help for \
+options)."""
     from semlayout_pipelines.run_local import main
 
     code = main(list(ctx.args))

@@ -1,4 +1,5 @@
-"""The fine-tune pipeline: reviewed pairs + a replay sample -> fine-tune the champion -> judge -> register.
+"""The fine-tune pipeline: reviewed pairs + a replay sample -> fine-tune the champion -> judge ->
+register.
 
 ```
 ingest(reviewed) -> align_qc -> shard (new pairs: train/val/test)

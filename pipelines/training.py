@@ -1,4 +1,5 @@
-"""The training pipeline: ingest -> align/QC -> shard -> train -> evaluate -> track -> gate -> register.
+"""The training pipeline: ingest -> align/QC -> shard -> train -> evaluate -> track -> gate ->
+register.
 
 ```
 ingest(data_uri | synth) -> align_qc -> shard -> train -> evaluate --+--> track (always)

@@ -30,7 +30,8 @@ def check_data_uri(data_uri: str, n_synth: int) -> dict[str, Any]:
             )
         if "manifest.csv" not in keys and not any(k.startswith("batches/") for k in keys):
             raise SemlayoutError(
-                f"data URI {data_uri} is neither a pair folder (no manifest.csv) nor an intake prefix (no batches/)"
+                f"data URI {data_uri} is neither a pair folder (no manifest.csv) "
+                "nor an intake prefix (no batches/)"
             )
         return {"kind": "s3", "uri": data_uri, "objects": len(keys)}
     from semlayout.data.pairs import read_manifest

@@ -44,7 +44,8 @@ def make_tiny_checkpoint(dest: Path, seed: int = 0, image_size: int = 32) -> Pat
 def synthetic_pair(
     rng: np.random.Generator, family: str, size: int = 250, dark_lines: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sem, layout, clean) uint8 (size, size): pattern = 255 in the layout, minority of the area."""
+    """(sem, layout, clean) uint8 (size, size): pattern = 255 in the layout,
+    minority of the area."""
     layout = np.zeros((size, size), np.uint8)
     if family == "line_space":
         pitch = int(rng.integers(20, 40))

@@ -1,4 +1,5 @@
-"""Fixtures for serving / monitoring tests: a drift reference, a tiny checkpoint, a real uvicorn server.
+"""Fixtures for serving / monitoring tests: a drift reference, a tiny checkpoint, a real uvicorn
+server.
 
 The reference is built from synthetic pairs with *narrow* physics (normal polarity,
 moderate-to-high dose) and three pattern families, so that shifts that are really
@@ -169,7 +170,8 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 
 def cached_reference(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
-    """Reference shards + held-out in-distribution and shifted sets, built once per session (on disk)."""
+    """Reference shards + held-out in-distribution and shifted sets, built once per session
+    (on disk)."""
     base = tmp_path_factory.getbasetemp() / "h7-serving-data"
     done = base / "DONE"
     if not done.is_file():
@@ -189,7 +191,8 @@ def cached_reference(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-un
 
 def alignable_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A raw 304x304 SEM and a 250x250 template that passes alignment QC: 40 random rectangles
-    (no periodicity to confuse the match), blurred and noisy, the template cut at a random offset."""
+    (no periodicity to confuse the match), blurred and noisy, the template cut at a random
+    offset."""
     import cv2
 
     rng = np.random.default_rng(seed)

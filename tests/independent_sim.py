@@ -261,7 +261,8 @@ def placement_right(
 
 
 def judge(pairs: list[SimPair], results: list) -> dict[str, float]:
-    """right: placement right (alignable) or rejected (unalignable); wrong_passed: QC passed and not right."""
+    """right: placement right (alignable) or rejected (unalignable);
+    wrong_passed: QC passed and not right."""
     n = len(pairs)
     right = wrong_passed = passed_right = 0
     for p, r in zip(pairs, results, strict=True):

@@ -53,7 +53,8 @@ def tree(path: Path) -> dict[str, bytes]:
 
 
 def png_header_only(width: int, height: int) -> bytes:
-    """A small PNG whose header claims `width` x `height` 8-bit grey pixels (a decompression bomb)."""
+    """A small PNG whose header claims `width` x `height` 8-bit grey pixels
+    (a decompression bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = (
         struct.pack(">I", len(ihdr))

@@ -29,7 +29,8 @@ def _write(path: Path, build) -> Path:
 
 @pytest.fixture()
 def design(tmp_path: Path) -> Path:
-    """Cell TOP, layer 1: a few rectangles, a triangle, an arrayed via cell, a path; layer 2/5 one box."""
+    """Cell TOP, layer 1: a few rectangles, a triangle, an arrayed via cell, a path;
+    layer 2/5 one box."""
 
     def build(lib: gdstk.Library) -> None:
         via = lib.new_cell("VIA")
@@ -103,7 +104,8 @@ def test_gds_clips_pixel_exact_at_known_coordinates(design: Path, tmp_path: Path
     res = gds_clips(design, layer=1, pixel_nm=P, out_dir=tmp_path / "clips")
     rows = list(csv.DictReader((tmp_path / "clips" / "clips.csv").read_text().splitlines()))
     assert [r["id"] for r in rows] == [c["id"] for c in res.clips]
-    # bbox x 100..3700, y 200..2350 nm -> a 2x1 tiling at stride 2500 nm, origins (100, -150) and (2600, -150)
+    # bbox x 100..3700, y 200..2350 nm -> a 2x1 tiling at stride 2500 nm,
+    # origins (100, -150) and (2600, -150)
     assert [(float(r["x_nm"]), float(r["y_nm"])) for r in rows] == [
         (100.0, -150.0),
         (2600.0, -150.0),

@@ -1,4 +1,5 @@
-"""Translator: the resize/normalise pipeline, eager vs direct forward, ONNX vs eager, errors, threads."""
+"""Translator: the resize/normalise pipeline, eager vs direct forward, ONNX vs eager, errors,
+threads."""
 
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ def _write_rows(folder: Path, rows: list[dict[str, str]]) -> None:
 
 @pytest.fixture(scope="module")
 def synth_folder(tmp_path_factory) -> tuple[Path, list[str], list[str]]:
-    """A synthetic pair folder and the ids whose alignment QC passes / fails (by align_pair itself)."""
+    """A synthetic pair folder and the ids whose alignment QC passes / fails
+    (by align_pair itself)."""
     from semlayout.data.align import align_pair
     from semlayout.data.pairs import read_gray8
     from semlayout.data.synth import synthesize
@@ -172,7 +173,8 @@ def test_skip_invalid_uploads_valid_pairs_then_the_manifest(
                 import hashlib
 
                 expected.add(
-                    f"reviewed/objects/{hashlib.sha256((folder / r[col]).read_bytes()).hexdigest()}.png"
+                    "reviewed/objects/"
+                    f"{hashlib.sha256((folder / r[col]).read_bytes()).hexdigest()}.png"
                 )
     assert set(objs) == expected | {
         f"reviewed/batches/{bid}/manifest.csv",

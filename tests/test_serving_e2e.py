@@ -191,7 +191,8 @@ def test_feedback_is_stored_as_a_pair_folder(server, data):
         assert r.json()["feedback_count"] == i + 1
         sent.append((r.json()["id"], sem, lay))
     # refused, nothing stored: the same pair again, the same SEM with another layout, and a
-    # template that does not align with its SEM (the fine-tune would drop it; the trigger would count it)
+    # template that does not align with its SEM (the fine-tune would drop it; the trigger would
+    # count it)
     again = post(sent[0][1], sent[0][2])
     assert again.status_code == 409 and sent[0][0] in again.json()["detail"], again.text
     corrected = sent[0][2].copy()
@@ -241,7 +242,8 @@ def test_health_readiness_and_prometheus(server):
 
 @pytest.mark.slow
 def test_serve_and_monitor_commands(data, ckpt, tmp_path):
-    """The real `semlayout serve` process, then `semlayout monitor summary / drift-report` on its DB."""
+    """The real `semlayout serve` process, then `semlayout monitor summary / drift-report`
+    on its DB."""
     port = free_port()
     db = tmp_path / "monitor.db"
     env = {**os.environ, "SEMLAYOUT_API_TOKEN": API}

@@ -47,7 +47,8 @@ def test_openapi_fuzz_never_answers_5xx(tmp_path):
             @given(case=op.as_strategy())
             def run(case) -> None:
                 label = f"{case.operation.method.upper()} {case.operation.path}"
-                # half the cases carry a valid token so the handlers behind the auth check get fuzzed too
+                # half the cases carry a valid token so the handlers behind the auth check get
+                # fuzzed too
                 n = sum(STATS.get(label, {}).values())
                 if n % 2:
                     case.headers = {**(case.headers or {}), "Authorization": "Bearer fuzz-admin"}

@@ -1,4 +1,5 @@
-"""Upload validation: header checks before decoding, every hostile image refused with the right code."""
+"""Upload validation: header checks before decoding, every hostile image refused with the right
+code."""
 
 from __future__ import annotations
 

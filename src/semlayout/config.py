@@ -115,7 +115,8 @@ class TrainConfig(_Strict):
         None,
         ge=8,
         description="train on random crops of this side at full image_size resolution "
-        "(same crop for both images; validation and inference see the whole image); None = whole image",
+        "(same crop for both images; validation and inference see the whole image); "
+        "None = whole image",
     )
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     log_every: int = Field(50, ge=1)

@@ -8,7 +8,8 @@
                 "baseline_otsu": {"l1","ssim","psnr","iou","epe_px","cd_error_px", "per_family"}},
  "layout2sem": {"l1","ssim","psnr","iou", "ssim_vs_clean","l1_vs_clean","psnr_vs_clean",
                 "ceiling": {"ssim","psnr","l1"}, "per_family": {...}},
- "samples": [ {direction, id, family, input, prediction[, layout], target[, clean], ssim, iou}, ... ]}
+ "samples": [ {direction, id, family, input, prediction[, layout], target[, clean], ssim, iou},
+              ... ]}
 ```
 `samples` holds uint8 images for the HTML report: pop it before writing JSON
 (`metrics_json_ready` does). Everything else is plain JSON (a metric with no
@@ -148,7 +149,8 @@ def _mean(values: Any) -> float | None:
 
 # ---------------------------------------------------------------- selection
 def select_indices(families: np.ndarray, max_samples: int | None) -> np.ndarray:
-    """All indices, or `max_samples` of them taken round-robin over families (every family shows up)."""
+    """All indices, or `max_samples` of them taken round-robin over families
+    (every family shows up)."""
     n = len(families)
     if max_samples is None or max_samples >= n:
         return np.arange(n)

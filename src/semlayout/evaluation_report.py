@@ -29,12 +29,15 @@ from semlayout.atomic import atomic_write_text
 from semlayout.directions import DIRECTIONS
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;\
+color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:8px 0}\
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
 .pass{color:#0a0;font-weight:bold}.fail{color:#c00;font-weight:bold}
-.note{color:#555;font-size:.9em}.grid img{width:160px;height:160px;image-rendering:pixelated;border:1px solid #ccc}
+.note{color:#555;font-size:.9em}\
+.grid img{width:160px;height:160px;image-rendering:pixelated;border:1px solid #ccc}
 .grid td{text-align:center;font-size:.8em}.legend span{display:inline-block;margin-right:12px}
 """
 
@@ -136,12 +139,11 @@ def _sem2layout_section(m: Mapping[str, Any]) -> str:
     ]
     return (
         "<h2>SEM &rarr; Layout</h2>"
-        '<table><tr><th class="l">metric</th><th>model</th><th>baseline: Otsu of blurred SEM</th></tr>'
-        + "".join(rows)
-        + "</table>"
-        f'<p class="note">Otsu baseline: Gaussian blur, Otsu threshold, one polarity for all images '
-        f'({fmt(base.get("polarity", "bright"))} = pattern), fitted on the train split, never on the '
-        "test targets. EPE/CD in pixels at 250x250; CD on line/space only.</p>"
+        '<table><tr><th class="l">metric</th><th>model</th>'
+        "<th>baseline: Otsu of blurred SEM</th></tr>" + "".join(rows) + "</table>"
+        '<p class="note">Otsu baseline: Gaussian blur, Otsu threshold, one polarity for all '
+        f'images ({fmt(base.get("polarity", "bright"))} = pattern), fitted on the train split, '
+        "never on the test targets. EPE/CD in pixels at 250x250; CD on line/space only.</p>"
         + _family_table(m, ("ssim", "iou", "l1", "epe_px", "cd_error_px"), base)
     )
 
@@ -161,10 +163,11 @@ def _layout2sem_section(m: Mapping[str, Any]) -> str:
     ceiling_note = ""
     if ceil.get("ssim") is not None and m.get("ssim") is not None:
         ceiling_note = (
-            f'<p class="note">SSIM {fmt(m.get("ssim"))} against the noisy SEM, ceiling {fmt(ceil.get("ssim"))}: '
-            "shot noise cannot be predicted, so SSIM(noise-free rendering, noisy SEM) is the best any "
-            "model can reach; the score vs the clean rendering shows how much of the predictable image "
-            "the model gets.</p>"
+            f'<p class="note">SSIM {fmt(m.get("ssim"))} against the noisy SEM, '
+            f'ceiling {fmt(ceil.get("ssim"))}: '
+            "shot noise cannot be predicted, so SSIM(noise-free rendering, noisy SEM) is the best "
+            "any model can reach; the score vs the clean rendering shows how much of the "
+            "predictable image the model gets.</p>"
         )
     return (
         "<h2>Layout &rarr; SEM</h2>"
@@ -204,7 +207,8 @@ def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
         return ""
     out = [
         '<h2>Samples</h2><p class="legend note"><span>layout error: '
-        '<b style="color:#e61e1e">red</b> = missing pattern, <b style="color:#285af0">blue</b> = extra '
+        '<b style="color:#e61e1e">red</b> = missing pattern, '
+        '<b style="color:#285af0">blue</b> = extra '
         "pattern, gray = agreement</span><span>SEM error: |prediction - target| heatmap</span></p>"
     ]
     for direction in DIRECTIONS:
@@ -222,7 +226,8 @@ def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
                 s.get("layout", s["prediction"]), s["target"]
             )
             cells = "".join(
-                f'<td><img alt="{html.escape(kind)} {html.escape(str(s.get("id", "")))}" src="{png_data_uri(img)}"></td>'
+                f'<td><img alt="{html.escape(kind)} {html.escape(str(s.get("id", "")))}" '
+                f'src="{png_data_uri(img)}"></td>'
                 for kind, img in (
                     ("input", s["input"]),
                     ("prediction", s["prediction"]),
@@ -334,7 +339,8 @@ _NOT_CURVES = ("seconds", "time", "wall")
 def group_curves(series: Mapping[str, list[float]]) -> dict[str, dict[str, list[float]]]:
     """Split series into charts: losses (D, then G terms), validation metrics, learning rate.
 
-    Losses of very different scale (L1 x100 vs GAN ~1) get separate charts. Timing fields are dropped.
+    Losses of very different scale (L1 x100 vs GAN ~1) get separate charts. Timing fields are
+    dropped.
     """
     groups: dict[str, dict[str, list[float]]] = {}
     for name, vals in series.items():
@@ -363,7 +369,8 @@ def render_report_html(
 ) -> str:
     """The report as an HTML string (see module docstring)."""
     head = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
     )
     info = []

@@ -41,7 +41,8 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     floors: dict[str, float] = Field(
-        description="per direction: the lowest acceptable metric value (set from measured baselines)"
+        description="per direction: the lowest acceptable metric value "
+        "(set from measured baselines)"
     )
     tolerance: float = Field(
         DEFAULT_TOLERANCE, ge=0, description="allowed loss against the champion"
@@ -138,12 +139,14 @@ def judge(
                 champ_ok = value >= needed
                 reasons.append(
                     f"{direction}: {m} {value:.4f} vs champion {champ:.4f} "
-                    f"({value - champ:+.4f}; tolerance {tol:.4f}, so at least {needed:.4f} is needed): "
+                    f"({value - champ:+.4f}; tolerance {tol:.4f}, "
+                    f"so at least {needed:.4f} is needed): "
                     f"{'kept' if champ_ok else 'worse than the champion'}."
                 )
             elif champion_metrics is not None:
                 reasons.append(
-                    f"{direction}: the champion has no {m} for this direction; judged on the floor only."
+                    f"{direction}: the champion has no {m} for this direction; "
+                    "judged on the floor only."
                 )
             ok = floor_ok and champ_ok
         entry["passed"] = ok
@@ -220,7 +223,8 @@ def judge_finetune(
             floor_ok = orig >= floor
             if not floor_ok:
                 reasons.append(
-                    f"{direction}: {m} {orig:.4f} on the original test shard is below the floor {floor:.4f}."
+                    f"{direction}: {m} {orig:.4f} on the original test shard "
+                    f"is below the floor {floor:.4f}."
                 )
             ok = improved and kept and floor_ok
         entry["passed"] = ok

@@ -4,7 +4,8 @@ Layout under the intake prefix (`s3://BUCKET/PREFIX` or a local folder):
 ```
 objects/<sha256>.png                 content-addressed images (sha256 of the PNG file bytes)
 batches/<batch_id>/batch.json        counts, uploader, created, source, rejects
-batches/<batch_id>/manifest.csv      written LAST: id,sem_path,layout_path,pattern_type[,clean_path],
+batches/<batch_id>/manifest.csv      written LAST: id,sem_path,layout_path,
+                                     pattern_type[,clean_path],
                                      sem_sha256,layout_sha256,pair_sha256,<extra columns>;
                                      paths are keys relative to PREFIX ("objects/<sha256>.png")
 ```
@@ -45,7 +46,8 @@ BATCHES = "batches"
 @dataclass
 class Reject:
     id: str
-    reason: str  # short code: missing, not_png, bit_depth, wrong_size, not_binary, align:<reason>, duplicate
+    # short code: missing, not_png, bit_depth, wrong_size, not_binary, align:<reason>, duplicate
+    reason: str
     detail: str
 
 
@@ -108,7 +110,8 @@ def _sha256_file(path: Path) -> str:
 def validate_pairs(
     pairs_dir: str | os.PathLike[str], align_cfg: Any = None, progress: bool = False
 ) -> Validation:
-    """Check every pair of a pair folder; a broken manifest raises, a bad pair becomes a `Reject`."""
+    """Check every pair of a pair folder; a broken manifest raises, a bad pair becomes a
+    `Reject`."""
     from semlayout.data.align import AlignConfig, align_pair
     from semlayout.data.pairs import (
         SEM_RAW_SHAPE,
@@ -350,7 +353,8 @@ def _default_uploader() -> str:
 
 
 def list_batches(uri: str, include_incomplete: bool = False) -> list[dict[str, Any]]:
-    """Batches under `uri`, oldest first: {batch_id, complete, created, uploader, pairs, rejected, ...}."""
+    """Batches under `uri`, oldest first:
+    {batch_id, complete, created, uploader, pairs, rejected, ...}."""
     store = open_store(uri)
     keys = store.list(f"{BATCHES}/")
     ids = sorted({k.split("/")[1] for k in keys if k.count("/") >= 2})

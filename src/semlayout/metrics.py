@@ -51,7 +51,8 @@ def to_unit_float(img: np.ndarray, name: str = "image") -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if arr.size and (np.nanmin(arr) < -1e-6 or np.nanmax(arr) > 1 + 1e-6):
             raise SemlayoutError(
-                f"{name}: float values must lie in [0, 1], got [{np.nanmin(arr):.4g}, {np.nanmax(arr):.4g}]"
+                f"{name}: float values must lie in [0, 1], "
+                f"got [{np.nanmin(arr):.4g}, {np.nanmax(arr):.4g}]"
             )
         return np.clip(arr.astype(np.float64), 0.0, 1.0)
     raise SemlayoutError(f"{name}: expected uint8 or float in [0, 1], got dtype {arr.dtype}")
@@ -91,7 +92,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- SSIM
 def _gauss_blur_rows_stacked(stack: np.ndarray) -> np.ndarray:
-    """Gaussian blur of a (M, H, W) float64 stack, exact except within SSIM_RADIUS of each plane's border.
+    """Gaussian blur of a (M, H, W) float64 stack, exact except within SSIM_RADIUS of each plane's
+    border.
 
     The planes are blurred as one tall (M*H, W) image: a pixel only mixes with
     another plane when it lies within the kernel radius of its own plane's top or
@@ -203,7 +205,8 @@ def edge_placement_error(pred: np.ndarray, target: np.ndarray, threshold: float 
 
 
 def _runs_inside(line: np.ndarray) -> np.ndarray:
-    """Lengths of foreground runs in a 1-D bool array that touch neither end (cut runs are not widths)."""
+    """Lengths of foreground runs in a 1-D bool array that touch neither end
+    (cut runs are not widths)."""
     padded = np.concatenate([[False], line, [False]]).astype(np.int8)
     d = np.diff(padded)
     starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)

@@ -34,7 +34,8 @@ def synth(
         str | None,
         typer.Option(
             "--mix",
-            help="family weights, e.g. line_space=0.5,via_array=0.2 (default: imbalanced mix of all)",
+            help="family weights, e.g. line_space=0.5,via_array=0.2 "
+            "(default: imbalanced mix of all)",
         ),
     ] = None,
     dose_range: Annotated[
@@ -60,7 +61,8 @@ def synth(
         int, typer.Option("--workers", help="processes (default: min(2, CPUs))")
     ] = 0,
 ) -> None:
-    """Synthesise SEM/layout pairs with ground-truth offsets (manifest.csv, sem/, layout/, clean/, truth.csv)."""
+    """Synthesise SEM/layout pairs with ground-truth offsets (manifest.csv, sem/, layout/, clean/, \
+truth.csv)."""
     from dataclasses import replace
 
     from semlayout.data.sem_physics import PhysicsRanges

@@ -62,8 +62,8 @@ def upload_cmd(
     _print_rejects(result.rejects, err=False)
     if result.already_complete:
         typer.echo(
-            f"batch {result.batch_id} is already uploaded to {result.uri} ({result.n_pairs} pairs); "
-            "nothing new uploaded"
+            f"batch {result.batch_id} is already uploaded to {result.uri} "
+            f"({result.n_pairs} pairs); nothing new uploaded"
         )
         return
     typer.echo(

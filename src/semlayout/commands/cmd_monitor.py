@@ -105,5 +105,6 @@ def summary(
     for d, q in out["quality"].items():
         print(f"rolling SSIM {d}: {f(q['ssim'])} over {q['n']} reviewed predictions")
     print(
-        f"feedback pairs: {out['feedback_count']}  last fine-tune trigger: {out['last_trigger'] or '-'}"
+        f"feedback pairs: {out['feedback_count']}  "
+        f"last fine-tune trigger: {out['last_trigger'] or '-'}"
     )

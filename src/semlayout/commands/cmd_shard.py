@@ -42,7 +42,8 @@ def shard(
         help="PATH=N: cap on pairs taken from one input (repeatable; overrides --max-per-source)",
     ),
 ) -> None:
-    """Split aligned pairs by pattern type into train/val/test .npz shards and write reference statistics."""
+    """Split aligned pairs by pattern type into train/val/test .npz shards and write reference \
+statistics."""
     from semlayout.data.shards import ShardSource, write_shards
 
     limits = _parse_limits(limit)

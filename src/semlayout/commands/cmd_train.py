@@ -1,4 +1,5 @@
-"""`semlayout train --config C --data SHARDS --out RUN`: train both directions, checkpoint, resume."""
+"""`semlayout train --config C --data SHARDS --out RUN`: train both directions, checkpoint,
+resume."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def train(
         bool, typer.Option("--progress/--no-progress", help="tqdm progress bar")
     ] = True,
 ) -> None:
-    """Train G_A (SEM->layout) and G_B (layout->SEM) with their discriminators; print the final checkpoint."""
+    """Train G_A (SEM->layout) and G_B (layout->SEM) with their discriminators; print the final \
+checkpoint."""
     from semlayout.config import apply_overrides, load_config
     from semlayout.keyvalue import parse_assignments
     from semlayout.train.loop import train as run

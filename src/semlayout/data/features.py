@@ -85,7 +85,8 @@ def image_features(img_u8: np.ndarray) -> dict[str, float]:
 
 
 def histogram(img_u8: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
-    """Normalised intensity histogram over [0, 256) in `bins` equal bins: (bins,) float64, sums to 1."""
+    """Normalised intensity histogram over [0, 256) in `bins` equal bins:
+    (bins,) float64, sums to 1."""
     img = _check(img_u8)
     if not isinstance(bins, int | np.integer) or not 1 <= bins <= 256:
         raise SemlayoutError(f"histogram bins must be an integer in 1..256, got {bins!r}")

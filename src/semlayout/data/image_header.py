@@ -121,7 +121,8 @@ def _jpeg_header(data: bytes) -> ImageHeader:
 
 
 def read_header(data: bytes) -> ImageHeader:
-    """The image header of `data`, without decoding pixels; 415 for formats that cannot be checked."""
+    """The image header of `data`, without decoding pixels; 415 for formats that cannot be
+    checked."""
     if not data:
         raise HeaderRejected(422, "empty file: expected an 8-bit grayscale PNG, TIFF or JPEG")
     parsers = {"PNG": _png_header, "TIFF": _tiff_header, "JPEG": _jpeg_header}

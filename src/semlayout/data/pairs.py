@@ -81,7 +81,8 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
         raise SemlayoutError(f"{manifest}: not UTF-8 text") from None
     if not text.strip():
         raise SemlayoutError(
-            f"{manifest} is empty; expected a header {','.join(REQUIRED_COLUMNS)} and one row per pair"
+            f"{manifest} is empty; expected a header {','.join(REQUIRED_COLUMNS)} "
+            "and one row per pair"
         )
     reader = csv.DictReader(io.StringIO(text))
     # tolerate "id, sem_path, ..." (spaces after commas) in the header
@@ -90,7 +91,8 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise SemlayoutError(
-            f"{manifest}: missing column(s) {', '.join(missing)}; expected {','.join(REQUIRED_COLUMNS)}"
+            f"{manifest}: missing column(s) {', '.join(missing)}; "
+            f"expected {','.join(REQUIRED_COLUMNS)}"
         )
     records: list[PairRecord] = []
     seen: set[str] = set()
@@ -98,7 +100,8 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
         pid = (row.get("id") or "").strip()
         if not _ID_RE.match(pid):
             raise SemlayoutError(
-                f"manifest.csv line {line}: id '{pid}' is not valid (letters, digits, '.', '_', '-'; max 128)"
+                f"manifest.csv line {line}: id '{pid}' is not valid "
+                "(letters, digits, '.', '_', '-'; max 128)"
             )
         if pid in seen:
             raise SemlayoutError(f"manifest.csv line {line}: duplicate id '{pid}'")
@@ -129,7 +132,8 @@ def read_manifest(folder: str | Path) -> list[PairRecord]:
 def decode_gray8(
     data: bytes, name: str = "<upload>", expected_shape: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Decode PNG/TIFF/... bytes to an (H, W) uint8 array, refusing colour, 16-bit and wrong sizes."""
+    """Decode PNG/TIFF/... bytes to an (H, W) uint8 array, refusing colour, 16-bit and wrong
+    sizes."""
     import cv2
 
     if not data:
@@ -209,7 +213,8 @@ def _check_gray8(img: np.ndarray, name: str, expected_shape: tuple[int, int] | N
         raise ImageRejected(
             name,
             "wrong_size",
-            f"expected {expected_shape[1]}x{expected_shape[0]} px, got {img.shape[1]}x{img.shape[0]}",
+            f"expected {expected_shape[1]}x{expected_shape[0]} px, "
+            f"got {img.shape[1]}x{img.shape[0]}",
         )
     return np.ascontiguousarray(img)
 

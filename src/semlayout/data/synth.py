@@ -98,7 +98,8 @@ def generate_pair(
     params: SemParams | Mapping[str, float] | None = None,
     ranges: PhysicsRanges | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, dict[str, Any]]:
-    """One pair in memory: (sem u8 304x304, layout u8 250x250 {0,255}, clean u8 304x304, x, y, meta).
+    """One pair in memory: (sem u8 304x304, layout u8 250x250 {0,255}, clean u8 304x304, x, y,
+    meta).
 
     `params` pins the physics (a full `SemParams`, or a dict of a few fields such
     as `{"dose": 5.0, "polarity": -1}`; the rest are drawn from `ranges`).
@@ -239,9 +240,9 @@ def synthesize(
                 from concurrent.futures import ProcessPoolExecutor
                 from multiprocessing.context import BaseContext
 
-                # fork where there is one: spawn would re-run an unguarded calling script in each child.
-                # A forked child must not touch cv2.setNumThreads (it hangs on the parent's pool
-                # state); spawned children (no fork on this OS) start clean and can.
+                # fork where there is one: spawn would re-run an unguarded calling script in each
+                # child. A forked child must not touch cv2.setNumThreads (it hangs on the parent's
+                # pool state); spawned children (no fork on this OS) start clean and can.
                 ctx: BaseContext
                 if "fork" in mp.get_all_start_methods():
                     ctx, init = mp.get_context("fork"), None
@@ -345,7 +346,10 @@ def write_preview(
                 img, (cell, cell), interpolation=cv2.INTER_AREA
             )
         extra = r.extra
-        text = f"{r.pattern_type}   dose {extra.get('dose', '?')} e-/px   polarity {extra.get('polarity', '?')}"
+        text = (
+            f"{r.pattern_type}   dose {extra.get('dose', '?')} e-/px   "
+            f"polarity {extra.get('polarity', '?')}"
+        )
         cv2.putText(row, text, (pad, label_h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 0, 1, cv2.LINE_AA)
         panels.append(row)
     header = np.full((label_h, width), 255, np.uint8)

@@ -74,7 +74,8 @@ class UNetGenerator(nn.Module):
                 layers.append(norm_layer(cfg.norm, ch[k]))
             self.down.append(nn.Sequential(*layers))
 
-        # decoder block j (j = n-1 .. 1): up to S/2^j, output ch[j-1], then cat with skip -> 2*ch[j-1]
+        # decoder block j (j = n-1 .. 1): up to S/2^j, output ch[j-1], then cat with skip
+        # -> 2*ch[j-1]
         self.up = nn.ModuleList()
         for i, j in enumerate(range(n - 1, 0, -1)):
             c_in = ch[j] if j == n - 1 else 2 * ch[j]

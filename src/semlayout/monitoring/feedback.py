@@ -13,7 +13,8 @@ What is refused (nothing is written then): wrong sizes or a non-binary layout
 (`ImageRejected`), a pair whose template alignment QC fails (`ImageRejected`,
 reason `align:<reason>`: the fine-tune would drop it, and the trigger would count
 it), and a SEM already in the folder (`DuplicatePair`: a pair counts once, as in
-the S3 intake). Each manifest row carries the SHA-256 of its SEM and layout pixels (`*_pixel_sha256`).
+the S3 intake). Each manifest row carries the SHA-256 of its SEM and layout pixels
+(`*_pixel_sha256`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def check_pattern_type(pattern_type: str) -> str:
         pattern_type or ""
     ):  # fullmatch: "$" would let a final "\n" through
         raise SemlayoutError(
-            f"pattern_type '{pattern_type[:80]}' is not valid: expected 1-64 letters, digits, '_', '.', '-'"
+            f"pattern_type '{pattern_type[:80]}' is not valid: "
+            "expected 1-64 letters, digits, '_', '.', '-'"
         )
     return pattern_type
 

@@ -81,7 +81,8 @@ class PerformanceTracker:
         if truth.shape != output.shape:
             raise SemlayoutError(
                 f"ground truth is {truth.shape[1]}x{truth.shape[0]} px but prediction "
-                f"'{prediction_id}' is {output.shape[1]}x{output.shape[0]} px; expected the same size"
+                f"'{prediction_id}' is {output.shape[1]}x{output.shape[0]} px; "
+                "expected the same size"
             )
         if pred.direction == "sem2layout":  # the truth of a layout prediction is a drawn layout
             from semlayout.data.pairs import check_binary_layout

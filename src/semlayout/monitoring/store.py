@@ -101,7 +101,8 @@ class MonitorStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes the write lock up front (no upgrade deadlock)."""
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front
+        (no upgrade deadlock)."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -134,8 +135,8 @@ class MonitorStore:
     def add_prediction(self, pred: Prediction) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO predictions (id, ts, direction, model_version, input_sha256, width, height,"
-                " output_png) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO predictions (id, ts, direction, model_version, input_sha256, width,"
+                " height, output_png) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     pred.id,
                     pred.ts,
@@ -167,9 +168,9 @@ class MonitorStore:
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO inference_events (ts, endpoint, direction, prediction_id, model_version,"
-                " status, http_status, error, latency_ms, forward_ms, batch_size, input_stats,"
-                " output_stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO inference_events (ts, endpoint, direction, prediction_id,"
+                " model_version, status, http_status, error, latency_ms, forward_ms, batch_size,"
+                " input_stats, output_stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ts or time.time(),
                     endpoint,
@@ -202,8 +203,8 @@ class MonitorStore:
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO drift_events (ts, prediction_id, direction, drifted, max_abs_z, kl, score,"
-                " z, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO drift_events (ts, prediction_id, direction, drifted, max_abs_z, kl,"
+                " score, z, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ts or time.time(),
                     prediction_id,
@@ -225,7 +226,8 @@ class MonitorStore:
         metrics: Mapping[str, float],
         ts: float | None = None,
     ) -> None:
-        """Store the quality of one prediction; a second truth for the same id replaces the first."""
+        """Store the quality of one prediction; a second truth for the same id replaces the
+        first."""
         with self._tx() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO ground_truth (prediction_id, ts, direction, model_version,"
@@ -294,7 +296,8 @@ class MonitorStore:
         and quality history is kept; only late ground truth for old ids becomes impossible)."""
         with self._tx() as conn:
             cur = conn.execute(
-                "UPDATE predictions SET output_png = NULL WHERE output_png IS NOT NULL AND rowid <= "
+                "UPDATE predictions SET output_png = NULL "
+                "WHERE output_png IS NOT NULL AND rowid <= "
                 "(SELECT rowid FROM predictions ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
                 (int(keep),),
             )
@@ -326,7 +329,8 @@ class MonitorStore:
         return int(self._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def drift_stats(self, window: int, direction: str | None = None) -> tuple[float | None, int]:
-        """(share of drifted images among the last `window` translated images, how many there were)."""
+        """(share of drifted images among the last `window` translated images,
+        how many there were)."""
         sql = "SELECT drifted FROM drift_events"
         args: tuple[Any, ...] = ()
         if direction is not None:
@@ -348,7 +352,8 @@ class MonitorStore:
         return self.drift_stats(window, direction)[0]
 
     def rolling_ssim_stats(self, direction: str, window: int) -> tuple[float | None, int]:
-        """(mean SSIM of the last `window` predictions of `direction` that received ground truth, n)."""
+        """(mean SSIM of the last `window` predictions of `direction` that received
+        ground truth, n)."""
         row = (
             self._conn()
             .execute(
@@ -365,7 +370,8 @@ class MonitorStore:
         return self.rolling_ssim_stats(direction, window)[0]
 
     def feedback_count(self, since: datetime | float | None = None) -> int:
-        """Reviewed pairs received since `since` (datetime, naive = UTC, or UNIX seconds; None = all)."""
+        """Reviewed pairs received since `since`
+        (datetime, naive = UTC, or UNIX seconds; None = all)."""
         t = _epoch(since)
         if t is None:
             return self.count("feedback")
@@ -384,7 +390,8 @@ class MonitorStore:
         rows = (
             self._conn()
             .execute(
-                "SELECT id, ts, fired, run_id, details FROM trigger_decisions ORDER BY id DESC LIMIT ?",
+                "SELECT id, ts, fired, run_id, details FROM trigger_decisions"
+                " ORDER BY id DESC LIMIT ?",
                 (int(limit),),
             )
             .fetchall()

@@ -63,7 +63,8 @@ def serve(
         raise validation_error(err, "setting") from None
     if not settings.model:
         raise SemlayoutError(
-            "no model: pass --model (checkpoint folder or models:/NAME@ALIAS) or set SEMLAYOUT_MODEL"
+            "no model: pass --model (checkpoint folder or models:/NAME@ALIAS) "
+            "or set SEMLAYOUT_MODEL"
         )
     if settings.reference is not None and not Path(settings.reference).exists():
         raise SemlayoutError(f"drift reference not found: {settings.reference}")
@@ -84,7 +85,7 @@ def serve(
 
     engine = InferenceEngine.load(settings.model, settings.backend, settings.tracking_uri)
     if settings.reference is not None:
-        from semlayout.monitoring.drift import load_reference_stats
+        from semlayout.data.reference_stats import load_reference_stats
 
         load_reference_stats(settings.reference)
     uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level, workers=1)

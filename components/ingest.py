@@ -25,7 +25,7 @@ prefix."""
             from semlayout.storage import open_store
 
             if any(k.startswith("batches/") for k in open_store(data_uri).list("batches/")):
-                from semlayout.intake import download_batches
+                from semlayout.intake_batches import download_batches
 
                 download_batches(data_uri, dest)
             else:

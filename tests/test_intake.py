@@ -17,13 +17,8 @@ import pytest
 from semlayout.cli import main as cli_main
 from semlayout.data.pairs import read_manifest
 from semlayout.errors import SemlayoutError
-from semlayout.intake import (
-    BatchRefused,
-    download_batches,
-    list_batches,
-    upload_batch,
-    validate_pairs,
-)
+from semlayout.intake import BatchRefused, upload_batch, validate_pairs
+from semlayout.intake_batches import download_batches, list_batches
 
 moto_server, s3_env, s3_bucket = hs.moto_server, hs.s3_env, hs.s3_bucket
 

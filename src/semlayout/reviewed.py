@@ -149,7 +149,8 @@ def reviewed_pairs(cfg: LoopConfig) -> Iterator[ReviewedPair]:
                 str(rec.layout_path),
             )
     if cfg.intake_uri:
-        from semlayout.intake import BATCHES, list_batches
+        from semlayout.intake import BATCHES
+        from semlayout.intake_batches import list_batches
         from semlayout.storage import open_store
 
         store = open_store(cfg.intake_uri)

@@ -82,7 +82,7 @@ def list_cmd(
     ] = False,
 ) -> None:
     """Batches under an intake prefix with their counts."""
-    from semlayout.intake import list_batches
+    from semlayout.intake_batches import list_batches
 
     rows = list_batches(uri, include_incomplete=all_)
     if as_json:
@@ -121,7 +121,7 @@ def download_cmd(
     """Materialise all complete batches as one local pair folder."""
     from semlayout.atomic import check_not_over_inputs
     from semlayout.data.pairs import read_manifest
-    from semlayout.intake import download_batches
+    from semlayout.intake_batches import download_batches
 
     check_not_over_inputs(out, intake_store=uri)
     path = download_batches(uri, out, since=since)

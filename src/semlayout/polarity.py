@@ -64,9 +64,7 @@ def check_polarity(value: object, what: str = "polarity") -> int:
         try:
             value = float(text)
         except ValueError:
-            raise SemlayoutError(
-                f"{what} {value!r}: expected +1 (bright) or -1 (dark)"
-            ) from None
+            raise SemlayoutError(f"{what} {value!r}: expected +1 (bright) or -1 (dark)") from None
     if isinstance(value, int | float) and float(value) in (1.0, -1.0):
         return int(value)
     raise SemlayoutError(f"{what} {value!r}: expected +1 (bright) or -1 (dark)")

@@ -254,9 +254,7 @@ def _write(
         bar.close()
         if not described["sem"]:
             raise SemlayoutError("no pairs in the train split")
-        write_reference(
-            tmp, reference_doc(described["sem"], described["layout"], train_polarity)
-        )
+        write_reference(tmp, reference_doc(described["sem"], described["layout"], train_polarity))
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     return index
 

@@ -80,3 +80,19 @@ def auto_sem2layout(
         for c, e in zip(chosen, evidence, strict=True)
     ]
     return out, decisions
+
+
+# evidence below this is no reading of the image's polarity (half-pitch gratings with a weak
+# rim): the drift monitor does not count it either way (docs/polarity.md)
+EVIDENCE_MIN = 0.01
+
+
+def observed_polarity(decision: PolarityDecision) -> int | None:
+    """The polarity an image shows, for the drift monitor: the caller's when given, the sign
+    of auto's evidence (before any layer prior) when clear enough, else None (not judged)."""
+    if decision.source == "given":
+        return decision.polarity
+    e = decision.evidence if decision.source == "auto" else None
+    if e is None or abs(e) < EVIDENCE_MIN:
+        return None
+    return BRIGHT if e > 0 else DARK

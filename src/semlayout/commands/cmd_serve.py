@@ -32,6 +32,12 @@ def serve(
     poll_interval: float = typer.Option(
         None, "--poll-interval", help="seconds between alias checks; 0 = off"
     ),
+    layer_polarity: str = typer.Option(
+        None,
+        "--layer-polarity",
+        help="the served layer's contrast polarity, bright or dark: auto's prior and what the "
+        "drift monitor expects (env SEMLAYOUT_LAYER_POLARITY)",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
@@ -56,6 +62,7 @@ def serve(
         "feedback_dir": feedback_dir,
         "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "poll_interval_s": poll_interval,
+        "layer_polarity": layer_polarity,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
@@ -84,6 +91,8 @@ def serve(
     from semlayout.serving.engine import InferenceEngine
 
     engine = InferenceEngine.load(settings.model, settings.backend, settings.tracking_uri)
+    if settings.layer_prior is not None:  # a layer the model never learned: refused before serving
+        engine.current.translator.fixed_polarity("sem2layout", "auto", settings.layer_prior)
     if settings.reference is not None:
         from semlayout.data.reference_stats import load_reference_stats
 

@@ -2,7 +2,8 @@
 
 Tables (timestamps are UNIX seconds, UTC):
 ```
-predictions        id, ts, direction, model_version, input_sha256, width, height, output_png
+predictions        id, ts, direction, model_version, input_sha256, width, height, output_png,
+                   polarity (+1 / -1 the image was translated in; NULL in rows made before it)
 inference_events   one row per request outcome: latency, forward time, status, error reason,
                    input/output statistics (JSON)
 drift_events       one row per translated image: drifted, max |z|, KL, z-scores and features (JSON)
@@ -17,6 +18,10 @@ from __future__ import annotations
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 
+# columns added after a table was first released: (table, column, type), added to an older
+# database when it is opened
+ADDED_COLUMNS = (("predictions", "polarity", "INTEGER"),)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS predictions (
@@ -27,7 +32,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     input_sha256 TEXT NOT NULL,
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
-    output_png BLOB
+    output_png BLOB,
+    polarity INTEGER
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE TABLE IF NOT EXISTS inference_events (

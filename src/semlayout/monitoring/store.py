@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from semlayout.errors import SemlayoutError
-from semlayout.monitoring.schema import BUSY_TIMEOUT_MS, SCHEMA, SCHEMA_VERSION
+from semlayout.monitoring.schema import ADDED_COLUMNS, BUSY_TIMEOUT_MS, SCHEMA, SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Prediction:
     width: int
     height: int
     output_png: bytes | None
+    polarity: int | None = None  # +1 / -1: the contrast polarity it was translated in
 
 
 def _epoch(t: datetime | float | int | None) -> float | None:
@@ -73,10 +74,18 @@ class MonitorStore:
                 "BEGIN IMMEDIATE;" + SCHEMA + "INSERT OR IGNORE INTO meta (key, value) VALUES "
                 f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
             )
+            self._add_missing_columns()
         except sqlite3.DatabaseError as err:
             raise SemlayoutError(
                 f"{self.path} is not a usable SQLite monitoring database: {err}"
             ) from None
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was made (`ADDED_COLUMNS`): added, NULL in old rows."""
+        with self._tx() as conn:
+            for table, col, kind in ADDED_COLUMNS:
+                if col not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
 
     # ------------------------------------------------------------ connections
     def _conn(self) -> sqlite3.Connection:
@@ -136,7 +145,7 @@ class MonitorStore:
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO predictions (id, ts, direction, model_version, input_sha256, width,"
-                " height, output_png) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " height, output_png, polarity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     pred.id,
                     pred.ts,
@@ -146,6 +155,7 @@ class MonitorStore:
                     pred.width,
                     pred.height,
                     pred.output_png,
+                    pred.polarity,
                 ),
             )
 
@@ -308,8 +318,8 @@ class MonitorStore:
         row = (
             self._conn()
             .execute(
-                "SELECT id, ts, direction, model_version, input_sha256, width, height, output_png"
-                " FROM predictions WHERE id = ?",
+                "SELECT id, ts, direction, model_version, input_sha256, width, height, output_png,"
+                " polarity FROM predictions WHERE id = ?",
                 (prediction_id,),
             )
             .fetchone()
@@ -346,6 +356,13 @@ class MonitorStore:
         )
         n = int(rows[1])
         return (float(rows[0]) if n else None), n
+
+    def polarity_mix(self, window: int) -> dict[str, int]:
+        """{"+1": n, "-1": n, "unknown": n} over the last `window` predictions."""
+        sql = "SELECT polarity FROM predictions ORDER BY rowid DESC LIMIT ?"
+        q = f"SELECT polarity, COUNT(*) FROM ({sql}) GROUP BY polarity"
+        got = {r[0]: int(r[1]) for r in self._conn().execute(q, (int(window),))}
+        return {"+1": got.get(1, 0), "-1": got.get(-1, 0), "unknown": got.get(None, 0)}
 
     def drift_rate(self, window: int, direction: str | None = None) -> float | None:
         """Share of drifted images among the last `window` (None when there is no traffic)."""

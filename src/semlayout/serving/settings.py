@@ -29,6 +29,14 @@ class ServeSettings(BaseSettings):
         Path | None,
         Field(description="SHARDS/reference_stats.json (or SHARDS); no drift checks without it"),
     ] = None
+    layer_polarity: Annotated[
+        Literal["bright", "dark"] | None,
+        Field(
+            description="the served layer's contrast polarity when known: the prior of "
+            "polarity=auto and what the drift monitor expects (None: the reference's, when "
+            "one-sided)"
+        ),
+    ] = None
     monitor_db: Path = Path("monitor.db")
     feedback_dir: Path = Path("feedback")
 
@@ -77,3 +85,10 @@ class ServeSettings(BaseSettings):
         int,
         Field(ge=1, description="output PNGs kept for late ground truth; older ones are dropped"),
     ] = 100_000
+
+    @property
+    def layer_prior(self) -> int | None:
+        """`layer_polarity` as +1 / -1 (None when not configured)."""
+        from semlayout.polarity import polarity_of_name
+
+        return None if self.layer_polarity is None else polarity_of_name(self.layer_polarity)

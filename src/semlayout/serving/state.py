@@ -66,6 +66,7 @@ async def open_state(
             settings.drift_z_threshold,
             settings.drift_kl_threshold,
             settings.drift_target_rate,
+            layer_polarity=settings.layer_prior,
         )
     baseline = _baseline_ssim(eng, settings)
     batcher = MicroBatcher(

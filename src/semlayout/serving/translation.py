@@ -1,8 +1,10 @@
 """The translate path of a request, in steps that can be called (and extended) one by one.
 
 1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
-2. `forward`: queue room check, the micro-batcher, the drift features (computed while the
-   model runs, they need only the input), `binarize`; nothing is recorded yet;
+2. `forward`: the polarity check (a polarity the model never learned is refused before any
+   work), queue room check, the micro-batcher, the drift features (computed while the model
+   runs, they need only the input) then the image's polarity against the expected one,
+   `binarize`; nothing is recorded yet;
 3. `record` (worker thread): prediction registry, drift and inference events, metrics;
 4. the answer: `as_response` (JSON) or `png_headers` (PNG).
 
@@ -27,6 +29,8 @@ from semlayout.directions import Direction
 from semlayout.monitoring.drift import DriftDetector, DriftResult
 from semlayout.monitoring.inference_monitor import image_stats
 from semlayout.monitoring.performance import new_prediction_id
+from semlayout.polarity import PolarityChoice
+from semlayout.polarity_auto import PolarityDecision, observed_polarity
 from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
 from semlayout.serving.state import ServingState
@@ -42,6 +46,7 @@ class Forwarded:
     forward_ms: float  # its micro-batch's forward pass
     batch_size: int  # images in that forward pass
     drift: DriftResult | None  # None without a drift reference for the direction
+    decision: PolarityDecision  # the polarity it was translated in
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Translated:
     png: bytes
     model: LoadedModel
     drift: DriftInfo | None
+    decision: PolarityDecision
 
 
 def _busy(err: QueueFull) -> HTTPException:
@@ -60,9 +66,17 @@ def _busy(err: QueueFull) -> HTTPException:
 
 
 async def forward(
-    state: ServingState, direction: Direction, images: Sequence[np.ndarray], binarize: bool
+    state: ServingState,
+    direction: Direction,
+    images: Sequence[np.ndarray],
+    binarize: bool,
+    polarity: PolarityChoice = PolarityChoice.auto,
 ) -> list[Forwarded]:
-    """Run `images` through the model (all or none: 503 when the queue has no room for all)."""
+    """Run `images` through the model (all or none: 503 when the queue has no room for all)
+    in `polarity` (the server's layer polarity is auto's prior)."""
+    prior = state.settings.layer_prior
+    # refused now (422) rather than answered inverted: a polarity the model never learned
+    state.engine.current.translator.fixed_polarity(direction, polarity, prior)
     try:
         state.batcher.check_room(len(images))  # before any work: a refused batch costs nothing
     except QueueFull as err:
@@ -75,7 +89,7 @@ async def forward(
     )
     try:
         try:
-            results = await state.batcher.submit_many(direction, images)
+            results = await state.batcher.submit_many(direction, images, polarity, prior)
         except QueueFull as err:
             raise _busy(err) from None
         checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
@@ -89,8 +103,13 @@ async def forward(
     finally:
         for drift in drifts:  # a failure above: nothing left running unobserved
             drift.cancel()
+    if det is not None:
+        checks = [
+            det.with_polarity(c, observed_polarity(r.decision))
+            for c, r in zip(checks, results, strict=True)
+        ]
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision)
         for img, out, r, res in zip(images, outs, results, checks, strict=True)
     ]
 
@@ -118,6 +137,7 @@ def record(
             width=int(img.shape[1]),
             height=int(img.shape[0]),
             output_png=png if state.settings.keep_outputs else None,
+            polarity=item.decision.polarity,
         )
     )
     if res is not None:
@@ -137,7 +157,8 @@ def record(
     state.n_predictions += 1  # approximate under threads; only paces the pruning below
     if state.n_predictions % 1000 == 0:
         state.store.prune_outputs(state.settings.max_stored_outputs)
-    return Translated(pid, out, png, model, drift_info(res, state.detectors.get(direction)))
+    drift = drift_info(res, state.detectors.get(direction))
+    return Translated(pid, out, png, model, drift, item.decision)
 
 
 def _record_drift(state: ServingState, direction: Direction, pid: str, res: DriftResult) -> None:
@@ -163,9 +184,10 @@ async def translate(
     images: Sequence[np.ndarray],
     binarize: bool,
     t0: float,
+    polarity: PolarityChoice = PolarityChoice.auto,
 ) -> list[Translated]:
     """`forward` then `record` each image; `endpoint` is the route template, for the events."""
-    items = await forward(state, direction, images, binarize)
+    items = await forward(state, direction, images, binarize, polarity)
     return list(
         await asyncio.gather(
             *[run_in_threadpool(record, state, endpoint, direction, it, t0) for it in items]
@@ -185,6 +207,7 @@ def drift_info(res: DriftResult | None, det: DriftDetector | None) -> DriftInfo 
         kl=res.kl,
         z_threshold=det.z_threshold,
         kl_threshold=det.kl_threshold,
+        expected_polarity=det.expected_polarity,
     )
 
 
@@ -197,12 +220,22 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         height=int(done.output.shape[0]),
         image_png_base64=base64.b64encode(done.png).decode("ascii"),
         drift=done.drift,
+        polarity=done.decision.polarity,
+        polarity_margin=done.decision.margin,
+        polarity_source=done.decision.source,
     )
 
 
 def png_headers(done: Translated) -> dict[str, str]:
     """The headers of a PNG answer: what the JSON answer carries in its fields."""
-    headers = {"X-Prediction-Id": done.prediction_id, "X-Model-Version": done.model.version}
+    headers = {
+        "X-Prediction-Id": done.prediction_id,
+        "X-Model-Version": done.model.version,
+        "X-Polarity": f"{done.decision.polarity:+d}",
+        "X-Polarity-Source": done.decision.source,
+    }
+    if done.decision.margin is not None:
+        headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"
     if done.drift is not None:
         headers["X-Drift-Score"] = f"{done.drift.score:.4f}"
         headers["X-Drifted"] = "true" if done.drift.drifted else "false"

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     cfg_overrides = overrides_json(args.overrides)
     # refuse bad input before the first step
     data_info = validate.check_data_uri(args.data, args.n_synth)
-    validate.check_config(args.config, cfg_overrides)
+    cfg = validate.check_config(args.config, cfg_overrides)
     validate.check_floors(
         {"sem2layout": args.floor_sem2layout, "layout2sem": args.floor_layout2sem}, args.tolerance
     )
@@ -194,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         "floor_layout2sem": args.floor_layout2sem,
         "tolerance": args.tolerance,
         "min_qc_pass": args.min_qc_pass,
+        # both contrast polarities, in the mix the config names (polarity.synth_reverse_fraction)
+        "synth_reverse_fraction": cfg.polarity.synth_reverse_fraction,
     }
     print(f"semlayout: training pipeline under kfp.local -> {run_dir}", flush=True)
     t_start = time.perf_counter()

@@ -48,6 +48,12 @@ class GeneratorConfig(_Strict):
         "channel beside the image), film (a per-polarity scale and shift of every block's "
         "features)",
     )
+    polarity_flip: bool = Field(
+        False,
+        description="with polarity conditioning: G_A multiplies its input SEM by the polarity "
+        "and G_B its output SEM, so a reversed image reaches the network with the material "
+        "contrast of a normal one and the conditioning learns what differs (the rims)",
+    )
     input_norm: Literal["none", "standardize"] = Field(
         "none",
         description="standardize: G_A (SEM -> layout) scales each input image to zero mean and "

@@ -268,12 +268,11 @@ class Translator:
         s = self.image_size
         if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
             raise SemlayoutError(f"expected a (B, 1, {s}, {s}) batch, got shape {batch.shape}")
-        pol = np.broadcast_to(
-            np.asarray(BRIGHT if polarity is None else polarity, np.float32), (len(batch),)
+        pol = np.array(  # a writable copy: torch.from_numpy warns on read-only views
+            np.broadcast_to(np.asarray(BRIGHT if polarity is None else polarity), (len(batch),)),
+            dtype=np.float32,
         )
-        return self._runners[direction](
-            np.ascontiguousarray(batch, dtype=np.float32), np.ascontiguousarray(pol)
-        )
+        return self._runners[direction](np.ascontiguousarray(batch, dtype=np.float32), pol)
 
     def preprocess(self, img: np.ndarray) -> np.ndarray:
         """(H, W) uint8 -> (S, S) float32 in [-1, 1]."""

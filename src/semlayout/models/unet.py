@@ -20,6 +20,9 @@ Polarity conditioning (`polarity_conditioning`; +1 pattern bright, -1 dark, see
 constant +-1 plane to the input of the first conv; `film` scales and shifts the features after
 every encoder and decoder block by a learned per-polarity (gamma, beta) (`PolarityFiLM`,
 identity at init). `none`: the network ignores polarity (one polarity per model).
+`polarity_flip` multiplies the image by the polarity on the image side of the network: the
+input for G_A (`flip_side="input"`), the output for G_B (`"output"`), so both polarities
+share the mapping of the material contrast and the conditioning learns the rest.
 
 Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
 pix2pix — the loss weights (lambda_l1=100 ...) were tuned against that init.
@@ -74,10 +77,12 @@ class PolarityFiLM(nn.Module):
 
 
 class UNetGenerator(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, flip_side: str = "input"):
         super().__init__()
         self.cfg = cfg
         self.conditioning = cfg.polarity_conditioning
+        # which side of the network is the SEM, multiplied by the polarity (None: no flip)
+        self.flip_side = flip_side if cfg.polarity_flip and self.conditioning != "none" else None
         n = cfg.n_down
         ch = [min(cfg.base_filters * 2**k, cfg.max_filters) for k in range(n)]
 
@@ -155,6 +160,11 @@ class UNetGenerator(nn.Module):
     def forward(self, x: torch.Tensor, polarity: torch.Tensor | None = None) -> torch.Tensor:
         """(B, in_channels, S, S) in [-1, 1] and, for a conditioned network, polarity (B,) of
         +-1 -> (B, out_channels, S, S) in [-1, 1]."""
+        sign = None
+        if self.flip_side is not None and polarity is not None:
+            sign = polarity.to(x.dtype).reshape(-1, 1, 1, 1)
+            if self.flip_side == "input":
+                x = x * sign
         if self.cfg.input_norm == "standardize":
             mean = x.mean(dim=(2, 3), keepdim=True)
             std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
@@ -182,4 +192,7 @@ class UNetGenerator(nn.Module):
             if index is not None and self.film_up:
                 y = self.film_up[i](y, index)
             x = self._attend(torch.cat([y, skips.pop()], dim=1), j)
-        return self.outermost(x)  # (B, out_channels, S, S) in [-1, 1]
+        out = self.outermost(x)  # (B, out_channels, S, S) in [-1, 1]
+        if sign is not None and self.flip_side == "output":
+            out = out * sign.to(out.dtype)
+        return out

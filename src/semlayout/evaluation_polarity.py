@@ -40,7 +40,7 @@ def translate_in(
         idx = np.flatnonzero(used == p)
         if len(idx):
             res = tr.translate(
-                direction, [images[i] for i in idx], batch_size=batch_size, polarity=int(p)
+                direction, [images[int(i)] for i in idx], batch_size=batch_size, polarity=int(p)
             )
             for i, r in zip(idx, res, strict=True):
                 out[i] = r
@@ -68,8 +68,8 @@ def per_polarity(
 
 def auto_block(
     tr: Any,
-    sem: Sequence[np.ndarray],
-    layout: Sequence[np.ndarray],
+    sem: Sequence[np.ndarray] | np.ndarray,
+    layout: Sequence[np.ndarray] | np.ndarray,
     polarities: Sequence[int],
     given_iou: Sequence[float],
     batch_size: int = 16,

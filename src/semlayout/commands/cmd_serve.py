@@ -22,10 +22,23 @@ def serve(
         None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
     ),
     reference: Path = typer.Option(
-        None, "--reference", help="SHARDS/reference_stats.json: enables drift checks"
+        None,
+        "--reference",
+        help="drift reference override (SHARDS/reference_stats.json); default: the one "
+        "registered with the model version",
     ),
-    db: Path = typer.Option(None, "--db", help="monitoring SQLite file (env SEMLAYOUT_MONITOR_DB)"),
-    feedback_dir: Path = typer.Option(None, "--feedback-dir", help="pair folder for /v1/feedback"),
+    db: str = typer.Option(
+        None,
+        "--db",
+        help="monitoring store: a SQLite path or a postgresql:// URL (env SEMLAYOUT_MONITOR_DB)",
+    ),
+    feedback_uri: str = typer.Option(
+        None,
+        "--feedback-uri",
+        "--feedback-dir",
+        help="feedback object store for /v1/feedback: a folder or s3://BUCKET/PREFIX "
+        "(env SEMLAYOUT_FEEDBACK_URI)",
+    ),
     tracking_uri: str = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI for models:/ URIs"
     ),
@@ -53,7 +66,7 @@ def serve(
         "backend": backend,
         "reference": reference,
         "monitor_db": db,
-        "feedback_dir": feedback_dir,
+        "feedback_uri": feedback_uri,
         "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "poll_interval_s": poll_interval,
     }
@@ -78,14 +91,16 @@ def serve(
         from semlayout.registry import Registry
 
         Registry(settings.tracking_uri, create=False)  # a typo must not create a registry
+    from semlayout.monitoring.feedback import feedback_uri as canonical
     from semlayout.monitoring.store import MonitorStore
+    from semlayout.storage import open_store
 
     MonitorStore(settings.monitor_db).close()
+    open_store(canonical(settings.feedback_uri))
     from semlayout.serving.engine import InferenceEngine
+    from semlayout.serving.state import drift_options
 
-    engine = InferenceEngine.load(settings.model, settings.backend, settings.tracking_uri)
-    if settings.reference is not None:
-        from semlayout.data.reference_stats import load_reference_stats
-
-        load_reference_stats(settings.reference)
+    engine = InferenceEngine.load(
+        settings.model, settings.backend, settings.tracking_uri, drift_options(settings)
+    )
     uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level, workers=1)

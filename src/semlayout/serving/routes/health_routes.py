@@ -26,7 +26,7 @@ async def healthz() -> HealthResponse:
     responses={503: {"model": ReadyResponse, "description": "not ready"}},
 )
 async def readyz(state: MaybeStateDep) -> Any:
-    """Readiness: model loaded and the monitoring database writable."""
+    """Readiness: model loaded and a real write to the monitoring store committed just now."""
     reasons = []
     loaded = state is not None
     writable = False
@@ -38,11 +38,13 @@ async def readyz(state: MaybeStateDep) -> Any:
             writable = True
         except Exception as err:  # noqa: BLE001 - reported, not raised
             reasons.append(f"monitoring database not writable: {err}")
+    current = state.engine.current if state else None
     body = ReadyResponse(
         ready=loaded and writable,
         model_loaded=loaded,
         db_writable=writable,
-        model_version=state.engine.current.version if state else None,
+        model_version=current.version if current else None,
+        drift_reference=current.drift_source if current else None,
         reasons=reasons,
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

@@ -212,7 +212,7 @@ def test_feedback_is_stored_as_objects_and_rows(server, data):
         assert np.array_equal(decode_gray8(objects.get_bytes(rows[pid].sem_path)), sem)
         assert np.array_equal(decode_gray8(objects.get_bytes(rows[pid].layout_path)), lay)
         assert rows[pid].pattern_type == "line_space"
-    assert len(objects.list()) == 4, "nothing of the refused posts was written"
+    assert len(objects.list("objects/")) == 4, "nothing of the refused posts was written"
     assert httpx.get(f"{url}/v1/monitoring/summary").json()["feedback_count"] == 2
 
 

@@ -27,6 +27,7 @@ first request after the fault clears gets a connection that sees the storage as 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +171,7 @@ class _FaultGuard:
 
     def __init__(self) -> None:
         self.active = False  # a fault happened and no write has committed since
+        self.fault_at = 0.0  # when the last fault happened (time.monotonic)
 
     def install(self, engine: Engine) -> None:
         from sqlalchemy import event
@@ -189,14 +191,22 @@ class _FaultGuard:
             return
         if isinstance(err, exc.DBAPIError) or isinstance(ctx.original_exception, OSError):
             self.active = True
+            self.fault_at = time.monotonic()
             ctx.is_disconnect = True
 
     def on_connect(self, _dbapi_conn: Any, record: Any) -> None:
+        record.info["opened_at"] = time.monotonic()
         if self.active:
             record.info["opened_in_fault"] = True
 
     def on_checkin(self, _dbapi_conn: Any, record: Any) -> None:
-        if record is not None and record.info.get("opened_in_fault"):
+        # closed at once, not when next checked out: SQLite shares one WAL index (-shm) among
+        # a process's connections to a file, and a read-only one opened during the fault stays
+        # read-only until every connection to the file has closed
+        if record is None or record.dbapi_connection is None:
+            return
+        info = record.info
+        if info.get("opened_in_fault") or info.get("opened_at", 0.0) <= self.fault_at:
             record.invalidate()
 
     def on_commit(self, _conn: Any) -> None:

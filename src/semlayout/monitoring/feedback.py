@@ -48,6 +48,7 @@ from semlayout.monitoring.store import MonitorStore
 from semlayout.storage import Store, open_store, parse_uri
 
 OBJECTS = "objects"
+PROBE = "probes/readyz"  # overwritten by every replica's readiness check
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -174,6 +175,10 @@ class FeedbackStore:
                 raise
             raise _duplicate(won, lay_h) from None
         return {**row.__dict__, "feedback_count": count}
+
+    def check_writable(self) -> None:
+        """Write a probe object now, or raise `StoreUnavailable` (the readiness report)."""
+        self._put(PROBE, str(time.time()).encode())
 
     def _put(self, key: str, data: bytes) -> None:
         # written every time, even when present: re-posting an orphan rewrites its objects, so

@@ -118,6 +118,11 @@ class ReadyResponse(BaseModel):
     ready: bool
     model_loaded: bool
     db_writable: bool = Field(..., description="a write to the monitoring store just committed")
+    feedback_writable: bool | None = Field(
+        None,
+        description="a probe object was just written to the feedback store (reported, not "
+        "required: translation works without it)",
+    )
     model_version: str | None = None
     drift_reference: str | None = Field(
         None, description="where the drift reference comes from; null: drift checks are off"

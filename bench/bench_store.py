@@ -44,6 +44,17 @@ def _cpu_model() -> str:
     return "unknown"
 
 
+def _in_threads(work: Any) -> float:
+    """`work(k)` in CLIENTS threads at once; returns the wall time (s)."""
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.monotonic() - t0
+
+
 def _load(url: str, pngs: list[bytes], seconds: float) -> dict[str, float]:
     import httpx
 
@@ -68,13 +79,7 @@ def _load(url: str, pngs: list[bytes], seconds: float) -> dict[str, float]:
                         errors[0] += 1
                 i += CLIENTS
 
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.monotonic() - t0
+    wall = _in_threads(client)
     return {
         "rps": len(lat) / wall,
         "p50_ms": float(np.percentile(lat, 50)),
@@ -109,13 +114,7 @@ def _store_load(db: str, seconds: float, png: bytes) -> dict[str, float]:
             with lock:
                 lat.append((time.perf_counter() - t0) * 1000)
 
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(CLIENTS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.monotonic() - t0
+    wall = _in_threads(worker)
     store.close()
     return {
         "commits_per_s": len(lat) / wall,

@@ -96,7 +96,7 @@ def test_migrations_build_the_schema_the_code_uses(db):
             if not (d[0] == "remove_table" and d[1].name == migrations.VERSION_TABLE)
         ]
     assert diff == []
-    assert store.journal_mode() == ("wal" if store.path else "postgresql")
+    assert store.journal_mode() == ("wal" if store.db.path else "postgresql")
     store.check_writable()
     store.close()
 

@@ -57,7 +57,7 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from semlayout.errors import SemlayoutError, validation_error
+    from semlayout.errors import validation_error
     from semlayout.serving.app import create_app
     from semlayout.serving.settings import ServeSettings
 
@@ -74,6 +74,16 @@ def serve(
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as err:
         raise validation_error(err, "setting") from None
+    engine = _open_before_binding(settings, port)
+    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level, workers=1)
+
+
+def _open_before_binding(settings: Any, port: int) -> Any:
+    """Everything the app opens, checked before binding, so a bad model, registry, store or
+    feedback URI is one line and exit 2, not a traceback from inside uvicorn's startup.
+    Returns the loaded InferenceEngine."""
+    from semlayout.errors import SemlayoutError
+
     if not settings.model:
         raise SemlayoutError(
             "no model: pass --model (checkpoint folder or models:/NAME@ALIAS) "
@@ -83,24 +93,20 @@ def serve(
         raise SemlayoutError(f"drift reference not found: {settings.reference}")
     if not (1 <= port <= 65535):
         raise SemlayoutError(f"--port {port}: expected 1..65535")
-    # everything the app opens is checked here, before binding, so a bad model, registry or
-    # database is one line and exit 2, not a traceback from inside uvicorn's startup
     from semlayout.model_uri import ModelUri
 
     if ModelUri.is_model_uri(settings.model):
         from semlayout.registry import Registry
 
         Registry(settings.tracking_uri, create=False)  # a typo must not create a registry
-    from semlayout.monitoring.feedback import feedback_uri as canonical
+    from semlayout.monitoring.feedback import feedback_uri
     from semlayout.monitoring.store import MonitorStore
+    from semlayout.serving.engine import InferenceEngine
+    from semlayout.serving.state import drift_options
     from semlayout.storage import open_store
 
     MonitorStore(settings.monitor_db).close()
-    open_store(canonical(settings.feedback_uri))
-    from semlayout.serving.engine import InferenceEngine
-    from semlayout.serving.state import drift_options
-
-    engine = InferenceEngine.load(
+    open_store(feedback_uri(settings.feedback_uri))
+    return InferenceEngine.load(
         settings.model, settings.backend, settings.tracking_uri, drift_options(settings)
     )
-    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level, workers=1)

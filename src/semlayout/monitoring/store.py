@@ -55,8 +55,7 @@ class Prediction:
 @dataclass(frozen=True)
 class TranslationRecord:
     """Everything one translated image writes: its prediction, its inference event (the
-    keyword arguments of `add_inference_event`) and, with a drift reference, its drift event
-    (those of `add_drift_event`)."""
+    keywords of `event_row`) and, with a drift reference, its drift event (of `drift_row`)."""
 
     prediction: Prediction
     event: dict[str, Any]
@@ -167,10 +166,6 @@ class MonitorStore:
             self.engine.dispose()
             raise
 
-    @property
-    def path(self) -> Path | None:
-        return self.db.path
-
     def describe(self) -> str:
         return self.db.describe()
 
@@ -222,10 +217,6 @@ class MonitorStore:
             if drifts:
                 conn.execute(t.drift_events.insert(), [drift_row(**d) for d in drifts])
             conn.execute(t.inference_events.insert(), [event_row(**r.event) for r in records])
-
-    def add_prediction(self, pred: Prediction) -> None:
-        with self.transaction() as conn:
-            conn.execute(t.predictions.insert(), [prediction_row(pred)])
 
     def add_inference_event(self, **event: Any) -> None:
         """One `inference_events` row (keywords of `event_row`)."""

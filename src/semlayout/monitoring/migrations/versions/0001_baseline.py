@@ -16,8 +16,15 @@ depends_on = None
 RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _tables() -> dict[str, tuple[list[sa.Column], list[tuple[str, list[str]]]]]:
-    """name -> (columns, [(index name, columns)])."""
+Table = tuple[list[sa.Column], list[tuple[str, list[str]]]]  # (columns, [(index, columns)])
+
+
+def _tables() -> dict[str, Table]:
+    """name -> its columns and indexes, as 0.1.0 created them."""
+    return {**_request_tables(), **_loop_tables()}
+
+
+def _request_tables() -> dict[str, Table]:
     return {
         "meta": (
             [
@@ -86,6 +93,11 @@ def _tables() -> dict[str, tuple[list[sa.Column], list[tuple[str, list[str]]]]]:
             ],
             [("ground_truth_dir", ["direction", "ts"])],
         ),
+    }
+
+
+def _loop_tables() -> dict[str, Table]:
+    return {
         "feedback": (
             [
                 sa.Column("id", sa.Text, primary_key=True),

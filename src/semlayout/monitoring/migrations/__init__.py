@@ -10,7 +10,10 @@ it is). The version is kept in the table `semlayout_schema_version` (not Alembic
 name, so the database could be shared with another Alembic-managed application such as
 MLflow without the two colliding). To add a column: copy the newest revision, set
 `revision` / `down_revision`, `op.add_column(...)` in `upgrade()`, and add the column to
-`semlayout.monitoring.schema`.
+`semlayout.monitoring.schema`. A revision spells its tables out instead of importing
+`schema.py` on purpose: it must build the schema as it was at that revision, whatever
+`schema.py` says later (tests/test_monitoring_store.py checks that the revisions together build
+exactly `schema.py`).
 """
 
 from __future__ import annotations

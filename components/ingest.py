@@ -6,8 +6,8 @@ from kfp.dsl import Dataset, Output
 def ingest(
     data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset], reverse_fraction: float = 0.0
 ):
-    """Empty `data_uri` -> `n_synth` synthetic pairs, `reverse_fraction` of them imaged in reversed \
-contrast (polarity -1); else a pair folder, `s3://` folder or intake prefix."""
+    """Empty `data_uri` -> `n_synth` synthetic pairs (`reverse_fraction` of them in reversed \
+contrast, polarity -1); else a pair folder, `s3://` folder or intake prefix."""
     import shutil
     from pathlib import Path
 

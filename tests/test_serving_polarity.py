@@ -19,7 +19,7 @@ from helpers_serving import aligned_arrays, cached_reference, make_checkpoint, r
 
 from semlayout.config import config_from_dict
 from semlayout.data.pairs import encode_png
-from semlayout.monitoring.store import MonitorStore, Prediction
+from semlayout.monitoring.store import MonitorStore, Prediction, TranslationRecord
 from semlayout.serving.app import create_app
 from semlayout.serving.settings import ServeSettings
 from semlayout.train.checkpoint import build_networks, save_checkpoint
@@ -169,20 +169,20 @@ def test_a_model_of_one_polarity_refuses_the_other(bright_only, data):
 
 def test_an_older_monitoring_database_gets_the_polarity_column(tmp_path):
     db = tmp_path / "old.db"
-    con = sqlite3.connect(db)  # the predictions table as released before polarity
-    con.execute(
-        "CREATE TABLE predictions (id TEXT PRIMARY KEY, ts REAL NOT NULL, direction TEXT NOT "
-        "NULL, model_version TEXT NOT NULL, input_sha256 TEXT NOT NULL, width INTEGER NOT NULL, "
-        "height INTEGER NOT NULL, output_png BLOB)"
-    )
+    con = sqlite3.connect(db)  # the schema as released before migrations (and polarity)
+    con.executescript(Path(__file__).with_name("legacy_monitor_schema.sql").read_text())
     con.execute("INSERT INTO predictions VALUES ('old', 1.0, 'sem2layout', '1', 'h', 4, 4, NULL)")
     con.commit()
     con.close()
-    store = MonitorStore(db)
-    store.add_prediction(Prediction("new", 2.0, "sem2layout", "2", "h", 4, 4, None, polarity=-1))
+    store = MonitorStore(db, create=False)
+    event = {"endpoint": "/t", "status": "ok", "http_status": 200, "latency_ms": 1.0}
+    for pid, ts, pol in (("dark", 2.0, -1), ("bright", 3.0, 1)):
+        pred = Prediction(pid, ts, "sem2layout", "2", "h", 4, 4, None, polarity=pol)
+        store.record_translations([TranslationRecord(pred, event, None)])
     assert store.get_prediction("old").polarity is None
-    assert store.get_prediction("new").polarity == -1
-    assert store.polarity_mix(10) == {"+1": 0, "-1": 1, "unknown": 1}
+    assert store.get_prediction("dark").polarity == -1
+    assert store.polarity_mix(10) == {"+1": 1, "-1": 1, "unknown": 1}
+    assert store.polarity_mix(1) == {"+1": 1, "-1": 0, "unknown": 0}  # the newest only
     store.close()
 
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from semlayout.directions import DIRECTIONS
 from semlayout.serving.deps import SettingsDep, StateDep
 from semlayout.serving.schemas import (
+    STORE_ERROR,
     DriftSummary,
     InferenceSummary,
     MonitoringSummary,
@@ -22,7 +23,7 @@ from semlayout.serving.state import ServingState
 router = APIRouter(tags=["monitoring"])
 
 
-@router.get("/v1/monitoring/summary", response_model=MonitoringSummary)
+@router.get("/v1/monitoring/summary", response_model=MonitoringSummary, responses=STORE_ERROR)
 async def summary(
     state: StateDep,
     settings: SettingsDep,
@@ -47,7 +48,7 @@ def build_summary(state: ServingState, window: int) -> MonitoringSummary:
             rate=rate,
             n=n,
             by_direction=by_dir,
-            thresholds={d: det.thresholds() for d, det in state.detectors.items()},
+            thresholds={d: det.thresholds() for d, det in state.engine.current.detectors.items()},
         ),
         quality=quality,
         feedback_count=state.store.feedback_count(None),
@@ -58,7 +59,7 @@ def build_summary(state: ServingState, window: int) -> MonitoringSummary:
 def polarity_summary(state: ServingState, window: int) -> PolaritySummary:
     mix = state.store.polarity_mix(window)
     known = mix["+1"] + mix["-1"]
-    det = state.detectors.get("sem2layout")
+    det = state.engine.current.detectors.get("sem2layout")
     return PolaritySummary(
         window=window,
         mix=mix,

@@ -25,7 +25,13 @@ from semlayout.data.shards import write_shards as shard
 from semlayout.errors import SemlayoutError
 from semlayout.inference import Translator
 from semlayout.polarity import CHOICES, PolarityChoice, check_polarity, parse_choice
-from semlayout.polarity_auto import PRIOR_BIAS, auto_sem2layout, observed_polarity
+from semlayout.polarity_auto import (
+    FEATURES,
+    PRIOR_LOGODDS,
+    auto_sem2layout,
+    fit_head,
+    observed_polarity,
+)
 from semlayout.train.checkpoint import build_networks, save_checkpoint
 from semlayout.train.loop import run_training
 
@@ -357,8 +363,8 @@ def test_auto_picks_the_hypothesis_whose_rendering_explains_the_image():
         out, decisions = auto_sem2layout(run_a, renders(truth), x)
         assert [d.polarity for d in decisions] == [truth] * 4
         np.testing.assert_array_equal(out, x * truth)
-        assert all(d.margin > 0.5 and np.sign(d.evidence) == truth for d in decisions)
-        # a layer prior moves a decision only by PRIOR_BIAS of evidence: here it cannot
+        assert all(d.margin > PRIOR_LOGODDS and np.sign(d.evidence) == truth for d in decisions)
+        # a layer prior moves a decision only by PRIOR_LOGODDS of evidence: here it cannot
         _, against = auto_sem2layout(run_a, renders(truth), x, prior=-truth)
         assert [d.polarity for d in against] == [truth] * 4
         assert observed_polarity(against[0]) == truth
@@ -376,5 +382,63 @@ def test_a_layer_prior_settles_an_image_that_cannot_tell():
     for prior in (1, -1):
         _, decisions = auto_sem2layout(run_a, run_b, x, prior=prior)
         assert [d.polarity for d in decisions] == [prior, prior]
-        assert decisions[0].margin == pytest.approx(PRIOR_BIAS)
+        assert decisions[0].margin == pytest.approx(PRIOR_LOGODDS)
         assert observed_polarity(decisions[0]) is None  # the image itself said nothing
+
+
+def test_the_head_is_a_calibrated_logistic_regression():
+    rng = np.random.default_rng(0)
+    pol = np.where(rng.random(200) < 0.5, 1, -1)
+    feats = rng.normal(0, 1, (200, len(FEATURES)))
+    feats[:, 0] += 0.8 * pol  # one informative feature, offset so the raw sign would be biased
+    feats[:, 0] += 3.0
+    head = fit_head(feats, pol)
+    z = (feats - np.array(head["mean"])) / np.array(head["scale"])
+    logit = z @ np.array(head["weights"]) + head["bias"]
+    assert head["accuracy"] == pytest.approx(np.mean((logit >= 0) == (pol > 0)))
+    assert head["accuracy"] > 0.6 and head["weights"][0] > 0
+    assert fit_head(feats, pol) == head  # deterministic
+
+
+def test_training_on_both_polarities_fits_autos_head_on_the_val_split(tmp_path):
+    cfg = _cfg("film", flip=True, max_steps=4, checkpoint_every=4)
+    final = run_training(cfg, MixedPairs(8), tmp_path / "r", val_ds=MixedPairs(20), progress=False)
+    head = json.loads((final / "config.json").read_text())["config"]["polarity"]["auto_head"]
+    assert head["n"] == 20 and len(head["weights"]) == len(FEATURES)
+    tr = Translator.load(final)
+    assert tr.config.polarity.auto_head is not None
+    done = tr.translate_detailed("sem2layout", _sems())
+    assert all(t.decision.source == "auto" for t in done)
+    few = run_training(cfg, MixedPairs(8), tmp_path / "few", val_ds=MixedPairs(6), progress=False)
+    assert json.loads((few / "config.json").read_text())["config"]["polarity"]["auto_head"] is None
+
+
+def test_the_drift_monitor_flags_a_stream_whose_polarity_flipped():
+    from semlayout.monitoring.drift import POLARITY_MIN_READINGS, DriftDetector, DriftResult
+    from semlayout.polarity_auto import PolarityDecision
+
+    def detector() -> DriftDetector:
+        return DriftDetector(
+            {"mean": 0.5}, {"mean": 0.1}, [0.5, 0.5], "sem", expected_polarity=1,
+            feature_fn=lambda im: {"mean": 0.5}, histogram_fn=lambda im: np.array([0.5, 0.5]),
+        )  # fmt: skip
+
+    quiet = DriftResult(False, 0.1, 0.1, "mean", 0.0, {}, {})
+
+    def auto(evidence: float) -> PolarityDecision:
+        return PolarityDecision(1 if evidence >= 0 else -1, "auto", abs(evidence), evidence)
+
+    det = detector()  # a bright layer whose images read dark 3 times in 4: flagged once judged
+    flags = [det.with_polarity(quiet, auto(-2.0 if i % 4 else 2.0)).drifted for i in range(40)]
+    assert not any(flags[: POLARITY_MIN_READINGS - 1]) and all(flags[POLARITY_MIN_READINGS:])
+    det = detector()  # the same layer reading bright 3 times in 4: never
+    assert not any(
+        det.with_polarity(quiet, auto(2.0 if i % 4 else -2.0)).drifted for i in range(40)
+    )
+    det = detector()  # images that read nothing either way do not count
+    assert not any(det.with_polarity(quiet, auto(-0.1)).drifted for _ in range(40))
+    # the caller's word is enough: a given dark image on a bright layer is drift at once
+    given = detector().with_polarity(quiet, PolarityDecision(-1, "given"))
+    assert given.drifted and given.worst_feature == "polarity" and given.score > 1
+    unjudged = DriftDetector({"mean": 0.5}, {"mean": 0.1}, [0.5, 0.5], "sem")
+    assert unjudged.with_polarity(quiet, PolarityDecision(-1, "given")) == quiet

@@ -183,6 +183,18 @@ class LayoutFitConfig(_Strict):
     )
 
 
+class AutoHeadConfig(_Strict):
+    """`polarity=auto`'s calibrated head (`semlayout.polarity_auto`): a logistic regression of
+    bright-vs-dark on the analysis-by-synthesis features, fitted by training on its val split."""
+
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+    n: int = Field(..., description="images it was fitted on")
+    accuracy: float = Field(..., description="its accuracy on them")
+
+
 class PolarityConfig(_Strict):
     """Which contrast polarities a model serves (`semlayout.polarity`)."""
 
@@ -198,6 +210,11 @@ class PolarityConfig(_Strict):
         le=1.0,
         description="share of reversed-contrast (-1) pairs when the training pipeline "
         "synthesises its data",
+    )
+    auto_head: AutoHeadConfig | None = Field(
+        None,
+        description="set by training (a model of both polarities with a val split): "
+        "polarity=auto's calibrated head; None: the raw evidence",
     )
 
     @property

@@ -344,7 +344,11 @@ class Translator:
                 decisions = [fixed] * len(chunk)
             else:
                 pred, decisions = auto_sem2layout(
-                    self._runners["sem2layout"], self._runners["layout2sem"], batch, prior
+                    self._runners["sem2layout"],
+                    self._runners["layout2sem"],
+                    batch,
+                    prior,
+                    self.config.polarity.auto_head,
                 )
             for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True):
                 grey = self.postprocess(p, im.shape)

@@ -5,32 +5,44 @@ Analysis by synthesis with the model's own two generators. For each image x (S x
 ```
 L_p = G_A(x, p)            the layout the model reads if the pattern is bright / dark
 R_p = G_B(L_p, p)          how that layout would look under the microscope in polarity p
-c_p = corr(blur(R_p), blur(x))   Pearson correlation after a Gaussian blur of SIGMA px
+c_p(s) = corr(blur_s(R_p), blur_s(x))   Pearson correlation after a Gaussian blur of s px
 ```
-The evidence for bright is `e = c_+1 - c_-1` (in [-2, 2]); the image's polarity is the sign
-of `e + prior_bias`. Why it works: the wrong hypothesis reads the complement layout, whose
-rendering swaps which side of every edge carries the secondary-electron rim (rims are on
-the pattern side in both polarities); the blur averages shot noise over the rim width.
-`margin = |e + prior_bias|` is returned with the choice: near 0 the image alone cannot tell
-(half-pitch line/space with a weak rim), which is what a layer prior is for.
+The wrong hypothesis reads (roughly) the complement layout, whose rendering puts the
+secondary-electron rims on the other side of every edge (rims are on the pattern side in both
+polarities); the blur averages shot noise over the rim width. The features (`FEATURES`) are
+c_+1 and c_-1 at three blurs and how decided (|L_p|, mean over pixels) each reading is.
 
-A layer prior (`prior`: +1 or -1, how sure: `PRIOR_BIAS`) shifts the decision toward the
-layer's polarity by a fixed amount of evidence; image evidence stronger than that wins.
-Cost: two G_A and two G_B forwards instead of one G_A (the output of the chosen hypothesis is
-already computed). `docs/polarity.md` has the measurements.
+The evidence for bright is a log-odds `e`: with the checkpoint's calibrated head
+(`polarity.auto_head`, a logistic regression fitted by training on its val split: the two
+branches of a generator are not equally good, so the raw difference of correlations is
+biased), `e = w . standardised(features) + b`; without one, `e = RAW_SCALE * (c_+1 - c_-1)`
+at 1.5 px. A layer prior (+1 / -1) adds `PRIOR_LOGODDS` toward its polarity; the image's
+polarity is the sign of the sum and `margin` its absolute value (log-odds: 0 = a coin toss).
+Cost: two G_A and two G_B forwards instead of one G_A (the chosen hypothesis' output is
+already computed). docs/polarity.md has the measurements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from semlayout.polarity import BRIGHT, DARK
 
-SIGMA = 1.5  # px at the model's size: about a rim width; averages shot noise over it
-PRIOR_BIAS = 0.02  # evidence a layer prior is worth (see docs/polarity.md)
+SIGMAS = (0.75, 1.5, 3.0)  # px at the model's size: below, about and above a rim width
+FEATURES = (
+    *(f"corr_{p}_s{s}" for s in SIGMAS for p in ("bright", "dark")),
+    "decided_bright",
+    "decided_dark",
+)
+RAW_SCALE = 50.0  # logits per unit of c_+1 - c_-1 when there is no calibrated head
+PRIOR_LOGODDS = 2.2  # a layer prior of about 9:1 (docs/polarity.md)
+# |evidence| below this (logits: p < 0.62) is no reading of the image's polarity: the drift
+# monitor counts it neither way
+EVIDENCE_MIN = 0.5
 
 Run = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (B,1,S,S), (B,) -> (B,1,S,S)
 
@@ -42,8 +54,8 @@ class PolarityDecision:
     polarity: int  # +1 bright, -1 dark
     source: str  # given (the caller or a layer fixed it) | auto (decided from the image) | only
     # (the model serves one polarity)
-    margin: float | None = None  # auto: |evidence + prior bias|, how clear the choice was
-    evidence: float | None = None  # auto: c_bright - c_dark from the image alone (> 0: bright)
+    margin: float | None = None  # auto: |evidence + prior|, log-odds of the choice
+    evidence: float | None = None  # auto: log-odds of bright from the image alone
 
 
 def _blur(batch: np.ndarray, sigma: float) -> np.ndarray:
@@ -52,7 +64,7 @@ def _blur(batch: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(im, (0, 0), sigma) for im in batch])
 
 
-def consistency(x: np.ndarray, rendered: np.ndarray, sigma: float = SIGMA) -> np.ndarray:
+def consistency(x: np.ndarray, rendered: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     """Per-image Pearson correlation of (B, S, S) images after a Gaussian blur -> (B,)."""
     a = _blur(np.asarray(x, np.float32), sigma).reshape(len(x), -1)
     b = _blur(np.asarray(rendered, np.float32), sigma).reshape(len(x), -1)
@@ -62,29 +74,69 @@ def consistency(x: np.ndarray, rendered: np.ndarray, sigma: float = SIGMA) -> np
     return np.where(den > 0, (a * b).sum(axis=1) / np.maximum(den, 1e-12), 0.0)
 
 
+def hypotheses(
+    run_a: Run, run_b: Run, batch: np.ndarray
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """({+1: G_A output if bright, -1: if dark} (B, 1, S, S), features (B, len(FEATURES)))."""
+    ones = np.ones(len(batch), np.float32)
+    lay = {p: run_a(batch, p * ones) for p in (BRIGHT, DARK)}
+    ren = {p: run_b(lay[p], p * ones)[:, 0] for p in (BRIGHT, DARK)}
+    cols = [consistency(batch[:, 0], ren[p], s) for s in SIGMAS for p in (BRIGHT, DARK)]
+    cols += [np.abs(lay[p][:, 0]).mean(axis=(1, 2)) for p in (BRIGHT, DARK)]
+    return lay, np.stack(cols, axis=1).astype(np.float64)
+
+
+def evidence(feats: np.ndarray, head: Any | None = None) -> np.ndarray:
+    """Log-odds of bright per image from its features, by `head` (`AutoHeadConfig`) or raw."""
+    if head is None:
+        i, j = FEATURES.index("corr_bright_s1.5"), FEATURES.index("corr_dark_s1.5")
+        return RAW_SCALE * (feats[:, i] - feats[:, j])
+    z = (feats - np.asarray(head.mean)) / np.asarray(head.scale)
+    return z @ np.asarray(head.weights) + head.bias
+
+
 def auto_sem2layout(
-    run_a: Run, run_b: Run, batch: np.ndarray, prior: int | None = None
+    run_a: Run,
+    run_b: Run,
+    batch: np.ndarray,
+    prior: int | None = None,
+    head: Any | None = None,
 ) -> tuple[np.ndarray, list[PolarityDecision]]:
     """(G_A output in the chosen polarity (B, 1, S, S), one decision per image) for a
     (B, 1, S, S) float32 batch; `prior` is the layer's polarity when one is configured."""
-    n = len(batch)
-    ones = np.ones(n, np.float32)
-    lay = {p: run_a(batch, p * ones) for p in (BRIGHT, DARK)}
-    score = {p: consistency(batch[:, 0], run_b(lay[p], p * ones)[:, 0]) for p in (BRIGHT, DARK)}
-    evidence = score[BRIGHT] - score[DARK]
-    bias = 0.0 if prior is None else PRIOR_BIAS * prior
-    chosen = np.where(evidence + bias >= 0, BRIGHT, DARK)
+    lay, feats = hypotheses(run_a, run_b, batch)
+    e = evidence(feats, head)
+    total = e + (0.0 if prior is None else PRIOR_LOGODDS * prior)
+    chosen = np.where(total >= 0, BRIGHT, DARK)
     out = np.where(chosen[:, None, None, None] == BRIGHT, lay[BRIGHT], lay[DARK])
     decisions = [
-        PolarityDecision(int(c), "auto", float(abs(e + bias)), float(e))
-        for c, e in zip(chosen, evidence, strict=True)
+        PolarityDecision(int(c), "auto", float(abs(t)), float(v))
+        for c, t, v in zip(chosen, total, e, strict=True)
     ]
     return out, decisions
 
 
-# evidence below this is no reading of the image's polarity (half-pitch gratings with a weak
-# rim): the drift monitor does not count it either way (docs/polarity.md)
-EVIDENCE_MIN = 0.01
+def fit_head(feats: np.ndarray, polarity: np.ndarray, l2: float = 0.01) -> dict[str, Any]:
+    """A logistic regression of bright (polarity +1) on standardised `feats` (N, F): the
+    fields of `AutoHeadConfig`. Deterministic (full-batch gradient descent from zero)."""
+    y = (np.asarray(polarity) > 0).astype(np.float64)
+    mean = feats.mean(axis=0)
+    scale = feats.std(axis=0) + 1e-6
+    z = (feats - mean) / scale
+    w, b = np.zeros(z.shape[1]), 0.0
+    for _ in range(2000):
+        p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
+        w -= 0.5 * (z.T @ (p - y) / len(y) + l2 * w)
+        b -= 0.5 * float(np.mean(p - y))
+    acc = float(np.mean(((z @ w + b) >= 0) == (y > 0.5)))
+    return {
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "weights": w.tolist(),
+        "bias": b,
+        "n": len(y),
+        "accuracy": acc,
+    }
 
 
 def observed_polarity(decision: PolarityDecision) -> int | None:

@@ -35,7 +35,7 @@ from semlayout.monitoring.inference_monitor import image_stats
 from semlayout.monitoring.performance import new_prediction_id
 from semlayout.monitoring.store import Prediction, TranslationRecord
 from semlayout.polarity import PolarityChoice
-from semlayout.polarity_auto import PolarityDecision, observed_polarity
+from semlayout.polarity_auto import PolarityDecision
 from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
 from semlayout.serving.settings import ServeSettings
@@ -115,7 +115,7 @@ async def forward(
     for i, r in enumerate(results):  # the image's polarity against the one expected
         det_i = r.model.detectors.get(direction)
         if det_i is not None and checks[i] is not None:
-            checks[i] = det_i.with_polarity(checks[i], observed_polarity(r.decision))
+            checks[i] = det_i.with_polarity(checks[i], r.decision)
     return [
         Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision)
         for img, out, r, res in zip(images, outs, results, checks, strict=True)

@@ -43,6 +43,7 @@ from semlayout.train.checkpoint import (
 )
 from semlayout.train.distributed import DistContext
 from semlayout.train.mlflow_logger import MlflowLogger
+from semlayout.train.polarity_head import with_auto_head
 from semlayout.train.quick_eval import quick_validation, sample_grid, write_grid
 from semlayout.train.rng import seed_everything
 from semlayout.train.run_state import EpochStats, RunState, resume_run, train_state
@@ -119,6 +120,8 @@ def run_training(
         run.t0 = time.perf_counter()
         while state.step < total_steps:
             _train_epoch(run, train_ds, weights)
+        if ctx.is_main:  # polarity=auto's calibrated head, from the val split
+            run.cfg = with_auto_head(run.cfg, trainer, val_ds)
         final = _save_final(run)
         distributed.barrier(ctx)
         failed = False

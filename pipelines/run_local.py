@@ -134,7 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="config override, e.g. --set train.epochs=2 (repeatable)",
     )
-    p.add_argument("--n-synth", type=int, default=800)
+    # 1070: with a quarter reversed, as many normal-contrast pairs as the 800 of before
+    p.add_argument("--n-synth", type=int, default=1070)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs", help="output root (runs/, latest, mlflow/)")
     p.add_argument("--mlflow-uri", default="", help="default: sqlite:///<out>/mlflow/mlflow.db")

@@ -27,7 +27,7 @@ POLARITIES: tuple[int, ...] = (BRIGHT, DARK)
 NAMES = {BRIGHT: "bright", DARK: "dark"}
 UNKNOWN_READS_AS = BRIGHT
 # share of reversed-contrast pairs when the training pipeline synthesises its own data
-DEFAULT_SYNTH_REVERSE_FRACTION = 0.5
+DEFAULT_SYNTH_REVERSE_FRACTION = 0.25
 
 
 class PolarityChoice(StrEnum):

@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m semlayout_pipelines.run_local $(RUN_ARGS)
+	$(BIN)/semlayout pipeline run $(RUN_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

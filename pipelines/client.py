@@ -76,7 +76,7 @@ def _client(host: str) -> Any:
 
     if not host.startswith(("http://", "https://")):
         raise SemlayoutError(
-            f"--host '{host}': expected the KFP API URL, e.g. http://ml-pipeline.kubeflow:8888"
+            f"--kfp-host '{host}': expected the KFP API URL, e.g. http://ml-pipeline.kubeflow:8888"
         )
     import warnings
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from semlayout.errors import SemlayoutError
+from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
 from semlayout.keyvalue import parse_assignments
 
 pipeline_app = typer.Typer(
@@ -63,19 +64,23 @@ def compile_cmd(
 
 @pipeline_app.command("submit")
 def submit_cmd(
-    host: str = typer.Option(..., help="KFP API URL"),
+    kfp_host: str = typer.Option(
+        ..., "--kfp-host", help="KFP API URL, e.g. http://ml-pipeline.kubeflow:8888"
+    ),
     pipeline: str = typer.Option("training", help="training or finetune"),
     param: list[str] = typer.Option(
         [], "--param", help="pipeline parameter NAME=VALUE (repeatable)"
     ),
-    experiment: str = typer.Option("semlayout"),
-    image: str = typer.Option(""),
+    experiment: str = typer.Option("semlayout", help="KFP experiment the run is filed under"),
+    image: str = typer.Option(
+        "", help="component image (default: ghcr.io/semlayout/semlayout:<version>)"
+    ),
 ) -> None:
     """Start one run on a Kubeflow Pipelines server."""
     from semlayout_pipelines.client import submit
 
     run_id = submit(
-        host,
+        kfp_host,
         _check_pipeline(pipeline),
         parse_assignments(param, "--param", "data_uri=s3://bucket/pairs"),
         experiment=experiment,
@@ -86,22 +91,26 @@ def submit_cmd(
 
 @pipeline_app.command("schedule")
 def schedule_cmd(
-    host: str = typer.Option(..., help="KFP API URL"),
+    kfp_host: str = typer.Option(
+        ..., "--kfp-host", help="KFP API URL, e.g. http://ml-pipeline.kubeflow:8888"
+    ),
     cron: str = typer.Option(..., help="six fields, seconds first, e.g. '0 0 2 * * *'"),
     pipeline: str = typer.Option("training", help="training or finetune"),
     param: list[str] = typer.Option(
         [], "--param", help="pipeline parameter NAME=VALUE (repeatable)"
     ),
-    experiment: str = typer.Option("semlayout"),
-    image: str = typer.Option(""),
-    max_concurrency: int = typer.Option(1),
+    experiment: str = typer.Option("semlayout", help="KFP experiment the run is filed under"),
+    image: str = typer.Option(
+        "", help="component image (default: ghcr.io/semlayout/semlayout:<version>)"
+    ),
+    max_concurrency: int = typer.Option(1, help="most runs of this schedule at once"),
 ) -> None:
     """Create a recurring run (cron) on a Kubeflow Pipelines server."""
     from semlayout_pipelines.client import schedule, validate_cron
 
     validate_cron(cron)  # before any network call
     job_id = schedule(
-        host,
+        kfp_host,
         _check_pipeline(pipeline),
         cron,
         parse_assignments(param, "--param", "data_uri=s3://bucket/pairs"),
@@ -112,20 +121,61 @@ def schedule_cmd(
     print(json.dumps({"recurring_run_id": job_id}))
 
 
-@pipeline_app.command(
-    "run",
-    context_settings={
-        "allow_extra_args": True,
-        "ignore_unknown_options": True,
-        "help_option_names": [],
-    },
-)
-def run_cmd(ctx: typer.Context) -> None:
-    """Run the training pipeline locally under kfp.local (same as `make run`; --help for \
-options)."""
-    from semlayout_pipelines.run_local import main
+@pipeline_app.command("run")
+def run_cmd(
+    data: str = typer.Option(
+        "", "--data", help="pair folder or s3:// URI (empty: synthesise --n-synth pairs)"
+    ),
+    config: str = typer.Option("small", "--config", help="a config name or a config file"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="config override KEY=VALUE, e.g. train.epochs=2 (repeatable)"
+    ),
+    n_synth: int = typer.Option(800, "--n-synth", help="pairs to synthesise without --data"),
+    seed: int = typer.Option(0, "--seed", help="synthesis and split seed"),
+    out: Path = typer.Option(
+        Path("outputs"), "--out", help="output root: runs/, latest -> runs/<newest>, mlflow/"
+    ),
+    tracking_uri: str = typer.Option(
+        "", "--tracking-uri", help="MLflow tracking URI (default: sqlite:///OUT/mlflow/mlflow.db)"
+    ),
+    experiment: str = typer.Option("semlayout", "--experiment", help="MLflow experiment"),
+    model_name: str = typer.Option("semlayout", "--model-name", help="registered model name"),
+    floor_sem2layout: float = typer.Option(
+        DEFAULT_FLOORS["sem2layout"], "--floor-sem2layout", help="gate: least SEM->layout SSIM"
+    ),
+    floor_layout2sem: float = typer.Option(
+        DEFAULT_FLOORS["layout2sem"], "--floor-layout2sem", help="gate: least layout->SEM SSIM"
+    ),
+    tolerance: float = typer.Option(
+        DEFAULT_TOLERANCE, "--tolerance", help="gate: SSIM the challenger may lose to the champion"
+    ),
+    min_qc_pass: float = typer.Option(
+        0.5, "--min-qc-pass", help="least share of pairs that must pass alignment QC"
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="stream every step's log (always in RUN/logs/<step>.log)"
+    ),
+) -> None:
+    """Run the training pipeline locally under kfp.local (what `make run` does)."""
+    from semlayout_pipelines.run_local import RunOptions, run
 
-    code = main(list(ctx.args))
+    options = RunOptions(
+        data=data,
+        config=config,
+        overrides=list(set_),
+        n_synth=n_synth,
+        seed=seed,
+        out=out,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        model_name=model_name,
+        floor_sem2layout=floor_sem2layout,
+        floor_layout2sem=floor_layout2sem,
+        tolerance=tolerance,
+        min_qc_pass=min_qc_pass,
+        verbose=verbose,
+    )
+    code = run(options)
     if code:
         raise typer.Exit(code)
 

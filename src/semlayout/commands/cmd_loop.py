@@ -17,6 +17,11 @@ loop_app = typer.Typer(
 )
 
 _CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
+_DB_HELP = "monitoring database written by `semlayout serve` (overrides the config)"
+_FEEDBACK_HELP = "reviewed pairs posted to /v1/feedback (overrides the config)"
+_INTAKE_HELP = "intake batches: s3://BUCKET/PREFIX or a folder (overrides the config)"
+_TRACKING_HELP = "MLflow tracking URI (overrides the config)"
+_MODEL_NAME_HELP = "registered model the loop fine-tunes (overrides the config)"
 
 
 def _options(
@@ -45,11 +50,11 @@ def _options(
 @loop_app.command("check")
 def check_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
-    monitor_db: str = typer.Option(None, "--monitor-db"),
-    feedback_dir: str = typer.Option(None, "--feedback-dir"),
-    intake_uri: str = typer.Option(None, "--intake-uri"),
-    tracking_uri: str = typer.Option(None, "--tracking-uri"),
-    model_name: str = typer.Option(None, "--model-name"),
+    monitor_db: str = typer.Option(None, "--monitor-db", help=_DB_HELP),
+    feedback_dir: str = typer.Option(None, "--feedback-dir", help=_FEEDBACK_HELP),
+    intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
+    model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -85,11 +90,11 @@ def check_cmd(
 @loop_app.command("run")
 def run_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
-    monitor_db: str = typer.Option(None, "--monitor-db"),
-    feedback_dir: str = typer.Option(None, "--feedback-dir"),
-    intake_uri: str = typer.Option(None, "--intake-uri"),
-    tracking_uri: str = typer.Option(None, "--tracking-uri"),
-    model_name: str = typer.Option(None, "--model-name"),
+    monitor_db: str = typer.Option(None, "--monitor-db", help=_DB_HELP),
+    feedback_dir: str = typer.Option(None, "--feedback-dir", help=_FEEDBACK_HELP),
+    intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
+    model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
     kfp_host: str = typer.Option(
         None, "--kfp-host", help="submit to this KFP host instead of kfp.local"
     ),
@@ -97,7 +102,7 @@ def run_cmd(
         False, "--force", help="run even if no trigger fires (cooldown still holds)"
     ),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Check the triggers and, when they fire, run the fine-tune pipeline once."""
     from semlayout.continual import find_launcher, load_loop_config, run

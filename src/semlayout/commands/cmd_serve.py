@@ -16,8 +16,10 @@ def serve(
     model: str = typer.Option(
         None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"
     ),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"
+    ),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on"),
     backend: str = typer.Option(
         None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
     ),
@@ -32,7 +34,9 @@ def serve(
     poll_interval: float = typer.Option(
         None, "--poll-interval", help="seconds between alias checks; 0 = off"
     ),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option(
+        "info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug"
+    ),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
 

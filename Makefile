@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint typecheck bench images compile docker-test clean help
+.PHONY: install run test test-fast lint typecheck bench images compile docker-test docs-assets clean help
 
 help:
 	@echo "make install   create $(VENV) and install semlayout with its dev extras"
@@ -53,6 +53,10 @@ docker-test: install
 
 compile: install
 	$(BIN)/semlayout pipeline compile --out outputs/pipelines
+
+# re-vendor /docs and /redoc assets from their npm packages (pinned in the script; needs npm)
+docs-assets: install
+	$(BIN)/python tools/vendor_docs_assets.py
 
 clean:
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,8 @@
 """The HTTP API: `create_app(settings, engine=None)` builds a FastAPI app around one
 InferenceEngine.
 
-Endpoints (OpenAPI at /openapi.json; /docs and /redoc from packaged assets, offline), one router per area in `serving.routes`:
+Endpoints (OpenAPI at /openapi.json; /docs and /redoc from packaged assets, offline), one
+router per area in `serving.routes`:
 - `POST /v1/translate/{direction}` -> image/png (headers X-Prediction-Id, X-Model-Version,
   X-Drift-Score — the latter only when the server has a drift reference);
   `/json` -> TranslateResponse; `/batch` -> list[TranslateResponse].

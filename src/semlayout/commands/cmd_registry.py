@@ -7,11 +7,13 @@ list / show / approve / reject / rollback. The tracking URI comes from
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from semlayout.directions import DIRECTIONS
+from semlayout.errors import SemlayoutError
 
 TrackingOpt = Annotated[
     str | None,
@@ -26,7 +28,8 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="why (recorded in the a
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 
 group = typer.Typer(
-    help="MLflow model registry: list, show, approve, reject, rollback.", no_args_is_help=True
+    help="MLflow model registry: list, show, compare, approve, reject, rollback.",
+    no_args_is_help=True,
 )
 
 
@@ -188,6 +191,72 @@ def rollback_cmd(
 
     r = Registry(tracking_uri).rollback(name, by, reason)
     typer.echo(f"{name}: rolled back v{r['rolled_back']}; v{r['champion']} is champion again")
+
+
+@group.command("compare")
+def compare_cmd(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    a: Annotated[str, typer.Argument(help="version A (e.g. the champion)")],
+    b: Annotated[str, typer.Argument(help="version B (e.g. the challenger)")],
+    html: Annotated[
+        Path | None, typer.Option("--html", help="write the comparison page (HTML) here")
+    ] = None,
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="score on this shard folder's test split instead of the versions' own "
+            "test splits (repeatable)",
+        ),
+    ] = [],  # noqa: B006
+    max_samples: Annotated[
+        int | None, typer.Option("--max-samples", min=1, help="score a stratified subset")
+    ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="eager, bf16 or onnx")] = "eager",
+    tracking_uri: TrackingOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score two versions on the same pairs: deltas beyond noise, per family, images, gate."""
+    from semlayout.comparison import compare_versions
+    from semlayout.comparison_report import json_ready, write_comparison_html
+    from semlayout.registry import Registry
+
+    if html is not None and html.is_dir():
+        raise SemlayoutError(f"--html {html} is a folder; expected a file path to write")
+    result = compare_versions(
+        Registry(tracking_uri), name, a, b, data=data or None, max_samples=max_samples,
+        backend=backend,
+    )  # fmt: skip
+    if html is not None:
+        write_comparison_html(html, result)
+    if as_json:
+        typer.echo(json.dumps(json_ready(result), indent=2, default=str))
+        return
+    _echo_comparison(result)
+    if html is not None:
+        typer.echo(f"page: {html}")
+
+
+def _echo_comparison(result: dict[str, Any]) -> None:
+    va, vb = result["a"]["version"], result["b"]["version"]
+    typer.echo(("WARNING: " if result["same_data"] is False else "") + result["data_note"])
+    marks = {"better": "better", "worse": "WORSE", "within noise": "~ noise", "n/a": "-"}
+    for s in result["sets"]:
+        typer.echo(f"{s['label']} ({s['n']} pairs):{'':<8}{'v' + str(va):>10}{'v' + str(vb):>10}"
+                   f"{'delta':>10}{'noise':>9}  verdict")  # fmt: skip
+        for direction in DIRECTIONS:
+            for key, row in s[direction].items():
+                noise = f"±{row['noise']:.4f}" if row["noise"] is not None else "-"
+                delta = f"{row['delta']:+.4f}" if row["delta"] is not None else "-"
+                typer.echo(
+                    f"  {direction + '.' + key:<30}{_fmt(row['a']):>10}{_fmt(row['b']):>10}"
+                    f"{delta:>10}{noise:>9}  {marks.get(row['verdict'], row['verdict'])}"
+                )
+    judged = result["b_judged_against_a"]
+    verdict = "PASS" if judged["passed"] else "FAIL"
+    typer.echo(f"gate, v{vb} judged against v{va} on the {judged['on']} pairs: {verdict}")
+    for reason in judged["reasons"]:
+        typer.echo(f"  - {reason}")
 
 
 def register(app: typer.Typer) -> None:

@@ -34,6 +34,8 @@ from semlayout.registry.run_logging import (
     TAG_CONFIG_HASH,
     TAG_MODEL_URI,
     checkpoint_config,
+    log_curves,
+    log_datasets,
     log_run_contents,
     run_tags,
 )
@@ -84,13 +86,21 @@ class Registry(RegistryReader):
         sample_grid_png: PathLike | None = None,
         tags: dict[str, str] | None = None,
         include_train_state: bool = False,
+        run_name: str | None = None,
+        datasets: list[dict[str, Any]] | None = None,
+        training_window_ms: tuple[int, int] | None = None,
+        extra_json: dict[str, Any] | None = None,
     ) -> str:
         """Log one finished training run; returns its run id.
 
         Logged: `params` and the config (flattened as `cfg.*` params; default: the one in the
         checkpoint's config.json), `metrics` flattened (`sem2layout.ssim`, ...), `metrics.json`
-        and `config.json` artifacts, the report and sample grid, and a pyfunc model (`model`)
-        holding the checkpoint folder, built from code (`pyfunc_model.py`): nothing is pickled.
+        and `config.json` artifacts, the report (`report.html`) and sample grid, and a pyfunc
+        model (`model`) holding the checkpoint folder, built from code (`pyfunc_model.py`):
+        nothing is pickled. The training's curves when the checkpoint folder carries
+        steps.jsonl / history.json; `datasets` as MLflow dataset inputs; `extra_json` as JSON
+        artifacts ({file name: object}). `training_window_ms` = (start, end) in Unix ms makes
+        the run's start and end the training's, so its duration is the training's.
         """
         import mlflow
 
@@ -98,14 +108,24 @@ class Registry(RegistryReader):
         cfg_dict = checkpoint_config(ckpt, config)
         with mlflow_errors(f"MLflow experiment '{experiment}'"):
             exp_id = self.experiment_id(experiment)
-        with (
-            self.scoped(),
-            mlflow.start_run(experiment_id=exp_id, tags=run_tags(ckpt, cfg_dict, tags)) as run,
-        ):
+            run = self.client.create_run(
+                exp_id,
+                start_time=training_window_ms[0] if training_window_ms else None,
+                tags=run_tags(ckpt, cfg_dict, tags),
+                run_name=run_name,
+            )
+        run_id = str(run.info.run_id)
+        with self.scoped(), mlflow.start_run(run_id=run_id):
             log_run_contents(
                 ckpt, metrics, params, cfg_dict, report_html, sample_grid_png, include_train_state
             )
-            return str(run.info.run_id)
+            log_curves(self.client, run_id, ckpt)
+            log_datasets(datasets or [])
+            for file_name, obj in (extra_json or {}).items():
+                mlflow.log_dict(obj, file_name)
+        if training_window_ms:
+            self.client.set_terminated(run_id, "FINISHED", end_time=training_window_ms[1])
+        return run_id
 
     # ------------------------------------------------------------------------- registration
     def register(

@@ -32,6 +32,9 @@ HEADLINE: dict[str, tuple[tuple[str, bool], ...]] = {
     "layout2sem": (("ssim", True), ("ssim_vs_clean", True), ("l1", False), ("psnr", True)),
 }
 NOISE_SIGMAS = 2.0  # a delta beyond 2 standard errors of the paired differences is not noise
+# below these a difference is not worth a mark even when it is consistent (metric resolution)
+MIN_DELTA = {"psnr": 0.01, "psnr_vs_clean": 0.01, "epe_px": 0.01, "cd_error_px": 0.01}
+MIN_DELTA_DEFAULT = 0.001  # SSIM / IoU / L1 on a 0..1 scale
 
 
 @dataclass
@@ -47,8 +50,11 @@ def _short(text: str | None, n: int = 12) -> str:
     return (text or "")[:n] or "unknown"
 
 
-def paired_delta(a: list[float], b: list[float], higher_is_better: bool) -> dict[str, Any]:
-    """Mean of B - A over the pairs where both are finite, its noise band and a verdict."""
+def paired_delta(
+    a: list[float], b: list[float], higher_is_better: bool, min_delta: float = MIN_DELTA_DEFAULT
+) -> dict[str, Any]:
+    """Mean of B - A over the pairs where both are finite, its noise band and a verdict:
+    better / worse when |delta| exceeds both the noise band and `min_delta`."""
     d = np.array(
         [y - x for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
     )
@@ -60,7 +66,7 @@ def paired_delta(a: list[float], b: list[float], higher_is_better: bool) -> dict
     noise = float(NOISE_SIGMAS * d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.inf
     gain = delta if higher_is_better else -delta
     verdict = "within noise"
-    if d.size > 1 and abs(delta) > noise and abs(delta) > 1e-9:
+    if d.size > 1 and abs(delta) > max(noise, min_delta):
         verdict = "better" if gain > 0 else "worse"
     return {
         "n": int(d.size),
@@ -70,6 +76,10 @@ def paired_delta(a: list[float], b: list[float], higher_is_better: bool) -> dict
         "noise": noise if math.isfinite(noise) else None,
         "verdict": verdict,
     }
+
+
+def _min_delta(key: str) -> float:
+    return MIN_DELTA.get(key, MIN_DELTA_DEFAULT)
 
 
 def score_table(per_a: dict[str, Any], per_b: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +93,9 @@ def score_table(per_a: dict[str, Any], per_b: dict[str, Any]) -> dict[str, Any]:
         rows = {}
         for key, higher in HEADLINE[direction]:
             if key in per_a[direction] and key in per_b[direction]:
-                rows[key] = paired_delta(per_a[direction][key], per_b[direction][key], higher)
+                rows[key] = paired_delta(
+                    per_a[direction][key], per_b[direction][key], higher, _min_delta(key)
+                )
         out[direction] = rows
     for fam in sorted(set(families)):
         idx = [i for i, f in enumerate(families) if f == fam]
@@ -93,7 +105,7 @@ def score_table(per_a: dict[str, Any], per_b: dict[str, Any]) -> dict[str, Any]:
                 if key in per_a[direction] and key in per_b[direction]:
                     va = [per_a[direction][key][i] for i in idx]
                     vb = [per_b[direction][key][i] for i in idx]
-                    fam_rows[f"{direction}.{key}"] = paired_delta(va, vb, higher)
+                    fam_rows[f"{direction}.{key}"] = paired_delta(va, vb, higher, _min_delta(key))
         out["families"][fam] = fam_rows
     return out
 
@@ -277,8 +289,8 @@ def compare_versions(
             "passed": fresh.passed,
             "reasons": fresh.reasons,
         },
-        "noise_rule": f"better/worse only beyond {NOISE_SIGMAS:g} standard errors of the "
-        "per-pair differences",
+        "noise_rule": f"better / worse only beyond {NOISE_SIGMAS:g} standard errors of the "
+        f"per-pair differences and beyond {MIN_DELTA_DEFAULT:g} (0.01 for PSNR dB and px)",
         "samples": samples,
     }
 

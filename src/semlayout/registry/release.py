@@ -28,6 +28,7 @@ from semlayout.registry.audit_tags import (
     read_list,
     require,
     to_json,
+    version_description,
 )
 from semlayout.registry.lookups import RegistryReader
 from semlayout.registry.run_logging import (
@@ -226,15 +227,30 @@ class Registry(RegistryReader):
                 )
 
     def _audit(self, name: str, versions: list[str], event: dict[str, Any]) -> None:
-        """Append `event` to the audit log of each version in `versions` and of the model."""
+        """Append `event` to the audit log of each version in `versions` and of the model;
+        the versions' descriptions are rewritten to match."""
         event = {"at": now(), **event}
         for v in versions:
             mv = self.client.get_model_version(name, v)
             log = read_list(mv.tags or {}, AUDIT_TAG) + [event]
             self.client.set_model_version_tag(name, v, AUDIT_TAG, to_json(log))
+            self.refresh_description(name, v)
         model = self.client.get_registered_model(name)
         log = read_list(model.tags or {}, AUDIT_TAG) + [event]
         self.client.set_registered_model_tag(name, AUDIT_TAG, fit_list(log, MODEL_TAG_LIMIT))
+
+    def refresh_description(self, name: str, version: str) -> None:
+        """The version's MLflow description: a readable summary of its tags (verdict, data,
+        comparison page, audit trail)."""
+        mv = self.client.get_model_version(name, version)
+        text = version_description(version, dict(mv.tags or {}))
+        self.client.update_model_version(name, version, description=text)
+
+    def attach_comparison(self, name: str, version: int | str, html: PathLike, against: int) -> str:
+        """Attach a comparison page (`semlayout.comparison_report`) to a version; its URI."""
+        from semlayout.registry.attachments import attach_comparison
+
+        return attach_comparison(self, name, version, Path(html), against)
 
     def _history(self, name: str) -> list[str]:
         """`champion_history`: the versions that were champion, in order."""
@@ -249,11 +265,14 @@ class Registry(RegistryReader):
             self.client.set_model_version_tag(name, v, key, value)
 
     # ------------------------------------------------------------------------- decisions
-    def approve(self, name: str, version: int | str, by: str, reason: str) -> dict[str, Any]:
+    def approve(
+        self, name: str, version: int | str, by: str, reason: str, dry_run: bool = False
+    ) -> dict[str, Any]:
         """Promote `version` to `champion` (the old champion becomes `previous-champion`).
 
         Refused: an unknown version, a version whose gate failed or has no verdict, a rejected
-        version, the current champion again, an empty `by` / `reason`.
+        version, the current champion again, an empty `by` / `reason`. `dry_run`: every check,
+        no change; returns what would happen.
         """
         by, reason = require(by, "--by (who approves)"), require(reason, "--reason")
         mv = self.version(name, version)
@@ -262,6 +281,9 @@ class Registry(RegistryReader):
         old = self.alias_version(name, CHAMPION)
         if old == v:
             raise SemlayoutError(f"model '{name}' version {v} is already the champion")
+        if dry_run:
+            prev = int(old) if old else None
+            return {"name": name, "champion": int(v), "previous_champion": prev, "dry_run": True}
         at = now()
         # 1. tags first: no alias ever points at a version without its approval record
         self._set_decision(
@@ -293,8 +315,11 @@ class Registry(RegistryReader):
             "at": at,
         }
 
-    def reject(self, name: str, version: int | str, by: str, reason: str) -> dict[str, Any]:
-        """Record a rejection; the `challenger` alias is removed if it points at `version`."""
+    def reject(
+        self, name: str, version: int | str, by: str, reason: str, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Record a rejection; the `challenger` alias is removed if it points at `version`.
+        `dry_run`: every check, no change."""
         by, reason = require(by, "--by (who rejects)"), require(reason, "--reason")
         mv = self.version(name, version)
         v = str(mv.version)
@@ -305,6 +330,14 @@ class Registry(RegistryReader):
             )
         if (mv.tags or {}).get("rejected_by"):
             raise SemlayoutError(f"model '{name}' version {v} is already rejected")
+        if dry_run:
+            removed = self.alias_version(name, CHALLENGER) == v
+            return {
+                "name": name,
+                "rejected": int(v),
+                "challenger_removed": removed,
+                "dry_run": True,
+            }
         at = now()
         self._set_decision(
             name, v, {"rejected_by": by, "rejected_at": at, "rejection_reason": reason}
@@ -318,10 +351,10 @@ class Registry(RegistryReader):
             removed = True
         return {"name": name, "rejected": int(v), "challenger_removed": removed, "at": at}
 
-    def rollback(self, name: str, by: str, reason: str) -> dict[str, Any]:
+    def rollback(self, name: str, by: str, reason: str, dry_run: bool = False) -> dict[str, Any]:
         """`champion` <- `previous-champion`; `previous-champion` <- the champion before that
         (from `champion_history`, skipping rolled-back versions), or removed when there is
-        none."""
+        none. `dry_run`: every check, no change."""
         by, reason = require(by, "--by (who rolls back)"), require(reason, "--reason")
         cur = self.alias_version(name, CHAMPION)
         prev = self.alias_version(name, PREVIOUS)
@@ -331,6 +364,14 @@ class Registry(RegistryReader):
             raise SemlayoutError(f"model '{name}' has no previous-champion to roll back to")
         history = [h for h in self._history(name) if h != cur]
         new_prev = self._champion_before(name, history, prev)
+        if dry_run:
+            return {
+                "name": name,
+                "champion": int(prev),
+                "rolled_back": int(cur),
+                "previous_champion": int(new_prev) if new_prev else None,
+                "dry_run": True,
+            }
         at = now()
         self._set_decision(
             name, cur, {"rolled_back_by": by, "rolled_back_at": at, "rollback_reason": reason}

@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint typecheck bench images compile docker-test docs-assets clean help
+.PHONY: install run test test-fast lint typecheck bench images compile docker-test docs-assets screenshots clean help
 
 help:
 	@echo "make install   create $(VENV) and install semlayout with its dev extras"
@@ -53,6 +53,12 @@ docker-test: install
 
 compile: install
 	$(BIN)/semlayout pipeline compile --out outputs/pipelines
+
+# the browser tests, saving their screenshots in docs/images (compare page, dashboard, report,
+# API docs)
+screenshots: install
+	SEMLAYOUT_SCREENSHOT_DIR=$(CURDIR)/docs/images $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_compare.py tests/test_docs_offline.py tests/test_operator_kit.py
 
 # re-vendor /docs and /redoc assets from their npm packages (pinned in the script; needs npm)
 docs-assets: install

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO / "docs" / "images"
-LOCAL_PREFIXES = ("http://127.0.0.1", "data:", "blob:", "about:", "chrome-error:")
+# screenshots go to docs/images only when asked (`make screenshots`), so a test run leaves the
+# checkout as it was; otherwise into a temporary folder
+IMAGES_ENV = "SEMLAYOUT_SCREENSHOT_DIR"
+LOCAL_PREFIXES = ("http://127.0.0.1", "data:", "blob:", "about:", "chrome-error:", "file://")
 
 
 def ensure_chromium() -> tuple[str, str]:
@@ -107,12 +109,17 @@ def wait_for(driver: Any, script: str, timeout: float = 30.0) -> Any:
 
 
 def screenshot(driver: Any, name: str, full_height: bool = True) -> Path:
-    """docs/images/<name>.png of the page (the whole page height when `full_height`)."""
+    """<name>.png of the page (the whole page height when `full_height`) in
+    $SEMLAYOUT_SCREENSHOT_DIR (`make screenshots`: docs/images) or a temporary folder."""
+    import tempfile
+
     if full_height:
         h = driver.execute_script("return document.documentElement.scrollHeight")
         w = driver.execute_script("return window.innerWidth") or 1400
         driver.set_window_size(max(int(w), 1200), min(int(h) + 120, 6000))
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    dest = IMAGES / f"{name}.png"
+    folder = Path(os.environ.get(IMAGES_ENV) or tempfile.mkdtemp(prefix="semlayout-shots-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{name}.png"
     driver.save_screenshot(str(dest))
+    assert dest.stat().st_size > 10_000, f"{dest}: an empty page?"
     return dest

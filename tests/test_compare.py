@@ -87,14 +87,15 @@ def test_the_page_is_attached_to_the_challenger_and_approve_says_where(two_versi
     from semlayout.registry import Registry
 
     t = two_versions
-    assert "comparison with champion v1 attached" in (
-        Path(t["s2"]["run_dir"]) / "logs" / "register.log"
-    ).read_text()
+    assert (
+        "comparison with champion v1 attached"
+        in (Path(t["s2"]["run_dir"]) / "logs" / "register.log").read_text()
+    )
     page = Registry(t["uri"]).comparison("semlayout", 2)
     assert page is not None and page["against"] == 1 and Path(page["path"]).is_file()
     assert "DIFFERENT data" in Path(page["path"]).read_text()
-    dry = semlayout("registry", "approve", "semlayout", "2", "--by", "rm", "--reason", "x",
-                    "--dry-run", "--tracking-uri", t["uri"], cwd=t["root"], env=t["env"])  # fmt: skip
+    args = ["approve", "semlayout", "2", "--by", "rm", "--reason", "x", "--dry-run"]
+    dry = semlayout("registry", *args, "--tracking-uri", t["uri"], cwd=t["root"], env=t["env"])
     assert dry.returncode == 0 and "would become champion" in dry.stdout
     assert page["path"] in dry.stdout
     assert Registry(t["uri"]).champion_version("semlayout") == 1  # dry run: nothing changed
@@ -110,8 +111,17 @@ def test_show_puts_the_champion_on_the_same_pairs_beside_the_version(two_version
     assert "scored on this version's test pairs" in r.stdout
     assert "Downloading" not in r.stdout + r.stderr  # no progress bars
     gate = json.loads(
-        semlayout("registry", "show", "semlayout", "2", "--json", "--tracking-uri", t["uri"],
-                  cwd=t["root"], env=t["env"]).stdout  # fmt: skip
+        semlayout(
+            "registry",
+            "show",
+            "semlayout",
+            "2",
+            "--json",
+            "--tracking-uri",
+            t["uri"],
+            cwd=t["root"],
+            env=t["env"],
+        ).stdout  # fmt: skip
     )
     judged = gate["gate"]["judged"]["sem2layout"]["champion"]
     assert gate["champion_metrics"]["sem2layout"]["ssim"] == pytest.approx(judged)

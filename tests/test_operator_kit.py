@@ -48,8 +48,10 @@ def ensure_prometheus() -> tuple[str, str]:
     subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
     subprocess.run(
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-        env=env, capture_output=True, timeout=1200,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        timeout=1200,
+    )
     found = shutil.which("promtool"), shutil.which("prometheus")
     assert all(found), "apt-get install prometheus did not bring promtool and prometheus"
     return found  # type: ignore[return-value]
@@ -58,8 +60,9 @@ def ensure_prometheus() -> tuple[str, str]:
 def rendered() -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
-    r = subprocess.run(["kubectl", "kustomize", str(KIT)], capture_output=True, text=True,
-                       timeout=60)  # fmt: skip
+    r = subprocess.run(
+        ["kubectl", "kustomize", str(KIT)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     return [d for d in yaml.safe_load_all(r.stdout) if d]
 
@@ -91,12 +94,17 @@ def test_the_kit_renders_and_points_at_the_serving_service() -> None:
     kubernetes_validate.validate(cm, "1.32", strict=True)
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["semlayout-dashboard.json"]) == json.loads(DASHBOARD.read_text())
-    base = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s" / "base")],
-                          capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    base = subprocess.run(
+        ["kubectl", "kustomize", str(REPO / "k8s" / "base")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     service = next(
-        d for d in yaml.safe_load_all(base)
+        d
+        for d in yaml.safe_load_all(base)
         if d and d["kind"] == "Service" and d["metadata"]["name"] == "semlayout-serve"
-    )  # fmt: skip
+    )
     sm = docs["ServiceMonitor"]["spec"]
     labels = service["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in sm["selector"]["matchLabels"].items())
@@ -108,18 +116,36 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass(tmp_path: Path) -> 
     promtool, _ = ensure_prometheus()
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups()}))
     shutil.copy(KIT / "rules-test.yaml", tmp_path / "rules-test.yaml")
-    check = subprocess.run([promtool, "check", "rules", "rules.yaml"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    check = subprocess.run(
+        [promtool, "check", "rules", "rules.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run([promtool, "test", "rules", "rules-test.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    unit = subprocess.run(
+        [promtool, "test", "rules", "rules-test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr
     alerts = {r["alert"] for g in rule_groups() for r in g["rules"] if "alert" in r}
-    assert {"SemlayoutDriftRateHigh", "SemlayoutErrorRateHigh", "SemlayoutLatencyP95High",
-            "SemlayoutModelReloadFailing"} <= alerts  # fmt: skip
+    assert {
+        "SemlayoutDriftRateHigh",
+        "SemlayoutErrorRateHigh",
+        "SemlayoutLatencyP95High",
+        "SemlayoutModelReloadFailing",
+    } <= alerts
     # every alert is exercised by the unit tests
-    tested = {t["alertname"] for t in yaml.safe_load((KIT / "rules-test.yaml").read_text())
-              ["tests"][0]["alert_rule_test"]}  # fmt: skip
+    tested = {
+        t["alertname"]
+        for t in yaml.safe_load((KIT / "rules-test.yaml").read_text())["tests"][0][
+            "alert_rule_test"
+        ]
+    }
     assert alerts <= tested
     assert "issue 17" in (KIT / "prometheusrule.yaml").read_text()  # the reserved place
 
@@ -134,7 +160,7 @@ def test_the_dashboard_json_is_well_formed(tmp_path: Path) -> None:
     cells: set[tuple[int, int]] = set()
     for p in dash["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] >= 1, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] >= 1, p["title"]
         mine = {
             (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
         }
@@ -143,13 +169,18 @@ def test_the_dashboard_json_is_well_formed(tmp_path: Path) -> None:
         assert p["type"] in {"row", "timeseries", "stat", "table", "text"}, p["type"]
         for t in p.get("targets", []):
             assert t["datasource"]["uid"] == "${datasource}" and t["refId"]
-    assert any(p["type"] == "text" and "issue 17" in p["options"]["content"]
-               for p in dash["panels"])  # fmt: skip
+    assert any(
+        p["type"] == "text" and "issue 17" in p["options"]["content"] for p in dash["panels"]
+    )
     # every query is valid PromQL: promtool checks them as recording rules
     rules = [{"record": f"panel:q{i}", "expr": e} for i, (_, e) in enumerate(panel_queries(dash))]
     (tmp_path / "q.yaml").write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": rules}]}))
-    r = subprocess.run([promtool, "check", "rules", str(tmp_path / "q.yaml")],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "q.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -162,10 +193,14 @@ def serving(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     ref = cached_reference(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("kit")
     settings = ServeSettings(
-        model=str(make_checkpoint(tmp / "ckpt")), monitor_db=tmp / "monitor.db",
-        feedback_dir=tmp / "fb", reference=ref["shards"] / "reference_stats.json",
-        poll_interval_s=0, api_token="t-api", admin_token="t-admin",
-    )  # fmt: skip
+        model=str(make_checkpoint(tmp / "ckpt")),
+        monitor_db=tmp / "monitor.db",
+        feedback_dir=tmp / "fb",
+        reference=ref["shards"] / "reference_stats.json",
+        poll_interval_s=0,
+        api_token="t-api",
+        admin_token="t-admin",
+    )
     with running_server(create_app(settings)) as url:
         yield url, ref
 
@@ -175,16 +210,27 @@ def prometheus_scraping(target: str, workdir: Path):  # type: ignore[no-untyped-
     _, binary = ensure_prometheus()
     port = free_port()
     host = target.split("//", 1)[1]
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "semlayout-serve", "static_configs": [{"targets": [host]}]}],
-    }))  # fmt: skip
+    (workdir / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "semlayout-serve", "static_configs": [{"targets": [host]}]}
+                ],
+            }
+        )
+    )
     log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'prometheus.yml'}",
-         f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -223,12 +269,18 @@ def _traffic(url: str, ref: dict[str, Path], rounds: int) -> None:
             c.post("/v1/translate/sem2layout", files={"image": ("bad.png", b"not a png")})
             time.sleep(0.25)
         sem, layout = alignable_pair(3)
-        r = c.post("/v1/feedback", headers={"Authorization": "Bearer t-api"},
-                   files={"sem": ("s.png", png_bytes(sem)), "layout": ("l.png", png_bytes(layout))},
-                   data={"pattern_type": "random_routing"})  # fmt: skip
+        r = c.post(
+            "/v1/feedback",
+            headers={"Authorization": "Bearer t-api"},
+            files={"sem": ("s.png", png_bytes(sem)), "layout": ("l.png", png_bytes(layout))},
+            data={"pattern_type": "random_routing"},
+        )
         assert r.status_code in (200, 201), r.text
-        r = c.post(f"/v1/ground-truth/{pred_id}", headers={"Authorization": "Bearer t-api"},
-                   files={"image": ("t.png", png_bytes(layouts[0]))})  # fmt: skip
+        r = c.post(
+            f"/v1/ground-truth/{pred_id}",
+            headers={"Authorization": "Bearer t-api"},
+            files={"image": ("t.png", png_bytes(layouts[0]))},
+        )
         assert r.status_code == 200, r.text
         r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer t-admin"})
         assert r.status_code == 200, r.text
@@ -271,8 +323,10 @@ def _ranges(prom: str, dash: dict[str, Any]) -> dict[str, list[tuple[str, list[f
     for panel, expr in panel_queries(dash):
         if panel["type"] != "timeseries":
             continue
-        r = httpx.get(f"{prom}/api/v1/query_range",
-                      params={"query": expr, "start": end - 120, "end": end, "step": 2}).json()  # fmt: skip
+        r = httpx.get(
+            f"{prom}/api/v1/query_range",
+            params={"query": expr, "start": end - 120, "end": end, "step": 2},
+        ).json()
         for s in r["data"]["result"]:
             label = ",".join(f"{k}={v}" for k, v in sorted(s["metric"].items())) or expr[:40]
             vals = [float(v) for _, v in s["values"] if np.isfinite(float(v))]
@@ -288,8 +342,10 @@ def render_dashboard(dash: dict[str, Any], results: dict, series: dict) -> str:
     cells = []
     for p in dash["panels"]:
         g = p["gridPos"]
-        style = (f"left:{g['x'] * 100 / 24:.3f}%;top:{g['y'] * 30}px;"
-                 f"width:calc({g['w'] * 100 / 24:.3f}% - 8px);height:{g['h'] * 30 - 8}px")  # fmt: skip
+        style = (
+            f"left:{g['x'] * 100 / 24:.3f}%;top:{g['y'] * 30}px;"
+            f"width:calc({g['w'] * 100 / 24:.3f}% - 8px);height:{g['h'] * 30 - 8}px"
+        )
         if p["type"] == "row":
             cells.append(f'<div class="row" style="{style}">{html.escape(p["title"])}</div>')
             continue
@@ -302,22 +358,30 @@ def render_dashboard(dash: dict[str, Any], results: dict, series: dict) -> str:
             rows = [
                 f"{html.escape(','.join(f'{k}={v}' for k, v in s['metric'].items()) or 'value')}"
                 f": <b>{float(s['value'][1]):.4g}</b>"
-                for _, res in results.get(p["title"], []) for s in res
-            ]  # fmt: skip
+                for _, res in results.get(p["title"], [])
+                for s in res
+            ]
             body = "<br>".join(rows[:6])
-        cells.append(f'<div class="panel" style="{style}"><h3>{html.escape(p["title"])}</h3>'
-                     f'<span class="type">{p["type"]}</span>{body}</div>')  # fmt: skip
+        cells.append(
+            f'<div class="panel" style="{style}"><h3>{html.escape(p["title"])}</h3>'
+            f'<span class="type">{p["type"]}</span>{body}</div>'
+        )
     height = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in dash["panels"]) * 30
-    css = ("body{background:#111217;color:#ccc;font-family:sans-serif;margin:12px}"
-           ".grid{position:relative;height:%dpx}.panel,.row{position:absolute;box-sizing:border-box}"
-           ".panel{background:#181b1f;border:1px solid #2c3235;border-radius:3px;padding:6px;"
-           "overflow:hidden}.row{color:#fff;font-weight:bold;padding-top:6px}"
-           "h3{font-size:13px;margin:0 0 4px;color:#e6e6e6}.type{position:absolute;right:6px;"
-           "top:6px;font-size:10px;color:#777}.txt{font-size:12px}") % height  # fmt: skip
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(dash['title'])}"
-            f"</title><style>{css}</style></head><body><h2>{html.escape(dash['title'])} "
-            "<small>(drawn from the dashboard JSON and a real Prometheus; no Grafana here)</small>"
-            f"</h2><div class='grid'>{''.join(cells)}</div></body></html>")  # fmt: skip
+    css = (
+        "body{background:#111217;color:#ccc;font-family:sans-serif;margin:12px}"
+        f".grid{{position:relative;height:{height}px}}"
+        ".panel,.row{position:absolute;box-sizing:border-box}"
+        ".panel{background:#181b1f;border:1px solid #2c3235;border-radius:3px;padding:6px;"
+        "overflow:hidden}.row{color:#fff;font-weight:bold;padding-top:6px}"
+        "h3{font-size:13px;margin:0 0 4px;color:#e6e6e6}.type{position:absolute;right:6px;"
+        "top:6px;font-size:10px;color:#777}.txt{font-size:12px}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(dash['title'])}"
+        f"</title><style>{css}</style></head><body><h2>{html.escape(dash['title'])} "
+        "<small>(drawn from the dashboard JSON and a real Prometheus; no Grafana here)</small>"
+        f"</h2><div class='grid'>{''.join(cells)}</div></body></html>"
+    )
 
 
 def _sparklines(lines: list[tuple[str, list[float]]]) -> str:
@@ -330,8 +394,10 @@ def _sparklines(lines: list[tuple[str, list[float]]]) -> str:
     parts = ['<svg width="100%" height="70%" viewBox="0 0 300 100" preserveAspectRatio="none">']
     legend = []
     for i, (label, vs) in enumerate(lines[:6]):
-        pts = " ".join(f"{j * 300 / max(len(vs) - 1, 1):.1f},{100 - (v - lo) * 95 / (hi - lo):.1f}"
-                       for j, v in enumerate(vs))  # fmt: skip
+        pts = " ".join(
+            f"{j * 300 / max(len(vs) - 1, 1):.1f},{100 - (v - lo) * 95 / (hi - lo):.1f}"
+            for j, v in enumerate(vs)
+        )
         c = colours[i % len(colours)]
         parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>')
         legend.append(f'<span style="color:{c};font-size:10px">&#9632; {label[:40]}</span>')

@@ -39,12 +39,29 @@ def compile_cmd(
         help="component image (default: $SEMLAYOUT_IMAGE or ghcr.io/semlayout/semlayout:<version>)",
     ),
     gpus: int = typer.Option(
-        None, help="GPUs per train/fine-tune task (>1: torchrun inside the task)"
+        None,
+        envvar="SEMLAYOUT_GPUS",
+        help="GPUs per train/fine-tune task, default 1 (>1: torchrun inside the task; 0: CPU)",
     ),
-    accelerator: str = typer.Option(None, help="accelerator resource, e.g. nvidia.com/gpu"),
-    node_selector: str = typer.Option(None, help="GPU pool label KEY=VALUE ('' for none)"),
-    toleration_key: str = typer.Option(None, help="taint key the GPU pool carries ('' for none)"),
-    retries: int = typer.Option(None, help="retries per task"),
+    accelerator: str = typer.Option(
+        None,
+        envvar="SEMLAYOUT_GPU_ACCELERATOR",
+        help="accelerator resource, default nvidia.com/gpu",
+    ),
+    node_selector: str = typer.Option(
+        None,
+        envvar="SEMLAYOUT_GPU_NODE_SELECTOR",
+        help="GPU pool node label KEY=VALUE the train tasks are pinned to; default "
+        "cloud.google.com/gke-accelerator=nvidia-l4 (GKE's L4 pool); '' for none",
+    ),
+    toleration_key: str = typer.Option(
+        None,
+        envvar="SEMLAYOUT_GPU_TOLERATION_KEY",
+        help="taint key the GPU pool carries; default nvidia.com/gpu; '' for none",
+    ),
+    retries: int = typer.Option(
+        None, envvar="SEMLAYOUT_RETRIES", help="retries per task, default 2"
+    ),
 ) -> None:
     """Compile the pipelines to KFP IR YAML (GPU requests, node selector, tolerations, secrets)."""
     from semlayout_pipelines.cluster import ClusterSettings
@@ -58,8 +75,15 @@ def compile_cmd(
         toleration_key=toleration_key,
         retries=retries,
     )
-    for name, path in compile_pipelines(out, names, image=image or None, settings=settings).items():
+    written = compile_pipelines(out, names, image=image or None, settings=settings)
+    for name, path in written.items():
         print(f"{name}: {path}")
+    pool = settings.node_selector or "any node (no node selector)"
+    print(
+        f"cluster settings: image {image or settings.image}; train tasks: {settings.gpus} x "
+        f"{settings.accelerator} on {pool}, toleration {settings.toleration_key or 'none'}; "
+        f"{settings.retries} retries"
+    )
 
 
 @pipeline_app.command("submit")
@@ -75,18 +99,22 @@ def submit_cmd(
     image: str = typer.Option(
         "", help="component image (default: ghcr.io/semlayout/semlayout:<version>)"
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="check and compile, print what would be submitted; send nothing"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
 ) -> None:
     """Start one run on a Kubeflow Pipelines server."""
-    from semlayout_pipelines.client import submit
+    from semlayout_pipelines.client import plan, submit
 
-    run_id = submit(
-        kfp_host,
-        _check_pipeline(pipeline),
-        parse_assignments(param, "--param", "data_uri=s3://bucket/pairs"),
-        experiment=experiment,
-        image=image or None,
-    )
-    print(json.dumps({"run_id": run_id}))
+    name = _check_pipeline(pipeline)
+    arguments = parse_assignments(param, "--param", "data_uri=s3://bucket/pairs")
+    if dry_run:
+        _echo({**plan(kfp_host, name, arguments, image or None), "experiment": experiment},
+              as_json)  # fmt: skip
+        return
+    run_id = submit(kfp_host, name, arguments, experiment=experiment, image=image or None)
+    _echo({"run_id": run_id, "pipeline": name, "kfp_host": kfp_host}, as_json)
 
 
 @pipeline_app.command("schedule")
@@ -104,21 +132,44 @@ def schedule_cmd(
         "", help="component image (default: ghcr.io/semlayout/semlayout:<version>)"
     ),
     max_concurrency: int = typer.Option(1, help="most runs of this schedule at once"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="check and compile, print what would be scheduled; send nothing"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
 ) -> None:
     """Create a recurring run (cron) on a Kubeflow Pipelines server."""
-    from semlayout_pipelines.client import schedule, validate_cron
+    from semlayout_pipelines.client import plan, schedule, validate_cron
 
-    validate_cron(cron)  # before any network call
+    cron = validate_cron(cron)  # before any network call
+    name = _check_pipeline(pipeline)
+    arguments = parse_assignments(param, "--param", "data_uri=s3://bucket/pairs")
+    if dry_run:
+        _echo({**plan(kfp_host, name, arguments, image or None), "cron": cron,
+               "experiment": experiment}, as_json)  # fmt: skip
+        return
     job_id = schedule(
         kfp_host,
-        _check_pipeline(pipeline),
+        name,
         cron,
-        parse_assignments(param, "--param", "data_uri=s3://bucket/pairs"),
+        arguments,
         experiment=experiment,
         image=image or None,
         max_concurrency=max_concurrency,
     )
-    print(json.dumps({"recurring_run_id": job_id}))
+    _echo({"recurring_run_id": job_id, "pipeline": name, "cron": cron, "kfp_host": kfp_host},
+          as_json)  # fmt: skip
+
+
+def _echo(result: dict, as_json: bool) -> None:
+    """JSON with --json; otherwise one `key: value` line each."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if result.get("dry_run"):
+        print("dry run, nothing sent:")
+    for key, value in result.items():
+        if key != "dry_run":
+            print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
 
 
 @pipeline_app.command("run")

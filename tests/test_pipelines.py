@@ -53,7 +53,7 @@ def test_training_dag_order_and_artifacts(compiled: dict) -> None:
     assert deps["shard"] == {"align-qc"}
     assert deps["train"] == {"shard"}
     assert deps["evaluate"] == {"shard", "train"}
-    assert deps["track"] == {"evaluate", "ingest", "train"}
+    assert deps["track"] == {"evaluate", "ingest", "shard", "train"}
 
     # artifacts passed between steps, by name and producer
     def src(task: str, name: str) -> tuple[str, str]:

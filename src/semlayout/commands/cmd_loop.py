@@ -103,6 +103,9 @@ def run_cmd(
     ),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="decide and say whether a fine-tune would start; start nothing"
+    ),
 ) -> None:
     """Check the triggers and, when they fire, run the fine-tune pipeline once."""
     from semlayout.continual import find_launcher, load_loop_config, run
@@ -112,6 +115,9 @@ def run_cmd(
         overrides["kfp_host"] = kfp_host
     cfg = load_loop_config(config, overrides)
     launcher = find_launcher(cfg)
+    if dry_run:
+        _dry_run(cfg, force, as_json)
+        return
     if as_json:
         # kfp.local prints every task's log to stdout: keep stdout for the JSON document alone
         import contextlib
@@ -150,6 +156,28 @@ def run_cmd(
                 print(f"{key}: {outcome[key]}")
     if outcome["status"] == "failed":
         raise typer.Exit(1)
+
+
+def _dry_run(cfg: object, force: bool, as_json: bool) -> None:
+    """What `loop run` would do now: the decision, and whether (and where) it would launch."""
+    from semlayout.continual import check
+
+    decision, obs = check(cfg)  # type: ignore[arg-type]
+    fires = decision.fire or (force and not decision.held_by_cooldown)
+    where = getattr(cfg, "kfp_host", None) or "kfp.local on this machine"
+    out = {
+        "dry_run": True,
+        **decision.to_dict(),
+        "would_launch": fires,
+        "where": where,
+        "pending_pairs": obs.new_pairs_feedback + obs.new_pairs_intake,
+    }
+    if as_json:
+        print(json.dumps(out, indent=2, default=str))
+        return
+    print(decision.summary())
+    verdict = f"would start the fine-tune pipeline on {where}" if fires else "would start nothing"
+    print(f"dry run, nothing started: {verdict} ({out['pending_pairs']} reviewed pairs pending)")
 
 
 def _iso(value: str):

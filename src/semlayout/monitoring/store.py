@@ -410,20 +410,28 @@ class MonitorStore:
     def recent_drift_features(
         self, window: int, direction: str | None = None
     ) -> list[dict[str, Any]]:
-        """Per-image features of the last `window` translated images (oldest first)."""
-        sql = "SELECT direction, drifted, features FROM drift_events"
+        """Per-image features of the last `window` translated images (oldest first), with
+        when (`ts`) and by which model version (`model_version`) each was served."""
+        sql = (
+            "SELECT d.direction, d.drifted, d.features, d.ts, p.model_version FROM drift_events d"
+            " LEFT JOIN predictions p ON p.id = d.prediction_id"
+        )
         args: tuple[Any, ...] = ()
         if direction is not None:
-            sql += " WHERE direction = ?"
+            sql += " WHERE d.direction = ?"
             args = (direction,)
         rows = (
-            self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, int(window))).fetchall()
+            self._conn()
+            .execute(sql + " ORDER BY d.id DESC LIMIT ?", (*args, int(window)))
+            .fetchall()
         )
         return [
             {
+                **json.loads(r["features"]),
                 "direction": r["direction"],
                 "drifted": bool(r["drifted"]),
-                **json.loads(r["features"]),
+                "ts": r["ts"],
+                "model_version": r["model_version"],
             }
             for r in reversed(rows)
         ]

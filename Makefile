@@ -55,9 +55,11 @@ compile: install
 	$(BIN)/semlayout pipeline compile --out outputs/pipelines
 
 # the browser tests, saving their screenshots in docs/images (compare page, dashboard, report,
-# API docs)
+# API docs); the report pictured is outputs/latest/report.html when a `make run` made one
 screenshots: install
-	SEMLAYOUT_SCREENSHOT_DIR=$(CURDIR)/docs/images $(BIN)/python -m pytest -q -p no:cacheprovider \
+	SEMLAYOUT_SCREENSHOT_DIR=$(CURDIR)/docs/images \
+	SEMLAYOUT_SCREENSHOT_REPORT=$(wildcard $(CURDIR)/outputs/latest/report.html) \
+	$(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/test_compare.py tests/test_docs_offline.py tests/test_operator_kit.py
 
 # re-vendor /docs and /redoc assets from their npm packages (pinned in the script; needs npm)

@@ -164,3 +164,24 @@ def test_the_compare_page_in_a_browser_with_no_network(two_versions):
     assert n >= 5 and decoded == n
     assert "DIFFERENT data" in warning
     assert not [u for u in offsite_requests(urls) if not u.startswith("file://")]
+
+
+def test_the_report_in_a_browser_with_no_network(two_versions):
+    """The run's report.html (or, for the docs picture, the report of a real `make run` named
+    by $SEMLAYOUT_SCREENSHOT_REPORT): every image decodes, nothing is fetched from elsewhere."""
+    import os
+
+    report = Path(os.environ.get("SEMLAYOUT_SCREENSHOT_REPORT") or
+                  Path(two_versions["s2"]["run_dir"]) / "report.html")  # fmt: skip
+    with browser(1300, 1600) as driver:
+        driver.get(report.resolve().as_uri())
+        n = wait_for(driver, "document.images.length")
+        decoded = driver.execute_script(
+            "return [...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
+        )
+        text = driver.execute_script("return document.body.innerText")
+        urls = requested_urls(driver)
+        screenshot(driver, "report")
+    assert n >= 8 and decoded == n
+    assert "Promotion gate" in text and "ceiling" in text
+    assert not [u for u in offsite_requests(urls) if not u.startswith("file://")]

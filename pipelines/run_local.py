@@ -203,17 +203,7 @@ def run(args: RunOptions) -> int:
         **params,
     )
     if result.error:
-        failed = result.failed_task or "?"
-        log = run_dir / "logs" / f"{failed}.log"
-        if not args.verbose and log.is_file():
-            tail = log.read_text(errors="replace").rstrip().splitlines()[-20:]
-            print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
-        where = "above" if args.verbose else str(log)
-        print(
-            f"error: the pipeline failed at step '{failed}' (its log: {where}): {result.error}",
-            file=sys.stderr,
-        )
-        (run_dir / "FAILED").write_text(f"step {failed}: {result.error}\n")
+        _report_failure(result, run_dir, args.verbose)
         return 1
 
     from semlayout_components.common import read_json, write_json
@@ -232,6 +222,21 @@ def run(args: RunOptions) -> int:
     latest = point_latest(out, run_dir)
     _print_where(summary, latest, mlflow_uri, artifact_root)
     return 0
+
+
+def _report_failure(result: Any, run_dir: Path, verbose: bool) -> None:
+    """The failed step, the end of its log (the whole log is a path away) and RUN/FAILED."""
+    failed = result.failed_task or "?"
+    log = run_dir / "logs" / f"{failed}.log"
+    if not verbose and log.is_file():
+        tail = log.read_text(errors="replace").rstrip().splitlines()[-20:]
+        print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+    where = "above" if verbose else str(log)
+    print(
+        f"error: the pipeline failed at step '{failed}' (its log: {where}): {result.error}",
+        file=sys.stderr,
+    )
+    (run_dir / "FAILED").write_text(f"step {failed}: {result.error}\n")
 
 
 def _print_where(

@@ -247,7 +247,8 @@ def compare_versions(
     ckpts = [registry.fetch(ModelUri(name, version=str(i["version"]))) for i in infos]
     with tempfile.TemporaryDirectory(prefix="semlayout-compare-") as tmp:
         sets = evaluation_sets(infos, data, Path(tmp))
-        results, samples = [], []
+        results: list[dict[str, Any]] = []
+        samples: list[dict[str, Any]] = []
         per_set: dict[str, tuple[dict[str, Any], dict[str, Any], list[str]]] = {}
         for s in sets:
             if s.label == "union":

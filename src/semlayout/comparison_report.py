@@ -54,7 +54,10 @@ def _delta(row: Mapping[str, Any]) -> str:
 def _version_block(info: Mapping[str, Any], label: str) -> str:
     lin = info.get("lineage") or {}
     gate = info.get("gate") or {}
-    verdict = {True: '<span class="pass">passed</span>', False: '<span class="fail">failed</span>'}
+    verdict: dict[Any, str] = {
+        True: '<span class="pass">passed</span>',
+        False: '<span class="fail">failed</span>',
+    }
     reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in gate.get("reasons", []))
     aliases = ", ".join(info.get("aliases") or []) or "-"
     return (

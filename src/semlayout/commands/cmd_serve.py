@@ -7,6 +7,9 @@ from typing import Any
 
 import typer
 
+_HOST_HELP = "address to listen on (0.0.0.0: every interface)"
+_LOG_HELP = "uvicorn log level: critical, error, warning, info, debug"
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
@@ -16,9 +19,7 @@ def serve(
     model: str = typer.Option(
         None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"
     ),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"
-    ),
+    host: str = typer.Option("127.0.0.1", "--host", help=_HOST_HELP),
     port: int = typer.Option(8000, "--port", help="TCP port to listen on"),
     backend: str = typer.Option(
         None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
@@ -34,9 +35,7 @@ def serve(
     poll_interval: float = typer.Option(
         None, "--poll-interval", help="seconds between alias checks; 0 = off"
     ),
-    log_level: str = typer.Option(
-        "info", "--log-level", help="uvicorn log level: critical, error, warning, info, debug"
-    ),
+    log_level: str = typer.Option("info", "--log-level", help=_LOG_HELP),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
 

@@ -62,12 +62,12 @@ def envvar_for(path: tuple[str, ...], param: Any) -> tuple[str, ...]:
     """The variable(s) an option reads: its shared name, or SEMLAYOUT_<COMMAND>_<OPTION>."""
     if param.envvar:
         return (param.envvar,) if isinstance(param.envvar, str) else tuple(param.envvar)
-    name = long_name(param)
+    name = long_name(param) or ""
     if name in SHARED:
         return SHARED[name]
     if len(path) > 1 and (path[1], name) in GROUP_SHARED:
         return GROUP_SHARED[(path[1], name)]
-    parts = [*path[1:], name.lstrip("-") if name else param.name]
+    parts = [*path[1:], name.lstrip("-") or param.name]
     return ("_".join([ENV_PREFIX, *parts]).upper().replace("-", "_"),)
 
 

@@ -101,9 +101,7 @@ def drift_report(
         "dataset_drift": share >= drift_share,
         "per_column_pvalue": per_column,
         "detector_flagged_rate": flagged / len(rows),
-        "model_versions": _versions(rows),
-        "from": _iso(min(r["ts"] for r in rows if r.get("ts") is not None) if rows else None),
-        "to": _iso(max(r["ts"] for r in rows if r.get("ts") is not None) if rows else None),
+        **_served(rows),
         "out": str(out),
     }
 
@@ -120,14 +118,24 @@ def _versions(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({str(r["model_version"]) for r in rows if r.get("model_version")})
 
 
+def _served(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which model version(s) served the window, and from when to when."""
+    stamps = [r["ts"] for r in rows if r.get("ts") is not None]
+    return {
+        "model_versions": _versions(rows),
+        "from": _iso(min(stamps)) if stamps else None,
+        "to": _iso(max(stamps)) if stamps else None,
+    }
+
+
 def _header(direction: str, window: int, rows: list[dict[str, Any]]) -> str:
     """What the report is about, on top of Evidently's page: the direction, the model
     version(s) that served the window, and the time window."""
     import html
 
-    stamps = [r["ts"] for r in rows if r.get("ts") is not None]
-    when = f"{_iso(min(stamps))} to {_iso(max(stamps))}" if stamps else "unknown times"
-    versions = ", ".join(_versions(rows)) or "unknown"
+    served = _served(rows)
+    when = f"{served['from']} to {served['to']}" if served["from"] else "unknown times"
+    versions = ", ".join(served["model_versions"]) or "unknown"
     text = (
         f"semlayout drift report: {direction}, model version {versions}; the last {len(rows)} "
         f"images (window {window}) served from {when}, against the training reference"

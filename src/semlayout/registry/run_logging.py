@@ -227,5 +227,7 @@ def log_datasets(datasets: list[dict[str, Any]]) -> None:
 
     for d in datasets:
         source = resolve_dataset_source(d["source"])
-        dataset = MetaDataset(source, name=d["name"], digest=(d.get("digest") or "")[:36] or None)
+        digest = (d.get("digest") or "")[:36] or None
+        # MetaDataset: a data set MLflow records by source and digest without loading it
+        dataset = MetaDataset(source, name=d["name"], digest=digest)  # type: ignore[abstract]
         mlflow.log_input(dataset, context=d.get("context", "training"))

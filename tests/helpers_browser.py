@@ -14,13 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_debian import ensure_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 # screenshots go to docs/images only when asked (`make screenshots`), so a test run leaves the
@@ -29,23 +28,9 @@ IMAGES_ENV = "SEMLAYOUT_SCREENSHOT_DIR"
 LOCAL_PREFIXES = ("http://127.0.0.1", "data:", "blob:", "about:", "chrome-error:", "file://")
 
 
-def ensure_chromium() -> tuple[str, str]:
+def ensure_chromium() -> tuple[str, ...]:
     """(chromium, chromedriver) paths, installing Debian's packages when they are missing."""
-    found = shutil.which("chromium"), shutil.which("chromedriver")
-    if all(found):
-        return found  # type: ignore[return-value]
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("chromium / chromium-driver missing and no root to apt-get install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-    r = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium",
-         "chromium-driver"],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    found = shutil.which("chromium"), shutil.which("chromedriver")
-    assert all(found), f"apt-get install chromium chromium-driver failed: {r.stderr[-2000:]}"
-    return found  # type: ignore[return-value]
+    return ensure_binaries(("chromium", "chromedriver"), ("chromium", "chromium-driver"))
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from helpers_debian import ensure_binaries
 from helpers_serving import (
     alignable_pair,
     aligned_arrays,
@@ -37,24 +37,14 @@ DASHBOARD = KIT / "grafana-dashboard.json"
 GRAFANA_VARS = {"$__rate_interval": "30s", "$__interval": "15s", "$__range": "5m"}
 
 
-def ensure_prometheus() -> tuple[str, str]:
-    """(promtool, prometheus), apt-installing Debian's `prometheus` package when missing."""
-    found = shutil.which("promtool"), shutil.which("prometheus")
-    if all(found):
-        return found  # type: ignore[return-value]
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("promtool / prometheus missing and no root to apt-get install prometheus")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-        env=env,
-        capture_output=True,
-        timeout=1200,
-    )
-    found = shutil.which("promtool"), shutil.which("prometheus")
-    assert all(found), "apt-get install prometheus did not bring promtool and prometheus"
-    return found  # type: ignore[return-value]
+def ensure_prometheus() -> tuple[str, ...]:
+    """(promtool, prometheus), from Debian's `prometheus` package (installed when missing)."""
+    return ensure_binaries(("promtool", "prometheus"), ("prometheus",))
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([ensure_prometheus()[0], *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
 
 
 def rendered() -> list[dict[str, Any]]:
@@ -113,24 +103,11 @@ def test_the_kit_renders_and_points_at_the_serving_service() -> None:
 
 
 def test_promtool_checks_the_rules_and_their_unit_tests_pass(tmp_path: Path) -> None:
-    promtool, _ = ensure_prometheus()
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups()}))
     shutil.copy(KIT / "rules-test.yaml", tmp_path / "rules-test.yaml")
-    check = subprocess.run(
-        [promtool, "check", "rules", "rules.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    check = promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run(
-        [promtool, "test", "rules", "rules-test.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    unit = promtool("test", "rules", "rules-test.yaml", cwd=tmp_path)
     assert unit.returncode == 0, unit.stdout + unit.stderr
     alerts = {r["alert"] for g in rule_groups() for r in g["rules"] if "alert" in r}
     assert {
@@ -152,7 +129,6 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass(tmp_path: Path) -> 
 
 # ---------------------------------------------------------------- the dashboard JSON
 def test_the_dashboard_json_is_well_formed(tmp_path: Path) -> None:
-    promtool, _ = ensure_prometheus()
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] and dash["title"] and isinstance(dash["schemaVersion"], int)
     ids = [p["id"] for p in dash["panels"]]
@@ -175,12 +151,7 @@ def test_the_dashboard_json_is_well_formed(tmp_path: Path) -> None:
     # every query is valid PromQL: promtool checks them as recording rules
     rules = [{"record": f"panel:q{i}", "expr": e} for i, (_, e) in enumerate(panel_queries(dash))]
     (tmp_path / "q.yaml").write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": rules}]}))
-    r = subprocess.run(
-        [promtool, "check", "rules", str(tmp_path / "q.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = promtool("check", "rules", "q.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -153,3 +153,24 @@ def test_submit_dry_run_checks_and_sends_nothing() -> None:
 def test_group_help_has_no_bool_values(shell_words: list[str]) -> None:
     out = run(*shell_words, "--help")
     assert out.returncode == 0 and "<bool>" not in out.stdout
+
+
+def test_serving_the_champion_before_any_approval_names_the_next_command(tmp_path: Path) -> None:
+    from helpers_serving import make_checkpoint
+
+    from semlayout.gate import GateConfig, judge
+    from semlayout.registry import Registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = Registry(uri, create=True)
+    metrics = {"sem2layout": {"ssim": 0.9}, "layout2sem": {"ssim": 0.4}}
+    run_id = registry.log_run("exp", make_checkpoint(tmp_path / "ckpt"), metrics)
+    gate = judge(metrics, None, GateConfig(floors={"sem2layout": 0.5, "layout2sem": 0.2}))
+    assert registry.register("semlayout", run_id, gate) == 1
+    env = {"MLFLOW_TRACKING_URI": uri, "SEMLAYOUT_CACHE_DIR": str(tmp_path / "c")}
+    out = run("serve", "--model", "models:/semlayout@champion", "--db", str(tmp_path / "m.db"),
+              env=env)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no champion yet (the challenger is v1)" in lines[0]
+    assert "semlayout registry approve semlayout 1 --by YOU --reason" in lines[0]

@@ -214,3 +214,10 @@ def _check_semlayout(command, words: list[str]) -> None:  # type: ignore[no-unty
     for w in words:
         if w.startswith("--"):
             assert w.split("=")[0] in known, f"semlayout {' '.join(path)}: no option {w}"
+
+
+def test_every_link_in_the_readme_is_in_the_repository() -> None:
+    links = re.findall(r"\]\(([^)#]+)\)", README.read_text())
+    assert links
+    for link in links:
+        assert "://" in link or (REPO / link).exists(), f"README links to a missing {link}"

@@ -1,17 +1,19 @@
 """Step 7 (only when the gate passed): register the run's model as a new version, alias
-`challenger`, and attach the comparison with the champion (both scored on the same pairs,
-`semlayout registry compare`) to it, so the release manager decides from one page.
+`challenger`, with the drift reference of the shards it was trained on (the server loads it
+with the weights), and attach the comparison with the champion (both scored on the same
+pairs, `semlayout registry compare`) to it, so the release manager decides from one page.
 
 Promotion to `champion` is the release manager's decision (`semlayout registry approve`).
 """
 
 from typing import NamedTuple
 
-from kfp.dsl import Artifact, Input
+from kfp.dsl import Artifact, Dataset, Input
 
 
 def register(
     evaluation: Input[Artifact],
+    shards: Input[Dataset],
     run_id: str,
     lineage: str,
     mlflow_uri: str,
@@ -33,7 +35,9 @@ def register(
     ev = read_json(evaluation.path)
     gate = GateResult.model_validate(ev["gate"])
     registry = Registry(mlflow_uri)
-    version = registry.register(model_name, run_id, gate, json.loads(lineage))
+    version = registry.register(
+        model_name, run_id, gate, json.loads(lineage), drift_reference=shards.path
+    )
     uri = str(ModelUri(model_name, version=str(version)))
     print(f"registered {uri} (alias challenger: {gate.passed})")
     champion = registry.champion_version(model_name)

@@ -147,6 +147,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
                 on_cpu_pool(
                     c.register(
                         evaluation=t_eval.outputs["evaluation"],
+                        shards=t_mix.outputs["mixed"],
                         run_id=t_track.outputs["run_id"],
                         lineage=t_track.outputs["lineage"],
                         mlflow_uri=mlflow_uri,

@@ -125,6 +125,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
                 on_cpu_pool(
                     c.register(
                         evaluation=t_eval.outputs["evaluation"],
+                        shards=t_shard.outputs["shards"],
                         run_id=t_track.outputs["run_id"],
                         lineage=t_track.outputs["lineage"],
                         mlflow_uri=mlflow_uri,

@@ -17,8 +17,11 @@ loop_app = typer.Typer(
 )
 
 _CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
-_DB_HELP = "monitoring database written by `semlayout serve` (overrides the config)"
-_FEEDBACK_HELP = "reviewed pairs posted to /v1/feedback (overrides the config)"
+_DB_HELP = (
+    "the server's monitoring store: a SQLite path or a postgresql:// URL "
+    "(env SEMLAYOUT_MONITOR_DB; config key monitor_db)"
+)
+_FEEDBACK_HELP = "the server's --feedback-uri: a folder or s3://BUCKET/PREFIX"
 _INTAKE_HELP = "intake batches: s3://BUCKET/PREFIX or a folder (overrides the config)"
 _TRACKING_HELP = "MLflow tracking URI (overrides the config)"
 _MODEL_NAME_HELP = "registered model the loop fine-tunes (overrides the config)"
@@ -26,7 +29,7 @@ _MODEL_NAME_HELP = "registered model the loop fine-tunes (overrides the config)"
 
 def _options(
     monitor_db: str | None,
-    feedback_dir: str | None,
+    feedback_uri: str | None,
     intake_uri: str | None,
     tracking_uri: str | None,
     model_name: str | None,
@@ -37,7 +40,7 @@ def _options(
     overrides = parse_assignments(sets, "--set", "policy.min_new_pairs=20")
     for key, value in (
         ("monitor_db", monitor_db),
-        ("feedback_dir", feedback_dir),
+        ("feedback_uri", feedback_uri),
         ("intake_uri", intake_uri),
         ("tracking_uri", tracking_uri),
         ("model_name", model_name),
@@ -50,8 +53,8 @@ def _options(
 @loop_app.command("check")
 def check_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
-    monitor_db: str = typer.Option(None, "--monitor-db", help=_DB_HELP),
-    feedback_dir: str = typer.Option(None, "--feedback-dir", help=_FEEDBACK_HELP),
+    monitor_db: str = typer.Option(None, "--db", envvar="SEMLAYOUT_MONITOR_DB", help=_DB_HELP),
+    feedback_uri: str = typer.Option(None, "--feedback-uri", "--feedback-dir", help=_FEEDBACK_HELP),
     intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
     model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
@@ -62,7 +65,7 @@ def check_cmd(
     from semlayout.continual import check, load_loop_config
 
     cfg = load_loop_config(
-        config, _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
+        config, _options(monitor_db, feedback_uri, intake_uri, tracking_uri, model_name, set_)
     )
     decision, obs = check(cfg)
     if as_json:
@@ -90,8 +93,8 @@ def check_cmd(
 @loop_app.command("run")
 def run_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
-    monitor_db: str = typer.Option(None, "--monitor-db", help=_DB_HELP),
-    feedback_dir: str = typer.Option(None, "--feedback-dir", help=_FEEDBACK_HELP),
+    monitor_db: str = typer.Option(None, "--db", envvar="SEMLAYOUT_MONITOR_DB", help=_DB_HELP),
+    feedback_uri: str = typer.Option(None, "--feedback-uri", "--feedback-dir", help=_FEEDBACK_HELP),
     intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
     model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
@@ -110,7 +113,7 @@ def run_cmd(
     """Check the triggers and, when they fire, run the fine-tune pipeline once."""
     from semlayout.continual import find_launcher, load_loop_config, run
 
-    overrides = _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
+    overrides = _options(monitor_db, feedback_uri, intake_uri, tracking_uri, model_name, set_)
     if kfp_host is not None:
         overrides["kfp_host"] = kfp_host
     cfg = load_loop_config(config, overrides)

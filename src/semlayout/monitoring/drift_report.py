@@ -62,7 +62,8 @@ def drift_report(
         store.close()
     if len(rows) < 2:
         raise SemlayoutError(
-            f"{db}: {len(rows)} {direction} request(s) recorded; a drift report needs at least 2"
+            f"{store.describe()}: {len(rows)} {direction} request(s) recorded; "
+            "a drift report needs at least 2"
         )
     cur_df = pd.DataFrame([{f: r.get(f) for f in names} for r in rows]).astype(float)
     flagged = sum(1 for r in rows if r["drifted"])

@@ -31,6 +31,7 @@ from semlayout.registry.audit_tags import (
     version_description,
 )
 from semlayout.registry.lookups import RegistryReader
+from semlayout.registry.model_cache import DRIFT_ARTIFACTS, DRIFT_TAG
 from semlayout.registry.run_logging import (
     TAG_CONFIG_HASH,
     TAG_MODEL_URI,
@@ -136,8 +137,15 @@ class Registry(RegistryReader):
         gate: GateResult,
         lineage: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        drift_reference: PathLike | None = None,
     ) -> int:
         """Register the run's pyfunc model as a new version of `name`; returns its number.
+
+        `drift_reference` (the training shards' `reference_stats.json`, or the shard folder)
+        travels with the version: it is logged to the run as `drift/` with the thresholds
+        calibrated now (`semlayout.monitoring.drift.write_drift_bundle`) BEFORE the version
+        exists, and the version's tag `drift_reference` names it; the server loads it with the
+        weights and swaps both together.
 
         Tags set at creation: `lineage.<key>` for every `lineage` item (data URI and content
         hash, pipeline run id, ...; `config_hash` and `git_commit` are filled in when absent),
@@ -158,6 +166,8 @@ class Registry(RegistryReader):
             with contextlib.suppress(Exception):
                 metrics = self.run_metrics(run_id)
         tags = self._registration_tags(run, gate, lineage, metrics)
+        if drift_reference is not None:
+            tags[DRIFT_TAG] = self._log_drift_reference(run_id, drift_reference)
         self._ensure_model(name)
         with mlflow_errors(f"registering run {run_id} as '{name}'"), self.scoped():
             mv = self.client.create_model_version(
@@ -193,6 +203,17 @@ class Registry(RegistryReader):
                 },
             )
         return int(version)
+
+    def _log_drift_reference(self, run_id: str, reference: PathLike) -> str:
+        import tempfile
+
+        from semlayout.monitoring.drift import write_drift_bundle
+
+        with tempfile.TemporaryDirectory(prefix="semlayout-drift-") as tmp:
+            bundle = write_drift_bundle(reference, Path(tmp) / DRIFT_ARTIFACTS)
+            with mlflow_errors(f"logging the drift reference of run {run_id}"), self.scoped():
+                self.client.log_artifacts(run_id, str(bundle), artifact_path=DRIFT_ARTIFACTS)
+        return DRIFT_ARTIFACTS
 
     @staticmethod
     def _registration_tags(

@@ -18,8 +18,8 @@ loop_app = typer.Typer(
 
 _CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
 _DB_HELP = (
-    "the server's monitoring store: a SQLite path or a postgresql:// URL "
-    "(env SEMLAYOUT_MONITOR_DB; config key monitor_db)"
+    "the server's monitoring store: a SQLite path or a postgresql:// URL (overrides the "
+    "config's monitor_db)"
 )
 _FEEDBACK_HELP = "the server's --feedback-uri: a folder or s3://BUCKET/PREFIX"
 _INTAKE_HELP = "intake batches: s3://BUCKET/PREFIX or a folder (overrides the config)"

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 ENV_PREFIX = "SEMLAYOUT"
+_HAND_ENV = re.compile(r"\s*[(;,]?\s*\(?env(?:ironment)?(?: variable)? \$?SEMLAYOUT_[A-Z_]+\)?")
 
 # option -> the environment variable(s) it reads, the same in every command that takes it
 SHARED: dict[str, tuple[str, ...]] = {
@@ -84,6 +86,8 @@ def apply(command: Any) -> Any:
                 continue
             param.envvar = list(envvar_for(path, param))
             param.show_envvar = True
+            if param.help:  # "(env X)" written by hand repeats what --help now shows
+                param.help = _HAND_ENV.sub("", param.help)
     return command
 
 

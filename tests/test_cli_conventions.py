@@ -57,7 +57,7 @@ def test_a_shared_setting_has_one_name_and_one_variable_everywhere() -> None:
     assert {"--db", "--tracking-uri", "--model"} <= set(by_name)
     # the spellings that were retired for the shared names
     all_names = {n for _, p in _options() for n in p.opts}
-    assert not {"--mlflow-uri", "--host-kfp"} & all_names
+    assert not {"--mlflow-uri", "--monitor-db"} & all_names
     pipeline_hosts = {
         n for path, p in _options() if path[1:2] == ("pipeline",) for n in p.opts if "host" in n
     }

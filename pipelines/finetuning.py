@@ -129,6 +129,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
             on_cpu_pool(
                 c.track(
                     pairs=t_new.outputs["pairs"],
+                    shards=t_orig_sh.outputs["shards"],
                     model=t_ft.outputs["model"],
                     evaluation=t_eval.outputs["evaluation"],
                     report=t_eval.outputs["report"],

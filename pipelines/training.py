@@ -118,6 +118,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
             on_cpu_pool(
                 c.track(
                     pairs=t_ingest.outputs["pairs"],
+                    shards=t_shard.outputs["shards"],
                     model=t_train.outputs["model"],
                     evaluation=t_eval.outputs["evaluation"],
                     report=t_eval.outputs["report"],

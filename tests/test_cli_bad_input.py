@@ -98,6 +98,7 @@ def test_outputs_that_would_destroy_an_input_are_refused(tmp_path, ckpt, sem_dir
     assert tree(model) == before
 
     store = tmp_path / "store"
+    store.mkdir()  # a destination without a scheme must be an existing folder
     up = run("intake", "upload", tiny_pairs, "--to", store, "--skip-invalid", "--quiet")
     assert up.returncode == 0, up.stderr
     kept = tree(store)

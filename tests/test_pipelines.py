@@ -53,7 +53,7 @@ def test_training_dag_order_and_artifacts(compiled: dict) -> None:
     assert deps["shard"] == {"align-qc"}
     assert deps["train"] == {"shard"}
     assert deps["evaluate"] == {"shard", "train"}
-    assert deps["track"] == {"evaluate", "ingest", "train"}
+    assert deps["track"] == {"evaluate", "ingest", "shard", "train"}
 
     # artifacts passed between steps, by name and producer
     def src(task: str, name: str) -> tuple[str, str]:
@@ -246,7 +246,7 @@ def test_cli_schedule_rejects_bad_cron_before_network() -> None:
             "semlayout.cli",
             "pipeline",
             "schedule",
-            "--host",
+            "--kfp-host",
             "http://127.0.0.1:9",
             "--cron",
             "0 2 * * *",
@@ -537,7 +537,7 @@ def test_cli_submit_errors_are_one_line(extra: list[str], needle: str) -> None:
             "semlayout.cli",
             "pipeline",
             "submit",
-            "--host",
+            "--kfp-host",
             f"http://127.0.0.1:{port}",
             *extra,
         ],

@@ -333,6 +333,10 @@ def test_serve_and_monitor_commands(data, ckpt, tmp_path):
     text = html.read_text()
     assert text.lstrip().lower().startswith("<!doctype html>")
     assert "laplacian_var" in text and "edge_density" in text  # the per-image feature columns
+    # it says which model served the window, and when
+    assert res["model_versions"] and res["from"] <= res["to"]
+    header = text.split('id="semlayout-header"', 1)[1].split("</div>", 1)[0]
+    assert f"model version {res['model_versions'][0]}" in header and res["from"] in header
     bad = subprocess.run(
         [
             sys.executable,

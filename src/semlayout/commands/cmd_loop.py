@@ -18,10 +18,13 @@ loop_app = typer.Typer(
 
 _CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
 _DB_HELP = (
-    "the server's monitoring store: a SQLite path or a postgresql:// URL "
-    "(env SEMLAYOUT_MONITOR_DB; config key monitor_db)"
+    "the server's monitoring store: a SQLite path or a postgresql:// URL (overrides the "
+    "config's monitor_db)"
 )
 _FEEDBACK_HELP = "the server's --feedback-uri: a folder or s3://BUCKET/PREFIX"
+_INTAKE_HELP = "intake batches: s3://BUCKET/PREFIX or a folder (overrides the config)"
+_TRACKING_HELP = "MLflow tracking URI (overrides the config)"
+_MODEL_NAME_HELP = "registered model the loop fine-tunes (overrides the config)"
 
 
 def _options(
@@ -52,9 +55,9 @@ def check_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
     monitor_db: str = typer.Option(None, "--db", envvar="SEMLAYOUT_MONITOR_DB", help=_DB_HELP),
     feedback_uri: str = typer.Option(None, "--feedback-uri", "--feedback-dir", help=_FEEDBACK_HELP),
-    intake_uri: str = typer.Option(None, "--intake-uri"),
-    tracking_uri: str = typer.Option(None, "--tracking-uri"),
-    model_name: str = typer.Option(None, "--model-name"),
+    intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
+    model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -92,9 +95,9 @@ def run_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
     monitor_db: str = typer.Option(None, "--db", envvar="SEMLAYOUT_MONITOR_DB", help=_DB_HELP),
     feedback_uri: str = typer.Option(None, "--feedback-uri", "--feedback-dir", help=_FEEDBACK_HELP),
-    intake_uri: str = typer.Option(None, "--intake-uri"),
-    tracking_uri: str = typer.Option(None, "--tracking-uri"),
-    model_name: str = typer.Option(None, "--model-name"),
+    intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
+    model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
     kfp_host: str = typer.Option(
         None, "--kfp-host", help="submit to this KFP host instead of kfp.local"
     ),
@@ -102,7 +105,10 @@ def run_cmd(
         False, "--force", help="run even if no trigger fires (cooldown still holds)"
     ),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="decide and say whether a fine-tune would start; start nothing"
+    ),
 ) -> None:
     """Check the triggers and, when they fire, run the fine-tune pipeline once."""
     from semlayout.continual import find_launcher, load_loop_config, run
@@ -112,6 +118,9 @@ def run_cmd(
         overrides["kfp_host"] = kfp_host
     cfg = load_loop_config(config, overrides)
     launcher = find_launcher(cfg)
+    if dry_run:
+        _dry_run(cfg, force, as_json)
+        return
     if as_json:
         # kfp.local prints every task's log to stdout: keep stdout for the JSON document alone
         import contextlib
@@ -150,6 +159,28 @@ def run_cmd(
                 print(f"{key}: {outcome[key]}")
     if outcome["status"] == "failed":
         raise typer.Exit(1)
+
+
+def _dry_run(cfg: object, force: bool, as_json: bool) -> None:
+    """What `loop run` would do now: the decision, and whether (and where) it would launch."""
+    from semlayout.continual import check
+
+    decision, obs = check(cfg)  # type: ignore[arg-type]
+    fires = decision.fire or (force and not decision.held_by_cooldown)
+    where = getattr(cfg, "kfp_host", None) or "kfp.local on this machine"
+    out = {
+        "dry_run": True,
+        **decision.to_dict(),
+        "would_launch": fires,
+        "where": where,
+        "pending_pairs": obs.new_pairs_feedback + obs.new_pairs_intake,
+    }
+    if as_json:
+        print(json.dumps(out, indent=2, default=str))
+        return
+    print(decision.summary())
+    verdict = f"would start the fine-tune pipeline on {where}" if fires else "would start nothing"
+    print(f"dry run, nothing started: {verdict} ({out['pending_pairs']} reviewed pairs pending)")
 
 
 def _iso(value: str):

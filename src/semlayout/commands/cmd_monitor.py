@@ -34,7 +34,7 @@ def drift_report(
     window: int = typer.Option(
         500, "--window", min=2, help="most recent requests of the direction"
     ),
-    out: Path = typer.Option(Path("drift.html"), "--out"),
+    out: Path = typer.Option(Path("drift.html"), "--out", help="the HTML report to write"),
     direction: str = typer.Option("sem2layout", "--direction", help="sem2layout | layout2sem"),
     drift_share: float = typer.Option(
         0.3,
@@ -56,7 +56,7 @@ def drift_report(
 @monitor_app.command("summary")
 def summary(
     db: str = _db_option(),
-    window: int = typer.Option(500, "--window", min=1),
+    window: int = typer.Option(500, "--window", min=1, help="most recent requests summarised"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Inference health, drift rate, rolling SSIM and feedback count."""

@@ -7,6 +7,9 @@ from typing import Any
 
 import typer
 
+_HOST_HELP = "address to listen on (0.0.0.0: every interface)"
+_LOG_HELP = "uvicorn log level: critical, error, warning, info, debug"
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
@@ -16,8 +19,8 @@ def serve(
     model: str = typer.Option(
         None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"
     ),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help=_HOST_HELP),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on"),
     backend: str = typer.Option(
         None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
     ),
@@ -49,9 +52,9 @@ def serve(
         None,
         "--layer-polarity",
         help="the served layer's contrast polarity, bright or dark: auto's prior and what the "
-        "drift monitor expects (env SEMLAYOUT_LAYER_POLARITY)",
+        "drift monitor expects",
     ),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option("info", "--log-level", help=_LOG_HELP),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
 

@@ -397,15 +397,24 @@ class MonitorStore:
     def recent_drift_features(
         self, window: int, direction: str | None = None
     ) -> list[dict[str, Any]]:
-        """Per-image features of the last `window` translated images (oldest first)."""
-        d = t.drift_events
-        query = sa.select(d.c.direction, d.c.drifted, d.c.features)
+        """Per-image features of the last `window` translated images (oldest first), with
+        when (`ts`) and by which model version (`model_version`) each was served."""
+        d, p = t.drift_events, t.predictions
+        query = sa.select(
+            d.c.direction, d.c.drifted, d.c.features, d.c.ts, p.c.model_version
+        ).select_from(d.outerjoin(p, p.c.id == d.c.prediction_id))
         if direction is not None:
             query = query.where(d.c.direction == direction)
         with self.reading() as conn:
             rows = conn.execute(query.order_by(d.c.id.desc()).limit(int(window))).all()
         return [
-            {"direction": r.direction, "drifted": bool(r.drifted), **json.loads(r.features)}
+            {
+                **json.loads(r.features),
+                "direction": r.direction,
+                "drifted": bool(r.drifted),
+                "ts": r.ts,
+                "model_version": r.model_version,
+            }
             for r in reversed(rows)
         ]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from semlayout.errors import SemlayoutError
 from semlayout.model_uri import ModelUri
 from semlayout.registry.audit_tags import to_json
-from semlayout.registry.tracking import mlflow_errors, use_tracking_uri
+from semlayout.registry.tracking import mlflow_errors, no_progress_bars, use_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -84,9 +84,7 @@ def download_checkpoint(tracking_uri: str, name: str, mv: ModelVersion) -> Path:
 def _download_into(tmp: Path, tracking_uri: str, name: str, mv: ModelVersion) -> None:
     import mlflow
 
-    prev = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
+    with no_progress_bars():
         with (
             mlflow_errors(f"artifacts of model '{name}' version {mv.version}"),
             use_tracking_uri(tracking_uri),
@@ -109,11 +107,6 @@ def _download_into(tmp: Path, tracking_uri: str, name: str, mv: ModelVersion) ->
                     tracking_uri=tracking_uri,
                 )
             (tmp / "drift-download" / drift).rename(tmp / DRIFT_ARTIFACTS)
-    finally:
-        if prev is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = prev
     src = tmp / "model" / "artifacts" / "checkpoint"
     if not (src / "config.json").is_file():
         raise SemlayoutError(

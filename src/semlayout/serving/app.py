@@ -1,7 +1,8 @@
 """The HTTP API: `create_app(settings, engine=None)` builds a FastAPI app around one
 InferenceEngine.
 
-Endpoints (OpenAPI at /docs and /openapi.json), one router per area in `serving.routes`:
+Endpoints (OpenAPI at /openapi.json; /docs and /redoc from packaged assets, offline), one
+router per area in `serving.routes`:
 - `POST /v1/translate/{direction}` -> image/png (headers X-Prediction-Id, X-Model-Version,
   X-Drift-Score — the latter only when the server has a drift reference);
   `/json` -> TranslateResponse; `/batch` -> list[TranslateResponse].
@@ -46,6 +47,7 @@ from semlayout.serving.prometheus import ServingMetrics
 from semlayout.serving.routes import (
     admin_routes,
     align_routes,
+    docs_routes,
     feedback_routes,
     health_routes,
     monitoring_routes,
@@ -71,6 +73,8 @@ def create_app(
         description="SEM <-> layout translation with drift, health and quality monitoring.",
         lifespan=lifespan(engine),
         responses=SERVER_ERROR,
+        docs_url=None,  # /docs and /redoc come from docs_routes: packaged assets, no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -85,6 +89,7 @@ def create_app(
         feedback_routes,
         monitoring_routes,
         admin_routes,
+        docs_routes,
     ):
         app.include_router(module.router)
     install_openapi(app)

@@ -23,7 +23,10 @@ stream's recent images read, `semlayout.monitoring.drift`): each stream starts o
 server, so its first images are judged on a short window.
 
 Must-show lines (issue 16) are printed at the end, against today's normal-contrast numbers
-(`TODAY`: the model `make run` trained before polarity conditioning).
+(`TODAY`: the model `make run` trained before polarity conditioning). With
+`SEMLAYOUT_BENCH_TODAY` (that model's checkpoint: a `make run` of main before issue 16) it is
+also scored on the same pairs (column `today`: one polarity, bright, whatever the image), so
+the normal-contrast comparison is on identical images, measured in the same run.
 
 The model: `SEMLAYOUT_BENCH_MODEL` (checkpoint folder or models:/ URI), else the checkpoint of
 the last `make run` (outputs/latest/summary.json). Without either, nothing is measured.
@@ -41,7 +44,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TODAY = {"test split": 0.875, "independent": 0.798}  # normal-contrast IoU before issue 16
-COLS = ("given", "auto", "auto_ok", "otsu")
+COLS = ("given", "auto", "auto_ok", "otsu", "today")
+_TODAY: dict[str, Any] = {"tr": None}  # today's model (SEMLAYOUT_BENCH_TODAY), when given
 
 
 def _latest() -> dict[str, Any]:
@@ -61,7 +65,8 @@ def _score(
     tr: Any, sems: list[np.ndarray], layouts: list[np.ndarray], pol: np.ndarray
 ) -> np.ndarray:
     """Per image: IoU given the true polarity (NaN where the model refuses it), IoU with auto,
-    auto chose the true polarity (0/1), Otsu IoU with the true polarity."""
+    auto chose the true polarity (0/1), Otsu IoU with the true polarity, IoU of today's model
+    (NaN without one)."""
     from semlayout import metrics as M
     from semlayout.evaluation import otsu_layout_baseline
     from semlayout.polarity import POLARITIES
@@ -73,6 +78,10 @@ def _score(
             out = tr.translate("sem2layout", [sems[i] for i in idx], binarize=True, polarity=p)
             given[idx] = [M.iou(o, layouts[i]) for o, i in zip(out, idx, strict=True)]
     auto = tr.translate_detailed("sem2layout", sems, binarize=True, polarity="auto")
+    today = np.full(len(sems), np.nan)
+    if _TODAY["tr"] is not None:
+        old = _TODAY["tr"].translate("sem2layout", sems, binarize=True)
+        today[:] = [M.iou(o, lay) for o, lay in zip(old, layouts, strict=True)]
     return np.array(
         [
             (
@@ -82,6 +91,7 @@ def _score(
                 M.iou(
                     otsu_layout_baseline(sems[i], "bright" if pol[i] > 0 else "dark"), layouts[i]
                 ),
+                today[i],
             )
             for i, a in enumerate(auto)
         ]
@@ -90,7 +100,7 @@ def _score(
 
 def _rows(title: str, groups: dict[str, np.ndarray]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    head = f"{'given':>7} {'auto':>7} {'auto-gvn':>8} {'auto ok':>7} {'Otsu':>6}"
+    head = f"{'given':>7} {'auto':>7} {'auto-gvn':>8} {'auto ok':>7} {'Otsu':>6} {'today':>6}"
     print(f"{title:<26} {'n':>4} {head}")
     for name, v in groups.items():
         if not len(v):
@@ -106,9 +116,10 @@ def _rows(title: str, groups: dict[str, np.ndarray]) -> dict[str, Any]:
         g, a = means["given"], means["auto"]
         gap = "" if g is None or a is None else f"{a - g:+8.3f}"
         gs = "refused" if g is None else f"{g:7.3f}"
+        td = "" if means["today"] is None else f"{means['today']:6.3f}"
         print(
             f"  {name:<24} {len(v):>4} {gs:>7} {a:7.3f} {gap:>8} {means['auto_ok']:7.1%} "
-            f"{means['otsu']:6.3f}"
+            f"{means['otsu']:6.3f} {td:>6}"
         )
     return out
 
@@ -235,6 +246,12 @@ def _must_show(res: dict[str, Any]) -> None:
                 f"  {src}: normal-contrast IoU {norm['given']:.3f} vs today's {TODAY[src]:.3f} "
                 f"({norm['given'] - TODAY[src]:+.3f}; bar >= -0.01)"
             )
+        if norm.get("today") is not None and norm.get("auto") is not None:
+            print(
+                f"  {src}: normal-contrast IoU (auto) {norm['auto']:.3f} vs today's model on "
+                f"the same pairs {norm['today']:.3f} ({norm['auto'] - norm['today']:+.3f}; "
+                "bar >= -0.01)"
+            )
     d = res.get("drift")
     if d:
         rev, norm = d["reversed stream"]["flagged"], d["normal stream"]["flagged"]
@@ -252,6 +269,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         print("no model: run `make run` first or set SEMLAYOUT_BENCH_MODEL (nothing measured)")
         return {"model": None}
     tr = Translator.load(model)
+    today = os.environ.get("SEMLAYOUT_BENCH_TODAY")
+    _TODAY["tr"] = Translator.load(today) if today else None
     n = 60 if quick else 300
     shards = os.environ.get("SEMLAYOUT_BENCH_SHARDS")
     if not shards:
@@ -263,7 +282,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         f"model {model} ({tr.image_size} px, polarities {list(tr.polarities)}); IoU of the drawn "
         f"layout; shards {shards}"
     )
-    res: dict[str, Any] = {"model": model, "polarities": list(tr.polarities)}
+    res: dict[str, Any] = {"model": model, "polarities": list(tr.polarities), "today": today}
     res["synth"] = synth_quality(tr, n)
     res["test split"] = split_quality(tr, shards, n)
     res["independent"] = independent_quality(tr, n)

@@ -191,7 +191,10 @@ def test_cli_predict_writes_same_names_and_sizes(ckpt, tmp_path, capsys):
             ]
         )
         assert code == 0, capsys.readouterr().err
-        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+        # the images under their own names, and one row per image in predictions.csv
+        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "predictions.csv"]
+        rows = (out / "predictions.csv").read_text().splitlines()
+        assert rows[0].startswith("id,direction,polarity") and len(rows) == 3
         for name, shape in shapes.items():
             img = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
             assert img.shape == shape and img.dtype == np.uint8 and set(np.unique(img)) <= {0, 255}

@@ -301,22 +301,15 @@ class Translator:
         return fit_layout(grey, fit.method, fit.threshold, fit.min_iou)
 
     def translate(
-        self,
-        direction: str,
-        images: Sequence[np.ndarray],
-        binarize: bool = False,
-        batch_size: int = 16,
-        polarity: str | int | None = "auto",
-        prior: int | None = None,
+        self, direction: str, images: Sequence[np.ndarray], binarize: bool = False, **options: Any
     ) -> list[np.ndarray]:
         """Translate (H, W) uint8 images; each output has the size of its input.
 
         `binarize` (sem2layout only) returns layouts with values {0, 255} (`to_layout`);
-        `polarity` / `prior`: see the module docstring (`translate_detailed` also returns the
-        polarity each image was translated in).
+        `options`: `translate_detailed`'s batch_size, polarity and prior (see the module
+        docstring; `translate_detailed` also returns the polarity each image was translated in).
         """
-        done = self.translate_detailed(direction, images, binarize, batch_size, polarity, prior)
-        return [t.output for t in done]
+        return [t.output for t in self.translate_detailed(direction, images, binarize, **options)]
 
     def translate_detailed(
         self,

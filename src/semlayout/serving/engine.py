@@ -62,13 +62,7 @@ class Translates(Protocol):
     def polarities(self) -> tuple[int, ...]: ...
 
     def translate_detailed(
-        self,
-        direction: str,
-        images: Sequence[np.ndarray],
-        binarize: bool = False,
-        batch_size: int = 16,
-        polarity: str | int | None = "auto",
-        prior: int | None = None,
+        self, direction: str, images: Sequence[np.ndarray], *, polarity: str, prior: int | None
     ) -> list[Translation]: ...
 
     def fixed_polarity(

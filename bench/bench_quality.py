@@ -149,7 +149,7 @@ def fresh_synth(
         )
         sems.append(sem[y : y + layout.shape[0], x : x + layout.shape[1]])
         lays.append(layout)
-        pols.append(int(meta["polarity"]))
+        pols.append(int(meta["params"].polarity))
     return sems, lays, np.array(pols), fams
 
 

@@ -83,6 +83,68 @@ class ScoreMaps:
         return a, b
 
 
+def signed_fit(maps: ScoreMaps, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R_s, a_s, b_s) maps: the fit c + a*T + b*E constrained to sign*a >= 0 (pattern bright
+    for +1, dark for -1) and, with `edges_bright`, b >= 0; each (H-h+1, W-w+1).
+
+    The constrained least-squares optimum is the best feasible one among the full fit and
+    the fits on the faces a = 0 (edges alone) and b = 0 (material alone), so R_s is the
+    largest feasible of their multiple correlations; max(R_+, R_-) is `maps.R`.
+    """
+    rT, rE, rho = maps.rT, maps.rE, maps.rho
+    t_ok = sign * rT > 0
+    if rE is None:
+        return np.where(t_ok, np.abs(rT), 0).astype(np.float32), np.where(t_ok, rT, 0), 0 * rT
+    d = 1 - rho * rho
+    a = (rT - rho * rE) / d
+    b = (rE - rho * rT) / d
+    full = np.where((sign * a >= 0) & ((b >= 0) | (not maps.edges_bright)), 1.0, -1.0)
+    cand = np.stack(
+        [
+            full * (rT * rT + rE * rE - 2 * rho * rT * rE) / d,  # full fit (-: infeasible)
+            np.where(t_ok, rT * rT, -1.0),  # material only
+            np.where((rE > 0) | (not maps.edges_bright), rE * rE, -1.0),  # edges only
+        ]
+    )
+    k = np.argmax(cand, axis=0)
+    r2 = np.take_along_axis(cand, k[None], 0)[0]
+    zero = np.zeros_like(rT)
+    coef_a = np.choose(k, [a, rT, zero])
+    coef_b = np.choose(k, [b, zero, rE])
+    return np.sqrt(np.clip(r2, 0, 1)).astype(np.float32), coef_a, coef_b
+
+
+def pair_model_dist2(
+    T: np.ndarray,
+    E: np.ndarray | None,
+    p: tuple[int, int],
+    coef_p: tuple[float, float],
+    q: tuple[int, int],
+    coef_q: tuple[float, float],
+) -> float:
+    """|m_p - m_q|^2 of the unit-norm fitted models m = a T~ + b E~ placed at offsets p and q
+    (row, column) of the SEM, zero outside each model's window; in [0, 4]."""
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        v = v.astype(np.float64) - float(v.mean())
+        n = float(np.sqrt((v * v).sum()))
+        return v / n if n > 0 else v
+
+    def model(a: float, b: float) -> np.ndarray:
+        m = a * unit(T) + (b * unit(E) if E is not None else 0.0)
+        return unit(np.asarray(m))
+
+    mp, mq = model(*coef_p), model(*coef_q)
+    h, w = mp.shape
+    dy, dx = q[0] - p[0], q[1] - p[1]
+    if abs(dy) >= h or abs(dx) >= w:
+        return 2.0
+    # m_p(i) overlaps m_q(i - d): rows/columns of m_p from max(0, d) to min(h, h + d)
+    a = mp[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
+    b = mq[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
+    return float(np.clip(2.0 * (1.0 - float((a * b).sum())), 1e-6, 4.0))
+
+
 def _dft_size(n: int) -> int:
     import cv2
 

@@ -64,6 +64,7 @@ import numpy as np
 from semlayout.data.align_config import REASONS, AlignConfig
 from semlayout.data.align_distortion import FieldDistortion, estimate_distortion
 from semlayout.data.align_maps import (
+    ModelTables,
     ScoreMaps,
     noise_ratio,
     pair_model_dist2,
@@ -76,7 +77,7 @@ from semlayout.data.align_peak import _MAX_CONFIDENCE, Peak, ShiftTable, Verdict
 from semlayout.data.align_polarity import PolarityPrior, fixed_prior
 from semlayout.data.field_distortion import warp_field
 
-__all__ = ["REASONS", "AlignConfig", "AlignResult", "align_pair", "plain_ncc"]
+__all__ = ["REASONS", "AlignConfig", "AlignResult", "align_pair", "aligned_crop", "plain_ncc"]
 
 
 @dataclass
@@ -183,10 +184,22 @@ class Scene:
     sem_f: np.ndarray  # the matched SEM high-passed (`sem_features`)
     maps: ScoreMaps
 
-    def evaluate(self, R: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: AlignConfig) -> Verdict:
-        """`align_peak.evaluate` of a map `R` with coefficient maps a, b."""
+    def evaluate_signed(
+        self, R: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: AlignConfig
+    ) -> Verdict:
+        """`align_peak.evaluate` of one polarity's map `R` (coefficient maps a, b); look-alikes
+        are judged on the fitted models' distances (`ModelTables`)."""
+        ny, nx = R.shape
+        tables = ModelTables.of(self.T, self.E, ny - 1, nx - 1)
         return evaluate(
-            R, lambda y, x: (a[y, x], b[y, x]), self.table, self.T, self.E, self.raw, cfg
+            R,
+            lambda y, x: (a[y, x], b[y, x]),
+            self.table,
+            self.T,
+            self.E,
+            self.raw,
+            cfg,
+            lambda p: tables.dist2((p.y, p.x), (p.coef_t, p.coef_e), a, b),
         )
 
 
@@ -328,18 +341,24 @@ def decide(
         return _result(free, "low_score", sign, margin, "pair", field)
     weak = margin < cfg.min_polarity_margin
     if free.confidence >= cfg.min_confidence:
-        if prior.clear and weak and prior.polarity != sign and _same_place(fits[-sign][0], free):
-            return _result(free, "ok", -sign, 0.0, "prior", field)
+        if not prior.clear or prior.polarity == sign:
+            return _result(free, "ok", sign, margin, "pair", field)
+        if _same_place(fits[-sign][0], free):  # the data set's polarity, the same place
+            if weak:
+                return _result(free, "ok", -sign, 0.0, "prior", field)
+            return _result(free, "ok", sign, margin, "pair", field)
+        if not weak:  # sure of the other polarity, and it moves the placement: refuse
+            return _result(free, "polarity_conflict", sign, margin, "pair", field)
         return _result(free, "ok", sign, margin, "pair", field)
     own: Verdict | None = None
     if prior.polarity is not None and (prior.polarity == sign or weak):
         pol = prior.polarity
-        v = scene.evaluate(*fits[pol], cfg)
+        v = scene.evaluate_signed(*fits[pol], cfg)
         if v.peak.score >= cfg.min_score and v.confidence >= cfg.min_confidence:
             m = polarity_margin(scene, v.peak, fits[-pol], float(v.sigma))
             return _result(v, "ok", pol, m, "prior", field)
         own = v if pol == sign else None
-    own = own or scene.evaluate(*fits[sign], cfg)
+    own = own or scene.evaluate_signed(*fits[sign], cfg)
     reason = "ambiguous_polarity" if own.confidence >= cfg.min_confidence else "ambiguous"
     return _result(free, reason, sign, margin, "pair", field)
 
@@ -384,6 +403,19 @@ def align_pair(
             res.qc_pass, res.reason = False, "distorted"
             return res
     return decide(scene, cfg, as_prior(prior), field)
+
+
+def aligned_crop(img: np.ndarray, res: AlignResult, shape: tuple[int, ...]) -> np.ndarray:
+    """The (h, w) window of a raw 8-bit image (SEM, clean) that `res` matched to the layout:
+    cut at (res.y, res.x) after resampling into the layout's frame when `res` undid a field
+    distortion. Same dtype as `img`."""
+    if res.x is None or res.y is None:
+        raise ValueError("aligned_crop needs a placed result (x and y)")
+    h, w = shape[:2]
+    if res.corrected:
+        warped = warp_field(img.astype(np.float32), res.rotation_deg or 0.0, res.scale or 1.0, True)
+        img = np.clip(np.rint(warped), 0, 255).astype(img.dtype)
+    return np.ascontiguousarray(img[res.y : res.y + h, res.x : res.x + w])
 
 
 def plain_ncc(sem_u8: np.ndarray, layout_u8: np.ndarray, min_score: float = 0.3) -> AlignResult:

@@ -16,6 +16,7 @@ REASONS = (
     "low_score",
     "ambiguous",
     "ambiguous_polarity",
+    "polarity_conflict",
     "distorted",
     "blank_sem",
     "saturated_sem",
@@ -58,7 +59,7 @@ class AlignConfig:
     # polarity: a pair's own polarity counts (for the data-set prior) from this margin (z)
     min_polarity_margin: float = 4.0
     prior_min_pairs: int = 5  # confident pairs a data-set prior needs ...
-    prior_min_share: float = 0.9  # ... and the share of them that must agree
+    prior_min_share: float = 0.95  # ... and the share of them that must agree
     # field distortion (rotation, magnification): corrected when the largest displacement of a
     # template corner is >= min_distortion_px and >= distortion_z standard errors
     correct_distortion: bool = True

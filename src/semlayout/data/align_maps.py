@@ -145,6 +145,61 @@ def pair_model_dist2(
     return float(np.clip(2.0 * (1.0 - float((a * b).sum())), 1e-6, 4.0))
 
 
+@dataclass(frozen=True)
+class ModelTables:
+    """Correlations of the unit-norm template features under every shift in [-ry, ry] x
+    [-rx, rx] (indexed [dy + ry, dx + rx], zero outside each copy): what the distance
+    between two fitted models a T~ + b E~ placed at different offsets is made of."""
+
+    tt: np.ndarray  # sum_i T~(i) T~(i + d)
+    ee: np.ndarray | None  # the same for E~
+    te: np.ndarray | None  # sum_i T~(i) E~(i + d)
+    rho: float  # <T~, E~>
+
+    @classmethod
+    def of(cls, T: np.ndarray, E: np.ndarray | None, ry: int, rx: int) -> ModelTables:
+        h, w = T.shape
+        shape = (_dft_size(h + ry), _dft_size(w + rx))
+        rows, cols = np.arange(-ry, ry + 1) % shape[0], np.arange(-rx, rx + 1) % shape[1]
+
+        def unit(v: np.ndarray) -> np.ndarray:
+            v = v.astype(np.float32) - float(v.mean())
+            n = float(np.sqrt((v * v).sum()))
+            return v / n if n > 0 else v
+
+        def lag(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+            # _xcorr(fa, fb)[d] = sum_i a(i + d) b(i)
+            return _xcorr(fa, fb)[np.ix_(rows, cols)].astype(np.float64)
+
+        tu = unit(T)
+        ft = _spectrum(tu, shape)
+        if E is None:
+            return cls(lag(ft, ft), None, None, 0.0)
+        eu = unit(E)
+        fe = _spectrum(eu, shape)
+        return cls(lag(ft, ft), lag(fe, fe), lag(fe, ft), float((tu * eu).sum()))
+
+    def dist2(
+        self, peak: tuple[int, int], coef: tuple[float, float], a: np.ndarray, b: np.ndarray
+    ) -> np.ndarray:
+        """|m_p - m_q|^2 for every offset q of the (ny, nx) map: m_p = (coef) at `peak`,
+        m_q = (a[q], b[q]) at q; each unit norm. Clipped to [1e-6, 4]."""
+        ny, nx = a.shape
+        y, x = peak
+        ry, rx = (self.tt.shape[0] - 1) // 2, (self.tt.shape[1] - 1) // 2
+        win = (slice(ry - y, ry - y + ny), slice(rx - x, rx - x + nx))  # d = q - p
+        a1, b1 = coef
+        inner = a1 * a * self.tt[win]
+        if self.ee is not None and self.te is not None:
+            # <T~ at p, E~ at q> = sum_i T~(i) E~(i - d) = te[-d] = (E~, T~ correlation)[d]
+            te, et = self.te[win], self.te[::-1, ::-1][win]
+            inner = inner + b1 * b * self.ee[win] + a1 * b * et + b1 * a * te
+        rho = self.rho
+        n1 = np.sqrt(max(a1 * a1 + b1 * b1 + 2 * a1 * b1 * rho, 1e-12))
+        n2 = np.sqrt(np.maximum(a * a + b * b + 2 * a * b * rho, 1e-12))
+        return np.clip(2.0 * (1.0 - inner / (n1 * n2)), 1e-6, 4.0)
+
+
 def _dft_size(n: int) -> int:
     import cv2
 

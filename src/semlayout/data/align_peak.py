@@ -113,10 +113,16 @@ def score_noise(sem: np.ndarray, score: float, n_pixels: int, cfg: AlignConfig) 
 
 
 def separation_z(
-    R: np.ndarray, peak: Peak, equiv: Equivalence, sigma: np.float64, exclusion: int
+    R: np.ndarray,
+    peak: Peak,
+    equiv: Equivalence,
+    sigma: np.float64,
+    exclusion: int,
+    dist2: np.ndarray | None = None,
 ) -> float:
     """Smallest z-score of R_p - R_q over local maxima q of R not within `exclusion` of an
-    equivalent offset (distant look-alikes; judged on the binary template); capped."""
+    equivalent offset (distant look-alikes; judged on the binary template, or on `dist2`
+    when given: the fitted models' own distances); capped."""
     import cv2
 
     k = 2 * exclusion + 1
@@ -125,7 +131,8 @@ def separation_z(
     comp = local_max & ~near_equiv
     if not comp.any():
         return _MAX_CONFIDENCE
-    z = (peak.score - R[comp]) / (sigma * np.sqrt(equiv.dist2[comp]))
+    d2 = equiv.dist2 if dist2 is None else dist2
+    z = (peak.score - R[comp]) / (sigma * np.sqrt(d2[comp]))
     return min(_MAX_CONFIDENCE, float(z.min()))
 
 
@@ -181,12 +188,18 @@ def evaluate(
     E: np.ndarray | None,
     sem: np.ndarray,
     cfg: AlignConfig,
+    model_dist2: Callable[[Peak], np.ndarray] | None = None,
 ) -> Verdict:
-    """Peak, equivalence, noise and z-scores of score map `R` (see the module docstring)."""
+    """Peak, equivalence, noise and z-scores of score map `R` (see the module docstring).
+
+    `model_dist2(peak)`, when given, scales the separation by the distance between the
+    fitted models (each offset's own fit) instead of the binary template's: needed on one
+    polarity's map, where a look-alike may be fitted by the edges alone."""
     peak = find_peak(R, coefficients)
     equiv = equivalent_offsets(table, R.shape, peak, cfg.equiv_tol)
     sigma = score_noise(sem, peak.score, T.size, cfg)
-    separation = separation_z(R, peak, equiv, sigma, cfg.exclusion)
+    d2 = model_dist2(peak) if model_dist2 is not None else None
+    separation = separation_z(R, peak, equiv, sigma, cfg.exclusion, d2)
     localization = localization_z(R, T, E, peak, equiv, sigma, cfg.exclusion)
     confidence = combined_confidence(separation, localization, cfg)
     return Verdict(peak, equiv, sigma, separation, localization, confidence)

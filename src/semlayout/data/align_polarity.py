@@ -61,8 +61,8 @@ class PolarityPrior:
         return self.polarity is not None
 
     def describe(self) -> str:
-        if self.source == "fixed" and self.polarity is not None:
-            return f"fixed {self.polarity:+d}"
+        if self.source == "fixed":
+            return "none (fixed)" if self.polarity is None else f"fixed {self.polarity:+d}"
         if self.n == 0:
             return "no confident pairs"
         side = "+1" if self.polarity == 1 else "-1" if self.polarity == -1 else "unclear"
@@ -153,3 +153,17 @@ def prior_table(choice: str | int | None) -> PriorTable | None:
             f"polarity prior {choice!r}: expected one of {', '.join(PRIOR_CHOICES)}"
         )
     return PriorTable(fixed_prior(choice))
+
+
+def needs_prior(result: object, prior: PolarityPrior) -> bool:
+    """Whether a first-pass result should be aligned again with the data set's `prior`: it
+    was ambiguous only in polarity, or it passed with the other polarity (a weak one is
+    relabelled, a confident one that moves the placement is refused as a conflict)."""
+    if prior.polarity is None:
+        return False
+    if getattr(result, "reason", None) == "ambiguous_polarity":
+        return True
+    return bool(getattr(result, "qc_pass", False)) and getattr(result, "polarity", None) not in (
+        None,
+        prior.polarity,
+    )

@@ -14,7 +14,10 @@ What is refused (nothing is written then): wrong sizes or a non-binary layout
 reason `align:<reason>`: the fine-tune would drop it, and the trigger would count
 it), and a SEM already in the folder (`DuplicatePair`: a pair counts once, as in
 the S3 intake). Each manifest row carries the SHA-256 of its SEM and layout pixels
-(`*_pixel_sha256`).
+(`*_pixel_sha256`) and the polarity the aligner recorded (`polarity`, `polarity_margin`,
+`polarity_source`). Pairs arrive one at a time, so the data set's polarity prior is the one
+the store was given (`polarity_prior`: a layer's polarity from config), or else the one the
+pairs already accepted show (their confident `polarity`, per pattern type).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ COLUMNS = (
     "received_at",
     "sem_pixel_sha256",
     "layout_pixel_sha256",
+    "polarity",
+    "polarity_margin",
+    "polarity_source",
 )
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -84,11 +90,14 @@ class FeedbackStore:
         sem_shape: tuple[int, int] = SEM_RAW_SHAPE,
         layout_shape: tuple[int, int] = TEMPLATE_SHAPE,
         check_alignment: bool = True,
+        polarity_prior: int | str | None = None,
     ):
         """`check_alignment=False` skips the template-alignment QC (tests of what the loop and the
-        fine-tune do with pairs that got into a folder some other way)."""
+        fine-tune do with pairs that got into a folder some other way). `polarity_prior`:
+        the data set's polarity (+1/-1/bright/dark); None reads it from the accepted pairs."""
         self.folder = Path(folder)
         self.check_alignment = check_alignment
+        self.polarity_prior = polarity_prior
         self.store = store
         self.sem_shape = sem_shape
         self.layout_shape = layout_shape
@@ -126,8 +135,7 @@ class FeedbackStore:
         """Validate and store one reviewed pair; returns {"id", "sem_path", "layout_path", ...}."""
         check_pattern_type(pattern_type)
         self.validate(sem, layout)
-        if self.check_alignment:
-            self._check_alignment(sem, layout)
+        polarity = self._check_alignment(sem, layout, pattern_type) if self.check_alignment else {}
         sem_h, lay_h = sha256(sem), sha256(layout)
         pid = f"fb-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         row = {
@@ -139,6 +147,7 @@ class FeedbackStore:
             "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "sem_pixel_sha256": sem_h,
             "layout_pixel_sha256": lay_h,
+            **polarity,
         }
         with self._locked():
             columns, rows = self._read_manifest()
@@ -173,11 +182,24 @@ class FeedbackStore:
             )
         return row
 
-    @staticmethod
-    def _check_alignment(sem: np.ndarray, layout: np.ndarray) -> None:
-        from semlayout.data.align import align_pair
+    def _check_alignment(
+        self, sem: np.ndarray, layout: np.ndarray, pattern_type: str
+    ) -> dict[str, str]:
+        """Alignment QC with the data set's polarity prior; the pair's polarity columns."""
+        from semlayout.data.align import AlignConfig, align_pair
+        from semlayout.data.align_polarity import estimate_priors, fixed_prior
+        from semlayout.data.alignment_table import polarity_columns, read_polarity_columns
 
-        res = align_pair(sem, layout)
+        cfg = AlignConfig()
+        if self.polarity_prior is not None:
+            prior = fixed_prior(self.polarity_prior)
+        else:
+            accepted = read_polarity_columns(self._read_manifest()[1])
+            table = estimate_priors(
+                accepted, cfg.min_polarity_margin, cfg.prior_min_pairs, cfg.prior_min_share
+            )
+            prior = table.for_pattern(pattern_type)
+        res = align_pair(sem, layout, cfg, prior)
         if not res.qc_pass:
             raise ImageRejected(
                 "layout",
@@ -185,6 +207,7 @@ class FeedbackStore:
                 f"the template does not align with the SEM "
                 f"(alignment QC failed: {res.qc_summary()}); nothing was stored",
             )
+        return polarity_columns(res)
 
     def _legacy_sem_hash(self, row: dict[str, str]) -> str | None:
         path = self.folder / (row.get("sem_path") or "")

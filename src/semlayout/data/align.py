@@ -245,7 +245,7 @@ def correct_field(
     left: FieldDistortion | None = None
     for _ in range(cfg.distortion_steps + 1):
         est = _estimate(current, cfg)
-        left = est if est.significant(cfg.residual_px, cfg.distortion_z) else None
+        left = est if est.significant(cfg.residual_px, cfg.residual_z) else None
         if (
             not est.significant(cfg.min_distortion_px, cfg.distortion_z)
             or _ == cfg.distortion_steps

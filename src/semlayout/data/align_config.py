@@ -66,7 +66,10 @@ class AlignConfig:
     min_distortion_px: float = 0.5
     distortion_z: float = 3.0
     distortion_steps: int = 2  # corrections in a row (each re-estimates what is left)
-    residual_px: float = 1.0  # QC: a significant distortion left that moves a corner this far
+    # QC: a distortion left (not undone) that moves a corner >= residual_px, at residual_z
+    # standard errors (less sure than needed to undo it, too sure to pass the pair)
+    residual_px: float = 1.0
+    residual_z: float = 2.0
     distortion_grid: int = 4  # patches per side for the estimate
     distortion_search: int = 5  # px searched around each patch's expected place
     max_rotation_deg: float = 3.0  # a larger significant estimate is refused ("distorted")
@@ -94,6 +97,7 @@ class AlignConfig:
             "distortion_z": self.distortion_z >= 0,
             "distortion_steps": self.distortion_steps >= 1,
             "residual_px": self.residual_px >= self.min_distortion_px,
+            "residual_z": self.residual_z >= 0,
             "distortion_grid": self.distortion_grid >= 3,
             "distortion_search": self.distortion_search >= 1,
             "max_rotation_deg": self.max_rotation_deg > 0,

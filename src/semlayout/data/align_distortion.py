@@ -163,38 +163,46 @@ def _design(c: np.ndarray) -> np.ndarray:
 
 
 def fit_similarity(patches: Patches, half_extent: float, iters: int = 6) -> FieldDistortion:
-    """Robust weighted least squares of the patch displacements (see the module docstring)."""
+    """Robust weighted least squares of the patch displacements (see the module docstring).
+
+    Each patch contributes one scalar observation per direction of its information (the
+    eigenvectors): a patch across lines measures the shift across them well and the shift
+    along them not at all, and an outlier in one direction does not discard the other."""
     if len(patches) < MIN_PATCHES:
         return FieldDistortion(n_patches=len(patches))
-    prior = np.diag([1 / PRIOR_SD**2, 1 / PRIOR_SD**2, 0.0, 0.0])
+    lam, vec = np.linalg.eigh(patches.info)  # (n, 2), (n, 2, 2): columns are directions
     J = _design(patches.centre)  # (n, 2, 4)
-    JtI = np.einsum("nki,nkl->nil", J, patches.info)  # (n, 4, 2)
-    A = np.einsum("nil,nlj->nij", JtI, J)  # (n, 4, 4) per-patch normal matrices
-    b = np.einsum("nil,nl->ni", JtI, patches.shift)  # (n, 4)
-    top = np.linalg.eigvalsh(patches.info)[:, -1]  # strongest information per patch
-    weights = np.ones(len(patches))
+    rows = np.einsum("nkd,nki->ndi", vec, J).reshape(-1, 4)  # v^T J per direction
+    obs = np.einsum("nkd,nk->nd", vec, patches.shift).reshape(-1)  # v^T shift
+    info = lam.reshape(-1)
+    owner = np.repeat(np.arange(len(patches)), 2)
+    keep = info > 1e-6 * max(float(info.max()), 1e-12)
+    rows, obs, info, owner = rows[keep], obs[keep], info[keep], owner[keep]
+    prior = np.diag([1 / PRIOR_SD**2, 1 / PRIOR_SD**2, 0.0, 0.0])
+    weights = np.ones(len(obs))
+
+    def solve(w: np.ndarray) -> np.ndarray:
+        wi = w * info
+        return np.linalg.solve(prior + (rows.T * wi) @ rows + 1e-6 * np.eye(4), (rows.T * wi) @ obs)
+
     for _ in range(iters):
-        p = np.linalg.solve(prior + np.einsum("n,nij->ij", weights, A), weights @ b)
-        r = patches.shift - np.einsum("nki,i->nk", J, p)
-        quad = np.einsum("nk,nkl,nl->n", r, patches.info, r)
-        e = np.sqrt(np.maximum(quad / top, 0.0))  # px along each patch's strong axis
-        weights = (1 - np.minimum(e / _TUKEY, 1.0) ** 2) ** 2
-    p = np.linalg.solve(prior + np.einsum("n,nij->ij", weights, A), weights @ b)
-    r = patches.shift - np.einsum("nki,i->nk", J, p)
-    chi2 = float(weights @ np.einsum("nk,nkl,nl->n", r, patches.info, r))
-    dof = 2 * float(weights.sum())
-    used = int(np.count_nonzero(weights > 0.05))
+        r = obs - rows @ solve(weights)  # px along each direction
+        weights = (1 - np.minimum(np.abs(r) / _TUKEY, 1.0) ** 2) ** 2
+    p = solve(weights)
+    r = obs - rows @ p
+    used = len(np.unique(owner[weights > 0.05]))
     if used < MIN_PATCHES:
         return FieldDistortion(n_patches=used)
+    wi = weights * info
+    chi2, dof = float(wi @ (r * r)), float(weights.sum())
     # significance from the data alone (the prior only keeps the estimate tame)
-    data = np.einsum("n,nij->ij", weights, A)
-    cov = np.linalg.inv(data + 1e-9 * np.eye(4)) * max(chi2 / max(dof - 4, 1.0), 1.0)
-    a, b_ = float(p[0]), float(p[1])
+    cov = np.linalg.inv((rows.T * wi) @ rows + 1e-9 * np.eye(4)) * max(chi2 / max(dof - 4, 1), 1)
+    a, b = float(p[0]), float(p[1])
     rr = math.hypot(half_extent, half_extent)
     return FieldDistortion(
-        rotation_deg=math.degrees(math.atan2(b_, 1 + a)),
-        scale=math.hypot(1 + a, b_),
-        corner_px=rr * math.hypot(a, b_),
+        rotation_deg=math.degrees(math.atan2(b, 1 + a)),
+        scale=math.hypot(1 + a, b),
+        corner_px=rr * math.hypot(a, b),
         corner_sd=rr * math.sqrt(float(cov[0, 0] + cov[1, 1])),
         n_patches=used,
     )

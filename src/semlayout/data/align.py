@@ -251,7 +251,8 @@ def correct_field(
             or _ == cfg.distortion_steps
         ):
             break
-        new_rot, new_scale = rot + est.rotation_deg, scale * est.scale
+        # rounded as alignment.csv writes them, so the recorded values reproduce the crop
+        new_rot, new_scale = round(rot + est.rotation_deg, 4), round(scale * est.scale, 6)
         if abs(new_rot) > cfg.max_rotation_deg or abs(new_scale - 1) > cfg.max_scale_error:
             return current, None, FieldDistortion(new_rot, new_scale, est.corner_px, est.corner_sd)
         warped = warp_field(scene.raw.astype(np.float32), new_rot, new_scale, inverse=True)

@@ -98,19 +98,20 @@ def signed_fit(maps: ScoreMaps, sign: int) -> tuple[np.ndarray, np.ndarray, np.n
     d = 1 - rho * rho
     a = (rT - rho * rE) / d
     b = (rE - rho * rT) / d
-    full = np.where((sign * a >= 0) & ((b >= 0) | (not maps.edges_bright)), 1.0, -1.0)
+    full_ok = (sign * a >= 0) & ((b >= 0) | (not maps.edges_bright))
     cand = np.stack(
         [
-            full * (rT * rT + rE * rE - 2 * rho * rT * rE) / d,  # full fit (-: infeasible)
+            np.where(full_ok, (rT * rT + rE * rE - 2 * rho * rT * rE) / d, -1.0),  # full fit
             np.where(t_ok, rT * rT, -1.0),  # material only
             np.where((rE > 0) | (not maps.edges_bright), rE * rE, -1.0),  # edges only
+            np.zeros_like(rT),  # nothing fits: a = b = 0
         ]
     )
     k = np.argmax(cand, axis=0)
     r2 = np.take_along_axis(cand, k[None], 0)[0]
     zero = np.zeros_like(rT)
-    coef_a = np.choose(k, [a, rT, zero])
-    coef_b = np.choose(k, [b, zero, rE])
+    coef_a = np.choose(k, [a, rT, zero, zero])
+    coef_b = np.choose(k, [b, zero, rE, zero])
     return np.sqrt(np.clip(r2, 0, 1)).astype(np.float32), coef_a, coef_b
 
 

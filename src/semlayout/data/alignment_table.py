@@ -85,7 +85,7 @@ def _fmt(v: Any, nd: int) -> str:
 def result_row(pair_id: str, result: AlignResult) -> dict[str, str]:
     """The `alignment.csv` row of one `align_pair` result (booleans as true/false)."""
     d = asdict(result)
-    digits = {"x_sub": 3, "y_sub": 3, "scale": 5}
+    digits = {"x_sub": 3, "y_sub": 3, "rotation_deg": 4, "scale": 6}
     out = {"id": pair_id}
     for c in ALIGNMENT_COLUMNS[1:]:
         out[c] = _fmt(d[c], digits.get(c, 4))

@@ -69,7 +69,7 @@ class AlignConfig:
     # QC: a distortion left (not undone) that moves a corner >= residual_px, at residual_z
     # standard errors (less sure than needed to undo it, too sure to pass the pair)
     residual_px: float = 1.0
-    residual_z: float = 2.0
+    residual_z: float = 2.5
     distortion_grid: int = 4  # patches per side for the estimate
     distortion_search: int = 5  # px searched around each patch's expected place
     max_rotation_deg: float = 3.0  # a larger significant estimate is refused ("distorted")

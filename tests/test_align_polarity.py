@@ -14,7 +14,7 @@ from independent_sim import judge, make_pairs, placement_right
 from test_align import blobs_field, cut, render, write_folder
 
 from semlayout.cli import main as cli_main
-from semlayout.data.align import AlignConfig, align_pair, prepare
+from semlayout.data.align import AlignConfig, align_pair
 from semlayout.data.align_folder import align_folder
 from semlayout.data.align_maps import ModelTables, pair_model_dist2, signed_fit
 from semlayout.data.align_polarity import (
@@ -27,6 +27,7 @@ from semlayout.data.align_polarity import (
     parse_polarity,
     prior_table,
 )
+from semlayout.data.align_scene import prepare
 from semlayout.data.alignment_table import ALIGNMENT_COLUMNS, POLARITY_COLUMNS
 from semlayout.errors import SemlayoutError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -89,7 +89,7 @@ truth.csv)."""
     from semlayout.data.sem_physics import PhysicsRanges
     from semlayout.data.synth import synthesize
 
-    changes: dict[str, object] = {
+    changes: dict[str, Any] = {
         "dose": _parse_range(dose_range, "--dose-range"),
         "reverse_fraction": reverse_fraction,
         "rotation_deg": _parse_range(rotation_range, "--rotation-range"),

@@ -62,19 +62,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from semlayout.data.align_config import REASONS, AlignConfig
-from semlayout.data.align_distortion import FieldDistortion, estimate_distortion
+from semlayout.data.align_distortion import FieldDistortion, correct_field
 from semlayout.data.align_maps import (
-    ModelTables,
-    ScoreMaps,
-    noise_ratio,
     pair_model_dist2,
-    score_map,
-    sem_features,
     signed_fit,
-    template_features,
 )
-from semlayout.data.align_peak import _MAX_CONFIDENCE, Peak, ShiftTable, Verdict, evaluate
+from semlayout.data.align_peak import _MAX_CONFIDENCE, Peak, Verdict, evaluate
 from semlayout.data.align_polarity import PolarityPrior, fixed_prior
+from semlayout.data.align_scene import Scene, prepare
 from semlayout.data.field_distortion import warp_field
 
 __all__ = ["REASONS", "AlignConfig", "AlignResult", "align_pair", "aligned_crop", "plain_ncc"]
@@ -159,117 +154,7 @@ def check_content(sem: np.ndarray, layout: np.ndarray, cfg: AlignConfig) -> str 
     return None
 
 
-def qc_reason(score: float, confidence: float, cfg: AlignConfig) -> str:
-    """The verdict: "ok", "low_score" (weak match) or "ambiguous" (a look-alike too close)."""
-    if score < cfg.min_score:
-        return "low_score"
-    if confidence < cfg.min_confidence:
-        return "ambiguous"
-    return "ok"
-
-
 # ----------------------------------------------------------------------------- matching
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One pair ready to match: the SEM as matched (raw, or resampled into the layout's
-    frame), the template's features and self-comparison table, and the score maps."""
-
-    raw: np.ndarray  # (H, W) uint8 SEM as acquired (its noise scales the z-scores)
-    sem: np.ndarray  # (H, W) the SEM as matched (raw, or float32 after a correction)
-    T: np.ndarray
-    E: np.ndarray | None
-    table: ShiftTable
-    sem_f: np.ndarray  # the matched SEM high-passed (`sem_features`)
-    maps: ScoreMaps
-
-    def evaluate_signed(
-        self, R: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: AlignConfig
-    ) -> Verdict:
-        """`align_peak.evaluate` of one polarity's map `R` (coefficient maps a, b); look-alikes
-        are judged on the fitted models' distances (`ModelTables`)."""
-        ny, nx = R.shape
-        tables = ModelTables.of(self.T, self.E, ny - 1, nx - 1)
-        return evaluate(
-            R,
-            lambda y, x: (a[y, x], b[y, x]),
-            self.table,
-            self.T,
-            self.E,
-            self.raw,
-            cfg,
-            lambda p: tables.dist2((p.y, p.x), (p.coef_t, p.coef_e), a, b),
-        )
-
-
-def prepare(raw: np.ndarray, layout: np.ndarray, cfg: AlignConfig) -> Scene:
-    """Features of the template and the score map of the raw SEM."""
-    tpl01 = (layout == 255).astype(np.uint8)
-    T, E = template_features(tpl01, cfg.template_sigma, cfg.use_edges)
-    sem_f = sem_features(raw, cfg.blur, cfg.highpass)
-    maps = score_map(sem_f, T, E, cfg.edges_bright)
-    return Scene(raw, raw, T, E, ShiftTable.of(tpl01, maps.R.shape), sem_f, maps)
-
-
-def rematch(scene: Scene, sem: np.ndarray, cfg: AlignConfig) -> Scene:
-    """The same pair with the SEM replaced (a corrected one), maps recomputed."""
-    sem_f = sem_features(sem, cfg.blur, cfg.highpass)
-    maps = score_map(sem_f, scene.T, scene.E, cfg.edges_bright)
-    return Scene(scene.raw, sem, scene.T, scene.E, scene.table, sem_f, maps)
-
-
-def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
-    """The distortion still left in `scene`, around its integer peak."""
-    y, x = (int(v) for v in np.unravel_index(int(np.argmax(scene.maps.R)), scene.maps.R.shape))
-    a, b = scene.maps.coefficients(y, x)
-    model = np.asarray(a * scene.T + (b * scene.E if scene.E is not None else 0.0), np.float32)
-    noise_sd = noise_ratio(scene.raw) * float(scene.raw.std())
-    return estimate_distortion(
-        scene.sem_f, model, y, x, noise_sd, cfg.distortion_grid, cfg.distortion_search
-    )
-
-
-def correct_field(
-    scene: Scene, cfg: AlignConfig
-) -> tuple[Scene, FieldDistortion | None, FieldDistortion | None]:
-    """-> (scene to match, distortion undone or None, distortion refused or None).
-
-    Up to `cfg.distortion_steps` times: estimate what is left around the integer peak; if
-    it is large and significant, compose it with what was undone so far, resample the raw
-    SEM into the layout's frame and match again (kept only if the fit improves). What is
-    still significant after that and moves a corner by `residual_px` or more, or a total
-    beyond the configured bounds, is refused ("distorted")."""
-    rot, scale = 0.0, 1.0
-    current = scene
-    left: FieldDistortion | None = None
-    for _ in range(cfg.distortion_steps + 1):
-        est = _estimate(current, cfg)
-        left = est if est.significant(cfg.residual_px, cfg.residual_z) else None
-        if (
-            not est.significant(cfg.min_distortion_px, cfg.distortion_z)
-            or _ == cfg.distortion_steps
-        ):
-            break
-        # rounded as alignment.csv writes them, so the recorded values reproduce the crop
-        new_rot, new_scale = round(rot + est.rotation_deg, 4), round(scale * est.scale, 6)
-        if abs(new_rot) > cfg.max_rotation_deg or abs(new_scale - 1) > cfg.max_scale_error:
-            return current, None, FieldDistortion(new_rot, new_scale, est.corner_px, est.corner_sd)
-        warped = warp_field(scene.raw.astype(np.float32), new_rot, new_scale, inverse=True)
-        fixed = rematch(scene, warped, cfg)
-        if float(fixed.maps.R.max()) <= float(current.maps.R.max()):
-            break  # the correction does not explain the image better
-        current, rot, scale, left = fixed, new_rot, new_scale, None
-    applied = None if rot == 0.0 and scale == 1.0 else FieldDistortion(rot, scale)
-    if left is not None:
-        return (
-            current,
-            applied,
-            FieldDistortion(
-                rot + left.rotation_deg, scale * left.scale, left.corner_px, left.corner_sd
-            ),
-        )
-    return current, applied, None
 
 
 def polarity_margin(
@@ -295,7 +180,7 @@ def polarity_margin(
 
 def _same_place(R: np.ndarray, v: Verdict) -> bool:
     """The maximum of map `R` is one of `v`'s equivalent offsets (or next to one)."""
-    qy, qx = np.unravel_index(int(np.argmax(R)), R.shape)
+    qy, qx = (int(i) for i in np.unravel_index(int(np.argmax(R)), R.shape))
     m = v.equiv.mask
     return bool(m[max(0, qy - 1) : qy + 2, max(0, qx - 1) : qx + 2].any())
 

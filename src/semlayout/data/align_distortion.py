@@ -27,6 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semlayout.data.align_config import AlignConfig
+from semlayout.data.align_maps import noise_ratio, score_map, sem_features
+from semlayout.data.align_scene import Scene, rematch
+from semlayout.data.field_distortion import warp_field
+
 PRIOR_SD = 0.02  # prior sd of s cos(theta) - 1 and s sin(theta) (about 1.1 deg, 2 %)
 MIN_PATCHES = 6  # patches with information needed before anything is estimated
 FLOOR_PX = 0.5  # a patch shift is never known better than this (model misfit: LER, bias)
@@ -115,7 +120,7 @@ def patch_shifts(
     w2 = taper.astype(np.float64) ** 2
     # information of the pattern seen through the window (not of the window's own edges:
     # along a straight line there is none)
-    gy, gx = np.gradient(model.astype(np.float64))
+    gy, gx = (np.asarray(g) for g in np.gradient(model.astype(np.float64)))
     centres, shifts, infos = [], [], []
     for cy in (np.arange(grid) + 0.5) * h / grid:
         for cx in (np.arange(grid) + 0.5) * w / grid:
@@ -226,3 +231,74 @@ def estimate_distortion(
     snr2 = (gain / max(noise_sd, 1e-6)) ** 2  # Fisher information per unit model gradient^2
     patches = patch_shifts(sem_f, model.astype(np.float32), y0, x0, snr2, grid, search)
     return fit_similarity(patches, max(h, w) / 2.0)
+
+
+# ----------------------------------------------------------------------------- undoing it
+
+_FAIR_BLUR = 1.0  # px: blur that hides the smoothing a resampling adds (bilinear: ~0.5 px)
+
+
+def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
+    """The distortion still left in `scene`, around its integer peak."""
+    y, x = (int(v) for v in np.unravel_index(int(np.argmax(scene.maps.R)), scene.maps.R.shape))
+    a, b = scene.maps.coefficients(y, x)
+    model = np.asarray(a * scene.T + (b * scene.E if scene.E is not None else 0.0), np.float32)
+    noise_sd = noise_ratio(scene.raw) * float(scene.raw.std())
+    return estimate_distortion(
+        scene.sem_f, model, y, x, noise_sd, cfg.distortion_grid, cfg.distortion_search
+    )
+
+
+def _fits_better(
+    scene: Scene, corrected: np.ndarray, current: np.ndarray, cfg: AlignConfig
+) -> bool:
+    """Does the corrected SEM fit the template better than the current one? Both compared
+    after the same extra blur: resampling alone smooths the noise and raises R."""
+
+    def best(img: np.ndarray) -> float:
+        f = sem_features(img, max(cfg.blur, _FAIR_BLUR), cfg.highpass)
+        return float(score_map(f, scene.T, scene.E, cfg.edges_bright).R.max())
+
+    return best(corrected) > best(current)
+
+
+def correct_field(
+    scene: Scene, cfg: AlignConfig
+) -> tuple[Scene, FieldDistortion | None, FieldDistortion | None]:
+    """-> (scene to match, distortion undone or None, distortion refused or None).
+
+    Up to `cfg.distortion_steps` times: estimate what is left around the integer peak; if
+    it is large and significant, compose it with what was undone so far, resample the raw
+    SEM into the layout's frame and match again (kept only if the fit improves). What is
+    still significant after that and moves a corner by `residual_px` or more, or a total
+    beyond the configured bounds, is refused ("distorted")."""
+    rot, scale = 0.0, 1.0
+    current = scene
+    left: FieldDistortion | None = None
+    for _ in range(cfg.distortion_steps + 1):
+        est = _estimate(current, cfg)
+        left = est if est.significant(cfg.residual_px, cfg.residual_z) else None
+        if (
+            not est.significant(cfg.min_distortion_px, cfg.distortion_z)
+            or _ == cfg.distortion_steps
+        ):
+            break
+        # rounded as alignment.csv writes them, so the recorded values reproduce the crop
+        new_rot, new_scale = round(rot + est.rotation_deg, 4), round(scale * est.scale, 6)
+        if abs(new_rot) > cfg.max_rotation_deg or abs(new_scale - 1) > cfg.max_scale_error:
+            return current, None, FieldDistortion(new_rot, new_scale, est.corner_px, est.corner_sd)
+        warped = warp_field(scene.raw.astype(np.float32), new_rot, new_scale, inverse=True)
+        fixed = rematch(scene, warped, cfg)
+        if not _fits_better(scene, warped, current.sem, cfg):
+            break  # the correction does not explain the image better
+        current, rot, scale, left = fixed, new_rot, new_scale, None
+    applied = None if rot == 0.0 and scale == 1.0 else FieldDistortion(rot, scale)
+    if left is not None:
+        return (
+            current,
+            applied,
+            FieldDistortion(
+                rot + left.rotation_deg, scale * left.scale, left.corner_px, left.corner_sd
+            ),
+        )
+    return current, applied, None

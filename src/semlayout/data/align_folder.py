@@ -82,28 +82,14 @@ def align_folder(
     with atomic_dir(out_dir) as tmp:
         for sub in ("sem", "layout") + (("clean",) if has_clean else ()):
             (tmp / sub).mkdir()
-        fixed = prior.for_pattern if prior is not None else (lambda _t: None)
-        results = _run_jobs(
-            [(r, tmp, cfg, fixed(r.pattern_type)) for r in records], workers, progress
-        )
+        jobs: list[Job] = [
+            (r, tmp, cfg, prior.for_pattern(r.pattern_type) if prior is not None else None)
+            for r in records
+        ]
+        results = _run_jobs(jobs, workers, progress)
         table = prior
         if table is None:
-            table = estimate_priors(
-                ((r.pattern_type, res) for r, res in zip(records, results, strict=True)),
-                cfg.min_polarity_margin,
-                cfg.prior_min_pairs,
-                cfg.prior_min_share,
-            )
-            again = [
-                i
-                for i, (r, res) in enumerate(zip(records, results, strict=True))
-                if needs_prior(res, table.for_pattern(r.pattern_type))
-            ]
-            jobs = [
-                (records[i], tmp, cfg, table.for_pattern(records[i].pattern_type)) for i in again
-            ]
-            for i, res in zip(again, _run_jobs(jobs, workers, progress), strict=True):
-                results[i] = res
+            table = _with_estimated_prior(records, results, tmp, cfg, workers, progress)
         _write_outputs(tmp, records, results, has_clean)
     seconds = time.perf_counter() - t0
     reasons = Counter(r.reason for r in results)
@@ -117,6 +103,35 @@ def align_folder(
         polarity_prior=table.describe(),
         n_prior=sum(r.qc_pass and r.polarity_source == "prior" for r in results),
     )
+
+
+def _with_estimated_prior(
+    records: list[PairRecord],
+    results: list[AlignResult],
+    tmp: Path,
+    cfg: AlignConfig,
+    workers: int,
+    progress: bool,
+) -> PriorTable:
+    """The data set's polarity from the first pass's confident pairs; the pairs it can help
+    are aligned again with it (their results replaced in `results`)."""
+    table = estimate_priors(
+        ((r.pattern_type, res) for r, res in zip(records, results, strict=True)),
+        cfg.min_polarity_margin,
+        cfg.prior_min_pairs,
+        cfg.prior_min_share,
+    )
+    again = [
+        i
+        for i, (r, res) in enumerate(zip(records, results, strict=True))
+        if needs_prior(res, table.for_pattern(r.pattern_type))
+    ]
+    jobs: list[Job] = [
+        (records[i], tmp, cfg, table.for_pattern(records[i].pattern_type)) for i in again
+    ]
+    for i, res in zip(again, _run_jobs(jobs, workers, progress), strict=True):
+        results[i] = res
+    return table
 
 
 # ----------------------------------------------------------------------------- one pair

@@ -267,6 +267,17 @@ def _manifest_csv(pairs: list[ValidPair]) -> str:
     return buf.getvalue()
 
 
+def check_destination(uri: str) -> str:
+    """An intake destination is `s3://BUCKET/PREFIX`, `file:///abs/folder`, or a folder that
+    exists: `fab-data/reviewed` meant as a bucket must not quietly become a local folder."""
+    if "://" in uri or Path(uri).is_dir():
+        return uri
+    raise SemlayoutError(
+        f"--to {uri}: no scheme and not an existing folder; for S3 write s3://{uri.lstrip('/')}, "
+        f"for a new local folder file://{Path(uri).absolute()} (or create it first)"
+    )
+
+
 def upload_batch(
     pairs_dir: str | os.PathLike[str],
     uri: str,
@@ -284,7 +295,7 @@ def upload_batch(
     False. `on_object(key)` is called after each object is stored (from `workers` upload
     threads; progress hooks, tests).
     """
-    store = open_store(uri)
+    store = open_store(check_destination(uri))
     checked = validate_pairs(pairs_dir, align_cfg, progress=progress, polarity_prior=polarity_prior)
     n_total = len(checked.valid) + len(checked.rejects)
     if checked.rejects and not skip_invalid:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -180,24 +180,25 @@ def read_alignment_table(path: str | Path) -> list[AlignmentRow]:
         raise SemlayoutError(f"{path}: not a CSV table ({err})") from None
 
 
-def read_polarity_columns(rows: Iterable[dict[str, str]]) -> list[tuple[str, Any]]:
-    """(pattern_type, record) pairs from manifest rows that carry `POLARITY_COLUMNS` (rows
-    without them, or with unreadable values, are skipped): what `estimate_priors` reads when
-    pairs arrive one at a time (the feedback store)."""
+def read_polarity_columns(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, Any]]:
+    """(pattern_type, record) pairs from rows of QC-passed pairs that carry `POLARITY_COLUMNS`
+    (as text or numbers; rows without them, or with unreadable values, are skipped): what
+    `estimate_priors` reads when pairs arrive one at a time (the feedback store's rows)."""
     out: list[tuple[str, Any]] = []
     for row in rows:
+        cell = {c: str(row.get(c) if row.get(c) is not None else "").strip() for c in row}
         try:
-            pol = int((row.get("polarity") or "").strip())
-            margin = float((row.get("polarity_margin") or "").strip())
+            pol = int(cell.get("polarity", ""))
+            margin = float(cell.get("polarity_margin", ""))
         except ValueError:
             continue
         rec = SimpleNamespace(
             qc_pass=True,
             polarity=pol,
             polarity_margin=margin,
-            polarity_source=(row.get("polarity_source") or "").strip(),
+            polarity_source=cell.get("polarity_source", ""),
         )
-        out.append(((row.get("pattern_type") or "").strip(), rec))
+        out.append((cell.get("pattern_type", ""), rec))
     return out
 
 

@@ -226,25 +226,64 @@ def test_cli_polarity_prior(grating_folder, tmp_path, capsys):
 def test_intake_and_feedback_manifests_keep_the_polarity(grating_folder, tmp_path):
     from semlayout.data.pairs import read_gray8, read_manifest
     from semlayout.intake import upload_batch
-    from semlayout.monitoring.feedback import FeedbackStore
+    from semlayout.monitoring.feedback import FeedbackStore, feedback_rows
+    from semlayout.monitoring.store import MonitorStore
 
     folder, _ = grating_folder
+    (tmp_path / "store").mkdir()
     res = upload_batch(folder, str(tmp_path / "store"), skip_invalid=True, workers=1)
     rows = read_csv(tmp_path / "store" / res.manifest_key)
     assert set(POLARITY_COLUMNS) <= set(rows[0]) and rows[0]["declared_polarity"] == "1"
     assert {r["polarity_source"] for r in rows} == {"pair", "prior"}
-    # one pair at a time: the prior comes from the store's config
-    store = FeedbackStore(tmp_path / "fb", polarity_prior="bright")
-    stored = 0
-    for rec in read_manifest(folder)[:6]:
+    # one pair at a time: the prior comes from the store's config (a fixed polarity) ...
+    monitor = MonitorStore(tmp_path / "m.db")
+    fixed = FeedbackStore(tmp_path / "fb", monitor, polarity_prior="bright")
+    # ... or from the pairs this store already holds
+    learning = FeedbackStore(tmp_path / "fb2", monitor)
+    records = read_manifest(folder)
+    stored = {fixed.uri: 0, learning.uri: 0}
+    for i, rec in enumerate(records):
+        fb = fixed if i < 12 else learning
+        sem, layout = read_gray8(rec.sem_path), read_gray8(rec.layout_path)
         try:
-            row = store.add(read_gray8(rec.sem_path), read_gray8(rec.layout_path), "grating")
+            row = fb.add(
+                sem if fb is fixed else np.ascontiguousarray(sem[::-1, ::-1]),
+                layout if fb is fixed else np.ascontiguousarray(layout[::-1, ::-1]),
+                "grating",
+            )
         except SemlayoutError:
             continue
-        assert row["polarity"] == "1" and row["polarity_source"] in ("pair", "prior")
-        stored += 1
-    fb = read_csv(tmp_path / "fb" / "manifest.csv")
-    assert len(fb) == stored > 0 and set(POLARITY_COLUMNS) <= set(fb[0])
+        assert row["polarity"] == 1 and row["polarity_source"] in ("pair", "prior")
+        assert row["polarity_margin"] >= 0
+        stored[fb.uri] += 1
+    kept = feedback_rows(monitor, fixed.uri)
+    assert len(kept) == stored[fixed.uri] > 0
+    assert {(r.polarity, r.polarity_source) for r in kept} >= {(1, "prior")}
+    assert all(r.polarity_margin is not None for r in kept)
+    later = feedback_rows(monitor, learning.uri)
+    assert len(later) == stored[learning.uri] > 0
+    # the first pairs taught the store its polarity: ambiguous gratings were placed with it
+    assert [r.polarity_source for r in later][:5] == ["pair"] * 5
+    assert "prior" in {r.polarity_source for r in later}
+
+
+def test_collected_reviewed_pairs_carry_their_polarity(tmp_path):
+    from helpers_serving import alignable_pair
+
+    from semlayout.continual import LoopConfig
+    from semlayout.data.pairs import read_manifest
+    from semlayout.monitoring.feedback import FeedbackStore
+    from semlayout.monitoring.store import MonitorStore
+    from semlayout.reviewed import collect_reviewed
+
+    monitor = MonitorStore(tmp_path / "m.db")
+    fb = FeedbackStore(tmp_path / "fb", monitor)
+    fb.add(*alignable_pair(1), "via")
+    FeedbackStore(tmp_path / "fb", monitor, check_alignment=False).add(*alignable_pair(2), "via")
+    cfg = LoopConfig(feedback_uri=str(tmp_path / "fb"))
+    collect_reviewed(cfg, monitor, tmp_path / "pairs")
+    declared = sorted(r.extra["polarity"] for r in read_manifest(tmp_path / "pairs"))
+    assert declared == ["", "1"]  # the unchecked pair has none
 
 
 # ----------------------------------------------------------------------------- quality bar

@@ -29,7 +29,6 @@ and 10-90 % spread; "new" includes its second pass spread over all pairs.
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from bench import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REF = "487dbbc"  # main before issue 16: the aligner as the issue measured it
@@ -235,7 +236,7 @@ def main(quick: bool = False) -> dict:
     sets = make_sets(0.1 if quick else 1.0)
     print(
         f"data: {sum(map(len, sets.values()))} pairs in {time.perf_counter() - t0:.0f} s; "
-        f"today = {today_name}; CPU {platform.processor() or platform.machine()}"
+        f"today = {today_name}; CPU {cpu_model()}"
     )
     print(
         f"{'set':27s} {'aligner':6s} {'right%':>7s} {'wrong+QC%':>9s} {'yield%':>7s} "

@@ -1,8 +1,10 @@
 """Field distortion seen by the aligner: the rotation and magnification error of the SEM
 field relative to the layout, estimated after the integer NCC peak.
 
-Method (measured against log-polar phase correlation, OpenCV's ECC and a Lucas-Kanade
-refinement of the whole template in docs/alignment.md): the fitted template model
+Method (patches rather than one global estimate such as log-polar phase correlation or
+OpenCV's ECC, so that patches caught by a particle or a neighbouring period can be dropped
+and each patch constrains only the directions it has structure in; those alternatives were
+not benchmarked, docs/alignment.md): the fitted template model
 ``a*T + b*E`` is cut into a grid of patches; each patch is matched by NCC within a few
 pixels of where the integer peak puts it (subpixel by a parabola). A similarity
 ``d(t) = [[s cos - 1, -s sin], [s sin, s cos - 1]] (t - centre) + shift`` is fitted to the

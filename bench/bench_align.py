@@ -21,9 +21,13 @@ what `semlayout align` does for a folder: every pair, the data set's polarity es
 from the confident pairs (per pattern type), the pairs it can help aligned again.
 
 Judgement: `independent_sim.judge` (right = placement right or an unalignable pair refused;
-wrong+QC = passed QC and not right; yield = passed and right). Under a distortion, right
-means every template pixel lands within about a pixel of the field
-(`placement_right_mapped`), for both aligners. Time: CPU ms per pair (one thread), median
+wrong+QC = passed QC and not right; yield = passed and right). Right means every template
+pixel lands within about a pixel of the field (`placement_right_mapped`) through the map the
+aligner's crop uses (a distortion it undid, then its offset), for both aligners and every
+set: the new aligner may undo a small distortion an undistorted image does not have, and
+its crop is then judged as it is. On undistorted sets the stricter offset-only judgement
+(`placement_right`: the template equals the field at (x, y)) is printed too ("exact").
+Time: CPU ms per pair (one thread), median
 and 10-90 % spread; "new" includes its second pass spread over all pairs.
 """
 
@@ -191,32 +195,35 @@ def run_set(pairs: list, today: Callable) -> dict:
     }
 
 
-def _scores(pairs: list, res: list, sim: types.ModuleType, mapped: bool) -> dict:
-    q = sim.judge(pairs, res, _to_sem(res) if mapped else None)
+def _scores(pairs: list, res: list, sim: types.ModuleType) -> dict:
+    maps = _to_sem(res)
+    q = sim.judge(pairs, res, maps)
+    if all(p.warp is None for p in pairs):
+        q["wrong_passed_exact"] = sim.judge(pairs, res)["wrong_passed"]
     sub = [i for i, p in enumerate(pairs) if p.family in LINE_SPACE]
     if sub and len(sub) < len(pairs):
         ls = sim.judge(
             [pairs[i] for i in sub],
             [res[i] for i in sub],
-            [_to_sem(res)[i] for i in sub] if mapped else None,
+            [maps[i] for i in sub],
         )
         q["line_space"] = {k: ls[k] for k in ("n", "yield", "wrong_passed", "right")}
     return q
 
 
-def refusals(pairs: list, res: list, sim: types.ModuleType, mapped: bool) -> dict:
+def refusals(pairs: list, res: list, sim: types.ModuleType) -> dict:
     """What bounds the yield: the new aligner's refusals by reason, and for the "ambiguous"
     ones (look-alike placements within noise) the share of the set that passing them anyway
     would have added to wrong+QC (their peak was not right)."""
     from collections import Counter
 
-    maps = _to_sem(res) if mapped else None
+    maps = _to_sem(res)
     refused = [i for i, r in enumerate(res) if not r.qc_pass]
     amb = [i for i in refused if res[i].reason in ("ambiguous", "ambiguous_polarity")]
     wrong = 0
     for i in amb:
         forced = types.SimpleNamespace(**{**vars(res[i]), "qc_pass": True})
-        q = sim.judge([pairs[i]], [forced], [maps[i]] if maps is not None else None)
+        q = sim.judge([pairs[i]], [forced], [maps[i]])
         wrong += q["wrong_passed"] > 0
     n = len(pairs)
     return {
@@ -247,9 +254,7 @@ def main(quick: bool = False) -> dict:
         r = run_set(pairs, today)
         row: dict = {"n": len(pairs), "prior": r["prior"]}
         for who, res, times in (("today", r["old"], r["t_old"]), ("new", r["new"], r["t_new"])):
-            q = _scores(
-                pairs, res, sim, mapped=pairs[0].warp is not None or name.endswith("distorted")
-            )
+            q = _scores(pairs, res, sim)
             ms = 1000 * np.asarray(times)
             extra = 1000 * r["second"] / len(pairs) if who == "new" else 0.0
             q["ms_median"] = float(np.median(ms)) + extra
@@ -266,14 +271,19 @@ def main(quick: bool = False) -> dict:
                 f"{100 * q['yield']:7.1f} {lsy} "
                 f"{q['ms_median']:8.1f} [{q['ms_p10']:5.1f}-{q['ms_p90']:5.1f}]"
             )
-        mapped = pairs[0].warp is not None or name.endswith("distorted")
-        row["refused"] = refusals(pairs, r["new"], sim, mapped)
+        row["refused"] = refusals(pairs, r["new"], sim)
         ref = row["refused"]
         reasons = ", ".join(f"{k} {100 * v:.1f}%" for k, v in ref["reasons"].items())
         print(
             f"{'':27s} new refuses: {reasons or 'nothing'}; passing its ambiguous ones would "
             f"add {100 * ref['ambiguous_wrong_if_passed']:.2f}% wrong+QC"
         )
+        if "wrong_passed_exact" in row["new"]:
+            print(
+                f"{'':27s} wrong+QC judged exact (offset only): today "
+                f"{100 * row['today']['wrong_passed_exact']:.2f}%, new "
+                f"{100 * row['new']['wrong_passed_exact']:.2f}%"
+            )
         row["time_ratio"] = row["new"]["ms_median"] / max(row["today"]["ms_median"], 1e-9)
         print(f"{'':27s} prior: {r['prior']}; time x{row['time_ratio']:.2f} of today", flush=True)
         out[name] = row

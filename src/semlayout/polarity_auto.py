@@ -16,8 +16,10 @@ The evidence for bright is a log-odds `e`: with the checkpoint's calibrated head
 (`polarity.auto_head`, a logistic regression fitted by training on its val split: the two
 branches of a generator are not equally good, so the raw difference of correlations is
 biased), `e = w . standardised(features) + b`; without one, `e = RAW_SCALE * (c_+1 - c_-1)`
-at 1.5 px. A layer prior (+1 / -1) adds `PRIOR_LOGODDS` toward its polarity; the image's
-polarity is the sign of the sum and `margin` its absolute value (log-odds: 0 = a coin toss).
+at 1.5 px. The layer's word (`semlayout.polarity_layer.LayerPrior`): a configured polarity
+decides (source `layer`); else its pooled evidence adds to the image's (source `pooled` once
+the layer has read images, `auto` for the image alone): the polarity is the sign of the sum
+and `margin` its absolute value (log-odds: 0 = a coin toss).
 Cost: two G_A and two G_B forwards instead of one G_A (the chosen hypothesis' output is
 already computed). docs/polarity.md has the measurements.
 """
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from semlayout.polarity import BRIGHT, DARK
+from semlayout.polarity_layer import LayerPrior
 
 SIGMAS = (0.75, 1.5, 3.0)  # px at the model's size: below, about and above a rim width
 FEATURES = (
@@ -39,7 +42,6 @@ FEATURES = (
     "decided_dark",
 )
 RAW_SCALE = 50.0  # logits per unit of c_+1 - c_-1 when there is no calibrated head
-PRIOR_LOGODDS = 2.2  # a layer prior of about 9:1 (docs/polarity.md)
 # |evidence| below this (logits: p < 0.62) is no reading of the image's polarity: the drift
 # monitor counts it neither way
 EVIDENCE_MIN = 0.5
@@ -52,9 +54,9 @@ class PolarityDecision:
     """The polarity an image was translated in, and why."""
 
     polarity: int  # +1 bright, -1 dark
-    source: str  # given (the caller or a layer fixed it) | auto (decided from the image) | only
-    # (the model serves one polarity)
-    margin: float | None = None  # auto: |evidence + prior|, log-odds of the choice
+    source: str  # given (the caller) | layer (configured) | pooled (the image + its layer's
+    # evidence) | auto (the image alone) | only (the model serves one polarity)
+    margin: float | None = None  # pooled / auto: |evidence + pooled|, log-odds of the choice
     evidence: float | None = None  # auto: log-odds of bright from the image alone
 
 
@@ -99,36 +101,55 @@ def auto_sem2layout(
     run_a: Run,
     run_b: Run,
     batch: np.ndarray,
-    prior: int | None = None,
+    prior: int | LayerPrior | None = None,
     head: Any | None = None,
 ) -> tuple[np.ndarray, list[PolarityDecision]]:
     """(G_A output in the chosen polarity (B, 1, S, S), one decision per image) for a
-    (B, 1, S, S) float32 batch; `prior` is the layer's polarity when one is configured."""
+    (B, 1, S, S) float32 batch; `prior`: the layer's configured polarity (+1 / -1) or its
+    `LayerPrior` (configured and pooled evidence)."""
     lay, feats = hypotheses(run_a, run_b, batch)
     e = evidence(feats, head)
-    total = e + (0.0 if prior is None else PRIOR_LOGODDS * prior)
-    chosen = np.where(total >= 0, BRIGHT, DARK)
+    return choose(lay, e, LayerPrior.of(prior))
+
+
+def choose(
+    lay: dict[int, np.ndarray], e: np.ndarray, prior: LayerPrior
+) -> tuple[np.ndarray, list[PolarityDecision]]:
+    """Pick each image's hypothesis from its evidence `e` (B,) and the layer's word."""
+    total = e + prior.pooled
+    if prior.configured is not None:
+        chosen = np.full(len(e), prior.configured)
+        decisions = [PolarityDecision(prior.configured, "layer", None, float(v)) for v in e]
+    else:
+        chosen = np.where(total >= 0, BRIGHT, DARK)
+        source = "pooled" if prior.n > 0 else "auto"
+        decisions = [
+            PolarityDecision(int(c), source, float(abs(t)), float(v))
+            for c, t, v in zip(chosen, total, e, strict=True)
+        ]
     out = np.where(chosen[:, None, None, None] == BRIGHT, lay[BRIGHT], lay[DARK])
-    decisions = [
-        PolarityDecision(int(c), "auto", float(abs(t)), float(v))
-        for c, t, v in zip(chosen, total, e, strict=True)
-    ]
     return out, decisions
 
 
 def fit_head(feats: np.ndarray, polarity: np.ndarray, l2: float = 0.01) -> dict[str, Any]:
     """A logistic regression of bright (polarity +1) on standardised `feats` (N, F): the
-    fields of `AutoHeadConfig`. Deterministic (full-batch gradient descent from zero)."""
+    fields of `AutoHeadConfig`. The two polarities weigh the same whatever their counts, so
+    the log-odds are a likelihood ratio (no base rate in the bias: a layer's images can be
+    pooled, `semlayout.polarity_layer`). Deterministic (full-batch gradient descent from
+    zero); `accuracy` is the balanced accuracy (the mean of the per-polarity ones)."""
     y = (np.asarray(polarity) > 0).astype(np.float64)
+    n_pos, n_neg = max(y.sum(), 1.0), max((1 - y).sum(), 1.0)
+    wt = np.where(y > 0.5, 0.5 / n_pos, 0.5 / n_neg)  # sums to 1, half per polarity
     mean = feats.mean(axis=0)
     scale = feats.std(axis=0) + 1e-6
     z = (feats - mean) / scale
     w, b = np.zeros(z.shape[1]), 0.0
     for _ in range(2000):
-        p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
-        w -= 0.5 * (z.T @ (p - y) / len(y) + l2 * w)
-        b -= 0.5 * float(np.mean(p - y))
-    acc = float(np.mean(((z @ w + b) >= 0) == (y > 0.5)))
+        r = wt * (1.0 / (1.0 + np.exp(-(z @ w + b))) - y)
+        w -= 0.5 * (z.T @ r + l2 * w)
+        b -= 0.5 * float(r.sum())
+    right = ((z @ w + b) >= 0) == (y > 0.5)
+    acc = float(np.sum(wt * right))
     return {
         "mean": mean.tolist(),
         "scale": scale.tolist(),
@@ -144,7 +165,7 @@ def observed_polarity(decision: PolarityDecision) -> int | None:
     of auto's evidence (before any layer prior) when clear enough, else None (not judged)."""
     if decision.source == "given":
         return decision.polarity
-    e = decision.evidence if decision.source == "auto" else None
+    e = decision.evidence if decision.source in ("auto", "pooled", "layer") else None
     if e is None or abs(e) < EVIDENCE_MIN:
         return None
     return BRIGHT if e > 0 else DARK

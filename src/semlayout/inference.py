@@ -310,6 +310,22 @@ class Translator:
         fit = self.config.layout_fit
         return fit_layout(grey, fit.method, fit.threshold, fit.min_iou)
 
+    def read_evidence(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """Each SEM's own evidence of its polarity, log-odds of bright (N,): auto's reading
+        (`polarity_auto`) without translating; needs a model of both polarities."""
+        from semlayout.polarity_auto import evidence, hypotheses
+
+        if len(self.polarities) < 2:
+            raise SemlayoutError("this model learned one polarity: there is nothing to read")
+        images = check_images(images)
+        out = []
+        for start in range(0, len(images), max(1, batch_size)):
+            chunk = images[start : start + batch_size]
+            batch = np.stack([self.preprocess(im) for im in chunk])[:, None]
+            _, feats = hypotheses(self._runners["sem2layout"], self._runners["layout2sem"], batch)
+            out.append(evidence(feats, self.config.polarity.auto_head))
+        return np.concatenate(out)
+
     def translate(
         self, direction: str, images: Sequence[np.ndarray], binarize: bool = False, **options: Any
     ) -> list[np.ndarray]:

@@ -2,7 +2,8 @@
 
 `open_state` loads the model (unless one is given) with its drift detectors, opens the
 monitoring store (with the layers' polarity book) and the feedback store, and starts the
-micro-batcher; the app's lifespan holds the result as `app.state.svc` and endpoints get it injected (`serving.deps.StateDep`).
+micro-batcher; the app's lifespan holds the result as `app.state.svc` and endpoints get it
+injected (`serving.deps.StateDep`).
 `reload_model` is the reload with its bookkeeping (model gauge, reload counter), shared by
 the registry poller (`poll_registry`) and `POST /v1/admin/reload`. `enforce_retention` runs
 the store's retention policy every `retention_interval_s`.

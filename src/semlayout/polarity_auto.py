@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from semlayout.polarity import BRIGHT, DARK
-from semlayout.polarity_layer import LayerPrior
+from semlayout.polarity_layer import CLIP, LayerPrior
 
 SIGMAS = (0.75, 1.5, 3.0)  # px at the model's size: below, about and above a rim width
 FEATURES = (
@@ -56,7 +56,7 @@ class PolarityDecision:
     polarity: int  # +1 bright, -1 dark
     source: str  # given (the caller) | layer (configured) | pooled (the image + its layer's
     # evidence) | auto (the image alone) | only (the model serves one polarity)
-    margin: float | None = None  # pooled / auto: |evidence + pooled|, log-odds of the choice
+    margin: float | None = None  # pooled / auto: |clipped evidence + pooled|, log-odds
     evidence: float | None = None  # auto: log-odds of bright from the image alone
 
 
@@ -115,8 +115,10 @@ def auto_sem2layout(
 def choose(
     lay: dict[int, np.ndarray], e: np.ndarray, prior: LayerPrior
 ) -> tuple[np.ndarray, list[PolarityDecision]]:
-    """Pick each image's hypothesis from its evidence `e` (B,) and the layer's word."""
-    total = e + prior.pooled
+    """Pick each image's hypothesis from its evidence `e` (B,) and the layer's word: the
+    image's evidence counts clipped (`polarity_layer.CLIP`), as when it is pooled, so a
+    layer's pooled evidence can outweigh any one image."""
+    total = np.clip(e, -CLIP, CLIP) + prior.pooled
     if prior.configured is not None:
         chosen = np.full(len(e), prior.configured)
         decisions = [PolarityDecision(prior.configured, "layer", None, float(v)) for v in e]

@@ -34,6 +34,7 @@ from semlayout.polarity_auto import (
 from semlayout.polarity_layer import CLIP, LayerPrior
 from semlayout.train.checkpoint import build_networks, save_checkpoint
 from semlayout.train.loop import run_training
+from semlayout.train.polarity_head import SYNTH_PAIRS
 
 # ----------------------------------------------------------------------------- the values
 
@@ -345,7 +346,7 @@ def test_a_model_of_both_polarities_translates_each_and_decides_auto(tmp_path):
     for t, b, d in zip(done, bright, dark, strict=True):
         dec = t.decision
         assert dec.source == "auto" and dec.margin is not None and dec.evidence is not None
-        assert dec.margin == pytest.approx(abs(dec.evidence))
+        assert dec.margin == pytest.approx(min(abs(dec.evidence), CLIP))  # counted clipped
         assert np.array_equal(t.output, b if dec.polarity == 1 else d)
     # layout2sem: nothing in a layout says how it images -> the layer's polarity, else bright
     assert {t.decision.polarity for t in tr.translate_detailed("layout2sem", sems)} == {1}
@@ -436,22 +437,25 @@ def test_the_head_is_a_calibrated_logistic_regression():
     assert fit_head(feats, pol) == head  # deterministic
     # the polarities weigh the same whatever their counts: 9 bright images for 1 dark and
     # features that say nothing give log-odds ~0 (a likelihood ratio, no base rate to pool)
-    skewed = np.where(np.arange(200) % 10 == 0, -1, 1)
-    flat = fit_head(rng.normal(0, 1, (200, len(FEATURES))), skewed)
-    assert abs(flat["bias"]) < 0.2
+    skewed = np.where(np.arange(2000) % 10 == 0, -1, 1)
+    flat = fit_head(rng.normal(0, 1, (2000, len(FEATURES))), skewed)
+    assert abs(flat["bias"]) < 0.2  # unweighted, it would be log(9) = 2.2
 
 
 def test_training_on_both_polarities_fits_autos_head_on_the_val_split(tmp_path):
     cfg = _cfg("film", flip=True, max_steps=4, checkpoint_every=4)
     final = run_training(cfg, MixedPairs(8), tmp_path / "r", val_ds=MixedPairs(20), progress=False)
     head = json.loads((final / "config.json").read_text())["config"]["polarity"]["auto_head"]
-    assert head["n"] == 20 and len(head["weights"]) == len(FEATURES)
+    # the val split plus fresh synthetic pairs of both polarities drawn at fit time
+    assert head["n"] == 20 + SYNTH_PAIRS and len(head["weights"]) == len(FEATURES)
     tr = Translator.load(final)
     assert tr.config.polarity.auto_head is not None
     done = tr.translate_detailed("sem2layout", _sems())
     assert all(t.decision.source == "auto" for t in done)
     few = run_training(cfg, MixedPairs(8), tmp_path / "few", val_ds=MixedPairs(6), progress=False)
-    assert json.loads((few / "config.json").read_text())["config"]["polarity"]["auto_head"] is None
+    # a val split with few reversed pairs still gets a head: the synthetic ones are balanced
+    few_head = json.loads((few / "config.json").read_text())["config"]["polarity"]["auto_head"]
+    assert few_head["n"] == 6 + SYNTH_PAIRS
 
 
 def test_the_drift_monitor_flags_a_stream_whose_polarity_flipped():

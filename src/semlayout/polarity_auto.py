@@ -36,10 +36,15 @@ from semlayout.polarity import BRIGHT, DARK
 from semlayout.polarity_layer import CLIP, LayerPrior
 
 SIGMAS = (0.75, 1.5, 3.0)  # px at the model's size: below, about and above a rim width
+RIM_SCALES = ((0.75, 3.0), (1.0, 5.0), (0.5, 2.0))  # (fine, coarse) blurs, px at model size
 FEATURES = (
     *(f"corr_{p}_s{s}" for s in SIGMAS for p in ("bright", "dark")),
     "decided_bright",
     "decided_dark",
+    # which phase the SE rims lie on, from the image alone (`rim_features`); appended: a head
+    # fitted before they existed uses the first len(weights) features
+    *(f"rim_{k}_s{f}_{c}" for f, c in RIM_SCALES for k in ("phase", "side")),
+    "skew",
 )
 RAW_SCALE = 50.0  # logits per unit of c_+1 - c_-1 when there is no calibrated head
 # |evidence| below this (logits: p < 0.62) is no reading of the image's polarity: the drift
@@ -76,6 +81,34 @@ def consistency(x: np.ndarray, rendered: np.ndarray, sigma: float = 1.5) -> np.n
     return np.where(den > 0, (a * b).sum(axis=1) / np.maximum(den, 1e-12), 0.0)
 
 
+def rim_features(x: np.ndarray) -> list[float]:
+    """Which phase the secondary-electron rims lie on, from the image alone ((S, S) in
+    [-1, 1]): rims are on the pattern side of every edge in both polarities, so near edges the
+    fine-scale residual (a light blur minus a heavier one) is bright on the bright phase in
+    normal contrast and on the dark phase in reversed contrast. Per scale pair: the residual
+    times the local phase (its sign against a wide blur) near edges, over |residual|; the
+    residual's mean on the bright side minus the dark side, over the image's spread. Then the
+    grey levels' skewness."""
+    import cv2
+
+    x = np.asarray(x, np.float32)
+    wide = cv2.GaussianBlur(x, (0, 0), 12.0)
+    out: list[float] = []
+    for fine, coarse in RIM_SCALES:
+        a, b = cv2.GaussianBlur(x, (0, 0), fine), cv2.GaussianBlur(x, (0, 0), coarse)
+        res, phase = a - b, np.sign(b - wide)
+        grad = np.hypot(cv2.Sobel(b, cv2.CV_32F, 1, 0), cv2.Sobel(b, cv2.CV_32F, 0, 1))
+        near = grad > np.quantile(grad, 0.8)
+        hi, lo = near & (phase > 0), near & (phase < 0)
+        if not hi.any() or not lo.any():
+            out += [0.0, 0.0]
+            continue
+        out.append(float((res * phase)[near].mean() / (np.abs(res[near]).mean() + 1e-6)))
+        out.append(float((res[hi].mean() - res[lo].mean()) / (x.std() + 1e-6)))
+    out.append(float(((x - x.mean()) ** 3).mean() / (x.std() ** 3 + 1e-6)))
+    return out
+
+
 def hypotheses(
     run_a: Run, run_b: Run, batch: np.ndarray
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
@@ -85,7 +118,8 @@ def hypotheses(
     ren = {p: run_b(lay[p], p * ones)[:, 0] for p in (BRIGHT, DARK)}
     cols = [consistency(batch[:, 0], ren[p], s) for s in SIGMAS for p in (BRIGHT, DARK)]
     cols += [np.abs(lay[p][:, 0]).mean(axis=(1, 2)) for p in (BRIGHT, DARK)]
-    return lay, np.stack(cols, axis=1).astype(np.float64)
+    rims = np.array([rim_features(x) for x in batch[:, 0]], np.float64).reshape(len(batch), -1)
+    return lay, np.concatenate([np.stack(cols, axis=1), rims], axis=1).astype(np.float64)
 
 
 def evidence(feats: np.ndarray, head: Any | None = None) -> np.ndarray:
@@ -93,7 +127,8 @@ def evidence(feats: np.ndarray, head: Any | None = None) -> np.ndarray:
     if head is None:
         i, j = FEATURES.index("corr_bright_s1.5"), FEATURES.index("corr_dark_s1.5")
         return RAW_SCALE * (feats[:, i] - feats[:, j])
-    z = (feats - np.asarray(head.mean)) / np.asarray(head.scale)
+    f = feats[:, : len(head.weights)]  # a head fitted before the rim features: the first ones
+    z = (f - np.asarray(head.mean)) / np.asarray(head.scale)
     return z @ np.asarray(head.weights) + head.bias
 
 

@@ -13,7 +13,7 @@ when auto decided it, `X-Layer`; the same as JSON fields).
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import Response
@@ -44,28 +44,28 @@ LayerQuery = Annotated[str | None, Query(alias="layer", description=LAYER_HELP)]
 LayerForm = Annotated[str | None, Form(alias="layer", description=LAYER_HELP)]
 
 
-def layer_label(query: str | None, form: str | None) -> str:
-    """The request's layer (query parameter or form field; `default` without one); 422."""
-    if query is not None and form is not None and query != form:
+def _query_or_form(name: str, query: str | None, form: str | None, parse: Any) -> Any:
+    """`parse` of a field given as a query parameter or a form field (or neither); 422 when
+    both are given and differ, or when `parse` refuses it."""
+    if query is not None and form is not None and query.strip() != form.strip():
         raise HTTPException(
-            422, detail=f"layer given twice and differently: query {query!r}, form {form!r}"
+            422, detail=f"{name} given twice and differently: query {query!r}, form {form!r}"
         )
     try:
-        return check_layer(query if query is not None else form)
+        return parse(query if query is not None else form)
     except SemlayoutError as err:
         raise HTTPException(422, detail=str(err)) from None
+
+
+def layer_label(query: str | None, form: str | None) -> str:
+    """The request's layer (`default` without one)."""
+    return str(_query_or_form("layer", query, form, check_layer))
 
 
 def polarity_choice(query: str | None, form: str | None) -> PolarityChoice:
-    """The request's polarity (query parameter or form field); 422 naming the choices."""
-    if query is not None and form is not None and query.strip() != form.strip():
-        raise HTTPException(
-            422, detail=f"polarity given twice and differently: query {query!r}, form {form!r}"
-        )
-    try:
-        return parse_choice(query if query is not None else form)
-    except SemlayoutError as err:
-        raise HTTPException(422, detail=str(err)) from None
+    """The request's polarity; 422 naming the choices."""
+    choice: PolarityChoice = _query_or_form("polarity", query, form, parse_choice)
+    return choice
 
 
 def check_binarize(direction: Direction, binarize: bool) -> None:

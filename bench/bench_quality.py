@@ -196,7 +196,7 @@ def drift_quality(tr: Any, reference: str | None, n: int) -> dict[str, Any] | No
     det = detectors_from_reference(reference, layer_polarity=1)["sem2layout"]
     for name, rf, seed in (("normal stream", 0.0, 4242), ("reversed stream", 1.0, 4343)):
         sems, _, _, _ = fresh_synth(n, seed, reverse_fraction=rf)
-        e = polarity_streams.read_all(tr, sems, _HEADS)["e"]
+        e = polarity_streams.read_all(tr, sems, _HEADS, translate=False)["e"]
         by_pol = polarity_streams.stream_flags(e["refit"])
         before = polarity_streams.stream_flags(e["checkpoint"])
         by_feat = np.array([det.check(s).drifted for s in sems])

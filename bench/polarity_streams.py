@@ -19,11 +19,18 @@ from typing import Any
 import numpy as np
 
 
-def read_all(tr: Any, sems: list[np.ndarray], heads: dict[str, Any]) -> dict[str, Any]:
-    """{"out": {+1: [layout], -1: [layout]}, "e": {head name: (N,) log-odds of bright}}."""
+def read_all(
+    tr: Any, sems: list[np.ndarray], heads: dict[str, Any], translate: bool = True
+) -> dict[str, Any]:
+    """{"out": {+1: [layout], -1: [layout]} (empty unless `translate`), "e": {head name: (N,)
+    log-odds of bright}}."""
     from semlayout.polarity_auto import evidence, hypotheses
 
-    out = {p: tr.translate("sem2layout", sems, binarize=True, polarity=p) for p in (1, -1)}
+    out = (
+        {p: tr.translate("sem2layout", sems, binarize=True, polarity=p) for p in (1, -1)}
+        if translate
+        else {}
+    )
     feats = []
     for lo in range(0, len(sems), 16):
         batch = np.stack([tr.preprocess(s) for s in sems[lo : lo + 16]])[:, None]

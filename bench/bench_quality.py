@@ -10,17 +10,20 @@ Sources of pairs, all cropped at the true offset (so alignment is not what is me
   `sem_physics.py` (other families, another edge and noise model, dose 2.5-60 e-/px, 20 %
   reversed contrast and 70 % for dense contact holes). Per family and dose band on normal
   contrast, as before.
-Each image is translated twice: in its true polarity (`given`, what a caller who knows the
-layer gets) and with `polarity=auto` (decided per image, no layer prior); `auto ok` is how
-often auto chose the true polarity. The baseline is what an engineer would do instead:
-Gaussian blur, Otsu threshold, the true polarity's side = pattern
+Each image is translated in both polarities and its own polarity evidence read once
+(`bench.polarity_streams`): `given` is the true polarity's output (a caller who knows the
+layer), `auto` the image alone deciding (the mixed per-image case), `pooled` streams of one
+layer each (per family and polarity, random order, the layer's evidence starting from
+nothing, first images included), with the head training now fits (refitted on fresh
+synthetic SEMs of both polarities for the checkpoint measured); `ok` how often each chose the
+true polarity, `ok-ckpt` auto with the checkpoint's own head. The baseline is what an
+engineer would do instead: Gaussian blur, Otsu threshold, the true polarity's side = pattern
 (`semlayout.evaluation.otsu_layout_baseline`).
 
-Drift (`drift`): a served layer declared bright (`--layer-polarity bright`) receives a stream
-of normal-contrast and a stream of reversed-contrast fresh synth SEMs; the share of images the
-drift monitor flags (grey-level features against the model's reference, and the polarity the
-stream's recent images read, `semlayout.monitoring.drift`): each stream starts on a fresh
-server, so its first images are judged on a short window.
+Drift (`drift`): a layer configured bright receives a stream of normal-contrast and a stream
+of reversed-contrast fresh synth SEMs, each from a fresh layer state; the share of images
+flagged by the grey-level features against the model's reference or by the layer's
+sequential test on the images' evidence (`semlayout.polarity_layer`, as the server keeps it).
 
 Must-show lines (issue 16) are printed at the end, against today's normal-contrast numbers
 (`TODAY`: the model `make run` trained before polarity conditioning). With

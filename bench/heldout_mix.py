@@ -151,3 +151,22 @@ def mix(shards: str | Path | None, n: int, seed: int = 1717) -> list[Pair]:
     for k, source in enumerate(("low dose", "reversed", "shifted")):
         pairs += synth_variant(n, seed + 2 + k, source)
     return pairs
+
+
+def in_distribution(n: int, seed: int, reverse_fraction: float = 0.25) -> list[Pair]:
+    """Fresh pairs as the training data was drawn (default mix, `make run`'s reversed share)."""
+    from semlayout.data.sem_physics import PhysicsRanges
+    from semlayout.data.synth import generate_pair
+    from semlayout.data.layouts import DEFAULT_MIX
+
+    ranges = PhysicsRanges(reverse_fraction=reverse_fraction)
+    fams = list(DEFAULT_MIX)
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        fam = str(rng.choice(fams, p=np.array([DEFAULT_MIX[f] for f in fams])))
+        sem, lay, clean, x, y, meta = generate_pair(rng, fam, ranges=ranges)
+        crop = (slice(y, y + T), slice(x, x + T))
+        pol = int(meta["params"].polarity)
+        out.append(Pair(f"ind-{seed}-{i}", "in distribution", fam, sem[crop], lay, pol, clean[crop]))
+    return out

@@ -17,7 +17,8 @@ cycle_iou  IoU(G_A(y, p) > 0, x > 0)             layout2sem: does the rendered S
                                                  as the layout (one G_A forward)
 dihedral   IoU(T^-1 G(T x) > 0, y > 0), T = transpose: agreement under a symmetry the model
                                                  was trained with (one forward)
-margin     |log-odds| of polarity=auto's choice  sem2layout, free (0 when the polarity was given)
+margin     |log-odds| of polarity=auto's choice  sem2layout, free (capped at MARGIN_CAP, the
+                                                 cap itself when the polarity was given)
 ```
 An input that defeats the signals — blank, saturated, one value (`input_defect`) — gets
 confidence 0 and predicted quality 0 with the reason; a non-finite signal likewise. A model
@@ -41,7 +42,8 @@ KEPT: dict[str, tuple[str, ...]] = {
 }
 UNCALIBRATED = "uncalibrated"
 MIN_STD = 1.0  # grey levels: an input flatter than this carries no pattern to read
-EXTREME_SHARE = 0.98  # share of pixels at 0 or 255 over which an input is saturated
+EXTREME_SHARE = 0.98
+MARGIN_CAP = 8.0  # log-odds (p > 0.9997): beyond it the polarity is not in doubt  # share of pixels at 0 or 255 over which an input is saturated
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ def signals(
             if d is Direction.sem2layout
             else 1.0 - np.abs(other - y).mean(axis=(1, 2, 3))
         )
-    if "margin" in want:
-        cols["margin"] = np.array([0.0 if m is None else float(m) for m in margins])
+    if "margin" in want:  # a given polarity is as sure as the surest auto choice
+        cols["margin"] = np.array([MARGIN_CAP if m is None else min(float(m), MARGIN_CAP) for m in margins])
     return [{k: float(cols[k][i]) for k in want} for i in range(len(images))]
 
 

@@ -88,8 +88,10 @@ def print_judgement(title: str, res: dict[str, np.ndarray], good: float) -> dict
     from semlayout.confidence_fit import judge
 
     out: dict[str, Any] = {}
-    print(f"{title:<16} {'n':>4} {'bad':>4} {'mean q':>7} {'spearman':>8} {'capture20':>9} "
-          f"{'cal.err':>7} {'MAE':>6}")
+    print(
+        f"{title:<16} {'n':>4} {'bad':>4} {'mean q':>7} {'spearman':>8} {'capture20':>9} "
+        f"{'cal.err':>7} {'MAE':>6}"
+    )
     groups = {"all": np.ones(len(res["iou"]), bool)}
     groups.update({s: res["source"] == s for s in heldout_mix.SOURCES})
     for name, m in groups.items():
@@ -100,8 +102,10 @@ def print_judgement(title: str, res: dict[str, np.ndarray], good: float) -> dict
             "mean_true": float(res["iou"][m].mean())
         }
         cap = "-" if j["capture_20"] is None else f"{j['capture_20']:.0%}"
-        print(f"  {name:<14} {j['n']:>4} {j['bad']:>4} {res['iou'][m].mean():7.3f} "
-              f"{j['spearman']:8.3f} {cap:>9} {j['calibration_error']:7.3f} {j['mae']:6.3f}")
+        print(
+            f"  {name:<14} {j['n']:>4} {j['bad']:>4} {res['iou'][m].mean():7.3f} "
+            f"{j['spearman']:8.3f} {cap:>9} {j['calibration_error']:7.3f} {j['mae']:6.3f}"
+        )
     out["reliability"] = judge(res["pred"], res["conf"], res["iou"], good)["reliability"]
     return out
 
@@ -120,8 +124,10 @@ def review_vs_random(res: dict[str, np.ndarray], good: float, k: int = 20) -> di
     queue_bad = int(bad[picked].sum())
     random_bad = float(bad.mean() * k)
     ratio = queue_bad / random_bad if random_bad else float("inf")
-    print(f"review: {queue_bad} bad of the queue's first {k} vs {random_bad:.1f} expected from "
-          f"{k} random picks: {ratio:.2f}x (bar >= 2x)")
+    print(
+        f"review: {queue_bad} bad of the queue's first {k} vs {random_bad:.1f} expected from "
+        f"{k} random picks: {ratio:.2f}x (bar >= 2x)"
+    )
     return {"queue_bad": queue_bad, "random_bad": random_bad, "ratio": ratio, "k": k}
 
 
@@ -144,9 +150,11 @@ def population(shards: str, quick: bool) -> dict[str, Any]:
     for w in range(windows):
         feats = [image_features(p.sem) for p in heldout_mix.in_distribution(100, 5000 + w)]
         alarms += det.test(feats).drifted
-    print(f"population drift: unseen-family stream fired after {fired_at} requests "
-          f"(bar <= 100); {alarms}/{windows} in-distribution windows of 100 fired "
-          f"({alarms / windows:.0%}, bar <= 5 %)")
+    print(
+        f"population drift: unseen-family stream fired after {fired_at} requests "
+        f"(bar <= 100); {alarms}/{windows} in-distribution windows of 100 fired "
+        f"({alarms / windows:.0%}, bar <= 5 %)"
+    )
     return {"unseen_fired_at": fired_at, "false_alarms": alarms, "windows": windows}
 
 
@@ -201,13 +209,16 @@ def main(quick: bool = False) -> dict[str, Any]:
 
     model, shards = _model_and_shards()
     if not model or not shards or not Path(shards).is_dir():
-        print("confidence: needs a model and its shards (make run, or SEMLAYOUT_BENCH_MODEL and "
-              "SEMLAYOUT_BENCH_SHARDS); skipped")
+        print(
+            "confidence: needs a model and its shards (make run, or SEMLAYOUT_BENCH_MODEL and "
+            "SEMLAYOUT_BENCH_SHARDS); skipped"
+        )
         return {"skipped": True}
     print(f"model {model}; shards {shards}; CPU {cpu_model()}")
     tr = Translator.load(model)
     cal, fit_s = calibration_for(tr, model, shards)
-    print(f"calibration: {cal.source} ({'fitted now in %.0f s' % fit_s if fit_s else 'saved'})")
+    how = f"fitted now in {fit_s:.0f} s" if fit_s else "saved beside the weights"
+    print(f"calibration: {cal.source} ({how})")
     n = 8 if quick else int(os.environ.get("SEMLAYOUT_BENCH_N", "40"))
     t0 = time.perf_counter()
     pairs = heldout_mix.mix(shards, n)

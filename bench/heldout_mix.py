@@ -155,9 +155,9 @@ def mix(shards: str | Path | None, n: int, seed: int = 1717) -> list[Pair]:
 
 def in_distribution(n: int, seed: int, reverse_fraction: float = 0.25) -> list[Pair]:
     """Fresh pairs as the training data was drawn (default mix, `make run`'s reversed share)."""
+    from semlayout.data.layouts import DEFAULT_MIX
     from semlayout.data.sem_physics import PhysicsRanges
     from semlayout.data.synth import generate_pair
-    from semlayout.data.layouts import DEFAULT_MIX
 
     ranges = PhysicsRanges(reverse_fraction=reverse_fraction)
     fams = list(DEFAULT_MIX)
@@ -168,5 +168,7 @@ def in_distribution(n: int, seed: int, reverse_fraction: float = 0.25) -> list[P
         sem, lay, clean, x, y, meta = generate_pair(rng, fam, ranges=ranges)
         crop = (slice(y, y + T), slice(x, x + T))
         pol = int(meta["params"].polarity)
-        out.append(Pair(f"ind-{seed}-{i}", "in distribution", fam, sem[crop], lay, pol, clean[crop]))
+        out.append(
+            Pair(f"ind-{seed}-{i}", "in distribution", fam, sem[crop], lay, pol, clean[crop])
+        )
     return out

@@ -42,8 +42,8 @@ KEPT: dict[str, tuple[str, ...]] = {
 }
 UNCALIBRATED = "uncalibrated"
 MIN_STD = 1.0  # grey levels: an input flatter than this carries no pattern to read
-EXTREME_SHARE = 0.98
-MARGIN_CAP = 8.0  # log-odds (p > 0.9997): beyond it the polarity is not in doubt  # share of pixels at 0 or 255 over which an input is saturated
+EXTREME_SHARE = 0.98  # share of pixels at 0 or 255 over which an input is saturated
+MARGIN_CAP = 8.0  # log-odds (p > 0.9997): beyond it the polarity is not in doubt
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,9 @@ def signals(
             else 1.0 - np.abs(other - y).mean(axis=(1, 2, 3))
         )
     if "margin" in want:  # a given polarity is as sure as the surest auto choice
-        cols["margin"] = np.array([MARGIN_CAP if m is None else min(float(m), MARGIN_CAP) for m in margins])
+        cols["margin"] = np.array(
+            [MARGIN_CAP if m is None else min(float(m), MARGIN_CAP) for m in margins]
+        )
     return [{k: float(cols[k][i]) for k in want} for i in range(len(images))]
 
 

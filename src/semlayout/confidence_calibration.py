@@ -19,9 +19,13 @@ the validation median.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,9 @@ class DirectionCalibration:
     good_threshold: float
     n: int
     fit: dict[str, float] = field(default_factory=dict)  # in-sample numbers, for the record
+    # the validation inputs' image features and signals, column-wise: the population-drift
+    # test's reference sample (`semlayout.monitoring.population`)
+    reference: dict[str, list[float]] = field(default_factory=dict)
 
     def score(self, signals: np.ndarray) -> np.ndarray:
         """(N, F) signals in `self.signals` order -> (N,) regression score."""
@@ -92,7 +99,12 @@ def _knots(x: np.ndarray, y: np.ndarray, n: int = 24) -> tuple[list[float], list
 
 
 def fit_direction(
-    signals: np.ndarray, quality: np.ndarray, names: Sequence[str], metric: str, good: float
+    signals: np.ndarray,
+    quality: np.ndarray,
+    names: Sequence[str],
+    metric: str,
+    good: float,
+    reference: Mapping[str, Sequence[float]] | None = None,
 ) -> DirectionCalibration:
     """Fit one direction's calibration on (N, F) `signals` and the (N,) true `quality`."""
     x = np.asarray(signals, np.float64)
@@ -129,7 +141,12 @@ def fit_direction(
         good_y=kg,
         good_threshold=float(good),
         n=int(len(y)),
-        fit={"spearman": rho, "mean_quality": float(y.mean()), "good_share": float(np.mean(y >= good))},
+        fit={
+            "spearman": rho,
+            "mean_quality": float(y.mean()),
+            "good_share": float(np.mean(y >= good)),
+        },
+        reference={k: [float(v) for v in vals] for k, vals in (reference or {}).items()},
     )
 
 
@@ -143,13 +160,15 @@ class Calibration:
     def get(self, direction: str) -> DirectionCalibration | None:
         return self.directions.get(str(direction))
 
-    def to_json(self) -> str:
-        doc = {
+    def to_dict(self) -> dict[str, Any]:
+        return {
             "format": FORMAT,
             "source": self.source,
             "directions": {d: asdict(c) for d, c in self.directions.items()},
         }
-        return json.dumps(doc, indent=2) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def save(self, folder: str | Path) -> Path:
         from semlayout.atomic import atomic_write_text
@@ -183,6 +202,12 @@ def load_calibration(folder: str | Path) -> Calibration | None:
         doc = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SemlayoutError(f"{f}: not JSON ({err})") from None
+    return calibration_from_dict(doc, str(f))
+
+
+def calibration_from_dict(doc: Any, where: str) -> Calibration:
+    """A `Calibration` from its JSON document (`to_dict`), checked; `where` names it."""
+    f = where
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise SemlayoutError(f"{f}: expected format '{FORMAT}'")
     dirs = doc.get("directions")
@@ -192,3 +217,27 @@ def load_calibration(folder: str | Path) -> Calibration | None:
         {str(k): _direction_from(v, f"{f} [{k}]") for k, v in dirs.items()},
         str(doc.get("source", "")),
     )
+
+
+@contextlib.contextmanager
+def staged_with_calibration(
+    checkpoint: Path, calibration: Mapping[str, Any] | None
+) -> Iterator[Path]:
+    """`checkpoint` itself without a calibration; else a temporary folder holding its files
+    (hard links where possible) and `CALIBRATION_FILE`, checked, so what is logged carries the
+    calibration beside the weights without writing into the step's input artifact."""
+    if not calibration:
+        yield checkpoint
+        return
+    cal = calibration_from_dict(calibration, "the evaluation's confidence calibration")
+    with tempfile.TemporaryDirectory(prefix="semlayout-calibrated-") as tmp:
+        staged = Path(tmp) / checkpoint.name
+        staged.mkdir()
+        for src in checkpoint.iterdir():
+            if src.is_file():
+                try:
+                    os.link(src, staged / src.name)
+                except OSError:
+                    shutil.copyfile(src, staged / src.name)
+        cal.save(staged)
+        yield staged

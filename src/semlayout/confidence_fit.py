@@ -91,11 +91,16 @@ def fit_calibration(
     sems, lays = list(d["sem"][idx]), list(d["layout"][idx])
     pol = np.asarray(d.get("polarity", np.ones(len(d["ids"]), int)))[idx]
     pol = np.array([p if p in translator.polarities else translator.polarities[0] for p in pol])
+    from semlayout.data.features import features_table
+
     out = {}
     for direction in ("sem2layout", "layout2sem"):
         x, y, _ = direction_samples(translator, direction, sems, lays, pol)
         good = GOOD_IOU if direction == "sem2layout" else GOOD_SSIM_SHARE * float(np.median(y))
-        out[direction] = fit_direction(x, y, KEPT[direction], METRIC[direction], good)
+        names = KEPT[direction]
+        ref: dict[str, list[float]] = features_table(sems if direction == "sem2layout" else lays)
+        ref |= {k: x[:, j].tolist() for j, k in enumerate(names)}
+        out[direction] = fit_direction(x, y, names, METRIC[direction], good, ref)
     return Calibration(out, f"{Path(shards_dir).name}:{split} ({len(idx)} pairs)")
 
 
@@ -139,3 +144,83 @@ def judge(
         "mae": float(np.mean(np.abs(p - t))),
         "reliability": bins,
     }
+
+
+def judge_split(
+    translator: Any,
+    calibration: Calibration,
+    shards_dir: str | os.PathLike[str],
+    split: str = "test",
+    max_pairs: int | None = 400,
+    examples: int = 6,
+) -> dict[str, Any]:
+    """The calibration judged on `split` (by default the test split: pairs it was not fitted
+    on), per direction: `judge`'s numbers and the `examples` least confident predictions
+    (`least_confident`: id, family, confidence, predicted, true, and the uint8 `input` /
+    `output` images for the report; drop them before writing JSON)."""
+    from semlayout.data.shards import load_split_arrays
+    from semlayout.evaluation import select_indices
+
+    d = load_split_arrays(shards_dir, split)
+    idx = select_indices(d["families"], max_pairs)
+    sems, lays = list(d["sem"][idx]), list(d["layout"][idx])
+    pol = np.asarray(d.get("polarity", np.ones(len(d["ids"]), int)))[idx]
+    pol = np.array([p if p in translator.polarities else translator.polarities[0] for p in pol])
+    out: dict[str, Any] = {"split": split, "n": len(idx)}
+    for direction in ("sem2layout", "layout2sem"):
+        cal = calibration.get(direction)
+        if cal is None:
+            continue
+        x, y, outs = direction_samples(translator, direction, sems, lays, pol, tuple(cal.signals))
+        pred, conf = cal.predict(x)
+        res = judge(pred, conf, y, cal.good_threshold)
+        inputs = sems if direction == "sem2layout" else lays
+        res["least_confident"] = [
+            {
+                "id": str(d["ids"][idx[i]]),
+                "family": str(d["families"][idx[i]]),
+                "confidence": float(conf[i]),
+                "predicted": float(pred[i]),
+                "true": float(y[i]),
+                "input": inputs[i],
+                "output": outs[i],
+            }
+            for i in np.argsort(conf, kind="stable")[:examples]
+        ]
+        res["metric"] = cal.metric
+        res["good_threshold"] = cal.good_threshold
+        res["points"] = [[float(a), float(b)] for a, b in zip(pred, y, strict=True)]
+        out[direction] = res
+    return out
+
+
+def json_ready(judged: dict[str, Any]) -> dict[str, Any]:
+    """`judge_split`'s result without the images."""
+    out = dict(judged)
+    for direction in ("sem2layout", "layout2sem"):
+        if isinstance(out.get(direction), dict):
+            block = dict(out[direction])
+            block["least_confident"] = [
+                {k: v for k, v in e.items() if k not in ("input", "output")}
+                for e in block.get("least_confident", [])
+            ]
+            out[direction] = block
+    return out
+
+
+def calibrate_and_judge(
+    checkpoint: Path, shards_dir: Path, backend: str = "eager"
+) -> tuple[Calibration | None, dict[str, Any] | None]:
+    """Evaluate time: the calibration fitted on the val split and judged on the test split,
+    or (None, None) with the reason printed when the val split is too small to fit one (the
+    version's confidence is then unknown)."""
+    from semlayout.errors import SemlayoutError
+    from semlayout.inference import Translator
+
+    tr = Translator.load(checkpoint, backend=backend)
+    try:
+        cal = fit_calibration(tr, shards_dir)
+    except SemlayoutError as err:
+        print(f"no confidence calibration: {err}")
+        return None, None
+    return cal, judge_split(tr, cal, shards_dir)

@@ -54,9 +54,7 @@ def _feature_matrix(cands: Sequence[Candidate]) -> np.ndarray:
     names = sorted({k for c in cands for k in c.features})
     if not names:
         return np.zeros((len(cands), 0))
-    m = np.array(
-        [[float(c.features.get(k, math.nan)) for k in names] for c in cands], np.float64
-    )
+    m = np.array([[float(c.features.get(k, math.nan)) for k in names] for c in cands], np.float64)
     m = np.where(np.isfinite(m), m, np.nanmean(np.where(np.isfinite(m), m, np.nan), axis=0))
     m = np.nan_to_num(m)
     return (m - m.mean(axis=0)) / (m.std(axis=0) + 1e-9)

@@ -19,34 +19,53 @@ def _list_pngs(in_dir: Path) -> list[Path]:
 
 
 PREDICTIONS_FILE = "predictions.csv"
-# DESIGN.md's predictions.csv starts id,direction,polarity; the confidence columns
-# (confidence, predicted_iou | predicted_ssim) come after polarity, the margin and source last
-PREDICTION_COLUMNS = ("id", "direction", "polarity", "polarity_margin", "polarity_source")
+# DESIGN.md's predictions.csv: id,direction,polarity,confidence, then predicted_iou
+# (sem2layout) or predicted_ssim (layout2sem); the polarity margin and source, and why a
+# confidence is the lowest or unknown, come last
+PREDICTION_COLUMNS = ("id", "direction", "polarity", "confidence")
+TAIL_COLUMNS = ("polarity_margin", "polarity_source", "confidence_reason")
 
 
-def predictions_csv(rows: list[dict[str, str]]) -> str:
+def predictions_csv(rows: list[dict[str, str]], direction: str) -> str:
     import csv
     import io
 
+    predicted = "predicted_iou" if direction == "sem2layout" else "predicted_ssim"
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
+    w = csv.DictWriter(
+        buf,
+        fieldnames=[*PREDICTION_COLUMNS, predicted, *TAIL_COLUMNS],
+        lineterminator="\n",
+    )
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
 
 
-def prediction_row(image_id: str, direction: str, decision: object) -> dict[str, str]:
-    """One predictions.csv row: polarity +1 / -1, the auto margin (empty unless auto)."""
+def prediction_row(
+    image_id: str, direction: str, decision: object, confidence: object
+) -> dict[str, str]:
+    """One predictions.csv row: polarity +1 / -1, the confidence and predicted quality
+    ("unknown" for a model without a calibration), the auto margin (empty unless auto)."""
+    from semlayout.confidence import Confidence
     from semlayout.polarity_auto import PolarityDecision
 
-    assert isinstance(decision, PolarityDecision)
+    assert isinstance(decision, PolarityDecision) and isinstance(confidence, Confidence)
+
+    def fmt(v: float | None) -> str:
+        return "unknown" if v is None else f"{v:.4f}"
+
+    predicted = "predicted_iou" if direction == "sem2layout" else "predicted_ssim"
     margin = "" if decision.margin is None else f"{decision.margin:.4f}"
     return {
         "id": image_id,
         "direction": direction,
         "polarity": f"{decision.polarity:+d}",
+        "confidence": fmt(confidence.confidence),
+        predicted: fmt(confidence.predicted),
         "polarity_margin": margin,
         "polarity_source": decision.source,
+        "confidence_reason": confidence.reason or "",
     }
 
 
@@ -78,10 +97,13 @@ def predict(
     ),
 ) -> None:
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT, and write
-    OUT/predictions.csv (id,direction,polarity,polarity_margin,polarity_source)."""
+    OUT/predictions.csv (id,direction,polarity,confidence,predicted_iou|predicted_ssim,
+    polarity_margin,polarity_source,confidence_reason)."""
     import cv2
 
     from semlayout.atomic import atomic_dir, check_not_over_inputs
+    from semlayout.confidence import assess
+    from semlayout.confidence_calibration import load_calibration
     from semlayout.data.pairs import read_gray8
     from semlayout.directions import Direction
     from semlayout.inference import Translator
@@ -102,28 +124,31 @@ def predict(
     images = [read_gray8(p) for p in files]  # refuses 16-bit / RGB naming the file, before any work
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
     tr.fixed_polarity(direction, choice, prior)  # a polarity the model never learned: refused now
+    calibration = load_calibration(Path(tr.info["path"]))
     rows: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
         for start in range(0, len(files), batch_size):
+            chunk = images[start : start + batch_size]
             done = tr.translate_detailed(
-                direction,
-                images[start : start + batch_size],
-                binarize=binarize,
-                batch_size=batch_size,
-                polarity=choice,
-                prior=prior,
+                direction, chunk, batch_size=batch_size, polarity=choice, prior=prior
             )
-            for path, t in zip(files[start : start + batch_size], done, strict=True):
-                ok, buf = cv2.imencode(".png", t.output)
+            greys = [t.output for t in done]
+            decisions = [t.decision for t in done]
+            confs = assess(tr, calibration, direction, chunk, greys, decisions)
+            for path, grey, dec, conf in zip(
+                files[start : start + batch_size], greys, decisions, confs, strict=True
+            ):
+                ok, buf = cv2.imencode(".png", tr.to_layout(grey) if binarize else grey)
                 if not ok:
                     raise RuntimeError(f"PNG encoding failed for {path.name}")
                 (tmp / path.name).write_bytes(buf.tobytes())
-                rows.append(prediction_row(path.stem, direction, t.decision))
-        (tmp / PREDICTIONS_FILE).write_text(predictions_csv(rows))
+                rows.append(prediction_row(path.stem, direction, dec, conf))
+        (tmp / PREDICTIONS_FILE).write_text(predictions_csv(rows, direction))
     n_dark = sum(r["polarity"] == "-1" for r in rows)
+    conf = "confidence unknown (no calibration)" if calibration is None else "with confidence"
     print(
         f"translated {len(files)} image(s) {direction} with {tr.source} ({backend}) -> {out} "
-        f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark)"
+        f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark; {conf})"
     )
 
 

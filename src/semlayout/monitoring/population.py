@@ -51,9 +51,7 @@ class PopulationResult:
 
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.maximum(
-        (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0
-    )
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
 def mmd_test(
@@ -68,9 +66,7 @@ def mmd_test(
 
     def stat(idx: np.ndarray) -> float:
         a, b = idx[:n], idx[n:]
-        return float(
-            k[np.ix_(a, a)].mean() + k[np.ix_(b, b)].mean() - 2.0 * k[np.ix_(a, b)].mean()
-        )
+        return float(k[np.ix_(a, a)].mean() + k[np.ix_(b, b)].mean() - 2.0 * k[np.ix_(a, b)].mean())
 
     observed = stat(np.arange(len(z)))
     rng = np.random.default_rng(seed)
@@ -124,13 +120,23 @@ class PopulationDrift:
             )
         if len(x) < min_samples:
             return PopulationResult(
-                cohort, len(x), None, None, False, alpha,
+                cohort,
+                len(x),
+                None,
+                None,
+                False,
+                alpha,
                 f"{len(x)} requests (need {min_samples}); no verdict",
             )
         mmd2, p = mmd_test(x, self.reference, seed=self.seed)
         drifted = p < alpha
         return PopulationResult(
-            cohort, len(x), mmd2, p, drifted, alpha,
+            cohort,
+            len(x),
+            mmd2,
+            p,
+            drifted,
+            alpha,
             f"MMD^2 {mmd2:.4f}, p {p:.4f} over {len(x)} requests vs {len(self.reference)} "
             f"reference images (alpha {alpha})",
         )
@@ -148,3 +154,20 @@ def by_cohort(
         if label:
             groups.setdefault(label, []).append(feats)
     return [detector.test(g, c, alpha, min_samples) for c, g in groups.items()]
+
+
+def detectors_for(
+    calibration: Any | None, reference_stats: Mapping[str, Any] | None
+) -> dict[str, PopulationDrift]:
+    """One population test per direction: on the calibration's reference sample (the
+    validation inputs' features and confidence signals) when the model has one, else on the
+    drift reference's per-image features of the train split."""
+    kinds = {"sem2layout": "sem", "layout2sem": "layout"}
+    out: dict[str, PopulationDrift] = {}
+    for direction, kind in kinds.items():
+        cal = calibration.get(direction) if calibration is not None else None
+        if cal is not None and cal.reference:
+            out[direction] = PopulationDrift(cal.reference)
+        elif reference_stats and isinstance(reference_stats.get(kind, {}).get("features"), dict):
+            out[direction] = PopulationDrift(reference_stats[kind]["features"])
+    return out

@@ -51,6 +51,7 @@ from semlayout.serving.routes import (
     feedback_routes,
     health_routes,
     monitoring_routes,
+    review_routes,
     translate_routes,
 )
 from semlayout.serving.schemas import SERVER_ERROR
@@ -88,6 +89,7 @@ def create_app(
         align_routes,
         feedback_routes,
         monitoring_routes,
+        review_routes,
         admin_routes,
         docs_routes,
     ):

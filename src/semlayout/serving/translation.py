@@ -4,8 +4,9 @@
 2. `forward`: the polarity check (a polarity the model never learned is refused before any
    work), queue room check, the micro-batcher, the drift features (computed while the model
    runs, they need only the input; judged against the reference of the model that translated
-   the image) then the image's polarity against the one expected, `binarize`; nothing is
-   recorded yet;
+   the image) then the image's polarity against the one expected, the confidence of every
+   image (`semlayout.confidence.assess`, one call per model: the one function issue 20's
+   off-path writer can move), `binarize`; nothing is recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
 4. `record`: every row of the request in ONE transaction of the monitoring store — all rows or
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import numpy as np
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from semlayout.confidence import Confidence, assess
 from semlayout.directions import Direction
 from semlayout.monitoring.drift import DriftDetector, DriftResult
 from semlayout.monitoring.inference_monitor import image_stats
@@ -53,6 +56,7 @@ class Forwarded:
     batch_size: int  # images in that forward pass
     drift: DriftResult | None  # None without a drift reference for the direction
     decision: PolarityDecision  # the polarity it was translated in
+    confidence: Confidence  # how sure the model is (confidence None: unknown)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Translated:
     model: LoadedModel
     drift: DriftInfo | None
     decision: PolarityDecision
+    confidence: Confidence
 
 
 def _busy(err: QueueFull) -> HTTPException:
@@ -116,10 +121,44 @@ async def forward(
         det_i = r.model.detectors.get(direction)
         if det_i is not None and checks[i] is not None:
             checks[i] = det_i.with_polarity(checks[i], r.decision)
+    confs = await run_in_threadpool(confidences, direction, images, results)
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision)
-        for img, out, r, res in zip(images, outs, results, checks, strict=True)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, c)
+        for img, out, r, res, c in zip(images, outs, results, checks, confs, strict=True)
     ]
+
+
+def confidences(
+    direction: Direction, images: Sequence[np.ndarray], results: Sequence[Any]
+) -> list[Confidence]:
+    """The confidence of each image, by the model (and calibration) that translated it, from
+    its grey output (before any binarization)."""
+    out: list[Confidence | None] = [None] * len(images)
+    for model in {id(r.model): r.model for r in results}.values():
+        idx = [i for i, r in enumerate(results) if r.model is model]
+        got = assess(
+            model.translator,
+            model.calibration,
+            direction,
+            [images[i] for i in idx],
+            [results[i].output for i in idx],
+            [results[i].decision for i in idx],
+        )
+        for i, c in zip(idx, got, strict=True):
+            out[i] = c
+    return [c for c in out if c is not None]
+
+
+def kept_input(item: Forwarded, settings: ServeSettings) -> bytes | None:
+    """The input as PNG when the review queue may need it: its confidence is below
+    `settings.review_keep_below` or unknown (`review_keep_below` 0 keeps none)."""
+    from semlayout.data.pairs import encode_png
+
+    conf = item.confidence.confidence
+    limit = settings.review_keep_below
+    if limit <= 0 or (conf is not None and conf >= limit):
+        return None
+    return encode_png(item.image)
 
 
 def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes | None:
@@ -140,7 +179,12 @@ def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes
 
 
 def prepare(
-    state: ServingState, endpoint: str, direction: Direction, item: Forwarded, t0: float
+    state: ServingState,
+    endpoint: str,
+    direction: Direction,
+    item: Forwarded,
+    t0: float,
+    cohort: str | None = None,
 ) -> tuple[Translated, TranslationRecord]:
     """The answer and the rows of one image (worker thread); nothing is written yet.
 
@@ -161,6 +205,12 @@ def prepare(
         height=int(img.shape[0]),
         output_png=stored_output(out, png, state.settings),
         polarity=item.decision.polarity,
+        confidence=item.confidence.confidence,
+        predicted_quality=item.confidence.predicted,
+        confidence_reason=item.confidence.reason,
+        confidence_signals=json.dumps(item.confidence.signals) if item.confidence.signals else None,
+        cohort=cohort,
+        input_png=kept_input(item, state.settings),
     )
     event = {
         "endpoint": endpoint,
@@ -189,7 +239,7 @@ def prepare(
         }
     info = drift_info(res, model.detectors.get(direction))
     return (
-        Translated(pid, out, png, model, info, item.decision),
+        Translated(pid, out, png, model, info, item.decision, item.confidence),
         TranslationRecord(prediction, event, drift),
     )
 
@@ -199,6 +249,11 @@ def _observe(state: ServingState, direction: Direction, done: Sequence[Translate
     m = state.metrics
     for d in done:
         m.translations.labels(direction, "ok").inc()
+        conf = d.confidence.confidence
+        if conf is None:
+            m.confidence_unknown.labels(direction).inc()
+        else:
+            m.confidence.labels(direction).observe(conf)
         if d.drift is not None:
             m.drift_score.labels(direction).observe(d.drift.score)
             if d.drift.drifted:
@@ -213,12 +268,14 @@ async def translate(
     binarize: bool,
     t0: float,
     polarity: PolarityChoice = PolarityChoice.auto,
+    cohort: str | None = None,
 ) -> list[Translated]:
     """`forward`, `prepare` each image, then record the request's rows in one transaction;
-    `endpoint` is the route template, for the events."""
+    `endpoint` is the route template, for the events; `cohort` the caller's label (pattern
+    family, tool or client) the monitors slice by."""
     items = await forward(state, direction, images, binarize, polarity)
     prepared = await asyncio.gather(
-        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0) for it in items]
+        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0, cohort) for it in items]
     )
     await run_in_threadpool(state.store.record_translations, [rec for _, rec in prepared])
     done = [tr for tr, _ in prepared]
@@ -254,7 +311,32 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         polarity=done.decision.polarity,
         polarity_margin=done.decision.margin,
         polarity_source=done.decision.source,
+        **confidence_fields(done.confidence),
     )
+
+
+def confidence_fields(c: Confidence) -> dict[str, Any]:
+    """The JSON answer's confidence fields (None: unknown, with the reason)."""
+    return {
+        "confidence": c.confidence,
+        "predicted_iou": c.predicted if c.metric == "iou" else None,
+        "predicted_ssim": c.predicted if c.metric == "ssim" else None,
+        "confidence_reason": c.reason,
+    }
+
+
+def confidence_headers(c: Confidence) -> dict[str, str]:
+    """X-Confidence and X-Predicted-IoU / X-Predicted-SSIM ("unknown" without a calibration),
+    X-Confidence-Reason when there is one."""
+
+    def fmt(v: float | None) -> str:
+        return "unknown" if v is None else f"{v:.4f}"
+
+    name = "X-Predicted-IoU" if c.metric == "iou" else "X-Predicted-SSIM"
+    headers = {"X-Confidence": fmt(c.confidence), name: fmt(c.predicted)}
+    if c.reason:
+        headers["X-Confidence-Reason"] = c.reason.encode("ascii", "replace").decode("ascii")
+    return headers
 
 
 def png_headers(done: Translated) -> dict[str, str]:
@@ -264,6 +346,7 @@ def png_headers(done: Translated) -> dict[str, str]:
         "X-Model-Version": done.model.version,
         "X-Polarity": f"{done.decision.polarity:+d}",
         "X-Polarity-Source": done.decision.source,
+        **confidence_headers(done.confidence),
     }
     if done.decision.margin is not None:
         headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"

@@ -4,7 +4,9 @@ Each endpoint: check the query, decode the uploads (`serving.uploads.read_image`
 `serving.translation.translate` (forward through the micro-batcher, record) and answer.
 `polarity` (auto | bright | dark; a query parameter or a form field) says which side of the
 SEM contrast is the pattern; the answer says which one was used (`X-Polarity`, and
-`X-Polarity-Margin` when auto decided it; the same as JSON fields).
+`X-Polarity-Margin` when auto decided it; the same as JSON fields), and how sure the model is
+(`X-Confidence`, `X-Predicted-IoU` / `X-Predicted-SSIM`: "unknown" for a version without a
+calibration; `X-Confidence-Reason`). `cohort` labels the request for the monitors.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ POLARITY_HELP = (
 )
 PolarityQuery = Annotated[str | None, Query(alias="polarity", description=POLARITY_HELP)]
 PolarityForm = Annotated[str | None, Form(alias="polarity", description=POLARITY_HELP)]
+COHORT_HELP = (
+    "optional label the monitors slice by (pattern family, tool or client): letters, digits, "
+    "'.', '_', '-', at most 64"
+)
+CohortQuery = Annotated[
+    str | None,
+    Query(description=COHORT_HELP, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"),
+]
 
 
 def polarity_choice(query: str | None, form: str | None) -> PolarityChoice:
@@ -64,6 +74,7 @@ async def translate_png(
     binarize: Annotated[bool, Query(description=BINARIZE_HELP)] = False,
     polarity: PolarityQuery = None,
     polarity_form: PolarityForm = None,
+    cohort: CohortQuery = None,
 ) -> Response:
     """Translate one image; answers a PNG of the input's size."""
     t0 = time.perf_counter()
@@ -71,7 +82,7 @@ async def translate_png(
     pol = polarity_choice(polarity, polarity_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol
+        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol, cohort
     )
     return Response(done.png, media_type="image/png", headers=png_headers(done))
 
@@ -89,6 +100,7 @@ async def translate_json(
     binarize: Annotated[bool, Query()] = False,
     polarity: PolarityQuery = None,
     polarity_form: PolarityForm = None,
+    cohort: CohortQuery = None,
 ) -> TranslateResponse:
     """Translate one image; answers JSON with the PNG in base64, the polarity used and the
     drift verdict."""
@@ -97,7 +109,7 @@ async def translate_json(
     pol = polarity_choice(polarity, polarity_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}/json", direction, [img], binarize, t0, pol
+        state, "/v1/translate/{direction}/json", direction, [img], binarize, t0, pol, cohort
     )
     return as_response(done, direction)
 
@@ -115,6 +127,7 @@ async def translate_batch(
     binarize: Annotated[bool, Query()] = False,
     polarity: PolarityQuery = None,
     polarity_form: PolarityForm = None,
+    cohort: CohortQuery = None,
 ) -> list[TranslateResponse]:
     """Translate several `images` fields (up to SEMLAYOUT_MAX_BATCH_IMAGES) in one request,
     all in `polarity` (auto decides per image)."""
@@ -130,6 +143,6 @@ async def translate_batch(
         )
     decoded = [await read_image(up, f"images[{i}]", settings) for i, up in enumerate(images)]
     done = await translate(
-        state, "/v1/translate/{direction}/batch", direction, decoded, binarize, t0, pol
+        state, "/v1/translate/{direction}/batch", direction, decoded, binarize, t0, pol, cohort
     )
     return [as_response(d, direction) for d in done]

@@ -1,0 +1,172 @@
+"""What the monitoring store answers about confidence (issue 17): low-confidence rates per
+direction and cohort, calibration error over time (predicted vs true quality once the truth
+arrived), the population-drift window, and the review queue's candidates.
+
+Every function takes a `MonitorStore` and runs its own statements through `store.reading()`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from semlayout.monitoring import schema as t
+from semlayout.monitoring.store import MonitorStore
+
+LOW_CONFIDENCE = 0.5  # a prediction below this P(good) counts as low-confidence
+
+
+def confidence_summary(
+    store: MonitorStore, window: int = 1000, low: float = LOW_CONFIDENCE
+) -> dict[str, Any]:
+    """Over the last `window` predictions, per direction and per cohort (the caller's label;
+    "unlabelled" without one): predictions, how many had a known confidence, the share of
+    those below `low`, and the mean confidence."""
+    p = t.predictions
+    recent = (
+        sa.select(p.c.direction, p.c.cohort, p.c.confidence)
+        .order_by(p.c.ts.desc())
+        .limit(int(window))
+        .subquery()
+    )
+    with store.reading() as conn:
+        rows = conn.execute(sa.select(recent)).all()
+    out: dict[str, Any] = {"window": window, "low_threshold": low, "directions": {}}
+    for direction, cohort, conf in rows:
+        block = out["directions"].setdefault(direction, {"all": _empty(), "cohorts": {}})
+        for agg in (block["all"], block["cohorts"].setdefault(cohort or "unlabelled", _empty())):
+            agg["n"] += 1
+            if conf is not None:
+                agg["known"] += 1
+                agg["low"] += conf < low
+                agg["sum"] += conf
+    for block in out["directions"].values():
+        for agg in (block["all"], *block["cohorts"].values()):
+            known = agg["known"]
+            agg["low_confidence_rate"] = agg["low"] / known if known else None
+            agg["mean_confidence"] = agg.pop("sum") / known if known else None
+    return out
+
+
+def _empty() -> dict[str, Any]:
+    return {"n": 0, "known": 0, "low": 0, "sum": 0.0}
+
+
+def low_confidence_rate(
+    store: MonitorStore, window: int, low: float = LOW_CONFIDENCE
+) -> tuple[float | None, int]:
+    """(share of the last `window` predictions with a known confidence below `low`, how many
+    had a known confidence)."""
+    p = t.predictions
+    recent = sa.select(p.c.confidence).order_by(p.c.ts.desc()).limit(int(window)).subquery()
+    query = sa.select(
+        sa.func.count(recent.c.confidence),
+        sa.func.sum(sa.case((recent.c.confidence < low, 1), else_=0)),
+    )
+    with store.reading() as conn:
+        n, n_low = conn.execute(query).one()
+    return ((int(n_low or 0) / n) if n else None), int(n)
+
+
+def calibration_error(store: MonitorStore, direction: str, window: int = 200) -> dict[str, Any]:
+    """Mean |predicted - true| quality (IoU for sem2layout, SSIM for layout2sem) over the last
+    `window` ground truths that carried a prediction, and the mean of each."""
+    g = t.ground_truth
+    true_col = g.c.iou if direction == "sem2layout" else g.c.ssim
+    recent = (
+        sa.select(g.c.predicted_quality.label("pred"), true_col.label("true"))
+        .where(g.c.direction == direction, g.c.predicted_quality.is_not(None))
+        .order_by(g.c.ts.desc())
+        .limit(int(window))
+        .subquery()
+    )
+    query = sa.select(
+        sa.func.count(),
+        sa.func.avg(sa.func.abs(recent.c.pred - recent.c.true)),
+        sa.func.avg(recent.c.pred),
+        sa.func.avg(recent.c.true),
+    )
+    with store.reading() as conn:
+        n, err, pred, true = conn.execute(query).one()
+    return {
+        "n": int(n),
+        "mean_abs_error": None if err is None else float(err),
+        "mean_predicted": None if pred is None else float(pred),
+        "mean_true": None if true is None else float(true),
+    }
+
+
+def population_window(
+    store: MonitorStore, direction: str, window: int
+) -> list[tuple[str | None, dict[str, float]]]:
+    """(cohort, per-image features and confidence signals) of the last `window` predictions of
+    `direction` (oldest first)."""
+    d, p = t.drift_events, t.predictions
+    query = (
+        sa.select(d.c.features, p.c.cohort, p.c.confidence_signals)
+        .select_from(p.outerjoin(d, p.c.id == d.c.prediction_id))
+        .where(p.c.direction == direction)
+        .order_by(p.c.ts.desc())
+        .limit(int(window))
+    )
+    with store.reading() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for r in reversed(rows):
+        feats = json.loads(r.features) if r.features else {}
+        sig = json.loads(r.confidence_signals) if r.confidence_signals else {}
+        out.append((r.cohort, {**feats, **sig}))
+    return out
+
+
+def review_candidates(
+    store: MonitorStore, direction: str | None = None, window: int = 2000
+) -> list[dict[str, Any]]:
+    """The last `window` predictions whose truth has not come back: no ground truth row for
+    the prediction and no feedback pair with the same input (SEM) pixels."""
+    p, g, f, d = t.predictions, t.ground_truth, t.feedback, t.drift_events
+    query = (
+        sa.select(
+            p.c.id,
+            p.c.ts,
+            p.c.direction,
+            p.c.model_version,
+            p.c.confidence,
+            p.c.predicted_quality,
+            p.c.confidence_reason,
+            p.c.cohort,
+            p.c.input_png.is_not(None).label("has_input"),
+            d.c.features,
+        )
+        .select_from(
+            p.outerjoin(g, g.c.prediction_id == p.c.id)
+            .outerjoin(f, f.c.sem_sha256 == p.c.input_sha256)
+            .outerjoin(d, d.c.prediction_id == p.c.id)
+        )
+        .where(g.c.prediction_id.is_(None), f.c.id.is_(None))
+        .order_by(p.c.ts.desc())
+        .limit(int(window))
+    )
+    if direction is not None:
+        query = query.where(p.c.direction == direction)
+    with store.reading() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for r in rows:
+        row = dict(r._mapping)
+        feats = row.pop("features")
+        row["features"] = json.loads(feats) if feats else {}
+        out.append(row)
+    return out
+
+
+def input_png(store: MonitorStore, prediction_id: str) -> tuple[bytes | None, str | None]:
+    """(the kept input PNG or None, the prediction's input sha256 or None if unknown)."""
+    p = t.predictions
+    with store.reading() as conn:
+        row = conn.execute(
+            sa.select(p.c.input_png, p.c.input_sha256).where(p.c.id == prediction_id)
+        ).first()
+    return (None, None) if row is None else (row.input_png, row.input_sha256)

@@ -125,8 +125,10 @@ def review_candidates(
     store: MonitorStore, direction: str | None = None, window: int = 2000
 ) -> list[dict[str, Any]]:
     """The last `window` predictions whose truth has not come back: no ground truth row for
-    the prediction and no feedback pair with the same input (SEM) pixels."""
+    the prediction, no feedback pair with the same input (SEM) pixels, no reviewed pair of
+    that id consumed by the loop (an exported entry labelled and uploaded to intake)."""
     p, g, f, d = t.predictions, t.ground_truth, t.feedback, t.drift_events
+    consumed = sa.select(t.loop_consumed.c.pair_id).scalar_subquery()
     query = (
         sa.select(
             p.c.id,
@@ -138,6 +140,7 @@ def review_candidates(
             p.c.confidence_reason,
             p.c.cohort,
             p.c.input_png.is_not(None).label("has_input"),
+            p.c.output_png,
             d.c.features,
         )
         .select_from(
@@ -145,7 +148,7 @@ def review_candidates(
             .outerjoin(f, f.c.sem_sha256 == p.c.input_sha256)
             .outerjoin(d, d.c.prediction_id == p.c.id)
         )
-        .where(g.c.prediction_id.is_(None), f.c.id.is_(None))
+        .where(g.c.prediction_id.is_(None), f.c.id.is_(None), p.c.id.not_in(consumed))
         .order_by(p.c.ts.desc())
         .limit(int(window))
     )

@@ -171,3 +171,38 @@ def detectors_for(
         elif reference_stats and isinstance(reference_stats.get(kind, {}).get("features"), dict):
             out[direction] = PopulationDrift(reference_stats[kind]["features"])
     return out
+
+
+def loop_population(
+    store: Any,
+    checkpoint: Any,
+    window: int = DEFAULT_WINDOW,
+    alpha: float = DEFAULT_ALPHA,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+) -> list[dict[str, Any]]:
+    """The loop's observation: every direction's cohorts tested over the last `window`
+    predictions against the reference that came with `checkpoint` (its calibration, else its
+    drift reference); [] without a checkpoint or a usable reference."""
+    if checkpoint is None:
+        return []
+    from semlayout.confidence_calibration import load_calibration
+    from semlayout.errors import SemlayoutError
+    from semlayout.monitoring.confidence_store import population_window
+    from semlayout.registry.model_cache import drift_reference_of
+
+    stats = None
+    try:
+        calibration = load_calibration(checkpoint)
+        ref = drift_reference_of(checkpoint)
+        if ref is not None:
+            from semlayout.data.reference_stats import load_reference_stats
+
+            stats = load_reference_stats(ref)
+    except SemlayoutError:
+        return []
+    out = []
+    for direction, det in detectors_for(calibration, stats).items():
+        rows = population_window(store, direction, window)
+        for res in by_cohort(det, rows, alpha, min_samples):
+            out.append({"direction": direction, **res.to_dict()})
+    return out

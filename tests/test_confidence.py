@@ -58,7 +58,7 @@ def test_calibration_ranks_and_round_trips_as_json(tmp_path):
     from scipy.stats import spearmanr
 
     assert spearmanr(pred, y).statistic > 0.9
-    assert np.all((0 <= conf) & (conf <= 1)) and np.all((0 <= pred) & (pred <= 1))
+    assert np.all((conf >= 0) & (conf <= 1)) and np.all((pred >= 0) & (pred <= 1))
     # monotone in the score: more confident <=> higher predicted quality
     order = np.argsort(cal.directions["sem2layout"].score(x))
     assert np.all(np.diff(pred[order]) >= -1e-12) and np.all(np.diff(conf[order]) >= -1e-12)
@@ -172,7 +172,9 @@ def test_review_queue_is_least_confident_first_and_diverse():
     assert picked[0].startswith("batch")
     assert sum(p.startswith("batch") for p in picked) <= 2  # the batch does not fill it
     assert not any(p.startswith("ok") for p in picked)
-    no_feats = [Candidate(str(i), i, "x", "1", c, None, None, None) for i, c in enumerate([0.9, 0.1])]
+    no_feats = [
+        Candidate(str(i), i, "x", "1", c, None, None, None) for i, c in enumerate([0.9, 0.1])
+    ]
     assert [c.prediction_id for c in select(no_feats, 2)] == ["1", "0"]
 
 

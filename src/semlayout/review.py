@@ -146,7 +146,8 @@ def export_queue(
     }
 
 
-EXPORT_README = """Review export (semlayout review export): predictions to label, least confident first.
+EXPORT_README = """Review export (semlayout review export): predictions to label, least
+confident first.
 
 sem/<id>.png      the SEM the model translated (as received)
 draft/<id>.png    the model's answer, for reference (a thumbnail when the server kept one)

@@ -207,7 +207,17 @@ def test_predict_writes_predictions_csv_and_refuses_bad_polarities(data, tmp_pat
     assert res.returncode == 0, res.stderr
     with open(tmp_path / "auto" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "direction", "polarity", "polarity_margin", "polarity_source"]
+    assert list(rows[0]) == [
+        "id",
+        "direction",
+        "polarity",
+        "confidence",
+        "predicted_iou",
+        "polarity_margin",
+        "polarity_source",
+        "confidence_reason",
+    ]
+    assert {r["confidence"] for r in rows} == {"unknown"}  # no calibration beside the weights
     assert [r["id"] for r in rows] == ["img0", "img1", "img2"]
     assert all(r["polarity"] in ("+1", "-1") and r["polarity_source"] == "auto" for r in rows)
     assert all(float(r["polarity_margin"]) >= 0 for r in rows)

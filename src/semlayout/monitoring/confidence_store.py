@@ -76,7 +76,7 @@ def calibration_error(store: MonitorStore, direction: str, window: int = 200) ->
     g = t.ground_truth
     true_col = g.c.iou if direction == "sem2layout" else g.c.ssim
     recent = (
-        sa.select(g.c.predicted_quality.label("pred"), true_col.label("true"))
+        sa.select(g.c.predicted_quality.label("pred"), true_col.label("truth"))
         .where(g.c.direction == direction, g.c.predicted_quality.is_not(None))
         .order_by(g.c.ts.desc())
         .limit(int(window))
@@ -84,9 +84,9 @@ def calibration_error(store: MonitorStore, direction: str, window: int = 200) ->
     )
     query = sa.select(
         sa.func.count(),
-        sa.func.avg(sa.func.abs(recent.c.pred - recent.c.true)),
+        sa.func.avg(sa.func.abs(recent.c.pred - recent.c.truth)),
         sa.func.avg(recent.c.pred),
-        sa.func.avg(recent.c.true),
+        sa.func.avg(recent.c.truth),
     )
     with store.reading() as conn:
         n, err, pred, true = conn.execute(query).one()

@@ -164,7 +164,8 @@ def test_review_export_writes_a_skeleton_and_refuses_bad_destinations(served, tm
     out = tmp_path / "export"
     res = _cli("review", "export", "--db", db, "--out", out, "--limit", "3")
     assert res.returncode == 0, res.stderr
-    rows = list(csv.DictReader(open(out / "manifest.csv", newline="")))
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3 and list(rows[0])[:4] == ["id", "sem_path", "layout_path", "pattern_type"]
     for r in rows:
         assert (out / r["sem_path"]).is_file() and not (out / r["layout_path"]).exists()

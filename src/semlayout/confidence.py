@@ -12,7 +12,8 @@ earn their place and what each costs: docs/confidence.md):
 ```
 decided    mean |y|                              how far from undecided (0) the output is; free
 cycle      corr(blur(G_B(y, p)), blur(x)), 0.75 px   sem2layout: does the read layout, rendered
-                                                 back, look like the SEM (one G_B forward)
+                                                 back, look like the SEM (one G_B forward;
+                                                 free under polarity=auto, which computed it)
 cycle_iou  IoU(G_A(y, p) > 0, x > 0)             layout2sem: does the rendered SEM read back
                                                  as the layout (one G_A forward)
 dihedral   IoU(T^-1 G(T x) > 0, y > 0), T = transpose: agreement under a symmetry the model
@@ -102,8 +103,11 @@ def signals(
     polarities: Sequence[int],
     margins: Sequence[float | None],
     names: Sequence[str] | None = None,
+    cycles: Sequence[float | None] | None = None,
 ) -> list[dict[str, float]]:
-    """The signals `names` (default: the kept ones) of each image, given its (grey) output."""
+    """The signals `names` (default: the kept ones) of each image, given its (grey) output;
+    `cycles`: the sem2layout cycle reconstruction `polarity=auto` already computed (one per
+    image; then no G_B forward is spent on it)."""
     d = Direction.parse(direction)
     want = tuple(names or KEPT[d.value])
     x = _to_model(translator, images)
@@ -112,7 +116,9 @@ def signals(
     cols: dict[str, np.ndarray] = {}
     if "decided" in want:
         cols["decided"] = np.abs(y).mean(axis=(1, 2, 3))
-    if "cycle" in want:
+    if "cycle" in want and cycles is not None and all(c is not None for c in cycles):
+        cols["cycle"] = np.asarray(cycles, np.float64)
+    elif "cycle" in want:
         from semlayout.polarity_auto import consistency
 
         back = translator.run_batch("layout2sem", y, pol)
@@ -165,6 +171,7 @@ def assess(
             [decisions[i].polarity for i in todo],
             [decisions[i].margin for i in todo],
             names,
+            [getattr(decisions[i], "cycle", None) for i in todo],
         )
         for i, s in zip(todo, sig, strict=True):
             out[i] = _judge(cal, metric, s)

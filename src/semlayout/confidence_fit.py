@@ -63,6 +63,7 @@ def direction_samples(
             [t.decision.polarity for t in done],
             [t.decision.margin for t in done],
             names,
+            [t.decision.cycle for t in done],
         )
         rows += [[r[k] for k in names] for r in sig]
         for grey, truth in zip(greys, truths, strict=True):
@@ -123,8 +124,9 @@ def reliability(predicted: np.ndarray, true: np.ndarray, bins: int = 10) -> list
 def judge(
     predicted: np.ndarray, confidence: np.ndarray, true: np.ndarray, good: float
 ) -> dict[str, Any]:
-    """Spearman(predicted, true); the share of bad predictions (true < good) among the 20 %
-    least confident ("capture"); calibration error (binned: |mean predicted - mean true| over
+    """Spearman(predicted, true); the share of bad predictions (true < good) held by the 20 %
+    least confident ("capture_20"; at most 20 % / bad share, "capture_20_ceiling"), and the
+    share of bad among as many least confident as there are bad ones; calibration error (binned: |mean predicted - mean true| over
     10 equal-count bins, weighted; per image: mean |predicted - true|); reliability bins."""
     from scipy.stats import spearmanr
 
@@ -134,11 +136,17 @@ def judge(
     lowest = np.argsort(c, kind="stable")[:k]
     bins = reliability(p, t)
     rho = spearmanr(p, t).statistic if np.ptp(p) > 0 and np.ptp(t) > 0 else float("nan")
+    n_bad = int(bad.sum())
+    at_bad = np.argsort(c, kind="stable")[:n_bad]
     return {
         "n": int(len(t)),
         "spearman": float(rho),
-        "bad": int(bad.sum()),
-        "capture_20": float(bad[lowest].sum() / bad.sum()) if bad.any() else None,
+        "bad": n_bad,
+        "capture_20": float(bad[lowest].sum() / n_bad) if n_bad else None,
+        # the most capture_20 can be when bad predictions outnumber the 20 %
+        "capture_20_ceiling": min(1.0, k / n_bad) if n_bad else None,
+        # of the n_bad least confident, the share that is bad (1 = a perfect ranking)
+        "capture_at_bad": float(bad[at_bad].mean()) if n_bad else None,
         "calibration_error": float(sum(b["n"] * abs(b["predicted"] - b["true"]) for b in bins))
         / max(1, len(t)),
         "mae": float(np.mean(np.abs(p - t))),

@@ -56,6 +56,9 @@ class PolarityDecision:
     # (the model serves one polarity)
     margin: float | None = None  # auto: |evidence + prior|, log-odds of the choice
     evidence: float | None = None  # auto: log-odds of bright from the image alone
+    # auto: corr(blur(G_B(G_A(x))), blur(x)) at 0.75 px in the chosen polarity, the cycle
+    # reconstruction the analysis already computed (the confidence reuses it, issue 17)
+    cycle: float | None = None
 
 
 def _blur(batch: np.ndarray, sigma: float) -> np.ndarray:
@@ -109,9 +112,14 @@ def auto_sem2layout(
     total = e + (0.0 if prior is None else PRIOR_LOGODDS * prior)
     chosen = np.where(total >= 0, BRIGHT, DARK)
     out = np.where(chosen[:, None, None, None] == BRIGHT, lay[BRIGHT], lay[DARK])
+    cyc = np.where(
+        chosen == BRIGHT,
+        feats[:, FEATURES.index("corr_bright_s0.75")],
+        feats[:, FEATURES.index("corr_dark_s0.75")],
+    )
     decisions = [
-        PolarityDecision(int(c), "auto", float(abs(t)), float(v))
-        for c, t, v in zip(chosen, total, e, strict=True)
+        PolarityDecision(int(c), "auto", float(abs(t)), float(v), float(r))
+        for c, t, v, r in zip(chosen, total, e, cyc, strict=True)
     ]
     return out, decisions
 

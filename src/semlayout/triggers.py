@@ -55,7 +55,7 @@ class TriggerPolicy(BaseModel):
     low_confidence_window: int = Field(default=200, ge=1)
     min_confidence_samples: int = Field(default=20, ge=1)
     population_alpha: float = Field(
-        default=0.001, gt=0, lt=1, description="two-sample test p-value below which it fires"
+        default=0.01, gt=0, lt=1, description="two-sample test p-value below which it fires"
     )
     population_window: int = Field(default=100, ge=10)
     min_population_samples: int = Field(default=30, ge=10)

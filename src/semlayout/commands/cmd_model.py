@@ -185,6 +185,12 @@ def evaluate(
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", help="MLflow URI for models:/ URIs"
     ),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="fit the confidence calibration on the val split of --data and save it beside "
+        "the weights (a local checkpoint folder); judged on SPLIT in the metrics and report",
+    ),
 ) -> None:
     """Score both directions on a shard split (per family, with baselines) -> metrics.json \
 [+ report]."""
@@ -192,6 +198,7 @@ def evaluate(
 
     if history is not None and not history.is_file():
         raise SemlayoutError(f"--history {history} not found")
+    judged = _calibrate(model, data, split, backend) if calibrate else None
     result = evaluate_model(
         model,
         data,
@@ -209,7 +216,7 @@ def evaluate(
             curves = json.loads(hist.read_text())
         except json.JSONDecodeError as err:
             raise SemlayoutError(f"{hist} is not valid JSON: {err}") from None
-    write_evaluation(result, out, report=report, curves=curves)
+    write_evaluation(result, out, report=report, curves=curves, confidence=judged)
     s2l, l2s = result["sem2layout"], result["layout2sem"]
 
     def f(v: object) -> str:
@@ -227,6 +234,32 @@ def evaluate(
         f"ssim vs clean {f(l2s.get('ssim_vs_clean'))}  l1 {f(l2s['l1'])}"
     )
     print(f"wrote {out}" + (f" and {report}" if report is not None else ""))
+
+
+def _calibrate(model: str, data: Path, split: str, backend: str) -> dict | None:
+    """`evaluate --calibrate`: fit on data's val split, save beside the weights, judge on
+    `split`; the judged numbers (with images, for the report)."""
+    from semlayout.confidence_fit import fit_calibration, judge_split
+    from semlayout.inference import Translator
+    from semlayout.model_uri import ModelUri
+
+    if ModelUri.is_model_uri(model):
+        raise SemlayoutError(
+            "--calibrate writes beside the weights: give a local checkpoint folder (a "
+            "registered version gets its calibration from the pipeline's evaluate step)"
+        )
+    tr = Translator.load(model, backend=backend)
+    cal = fit_calibration(tr, data)
+    path = cal.save(Path(model))
+    judged = judge_split(tr, cal, data, split)
+    for d in ("sem2layout", "layout2sem"):
+        j = judged.get(d) or {}
+        print(
+            f"confidence {d}: spearman {j.get('spearman', float('nan')):.3f}, calibration error "
+            f"{j.get('calibration_error', float('nan')):.3f} on {split}"
+        )
+    print(f"wrote {path}")
+    return judged
 
 
 def register(app: typer.Typer) -> None:

@@ -15,9 +15,13 @@ recent requests against the reference:
   reshuffles from a fixed seed, so the same window always gets the same verdict;
 - a cohort (pattern family when the caller said it, tool / client label when given, else
   "all") is judged once it has `min_samples` requests in the window; it has drifted when
-  p < `alpha`. `alpha` is 0.001 by default: over 20 in-distribution windows the family of
-  tests then raises a false alarm with probability about 2 % (docs/confidence.md has the
-  measured rate).
+  p < `alpha` (0.01 by default: about one in-distribution window in a hundred fires;
+  docs/confidence.md has the measured rate).
+
+The samples are richer when the model version has a confidence calibration: its reference is
+then the validation inputs' features AND confidence signals (`confidence_calibration`'s
+`reference`), and each request's signals are stored with it (`predictions.confidence_signals`)
+- a pattern the model never saw moves the model's own signals more than its grey levels.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-PERMUTATIONS = 300
+PERMUTATIONS = 500  # the smallest p-value a test can give is 1 / 501
 MAX_REFERENCE = 400
-DEFAULT_ALPHA = 0.001
+DEFAULT_ALPHA = 0.01
 DEFAULT_WINDOW = 100
 DEFAULT_MIN_SAMPLES = 30
 

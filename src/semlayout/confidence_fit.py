@@ -126,8 +126,9 @@ def judge(
 ) -> dict[str, Any]:
     """Spearman(predicted, true); the share of bad predictions (true < good) held by the 20 %
     least confident ("capture_20"; at most 20 % / bad share, "capture_20_ceiling"), and the
-    share of bad among as many least confident as there are bad ones; calibration error (binned: |mean predicted - mean true| over
-    10 equal-count bins, weighted; per image: mean |predicted - true|); reliability bins."""
+    share of bad among as many least confident as there are bad ones; calibration error
+    (binned: |mean predicted - mean true| over 10 equal-count bins, weighted; per image: mean
+    |predicted - true|); reliability bins."""
     from scipy.stats import spearmanr
 
     p, c, t = (np.asarray(v, np.float64) for v in (predicted, confidence, true))

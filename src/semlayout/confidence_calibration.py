@@ -40,7 +40,7 @@ METRIC = {"sem2layout": "iou", "layout2sem": "ssim"}
 GOOD_IOU = 0.6
 GOOD_SSIM_SHARE = 0.8
 RIDGE = 1.0  # ridge penalty, in units of the standardised signals' sample count
-MIN_FIT = 20  # pairs below which no calibration is fitted
+MIN_FIT = 12  # pairs below which no calibration is fitted
 
 
 @dataclass(frozen=True)

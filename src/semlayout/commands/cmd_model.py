@@ -145,10 +145,10 @@ def predict(
                 rows.append(prediction_row(path.stem, direction, dec, conf))
         (tmp / PREDICTIONS_FILE).write_text(predictions_csv(rows, direction))
     n_dark = sum(r["polarity"] == "-1" for r in rows)
-    conf = "confidence unknown (no calibration)" if calibration is None else "with confidence"
+    how = "confidence unknown (no calibration)" if calibration is None else "with confidence"
     print(
         f"translated {len(files)} image(s) {direction} with {tr.source} ({backend}) -> {out} "
-        f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark; {conf})"
+        f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark; {how})"
     )
 
 

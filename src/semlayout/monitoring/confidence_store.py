@@ -32,7 +32,7 @@ def confidence_summary(
         .subquery()
     )
     with store.reading() as conn:
-        rows = conn.execute(sa.select(recent)).all()
+        rows: list[Any] = list(conn.execute(sa.select(recent)).all())
     out: dict[str, Any] = {"window": window, "low_threshold": low, "directions": {}}
     for direction, cohort, conf in rows:
         block = out["directions"].setdefault(direction, {"all": _empty(), "cohorts": {}})
@@ -66,8 +66,9 @@ def low_confidence_rate(
         sa.func.sum(sa.case((recent.c.confidence < low, 1), else_=0)),
     )
     with store.reading() as conn:
-        n, n_low = conn.execute(query).one()
-    return ((int(n_low or 0) / n) if n else None), int(n)
+        row = conn.execute(query).one()
+    n, n_low = int(row[0] or 0), int(row[1] or 0)
+    return (n_low / n if n else None), n
 
 
 def calibration_error(store: MonitorStore, direction: str, window: int = 200) -> dict[str, Any]:
@@ -89,9 +90,10 @@ def calibration_error(store: MonitorStore, direction: str, window: int = 200) ->
         sa.func.avg(recent.c.truth),
     )
     with store.reading() as conn:
-        n, err, pred, true = conn.execute(query).one()
+        row: Any = conn.execute(query).one()
+    n, err, pred, true = row
     return {
-        "n": int(n),
+        "n": int(n or 0),
         "mean_abs_error": None if err is None else float(err),
         "mean_predicted": None if pred is None else float(pred),
         "mean_true": None if true is None else float(true),

@@ -210,3 +210,26 @@ def test_a_feedback_pair_closes_its_queue_entry(served):
     assert fb.status_code in (200, 201), fb.text
     items = httpx.get(q, params={"limit": 500}, headers=AUTH, timeout=60).json()["items"]
     assert pid not in [it["prediction_id"] for it in items]
+
+
+def test_the_drift_reports_confidence_section_shows_served_predictions(served):
+    """Predicted vs true for the ground truths that arrived, the least confident with images."""
+    from semlayout.confidence_report import confidence_section
+    from semlayout.monitoring.confidence_store import served_confidence
+    from semlayout.monitoring.store import MonitorStore
+
+    url = served["url"]
+    for i in range(3):  # three predictions whose truth arrives
+        pid = _post(url, _img(70 + i), "/json").json()["prediction_id"]
+        truth = (_img(80 + i) > 127).astype(np.uint8) * 255
+        files = {"image": ("t.png", encode_png(truth), "image/png")}
+        r = httpx.post(f"{url}/v1/ground-truth/{pid}", files=files, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text
+    store = MonitorStore(served["settings"].monitor_db, create=False)
+    try:
+        block = served_confidence(store, "sem2layout")
+    finally:
+        store.close()
+    assert len(block["sem2layout"]["points"]) >= 3 and "spearman" in block["sem2layout"]
+    page = confidence_section(block, "Confidence of the served predictions")
+    assert "<svg" in page and "Least confident" in page and "data:image/png;base64," in page

@@ -175,3 +175,51 @@ def input_png(store: MonitorStore, prediction_id: str) -> tuple[bytes | None, st
             sa.select(p.c.input_png, p.c.input_sha256).where(p.c.id == prediction_id)
         ).first()
     return (None, None) if row is None else (row.input_png, row.input_sha256)
+
+
+def served_confidence(
+    store: MonitorStore, direction: str, window: int = 500, examples: int = 6
+) -> dict[str, Any]:
+    """The drift report's confidence section, in `confidence_report.confidence_section`'s
+    shape: predicted vs true for the recent ground truths that carried a prediction (with the
+    `judge` numbers once there are 3), and the least confident recent predictions with their
+    kept input and stored output."""
+    import numpy as np
+
+    from semlayout.confidence_calibration import GOOD_IOU, METRIC
+    from semlayout.confidence_fit import judge
+    from semlayout.data.pairs import decode_gray8
+
+    g, p = t.ground_truth, t.predictions
+    metric = METRIC[direction]
+    true_col = g.c.iou if metric == "iou" else g.c.ssim
+    with store.reading() as conn:
+        pts = conn.execute(
+            sa.select(g.c.predicted_quality, g.c.confidence, true_col)
+            .where(g.c.direction == direction, g.c.predicted_quality.is_not(None))
+            .order_by(g.c.ts.desc())
+            .limit(int(window))
+        ).all()
+        low = conn.execute(
+            sa.select(p.c.id, p.c.confidence, p.c.predicted_quality, p.c.input_png, p.c.output_png)
+            .where(p.c.direction == direction, p.c.confidence.is_not(None))
+            .order_by(p.c.confidence.asc(), p.c.ts.desc())
+            .limit(int(examples))
+        ).all()
+    block: dict[str, Any] = {"metric": metric, "points": [[r[0], r[2]] for r in pts]}
+    if len(pts) >= 3:
+        arr = np.array([[r[0], r[1] if r[1] is not None else r[0], r[2]] for r in pts], float)
+        block |= judge(arr[:, 0], arr[:, 1], arr[:, 2], GOOD_IOU if metric == "iou" else 0.0)
+    block["least_confident"] = [
+        {
+            "id": r.id,
+            "family": "served",
+            "confidence": r.confidence,
+            "predicted": r.predicted_quality,
+            "true": None,
+            "input": None if r.input_png is None else decode_gray8(r.input_png, "input"),
+            "output": None if r.output_png is None else decode_gray8(r.output_png, "output"),
+        }
+        for r in low
+    ]
+    return {direction: block}

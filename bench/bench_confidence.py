@@ -90,7 +90,7 @@ def print_judgement(title: str, res: dict[str, np.ndarray], good: float) -> dict
     out: dict[str, Any] = {}
     print(
         f"{title:<16} {'n':>4} {'bad':>4} {'mean q':>7} {'spearman':>8} {'capture20':>9} "
-        f"{'cal.err':>7} {'MAE':>6}"
+        f"{'(max)':>6} {'cap@bad':>7} {'cal.err':>7} {'MAE':>6}"
     )
     groups = {"all": np.ones(len(res["iou"]), bool)}
     groups.update({s: res["source"] == s for s in heldout_mix.SOURCES})
@@ -101,10 +101,14 @@ def print_judgement(title: str, res: dict[str, np.ndarray], good: float) -> dict
         out[name] = {k: v for k, v in j.items() if k != "reliability"} | {
             "mean_true": float(res["iou"][m].mean())
         }
-        cap = "-" if j["capture_20"] is None else f"{j['capture_20']:.0%}"
+        cap, ceil, atb = (
+            "-" if j[k] is None else f"{j[k]:.0%}"
+            for k in ("capture_20", "capture_20_ceiling", "capture_at_bad")
+        )
         print(
             f"  {name:<14} {j['n']:>4} {j['bad']:>4} {res['iou'][m].mean():7.3f} "
-            f"{j['spearman']:8.3f} {cap:>9} {j['calibration_error']:7.3f} {j['mae']:6.3f}"
+            f"{j['spearman']:8.3f} {cap:>9} {ceil:>6} {atb:>7} {j['calibration_error']:7.3f} "
+            f"{j['mae']:6.3f}"
         )
     out["reliability"] = judge(res["pred"], res["conf"], res["iou"], good)["reliability"]
     return out

@@ -233,3 +233,22 @@ def test_the_drift_reports_confidence_section_shows_served_predictions(served):
     assert len(block["sem2layout"]["points"]) >= 3 and "spearman" in block["sem2layout"]
     page = confidence_section(block, "Confidence of the served predictions")
     assert "<svg" in page and "Least confident" in page and "data:image/png;base64," in page
+
+
+def test_predict_writes_the_confidence_of_a_calibrated_model(served, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(encode_png(_img(90)))
+    (src / "blank.png").write_bytes(encode_png(np.zeros((64, 64), np.uint8)))
+    ckpt = served["settings"].model
+    res = _cli(
+        "predict", src, "--model", ckpt, "--direction", "sem2layout", "--out", tmp_path / "o"
+    )
+    assert res.returncode == 0, res.stderr
+    with open(tmp_path / "o" / "predictions.csv", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert 0 <= float(rows["a"]["confidence"]) <= 1 and 0 <= float(rows["a"]["predicted_iou"]) <= 1
+    assert (
+        rows["blank"]["confidence"] == "0.0000"
+        and "one value" in rows["blank"]["confidence_reason"]
+    )

@@ -97,11 +97,17 @@ async def forward(
     drifts = (
         [asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images] if det else []
     )
+    conf_task: asyncio.Future[list[Confidence]] | None = None
     try:
         try:
             results = await state.batcher.submit_many(direction, images, polarity, prior)
         except QueueFull as err:
             raise _busy(err) from None
+        # the confidence needs only the inputs and outputs: computed while the drift checks
+        # finish and the layouts are drawn
+        conf_task = asyncio.ensure_future(
+            run_in_threadpool(confidences, direction, images, results)
+        )
         checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
         for i, r in enumerate(results):
             if r.model is not model:  # swapped meanwhile: judged by the new version's reference
@@ -114,6 +120,10 @@ async def forward(
                     *[run_in_threadpool(r.model.translator.to_layout, r.output) for r in results]
                 )
             )
+    except BaseException:
+        if conf_task is not None:  # a failure above: nothing left running unobserved
+            conf_task.cancel()
+        raise
     finally:
         for drift in drifts:  # a failure above: nothing left running unobserved
             drift.cancel()
@@ -121,7 +131,7 @@ async def forward(
         det_i = r.model.detectors.get(direction)
         if det_i is not None and checks[i] is not None:
             checks[i] = det_i.with_polarity(checks[i], r.decision)
-    confs = await run_in_threadpool(confidences, direction, images, results)
+    confs = await conf_task if conf_task is not None else []
     return [
         Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, c)
         for img, out, r, res, c in zip(images, outs, results, checks, confs, strict=True)

@@ -43,7 +43,7 @@ discriminator: {base_filters: 8, n_layers: 2, spectral_norm: true, norm: instanc
 loss: {gan_mode: lsgan, lambda_l1: 100.0, lambda_cycle: 10.0, lambda_fm: 10.0, real_label: 0.9}
 train: {epochs: %(epochs)d, decay_start_epoch: %(decay)d, batch_size: 4, lr: 0.001, buffer_size: 8,
         augment: true, checkpoint_every: 100000, val_samples: 4, sample_images: 1, seed: 0,
-        num_threads: 2}
+        num_threads: %(threads)d}
 """
 
 
@@ -53,8 +53,8 @@ def ranges(dose: tuple[float, float] = NARROW_DOSE):  # type: ignore[no-untyped-
     return PhysicsRanges(dose=dose, reverse_fraction=0.0)
 
 
-def write_config(path: Path, epochs: int, decay: int) -> Path:
-    path.write_text(E2E_CONFIG % {"epochs": epochs, "decay": decay})
+def write_config(path: Path, epochs: int, decay: int, threads: int = 2) -> Path:
+    path.write_text(E2E_CONFIG % {"epochs": epochs, "decay": decay, "threads": threads})
     return path
 
 

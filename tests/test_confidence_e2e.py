@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def _champion(root: Path, pairs: Path, cfg_path: Path, tracking: str) -> dict:
     return {"shards": shards, "checkpoint": final}
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (the CLI, the server, kfp.local's
+    components): what the test costs on an idle machine, whatever the load while it ran."""
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+
+
 def _stream(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(raw 304 px SEM, its 250 px template) pairs of the new family, narrow physics."""
     from semlayout.data.synth import generate_pair
@@ -116,6 +129,11 @@ def test_low_confidence_stream_review_feedback_finetune(
     tmp_path: Path, sqlite_tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     t0 = time.perf_counter()
+    laps: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        laps[name] = round(time.perf_counter() - t0 - sum(laps.values()), 1)
+
     tracking = sqlite_tracking_uri
     cache = tmp_path / "model-cache"
     monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(cache))
@@ -126,13 +144,15 @@ def test_low_confidence_stream_review_feedback_finetune(
             "SEMLAYOUT_CACHE_DIR": str(cache),
             "SEMLAYOUT_API_TOKEN": API,
             "SEMLAYOUT_REVIEW_KEEP_BELOW": "1.01",
+            "OMP_NUM_THREADS": "1",  # one torch thread in every subprocess (a shared CI box)
         }
     )
     work = tmp_path / "work"
     work.mkdir()
     original = synth(tmp_path / "original", 160, seed=1, mix=ORIG_MIX)
-    cfg_path = write_config(tmp_path / "e2e.yaml", epochs=24, decay=12)
+    cfg_path = write_config(tmp_path / "e2e.yaml", epochs=24, decay=12, threads=1)
     _champion(tmp_path / "champion", original, cfg_path, tracking)
+    lap("champion")
     db, feedback_dir = tmp_path / "serving" / "monitor.db", tmp_path / "serving" / "feedback"
     db.parent.mkdir()
     stream = _stream(40, seed=5)
@@ -180,6 +200,7 @@ def test_low_confidence_stream_review_feedback_finetune(
                         "train.lr": 5e-4,
                         "train.epochs": 16,
                         "train.decay_start_epoch": 8,
+                        "train.num_threads": 1,
                     },
                     "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
                     "tolerance": 0.02,
@@ -225,12 +246,17 @@ def test_low_confidence_stream_review_feedback_finetune(
         queue = httpx.get(f"{url}/v1/review/queue", params={"limit": 500}, headers=auth).json()
         assert queue["open"] == len(stream) - posted  # the reviewed ones are closed
 
+    lap("serve, stream, check, review, feedback")
     # ---- the fine-tune: a challenger, calibrated at its evaluation
     run = cli(["loop", "run", "--config", str(loop_cfg), "--json"], env, work, timeout=3600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    lap("loop run")
     champion = _judge(f"models:/{MODEL}@champion", tracking, stream[:24])
     challenger = _judge(f"models:/{MODEL}@challenger", tracking, stream[:24])
+    lap("judge")
     print("champion", champion, "challenger", challenger)
-    print(f"total {time.perf_counter() - t0:.0f} s")
+    print(
+        f"laps (s): {laps}; total {time.perf_counter() - t0:.0f} s wall, {_cpu_seconds():.0f} s CPU"
+    )
     assert challenger["iou"] > champion["iou"]
     assert challenger["confidence"] > champion["confidence"]

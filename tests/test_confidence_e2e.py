@@ -268,4 +268,6 @@ def test_low_confidence_stream_review_feedback_finetune(
         f"laps (s): {laps}; total {time.perf_counter() - t0:.0f} s wall, {_cpu_seconds():.0f} s CPU"
     )
     assert challenger["iou"] > champion["iou"]
+    # more accurate beyond the pairs' noise: the paired gain exceeds its standard error
+    assert gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)), gain
     assert challenger["confidence"] > champion["confidence"]

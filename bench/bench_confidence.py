@@ -12,7 +12,7 @@ its calibration (saved beside the weights; fitted on its validation split now if
    what 20 random picks hold on average (bar: >= 2x).
 3. Population drift (`semlayout.monitoring.population`): requests of an unseen-family stream
    until the test fires (bar <= 100); false alarms over 20 in-distribution windows of 100
-   fresh synth requests (bar <= 5 %).
+   requests drawn from the test split (bar <= 5 %).
 4. Latency at batch 1 (eager): the translate call alone vs translate + confidence, interleaved
    round-robin, medians and IQR, and each signal's share.
 """
@@ -198,15 +198,16 @@ def population(tr: Any, cal: Any, shards: str, quick: bool) -> dict[str, Any]:
     drawn from it without replacement inside a window (fixed seeds; the windows overlap, the
     split has fewer than 2000 pairs). Also, for contrast, windows of fresh synth as `make run`
     draws it BEFORE alignment QC (a third of those draws, the noisiest, never reach training:
-    a real population shift, not a false alarm). Both detectors: the model's reference
-    (val features + signals) and the grey-level features alone (the train split)."""
+    a real population shift, not a false alarm). Both references: the train split's features
+    (what `detectors_for` serves when the model has a drift reference) and the calibration's
+    val sample of features + signals (its fallback)."""
     from semlayout.data.reference_stats import load_reference_stats
-    from semlayout.monitoring.population import PopulationDrift, detectors_for
+    from semlayout.monitoring.population import detectors_for
 
     ref = load_reference_stats(Path(shards) / "reference_stats.json")
-    tests = {
-        "features+signals": detectors_for(cal, None)["sem2layout"],
-        "features only": PopulationDrift(ref["sem"]["features"]),
+    tests = {  # what the API and the loop use, and the calibration's sample (no drift ref.)
+        "served: train features": detectors_for(cal, ref)["sem2layout"],
+        "val features+signals": detectors_for(cal, None)["sem2layout"],
     }
     unseen = stream_rows(tr, cal, heldout_mix.unseen(100, 4242))
     windows = 5 if quick else 20

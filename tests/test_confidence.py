@@ -24,7 +24,12 @@ from semlayout.confidence_calibration import (
 )
 from semlayout.errors import SemlayoutError
 from semlayout.inference import Translator
-from semlayout.monitoring.population import PopulationDrift, by_cohort, mmd_test
+from semlayout.monitoring.population import (
+    PopulationDrift,
+    by_cohort,
+    detectors_for,
+    mmd_test,
+)
 from semlayout.polarity_auto import PolarityDecision
 from semlayout.review import Candidate, select
 from semlayout.triggers import Observations, TriggerPolicy, decide
@@ -154,6 +159,26 @@ def test_mmd_tells_a_shifted_population_from_the_same_one():
     assert res["new"].drifted and res["new"].n == 60
     few = det.test([rows[0][1]] * 5)
     assert not few.drifted and few.p_value is None and "no verdict" in few.detail
+
+
+def test_population_reference_is_the_train_split_when_the_model_has_one():
+    """The drift reference's train-split features first (the larger, training sample); the
+    calibration's val features + signals only without one."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(9)
+    train = {"mean": rng.normal(size=200).tolist(), "std": rng.normal(size=200).tolist()}
+    val = {"mean": rng.normal(size=40).tolist(), "cycle": rng.normal(size=40).tolist()}
+    cal = SimpleNamespace(get=lambda d: SimpleNamespace(reference=val))
+    stats = {"sem": {"features": train}, "layout": {"features": train}}
+    served = detectors_for(cal, stats)
+    assert (
+        served["sem2layout"].names == ["mean", "std"] and len(served["sem2layout"].reference) == 200
+    )
+    fallback = detectors_for(cal, None)
+    assert fallback["sem2layout"].names == ["cycle", "mean"]
+    assert len(fallback["sem2layout"].reference) == 40
+    assert detectors_for(None, None) == {}
 
 
 def test_review_queue_is_least_confident_first_and_diverse():

@@ -28,12 +28,13 @@ from helpers_loop import (
     NEW_FAMILY,
     ORIG_MIX,
     cli,
-    cli_env,
+    e2e_env,
     png,
     ranges,
     serve,
     synth,
     write_config,
+    write_loop_config,
 )
 
 mlflow_template_db, sqlite_tracking_uri = hs.mlflow_template_db, hs.sqlite_tracking_uri
@@ -137,17 +138,15 @@ def test_low_confidence_stream_review_feedback_finetune(
         laps[name] = round(time.perf_counter() - t0 - sum(laps.values()), 1)
 
     tracking = sqlite_tracking_uri
-    cache = tmp_path / "model-cache"
-    monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(cache))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    env = cli_env(
+    env = e2e_env(
+        monkeypatch,
+        tmp_path,
+        tracking,
         {
-            "MLFLOW_TRACKING_URI": tracking,
-            "SEMLAYOUT_CACHE_DIR": str(cache),
             "SEMLAYOUT_API_TOKEN": API,
             "SEMLAYOUT_REVIEW_KEEP_BELOW": "1.01",
             "OMP_NUM_THREADS": "1",  # one torch thread in every subprocess (a shared CI box)
-        }
+        },
     )
     work = tmp_path / "work"
     work.mkdir()
@@ -179,7 +178,6 @@ def test_low_confidence_stream_review_feedback_finetune(
         print(f"\nnew-family stream: mean confidence {np.mean(confs):.3f}, low rate {rate:.2f}")
 
         # ---- the loop fires on the low-confidence rate
-        loop_cfg = tmp_path / "loop.yaml"
         policy = {
             "min_new_pairs": 1000,  # only the confidence may fire it here
             "drift_rate_threshold": 1.0,
@@ -187,29 +185,25 @@ def test_low_confidence_stream_review_feedback_finetune(
             "min_confidence_samples": 20,
             "cooldown_minutes": 60,
         }
-        loop_cfg.write_text(
-            json.dumps(
-                {
-                    "policy": policy,
-                    "monitor_db": str(db),
-                    "feedback_dir": str(feedback_dir),
-                    "tracking_uri": tracking,
-                    "model_name": MODEL,
-                    "original_data_uri": str(original),
-                    "replay_n": 24,
-                    "config": str(cfg_path),
-                    "finetune_overrides": {
-                        "train.lr": 5e-4,
-                        "train.epochs": 24,
-                        "train.decay_start_epoch": 12,
-                        "train.num_threads": 1,
-                    },
-                    "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
-                    "tolerance": 0.02,
-                    "min_improvement": 0.0,
-                    "workdir": str(tmp_path / "loop"),
-                }
-            )
+        loop_cfg = write_loop_config(
+            tmp_path / "loop.yaml",
+            tmp_path,
+            policy=policy,
+            serving={
+                "monitor_db": str(db),
+                "feedback_dir": str(feedback_dir),
+                "tracking_uri": tracking,
+                "model_name": MODEL,
+                "original_data_uri": str(original),
+                "config": str(cfg_path),
+            },
+            finetune_overrides={
+                "train.lr": 5e-4,
+                "train.epochs": 24,
+                "train.decay_start_epoch": 12,
+                "train.num_threads": 1,
+            },
+            tolerance=0.02,
         )
         chk = cli(["loop", "check", "--config", str(loop_cfg), "--json"], env, work)
         assert chk.returncode == 0, chk.stderr

@@ -53,6 +53,10 @@ def evaluate_finetune(
             min_improvement=min_improvement,
         )
         gate = judge_finetune(new, new_champ, orig, orig_champ, cfg)
+        # issue 17: the challenger's own confidence calibration (original data's val split)
+        from semlayout.confidence_fit import calibrate_and_judge
+
+        calibration, _ = calibrate_and_judge(Path(model.path), Path(original_shards.path))
     history = Path(model.path) / "history.json"
     write_report_html(
         Path(report.path),
@@ -83,6 +87,7 @@ def evaluate_finetune(
             "new_pairs_champion_metrics": new_champ,
             "gate": json.loads(gate.to_json()),
             "gate_config": cfg.model_dump(),
+            "confidence_calibration": None if calibration is None else calibration.to_dict(),
         },
     )
     evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})

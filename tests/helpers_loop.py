@@ -43,7 +43,7 @@ discriminator: {base_filters: 8, n_layers: 2, spectral_norm: true, norm: instanc
 loss: {gan_mode: lsgan, lambda_l1: 100.0, lambda_cycle: 10.0, lambda_fm: 10.0, real_label: 0.9}
 train: {epochs: %(epochs)d, decay_start_epoch: %(decay)d, batch_size: 4, lr: 0.001, buffer_size: 8,
         augment: true, checkpoint_every: 100000, val_samples: 4, sample_images: 1, seed: 0,
-        num_threads: 2}
+        num_threads: %(threads)d}
 """
 
 
@@ -53,8 +53,8 @@ def ranges(dose: tuple[float, float] = NARROW_DOSE):  # type: ignore[no-untyped-
     return PhysicsRanges(dose=dose, reverse_fraction=0.0)
 
 
-def write_config(path: Path, epochs: int, decay: int) -> Path:
-    path.write_text(E2E_CONFIG % {"epochs": epochs, "decay": decay})
+def write_config(path: Path, epochs: int, decay: int, threads: int = 2) -> Path:
+    path.write_text(E2E_CONFIG % {"epochs": epochs, "decay": decay, "threads": threads})
     return path
 
 
@@ -144,11 +144,53 @@ def train_champion(
     }
 
 
+def write_loop_config(
+    path: Path,
+    root: Path,
+    policy: dict[str, Any],
+    serving: dict[str, str],
+    finetune_overrides: dict[str, Any],
+    tolerance: float,
+) -> Path:
+    """The loop config both end-to-end tests run (`semlayout loop check|run --config`): the
+    fine-tune of `serving["model_name"]`'s champion on the reviewed pairs + 24 replayed
+    originals (`serving["original_data_uri"]`), floors out of the way (the tiny model's SSIM is
+    below any real floor: the fine-tune gate judges the new family and forgetting), work in
+    `root / "loop"`. `serving`: monitor_db, feedback_dir, tracking_uri, model_name,
+    original_data_uri, config, and intake_uri when there is one."""
+    path.write_text(
+        json.dumps(
+            {
+                "policy": policy,
+                **serving,
+                "replay_n": 24,
+                "finetune_overrides": finetune_overrides,
+                "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
+                "tolerance": tolerance,
+                "min_improvement": 0.0,
+                "workdir": str(root / "loop"),
+            }
+        )
+    )
+    return path
+
+
 # --------------------------------------------------------------------------- processes
 def cli_env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def e2e_env(
+    monkeypatch: Any, tmp_path: Path, tracking: str, extra: dict[str, str]
+) -> dict[str, str]:
+    """The registry and model cache for this process (monkeypatched) and the CLI's environment
+    (`cli_env` with them and `extra`)."""
+    cache = str(tmp_path / "model-cache")
+    monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", cache)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    return cli_env({"MLFLOW_TRACKING_URI": tracking, "SEMLAYOUT_CACHE_DIR": cache, **extra})
 
 
 def cli(

@@ -29,12 +29,14 @@ from helpers_loop import (
     cli,
     cli_env,
     cropped_sems,
+    e2e_env,
     png,
     serve,
     split_pair_folder,
     synth,
     train_champion,
     write_config,
+    write_loop_config,
 )
 
 moto_server, s3_env, s3_bucket = hs.moto_server, hs.s3_env, hs.s3_bucket
@@ -89,17 +91,15 @@ def test_loop_closes_end_to_end(
         return time.perf_counter()
 
     tracking = sqlite_tracking_uri
-    cache = tmp_path / "model-cache"
-    monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(cache))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    env = cli_env(
+    env = e2e_env(
+        monkeypatch,
+        tmp_path,
+        tracking,
         {
             **s3_env,
-            "MLFLOW_TRACKING_URI": tracking,
-            "SEMLAYOUT_CACHE_DIR": str(cache),
             "SEMLAYOUT_API_TOKEN": API,
             "SEMLAYOUT_ADMIN_TOKEN": ADMIN,
-        }
+        },
     )
     work = tmp_path / "work"
     work.mkdir()
@@ -220,39 +220,32 @@ def test_loop_closes_end_to_end(
         t = lap("reviewed_pairs", t)
 
         # ---- 5. the trigger check fires, with its reasons and numbers
-        loop_cfg = tmp_path / "loop.yaml"
-        loop_cfg.write_text(
-            json.dumps(
-                {
-                    "policy": {
-                        "min_new_pairs": 30,
-                        "drift_rate_threshold": 0.3,
-                        "drift_window": 30,
-                        "min_drift_samples": 20,
-                        "cooldown_minutes": 60,
-                    },
-                    "monitor_db": str(db),
-                    "feedback_dir": str(feedback_dir),
-                    "intake_uri": intake_uri,
-                    "tracking_uri": tracking,
-                    "model_name": MODEL,
-                    "original_data_uri": str(original),
-                    "replay_n": 24,
-                    "config": str(cfg_path),
-                    # fine-tune: the champion's weights, a lower LR than its training, a few epochs
-                    "finetune_overrides": {
-                        "train.lr": 5e-4,
-                        "train.epochs": 16,
-                        "train.decay_start_epoch": 8,
-                    },
-                    # the tiny model's floors sit below its measured SSIM; the fine-tune gate judges
-                    # improvement on the new family and forgetting on the original test shard
-                    "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
-                    "tolerance": 0.01,
-                    "min_improvement": 0.0,
-                    "workdir": str(tmp_path / "loop"),
-                }
-            )
+        loop_cfg = write_loop_config(
+            tmp_path / "loop.yaml",
+            tmp_path,
+            policy={
+                "min_new_pairs": 30,
+                "drift_rate_threshold": 0.3,
+                "drift_window": 30,
+                "min_drift_samples": 20,
+                "cooldown_minutes": 60,
+            },
+            serving={
+                "monitor_db": str(db),
+                "feedback_dir": str(feedback_dir),
+                "intake_uri": intake_uri,
+                "tracking_uri": tracking,
+                "model_name": MODEL,
+                "original_data_uri": str(original),
+                "config": str(cfg_path),
+            },
+            # fine-tune: the champion's weights, a lower LR than its training, a few epochs
+            finetune_overrides={
+                "train.lr": 5e-4,
+                "train.epochs": 16,
+                "train.decay_start_epoch": 8,
+            },
+            tolerance=0.01,
         )
         chk = cli(["loop", "check", "--config", str(loop_cfg), "--json"], env, work)
         assert chk.returncode == 0, chk.stderr

@@ -211,8 +211,17 @@ def test_predict_writes_predictions_csv_and_refuses_bad_polarities(data, tmp_pat
     with open(tmp_path / "auto" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
-        "id", "direction", "polarity", "polarity_margin", "polarity_source", "layer"
-    ]  # fmt: skip
+        "id",
+        "direction",
+        "polarity",
+        "confidence",
+        "predicted_iou",
+        "polarity_margin",
+        "polarity_source",
+        "confidence_reason",
+        "layer",
+    ]
+    assert {r["confidence"] for r in rows} == {"unknown"}  # no calibration beside the weights
     assert [r["id"] for r in rows] == ["img0", "img1", "img2"]
     # the folder is one layer: one pooled polarity for all, its margin the pooled log-odds
     assert len({(r["polarity"], r["polarity_margin"]) for r in rows}) == 1

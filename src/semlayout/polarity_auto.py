@@ -63,6 +63,9 @@ class PolarityDecision:
     # evidence) | auto (the image alone) | only (the model serves one polarity)
     margin: float | None = None  # pooled / auto: |clipped evidence + pooled|, log-odds
     evidence: float | None = None  # auto: log-odds of bright from the image alone
+    # auto: corr(blur(G_B(G_A(x))), blur(x)) at 0.75 px in the chosen polarity, the cycle
+    # reconstruction the analysis already computed (the confidence reuses it, issue 17)
+    cycle: float | None = None
 
 
 def _blur(batch: np.ndarray, sigma: float) -> np.ndarray:
@@ -144,26 +147,39 @@ def auto_sem2layout(
     `LayerPrior` (configured and pooled evidence)."""
     lay, feats = hypotheses(run_a, run_b, batch)
     e = evidence(feats, head)
-    return choose(lay, e, LayerPrior.of(prior))
+    cycles = {
+        BRIGHT: feats[:, FEATURES.index("corr_bright_s0.75")],
+        DARK: feats[:, FEATURES.index("corr_dark_s0.75")],
+    }
+    return choose(lay, e, LayerPrior.of(prior), cycles)
 
 
 def choose(
-    lay: dict[int, np.ndarray], e: np.ndarray, prior: LayerPrior
+    lay: dict[int, np.ndarray],
+    e: np.ndarray,
+    prior: LayerPrior,
+    cycles: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[PolarityDecision]]:
     """Pick each image's hypothesis from its evidence `e` (B,) and the layer's word: the
     image's evidence counts clipped (`polarity_layer.CLIP`), as when it is pooled, so a
-    layer's pooled evidence can outweigh any one image."""
+    layer's pooled evidence can outweigh any one image. `cycles`: each hypothesis' cycle
+    correlation (B,), kept in the decision for the chosen one (the confidence reuses it)."""
     total = np.clip(e, -CLIP, CLIP) + prior.pooled
     if prior.configured is not None:
         chosen = np.full(len(e), prior.configured)
-        decisions = [PolarityDecision(prior.configured, "layer", None, float(v)) for v in e]
+        source = "layer"
+        margins: list[float | None] = [None] * len(e)
     else:
         chosen = np.where(total >= 0, BRIGHT, DARK)
         source = "pooled" if prior.n > 0 else "auto"
-        decisions = [
-            PolarityDecision(int(c), source, float(abs(t)), float(v))
-            for c, t, v in zip(chosen, total, e, strict=True)
-        ]
+        margins = [float(abs(t)) for t in total]
+    cyc: list[float | None] = [None] * len(e)
+    if cycles is not None:
+        cyc = [float(v) for v in np.where(chosen == BRIGHT, cycles[BRIGHT], cycles[DARK])]
+    decisions = [
+        PolarityDecision(int(c), source, m, float(v), r)
+        for c, m, v, r in zip(chosen, margins, e, cyc, strict=True)
+    ]
     out = np.where(chosen[:, None, None, None] == BRIGHT, lay[BRIGHT], lay[DARK])
     return out, decisions
 

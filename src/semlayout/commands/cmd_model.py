@@ -20,44 +20,54 @@ def _list_pngs(in_dir: Path) -> list[Path]:
 
 
 PREDICTIONS_FILE = "predictions.csv"
-# DESIGN.md's predictions.csv starts id,direction,polarity; the confidence columns
-# (confidence, predicted_iou | predicted_ssim) come after polarity, the margin and source last
-PREDICTION_COLUMNS = (
-    "id",
-    "direction",
-    "polarity",
-    "polarity_margin",
-    "polarity_source",
-    "layer",
-)
+# DESIGN.md's predictions.csv: id,direction,polarity,confidence, then predicted_iou
+# (sem2layout) or predicted_ssim (layout2sem); the polarity margin and source, why a
+# confidence is the lowest or unknown, and the layer come last
+PREDICTION_COLUMNS = ("id", "direction", "polarity", "confidence")
+TAIL_COLUMNS = ("polarity_margin", "polarity_source", "confidence_reason", "layer")
 
 
-def predictions_csv(rows: list[dict[str, str]]) -> str:
+def predictions_csv(rows: list[dict[str, str]], direction: str) -> str:
     import csv
     import io
 
+    predicted = "predicted_iou" if direction == "sem2layout" else "predicted_ssim"
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
+    w = csv.DictWriter(
+        buf,
+        fieldnames=[*PREDICTION_COLUMNS, predicted, *TAIL_COLUMNS],
+        lineterminator="\n",
+    )
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
 
 
 def prediction_row(
-    image_id: str, direction: str, decision: object, layer: str = "default"
+    image_id: str, direction: str, decision: object, confidence: object, layer: str = "default"
 ) -> dict[str, str]:
-    """One predictions.csv row: polarity +1 / -1, the margin (empty unless auto / pooled),
-    how it was chosen (given, layer, pooled, auto, only) and the layer."""
+    """One predictions.csv row: polarity +1 / -1, the confidence and predicted quality
+    ("unknown" for a model without a calibration), the margin (empty unless auto / pooled),
+    how the polarity was chosen (given, layer, pooled, auto, only) and the layer."""
+    from semlayout.confidence import Confidence
     from semlayout.polarity_auto import PolarityDecision
 
-    assert isinstance(decision, PolarityDecision)
+    assert isinstance(decision, PolarityDecision) and isinstance(confidence, Confidence)
+
+    def fmt(v: float | None) -> str:
+        return "unknown" if v is None else f"{v:.4f}"
+
+    predicted = "predicted_iou" if direction == "sem2layout" else "predicted_ssim"
     margin = "" if decision.margin is None else f"{decision.margin:.4f}"
     return {
         "id": image_id,
         "direction": direction,
         "polarity": f"{decision.polarity:+d}",
+        "confidence": fmt(confidence.confidence),
+        predicted: fmt(confidence.predicted),
         "polarity_margin": margin,
         "polarity_source": decision.source,
+        "confidence_reason": confidence.reason or "",
         "layer": layer,
     }
 
@@ -105,13 +115,16 @@ def predict(
     ),
 ) -> None:
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT, and write
-    OUT/predictions.csv (id,direction,polarity,polarity_margin,polarity_source,layer).
+    OUT/predictions.csv (id,direction,polarity,confidence,predicted_iou|predicted_ssim,
+    polarity_margin,polarity_source,confidence_reason,layer).
 
     With polarity auto the folder is one data set: every SEM's polarity evidence is read
     first, then every image is translated in the pooled polarity (source 'pooled')."""
     import cv2
 
     from semlayout.atomic import atomic_dir, check_not_over_inputs
+    from semlayout.confidence import assess
+    from semlayout.confidence_calibration import load_calibration
     from semlayout.data.pairs import read_gray8
     from semlayout.directions import Direction
     from semlayout.inference import Translator
@@ -131,27 +144,34 @@ def predict(
     book, state = _layer_state(db, name, configured)
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
     tr.fixed_polarity(direction, choice, state.prior())  # a polarity never learned: refused now
+    calibration = load_calibration(Path(tr.info["path"]))
     done, after = translate_folder(
-        tr, direction, images, choice, state, per_image_polarity,
-        binarize=binarize, batch_size=batch_size,
-    )  # fmt: skip
+        tr, direction, images, choice, state, per_image_polarity, batch_size=batch_size
+    )
+    greys = [t.output for t in done]
+    confs = []
+    for start in range(0, len(images), batch_size):  # the signals' extra forwards, in batches
+        part = slice(start, start + batch_size)
+        decisions = [t.decision for t in done[part]]
+        confs += assess(tr, calibration, direction, images[part], greys[part], decisions)
     rows: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
-        for path, t in zip(files, done, strict=True):
-            ok, buf = cv2.imencode(".png", t.output)
+        for path, t, conf in zip(files, done, confs, strict=True):
+            ok, buf = cv2.imencode(".png", tr.to_layout(t.output) if binarize else t.output)
             if not ok:
                 raise RuntimeError(f"PNG encoding failed for {path.name}")
             (tmp / path.name).write_bytes(buf.tobytes())
-            rows.append(prediction_row(path.stem, direction, t.decision, name))
-        (tmp / PREDICTIONS_FILE).write_text(predictions_csv(rows))
+            rows.append(prediction_row(path.stem, direction, t.decision, conf, name))
+        (tmp / PREDICTIONS_FILE).write_text(predictions_csv(rows, direction))
     if book is not None and after.n > state.n:
         book.fold(name, [t.decision.evidence for t in done if t.decision.evidence is not None])
     n_dark = sum(r["polarity"] == "-1" for r in rows)
     sources = sorted({r["polarity_source"] for r in rows})
+    how = "confidence unknown (no calibration)" if calibration is None else "with confidence"
     print(
         f"translated {len(files)} image(s) {direction} with {tr.source} ({backend}) -> {out} "
         f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark; "
-        f"{'/'.join(sources)}; layer {name})"
+        f"{'/'.join(sources)}; layer {name}; {how})"
     )
 
 
@@ -220,6 +240,12 @@ def evaluate(
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", help="MLflow URI for models:/ URIs"
     ),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="fit the confidence calibration on the val split of --data and save it beside "
+        "the weights (a local checkpoint folder); judged on SPLIT in the metrics and report",
+    ),
 ) -> None:
     """Score both directions on a shard split (per family, with baselines) -> metrics.json \
 [+ report]."""
@@ -227,6 +253,7 @@ def evaluate(
 
     if history is not None and not history.is_file():
         raise SemlayoutError(f"--history {history} not found")
+    judged = _calibrate(model, data, split, backend) if calibrate else None
     result = evaluate_model(
         model,
         data,
@@ -244,7 +271,7 @@ def evaluate(
             curves = json.loads(hist.read_text())
         except json.JSONDecodeError as err:
             raise SemlayoutError(f"{hist} is not valid JSON: {err}") from None
-    write_evaluation(result, out, report=report, curves=curves)
+    write_evaluation(result, out, report=report, curves=curves, confidence=judged)
     s2l, l2s = result["sem2layout"], result["layout2sem"]
 
     def f(v: object) -> str:
@@ -262,6 +289,32 @@ def evaluate(
         f"ssim vs clean {f(l2s.get('ssim_vs_clean'))}  l1 {f(l2s['l1'])}"
     )
     print(f"wrote {out}" + (f" and {report}" if report is not None else ""))
+
+
+def _calibrate(model: str, data: Path, split: str, backend: str) -> dict | None:
+    """`evaluate --calibrate`: fit on data's val split, save beside the weights, judge on
+    `split`; the judged numbers (with images, for the report)."""
+    from semlayout.confidence_fit import fit_calibration, judge_split
+    from semlayout.inference import Translator
+    from semlayout.model_uri import ModelUri
+
+    if ModelUri.is_model_uri(model):
+        raise SemlayoutError(
+            "--calibrate writes beside the weights: give a local checkpoint folder (a "
+            "registered version gets its calibration from the pipeline's evaluate step)"
+        )
+    tr = Translator.load(model, backend=backend)
+    cal = fit_calibration(tr, data)
+    path = cal.save(Path(model))
+    judged = judge_split(tr, cal, data, split)
+    for d in ("sem2layout", "layout2sem"):
+        j = judged.get(d) or {}
+        print(
+            f"confidence {d}: spearman {j.get('spearman', float('nan')):.3f}, calibration error "
+            f"{j.get('calibration_error', float('nan')):.3f} on {split}"
+        )
+    print(f"wrote {path}")
+    return judged
 
 
 def register(app: typer.Typer) -> None:

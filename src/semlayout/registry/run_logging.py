@@ -24,7 +24,13 @@ from semlayout.errors import SemlayoutError
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_NAME_IN_RUN = "model"
-CHECKPOINT_FILES = ("config.json", "weights.safetensors", "sem2layout.onnx", "layout2sem.onnx")
+CHECKPOINT_FILES = (
+    "config.json",
+    "weights.safetensors",
+    "sem2layout.onnx",
+    "layout2sem.onnx",
+    "confidence_calibration.json",  # issue 17: fitted at evaluate time, beside the weights
+)
 TAG_MODEL_URI = "semlayout.model_uri"
 TAG_CONFIG_HASH = "semlayout.config_hash"
 TAG_CHECKPOINT_STEP = "semlayout.checkpoint_step"

@@ -52,6 +52,7 @@ from semlayout.serving.routes import (
     health_routes,
     layer_routes,
     monitoring_routes,
+    review_routes,
     translate_routes,
 )
 from semlayout.serving.schemas import SERVER_ERROR
@@ -90,6 +91,7 @@ def create_app(
         feedback_routes,
         monitoring_routes,
         layer_routes,
+        review_routes,
         admin_routes,
         docs_routes,
     ):

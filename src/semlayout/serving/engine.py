@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from semlayout.confidence_calibration import Calibration, load_calibration
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 from semlayout.model_uri import ModelUri
@@ -88,6 +89,8 @@ class LoadedModel:
     # the detectors this model's requests are judged by, and where their reference came from
     detectors: dict[str, DriftDetector] = field(default_factory=dict)
     drift_source: str | None = None
+    # the confidence calibration saved beside the weights (None: confidence unknown)
+    calibration: Calibration | None = None
 
 
 def registry_ref(uri: str) -> ModelUri | None:
@@ -181,6 +184,7 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             backend,
             baseline_ssim=_registry_baseline(registry.client, mv.run_id),
             drift_reference=drift_reference_of(ckpt),
+            calibration=load_calibration(ckpt),
         )
     folder = Path(model)
     if not folder.is_dir():
@@ -188,7 +192,13 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             f"model not found: '{model}' (expected a checkpoint folder or models:/NAME@ALIAS)"
         )
     translator = Translator.load(folder, backend=backend)
-    return LoadedModel(translator, _local_version(folder), str(folder), backend)
+    return LoadedModel(
+        translator,
+        _local_version(folder),
+        str(folder),
+        backend,
+        calibration=load_calibration(folder),
+    )
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,16 @@ class TranslateResponse(BaseModel):
         "model serves one polarity)",
     )
     layer: str = Field("default", description="the layer the image was read as part of")
+    confidence: float | None = Field(
+        None,
+        description="P(the prediction is good: IoU >= 0.6 for sem2layout, SSIM over the "
+        "calibration's threshold for layout2sem); null: unknown (no calibration)",
+    )
+    predicted_iou: float | None = Field(None, description="sem2layout: the predicted IoU")
+    predicted_ssim: float | None = Field(None, description="layout2sem: the predicted SSIM")
+    confidence_reason: str | None = Field(
+        None, description="why the confidence is the lowest (a blank input...) or unknown"
+    )
 
 
 class LayerInfo(BaseModel):
@@ -139,6 +149,10 @@ class GroundTruthResponse(BaseModel):
     direction: Direction
     model_version: str
     metrics: QualityMetrics
+    predicted_quality: float | None = Field(
+        None, description="what the prediction's confidence predicted (IoU / SSIM); null: unknown"
+    )
+    confidence: float | None = None
 
 
 class FeedbackResponse(BaseModel):
@@ -225,6 +239,27 @@ class PolaritySummary(BaseModel):
     )
 
 
+class ConfidenceSummary(BaseModel):
+    """Issue 17: how sure the served model has been, per direction and cohort."""
+
+    window: int
+    low_threshold: float = Field(..., description="a confidence below this counts as low")
+    calibrated: dict[str, bool] = Field(
+        ..., description="per direction: whether the served version has a calibration"
+    )
+    directions: dict[str, Any] = Field(
+        ...,
+        description="{direction: {all: {n, known, low, low_confidence_rate, mean_confidence}, "
+        "cohorts: {cohort: {...same...}}}}",
+    )
+    calibration_error: dict[str, Any] = Field(
+        ..., description="per direction: mean |predicted - true| over the recent ground truth"
+    )
+    population: dict[str, list[dict[str, Any]]] = Field(
+        ..., description="per direction: the two-sample test of the recent stream per cohort"
+    )
+
+
 class MonitoringSummary(BaseModel):
     model_version: str | None
     inference: InferenceSummary
@@ -232,3 +267,4 @@ class MonitoringSummary(BaseModel):
     quality: dict[str, QualitySummary]
     feedback_count: int
     polarity: PolaritySummary
+    confidence: ConfidenceSummary | None = None

@@ -5,10 +5,12 @@
    store: `monitoring.layer_book`), the polarity check (a polarity the model never learned is
    refused before any work), queue room check, the micro-batcher, the drift features
    (computed while the model runs, they need only the input; judged against the reference of
-   the model that translated the image), then the images' evidence is pooled into the layer
-   (its own transaction) and each image's polarity judged against the one the layer should
-   show (`polarity_layer`: configured > the server's > established), `binarize`; no
-   prediction is recorded yet;
+   the model that translated the image), the confidence of every image
+   (`semlayout.confidence.assess`, one call per model, computed while the drift checks finish:
+   the one function issue 20's off-path writer can move), then the images' evidence is pooled
+   into the layer (its own transaction) and each image's polarity judged against the one the
+   layer should show (`polarity_layer`: configured > the server's > established), `binarize`;
+   no prediction is recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
 4. `record`: every row of the request in ONE transaction of the monitoring store — all rows or
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +35,7 @@ import numpy as np
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from semlayout.confidence import Confidence, assess
 from semlayout.directions import Direction
 from semlayout.monitoring.drift import DriftDetector, DriftResult
 from semlayout.monitoring.inference_monitor import image_stats
@@ -57,6 +61,7 @@ class Forwarded:
     batch_size: int  # images in that forward pass
     drift: DriftResult | None  # None without a drift reference for the direction
     decision: PolarityDecision  # the polarity it was translated in
+    confidence: Confidence  # how sure the model is (confidence None: unknown)
     layer: str = DEFAULT_LAYER  # the layer it was read as part of
 
 
@@ -70,6 +75,7 @@ class Translated:
     model: LoadedModel
     drift: DriftInfo | None
     decision: PolarityDecision
+    confidence: Confidence
     layer: str = DEFAULT_LAYER
 
 
@@ -101,11 +107,17 @@ async def forward(
     drifts = (
         [asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images] if det else []
     )
+    conf_task: asyncio.Future[list[Confidence]] | None = None
     try:
         try:
             results = await state.batcher.submit_many(direction, images, polarity, prior)
         except QueueFull as err:
             raise _busy(err) from None
+        # the confidence needs only the inputs and outputs: computed while the drift checks
+        # finish and the layouts are drawn
+        conf_task = asyncio.ensure_future(
+            run_in_threadpool(confidences, direction, images, results)
+        )
         checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
         for i, r in enumerate(results):
             if r.model is not model:  # swapped meanwhile: judged by the new version's reference
@@ -118,6 +130,10 @@ async def forward(
                     *[run_in_threadpool(r.model.translator.to_layout, r.output) for r in results]
                 )
             )
+    except BaseException:
+        if conf_task is not None:  # a failure above: nothing left running unobserved
+            conf_task.cancel()
+        raise
     finally:
         for drift in drifts:  # a failure above: nothing left running unobserved
             drift.cancel()
@@ -128,9 +144,10 @@ async def forward(
             expected = after[i].expected(fallback or det_i.expected_polarity)
             flipped = after[i].flipped(expected)
             checks[i] = det_i.with_polarity(checks[i], r.decision, expected, flipped)
+    confs = await conf_task if conf_task is not None else []
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, layer)
-        for img, out, r, res in zip(images, outs, results, checks, strict=True)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, c, layer)
+        for img, out, r, res, c in zip(images, outs, results, checks, confs, strict=True)
     ]
 
 
@@ -147,6 +164,39 @@ async def _pool(
             cur = next(folded)
         after.append(cur)
     return after
+
+
+def confidences(
+    direction: Direction, images: Sequence[np.ndarray], results: Sequence[Any]
+) -> list[Confidence]:
+    """The confidence of each image, by the model (and calibration) that translated it, from
+    its grey output (before any binarization)."""
+    out: list[Confidence | None] = [None] * len(images)
+    for model in {id(r.model): r.model for r in results}.values():
+        idx = [i for i, r in enumerate(results) if r.model is model]
+        got = assess(
+            model.translator,
+            model.calibration,
+            direction,
+            [images[i] for i in idx],
+            [results[i].output for i in idx],
+            [results[i].decision for i in idx],
+        )
+        for i, c in zip(idx, got, strict=True):
+            out[i] = c
+    return [c for c in out if c is not None]
+
+
+def kept_input(item: Forwarded, settings: ServeSettings) -> bytes | None:
+    """The input as PNG when the review queue may need it: its confidence is below
+    `settings.review_keep_below` or unknown (`review_keep_below` 0 keeps none)."""
+    from semlayout.data.pairs import encode_png
+
+    conf = item.confidence.confidence
+    limit = settings.review_keep_below
+    if limit <= 0 or (conf is not None and conf >= limit):
+        return None
+    return encode_png(item.image)
 
 
 def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes | None:
@@ -167,7 +217,12 @@ def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes
 
 
 def prepare(
-    state: ServingState, endpoint: str, direction: Direction, item: Forwarded, t0: float
+    state: ServingState,
+    endpoint: str,
+    direction: Direction,
+    item: Forwarded,
+    t0: float,
+    cohort: str | None = None,
 ) -> tuple[Translated, TranslationRecord]:
     """The answer and the rows of one image (worker thread); nothing is written yet.
 
@@ -188,6 +243,12 @@ def prepare(
         height=int(img.shape[0]),
         output_png=stored_output(out, png, state.settings),
         polarity=item.decision.polarity,
+        confidence=item.confidence.confidence,
+        predicted_quality=item.confidence.predicted,
+        confidence_reason=item.confidence.reason,
+        confidence_signals=json.dumps(item.confidence.signals) if item.confidence.signals else None,
+        cohort=cohort,
+        input_png=kept_input(item, state.settings),
     )
     event = {
         "endpoint": endpoint,
@@ -216,7 +277,7 @@ def prepare(
         }
     info = drift_info(res, model.detectors.get(direction))
     return (
-        Translated(pid, out, png, model, info, item.decision, item.layer),
+        Translated(pid, out, png, model, info, item.decision, item.confidence, item.layer),
         TranslationRecord(prediction, event, drift),
     )
 
@@ -226,6 +287,11 @@ def _observe(state: ServingState, direction: Direction, done: Sequence[Translate
     m = state.metrics
     for d in done:
         m.translations.labels(direction, "ok").inc()
+        conf = d.confidence.confidence
+        if conf is None:
+            m.confidence_unknown.labels(direction).inc()
+        else:
+            m.confidence.labels(direction).observe(conf)
         if d.drift is not None:
             m.drift_score.labels(direction).observe(d.drift.score)
             if d.drift.drifted:
@@ -241,12 +307,15 @@ async def translate(
     t0: float,
     polarity: PolarityChoice = PolarityChoice.auto,
     layer: str = DEFAULT_LAYER,
+    cohort: str | None = None,
 ) -> list[Translated]:
     """`forward`, `prepare` each image, then record the request's rows in one transaction;
-    `endpoint` is the route template, for the events."""
+    `endpoint` is the route template, for the events; `layer` the data set the images belong
+    to (polarity pooling), `cohort` the caller's label (pattern family, tool or client) the
+    monitors slice by."""
     items = await forward(state, direction, images, binarize, polarity, layer)
     prepared = await asyncio.gather(
-        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0) for it in items]
+        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0, cohort) for it in items]
     )
     await run_in_threadpool(state.store.record_translations, [rec for _, rec in prepared])
     done = [tr for tr, _ in prepared]
@@ -283,7 +352,32 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         polarity_margin=done.decision.margin,
         polarity_source=done.decision.source,
         layer=done.layer,
+        **confidence_fields(done.confidence),
     )
+
+
+def confidence_fields(c: Confidence) -> dict[str, Any]:
+    """The JSON answer's confidence fields (None: unknown, with the reason)."""
+    return {
+        "confidence": c.confidence,
+        "predicted_iou": c.predicted if c.metric == "iou" else None,
+        "predicted_ssim": c.predicted if c.metric == "ssim" else None,
+        "confidence_reason": c.reason,
+    }
+
+
+def confidence_headers(c: Confidence) -> dict[str, str]:
+    """X-Confidence and X-Predicted-IoU / X-Predicted-SSIM ("unknown" without a calibration),
+    X-Confidence-Reason when there is one."""
+
+    def fmt(v: float | None) -> str:
+        return "unknown" if v is None else f"{v:.4f}"
+
+    name = "X-Predicted-IoU" if c.metric == "iou" else "X-Predicted-SSIM"
+    headers = {"X-Confidence": fmt(c.confidence), name: fmt(c.predicted)}
+    if c.reason:
+        headers["X-Confidence-Reason"] = c.reason.encode("ascii", "replace").decode("ascii")
+    return headers
 
 
 def png_headers(done: Translated) -> dict[str, str]:
@@ -294,6 +388,7 @@ def png_headers(done: Translated) -> dict[str, str]:
         "X-Polarity": f"{done.decision.polarity:+d}",
         "X-Polarity-Source": done.decision.source,
         "X-Layer": done.layer,
+        **confidence_headers(done.confidence),
     }
     if done.decision.margin is not None:
         headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"

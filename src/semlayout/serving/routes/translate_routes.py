@@ -8,6 +8,9 @@ SEM contrast is the pattern; `layer` (a query parameter or a form field, `[A-Za-
 a layer's images and follows its configured polarity (`semlayout.polarity_layer`). The answer
 says which polarity was used and why (`X-Polarity`, `X-Polarity-Source`, `X-Polarity-Margin`
 when auto decided it, `X-Layer`; the same as JSON fields).
+How sure the model is: `X-Confidence`, `X-Predicted-IoU` / `X-Predicted-SSIM` ("unknown" for a
+version without a calibration; `X-Confidence-Reason`). `cohort` labels the request for the
+monitors.
 """
 
 from __future__ import annotations
@@ -62,6 +65,16 @@ def layer_label(query: str | None, form: str | None) -> str:
     return str(_query_or_form("layer", query, form, check_layer))
 
 
+COHORT_HELP = (
+    "optional label the monitors slice by (pattern family, tool or client): letters, digits, "
+    "'.', '_', '-', at most 64"
+)
+CohortQuery = Annotated[
+    str | None,
+    Query(description=COHORT_HELP, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"),
+]
+
+
 def polarity_choice(query: str | None, form: str | None) -> PolarityChoice:
     """The request's polarity; 422 naming the choices."""
     choice: PolarityChoice = _query_or_form("polarity", query, form, parse_choice)
@@ -88,6 +101,7 @@ async def translate_png(
     polarity_form: PolarityForm = None,
     layer: LayerQuery = None,
     layer_form: LayerForm = None,
+    cohort: CohortQuery = None,
 ) -> Response:
     """Translate one image; answers a PNG of the input's size."""
     t0 = time.perf_counter()
@@ -96,7 +110,7 @@ async def translate_png(
     lay = layer_label(layer, layer_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol, lay
+        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol, lay, cohort
     )
     return Response(done.png, media_type="image/png", headers=png_headers(done))
 
@@ -116,6 +130,7 @@ async def translate_json(
     polarity_form: PolarityForm = None,
     layer: LayerQuery = None,
     layer_form: LayerForm = None,
+    cohort: CohortQuery = None,
 ) -> TranslateResponse:
     """Translate one image; answers JSON with the PNG in base64, the polarity used and the
     drift verdict."""
@@ -125,7 +140,7 @@ async def translate_json(
     lay = layer_label(layer, layer_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}/json", direction, [img], binarize, t0, pol, lay
+        state, "/v1/translate/{direction}/json", direction, [img], binarize, t0, pol, lay, cohort
     )
     return as_response(done, direction)
 
@@ -145,6 +160,7 @@ async def translate_batch(
     polarity_form: PolarityForm = None,
     layer: LayerQuery = None,
     layer_form: LayerForm = None,
+    cohort: CohortQuery = None,
 ) -> list[TranslateResponse]:
     """Translate several `images` fields (up to SEMLAYOUT_MAX_BATCH_IMAGES) in one request,
     all in `polarity` (auto decides per image)."""
@@ -161,6 +177,6 @@ async def translate_batch(
         )
     decoded = [await read_image(up, f"images[{i}]", settings) for i, up in enumerate(images)]
     done = await translate(
-        state, "/v1/translate/{direction}/batch", direction, decoded, binarize, t0, pol, lay
+        state, "/v1/translate/{direction}/batch", direction, decoded, binarize, t0, pol, lay, cohort
     )
     return [as_response(d, direction) for d in done]

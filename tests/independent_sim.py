@@ -44,6 +44,7 @@ class SimPair:
     kind: str = "normal"  # normal | blank_sem | wrong_template
     dose: float = 0.0
     polarity: int = 1  # +1 features bright, -1 dark
+    clean: np.ndarray | None = None  # (304, 304) uint8: the SEM without shot noise and banding
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -167,6 +168,14 @@ def make_field(family: str, rng: np.random.Generator) -> np.ndarray:
 def render_sem(
     field: np.ndarray, rng: np.random.Generator, polarity: int, dose: float
 ) -> np.ndarray:
+    return render_sem_and_clean(field, rng, polarity, dose)[0]
+
+
+def render_sem_and_clean(
+    field: np.ndarray, rng: np.random.Generator, polarity: int, dose: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The SEM and its noise-free rendering (the signal before shot noise and banding, through
+    the same gain and offset); the random draws are render_sem's, in the same order."""
     f = field.astype(np.float32)
     inside = cv2.distanceTransform(field.astype(np.uint8), cv2.DIST_L2, 3)
     outside = cv2.distanceTransform((1 - field).astype(np.uint8), cv2.DIST_L2, 3)
@@ -202,35 +211,41 @@ def render_sem(
     img += rng.normal(0, float(rng.uniform(0.0, 0.03)), size=(SEM, 1)).astype(np.float32)  # banding
     gain = float(rng.uniform(150, 230))
     offset = float(rng.uniform(-10, 30))
-    return np.clip(img * gain + offset, 0, 255).astype(np.uint8)
+    clean = np.clip(signal / 0.9 * gain + offset, 0, 255).astype(np.uint8)
+    return np.clip(img * gain + offset, 0, 255).astype(np.uint8), clean
 
 
 def make_pair(
-    i: int, rng: np.random.Generator, p_unalignable: float = 0.04, p_reversed: float = 0.2
+    i: int,
+    rng: np.random.Generator,
+    p_unalignable: float = 0.04,
+    p_reversed: float = 0.2,
+    p_reversed_contacts: float = 0.7,
 ) -> SimPair:
     family = FAMILIES[i % len(FAMILIES)]
     field = make_field(family, rng)
     x, y = int(rng.integers(0, SEM - TPL + 1)), int(rng.integers(0, SEM - TPL + 1))
     # dense contact holes image dark (reversed) most of the time
-    p_rev = 0.7 if family == "contacts" else p_reversed
+    p_rev = p_reversed_contacts if family == "contacts" else p_reversed
     polarity = -1 if rng.random() < p_rev else 1
     dose = float(np.exp(rng.uniform(np.log(2.5), np.log(60.0))))
     layout = (field[y : y + TPL, x : x + TPL] * 255).astype(np.uint8)
     pair_id = f"{family}-{i:05d}"
     kind = "normal"
+    clean = None
     if rng.random() < p_unalignable:
         kind = "blank_sem" if rng.random() < 0.4 else "wrong_template"
     if kind == "blank_sem":
         level = int(rng.integers(20, 230))
         sem = np.clip(level + rng.normal(0, 0.4, (SEM, SEM)), 0, 255).astype(np.uint8)
     else:
-        sem = render_sem(field, rng, polarity, dose)
+        sem, clean = render_sem_and_clean(field, rng, polarity, dose)
     if kind == "wrong_template":
         other = make_field(family, rng)  # same family, different field: looks plausible
         ox, oy = int(rng.integers(0, SEM - TPL + 1)), int(rng.integers(0, SEM - TPL + 1))
         layout = (other[oy : oy + TPL, ox : ox + TPL] * 255).astype(np.uint8)
     return SimPair(
-        pair_id, family, sem, layout, field, x, y, kind == "normal", kind, dose, polarity
+        pair_id, family, sem, layout, field, x, y, kind == "normal", kind, dose, polarity, clean
     )
 
 

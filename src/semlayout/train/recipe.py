@@ -1,0 +1,44 @@
+"""The fine-tune recipe as configuration (no torch here: the loop's config holds it).
+
+`AdaptConfig` is what `semlayout.train.adaptation.adapt` runs; its defaults are the recipe
+docs/adaptation.md measured and kept. `REVIEWED_SPLIT` is how the loop splits reviewed pairs
+(by content, `write_shards(..., split_by="content")`): train for the fine-tune, val for early
+stopping and the learning curve, test for the gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from semlayout.errors import validation_error
+
+REVIEWED_SPLIT = {"val": 0.15, "test": 0.25}
+
+
+class AdaptConfig(BaseModel):
+    """The fine-tune recipe (defaults: the recipe docs/adaptation.md measured and kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(400, ge=1, description="the most steps a fine-tune runs")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate (G and D), constant")
+    batch_size: int = Field(4, ge=1)
+    crop_size: int | None = Field(128, description="random crops of the 256 px network input")
+    replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of original pairs")
+    freeze: Literal["none", "encoder", "norm"] = "none"
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of G's weights; 0 = off")
+    l2sp: float = Field(0.0, ge=0, description="decoupled pull toward the champion's weights")
+    eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
+    patience: int = Field(0, ge=0, description="evaluations without a gain before stopping")
+    eval_pairs: int = Field(32, ge=1, description="at most this many pairs per evaluation")
+    seed: int = 0
+
+
+def adapt_config(values: dict[str, Any] | None = None) -> AdaptConfig:
+    """An `AdaptConfig` from a mapping; a bad key or value is one `SemlayoutError` line."""
+    try:
+        return AdaptConfig.model_validate(values or {})
+    except ValidationError as err:
+        raise validation_error(err, "adaptation config") from None

@@ -144,6 +144,31 @@ def train_champion(
     }
 
 
+def heldout_shards(pairs: Path, dest: Path) -> Path:
+    """Aligned and sharded as one split ("train"): a set only for scoring."""
+    from semlayout.data.align_folder import align_folder
+    from semlayout.data.shards import write_shards
+
+    align_folder(pairs, dest.with_name(dest.name + "-aligned"))
+    write_shards(dest.with_name(dest.name + "-aligned"), dest, val=0.0, test=0.0, seed=0)
+    return dest
+
+
+def heldout_gain(champion: Path, challenger: Path, shards: Path) -> dict[str, float]:
+    """Challenger minus champion on `shards`: SEM->Layout IoU and Layout->SEM SSIM."""
+    from semlayout.evaluation import evaluate_model
+
+    a, b = (
+        evaluate_model(m, shards, split="train", n_report_samples=0) for m in (champion, challenger)
+    )
+    return {
+        "sem2layout_iou": round(b["sem2layout"]["iou"] - a["sem2layout"]["iou"], 4),
+        "layout2sem_ssim": round(b["layout2sem"]["ssim"] - a["layout2sem"]["ssim"], 4),
+        "champion_iou": round(a["sem2layout"]["iou"], 4),
+        "challenger_iou": round(b["sem2layout"]["iou"], 4),
+    }
+
+
 # --------------------------------------------------------------------------- processes
 def cli_env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra}

@@ -1,0 +1,232 @@
+"""The fine-tune recipe (semlayout.train.adaptation), content splits of reviewed pairs and the
+paired-bootstrap fine-tune gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers_train import tiny_config
+
+from semlayout.errors import SemlayoutError
+from semlayout.gate import gate_config, judge_finetune, paired_bootstrap
+from semlayout.train.recipe import AdaptConfig, adapt_config
+
+
+# ---------------------------------------------------------------- content splits
+def _pairs_from_shards(shards: Path) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    from semlayout.data.shards import load_split_arrays
+
+    out = []
+    for split in ("train", "val", "test"):
+        d = load_split_arrays(shards, split)
+        out += [(d["sem"][i], d["layout"][i], str(d["families"][i])) for i in range(len(d["ids"]))]
+    return out
+
+
+def _folder(dest: Path, pairs: list[tuple[np.ndarray, np.ndarray, str]], ids: list[str]) -> Path:
+    from semlayout.data.pairs import PairArrays, write_pair_folder
+
+    write_pair_folder(
+        dest, (PairArrays(i, s, lay, fam) for i, (s, lay, fam) in zip(ids, pairs, strict=True))
+    )
+    return dest
+
+
+def _split_by_content(shards: Path) -> dict[str, str]:
+    from semlayout.data.shards import content_hash, load_split_arrays
+
+    out = {}
+    for split in ("train", "val", "test"):
+        d = load_split_arrays(shards, split)
+        for i in range(len(d["ids"])):
+            out[content_hash(d["sem"][i], d["layout"][i])] = split
+    return out
+
+
+def test_reviewed_pairs_split_by_content_whatever_their_ids(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    from semlayout.data.shards import write_shards
+
+    pairs = _pairs_from_shards(tiny_shards)
+    rng = np.random.default_rng(7)
+    perm = rng.permutation(len(pairs))
+    a = _folder(tmp_path / "a", pairs, [f"fb-{i:04d}" for i in range(len(pairs))])
+    b = _folder(tmp_path / "b", [pairs[i] for i in perm], [f"x{rng.integers(1e9)}" for _ in pairs])
+    splits = {}
+    for how in ("content", "id"):
+        for name, folder in (("a", a), ("b", b)):
+            out = tmp_path / f"{name}-{how}"
+            write_shards(folder, out, val=0.15, test=0.25, seed=0, split_by=how)
+            splits[(name, how)] = _split_by_content(out)
+    assert splits[("a", "content")] == splits[("b", "content")]
+    assert set(splits[("a", "content")].values()) == {"train", "val", "test"}
+    # by id (the old way) the same pairs under new ids land elsewhere: the coin flip of issue 21
+    assert splits[("a", "id")] != splits[("b", "id")]
+    with pytest.raises(SemlayoutError, match="split_by"):
+        write_shards(a, tmp_path / "bad", split_by="name")
+
+
+# ---------------------------------------------------------------- the paired gate
+def _ev(per_pair: dict[str, list[float]], ids: list[str]) -> dict[str, Any]:
+    """An evaluate_model-shaped result with per-pair SSIM for both directions."""
+    out: dict[str, Any] = {"per_pair": {"ids": ids, "families": ["f"] * len(ids)}}
+    for d, values in per_pair.items():
+        out[d] = {"ssim": float(np.mean(values))}
+        out["per_pair"][d] = {"ssim": list(values)}
+    return out
+
+
+def _case(new_delta: np.ndarray, orig_delta: np.ndarray) -> tuple[dict[str, Any], ...]:
+    rng = np.random.default_rng(0)
+    base_new = rng.uniform(0.5, 0.7, new_delta.size)
+    base_orig = rng.uniform(0.7, 0.8, orig_delta.size)
+    ids_n = [f"n{i}" for i in range(new_delta.size)]
+    ids_o = [f"o{i}" for i in range(orig_delta.size)]
+    both = ("sem2layout", "layout2sem")
+    return (
+        _ev({d: base_new + new_delta for d in both}, ids_n),
+        _ev({d: base_new for d in both}, ids_n),
+        _ev({d: base_orig + orig_delta for d in both}, ids_o),
+        _ev({d: base_orig for d in both}, ids_o),
+    )
+
+
+CFG = gate_config(floors={"sem2layout": 0.1, "layout2sem": 0.1}, tolerance=0.01)
+
+
+def test_paired_gate_passes_a_consistent_gain_and_says_how_sure() -> None:
+    rng = np.random.default_rng(1)
+    r = judge_finetune(*_case(0.03 + rng.normal(0, 0.01, 12), rng.normal(0, 0.002, 60)), CFG)
+    assert r.passed, r.reasons
+    j = r.judged["sem2layout"]
+    assert j["paired"] and j["p_improved"] >= 0.95 and j["new_ci95"][0] > 0
+    assert j["p_kept"] >= 0.95 and j["new_n"] == 12 and j["orig_n"] == 60
+    assert any("95% CI" in x and "P = " in x for x in r.reasons)
+
+
+def test_paired_gate_refuses_a_gain_within_noise_the_mean_gate_would_take() -> None:
+    rng = np.random.default_rng(2)
+    noisy = 0.01 + rng.normal(0, 0.08, 10)
+    noisy += 0.01 - noisy.mean()  # mean gain exactly +0.01: the means alone would pass
+    args = _case(noisy, rng.normal(0, 0.002, 60))
+    r = judge_finetune(*args, CFG)
+    assert not r.passed and r.judged["sem2layout"]["p_improved"] < 0.95
+    assert any("no sure improvement" in x for x in r.reasons)
+    no_pairs = [{k: v for k, v in a.items() if k != "per_pair"} for a in args]
+    assert judge_finetune(*no_pairs, CFG).passed  # the old mean comparison: a coin flip
+
+
+def test_paired_gate_refuses_a_loss_near_the_tolerance() -> None:
+    rng = np.random.default_rng(3)
+    r = judge_finetune(
+        *_case(0.05 + rng.normal(0, 0.01, 12), -0.011 + rng.normal(0, 0.002, 60)), CFG
+    )
+    assert not r.passed and r.judged["layout2sem"]["p_kept"] < 0.95
+    assert any("may lose too much" in x for x in r.reasons)
+
+
+def test_paired_gate_verdict_is_reproducible() -> None:
+    rng = np.random.default_rng(4)
+    args = _case(0.004 + rng.normal(0, 0.01, 10), rng.normal(0, 0.003, 40))
+    verdicts = {judge_finetune(*args, CFG).to_json() for _ in range(5)}
+    assert len(verdicts) == 1
+
+
+def test_paired_bootstrap_interval_covers_the_mean() -> None:
+    d = np.random.default_rng(5).normal(0.02, 0.01, 30)
+    b = paired_bootstrap(list(d), [0.0] * 30, 2000)
+    assert b is not None and b["ci95"][0] < b["delta"] < b["ci95"][1]
+    assert abs(b["delta"] - d.mean()) < 1e-12
+    assert paired_bootstrap([0.5], [0.4], 2000) is None
+
+
+# ---------------------------------------------------------------- the recipe
+def test_recipe_config_errors_are_one_line() -> None:
+    assert adapt_config({}) == AdaptConfig()
+    with pytest.raises(SemlayoutError, match="freeze") as err:
+        adapt_config({"freeze": "everything"})
+    assert "\n" not in str(err.value)
+    with pytest.raises(SemlayoutError, match="stepz"):
+        adapt_config({"stepz": 3})
+
+
+def test_weight_average_and_anchor_pull() -> None:
+    from semlayout.train.adaptation import AnchorPull, WeightAverage
+    from semlayout.train.checkpoint import build_networks
+
+    nets = build_networks(tiny_config())
+    ema = WeightAverage(nets, decay=0.5)
+    pull = AnchorPull(nets, strength=1.0)
+    p = next(nets["G_A"].parameters())
+    start = p.detach().clone()
+    with torch.no_grad():
+        p.add_(1.0)
+    ema.update(nets)
+    assert torch.allclose(next(ema.nets["G_A"].parameters()), start + 0.5)
+    pull.apply(lr=0.25)  # w <- w - 0.25 * (w - w0)
+    assert torch.allclose(p, start + 0.75)
+    pull.apply(lr=1.0)
+    assert torch.allclose(p, start)
+
+
+def test_mixed_batches_hold_the_replay_share() -> None:
+    from semlayout.train.adaptation import MixedBatches
+
+    def items(value: float, n: int) -> list[dict[str, torch.Tensor]]:
+        return [{"sem": torch.full((1, 4, 4), value), "layout": torch.zeros(1, 4, 4)}] * n
+
+    mb = MixedBatches(items(1.0, 6), items(-1.0, 50), AdaptConfig(batch_size=4))
+    for _ in range(5):
+        sem, _ = mb.next()
+        assert (sem[:, 0, 0, 0] == -1).sum() == 1 and sem.shape[0] == 4
+    solo = MixedBatches(items(1.0, 6), None, AdaptConfig(batch_size=4))
+    assert (solo.next()[0] == 1).all()
+
+
+def _champion(tmp_path: Path) -> Path:
+    from semlayout.train.checkpoint import build_networks, save_checkpoint
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    return Path(save_checkpoint(tmp_path / "champion", cfg, build_networks(cfg), 0, 0))
+
+
+def test_adapt_keeps_the_encoder_frozen_and_writes_its_curve(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    from semlayout.train.adaptation import adapt
+    from semlayout.train.checkpoint import load_checkpoint
+
+    champ = _champion(tmp_path)
+    acfg = AdaptConfig(steps=6, lr=1e-2, batch_size=2, crop_size=None, eval_every=2,
+                       freeze="encoder", replay_fraction=0.5, eval_pairs=4)  # fmt: skip
+    res = adapt(champ, tiny_shards, tmp_path / "out", acfg, replay_shards=tiny_shards)
+    assert [r["step"] for r in res.curve] == [0, 2, 4, 6]
+    assert res.best_step in (0, 2, 4, 6) and res.steps_run == 6
+    best = max(
+        res.curve,
+        key=lambda r: r["val_reviewed_sem2layout_ssim"] + r["val_reviewed_layout2sem_ssim"],
+    )
+    assert res.best_step == best["step"]
+    assert "val_original_sem2layout_ssim" in res.curve[-1]
+    history = json.loads((res.path / "history.json").read_text())
+    assert history["epochs"] == res.curve
+    assert json.loads((res.path / "adaptation.json").read_text())["config"]["freeze"] == "encoder"
+    _, before, _ = load_checkpoint(champ)
+    _, after, _ = load_checkpoint(res.path)
+    # the encoder's weights stay the champion's (its BatchNorm statistics follow the new data)
+    old_params = dict(before["G_A"].named_parameters())
+    enc = {k: v for k, v in after["G_A"].named_parameters() if k.startswith("down.")}
+    assert enc and all(torch.equal(v, old_params[k]) for k, v in enc.items())
+    if res.best_step > 0:  # the decoder did move
+        dec = [k for k in after["G_A"].state_dict() if k.startswith("up.") and "weight" in k]
+        assert any(
+            not torch.equal(after["G_A"].state_dict()[k], before["G_A"].state_dict()[k])
+            for k in dec
+        )

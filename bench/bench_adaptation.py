@@ -34,8 +34,9 @@ PAIR_COUNTS = (20, 50)
 
 
 def _champion() -> tuple[Path, Path] | None:
-    model, shards = os.environ.get("SEMLAYOUT_BENCH_MODEL"), os.environ.get(
-        "SEMLAYOUT_BENCH_SHARDS"
+    model, shards = (
+        os.environ.get("SEMLAYOUT_BENCH_MODEL"),
+        os.environ.get("SEMLAYOUT_BENCH_SHARDS"),
     )
     if model and shards:
         return Path(model), Path(shards)
@@ -139,7 +140,10 @@ def experiment(
     base = champion_scores(champ, data, orig, cache, n_pairs)
     acfg = adapt_config({**LoopConfig().adaptation.model_dump(), **overrides})
     with tempfile.TemporaryDirectory(prefix="adapt-", dir=cache) as tmp:
-        result = adapt(champ, data[f"reviewed{n_pairs}"], Path(tmp) / "model", acfg, orig)
+        result = adapt(
+            champ, data[f"reviewed{n_pairs}"], Path(tmp) / "model", acfg, orig,
+            on_eval=lambda r: print(f"  {name}: {_brief(r)}", flush=True),
+        )  # fmt: skip
         scores = json.loads(json.dumps(score(result.path, data, orig, n_pairs), default=float))
     gate = _gate(scores, base)
     scores.pop("gate_inputs")
@@ -164,6 +168,14 @@ def experiment(
     with open(cache / "experiments.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
     return record
+
+
+def _brief(record: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k.replace('val_', '')}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in record.items()
+        if k in ("step", "seconds") or k.startswith("val_")
+    )
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -206,4 +218,5 @@ if __name__ == "__main__":
     import torch
 
     torch.set_num_threads(args.threads)
-    _print(experiment(args.name, args.pairs, parse_assignments(args.set, "--set", "lr=1e-4"), _cache(), keep=True))
+    overrides = parse_assignments(args.set, "--set", "lr=1e-4")
+    _print(experiment(args.name, args.pairs, overrides, _cache(), keep=True))

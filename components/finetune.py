@@ -18,6 +18,7 @@ def finetune(
     """`base_model`: a checkpoint folder or models:/ URI; empty -> models:/<model_name>@champion.
     `recipe`: JSON of `semlayout.train.recipe.AdaptConfig` values; `overrides`: JSON dotted-key
     overrides of the champion's experiment config (e.g. {"train.precision": "fp32"})."""
+    import json
     import shutil
     import tempfile
     from pathlib import Path
@@ -40,6 +41,7 @@ def finetune(
             acfg,
             replay_shards=Path(original_shards.path),
             cfg_overrides=parse_json_object(overrides, "config overrides"),
+            on_eval=lambda r: print("adaptation", json.dumps(r), flush=True),
         )
     shutil.copytree(result.path, model.path, dirs_exist_ok=True)
     model.metadata.update(

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 import independent_sim as sim  # tests/ is on sys.path (pytest rootdir; bench adds it)
+import numpy as np
 
 TOOL = "indep-tool-b"
 FAMILIES = sim.FAMILIES

@@ -78,7 +78,7 @@ class LoopConfig(BaseModel):
         description="experiment-config overrides for the fine-tune run (e.g. train.precision)",
     )
     adaptation: AdaptConfig = Field(
-        default_factory=AdaptConfig,
+        default_factory=lambda: AdaptConfig(),
         description="the fine-tune recipe (semlayout.train.recipe; measured in "
         "docs/adaptation.md)",
     )

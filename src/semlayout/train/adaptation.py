@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,7 @@ class AnchorPull:
 
     def __init__(self, nets: dict[str, nn.Module], strength: float):
         self.strength = strength
-        self.pairs = [
-            (p, p.detach().clone()) for n in GENERATORS for p in nets[n].parameters()
-        ]
+        self.pairs = [(p, p.detach().clone()) for n in GENERATORS for p in nets[n].parameters()]
 
     @torch.no_grad()
     def apply(self, lr: float) -> None:
@@ -131,7 +130,7 @@ class MixedBatches:
         self.orders: list[list[int]] = [[] for _ in self.sources]
 
     def _take(self, s: int, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < k:
             if not self.orders[s]:
                 self.orders[s] = self.rng.permutation(len(self.sources[s])).tolist()
@@ -139,9 +138,7 @@ class MixedBatches:
         return out
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [
-            self.sources[s][i] for s, k in enumerate(self.counts) for i in self._take(s, k)
-        ]
+        items = [self.sources[s][i] for s, k in enumerate(self.counts) for i in self._take(s, k)]
         sem = torch.stack([it["sem"] for it in items])
         lay = torch.stack([it["layout"] for it in items])
         return sem, lay
@@ -244,9 +241,11 @@ def adapt(
     acfg: AdaptConfig,
     replay_shards: str | Path | None = None,
     cfg_overrides: dict[str, Any] | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> AdaptResult:
     """Fine-tune `champion` (a checkpoint folder) on the train split of `new_shards` (+ replay
-    of `replay_shards`' train split); write the best checkpoint to `out` (see the module doc)."""
+    of `replay_shards`' train split); write the best checkpoint to `out` (see the module doc).
+    `on_eval` sees every record of the learning curve as it is made (progress lines)."""
     from semlayout.config import apply_overrides, config_from_dict
     from semlayout.train.checkpoint import load_checkpoint, save_checkpoint
     from semlayout.train.rng import seed_everything
@@ -283,6 +282,8 @@ def adapt(
         for n in GENERATORS:
             trainer.nets[n].train()
         curve.append(record)
+        if on_eval is not None:
+            on_eval(record)
 
     evaluate(0, {})
     step = 0

@@ -22,17 +22,21 @@ class AdaptConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(400, ge=1, description="the most steps a fine-tune runs")
-    lr: float = Field(2e-4, gt=0, description="Adam learning rate (G and D), constant")
-    batch_size: int = Field(4, ge=1)
-    crop_size: int | None = Field(128, description="random crops of the 256 px network input")
-    replay_fraction: float = Field(0.25, ge=0, lt=1, description="share of original pairs")
+    steps: int = Field(default=400, ge=1, description="the most steps a fine-tune runs")
+    lr: float = Field(default=2e-4, gt=0, description="Adam learning rate (G and D), constant")
+    batch_size: int = Field(default=4, ge=1)
+    crop_size: int | None = Field(
+        default=128, description="random crops of the 256 px network input"
+    )
+    replay_fraction: float = Field(default=0.25, ge=0, lt=1, description="share of original pairs")
     freeze: Literal["none", "encoder", "norm"] = "none"
-    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of G's weights; 0 = off")
-    l2sp: float = Field(0.0, ge=0, description="decoupled pull toward the champion's weights")
-    eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
-    patience: int = Field(0, ge=0, description="evaluations without a gain before stopping")
-    eval_pairs: int = Field(32, ge=1, description="at most this many pairs per evaluation")
+    ema_decay: float = Field(default=0.0, ge=0, lt=1, description="EMA of G's weights; 0 = off")
+    l2sp: float = Field(
+        default=0.0, ge=0, description="decoupled pull toward the champion's weights"
+    )
+    eval_every: int = Field(default=50, ge=1, description="steps between held-out evaluations")
+    patience: int = Field(default=0, ge=0, description="evaluations without a gain before stopping")
+    eval_pairs: int = Field(default=32, ge=1, description="at most this many pairs per evaluation")
     seed: int = 0
 
 

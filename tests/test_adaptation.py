@@ -102,12 +102,22 @@ CFG = gate_config(floors={"sem2layout": 0.1, "layout2sem": 0.1}, tolerance=0.01)
 
 def test_paired_gate_passes_a_consistent_gain_and_says_how_sure() -> None:
     rng = np.random.default_rng(1)
-    r = judge_finetune(*_case(0.03 + rng.normal(0, 0.01, 12), rng.normal(0, 0.002, 60)), CFG)
+    args = _case(0.03 + rng.normal(0, 0.01, 12), rng.normal(0, 0.002, 60))
+    r = judge_finetune(*args, CFG)
     assert r.passed, r.reasons
     j = r.judged["sem2layout"]
     assert j["paired"] and j["p_improved"] >= 0.95 and j["new_ci95"][0] > 0
     assert j["p_kept"] >= 0.95 and j["new_n"] == 12 and j["orig_n"] == 60
     assert any("95% CI" in x and "P = " in x for x in r.reasons)
+    assert r.confidence() == min(
+        r.judged[d][k] for d in ("sem2layout", "layout2sem") for k in ("p_improved", "p_kept")
+    )
+    assert (
+        judge_finetune(
+            *[{k: v for k, v in a.items() if k != "per_pair"} for a in args], CFG
+        ).confidence()
+        is None
+    )
 
 
 def test_paired_gate_refuses_a_gain_within_noise_the_mean_gate_would_take() -> None:
@@ -230,3 +240,24 @@ def test_adapt_keeps_the_encoder_frozen_and_writes_its_curve(
             not torch.equal(after["G_A"].state_dict()[k], before["G_A"].state_dict()[k])
             for k in dec
         )
+
+
+def test_adapt_is_reproducible_so_a_rerun_gets_the_same_verdict(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """Same pairs (the content split gives the same shards), same recipe -> the same weights,
+    hence the same scores and the same (seeded) bootstrap verdict on a re-run."""
+    from safetensors.torch import load_file
+
+    from semlayout.train.adaptation import adapt
+
+    champ = _champion(tmp_path)
+    acfg = AdaptConfig(steps=3, lr=1e-3, batch_size=2, crop_size=16, eval_every=3,
+                       ema_decay=0.5, l2sp=1.0, eval_pairs=2)  # fmt: skip
+    runs = [adapt(champ, tiny_shards, tmp_path / f"run{i}", acfg, tiny_shards) for i in (1, 2)]
+    w1, w2 = (load_file(r.path / "weights.safetensors") for r in runs)
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert runs[0].curve[-1] == {**runs[1].curve[-1], "seconds": runs[0].curve[-1]["seconds"]}
+    other = adapt(champ, tiny_shards, tmp_path / "seed1", acfg.model_copy(update={"seed": 1}))
+    w3 = load_file(other.path / "weights.safetensors")
+    assert any(not torch.equal(w1[k], w3[k]) for k in w1 if k.startswith("G_A"))

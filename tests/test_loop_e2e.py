@@ -318,6 +318,10 @@ def test_loop_closes_end_to_end(
 
         # ---- 7. champion unchanged until the release manager approves; then the server serves v2
         assert _aliases(tracking, MODEL) == {"champion": "1", "challenger": "2"}
+        from mlflow import MlflowClient
+
+        tags = MlflowClient(tracking_uri=tracking).get_model_version(MODEL, "2").tags
+        assert float(tags["gate_confidence"]) >= 0.95, tags  # how sure, in the registry too
         assert _translate(url, in_dist[0]).headers["x-model-version"] == "1"
         appr = cli(
             [

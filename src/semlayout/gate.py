@@ -90,6 +90,18 @@ class GateResult(BaseModel):
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
+    def confidence(self) -> float | None:
+        """How sure a paired fine-tune verdict is: the smallest bootstrap probability behind it
+        (gain on the new pairs, loss within tolerance on the original shard) over the
+        directions; None for verdicts not judged pair by pair."""
+        probs = [
+            float(entry[k])
+            for entry in self.judged.values()
+            if isinstance(entry, dict) and entry.get("paired")
+            for k in ("p_improved", "p_kept")
+        ]
+        return min(probs) if probs else None
+
     @classmethod
     def from_json(cls, text: str) -> GateResult:
         return cls.model_validate(json.loads(text))

@@ -236,6 +236,9 @@ class Registry(RegistryReader):
                 "registered_at": now(),
             }
         )
+        sure = gate.confidence()
+        if sure is not None:
+            tags["gate_confidence"] = f"{sure:.3f}"
         return tags
 
     def _ensure_model(self, name: str) -> None:

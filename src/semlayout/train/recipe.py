@@ -36,7 +36,7 @@ class AdaptConfig(BaseModel):
     )
     eval_every: int = Field(default=50, ge=1, description="steps between held-out evaluations")
     patience: int = Field(default=0, ge=0, description="evaluations without a gain before stopping")
-    eval_pairs: int = Field(default=32, ge=1, description="at most this many pairs per evaluation")
+    eval_pairs: int = Field(default=16, ge=1, description="at most this many pairs per evaluation")
     seed: int = 0
 
 

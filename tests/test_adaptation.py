@@ -219,8 +219,9 @@ def test_adapt_keeps_the_encoder_frozen_and_writes_its_curve(
     res = adapt(champ, tiny_shards, tmp_path / "out", acfg, replay_shards=tiny_shards)
     assert [r["step"] for r in res.curve] == [0, 2, 4, 6]
     assert res.best_step in (0, 2, 4, 6) and res.steps_run == 6
+    assert res.curve[0]["eligible"]  # the champion itself is always a candidate
     best = max(
-        res.curve,
+        (r for r in res.curve if r["eligible"]),
         key=lambda r: r["val_reviewed_sem2layout_ssim"] + r["val_reviewed_layout2sem_ssim"],
     )
     assert res.best_step == best["step"]
@@ -261,3 +262,27 @@ def test_adapt_is_reproducible_so_a_rerun_gets_the_same_verdict(
     other = adapt(champ, tiny_shards, tmp_path / "seed1", acfg.model_copy(update={"seed": 1}))
     w3 = load_file(other.path / "weights.safetensors")
     assert any(not torch.equal(w1[k], w3[k]) for k in w1 if k.startswith("G_A"))
+
+
+def test_weights_that_forget_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best reviewed score wins only among steps within the forgetting budget."""
+    from semlayout.train import adaptation
+
+    # (reviewed SSIM, original SSIM) per evaluation: step 3 is best on the new pairs but forgot
+    script = [(0.50, 0.80), (0.60, 0.80), (0.55, 0.795), (0.70, 0.75), (0.58, 0.80)]
+    now = {"step": 0}
+
+    def fake(g_a: Any, g_b: Any, ds: str, n: int) -> dict[str, float]:
+        v = script[now["step"]][0 if ds == "new" else 1]
+        return {"sem2layout_ssim": v, "layout2sem_ssim": v, "sem2layout_iou": v}
+
+    monkeypatch.setattr(adaptation, "held_out_scores", fake)
+    net = torch.nn.Linear(1, 1)
+    for budget, expected in ((0.01, 1), (None, 3)):
+        ev = adaptation._Evaluator("new", "orig", 4, budget)
+        for step in range(len(script)):
+            now["step"] = step
+            record: dict[str, Any] = {}
+            ev(step, {"G_A": net, "G_B": net}, record)
+            assert record["eligible"] == (budget is None or script[step][1] >= 0.79)
+        assert ev.best_step == expected, (budget, ev.best_step)

@@ -16,7 +16,10 @@ and docs/adaptation.md says what each one measured:
   step w <- w - lr * l2sp * (w - w_champion));
 - `eval_every` / `patience`: the learning curve on the held-out reviewed pairs (and on a few
   of the original validation pairs: forgetting, seen while it happens); early stopping after
-  `patience` evaluations without a gain (0 = run every step, still keep the best).
+  `patience` evaluations without a gain (0 = run every step, still keep the best);
+- `forget_budget`: only weights that lose at most this much SSIM on those original pairs
+  (mean of both directions, against the champion's) can be kept — the gate's forgetting rule,
+  applied while choosing.
 
 The result folder is a checkpoint (weights + config.json, as `semlayout.train.checkpoint`) plus
 `history.json` (one record per evaluation: the curve the loop's report draws) and
@@ -183,6 +186,8 @@ class _Evaluator:
     new_val: Any | None
     orig_val: Any | None
     n: int
+    forget_budget: float | None = None
+    orig_start: float | None = None  # the champion's original-val score (step 0)
     best_score: float = -np.inf
     best_step: int = 0
     best_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -196,10 +201,17 @@ class _Evaluator:
             score = (s["sem2layout_ssim"] + s["layout2sem_ssim"]) / 2
         else:  # no held-out reviewed pairs: the last weights are the result
             score = float(step)
+        eligible = True
         if self.orig_val is not None:
             o = held_out_scores(gens["G_A"], gens["G_B"], self.orig_val, self.n)
             record.update({f"val_original_{k}": v for k, v in o.items()})
-        if score > self.best_score:
+            kept = (o["sem2layout_ssim"] + o["layout2sem_ssim"]) / 2
+            if self.orig_start is None:
+                self.orig_start = kept
+            if self.forget_budget is not None:
+                eligible = kept >= self.orig_start - self.forget_budget
+        record["eligible"] = eligible
+        if eligible and score > self.best_score:
             self.best_score, self.best_step, self.since_best = score, step, 0
             self.best_state = {n: copy.deepcopy(g.state_dict()) for n, g in gens.items()}
         else:
@@ -271,7 +283,7 @@ def adapt(
     ema = WeightAverage(trainer.nets, acfg.ema_decay) if acfg.ema_decay > 0 else None
     pull = AnchorPull(trainer.nets, acfg.l2sp) if acfg.l2sp > 0 else None
     batches = MixedBatches(new, replay, acfg)
-    evaluator = _Evaluator(new_val, orig_val, acfg.eval_pairs)
+    evaluator = _Evaluator(new_val, orig_val, acfg.eval_pairs, acfg.forget_budget)
     curve: list[dict[str, Any]] = []
 
     def evaluate(step: int, losses: dict[str, float]) -> None:

@@ -36,6 +36,12 @@ class AdaptConfig(BaseModel):
     )
     eval_every: int = Field(default=50, ge=1, description="steps between held-out evaluations")
     patience: int = Field(default=0, ge=0, description="evaluations without a gain before stopping")
+    forget_budget: float | None = Field(
+        default=0.01,
+        ge=0,
+        description="keep only weights whose original-val SSIM (mean of both directions) is at "
+        "most this far below the champion's; None = judge on the reviewed pairs alone",
+    )
     eval_pairs: int = Field(default=16, ge=1, description="at most this many pairs per evaluation")
     seed: int = 0
 

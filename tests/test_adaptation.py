@@ -286,3 +286,26 @@ def test_weights_that_forget_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> No
             ev(step, {"G_A": net, "G_B": net}, record)
             assert record["eligible"] == (budget is None or script[step][1] >= 0.79)
         assert ev.best_step == expected, (budget, ev.best_step)
+
+
+def test_paired_gate_one_direction_gains_the_other_holds() -> None:
+    """Layout->SEM against a low-dose SEM barely moves: a sure SEM->Layout gain with
+    Layout->SEM surely not worse passes under gain_in="any", not under "every"."""
+    rng = np.random.default_rng(6)
+    new_a, new_b, orig_a, orig_b = _case(np.zeros(12), rng.normal(0, 0.002, 60))
+    new_a["per_pair"]["sem2layout"]["ssim"] = list(
+        np.array(new_b["per_pair"]["sem2layout"]["ssim"]) + 0.05 + rng.normal(0, 0.01, 12)
+    )
+    new_a["per_pair"]["layout2sem"]["ssim"] = list(
+        np.array(new_b["per_pair"]["layout2sem"]["ssim"]) + rng.normal(0, 0.003, 12)
+    )
+    r = judge_finetune(new_a, new_b, orig_a, orig_b, CFG)
+    assert r.passed, r.reasons
+    assert not r.judged["layout2sem"]["improved"] and r.judged["layout2sem"]["p_not_worse"] >= 0.95
+    every = CFG.model_copy(update={"gain_in": "every"})
+    assert not judge_finetune(new_a, new_b, orig_a, orig_b, every).passed
+    new_a["per_pair"]["layout2sem"]["ssim"] = list(
+        np.array(new_b["per_pair"]["layout2sem"]["ssim"]) - 0.03 + rng.normal(0, 0.003, 12)
+    )
+    worse = judge_finetune(new_a, new_b, orig_a, orig_b, CFG)
+    assert not worse.passed and any("may be worse" in x for x in worse.reasons)

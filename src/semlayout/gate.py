@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,6 +60,12 @@ class GateConfig(BaseModel):
         "exceeds min_improvement and the loss on the original shard stays within tolerance",
     )
     bootstrap: int = Field(2000, ge=200, description="bootstrap resamples of the pairs")
+    gain_in: Literal["every", "any"] = Field(
+        "any",
+        description="fine-tune gate on per-pair scores: the new pairs must gain in every "
+        "direction, or in at least one with the others not worse than `tolerance` (Layout->SEM "
+        "against a low-dose SEM barely moves SSIM even when the clean prediction improves)",
+    )
 
     @field_validator("floors")
     @classmethod
@@ -218,21 +224,23 @@ def _judge_paired(
     direction: str, new: dict[str, Any], orig: dict[str, Any], cfg: GateConfig, floor: float,
     orig_mean: float,
 ) -> tuple[bool, list[str], dict[str, Any]]:  # fmt: skip
-    """Improved on the new pairs and kept on the original shard, each with `cfg.confidence`."""
-    m, tol, gain = cfg.metric, cfg.tolerance, cfg.min_improvement
+    """On the new pairs: improved (or, with gain_in="any", not worse); on the original shard:
+    kept within tolerance — each with probability `cfg.confidence`."""
+    m, tol, gain, conf = cfg.metric, cfg.tolerance, cfg.min_improvement, cfg.confidence
     p_gain = float((new["means"] > gain).mean())
+    p_same = float((new["means"] >= -tol).mean())
     p_kept = float((orig["means"] >= -tol).mean())
-    improved, kept, floor_ok = (
-        p_gain >= cfg.confidence,
-        p_kept >= cfg.confidence,
-        orig_mean >= floor,
-    )
-    lo, hi = new["ci95"]
-    olo, ohi = orig["ci95"]
+    improved, kept, floor_ok = p_gain >= conf, p_kept >= conf, orig_mean >= floor
+    not_worse = improved or p_same >= conf
+    on_new = "improved" if improved else "no sure improvement"
+    if not improved and cfg.gain_in == "any":
+        on_new += f"; P(loss <= {tol:.4f}) {_sure(p_same, cfg)}: " + (
+            "not worse" if not_worse else "may be worse"
+        )
+    (lo, hi), (olo, ohi) = new["ci95"], orig["ci95"]
     reasons = [
         f"{direction}: on the {new['n']} new test pairs {m} {new['delta']:+.4f} vs champion "
-        f"(95% CI {lo:+.4f}..{hi:+.4f}); P(gain > {gain:+.4f}) {_sure(p_gain, cfg)}: "
-        f"{'improved' if improved else 'no sure improvement'}.",
+        f"(95% CI {lo:+.4f}..{hi:+.4f}); P(gain > {gain:+.4f}) {_sure(p_gain, cfg)}: {on_new}.",
         f"{direction}: on the {orig['n']} original test pairs {m} {orig['delta']:+.4f} vs "
         f"champion (95% CI {olo:+.4f}..{ohi:+.4f}); P(loss <= {tol:.4f}) {_sure(p_kept, cfg)}: "
         f"{'kept' if kept else 'may lose too much'}.",
@@ -243,13 +251,14 @@ def _judge_paired(
             f"{floor:.4f}."
         )
     entry = {
-        "paired": True,
+        "paired": True, "improved": improved,
         "new_delta": new["delta"], "new_ci95": new["ci95"], "new_n": new["n"],
-        "p_improved": p_gain,
+        "p_improved": p_gain, "p_not_worse": p_same,
         "orig_delta": orig["delta"], "orig_ci95": orig["ci95"], "orig_n": orig["n"],
         "p_kept": p_kept,
     }  # fmt: skip
-    return improved and kept and floor_ok, reasons, entry
+    on_new_ok = improved if cfg.gain_in == "every" else not_worse
+    return on_new_ok and kept and floor_ok, reasons, entry
 
 
 def judge_finetune(
@@ -269,7 +278,9 @@ def judge_finetune(
     When the evaluations carry per-pair scores of the same pairs (`evaluate_model(...,
     per_pair=True)`), both conditions are judged on the paired differences with a bootstrap:
     each must hold with probability `cfg.confidence`, and the verdict states the interval and
-    the probability. Without them the means are compared (no noise margin).
+    the probability. With `cfg.gain_in == "any"` (the default) one direction must gain surely
+    and the others must surely lose no more than `tolerance` on the new pairs. Without per-pair
+    scores the means are compared (no noise margin, a gain in every direction).
     """
     m, tol, gain = cfg.metric, cfg.tolerance, cfg.min_improvement
     reasons: list[str] = []
@@ -339,5 +350,9 @@ def judge_finetune(
         entry["passed"] = ok
         judged[direction] = entry
         all_ok = all_ok and ok
+    paired = [e for e in judged.values() if isinstance(e, dict) and e.get("paired")]
+    if all_ok and paired and not any(e["improved"] for e in paired):
+        all_ok = False
+        reasons.append("No direction improved surely on the new pairs.")
     reasons.append("Fine-tune gate passed." if all_ok else "Fine-tune gate failed.")
     return GateResult(passed=all_ok, reasons=reasons, judged=judged)

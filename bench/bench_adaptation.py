@@ -161,7 +161,7 @@ def experiment(
             part: {k: round(scores[part][k] - base[part][k], 4) for k in scores[part]}
             for part in scores
         },
-        "gate": {"passed": gate.passed, "judged": gate.judged},
+        "gate": {"passed": gate.passed, "confidence": gate.confidence(), "judged": gate.judged},
         "curve": result.curve if keep else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -204,8 +204,37 @@ def main(quick: bool = False) -> dict[str, Any]:
     return results
 
 
+def table(cache: Path) -> str:
+    """The experiments log as a markdown table (docs/adaptation.md)."""
+    keys = ("lr", "steps", "replay_fraction", "freeze", "ema_decay", "l2sp", "forget_budget")
+    rows = [
+        "| experiment | pairs | recipe (vs defaults) | best step / run | s | new IoU | new L2S "
+        "vs clean | orig S2L SSIM | orig L2S SSIM | gate (P) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for line in (cache / "experiments.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        c, d, a = r["config"], r["delta"], r["adapted"]
+        recipe = ", ".join(f"{k}={c.get(k)}" for k in keys)
+        sure = r["gate"].get("confidence")
+        verdict = "pass" if r["gate"]["passed"] else "fail"
+        rows.append(
+            f"| {r['name']} | {r['n_pairs']} | {recipe} | {r['best_step']} / {r['steps_run']} "
+            f"| {r['seconds']:.0f} | {a['new_tool']['s2l_iou']:.3f} "
+            f"({d['new_tool']['s2l_iou']:+.3f}) | {a['new_tool']['l2s_ssim_clean']:.3f} "
+            f"({d['new_tool']['l2s_ssim_clean']:+.3f}) | {d['original']['s2l_ssim']:+.4f} "
+            f"| {d['original']['l2s_ssim']:+.4f} | {verdict} "
+            f"({sure if sure is not None else float('nan'):.2f}) |"
+        )
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     import argparse
+
+    if "--table" in sys.argv:
+        print(table(_cache()))
+        sys.exit(0)
 
     from semlayout.keyvalue import parse_assignments
 

@@ -111,7 +111,7 @@ def test_paired_gate_passes_a_consistent_gain_and_says_how_sure() -> None:
     assert any("95% CI" in x and "P = " in x for x in r.reasons)
     assert r.confidence() == min(
         r.judged[d][k] for d in ("sem2layout", "layout2sem") for k in ("p_improved", "p_kept")
-    )
+    )  # both improved here
     assert (
         judge_finetune(
             *[{k: v for k, v in a.items() if k != "per_pair"} for a in args], CFG
@@ -302,6 +302,11 @@ def test_paired_gate_one_direction_gains_the_other_holds() -> None:
     r = judge_finetune(new_a, new_b, orig_a, orig_b, CFG)
     assert r.passed, r.reasons
     assert not r.judged["layout2sem"]["improved"] and r.judged["layout2sem"]["p_not_worse"] >= 0.95
+    j = r.judged
+    assert r.confidence() == min(
+        j["sem2layout"]["p_improved"], j["layout2sem"]["p_not_worse"],
+        j["sem2layout"]["p_kept"], j["layout2sem"]["p_kept"],
+    )  # fmt: skip
     every = CFG.model_copy(update={"gain_in": "every"})
     assert not judge_finetune(new_a, new_b, orig_a, orig_b, every).passed
     new_a["per_pair"]["layout2sem"]["ssim"] = list(

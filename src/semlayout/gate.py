@@ -98,15 +98,17 @@ class GateResult(BaseModel):
 
     def confidence(self) -> float | None:
         """How sure a paired fine-tune verdict is: the smallest bootstrap probability behind it
-        (gain on the new pairs, loss within tolerance on the original shard) over the
-        directions; None for verdicts not judged pair by pair."""
-        probs = [
-            float(entry[k])
-            for entry in self.judged.values()
-            if isinstance(entry, dict) and entry.get("paired")
-            for k in ("p_improved", "p_kept")
-        ]
-        return min(probs) if probs else None
+        — the surest gain on the new pairs, each direction's condition there (gain, or not
+        worse), each direction kept on the original shard; None for verdicts not judged pair
+        by pair."""
+        entries = [e for e in self.judged.values() if isinstance(e, dict) and e.get("paired")]
+        if not entries:
+            return None
+        probs = [max(float(e["p_improved"]) for e in entries)]
+        for e in entries:
+            probs.append(float(e["p_improved"] if e["improved"] else e["p_not_worse"]))
+            probs.append(float(e["p_kept"]))
+        return min(probs)
 
     @classmethod
     def from_json(cls, text: str) -> GateResult:

@@ -314,3 +314,25 @@ def test_paired_gate_one_direction_gains_the_other_holds() -> None:
     )
     worse = judge_finetune(new_a, new_b, orig_a, orig_b, CFG)
     assert not worse.passed and any("may be worse" in x for x in worse.reasons)
+
+
+def test_a_direction_left_out_keeps_the_champions_generator(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from semlayout.train.adaptation import adapt
+
+    champ = _champion(tmp_path)
+    acfg = AdaptConfig(steps=3, lr=1e-2, batch_size=2, crop_size=None, eval_every=3,
+                       directions=["sem2layout"], eval_pairs=2, forget_budget=None)  # fmt: skip
+    res = adapt(champ, tiny_shards, tmp_path / "out", acfg)
+    before, after = (
+        load_file(champ / "weights.safetensors"),
+        load_file(res.path / "weights.safetensors"),
+    )
+    g_b = [k for k in before if k.startswith("G_B.")]
+    assert g_b and all(torch.equal(before[k], after[k]) for k in g_b)  # running stats too
+    assert res.steps_run == 3
+    # the discriminators trained all the same (what is saved with the best step's generators)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("D_A."))

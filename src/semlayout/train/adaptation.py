@@ -45,6 +45,7 @@ from semlayout.errors import SemlayoutError
 from semlayout.train.recipe import AdaptConfig
 
 GENERATORS = ("G_A", "G_B")
+DIRECTION_NAMES = ("sem2layout", "layout2sem")  # what G_A, G_B translate
 
 
 @dataclass
@@ -59,11 +60,19 @@ class AdaptResult:
 # ---------------------------------------------------------------- ingredients
 
 
-def freeze_generators(nets: dict[str, nn.Module], how: str) -> int:
-    """Stop gradients to the frozen part of G_A and G_B; returns the trainable parameter count."""
+def freeze_generators(
+    nets: dict[str, nn.Module], how: str, directions: tuple[str, ...] = DIRECTION_NAMES
+) -> int:
+    """Stop gradients to the frozen part of G_A and G_B, and all of a generator whose direction
+    is not adapted (it also stays in eval mode: its BatchNorm statistics stay the champion's);
+    returns the trainable parameter count."""
     trainable = 0
     for name in GENERATORS:
         net = nets[name]
+        if DIRECTION_NAMES[GENERATORS.index(name)] not in directions:
+            net.requires_grad_(False)
+            net.eval()
+            continue
         norm_params: set[int] = set()
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d | nn.GroupNorm | nn.LayerNorm):
@@ -279,7 +288,7 @@ def adapt(
     if len(new) < 1:
         raise SemlayoutError(f"{new_shards}: no reviewed pairs in the train split to adapt on")
     trainer = Trainer(cfg, nets)
-    freeze_generators(trainer.nets, acfg.freeze)
+    freeze_generators(trainer.nets, acfg.freeze, tuple(acfg.directions))
     ema = WeightAverage(trainer.nets, acfg.ema_decay) if acfg.ema_decay > 0 else None
     pull = AnchorPull(trainer.nets, acfg.l2sp) if acfg.l2sp > 0 else None
     batches = MixedBatches(new, replay, acfg)
@@ -292,7 +301,7 @@ def adapt(
         record.update({k: losses[k] for k in ("loss_G", "l1_A", "l1_B") if k in losses})
         evaluator(step, gens, record)
         for n in GENERATORS:
-            trainer.nets[n].train()
+            trainer.nets[n].train(DIRECTION_NAMES[GENERATORS.index(n)] in acfg.directions)
         curve.append(record)
         if on_eval is not None:
             on_eval(record)

@@ -18,7 +18,7 @@ and docs/adaptation.md says what each one measured:
   of the original validation pairs: forgetting, seen while it happens); early stopping after
   `patience` evaluations without a gain (0 = run every step, still keep the best);
 - `forget_budget`: only weights that lose at most this much SSIM on those original pairs
-  (mean of both directions, against the champion's) can be kept — the gate's forgetting rule,
+  (in each direction, against the champion's) can be kept — the gate's forgetting rule,
   applied while choosing.
 
 The result folder is a checkpoint (weights + config.json, as `semlayout.train.checkpoint`) plus
@@ -196,7 +196,7 @@ class _Evaluator:
     orig_val: Any | None
     n: int
     forget_budget: float | None = None
-    orig_start: float | None = None  # the champion's original-val score (step 0)
+    orig_start: dict[str, float] | None = None  # the champion's original-val SSIMs (step 0)
     best_score: float = -np.inf
     best_step: int = 0
     best_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -214,11 +214,12 @@ class _Evaluator:
         if self.orig_val is not None:
             o = held_out_scores(gens["G_A"], gens["G_B"], self.orig_val, self.n)
             record.update({f"val_original_{k}": v for k, v in o.items()})
-            kept = (o["sem2layout_ssim"] + o["layout2sem_ssim"]) / 2
+            ssims = {k: v for k, v in o.items() if k.endswith("_ssim")}
             if self.orig_start is None:
-                self.orig_start = kept
-            if self.forget_budget is not None:
-                eligible = kept >= self.orig_start - self.forget_budget
+                self.orig_start = ssims
+            if self.forget_budget is not None:  # per direction, as the gate judges
+                start, budget = self.orig_start, self.forget_budget
+                eligible = all(v >= start[k] - budget for k, v in ssims.items())
         record["eligible"] = eligible
         if eligible and score > self.best_score:
             self.best_score, self.best_step, self.since_best = score, step, 0

@@ -45,8 +45,8 @@ class AdaptConfig(BaseModel):
     forget_budget: float | None = Field(
         default=0.01,
         ge=0,
-        description="keep only weights whose original-val SSIM (mean of both directions) is at "
-        "most this far below the champion's; None = judge on the reviewed pairs alone",
+        description="keep only weights whose original-val SSIM is at most this far below the "
+        "champion's in each direction; None = judge on the reviewed pairs alone",
     )
     eval_pairs: int = Field(default=16, ge=1, description="at most this many pairs per evaluation")
     seed: int = 0

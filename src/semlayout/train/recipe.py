@@ -28,7 +28,7 @@ class AdaptConfig(BaseModel):
     crop_size: int | None = Field(
         default=128, description="random crops of the 256 px network input"
     )
-    replay_fraction: float = Field(default=0.25, ge=0, lt=1, description="share of original pairs")
+    replay_fraction: float = Field(default=0.5, ge=0, lt=1, description="share of original pairs")
     freeze: Literal["none", "encoder", "norm"] = "none"
     directions: list[Literal["sem2layout", "layout2sem"]] = Field(
         default_factory=lambda: ["sem2layout", "layout2sem"],
@@ -36,7 +36,7 @@ class AdaptConfig(BaseModel):
         description="the generators that adapt; the others keep the champion's weights and "
         "statistics (Layout->SEM of a new tool fights the original one without a tool input)",
     )
-    ema_decay: float = Field(default=0.0, ge=0, lt=1, description="EMA of G's weights; 0 = off")
+    ema_decay: float = Field(default=0.99, ge=0, lt=1, description="EMA of G's weights; 0 = off")
     l2sp: float = Field(
         default=0.0, ge=0, description="decoupled pull toward the champion's weights"
     )

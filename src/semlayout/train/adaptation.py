@@ -41,11 +41,11 @@ import torch
 from torch import nn
 
 from semlayout.atomic import atomic_write_text
+from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 from semlayout.train.recipe import AdaptConfig
 
-GENERATORS = ("G_A", "G_B")
-DIRECTION_NAMES = ("sem2layout", "layout2sem")  # what G_A, G_B translate
+GENERATORS = ("G_A", "G_B")  # in the order of DIRECTIONS: G_A = sem2layout, G_B = layout2sem
 
 
 @dataclass
@@ -61,7 +61,7 @@ class AdaptResult:
 
 
 def freeze_generators(
-    nets: dict[str, nn.Module], how: str, directions: tuple[str, ...] = DIRECTION_NAMES
+    nets: dict[str, nn.Module], how: str, directions: tuple[str, ...] = DIRECTIONS
 ) -> int:
     """Stop gradients to the frozen part of G_A and G_B, and all of a generator whose direction
     is not adapted (it also stays in eval mode: its BatchNorm statistics stay the champion's);
@@ -69,7 +69,7 @@ def freeze_generators(
     trainable = 0
     for name in GENERATORS:
         net = nets[name]
-        if DIRECTION_NAMES[GENERATORS.index(name)] not in directions:
+        if DIRECTIONS[GENERATORS.index(name)] not in directions:
             net.requires_grad_(False)
             net.eval()
             continue
@@ -302,7 +302,7 @@ def adapt(
         record.update({k: losses[k] for k in ("loss_G", "l1_A", "l1_B") if k in losses})
         evaluator(step, gens, record)
         for n in GENERATORS:
-            trainer.nets[n].train(DIRECTION_NAMES[GENERATORS.index(n)] in acfg.directions)
+            trainer.nets[n].train(DIRECTIONS[GENERATORS.index(n)] in acfg.directions)
         curve.append(record)
         if on_eval is not None:
             on_eval(record)

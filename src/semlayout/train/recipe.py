@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from semlayout.directions import DIRECTIONS, Direction
 from semlayout.errors import validation_error
 
 REVIEWED_SPLIT = {"val": 0.15, "test": 0.25}
@@ -30,8 +31,8 @@ class AdaptConfig(BaseModel):
     )
     replay_fraction: float = Field(default=0.5, ge=0, lt=1, description="share of original pairs")
     freeze: Literal["none", "encoder", "norm"] = "none"
-    directions: list[Literal["sem2layout", "layout2sem"]] = Field(
-        default_factory=lambda: ["sem2layout", "layout2sem"],
+    directions: list[Direction] = Field(
+        default_factory=lambda: list(DIRECTIONS),
         min_length=1,
         description="the generators that adapt; the others keep the champion's weights and "
         "statistics (Layout->SEM of a new tool fights the original one without a tool input)",

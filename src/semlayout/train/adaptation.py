@@ -282,6 +282,8 @@ def adapt(
     cfg = config_from_dict({**base_cfg.model_dump(mode="json"), "train": train.model_dump()})
     if cfg_overrides:
         cfg = apply_overrides(cfg, cfg_overrides)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)  # as semlayout.train.loop does
     seed_everything(acfg.seed)
     new, replay, new_val, orig_val = _datasets(
         cfg, Path(new_shards), Path(replay_shards) if replay_shards else None, acfg

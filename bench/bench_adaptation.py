@@ -206,7 +206,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 def table(cache: Path) -> str:
     """The experiments log as a markdown table (docs/adaptation.md)."""
-    keys = ("lr", "steps", "replay_fraction", "freeze", "ema_decay", "l2sp", "forget_budget")
+    keys = ("lr", "replay_fraction", "ema_decay", "l2sp", "forget_budget", "directions")
     rows = [
         "| experiment | pairs | recipe (vs defaults) | best step / run | s | new IoU | new L2S "
         "vs clean | orig S2L SSIM | orig L2S SSIM | gate (P) |",

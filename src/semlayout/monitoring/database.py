@@ -130,6 +130,7 @@ def open_engine(db: Database) -> Engine:
             pool_timeout=30,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
+        event.listen(engine, "do_connect", _sqlite_refuse_read_only(db.path))
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     else:
@@ -148,6 +149,22 @@ def open_engine(db: Database) -> Engine:
         )
     _FaultGuard().install(engine)
     return engine
+
+
+def _sqlite_refuse_read_only(path: Path) -> Any:
+    """A `do_connect` hook: no connection to a file the process may not write. SQLite would
+    open it read-only, and a process's connections to a file share its state: one opened on
+    a read-only file system keeps the file read-only for every connection opened after it
+    even once the file system is writable again (measured: for good, under steady load). So
+    while the file cannot be written, opening fails like a write would."""
+    import sqlite3
+
+    def refuse(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+        # access(2), not open(2): closing any descriptor of the file would drop SQLite's locks
+        if path.exists() and not os.access(path, os.W_OK):
+            raise sqlite3.OperationalError(f"attempt to write a readonly database ({path})")
+
+    return refuse
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -28,20 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from bench import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 4
 BACKEND = "onnx"  # what the cluster serves (k8s/base/configmap.yaml): the fastest forward,
 # so the store's share of each request is the largest
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _in_threads(work: Any) -> float:
@@ -180,7 +172,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 
     ratios = [p["rps"] / s["rps"] for p, s in zip(e2e["postgresql"], e2e["sqlite"], strict=True)]
     res = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "clients": CLIENTS,
         "backend": BACKEND,
         "seconds_per_round": seconds,

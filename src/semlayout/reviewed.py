@@ -41,6 +41,8 @@ class ReviewedPair:
     layout: str
     sem_sha256: str = ""  # checked on download (intake: of the PNG file; feedback: of the pixels)
     layout_sha256: str = ""
+    # +1 / -1 as its source recorded it (the aligner's, at intake or feedback); "" unknown
+    polarity: str = ""
 
 
 class ConsumedLedger:
@@ -95,6 +97,7 @@ def reviewed_pairs(cfg: LoopConfig, store: MonitorStore) -> Iterator[ReviewedPai
                 fb.layout_path,
                 fb.sem_sha256,
                 fb.layout_sha256,
+                "" if fb.polarity is None else str(fb.polarity),
             )
     if cfg.intake_uri:
         from semlayout.intake import BATCHES
@@ -119,6 +122,7 @@ def reviewed_pairs(cfg: LoopConfig, store: MonitorStore) -> Iterator[ReviewedPai
                     row["layout_path"],
                     row.get("sem_sha256") or "",
                     row.get("layout_sha256") or "",
+                    row.get("polarity") or "",
                 )
 
 
@@ -133,7 +137,8 @@ def collect_reviewed(
 ) -> dict[str, ReviewedPair]:
     """Write `pairs` (default: the pending ones) into one pair folder at `dest`, atomically.
 
-    Returns {id in the folder: pair}; nothing is written when there are no pairs. Images are
+    Returns {id in the folder: pair}; nothing is written when there are no pairs. The folder's
+    manifest carries each pair's `source`, `source_id` and recorded `polarity`. Images are
     fetched one object at a time and checked against their hash (intake: of the PNG file;
     feedback: of the decoded pixels)."""
     from semlayout.data.pairs import PairArrays, write_pair_folder
@@ -156,7 +161,8 @@ def collect_reviewed(
                 sem=fetch.image(p, "sem"),
                 layout=fetch.image(p, "layout"),
                 pattern_type=p.pattern_type,
-                extra={"source": p.source, "source_id": p.id},
+                # the pair's recorded polarity: the align step keeps it as declared_polarity
+                extra={"source": p.source, "source_id": p.id, "polarity": p.polarity},
             )
             for pid, p in collected.items()
         ),

@@ -18,6 +18,12 @@ What else is refused (nothing is written then): wrong sizes or a non-binary layo
 (`ImageRejected`), a pair whose template alignment QC fails (`ImageRejected`, reason
 `align:<reason>`: the fine-tune would drop it, and the trigger would count it). A store that
 cannot take the write answers `StoreUnavailable` (503).
+
+Each row carries the polarity the aligner recorded for the pair (`polarity` +1 bright / -1
+dark, `polarity_margin`, `polarity_source` "pair" or "prior", as in `alignment.csv`; empty
+when the alignment QC was skipped). Pairs arrive one at a time, so the data set's polarity
+prior is the one the store was given (`polarity_prior`: a layer's polarity), or else the one
+the pairs this store already accepted show (their confident polarity, per pattern type).
 """
 
 from __future__ import annotations
@@ -90,6 +96,9 @@ class FeedbackRow:
     sem_path: str
     layout_path: str
     folder: str
+    polarity: int | None = None
+    polarity_margin: float | None = None
+    polarity_source: str | None = None
 
 
 def feedback_rows(store: MonitorStore, folder: str | None = None) -> list[FeedbackRow]:
@@ -120,13 +129,16 @@ class FeedbackStore:
         sem_shape: tuple[int, int] = SEM_RAW_SHAPE,
         layout_shape: tuple[int, int] = TEMPLATE_SHAPE,
         check_alignment: bool = True,
+        polarity_prior: int | str | None = None,
     ):
         """`check_alignment=False` skips the template-alignment QC (tests of what the loop and the
-        fine-tune do with pairs that got into the store some other way)."""
+        fine-tune do with pairs that got into the store some other way). `polarity_prior`: the
+        data set's polarity (+1/-1/bright/dark); None reads it from the pairs already stored."""
         self.uri = feedback_uri(uri)
         self.objects: Store = open_store(self.uri)
         self.store = store
         self.check_alignment = check_alignment
+        self.polarity_prior = polarity_prior
         self.sem_shape = sem_shape
         self.layout_shape = layout_shape
 
@@ -149,8 +161,7 @@ class FeedbackStore:
         `feedback_count`, the rows in the store once it was added."""
         check_pattern_type(pattern_type)
         self.validate(sem, layout)
-        if self.check_alignment:
-            self._check_alignment(sem, layout)
+        polarity = self._check_alignment(sem, layout, pattern_type) if self.check_alignment else {}
         sem_h, lay_h = sha256(sem), sha256(layout)
         old = _row_of_sem(self.store, sem_h)
         if old is not None:
@@ -166,6 +177,7 @@ class FeedbackStore:
             sem_path=object_key(sem_h),
             layout_path=object_key(lay_h),
             folder=self.uri,
+            **polarity,
         )
         try:
             count = self.store.add_feedback(**row.__dict__)
@@ -189,11 +201,25 @@ class FeedbackStore:
             reason = " ".join(str(err).split())[:300]
             raise StoreUnavailable(f"feedback store unavailable: {reason}") from None
 
-    @staticmethod
-    def _check_alignment(sem: np.ndarray, layout: np.ndarray) -> None:
-        from semlayout.data.align import align_pair
+    def _check_alignment(
+        self, sem: np.ndarray, layout: np.ndarray, pattern_type: str
+    ) -> dict[str, Any]:
+        """Alignment QC with the data set's polarity prior; the pair's polarity fields."""
+        from semlayout.data.align import AlignConfig, align_pair
+        from semlayout.data.align_polarity import estimate_priors, fixed_prior
+        from semlayout.data.alignment_table import read_polarity_columns
 
-        res = align_pair(sem, layout)
+        cfg = AlignConfig()
+        if self.polarity_prior is not None:
+            prior = fixed_prior(self.polarity_prior)
+        else:
+            rows = feedback_rows(self.store, self.uri)
+            accepted = read_polarity_columns(r.__dict__ for r in rows)
+            table = estimate_priors(
+                accepted, cfg.min_polarity_margin, cfg.prior_min_pairs, cfg.prior_min_share
+            )
+            prior = table.for_pattern(pattern_type)
+        res = align_pair(sem, layout, cfg, prior)
         if not res.qc_pass:
             raise ImageRejected(
                 "layout",
@@ -201,6 +227,12 @@ class FeedbackStore:
                 f"the template does not align with the SEM "
                 f"(alignment QC failed: {res.qc_summary()}); nothing was stored",
             )
+        margin = res.polarity_margin
+        return {
+            "polarity": res.polarity,
+            "polarity_margin": None if margin is None else round(float(margin), 4),
+            "polarity_source": res.polarity_source,
+        }
 
     def count(self) -> int:
         """Pairs stored in this feedback store (rows naming it)."""

@@ -14,7 +14,9 @@ drift_events       one row per translated image: drifted, max |z|, KL, z-scores 
 ground_truth       one row per prediction that later received its truth: l1, ssim, psnr, iou
 feedback           reviewed pairs posted to /v1/feedback: the row is written LAST, after both
                    images are in the feedback object store (`folder` + `sem_path`/`layout_path`);
-                   one row per SEM (unique `sem_sha256`, the hash of its decoded pixels)
+                   one row per SEM (unique `sem_sha256`, the hash of its decoded pixels);
+                   the pair's polarity as the aligner recorded it (NULL: QC skipped, or
+                   stored before polarity was recorded)
 trigger_decisions  what the continuous-learning loop decided, and when
 loop_consumed      the reviewed pairs completed fine-tune runs have used (the loop's ledger)
 meta               key/value (the readiness probe's last write)
@@ -115,6 +117,9 @@ feedback = sa.Table(
     sa.Column("sem_path", sa.Text, nullable=False),
     sa.Column("layout_path", sa.Text, nullable=False),
     sa.Column("folder", sa.Text, nullable=False),
+    sa.Column("polarity", sa.Integer),  # +1 pattern bright, -1 dark (the aligner's; issue 16)
+    sa.Column("polarity_margin", sa.Float),
+    sa.Column("polarity_source", sa.Text),  # "pair" or "prior", as in alignment.csv
     sa.Index("feedback_ts", "ts"),
     sa.Index("feedback_sem_sha256", "sem_sha256", unique=True),
 )

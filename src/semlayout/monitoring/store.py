@@ -259,9 +259,13 @@ class MonitorStore:
         layout_path: str,
         folder: str,
         ts: float | None = None,
+        polarity: int | None = None,
+        polarity_margin: float | None = None,
+        polarity_source: str | None = None,
     ) -> int:
         """One `feedback` row; returns how many there are now (the same transaction).
-        `sa.exc.IntegrityError` when this SEM already has one."""
+        `sa.exc.IntegrityError` when this SEM already has one. The polarity fields: as the
+        aligner recorded them (`semlayout.data.alignment_table`), None when not checked."""
         row = {
             "id": id,
             "ts": ts or time.time(),
@@ -271,6 +275,9 @@ class MonitorStore:
             "sem_path": sem_path,
             "layout_path": layout_path,
             "folder": folder,
+            "polarity": polarity,
+            "polarity_margin": polarity_margin,
+            "polarity_source": polarity_source,
         }
         with self.transaction() as conn:
             conn.execute(t.feedback.insert(), [row])

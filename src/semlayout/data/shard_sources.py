@@ -7,6 +7,20 @@ test pairs). Each source may be capped (`max_n`): a deterministic random sample,
 e.g. the replay sample of the original data mixed with newly reviewed pairs. Every
 entry keeps the name of its source; an id that clashes with an earlier source's gets
 the prefix `s<k>-`.
+
+Each entry also carries its contrast polarity (+1 / -1, `semlayout.polarity`) and where it
+came from (`polarity_source`). One rule, first found wins:
+1. what the data declares: an aligned folder's `declared_polarity` column (the aligner keeps
+   its input manifest's own `polarity` there, e.g. the physics synth drew), or the `polarity`
+   column of a folder that was not aligned (no `alignment.csv`: synth at 250 px, collected
+   reviewed pairs) -> `declared` (or the folder's own `polarity_source`, when it writes one);
+2. the aligner's estimate: an aligned folder's manifest `polarity` column, with the
+   aligner's `polarity_source` (`pair`: the pair's own fit, `prior`: the data set's
+   polarity), or `alignment.csv`'s `polarity` column -> `alignment`;
+3. a shard set's `polarity` array -> `shards`;
+4. otherwise +1, counted as `assumed` (data made before polarity was recorded was bright).
+So a synthetic set trains on the polarity it was drawn with, and real data (which declares
+none) on the aligner's.
 """
 
 from __future__ import annotations
@@ -22,7 +36,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from semlayout.data.alignment_table import ALIGNMENT_FILE, failed_ids, read_alignment_table
+from semlayout.data.alignment_table import (
+    ALIGNMENT_FILE,
+    DECLARED_POLARITY,
+    failed_ids,
+    read_alignment_table,
+)
 from semlayout.data.pairs import (
     TEMPLATE_SHAPE,
     PairRecord,
@@ -32,6 +51,7 @@ from semlayout.data.pairs import (
 )
 from semlayout.data.shard_format import npz_members, read_index
 from semlayout.errors import SemlayoutError
+from semlayout.polarity import UNKNOWN_READS_AS, read_polarity_cell
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,9 @@ class Entry:
     source: str
     has_clean: bool
     load: Callable[[], Images]
+    polarity: int = UNKNOWN_READS_AS  # +1 pattern bright, -1 dark
+    # declared | pair | prior | alignment | shards | assumed (the module docstring's rule)
+    polarity_source: str = "assumed"
 
 
 SourceLike = str | os.PathLike[str] | ShardSource | tuple[str | os.PathLike[str], int | None]
@@ -99,9 +122,30 @@ def as_sources(
     return sources
 
 
-def _qc_failed_ids(folder: Path) -> set[str]:
-    """Ids that `alignment.csv` marks qc_pass=false (the aligner leaves them out anyway)."""
-    return failed_ids(read_alignment_table(folder / ALIGNMENT_FILE))
+def _alignment_verdicts(folder: Path) -> tuple[set[str], dict[str, int]]:
+    """(ids `alignment.csv` marks qc_pass=false, the aligner's polarity per id where given)."""
+    rows = read_alignment_table(folder / ALIGNMENT_FILE)
+    polarity = {r.id: p for r in rows if (p := read_polarity_cell(r.extra.get("polarity")))}
+    return failed_ids(rows), polarity
+
+
+def _pair_polarity(
+    rec: PairRecord, aligned: dict[str, int], has_alignment: bool
+) -> tuple[int, str]:
+    """(polarity, source) of a manifest row: what the data declares, then the aligner's, then
+    +1 (the module docstring's rule)."""
+    column = read_polarity_cell(rec.extra.get("polarity"))
+    source = (rec.extra.get("polarity_source") or "").strip()
+    declared = read_polarity_cell(rec.extra.get(DECLARED_POLARITY))
+    if declared is not None:
+        return declared, "declared"
+    if column is not None and not has_alignment:
+        return column, source or "declared"
+    if column is not None:  # an aligned folder's manifest: the aligner's estimate
+        return column, source or "alignment"
+    if rec.id in aligned:
+        return aligned[rec.id], "alignment"
+    return UNKNOWN_READS_AS, "assumed"
 
 
 def _load_pair(rec: PairRecord, folder: Path, has_alignment: bool) -> Images:
@@ -126,7 +170,7 @@ def _load_pair(rec: PairRecord, folder: Path, has_alignment: bool) -> Images:
 
 def _pair_folder_entries(folder: Path, name: str) -> list[Entry]:
     has_alignment = (folder / ALIGNMENT_FILE).is_file()
-    failed = _qc_failed_ids(folder) if has_alignment else set()
+    failed, aligned = _alignment_verdicts(folder) if has_alignment else (set(), {})
     return [
         Entry(
             rec.id,
@@ -134,6 +178,7 @@ def _pair_folder_entries(folder: Path, name: str) -> list[Entry]:
             name,
             rec.clean_path is not None,
             functools.partial(_load_pair, rec, folder, has_alignment),
+            *_pair_polarity(rec, aligned, has_alignment),
         )
         for rec in read_manifest(folder)
         if rec.id not in failed
@@ -155,13 +200,16 @@ def _shard_set_entries(folder: Path, name: str) -> list[Entry]:
         members = npz_members(folder / rel)
         has_clean = "clean" in members
         mask = members.get("clean_mask")
+        pols = members.get("polarity")
         for row, (pid, fam) in enumerate(
             zip(members["ids"].tolist(), members["families"].tolist(), strict=True)
         ):
             clean_here = has_clean and (mask is None or bool(mask[row]))
-            out.append(
-                Entry(pid, fam, name, clean_here, functools.partial(_load_shard_row, members, row))
-            )
+            load = functools.partial(_load_shard_row, members, row)
+            if pols is None:
+                out.append(Entry(pid, fam, name, clean_here, load))
+            else:
+                out.append(Entry(pid, fam, name, clean_here, load, int(pols[row]), "shards"))
     return out
 
 

@@ -4,6 +4,7 @@ paired-bootstrap fine-tune gate."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -189,14 +190,16 @@ def test_mixed_batches_hold_the_replay_share() -> None:
     from semlayout.train.adaptation import MixedBatches
 
     def items(value: float, n: int) -> list[dict[str, torch.Tensor]]:
-        return [{"sem": torch.full((1, 4, 4), value), "layout": torch.zeros(1, 4, 4)}] * n
+        sem, pol = torch.full((1, 4, 4), value), torch.tensor(value)
+        return [{"sem": sem, "layout": torch.zeros(1, 4, 4), "polarity": pol}] * n
 
     mb = MixedBatches(
         items(1.0, 6), items(-1.0, 50), AdaptConfig(batch_size=4, replay_fraction=0.25)
     )
     for _ in range(5):
-        sem, _ = mb.next()
+        sem, _, pol = mb.next()
         assert (sem[:, 0, 0, 0] == -1).sum() == 1 and sem.shape[0] == 4
+        assert torch.equal(pol, sem[:, 0, 0, 0])  # each pair keeps its own polarity
     solo = MixedBatches(items(1.0, 6), None, AdaptConfig(batch_size=4))
     assert (solo.next()[0] == 1).all()
 
@@ -338,3 +341,38 @@ def test_a_direction_left_out_keeps_the_champions_generator(
     assert res.steps_run == 3
     # the discriminators trained all the same (what is saved with the best step's generators)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("D_A."))
+
+
+def test_a_polarity_conditioned_champion_adapts_on_dark_reviewed_pairs(
+    tiny_aligned: Path, tmp_path: Path
+) -> None:
+    """Reviewed pairs of reversed contrast reach the generators with their polarity, and the
+    challenger records that it learned it (it would otherwise refuse dark images)."""
+    import csv
+
+    from semlayout.config import apply_overrides
+    from semlayout.data.shards import write_shards
+    from semlayout.train.adaptation import adapt
+    from semlayout.train.checkpoint import build_networks, load_checkpoint, save_checkpoint
+
+    cfg = apply_overrides(tiny_config(), {"generator.polarity_conditioning": "film"})
+    cfg = apply_overrides(cfg, {"polarity.learned": [1]})
+    torch.manual_seed(0)
+    champ = save_checkpoint(tmp_path / "champion", cfg, build_networks(cfg), 0, 0)
+    dark = tmp_path / "aligned"
+    shutil.copytree(tiny_aligned, dark)
+    with open(dark / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["declared_polarity"] = "-1"
+    with open(dark / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    shards = write_shards(dark, tmp_path / "shards", val=0.15, test=0.25, seed=0, shard_size=16)
+    assert shards["polarity"].get("-1") and not shards["polarity"].get("+1")
+    acfg = AdaptConfig(steps=2, lr=1e-3, batch_size=2, crop_size=None, eval_every=2, eval_pairs=2)
+    res = adapt(champ, tmp_path / "shards", tmp_path / "out", acfg)
+    out_cfg, _, _ = load_checkpoint(res.path)
+    assert out_cfg.polarity.learned == [1, -1]
+    assert "val_reviewed_sem2layout_ssim" in res.curve[-1]

@@ -149,11 +149,23 @@ class MixedBatches:
             out.append(self.orders[s].pop())
         return out
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sem, layout, polarity): (B, 1, S, S) twice and (B,) of +-1."""
         items = [self.sources[s][i] for s, k in enumerate(self.counts) for i in self._take(s, k)]
-        sem = torch.stack([it["sem"] for it in items])
-        lay = torch.stack([it["layout"] for it in items])
-        return sem, lay
+        return _stack(items)
+
+
+def _stack(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    sem = torch.stack([it["sem"] for it in items])
+    lay = torch.stack([it["layout"] for it in items])
+    pol = torch.tensor([float(it.get("polarity", 1.0)) for it in items])
+    return sem, lay, pol
+
+
+def _gen(net: nn.Module, x: torch.Tensor, polarity: torch.Tensor) -> torch.Tensor:
+    """A generator's output; the polarity goes in when the network is conditioned on it."""
+    conditioned = getattr(net, "conditioning", "none") != "none"
+    return net(x, polarity) if conditioned else net(x)
 
 
 @torch.no_grad()
@@ -170,10 +182,8 @@ def held_out_scores(
     s2l, l2s, iou = [], [], []
     idx = list(range(min(n, len(ds))))
     for lo in range(0, len(idx), batch):
-        items = [ds[i] for i in idx[lo : lo + batch]]
-        sem = torch.stack([it["sem"] for it in items])
-        lay = torch.stack([it["layout"] for it in items])
-        for pl, ps, ts, tl in zip(g_a(sem), g_b(lay), sem, lay, strict=True):
+        sem, lay, pol = _stack([ds[i] for i in idx[lo : lo + batch]])
+        for pl, ps, ts, tl in zip(_gen(g_a, sem, pol), _gen(g_b, lay, pol), sem, lay, strict=True):
             p_l, p_s, t_s, t_l = (to_uint8(x[0]) for x in (pl, ps, ts, tl))
             s2l.append(M.ssim(p_l, t_l))
             l2s.append(M.ssim(p_s, t_s))
@@ -270,6 +280,7 @@ def adapt(
     `on_eval` sees every record of the learning curve as it is made (progress lines)."""
     from semlayout.config import apply_overrides, config_from_dict
     from semlayout.train.checkpoint import load_checkpoint, save_checkpoint
+    from semlayout.train.loop import learned_polarities
     from semlayout.train.rng import seed_everything
     from semlayout.train.trainer import Trainer
 
@@ -290,6 +301,7 @@ def adapt(
     )
     if len(new) < 1:
         raise SemlayoutError(f"{new_shards}: no reviewed pairs in the train split to adapt on")
+    cfg = learned_polarities(cfg, new, champion)  # the champion's and the reviewed pairs'
     trainer = Trainer(cfg, nets)
     freeze_generators(trainer.nets, acfg.freeze, tuple(acfg.directions))
     ema = WeightAverage(trainer.nets, acfg.ema_decay) if acfg.ema_decay > 0 else None
@@ -312,8 +324,8 @@ def adapt(
     evaluate(0, {})
     step = 0
     while step < acfg.steps and not evaluator.stop(acfg.patience):
-        sem, lay = batches.next()
-        losses = trainer.train_step(sem, lay, step)
+        sem, lay, pol = batches.next()
+        losses = trainer.train_step(sem, lay, step, polarity=pol)
         step += 1
         if pull is not None:
             pull.apply(acfg.lr)

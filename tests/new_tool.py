@@ -41,7 +41,10 @@ def write_cropped_folder(dest: Path, pairs: list[sim.SimPair]) -> Path:
     def rows():  # noqa: ANN202
         for p in pairs:
             sem, clean = crop(p)
-            yield PairArrays(id=p.id, sem=sem, layout=p.layout, pattern_type=p.family, clean=clean)
+            yield PairArrays(
+                id=p.id, sem=sem, layout=p.layout, pattern_type=p.family, clean=clean,
+                extra={"polarity": str(p.polarity)},  # the layer's contrast, as the fab knows it
+            )  # fmt: skip
 
     write_pair_folder(dest, rows())
     return dest

@@ -20,6 +20,7 @@ KEY=VALUE ... --pairs N --name NAME` runs one experiment and appends it to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -87,15 +88,21 @@ def _headline(m: dict[str, Any]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
-def score(model: Path, data: dict[str, Path], orig: Path, n_pairs: int) -> dict[str, Any]:
+def score(
+    model: Path, data: dict[str, Path], orig: Path, n_pairs: int, profile: str | None = None
+) -> dict[str, Any]:
     """Headline numbers on the new tool's held-out set and the original test shard, plus the
-    per-pair evaluations the gate needs (reviewed test split, original test shard)."""
+    per-pair evaluations the gate needs (reviewed test split, original test shard). The new
+    tool's pairs are translated with its `profile` (when the model learned one), the original
+    shard without (what a request without the tool's label gets)."""
     from semlayout.evaluation import evaluate_model
+    from semlayout.inference import Translator
 
-    new = evaluate_model(model, data["heldout"], split="train", n_report_samples=0)
+    tool = Translator.load(model, profile=profile)
+    new = evaluate_model(tool, data["heldout"], split="train", n_report_samples=0)
     old = evaluate_model(model, orig, split="test", n_report_samples=0, per_pair=True)
     reviewed = evaluate_model(
-        model, data[f"reviewed{n_pairs}"], split="test", n_report_samples=0, per_pair=True
+        tool, data[f"reviewed{n_pairs}"], split="test", n_report_samples=0, per_pair=True
     )
     return {
         "new_tool": _headline(new),
@@ -111,7 +118,8 @@ def _lean(m: dict[str, Any]) -> dict[str, Any]:
 def champion_scores(
     champ: Path, data: dict[str, Path], orig: Path, cache: Path, n_pairs: int
 ) -> Any:
-    path = cache / f"champion-{n_pairs}-{abs(hash(str(champ.resolve()))) % 10**8}.json"
+    key = hashlib.sha256(str(champ.resolve()).encode()).hexdigest()[:12]  # stable across runs
+    path = cache / f"champion-{n_pairs}-{key}.json"
     if not path.is_file():
         path.write_text(json.dumps(score(champ, data, orig, n_pairs), default=float))
     return json.loads(path.read_text())
@@ -144,7 +152,8 @@ def experiment(
             champ, data[f"reviewed{n_pairs}"], Path(tmp) / "model", acfg, orig,
             on_eval=lambda r: print(f"  {name}: {_brief(r)}", flush=True),
         )  # fmt: skip
-        scores = json.loads(json.dumps(score(result.path, data, orig, n_pairs), default=float))
+        measured = score(result.path, data, orig, n_pairs, acfg.profile)
+        scores = json.loads(json.dumps(measured, default=float))
     gate = _gate(scores, base)
     scores.pop("gate_inputs")
     base = {k: v for k, v in base.items() if k != "gate_inputs"}

@@ -197,7 +197,8 @@ def test_mixed_batches_hold_the_replay_share() -> None:
         items(1.0, 6), items(-1.0, 50), AdaptConfig(batch_size=4, replay_fraction=0.25)
     )
     for _ in range(5):
-        sem, _, pol = mb.next()
+        sem, _, pol, prof = mb.next()
+        assert prof is None  # no profile: the shared network
         assert (sem[:, 0, 0, 0] == -1).sum() == 1 and sem.shape[0] == 4
         assert torch.equal(pol, sem[:, 0, 0, 0])  # each pair keeps its own polarity
     solo = MixedBatches(items(1.0, 6), None, AdaptConfig(batch_size=4))
@@ -277,7 +278,7 @@ def test_weights_that_forget_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> No
     script = [(0.50, 0.80), (0.60, 0.80), (0.55, 0.795), (0.70, 0.75), (0.58, 0.80)]
     now = {"step": 0}
 
-    def fake(g_a: Any, g_b: Any, ds: str, n: int) -> dict[str, float]:
+    def fake(g_a: Any, g_b: Any, ds: str, n: int, row: int | None = None) -> dict[str, float]:
         v = script[now["step"]][0 if ds == "new" else 1]
         return {"sem2layout_ssim": v, "layout2sem_ssim": v, "sem2layout_iou": v}
 

@@ -89,6 +89,61 @@ def freeze_generators(
     return trainable
 
 
+# ---------------------------------------------------------------- profiles
+
+
+def grow_profile(
+    cfg: Any, nets: dict[str, nn.Module], label: str
+) -> tuple[Any, dict[str, nn.Module], int]:
+    """(cfg with `label` among `generator.profiles`, networks with its zero rows added, the
+    row): the champion's weights and existing profile rows are copied as they are, so the
+    grown networks answer exactly as the champion for every other profile."""
+    from semlayout.config import config_from_dict
+    from semlayout.profiles import with_profile
+    from semlayout.train.checkpoint import build_networks
+
+    profiles = with_profile(list(cfg.generator.profiles), label)
+    data = cfg.model_dump(mode="json")
+    data["generator"]["profiles"] = profiles
+    grown_cfg = config_from_dict(data)
+    grown = build_networks(grown_cfg)
+    with torch.no_grad():
+        for name, net in grown.items():
+            old = nets[name].state_dict()
+            for key, value in net.state_dict().items():
+                src = old.get(key)
+                if src is None:
+                    continue  # a profile table the champion did not have: zeros (identity)
+                if src.shape != value.shape:  # a profile table that grew by one row
+                    value[: src.shape[0]].copy_(src)
+                else:
+                    value.copy_(src)
+    return grown_cfg, grown, profiles.index(label)
+
+
+def train_profile_only(nets: dict[str, nn.Module], row: int) -> int:
+    """Only row `row` of the generators' profile tables trains (a gradient mask keeps the other
+    rows bit-identical); every other generator weight is frozen. Returns the trainable count."""
+    trainable = 0
+    for name in GENERATORS:
+        for pname, p in nets[name].named_parameters():
+            keep = pname.startswith(("profile_down.", "profile_up."))
+            p.requires_grad_(keep)
+            if keep:
+                mask = torch.zeros_like(p)
+                mask[row] = 1.0
+                p.register_hook(lambda g, m=mask: g * m)
+                trainable += p.shape[1]
+    return trainable
+
+
+def frozen_statistics(net: nn.Module) -> None:
+    """Normalisation layers use (and keep) the champion's running statistics while training."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
 class WeightAverage:
     """EMA of the generators' parameters and floating buffers (BN running statistics)."""
 
@@ -133,8 +188,9 @@ class MixedBatches:
     Each source is walked in a fresh seeded permutation per pass, so every reviewed pair is
     seen once per pass and a run is reproducible from its seed."""
 
-    def __init__(self, new: Any, replay: Any | None, acfg: AdaptConfig):
+    def __init__(self, new: Any, replay: Any | None, acfg: AdaptConfig, row: int | None = None):
         self.sources = [new] + ([replay] if replay is not None else [])
+        self.row = row  # the new pairs' profile row (replay pairs: none), None: no profiles
         k_replay = round(acfg.batch_size * acfg.replay_fraction) if replay is not None else 0
         k_replay = min(k_replay, acfg.batch_size - 1)
         self.counts = [acfg.batch_size - k_replay] + ([k_replay] if replay is not None else [])
@@ -149,10 +205,14 @@ class MixedBatches:
             out.append(self.orders[s].pop())
         return out
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sem, layout, polarity): (B, 1, S, S) twice and (B,) of +-1."""
-        items = [self.sources[s][i] for s, k in enumerate(self.counts) for i in self._take(s, k)]
-        return _stack(items)
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(sem, layout, polarity, profile): (B, 1, S, S) twice, (B,) of +-1 and (B,) profile
+        rows (-1 for replay pairs; None without a profile)."""
+        picks = [(s, i) for s, k in enumerate(self.counts) for i in self._take(s, k)]
+        sem, lay, pol = _stack([self.sources[s][i] for s, i in picks])
+        if self.row is None:
+            return sem, lay, pol, None
+        return sem, lay, pol, torch.tensor([self.row if s == 0 else -1 for s, _ in picks])
 
 
 def _stack(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,15 +222,18 @@ def _stack(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, tor
     return sem, lay, pol
 
 
-def _gen(net: nn.Module, x: torch.Tensor, polarity: torch.Tensor) -> torch.Tensor:
-    """A generator's output; the polarity goes in when the network is conditioned on it."""
+def _gen(net: nn.Module, x: torch.Tensor, polarity: torch.Tensor, row: int | None) -> torch.Tensor:
+    """A generator's output; the polarity goes in when the network is conditioned on it, the
+    profile row when one is given."""
+    if row is not None:
+        return net(x, polarity, torch.full((x.shape[0],), row, dtype=torch.long))
     conditioned = getattr(net, "conditioning", "none") != "none"
     return net(x, polarity) if conditioned else net(x)
 
 
 @torch.no_grad()
 def held_out_scores(
-    g_a: nn.Module, g_b: nn.Module, ds: Any, n: int, batch: int = 8
+    g_a: nn.Module, g_b: nn.Module, ds: Any, n: int, batch: int = 8, row: int | None = None
 ) -> dict[str, float]:
     """Mean SSIM of both directions and SEM->Layout IoU on the first `n` items of `ds`
     (network resolution; the full evaluation is `semlayout.evaluation`)."""
@@ -183,7 +246,8 @@ def held_out_scores(
     idx = list(range(min(n, len(ds))))
     for lo in range(0, len(idx), batch):
         sem, lay, pol = _stack([ds[i] for i in idx[lo : lo + batch]])
-        for pl, ps, ts, tl in zip(_gen(g_a, sem, pol), _gen(g_b, lay, pol), sem, lay, strict=True):
+        outs = _gen(g_a, sem, pol, row), _gen(g_b, lay, pol, row)
+        for pl, ps, ts, tl in zip(*outs, sem, lay, strict=True):
             p_l, p_s, t_s, t_l = (to_uint8(x[0]) for x in (pl, ps, ts, tl))
             s2l.append(M.ssim(p_l, t_l))
             l2s.append(M.ssim(p_s, t_s))
@@ -206,6 +270,7 @@ class _Evaluator:
     orig_val: Any | None
     n: int
     forget_budget: float | None = None
+    row: int | None = None  # the reviewed pairs' profile row (original pairs: the shared net)
     orig_start: dict[str, float] | None = None  # the champion's original-val SSIMs (step 0)
     best_score: float = -np.inf
     best_step: int = 0
@@ -215,7 +280,7 @@ class _Evaluator:
     def __call__(self, step: int, gens: dict[str, nn.Module], record: dict[str, Any]) -> None:
         """Score `gens` into `record`; keep their weights when they are the best so far."""
         if self.new_val is not None:
-            s = held_out_scores(gens["G_A"], gens["G_B"], self.new_val, self.n)
+            s = held_out_scores(gens["G_A"], gens["G_B"], self.new_val, self.n, row=self.row)
             record.update({f"val_reviewed_{k}": v for k, v in s.items()})
             score = (s["sem2layout_ssim"] + s["layout2sem_ssim"]) / 2
         else:  # no held-out reviewed pairs: the last weights are the result
@@ -302,12 +367,18 @@ def adapt(
     if len(new) < 1:
         raise SemlayoutError(f"{new_shards}: no reviewed pairs in the train split to adapt on")
     cfg = learned_polarities(cfg, new, champion)  # the champion's and the reviewed pairs'
+    row = None
+    if acfg.profile is not None:  # only the profile's rows learn: nothing else can forget
+        cfg, nets, row = grow_profile(cfg, nets, acfg.profile)
     trainer = Trainer(cfg, nets)
-    freeze_generators(trainer.nets, acfg.freeze, tuple(acfg.directions))
+    if row is None:
+        freeze_generators(trainer.nets, acfg.freeze, tuple(acfg.directions))
+    else:
+        train_profile_only(trainer.nets, row)
     ema = WeightAverage(trainer.nets, acfg.ema_decay) if acfg.ema_decay > 0 else None
     pull = AnchorPull(trainer.nets, acfg.l2sp) if acfg.l2sp > 0 else None
-    batches = MixedBatches(new, replay, acfg)
-    evaluator = _Evaluator(new_val, orig_val, acfg.eval_pairs, acfg.forget_budget)
+    batches = MixedBatches(new, replay, acfg, row)
+    evaluator = _Evaluator(new_val, orig_val, acfg.eval_pairs, acfg.forget_budget, row=row)
     curve: list[dict[str, Any]] = []
 
     def evaluate(step: int, losses: dict[str, float]) -> None:
@@ -317,6 +388,8 @@ def adapt(
         evaluator(step, gens, record)
         for n in GENERATORS:
             trainer.nets[n].train(DIRECTIONS[GENERATORS.index(n)] in acfg.directions)
+            if row is not None:
+                frozen_statistics(trainer.nets[n])
         curve.append(record)
         if on_eval is not None:
             on_eval(record)
@@ -324,8 +397,8 @@ def adapt(
     evaluate(0, {})
     step = 0
     while step < acfg.steps and not evaluator.stop(acfg.patience):
-        sem, lay, pol = batches.next()
-        losses = trainer.train_step(sem, lay, step, polarity=pol)
+        sem, lay, pol, prof = batches.next()
+        losses = trainer.train_step(sem, lay, step, polarity=pol, profile=prof)
         step += 1
         if pull is not None:
             pull.apply(acfg.lr)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from semlayout.directions import DIRECTIONS, Direction
 from semlayout.errors import validation_error
+from semlayout.profiles import PROFILE_PATTERN
 
 REVIEWED_SPLIT = {"val": 0.15, "test": 0.25}
 
@@ -50,6 +51,13 @@ class AdaptConfig(BaseModel):
         "champion's in each direction; None = judge on the reviewed pairs alone",
     )
     eval_pairs: int = Field(default=16, ge=1, description="at most this many pairs per evaluation")
+    profile: str | None = Field(
+        default=None,
+        pattern=PROFILE_PATTERN,
+        description="the tool / layer profile the reviewed pairs come from: only that "
+        "profile's conditioning rows train (the shared network and every other profile keep "
+        "the champion's weights exactly); None: the shared network adapts",
+    )
     seed: int = 0
 
 

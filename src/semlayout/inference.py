@@ -13,12 +13,14 @@ as the checkpoint's `layout_fit` config says). Directions:
 `sem2layout` = G_A, `layout2sem` = G_B.
 
 Polarity (`semlayout.polarity`): every call takes `polarity` = auto | bright | dark (or +-1)
-and an optional layer `prior` (+1 / -1). A model serves the polarities it learned
-(`config.polarity.serves`; a checkpoint made before polarity was recorded serves +1 only);
-asking it for another is a `SemlayoutError` naming what it learned, never an inverted answer.
-`auto`: sem2layout decides per image (`semlayout.polarity_auto`, analysis by synthesis,
-shifted toward the prior); layout2sem renders in the prior's polarity, else bright; a model
-that serves one polarity answers in it. Each `Translation` says which polarity was used, how
+and an optional layer `prior`: its configured polarity (+1 / -1) or a
+`semlayout.polarity_layer.LayerPrior` (configured and pooled evidence). A model serves the
+polarities it learned (`config.polarity.serves`; a checkpoint made before polarity was
+recorded serves +1 only); asking it for another is a `SemlayoutError` naming what it learned,
+never an inverted answer. `auto`: sem2layout decides per image (`semlayout.polarity_auto`,
+analysis by synthesis plus the layer's pooled evidence; a configured layer polarity decides);
+layout2sem renders in the layer's polarity, else bright; a model that serves one polarity
+answers in it. Each `Translation` says which polarity was used, how
 it was chosen and, for auto, the margin.
 
 Backends (eager, bf16, ONNX Runtime) are `semlayout.inference_backends`.
@@ -51,6 +53,7 @@ from semlayout.inference_backends import (
 )
 from semlayout.polarity import BRIGHT, PolarityChoice, check_polarity, name_of, parse_choice
 from semlayout.polarity_auto import PolarityDecision, auto_sem2layout
+from semlayout.polarity_layer import LayerPrior
 
 # eager: fp32 PyTorch (channels_last); bf16: the same with bfloat16 weights and activations
 # (outputs within ~1e-3 of fp32, i.e. under a grey level; several times faster where the CPU
@@ -266,14 +269,16 @@ class Translator:
             )
 
     def fixed_polarity(
-        self, direction: str, polarity: str | int | None, prior: int | None = None
+        self, direction: str, polarity: str | int | None, prior: int | LayerPrior | None = None
     ) -> PolarityDecision | None:
         """The decision when no image is needed to make it; None when sem2layout must decide
-        per image (auto on a model that serves both polarities)."""
+        per image (auto on a model that serves both polarities; a configured layer polarity
+        decides too, but the image's evidence is still read, for the layer and drift)."""
         choice = parse_choice(polarity)
-        if prior is not None:
-            prior = check_polarity(prior, "layer polarity")
-            self.check_served(prior, "is the layer's")
+        layer = LayerPrior.of(prior)
+        if layer.configured is not None:
+            check_polarity(layer.configured, "layer polarity")
+            self.check_served(layer.configured, "is the layer's")
         if choice is not PolarityChoice.auto:
             fixed = choice.value_or_none
             assert fixed is not None
@@ -282,7 +287,12 @@ class Translator:
         if len(self.polarities) == 1:
             return PolarityDecision(self.polarities[0], "only")
         if direction == Direction.layout2sem:  # nothing in a layout says how it will image
-            return PolarityDecision(prior if prior is not None else BRIGHT, "given")
+            if layer.configured is not None:
+                return PolarityDecision(layer.configured, "layer")
+            if layer.n > 0 and layer.pooled != 0:
+                implied = BRIGHT if layer.pooled > 0 else -BRIGHT
+                return PolarityDecision(implied, "pooled", abs(layer.pooled))
+            return PolarityDecision(BRIGHT, "given")
         return None
 
     # ------------------------------------------------------------ inference
@@ -327,6 +337,22 @@ class Translator:
         fit = self.config.layout_fit
         return fit_layout(grey, fit.method, fit.threshold, fit.min_iou)
 
+    def read_evidence(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """Each SEM's own evidence of its polarity, log-odds of bright (N,): auto's reading
+        (`polarity_auto`) without translating; needs a model of both polarities."""
+        from semlayout.polarity_auto import evidence, hypotheses
+
+        if len(self.polarities) < 2:
+            raise SemlayoutError("this model learned one polarity: there is nothing to read")
+        images = check_images(images)
+        out = []
+        for start in range(0, len(images), max(1, batch_size)):
+            chunk = images[start : start + batch_size]
+            batch = np.stack([self.preprocess(im) for im in chunk])[:, None]
+            _, feats = hypotheses(self._runners["sem2layout"], self._runners["layout2sem"], batch)
+            out.append(evidence(feats, self.config.polarity.auto_head))
+        return np.concatenate(out)
+
     def translate(
         self, direction: str, images: Sequence[np.ndarray], binarize: bool = False, **options: Any
     ) -> list[np.ndarray]:
@@ -345,7 +371,7 @@ class Translator:
         binarize: bool = False,
         batch_size: int = 16,
         polarity: str | int | None = "auto",
-        prior: int | None = None,
+        prior: int | LayerPrior | None = None,
     ) -> list[Translation]:
         """`translate`, with the polarity decision of every image."""
         Direction.parse(direction)

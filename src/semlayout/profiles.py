@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 
 from semlayout.errors import SemlayoutError
+from semlayout.polarity_layer import LAYER_PATTERN
 
-PROFILE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+PROFILE_PATTERN = LAYER_PATTERN  # a profile is named by the label requests carry (`layer`)
 _PROFILE = re.compile(PROFILE_PATTERN)
 NONE = -1  # the index of "no profile": the shared network
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -21,7 +22,14 @@ def _list_pngs(in_dir: Path) -> list[Path]:
 PREDICTIONS_FILE = "predictions.csv"
 # DESIGN.md's predictions.csv starts id,direction,polarity; the confidence columns
 # (confidence, predicted_iou | predicted_ssim) come after polarity, the margin and source last
-PREDICTION_COLUMNS = ("id", "direction", "polarity", "polarity_margin", "polarity_source")
+PREDICTION_COLUMNS = (
+    "id",
+    "direction",
+    "polarity",
+    "polarity_margin",
+    "polarity_source",
+    "layer",
+)
 
 
 def predictions_csv(rows: list[dict[str, str]]) -> str:
@@ -35,8 +43,11 @@ def predictions_csv(rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def prediction_row(image_id: str, direction: str, decision: object) -> dict[str, str]:
-    """One predictions.csv row: polarity +1 / -1, the auto margin (empty unless auto)."""
+def prediction_row(
+    image_id: str, direction: str, decision: object, layer: str = "default"
+) -> dict[str, str]:
+    """One predictions.csv row: polarity +1 / -1, the margin (empty unless auto / pooled),
+    how it was chosen (given, layer, pooled, auto, only) and the layer."""
     from semlayout.polarity_auto import PolarityDecision
 
     assert isinstance(decision, PolarityDecision)
@@ -47,6 +58,7 @@ def prediction_row(image_id: str, direction: str, decision: object) -> dict[str,
         "polarity": f"{decision.polarity:+d}",
         "polarity_margin": margin,
         "polarity_source": decision.source,
+        "layer": layer,
     }
 
 
@@ -74,57 +86,105 @@ def predict(
     layer_polarity: str | None = typer.Option(
         None,
         "--layer-polarity",
-        help="the layer's polarity when known (bright or dark): auto leans toward it",
+        help="the layer's polarity when known (bright or dark): auto translates in it",
+    ),
+    layer: str | None = typer.Option(
+        None,
+        "--layer",
+        help="the layer (data set) the folder belongs to, 1-64 of A-Z a-z 0-9 . _ - "
+        "(default: 'default'); with --db its pooled evidence and configured polarity are "
+        "read from the monitor store and the folder's evidence is added to them",
+    ),
+    per_image_polarity: bool = typer.Option(
+        False,
+        "--per-image-polarity",
+        help="auto decides each image alone instead of reading the folder as one layer",
+    ),
+    db: str | None = typer.Option(
+        None, "--db", help="monitor store (SQLite path or postgresql:// URL) holding the layers"
     ),
 ) -> None:
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT, and write
-    OUT/predictions.csv (id,direction,polarity,polarity_margin,polarity_source)."""
+    OUT/predictions.csv (id,direction,polarity,polarity_margin,polarity_source,layer).
+
+    With polarity auto the folder is one data set: every SEM's polarity evidence is read
+    first, then every image is translated in the pooled polarity (source 'pooled')."""
     import cv2
 
     from semlayout.atomic import atomic_dir, check_not_over_inputs
     from semlayout.data.pairs import read_gray8
     from semlayout.directions import Direction
     from semlayout.inference import Translator
-    from semlayout.polarity import PolarityChoice, parse_choice
+    from semlayout.polarity import parse_choice
+    from semlayout.polarity_layer import check_layer
+    from semlayout.predict_folder import translate_folder
 
     Direction.parse(direction)
     choice = parse_choice(polarity, "--polarity")
-    prior = None
-    if layer_polarity is not None:
-        layer = parse_choice(layer_polarity, "--layer-polarity")
-        if layer is PolarityChoice.auto:
-            raise SemlayoutError("--layer-polarity must be bright or dark (or leave it out)")
-        prior = layer.value_or_none
+    configured = _layer_polarity(layer_polarity)
+    name = check_layer(layer, "--layer")
     if binarize and direction != "sem2layout":
         raise SemlayoutError("--binarize applies to --direction sem2layout only")
     files = _list_pngs(in_dir)
     check_not_over_inputs(out, input_folder=in_dir, model=model)
     images = [read_gray8(p) for p in files]  # refuses 16-bit / RGB naming the file, before any work
+    book, state = _layer_state(db, name, configured)
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
-    tr.fixed_polarity(direction, choice, prior)  # a polarity the model never learned: refused now
+    tr.fixed_polarity(direction, choice, state.prior())  # a polarity never learned: refused now
+    done, after = translate_folder(
+        tr, direction, images, choice, state, per_image_polarity,
+        binarize=binarize, batch_size=batch_size,
+    )  # fmt: skip
     rows: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
-        for start in range(0, len(files), batch_size):
-            done = tr.translate_detailed(
-                direction,
-                images[start : start + batch_size],
-                binarize=binarize,
-                batch_size=batch_size,
-                polarity=choice,
-                prior=prior,
-            )
-            for path, t in zip(files[start : start + batch_size], done, strict=True):
-                ok, buf = cv2.imencode(".png", t.output)
-                if not ok:
-                    raise RuntimeError(f"PNG encoding failed for {path.name}")
-                (tmp / path.name).write_bytes(buf.tobytes())
-                rows.append(prediction_row(path.stem, direction, t.decision))
+        for path, t in zip(files, done, strict=True):
+            ok, buf = cv2.imencode(".png", t.output)
+            if not ok:
+                raise RuntimeError(f"PNG encoding failed for {path.name}")
+            (tmp / path.name).write_bytes(buf.tobytes())
+            rows.append(prediction_row(path.stem, direction, t.decision, name))
         (tmp / PREDICTIONS_FILE).write_text(predictions_csv(rows))
+    if book is not None and after.n > state.n:
+        book.fold(name, [t.decision.evidence for t in done if t.decision.evidence is not None])
     n_dark = sum(r["polarity"] == "-1" for r in rows)
+    sources = sorted({r["polarity_source"] for r in rows})
     print(
         f"translated {len(files)} image(s) {direction} with {tr.source} ({backend}) -> {out} "
-        f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark)"
+        f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark; "
+        f"{'/'.join(sources)}; layer {name})"
     )
+
+
+def _layer_polarity(value: str | None) -> int | None:
+    """--layer-polarity as +1 / -1 (None when not given); auto is refused."""
+    from semlayout.polarity import PolarityChoice, parse_choice
+
+    if value is None:
+        return None
+    choice = parse_choice(value, "--layer-polarity")
+    if choice is PolarityChoice.auto:
+        raise SemlayoutError("--layer-polarity must be bright or dark (or leave it out)")
+    return choice.value_or_none
+
+
+def _layer_state(db: str | None, layer: str, configured: int | None) -> tuple[Any, Any]:
+    """(the store's layer book or None, the layer's state; --layer-polarity overrides the
+    store's configured polarity)."""
+    from dataclasses import replace
+
+    from semlayout.polarity_layer import LayerState
+
+    book = None
+    state = LayerState(layer)
+    if db is not None:
+        from semlayout.monitoring.layer_book import LayerBook
+        from semlayout.monitoring.store import MonitorStore
+
+        book = LayerBook(MonitorStore(db))
+        state = book.get(layer)
+    if configured is not None:
+        state = replace(state, configured=configured)
+    return book, state
 
 
 def _find_history(model: str) -> Path | None:

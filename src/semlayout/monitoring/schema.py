@@ -22,6 +22,8 @@ feedback           reviewed pairs posted to /v1/feedback: the row is written LAS
 trigger_decisions  what the continuous-learning loop decided, and when
 loop_consumed      the reviewed pairs completed fine-tune runs have used (the loop's ledger)
 meta               key/value (the readiness probe's last write)
+layer_polarity     per layer label: its configured polarity (an admin's; NULL: none), the
+                   pooled evidence of its images and the drift CUSUMs (`polarity_layer`)
 ```
 Adding a column: a new migration in `migrations/versions/` (op.add_column) and the column
 here; nothing else reads the schema.
@@ -145,6 +147,18 @@ loop_consumed = sa.Table(
     sa.Column("pair_id", sa.Text, nullable=False),
     sa.Column("run_id", sa.Text, nullable=False),
     sa.Column("qc_failed", sa.Integer),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+
+layer_polarity = sa.Table(
+    "layer_polarity",
+    metadata,
+    sa.Column("layer", sa.Text, primary_key=True),
+    sa.Column("configured", sa.Integer),
+    sa.Column("pooled", sa.Float, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("s_dark", sa.Float, nullable=False),
+    sa.Column("s_bright", sa.Float, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
 )
 

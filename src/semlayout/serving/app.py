@@ -50,6 +50,7 @@ from semlayout.serving.routes import (
     docs_routes,
     feedback_routes,
     health_routes,
+    layer_routes,
     monitoring_routes,
     translate_routes,
 )
@@ -88,6 +89,7 @@ def create_app(
         align_routes,
         feedback_routes,
         monitoring_routes,
+        layer_routes,
         admin_routes,
         docs_routes,
     ):

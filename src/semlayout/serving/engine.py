@@ -13,9 +13,9 @@ model they started with and no request sees a half-loaded model or another versi
 reference. A model given as `models:/NAME@ALIAS` is pinned to the version the alias named
 at load time (loaded as `models:/NAME/VERSION`), which is what `X-Model-Version` reports.
 
-Every image carries the polarity asked for (auto | bright | dark, `semlayout.polarity`) and the
-layer's polarity when the server knows it (the prior of auto); a result says which polarity
-was used (`PolarityDecision`).
+Every image carries the polarity asked for (auto | bright | dark, `semlayout.polarity`) and
+its layer's word (`polarity_layer.LayerPrior`: configured polarity, pooled evidence; auto's
+prior); a result says which polarity was used (`PolarityDecision`).
 
 `MicroBatcher` (asyncio) queues single images and runs them in batches of up to
 `max_batch` per direction and polarity request in a worker thread: one forward pass at a
@@ -50,7 +50,10 @@ if TYPE_CHECKING:
 
     from semlayout.inference import Translation
     from semlayout.polarity_auto import PolarityDecision
+    from semlayout.polarity_layer import LayerPrior
     from semlayout.registry import Registry
+
+    Prior = int | LayerPrior | None  # the layer's word: configured polarity, pooled evidence
 
 log = logging.getLogger("semlayout.serving")
 
@@ -62,11 +65,11 @@ class Translates(Protocol):
     def polarities(self) -> tuple[int, ...]: ...
 
     def translate_detailed(
-        self, direction: str, images: Sequence[np.ndarray], *, polarity: str, prior: int | None
+        self, direction: str, images: Sequence[np.ndarray], *, polarity: str, prior: Prior
     ) -> list[Translation]: ...
 
     def fixed_polarity(
-        self, direction: str, polarity: str | int | None, prior: int | None = None
+        self, direction: str, polarity: str | int | None, prior: Prior = None
     ) -> PolarityDecision | None: ...
 
     def to_layout(self, grey: np.ndarray) -> np.ndarray: ...
@@ -259,7 +262,7 @@ class InferenceEngine:
         direction: str,
         images: list[np.ndarray],
         polarity: str = "auto",
-        prior: int | None = None,
+        prior: Prior = None,
     ) -> TranslateResult:
         """Translate a batch on the model current at call time (a swap meanwhile does not
         affect it), in `polarity` (auto | bright | dark; `prior`: the layer's polarity)."""
@@ -323,7 +326,7 @@ class _Job:
     image: np.ndarray
     future: asyncio.Future[ImageResult]
     polarity: str = "auto"  # auto | bright | dark
-    prior: int | None = None  # the layer's polarity
+    prior: Prior = None  # the layer's word
 
 
 class QueueFull(SemlayoutError):
@@ -387,7 +390,7 @@ class MicroBatcher:
         direction: str,
         images: Sequence[np.ndarray],
         polarity: str = "auto",
-        prior: int | None = None,
+        prior: Prior = None,
     ) -> list[ImageResult]:
         """One result per image, in order. All of `images` or none: QueueFull before any is
         queued when they do not all fit."""
@@ -437,7 +440,7 @@ class MicroBatcher:
         loop: asyncio.AbstractEventLoop,
         direction: str,
         polarity: str,
-        prior: int | None,
+        prior: Prior,
         group: list[_Job],
     ) -> None:
         """One forward of `group` in the worker thread; each job's future gets its result."""

@@ -77,13 +77,38 @@ class TranslateResponse(BaseModel):
         ..., description="+1 pattern bright, -1 pattern dark: the polarity it was translated in"
     )
     polarity_margin: float | None = Field(
-        None, description="auto: how clearly the image chose that polarity; null otherwise"
+        None,
+        description="pooled / auto: how clearly the evidence chose that polarity (log-odds); "
+        "null otherwise",
     )
     polarity_source: str = Field(
         ...,
-        description="given (the request or the layer), auto (the image), only (the model "
-        "serves one polarity)",
+        description="given (the request), layer (the layer's configured polarity), pooled "
+        "(the image and its layer's pooled evidence), auto (the image alone), only (the "
+        "model serves one polarity)",
     )
+    layer: str = Field("default", description="the layer the image was read as part of")
+
+
+class LayerInfo(BaseModel):
+    """A layer's polarity: what is configured and what its images' evidence says."""
+
+    layer: str
+    configured: int | None = Field(
+        None, description="+1 / -1 set by an admin (PUT /v1/layers/{layer}/polarity); null: none"
+    )
+    pooled_logodds: float = Field(
+        ..., description="the pooled evidence of its images: log-odds of bright (capped)"
+    )
+    implied: int | None = Field(None, description="the polarity the pooled evidence implies")
+    established: int | None = Field(
+        None, description="the implied polarity once the evidence is strong enough; else null"
+    )
+    images: int = Field(..., description="images whose evidence was pooled")
+
+
+class LayerPolarityRequest(BaseModel):
+    polarity: str = Field(..., description="bright or dark (also +1 / -1)")
 
 
 class AlignResponse(BaseModel):

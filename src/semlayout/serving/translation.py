@@ -1,11 +1,14 @@
 """The translate path of a request, in steps that can be called (and extended) one by one.
 
 1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
-2. `forward`: the polarity check (a polarity the model never learned is refused before any
-   work), queue room check, the micro-batcher, the drift features (computed while the model
-   runs, they need only the input; judged against the reference of the model that translated
-   the image) then the image's polarity against the one expected, `binarize`; nothing is
-   recorded yet;
+2. `forward`: the request's layer (its configured polarity and pooled evidence, from the
+   store: `monitoring.layer_book`), the polarity check (a polarity the model never learned is
+   refused before any work), queue room check, the micro-batcher, the drift features
+   (computed while the model runs, they need only the input; judged against the reference of
+   the model that translated the image), then the images' evidence is pooled into the layer
+   (its own transaction) and each image's polarity judged against the one the layer should
+   show (`polarity_layer`: configured > the server's > established), `binarize`; no
+   prediction is recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
 4. `record`: every row of the request in ONE transaction of the monitoring store — all rows or
@@ -22,7 +25,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from semlayout.monitoring.performance import new_prediction_id
 from semlayout.monitoring.store import Prediction, TranslationRecord
 from semlayout.polarity import PolarityChoice
 from semlayout.polarity_auto import PolarityDecision
+from semlayout.polarity_layer import DEFAULT_LAYER, LayerState
 from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
 from semlayout.serving.settings import ServeSettings
@@ -53,6 +57,7 @@ class Forwarded:
     batch_size: int  # images in that forward pass
     drift: DriftResult | None  # None without a drift reference for the direction
     decision: PolarityDecision  # the polarity it was translated in
+    layer: str = DEFAULT_LAYER  # the layer it was read as part of
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Translated:
     model: LoadedModel
     drift: DriftInfo | None
     decision: PolarityDecision
+    layer: str = DEFAULT_LAYER
 
 
 def _busy(err: QueueFull) -> HTTPException:
@@ -77,10 +83,13 @@ async def forward(
     images: Sequence[np.ndarray],
     binarize: bool,
     polarity: PolarityChoice = PolarityChoice.auto,
+    layer: str = DEFAULT_LAYER,
 ) -> list[Forwarded]:
     """Run `images` through the model (all or none: 503 when the queue has no room for all)
-    in `polarity` (the server's layer polarity is auto's prior)."""
-    prior = state.settings.layer_prior
+    in `polarity` (auto: with `layer`'s configured polarity and pooled evidence)."""
+    known = await run_in_threadpool(state.layers.get, layer)
+    fallback = state.settings.layer_prior  # the server's layer polarity, for every layer
+    prior = replace(known, configured=known.configured or fallback).prior()
     # refused now (422) rather than answered inverted: a polarity the model never learned
     state.engine.current.translator.fixed_polarity(direction, polarity, prior)
     try:
@@ -112,14 +121,32 @@ async def forward(
     finally:
         for drift in drifts:  # a failure above: nothing left running unobserved
             drift.cancel()
+    after = await _pool(state, layer, known, [r.decision for r in results])
     for i, r in enumerate(results):  # the image's polarity against the one expected
         det_i = r.model.detectors.get(direction)
         if det_i is not None and checks[i] is not None:
-            checks[i] = det_i.with_polarity(checks[i], r.decision)
+            expected = after[i].expected(fallback or det_i.expected_polarity)
+            flipped = after[i].flipped(expected)
+            checks[i] = det_i.with_polarity(checks[i], r.decision, expected, flipped)
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, layer)
         for img, out, r, res in zip(images, outs, results, checks, strict=True)
     ]
+
+
+async def _pool(
+    state: ServingState, layer: str, known: LayerState, decisions: Sequence[PolarityDecision]
+) -> list[LayerState]:
+    """Fold the images' own evidence into the layer (one transaction); the layer's state
+    after each image (an image without evidence, e.g. a given polarity, leaves it as is)."""
+    evidences = [d.evidence for d in decisions if d.evidence is not None]
+    folded = iter(await run_in_threadpool(state.layers.fold, layer, evidences))
+    after, cur = [], known
+    for d in decisions:
+        if d.evidence is not None:
+            cur = next(folded)
+        after.append(cur)
+    return after
 
 
 def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes | None:
@@ -189,7 +216,7 @@ def prepare(
         }
     info = drift_info(res, model.detectors.get(direction))
     return (
-        Translated(pid, out, png, model, info, item.decision),
+        Translated(pid, out, png, model, info, item.decision, item.layer),
         TranslationRecord(prediction, event, drift),
     )
 
@@ -213,10 +240,11 @@ async def translate(
     binarize: bool,
     t0: float,
     polarity: PolarityChoice = PolarityChoice.auto,
+    layer: str = DEFAULT_LAYER,
 ) -> list[Translated]:
     """`forward`, `prepare` each image, then record the request's rows in one transaction;
     `endpoint` is the route template, for the events."""
-    items = await forward(state, direction, images, binarize, polarity)
+    items = await forward(state, direction, images, binarize, polarity, layer)
     prepared = await asyncio.gather(
         *[run_in_threadpool(prepare, state, endpoint, direction, it, t0) for it in items]
     )
@@ -254,6 +282,7 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         polarity=done.decision.polarity,
         polarity_margin=done.decision.margin,
         polarity_source=done.decision.source,
+        layer=done.layer,
     )
 
 
@@ -264,6 +293,7 @@ def png_headers(done: Translated) -> dict[str, str]:
         "X-Model-Version": done.model.version,
         "X-Polarity": f"{done.decision.polarity:+d}",
         "X-Polarity-Source": done.decision.source,
+        "X-Layer": done.layer,
     }
     if done.decision.margin is not None:
         headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"

@@ -144,6 +144,16 @@ def train_champion(
     }
 
 
+# the fine-tune recipe for the tests' tiny 64 px models: no crops, a few hundred steps
+TINY_ADAPTATION = {
+    "steps": 240,
+    "lr": 5e-4,
+    "crop_size": None,
+    "replay_fraction": 0.25,
+    "eval_every": 40,
+}
+
+
 def write_loop_config(
     path: Path,
     root: Path,
@@ -151,6 +161,7 @@ def write_loop_config(
     serving: dict[str, str],
     finetune_overrides: dict[str, Any],
     tolerance: float,
+    adaptation: dict[str, Any] | None = None,
 ) -> Path:
     """The loop config both end-to-end tests run (`semlayout loop check|run --config`): the
     fine-tune of `serving["model_name"]`'s champion on the reviewed pairs + 24 replayed
@@ -165,6 +176,8 @@ def write_loop_config(
                 **serving,
                 "replay_n": 24,
                 "finetune_overrides": finetune_overrides,
+                # the loop's recipe (semlayout.train.recipe.AdaptConfig), sized for the test
+                "adaptation": adaptation or TINY_ADAPTATION,
                 "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
                 "tolerance": tolerance,
                 "min_improvement": 0.0,
@@ -173,6 +186,31 @@ def write_loop_config(
         )
     )
     return path
+
+
+def heldout_shards(pairs: Path, dest: Path) -> Path:
+    """Aligned and sharded as one split ("train"): a set only for scoring."""
+    from semlayout.data.align_folder import align_folder
+    from semlayout.data.shards import write_shards
+
+    align_folder(pairs, dest.with_name(dest.name + "-aligned"))
+    write_shards(dest.with_name(dest.name + "-aligned"), dest, val=0.0, test=0.0, seed=0)
+    return dest
+
+
+def heldout_gain(champion: Path, challenger: Path, shards: Path) -> dict[str, float]:
+    """Challenger minus champion on `shards`: SEM->Layout IoU and Layout->SEM SSIM."""
+    from semlayout.evaluation import evaluate_model
+
+    a, b = (
+        evaluate_model(m, shards, split="train", n_report_samples=0) for m in (champion, challenger)
+    )
+    return {
+        "sem2layout_iou": round(b["sem2layout"]["iou"] - a["sem2layout"]["iou"], 4),
+        "layout2sem_ssim": round(b["layout2sem"]["ssim"] - a["layout2sem"]["ssim"], 4),
+        "champion_iou": round(a["sem2layout"]["iou"], 4),
+        "challenger_iou": round(b["sem2layout"]["iou"], 4),
+    }
 
 
 # --------------------------------------------------------------------------- processes

@@ -27,6 +27,7 @@ import pytest
 from helpers_loop import (
     NEW_FAMILY,
     ORIG_MIX,
+    TINY_ADAPTATION,
     cli,
     e2e_env,
     png,
@@ -197,12 +198,8 @@ def test_low_confidence_stream_review_feedback_finetune(
                 "original_data_uri": str(original),
                 "config": str(cfg_path),
             },
-            finetune_overrides={
-                "train.lr": 5e-4,
-                "train.epochs": 24,
-                "train.decay_start_epoch": 12,
-                "train.num_threads": 1,
-            },
+            finetune_overrides={"train.num_threads": 1},
+            adaptation=TINY_ADAPTATION,  # the loop's recipe, sized for the tiny model
             tolerance=0.02,
         )
         chk = cli(["loop", "check", "--config", str(loop_cfg), "--json"], env, work)

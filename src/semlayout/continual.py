@@ -45,6 +45,7 @@ from semlayout.reviewed import (
     pending_pairs,
     qc_failed_ids,
 )
+from semlayout.train.recipe import AdaptConfig
 from semlayout.triggers import Observations, TriggerDecision, TriggerPolicy, decide
 
 
@@ -73,7 +74,13 @@ class LoopConfig(BaseModel):
     replay_n: int = Field(64, ge=0, description="original pairs mixed into the fine-tune set")
     config: str = Field("small", description="experiment config name or path for the run settings")
     finetune_overrides: dict[str, Any] = Field(
-        default_factory=lambda: {"train.lr": 5e-5, "train.epochs": 3, "train.decay_start_epoch": 1}
+        default_factory=dict,
+        description="experiment-config overrides for the fine-tune run (e.g. train.precision)",
+    )
+    adaptation: AdaptConfig = Field(
+        default_factory=lambda: AdaptConfig(),
+        description="the fine-tune recipe (semlayout.train.recipe; measured in "
+        "docs/adaptation.md)",
     )
     floors: dict[str, float] = Field(
         default_factory=dict, description="absolute SSIM floors per direction"

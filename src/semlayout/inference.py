@@ -156,6 +156,20 @@ def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any
     return cfg, nets, info
 
 
+def profile_views(
+    cfg: Any, nets: dict[str, Any], profile: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """The generators answering for `profile` (views sharing the weights) and the profile used:
+    None (the shared network) when no label is given or the model never learned it."""
+    from semlayout.models.unet import ProfileView
+    from semlayout.profiles import NONE, profile_index
+
+    row = profile_index(list(cfg.generator.profiles), profile)
+    if row == NONE:
+        return nets, None
+    return {name: ProfileView(net, row).eval() for name, net in nets.items()}, profile
+
+
 class Translator:
     """A loaded model that translates uint8 images in either direction (see module docstring)."""
 
@@ -185,8 +199,13 @@ class Translator:
         device: str = "cpu",
         num_threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        profile: str | None = None,
     ) -> Translator:
-        """Load a checkpoint folder or a `models:/NAME@ALIAS` / `models:/NAME/VERSION` URI."""
+        """Load a checkpoint folder or a `models:/NAME@ALIAS` / `models:/NAME/VERSION` URI.
+
+        `profile` (a tool / layer label, `semlayout.profiles`) selects that profile's
+        conditioning when the model learned it; otherwise the shared network answers
+        (`info["profile"]` says which: the label, or None)."""
         if backend not in BACKENDS:
             raise SemlayoutError(
                 f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}"
@@ -198,6 +217,12 @@ class Translator:
         ckpt, registry = resolve_model_path(model, tracking_uri)
         dev = torch.device(device)
         cfg, nets, meta = load_generators(ckpt, dev)
+        nets, used_profile = profile_views(cfg, nets, profile)
+        if used_profile is not None and backend == "onnx":
+            raise SemlayoutError(
+                f"profile {used_profile!r}: the onnx backend serves the shared network only; "
+                "use the eager backend for a tool / layer profile"
+            )
         size = cfg.generator.image_size
         info = {
             "source": str(model),
@@ -211,6 +236,8 @@ class Translator:
             "from_registry": registry,
             "polarities": list(cfg.polarity.serves),
             "polarity_conditioning": cfg.generator.polarity_conditioning,
+            "profiles": list(cfg.generator.profiles),
+            "profile": used_profile,
         }
         if backend in ("eager", "bf16"):
             dtype = torch.bfloat16 if backend == "bf16" else torch.float32

@@ -226,7 +226,9 @@ def log_curves(client: Any, run_id: str, folder: Path) -> int:
                     if key in ("epoch", "step") or isinstance(value, bool):
                         continue
                     if isinstance(value, int | float) and math.isfinite(float(value)):
-                        values.append(Metric(key, float(value), 0, int(rec["epoch"])))
+                        # a fine-tune's records are per evaluation (a step, no epoch)
+                        at = int(rec.get("epoch", rec.get("step", 0)))
+                        values.append(Metric(key, float(value), 0, at))
     for start in range(0, len(values), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=values[start : start + 1000])
     return len(values)

@@ -144,13 +144,18 @@ def train_champion(
     }
 
 
-# the fine-tune recipe for the tests' tiny 64 px models: no crops, a few hundred steps
+# the fine-tune recipe for the tests' tiny 64 px models: no crops, a few hundred steps, the raw
+# weights, and no forgetting budget while choosing (a 64 px model trained on a few dozen pairs
+# moves 0.03-0.05 SSIM on its original val pairs with any fine-tune; the gate still judges the
+# original test shard with the test's tolerance)
 TINY_ADAPTATION = {
     "steps": 240,
     "lr": 5e-4,
     "crop_size": None,
     "replay_fraction": 0.25,
     "eval_every": 40,
+    "ema_decay": 0.0,
+    "forget_budget": None,
 }
 
 

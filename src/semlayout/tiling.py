@@ -1,0 +1,124 @@
+"""Whole SEM fields and layouts larger than the network's window, by overlapping tiles.
+
+The generators were trained on 250 px crops (the template size) resized to their input size,
+so a field is cut into 250 px windows at its own pixel scale — never resized as a whole —
+translated in batches, and blended back: every window's output is weighted 1 in its middle
+and by a linear ramp over the `overlap` pixels at each side it shares with a neighbour, and
+the field is the weighted mean. Where one window alone covers a pixel the field is exactly that
+window's output; across a seam it fades from one window to the next, so there is no edge.
+
+Memory is bounded by the field (two float32 accumulators) plus one batch of windows; the
+windows are made and translated `batch_size` at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from semlayout.errors import SemlayoutError
+
+WINDOW = 250  # the template size the generators learned at (SEM crops, layouts)
+OVERLAP = 64
+
+# (B, h, w) uint8 windows -> (B, h, w) float32 outputs in [-1, 1]
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def tile_origins(length: int, window: int, overlap: int) -> list[int]:
+    """Start offsets of windows covering [0, length): stride `window - overlap`, the last one
+    flush with the end (so it may overlap its neighbour by more)."""
+    if length <= window:
+        return [0]
+    stride = window - overlap
+    starts = list(range(0, length - window, stride))
+    return [*starts, length - window]
+
+
+def _ramp(window: int, lo: bool, hi: bool, overlap: int) -> np.ndarray:
+    """(window,) weights: 1 inside, a ramp down over `overlap` px on the sides with a neighbour."""
+    w = np.ones(window, np.float32)
+    ramp = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)  # never 0
+    if lo:
+        w[:overlap] = ramp
+    if hi:
+        w[window - overlap :] = ramp[::-1]
+    return w
+
+
+def windows(shape: tuple[int, int], window: int, overlap: int) -> Iterator[tuple[int, int]]:
+    """(row, column) origins of the windows covering an image of `shape`, row by row."""
+    rows = tile_origins(shape[0], window, overlap)
+    cols = tile_origins(shape[1], window, overlap)
+    for r in rows:
+        for c in cols:
+            yield r, c
+
+
+def check_field(img: np.ndarray, max_side: int, window: int = WINDOW) -> None:
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise SemlayoutError(f"expected a 2-D uint8 image, got {img.dtype} {img.shape}")
+    if min(img.shape) < window:
+        raise SemlayoutError(
+            f"a field is tiled in {window} px windows: {img.shape[1]}x{img.shape[0]} px is "
+            f"smaller than one window on a side"
+        )
+    if max(img.shape) > max_side:
+        raise SemlayoutError(
+            f"{img.shape[1]}x{img.shape[0]} px is larger than the {max_side} px limit for a "
+            "field (SEMLAYOUT_MAX_FIELD_SIDE / --max-field-side)"
+        )
+
+
+def translate_field(
+    img: np.ndarray,
+    forward: Forward,
+    window: int = WINDOW,
+    overlap: int = OVERLAP,
+    batch_size: int = 8,
+    max_side: int = 2048,
+) -> np.ndarray:
+    """(H, W) uint8 field -> (H, W) float32 in [-1, 1]: `forward` on overlapping windows,
+    blended without seams."""
+    check_field(img, max_side, window)
+    if not 0 < overlap < window // 2:
+        raise SemlayoutError(f"overlap={overlap}: expected 1..{window // 2 - 1} px")
+    h, w = img.shape
+    acc = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
+    last_r, last_c = h - window, w - window
+    origins = list(windows((h, w), window, overlap))
+    for start in range(0, len(origins), max(1, batch_size)):
+        chunk = origins[start : start + batch_size]
+        batch = np.stack([img[r : r + window, c : c + window] for r, c in chunk])
+        out = np.asarray(forward(batch), np.float32)
+        if out.shape != batch.shape:
+            raise RuntimeError(f"forward returned {out.shape} for windows {batch.shape}")
+        for (r, c), o in zip(chunk, out, strict=True):
+            # a side has a neighbour unless the window touches the field's edge there
+            wr = _ramp(window, r > 0, r < last_r, overlap)
+            wc = _ramp(window, c > 0, c < last_c, overlap)
+            wt = wr[:, None] * wc[None, :]
+            acc[r : r + window, c : c + window] += o * wt
+            weight[r : r + window, c : c + window] += wt
+    return acc / weight
+
+
+def translator_forward(translator: object, direction: str) -> Forward:
+    """A `Translator`'s network as a `Forward`: each window resized to the network's input
+    size and back, in float (the field is quantised to uint8 once, after blending)."""
+    import cv2
+
+    tr: Any = translator
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        h, w = batch.shape[1:]
+        x = np.stack([tr.preprocess(im) for im in batch])[:, None]  # (B, 1, S, S)
+        y = tr.run_batch(direction, x)[:, 0]  # (B, S, S)
+        if y.shape[1:] == (h, w):
+            return y
+        return np.stack([cv2.resize(o, (w, h), interpolation=cv2.INTER_LINEAR) for o in y])
+
+    return forward

@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint typecheck bench images compile docker-test clean help
+.PHONY: install run test test-fast lint typecheck bench images compile docker-test docs-assets screenshots clean help
 
 help:
 	@echo "make install   create $(VENV) and install semlayout with its dev extras"
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m semlayout_pipelines.run_local $(RUN_ARGS)
+	$(BIN)/semlayout pipeline run $(RUN_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -53,6 +53,18 @@ docker-test: install
 
 compile: install
 	$(BIN)/semlayout pipeline compile --out outputs/pipelines
+
+# the browser tests, saving their screenshots in docs/images (compare page, dashboard, report,
+# API docs); the report pictured is outputs/latest/report.html when a `make run` made one
+screenshots: install
+	SEMLAYOUT_SCREENSHOT_DIR=$(CURDIR)/docs/images \
+	SEMLAYOUT_SCREENSHOT_REPORT=$(wildcard $(CURDIR)/outputs/latest/report.html) \
+	$(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_compare.py tests/test_docs_offline.py tests/test_operator_kit.py
+
+# re-vendor /docs and /redoc assets from their npm packages (pinned in the script; needs npm)
+docs-assets: install
+	$(BIN)/python tools/vendor_docs_assets.py
 
 clean:
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

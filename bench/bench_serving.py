@@ -98,7 +98,7 @@ def _start(ckpt: Path, backend: str, ref: Path, work: Path) -> tuple[subprocess.
             str(ref),
             "--db",
             str(work / f"monitor-{backend}.db"),
-            "--feedback-dir",
+            "--feedback-uri",
             str(work / "fb"),
             "--log-level",
             "warning",

@@ -70,6 +70,24 @@ def tree_sha256(folder: str | Path) -> str:
     return h.hexdigest()
 
 
+def run_name(pipeline_run: str, data_uri: str, data_sha: str, config: str) -> str:
+    """An MLflow run name a person can read: `training · pairs (1a2b3c4d) · small · 11:48`.
+
+    The pipeline comes from the KFP job name (`semlayout-training-2026-12-06-11-48-01-...`),
+    the data from its URI (a synthesised set: `synth`) and content hash."""
+    import re
+
+    m = re.match(r"semlayout-(\w+)-(\d{4}-\d{2}-\d{2})-(\d{2})-(\d{2})", pipeline_run or "")
+    pipeline = m.group(1) if m else (pipeline_run or "run")
+    when = f" · {m.group(2)} {m.group(3)}:{m.group(4)}" if m else ""
+    if data_uri.startswith("synth:"):  # synth:n=800,seed=0
+        data = "synth " + data_uri.split(":", 1)[1]
+    else:
+        data = Path(data_uri.rstrip("/")).name or data_uri
+    sha = f" ({data_sha[:8]})" if data_sha else ""
+    return f"{pipeline} · {data}{sha} · {config}{when}"
+
+
 def git_commit() -> str:
     """The code version: baked into the image as SEMLAYOUT_GIT_COMMIT, else asked of git."""
     import subprocess

@@ -1,6 +1,6 @@
 """Should a fine-tune run go ahead? The same decision `semlayout loop check` makes.
 
-`semlayout.continual.check` over the monitoring store, the API feedback folder, the S3 intake
+`semlayout.continual.check` over the monitoring store, the API feedback store, the S3 intake
 batches and the registry's champion (its promotion SSIM, for the SSIM-drop reasons).
 With no monitor DB (the caller — `semlayout loop run` — has already decided) or `force`,
 it proceeds and says so. The decision is recorded in the store. A bad policy is one
@@ -15,7 +15,7 @@ def drift_check(
     policy: str,
     force: bool,
     intake_uri: str = "",
-    feedback_dir: str = "",
+    feedback_uri: str = "",
     mlflow_uri: str = "",
     model_name: str = "semlayout",
 ) -> NamedTuple("Outputs", [("proceed", bool), ("reasons", str)]):
@@ -29,7 +29,7 @@ def drift_check(
     settings = {
         "policy": parse_json_object(policy, "trigger policy"),
         "intake_uri": intake_uri,
-        "feedback_dir": feedback_dir,
+        "feedback_uri": feedback_uri,
         "tracking_uri": mlflow_uri,
         "model_name": model_name,
     }
@@ -39,11 +39,13 @@ def drift_check(
         print(f"proceeding: {why}")
         return Outputs(True, json.dumps([why]))
 
-    from semlayout.monitoring.store import MonitorStore
+    from semlayout.continual import open_monitor_store
 
     decision, _ = check(cfg)
-    MonitorStore(cfg.monitor_db, create=False).record_trigger_decision(
-        decision.fire, decision.to_dict()
-    )
+    store = open_monitor_store(cfg)
+    try:
+        store.record_trigger_decision(decision.fire, decision.to_dict())
+    finally:
+        store.close()
     print(decision.summary())
     return Outputs(decision.fire, json.dumps([r.detail for r in decision.reasons]))

@@ -13,12 +13,14 @@ def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model:
     import subprocess
     import sys
     import tempfile
+    import time
     from pathlib import Path
 
     from semlayout_components.common import Stopwatch, load_experiment_config, read_json
 
     cfg = load_experiment_config(config, overrides)
     work = Path(tempfile.mkdtemp(prefix="semlayout-train-"))
+    started_ms = int(time.time() * 1000)
     with Stopwatch() as sw:
         if gpus > 1:
             cfg_file = work / "config.json"
@@ -43,11 +45,13 @@ def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model:
             from semlayout.train.loop import train as train_loop
 
             final = Path(train_loop(cfg, Path(shards.path), work / "run"))
-    # the artifact is the checkpoint folder (weights + config.json [+ onnx]) and the loss curves
+    ended_ms = int(time.time() * 1000)
+    # the artifact is the checkpoint folder (weights + config.json [+ onnx]) and the curves:
+    # per-epoch (history.json) and per-step (steps.jsonl)
     shutil.copytree(final, model.path, dirs_exist_ok=True)
-    history = work / "run" / "history.json"
-    if history.is_file():
-        shutil.copy2(history, Path(model.path) / "history.json")
+    for curves in ("history.json", "steps.jsonl"):
+        if (work / "run" / curves).is_file():
+            shutil.copy2(work / "run" / curves, Path(model.path) / curves)
     meta = read_json(Path(model.path) / "config.json")
     model.metadata.update(
         {
@@ -56,6 +60,8 @@ def train(shards: Input[Dataset], config: str, overrides: str, gpus: int, model:
             "epoch": meta.get("epoch"),
             "gpus": gpus,
             "seconds": sw.seconds,
+            "started_ms": started_ms,
+            "ended_ms": ended_ms,
         }
     )
     shutil.rmtree(work, ignore_errors=True)

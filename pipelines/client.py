@@ -76,7 +76,7 @@ def _client(host: str) -> Any:
 
     if not host.startswith(("http://", "https://")):
         raise SemlayoutError(
-            f"--host '{host}': expected the KFP API URL, e.g. http://ml-pipeline.kubeflow:8888"
+            f"--kfp-host '{host}': expected the KFP API URL, e.g. http://ml-pipeline.kubeflow:8888"
         )
     import warnings
 
@@ -122,6 +122,24 @@ def _package(name: str, image: str | None) -> Path:
 
     out = Path(tempfile.mkdtemp(prefix="semlayout-kfp-"))
     return compile_pipelines(out, (name,), image=image)[name]
+
+
+def plan(host: str, name: str, arguments: dict[str, Any], image: str | None) -> dict[str, Any]:
+    """What `submit` / `schedule` would send, checked and compiled, with nothing sent: the
+    host's form, the arguments against the pipeline's parameters, the package."""
+    if not host.startswith(("http://", "https://")):
+        raise SemlayoutError(
+            f"--kfp-host '{host}': expected the KFP API URL, e.g. http://ml-pipeline.kubeflow:8888"
+        )
+    check_arguments(name, arguments)
+    package = _package(name, image)
+    return {
+        "dry_run": True,
+        "kfp_host": host,
+        "pipeline": name,
+        "arguments": arguments,
+        "package": str(package),
+    }
 
 
 def submit(

@@ -53,6 +53,37 @@ def compile_pipelines(
         path = out / f"{name}.yaml"
         tmp = out / f".{name}.tmp.yaml"
         compiler.Compiler().compile(build(name, settings), str(tmp))
+        integer_defaults(tmp)
         os.replace(tmp, path)
         written[name] = path
     return written
+
+
+def integer_defaults(path: Path) -> int:
+    """KFP writes the default of an `int` parameter as a float (`n_synth: 200.0`), which reads
+    like a fractional setting in the UI and the YAML: write it back as the integer it is.
+    Returns the number of values changed. The rest of the file is kept as compiled."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(path.read_text()))
+    changed = 0
+
+    def visit(node: Any) -> None:
+        nonlocal changed
+        if isinstance(node, dict):
+            if node.get("parameterType") == "NUMBER_INTEGER":
+                value = node.get("defaultValue")
+                if isinstance(value, float) and value.is_integer():
+                    node["defaultValue"] = int(value)
+                    changed += 1
+            for child in node.values():
+                visit(child)
+        elif isinstance(node, list):
+            for child in node:
+                visit(child)
+
+    for doc in docs:
+        visit(doc)
+    if changed:
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return changed

@@ -129,6 +129,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
             on_cpu_pool(
                 c.track(
                     pairs=t_new.outputs["pairs"],
+                    shards=t_orig_sh.outputs["shards"],
                     model=t_ft.outputs["model"],
                     evaluation=t_eval.outputs["evaluation"],
                     report=t_eval.outputs["report"],
@@ -146,6 +147,7 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
                 on_cpu_pool(
                     c.register(
                         evaluation=t_eval.outputs["evaluation"],
+                        shards=t_mix.outputs["mixed"],
                         run_id=t_track.outputs["run_id"],
                         lineage=t_track.outputs["lineage"],
                         mlflow_uri=mlflow_uri,

@@ -4,7 +4,7 @@
 - no `kfp_host`: the fine-tune pipeline under kfp.local, pipeline root in the loop's run folder;
 - `kfp_host`: submitted to Kubeflow Pipelines. The reviewed pairs are a local folder in the
   loop's pod, so they are first uploaded to `$SEMLAYOUT_STAGING_URI/<run>/reviewed`
-  (s3://...), or, with no feedback folder, the S3 intake prefix is passed as is.
+  (s3://...), or, with no feedback store, the S3 intake prefix is passed as is.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def kfp_launcher(host: str) -> Callable[[Any], Any]:
             prefix = f"{req.run_dir.name}/reviewed"
             open_store(staging).upload_tree(req.reviewed_dir, prefix)
             reviewed_uri = f"{staging.rstrip('/')}/{prefix}"
-        elif req.cfg.intake_uri and not req.cfg.feedback_dir:
+        elif req.cfg.intake_uri and not req.cfg.feedback_uri:
             reviewed_uri = req.cfg.intake_uri
         else:
             raise SemlayoutError(

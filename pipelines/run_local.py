@@ -1,7 +1,7 @@
-"""`make run`: the training pipeline end to end on this machine, under kfp.local.
+"""`make run` / `semlayout pipeline run`: the training pipeline end to end on this machine,
+under kfp.local.
 
-    python -m semlayout_pipelines.run_local [--data URI] [--config small] [--n-synth N]
-        [--out outputs]
+    semlayout pipeline run [--data URI] [--config small] [--n-synth N] [--out outputs] [-v]
 
 Writes `outputs/runs/<timestamp>/` (the kfp pipeline root, summary.json, report.html,
 evaluation.json) and then points `outputs/latest` at it (a symlink swapped with one
@@ -12,11 +12,12 @@ failed, 2 bad input refused before the first step.
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from semlayout.atomic import atomic_symlink
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
+from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
 
 SUMMARY_METRIC_KEYS = (
     "l1",
@@ -116,35 +118,24 @@ def summarize(
     }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
+@dataclass
+class RunOptions:
+    """`semlayout pipeline run` / `make run` options (semlayout_pipelines.cmd_pipeline)."""
 
-    p = argparse.ArgumentParser(
-        prog="python -m semlayout_pipelines.run_local", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--data", default="", help="pair folder or s3:// URI; empty: synthesise --n-synth pairs"
-    )
-    p.add_argument("--config", default="small", help="a name in configs/ or a config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. --set train.epochs=2 (repeatable)",
-    )
-    p.add_argument("--n-synth", type=int, default=800)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="outputs", help="output root (runs/, latest, mlflow/)")
-    p.add_argument("--mlflow-uri", default="", help="default: sqlite:///<out>/mlflow/mlflow.db")
-    p.add_argument("--experiment", default="semlayout")
-    p.add_argument("--model-name", default="semlayout")
-    p.add_argument("--floor-sem2layout", type=float, default=DEFAULT_FLOORS["sem2layout"])
-    p.add_argument("--floor-layout2sem", type=float, default=DEFAULT_FLOORS["layout2sem"])
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
-    p.add_argument("--min-qc-pass", type=float, default=0.5)
-    return p.parse_args(argv)
+    data: str = ""
+    config: str = "small"
+    overrides: list[str] = field(default_factory=list)
+    n_synth: int = 800
+    seed: int = 0
+    out: Path = Path("outputs")
+    tracking_uri: str = ""
+    experiment: str = "semlayout"
+    model_name: str = "semlayout"
+    floor_sem2layout: float = DEFAULT_FLOORS["sem2layout"]
+    floor_layout2sem: float = DEFAULT_FLOORS["layout2sem"]
+    tolerance: float = DEFAULT_TOLERANCE
+    min_qc_pass: float = 0.5
+    verbose: bool = False
 
 
 def overrides_json(pairs: list[str]) -> str:
@@ -159,7 +150,7 @@ def overrides_json(pairs: list[str]) -> str:
     return json.dumps(out) if out else ""
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: RunOptions) -> int:
     from semlayout_pipelines import validate
     from semlayout_pipelines.cluster import ClusterSettings
     from semlayout_pipelines.local import run_pipeline
@@ -176,9 +167,12 @@ def run(args: argparse.Namespace) -> int:
     )
     data_uri = data_info["path"] if data_info["kind"] == "folder" else args.data
 
+    if not args.verbose:  # MLflow's database set-up notes are not the user's business
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     mlflow_uri, artifact_root = mlflow_locations(out)
-    mlflow_uri = args.mlflow_uri or mlflow_uri
-    if not args.mlflow_uri:
+    mlflow_uri = args.tracking_uri or mlflow_uri
+    if not args.tracking_uri:
         ensure_experiment(mlflow_uri, args.experiment, artifact_root)
     run_dir = new_run_dir(out)
     params = {
@@ -196,17 +190,20 @@ def run(args: argparse.Namespace) -> int:
         "min_qc_pass": args.min_qc_pass,
     }
     print(f"semlayout: training pipeline under kfp.local -> {run_dir}", flush=True)
+    if not args.verbose:
+        print(f"  (each step's log: {run_dir / 'logs'}/<step>.log; --verbose streams them)")
     t_start = time.perf_counter()
     # retries are for a cluster's transient failures; here a failure is deterministic: fail fast
     local_settings = ClusterSettings.from_env(retries=0)
-    result = run_pipeline(build_training_pipeline(local_settings), run_dir / "pipeline", **params)
+    result = run_pipeline(
+        build_training_pipeline(local_settings),
+        run_dir / "pipeline",
+        log_dir=run_dir / "logs",
+        verbose=args.verbose,
+        **params,
+    )
     if result.error:
-        failed = result.failed_task or "?"
-        print(
-            f"error: the pipeline failed at step '{failed}' (its log is above): {result.error}",
-            file=sys.stderr,
-        )
-        (run_dir / "FAILED").write_text(f"step {failed}: {result.error}\n")
+        _report_failure(result, run_dir, args.verbose)
         return 1
 
     from semlayout_components.common import read_json, write_json
@@ -225,6 +222,21 @@ def run(args: argparse.Namespace) -> int:
     latest = point_latest(out, run_dir)
     _print_where(summary, latest, mlflow_uri, artifact_root)
     return 0
+
+
+def _report_failure(result: Any, run_dir: Path, verbose: bool) -> None:
+    """The failed step, the end of its log (the whole log is a path away) and RUN/FAILED."""
+    failed = result.failed_task or "?"
+    log = run_dir / "logs" / f"{failed}.log"
+    if not verbose and log.is_file():
+        tail = log.read_text(errors="replace").rstrip().splitlines()[-20:]
+        print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+    where = "above" if verbose else str(log)
+    print(
+        f"error: the pipeline failed at step '{failed}' (its log: {where}): {result.error}",
+        file=sys.stderr,
+    )
+    (run_dir / "FAILED").write_text(f"step {failed}: {result.error}\n")
 
 
 def _print_where(
@@ -257,12 +269,10 @@ def _print_where(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except SemlayoutError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """`python -m semlayout_pipelines.run_local ARGS` = `semlayout pipeline run ARGS`."""
+    from semlayout.cli import main as cli_main
+
+    return cli_main(["pipeline", "run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

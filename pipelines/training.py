@@ -107,6 +107,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
             on_cpu_pool(
                 c.track(
                     pairs=t_ingest.outputs["pairs"],
+                    shards=t_shard.outputs["shards"],
                     model=t_train.outputs["model"],
                     evaluation=t_eval.outputs["evaluation"],
                     report=t_eval.outputs["report"],
@@ -124,6 +125,7 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
                 on_cpu_pool(
                     c.register(
                         evaluation=t_eval.outputs["evaluation"],
+                        shards=t_shard.outputs["shards"],
                         run_id=t_track.outputs["run_id"],
                         lineage=t_track.outputs["lineage"],
                         mlflow_uri=mlflow_uri,

@@ -12,7 +12,12 @@ from the project's synth on purpose:
   exponential from one side), Poisson shot noise at a random dose (down to ~2
   electrons/pixel), scan-line banding and 8-bit clipping;
 * a few genuinely unalignable pairs: a blank SEM, or a template cut from
-  another field (``wrong_template``) — the right answer there is a QC reject.
+  another field (``wrong_template``) — the right answer there is a QC reject;
+* optional (off by default, so the default pairs never change): a ``grating``
+  family (textbook line/space, regular pitch, always imaged with normal
+  contrast), and a stage that rotates (up to ``max_rotation`` degrees) and
+  scales (up to ``max_scale`` relative error) the field and drops bright dust
+  particles on a share of the samples (``p_particles``).
 
 Each pair carries the layout *field* under the whole SEM, so correctness is
 judged as in the acceptance criterion: the field under the SEM at the reported
@@ -22,6 +27,7 @@ offset equals the template (>= 99.5% of pixels).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,6 +35,7 @@ import numpy as np
 SEM = 304
 TPL = 250
 FAMILIES = ("comb", "sram", "contacts", "isolated", "serpentine")
+EXTRA_FAMILIES = ("grating",)
 
 
 @dataclass
@@ -44,6 +51,8 @@ class SimPair:
     kind: str = "normal"  # normal | blank_sem | wrong_template
     dose: float = 0.0
     polarity: int = 1  # +1 features bright, -1 dark
+    # 2x3 map sample -> SEM pixel of the stage distortion (None: the identity)
+    warp: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -143,7 +152,19 @@ def _serpentine(rng: np.random.Generator) -> np.ndarray:
     return f
 
 
+def _grating(rng: np.random.Generator) -> np.ndarray:
+    """Textbook line/space: straight lines, one pitch, one width, no defects."""
+    f = np.zeros((SEM, SEM), np.uint8)
+    pitch = int(rng.integers(12, 48))
+    w = int(round(pitch * rng.uniform(0.3, 0.7)))
+    phase = int(rng.integers(0, pitch))
+    for x0 in range(phase - pitch, SEM, pitch):
+        f[:, max(0, x0) : max(0, x0 + w)] = 1
+    return f
+
+
 _MAKERS = {
+    "grating": _grating,
     "comb": _comb,
     "sram": _sram,
     "contacts": _contacts,
@@ -164,8 +185,29 @@ def make_field(family: str, rng: np.random.Generator) -> np.ndarray:
 # ----------------------------------------------------------------------------- SEM model
 
 
+def _stage(
+    signal: np.ndarray, rng: np.random.Generator, warp: np.ndarray | None, n_particles: int
+) -> np.ndarray:
+    """Dust on the sample (bright discs with a halo), then the stage's rotation/scale."""
+    yy, xx = np.mgrid[0:SEM, 0:SEM].astype(np.float32)
+    for _ in range(n_particles):
+        cx, cy, r = rng.uniform(0, SEM), rng.uniform(0, SEM), rng.uniform(2.5, 10.0)
+        d = np.hypot(xx - cx, yy - cy)
+        disc = np.clip(r + 0.5 - d, 0, 1)
+        signal = signal * (1 - disc) + disc * rng.uniform(0.9, 1.3)
+        signal = signal + 0.25 * np.exp(-np.clip(d - r, 0, None) / 1.5) * (d > r)
+    if warp is not None:
+        signal = cv2.warpAffine(signal, warp, (SEM, SEM), borderMode=cv2.BORDER_REFLECT_101)
+    return signal
+
+
 def render_sem(
-    field: np.ndarray, rng: np.random.Generator, polarity: int, dose: float
+    field: np.ndarray,
+    rng: np.random.Generator,
+    polarity: int,
+    dose: float,
+    warp: np.ndarray | None = None,
+    n_particles: int = 0,
 ) -> np.ndarray:
     f = field.astype(np.float32)
     inside = cv2.distanceTransform(field.astype(np.uint8), cv2.DIST_L2, 3)
@@ -180,6 +222,8 @@ def render_sem(
         0.3 * np.exp(-(outside - 0.5) / (0.5 * bloom_w)),
     )
     signal = 0.35 + material * f + bloom * edge
+    if warp is not None or n_particles:
+        signal = _stage(signal.astype(np.float32), rng, warp, n_particles)
     core = float(rng.uniform(0.7, 2.2))
     tail = float(rng.uniform(4.0, 8.0))
     mix = float(rng.uniform(0.0, 0.35))
@@ -206,35 +250,63 @@ def render_sem(
 
 
 def make_pair(
-    i: int, rng: np.random.Generator, p_unalignable: float = 0.04, p_reversed: float = 0.2
+    i: int,
+    rng: np.random.Generator,
+    p_unalignable: float = 0.04,
+    p_reversed: float = 0.2,
+    families: tuple[str, ...] = FAMILIES,
+    max_rotation: float = 0.0,
+    max_scale: float = 0.0,
+    p_particles: float = 0.0,
+    p_reversed_grating: float = 0.0,
 ) -> SimPair:
-    family = FAMILIES[i % len(FAMILIES)]
+    family = families[i % len(families)]
     field = make_field(family, rng)
-    x, y = int(rng.integers(0, SEM - TPL + 1)), int(rng.integers(0, SEM - TPL + 1))
+    m = 7 if (max_rotation or max_scale) else 0  # the turned template stays inside the SEM
+    x, y = int(rng.integers(m, SEM - TPL + 1 - m)), int(rng.integers(m, SEM - TPL + 1 - m))
     # dense contact holes image dark (reversed) most of the time
-    p_rev = 0.7 if family == "contacts" else p_reversed
+    p_rev = {"contacts": 0.7, "grating": p_reversed_grating}.get(family, p_reversed)
     polarity = -1 if rng.random() < p_rev else 1
     dose = float(np.exp(rng.uniform(np.log(2.5), np.log(60.0))))
     layout = (field[y : y + TPL, x : x + TPL] * 255).astype(np.uint8)
     pair_id = f"{family}-{i:05d}"
     kind = "normal"
+    warp = None
     if rng.random() < p_unalignable:
         kind = "blank_sem" if rng.random() < 0.4 else "wrong_template"
     if kind == "blank_sem":
         level = int(rng.integers(20, 230))
         sem = np.clip(level + rng.normal(0, 0.4, (SEM, SEM)), 0, 255).astype(np.uint8)
     else:
-        sem = render_sem(field, rng, polarity, dose)
+        n_particles = 0
+        if max_rotation or max_scale:
+            angle = float(rng.uniform(-max_rotation, max_rotation))
+            scale = 1.0 + float(rng.uniform(-max_scale, max_scale))
+            warp = cv2.getRotationMatrix2D(((SEM - 1) / 2, (SEM - 1) / 2), angle, scale)
+        if p_particles and rng.random() < p_particles:
+            n_particles = int(rng.integers(1, 5))
+        sem = render_sem(field, rng, polarity, dose, warp, n_particles)
     if kind == "wrong_template":
         other = make_field(family, rng)  # same family, different field: looks plausible
         ox, oy = int(rng.integers(0, SEM - TPL + 1)), int(rng.integers(0, SEM - TPL + 1))
         layout = (other[oy : oy + TPL, ox : ox + TPL] * 255).astype(np.uint8)
     return SimPair(
-        pair_id, family, sem, layout, field, x, y, kind == "normal", kind, dose, polarity
+        pair_id,
+        family,
+        sem,
+        layout,
+        field,
+        x,
+        y,
+        kind == "normal",
+        kind,
+        dose,
+        polarity,
+        warp if kind != "blank_sem" else None,
     )
 
 
-def make_pairs(n: int, seed: int = 0, **kw: float) -> list[SimPair]:
+def make_pairs(n: int, seed: int = 0, **kw: Any) -> list[SimPair]:
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < n:
@@ -260,13 +332,66 @@ def placement_right(
     return float(np.mean(under != (layout > 0))) <= tol
 
 
-def judge(pairs: list[SimPair], results: list) -> dict[str, float]:
+def placement_right_mapped(
+    field: np.ndarray,
+    layout: np.ndarray,
+    tpl_to_sem: np.ndarray,
+    warp: np.ndarray | None = None,
+    tol: float = 0.005,
+) -> bool:
+    """The judgement under a field distortion. `tpl_to_sem` (2x3) maps a template pixel to
+    the SEM pixel the aligner puts it on, `warp` (2x3) a field pixel to the SEM pixel that
+    images it. Right when the template agrees with the field within about a pixel: for all
+    but `tol` of the template's pixels, the field holds the same value within one pixel
+    (3x3) of where the pixel lands. A shift along a pattern's invariance (a line's own
+    direction, a whole pitch) is right, as it is for `placement_right`."""
+    if warp is None:
+        warp = np.float64([[1, 0, 0], [0, 1, 0]])
+    inv = cv2.invertAffineTransform(np.asarray(warp, np.float64))
+    to_sem = np.asarray(tpl_to_sem, np.float64)
+    m = inv[:, :2] @ to_sem[:, :2]
+    t = inv[:, :2] @ to_sem[:, 2] + inv[:, 2]
+    h, w = layout.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    fx = np.rint(m[0, 0] * xs + m[0, 1] * ys + t[0]).astype(int)
+    fy = np.rint(m[1, 0] * xs + m[1, 1] * ys + t[1]).astype(int)
+    inside = (fx >= 0) & (fx < field.shape[1]) & (fy >= 0) & (fy < field.shape[0])
+    k = np.ones((3, 3), np.uint8)
+    any_on = (
+        cv2.dilate(field.astype(np.uint8), k)[
+            fy.clip(0, field.shape[0] - 1), fx.clip(0, field.shape[1] - 1)
+        ]
+        > 0
+    )
+    any_off = (
+        cv2.erode(field.astype(np.uint8), k)[
+            fy.clip(0, field.shape[0] - 1), fx.clip(0, field.shape[1] - 1)
+        ]
+        == 0
+    )
+    on = layout > 0
+    agree = inside & np.where(on, any_on, any_off)
+    return float(1.0 - agree.mean()) <= tol
+
+
+def judge(pairs: list[SimPair], results: list, to_sem: list | None = None) -> dict[str, float]:
     """right: placement right (alignable) or rejected (unalignable);
-    wrong_passed: QC passed and not right."""
+    wrong_passed: QC passed and not right. `to_sem`: per result, its 2x3 template -> SEM map
+    (for aligners that correct a field distortion; default: the offset (x, y))."""
     n = len(pairs)
     right = wrong_passed = passed_right = 0
-    for p, r in zip(pairs, results, strict=True):
-        ok = p.alignable and placement_right(p.field, p.layout, r.x, r.y)
+    for i, (p, r) in enumerate(zip(pairs, results, strict=True)):
+        if to_sem is None and p.warp is None:
+            ok = p.alignable and placement_right(p.field, p.layout, r.x, r.y)
+        else:
+            m = to_sem[i] if to_sem is not None else None
+            if m is None and r.x is not None:
+                m = np.float64([[1, 0, r.x], [0, 1, r.y]])
+            ok = (
+                p.alignable
+                and m is not None
+                and placement_right_mapped(p.field, p.layout, m, p.warp)
+            )
         if ok or (not p.alignable and not r.qc_pass):
             right += 1
         if r.qc_pass and not ok:

@@ -13,7 +13,7 @@ import pytest
 from independent_sim import judge, make_pairs, placement_right
 
 from semlayout.cli import main as cli_main
-from semlayout.data.align import AlignConfig, align_pair, plain_ncc
+from semlayout.data.align import AlignConfig, AlignResult, align_pair, aligned_crop, plain_ncc
 from semlayout.data.align_folder import align_folder
 from semlayout.data.align_maps import model_dist2, shift_stats
 from semlayout.data.alignment_table import ALIGNMENT_COLUMNS, read_alignment_table
@@ -314,9 +314,17 @@ def test_align_folder_writes_the_contract(sim_folder, tmp_path):
     for m in manifest:
         p, r = truth[m["id"]], by_id[m["id"]]
         x, y = int(r["x"]), int(r["y"])
-        assert placement_right(p.field, p.layout, x, y)
+        rot, scale = float(r["rotation_deg"]), float(r["scale"])
         sem = cv2.imread(str(out / m["sem_path"]), cv2.IMREAD_UNCHANGED)
-        assert sem.shape == (250, 250) and np.array_equal(sem, p.sem[y : y + 250, x : x + 250])
+        assert m["polarity"] == r["polarity"] in ("1", "-1")
+        assert m["polarity_source"] == r["polarity_source"] in ("pair", "prior")
+        assert m["polarity_margin"] == r["polarity_margin"] and float(r["polarity_margin"]) >= 0
+        if (rot, scale) == (0.0, 1.0):
+            assert placement_right(p.field, p.layout, x, y)
+            assert sem.shape == (250, 250) and np.array_equal(sem, p.sem[y : y + 250, x : x + 250])
+        else:  # a distortion was undone: the crop is the SEM resampled into the layout's frame
+            res = AlignResult(x=x, y=y, rotation_deg=rot, scale=scale)
+            assert np.array_equal(sem, aligned_crop(p.sem, res, p.layout.shape))
         clean = cv2.imread(str(out / m["clean_path"]), cv2.IMREAD_UNCHANGED)
         assert clean.shape == (250, 250)
         assert np.array_equal(

@@ -13,10 +13,12 @@ import time
 import zlib
 from pathlib import Path
 
+import helpers_postgres as hp
 import pytest
 from helpers_eval import make_tiny_checkpoint
 
 CLI = [sys.executable, "-m", "semlayout.cli"]
+postgres, pg_url = hp.postgres, hp.pg_url
 
 
 def run(
@@ -96,6 +98,7 @@ def test_outputs_that_would_destroy_an_input_are_refused(tmp_path, ckpt, sem_dir
     assert tree(model) == before
 
     store = tmp_path / "store"
+    store.mkdir()  # a destination without a scheme must be an existing folder
     up = run("intake", "upload", tiny_pairs, "--to", store, "--skip-invalid", "--quiet")
     assert up.returncode == 0, up.stderr
     kept = tree(store)
@@ -353,3 +356,36 @@ def test_help_and_bare_groups_still_print_help(capsys):
     assert main(["registry"]) == 2  # a group without a command shows its commands, as click does
     assert "approve" in capsys.readouterr().out
     assert main(["version"]) == 0
+
+
+def test_db_is_a_path_or_a_url_wherever_a_command_takes_it(tmp_path, pg_url):
+    """`--db postgresql://...` (or SEMLAYOUT_MONITOR_DB) is a server for serve, monitor and loop,
+    never a relative file `postgresql:/...`; an unreachable one is one line without its
+    password; a reachable one answers."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"postgresql://u:topsecret@127.0.0.1:{s.getsockname()[1]}/monitor"
+    for argv in (
+        ["monitor", "summary", "--db", closed],
+        ["monitor", "fsck", "--db", closed, "--feedback-uri", str(tmp_path / "fb")],
+        ["loop", "check", "--db", closed],
+        ["serve", "--model", "nowhere", "--db", closed, "--port", "18767"],
+    ):
+        line = refused(run(*argv, cwd=tmp_path, timeout=60))
+        assert "topsecret" not in line, line
+    refused(run("monitor", "summary", cwd=tmp_path, env={"SEMLAYOUT_MONITOR_DB": closed}))
+    assert not any(tmp_path.iterdir()), "nothing created: a URL is not a path"
+
+    from semlayout.monitoring.store import MonitorStore
+
+    store = MonitorStore(pg_url)
+    store.record_trigger_decision(True, {"reasons": ["test"]})
+    store.close()
+    res = run("monitor", "summary", "--json", env={"SEMLAYOUT_MONITOR_DB": pg_url})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["last_trigger"] and out["db"].startswith("postgresql://postgres@127.0.0.1:")
+    res = run("loop", "check", "--db", pg_url, "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["observations"]["drift_samples"] == 0

@@ -287,7 +287,7 @@ def test_drift_check_makes_the_loop_checks_decision(
             "policy": policy,
             "monitor_db": str(db),
             "intake_uri": intake,
-            "feedback_dir": str(tmp_path / "feedback"),
+            "feedback_uri": str(tmp_path / "feedback"),
             "tracking_uri": sqlite_tracking_uri,
             "model_name": "dc",
         },
@@ -298,7 +298,7 @@ def test_drift_check_makes_the_loop_checks_decision(
         policy=json.dumps(policy),
         force=False,
         intake_uri=intake,
-        feedback_dir=str(tmp_path / "feedback"),
+        feedback_uri=str(tmp_path / "feedback"),
         mlflow_uri=sqlite_tracking_uri,
         model_name="dc",
     ).outputs

@@ -290,6 +290,13 @@ def test_download_batches_makes_one_pair_folder(synth_folder, tmp_path, s3_bucke
 def test_local_folder_target_and_cli_download(synth_folder, tmp_path, capsys):
     src, ok, _ = synth_folder
     target = tmp_path / "bucket"
+    # no scheme and no such folder: refused (it would be a bucket name meant for S3)
+    code, _, err = _cli(
+        ["intake", "upload", str(subset(src, tmp_path / "p0", ok[:1])), "--to", "fab-data/rev"],
+        capsys,
+    )
+    assert code == 2 and "s3://fab-data/rev" in err and not Path("fab-data").exists()
+    target.mkdir()
     code, out, err = _cli(
         [
             "intake",

@@ -225,6 +225,56 @@ def test_serve_command_default_port_matches() -> None:
     assert default == 8000
 
 
+def test_serving_replicas_share_the_postgres_store_and_the_s3_feedback(
+    rendered: list[dict],
+) -> None:
+    """No state of a pod's own: >= 2 replicas, the monitoring store a postgresql:// URL without
+    credentials (libpq reads PGUSER / PGPASSWORD from the secret), feedback in S3, no volume
+    but /tmp; the drift CronJob reads the same store and bucket, and PostgreSQL admits both."""
+    from semlayout.continual import LoopConfig
+    from semlayout.monitoring.database import parse_db
+    from semlayout.serving.settings import ServeSettings
+
+    cm = by_kind(rendered, "ConfigMap")["semlayout-config"]["data"]
+    db = parse_db(cm["SEMLAYOUT_MONITOR_DB"])
+    assert db.kind == "postgresql" and db.url.password is None and db.url.username is None
+    assert db.url.host == "postgres.semlayout.svc.cluster.local"
+    assert cm["SEMLAYOUT_FEEDBACK_URI"].startswith("s3://")
+    settings = ServeSettings(
+        **{
+            k.removeprefix("SEMLAYOUT_").lower(): v
+            for k, v in cm.items()
+            if k in ("SEMLAYOUT_MONITOR_DB", "SEMLAYOUT_FEEDBACK_URI")
+        }
+    )
+    assert settings.feedback_uri == cm["SEMLAYOUT_FEEDBACK_URI"]
+    init = by_kind(rendered, "ConfigMap")["postgres-initdb"]["data"]["monitor.sql"]
+    assert f"CREATE DATABASE {db.url.database}" in init
+    serve = by_kind(rendered, "Deployment")["semlayout-serve"]
+    cj = by_kind(rendered, "CronJob")["semlayout-drift-check"]
+    assert serve["spec"]["replicas"] >= 2
+    assert not by_kind(rendered, "PersistentVolumeClaim"), "no shared volume for the monitors"
+    for doc in (serve, cj):
+        (c,) = pod_spec(doc)["containers"]
+        env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
+        assert env["PGUSER"] == {"name": "semlayout-postgres", "key": "POSTGRES_USER"}
+        assert env["PGPASSWORD"] == {"name": "semlayout-postgres", "key": "POSTGRES_PASSWORD"}
+        sources = [s.get("secretRef", s.get("configMapRef", {}))["name"] for s in c["envFrom"]]
+        assert {"semlayout-config", "semlayout-s3"} <= set(sources)
+        assert [m["mountPath"] for m in c["volumeMounts"] if m["name"] != "loop-config"] == ["/tmp"]
+    loop = LoopConfig.model_validate(
+        yaml.safe_load(by_kind(rendered, "ConfigMap")["semlayout-config"]["data"]["loop.yaml"])
+    )
+    assert loop.feedback_uri == cm["SEMLAYOUT_FEEDBACK_URI"]
+    policy = by_kind(rendered, "NetworkPolicy")["postgres-clients"]
+    admitted = {
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        for rule in policy["spec"]["ingress"]
+        for p in rule["from"]
+    }
+    assert {"semlayout-serve", "semlayout-drift-check", "mlflow"} <= admitted
+
+
 def test_drift_cronjob_runs_the_loop_with_a_valid_config(rendered: list[dict]) -> None:
     from semlayout.continual import LoopConfig
 

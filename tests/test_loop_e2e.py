@@ -454,6 +454,7 @@ def test_intake_batches_count_as_new_pairs(tmp_path: Path, tiny_pairs: Path) -> 
     from semlayout.monitoring.store import MonitorStore
 
     uri = str(tmp_path / "intake")
+    (tmp_path / "intake").mkdir()  # a destination without a scheme is an existing folder
     res = upload_batch(tiny_pairs, uri, skip_invalid=True, progress=False)
     assert res.n_pairs > 0
     MonitorStore(tmp_path / "monitor.db").close()

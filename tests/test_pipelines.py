@@ -53,7 +53,7 @@ def test_training_dag_order_and_artifacts(compiled: dict) -> None:
     assert deps["shard"] == {"align-qc"}
     assert deps["train"] == {"shard"}
     assert deps["evaluate"] == {"shard", "train"}
-    assert deps["track"] == {"evaluate", "ingest", "train"}
+    assert deps["track"] == {"evaluate", "ingest", "shard", "train"}
 
     # artifacts passed between steps, by name and producer
     def src(task: str, name: str) -> tuple[str, str]:
@@ -246,7 +246,7 @@ def test_cli_schedule_rejects_bad_cron_before_network() -> None:
             "semlayout.cli",
             "pipeline",
             "schedule",
-            "--host",
+            "--kfp-host",
             "http://127.0.0.1:9",
             "--cron",
             "0 2 * * *",
@@ -346,7 +346,12 @@ def test_local_run_gate_pass_registers_challenger_then_gate_fail_registers_nothi
     tracking = f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"
     assert s1["mlflow"]["tracking_uri"] == tracking
     client = MlflowClient(tracking_uri=tracking)
-    assert str(client.get_model_version_by_alias("semlayout", "challenger").version) == "1"
+    mv = client.get_model_version_by_alias("semlayout", "challenger")
+    assert str(mv.version) == "1"
+    # the drift reference of the run's training shards travels with the version
+    assert mv.tags["drift_reference"] == "drift"
+    logged = {a.path for a in client.list_artifacts(mv.run_id, "drift")}
+    assert logged == {"drift/reference_stats.json", "drift/drift_calibration.json"}
     html = (out / "latest" / "report.html").read_text()
     assert "<html" in html.lower() and f"{s1['metrics']['sem2layout']['ssim']:.4f}" in html
     first_run = (out / "latest").resolve()
@@ -532,7 +537,7 @@ def test_cli_submit_errors_are_one_line(extra: list[str], needle: str) -> None:
             "semlayout.cli",
             "pipeline",
             "submit",
-            "--host",
+            "--kfp-host",
             f"http://127.0.0.1:{port}",
             *extra,
         ],

@@ -26,11 +26,13 @@ from helpers_serving import (
 from prometheus_client.parser import text_string_to_metric_families
 from skimage.metrics import structural_similarity
 
-from semlayout.data.pairs import read_gray8, read_manifest
+from semlayout.data.pairs import decode_gray8, read_gray8, read_manifest
 from semlayout.inference import Translator
+from semlayout.monitoring.feedback import feedback_rows
 from semlayout.monitoring.store import MonitorStore
 from semlayout.serving.app import create_app
 from semlayout.serving.settings import ServeSettings
+from semlayout.storage import open_store
 
 API, ADMIN = "test-api-token-1", "test-admin-token-2"
 
@@ -52,7 +54,7 @@ def server(data, ckpt, tmp_path_factory):
         model=str(ckpt),
         reference=data["shards"] / "reference_stats.json",
         monitor_db=work / "monitor.db",
-        feedback_dir=work / "feedback",
+        feedback_uri=work / "feedback",
         api_token=API,
         admin_token=ADMIN,
         poll_interval_s=0,
@@ -167,7 +169,7 @@ def test_ground_truth_gives_quality_metrics(server, data):
     assert s["quality"]["sem2layout"]["n"] >= 1 and s["quality"]["sem2layout"]["ssim"] is not None
 
 
-def test_feedback_is_stored_as_a_pair_folder(server, data):
+def test_feedback_is_stored_as_objects_and_rows(server, data):
     url = server["url"]
     auth = {"Authorization": f"Bearer {API}"}
 
@@ -201,12 +203,16 @@ def test_feedback_is_stored_as_a_pair_folder(server, data):
     noise = np.random.default_rng(3).integers(0, 256, (304, 304), dtype=np.uint8)
     unaligned = post(noise, sent[1][2])
     assert unaligned.status_code == 422 and "align" in unaligned.json()["detail"], unaligned.text
-    recs = {rec.id: rec for rec in read_manifest(server["settings"].feedback_dir)}
-    assert set(recs) == {s[0] for s in sent}
+    store = MonitorStore(server["settings"].monitor_db)
+    rows = {r.id: r for r in feedback_rows(store)}
+    store.close()
+    assert set(rows) == {s[0] for s in sent}
+    objects = open_store(server["settings"].feedback_uri)
     for pid, sem, lay in sent:
-        assert np.array_equal(read_gray8(recs[pid].sem_path, (304, 304)), sem)
-        assert np.array_equal(read_gray8(recs[pid].layout_path, (250, 250)), lay)
-        assert recs[pid].pattern_type == "line_space"
+        assert np.array_equal(decode_gray8(objects.get_bytes(rows[pid].sem_path)), sem)
+        assert np.array_equal(decode_gray8(objects.get_bytes(rows[pid].layout_path)), lay)
+        assert rows[pid].pattern_type == "line_space"
+    assert len(objects.list("objects/")) == 4, "nothing of the refused posts was written"
     assert httpx.get(f"{url}/v1/monitoring/summary").json()["feedback_count"] == 2
 
 
@@ -261,7 +267,7 @@ def test_serve_and_monitor_commands(data, ckpt, tmp_path):
             str(data["shards"] / "reference_stats.json"),
             "--db",
             str(db),
-            "--feedback-dir",
+            "--feedback-uri",
             str(tmp_path / "fb"),
             "--log-level",
             "warning",
@@ -327,6 +333,10 @@ def test_serve_and_monitor_commands(data, ckpt, tmp_path):
     text = html.read_text()
     assert text.lstrip().lower().startswith("<!doctype html>")
     assert "laplacian_var" in text and "edge_density" in text  # the per-image feature columns
+    # it says which model served the window, and when
+    assert res["model_versions"] and res["from"] <= res["to"]
+    header = text.split('id="semlayout-header"', 1)[1].split("</div>", 1)[0]
+    assert f"model version {res['model_versions'][0]}" in header and res["from"] in header
     bad = subprocess.run(
         [
             sys.executable,

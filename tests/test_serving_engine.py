@@ -115,3 +115,21 @@ def test_engine_errors_and_forced_reload(ckpt, tmp_path):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(SemlayoutError, match="cannot resolve"):
         load_model("models:/nothing@champion", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_drift_detectors_come_with_the_model_or_the_override(ckpt, tiny_shards, caplog):
+    """No reference registered and no override: no detectors, and a warning says drift checks
+    are off (not silently); an override serves every model the engine loads, kept across a
+    reload without being rebuilt."""
+    from semlayout.monitoring.drift import DriftOptions
+
+    with caplog.at_level("WARNING", logger="semlayout.serving"):
+        bare = InferenceEngine.load(str(ckpt))
+    assert bare.current.detectors == {} and bare.current.drift_source is None
+    assert "drift checks are off" in caplog.text
+    engine = InferenceEngine.load(str(ckpt), drift=DriftOptions(override=tiny_shards))
+    first = engine.current.detectors
+    assert set(first) == {"sem2layout", "layout2sem"}
+    assert engine.current.drift_source == f"override {tiny_shards}"
+    engine.reload(force=True)
+    assert engine.current.detectors is first

@@ -3,6 +3,8 @@ never a 5xx, and the server keeps serving afterwards."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import pytest
@@ -29,7 +31,7 @@ def url(ckpt, tmp_path_factory):
     settings = ServeSettings(
         model=str(ckpt),
         monitor_db=work / "m.db",
-        feedback_dir=work / "fb",
+        feedback_uri=work / "fb",
         api_token=API,
         admin_token=ADMIN,
         max_upload_bytes=LIMIT,
@@ -337,7 +339,7 @@ def test_disabled_endpoints_answer_503_when_tokens_are_unset(ckpt, tmp_path):
     settings = ServeSettings(
         model=str(ckpt),
         monitor_db=tmp_path / "m.db",
-        feedback_dir=tmp_path / "fb",
+        feedback_uri=tmp_path / "fb",
         api_token=None,
         admin_token=None,
         poll_interval_s=0,
@@ -360,7 +362,7 @@ def test_ground_truth_without_a_stored_output_is_409(ckpt, tmp_path):
     settings = ServeSettings(
         model=str(ckpt),
         monitor_db=tmp_path / "m.db",
-        feedback_dir=tmp_path / "fb",
+        feedback_uri=tmp_path / "fb",
         api_token=API,
         keep_outputs=False,
         poll_interval_s=0,
@@ -376,3 +378,77 @@ def test_ground_truth_without_a_stored_output_is_409(ckpt, tmp_path):
             headers={"Authorization": f"Bearer {API}"},
         )
         assert r.status_code == 409 and "no longer stored" in r.json()["detail"]
+
+
+def test_a_4000x4000_upload_is_refused_by_default_before_decoding(ckpt, tmp_path):
+    """The default limits (no settings given): a 16-megapixel image is refused from its header
+    (413, in milliseconds, nothing stored), whether it compresses to a few kilobytes (the
+    pixel limit) or not (the body limit); one of 1024x1024 is still served."""
+    import cv2
+
+    settings = ServeSettings(
+        model=str(ckpt), monitor_db=tmp_path / "m.db", feedback_uri=tmp_path / "fb"
+    )
+    flat = png_bytes(np.zeros((4000, 4000), np.uint8))
+    noise = cv2.imencode(
+        ".png", np.random.default_rng(0).integers(0, 256, (4000, 4000), dtype=np.uint8)
+    )[1].tobytes()
+    assert len(flat) < 100_000 and len(noise) > 8 * 1024 * 1024
+    with running_server(create_app(settings)) as u:
+        for name, data, reason in (
+            ("flat", flat, "4000x4000"),
+            ("noise", noise, "byte limit"),
+        ):
+            t0 = time.perf_counter()
+            r = httpx.post(
+                f"{u}/v1/translate/sem2layout",
+                files={"image": ("x.png", data, "image/png")},
+                timeout=60,
+            )
+            took = time.perf_counter() - t0
+            assert r.status_code == 413 and reason in r.json()["detail"], (name, r.text)
+            assert took < 2.0, (name, took)
+        ok = httpx.post(
+            f"{u}/v1/translate/sem2layout",
+            files={"image": ("x.png", png_bytes(good_gray(1024)), "image/png")},
+            timeout=60,
+        )
+        assert ok.status_code == 200, ok.text
+        summary = httpx.get(f"{u}/v1/monitoring/summary").json()
+        assert summary["inference"]["requests_by_direction"] == {"sem2layout": 1}
+
+
+def test_outputs_are_kept_as_thumbnails_and_scored_at_their_size(ckpt, tmp_path):
+    from semlayout.data.pairs import decode_gray8
+    from semlayout.monitoring.store import MonitorStore
+
+    def run(keep: str) -> tuple[tuple[int, ...], dict]:
+        db = tmp_path / f"{keep}.db"
+        settings = ServeSettings(
+            model=str(ckpt),
+            monitor_db=db,
+            feedback_uri=tmp_path / "fb",
+            api_token=API,
+            keep_outputs=keep,
+            poll_interval_s=0,
+        )
+        img = np.random.default_rng(1).integers(0, 256, (400, 600), dtype=np.uint8)
+        with TestClient(create_app(settings)) as c:
+            r = c.post("/v1/translate/layout2sem", files={"image": ("x.png", png_bytes(img))})
+            assert r.status_code == 200 and decode_gray8(r.content).shape == (400, 600)
+            pid = r.headers["x-prediction-id"]
+            truth = c.post(
+                f"/v1/ground-truth/{pid}",
+                files={"image": ("t.png", png_bytes(img))},
+                headers={"Authorization": f"Bearer {API}"},
+            )
+            assert truth.status_code == 200, truth.text
+        store = MonitorStore(db)
+        stored = decode_gray8(store.get_prediction(pid).output_png).shape
+        store.close()
+        return stored, truth.json()["metrics"]
+
+    thumb, m_thumb = run("thumbnail")  # the default
+    full, m_full = run("full")
+    assert thumb == (171, 256) and full == (400, 600)
+    assert m_thumb["ssim"] == pytest.approx(m_full["ssim"], abs=0.1)

@@ -1,6 +1,7 @@
 """Hot reload against a real MLflow registry and a real uvicorn server: when the `champion`
 alias moves, the server loads the new version and swaps it in while traffic keeps flowing;
-every response is computed entirely by the version it names."""
+every response is computed entirely by the version it names — its weights and the drift
+reference registered with it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from helpers_serving import make_checkpoint, png_bytes, running_server
+from helpers_serving import cached_reference, make_checkpoint, png_bytes, running_server
 
 from semlayout.gate import GateConfig, judge
 from semlayout.inference import Translator
+from semlayout.monitoring.drift import detectors_from_reference
 from semlayout.registry import Registry
 from semlayout.serving.app import create_app
 from semlayout.serving.settings import ServeSettings
@@ -32,21 +34,27 @@ def _metrics(s2l: float) -> dict:
 
 
 @pytest.mark.slow
-def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
+def test_alias_move_is_picked_up_and_swapped_atomically(
+    tmp_path, monkeypatch, tiny_shards, tmp_path_factory
+):
     monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     cfg = GateConfig(floors={"sem2layout": 0.1, "layout2sem": 0.1}, tolerance=0.5)
     ckpts = [make_checkpoint(tmp_path / f"c{i}", seed=10 + i) for i in range(2)]
+    # each version is registered with the drift reference of other training shards
+    references = [cached_reference(tmp_path_factory)["shards"], tiny_shards]
     for i, ck in enumerate(ckpts):
         m = _metrics(0.6 + 0.1 * i)
         run = Registry(uri, create=True).log_run("serving-test", ck, m, params={"seed": i})
-        assert (
-            Registry(uri).register(
-                "semlayout", run, judge(m, None, cfg), lineage={"data_uri": "test"}
-            )
-            == i + 1
+        version = Registry(uri).register(
+            "semlayout",
+            run,
+            judge(m, None, cfg),
+            lineage={"data_uri": "test"},
+            drift_reference=references[i],
         )
+        assert version == i + 1
     Registry(uri).approve("semlayout", 1, by="rm", reason="first")
 
     rng = np.random.default_rng(0)
@@ -56,12 +64,17 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
         for i, ck in enumerate(ckpts)
     }
     assert not np.array_equal(expected["1"], expected["2"])  # the two versions are distinguishable
+    drift = {  # the drift score each version's own reference gives the image
+        str(i + 1): f"{detectors_from_reference(ref)['sem2layout'].check(img).score:.4f}"
+        for i, ref in enumerate(references)
+    }
+    assert drift["1"] != drift["2"]
 
     settings = ServeSettings(
         model="models:/semlayout@champion",
         tracking_uri=uri,
         monitor_db=tmp_path / "m.db",
-        feedback_dir=tmp_path / "fb",
+        feedback_uri=tmp_path / "fb",
         admin_token=ADMIN,
         poll_interval_s=0.5,
     )
@@ -78,10 +91,15 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
                 if r.status_code == 200
                 else None
             )
-            return r.status_code, r.headers.get("x-model-version", ""), out
+            version = r.headers.get("x-model-version", "")
+            # the drift score comes from the reference registered with the version that answered
+            assert r.status_code != 200 or r.headers["x-drift-score"] == drift[version]
+            return r.status_code, version, out
 
         status, version, out = call()
         assert (status, version) == (200, "1") and np.array_equal(out, expected["1"])
+        ready = httpx.get(f"{url}/readyz").json()
+        assert ready["drift_reference"] == "registered with models:/semlayout/1", ready
         summary = httpx.get(f"{url}/v1/monitoring/summary").json()
         assert summary["quality"]["sem2layout"]["baseline"] == pytest.approx(
             0.6
@@ -119,6 +137,8 @@ def test_alias_move_is_picked_up_and_swapped_atomically(tmp_path, monkeypatch):
             in metrics
         )
         assert 'semlayout_model_reloads_total{result="swapped"} 1.0' in metrics
+        ready = httpx.get(f"{url}/readyz").json()
+        assert ready["drift_reference"] == "registered with models:/semlayout/2", ready
 
         # rollback, then the admin endpoint instead of waiting for the poller
         Registry(uri).rollback("semlayout", by="rm", reason="regression")

@@ -498,3 +498,37 @@ def test_atomic_symlink_points_last_relatively_and_replaces_a_copy(tmp_path):
     assert atomic_symlink(tmp_path / "latest", run) == tmp_path / "latest"
     assert os.readlink(tmp_path / "latest") == "run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "run"]  # no temp link left
+
+
+def test_per_step_curves_leave_training_bit_identical(tmp_path):
+    """steps.jsonl (and MLflow's per-step curves) read losses already computed: logging every
+    step or never gives the same weights and the same epoch records."""
+    import mlflow
+
+    runs = {}
+    # the run without MLflow first: MLflow leaves its URI in the environment once set
+    for log_every, uri in ((10_000, None), (1, f"sqlite:///{tmp_path / 'mlflow.db'}")):
+        out = tmp_path / f"run-{log_every}"
+        cfg = tiny_config(max_steps=8, log_every=log_every)
+        run_training(cfg, PairsInMemory(8), out, val_ds=PairsInMemory(4, seed=9),
+                     mlflow_uri=uri, experiment="curves", progress=False)  # fmt: skip
+        runs[log_every] = out
+    a = load_file(runs[1] / "final" / "weights.safetensors")
+    b = load_file(runs[10_000] / "final" / "weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h["epochs"]]  # noqa: E731
+    ha, hb = (json.loads((runs[k] / "history.json").read_text()) for k in (1, 10_000))
+    assert strip(ha) == strip(hb)
+    steps = [json.loads(line) for line in (runs[1] / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 9))
+    assert {"loss_G", "loss_D", "lr", "time"} <= set(steps[0])
+    # only the last step when log_every is larger than the run
+    assert [
+        json.loads(x)["step"] for x in (runs[10_000] / "steps.jsonl").read_text().splitlines()
+    ] == [8]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("curves").experiment_id])
+    hist = client.get_metric_history(run.info.run_id, "train/loss_G")
+    assert [m.step for m in hist] == list(range(1, 9))
+    assert [m.value for m in hist] == pytest.approx([s["loss_G"] for s in steps])
+    mlflow.set_tracking_uri(None)

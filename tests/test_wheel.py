@@ -67,6 +67,9 @@ def test_the_wheel_carries_the_configs_and_the_renamed_layers(wheel: Path) -> No
         assert f"semlayout/configs/{config}.yaml" in names
     assert any(n.startswith("semlayout_pipelines/") for n in names)
     assert any(n.startswith("semlayout_components/") for n in names)
+    # /docs and /redoc work offline: their assets are inside the package
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "SOURCES.json"):
+        assert f"semlayout/serving/docs_assets/{asset}" in names
     # never the generic names in site-packages
     assert not any(n.split("/")[0] in ("pipelines", "components", "configs") for n in names)
     # every package of the library is in the wheel

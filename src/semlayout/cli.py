@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from typing import Any
 
 import typer
 
@@ -26,6 +27,7 @@ from semlayout.commands import (
     cmd_serve,
     cmd_shard,
     cmd_train,
+    conventions,
 )
 from semlayout.errors import SemlayoutError
 
@@ -38,7 +40,7 @@ app = typer.Typer(
     name="semlayout",
     help="Bidirectional SEM <-> layout translation: data, training, registry, serving, monitoring.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -72,9 +74,29 @@ def _register() -> None:
         ep.load()(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from semlayout import __version__
+
+        print(f"semlayout {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
-    """Bidirectional SEM <-> layout translation: data, training, registry, serving, monitoring."""
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="print the version and exit",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """Bidirectional SEM <-> layout translation: data, training, registry, serving, monitoring.
+
+    Every option also reads an environment variable (shown in each command's --help);
+    shell completion: `semlayout --install-completion` or `--show-completion bash`.
+    """
 
 
 @app.command()
@@ -86,6 +108,12 @@ def version() -> None:
 
 
 _register()
+
+
+def build_command() -> Any:
+    """The click command tree with the command line's conventions applied
+    (`semlayout.commands.conventions`: one name and variable per setting, flags as flags)."""
+    return conventions.apply(typer.main.get_command(app))
 
 
 class Terminated(KeyboardInterrupt):
@@ -139,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # not standalone: usage errors come here as exceptions (one line below, not the box);
         # `typer.Exit(code)` and --help come back as the return value
-        rv = app(args=argv, prog_name="semlayout", standalone_mode=False)
+        rv = build_command().main(args=argv, prog_name="semlayout", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         # typer turns KeyboardInterrupt (Ctrl-C, and SIGTERM's Terminated) into exit code 130
         # after the unwinding that cleans up partial outputs

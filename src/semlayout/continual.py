@@ -1,11 +1,12 @@
 """The continuous-learning loop: observe -> decide -> fine-tune -> gated registration.
 
-`check` gathers what the monitors, the feedback store, the S3 intake bucket and the
-registry say, and asks the trigger policy (`semlayout.triggers.decide`). `run` acts on
-a firing decision: it collects the reviewed pairs (API feedback folder + complete S3
-intake batches) into one pair folder, hands it to a *launcher* — the fine-tune pipeline
-under kfp.local or on a KFP host, supplied by the caller so this library never imports
-kfp — and records the decision and the run in the monitoring store and in MLflow.
+`check` gathers what the monitoring store (SQLite or PostgreSQL), the feedback store, the
+S3 intake bucket and the registry say, and asks the trigger policy
+(`semlayout.triggers.decide`). `run` acts on a firing decision: it collects the reviewed
+pairs (the API's feedback store + complete S3 intake batches) into one pair folder, hands it
+to a *launcher* — the fine-tune pipeline under kfp.local or on a KFP host, supplied by the
+caller so this library never imports kfp — and records the decision and the run in the
+monitoring store and in MLflow.
 
 A run consumes what it collected: "new reviewed pairs" are the pairs no completed run has
 used yet (`pending_pairs`), counted by `check` and collected by `run` from the same list.
@@ -29,13 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from semlayout.atomic import atomic_write_text
 from semlayout.config import read_config_file
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError, validation_error
 from semlayout.gate import DEFAULT_TOLERANCE
+from semlayout.monitoring.store import MonitorStore
 from semlayout.reviewed import (
     ConsumedLedger,
     ReviewedPair,
@@ -49,11 +51,19 @@ from semlayout.triggers import Observations, TriggerDecision, TriggerPolicy, dec
 class LoopConfig(BaseModel):
     """Where the loop looks and what it runs. Loaded from YAML (`configs/loop.yaml`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     policy: TriggerPolicy = Field(default_factory=lambda: TriggerPolicy())
-    monitor_db: str = Field("outputs/serving/monitor.db", description="the server's SQLite store")
-    feedback_dir: str = Field("", description="pair folder the API writes reviewed pairs into")
+    monitor_db: str = Field(
+        "outputs/serving/monitor.db",
+        description="the server's monitoring store: a SQLite path or a postgresql:// URL",
+    )
+    feedback_uri: str = Field(
+        "",
+        # `feedback_dir`: the name of this key before the feedback store could be on S3
+        validation_alias=AliasChoices("feedback_uri", "feedback_dir"),
+        description="the server's --feedback-uri (folder or s3://): its rows are the API pairs",
+    )
     intake_uri: str = Field("", description="s3://bucket/prefix of reviewed intake batches")
     tracking_uri: str = Field("", description="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI)")
     model_name: str = "semlayout"
@@ -108,14 +118,16 @@ def load_loop_config(
 
 
 # ---------------------------------------------------------------- observing
-def _store(cfg: LoopConfig):  # -> MonitorStore
-    from semlayout.monitoring.store import MonitorStore
+def open_monitor_store(cfg: LoopConfig) -> MonitorStore:
+    """The server's monitoring store (a SQLite file must exist: the loop never creates one)."""
+    from semlayout.monitoring.database import parse_db
 
-    if not Path(cfg.monitor_db).is_file():
+    db = parse_db(cfg.monitor_db)
+    if db.path is not None and not db.path.is_file():
         raise SemlayoutError(
-            f"monitoring store not found: {cfg.monitor_db} (is the server's --db elsewhere?)"
+            f"monitoring store not found: {db.path} (is the server's --db elsewhere?)"
         )
-    return MonitorStore(cfg.monitor_db, create=False)
+    return MonitorStore(db, create=False)
 
 
 def baseline_ssim(tracking_uri: str | None, model_name: str) -> dict[str, float]:
@@ -136,11 +148,10 @@ def baseline_ssim(tracking_uri: str | None, model_name: str) -> dict[str, float]
 
 
 def observe(
-    cfg: LoopConfig, store: Any = None, pending: list[ReviewedPair] | None = None
+    cfg: LoopConfig, store: MonitorStore, pending: list[ReviewedPair] | None = None
 ) -> Observations:
-    store = store or _store(cfg)
     if pending is None:
-        pending = pending_pairs(cfg)
+        pending = pending_pairs(cfg, store)
     last = store.last_trigger_time()
     rate, n = store.drift_stats(cfg.policy.drift_window)
     rolling: dict[str, float] = {}
@@ -162,7 +173,11 @@ def observe(
 
 
 def check(cfg: LoopConfig, now: datetime | None = None) -> tuple[TriggerDecision, Observations]:
-    obs = observe(cfg)
+    store = open_monitor_store(cfg)
+    try:
+        obs = observe(cfg, store)
+    finally:
+        store.close()
     return decide(cfg.policy, obs, now or datetime.now(UTC)), obs
 
 
@@ -249,8 +264,17 @@ def run(
     cfg: LoopConfig, launcher: Launcher, now: datetime | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Check, and when the policy fires (or `force`), launch the fine-tune pipeline once."""
-    store = _store(cfg)
-    pending = pending_pairs(cfg)
+    store = open_monitor_store(cfg)
+    try:
+        return _run(cfg, store, launcher, now, force)
+    finally:
+        store.close()
+
+
+def _run(
+    cfg: LoopConfig, store: MonitorStore, launcher: Launcher, now: datetime | None, force: bool
+) -> dict[str, Any]:
+    pending = pending_pairs(cfg, store)
     obs = observe(cfg, store, pending)
     decision = decide(cfg.policy, obs, now or datetime.now(UTC))
     outcome: dict[str, Any] = {"decision": decision.to_dict(), "status": "not_triggered"}
@@ -266,7 +290,7 @@ def run(
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     reviewed = run_dir / "reviewed"
-    collected = collect_reviewed(cfg, reviewed, pending)
+    collected = collect_reviewed(cfg, store, reviewed, pending)
     n = len(collected)
     outcome["n_reviewed"] = n
     if n == 0:
@@ -307,7 +331,7 @@ def run(
     )
     # the pairs first: should the process die between the two writes, a completed run's pairs are
     # not trained on twice (the cooldown just does not start)
-    ConsumedLedger(cfg.monitor_db).consume(collected, result.run_id, qc_failed)
+    ConsumedLedger(store).consume(collected, result.run_id, qc_failed)
     store.record_trigger_decision(True, outcome, run_id=result.run_id)
     outcome["mlflow_run_id"] = _log_to_mlflow(cfg, decision, outcome)
     atomic_write_text(run_dir / "outcome.json", json.dumps(outcome, indent=2, default=str))

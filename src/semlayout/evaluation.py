@@ -182,9 +182,14 @@ def evaluate_model(
     tracking_uri: str | None = None,
     n_report_samples: int = 4,
     batch_size: int = 16,
+    per_pair: bool = False,
 ) -> dict[str, Any]:
     """Score both directions of `model` (checkpoint folder, `models:/...` URI or a loaded
-    `Translator`) on a shard split, with baselines; see the module docstring."""
+    `Translator`) on a shard split, with baselines; see the module docstring.
+
+    `per_pair`: also return every pair's scores, `"per_pair": {"ids", "families",
+    "sem2layout": {metric: [value per pair]}, "layout2sem": {...}}` (NaN where a metric does
+    not apply), for paired comparisons of two models on the same pairs."""
     from semlayout.data.shards import load_split_arrays
     from semlayout.inference import Translator
 
@@ -210,7 +215,7 @@ def evaluate_model(
         (pred_sem, l2s_scores),
     )  # fmt: skip
 
-    return {
+    result: dict[str, Any] = {
         "n": len(idx),
         "split": split,
         "model": str(getattr(tr, "source", model)),
@@ -224,6 +229,14 @@ def evaluate_model(
         "layout2sem": l2s,
         "samples": samples,
     }
+    if per_pair:
+        result["per_pair"] = {
+            "ids": [str(i) for i in ids],
+            "families": [str(f) for f in families],
+            "sem2layout": s2l_scores,
+            "layout2sem": l2s_scores,
+        }
+    return result
 
 
 def _score_sem2layout(
@@ -321,8 +334,9 @@ def _report_samples(
 
 
 def metrics_json_ready(result: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation dict without the sample images (what goes into metrics.json)."""
-    return {k: v for k, v in result.items() if k != "samples"}
+    """The evaluation dict without the sample images and per-pair scores (what goes into
+    metrics.json)."""
+    return {k: v for k, v in result.items() if k not in ("samples", "per_pair")}
 
 
 def write_evaluation(

@@ -28,7 +28,7 @@ import numpy as np
 from semlayout.atomic import atomic_write_text
 from semlayout.directions import DIRECTIONS
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;\
 color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -371,7 +371,7 @@ def render_report_html(
     head = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<style>{REPORT_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
     )
     info = []
     for k in ("model", "split", "n", "backend", "image_size"):

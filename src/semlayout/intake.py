@@ -6,7 +6,8 @@ objects/<sha256>.png                 content-addressed images (sha256 of the PNG
 batches/<batch_id>/batch.json        counts, uploader, created, source, rejects
 batches/<batch_id>/manifest.csv      written LAST: id,sem_path,layout_path,
                                      pattern_type[,clean_path],
-                                     sem_sha256,layout_sha256,pair_sha256,<extra columns>;
+                                     sem_sha256,layout_sha256,pair_sha256,<extra columns>,
+                                     polarity,polarity_margin,polarity_source;
                                      paths are keys relative to PREFIX ("objects/<sha256>.png")
 ```
 Readers trust only batches with a manifest. `batch_id` is a hash of the sorted pair content
@@ -16,7 +17,10 @@ manifest appears only once every object it names is stored.
 
 Validation (all pairs are checked before anything is uploaded): the pair-folder contract
 (`semlayout.data.pairs`), PNG files, 8-bit grayscale, 304x304 SEM and 250x250 binary layout,
-alignment QC (`semlayout.data.align.align_pair`), and no duplicate SEM or pair within the batch.
+alignment QC (`semlayout.data.align.align_pair`, the batch's polarity estimated from its
+confident pairs unless fixed: `polarity_prior`), and no duplicate SEM or pair within the batch.
+Each pair's polarity as the aligner recorded it travels in the manifest (an input column
+`polarity` is kept as `declared_polarity`).
 """
 
 from __future__ import annotations
@@ -107,20 +111,87 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def validate_pairs(
-    pairs_dir: str | os.PathLike[str], align_cfg: Any = None, progress: bool = False
-) -> Validation:
-    """Check every pair of a pair folder; a broken manifest raises, a bad pair becomes a
-    `Reject`."""
-    from semlayout.data.align import AlignConfig, align_pair
+def _files(rec: Any) -> dict[str, Path]:
+    """A manifest record's files by role (sem, layout[, clean])."""
+    files = {"sem": rec.sem_path, "layout": rec.layout_path}
+    if rec.clean_path is not None:
+        files["clean"] = rec.clean_path
+    return files
+
+
+def _read_pair(rec: Any) -> tuple[dict[str, Path], Any, Any]:
+    """(files by role, SEM, layout) of one manifest record; `ImageRejected` names a problem."""
     from semlayout.data.pairs import (
         SEM_RAW_SHAPE,
         TEMPLATE_SHAPE,
         ImageRejected,
         check_binary_layout,
         read_gray8,
-        read_manifest,
     )
+
+    files = _files(rec)
+    for path in files.values():
+        if not path.is_file():
+            raise ImageRejected(path, "missing", "file not found")
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_MAGIC:
+                raise ImageRejected(path, "not_png", "expected a PNG file")
+    sem = read_gray8(rec.sem_path, expected_shape=SEM_RAW_SHAPE)
+    layout = check_binary_layout(
+        read_gray8(rec.layout_path, expected_shape=TEMPLATE_SHAPE), str(rec.layout_path)
+    )
+    if "clean" in files:
+        read_gray8(files["clean"], expected_shape=sem.shape)
+    return files, sem, layout
+
+
+def _align_all(records: list[Any], cfg: Any, prior: Any, progress: bool) -> list[Any]:
+    """Per record: an `AlignResult`, or a `Reject` for a file problem. With no fixed `prior`,
+    the batch's polarity is estimated from its confident pairs and the pairs it can help
+    are aligned again with it (as `semlayout align` does for a folder)."""
+    from tqdm import tqdm
+
+    from semlayout.data.align import align_pair
+    from semlayout.data.align_polarity import estimate_priors, needs_prior
+    from semlayout.data.pairs import ImageRejected
+
+    out: list[Any] = []
+    for rec in tqdm(records, desc="validating", unit="pair", disable=not progress):
+        try:
+            _, sem, layout = _read_pair(rec)
+        except ImageRejected as err:
+            out.append(Reject(rec.id, err.reason, str(err)))
+            continue
+        fixed = prior.for_pattern(rec.pattern_type) if prior is not None else None
+        out.append(align_pair(sem, layout, cfg, fixed))
+    if prior is not None:
+        return out
+    table = estimate_priors(
+        ((r.pattern_type, res) for r, res in zip(records, out, strict=True)),
+        cfg.min_polarity_margin,
+        cfg.prior_min_pairs,
+        cfg.prior_min_share,
+    )
+    for i, (rec, res) in enumerate(zip(records, out, strict=True)):
+        pol = table.for_pattern(rec.pattern_type)
+        if not isinstance(res, Reject) and needs_prior(res, pol):
+            _, sem, layout = _read_pair(rec)
+            out[i] = align_pair(sem, layout, cfg, pol)
+    return out
+
+
+def validate_pairs(
+    pairs_dir: str | os.PathLike[str],
+    align_cfg: Any = None,
+    progress: bool = False,
+    polarity_prior: Any = None,
+) -> Validation:
+    """Check every pair of a pair folder; a broken manifest raises, a bad pair becomes a
+    `Reject`. `polarity_prior`: a fixed `PriorTable` (`align_polarity.prior_table`); None
+    estimates the batch's polarity from its confident pairs."""
+    from semlayout.data.align import AlignConfig
+    from semlayout.data.alignment_table import polarity_columns
+    from semlayout.data.pairs import read_manifest
 
     cfg = align_cfg or AlignConfig()
     records = read_manifest(Path(pairs_dir))
@@ -128,58 +199,29 @@ def validate_pairs(
     rejects: list[Reject] = []
     seen_sem: dict[str, str] = {}
     seen_pair: dict[str, str] = {}
-    from tqdm import tqdm
-
-    for rec in tqdm(records, desc="validating", unit="pair", disable=not progress):
-        files = {"sem": rec.sem_path, "layout": rec.layout_path}
-        if rec.clean_path is not None:
-            files["clean"] = rec.clean_path
-        try:
-            for path in files.values():
-                if not path.is_file():
-                    raise ImageRejected(path, "missing", "file not found")
-                with open(path, "rb") as f:
-                    if f.read(8) != PNG_MAGIC:
-                        raise ImageRejected(path, "not_png", "expected a PNG file")
-            sem = read_gray8(rec.sem_path, expected_shape=SEM_RAW_SHAPE)
-            layout = check_binary_layout(
-                read_gray8(rec.layout_path, expected_shape=TEMPLATE_SHAPE), str(rec.layout_path)
-            )
-            if "clean" in files:
-                read_gray8(files["clean"], expected_shape=sem.shape)
-        except ImageRejected as err:
-            rejects.append(Reject(rec.id, err.reason, str(err)))
+    for rec, result in zip(
+        records, _align_all(records, cfg, polarity_prior, progress), strict=True
+    ):
+        if isinstance(result, Reject):
+            rejects.append(result)
             continue
-        result = align_pair(sem, layout, cfg)
         if not result.qc_pass:
-            rejects.append(
-                Reject(
-                    rec.id, f"align:{result.reason}", f"alignment QC failed: {result.qc_summary()}"
-                )
-            )
+            detail = f"alignment QC failed: {result.qc_summary()}"
+            rejects.append(Reject(rec.id, f"align:{result.reason}", detail))
             continue
+        files = _files(rec)
+        extra = {("declared_polarity" if k == "polarity" else k): v for k, v in rec.extra.items()}
+        extra.update(polarity_columns(result))
         pair = ValidPair(
-            rec.id,
-            rec.pattern_type,
-            files,
-            {r: _sha256_file(p) for r, p in files.items()},
-            dict(rec.extra),
+            rec.id, rec.pattern_type, files, {r: _sha256_file(p) for r, p in files.items()}, extra
         )
         if pair.pair_hash in seen_pair:
-            rejects.append(
-                Reject(
-                    rec.id,
-                    "duplicate",
-                    f"same SEM and layout as pair '{seen_pair[pair.pair_hash]}'",
-                )
-            )
+            first = seen_pair[pair.pair_hash]
+            rejects.append(Reject(rec.id, "duplicate", f"same SEM and layout as pair '{first}'"))
             continue
         if pair.hashes["sem"] in seen_sem:
-            rejects.append(
-                Reject(
-                    rec.id, "duplicate", f"same SEM image as pair '{seen_sem[pair.hashes['sem']]}'"
-                )
-            )
+            first = seen_sem[pair.hashes["sem"]]
+            rejects.append(Reject(rec.id, "duplicate", f"same SEM image as pair '{first}'"))
             continue
         seen_pair[pair.pair_hash] = rec.id
         seen_sem[pair.hashes["sem"]] = rec.id
@@ -225,6 +267,17 @@ def _manifest_csv(pairs: list[ValidPair]) -> str:
     return buf.getvalue()
 
 
+def check_destination(uri: str) -> str:
+    """An intake destination is `s3://BUCKET/PREFIX`, `file:///abs/folder`, or a folder that
+    exists: `fab-data/reviewed` meant as a bucket must not quietly become a local folder."""
+    if "://" in uri or Path(uri).is_dir():
+        return uri
+    raise SemlayoutError(
+        f"--to {uri}: no scheme and not an existing folder; for S3 write s3://{uri.lstrip('/')}, "
+        f"for a new local folder file://{Path(uri).absolute()} (or create it first)"
+    )
+
+
 def upload_batch(
     pairs_dir: str | os.PathLike[str],
     uri: str,
@@ -234,6 +287,7 @@ def upload_batch(
     align_cfg: Any = None,
     on_object: Callable[[str], None] | None = None,
     workers: int = 4,
+    polarity_prior: Any = None,
 ) -> UploadResult:
     """Validate `pairs_dir` and upload it as one batch under `uri` (see the module docstring).
 
@@ -241,8 +295,8 @@ def upload_batch(
     False. `on_object(key)` is called after each object is stored (from `workers` upload
     threads; progress hooks, tests).
     """
-    store = open_store(uri)
-    checked = validate_pairs(pairs_dir, align_cfg, progress=progress)
+    store = open_store(check_destination(uri))
+    checked = validate_pairs(pairs_dir, align_cfg, progress=progress, polarity_prior=polarity_prior)
     n_total = len(checked.valid) + len(checked.rejects)
     if checked.rejects and not skip_invalid:
         raise BatchRefused(checked.rejects, n_total)

@@ -74,6 +74,10 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; a missing key is not an error."""
 
+    @abstractmethod
+    def modified(self, prefix: str = "") -> dict[str, float]:
+        """{key: last-modified time (UNIX seconds)} of every key starting with `prefix`."""
+
     def url_for(self, key: str) -> str:
         return self.uri.rstrip("/") + "/" + check_key(key)
 
@@ -148,6 +152,15 @@ class LocalStore(Store):
         if path.is_file():
             path.unlink()
 
+    def modified(self, prefix: str = "") -> dict[str, float]:
+        out = {}
+        for key in self.list(prefix):
+            try:
+                out[key] = self._path(key).stat().st_mtime
+            except FileNotFoundError:  # deleted since the listing
+                continue
+        return out
+
 
 class S3Store(Store):
     def __init__(self, bucket: str, prefix: str = "", client: Any = None):
@@ -218,19 +231,23 @@ class S3Store(Store):
             raise SemlayoutError(f"S3 error on {where} ({what}): {err}") from None
 
     def list(self, prefix: str = "") -> list[str]:
+        return sorted(self.modified(prefix))
+
+    def modified(self, prefix: str = "") -> dict[str, float]:
         full = _join(self.prefix, prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         if prefix.endswith("/") and full and not full.endswith("/"):
             full += "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
         paginator = self.client.get_paginator("list_objects_v2")
 
-        def _all() -> list[str]:
-            keys: list[str] = []
+        def _all() -> dict[str, float]:
+            keys: dict[str, float] = {}
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-                keys.extend(o["Key"][strip:] for o in page.get("Contents", []))
+                for o in page.get("Contents", []):
+                    keys[o["Key"][strip:]] = o["LastModified"].timestamp()
             return keys
 
-        return sorted(self._call(f"list {full or '/'}", _all))
+        return dict(self._call(f"list {full or '/'}", _all))
 
     def get_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError

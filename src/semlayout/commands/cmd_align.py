@@ -31,6 +31,17 @@ def register(app: typer.Typer) -> None:
             "--min-localization",
             help="QC: least z-score separating the peak from its neighbouring offsets",
         ),
+        polarity_prior: str = typer.Option(
+            "auto",
+            "--polarity-prior",
+            help="the data set's polarity for pairs whose own is unclear: auto (estimated from "
+            "the confident pairs, per pattern type), bright, dark, or none (refuse them)",
+        ),
+        no_distortion: bool = typer.Option(
+            False,
+            "--no-distortion",
+            help="do not estimate or undo field rotation/magnification (faster)",
+        ),
         workers: int = typer.Option(
             1, "--workers", help="processes (one per core helps on large folders)"
         ),
@@ -40,17 +51,25 @@ def register(app: typer.Typer) -> None:
         OUT/alignment.csv."""
         from semlayout.data.align import AlignConfig
         from semlayout.data.align_folder import align_folder
+        from semlayout.data.align_polarity import prior_table
 
-        kw: dict[str, Any] = {"blur": blur}
+        prior = prior_table(polarity_prior)
+        kw: dict[str, Any] = {"blur": blur, "correct_distortion": not no_distortion}
         if min_score is not None:
             kw["min_score"] = min_score
         if min_confidence is not None:
             kw["min_confidence"] = min_confidence
         if min_localization is not None:
             kw["min_localization"] = min_localization
-        summary = align_folder(pairs, out, AlignConfig(**kw), workers=workers, progress=progress)
+        summary = align_folder(
+            pairs, out, AlignConfig(**kw), workers=workers, progress=progress, prior=prior
+        )
         reasons = ", ".join(f"{k}={v}" for k, v in summary.reasons.items())
         typer.echo(
             f"aligned {summary.n_pairs} pairs: {summary.n_passed} passed QC ({reasons}) "
             f"in {summary.seconds:.1f} s ({summary.pairs_per_s:.0f} pairs/s) -> {summary.out_dir}"
+        )
+        typer.echo(
+            f"polarity prior: {summary.polarity_prior}; {summary.n_prior} passed pairs "
+            "placed or labelled with it"
         )

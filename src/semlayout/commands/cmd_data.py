@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,6 +51,27 @@ def synth(
             help="share of images with reversed polarity (default 0: one layer, one contrast)",
         ),
     ] = None,
+    rotation_range: Annotated[
+        str | None,
+        typer.Option(
+            "--rotation-range",
+            help="field rotation in degrees LOW,HIGH, e.g. -1,1 (default 0: none)",
+        ),
+    ] = None,
+    magnification_range: Annotated[
+        str | None,
+        typer.Option(
+            "--magnification-range",
+            help="field magnification LOW,HIGH, e.g. 0.98,1.02 (default 1: none)",
+        ),
+    ] = None,
+    particle_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--particle-fraction",
+            help="share of images with 1-4 bright particles on the sample (default 0)",
+        ),
+    ] = None,
     preview: Annotated[
         Path | None,
         typer.Option(
@@ -68,12 +89,14 @@ truth.csv)."""
     from semlayout.data.sem_physics import PhysicsRanges
     from semlayout.data.synth import synthesize
 
-    ranges = PhysicsRanges()
-    dose = _parse_range(dose_range, "--dose-range")
-    if dose is not None:
-        ranges = replace(ranges, dose=dose)
-    if reverse_fraction is not None:
-        ranges = replace(ranges, reverse_fraction=reverse_fraction)
+    changes: dict[str, Any] = {
+        "dose": _parse_range(dose_range, "--dose-range"),
+        "reverse_fraction": reverse_fraction,
+        "rotation_deg": _parse_range(rotation_range, "--rotation-range"),
+        "magnification": _parse_range(magnification_range, "--magnification-range"),
+        "particle_fraction": particle_fraction,
+    }
+    ranges = replace(PhysicsRanges(), **{k: v for k, v in changes.items() if v is not None})
     if workers < 0:
         raise SemlayoutError(f"--workers {workers}: expected >= 1 (or 0 for automatic)")
     workers = workers or min(2, os.cpu_count() or 1)

@@ -36,8 +36,17 @@ def upload_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
     workers: Annotated[int, typer.Option("--workers", help="parallel object uploads")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    polarity_prior: Annotated[
+        str,
+        typer.Option(
+            "--polarity-prior",
+            help="the batch's polarity for pairs whose own is unclear: auto (estimated from "
+            "its confident pairs), bright, dark, or none",
+        ),
+    ] = "auto",
 ) -> None:
     """Validate every pair, then upload the batch: objects first, manifest last."""
+    from semlayout.data.align_polarity import prior_table
     from semlayout.errors import SemlayoutError
     from semlayout.intake import BatchRefused, upload_batch
 
@@ -52,6 +61,7 @@ def upload_cmd(
             uploader=uploader,
             progress=not quiet and not as_json,
             workers=workers,
+            polarity_prior=prior_table(polarity_prior),
         )
     except BatchRefused as err:
         _print_rejects(err.rejects)

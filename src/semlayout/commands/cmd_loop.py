@@ -17,11 +17,19 @@ loop_app = typer.Typer(
 )
 
 _CONFIG_HELP = "loop config YAML (policy, stores, registry); see configs/loop.yaml"
+_DB_HELP = (
+    "the server's monitoring store: a SQLite path or a postgresql:// URL (overrides the "
+    "config's monitor_db)"
+)
+_FEEDBACK_HELP = "the server's --feedback-uri: a folder or s3://BUCKET/PREFIX"
+_INTAKE_HELP = "intake batches: s3://BUCKET/PREFIX or a folder (overrides the config)"
+_TRACKING_HELP = "MLflow tracking URI (overrides the config)"
+_MODEL_NAME_HELP = "registered model the loop fine-tunes (overrides the config)"
 
 
 def _options(
     monitor_db: str | None,
-    feedback_dir: str | None,
+    feedback_uri: str | None,
     intake_uri: str | None,
     tracking_uri: str | None,
     model_name: str | None,
@@ -32,7 +40,7 @@ def _options(
     overrides = parse_assignments(sets, "--set", "policy.min_new_pairs=20")
     for key, value in (
         ("monitor_db", monitor_db),
-        ("feedback_dir", feedback_dir),
+        ("feedback_uri", feedback_uri),
         ("intake_uri", intake_uri),
         ("tracking_uri", tracking_uri),
         ("model_name", model_name),
@@ -45,11 +53,11 @@ def _options(
 @loop_app.command("check")
 def check_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
-    monitor_db: str = typer.Option(None, "--monitor-db"),
-    feedback_dir: str = typer.Option(None, "--feedback-dir"),
-    intake_uri: str = typer.Option(None, "--intake-uri"),
-    tracking_uri: str = typer.Option(None, "--tracking-uri"),
-    model_name: str = typer.Option(None, "--model-name"),
+    monitor_db: str = typer.Option(None, "--db", envvar="SEMLAYOUT_MONITOR_DB", help=_DB_HELP),
+    feedback_uri: str = typer.Option(None, "--feedback-uri", "--feedback-dir", help=_FEEDBACK_HELP),
+    intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
+    model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -57,7 +65,7 @@ def check_cmd(
     from semlayout.continual import check, load_loop_config
 
     cfg = load_loop_config(
-        config, _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
+        config, _options(monitor_db, feedback_uri, intake_uri, tracking_uri, model_name, set_)
     )
     decision, obs = check(cfg)
     if as_json:
@@ -85,11 +93,11 @@ def check_cmd(
 @loop_app.command("run")
 def run_cmd(
     config: Path = typer.Option(None, "--config", help=_CONFIG_HELP),
-    monitor_db: str = typer.Option(None, "--monitor-db"),
-    feedback_dir: str = typer.Option(None, "--feedback-dir"),
-    intake_uri: str = typer.Option(None, "--intake-uri"),
-    tracking_uri: str = typer.Option(None, "--tracking-uri"),
-    model_name: str = typer.Option(None, "--model-name"),
+    monitor_db: str = typer.Option(None, "--db", envvar="SEMLAYOUT_MONITOR_DB", help=_DB_HELP),
+    feedback_uri: str = typer.Option(None, "--feedback-uri", "--feedback-dir", help=_FEEDBACK_HELP),
+    intake_uri: str = typer.Option(None, "--intake-uri", help=_INTAKE_HELP),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help=_TRACKING_HELP),
+    model_name: str = typer.Option(None, "--model-name", help=_MODEL_NAME_HELP),
     kfp_host: str = typer.Option(
         None, "--kfp-host", help="submit to this KFP host instead of kfp.local"
     ),
@@ -97,16 +105,22 @@ def run_cmd(
         False, "--force", help="run even if no trigger fires (cooldown still holds)"
     ),
     set_: list[str] = typer.Option([], "--set", help="override KEY=VALUE (repeatable)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="decide and say whether a fine-tune would start; start nothing"
+    ),
 ) -> None:
     """Check the triggers and, when they fire, run the fine-tune pipeline once."""
     from semlayout.continual import find_launcher, load_loop_config, run
 
-    overrides = _options(monitor_db, feedback_dir, intake_uri, tracking_uri, model_name, set_)
+    overrides = _options(monitor_db, feedback_uri, intake_uri, tracking_uri, model_name, set_)
     if kfp_host is not None:
         overrides["kfp_host"] = kfp_host
     cfg = load_loop_config(config, overrides)
     launcher = find_launcher(cfg)
+    if dry_run:
+        _dry_run(cfg, force, as_json)
+        return
     if as_json:
         # kfp.local prints every task's log to stdout: keep stdout for the JSON document alone
         import contextlib
@@ -145,6 +159,28 @@ def run_cmd(
                 print(f"{key}: {outcome[key]}")
     if outcome["status"] == "failed":
         raise typer.Exit(1)
+
+
+def _dry_run(cfg: object, force: bool, as_json: bool) -> None:
+    """What `loop run` would do now: the decision, and whether (and where) it would launch."""
+    from semlayout.continual import check
+
+    decision, obs = check(cfg)  # type: ignore[arg-type]
+    fires = decision.fire or (force and not decision.held_by_cooldown)
+    where = getattr(cfg, "kfp_host", None) or "kfp.local on this machine"
+    out = {
+        "dry_run": True,
+        **decision.to_dict(),
+        "would_launch": fires,
+        "where": where,
+        "pending_pairs": obs.new_pairs_feedback + obs.new_pairs_intake,
+    }
+    if as_json:
+        print(json.dumps(out, indent=2, default=str))
+        return
+    print(decision.summary())
+    verdict = f"would start the fine-tune pipeline on {where}" if fires else "would start nothing"
+    print(f"dry run, nothing started: {verdict} ({out['pending_pairs']} reviewed pairs pending)")
 
 
 def _iso(value: str):

@@ -32,7 +32,7 @@ def predict(
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", help="MLflow URI for models:/ URIs"
     ),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="images per forward pass"),
 ) -> None:
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT."""
     import cv2

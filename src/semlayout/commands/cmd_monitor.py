@@ -8,8 +8,17 @@ from typing import Any
 import typer
 
 monitor_app = typer.Typer(
-    help="Drift report and health summary from the monitoring database.", no_args_is_help=True
+    help="Drift report, health summary and the feedback store check, from the monitoring store.",
+    no_args_is_help=True,
 )
+DB_HELP = (
+    "monitoring store written by `semlayout serve`: a SQLite path or a postgresql:// URL "
+    "(env SEMLAYOUT_MONITOR_DB)"
+)
+
+
+def _db_option() -> Any:
+    return typer.Option(..., "--db", envvar="SEMLAYOUT_MONITOR_DB", help=DB_HELP)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,16 +27,14 @@ def register(app: typer.Typer) -> None:
 
 @monitor_app.command("drift-report")
 def drift_report(
-    db: Path = typer.Option(
-        ..., "--db", help="monitoring SQLite file written by `semlayout serve`"
-    ),
+    db: str = _db_option(),
     reference: Path = typer.Option(
         ..., "--reference", help="SHARDS folder or its reference_stats.json"
     ),
     window: int = typer.Option(
         500, "--window", min=2, help="most recent requests of the direction"
     ),
-    out: Path = typer.Option(Path("drift.html"), "--out"),
+    out: Path = typer.Option(Path("drift.html"), "--out", help="the HTML report to write"),
     direction: str = typer.Option("sem2layout", "--direction", help="sem2layout | layout2sem"),
     drift_share: float = typer.Option(
         0.3,
@@ -48,10 +55,8 @@ def drift_report(
 
 @monitor_app.command("summary")
 def summary(
-    db: Path = typer.Option(
-        ..., "--db", help="monitoring SQLite file written by `semlayout serve`"
-    ),
-    window: int = typer.Option(500, "--window", min=1),
+    db: str = _db_option(),
+    window: int = typer.Option(500, "--window", min=1, help="most recent requests summarised"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Inference health, drift rate, rolling SSIM and feedback count."""
@@ -66,7 +71,7 @@ def summary(
         directions = DIRECTIONS
         rate, n = store.drift_stats(window)
         out: dict[str, Any] = {
-            "db": str(db),
+            "db": store.describe(),
             "inference": InferenceMonitor(store).summary(window),
             "drift": {
                 "window": window,
@@ -108,3 +113,45 @@ def summary(
         f"feedback pairs: {out['feedback_count']}  "
         f"last fine-tune trigger: {out['last_trigger'] or '-'}"
     )
+
+
+@monitor_app.command("fsck")
+def fsck(
+    db: str = _db_option(),
+    feedback_uri: str = typer.Option(
+        ..., "--feedback-uri", help="the server's feedback store: a folder or s3://BUCKET/PREFIX"
+    ),
+    repair: bool = typer.Option(
+        False, "--repair", help="delete rows without images and old orphans; add legacy rows"
+    ),
+    grace: float = typer.Option(
+        3600.0, "--grace", min=0, help="seconds an orphan object may belong to a post in flight"
+    ),
+    deep: bool = typer.Option(False, "--deep", help="also decode every object, check its hash"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Check that the feedback rows and the feedback object store agree (exit 1 when they do
+    not and --repair was not given)."""
+    import json
+
+    from semlayout.monitoring.feedback_fsck import fsck as run
+    from semlayout.monitoring.store import MonitorStore
+
+    store = MonitorStore(db, create=False)
+    try:
+        report = run(store, feedback_uri, repair=repair, grace_s=grace, deep=deep)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(
+            f"{report.uri}: {report.rows} rows, {report.objects} objects; "
+            f"rows without images: {len(report.rows_missing_images)}, orphan objects: "
+            f"{len(report.orphan_objects)} (+{report.young_orphans} younger than {grace:g} s), "
+            f"legacy manifest rows not recorded: {len(report.legacy_unrecorded)}"
+        )
+        if report.repaired:
+            print("repaired: " + ", ".join(f"{k} {v}" for k, v in report.repaired.items()))
+    if not report.clean and not repair:
+        raise typer.Exit(1)

@@ -7,6 +7,9 @@ from typing import Any
 
 import typer
 
+_HOST_HELP = "address to listen on (0.0.0.0: every interface)"
+_LOG_HELP = "uvicorn log level: critical, error, warning, info, debug"
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
@@ -16,23 +19,36 @@ def serve(
     model: str = typer.Option(
         None, "--model", help="checkpoint folder or models:/NAME@ALIAS (env SEMLAYOUT_MODEL)"
     ),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help=_HOST_HELP),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on"),
     backend: str = typer.Option(
         None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
     ),
     reference: Path = typer.Option(
-        None, "--reference", help="SHARDS/reference_stats.json: enables drift checks"
+        None,
+        "--reference",
+        help="drift reference override (SHARDS/reference_stats.json); default: the one "
+        "registered with the model version",
     ),
-    db: Path = typer.Option(None, "--db", help="monitoring SQLite file (env SEMLAYOUT_MONITOR_DB)"),
-    feedback_dir: Path = typer.Option(None, "--feedback-dir", help="pair folder for /v1/feedback"),
+    db: str = typer.Option(
+        None,
+        "--db",
+        help="monitoring store: a SQLite path or a postgresql:// URL (env SEMLAYOUT_MONITOR_DB)",
+    ),
+    feedback_uri: str = typer.Option(
+        None,
+        "--feedback-uri",
+        "--feedback-dir",
+        help="feedback object store for /v1/feedback: a folder or s3://BUCKET/PREFIX "
+        "(env SEMLAYOUT_FEEDBACK_URI)",
+    ),
     tracking_uri: str = typer.Option(
         None, "--tracking-uri", help="MLflow tracking URI for models:/ URIs"
     ),
     poll_interval: float = typer.Option(
         None, "--poll-interval", help="seconds between alias checks; 0 = off"
     ),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option("info", "--log-level", help=_LOG_HELP),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
 
@@ -44,7 +60,7 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from semlayout.errors import SemlayoutError, validation_error
+    from semlayout.errors import validation_error
     from semlayout.serving.app import create_app
     from semlayout.serving.settings import ServeSettings
 
@@ -53,7 +69,7 @@ def serve(
         "backend": backend,
         "reference": reference,
         "monitor_db": db,
-        "feedback_dir": feedback_dir,
+        "feedback_uri": feedback_uri,
         "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "poll_interval_s": poll_interval,
     }
@@ -61,6 +77,16 @@ def serve(
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as err:
         raise validation_error(err, "setting") from None
+    engine = _open_before_binding(settings, port)
+    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level, workers=1)
+
+
+def _open_before_binding(settings: Any, port: int) -> Any:
+    """Everything the app opens, checked before binding, so a bad model, registry, store or
+    feedback URI is one line and exit 2, not a traceback from inside uvicorn's startup.
+    Returns the loaded InferenceEngine."""
+    from semlayout.errors import SemlayoutError
+
     if not settings.model:
         raise SemlayoutError(
             "no model: pass --model (checkpoint folder or models:/NAME@ALIAS) "
@@ -70,22 +96,20 @@ def serve(
         raise SemlayoutError(f"drift reference not found: {settings.reference}")
     if not (1 <= port <= 65535):
         raise SemlayoutError(f"--port {port}: expected 1..65535")
-    # everything the app opens is checked here, before binding, so a bad model, registry or
-    # database is one line and exit 2, not a traceback from inside uvicorn's startup
     from semlayout.model_uri import ModelUri
 
     if ModelUri.is_model_uri(settings.model):
         from semlayout.registry import Registry
 
         Registry(settings.tracking_uri, create=False)  # a typo must not create a registry
+    from semlayout.monitoring.feedback import feedback_uri
     from semlayout.monitoring.store import MonitorStore
+    from semlayout.serving.engine import InferenceEngine
+    from semlayout.serving.state import drift_options
+    from semlayout.storage import open_store
 
     MonitorStore(settings.monitor_db).close()
-    from semlayout.serving.engine import InferenceEngine
-
-    engine = InferenceEngine.load(settings.model, settings.backend, settings.tracking_uri)
-    if settings.reference is not None:
-        from semlayout.data.reference_stats import load_reference_stats
-
-        load_reference_stats(settings.reference)
-    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level, workers=1)
+    open_store(feedback_uri(settings.feedback_uri))
+    return InferenceEngine.load(
+        settings.model, settings.backend, settings.tracking_uri, drift_options(settings)
+    )

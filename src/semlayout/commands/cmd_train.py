@@ -32,11 +32,11 @@ def train(
         Path | None,
         typer.Option("--init-from", help="start from this checkpoint's weights (fine-tuning)"),
     ] = None,
-    mlflow_uri: Annotated[
+    tracking_uri: Annotated[
         str | None,
         typer.Option(
-            "--mlflow-uri",
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no logging)",
+            "--tracking-uri",
+            help="MLflow tracking URI: log params and per-step curves there (none: no logging)",
         ),
     ] = None,
     experiment: Annotated[
@@ -62,7 +62,7 @@ checkpoint."""
         data,
         out,
         resume=resume,
-        mlflow_uri=mlflow_uri,
+        mlflow_uri=tracking_uri,
         init_from=init_from,
         experiment=experiment,
         progress=progress,

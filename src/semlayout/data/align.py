@@ -33,13 +33,26 @@ is built differently:
   both clear their thresholds; `confidence` folds the two into one number
   whose pass line is `min_confidence`.
 
+* field distortion: a stage rotation and a magnification error move the template's
+  corners by pixels; after the integer peak the distortion is estimated from patch
+  displacements (`semlayout.data.align_distortion`) and, when large and significant,
+  undone: the SEM is resampled into the layout's frame and matched again. `rotation_deg`
+  and `scale` say what was undone (0 and 1: nothing).
+* polarity as data (`semlayout.data.align_polarity`): every pair reports its polarity,
+  the z-score margin by which that polarity beats the other, and whether it came from
+  the pair itself or from a data-set prior. An ambiguous pair whose only look-alikes
+  have the other polarity (a reversed grating half a pitch away) is "ambiguous_polarity"
+  without a prior, and is placed under a clear prior's polarity.
+
 `align_pair` is pure (arrays in, `AlignResult` out) and runs in named steps:
-`check_inputs` / `check_content` (reject what cannot be matched), the score map
-(`semlayout.data.align_maps`), `find_peak` (integer peak, subpixel, fit),
-`polarity`, `equivalent_offsets`, `score_noise`, `separation_z` /
-`localization_z`, `combined_confidence` and `qc_reason`.
-`semlayout.data.align_folder` runs it over a pair folder and writes the aligned
-pair folder + alignment.csv atomically.
+`check_inputs` / `check_content` (reject what cannot be matched), `prepare` (features
+and the score map, `semlayout.data.align_maps`), `correct_field` (distortion),
+`evaluate` (integer peak, subpixel, fit, `equivalent_offsets`, `score_noise`,
+`separation_z` / `localization_z`, `combined_confidence`) on the map of both polarities
+and on each polarity's own map, `polarity_margin` and `decide` (the QC verdict).
+`semlayout.data.align_folder` runs it over a pair folder, estimates the data set's
+polarity from its confident pairs, places the ambiguous ones with it and writes the
+aligned pair folder + alignment.csv atomically.
 """
 
 from __future__ import annotations
@@ -48,86 +61,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semlayout.data.align_config import REASONS, AlignConfig
+from semlayout.data.align_distortion import FieldDistortion, correct_field
 from semlayout.data.align_maps import (
-    ScoreMaps,
-    model_dist2,
-    noise_ratio,
-    score_map,
-    sem_features,
-    shift_stats,
-    template_features,
+    pair_model_dist2,
+    signed_fit,
 )
-from semlayout.data.pairs import SEM_RAW_SHAPE, TEMPLATE_SHAPE
-from semlayout.errors import SemlayoutError
+from semlayout.data.align_peak import _MAX_CONFIDENCE, Peak, Verdict, evaluate
+from semlayout.data.align_polarity import PolarityPrior, fixed_prior
+from semlayout.data.align_scene import Scene, prepare
+from semlayout.data.field_distortion import warp_field
 
-_MAX_CONFIDENCE = 99.0
-REASONS = (
-    "ok",
-    "low_score",
-    "ambiguous",
-    "blank_sem",
-    "saturated_sem",
-    "blank_template",
-    "wrong_size",
-    "bit_depth",
-    "not_grayscale",
-    "unreadable",
-    "missing",
-    "not_binary",
-)
-
-
-@dataclass(frozen=True)
-class AlignConfig:
-    """Matching and QC settings. Defaults were tuned on two independent simulators."""
-
-    blur: float = 0.0  # extra Gaussian sigma (px) on the SEM before matching; 0 = none
-    template_sigma: float = 1.5  # PSF model: sigma (px) applied to the template features
-    highpass: int = 81  # box size (px) of the background removed from SEM and features; 0 = off
-    use_edges: bool = True  # add the edge-brightening regressor E to the fit
-    edges_bright: bool = True  # constrain the edge coefficient to be >= 0 (SE edge effect)
-    min_score: float = 0.05  # QC: least multiple correlation R at the peak
-    min_confidence: float = 4.0  # QC: least z-score of the gap to the best non-equivalent peak
-    equiv_tol: float = (
-        0.005  # offsets whose template content differs by <= this share are equivalent
-    )
-    min_localization: float = 1.0  # QC: least z-score of the peak vs its non-equivalent neighbours
-    systematic_corr: float = 16.0  # the same for the misfit beyond shot noise (structured residual)
-    misfit_corr: float = 4.0  # pixels per independent residual sample (the residual is not white)
-    exclusion: int = (
-        2  # competitors within this Chebyshev radius of an equivalent offset are ignored
-    )
-    blank_std: float = 2.0  # SEM standard deviation (grey levels) below which it is blank
-    max_clipped: float = 0.5  # share of SEM pixels at 255 above which it is saturated
-    max_dark: float = 0.8  # share at 0 (or at 0 and 255) above which it is saturated
-    min_minority: float = 0.002  # template: least share of the rarer value (else blank)
-    sem_shape: tuple[int, int] | None = SEM_RAW_SHAPE  # None accepts any SEM >= the template
-    template_shape: tuple[int, int] = TEMPLATE_SHAPE
-
-    def __post_init__(self) -> None:
-        checks = {
-            "blur": self.blur >= 0,
-            "template_sigma": self.template_sigma >= 0,
-            "highpass": self.highpass >= 0,
-            "min_confidence": self.min_confidence >= 0,
-            "equiv_tol": 0 <= self.equiv_tol < 0.5,
-            "exclusion": self.exclusion >= 0,
-            "min_localization": self.min_localization >= 0,
-            "misfit_corr": self.misfit_corr > 0,
-            "systematic_corr": self.systematic_corr > 0,
-            "blank_std": self.blank_std >= 0,
-            "max_clipped": 0 < self.max_clipped <= 1,
-            "max_dark": 0 < self.max_dark <= 1,
-            "min_score": -1 <= self.min_score <= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise SemlayoutError(
-                "invalid align setting(s): "
-                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-                + " (blur/template_sigma/highpass/min_confidence/exclusion/blank_std >= 0, "
-                "0 <= equiv_tol < 0.5, 0 < max_clipped/max_dark <= 1, -1 <= min_score <= 1)"
-            )
+__all__ = ["REASONS", "AlignConfig", "AlignResult", "align_pair", "aligned_crop", "plain_ncc"]
 
 
 @dataclass
@@ -138,45 +83,36 @@ class AlignResult:
     y_sub: float | None = None
     score: float | None = None  # multiple correlation R at the peak, in [0, 1]
     confidence: float | None = None  # z-score of the R gap to the best non-equivalent peak (capped)
-    polarity: int | None = None  # +1 lines bright, -1 lines dark (reversed contrast)
+    polarity: int | None = None  # +1 pattern bright, -1 pattern dark (reversed contrast)
+    polarity_margin: float | None = None  # z-score by which that polarity beats the other (>= 0)
+    polarity_source: str | None = None  # "pair" (its own fit) or "prior" (the data set's)
     n_equivalent: int | None = None  # offsets in the search range with identical template content
     separation: float | None = None  # z-score of the gap to the best distant non-equivalent peak
     localization: float | None = None  # z-score of the peak vs its non-equivalent neighbours
+    rotation_deg: float | None = None  # field rotation undone before matching (0: none)
+    scale: float | None = None  # field magnification undone before matching (1: none)
     qc_pass: bool = False
     reason: str = "ok"
 
+    @property
+    def corrected(self) -> bool:
+        """True when a field distortion was undone (the crop is resampled, not cut)."""
+        return (self.rotation_deg or 0.0) != 0.0 or (self.scale or 1.0) != 1.0
+
     def qc_summary(self) -> str:
-        """Why QC said what it said, for a message: "ambiguous (score 0.109, confidence 0.163)"."""
+        """Why QC said what it said, for a message: "ambiguous (score 0.109, confidence 0.163)",
+        with the polarity and any distortion undone ("...; rotation +0.62 deg, scale 1.0130")."""
 
         def num(v: float | None) -> str:
             return "-" if v is None else f"{v:.3f}"
 
-        return f"{self.reason} (score {num(self.score)}, confidence {num(self.confidence)})"
-
-
-@dataclass(frozen=True)
-class Peak:
-    """The best offset of the score map and the fit of the template model there."""
-
-    y: int  # row of the template's top-left in the SEM (integer R maximum)
-    x: int  # column
-    score: float  # R at (y, x)
-    y_sub: float  # subpixel refinement of (y, x)
-    x_sub: float
-    coef_t: float  # material coefficient of the fit c + a*T + b*E (sign = polarity)
-    coef_e: float  # edge coefficient
-
-
-@dataclass(frozen=True)
-class Equivalence:
-    """Offsets q whose template content equals the peak p's (periodic patterns), over the map."""
-
-    mask: np.ndarray  # (ny, nx) bool: mismatch(q - p) <= equiv_tol
-    dist2: np.ndarray  # (ny, nx) |t_p - t_q|^2 of the unit-norm binary template
-
-    @property
-    def count(self) -> int:
-        return int(np.count_nonzero(self.mask))
+        text = f"{self.reason} (score {num(self.score)}, confidence {num(self.confidence)}"
+        if self.polarity is not None:
+            text += f"; polarity {self.polarity:+d} from the {self.polarity_source}"
+            text += f", margin {num(self.polarity_margin)}"
+        if self.corrected:
+            text += f"; rotation {self.rotation_deg:+.2f} deg, scale {self.scale:.4f}"
+        return text + ")"
 
 
 # ----------------------------------------------------------------------------- steps
@@ -218,132 +154,123 @@ def check_content(sem: np.ndarray, layout: np.ndarray, cfg: AlignConfig) -> str 
     return None
 
 
-def _parabolic(m: np.ndarray, y: int, x: int) -> tuple[float, float]:
-    """Subpixel peak by a 1-D parabola through the peak and its two neighbours, per axis."""
-
-    def off(a: float, b: float, c: float) -> float:
-        d = a - 2 * b + c
-        return 0.0 if d >= 0 else float(np.clip(0.5 * (a - c) / d, -0.5, 0.5))
-
-    h, w = m.shape
-    dy = off(m[y - 1, x], m[y, x], m[y + 1, x]) if 0 < y < h - 1 else 0.0
-    dx = off(m[y, x - 1], m[y, x], m[y, x + 1]) if 0 < x < w - 1 else 0.0
-    return y + dy, x + dx
+# ----------------------------------------------------------------------------- matching
 
 
-def find_peak(maps: ScoreMaps) -> Peak:
-    """The integer maximum of R, its parabolic subpixel position and the fit's coefficients."""
-    R = maps.R
-    peak = np.unravel_index(int(np.argmax(R)), R.shape)
-    y, x = int(peak[0]), int(peak[1])
-    y_sub, x_sub = _parabolic(R, y, x)
-    coef_t, coef_e = maps.coefficients(y, x)
-    return Peak(y, x, float(R[y, x]), y_sub, x_sub, coef_t, coef_e)
+def polarity_margin(
+    scene: Scene, peak: Peak, other: tuple[np.ndarray, np.ndarray, np.ndarray], sigma: float
+) -> float:
+    """z-score by which `peak` beats the best placement fitted with the other polarity
+    (`other` = its signed map and coefficients); 0 when that one fits at least as well."""
+    R, a, b = other
+    qy, qx = (int(v) for v in np.unravel_index(int(np.argmax(R)), R.shape))
+    gap = peak.score - float(R[qy, qx])
+    if gap <= 0:
+        return 0.0
+    d2 = pair_model_dist2(
+        scene.T,
+        scene.E,
+        (peak.y, peak.x),
+        (peak.coef_t, peak.coef_e),
+        (qy, qx),
+        (float(a[qy, qx]), float(b[qy, qx])),
+    )
+    return float(min(_MAX_CONFIDENCE, gap / (sigma * np.sqrt(d2))))
 
 
-def polarity(peak: Peak) -> int:
-    """+1 when the pattern images bright (material coefficient >= 0), -1 when reversed."""
-    return 1 if peak.coef_t >= 0 else -1
+def _same_place(R: np.ndarray, v: Verdict) -> bool:
+    """The maximum of map `R` is one of `v`'s equivalent offsets (or next to one)."""
+    qy, qx = (int(i) for i in np.unravel_index(int(np.argmax(R)), R.shape))
+    m = v.equiv.mask
+    return bool(m[max(0, qy - 1) : qy + 2, max(0, qx - 1) : qx + 2].any())
 
 
-def equivalent_offsets(
-    tpl01: np.ndarray, shape: tuple[int, int], peak: Peak, equiv_tol: float
-) -> Equivalence:
-    """Offsets of the (ny, nx) map whose binary template content matches the peak's."""
-    ny, nx = shape
-    y, x = peak.y, peak.x
-    mism, dist2 = shift_stats(tpl01, ny - 1, nx - 1)  # [dy + ny-1, dx + nx-1]
-    win = (slice(ny - 1 - y, 2 * ny - 1 - y), slice(nx - 1 - x, 2 * nx - 1 - x))  # q - p
-    return Equivalence(mism[win] <= equiv_tol, dist2[win])
-
-
-def score_noise(sem: np.ndarray, score: float, n_pixels: int, cfg: AlignConfig) -> np.float64:
-    """Std of a score difference R_p - R_q per unit |m_p - m_q| (float64, scales z-scores).
-
-    The noise of that difference is (residual/std) * |m_p - m_q| / sqrt(N) for white
-    residuals, so a competitor that differs from the template in few pixels needs only a
-    small margin. The unexplained share of the window's variance (shot noise *and* model
-    misfit such as CD bias) is what can flip the ranking; its std in NCC units is
-    sqrt(1 - R^2). Split it: shot noise (white, Immerkaer's estimate) and the rest, a
-    systematic misfit whose residual is structured (few independent samples) -- e.g. a
-    line/space array seen with the other polarity half a period away fits almost as well
-    at any dose.
-    """
-    unexplained = max(1.0 - score * score, 1e-4)
-    noise = min(noise_ratio(sem) ** 2, unexplained)
-    return np.float64(
-        np.sqrt(
-            (cfg.misfit_corr * noise + cfg.systematic_corr * (unexplained - noise))
-            / float(n_pixels)
-        )
+def _result(
+    v: Verdict,
+    reason: str,
+    polarity: int,
+    margin: float,
+    source: str,
+    field: FieldDistortion | None,
+) -> AlignResult:
+    p = v.peak
+    return AlignResult(
+        x=p.x,
+        y=p.y,
+        x_sub=float(p.x_sub),
+        y_sub=float(p.y_sub),
+        score=p.score,
+        confidence=v.confidence,
+        polarity=polarity,
+        polarity_margin=margin,
+        polarity_source=source,
+        n_equivalent=v.equiv.count,
+        separation=v.separation,
+        localization=v.localization,
+        rotation_deg=field.rotation_deg if field is not None else 0.0,
+        scale=field.scale if field is not None else 1.0,
+        qc_pass=reason == "ok",
+        reason=reason,
     )
 
 
-def separation_z(
-    R: np.ndarray, peak: Peak, equiv: Equivalence, sigma: np.float64, exclusion: int
-) -> float:
-    """Smallest z-score of R_p - R_q over local maxima q of R not within `exclusion` of an
-    equivalent offset (distant look-alikes; judged on the binary template); capped."""
-    import cv2
-
-    k = 2 * exclusion + 1
-    near_equiv = cv2.dilate(equiv.mask.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
-    local_max = cv2.dilate(R, np.ones((3, 3), np.uint8)) <= R
-    comp = local_max & ~near_equiv
-    if not comp.any():
-        return _MAX_CONFIDENCE
-    z = (peak.score - R[comp]) / (sigma * np.sqrt(equiv.dist2[comp]))
-    return min(_MAX_CONFIDENCE, float(z.min()))
-
-
-def localization_z(
-    R: np.ndarray,
-    T: np.ndarray,
-    E: np.ndarray | None,
-    peak: Peak,
-    equiv: Equivalence,
-    sigma: np.float64,
-    radius: int,
-) -> float:
-    """Smallest z-score of R_p - R_q over the non-equivalent q within `radius` of p, judged
-    on the blurred fitted model (the binary template is a poor guide that close)."""
-    if radius <= 0:
-        return _MAX_CONFIDENCE
-    ny, nx = R.shape
-    y, x, rn = peak.y, peak.x, radius
-    d2 = model_dist2(T, E, peak.coef_t, peak.coef_e, rn)
-    y0, y1, x0, x1 = max(0, y - rn), min(ny, y + rn + 1), max(0, x - rn), min(nx, x + rn + 1)
-    d2 = d2[y0 - y + rn : y1 - y + rn, x0 - x + rn : x1 - x + rn]
-    sel = ~equiv.mask[y0:y1, x0:x1]
-    if not sel.any():
-        return _MAX_CONFIDENCE
-    zn = (peak.score - R[y0:y1, x0:x1][sel]) / (sigma * np.sqrt(d2[sel]))
-    return float(zn.min())
+def decide(
+    scene: Scene, cfg: AlignConfig, prior: PolarityPrior, field: FieldDistortion | None
+) -> AlignResult:
+    """The QC verdict and polarity of a prepared pair (module docstring: polarity as data)."""
+    maps = scene.maps
+    free = evaluate(maps.R, maps.coefficients, scene.table, scene.T, scene.E, scene.raw, cfg)
+    sign = 1 if free.peak.coef_t >= 0 else -1
+    fits = {s: signed_fit(maps, s) for s in (1, -1)}
+    margin = polarity_margin(scene, free.peak, fits[-sign], float(free.sigma))
+    if free.peak.score < cfg.min_score:
+        return _result(free, "low_score", sign, margin, "pair", field)
+    weak = margin < cfg.min_polarity_margin
+    if free.confidence >= cfg.min_confidence:
+        if not prior.clear or prior.polarity == sign:
+            return _result(free, "ok", sign, margin, "pair", field)
+        if _same_place(fits[-sign][0], free):  # the data set's polarity, the same place
+            if weak:
+                return _result(free, "ok", -sign, 0.0, "prior", field)
+            return _result(free, "ok", sign, margin, "pair", field)
+        if not weak:  # sure of the other polarity, and it moves the placement: refuse
+            return _result(free, "polarity_conflict", sign, margin, "pair", field)
+        return _result(free, "ok", sign, margin, "pair", field)
+    own: Verdict | None = None
+    if prior.polarity is not None and (prior.polarity == sign or weak):
+        pol = prior.polarity
+        v = scene.evaluate_signed(*fits[pol], cfg)
+        if v.peak.score >= cfg.min_score and v.confidence >= cfg.min_confidence:
+            m = polarity_margin(scene, v.peak, fits[-pol], float(v.sigma))
+            return _result(v, "ok", pol, m, "prior", field)
+        own = v if pol == sign else None
+    own = own or scene.evaluate_signed(*fits[sign], cfg)
+    reason = "ambiguous_polarity" if own.confidence >= cfg.min_confidence else "ambiguous"
+    return _result(free, reason, sign, margin, "pair", field)
 
 
-def combined_confidence(separation: float, localization: float, cfg: AlignConfig) -> float:
-    """One number for QC: the near test has its own pass line, rescaled onto min_confidence."""
-    return float(
-        min(separation, localization * cfg.min_confidence / max(cfg.min_localization, 1e-9))
-    )
-
-
-def qc_reason(score: float, confidence: float, cfg: AlignConfig) -> str:
-    """The verdict: "ok", "low_score" (weak match) or "ambiguous" (a look-alike too close)."""
-    if score < cfg.min_score:
-        return "low_score"
-    if confidence < cfg.min_confidence:
-        return "ambiguous"
-    return "ok"
+def as_prior(prior: PolarityPrior | int | str | None) -> PolarityPrior:
+    """None -> no prior; +1/-1/"bright"/"dark" -> fixed; a `PolarityPrior` as it is."""
+    if prior is None:
+        return PolarityPrior()
+    if isinstance(prior, PolarityPrior):
+        return prior
+    return fixed_prior(prior)
 
 
 # ----------------------------------------------------------------------------- one pair
 
 
 def align_pair(
-    sem_u8: np.ndarray, layout_u8: np.ndarray, cfg: AlignConfig | None = None
+    sem_u8: np.ndarray,
+    layout_u8: np.ndarray,
+    cfg: AlignConfig | None = None,
+    prior: PolarityPrior | int | str | None = None,
 ) -> AlignResult:
-    """Find the layout template inside the raw SEM; never raises for bad images (see `reason`)."""
+    """Find the layout template inside the raw SEM; never raises for bad images (see `reason`).
+
+    `prior`: the data set's polarity, used only for pairs whose own polarity is unclear
+    (a `PolarityPrior`, or +1/-1/"bright"/"dark" fixed by the caller; None: no prior)."""
     cfg = cfg or AlignConfig()
     bad = check_inputs(sem_u8, layout_u8, cfg)
     if bad:
@@ -353,31 +280,28 @@ def align_pair(
     bad = check_content(sem, layout, cfg)
     if bad:
         return AlignResult(reason=bad)
+    scene = prepare(sem, layout, cfg)
+    field = None
+    if cfg.correct_distortion:
+        scene, field, refused = correct_field(scene, cfg)
+        if refused is not None:
+            res = decide(scene, cfg, PolarityPrior(), refused)
+            res.qc_pass, res.reason = False, "distorted"
+            return res
+    return decide(scene, cfg, as_prior(prior), field)
 
-    tpl01 = (layout == 255).astype(np.uint8)
-    T, E = template_features(tpl01, cfg.template_sigma, cfg.use_edges)
-    maps = score_map(sem_features(sem, cfg.blur, cfg.highpass), T, E, cfg.edges_bright)
-    peak = find_peak(maps)
-    equiv = equivalent_offsets(tpl01, maps.R.shape, peak, cfg.equiv_tol)
-    sigma = score_noise(sem, peak.score, layout.size, cfg)
-    separation = separation_z(maps.R, peak, equiv, sigma, cfg.exclusion)
-    localization = localization_z(maps.R, T, E, peak, equiv, sigma, cfg.exclusion)
-    confidence = combined_confidence(separation, localization, cfg)
-    reason = qc_reason(peak.score, confidence, cfg)
-    return AlignResult(
-        x=peak.x,
-        y=peak.y,
-        x_sub=float(peak.x_sub),
-        y_sub=float(peak.y_sub),
-        score=peak.score,
-        confidence=confidence,
-        separation=separation,
-        localization=localization,
-        polarity=polarity(peak),
-        n_equivalent=equiv.count,
-        qc_pass=reason == "ok",
-        reason=reason,
-    )
+
+def aligned_crop(img: np.ndarray, res: AlignResult, shape: tuple[int, ...]) -> np.ndarray:
+    """The (h, w) window of a raw 8-bit image (SEM, clean) that `res` matched to the layout:
+    cut at (res.y, res.x) after resampling into the layout's frame when `res` undid a field
+    distortion. Same dtype as `img`."""
+    if res.x is None or res.y is None:
+        raise ValueError("aligned_crop needs a placed result (x and y)")
+    h, w = shape[:2]
+    if res.corrected:
+        warped = warp_field(img.astype(np.float32), res.rotation_deg or 0.0, res.scale or 1.0, True)
+        img = np.clip(np.rint(warped), 0, 255).astype(img.dtype)
+    return np.ascontiguousarray(img[res.y : res.y + h, res.x : res.x + w])
 
 
 def plain_ncc(sem_u8: np.ndarray, layout_u8: np.ndarray, min_score: float = 0.3) -> AlignResult:
@@ -397,7 +321,8 @@ def plain_ncc(sem_u8: np.ndarray, layout_u8: np.ndarray, min_score: float = 0.3)
         y_sub=float(y),
         score=s,
         confidence=None,
-        polarity=1,
+        polarity=1,  # plain NCC assumes the pattern bright
+        polarity_source="pair",
         n_equivalent=None,
         qc_pass=ok,
         reason="ok" if ok else "low_score",

@@ -1,6 +1,13 @@
 """Align a whole pair folder: `align_pair` on every pair (optionally in worker processes),
 then the aligned pair folder of the QC-passed pairs (SEM and clean image cropped to the
-template) and `alignment.csv` with one row per input pair, written atomically."""
+template, resampled when a field distortion was undone) and `alignment.csv` with one row
+per input pair, written atomically.
+
+Polarity: unless the caller fixes it (`prior`), the data set's polarity is estimated from
+the first pass's confident pairs, per pattern type (`align_polarity.estimate_priors`), and
+the pairs it can help (`align_polarity.needs_prior`) are aligned a second time with it.
+The aligned manifest carries `polarity`, `polarity_margin` and `polarity_source`; an input
+column `polarity` (e.g. synth's drawn physics) is kept as `declared_polarity`."""
 
 from __future__ import annotations
 
@@ -15,8 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from semlayout.atomic import atomic_dir, check_not_over_inputs
-from semlayout.data.align import AlignConfig, AlignResult, align_pair
-from semlayout.data.alignment_table import ALIGNMENT_FILE, result_row, write_alignment_table
+from semlayout.data.align import AlignConfig, AlignResult, align_pair, aligned_crop
+from semlayout.data.align_polarity import PolarityPrior, PriorTable, estimate_priors, needs_prior
+from semlayout.data.alignment_table import (
+    ALIGNMENT_FILE,
+    POLARITY_COLUMNS,
+    polarity_columns,
+    result_row,
+    write_alignment_table,
+)
 from semlayout.data.pairs import (
     REQUIRED_COLUMNS,
     ImageRejected,
@@ -26,7 +40,8 @@ from semlayout.data.pairs import (
 )
 from semlayout.errors import SemlayoutError
 
-Job = tuple[PairRecord, Path, AlignConfig]
+DECLARED = "declared_polarity"  # an input manifest's own `polarity` column, kept under this name
+Job = tuple[PairRecord, Path, AlignConfig, PolarityPrior | None]
 
 
 @dataclass
@@ -37,6 +52,8 @@ class AlignSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     pairs_per_s: float = 0.0
+    polarity_prior: str = ""  # the data set's polarity as used (estimated or fixed)
+    n_prior: int = 0  # pairs placed or labelled with that prior
 
 
 def align_folder(
@@ -45,11 +62,14 @@ def align_folder(
     cfg: AlignConfig | None = None,
     workers: int = 1,
     progress: bool = False,
+    prior: PriorTable | None = None,
 ) -> AlignSummary:
     """Align every pair of `pairs_dir`; `out_dir` becomes the pair folder of QC-passed pairs.
 
     `out_dir/alignment.csv` has one row per input pair (rejected ones with a reason).
-    Nothing appears at `out_dir` unless the whole run succeeds.
+    `prior`: the data set's polarity fixed by the caller (`align_polarity.prior_table`);
+    None estimates it from the pairs. Nothing appears at `out_dir` unless the whole run
+    succeeds.
     """
     cfg = cfg or AlignConfig()
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
@@ -62,7 +82,14 @@ def align_folder(
     with atomic_dir(out_dir) as tmp:
         for sub in ("sem", "layout") + (("clean",) if has_clean else ()):
             (tmp / sub).mkdir()
-        results = _run_jobs([(r, tmp, cfg) for r in records], workers, progress)
+        jobs: list[Job] = [
+            (r, tmp, cfg, prior.for_pattern(r.pattern_type) if prior is not None else None)
+            for r in records
+        ]
+        results = _run_jobs(jobs, workers, progress)
+        table = prior
+        if table is None:
+            table = _with_estimated_prior(records, results, tmp, cfg, workers, progress)
         _write_outputs(tmp, records, results, has_clean)
     seconds = time.perf_counter() - t0
     reasons = Counter(r.reason for r in results)
@@ -73,20 +100,53 @@ def align_folder(
         reasons=dict(sorted(reasons.items())),
         seconds=seconds,
         pairs_per_s=len(results) / seconds if seconds > 0 else 0.0,
+        polarity_prior=table.describe(),
+        n_prior=sum(r.qc_pass and r.polarity_source == "prior" for r in results),
     )
+
+
+def _with_estimated_prior(
+    records: list[PairRecord],
+    results: list[AlignResult],
+    tmp: Path,
+    cfg: AlignConfig,
+    workers: int,
+    progress: bool,
+) -> PriorTable:
+    """The data set's polarity from the first pass's confident pairs; the pairs it can help
+    are aligned again with it (their results replaced in `results`)."""
+    table = estimate_priors(
+        ((r.pattern_type, res) for r, res in zip(records, results, strict=True)),
+        cfg.min_polarity_margin,
+        cfg.prior_min_pairs,
+        cfg.prior_min_share,
+    )
+    again = [
+        i
+        for i, (r, res) in enumerate(zip(records, results, strict=True))
+        if needs_prior(res, table.for_pattern(r.pattern_type))
+    ]
+    jobs: list[Job] = [
+        (records[i], tmp, cfg, table.for_pattern(records[i].pattern_type)) for i in again
+    ]
+    for i, res in zip(again, _run_jobs(jobs, workers, progress), strict=True):
+        results[i] = res
+    return table
 
 
 # ----------------------------------------------------------------------------- one pair
 
 
-def _align_record(rec: PairRecord, tmp: Path, cfg: AlignConfig) -> AlignResult:
+def _align_record(
+    rec: PairRecord, tmp: Path, cfg: AlignConfig, prior: PolarityPrior | None
+) -> AlignResult:
     """Read and align one pair; if QC passes, write its cropped images into `tmp`."""
     try:
         sem = read_gray8(rec.sem_path)
         layout = read_gray8(rec.layout_path)  # align_pair rejects non-binary ones (not_binary)
     except ImageRejected as err:
         return AlignResult(reason=err.reason)
-    res = align_pair(sem, layout, cfg)
+    res = align_pair(sem, layout, cfg, prior)
     clean = None
     if res.qc_pass and rec.clean_path is not None:
         try:
@@ -106,25 +166,15 @@ def _write_crops(
     shape: tuple[int, ...],
     clean: np.ndarray | None,
 ) -> None:
-    """The SEM (and clean image) cropped to the template at (res.y, res.x), and the layout."""
+    """The SEM (and clean image) cropped to the template (`aligned_crop`: resampled into the
+    layout's frame when a distortion was undone), and the layout."""
     import cv2
 
-    assert res.x is not None and res.y is not None
-    h, w = shape
-    y, x = res.y, res.x
     fast = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless either way; level 1 is ~2x faster
-    cv2.imwrite(
-        str(tmp / "sem" / f"{rec.id}.png"),
-        np.ascontiguousarray(sem[y : y + h, x : x + w]),
-        fast,
-    )
+    cv2.imwrite(str(tmp / "sem" / f"{rec.id}.png"), aligned_crop(sem, res, shape), fast)
     shutil.copyfile(rec.layout_path, tmp / "layout" / f"{rec.id}.png")
     if clean is not None:
-        cv2.imwrite(
-            str(tmp / "clean" / f"{rec.id}.png"),
-            np.ascontiguousarray(clean[y : y + h, x : x + w]),
-            fast,
-        )
+        cv2.imwrite(str(tmp / "clean" / f"{rec.id}.png"), aligned_crop(clean, res, shape), fast)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -138,6 +188,12 @@ def _worker_init() -> None:
 
 def _worker_run(job: Job) -> AlignResult:
     return _align_record(*job)
+
+
+def _drop_crops(tmp: Path, pair_id: str) -> None:
+    """Remove a pair's crops (written in the first pass, refused in the second)."""
+    for sub in ("sem", "layout", "clean"):
+        (tmp / sub / f"{pair_id}.png").unlink(missing_ok=True)
 
 
 def _run_jobs(jobs: list[Job], workers: int, progress: bool) -> list[AlignResult]:
@@ -173,6 +229,9 @@ def _write_outputs(
     tmp: Path, records: list[PairRecord], results: list[AlignResult], has_clean: bool
 ) -> None:
     """alignment.csv (every pair) and manifest.csv (the QC-passed ones, paths into `tmp`)."""
+    for rec, res in zip(records, results, strict=True):
+        if not res.qc_pass:
+            _drop_crops(tmp, rec.id)
     write_alignment_table(
         tmp / ALIGNMENT_FILE,
         [result_row(rec.id, res) for rec, res in zip(records, results, strict=True)],
@@ -180,9 +239,11 @@ def _write_outputs(
     extra_cols: list[str] = []
     for r in records:
         for k in r.extra:
-            if k not in extra_cols:
-                extra_cols.append(k)
+            name = DECLARED if k == "polarity" else k
+            if name not in extra_cols and name not in POLARITY_COLUMNS:
+                extra_cols.append(name)
     columns = list(REQUIRED_COLUMNS) + (["clean_path"] if has_clean else []) + extra_cols
+    columns += list(POLARITY_COLUMNS)
     buf = io.StringIO()
     mw = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     mw.writeheader()
@@ -198,6 +259,7 @@ def _write_outputs(
         if has_clean:
             out["clean_path"] = f"clean/{rec.id}.png" if rec.clean_path is not None else ""
         for k in extra_cols:
-            out[k] = rec.extra.get(k, "")
+            out[k] = rec.extra.get("polarity" if k == DECLARED else k, "")
+        out.update(polarity_columns(res))
         mw.writerow(out)
     (tmp / "manifest.csv").write_text(buf.getvalue())

@@ -83,6 +83,124 @@ class ScoreMaps:
         return a, b
 
 
+def signed_fit(maps: ScoreMaps, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R_s, a_s, b_s) maps: the fit c + a*T + b*E constrained to sign*a >= 0 (pattern bright
+    for +1, dark for -1) and, with `edges_bright`, b >= 0; each (H-h+1, W-w+1).
+
+    The constrained least-squares optimum is the best feasible one among the full fit and
+    the fits on the faces a = 0 (edges alone) and b = 0 (material alone), so R_s is the
+    largest feasible of their multiple correlations; max(R_+, R_-) is `maps.R`.
+    """
+    rT, rE, rho = maps.rT, maps.rE, maps.rho
+    t_ok = sign * rT > 0
+    if rE is None:
+        return np.where(t_ok, np.abs(rT), 0).astype(np.float32), np.where(t_ok, rT, 0), 0 * rT
+    d = 1 - rho * rho
+    a = (rT - rho * rE) / d
+    b = (rE - rho * rT) / d
+    full_ok = (sign * a >= 0) & ((b >= 0) | (not maps.edges_bright))
+    cand = np.stack(
+        [
+            np.where(full_ok, (rT * rT + rE * rE - 2 * rho * rT * rE) / d, -1.0),  # full fit
+            np.where(t_ok, rT * rT, -1.0),  # material only
+            np.where((rE > 0) | (not maps.edges_bright), rE * rE, -1.0),  # edges only
+            np.zeros_like(rT),  # nothing fits: a = b = 0
+        ]
+    )
+    k = np.argmax(cand, axis=0)
+    r2 = np.take_along_axis(cand, k[None], 0)[0]
+    zero = np.zeros_like(rT)
+    coef_a = np.choose(k, [a, rT, zero, zero])
+    coef_b = np.choose(k, [b, zero, rE, zero])
+    return np.sqrt(np.clip(r2, 0, 1)).astype(np.float32), coef_a, coef_b
+
+
+def pair_model_dist2(
+    T: np.ndarray,
+    E: np.ndarray | None,
+    p: tuple[int, int],
+    coef_p: tuple[float, float],
+    q: tuple[int, int],
+    coef_q: tuple[float, float],
+) -> float:
+    """|m_p - m_q|^2 of the unit-norm fitted models m = a T~ + b E~ placed at offsets p and q
+    (row, column) of the SEM, zero outside each model's window; in [0, 4]."""
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        v = v.astype(np.float64) - float(v.mean())
+        n = float(np.sqrt((v * v).sum()))
+        return v / n if n > 0 else v
+
+    def model(a: float, b: float) -> np.ndarray:
+        m = a * unit(T) + (b * unit(E) if E is not None else 0.0)
+        return unit(np.asarray(m))
+
+    mp, mq = model(*coef_p), model(*coef_q)
+    h, w = mp.shape
+    dy, dx = q[0] - p[0], q[1] - p[1]
+    if abs(dy) >= h or abs(dx) >= w:
+        return 2.0
+    # m_p(i) overlaps m_q(i - d): rows/columns of m_p from max(0, d) to min(h, h + d)
+    a = mp[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
+    b = mq[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
+    return float(np.clip(2.0 * (1.0 - float((a * b).sum())), 1e-6, 4.0))
+
+
+@dataclass(frozen=True)
+class ModelTables:
+    """Correlations of the unit-norm template features under every shift in [-ry, ry] x
+    [-rx, rx] (indexed [dy + ry, dx + rx], zero outside each copy): what the distance
+    between two fitted models a T~ + b E~ placed at different offsets is made of."""
+
+    tt: np.ndarray  # sum_i T~(i) T~(i + d)
+    ee: np.ndarray | None  # the same for E~
+    te: np.ndarray | None  # sum_i T~(i) E~(i + d)
+    rho: float  # <T~, E~>
+
+    @classmethod
+    def of(cls, T: np.ndarray, E: np.ndarray | None, ry: int, rx: int) -> ModelTables:
+        h, w = T.shape
+        shape = (_dft_size(h + ry), _dft_size(w + rx))
+        rows, cols = np.arange(-ry, ry + 1) % shape[0], np.arange(-rx, rx + 1) % shape[1]
+
+        def unit(v: np.ndarray) -> np.ndarray:
+            v = v.astype(np.float32) - float(v.mean())
+            n = float(np.sqrt((v * v).sum()))
+            return v / n if n > 0 else v
+
+        def lag(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+            # _xcorr(fa, fb)[d] = sum_i a(i + d) b(i)
+            return _xcorr(fa, fb)[np.ix_(rows, cols)].astype(np.float64)
+
+        tu = unit(T)
+        ft = _spectrum(tu, shape)
+        if E is None:
+            return cls(lag(ft, ft), None, None, 0.0)
+        eu = unit(E)
+        fe = _spectrum(eu, shape)
+        return cls(lag(ft, ft), lag(fe, fe), lag(fe, ft), float((tu * eu).sum()))
+
+    def dist2(
+        self, peak: tuple[int, int], coef: tuple[float, float], a: np.ndarray, b: np.ndarray
+    ) -> np.ndarray:
+        """|m_p - m_q|^2 for every offset q of the (ny, nx) map: m_p = (coef) at `peak`,
+        m_q = (a[q], b[q]) at q; each unit norm. Clipped to [1e-6, 4]."""
+        ny, nx = a.shape
+        y, x = peak
+        ry, rx = (self.tt.shape[0] - 1) // 2, (self.tt.shape[1] - 1) // 2
+        win = (slice(ry - y, ry - y + ny), slice(rx - x, rx - x + nx))  # d = q - p
+        a1, b1 = coef
+        inner = a1 * a * self.tt[win]
+        if self.ee is not None and self.te is not None:
+            # <T~ at p, E~ at q> = sum_i T~(i) E~(i - d) = te[-d] = (E~, T~ correlation)[d]
+            te, et = self.te[win], self.te[::-1, ::-1][win]
+            inner = inner + b1 * b * self.ee[win] + a1 * b * et + b1 * a * te
+        rho = self.rho
+        n1 = np.sqrt(max(a1 * a1 + b1 * b1 + 2 * a1 * b1 * rho, 1e-12))
+        n2 = np.sqrt(np.maximum(a * a + b * b + 2 * a * b * rho, 1e-12))
+        return np.clip(2.0 * (1.0 - inner / (n1 * n2)), 1e-6, 4.0)
+
+
 def _dft_size(n: int) -> int:
     import cv2
 

@@ -1,22 +1,29 @@
 """`alignment.csv`: the aligner's verdict per pair, written by `align_folder`, read everywhere else.
 
 ```
-id,x,y,score,qc_pass,reason,confidence,x_sub,y_sub,polarity,n_equivalent
+id,x,y,score,qc_pass,reason,confidence,x_sub,y_sub,polarity,n_equivalent,
+polarity_margin,polarity_source,rotation_deg,scale
 ```
 One row per input pair, rejected ones included (`qc_pass` false, `reason` says why;
-x, y and score are empty when no match was attempted). The first six columns are
-required when reading; the others (and any a caller adds) are kept as text in
-`AlignmentRow.extra`. `qc_pass` is a boolean with one spelling rule for every reader:
-true/false, 1/0 or yes/no, any case; anything else is an error naming the row.
+x, y and score are empty when no match was attempted). `polarity` is 1 (pattern bright) or
+-1 (dark), `polarity_margin` (>= 0) the z-score by which it beat the other polarity, and
+`polarity_source` "pair" (this pair's own fit) or "prior" (the data set's polarity); all
+three are empty only for refused pairs. `rotation_deg` and `scale` are the field distortion
+undone before matching (0 and 1: none): x, y are then in the SEM resampled into the
+layout's frame (`semlayout.data.field_distortion`), which is what the aligned crop shows.
+The first six columns are required when reading; the others (and any a caller adds) are
+kept as text in `AlignmentRow.extra`. `qc_pass` is a boolean with one spelling rule for
+every reader: true/false, 1/0 or yes/no, any case; anything else is an error naming the row.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from semlayout.errors import SemlayoutError
@@ -37,8 +44,14 @@ ALIGNMENT_COLUMNS = (
     "y_sub",
     "polarity",
     "n_equivalent",
+    "polarity_margin",
+    "polarity_source",
+    "rotation_deg",
+    "scale",
 )
 REQUIRED_ALIGNMENT_COLUMNS = ALIGNMENT_COLUMNS[:6]
+# what the aligned folder's manifest (and the intake and feedback manifests) carry per pair
+POLARITY_COLUMNS = ("polarity", "polarity_margin", "polarity_source")
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 
@@ -59,23 +72,29 @@ class AlignmentRow:
 # ----------------------------------------------------------------------------- writing
 
 
+def _fmt(v: Any, nd: int) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
 def result_row(pair_id: str, result: AlignResult) -> dict[str, str]:
     """The `alignment.csv` row of one `align_pair` result (booleans as true/false)."""
-
-    def fmt(v: Any, nd: int) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, float):
-            return f"{v:.{nd}f}"
-        return str(v)
-
     d = asdict(result)
+    digits = {"x_sub": 3, "y_sub": 3, "rotation_deg": 4, "scale": 6}
     out = {"id": pair_id}
     for c in ALIGNMENT_COLUMNS[1:]:
-        out[c] = fmt(d[c], 3 if c in ("x_sub", "y_sub") else 4)
+        out[c] = _fmt(d[c], digits.get(c, 4))
     return out
+
+
+def polarity_columns(result: AlignResult) -> dict[str, str]:
+    """`POLARITY_COLUMNS` of one result, formatted as in `alignment.csv`."""
+    return {c: _fmt(getattr(result, c), 4) for c in POLARITY_COLUMNS}
 
 
 def write_alignment_table(path: Path, rows: Iterable[dict[str, str]]) -> None:
@@ -159,6 +178,28 @@ def read_alignment_table(path: str | Path) -> list[AlignmentRow]:
         return [_parse_row(raw, path) for raw in reader]
     except csv.Error as err:
         raise SemlayoutError(f"{path}: not a CSV table ({err})") from None
+
+
+def read_polarity_columns(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, Any]]:
+    """(pattern_type, record) pairs from rows of QC-passed pairs that carry `POLARITY_COLUMNS`
+    (as text or numbers; rows without them, or with unreadable values, are skipped): what
+    `estimate_priors` reads when pairs arrive one at a time (the feedback store's rows)."""
+    out: list[tuple[str, Any]] = []
+    for row in rows:
+        cell = {c: str(row.get(c) if row.get(c) is not None else "").strip() for c in row}
+        try:
+            pol = int(cell.get("polarity", ""))
+            margin = float(cell.get("polarity_margin", ""))
+        except ValueError:
+            continue
+        rec = SimpleNamespace(
+            qc_pass=True,
+            polarity=pol,
+            polarity_margin=margin,
+            polarity_source=cell.get("polarity_source", ""),
+        )
+        out.append((cell.get("pattern_type", ""), rec))
+    return out
 
 
 def failed_ids(rows: Iterable[AlignmentRow]) -> set[str]:

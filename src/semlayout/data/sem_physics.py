@@ -16,6 +16,8 @@ Stages, in the order they act (docs/physics.md gives the ranges and reasons):
 6. detector gain and offset;
 7. scan distortion: per-row jitter, a sinusoidal vibration and a slow
    linear drift (row shifts, zero mean);
+   field distortion (off by default): a stage rotation and a magnification error of the
+   whole field about its centre, and bright particles on the sample (a share of images);
 8. detector lag: a short causal smear along each scan line;
 9. noise: Poisson shot noise at a dose (electrons per pixel) and Gaussian
    detector noise.
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
+from semlayout.data.field_distortion import add_particles, warp_field
 from semlayout.errors import SemlayoutError
 
 SUPERSAMPLE = 2
@@ -48,16 +51,12 @@ class PhysicsRanges:
     # layer stack and the detector, fixed for a data set (docs/physics.md); set it to mix layers
     reverse_fraction: float = 0.0
     background: Range = (0.12, 0.32)  # SE yield of the darker material
-    contrast: Range = (
-        0.04,
-        0.35,
-    )  # yield difference between materials (low: edges carry the image)
+    # yield difference between materials (low: edges carry the image)
+    contrast: Range = (0.04, 0.35)
     texture: Range = (0.0, 0.08)  # relative RMS of the materials' grain (yield x (1 + t n))
     texture_corr: Range = (0.8, 2.5)  # px, grain size
-    corner_sigma: Range = (
-        0.6,
-        2.5,
-    )  # px, print blur that rounds corners (x print_scale for fine designs)
+    # px, print blur that rounds corners (x print_scale for fine designs)
+    corner_sigma: Range = (0.6, 2.5)
     bias: Range = (-0.3, 0.3)  # px, printed edge moves outward (+) / inward (-)
     ler_sigma: Range = (0.2, 1.2)  # px, RMS edge displacement (x print_scale for fine designs)
     ler_corr: Range = (2.0, 8.0)  # px, correlation length of the roughness
@@ -71,10 +70,8 @@ class PhysicsRanges:
     astigmatism: Range = (0.8, 1.25)  # sigma_x / sigma_y of the beam
     psf_tail: Range = (0.0, 0.25)  # share of signal in the broad backscatter tail
     psf_tail_sigma: Range = (4.0, 12.0)  # px, width of that tail
-    gradient: Range = (
-        0.0,
-        0.25,
-    )  # ramp + bump amplitude (yield units): charging shades whole fields
+    # ramp + bump amplitude (yield units): charging shades whole fields
+    gradient: Range = (0.0, 0.25)
     charging: Range = (0.0, 0.10)  # halo amplitude around dense pattern
     gain: Range = (0.7, 1.4)  # detector brightness/contrast settings differ by tool and operator
     offset: Range = (-0.05, 0.10)
@@ -85,6 +82,12 @@ class PhysicsRanges:
     vibration_px: Range = (0.0, 0.4)  # px, amplitude of a sinusoidal row shift (mains hum)
     vibration_period: Range = (8.0, 64.0)  # rows per vibration cycle
     drift_px: Range = (0.0, 1.5)  # px, linear x drift top -> bottom (mean zero)
+    # field distortion, all off by default (pinned ranges draw nothing: data stay as they were).
+    # image = c + magnification * R(rotation_deg) * (sample - c) about the field centre c
+    rotation_deg: Range = (0.0, 0.0)  # stage rotation, degrees (x right, y down: + = clockwise)
+    magnification: Range = (1.0, 1.0)  # scale error of the image (1.02 = 2 % too large)
+    particle_fraction: float = 0.0  # share of images with bright particles (dust) on the sample
+    particle_count: tuple[int, int] = (1, 4)  # particles on such an image (inclusive)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -97,9 +100,17 @@ class PhysicsRanges:
                     )
         if self.dose[0] <= 0:
             raise SemlayoutError(f"dose range {self.dose}: expected positive electrons/pixel")
-        if not 0.0 <= self.reverse_fraction <= 1.0:
+        for name in ("reverse_fraction", "particle_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SemlayoutError(f"{name}={getattr(self, name)}: expected a value in [0, 1]")
+        if self.magnification[0] <= 0 or self.particle_count[0] < 1:
             raise SemlayoutError(
-                f"reverse_fraction={self.reverse_fraction}: expected a value in [0, 1]"
+                f"magnification {self.magnification} and particle_count {self.particle_count}: "
+                "expected positive values"
+            )
+        if max(abs(v) for v in self.rotation_deg) > 10:
+            raise SemlayoutError(
+                f"rotation_deg {self.rotation_deg}: expected degrees within [-10, 10]"
             )
 
 
@@ -136,6 +147,9 @@ class SemParams:
     vibration_px: float
     vibration_period: float
     drift_px: float
+    rotation_deg: float = 0.0
+    magnification: float = 1.0
+    particles: int = 0  # bright particles on the sample
 
     def as_columns(self) -> dict[str, str]:
         return {k: (str(v) if isinstance(v, int) else f"{v:.4g}") for k, v in asdict(self).items()}
@@ -164,10 +178,15 @@ def sample_params(
         "polarity": -1 if rng.random() < r.reverse_fraction else 1,
     }
     for f in fields(SemParams):
-        if f.name not in values:
+        if f.name not in values and f.name != "particles":
             values[f.name] = u(f.name)
+    # drawn last, and only when asked for, so the draws above do not move
+    has_particles = r.particle_fraction > 0 and rng.random() < r.particle_fraction
+    lo_n, hi_n = r.particle_count
+    values["particles"] = int(rng.integers(lo_n, hi_n + 1)) if has_particles else 0
     values.update(fixed)
     values["polarity"] = int(values["polarity"])
+    values["particles"] = int(values["particles"])
     return SemParams(**values)  # type: ignore[arg-type]
 
 
@@ -189,9 +208,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return n
 
 
-PRINT_CD_REF = (
-    8.0  # px: `corner_sigma` and `ler_sigma` hold as drawn for designs this coarse or coarser
-)
+# px: `corner_sigma` and `ler_sigma` hold as drawn for designs this coarse or coarser
+PRINT_CD_REF = 8.0
 
 
 def minority_width(field: np.ndarray) -> float:
@@ -408,6 +426,11 @@ def render_clean(field: np.ndarray, p: SemParams, rng: np.random.Generator) -> n
         # grain of the sample surface: part of the scene (in the clean image), not of the noise
         material = material * (1.0 + p.texture * _smooth_noise(rng, (h, w), p.texture_corr))
     signal = material + p.edge_gain * rim * detector_shadow(coverage, p, rng)
+    # the sample (particles included) as the distorted scan sees it; the probe, the background
+    # and the scan itself act in the image frame
+    signal = add_particles(signal, p.particles, p.edge_gain, p.edge_width, rng)
+    signal = warp_field(signal, p.rotation_deg, p.magnification)
+    coverage = warp_field(coverage, p.rotation_deg, p.magnification)
     signal = beam_blur(signal, p)
     signal = signal + background_field((h, w), coverage, p, rng)
     signal = p.gain * signal + p.offset

@@ -2,8 +2,11 @@
 
 One pair = a design drawn over the whole 304x304 field (`layouts.py`), an SEM
 rendering of that field (`sem_physics.py`), and the 250x250 layout template
-cut from the field at a random offset (x, y) in [2, 52] (centre 27 +- 25 px).
-`truth.csv` records that offset, so alignment can be scored exactly.
+cut from the field at a random offset (x, y) in [2, 52] (centre 27 +- 25 px; narrower when a
+field distortion is asked for, so that the distorted template stays inside the SEM).
+`truth.csv` records that offset (in the sample frame: with a distortion, the SEM shows the
+field through `field_distortion.similarity_matrix(rotation_deg, magnification)`, both manifest
+columns), so alignment can be scored exactly.
 
 Pair i of a run uses the generator `default_rng([seed, i])`: files are
 byte-identical for the same seed, and any pair can be regenerated alone.
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from semlayout.data.field_distortion import max_displacement
 from semlayout.data.layouts import DEFAULT_MIX, FAMILIES, FIELD, draw_layout
 from semlayout.data.sem_physics import (
     PhysicsRanges,
@@ -113,7 +117,8 @@ def generate_pair(
         else np.random.default_rng(rng_or_seed)
     )
     field = draw_layout(family, rng, FIELD)
-    x, y = (int(v) for v in rng.integers(CENTRE - MAX_OFFSET, CENTRE + MAX_OFFSET + 1, size=2))
+    reach = MAX_OFFSET - offset_margin(ranges)
+    x, y = (int(v) for v in rng.integers(CENTRE - reach, CENTRE + reach + 1, size=2))
     sem, layout, clean, x, y, meta = render_sem_pair(field, x, y, rng, params, ranges)
     meta["family"] = family
     return sem, layout, clean, x, y, meta
@@ -139,6 +144,19 @@ def render_sem_pair(
     noisy_f = add_noise(clean_f, p, rng)
     layout = (field[y : y + TEMPLATE, x : x + TEMPLATE] * 255).astype(np.uint8)
     return to_u8(noisy_f), layout, to_u8(clean_f), x, y, {"params": p, "field": field}
+
+
+def offset_margin(ranges: PhysicsRanges | None) -> int:
+    """Px kept free around the offset range so that a field distortion (rotation, magnification)
+    never moves the template out of the SEM; 0 without distortion (offsets as always)."""
+    if ranges is None:
+        return 0
+    worst = max(
+        max_displacement(rot, mag, CENTRE + TEMPLATE / 2.0)
+        for rot in ranges.rotation_deg
+        for mag in ranges.magnification
+    )
+    return min(MAX_OFFSET, math.ceil(worst))
 
 
 def _pair_id(seed: int, i: int) -> str:

@@ -25,14 +25,17 @@ Thresholds are calibrated on in-distribution images (`calibrate`): each is set t
 `target_rate` (default 1%) or less. `detectors_from_reference` calibrates on the shards'
 train + val images when the reference file sits in a shards folder; with the JSON alone, the
 z threshold is calibrated on the reference's own per-image features and the KL threshold falls
-back to `DEFAULT_KL` unless given. The reference is read (and its shape checked) by
-`semlayout.data.reference_stats.load_reference_stats`.
+back to `DEFAULT_KL` unless given. A registered model version carries its reference together
+with the thresholds calibrated at registration (`write_drift_bundle`: `reference_stats.json` +
+`drift_calibration.json`), which are used as they are. The reference is read (and its shape
+checked) by `semlayout.data.reference_stats.load_reference_stats`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +53,7 @@ DEFAULT_Z = 4.0
 DEFAULT_KL = 0.5
 MARGIN = 1.1
 DIRECTION_KIND = {"sem2layout": "sem", "layout2sem": "layout"}
+CALIBRATION_FILE = "drift_calibration.json"
 
 FeatureFn = Callable[[np.ndarray], dict[str, float]]
 HistogramFn = Callable[[np.ndarray], np.ndarray]
@@ -231,6 +235,23 @@ def _calibration_images(shards_dir: Path, kind: str, limit: int) -> list[np.ndar
     return images if len(images) >= 20 else []
 
 
+def _registered_thresholds(path: Path) -> dict[str, dict[str, float]] | None:
+    """The thresholds calibrated at registration (`drift_calibration.json` beside the
+    reference), or None."""
+    folder = path if path.is_dir() else path.parent
+    f = folder / CALIBRATION_FILE
+    if not f.is_file():
+        return None
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        return {
+            d: {k: float(doc["thresholds"][d][k]) for k in ("z_threshold", "kl_threshold")}
+            for d in DIRECTION_KIND
+        }
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise SemlayoutError(f"{f}: not a drift calibration ({err})") from None
+
+
 def detectors_from_reference(
     path: str | Path,
     z_threshold: float | None = None,
@@ -245,6 +266,7 @@ def detectors_from_reference(
     path = Path(path)
     stats = load_reference_stats(path)
     shards_dir = path if path.is_dir() else path.parent
+    registered = _registered_thresholds(path)
     out: dict[str, DriftDetector] = {}
     for direction, kind in DIRECTION_KIND.items():
         block = stats[kind]
@@ -258,7 +280,10 @@ def detectors_from_reference(
             feature_fn=feature_fn,
             histogram_fn=histogram_fn,
         )
-        if z_threshold is None or kl_threshold is None:
+        if (z_threshold is None or kl_threshold is None) and registered is not None:
+            det.z_threshold = z_threshold or registered[direction]["z_threshold"]
+            det.kl_threshold = kl_threshold or registered[direction]["kl_threshold"]
+        elif z_threshold is None or kl_threshold is None:
             given = det.thresholds()
             images = _calibration_images(shards_dir, kind, calibration_limit)
             if images:
@@ -272,3 +297,44 @@ def detectors_from_reference(
                 det.kl_threshold = given["kl_threshold"]
         out[direction] = det
     return out
+
+
+# ---------------------------------------------------------------------- travelling with a model
+def write_drift_bundle(
+    reference: str | os.PathLike[str], dest: Path, target_rate: float = 0.01
+) -> Path:
+    """What a registered model version carries for its drift checks, in `dest`:
+    `reference_stats.json` (checked) and `drift_calibration.json` (the thresholds calibrated
+    now, on the shards' train + val images when the reference sits in a shard folder), so the
+    server needs neither the shards nor a calibration run. Returns `dest`."""
+    from semlayout.data.reference_stats import REFERENCE_FILE
+
+    src = Path(reference)
+    src = src / REFERENCE_FILE if src.is_dir() else src
+    detectors = detectors_from_reference(src, target_rate=target_rate)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / REFERENCE_FILE).write_bytes(src.read_bytes())
+    doc = {
+        "format": "semlayout-drift-calibration/1",
+        "target_rate": target_rate,
+        "thresholds": {d: det.thresholds() for d, det in detectors.items()},
+    }
+    (dest / CALIBRATION_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    return dest
+
+
+@dataclass(frozen=True)
+class DriftOptions:
+    """How the server builds its detectors: from `override` (`--reference`) when given, else
+    from the reference registered with the model version; explicit thresholds win over
+    calibrated ones."""
+
+    override: Path | None = None
+    z_threshold: float | None = None
+    kl_threshold: float | None = None
+    target_rate: float = 0.01
+
+    def detectors(self, reference: Path) -> dict[str, DriftDetector]:
+        return detectors_from_reference(
+            reference, self.z_threshold, self.kl_threshold, self.target_rate
+        )

@@ -62,7 +62,8 @@ def drift_report(
         store.close()
     if len(rows) < 2:
         raise SemlayoutError(
-            f"{db}: {len(rows)} {direction} request(s) recorded; a drift report needs at least 2"
+            f"{store.describe()}: {len(rows)} {direction} request(s) recorded; "
+            "a drift report needs at least 2"
         )
     cur_df = pd.DataFrame([{f: r.get(f) for f in names} for r in rows]).astype(float)
     flagged = sum(1 for r in rows if r["drifted"])
@@ -84,6 +85,7 @@ def drift_report(
     os.close(fd)
     try:  # Evidently writes the file itself: into a private temporary, renamed when complete
         snap.save_html(tmp_name)
+        _add_header(Path(tmp_name), _header(direction, window, rows))
         os.chmod(tmp_name, 0o666 & ~_umask())
         os.replace(tmp_name, out)
     finally:
@@ -100,5 +102,53 @@ def drift_report(
         "dataset_drift": share >= drift_share,
         "per_column_pvalue": per_column,
         "detector_flagged_rate": flagged / len(rows),
+        **_served(rows),
         "out": str(out),
     }
+
+
+def _iso(ts: float | None) -> str | None:
+    import datetime as dt
+
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _versions(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({str(r["model_version"]) for r in rows if r.get("model_version")})
+
+
+def _served(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which model version(s) served the window, and from when to when."""
+    stamps = [r["ts"] for r in rows if r.get("ts") is not None]
+    return {
+        "model_versions": _versions(rows),
+        "from": _iso(min(stamps)) if stamps else None,
+        "to": _iso(max(stamps)) if stamps else None,
+    }
+
+
+def _header(direction: str, window: int, rows: list[dict[str, Any]]) -> str:
+    """What the report is about, on top of Evidently's page: the direction, the model
+    version(s) that served the window, and the time window."""
+    import html
+
+    served = _served(rows)
+    when = f"{served['from']} to {served['to']}" if served["from"] else "unknown times"
+    versions = ", ".join(served["model_versions"]) or "unknown"
+    text = (
+        f"semlayout drift report: {direction}, model version {versions}; the last {len(rows)} "
+        f"images (window {window}) served from {when}, against the training reference"
+    )
+    return (
+        '<div id="semlayout-header" style="font:600 15px system-ui,sans-serif;padding:10px 16px;'
+        f'background:#eef3fb;border-bottom:1px solid #c5d3ea">{html.escape(text)}</div>'
+    )
+
+
+def _add_header(path: Path, header: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    at = text.find("<body")
+    end = text.find(">", at) + 1 if at >= 0 else 0
+    path.write_text(text[:end] + header + text[end:], encoding="utf-8")

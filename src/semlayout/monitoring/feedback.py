@@ -1,63 +1,60 @@
-"""Feedback store: reviewed SEM/layout pairs posted to the API, kept as a pair folder.
+"""Feedback store: reviewed SEM/layout pairs posted to the API, kept in an object store.
 
-Each pair is written into `folder` in the pair-folder format (`sem/<id>.png`,
-`layout/<id>.png`, `manifest.csv`), so the fine-tune pipeline reads it like any
-other pair folder, and a row goes into the monitoring store's `feedback` table
-(what the loop counts). Ordering makes a crash harmless: images first (atomic
-writes), then the manifest is rewritten to a temporary file and renamed over the
-old one, so a reader sees either the old or the new manifest, and every row it
-lists has its images. A thread lock plus an advisory file lock serialise writers
-(several server workers may share one folder).
+The images go to the feedback object store (`--feedback-uri`: a local folder or
+`s3://bucket/prefix`, through `semlayout.storage`), addressed by content:
+`objects/<sha256 of the decoded pixels>.png`. The pair itself exists once its row is in the
+monitoring store's `feedback` table, which is written LAST. So a post that dies half-way
+(kill -9, disk full, the database down) leaves at most objects no row names — an orphan that
+nothing counts or trains on — and never a row without its images. Posting the same pair
+again completes it: the objects are written again (same names, same bytes) and the row goes
+in. `semlayout monitor fsck` (`semlayout.monitoring.feedback_fsck`) reports and repairs any
+mismatch between the rows and the objects.
 
-What is refused (nothing is written then): wrong sizes or a non-binary layout
-(`ImageRejected`), a pair whose template alignment QC fails (`ImageRejected`,
-reason `align:<reason>`: the fine-tune would drop it, and the trigger would count
-it), and a SEM already in the folder (`DuplicatePair`: a pair counts once, as in
-the S3 intake). Each manifest row carries the SHA-256 of its SEM and layout pixels
-(`*_pixel_sha256`).
+A SEM counts once: its pixel hash is unique in the table. A second post of it is refused with
+`DuplicatePair` (409) before anything is written, and two replicas racing with the same SEM
+end with one row (the database's unique index decides; the loser answers 409).
+
+What else is refused (nothing is written then): wrong sizes or a non-binary layout
+(`ImageRejected`), a pair whose template alignment QC fails (`ImageRejected`, reason
+`align:<reason>`: the fine-tune would drop it, and the trigger would count it). A store that
+cannot take the write answers `StoreUnavailable` (503).
+
+Each row carries the polarity the aligner recorded for the pair (`polarity` +1 bright / -1
+dark, `polarity_margin`, `polarity_source` "pair" or "prior", as in `alignment.csv`; empty
+when the alignment QC was skipped). Pairs arrive one at a time, so the data set's polarity
+prior is the one the store was given (`polarity_prior`: a layer's polarity), or else the one
+the pairs this store already accepted show (their confident polarity, per pattern type).
 """
 
 from __future__ import annotations
 
-import csv
-import fcntl
-import io
 import re
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
-from semlayout.atomic import atomic_write_bytes, atomic_write_text
 from semlayout.data.pairs import (
     SEM_RAW_SHAPE,
     TEMPLATE_SHAPE,
     ImageRejected,
     check_binary_layout,
     encode_png,
-    read_gray8,
 )
 from semlayout.errors import SemlayoutError
+from semlayout.monitoring import schema as t
+from semlayout.monitoring.database import StoreUnavailable
 from semlayout.monitoring.performance import sha256
 from semlayout.monitoring.store import MonitorStore
+from semlayout.storage import Store, open_store, parse_uri
 
-# *_pixel_sha256: of the decoded pixels (the monitor store's hashes), not of the PNG file bytes
-# that the S3 intake's sem_sha256 columns hold
-COLUMNS = (
-    "id",
-    "sem_path",
-    "layout_path",
-    "pattern_type",
-    "source",
-    "received_at",
-    "sem_pixel_sha256",
-    "layout_pixel_sha256",
-)
+OBJECTS = "objects"
+PROBE = "probes/readyz"  # overwritten by every replica's readiness check
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -72,112 +69,157 @@ def check_pattern_type(pattern_type: str) -> str:
     return pattern_type
 
 
+def object_key(pixel_sha256: str) -> str:
+    return f"{OBJECTS}/{pixel_sha256}.png"
+
+
+def feedback_uri(uri: str | Path) -> str:
+    """The canonical form of a feedback store URI (rows name it): an absolute folder path, or
+    the `s3://bucket/prefix` as given."""
+    scheme, _bucket, path = parse_uri(str(uri))
+    if scheme == "file":
+        return str(Path(path).expanduser().absolute())
+    return str(uri).rstrip("/")
+
+
 class DuplicatePair(SemlayoutError):
-    """This SEM is already in the feedback folder (the API answers 409)."""
+    """This SEM is already in the feedback store (the API answers 409)."""
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    id: str
+    ts: float
+    pattern_type: str
+    sem_sha256: str
+    layout_sha256: str
+    sem_path: str
+    layout_path: str
+    folder: str
+    polarity: int | None = None
+    polarity_margin: float | None = None
+    polarity_source: str | None = None
+
+
+def feedback_rows(store: MonitorStore, folder: str | None = None) -> list[FeedbackRow]:
+    """The feedback rows (oldest first), of the feedback store `folder` only when given."""
+    f = t.feedback
+    query = sa.select(*[f.c[k] for k in FeedbackRow.__dataclass_fields__]).order_by(f.c.ts, f.c.id)
+    if folder is not None:
+        query = query.where(f.c.folder == folder)
+    with store.reading() as conn:
+        return [FeedbackRow(**r._mapping) for r in conn.execute(query)]
+
+
+def _row_of_sem(store: MonitorStore, sem_sha256: str) -> FeedbackRow | None:
+    f = t.feedback
+    query = sa.select(*[f.c[k] for k in FeedbackRow.__dataclass_fields__]).where(
+        f.c.sem_sha256 == sem_sha256
+    )
+    with store.reading() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else FeedbackRow(**row._mapping)
 
 
 class FeedbackStore:
     def __init__(
         self,
-        folder: str | Path,
-        store: MonitorStore | None = None,
+        uri: str | Path,
+        store: MonitorStore,
         sem_shape: tuple[int, int] = SEM_RAW_SHAPE,
         layout_shape: tuple[int, int] = TEMPLATE_SHAPE,
         check_alignment: bool = True,
+        polarity_prior: int | str | None = None,
     ):
         """`check_alignment=False` skips the template-alignment QC (tests of what the loop and the
-        fine-tune do with pairs that got into a folder some other way)."""
-        self.folder = Path(folder)
-        self.check_alignment = check_alignment
+        fine-tune do with pairs that got into the store some other way). `polarity_prior`: the
+        data set's polarity (+1/-1/bright/dark); None reads it from the pairs already stored."""
+        self.uri = feedback_uri(uri)
+        self.objects: Store = open_store(self.uri)
         self.store = store
+        self.check_alignment = check_alignment
+        self.polarity_prior = polarity_prior
         self.sem_shape = sem_shape
         self.layout_shape = layout_shape
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.folder / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def validate(self, sem: np.ndarray, layout: np.ndarray) -> None:
-        if sem.shape != self.sem_shape:
-            raise ImageRejected(
-                "sem",
-                "wrong_size",
-                f"expected a raw SEM of {self.sem_shape[1]}x"
-                f"{self.sem_shape[0]} px, got {sem.shape[1]}x{sem.shape[0]}",
-            )
-        if layout.shape != self.layout_shape:
-            raise ImageRejected(
-                "layout",
-                "wrong_size",
-                f"expected a layout template of "
-                f"{self.layout_shape[1]}x{self.layout_shape[0]} px, got "
-                f"{layout.shape[1]}x{layout.shape[0]}",
-            )
+        for name, img, shape, what in (
+            ("sem", sem, self.sem_shape, "a raw SEM"),
+            ("layout", layout, self.layout_shape, "a layout template"),
+        ):
+            if img.shape != shape:
+                raise ImageRejected(
+                    name,
+                    "wrong_size",
+                    f"expected {what} of {shape[1]}x{shape[0]} px, "
+                    f"got {img.shape[1]}x{img.shape[0]}",
+                )
         check_binary_layout(layout, "layout")
 
-    def add(self, sem: np.ndarray, layout: np.ndarray, pattern_type: str) -> dict[str, str]:
-        """Validate and store one reviewed pair; returns {"id", "sem_path", "layout_path", ...}."""
+    def add(self, sem: np.ndarray, layout: np.ndarray, pattern_type: str) -> dict[str, Any]:
+        """Validate and store one reviewed pair (objects first, row last); returns its row and
+        `feedback_count`, the rows in the store once it was added."""
         check_pattern_type(pattern_type)
         self.validate(sem, layout)
-        if self.check_alignment:
-            self._check_alignment(sem, layout)
+        polarity = self._check_alignment(sem, layout, pattern_type) if self.check_alignment else {}
         sem_h, lay_h = sha256(sem), sha256(layout)
-        pid = f"fb-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-        row = {
-            "id": pid,
-            "sem_path": f"sem/{pid}.png",
-            "layout_path": f"layout/{pid}.png",
-            "pattern_type": pattern_type,
-            "source": "api_feedback",
-            "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "sem_pixel_sha256": sem_h,
-            "layout_pixel_sha256": lay_h,
-        }
-        with self._locked():
-            columns, rows = self._read_manifest()
-            for old in rows:
-                if not old.get(
-                    "sem_pixel_sha256"
-                ):  # a row from before the hash columns: hash it once,
-                    old["sem_pixel_sha256"] = (
-                        self._legacy_sem_hash(old) or ""
-                    )  # kept by the rewrite below
-                if old["sem_pixel_sha256"] == sem_h:
-                    same = (
-                        "the same pair" if old.get("layout_pixel_sha256") == lay_h else "this SEM"
-                    )
-                    raise DuplicatePair(
-                        f"{same} was already received as '{old.get('id')}'; a SEM "
-                        "counts once (nothing was stored)"
-                    )
-            atomic_write_bytes(self.folder / row["sem_path"], encode_png(sem))
-            atomic_write_bytes(self.folder / row["layout_path"], encode_png(layout))
-            self._write_manifest(columns, [*rows, row])
-        if self.store is not None:
-            self.store.add_feedback(
-                id=pid,
-                pattern_type=pattern_type,
-                sem_sha256=sem_h,
-                layout_sha256=lay_h,
-                sem_path=row["sem_path"],
-                layout_path=row["layout_path"],
-                folder=str(self.folder),
-                ts=time.time(),
+        old = _row_of_sem(self.store, sem_h)
+        if old is not None:
+            raise _duplicate(old, lay_h)
+        for pixels, digest in ((sem, sem_h), (layout, lay_h)):
+            self._put(object_key(digest), encode_png(pixels))
+        row = FeedbackRow(
+            id=f"fb-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}",
+            ts=time.time(),
+            pattern_type=pattern_type,
+            sem_sha256=sem_h,
+            layout_sha256=lay_h,
+            sem_path=object_key(sem_h),
+            layout_path=object_key(lay_h),
+            folder=self.uri,
+            **polarity,
+        )
+        try:
+            count = self.store.add_feedback(**row.__dict__)
+        except sa.exc.IntegrityError:  # another replica stored the same SEM meanwhile
+            won = _row_of_sem(self.store, sem_h)
+            if won is None:
+                raise
+            raise _duplicate(won, lay_h) from None
+        return {**row.__dict__, "feedback_count": count}
+
+    def check_writable(self) -> None:
+        """Write a probe object now, or raise `StoreUnavailable` (the readiness report)."""
+        self._put(PROBE, str(time.time()).encode())
+
+    def _put(self, key: str, data: bytes) -> None:
+        # written every time, even when present: re-posting an orphan rewrites its objects, so
+        # they cannot be an old orphan that `fsck --repair` is about to delete
+        try:
+            self.objects.put_bytes(key, data)
+        except (OSError, SemlayoutError) as err:
+            reason = " ".join(str(err).split())[:300]
+            raise StoreUnavailable(f"feedback store unavailable: {reason}") from None
+
+    def _check_alignment(
+        self, sem: np.ndarray, layout: np.ndarray, pattern_type: str
+    ) -> dict[str, Any]:
+        """Alignment QC with the data set's polarity prior; the pair's polarity fields."""
+        from semlayout.data.align import AlignConfig, align_pair
+        from semlayout.data.align_polarity import estimate_priors, fixed_prior
+        from semlayout.data.alignment_table import read_polarity_columns
+
+        cfg = AlignConfig()
+        if self.polarity_prior is not None:
+            prior = fixed_prior(self.polarity_prior)
+        else:
+            rows = feedback_rows(self.store, self.uri)
+            accepted = read_polarity_columns(r.__dict__ for r in rows)
+            table = estimate_priors(
+                accepted, cfg.min_polarity_margin, cfg.prior_min_pairs, cfg.prior_min_share
             )
-        return row
-
-    @staticmethod
-    def _check_alignment(sem: np.ndarray, layout: np.ndarray) -> None:
-        from semlayout.data.align import align_pair
-
-        res = align_pair(sem, layout)
+            prior = table.for_pattern(pattern_type)
+        res = align_pair(sem, layout, cfg, prior)
         if not res.qc_pass:
             raise ImageRejected(
                 "layout",
@@ -185,35 +227,23 @@ class FeedbackStore:
                 f"the template does not align with the SEM "
                 f"(alignment QC failed: {res.qc_summary()}); nothing was stored",
             )
-
-    def _legacy_sem_hash(self, row: dict[str, str]) -> str | None:
-        path = self.folder / (row.get("sem_path") or "")
-        try:
-            return sha256(read_gray8(path))
-        except ImageRejected:  # a missing or unreadable old image cannot be a duplicate of anything
-            return None
-
-    def _read_manifest(self) -> tuple[list[str], list[dict[str, str]]]:
-        manifest = self.folder / "manifest.csv"
-        columns = list(COLUMNS)
-        if not manifest.is_file():
-            return columns, []
-        reader = csv.DictReader(io.StringIO(manifest.read_text(encoding="utf-8")))
-        for c in reader.fieldnames or []:
-            if c not in columns:
-                columns.append(c)
-        return columns, [dict(r) for r in reader]
-
-    def _write_manifest(self, columns: list[str], rows: list[dict[str, str]]) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c) or "" for c in columns})
-        atomic_write_text(self.folder / "manifest.csv", buf.getvalue())
+        margin = res.polarity_margin
+        return {
+            "polarity": res.polarity,
+            "polarity_margin": None if margin is None else round(float(margin), 4),
+            "polarity_source": res.polarity_source,
+        }
 
     def count(self) -> int:
-        manifest = self.folder / "manifest.csv"
-        if not manifest.is_file():
-            return 0
-        return sum(1 for _ in csv.DictReader(io.StringIO(manifest.read_text(encoding="utf-8"))))
+        """Pairs stored in this feedback store (rows naming it)."""
+        f = t.feedback
+        query = sa.select(sa.func.count()).select_from(f).where(f.c.folder == self.uri)
+        with self.store.reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+def _duplicate(old: FeedbackRow, layout_sha256: str) -> DuplicatePair:
+    same = "the same pair" if old.layout_sha256 == layout_sha256 else "this SEM"
+    return DuplicatePair(
+        f"{same} was already received as '{old.id}'; a SEM counts once (nothing was stored)"
+    )

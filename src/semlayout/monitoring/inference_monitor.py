@@ -7,7 +7,6 @@ counts, error rate, latency percentiles).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,33 +28,6 @@ def image_stats(img: np.ndarray) -> dict[str, float]:
 class InferenceMonitor:
     def __init__(self, store: MonitorStore):
         self.store = store
-
-    def record_ok(
-        self,
-        *,
-        endpoint: str,
-        direction: str,
-        prediction_id: str,
-        model_version: str,
-        latency_ms: float,
-        forward_ms: float | None,
-        batch_size: int,
-        input_stats: Mapping[str, float] | None = None,
-        output_stats: Mapping[str, float] | None = None,
-    ) -> None:
-        self.store.add_inference_event(
-            endpoint=endpoint,
-            status="ok",
-            http_status=200,
-            latency_ms=latency_ms,
-            direction=direction,
-            prediction_id=prediction_id,
-            model_version=model_version,
-            forward_ms=forward_ms,
-            batch_size=batch_size,
-            input_stats=input_stats,
-            output_stats=output_stats,
-        )
 
     def record_error(
         self,

@@ -1,8 +1,9 @@
 """PerformanceTracker: quality of served predictions once their ground truth arrives.
 
 At inference every output is registered with a prediction id, the SHA-256 of the
-input and the output image (PNG, in the monitoring store). When the truth for that
-id arrives later (`POST /v1/ground-truth/{id}`), L1 / SSIM / PSNR / IoU are computed
+input and the output image (PNG, in the monitoring store; a thumbnail of at most the model's
+resolution by default, and the truth is then scored at the thumbnail's size). When the truth
+for that id arrives later (`POST /v1/ground-truth/{id}`), L1 / SSIM / PSNR / IoU are computed
 with `semlayout.metrics` and stored; the rolling mean SSIM per direction is compared
 with the promotion baseline (the SSIM the model was approved on).
 """
@@ -10,7 +11,6 @@ with the promotion baseline (the SSIM the model was approved on).
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -39,32 +39,6 @@ class PerformanceTracker:
         self.store = store
         self.baseline: dict[str, float] = dict(baseline or {})
 
-    def register(
-        self,
-        direction: str,
-        model_version: str,
-        image: np.ndarray,
-        output: np.ndarray,
-        prediction_id: str | None = None,
-    ) -> str:
-        """Store one prediction (input hash + output PNG); returns its id."""
-        from semlayout.data.pairs import encode_png
-
-        pid = prediction_id or new_prediction_id()
-        self.store.add_prediction(
-            Prediction(
-                id=pid,
-                ts=time.time(),
-                direction=direction,
-                model_version=model_version,
-                input_sha256=sha256(np.ascontiguousarray(image)),
-                width=int(image.shape[1]),
-                height=int(image.shape[0]),
-                output_png=encode_png(output),
-            )
-        )
-        return pid
-
     def output_of(self, prediction_id: str) -> tuple[Prediction, np.ndarray]:
         from semlayout.data.pairs import decode_gray8
 
@@ -78,16 +52,20 @@ class PerformanceTracker:
         from semlayout import metrics
 
         pred, output = self.output_of(prediction_id)
-        if truth.shape != output.shape:
+        if truth.shape != (pred.height, pred.width):
             raise SemlayoutError(
                 f"ground truth is {truth.shape[1]}x{truth.shape[0]} px but prediction "
-                f"'{prediction_id}' is {output.shape[1]}x{output.shape[0]} px; "
-                "expected the same size"
+                f"'{prediction_id}' is {pred.width}x{pred.height} px; expected the same size"
             )
         if pred.direction == "sem2layout":  # the truth of a layout prediction is a drawn layout
             from semlayout.data.pairs import check_binary_layout
 
             check_binary_layout(truth, "ground truth (a sem2layout prediction's truth is a layout)")
+        if truth.shape != output.shape:  # the output was stored as a thumbnail: score at its size
+            import cv2
+
+            size = (output.shape[1], output.shape[0])
+            truth = cv2.resize(truth, size, interpolation=cv2.INTER_AREA)
         values = {
             "l1": metrics.l1(output, truth),
             "ssim": metrics.ssim(output, truth),

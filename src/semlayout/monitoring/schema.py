@@ -1,92 +1,157 @@
-"""The monitoring database's tables (SQLite DDL), one statement list, versioned.
+"""The monitoring database's tables, as SQLAlchemy Core tables (one definition for SQLite and
+PostgreSQL). The database itself is created and upgraded by the Alembic migrations in
+`semlayout.monitoring.migrations`; these tables are what the code reads and writes, and a
+test checks that they match what the migrations build.
 
 Tables (timestamps are UNIX seconds, UTC):
 ```
-predictions        id, ts, direction, model_version, input_sha256, width, height, output_png
+predictions        id, ts, direction, model_version, input_sha256, width, height,
+                   output_png (kept as configured: none, a thumbnail or the full output),
+                   output_bytes (its size, for the byte budget of the retention policy)
 inference_events   one row per request outcome: latency, forward time, status, error reason,
                    input/output statistics (JSON)
 drift_events       one row per translated image: drifted, max |z|, KL, z-scores and features (JSON)
 ground_truth       one row per prediction that later received its truth: l1, ssim, psnr, iou
-feedback           reviewed pairs posted to /v1/feedback (the images live in the pair folder)
+feedback           reviewed pairs posted to /v1/feedback: the row is written LAST, after both
+                   images are in the feedback object store (`folder` + `sem_path`/`layout_path`);
+                   one row per SEM (unique `sem_sha256`, the hash of its decoded pixels);
+                   the pair's polarity as the aligner recorded it (NULL: QC skipped, or
+                   stored before polarity was recorded)
 trigger_decisions  what the continuous-learning loop decided, and when
+loop_consumed      the reviewed pairs completed fine-tune runs have used (the loop's ledger)
+meta               key/value (the readiness probe's last write)
 ```
+Adding a column: a new migration in `migrations/versions/` (op.add_column) and the column
+here; nothing else reads the schema.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
+import sqlalchemy as sa
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    direction TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    input_sha256 TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    output_png BLOB
-);
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-CREATE TABLE IF NOT EXISTS inference_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    endpoint TEXT NOT NULL,
-    direction TEXT,
-    prediction_id TEXT,
-    model_version TEXT,
-    status TEXT NOT NULL,
-    http_status INTEGER NOT NULL,
-    error TEXT,
-    latency_ms REAL NOT NULL,
-    forward_ms REAL,
-    batch_size INTEGER,
-    input_stats TEXT,
-    output_stats TEXT
-);
-CREATE INDEX IF NOT EXISTS inference_events_ts ON inference_events (ts);
-CREATE TABLE IF NOT EXISTS drift_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    prediction_id TEXT,
-    direction TEXT NOT NULL,
-    drifted INTEGER NOT NULL,
-    max_abs_z REAL NOT NULL,
-    kl REAL NOT NULL,
-    score REAL NOT NULL,
-    z TEXT NOT NULL,
-    features TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS drift_events_dir ON drift_events (direction, id);
-CREATE TABLE IF NOT EXISTS ground_truth (
-    prediction_id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    direction TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    l1 REAL NOT NULL,
-    ssim REAL NOT NULL,
-    psnr REAL NOT NULL,
-    iou REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ground_truth_dir ON ground_truth (direction, ts);
-CREATE TABLE IF NOT EXISTS feedback (
-    id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    pattern_type TEXT NOT NULL,
-    sem_sha256 TEXT NOT NULL,
-    layout_sha256 TEXT NOT NULL,
-    sem_path TEXT NOT NULL,
-    layout_path TEXT NOT NULL,
-    folder TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
-CREATE TABLE IF NOT EXISTS trigger_decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    fired INTEGER NOT NULL,
-    run_id TEXT,
-    details TEXT NOT NULL
-);
-"""
+# SQLite: INTEGER PRIMARY KEY is the rowid; PostgreSQL: a BIGSERIAL
+RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("input_sha256", sa.Text, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("output_png", sa.LargeBinary),
+    sa.Column("output_bytes", sa.Integer),
+    sa.Index("predictions_ts", "ts"),
+)
+
+inference_events = sa.Table(
+    "inference_events",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("direction", sa.Text),
+    sa.Column("prediction_id", sa.Text),
+    sa.Column("model_version", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("forward_ms", sa.Float),
+    sa.Column("batch_size", sa.Integer),
+    sa.Column("input_stats", sa.Text),
+    sa.Column("output_stats", sa.Text),
+    sa.Index("inference_events_ts", "ts"),
+)
+
+drift_events = sa.Table(
+    "drift_events",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("prediction_id", sa.Text),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("drifted", sa.Integer, nullable=False),
+    sa.Column("max_abs_z", sa.Float, nullable=False),
+    sa.Column("kl", sa.Float, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("z", sa.Text, nullable=False),
+    sa.Column("features", sa.Text, nullable=False),
+    sa.Index("drift_events_dir", "direction", "id"),
+)
+
+ground_truth = sa.Table(
+    "ground_truth",
+    metadata,
+    sa.Column("prediction_id", sa.Text, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("l1", sa.Float, nullable=False),
+    sa.Column("ssim", sa.Float, nullable=False),
+    sa.Column("psnr", sa.Float, nullable=False),
+    sa.Column("iou", sa.Float, nullable=False),
+    sa.Index("ground_truth_dir", "direction", "ts"),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("pattern_type", sa.Text, nullable=False),
+    sa.Column("sem_sha256", sa.Text, nullable=False),
+    sa.Column("layout_sha256", sa.Text, nullable=False),
+    sa.Column("sem_path", sa.Text, nullable=False),
+    sa.Column("layout_path", sa.Text, nullable=False),
+    sa.Column("folder", sa.Text, nullable=False),
+    sa.Column("polarity", sa.Integer),  # +1 pattern bright, -1 dark (the aligner's; issue 16)
+    sa.Column("polarity_margin", sa.Float),
+    sa.Column("polarity_source", sa.Text),  # "pair" or "prior", as in alignment.csv
+    sa.Index("feedback_ts", "ts"),
+    sa.Index("feedback_sem_sha256", "sem_sha256", unique=True),
+)
+
+trigger_decisions = sa.Table(
+    "trigger_decisions",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("fired", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text),
+    sa.Column("details", sa.Text, nullable=False),
+)
+
+loop_consumed = sa.Table(
+    "loop_consumed",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("pair_id", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("qc_failed", sa.Integer),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+
+# the tables `MonitorStore.count` answers for
+COUNTED = (
+    "predictions",
+    "inference_events",
+    "drift_events",
+    "ground_truth",
+    "feedback",
+    "trigger_decisions",
+    "loop_consumed",
+)

@@ -1,27 +1,43 @@
-"""The monitoring store: one SQLite file (WAL) shared by the server, the CLI and the loop.
+"""The monitoring store: one database shared by every serving replica, the CLI and the loop.
 
-The tables are in `semlayout.monitoring.schema`.
-Concurrency: the server writes from a threadpool while the CLI or the loop read.
-Each thread gets its own connection (sqlite3 connections must not be shared
-between threads mid-statement), WAL lets readers run beside the one writer, and
-`busy_timeout` makes a second writer wait instead of failing with "database is locked".
+`MonitorStore(db)` opens a SQLite file or a PostgreSQL server (`semlayout.monitoring.database`:
+what `--db` accepts, the pool, what a storage fault becomes), migrates it to the newest
+schema (`semlayout.monitoring.migrations`; tables in `semlayout.monitoring.schema`), and is
+the one interface to it: the translate path writes a request's rows in ONE transaction
+(`record_translations`: predictions, drift and inference events, all or none), the loop reads
+its windows (`drift_rate(window)`, `rolling_ssim(direction, window)`, `feedback_count(since)`,
+`record_trigger_decision(...)`, `last_trigger_time()`; the `*_stats` variants also return how
+many samples a number rests on), and other modules run their own statements through
+`transaction()` / `reading()` (the feedback rows, the loop's ledger, the retention policy).
+Every database error but a constraint violation surfaces as `StoreUnavailable`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
 
 from semlayout.errors import SemlayoutError
-from semlayout.monitoring.schema import BUSY_TIMEOUT_MS, SCHEMA, SCHEMA_VERSION
+from semlayout.monitoring import schema as t
+from semlayout.monitoring.database import (
+    READ_OPTION,
+    Database,
+    StoreUnavailable,
+    open_engine,
+    parse_db,
+    unavailable,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 
 @dataclass(frozen=True)
@@ -36,187 +52,181 @@ class Prediction:
     output_png: bytes | None
 
 
-def _epoch(t: datetime | float | int | None) -> float | None:
-    if t is None:
+@dataclass(frozen=True)
+class TranslationRecord:
+    """Everything one translated image writes: its prediction, its inference event (the
+    keywords of `event_row`) and, with a drift reference, its drift event (of `drift_row`)."""
+
+    prediction: Prediction
+    event: dict[str, Any]
+    drift: dict[str, Any] | None = None
+
+
+def _epoch(value: datetime | float | int | None) -> float | None:
+    if value is None:
         return None
-    if isinstance(t, datetime):
-        if t.tzinfo is None:  # naive datetimes are taken as UTC, as everywhere in the project
-            t = t.replace(tzinfo=UTC)
-        return t.timestamp()
-    return float(t)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:  # naive datetimes are taken as UTC, as everywhere in the project
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    return float(value)
+
+
+def _json(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(dict(value), default=str)
+
+
+def event_row(
+    *,
+    endpoint: str,
+    status: str,
+    http_status: int,
+    latency_ms: float,
+    direction: str | None = None,
+    prediction_id: str | None = None,
+    model_version: str | None = None,
+    error: str | None = None,
+    forward_ms: float | None = None,
+    batch_size: int | None = None,
+    input_stats: Mapping[str, float] | None = None,
+    output_stats: Mapping[str, float] | None = None,
+    ts: float | None = None,
+) -> dict[str, Any]:
+    """An `inference_events` row."""
+    return {
+        "ts": ts or time.time(),
+        "endpoint": endpoint,
+        "direction": direction,
+        "prediction_id": prediction_id,
+        "model_version": model_version,
+        "status": status,
+        "http_status": http_status,
+        "error": error,
+        "latency_ms": latency_ms,
+        "forward_ms": forward_ms,
+        "batch_size": batch_size,
+        "input_stats": _json(input_stats),
+        "output_stats": _json(output_stats),
+    }
+
+
+def drift_row(
+    *,
+    direction: str,
+    drifted: bool,
+    max_abs_z: float,
+    kl: float,
+    score: float,
+    z: Mapping[str, float],
+    features: Mapping[str, float],
+    prediction_id: str | None = None,
+    ts: float | None = None,
+) -> dict[str, Any]:
+    """A `drift_events` row."""
+    return {
+        "ts": ts or time.time(),
+        "prediction_id": prediction_id,
+        "direction": direction,
+        "drifted": int(drifted),
+        "max_abs_z": max_abs_z,
+        "kl": kl,
+        "score": score,
+        "z": json.dumps(dict(z)),
+        "features": json.dumps(dict(features)),
+    }
+
+
+def prediction_row(pred: Prediction) -> dict[str, Any]:
+    row = {k: getattr(pred, k) for k in Prediction.__dataclass_fields__}
+    row["output_bytes"] = None if pred.output_png is None else len(pred.output_png)
+    return row
 
 
 class MonitorStore:
-    """Thread-safe access to the monitoring database at `path` (created on first use).
+    """Thread-safe access to the monitoring database `db` (a SQLite path or a postgresql://
+    URL). A SQLite file is created on first use unless `create=False`."""
 
-    Python API for the continuous-learning loop: `drift_rate(window)`,
-    `rolling_ssim(direction, window)`, `feedback_count(since)`,
-    `record_trigger_decision(...)`, `last_trigger_time()`; the `*_stats` variants
-    also return how many samples the number rests on.
-    """
+    def __init__(self, db: str | Path | Database, create: bool = True):
+        from semlayout.monitoring.migrations import upgrade
 
-    def __init__(self, path: str | Path, create: bool = True):
-        self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise SemlayoutError(f"monitoring database not found: {self.path}")
-        if self.path.exists() and self.path.is_dir():
-            raise SemlayoutError(
-                f"monitoring database path is a folder, expected a file: {self.path}"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self.db = parse_db(db)
+        if self.db.path is not None:
+            _check_sqlite_path(self.db.path, create)
+        self.engine = open_engine(self.db)
         try:
-            # executescript commits on its own, so the transaction is spelled out in the script
-            self._conn().executescript(
-                "BEGIN IMMEDIATE;" + SCHEMA + "INSERT OR IGNORE INTO meta (key, value) VALUES "
-                f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
-            )
-        except sqlite3.DatabaseError as err:
-            raise SemlayoutError(
-                f"{self.path} is not a usable SQLite monitoring database: {err}"
-            ) from None
+            upgrade(self.engine)
+        except sa.exc.DatabaseError as err:
+            self.engine.dispose()
+            if self.db.path is not None and "file is not a database" in str(err.orig):
+                raise SemlayoutError(
+                    f"{self.db.path} is not a usable SQLite monitoring database: {err.orig}"
+                ) from None
+            raise unavailable(err, f"monitoring store {self.db.describe()}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
-    # ------------------------------------------------------------ connections
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # check_same_thread=False only so close() may close every thread's connection;
-            # each connection is still used by the one thread that opened it.
-            conn = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
+    def describe(self) -> str:
+        return self.db.describe()
+
+    # ------------------------------------------------------------ units of work
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back on an error.
+        Database faults leave as `StoreUnavailable`; `IntegrityError` is left to the caller."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (sa.exc.IntegrityError, StoreUnavailable):
+            raise
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as err:
+            raise unavailable(err) from None
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE takes the write lock up front
-        (no upgrade deadlock)."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+    def reading(self) -> Iterator[Connection]:
+        """A read-only unit of work (SQLite: a deferred transaction beside the writer)."""
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            with self.engine.connect().execution_options(**{READ_OPTION: True}) as conn:
+                yield conn
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as err:
+            raise unavailable(err) from None
 
     def close(self) -> None:
-        with self._all_lock:
-            for conn in self._all:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self.engine.dispose()
 
     def journal_mode(self) -> str:
-        return str(self._conn().execute("PRAGMA journal_mode").fetchone()[0])
+        """SQLite's journal mode ("wal"); "postgresql" for a server."""
+        if self.db.path is None:
+            return "postgresql"
+        with self.reading() as conn:
+            return str(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
 
     def check_writable(self) -> None:
-        """Raise if a write transaction cannot be taken now (used by /readyz)."""
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_ready_check', ?)",
-                (str(time.time()),),
-            )
+        """Commit a real write now, or raise `StoreUnavailable` (the readiness probe)."""
+        with self.transaction() as conn:
+            upsert(conn, t.meta, {"key": "last_ready_check", "value": str(time.time())}, ["key"])
 
     # ------------------------------------------------------------ writes
-    def add_prediction(self, pred: Prediction) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO predictions (id, ts, direction, model_version, input_sha256, width,"
-                " height, output_png) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    pred.id,
-                    pred.ts,
-                    pred.direction,
-                    pred.model_version,
-                    pred.input_sha256,
-                    pred.width,
-                    pred.height,
-                    pred.output_png,
-                ),
-            )
+    def record_translations(self, records: Sequence[TranslationRecord]) -> None:
+        """A translate request's rows, all images, in one transaction: all rows or none."""
+        if not records:
+            return
+        drifts = [r.drift for r in records if r.drift is not None]
+        with self.transaction() as conn:
+            conn.execute(t.predictions.insert(), [prediction_row(r.prediction) for r in records])
+            if drifts:
+                conn.execute(t.drift_events.insert(), [drift_row(**d) for d in drifts])
+            conn.execute(t.inference_events.insert(), [event_row(**r.event) for r in records])
 
-    def add_inference_event(
-        self,
-        *,
-        endpoint: str,
-        status: str,
-        http_status: int,
-        latency_ms: float,
-        direction: str | None = None,
-        prediction_id: str | None = None,
-        model_version: str | None = None,
-        error: str | None = None,
-        forward_ms: float | None = None,
-        batch_size: int | None = None,
-        input_stats: Mapping[str, float] | None = None,
-        output_stats: Mapping[str, float] | None = None,
-        ts: float | None = None,
-    ) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO inference_events (ts, endpoint, direction, prediction_id,"
-                " model_version, status, http_status, error, latency_ms, forward_ms, batch_size,"
-                " input_stats, output_stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ts or time.time(),
-                    endpoint,
-                    direction,
-                    prediction_id,
-                    model_version,
-                    status,
-                    http_status,
-                    error,
-                    latency_ms,
-                    forward_ms,
-                    batch_size,
-                    json.dumps(dict(input_stats)) if input_stats is not None else None,
-                    json.dumps(dict(output_stats)) if output_stats is not None else None,
-                ),
-            )
+    def add_inference_event(self, **event: Any) -> None:
+        """One `inference_events` row (keywords of `event_row`)."""
+        with self.transaction() as conn:
+            conn.execute(t.inference_events.insert(), [event_row(**event)])
 
-    def add_drift_event(
-        self,
-        *,
-        direction: str,
-        drifted: bool,
-        max_abs_z: float,
-        kl: float,
-        score: float,
-        z: Mapping[str, float],
-        features: Mapping[str, float],
-        prediction_id: str | None = None,
-        ts: float | None = None,
-    ) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO drift_events (ts, prediction_id, direction, drifted, max_abs_z, kl,"
-                " score, z, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ts or time.time(),
-                    prediction_id,
-                    direction,
-                    int(drifted),
-                    max_abs_z,
-                    kl,
-                    score,
-                    json.dumps(dict(z)),
-                    json.dumps(dict(features)),
-                ),
-            )
+    def add_drift_event(self, **drift: Any) -> None:
+        """One `drift_events` row (keywords of `drift_row`)."""
+        with self.transaction() as conn:
+            conn.execute(t.drift_events.insert(), [drift_row(**drift)])
 
     def add_ground_truth(
         self,
@@ -228,21 +238,15 @@ class MonitorStore:
     ) -> None:
         """Store the quality of one prediction; a second truth for the same id replaces the
         first."""
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO ground_truth (prediction_id, ts, direction, model_version,"
-                " l1, ssim, psnr, iou) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    prediction_id,
-                    ts or time.time(),
-                    direction,
-                    model_version,
-                    float(metrics["l1"]),
-                    float(metrics["ssim"]),
-                    float(metrics["psnr"]),
-                    float(metrics["iou"]),
-                ),
-            )
+        row = {
+            "prediction_id": prediction_id,
+            "ts": ts or time.time(),
+            "direction": direction,
+            "model_version": model_version,
+            **{k: float(metrics[k]) for k in ("l1", "ssim", "psnr", "iou")},
+        }
+        with self.transaction() as conn:
+            upsert(conn, t.ground_truth, row, ["prediction_id"])
 
     def add_feedback(
         self,
@@ -255,21 +259,30 @@ class MonitorStore:
         layout_path: str,
         folder: str,
         ts: float | None = None,
-    ) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO feedback (id, ts, pattern_type, sem_sha256, layout_sha256, sem_path,"
-                " layout_path, folder) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    id,
-                    ts or time.time(),
-                    pattern_type,
-                    sem_sha256,
-                    layout_sha256,
-                    sem_path,
-                    layout_path,
-                    folder,
-                ),
+        polarity: int | None = None,
+        polarity_margin: float | None = None,
+        polarity_source: str | None = None,
+    ) -> int:
+        """One `feedback` row; returns how many there are now (the same transaction).
+        `sa.exc.IntegrityError` when this SEM already has one. The polarity fields: as the
+        aligner recorded them (`semlayout.data.alignment_table`), None when not checked."""
+        row = {
+            "id": id,
+            "ts": ts or time.time(),
+            "pattern_type": pattern_type,
+            "sem_sha256": sem_sha256,
+            "layout_sha256": layout_sha256,
+            "sem_path": sem_path,
+            "layout_path": layout_path,
+            "folder": folder,
+            "polarity": polarity,
+            "polarity_margin": polarity_margin,
+            "polarity_source": polarity_source,
+        }
+        with self.transaction() as conn:
+            conn.execute(t.feedback.insert(), [row])
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(t.feedback)).scalar_one()
             )
 
     def record_trigger_decision(
@@ -281,71 +294,44 @@ class MonitorStore:
     ) -> int:
         """Record one decision of the loop (fired or not); returns its row id.
 
-        `details` is any JSON-serialisable mapping (e.g. `TriggerDecision.to_dict()`).
-        """
-        ts = _epoch(at) or time.time()
-        with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO trigger_decisions (ts, fired, run_id, details) VALUES (?, ?, ?, ?)",
-                (ts, int(bool(fired)), run_id, json.dumps(dict(details or {}), default=str)),
+        `details` is any JSON-serialisable mapping (e.g. `TriggerDecision.to_dict()`)."""
+        row = {
+            "ts": _epoch(at) or time.time(),
+            "fired": int(bool(fired)),
+            "run_id": run_id,
+            "details": _json(details or {}),
+        }
+        with self.transaction() as conn:
+            res = conn.execute(
+                t.trigger_decisions.insert().returning(t.trigger_decisions.c.id), row
             )
-            return int(cur.lastrowid or 0)
-
-    def prune_outputs(self, keep: int) -> int:
-        """Drop the output PNGs of all but the newest `keep` predictions (the rows stay, so drift
-        and quality history is kept; only late ground truth for old ids becomes impossible)."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE predictions SET output_png = NULL "
-                "WHERE output_png IS NOT NULL AND rowid <= "
-                "(SELECT rowid FROM predictions ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
-                (int(keep),),
-            )
-            return int(cur.rowcount)
+            return int(res.scalar_one())
 
     # ------------------------------------------------------------ reads
     def get_prediction(self, prediction_id: str) -> Prediction | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT id, ts, direction, model_version, input_sha256, width, height, output_png"
-                " FROM predictions WHERE id = ?",
-                (prediction_id,),
-            )
-            .fetchone()
-        )
-        return None if row is None else Prediction(**dict(row))
+        cols = [t.predictions.c[k] for k in Prediction.__dataclass_fields__]
+        with self.reading() as conn:
+            row = conn.execute(sa.select(*cols).where(t.predictions.c.id == prediction_id)).first()
+        return None if row is None else Prediction(**row._mapping)
 
     def count(self, table: str) -> int:
-        if table not in {
-            "predictions",
-            "inference_events",
-            "drift_events",
-            "ground_truth",
-            "feedback",
-            "trigger_decisions",
-        }:
+        if table not in t.COUNTED:
             raise SemlayoutError(f"unknown monitoring table '{table}'")
-        return int(self._conn().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        with self.reading() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(t.metadata.tables[table])
+                ).scalar_one()
+            )
 
     def drift_stats(self, window: int, direction: str | None = None) -> tuple[float | None, int]:
         """(share of drifted images among the last `window` translated images,
         how many there were)."""
-        sql = "SELECT drifted FROM drift_events"
-        args: tuple[Any, ...] = ()
+        d = t.drift_events
+        recent = sa.select(d.c.drifted).order_by(d.c.id.desc()).limit(int(window))
         if direction is not None:
-            sql += " WHERE direction = ?"
-            args = (direction,)
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT AVG(drifted), COUNT(*) FROM ({sql} ORDER BY id DESC" " LIMIT ?)",
-                (*args, int(window)),
-            )
-            .fetchone()
-        )
-        n = int(rows[1])
-        return (float(rows[0]) if n else None), n
+            recent = recent.where(d.c.direction == direction)
+        return self._mean_and_count(recent.subquery().c.drifted)
 
     def drift_rate(self, window: int, direction: str | None = None) -> float | None:
         """Share of drifted images among the last `window` (None when there is no traffic)."""
@@ -354,17 +340,21 @@ class MonitorStore:
     def rolling_ssim_stats(self, direction: str, window: int) -> tuple[float | None, int]:
         """(mean SSIM of the last `window` predictions of `direction` that received
         ground truth, n)."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT AVG(ssim), COUNT(*) FROM (SELECT ssim FROM ground_truth WHERE direction = ?"
-                " ORDER BY ts DESC LIMIT ?)",
-                (direction, int(window)),
-            )
-            .fetchone()
+        g = t.ground_truth
+        sub = (
+            sa.select(g.c.ssim)
+            .where(g.c.direction == direction)
+            .order_by(g.c.ts.desc())
+            .limit(int(window))
+            .subquery()
         )
-        n = int(row[1])
-        return (float(row[0]) if n else None), n
+        return self._mean_and_count(sub.c.ssim)
+
+    def _mean_and_count(self, column: Any) -> tuple[float | None, int]:
+        with self.reading() as conn:
+            row: Any = conn.execute(sa.select(sa.func.avg(column), sa.func.count())).one()
+        count = int(row[1])
+        return (float(row[0]) if count else None), count
 
     def rolling_ssim(self, direction: str, window: int) -> float | None:
         return self.rolling_ssim_stats(direction, window)[0]
@@ -372,37 +362,31 @@ class MonitorStore:
     def feedback_count(self, since: datetime | float | None = None) -> int:
         """Reviewed pairs received since `since`
         (datetime, naive = UTC, or UNIX seconds; None = all)."""
-        t = _epoch(since)
-        if t is None:
-            return self.count("feedback")
-        return int(
-            self._conn().execute("SELECT COUNT(*) FROM feedback WHERE ts > ?", (t,)).fetchone()[0]
-        )
+        query = sa.select(sa.func.count()).select_from(t.feedback)
+        after = _epoch(since)
+        if after is not None:
+            query = query.where(t.feedback.c.ts > after)
+        with self.reading() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def last_trigger_time(self) -> datetime | None:
         """When the loop last fired a fine-tune run (UTC), or None if it never did."""
-        row = (
-            self._conn().execute("SELECT MAX(ts) FROM trigger_decisions WHERE fired = 1").fetchone()
-        )
-        return None if row[0] is None else datetime.fromtimestamp(float(row[0]), tz=UTC)
+        d = t.trigger_decisions
+        with self.reading() as conn:
+            ts = conn.execute(sa.select(sa.func.max(d.c.ts)).where(d.c.fired == 1)).scalar()
+        return None if ts is None else datetime.fromtimestamp(float(ts), tz=UTC)
 
     def trigger_decisions(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT id, ts, fired, run_id, details FROM trigger_decisions"
-                " ORDER BY id DESC LIMIT ?",
-                (int(limit),),
-            )
-            .fetchall()
-        )
+        d = t.trigger_decisions
+        with self.reading() as conn:
+            rows = conn.execute(sa.select(d).order_by(d.c.id.desc()).limit(int(limit))).all()
         return [
             {
-                "id": r["id"],
-                "ts": r["ts"],
-                "fired": bool(r["fired"]),
-                "run_id": r["run_id"],
-                "details": json.loads(r["details"]),
+                "id": r.id,
+                "ts": r.ts,
+                "fired": bool(r.fired),
+                "run_id": r.run_id,
+                "details": json.loads(r.details),
             }
             for r in rows
         ]
@@ -410,33 +394,65 @@ class MonitorStore:
     def recent_drift_features(
         self, window: int, direction: str | None = None
     ) -> list[dict[str, Any]]:
-        """Per-image features of the last `window` translated images (oldest first)."""
-        sql = "SELECT direction, drifted, features FROM drift_events"
-        args: tuple[Any, ...] = ()
+        """Per-image features of the last `window` translated images (oldest first), with
+        when (`ts`) and by which model version (`model_version`) each was served."""
+        d, p = t.drift_events, t.predictions
+        query = sa.select(
+            d.c.direction, d.c.drifted, d.c.features, d.c.ts, p.c.model_version
+        ).select_from(d.outerjoin(p, p.c.id == d.c.prediction_id))
         if direction is not None:
-            sql += " WHERE direction = ?"
-            args = (direction,)
-        rows = (
-            self._conn().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, int(window))).fetchall()
-        )
+            query = query.where(d.c.direction == direction)
+        with self.reading() as conn:
+            rows = conn.execute(query.order_by(d.c.id.desc()).limit(int(window))).all()
         return [
             {
-                "direction": r["direction"],
-                "drifted": bool(r["drifted"]),
-                **json.loads(r["features"]),
+                **json.loads(r.features),
+                "direction": r.direction,
+                "drifted": bool(r.drifted),
+                "ts": r.ts,
+                "model_version": r.model_version,
             }
             for r in reversed(rows)
         ]
 
     def inference_window(self, window: int) -> list[dict[str, Any]]:
         """The last `window` inference events (newest first) as dicts."""
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT ts, endpoint, direction, status, http_status, error, latency_ms, forward_ms"
-                " FROM inference_events ORDER BY id DESC LIMIT ?",
-                (int(window),),
-            )
-            .fetchall()
+        e = t.inference_events
+        cols = ("ts", "endpoint", "direction", "status", "http_status", "error", "latency_ms")
+        query = sa.select(*[e.c[c] for c in cols], e.c.forward_ms)
+        with self.reading() as conn:
+            rows = conn.execute(query.order_by(e.c.id.desc()).limit(int(window))).all()
+        return [dict(r._mapping) for r in rows]
+
+
+def upsert(conn: Connection, table: sa.Table, row: dict[str, Any], keys: list[str]) -> None:
+    """INSERT, or UPDATE the row with the same `keys` (the dialect's ON CONFLICT)."""
+    insert = _dialect_insert(conn, table).values(**row)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=keys, set_={k: v for k, v in row.items() if k not in keys}
         )
-        return [dict(r) for r in rows]
+    )
+
+
+def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT the rows whose primary key is not there yet (ON CONFLICT DO NOTHING)."""
+    if rows:
+        conn.execute(_dialect_insert(conn, table).on_conflict_do_nothing(), rows)
+
+
+def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    return insert(table)
+
+
+def _check_sqlite_path(path: Path, create: bool) -> None:
+    if path.is_dir():
+        raise SemlayoutError(f"monitoring database path is a folder, expected a file: {path}")
+    if not path.is_file():
+        if not create:
+            raise SemlayoutError(f"monitoring database not found: {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)

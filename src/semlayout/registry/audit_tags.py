@@ -131,3 +131,44 @@ def version_summary(mv: Any, aliases: dict[str, str]) -> dict[str, Any]:
         "decision": {k: tags[k] for k in DECISION_TAGS if k in tags},
         "audit_log": read_list(tags, AUDIT_TAG),
     }
+
+
+COMPARISON_TAG = "comparison"  # runs:/<run>/comparison/vB-vs-vA.html
+COMPARISON_AGAINST_TAG = "comparison_against"  # the version it was compared with
+
+
+def version_description(version: int | str, tags: dict[str, str]) -> str:
+    """The model version's description as MLflow shows it (Markdown): verdict, data, the
+    comparison page, the audit trail, and how decisions are made."""
+    gate = None
+    with contextlib.suppress(Exception):
+        gate = json.loads(tags["gate_result"])
+    verdict = {"true": "passed", "false": "FAILED"}.get(tags.get("gate_passed", ""), "unknown")
+    lines = [
+        f"**semlayout version {version}** · status {version_status(tags)} · gate {verdict}",
+        "",
+    ]
+    for reason in (gate or {}).get("reasons", [])[:-1]:
+        lines.append(f"- {reason}")
+    data = tags.get("lineage.data_uri")
+    if data:
+        sha = (tags.get("lineage.data_sha256") or "")[:12]
+        config, code = tags.get("lineage.config", "?"), tags.get("lineage.git_commit", "?")[:10]
+        lines += ["", f"Trained on `{data}` (sha256 {sha or '?'}), config `{config}`, code {code}."]
+    if tags.get(COMPARISON_TAG):
+        against = tags.get(COMPARISON_AGAINST_TAG, "?")
+        lines += ["", f"Compared with v{against} on the same pairs: `{tags[COMPARISON_TAG]}`."]
+    log = read_list(tags, AUDIT_TAG)
+    if log:
+        lines += ["", "Audit trail:"]
+        for e in log:
+            lines.append(
+                f"- {e.get('at', '?')} **{e.get('action', '?')}** v{e.get('version')} by "
+                f"{e.get('by', '?')}: {e.get('reason', '')}"
+            )
+    lines += [
+        "",
+        "Promote, reject and roll back with `semlayout registry approve | reject | rollback`: "
+        "the MLflow UI's alias editor skips the gate check and the audit trail.",
+    ]
+    return "\n".join(lines)

@@ -31,6 +31,7 @@ from semlayout.registry.run_logging import MODEL_NAME_IN_RUN
 from semlayout.registry.tracking import (
     check_tracking_uri,
     mlflow_errors,
+    no_progress_bars,
     registry_missing,
     use_tracking_uri,
 )
@@ -96,16 +97,22 @@ class RegistryReader:
     def lookup(self, ref: ModelUri) -> ModelVersion:
         """The version `ref` names now (an alias is resolved on every call: aliases move)."""
         if ref.alias is not None:
-            self.model(ref.name)
+            model = self.model(ref.name)
+            if ref.alias not in (getattr(model, "aliases", None) or {}):
+                raise SemlayoutError(_missing_alias(ref.name, ref.alias, model.aliases or {}))
             with mlflow_errors(f"alias '{ref.alias}' of model '{ref.name}'"):
                 return self.client.get_model_version_by_alias(ref.name, ref.alias)
         return self.version(ref.name, ref.version or "")
 
     def run_metrics(self, run_id: str) -> dict[str, Any] | None:
         """The nested metrics dict logged as `metrics.json`; None when the run has none."""
-        with tempfile.TemporaryDirectory(prefix="semlayout-metrics-") as tmp:
+        return self.run_json(run_id, "metrics.json")
+
+    def run_json(self, run_id: str, name: str) -> dict[str, Any] | None:
+        """A JSON object logged in the run as `name`; None when the run has none."""
+        with tempfile.TemporaryDirectory(prefix="semlayout-json-") as tmp, no_progress_bars():
             try:
-                path = self.client.download_artifacts(run_id, "metrics.json", tmp)
+                path = self.client.download_artifacts(run_id, name, tmp)
                 value = json.loads(Path(path).read_text())
             except Exception:
                 return None
@@ -151,6 +158,24 @@ class RegistryReader:
     def fetch(self, ref: ModelUri) -> Path:
         """The cached (downloaded on first use) checkpoint folder of the version `ref` names."""
         return download_checkpoint(self.uri, ref.name, self.lookup(ref))
+
+    def _champion_beside(
+        self, run_id: str | None, name: str, champ: str
+    ) -> tuple[dict[str, Any] | None, str]:
+        """The champion's metrics to show beside a version's: its scores on the version's own
+        test pairs when the gate evaluated this champion there ("same_pairs"), else the
+        champion's own evaluation ("own_test_split": other pairs, not comparable)."""
+        same = self.run_json(run_id, "champion_metrics.json") if run_id else None
+        if same and str(same.get("champion_version")) == champ and same.get("metrics"):
+            return same["metrics"], "same_pairs"
+        cmv = self.client.get_model_version(name, champ)
+        return (self.run_metrics(cmv.run_id) if cmv.run_id else None), "own_test_split"
+
+    def comparison(self, name: str, version: int | str) -> dict[str, Any] | None:
+        """Where the version's comparison page is (`registry.attachments`); None without one."""
+        from semlayout.registry.attachments import comparison_location
+
+        return comparison_location(self, name, version)
 
     # ------------------------------------------------------------------------- listing
     def list_models(self) -> list[dict[str, Any]]:
@@ -199,14 +224,32 @@ class RegistryReader:
         out["name"] = name
         metrics = self.run_metrics(mv.run_id) if mv.run_id else None
         champ = aliases.get(CHAMPION)
-        champ_metrics = None
+        champ_metrics, basis = None, None
         if champ and champ != str(mv.version):
-            cmv = self.client.get_model_version(name, champ)
-            champ_metrics = self.run_metrics(cmv.run_id) if cmv.run_id else None
+            champ_metrics, basis = self._champion_beside(mv.run_id, name, champ)
         out["champion"] = int(champ) if champ else None
+        out["champion_basis"] = basis
         out["metrics"] = compact_metrics(metrics)
         out["champion_metrics"] = compact_metrics(champ_metrics)
         out["model_uri"] = str(ModelUri(name, version=str(mv.version)))
         out["source"] = mv.source
         out["run_model"] = MODEL_NAME_IN_RUN
         return out
+
+
+def _missing_alias(name: str, alias: str, aliases: dict[str, Any]) -> str:
+    """What to do when `models:/NAME@ALIAS` names no version: the next command to run."""
+    if alias == CHAMPION:
+        challenger = aliases.get(CHALLENGER)
+        which = str(challenger) if challenger is not None else "VERSION"
+        hint = f" (the challenger is v{challenger})" if challenger is not None else ""
+        return (
+            f"model '{name}' has no champion yet{hint}: promote a version with "
+            f"`semlayout registry approve {name} {which} --by YOU --reason ...` "
+            f"(`semlayout registry show {name}` lists them)"
+        )
+    known = ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none"
+    return (
+        f"model '{name}' has no alias '{alias}' (its aliases: {known}); "
+        f"`semlayout registry show {name}` lists the versions"
+    )

@@ -1,6 +1,8 @@
 """Local checkpoint folders for registered versions: downloaded once, atomically, into
 `$SEMLAYOUT_CACHE_DIR/models/<registry>/<name>/<version>-<source hash>/checkpoint/`
-(a killed download leaves no folder that looks complete). mlflow is imported inside."""
+(a killed download leaves no folder that looks complete), with the version's drift reference
+beside it in `drift/` when it was registered with one (`drift_reference_of`). mlflow is
+imported inside."""
 
 from __future__ import annotations
 
@@ -13,10 +15,21 @@ from typing import TYPE_CHECKING
 from semlayout.errors import SemlayoutError
 from semlayout.model_uri import ModelUri
 from semlayout.registry.audit_tags import to_json
-from semlayout.registry.tracking import mlflow_errors, use_tracking_uri
+from semlayout.registry.tracking import mlflow_errors, no_progress_bars, use_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
+
+
+# the version tag naming the run artifact folder of the drift reference registered with it
+DRIFT_TAG = "drift_reference"
+DRIFT_ARTIFACTS = "drift"
+
+
+def drift_reference_of(ckpt: Path) -> Path | None:
+    """The drift reference folder a registered version's checkpoint came with, if any."""
+    folder = ckpt.parent / DRIFT_ARTIFACTS
+    return folder if (folder / "reference_stats.json").is_file() else None
 
 
 def cache_root() -> Path:
@@ -71,9 +84,7 @@ def download_checkpoint(tracking_uri: str, name: str, mv: ModelVersion) -> Path:
 def _download_into(tmp: Path, tracking_uri: str, name: str, mv: ModelVersion) -> None:
     import mlflow
 
-    prev = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
+    with no_progress_bars():
         with (
             mlflow_errors(f"artifacts of model '{name}' version {mv.version}"),
             use_tracking_uri(tracking_uri),
@@ -83,11 +94,19 @@ def _download_into(tmp: Path, tracking_uri: str, name: str, mv: ModelVersion) ->
                 dst_path=str(tmp / "model"),
                 tracking_uri=tracking_uri,
             )
-    finally:
-        if prev is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = prev
+        drift = (mv.tags or {}).get(DRIFT_TAG)
+        if drift:
+            with (
+                mlflow_errors(f"drift reference of model '{name}' version {mv.version}"),
+                use_tracking_uri(tracking_uri),
+            ):
+                mlflow.artifacts.download_artifacts(
+                    run_id=mv.run_id,
+                    artifact_path=drift,
+                    dst_path=str(tmp / "drift-download"),
+                    tracking_uri=tracking_uri,
+                )
+            (tmp / "drift-download" / drift).rename(tmp / DRIFT_ARTIFACTS)
     src = tmp / "model" / "artifacts" / "checkpoint"
     if not (src / "config.json").is_file():
         raise SemlayoutError(
@@ -107,3 +126,4 @@ def _download_into(tmp: Path, tracking_uri: str, name: str, mv: ModelVersion) ->
         )
     )
     shutil.rmtree(tmp / "model", ignore_errors=True)
+    shutil.rmtree(tmp / "drift-download", ignore_errors=True)

@@ -28,12 +28,16 @@ from semlayout.registry.audit_tags import (
     read_list,
     require,
     to_json,
+    version_description,
 )
 from semlayout.registry.lookups import RegistryReader
+from semlayout.registry.model_cache import DRIFT_ARTIFACTS, DRIFT_TAG
 from semlayout.registry.run_logging import (
     TAG_CONFIG_HASH,
     TAG_MODEL_URI,
     checkpoint_config,
+    log_curves,
+    log_datasets,
     log_run_contents,
     run_tags,
 )
@@ -84,13 +88,21 @@ class Registry(RegistryReader):
         sample_grid_png: PathLike | None = None,
         tags: dict[str, str] | None = None,
         include_train_state: bool = False,
+        run_name: str | None = None,
+        datasets: list[dict[str, Any]] | None = None,
+        training_window_ms: tuple[int, int] | None = None,
+        extra_json: dict[str, Any] | None = None,
     ) -> str:
         """Log one finished training run; returns its run id.
 
         Logged: `params` and the config (flattened as `cfg.*` params; default: the one in the
         checkpoint's config.json), `metrics` flattened (`sem2layout.ssim`, ...), `metrics.json`
-        and `config.json` artifacts, the report and sample grid, and a pyfunc model (`model`)
-        holding the checkpoint folder, built from code (`pyfunc_model.py`): nothing is pickled.
+        and `config.json` artifacts, the report (`report.html`) and sample grid, and a pyfunc
+        model (`model`) holding the checkpoint folder, built from code (`pyfunc_model.py`):
+        nothing is pickled. The training's curves when the checkpoint folder carries
+        steps.jsonl / history.json; `datasets` as MLflow dataset inputs; `extra_json` as JSON
+        artifacts ({file name: object}). `training_window_ms` = (start, end) in Unix ms makes
+        the run's start and end the training's, so its duration is the training's.
         """
         import mlflow
 
@@ -98,14 +110,24 @@ class Registry(RegistryReader):
         cfg_dict = checkpoint_config(ckpt, config)
         with mlflow_errors(f"MLflow experiment '{experiment}'"):
             exp_id = self.experiment_id(experiment)
-        with (
-            self.scoped(),
-            mlflow.start_run(experiment_id=exp_id, tags=run_tags(ckpt, cfg_dict, tags)) as run,
-        ):
+            run = self.client.create_run(
+                exp_id,
+                start_time=training_window_ms[0] if training_window_ms else None,
+                tags=run_tags(ckpt, cfg_dict, tags),
+                run_name=run_name,
+            )
+        run_id = str(run.info.run_id)
+        with self.scoped(), mlflow.start_run(run_id=run_id):
             log_run_contents(
                 ckpt, metrics, params, cfg_dict, report_html, sample_grid_png, include_train_state
             )
-            return str(run.info.run_id)
+            log_curves(self.client, run_id, ckpt)
+            log_datasets(datasets or [])
+            for file_name, obj in (extra_json or {}).items():
+                mlflow.log_dict(obj, file_name)
+        if training_window_ms:
+            self.client.set_terminated(run_id, "FINISHED", end_time=training_window_ms[1])
+        return run_id
 
     # ------------------------------------------------------------------------- registration
     def register(
@@ -115,8 +137,15 @@ class Registry(RegistryReader):
         gate: GateResult,
         lineage: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        drift_reference: PathLike | None = None,
     ) -> int:
         """Register the run's pyfunc model as a new version of `name`; returns its number.
+
+        `drift_reference` (the training shards' `reference_stats.json`, or the shard folder)
+        travels with the version: it is logged to the run as `drift/` with the thresholds
+        calibrated now (`semlayout.monitoring.drift.write_drift_bundle`) BEFORE the version
+        exists, and the version's tag `drift_reference` names it; the server loads it with the
+        weights and swaps both together.
 
         Tags set at creation: `lineage.<key>` for every `lineage` item (data URI and content
         hash, pipeline run id, ...; `config_hash` and `git_commit` are filled in when absent),
@@ -137,6 +166,8 @@ class Registry(RegistryReader):
             with contextlib.suppress(Exception):
                 metrics = self.run_metrics(run_id)
         tags = self._registration_tags(run, gate, lineage, metrics)
+        if drift_reference is not None:
+            tags[DRIFT_TAG] = self._log_drift_reference(run_id, drift_reference)
         self._ensure_model(name)
         with mlflow_errors(f"registering run {run_id} as '{name}'"), self.scoped():
             mv = self.client.create_model_version(
@@ -173,6 +204,17 @@ class Registry(RegistryReader):
             )
         return int(version)
 
+    def _log_drift_reference(self, run_id: str, reference: PathLike) -> str:
+        import tempfile
+
+        from semlayout.monitoring.drift import write_drift_bundle
+
+        with tempfile.TemporaryDirectory(prefix="semlayout-drift-") as tmp:
+            bundle = write_drift_bundle(reference, Path(tmp) / DRIFT_ARTIFACTS)
+            with mlflow_errors(f"logging the drift reference of run {run_id}"), self.scoped():
+                self.client.log_artifacts(run_id, str(bundle), artifact_path=DRIFT_ARTIFACTS)
+        return DRIFT_ARTIFACTS
+
     @staticmethod
     def _registration_tags(
         run: Run,
@@ -206,15 +248,30 @@ class Registry(RegistryReader):
                 )
 
     def _audit(self, name: str, versions: list[str], event: dict[str, Any]) -> None:
-        """Append `event` to the audit log of each version in `versions` and of the model."""
+        """Append `event` to the audit log of each version in `versions` and of the model;
+        the versions' descriptions are rewritten to match."""
         event = {"at": now(), **event}
         for v in versions:
             mv = self.client.get_model_version(name, v)
             log = read_list(mv.tags or {}, AUDIT_TAG) + [event]
             self.client.set_model_version_tag(name, v, AUDIT_TAG, to_json(log))
+            self.refresh_description(name, v)
         model = self.client.get_registered_model(name)
         log = read_list(model.tags or {}, AUDIT_TAG) + [event]
         self.client.set_registered_model_tag(name, AUDIT_TAG, fit_list(log, MODEL_TAG_LIMIT))
+
+    def refresh_description(self, name: str, version: str) -> None:
+        """The version's MLflow description: a readable summary of its tags (verdict, data,
+        comparison page, audit trail)."""
+        mv = self.client.get_model_version(name, version)
+        text = version_description(version, dict(mv.tags or {}))
+        self.client.update_model_version(name, version, description=text)
+
+    def attach_comparison(self, name: str, version: int | str, html: PathLike, against: int) -> str:
+        """Attach a comparison page (`semlayout.comparison_report`) to a version; its URI."""
+        from semlayout.registry.attachments import attach_comparison
+
+        return attach_comparison(self, name, version, Path(html), against)
 
     def _history(self, name: str) -> list[str]:
         """`champion_history`: the versions that were champion, in order."""
@@ -229,11 +286,14 @@ class Registry(RegistryReader):
             self.client.set_model_version_tag(name, v, key, value)
 
     # ------------------------------------------------------------------------- decisions
-    def approve(self, name: str, version: int | str, by: str, reason: str) -> dict[str, Any]:
+    def approve(
+        self, name: str, version: int | str, by: str, reason: str, dry_run: bool = False
+    ) -> dict[str, Any]:
         """Promote `version` to `champion` (the old champion becomes `previous-champion`).
 
         Refused: an unknown version, a version whose gate failed or has no verdict, a rejected
-        version, the current champion again, an empty `by` / `reason`.
+        version, the current champion again, an empty `by` / `reason`. `dry_run`: every check,
+        no change; returns what would happen.
         """
         by, reason = require(by, "--by (who approves)"), require(reason, "--reason")
         mv = self.version(name, version)
@@ -242,6 +302,9 @@ class Registry(RegistryReader):
         old = self.alias_version(name, CHAMPION)
         if old == v:
             raise SemlayoutError(f"model '{name}' version {v} is already the champion")
+        if dry_run:
+            prev = int(old) if old else None
+            return {"name": name, "champion": int(v), "previous_champion": prev, "dry_run": True}
         at = now()
         # 1. tags first: no alias ever points at a version without its approval record
         self._set_decision(
@@ -273,8 +336,11 @@ class Registry(RegistryReader):
             "at": at,
         }
 
-    def reject(self, name: str, version: int | str, by: str, reason: str) -> dict[str, Any]:
-        """Record a rejection; the `challenger` alias is removed if it points at `version`."""
+    def reject(
+        self, name: str, version: int | str, by: str, reason: str, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Record a rejection; the `challenger` alias is removed if it points at `version`.
+        `dry_run`: every check, no change."""
         by, reason = require(by, "--by (who rejects)"), require(reason, "--reason")
         mv = self.version(name, version)
         v = str(mv.version)
@@ -285,6 +351,14 @@ class Registry(RegistryReader):
             )
         if (mv.tags or {}).get("rejected_by"):
             raise SemlayoutError(f"model '{name}' version {v} is already rejected")
+        if dry_run:
+            removed = self.alias_version(name, CHALLENGER) == v
+            return {
+                "name": name,
+                "rejected": int(v),
+                "challenger_removed": removed,
+                "dry_run": True,
+            }
         at = now()
         self._set_decision(
             name, v, {"rejected_by": by, "rejected_at": at, "rejection_reason": reason}
@@ -298,10 +372,10 @@ class Registry(RegistryReader):
             removed = True
         return {"name": name, "rejected": int(v), "challenger_removed": removed, "at": at}
 
-    def rollback(self, name: str, by: str, reason: str) -> dict[str, Any]:
+    def rollback(self, name: str, by: str, reason: str, dry_run: bool = False) -> dict[str, Any]:
         """`champion` <- `previous-champion`; `previous-champion` <- the champion before that
         (from `champion_history`, skipping rolled-back versions), or removed when there is
-        none."""
+        none. `dry_run`: every check, no change."""
         by, reason = require(by, "--by (who rolls back)"), require(reason, "--reason")
         cur = self.alias_version(name, CHAMPION)
         prev = self.alias_version(name, PREVIOUS)
@@ -311,6 +385,14 @@ class Registry(RegistryReader):
             raise SemlayoutError(f"model '{name}' has no previous-champion to roll back to")
         history = [h for h in self._history(name) if h != cur]
         new_prev = self._champion_before(name, history, prev)
+        if dry_run:
+            return {
+                "name": name,
+                "champion": int(prev),
+                "rolled_back": int(cur),
+                "previous_champion": int(new_prev) if new_prev else None,
+                "dry_run": True,
+            }
         at = now()
         self._set_decision(
             name, cur, {"rolled_back_by": by, "rolled_back_at": at, "rollback_reason": reason}

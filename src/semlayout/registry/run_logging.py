@@ -150,13 +150,15 @@ def log_run_contents(
         all_params = {**flatten_params(params or {}), **flatten_params(cfg_dict, "cfg")}
         if all_params:
             mlflow.log_params(all_params)
-        flat = flatten_numbers(metrics)
+        flat = {k: v for k, v in flatten_numbers(metrics).items() if not _baseline_detail(k)}
         if flat:
             mlflow.log_metrics(flat)
         mlflow.log_dict(metrics, "metrics.json")
         mlflow.log_dict(cfg_dict, "config.json")
-        if report_html is not None:
-            mlflow.log_artifact(str(report_html), "report")
+        if report_html is not None:  # named report.html whatever the file is called (KFP: report)
+            named = tmp / "report.html"
+            shutil.copyfile(report_html, named)
+            mlflow.log_artifact(str(named))
         if sample_grid_png is not None:
             mlflow.log_artifact(str(sample_grid_png), "samples")
         staged = stage_checkpoint(ckpt, tmp, include_train_state)
@@ -167,3 +169,65 @@ def log_run_contents(
             pip_requirements=pip_requirements(),
         )
         mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
+
+
+def _baseline_detail(key: str) -> bool:
+    """The Otsu baseline's per-family numbers: in metrics.json, not as run metrics."""
+    return ".baseline_otsu.per_family." in key
+
+
+def read_step_records(folder: Path) -> list[dict[str, Any]]:
+    """`steps.jsonl` of a training run (one record per logged step; after a resume the last
+    record of a step wins), in step order; [] when there is none."""
+    path = folder / "steps.jsonl"
+    if not path.is_file():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError, ValueError):
+            rec = json.loads(line)
+            by_step[int(rec["step"])] = rec
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def log_curves(client: Any, run_id: str, folder: Path) -> int:
+    """The training's curves into run `run_id`, at the time they were measured: per-step
+    losses (`train/<loss>`, step = global step) from steps.jsonl and per-epoch records
+    (history.json, step = epoch, as `semlayout train --tracking-uri` logs them).
+    Returns the number of values logged."""
+    from mlflow.entities import Metric
+
+    from semlayout.train.mlflow_logger import step_metrics
+
+    values: list[Metric] = []
+    for rec in read_step_records(folder):
+        ts = int(float(rec.get("time", 0)) * 1000)
+        for key, value in step_metrics(rec).items():
+            values.append(Metric(key, value, ts, int(rec["step"])))
+    history = folder / "history.json"
+    if history.is_file():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            for rec in json.loads(history.read_text()).get("epochs", []):
+                for key, value in rec.items():
+                    if key in ("epoch", "step") or isinstance(value, bool):
+                        continue
+                    if isinstance(value, int | float) and math.isfinite(float(value)):
+                        values.append(Metric(key, float(value), 0, int(rec["epoch"])))
+    for start in range(0, len(values), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=values[start : start + 1000])
+    return len(values)
+
+
+def log_datasets(datasets: list[dict[str, Any]]) -> None:
+    """Each {"name", "source", "digest", "context"[, "profile"]} as an MLflow dataset input
+    of the active run (MLflow shows them as the run's data sets)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for d in datasets:
+        source = resolve_dataset_source(d["source"])
+        digest = (d.get("digest") or "")[:36] or None
+        # MetaDataset: a data set MLflow records by source and digest without loading it
+        dataset = MetaDataset(source, name=d["name"], digest=digest)  # type: ignore[abstract]
+        mlflow.log_input(dataset, context=d.get("context", "training"))

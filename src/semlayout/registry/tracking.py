@@ -140,3 +140,17 @@ def mlflow_errors(what: str) -> Iterator[None]:
                 f"{what}: cannot reach the MLflow tracking server ({msg})"
             ) from None
         raise
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """MLflow's artifact download progress bars off for a block (they are noise in a CLI)."""
+    prev = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if prev is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = prev

@@ -1,7 +1,8 @@
 """The HTTP API: `create_app(settings, engine=None)` builds a FastAPI app around one
 InferenceEngine.
 
-Endpoints (OpenAPI at /docs and /openapi.json), one router per area in `serving.routes`:
+Endpoints (OpenAPI at /openapi.json; /docs and /redoc from packaged assets, offline), one
+router per area in `serving.routes`:
 - `POST /v1/translate/{direction}` -> image/png (headers X-Prediction-Id, X-Model-Version,
   X-Drift-Score — the latter only when the server has a drift reference);
   `/json` -> TranslateResponse; `/batch` -> list[TranslateResponse].
@@ -13,8 +14,11 @@ Endpoints (OpenAPI at /docs and /openapi.json), one router per area in `serving.
 Every user mistake is a 4xx `{"detail": ...}`: uploads are checked from their header
 before decoding (`serving.uploads`), the body size while it streams in, and any
 `SemlayoutError` from the library maps to 422 (404 for an unknown prediction id).
-The heavy work (decode, forward, drift features, SQLite writes) runs in worker threads,
-never on the event loop.
+A storage fault (the monitoring database or the feedback store full, read-only or down) is
+a JSON 503 with the reason and `Retry-After`, and nothing of the request is stored.
+The heavy work (decode, forward, drift features, database writes) runs in worker threads,
+never on the event loop. The OpenAPI schema lists every status a route answers, each with
+the one error body `{"detail": str}` (`serving.openapi`).
 
 Composition: settings and metrics are fixed here (`app.state`); the model, stores and
 micro-batcher open in the lifespan (`serving.state`); endpoints get them injected
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -33,13 +38,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from semlayout.errors import SemlayoutError, describe_errors
+from semlayout.monitoring.database import StoreUnavailable
 from semlayout.monitoring.performance import UnknownPrediction
 from semlayout.serving.engine import InferenceEngine, QueueFull
 from semlayout.serving.middleware import RequestMetricsMiddleware
+from semlayout.serving.openapi import install_openapi
 from semlayout.serving.prometheus import ServingMetrics
 from semlayout.serving.routes import (
     admin_routes,
     align_routes,
+    docs_routes,
     feedback_routes,
     health_routes,
     monitoring_routes,
@@ -47,8 +55,10 @@ from semlayout.serving.routes import (
 )
 from semlayout.serving.schemas import SERVER_ERROR
 from semlayout.serving.settings import ServeSettings
-from semlayout.serving.state import open_state, poll_registry
+from semlayout.serving.state import enforce_retention, open_state, poll_registry
 from semlayout.serving.uploads import BodyLimitMiddleware
+
+log = logging.getLogger("semlayout.serving")
 
 
 def create_app(
@@ -63,6 +73,8 @@ def create_app(
         description="SEM <-> layout translation with drift, health and quality monitoring.",
         lifespan=lifespan(engine),
         responses=SERVER_ERROR,
+        docs_url=None,  # /docs and /redoc come from docs_routes: packaged assets, no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -77,8 +89,10 @@ def create_app(
         feedback_routes,
         monitoring_routes,
         admin_routes,
+        docs_routes,
     ):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 
@@ -92,18 +106,19 @@ def lifespan(
         settings: ServeSettings = app.state.settings
         state = await open_state(settings, app.state.metrics, engine)
         app.state.svc = state
-        poller = None
+        loop = asyncio.get_running_loop()
+        tasks = []
         if state.engine.follows_alias and settings.poll_interval_s > 0:
-            poller = asyncio.get_running_loop().create_task(
-                poll_registry(state), name="semlayout-poller"
-            )
+            tasks.append(loop.create_task(poll_registry(state), name="semlayout-poller"))
+        if settings.retention_interval_s > 0:
+            tasks.append(loop.create_task(enforce_retention(state), name="semlayout-retention"))
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+                    await task
             await state.batcher.stop()
             app.state.svc = None
             state.store.close()
@@ -127,6 +142,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QueueFull)
     async def busy(_: Request, err: QueueFull) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(StoreUnavailable)
+    async def storage_fault(_: Request, err: StoreUnavailable) -> JSONResponse:
+        log.warning("503: %s", err)
+        return JSONResponse(
+            {"detail": str(err)},
+            status_code=503,
+            headers={"Retry-After": str(err.retry_after_s)},
+        )
 
     @app.exception_handler(SemlayoutError)
     async def user_error(_: Request, err: SemlayoutError) -> JSONResponse:

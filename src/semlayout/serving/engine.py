@@ -5,10 +5,12 @@ Path of one image: decode and grayscale check (`serving.uploads`) -> the Transla
 as uint8). The API turns a sem2layout output into the drawn layout (`binarize=true`) with
 the model's own `Translator.to_layout`, after the batch.
 
-The engine holds one `LoadedModel` at a time. `reload()` loads the version the registry
-alias points to *beside* the current one and then swaps a single reference, so requests
-already running finish on the model they started with and no request sees a half-loaded
-model. A model given as `models:/NAME@ALIAS` is pinned to the version the alias named
+The engine holds one `LoadedModel` at a time: the weights and the drift detectors that judge
+its requests (the reference registered with the version, or the `--reference` override).
+`reload()` loads the version the registry alias points to *beside* the current one, with its
+drift reference, and then swaps a single reference, so requests already running finish on the
+model they started with and no request sees a half-loaded model or another version's
+reference. A model given as `models:/NAME@ALIAS` is pinned to the version the alias named
 at load time (loaded as `models:/NAME/VERSION`), which is what `X-Model-Version` reports.
 
 `MicroBatcher` (asyncio) queues single images and runs them in batches of up to
@@ -28,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +39,7 @@ import numpy as np
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 from semlayout.model_uri import ModelUri
+from semlayout.monitoring.drift import DriftDetector, DriftOptions
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -62,6 +65,11 @@ class LoadedModel:
     backend: str
     loaded_at: float = field(default_factory=time.time)
     baseline_ssim: dict[str, float] = field(default_factory=dict)
+    # the drift reference registered with this version (a folder), if it came with one
+    drift_reference: Path | None = None
+    # the detectors this model's requests are judged by, and where their reference came from
+    detectors: dict[str, DriftDetector] = field(default_factory=dict)
+    drift_source: str | None = None
 
 
 def registry_ref(uri: str) -> ModelUri | None:
@@ -142,15 +150,19 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
         )
     ref = registry_ref(model)
     if ref is not None:
+        from semlayout.registry.model_cache import drift_reference_of
+
         registry, mv = _registry_version(model, ref, tracking_uri)
-        pinned = str(ref.pinned(mv.version))
-        translator = Translator.load(pinned, backend=backend, tracking_uri=tracking_uri)
+        pinned = ref.pinned(mv.version)
+        ckpt = registry.fetch(pinned)  # downloaded once: Translator.load finds it in the cache
+        translator = Translator.load(str(pinned), backend=backend, tracking_uri=tracking_uri)
         return LoadedModel(
             translator,
             str(mv.version),
-            pinned,
+            str(pinned),
             backend,
             baseline_ssim=_registry_baseline(registry.client, mv.run_id),
+            drift_reference=drift_reference_of(ckpt),
         )
     folder = Path(model)
     if not folder.is_dir():
@@ -176,19 +188,47 @@ class InferenceEngine:
         backend: str = "eager",
         tracking_uri: str | None = None,
         loader: Callable[[str, str, str | None], LoadedModel] = load_model,
+        drift: DriftOptions | None = None,
     ):
-        self._current = loaded
         self.model = model if model is not None else loaded.source
         self.backend = backend
         self.tracking_uri = tracking_uri
+        self.drift = drift or DriftOptions()
+        self._override: dict[str, DriftDetector] | None = None
         self._loader = loader
         self._reload_lock = threading.Lock()
+        self._current = self._with_drift(loaded)
 
     @classmethod
     def load(
-        cls, model: str, backend: str = "eager", tracking_uri: str | None = None
+        cls,
+        model: str,
+        backend: str = "eager",
+        tracking_uri: str | None = None,
+        drift: DriftOptions | None = None,
     ) -> InferenceEngine:
-        return cls(load_model(model, backend, tracking_uri), model, backend, tracking_uri)
+        loaded = load_model(model, backend, tracking_uri)
+        return cls(loaded, model, backend, tracking_uri, drift=drift)
+
+    def _with_drift(self, loaded: LoadedModel) -> LoadedModel:
+        """`loaded` with its drift detectors: from the `--reference` override (built once), else
+        from the reference registered with the version, else none (and a warning)."""
+        if self.drift.override is not None:
+            if self._override is None:
+                self._override = self.drift.detectors(self.drift.override)
+            source = f"override {self.drift.override}"
+            return replace(loaded, detectors=self._override, drift_source=source)
+        if loaded.drift_reference is not None:
+            source = f"registered with {loaded.source}"
+            detectors = self.drift.detectors(loaded.drift_reference)
+            return replace(loaded, detectors=detectors, drift_source=source)
+        log.warning(
+            "model %s (version %s) carries no drift reference and no --reference was given: "
+            "drift checks are off",
+            loaded.source,
+            loaded.version,
+        )
+        return replace(loaded, detectors={}, drift_source=None)
 
     @property
     def current(self) -> LoadedModel:
@@ -227,7 +267,9 @@ class InferenceEngine:
             new = self._loader(self.model, self.backend, self.tracking_uri)
             changed = new.version != old.version or force
             if changed:
-                self._current = new  # one reference swap; running requests keep `old`
+                # weights and drift detectors are swapped together, in one reference swap;
+                # running requests keep `old`
+                self._current = self._with_drift(new)
                 log.info("model swapped: %s -> %s (%s)", old.version, new.version, new.source)
             return {
                 "changed": changed,

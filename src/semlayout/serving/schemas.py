@@ -23,12 +23,23 @@ UPLOAD_ERRORS: Responses = {
     413: {**ERROR, "description": "body or image dimensions over the limit"},
     415: {**ERROR, "description": "not a PNG, TIFF or JPEG"},
     422: {**ERROR, "description": "not an 8-bit grayscale image, truncated, or a missing field"},
-    503: {**ERROR, "description": "server busy or model not loaded"},
+    503: {
+        **ERROR,
+        "description": "server busy, model not loaded, or the monitoring store unavailable "
+        "(nothing stored; Retry-After says when to try again)",
+    },
 }
 AUTH_ERRORS: Responses = {
     401: {**ERROR, "description": "missing bearer token"},
     403: {**ERROR, "description": "wrong token"},
-    503: {**ERROR, "description": "endpoint disabled: token not configured"},
+    503: {
+        **ERROR,
+        "description": "endpoint disabled (token not configured), model not loaded, or the "
+        "monitoring or feedback store unavailable (nothing stored; Retry-After)",
+    },
+}
+STORE_ERROR: Responses = {
+    503: {**ERROR, "description": "model not loaded or the monitoring store unavailable"}
 }
 SERVER_ERROR: Responses = {500: {**ERROR, "description": "server bug (never a user mistake)"}}
 PNG_IMAGE: Responses = {
@@ -106,8 +117,16 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     model_loaded: bool
-    db_writable: bool
+    db_writable: bool = Field(..., description="a write to the monitoring store just committed")
+    feedback_writable: bool | None = Field(
+        None,
+        description="a probe object was just written to the feedback store (reported, not "
+        "required: translation works without it)",
+    )
     model_version: str | None = None
+    drift_reference: str | None = Field(
+        None, description="where the drift reference comes from; null: drift checks are off"
+    )
     reasons: list[str] = Field(default_factory=list)
 
 

@@ -6,16 +6,17 @@ is unset, the endpoints that need it answer 503 with the reason instead of being
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SEMLAYOUT_", extra="ignore", protected_namespaces=()
+        env_prefix="SEMLAYOUT_", extra="ignore", protected_namespaces=(), populate_by_name=True
     )
 
     model: Annotated[
@@ -27,10 +28,24 @@ class ServeSettings(BaseSettings):
     ] = None
     reference: Annotated[
         Path | None,
-        Field(description="SHARDS/reference_stats.json (or SHARDS); no drift checks without it"),
+        Field(
+            description="drift reference override: SHARDS/reference_stats.json (or SHARDS); "
+            "default: the one registered with the model version"
+        ),
     ] = None
-    monitor_db: Path = Path("monitor.db")
-    feedback_dir: Path = Path("feedback")
+    monitor_db: Annotated[
+        str, Field(description="monitoring store: a SQLite path or a postgresql:// URL")
+    ] = "monitor.db"
+    feedback_uri: Annotated[
+        str,
+        Field(
+            # SEMLAYOUT_FEEDBACK_DIR: the name before the feedback store could be on S3
+            validation_alias=AliasChoices(
+                "feedback_uri", "feedback_dir", "SEMLAYOUT_FEEDBACK_URI", "SEMLAYOUT_FEEDBACK_DIR"
+            ),
+            description="feedback object store: a folder or s3://BUCKET/PREFIX",
+        ),
+    ] = "feedback"
 
     api_token: Annotated[
         SecretStr | None, Field(description="bearer token for ground truth and feedback")
@@ -40,11 +55,14 @@ class ServeSettings(BaseSettings):
     )
 
     max_upload_bytes: Annotated[int, Field(ge=1024, description="whole request body limit")] = (
-        16 * 1024 * 1024
+        8 * 1024 * 1024
     )
+    # the models take 250-304 px images (resized to 256 px inside): 1024x1024 leaves room for
+    # a larger field of view and refuses the 16-megapixel uploads that cost seconds of CPU and
+    # gigabytes of memory to decode, before decoding
     max_pixels: Annotated[
         int, Field(ge=64, description="width*height limit, checked from the header")
-    ] = 4096 * 4096
+    ] = 1024 * 1024
     min_side: Annotated[int, Field(ge=1, description="smallest accepted width/height (px)")] = 8
     max_batch_images: Annotated[int, Field(ge=1, description="images per /batch request")] = 16
 
@@ -71,9 +89,36 @@ class ServeSettings(BaseSettings):
     baseline_ssim_sem2layout: float | None = None
     baseline_ssim_layout2sem: float | None = None
     keep_outputs: Annotated[
-        bool, Field(description="store output PNGs so ground truth can be scored")
-    ] = True
+        Literal["none", "thumbnail", "full"],
+        Field(
+            description="output images stored for late ground truth: none, a thumbnail of at "
+            "most thumbnail_side px (the model's own resolution: nothing it computed is lost), "
+            "or the full output"
+        ),
+    ] = "thumbnail"
+    thumbnail_side: Annotated[int, Field(ge=16, le=4096)] = 256
     max_stored_outputs: Annotated[
         int,
-        Field(ge=1, description="output PNGs kept for late ground truth; older ones are dropped"),
+        Field(ge=1, description="output images kept for late ground truth; older ones dropped"),
     ] = 100_000
+    max_stored_output_bytes: Annotated[
+        int, Field(ge=0, description="byte budget of the stored output images")
+    ] = 256 * 1024 * 1024
+    max_rows: Annotated[
+        int, Field(ge=1000, description="rows kept per monitoring event table (newest)")
+    ] = 1_000_000
+    retention_interval_s: Annotated[
+        float, Field(ge=0, description="how often the retention policy runs; 0 disables")
+    ] = 60.0
+
+    @field_validator("monitor_db", "feedback_uri", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("keep_outputs", mode="before")
+    @classmethod
+    def _keep_outputs_boolean(cls, value: object) -> object:
+        # before it had three values it was a boolean: true kept the full output
+        text = str(value).strip().lower()
+        return {"true": "full", "1": "full", "false": "none", "0": "none"}.get(text, value)

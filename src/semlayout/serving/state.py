@@ -1,10 +1,11 @@
 """The running service: what the app opens at startup and the one way to reload its model.
 
-`open_state` loads the model (unless one is given), opens the monitoring store, the drift
-detectors and the feedback store, and starts the micro-batcher; the app's lifespan holds
-the result as `app.state.svc` and endpoints get it injected (`serving.deps.StateDep`).
+`open_state` loads the model (unless one is given) with its drift detectors, opens the
+monitoring store and the feedback store, and starts the micro-batcher; the app's lifespan
+holds the result as `app.state.svc` and endpoints get it injected (`serving.deps.StateDep`).
 `reload_model` is the reload with its bookkeeping (model gauge, reload counter), shared by
-the registry poller (`poll_registry`) and `POST /v1/admin/reload`.
+the registry poller (`poll_registry`) and `POST /v1/admin/reload`. `enforce_retention` runs
+the store's retention policy every `retention_interval_s`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from semlayout.directions import DIRECTIONS
-from semlayout.monitoring.drift import DriftDetector, detectors_from_reference
+from semlayout.monitoring.drift import DriftOptions
 from semlayout.monitoring.feedback import FeedbackStore
 from semlayout.monitoring.inference_monitor import InferenceMonitor
 from semlayout.monitoring.performance import PerformanceTracker
@@ -38,10 +39,17 @@ class ServingState:
     monitor: InferenceMonitor
     tracker: PerformanceTracker
     feedback: FeedbackStore
-    detectors: dict[str, DriftDetector]
     metrics: ServingMetrics
     batcher: MicroBatcher
-    n_predictions: int = 0
+
+
+def drift_options(settings: ServeSettings) -> DriftOptions:
+    return DriftOptions(
+        settings.reference,
+        settings.drift_z_threshold,
+        settings.drift_kl_threshold,
+        settings.drift_target_rate,
+    )
 
 
 async def open_state(
@@ -54,19 +62,14 @@ async def open_state(
         engine
         if engine is not None
         else await run_in_threadpool(
-            InferenceEngine.load, settings.model, settings.backend, settings.tracking_uri
+            InferenceEngine.load,
+            settings.model,
+            settings.backend,
+            settings.tracking_uri,
+            drift_options(settings),
         )
     )
     store = await run_in_threadpool(MonitorStore, settings.monitor_db)
-    detectors: dict[str, DriftDetector] = {}
-    if settings.reference is not None:
-        detectors = await run_in_threadpool(
-            detectors_from_reference,
-            settings.reference,
-            settings.drift_z_threshold,
-            settings.drift_kl_threshold,
-            settings.drift_target_rate,
-        )
     baseline = _baseline_ssim(eng, settings)
     batcher = MicroBatcher(
         eng,
@@ -82,8 +85,7 @@ async def open_state(
         store,
         InferenceMonitor(store),
         PerformanceTracker(store, baseline),
-        FeedbackStore(settings.feedback_dir, store),
-        detectors,
+        FeedbackStore(settings.feedback_uri, store),
         metrics,
         batcher,
     )
@@ -130,6 +132,23 @@ async def reload_model(
     elif not poll:
         state.metrics.reloads.labels("unchanged").inc()
     return res
+
+
+async def enforce_retention(state: ServingState) -> None:
+    """Every retention_interval_s: the store's retention policy (rows and bytes)."""
+    from semlayout.monitoring.retention import RetentionPolicy, enforce
+
+    s = state.settings
+    policy = RetentionPolicy(s.max_rows, s.max_stored_outputs, s.max_stored_output_bytes)
+    while True:
+        await asyncio.sleep(s.retention_interval_s)
+        try:
+            report = await run_in_threadpool(enforce, state.store, policy)
+        except Exception as err:  # noqa: BLE001 - the store may be down for a while; keep serving
+            log.warning("retention policy not applied: %s", err)
+            continue
+        if report.outputs_dropped or any(report.deleted.values()):
+            log.info("retention: %s", report.to_dict())
 
 
 async def poll_registry(state: ServingState) -> None:

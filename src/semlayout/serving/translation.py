@@ -2,11 +2,15 @@
 
 1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
 2. `forward`: queue room check, the micro-batcher, the drift features (computed while the
-   model runs, they need only the input), `binarize`; nothing is recorded yet;
-3. `record` (worker thread): prediction registry, drift and inference events, metrics;
-4. the answer: `as_response` (JSON) or `png_headers` (PNG).
+   model runs, they need only the input; judged against the reference of the model that
+   translated the image), `binarize`; nothing is recorded yet;
+3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
+   configured: none, a thumbnail or the full image);
+4. `record`: every row of the request in ONE transaction of the monitoring store — all rows or
+   none; a store that cannot take it answers 503 and the request leaves no trace;
+5. the answer: `as_response` (JSON) or `png_headers` (PNG).
 
-`translate` is 2 + 3 for a list of images: nothing is recorded unless every image was
+`translate` is 2 + 3 + 4 for a list of images: nothing is recorded unless every image was
 translated. Everything heavy runs in worker threads, never on the event loop.
 """
 
@@ -27,14 +31,16 @@ from semlayout.directions import Direction
 from semlayout.monitoring.drift import DriftDetector, DriftResult
 from semlayout.monitoring.inference_monitor import image_stats
 from semlayout.monitoring.performance import new_prediction_id
+from semlayout.monitoring.store import Prediction, TranslationRecord
 from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
+from semlayout.serving.settings import ServeSettings
 from semlayout.serving.state import ServingState
 
 
 @dataclass(frozen=True)
 class Forwarded:
-    """One image after the model: what `record` stores."""
+    """One image after the model: what `prepare` turns into rows."""
 
     image: np.ndarray  # the decoded input
     output: np.ndarray  # the model's output (binarized when asked)
@@ -67,11 +73,10 @@ async def forward(
         state.batcher.check_room(len(images))  # before any work: a refused batch costs nothing
     except QueueFull as err:
         raise _busy(err) from None
-    det = state.detectors.get(direction)
+    model = state.engine.current
+    det = model.detectors.get(direction)
     drifts = (
-        [asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images]
-        if det is not None
-        else []
+        [asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images] if det else []
     )
     try:
         try:
@@ -79,6 +84,10 @@ async def forward(
         except QueueFull as err:
             raise _busy(err) from None
         checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
+        for i, r in enumerate(results):
+            if r.model is not model:  # swapped meanwhile: judged by the new version's reference
+                new_det = r.model.detectors.get(direction)
+                checks[i] = await run_in_threadpool(new_det.check, images[i]) if new_det else None
         outs = [r.output for r in results]
         if binarize:  # the drawn layout, as the serving model's layout_fit config says
             outs = list(
@@ -95,65 +104,83 @@ async def forward(
     ]
 
 
-def record(
+def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes | None:
+    """What the store keeps of an output: nothing, a thumbnail (at most thumbnail_side px a
+    side, INTER_AREA) or the answer's PNG itself."""
+    if settings.keep_outputs == "none":
+        return None
+    side = settings.thumbnail_side
+    if settings.keep_outputs == "full" or max(out.shape) <= side:
+        return png
+    import cv2
+
+    from semlayout.data.pairs import encode_png
+
+    scale = side / max(out.shape)
+    size = (max(1, round(out.shape[1] * scale)), max(1, round(out.shape[0] * scale)))
+    return encode_png(cv2.resize(out, size, interpolation=cv2.INTER_AREA))
+
+
+def prepare(
     state: ServingState, endpoint: str, direction: Direction, item: Forwarded, t0: float
-) -> Translated:
-    """After the forward: prediction registry, drift and inference events (worker thread).
+) -> tuple[Translated, TranslationRecord]:
+    """The answer and the rows of one image (worker thread); nothing is written yet.
 
     `t0` is when the request started (`time.perf_counter()`), for the recorded latency."""
     from semlayout.data.pairs import encode_png
     from semlayout.monitoring.performance import sha256
-    from semlayout.monitoring.store import Prediction
 
     img, out, model, res = item.image, item.output, item.model, item.drift
     png = encode_png(out)
     pid = new_prediction_id()
-    state.store.add_prediction(
-        Prediction(
-            id=pid,
-            ts=time.time(),
-            direction=direction,
-            model_version=model.version,
-            input_sha256=sha256(np.ascontiguousarray(img)),
-            width=int(img.shape[1]),
-            height=int(img.shape[0]),
-            output_png=png if state.settings.keep_outputs else None,
-        )
-    )
-    if res is not None:
-        _record_drift(state, direction, pid, res)
-    state.monitor.record_ok(
-        endpoint=endpoint,
+    prediction = Prediction(
+        id=pid,
+        ts=time.time(),
         direction=direction,
-        prediction_id=pid,
         model_version=model.version,
-        latency_ms=(time.perf_counter() - t0) * 1000,
-        forward_ms=item.forward_ms,
-        batch_size=item.batch_size,
-        input_stats=image_stats(img),
-        output_stats=image_stats(out),
+        input_sha256=sha256(np.ascontiguousarray(img)),
+        width=int(img.shape[1]),
+        height=int(img.shape[0]),
+        output_png=stored_output(out, png, state.settings),
     )
-    state.metrics.translations.labels(direction, "ok").inc()
-    state.n_predictions += 1  # approximate under threads; only paces the pruning below
-    if state.n_predictions % 1000 == 0:
-        state.store.prune_outputs(state.settings.max_stored_outputs)
-    return Translated(pid, out, png, model, drift_info(res, state.detectors.get(direction)))
+    event = {
+        "endpoint": endpoint,
+        "status": "ok",
+        "http_status": 200,
+        "direction": direction,
+        "prediction_id": pid,
+        "model_version": model.version,
+        "latency_ms": (time.perf_counter() - t0) * 1000,
+        "forward_ms": item.forward_ms,
+        "batch_size": item.batch_size,
+        "input_stats": image_stats(img),
+        "output_stats": image_stats(out),
+    }
+    drift = None
+    if res is not None:
+        drift = {
+            "direction": direction,
+            "drifted": res.drifted,
+            "max_abs_z": res.max_abs_z,
+            "kl": res.kl,
+            "score": res.score,
+            "z": res.z,
+            "features": res.features,
+            "prediction_id": pid,
+        }
+    info = drift_info(res, model.detectors.get(direction))
+    return Translated(pid, out, png, model, info), TranslationRecord(prediction, event, drift)
 
 
-def _record_drift(state: ServingState, direction: Direction, pid: str, res: DriftResult) -> None:
-    state.store.add_drift_event(
-        direction=direction,
-        drifted=res.drifted,
-        max_abs_z=res.max_abs_z,
-        kl=res.kl,
-        score=res.score,
-        z=res.z,
-        features=res.features,
-        prediction_id=pid,
-    )
-    state.metrics.drift_score.labels(direction).observe(res.score)
-    if res.drifted:
-        state.metrics.drift_alerts.labels(direction).inc()
+def _observe(state: ServingState, direction: Direction, done: Sequence[Translated]) -> None:
+    """The request's metrics, once its rows are committed."""
+    m = state.metrics
+    for d in done:
+        m.translations.labels(direction, "ok").inc()
+        if d.drift is not None:
+            m.drift_score.labels(direction).observe(d.drift.score)
+            if d.drift.drifted:
+                m.drift_alerts.labels(direction).inc()
 
 
 async def translate(
@@ -164,13 +191,16 @@ async def translate(
     binarize: bool,
     t0: float,
 ) -> list[Translated]:
-    """`forward` then `record` each image; `endpoint` is the route template, for the events."""
+    """`forward`, `prepare` each image, then record the request's rows in one transaction;
+    `endpoint` is the route template, for the events."""
     items = await forward(state, direction, images, binarize)
-    return list(
-        await asyncio.gather(
-            *[run_in_threadpool(record, state, endpoint, direction, it, t0) for it in items]
-        )
+    prepared = await asyncio.gather(
+        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0) for it in items]
     )
+    await run_in_threadpool(state.store.record_translations, [rec for _, rec in prepared])
+    done = [tr for tr, _ in prepared]
+    _observe(state, direction, done)
+    return done
 
 
 # --------------------------------------------------------------------------- answers

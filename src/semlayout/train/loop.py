@@ -6,6 +6,7 @@ RUN/checkpoints/step-NNNNNN/  every train.checkpoint_every steps (the keep_check
 RUN/last -> checkpoints/...   the newest of them, swapped in atomically; what --resume reads
 RUN/final/                    the checkpoint of the last step (the run's result)
 RUN/history.json              one record per finished epoch: mean losses, lr, quick validation
+RUN/steps.jsonl               every train.log_every steps: that step's losses, lr, wall time
 RUN/samples/epoch-NNNN.png    a sample grid per epoch (with a val split)
 ```
 `run_training` sets up (networks, resume, sampling weights, MLflow) and then trains epoch
@@ -48,7 +49,7 @@ from semlayout.train.rng import seed_everything
 from semlayout.train.run_state import EpochStats, RunState, resume_run, train_state
 from semlayout.train.sampling import BatchSlices, epoch_order, family_weights, start_epoch
 from semlayout.train.schedule import lr_factor
-from semlayout.train.trainer import Trainer
+from semlayout.train.trainer import LOGGED, Trainer
 
 PROGRESS_KEYS = ("d_A", "d_B", "gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "fm_A")
 
@@ -175,6 +176,7 @@ def _train_epoch(run: _Run, train_ds: Dataset, weights: torch.Tensor | None) -> 
         if run.on_step is not None:
             run.on_step(state.step, losses)
         state.stats.add(losses)
+        _record_step(run, losses, lr)
         _show_progress(run, losses)
         if state.step % run.steps_per_epoch == 0:
             _end_epoch(run, epoch, lr)
@@ -196,6 +198,21 @@ def _train_step(run: _Run, batch: dict[str, Any]) -> tuple[dict[str, float], flo
     losses = run.trainer.train_step(sem, lay, run.state.step)
     run.state.step += 1
     return losses, lr
+
+
+def _record_step(run: _Run, losses: dict[str, float], lr: float) -> None:
+    """Every train.log_every steps and at the last one: this step's losses (numbers already
+    computed: no RNG, no tensor work) in RUN/steps.jsonl and MLflow, for per-step curves.
+    After a resume the file goes on; a step written twice is read once (the last line)."""
+    step = run.state.step
+    if not run.ctx.is_main or (step % run.cfg.train.log_every and step != run.total_steps):
+        return
+    record = {"step": step, "lr": lr, "time": round(time.time(), 3)}
+    record.update({k: float(losses[k]) for k in LOGGED if k in losses})
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run.run_dir / "steps.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    run.logger.step(record)
 
 
 def _show_progress(run: _Run, losses: dict[str, float]) -> None:

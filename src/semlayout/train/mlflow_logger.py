@@ -1,7 +1,8 @@
-"""A run's MLflow record: the flattened config as params, each epoch's history record as
-metrics (step = epoch) with its sample grid, history.json and the final checkpoint's path at
-the end. Logs only when a tracking URI is given or MLFLOW_TRACKING_URI is set, and only on the
-main process."""
+"""A run's MLflow record: the flattened config as params, each logged step's losses as
+`train/<loss>` curves (step = global step), each epoch's history record as metrics
+(step = epoch) with its sample grid, history.json and the final checkpoint's path at the end.
+Logs only when a tracking URI is given or MLFLOW_TRACKING_URI is set, and only on the main
+process."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def step_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """A `steps.jsonl` record -> {"train/<loss>": value, "train/lr": lr} (per-step curves)."""
+    return {
+        f"train/{k}": float(v)
+        for k, v in record.items()
+        if k not in ("step", "time") and isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 class MlflowLogger:
@@ -53,6 +63,12 @@ class MlflowLogger:
             self.mlflow.log_params({k: str(v)[:500] for k, v in values.items()})
         except self.mlflow.exceptions.MlflowException as err:  # e.g. a caller's run holds others
             print(f"warning: MLflow params not logged: {err}")
+
+    def step(self, record: dict[str, Any]) -> None:
+        """One `steps.jsonl` record as `train/<key>` metrics at its global step."""
+        if not self.active:
+            return
+        self.mlflow.log_metrics(step_metrics(record), step=int(record["step"]))
 
     def epoch(self, record: dict[str, Any], grid_path: Path | None) -> None:
         if not self.active:

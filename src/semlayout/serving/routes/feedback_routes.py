@@ -76,11 +76,12 @@ async def feedback(
     layout: Annotated[UploadFile, File(description="layout, 250x250, values 0 and 255")],
     pattern_type: Annotated[str, Form(max_length=64)],
 ) -> FeedbackResponse:
-    """Store a human-reviewed pair (SQLite + the feedback pair folder) for fine-tuning.
+    """Store a human-reviewed pair for fine-tuning: its images in the feedback object store,
+    then its row in the monitoring store (a pair exists once its row does).
 
     Refused, with nothing stored: sizes other than 304x304 / 250x250, a layout with values
     other than 0 and 255, a template that fails alignment QC against the SEM (422), and a
-    SEM already received (409)."""
+    SEM already received (409). A store that cannot take the write: 503 (post it again)."""
     sem_img = await read_image(sem, "sem", settings)
     lay_img = await read_image(layout, "layout", settings)
     try:
@@ -88,11 +89,10 @@ async def feedback(
     except DuplicatePair as err:
         raise HTTPException(409, detail=str(err)) from None
     metrics.feedback.inc()
-    count = await run_in_threadpool(state.store.feedback_count, None)
     return FeedbackResponse(
         id=row["id"],
         pattern_type=row["pattern_type"],
         sem_path=row["sem_path"],
         layout_path=row["layout_path"],
-        feedback_count=count,
+        feedback_count=row["feedback_count"],
     )

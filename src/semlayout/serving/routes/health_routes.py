@@ -26,10 +26,12 @@ async def healthz() -> HealthResponse:
     responses={503: {"model": ReadyResponse, "description": "not ready"}},
 )
 async def readyz(state: MaybeStateDep) -> Any:
-    """Readiness: model loaded and the monitoring database writable."""
+    """Readiness: model loaded and a real write to the monitoring store committed just now.
+    The feedback store gets a probe write too; its result is reported, not required."""
     reasons = []
     loaded = state is not None
     writable = False
+    feedback_writable = None
     if state is None:
         reasons.append("model not loaded")
     else:
@@ -38,11 +40,20 @@ async def readyz(state: MaybeStateDep) -> Any:
             writable = True
         except Exception as err:  # noqa: BLE001 - reported, not raised
             reasons.append(f"monitoring database not writable: {err}")
+        try:
+            await run_in_threadpool(state.feedback.check_writable)
+            feedback_writable = True
+        except Exception as err:  # noqa: BLE001 - reported, not raised
+            feedback_writable = False
+            reasons.append(str(err))
+    current = state.engine.current if state else None
     body = ReadyResponse(
         ready=loaded and writable,
         model_loaded=loaded,
         db_writable=writable,
-        model_version=state.engine.current.version if state else None,
+        feedback_writable=feedback_writable,
+        model_version=current.version if current else None,
+        drift_reference=current.drift_source if current else None,
         reasons=reasons,
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

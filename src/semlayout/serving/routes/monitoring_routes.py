@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from semlayout.directions import DIRECTIONS
 from semlayout.serving.deps import SettingsDep, StateDep
 from semlayout.serving.schemas import (
+    STORE_ERROR,
     DriftSummary,
     InferenceSummary,
     MonitoringSummary,
@@ -20,7 +21,7 @@ from semlayout.serving.state import ServingState
 router = APIRouter(tags=["monitoring"])
 
 
-@router.get("/v1/monitoring/summary", response_model=MonitoringSummary)
+@router.get("/v1/monitoring/summary", response_model=MonitoringSummary, responses=STORE_ERROR)
 async def summary(
     state: StateDep,
     settings: SettingsDep,
@@ -45,7 +46,7 @@ def build_summary(state: ServingState, window: int) -> MonitoringSummary:
             rate=rate,
             n=n,
             by_direction=by_dir,
-            thresholds={d: det.thresholds() for d, det in state.detectors.items()},
+            thresholds={d: det.thresholds() for d, det in state.engine.current.detectors.items()},
         ),
         quality=quality,
         feedback_count=state.store.feedback_count(None),

@@ -1,0 +1,306 @@
+"""Field distortion seen by the aligner: the rotation and magnification error of the SEM
+field relative to the layout, estimated after the integer NCC peak.
+
+Method (patches rather than one global estimate such as log-polar phase correlation or
+OpenCV's ECC, so that patches caught by a particle or a neighbouring period can be dropped
+and each patch constrains only the directions it has structure in; those alternatives were
+not benchmarked, docs/alignment.md): the fitted template model
+``a*T + b*E`` is cut into a grid of patches; each patch is matched by NCC within a few
+pixels of where the integer peak puts it (subpixel by a parabola). A similarity
+``d(t) = [[s cos - 1, -s sin], [s sin, s cos - 1]] (t - centre) + shift`` is fitted to the
+patch displacements by weighted least squares, each patch weighted by its Fisher
+information (the structure tensor of its model patch times the SEM's signal-to-noise), so
+a patch holding one straight line constrains only the shift across it and an empty patch
+nothing. Iteratively reweighted (Tukey) so that patches that locked onto a neighbouring
+period or onto a bright particle drop out; a weak prior (sd `PRIOR_SD` in rotation and
+scale) keeps what the patches cannot determine at the identity. The residual chi-square
+scales the covariance (never below the Fisher bound), which gives the standard error of
+the largest displacement at a template corner: a distortion is corrected only when that
+displacement is both large (`AlignConfig.min_distortion_px`) and significant
+(`AlignConfig.distortion_z` standard errors).
+
+Conventions are `semlayout.data.field_distortion`'s: image = c + s R(theta) (sample - c).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from semlayout.data.align_config import AlignConfig
+from semlayout.data.align_maps import noise_ratio, score_map, sem_features
+from semlayout.data.align_scene import Scene, rematch
+from semlayout.data.field_distortion import warp_field
+
+PRIOR_SD = 0.02  # prior sd of s cos(theta) - 1 and s sin(theta) (about 1.1 deg, 2 %)
+MIN_PATCHES = 6  # patches with information needed before anything is estimated
+FLOOR_PX = 0.5  # a patch shift is never known better than this (model misfit: LER, bias)
+_TUKEY = 3.0  # px (in the information's own metric): beyond this a patch gets no weight
+
+
+@dataclass(frozen=True)
+class FieldDistortion:
+    """A similarity estimate: rotation (deg), scale, and how far it moves a template corner."""
+
+    rotation_deg: float = 0.0
+    scale: float = 1.0
+    corner_px: float = 0.0  # largest displacement of a template corner (px)
+    corner_sd: float = math.inf  # its standard error (px)
+    n_patches: int = 0  # patches that carried weight in the fit
+
+    def significant(self, min_px: float, min_z: float) -> bool:
+        return self.corner_px >= min_px and self.corner_px >= min_z * self.corner_sd
+
+    def describe(self) -> str:
+        return f"rotation {self.rotation_deg:+.2f} deg, scale {self.scale:.4f}"
+
+
+@dataclass(frozen=True)
+class Patches:
+    """Patch measurements, stacked: n patches."""
+
+    centre: np.ndarray  # (n, 2) patch centre (x, y) relative to the template centre
+    shift: np.ndarray  # (n, 2) measured displacement (x, y), px
+    info: np.ndarray  # (n, 2, 2) Fisher information of the displacement (1/px^2)
+
+    def __len__(self) -> int:
+        return len(self.centre)
+
+
+def _nearest_peak(m: np.ndarray, expected: tuple[int, int]) -> tuple[int, int]:
+    """Of the local maxima of `m` within NEAR_PEAK of its maximum, the one closest to the
+    expected place: a periodic patch matches every period equally well, and the nearest
+    one is the right one while the distortion moves it less than half a pitch."""
+    import cv2
+
+    top = float(m.max())
+    peaks = (cv2.dilate(m, np.ones((3, 3), np.uint8)) <= m) & (m >= top - NEAR_PEAK * abs(top))
+    ys, xs = np.nonzero(peaks)
+    k = int(np.argmin((ys - expected[0]) ** 2 + (xs - expected[1]) ** 2))
+    return int(ys[k]), int(xs[k])
+
+
+def _subpixel(m: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    """Parabolic subpixel offsets (dy, dx) of a peak; 0 along an axis where it sits on the
+    border (along a straight line the peak lands anywhere, and carries no information)."""
+
+    def off(a: float, b: float, c: float) -> float:
+        d = a - 2 * b + c
+        return 0.0 if d >= 0 else float(np.clip(0.5 * (a - c) / d, -0.5, 0.5))
+
+    dy = off(m[y - 1, x], m[y, x], m[y + 1, x]) if 0 < y < m.shape[0] - 1 else 0.0
+    dx = off(m[y, x - 1], m[y, x], m[y, x + 1]) if 0 < x < m.shape[1] - 1 else 0.0
+    return dy, dx
+
+
+NEAR_PEAK = 0.1  # patch peaks within this share of the best count as equally good
+TAPER_FLAT = 0.5  # share of the window that is flat (0: Hann, 1: no taper)
+
+
+def _window(n: int) -> np.ndarray:
+    """Tukey window: flat in the middle TAPER_FLAT share, cosine tapers to 0 at the ends."""
+    t = np.linspace(0.0, 1.0, n)
+    edge = max((1.0 - TAPER_FLAT) / 2.0, 1e-9)
+    ramp = np.clip(np.minimum(t, 1.0 - t) / edge, 0.0, 1.0)
+    return 0.5 - 0.5 * np.cos(np.pi * ramp)
+
+
+def patch_shifts(
+    sem_f: np.ndarray, model: np.ndarray, y0: int, x0: int, snr2: float, grid: int, search: int
+) -> Patches:
+    """Displacement of each model patch in the SEM around offset (y0, x0): a grid x grid
+    lattice of patch centres, each patch 1.5 cells wide and tapered by a Tukey window, so a
+    feature cut by a patch's border (a sliver, easily matched off by pixels) weighs little."""
+    import cv2
+
+    h, w = model.shape
+    half = min(int(round(0.75 * max(h, w) / grid)), (min(h, w) - 1) // 2)
+    n = 2 * half + 1
+    taper = np.outer(_window(n), _window(n)).astype(np.float32)
+    w2 = taper.astype(np.float64) ** 2
+    # information of the pattern seen through the window (not of the window's own edges:
+    # along a straight line there is none)
+    gy, gx = (np.asarray(g) for g in np.gradient(model.astype(np.float64)))
+    centres, shifts, infos = [], [], []
+    for cy in (np.arange(grid) + 0.5) * h / grid:
+        for cx in (np.arange(grid) + 0.5) * w / grid:
+            r0 = min(max(int(round(cy)) - half, 0), h - n)
+            c0 = min(max(int(round(cx)) - half, 0), w - n)
+            sl = (slice(r0, r0 + n), slice(c0, c0 + n))
+            px_, py_ = gx[sl], gy[sl]
+            info = snr2 * np.array(
+                [
+                    [(w2 * px_ * px_).sum(), (w2 * px_ * py_).sum()],
+                    [(w2 * px_ * py_).sum(), (w2 * py_ * py_).sum()],
+                ]
+            )
+            if float(np.trace(info)) <= 1e-9:
+                continue  # nothing drawn here
+            top, left = max(0, y0 + r0 - search), max(0, x0 + c0 - search)
+            bottom = min(sem_f.shape[0], y0 + r0 + n + search)
+            right = min(sem_f.shape[1], x0 + c0 + n + search)
+            region = sem_f[top:bottom, left:right]
+            if region.shape[0] <= n + 1 or region.shape[1] <= n + 1:
+                continue
+            cut = model[sl]
+            tpl = np.ascontiguousarray((cut - float(cut.mean())) * taper)
+            m = cv2.matchTemplate(region, tpl, cv2.TM_CCOEFF_NORMED)
+            py, px = _nearest_peak(m, (y0 + r0 - top, x0 + c0 - left))
+            dy, dx = _subpixel(m, py, px)
+            shifts.append((left + px + dx - (x0 + c0), top + py + dy - (y0 + r0)))
+            centres.append((c0 + half - (w - 1) / 2, r0 + half - (h - 1) / 2))
+            infos.append(info)
+    if not infos:
+        return Patches(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2, 2)))
+    # the Fisher bound assumes the model is exact; cap it at the misfit floor
+    info_arr = np.linalg.inv(
+        np.linalg.inv(np.array(infos) + 1e-9 * np.eye(2)) + FLOOR_PX**2 * np.eye(2)
+    )
+    return Patches(np.array(centres, float), np.array(shifts, float), info_arr)
+
+
+def _design(c: np.ndarray) -> np.ndarray:
+    """(n, 2, 4): d = J p for p = (s cos - 1, s sin, shift x, shift y) at centres c (n, 2)."""
+    z, o = np.zeros(len(c)), np.ones(len(c))
+    return np.stack(
+        [np.stack([c[:, 0], -c[:, 1], o, z], -1), np.stack([c[:, 1], c[:, 0], z, o], -1)], 1
+    )
+
+
+def fit_similarity(patches: Patches, half_extent: float, iters: int = 6) -> FieldDistortion:
+    """Robust weighted least squares of the patch displacements (see the module docstring).
+
+    Each patch contributes one scalar observation per direction of its information (the
+    eigenvectors): a patch across lines measures the shift across them well and the shift
+    along them not at all, and an outlier in one direction does not discard the other."""
+    if len(patches) < MIN_PATCHES:
+        return FieldDistortion(n_patches=len(patches))
+    lam, vec = np.linalg.eigh(patches.info)  # (n, 2), (n, 2, 2): columns are directions
+    J = _design(patches.centre)  # (n, 2, 4)
+    rows = np.einsum("nkd,nki->ndi", vec, J).reshape(-1, 4)  # v^T J per direction
+    obs = np.einsum("nkd,nk->nd", vec, patches.shift).reshape(-1)  # v^T shift
+    info = lam.reshape(-1)
+    owner = np.repeat(np.arange(len(patches)), 2)
+    keep = info > 1e-6 * max(float(info.max()), 1e-12)
+    rows, obs, info, owner = rows[keep], obs[keep], info[keep], owner[keep]
+    prior = np.diag([1 / PRIOR_SD**2, 1 / PRIOR_SD**2, 0.0, 0.0])
+    weights = np.ones(len(obs))
+
+    def solve(w: np.ndarray) -> np.ndarray:
+        wi = w * info
+        return np.linalg.solve(prior + (rows.T * wi) @ rows + 1e-6 * np.eye(4), (rows.T * wi) @ obs)
+
+    for _ in range(iters):
+        r = obs - rows @ solve(weights)  # px along each direction
+        weights = (1 - np.minimum(np.abs(r) / _TUKEY, 1.0) ** 2) ** 2
+    p = solve(weights)
+    r = obs - rows @ p
+    used = len(np.unique(owner[weights > 0.05]))
+    if used < MIN_PATCHES:
+        return FieldDistortion(n_patches=used)
+    wi = weights * info
+    chi2, dof = float(wi @ (r * r)), float(weights.sum())
+    # significance from the data alone (the prior only keeps the estimate tame)
+    cov = np.linalg.inv((rows.T * wi) @ rows + 1e-9 * np.eye(4)) * max(chi2 / max(dof - 4, 1), 1)
+    a, b = float(p[0]), float(p[1])
+    rr = math.hypot(half_extent, half_extent)
+    return FieldDistortion(
+        rotation_deg=math.degrees(math.atan2(b, 1 + a)),
+        scale=math.hypot(1 + a, b),
+        corner_px=rr * math.hypot(a, b),
+        corner_sd=rr * math.sqrt(float(cov[0, 0] + cov[1, 1])),
+        n_patches=used,
+    )
+
+
+def estimate_distortion(
+    sem_f: np.ndarray,
+    model: np.ndarray,
+    y0: int,
+    x0: int,
+    noise_sd: float,
+    grid: int = 4,
+    search: int = 5,
+) -> FieldDistortion:
+    """The field distortion around the integer peak (y0, x0) of `model` (h, w) in the
+    high-passed SEM `sem_f`; `noise_sd` is the SEM's noise in `sem_f` units."""
+    h, w = model.shape
+    win = sem_f[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
+    mc = model.astype(np.float64) - float(model.mean())
+    gain = float((mc * (win - win.mean())).sum() / max(float((mc * mc).sum()), 1e-12))
+    snr2 = (gain / max(noise_sd, 1e-6)) ** 2  # Fisher information per unit model gradient^2
+    patches = patch_shifts(sem_f, model.astype(np.float32), y0, x0, snr2, grid, search)
+    return fit_similarity(patches, max(h, w) / 2.0)
+
+
+# ----------------------------------------------------------------------------- undoing it
+
+_FAIR_BLUR = 1.0  # px: blur that hides the smoothing a resampling adds (bilinear: ~0.5 px)
+
+
+def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
+    """The distortion still left in `scene`, around its integer peak."""
+    y, x = (int(v) for v in np.unravel_index(int(np.argmax(scene.maps.R)), scene.maps.R.shape))
+    a, b = scene.maps.coefficients(y, x)
+    model = np.asarray(a * scene.T + (b * scene.E if scene.E is not None else 0.0), np.float32)
+    noise_sd = noise_ratio(scene.raw) * float(scene.raw.std())
+    return estimate_distortion(
+        scene.sem_f, model, y, x, noise_sd, cfg.distortion_grid, cfg.distortion_search
+    )
+
+
+def _fits_better(
+    scene: Scene, corrected: np.ndarray, current: np.ndarray, cfg: AlignConfig
+) -> bool:
+    """Does the corrected SEM fit the template better than the current one? Both compared
+    after the same extra blur: resampling alone smooths the noise and raises R."""
+
+    def best(img: np.ndarray) -> float:
+        f = sem_features(img, max(cfg.blur, _FAIR_BLUR), cfg.highpass)
+        return float(score_map(f, scene.T, scene.E, cfg.edges_bright).R.max())
+
+    return best(corrected) > best(current)
+
+
+def correct_field(
+    scene: Scene, cfg: AlignConfig
+) -> tuple[Scene, FieldDistortion | None, FieldDistortion | None]:
+    """-> (scene to match, distortion undone or None, distortion refused or None).
+
+    Up to `cfg.distortion_steps` times: estimate what is left around the integer peak; if
+    it is large and significant, compose it with what was undone so far, resample the raw
+    SEM into the layout's frame and match again (kept only if the fit improves). What is
+    still significant after that and moves a corner by `residual_px` or more, or a total
+    beyond the configured bounds, is refused ("distorted")."""
+    rot, scale = 0.0, 1.0
+    current = scene
+    left: FieldDistortion | None = None
+    for _ in range(cfg.distortion_steps + 1):
+        est = _estimate(current, cfg)
+        left = est if est.significant(cfg.residual_px, cfg.residual_z) else None
+        if (
+            not est.significant(cfg.min_distortion_px, cfg.distortion_z)
+            or _ == cfg.distortion_steps
+        ):
+            break
+        # rounded as alignment.csv writes them, so the recorded values reproduce the crop
+        new_rot, new_scale = round(rot + est.rotation_deg, 4), round(scale * est.scale, 6)
+        if abs(new_rot) > cfg.max_rotation_deg or abs(new_scale - 1) > cfg.max_scale_error:
+            return current, None, FieldDistortion(new_rot, new_scale, est.corner_px, est.corner_sd)
+        warped = warp_field(scene.raw.astype(np.float32), new_rot, new_scale, inverse=True)
+        fixed = rematch(scene, warped, cfg)
+        if not _fits_better(scene, warped, current.sem, cfg):
+            break  # the correction does not explain the image better
+        current, rot, scale, left = fixed, new_rot, new_scale, None
+    applied = None if rot == 0.0 and scale == 1.0 else FieldDistortion(rot, scale)
+    if left is not None:
+        return (
+            current,
+            applied,
+            FieldDistortion(
+                rot + left.rotation_deg, scale * left.scale, left.corner_px, left.corner_sd
+            ),
+        )
+    return current, applied, None

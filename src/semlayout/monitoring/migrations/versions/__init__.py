@@ -1,0 +1,1 @@
+"""The monitoring database's migrations, oldest first (loaded by Alembic, not imported)."""

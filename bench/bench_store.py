@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import cpu_model
+from bench.timing import describe_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 4
@@ -172,7 +172,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 
     ratios = [p["rps"] / s["rps"] for p, s in zip(e2e["postgresql"], e2e["sqlite"], strict=True)]
     res = {
-        "cpu": cpu_model(),
+        "cpu": describe_cpu(),
         "clients": CLIENTS,
         "backend": BACKEND,
         "seconds_per_round": seconds,

@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from bench import cpu_model
 
 
 @dataclass(frozen=True)
@@ -70,21 +71,18 @@ def interleaved(
 
 def cpu_info() -> dict[str, Any]:
     """The CPU the numbers come from: model, logical cores, and the vector units that matter."""
-    model, flags = platform.processor() or "unknown", set()
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
+                if key.strip() == "flags":
                     flags = set(value.split())
-                if model != "unknown" and flags:
                     break
     except OSError:
         pass
     units = [u for u in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if u in flags]
-    return {"model": model, "cores": os.cpu_count(), "units": units}
+    return {"model": cpu_model(), "cores": os.cpu_count(), "units": units}
 
 
 def describe_cpu() -> str:

@@ -3,9 +3,11 @@
 from kfp.dsl import Dataset, Output
 
 
-def ingest(data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset]):
-    """Empty `data_uri` -> `n_synth` synthetic pairs; else a pair folder, `s3://` folder or intake \
-prefix."""
+def ingest(
+    data_uri: str, n_synth: int, seed: int, pairs: Output[Dataset], reverse_fraction: float = 0.0
+):
+    """Empty `data_uri` -> `n_synth` synthetic pairs (`reverse_fraction` of them in reversed \
+contrast, polarity -1); else a pair folder, `s3://` folder or intake prefix."""
     import shutil
     from pathlib import Path
 
@@ -16,11 +18,13 @@ prefix."""
     dest = Path(pairs.path)
     with Stopwatch() as sw:
         if not data_uri:
+            from semlayout.data.sem_physics import PhysicsRanges
             from semlayout.data.synth import synthesize
 
             if n_synth < 1:
                 raise SemlayoutError(f"n_synth={n_synth}: expected >= 1 when no data URI is given")
-            synthesize(dest, n=n_synth, seed=seed, workers=2, progress=False)
+            ranges = PhysicsRanges(reverse_fraction=reverse_fraction)
+            synthesize(dest, n=n_synth, seed=seed, ranges=ranges, workers=2, progress=False)
         elif data_uri.startswith("s3://"):
             from semlayout.storage import open_store
 
@@ -46,7 +50,8 @@ prefix."""
     pairs.metadata.update(
         {
             "n_pairs": len(records),
-            "source": data_uri or f"synth:n={n_synth},seed={seed}",
+            "source": data_uri
+            or f"synth:n={n_synth},seed={seed},reverse_fraction={reverse_fraction}",
             "content_sha256": tree_sha256(dest),
             "seconds": sw.seconds,
         }

@@ -181,7 +181,9 @@ def run_cmd(
     set_: list[str] = typer.Option(
         [], "--set", help="config override KEY=VALUE, e.g. train.epochs=2 (repeatable)"
     ),
-    n_synth: int = typer.Option(800, "--n-synth", help="pairs to synthesise without --data"),
+    n_synth: int = typer.Option(
+        1070, "--n-synth", help="pairs to synthesise without --data (a quarter reversed: config)"
+    ),
     seed: int = typer.Option(0, "--seed", help="synthesis and split seed"),
     out: Path = typer.Option(
         Path("outputs"), "--out", help="output root: runs/, latest -> runs/<newest>, mlflow/"

@@ -125,7 +125,8 @@ class RunOptions:
     data: str = ""
     config: str = "small"
     overrides: list[str] = field(default_factory=list)
-    n_synth: int = 800
+    # 1070: with a quarter reversed, as many normal-contrast pairs as the 800 of before
+    n_synth: int = 1070
     seed: int = 0
     out: Path = Path("outputs")
     tracking_uri: str = ""
@@ -161,7 +162,7 @@ def run(args: RunOptions) -> int:
     cfg_overrides = overrides_json(args.overrides)
     # refuse bad input before the first step
     data_info = validate.check_data_uri(args.data, args.n_synth)
-    validate.check_config(args.config, cfg_overrides)
+    cfg = validate.check_config(args.config, cfg_overrides)
     validate.check_floors(
         {"sem2layout": args.floor_sem2layout, "layout2sem": args.floor_layout2sem}, args.tolerance
     )
@@ -188,6 +189,8 @@ def run(args: RunOptions) -> int:
         "floor_layout2sem": args.floor_layout2sem,
         "tolerance": args.tolerance,
         "min_qc_pass": args.min_qc_pass,
+        # both contrast polarities, in the mix the config names (polarity.synth_reverse_fraction)
+        "synth_reverse_fraction": cfg.polarity.synth_reverse_fraction,
     }
     print(f"semlayout: training pipeline under kfp.local -> {run_dir}", flush=True)
     if not args.verbose:

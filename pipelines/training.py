@@ -17,6 +17,7 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Model
 
 from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
+from semlayout.polarity import DEFAULT_SYNTH_REVERSE_FRACTION
 from semlayout_components.catalog import steps
 from semlayout_pipelines.cluster import (
     ClusterSettings,
@@ -63,9 +64,19 @@ def build_training_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         min_qc_pass: float = 0.5,
+        synth_reverse_fraction: float = DEFAULT_SYNTH_REVERSE_FRACTION,
     ) -> TrainingOutputs:
         t_ingest = with_s3(
-            on_cpu_pool(c.ingest(data_uri=data_uri, n_synth=n_synth, seed=seed), s), s
+            on_cpu_pool(
+                c.ingest(
+                    data_uri=data_uri,
+                    n_synth=n_synth,
+                    seed=seed,
+                    reverse_fraction=synth_reverse_fraction,
+                ),
+                s,
+            ),
+            s,
         )
         t_ingest.set_display_name("ingest")
         t_align = on_cpu_pool(

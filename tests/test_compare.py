@@ -133,7 +133,8 @@ def test_mlflow_runs_are_readable(two_versions):
     t = two_versions
     c = MlflowClient(t["uri"])
     run = c.get_run(t["s2"]["mlflow"]["run_id"])
-    assert run.info.run_name.startswith("training · synth n=30,seed=5 (")
+    # the data set named as ingest records it (the share drawn in reversed contrast included)
+    assert run.info.run_name.startswith("training · synth n=30,seed=5,reverse_fraction=0.25 (")
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "test"}
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "train/loss_G")]
     assert steps == [2, 4, 6]

@@ -61,7 +61,8 @@ def test_items_shape_dtype_range(shards, size):
     assert len(ds) == read_index(shards)["splits"]["train"]["n"]
     assert ds.families == ["line_space", "rare", "via_array"]
     item = ds[0]
-    assert set(item) == {"sem", "layout", "clean", "family", "id"}
+    assert set(item) == {"sem", "layout", "clean", "family", "id", "polarity"}
+    assert item["polarity"].shape == () and float(item["polarity"]) in (1.0, -1.0)
     for key in ("sem", "layout", "clean"):
         t = item[key]
         assert t.shape == (1, size, size) and t.dtype == torch.float32

@@ -15,7 +15,8 @@ from helpers_eval import make_tiny_checkpoint
 from semlayout.config import config_from_dict
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
-from semlayout.inference import Translator, _onnx_files
+from semlayout.inference import Translator
+from semlayout.inference_backends import onnx_files
 from semlayout.train.checkpoint import load_checkpoint
 
 
@@ -25,7 +26,7 @@ def ckpt(tmp_path_factory):
 
 
 def _identity_translator(size: int, fit: str = "threshold") -> Translator:
-    runners = {d: (lambda b: b.copy()) for d in DIRECTIONS}
+    runners = {d: (lambda b, _pol: b.copy()) for d in DIRECTIONS}
     cfg = config_from_dict({"layout_fit": {"method": fit}})
     return Translator(runners, config=cfg, image_size=size, source="identity", backend="test")
 
@@ -109,14 +110,14 @@ def test_onnx_for_a_registry_folder_goes_to_the_cache_and_leaves_the_folder_alon
     ckpt = make_tiny_checkpoint(tmp_path / "downloaded", seed=5)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt.iterdir()}
     _, nets, _ = load_checkpoint(ckpt)
-    files = _onnx_files(ckpt, registry=True, cache_dir=tmp_path / "cache", nets=nets, size=32)
+    files = onnx_files(ckpt, registry=True, cache_dir=tmp_path / "cache", nets=nets, size=32)
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt.iterdir()}
     assert before == after
     for d in DIRECTIONS:
         assert files[d].is_file() and (tmp_path / "cache") in files[d].parents
     # second call reuses the cached export
     stamp = files["sem2layout"].stat().st_mtime_ns
-    again = _onnx_files(ckpt, registry=True, cache_dir=tmp_path / "cache", nets=nets, size=32)
+    again = onnx_files(ckpt, registry=True, cache_dir=tmp_path / "cache", nets=nets, size=32)
     assert again["sem2layout"].stat().st_mtime_ns == stamp
 
 
@@ -190,7 +191,10 @@ def test_cli_predict_writes_same_names_and_sizes(ckpt, tmp_path, capsys):
             ]
         )
         assert code == 0, capsys.readouterr().err
-        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+        # the images under their own names, and one row per image in predictions.csv
+        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "predictions.csv"]
+        rows = (out / "predictions.csv").read_text().splitlines()
+        assert rows[0].startswith("id,direction,polarity") and len(rows) == 3
         for name, shape in shapes.items():
             img = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
             assert img.shape == shape and img.dtype == np.uint8 and set(np.unique(img)) <= {0, 255}
@@ -285,7 +289,7 @@ def test_torchscript_fallback_exporter_matches_eager(ckpt, tmp_path):
     """Used when semlayout.train.export is not importable (e.g. a serving-only install)."""
     import onnxruntime as ort
 
-    from semlayout.inference import export_generator_onnx
+    from semlayout.inference_backends import export_generator_onnx
 
     _, nets, _ = load_checkpoint(ckpt)
     path = export_generator_onnx(nets["G_A"], tmp_path / "g.onnx", 32)

@@ -132,8 +132,11 @@ def test_shard_files_follow_the_contract(shards):
             with zipfile.ZipFile(shards / rel) as zf:
                 assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
             with np.load(shards / rel, allow_pickle=False) as z:
-                assert set(z.files) == {"ids", "families", "sources", "sem", "layout", "clean"}
+                assert set(z.files) == {
+                    "ids", "families", "sources", "polarity", "sem", "layout", "clean"
+                }  # fmt: skip
                 n = len(z["ids"])
+                assert z["polarity"].dtype == np.int8 and set(z["polarity"].tolist()) <= {1, -1}
                 assert z["ids"].dtype.kind == "U" and z["families"].dtype.kind == "U"
                 for key in ("sem", "layout", "clean"):
                     assert z[key].shape == (n, 250, 250) and z[key].dtype == np.uint8
@@ -159,7 +162,7 @@ def test_iter_split_streams_records(shards):
     recs = list(iter_split(shards, "val"))
     assert len(recs) == read_index(shards)["splits"]["val"]["n"]
     r = recs[0]
-    assert set(r) == {"id", "family", "source", "sem", "layout", "clean"}
+    assert set(r) == {"id", "family", "source", "polarity", "sem", "layout", "clean"}
     assert r["source"] == "aligned" and r["sem"].shape == (250, 250) and r["sem"].dtype == np.uint8
 
 

@@ -208,6 +208,8 @@ def test_run_layout_and_checkpoint_contents(tmp_path):
     assert (run / "last").is_symlink() and (run / "last").resolve().name == "step-000009"
     assert (run / "samples").is_dir()
     cfg2, nets, meta = load_checkpoint(final)
+    assert cfg2.polarity.learned == [1]  # what the data held, recorded by training
+    cfg2.polarity.learned = None
     assert cfg2 == cfg and meta["step"] == 9 and meta["has_train_state"]
     state = torch.load(final / "train_state.pt", weights_only=True)
     assert state["step"] == 9 and len(state["ranks"]) == 1

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from semlayout.errors import SemlayoutError, validation_error
 from semlayout.layout_fit import FitMethod
+from semlayout.polarity import DEFAULT_SYNTH_REVERSE_FRACTION, UNKNOWN_READS_AS
 
 
 class _Strict(BaseModel):
@@ -40,6 +41,19 @@ class GeneratorConfig(_Strict):
     norm: Literal["batch", "instance"] = "batch"
     attention: bool = False
     attention_resolutions: list[int] = Field(default_factory=lambda: [8, 16])
+    polarity_conditioning: Literal["none", "channel", "film"] = Field(
+        "none",
+        description="how the generators are told the contrast polarity (+1 bright pattern, -1 "
+        "dark): none (they are not: one polarity per model), channel (a constant +-1 input "
+        "channel beside the image), film (a per-polarity scale and shift of every block's "
+        "features)",
+    )
+    polarity_flip: bool = Field(
+        False,
+        description="with polarity conditioning: G_A multiplies its input SEM by the polarity "
+        "and G_B its output SEM, so a reversed image reaches the network with the material "
+        "contrast of a normal one and the conditioning learns what differs (the rims)",
+    )
     input_norm: Literal["none", "standardize"] = Field(
         "none",
         description="standardize: G_A (SEM -> layout) scales each input image to zero mean and "
@@ -169,6 +183,46 @@ class LayoutFitConfig(_Strict):
     )
 
 
+class AutoHeadConfig(_Strict):
+    """`polarity=auto`'s calibrated head (`semlayout.polarity_auto`): a logistic regression of
+    bright-vs-dark on the analysis-by-synthesis features, fitted by training on its val split."""
+
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+    n: int = Field(..., description="images it was fitted on")
+    accuracy: float = Field(..., description="its accuracy on them")
+
+
+class PolarityConfig(_Strict):
+    """Which contrast polarities a model serves (`semlayout.polarity`)."""
+
+    learned: list[Literal[1, -1]] | None = Field(
+        None,
+        description="set by training: the polarities of its train split, which the model "
+        "serves; None in a config file (and in checkpoints made before polarity was recorded, "
+        "which serve +1 only)",
+    )
+    synth_reverse_fraction: float = Field(
+        DEFAULT_SYNTH_REVERSE_FRACTION,
+        ge=0.0,
+        le=1.0,
+        description="share of reversed-contrast (-1) pairs when the training pipeline "
+        "synthesises its data",
+    )
+    auto_head: AutoHeadConfig | None = Field(
+        None,
+        description="set by training (a model of both polarities with a val split): "
+        "polarity=auto's calibrated head; None: the raw evidence",
+    )
+
+    @property
+    def serves(self) -> tuple[int, ...]:
+        """The polarities the model answers for: `learned`, or (+1,) when none was recorded."""
+        return tuple(self.learned) if self.learned else (UNKNOWN_READS_AS,)
+
+
 class ExperimentConfig(_Strict):
     name: str = "semlayout"
     generator: GeneratorConfig = Field(default_factory=lambda: GeneratorConfig.model_validate({}))
@@ -178,6 +232,7 @@ class ExperimentConfig(_Strict):
     loss: LossConfig = Field(default_factory=lambda: LossConfig.model_validate({}))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
     layout_fit: LayoutFitConfig = Field(default_factory=lambda: LayoutFitConfig.model_validate({}))
+    polarity: PolarityConfig = Field(default_factory=lambda: PolarityConfig.model_validate({}))
 
     @model_validator(mode="after")
     def _crop_fits_network(self) -> ExperimentConfig:

@@ -22,6 +22,10 @@ Translator resizes to the model size and back):
   pairs only) on the drawn layout the product returns (`Translator.to_layout`:
   threshold at mid-range, then the checkpoint's Manhattan fit); `iou_threshold` is
   the IoU of the thresholded output without the fit.
+- Polarity (`semlayout.evaluation_polarity`): every pair is translated in its recorded
+  contrast polarity (both directions); `per_polarity` splits the scores by it, and for a
+  model that serves both polarities `sem2layout.auto` scores the same SEMs with
+  `polarity=auto` (IoU, the given-polarity IoU beside it, how often auto was right).
 - Layout->SEM: L1/SSIM/PSNR against the noisy SEM; IoU between the two images
   each binarised by its own Otsu threshold (structure agreement, polarity as is).
   When the shards carry noise-free renderings: the same scores against the clean
@@ -51,6 +55,8 @@ import numpy as np
 
 from semlayout import metrics as M
 from semlayout.errors import SemlayoutError
+from semlayout.evaluation_polarity import auto_block, per_polarity, translate_in, used_polarities
+from semlayout.polarity import polarity_counts
 
 LINE_SPACE_FAMILY = "line_space"
 OTSU_BLUR_SIGMA = 2.0
@@ -204,11 +210,12 @@ def evaluate_model(
     ids, families = data["ids"][idx], data["families"][idx]
     sem, layout = data["sem"][idx], data["layout"][idx]
     clean = data["clean"][idx] if "clean" in data else None
+    pol = data["polarity"][idx]
 
     pred_layout, drawn, s2l_scores, s2l = _score_sem2layout(
-        tr, sem, layout, families, shards_dir, batch_size
+        tr, sem, layout, families, pol, shards_dir, batch_size
     )
-    pred_sem, l2s_scores, l2s = _score_layout2sem(tr, sem, layout, clean, families, batch_size)
+    pred_sem, l2s_scores, l2s = _score_layout2sem(tr, sem, layout, clean, families, pol, batch_size)
     picked = _sample_indices(families, n_report_samples)
     samples = _report_samples(
         picked, ids, families, sem, layout, clean, (pred_layout, drawn, s2l_scores),
@@ -224,6 +231,8 @@ def evaluate_model(
         "model_image_size": int(tr.image_size),
         "shards": str(shards_dir),
         "has_clean": clean is not None,
+        "polarity": polarity_counts(pol.tolist()),
+        "model_polarities": list(tr.polarities),
         "seconds": round(time.perf_counter() - t0, 3),
         "sem2layout": s2l,
         "layout2sem": l2s,
@@ -244,16 +253,21 @@ def _score_sem2layout(
     sem: np.ndarray,
     layout: np.ndarray,
     families: np.ndarray,
+    pol: np.ndarray,
     shards_dir: str | os.PathLike[str],
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]], dict[str, Any]]:
     """SEM -> Layout, and the Otsu baseline on the same pairs:
     (raw predictions, drawn layouts, per-pair scores, aggregated block)."""
     fam_list = [str(f) for f in families]
-    pred_layout = np.stack(tr.translate("sem2layout", list(sem), batch_size=batch_size))
+    pred_layout = translate_in(tr, "sem2layout", list(sem), pol.tolist(), batch_size)
     drawn = np.stack([tr.to_layout(p) for p in pred_layout])
     scores = _layout_scores(pred_layout, layout, families, drawn, tr.config.layout_fit.threshold)
     block = M.aggregate(scores, fam_list)
+    block["per_polarity"] = per_polarity(scores, pol.tolist(), ("iou", "ssim", "l1"))
+    block["unserved"] = int((used_polarities(tr, pol.tolist()) != pol).sum())
+    if len(tr.polarities) > 1:
+        block["auto"] = auto_block(tr, sem, layout, pol.tolist(), scores["iou"], batch_size)
     polarity = fit_otsu_polarity(shards_dir)
     base_layout = np.stack([otsu_layout_baseline(s, polarity) for s in sem])
     block["baseline_otsu"] = M.aggregate(_layout_scores(base_layout, layout, families), fam_list)
@@ -267,11 +281,12 @@ def _score_layout2sem(
     layout: np.ndarray,
     clean: np.ndarray | None,
     families: np.ndarray,
+    pol: np.ndarray,
     batch_size: int,
 ) -> tuple[np.ndarray, dict[str, list[float]], dict[str, Any]]:
     """Layout -> SEM against the noisy SEM and (when present) the clean rendering, with the
     ceiling SSIM(clean, noisy): (predictions, per-pair scores, aggregated block)."""
-    pred_sem = np.stack(tr.translate("layout2sem", list(layout), batch_size=batch_size))
+    pred_sem = translate_in(tr, "layout2sem", list(layout), pol.tolist(), batch_size)
     scores = _sem_scores(pred_sem, sem)
     if clean is not None:
         scores["ssim_vs_clean"] = M.ssim_batch(pred_sem, clean).tolist()
@@ -289,6 +304,9 @@ def _score_layout2sem(
         }
         for fam, row in block["per_family"].items():
             row["ceiling_ssim"] = _mean(ceil_ssim[families == fam])
+    block["per_polarity"] = per_polarity(
+        scores, pol.tolist(), [k for k in ("ssim", "l1", "ssim_vs_clean") if k in scores]
+    )
     return pred_sem, scores, block
 
 

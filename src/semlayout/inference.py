@@ -2,7 +2,8 @@
 
 ```python
 tr = Translator.load("runs/x/final")                       # or "models:/semlayout@champion"
-layouts = tr.translate("sem2layout", [sem_u8, ...], binarize=True)
+layouts = tr.translate("sem2layout", [sem_u8, ...], binarize=True)            # polarity="auto"
+done = tr.translate_detailed("sem2layout", [sem_u8], polarity="dark")  # [Translation]
 ```
 Per image: (H, W) uint8 -> cv2 INTER_AREA resize to the model's square size S ->
 [-1, 1] (`x / 127.5 - 1`) -> batched generator forward (eval mode, no autograd) ->
@@ -11,10 +12,16 @@ the drawn layout in {0, 255}: threshold, then the Manhattan fit of `semlayout.la
 as the checkpoint's `layout_fit` config says). Directions:
 `sem2layout` = G_A, `layout2sem` = G_B.
 
-ONNX: uses `CKPT/<direction>.onnx` when present. Otherwise it exports: into the
-checkpoint folder itself when that folder was given locally, and into a cache
-folder (keyed by the weights' hash) when it came from the registry, so a
-downloaded artifact folder is never modified.
+Polarity (`semlayout.polarity`): every call takes `polarity` = auto | bright | dark (or +-1)
+and an optional layer `prior` (+1 / -1). A model serves the polarities it learned
+(`config.polarity.serves`; a checkpoint made before polarity was recorded serves +1 only);
+asking it for another is a `SemlayoutError` naming what it learned, never an inverted answer.
+`auto`: sem2layout decides per image (`semlayout.polarity_auto`, analysis by synthesis,
+shifted toward the prior); layout2sem renders in the prior's polarity, else bright; a model
+that serves one polarity answers in it. Each `Translation` says which polarity was used, how
+it was chosen and, for auto, the margin.
+
+Backends (eager, bf16, ONNX Runtime) are `semlayout.inference_backends`.
 
 Thread safety: `translate` keeps no per-call state on the object, eager forwards
 run in eval mode under `torch.inference_mode()`, and ONNX Runtime sessions
@@ -25,13 +32,9 @@ concurrent requests; the default leaves torch / ORT at their defaults).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
 import os
-import threading
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +42,28 @@ import numpy as np
 
 from semlayout.directions import DIRECTIONS, Direction
 from semlayout.errors import SemlayoutError
+from semlayout.inference_backends import (
+    NET_FOR_DIRECTION,
+    Runner,
+    eager_runner,
+    onnx_files,
+    onnx_runner,
+)
+from semlayout.polarity import BRIGHT, PolarityChoice, check_polarity, name_of, parse_choice
+from semlayout.polarity_auto import PolarityDecision, auto_sem2layout
 
 # eager: fp32 PyTorch (channels_last); bf16: the same with bfloat16 weights and activations
 # (outputs within ~1e-3 of fp32, i.e. under a grey level; several times faster where the CPU
 # has bf16 units such as AMX, slower where it emulates them); onnx: ONNX Runtime, fp32
 BACKENDS = ("eager", "bf16", "onnx")
-NET_FOR_DIRECTION = {d: d.generator for d in DIRECTIONS}
 
-_EXPORT_LOCK = threading.Lock()
 
-# (B, 1, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
-Runner = Callable[[np.ndarray], np.ndarray]
+@dataclass(frozen=True)
+class Translation:
+    """One translated image and the polarity it was translated in."""
+
+    output: np.ndarray  # (H, W) uint8, the input's size ({0, 255} when binarized)
+    decision: PolarityDecision
 
 
 def check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -139,88 +153,6 @@ def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any
     return cfg, nets, info
 
 
-def _weights_digest(ckpt: Path) -> str:
-    h = hashlib.sha256()
-    for name in ("weights.safetensors", "config.json"):
-        with open(ckpt / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:20]
-
-
-def default_cache_dir() -> Path:
-    from semlayout.cache import cache_dir
-
-    return cache_dir("onnx")
-
-
-def export_generator_onnx(net: Any, dest: Path, image_size: int) -> Path:
-    """Export one generator to ONNX with a dynamic batch axis, atomically (temp file + rename)."""
-    import torch
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    example = torch.zeros(2, 1, image_size, image_size)
-    net = net.eval()
-    try:
-        with warnings.catch_warnings():
-            # the tracer warns about Python-side shape checks; ONNX is checked against eager in
-            # tests
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net,
-                (example,),
-                str(tmp),
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                opset_version=18,
-                dynamo=False,
-            )
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return dest
-
-
-def _onnx_files(
-    ckpt: Path, registry: bool, cache_dir: Path | None, nets: dict[str, Any], size: int
-) -> dict[str, Path]:
-    """Where each direction's ONNX file is; export the missing ones (see module docstring)."""
-    found: dict[str, Path] = {d: ckpt / f"{d}.onnx" for d in DIRECTIONS}
-    if all(p.is_file() for p in found.values()):
-        return found
-    if not registry and os.access(ckpt, os.W_OK):
-        target = ckpt
-    else:
-        target = (cache_dir or default_cache_dir()) / _weights_digest(ckpt)
-        cached: dict[str, Path] = {d: target / f"{d}.onnx" for d in DIRECTIONS}
-        if all(p.is_file() for p in cached.values()):
-            return cached
-    target.mkdir(parents=True, exist_ok=True)
-    exporter: Callable[[Any, Path, int], Path] = export_generator_onnx
-    # the trainer's exporter (dynamo, opset 18) when present; the TorchScript exporter otherwise
-    with contextlib.suppress(ImportError):
-        from semlayout.train.export import export_generator as exporter
-    out: dict[str, Path] = {}
-    onnx_log = logging.getLogger("torch.onnx")
-    with _EXPORT_LOCK:  # two loads in one process must not write the same temporary file
-        level = onnx_log.level
-        onnx_log.setLevel(logging.ERROR)  # the exporter logs "torchvision is not installed" lines
-        try:
-            for d in DIRECTIONS:
-                p = target / f"{d}.onnx"
-                if not p.is_file():
-                    # the generators already loaded: no second load of the checkpoint, no
-                    # discriminators
-                    exporter(nets[NET_FOR_DIRECTION[d]], p, size)
-                out[d] = p
-        finally:
-            onnx_log.setLevel(level)
-    return out
-
-
 class Translator:
     """A loaded model that translates uint8 images in either direction (see module docstring)."""
 
@@ -274,28 +206,73 @@ class Translator:
             "epoch": meta.get("epoch"),
             "created": meta.get("created"),
             "from_registry": registry,
+            "polarities": list(cfg.polarity.serves),
+            "polarity_conditioning": cfg.generator.polarity_conditioning,
         }
         if backend in ("eager", "bf16"):
             dtype = torch.bfloat16 if backend == "bf16" else torch.float32
             runners: dict[str, Runner] = {
-                d: _eager_runner(nets[NET_FOR_DIRECTION[d]], dev, dtype) for d in DIRECTIONS
+                d: eager_runner(nets[NET_FOR_DIRECTION[d]], dev, dtype) for d in DIRECTIONS
             }
         else:
             if dev.type != "cpu":
                 raise SemlayoutError(f"the onnx backend runs on cpu here, got device '{device}'")
-            files = _onnx_files(ckpt, registry, Path(cache_dir) if cache_dir else None, nets, size)
-            runners = {d: _onnx_runner(files[d], num_threads) for d in DIRECTIONS}
+            files = onnx_files(ckpt, registry, Path(cache_dir) if cache_dir else None, nets, size)
+            runners = {d: onnx_runner(files[d], num_threads) for d in DIRECTIONS}
             info["onnx"] = {d: str(p) for d, p in files.items()}
         return cls(runners, cfg, size, str(model), backend, info)
 
+    # ------------------------------------------------------------ polarity
+    @property
+    def polarities(self) -> tuple[int, ...]:
+        """The contrast polarities this model serves (+1 bright, -1 dark)."""
+        return tuple(self.config.polarity.serves)
+
+    def check_served(self, polarity: int, why: str = "asked for") -> None:
+        """A `SemlayoutError` unless the model learned `polarity`."""
+        if polarity not in self.polarities:
+            learned = " and ".join(f"{name_of(p)} ({p:+d})" for p in self.polarities)
+            raise SemlayoutError(
+                f"polarity {name_of(polarity)} ({polarity:+d}) {why}, but this model learned "
+                f"{learned} contrast only: it would return an inverted layout; use a model "
+                f"trained on {name_of(polarity)} pairs"
+            )
+
+    def fixed_polarity(
+        self, direction: str, polarity: str | int | None, prior: int | None = None
+    ) -> PolarityDecision | None:
+        """The decision when no image is needed to make it; None when sem2layout must decide
+        per image (auto on a model that serves both polarities)."""
+        choice = parse_choice(polarity)
+        if prior is not None:
+            prior = check_polarity(prior, "layer polarity")
+            self.check_served(prior, "is the layer's")
+        if choice is not PolarityChoice.auto:
+            fixed = choice.value_or_none
+            assert fixed is not None
+            self.check_served(fixed)
+            return PolarityDecision(fixed, "given")
+        if len(self.polarities) == 1:
+            return PolarityDecision(self.polarities[0], "only")
+        if direction == Direction.layout2sem:  # nothing in a layout says how it will image
+            return PolarityDecision(prior if prior is not None else BRIGHT, "given")
+        return None
+
     # ------------------------------------------------------------ inference
-    def run_batch(self, direction: str, batch: np.ndarray) -> np.ndarray:
-        """Raw network call: (B, 1, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]."""
+    def run_batch(
+        self, direction: str, batch: np.ndarray, polarity: np.ndarray | int | None = None
+    ) -> np.ndarray:
+        """Raw network call: (B, 1, S, S) float32 in [-1, 1] and the polarity (one +-1 for the
+        batch, or (B,); None: +1) -> (B, 1, S, S) float32 in [-1, 1]."""
         Direction.parse(direction)
         s = self.image_size
         if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
             raise SemlayoutError(f"expected a (B, 1, {s}, {s}) batch, got shape {batch.shape}")
-        return self._runners[direction](np.ascontiguousarray(batch, dtype=np.float32))
+        pol = np.array(  # a writable copy: torch.from_numpy warns on read-only views
+            np.broadcast_to(np.asarray(BRIGHT if polarity is None else polarity), (len(batch),)),
+            dtype=np.float32,
+        )
+        return self._runners[direction](np.ascontiguousarray(batch, dtype=np.float32), pol)
 
     def preprocess(self, img: np.ndarray) -> np.ndarray:
         """(H, W) uint8 -> (S, S) float32 in [-1, 1]."""
@@ -324,63 +301,49 @@ class Translator:
         return fit_layout(grey, fit.method, fit.threshold, fit.min_iou)
 
     def translate(
+        self, direction: str, images: Sequence[np.ndarray], binarize: bool = False, **options: Any
+    ) -> list[np.ndarray]:
+        """Translate (H, W) uint8 images; each output has the size of its input.
+
+        `binarize` (sem2layout only) returns layouts with values {0, 255} (`to_layout`);
+        `options`: `translate_detailed`'s batch_size, polarity and prior (see the module
+        docstring; `translate_detailed` also returns the polarity each image was translated in).
+        """
+        return [t.output for t in self.translate_detailed(direction, images, binarize, **options)]
+
+    def translate_detailed(
         self,
         direction: str,
         images: Sequence[np.ndarray],
         binarize: bool = False,
         batch_size: int = 16,
-    ) -> list[np.ndarray]:
-        """Translate (H, W) uint8 images; each output has the size of its input.
-
-        `binarize` (sem2layout only) returns layouts with values {0, 255} (`to_layout`).
-        """
+        polarity: str | int | None = "auto",
+        prior: int | None = None,
+    ) -> list[Translation]:
+        """`translate`, with the polarity decision of every image."""
         Direction.parse(direction)
         images = check_images(images)
         if binarize and direction != "sem2layout":
             raise SemlayoutError(
                 "binarize applies to sem2layout only (layouts are binary, SEMs are not)"
             )
-        out: list[np.ndarray] = []
+        fixed = self.fixed_polarity(direction, polarity, prior)
+        out: list[Translation] = []
         for start in range(0, len(images), max(1, batch_size)):
             chunk = images[start : start + batch_size]
             batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
-            pred = self.run_batch(direction, batch)[:, 0]  # (B, S, S)
-            grey = [self.postprocess(p, im.shape) for p, im in zip(pred, chunk, strict=True)]
-            out.extend([self.to_layout(g) for g in grey] if binarize else grey)
+            if fixed is not None:
+                pred = self.run_batch(direction, batch, fixed.polarity)
+                decisions = [fixed] * len(chunk)
+            else:
+                pred, decisions = auto_sem2layout(
+                    self._runners["sem2layout"],
+                    self._runners["layout2sem"],
+                    batch,
+                    prior,
+                    self.config.polarity.auto_head,
+                )
+            for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True):
+                grey = self.postprocess(p, im.shape)
+                out.append(Translation(self.to_layout(grey) if binarize else grey, dec))
         return out
-
-
-def _eager_runner(net: Any, device: Any, dtype: Any) -> Runner:
-    import torch
-
-    # channels_last lets oneDNN pick its blocked convolution kernels: the same numbers (max
-    # difference ~1e-8) 1.9-3.5x faster at batch 1 on the CPU (`python -m bench train`)
-    cl = torch.channels_last
-    net.eval().to(dtype=dtype, memory_format=cl)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(device, dtype).contiguous(memory_format=cl)
-            return np.ascontiguousarray(net(x).float().cpu().numpy())
-
-    return run
-
-
-def _onnx_runner(path: Path, num_threads: int | None) -> Runner:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if num_threads is not None:
-        opts.intra_op_num_threads = max(1, int(num_threads))
-    try:
-        sess = ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as err:  # onnxruntime raises its own error types for a corrupt model
-        raise SemlayoutError(f"{path}: not a loadable ONNX model: {err}") from None
-    name = sess.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(sess.run(None, {name: batch})[0], dtype=np.float32)
-
-    return run

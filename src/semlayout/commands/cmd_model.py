@@ -18,6 +18,38 @@ def _list_pngs(in_dir: Path) -> list[Path]:
     return files
 
 
+PREDICTIONS_FILE = "predictions.csv"
+# DESIGN.md's predictions.csv starts id,direction,polarity; the confidence columns
+# (confidence, predicted_iou | predicted_ssim) come after polarity, the margin and source last
+PREDICTION_COLUMNS = ("id", "direction", "polarity", "polarity_margin", "polarity_source")
+
+
+def predictions_csv(rows: list[dict[str, str]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def prediction_row(image_id: str, direction: str, decision: object) -> dict[str, str]:
+    """One predictions.csv row: polarity +1 / -1, the auto margin (empty unless auto)."""
+    from semlayout.polarity_auto import PolarityDecision
+
+    assert isinstance(decision, PolarityDecision)
+    margin = "" if decision.margin is None else f"{decision.margin:.4f}"
+    return {
+        "id": image_id,
+        "direction": direction,
+        "polarity": f"{decision.polarity:+d}",
+        "polarity_margin": margin,
+        "polarity_source": decision.source,
+    }
+
+
 def predict(
     in_dir: Path = typer.Argument(..., help="folder of 8-bit grayscale PNGs"),
     model: str = typer.Option(..., "--model", "-m", help="checkpoint folder or models:/NAME@ALIAS"),
@@ -33,36 +65,66 @@ def predict(
         None, "--tracking-uri", help="MLflow URI for models:/ URIs"
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="images per forward pass"),
+    polarity: str = typer.Option(
+        "auto",
+        "--polarity",
+        help="which side of the SEM contrast is the pattern: auto (decided per image), "
+        "bright or dark",
+    ),
+    layer_polarity: str | None = typer.Option(
+        None,
+        "--layer-polarity",
+        help="the layer's polarity when known (bright or dark): auto leans toward it",
+    ),
 ) -> None:
-    """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT."""
+    """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT, and write
+    OUT/predictions.csv (id,direction,polarity,polarity_margin,polarity_source)."""
     import cv2
 
     from semlayout.atomic import atomic_dir, check_not_over_inputs
     from semlayout.data.pairs import read_gray8
     from semlayout.directions import Direction
     from semlayout.inference import Translator
+    from semlayout.polarity import PolarityChoice, parse_choice
 
     Direction.parse(direction)
+    choice = parse_choice(polarity, "--polarity")
+    prior = None
+    if layer_polarity is not None:
+        layer = parse_choice(layer_polarity, "--layer-polarity")
+        if layer is PolarityChoice.auto:
+            raise SemlayoutError("--layer-polarity must be bright or dark (or leave it out)")
+        prior = layer.value_or_none
     if binarize and direction != "sem2layout":
         raise SemlayoutError("--binarize applies to --direction sem2layout only")
     files = _list_pngs(in_dir)
     check_not_over_inputs(out, input_folder=in_dir, model=model)
     images = [read_gray8(p) for p in files]  # refuses 16-bit / RGB naming the file, before any work
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
+    tr.fixed_polarity(direction, choice, prior)  # a polarity the model never learned: refused now
+    rows: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
         for start in range(0, len(files), batch_size):
-            preds = tr.translate(
+            done = tr.translate_detailed(
                 direction,
                 images[start : start + batch_size],
                 binarize=binarize,
                 batch_size=batch_size,
+                polarity=choice,
+                prior=prior,
             )
-            for path, pred in zip(files[start : start + batch_size], preds, strict=True):
-                ok, buf = cv2.imencode(".png", pred)
+            for path, t in zip(files[start : start + batch_size], done, strict=True):
+                ok, buf = cv2.imencode(".png", t.output)
                 if not ok:
                     raise RuntimeError(f"PNG encoding failed for {path.name}")
                 (tmp / path.name).write_bytes(buf.tobytes())
-    print(f"translated {len(files)} image(s) {direction} with {tr.source} ({backend}) -> {out}")
+                rows.append(prediction_row(path.stem, direction, t.decision))
+        (tmp / PREDICTIONS_FILE).write_text(predictions_csv(rows))
+    n_dark = sum(r["polarity"] == "-1" for r in rows)
+    print(
+        f"translated {len(files)} image(s) {direction} with {tr.source} ({backend}) -> {out} "
+        f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark)"
+    )
 
 
 def _find_history(model: str) -> Path | None:

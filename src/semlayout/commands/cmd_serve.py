@@ -48,6 +48,12 @@ def serve(
     poll_interval: float = typer.Option(
         None, "--poll-interval", help="seconds between alias checks; 0 = off"
     ),
+    layer_polarity: str = typer.Option(
+        None,
+        "--layer-polarity",
+        help="the served layer's contrast polarity, bright or dark: auto's prior and what the "
+        "drift monitor expects",
+    ),
     log_level: str = typer.Option("info", "--log-level", help=_LOG_HELP),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
@@ -72,6 +78,7 @@ def serve(
         "feedback_uri": feedback_uri,
         "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "poll_interval_s": poll_interval,
+        "layer_polarity": layer_polarity,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
@@ -110,6 +117,9 @@ def _open_before_binding(settings: Any, port: int) -> Any:
 
     MonitorStore(settings.monitor_db).close()
     open_store(feedback_uri(settings.feedback_uri))
-    return InferenceEngine.load(
+    engine = InferenceEngine.load(
         settings.model, settings.backend, settings.tracking_uri, drift_options(settings)
     )
+    if settings.layer_prior is not None:  # a layer the model never learned: refused now
+        engine.current.translator.fixed_polarity("sem2layout", "auto", settings.layer_prior)
+    return engine

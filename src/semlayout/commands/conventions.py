@@ -33,6 +33,7 @@ SHARED: dict[str, tuple[str, ...]] = {
     "--image": ("SEMLAYOUT_IMAGE",),
     "--experiment": ("SEMLAYOUT_EXPERIMENT",),
     "--by": ("SEMLAYOUT_USER",),
+    "--layer-polarity": ("SEMLAYOUT_LAYER_POLARITY",),
 }
 # an option shared by the commands of one group only: (group, option) -> variable
 GROUP_SHARED: dict[tuple[str, str], tuple[str, ...]] = {

@@ -3,7 +3,8 @@
 Item of `ShardDataset(shards_dir, split, image_size=S)`:
 ```
 {"sem": (1,S,S) float32 in [-1,1], "layout": (1,S,S) float32 in [-1,1],
- "clean": (1,S,S) (only when every pair of the shard set has one), "family": str, "id": str}
+ "clean": (1,S,S) (only when every pair of the shard set has one), "family": str, "id": str,
+ "polarity": () float32, +1 or -1 (the pair's contrast polarity; +1 for older shard sets)}
 ```
 Resizing 250 -> S uses cv2.INTER_AREA for every image, the layout included: the
 layout then becomes continuous in [-1, 1] near edges (a partial-coverage value),
@@ -45,6 +46,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from semlayout.data.shards import _split_info, npz_members, read_index
 from semlayout.errors import SemlayoutError
+from semlayout.polarity import UNKNOWN_READS_AS
 
 IMAGE_KEYS = ("sem", "layout", "clean")
 
@@ -112,28 +114,36 @@ class ShardDataset(Dataset):
         self.ids: list[str] = []
         self.item_families: list[str] = []
         self.item_sources: list[str] = []
+        self.item_polarities: list[int] = []
         for s, path in enumerate(self._shard_paths):
             try:
                 with np.load(path, allow_pickle=False) as z:
                     ids, fams = z["ids"].tolist(), z["families"].tolist()
                     srcs = z["sources"].tolist() if "sources" in z.files else [""] * len(ids)
+                    pols = (
+                        z["polarity"].tolist()
+                        if "polarity" in z.files
+                        else [UNKNOWN_READS_AS] * len(ids)
+                    )
             except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as err:
                 raise SemlayoutError(
                     f"shard {path} is corrupt or truncated ({err}); "
                     "re-create it with `semlayout shard`"
                 ) from None
-            for row, (pid, fam, src) in enumerate(zip(ids, fams, srcs, strict=True)):
+            for row, (pid, fam, src, pol) in enumerate(zip(ids, fams, srcs, pols, strict=True)):
                 if source is not None and src != source:
                     continue
                 self._loc.append((s, row))
                 self.ids.append(pid)
                 self.item_families.append(fam)
                 self.item_sources.append(src)
+                self.item_polarities.append(int(pol))
         if not self._loc:
             raise SemlayoutError(
                 f"split '{split}' of {shards_dir} has no pairs from source '{source}'"
             )
         self.families: list[str] = sorted(set(self.item_families))
+        self.polarities: list[int] = sorted(set(self.item_polarities), reverse=True)
         self.epoch = 0
         self._reads: Counter[int] = Counter()
 
@@ -181,7 +191,11 @@ class ShardDataset(Dataset):
         """The stored uint8 (250, 250) images of an item, untransformed."""
         s, row = self._loc[index]
         data = self._shard(s)
-        rec: dict[str, Any] = {"id": self.ids[index], "family": self.item_families[index]}
+        rec: dict[str, Any] = {
+            "id": self.ids[index],
+            "family": self.item_families[index],
+            "polarity": self.item_polarities[index],
+        }
         for key in IMAGE_KEYS:
             if key in data and (key != "clean" or self.has_clean):
                 rec[key] = np.asarray(data[key][row])
@@ -196,7 +210,11 @@ class ShardDataset(Dataset):
         k, top, left = self._draw(index)
         self._reads[index] += 1
         rec = self.raw(index)
-        item: dict[str, Any] = {"id": rec["id"], "family": rec["family"]}
+        item: dict[str, Any] = {
+            "id": rec["id"],
+            "family": rec["family"],
+            "polarity": torch.tensor(float(rec["polarity"])),
+        }
         size = self.image_size
         for key in IMAGE_KEYS:
             if key not in rec:

@@ -9,7 +9,12 @@ split           "train"
 sem, layout     {n, mean {feature: value}, std {feature: value} (population, ddof=0),
                  histogram [bins] (mean normalised histogram, sums to 1),
                  features {feature: [value per image]}}
+polarity        {"+1": n, "-1": n}: the contrast polarities of the train pairs
+sem_by_polarity {"+1": block, "-1": block}: the `sem` block of each polarity's train SEMs
+                (only the polarities present)
 ```
+The polarity keys are absent from files written before polarity was recorded: those read as
+all +1 (`polarity_mix`).
 `load_reference_stats` accepts only that shape: a file from another feature set or with
 a block missing is refused with a message that says to re-run `semlayout shard`.
 """
@@ -25,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from semlayout.errors import SemlayoutError
+from semlayout.polarity import POLARITIES, UNKNOWN_READS_AS, key, polarity_counts
 
 REFERENCE_FILE = "reference_stats.json"
 REFERENCE_FORMAT = "semlayout-reference/1"
@@ -56,12 +62,18 @@ def _stats_block(described: list[Described]) -> dict[str, Any]:
     }
 
 
-def reference_doc(sem: list[Described], layout: list[Described]) -> dict[str, Any]:
-    """The `reference_stats.json` document from already described train images."""
+def reference_doc(
+    sem: list[Described], layout: list[Described], polarity: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The `reference_stats.json` document from already described train images and their
+    polarities (None: all +1)."""
     from semlayout.data.features import FEATURE_NAMES, HISTOGRAM_BINS
 
     if not sem:
         raise SemlayoutError("reference statistics need at least one training image")
+    pols = list(polarity) if polarity is not None else [UNKNOWN_READS_AS] * len(sem)
+    if len(pols) != len(sem):
+        raise SemlayoutError(f"{len(pols)} polarities for {len(sem)} reference images")
     return {
         "format": REFERENCE_FORMAT,
         "feature_names": list(FEATURE_NAMES),
@@ -69,12 +81,34 @@ def reference_doc(sem: list[Described], layout: list[Described]) -> dict[str, An
         "split": "train",
         "sem": _stats_block(sem),
         "layout": _stats_block(layout),
+        "polarity": polarity_counts(pols),
+        "sem_by_polarity": {
+            key(p): _stats_block([d for d, q in zip(sem, pols, strict=True) if q == p])
+            for p in POLARITIES
+            if p in pols
+        },
     }
 
 
-def reference_stats(sem: Sequence[np.ndarray], layout: Sequence[np.ndarray]) -> dict[str, Any]:
+def reference_stats(
+    sem: Sequence[np.ndarray],
+    layout: Sequence[np.ndarray],
+    polarity: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """The drift reference (`reference_stats.json` content) of a set of training images."""
-    return reference_doc([describe(im) for im in sem], [describe(im) for im in layout])
+    return reference_doc([describe(im) for im in sem], [describe(im) for im in layout], polarity)
+
+
+def polarity_mix(stats: dict[str, Any]) -> dict[str, int]:
+    """{"+1": n, "-1": n} of a loaded reference (a file without it: all of its SEMs +1)."""
+    mix = stats.get("polarity")
+    if isinstance(mix, dict) and all(isinstance(mix.get(k), int) for k in ("+1", "-1")):
+        return {"+1": int(mix["+1"]), "-1": int(mix["-1"])}
+    block = stats["sem"]
+    n = block.get("n")
+    if not isinstance(n, int):
+        n = len(next(iter(block["features"].values()), []))
+    return {"+1": n, "-1": 0}
 
 
 def write_reference(folder: Path, doc: dict[str, Any]) -> None:

@@ -7,6 +7,12 @@ test pairs). Each source may be capped (`max_n`): a deterministic random sample,
 e.g. the replay sample of the original data mixed with newly reviewed pairs. Every
 entry keeps the name of its source; an id that clashes with an earlier source's gets
 the prefix `s<k>-`.
+
+Each entry also carries its contrast polarity (+1 / -1, `semlayout.polarity`) and where it
+came from (`polarity_source`): the manifest's `polarity` column (synthetic pairs know their
+own; an aligned folder's manifest carries the aligner's, with its `polarity_source` when it
+writes one) -> `alignment.csv`'s `polarity` column -> a shard set's `polarity` array ->
+otherwise +1, counted as `assumed` (data made before polarity was recorded was bright).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from semlayout.data.pairs import (
 )
 from semlayout.data.shard_format import npz_members, read_index
 from semlayout.errors import SemlayoutError
+from semlayout.polarity import UNKNOWN_READS_AS, read_polarity_cell
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class Entry:
     source: str
     has_clean: bool
     load: Callable[[], Images]
+    polarity: int = UNKNOWN_READS_AS  # +1 pattern bright, -1 dark
+    polarity_source: str = "assumed"  # manifest | alignment | shards | assumed (or the manifest's)
 
 
 SourceLike = str | os.PathLike[str] | ShardSource | tuple[str | os.PathLike[str], int | None]
@@ -99,9 +108,21 @@ def as_sources(
     return sources
 
 
-def _qc_failed_ids(folder: Path) -> set[str]:
-    """Ids that `alignment.csv` marks qc_pass=false (the aligner leaves them out anyway)."""
-    return failed_ids(read_alignment_table(folder / ALIGNMENT_FILE))
+def _alignment_verdicts(folder: Path) -> tuple[set[str], dict[str, int]]:
+    """(ids `alignment.csv` marks qc_pass=false, the aligner's polarity per id where given)."""
+    rows = read_alignment_table(folder / ALIGNMENT_FILE)
+    polarity = {r.id: p for r in rows if (p := read_polarity_cell(r.extra.get("polarity")))}
+    return failed_ids(rows), polarity
+
+
+def _pair_polarity(rec: PairRecord, aligned: dict[str, int]) -> tuple[int, str]:
+    """(polarity, source) of a manifest row: its own column, then the aligner's, then +1."""
+    own = read_polarity_cell(rec.extra.get("polarity"))
+    if own is not None:
+        return own, (rec.extra.get("polarity_source") or "").strip() or "manifest"
+    if rec.id in aligned:
+        return aligned[rec.id], "alignment"
+    return UNKNOWN_READS_AS, "assumed"
 
 
 def _load_pair(rec: PairRecord, folder: Path, has_alignment: bool) -> Images:
@@ -126,7 +147,7 @@ def _load_pair(rec: PairRecord, folder: Path, has_alignment: bool) -> Images:
 
 def _pair_folder_entries(folder: Path, name: str) -> list[Entry]:
     has_alignment = (folder / ALIGNMENT_FILE).is_file()
-    failed = _qc_failed_ids(folder) if has_alignment else set()
+    failed, aligned = _alignment_verdicts(folder) if has_alignment else (set(), {})
     return [
         Entry(
             rec.id,
@@ -134,6 +155,7 @@ def _pair_folder_entries(folder: Path, name: str) -> list[Entry]:
             name,
             rec.clean_path is not None,
             functools.partial(_load_pair, rec, folder, has_alignment),
+            *_pair_polarity(rec, aligned),
         )
         for rec in read_manifest(folder)
         if rec.id not in failed
@@ -155,13 +177,16 @@ def _shard_set_entries(folder: Path, name: str) -> list[Entry]:
         members = npz_members(folder / rel)
         has_clean = "clean" in members
         mask = members.get("clean_mask")
+        pols = members.get("polarity")
         for row, (pid, fam) in enumerate(
             zip(members["ids"].tolist(), members["families"].tolist(), strict=True)
         ):
             clean_here = has_clean and (mask is None or bool(mask[row]))
-            out.append(
-                Entry(pid, fam, name, clean_here, functools.partial(_load_shard_row, members, row))
-            )
+            load = functools.partial(_load_shard_row, members, row)
+            if pols is None:
+                out.append(Entry(pid, fam, name, clean_here, load))
+            else:
+                out.append(Entry(pid, fam, name, clean_here, load, int(pols[row]), "shards"))
     return out
 
 

@@ -1,14 +1,20 @@
 """Shards: aligned pairs -> stratified train/val/test .npz shards + the drift reference.
 
 ```
-SHARDS/index.json               format, seed, splits {n, shards, families, sources},
-                                families, has_clean, source
+SHARDS/index.json               format, seed, splits {n, shards, families, sources, polarity},
+                                families, has_clean, source, polarity {"+1": n, "-1": n},
+                                polarity_sources {manifest|alignment|shards|assumed: n}
 SHARDS/<split>/shard-NNNNN.npz  uncompressed: ids, families, sources (N,) str;
+                                polarity (N,) int8 (+1 pattern bright, -1 dark);
                                 sem, layout[, clean] (N,250,250) uint8
                                 [, clean_mask (N,) bool when only some pairs have a clean image]
 SHARDS/reference_stats.json     per-image features + mean/std + mean histogram of the TRAIN
-                                split (sem and layout), see semlayout.data.reference_stats
+                                split (sem and layout; the SEM also per polarity), see
+                                semlayout.data.reference_stats
 ```
+Polarity (`semlayout.polarity`): where each pair's comes from is `semlayout.data.shard_sources`;
+a shard set written before polarity was recorded has no `polarity` array and reads as +1
+(the project drew bright data only until then).
 Splitting is stratified by `pattern_type` (and by source when several folders are
 mixed): a family with >= 3 pairs appears in every split, however rare; families
 with 1-2 pairs go to train only. The split depends only on the ids, families and
@@ -55,6 +61,7 @@ from semlayout.data.shard_sources import (
     collect_entries,
 )
 from semlayout.errors import SemlayoutError
+from semlayout.polarity import UNKNOWN_READS_AS, polarity_counts
 
 __all__ = [
     "FORMAT",
@@ -199,6 +206,8 @@ def _index_header(
         "n_clean": n_clean,
         "source": ";".join(s["path"] for s in source_summary),
         "sources": source_summary,
+        "polarity": polarity_counts(e.polarity for e in entries),
+        "polarity_sources": dict(sorted(Counter(e.polarity_source for e in entries).items())),
     }
 
 
@@ -213,6 +222,7 @@ def _write(
     seed, shard_size = index["seed"], index["shard_size"]
     store_clean = index["n_clean"] > 0
     described: dict[str, list[Described]] = {"sem": [], "layout": []}
+    train_polarity: list[int] = []
     bar = tqdm(
         total=len(entries),
         desc="shard",
@@ -238,12 +248,13 @@ def _write(
                 if split == "train":
                     for kind, col in (("sem", 0), ("layout", 1)):
                         described[kind] += pool.map(describe, [im[col] for im in images])
+                    train_polarity += [e.polarity for e in part]
                 bar.update(len(part))
             index["splits"][split] = _split_summary(chosen, shards)
         bar.close()
         if not described["sem"]:
             raise SemlayoutError("no pairs in the train split")
-        write_reference(tmp, reference_doc(described["sem"], described["layout"]))
+        write_reference(tmp, reference_doc(described["sem"], described["layout"], train_polarity))
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     return index
 
@@ -264,6 +275,7 @@ def _split_summary(chosen: list[Entry], shards: list[str]) -> dict[str, Any]:
         "shards": shards,
         "families": dict(sorted(Counter(e.family for e in chosen).items())),
         "sources": dict(sorted(Counter(e.source for e in chosen).items())),
+        "polarity": polarity_counts(e.polarity for e in chosen),
     }
 
 
@@ -274,6 +286,7 @@ def _shard_arrays(
         "ids": np.array([e.id for e in entries], dtype=str),
         "families": np.array([e.family for e in entries], dtype=str),
         "sources": np.array([e.source for e in entries], dtype=str),
+        "polarity": np.array([e.polarity for e in entries], dtype=np.int8),
         "sem": np.stack([im[0] for im in images]),
         "layout": np.stack([im[1] for im in images]),
     }
@@ -311,8 +324,8 @@ def iter_split(
 ) -> Iterator[dict[str, Any]]:
     """Stream the records of a split, one shard in memory at a time.
 
-    Each record: {"id", "family", "source", "sem", "layout"[, "clean"]} with (250, 250) uint8
-    images.
+    Each record: {"id", "family", "source", "polarity", "sem", "layout"[, "clean"]} with
+    (250, 250) uint8 images; polarity +1 / -1 (+1 in shards written before it was recorded).
     `source` keeps only the records of that source name (see index["sources"]).
     """
     index = read_index(shards_dir)
@@ -321,6 +334,7 @@ def iter_split(
         data = npz_members(Path(shards_dir) / rel)  # memory-mapped: one shard's pages at a time
         n = len(data["ids"])
         srcs = data["sources"] if "sources" in data else np.array([""] * n)
+        pols = data.get("polarity")
         mask = data.get("clean_mask")
         for i in range(n):
             if source is not None and srcs[i] != source:
@@ -329,6 +343,7 @@ def iter_split(
                 "id": str(data["ids"][i]),
                 "family": str(data["families"][i]),
                 "source": str(srcs[i]),
+                "polarity": int(pols[i]) if pols is not None else UNKNOWN_READS_AS,
                 "sem": np.array(data["sem"][i]),
                 "layout": np.array(data["layout"][i]),
             }
@@ -342,8 +357,8 @@ def load_split_arrays(
     split: str,
     source: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """A whole split stacked: ids, families, sources (N,) str; sem, layout[, clean]
-    (N,250,250) uint8.
+    """A whole split stacked: ids, families, sources (N,) str; polarity (N,) int8;
+    sem, layout[, clean] (N,250,250) uint8.
 
     `clean` is present only when every selected pair has a clean image.
     """
@@ -354,6 +369,7 @@ def load_split_arrays(
         "ids": np.array([r["id"] for r in recs], dtype=str),
         "families": np.array([r["family"] for r in recs], dtype=str),
         "sources": np.array([r["source"] for r in recs], dtype=str),
+        "polarity": np.array([r["polarity"] for r in recs], dtype=np.int8),
         "sem": np.stack([r["sem"] for r in recs]),
         "layout": np.stack([r["layout"] for r in recs]),
     }

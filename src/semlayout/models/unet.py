@@ -15,6 +15,15 @@ With `input_norm="standardize"` each input image is first scaled to zero mean an
 standard deviation of 0.5 (per image, over its pixels): part of the network, so training,
 the Translator, ONNX and serving all see the same input.
 
+Polarity conditioning (`polarity_conditioning`; +1 pattern bright, -1 dark, see
+`semlayout.polarity`): `forward(x, polarity)` takes a (B,) tensor of +-1. `channel` appends a
+constant +-1 plane to the input of the first conv; `film` scales and shifts the features after
+every encoder and decoder block by a learned per-polarity (gamma, beta) (`PolarityFiLM`,
+identity at init). `none`: the network ignores polarity (one polarity per model).
+`polarity_flip` multiplies the image by the polarity on the image side of the network: the
+input for G_A (`flip_side="input"`), the output for G_B (`"output"`), so both polarities
+share the mapping of the material contrast and the conditioning learns the rest.
+
 Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
 pix2pix — the loss weights (lambda_l1=100 ...) were tuned against that init.
 """
@@ -52,10 +61,28 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+class PolarityFiLM(nn.Module):
+    """x * (1 + gamma[p]) + beta[p] per channel, p = 0 for +1, 1 for -1; zero init = identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(2, channels))
+        self.beta = nn.Parameter(torch.zeros(2, channels))
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # index (B,) long; gamma[index] (B, C) -> (B, C, 1, 1)
+        g = self.gamma[index][:, :, None, None].to(x.dtype)
+        b = self.beta[index][:, :, None, None].to(x.dtype)
+        return x * (1 + g) + b
+
+
 class UNetGenerator(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, flip_side: str = "input"):
         super().__init__()
         self.cfg = cfg
+        self.conditioning = cfg.polarity_conditioning
+        # which side of the network is the SEM, multiplied by the polarity (None: no flip)
+        self.flip_side = flip_side if cfg.polarity_flip and self.conditioning != "none" else None
         n = cfg.n_down
         ch = [min(cfg.base_filters * 2**k, cfg.max_filters) for k in range(n)]
 
@@ -65,7 +92,7 @@ class UNetGenerator(nn.Module):
             layers: list[nn.Module] = []
             if k > 0:
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
-            c_in = cfg.in_channels if k == 0 else ch[k - 1]
+            c_in = ch[k - 1] if k else cfg.in_channels + (self.conditioning == "channel")
             outermost, innermost = k == 0, k == n - 1
             layers.append(
                 nn.Conv2d(c_in, ch[k], 4, 2, 1, bias=outermost or innermost)
@@ -109,6 +136,13 @@ class UNetGenerator(nn.Module):
                     )
                 self.attention[str(res)] = SelfAttention2d(channels_at[res])
 
+        # FiLM after every encoder block and every decoder block (before the skip concat)
+        self.film_down = nn.ModuleList()
+        self.film_up = nn.ModuleList()
+        if self.conditioning == "film":
+            self.film_down.extend(PolarityFiLM(c) for c in ch)
+            self.film_up.extend(PolarityFiLM(ch[j - 1]) for j in range(n - 1, 0, -1))
+
         init_weights(self)
 
         # the network is fully convolutional (training may use crops of image_size), so an
@@ -123,19 +157,42 @@ class UNetGenerator(nn.Module):
         key = self._attention_at_level.get(level)
         return self.attention[key](x) if key is not None else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, polarity: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in_channels, S, S) in [-1, 1] and, for a conditioned network, polarity (B,) of
+        +-1 -> (B, out_channels, S, S) in [-1, 1]."""
+        sign = None
+        if self.flip_side is not None and polarity is not None:
+            sign = polarity.to(x.dtype).reshape(-1, 1, 1, 1)
+            if self.flip_side == "input":
+                x = x * sign
         if self.cfg.input_norm == "standardize":
             mean = x.mean(dim=(2, 3), keepdim=True)
             std = (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
             x = (x - mean) * (
                 0.5 / (std + 0.01)
             )  # the floor bounds the gain on a near-blank image (~50x)
+        index = None
+        if self.conditioning != "none":
+            if polarity is None:
+                raise ValueError("this generator is polarity-conditioned: pass polarity (B,)")
+            pol = polarity.to(x.dtype).reshape(-1, 1, 1, 1)
+            if self.conditioning == "channel":
+                x = torch.cat([x, pol.expand(-1, 1, x.shape[2], x.shape[3])], dim=1)
+            index = (polarity.reshape(-1) < 0).long()
         skips = []
-        for block in self.down:
+        for k, block in enumerate(self.down):
             x = block(x)
+            if index is not None and self.film_down:
+                x = self.film_down[k](x, index)
             skips.append(x)
         n = len(self.down)
         x = self._attend(skips.pop(), n)  # bottleneck (B, ch[n-1], S/2^n, S/2^n)
-        for j, block in zip(range(n - 1, 0, -1), self.up, strict=True):
-            x = self._attend(torch.cat([block(x), skips.pop()], dim=1), j)
-        return self.outermost(x)  # (B, out_channels, S, S) in [-1, 1]
+        for i, (j, block) in enumerate(zip(range(n - 1, 0, -1), self.up, strict=True)):
+            y = block(x)
+            if index is not None and self.film_up:
+                y = self.film_up[i](y, index)
+            x = self._attend(torch.cat([y, skips.pop()], dim=1), j)
+        out = self.outermost(x)  # (B, out_channels, S, S) in [-1, 1]
+        if sign is not None and self.flip_side == "output":
+            out = out * sign.to(out.dtype)
+        return out

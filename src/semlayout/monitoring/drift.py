@@ -16,8 +16,22 @@ layout for `layout2sem` — in two ways:
    most. Both histograms get additive smoothing `p = (h + eps) / (1 + bins * eps)` with
    `eps = 1e-4` (about 6 pixels of a 250x250 image per bin), so empty bins give finite values.
 
-An image is **drifted** when `max |z| > z_threshold` or `KL > kl_threshold`; its drift
-score is `max(max|z| / z_threshold, KL / kl_threshold)`, so drifted <=> score > 1.
+3. **Contrast polarity** (SEMs only). A detector may expect one polarity
+   (`expected_polarity`: the layer's, as the server is configured, or the reference's when
+   at least `SINGLE_POLARITY_SHARE` of its train SEMs have one). `with_polarity(result,
+   decision)` then flags an image translated in the other polarity by the caller's word
+   (a given polarity), and an auto-translated image when the STREAM has flipped: among the
+   last `POLARITY_WINDOW` images whose own evidence read a polarity
+   (`semlayout.polarity_auto.observed_polarity`), at least `POLARITY_MIN_READINGS`, more
+   than half read the other one. Polarity belongs to the layer, so it is judged on the
+   stream: one image's reading is right about 3 times in 4 (docs/polarity.md), twenty of
+   them rarely mislead. Grey-level features barely see a reversed layer (a reversed stream
+   moved them on 7.5 % of images). A reference that mixes polarities expects none: both are
+   in distribution (the summary shows the mix).
+
+An image is **drifted** when `max |z| > z_threshold` or `KL > kl_threshold` or its polarity
+is not the expected one; its drift score is `max(max|z| / z_threshold, KL / kl_threshold,
+POLARITY_SCORE if the polarity is unexpected)`, so drifted <=> score > 1.
 
 Thresholds are calibrated on in-distribution images (`calibrate`): each is set to the
 `1 - target_rate / 2` quantile of its statistic over those images times a 1.1 margin
@@ -36,15 +50,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from semlayout.data.reference_stats import load_reference_stats
+from semlayout.data.reference_stats import load_reference_stats, polarity_mix
 from semlayout.errors import SemlayoutError
+from semlayout.polarity import BRIGHT, DARK
+from semlayout.polarity_auto import PolarityDecision, observed_polarity
 
 EPS = 1e-4
 MIN_Z = 3.0
@@ -52,6 +70,10 @@ MIN_KL = 0.02
 DEFAULT_Z = 4.0
 DEFAULT_KL = 0.5
 MARGIN = 1.1
+POLARITY_SCORE = 2.0  # the score of an image of the unexpected polarity
+SINGLE_POLARITY_SHARE = 0.95  # a reference this one-sided expects its polarity
+POLARITY_WINDOW = 20  # the stream's recent polarity readings a flip is judged on
+POLARITY_MIN_READINGS = 10
 DIRECTION_KIND = {"sem2layout": "sem", "layout2sem": "layout"}
 CALIBRATION_FILE = "drift_calibration.json"
 
@@ -68,6 +90,8 @@ class DriftResult:
     kl: float
     z: dict[str, float]
     features: dict[str, float]
+    polarity: int | None = None  # the image's polarity, when it was judged
+    expected_polarity: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +130,7 @@ class DriftDetector:
         kl_threshold: float = DEFAULT_KL,
         feature_fn: FeatureFn | None = None,
         histogram_fn: HistogramFn | None = None,
+        expected_polarity: int | None = None,
     ):
         if not mean:
             raise SemlayoutError(f"drift reference for '{kind}' has no features")
@@ -127,6 +152,10 @@ class DriftDetector:
             )
         self.z_threshold = float(z_threshold)
         self.kl_threshold = float(kl_threshold)
+        self.expected_polarity = expected_polarity
+        self.reference_polarity: dict[str, int] | None = None  # the train split's mix (SEMs)
+        self._readings: deque[int] = deque(maxlen=POLARITY_WINDOW)
+        self._readings_lock = threading.Lock()
         if feature_fn is None or histogram_fn is None:
             df, dh = _default_fns()
             feature_fn, histogram_fn = feature_fn or df, histogram_fn or dh
@@ -166,6 +195,37 @@ class DriftDetector:
             kl=float(kl),
             z={f: round(v, 4) for f, v in z.items()},
             features=feats,
+        )
+
+    def stream_flipped(self, reading: int | None) -> bool:
+        """Record one image's polarity reading; whether the recent stream reads the other
+        polarity than the expected one (see the module docstring)."""
+        with self._readings_lock:
+            if reading is not None:
+                self._readings.append(reading)
+            readings = list(self._readings)
+        contrary = sum(r != self.expected_polarity for r in readings)
+        return len(readings) >= POLARITY_MIN_READINGS and contrary > len(readings) / 2
+
+    def with_polarity(self, res: DriftResult, decision: PolarityDecision) -> DriftResult:
+        """`res` judged also on the polarity (see the module docstring)."""
+        expected = self.expected_polarity
+        if expected is None:
+            return res
+        reading = observed_polarity(decision)
+        if decision.source == "given":
+            flipped = decision.polarity != expected
+        else:
+            flipped = self.stream_flipped(reading)
+        if not flipped:
+            return replace(res, polarity=reading, expected_polarity=expected)
+        return replace(
+            res,
+            drifted=True,
+            score=max(res.score, POLARITY_SCORE),
+            worst_feature="polarity" if res.score < POLARITY_SCORE else res.worst_feature,
+            polarity=reading,
+            expected_polarity=expected,
         )
 
     # ------------------------------------------------------------------ calibration
@@ -208,6 +268,19 @@ class DriftDetector:
 
     def thresholds(self) -> dict[str, float]:
         return {"z_threshold": self.z_threshold, "kl_threshold": self.kl_threshold}
+
+
+def expected_polarity(stats: Mapping[str, Any], layer: int | None = None) -> int | None:
+    """The polarity a stream should have: the layer's when configured, else the reference's
+    when it is one-sided (`SINGLE_POLARITY_SHARE`), else None (both are in distribution)."""
+    if layer is not None:
+        return layer
+    mix = polarity_mix(dict(stats))
+    total = mix["+1"] + mix["-1"]
+    for p, k in ((BRIGHT, "+1"), (DARK, "-1")):
+        if total and mix[k] / total >= SINGLE_POLARITY_SHARE:
+            return p
+    return None
 
 
 # ---------------------------------------------------------------------- loading
@@ -260,9 +333,10 @@ def detectors_from_reference(
     calibration_limit: int = 600,
     feature_fn: FeatureFn | None = None,
     histogram_fn: HistogramFn | None = None,
+    layer_polarity: int | None = None,
 ) -> dict[str, DriftDetector]:
-    """One calibrated DriftDetector per direction: {"sem2layout": the sem detector,
-    "layout2sem": the layout detector}."""
+    """One calibrated DriftDetector per direction: {"sem2layout": the sem detector (expecting
+    the layer's polarity, see `expected_polarity`), "layout2sem": the layout detector}."""
     path = Path(path)
     stats = load_reference_stats(path)
     shards_dir = path if path.is_dir() else path.parent
@@ -279,7 +353,10 @@ def detectors_from_reference(
             kl_threshold=kl_threshold or DEFAULT_KL,
             feature_fn=feature_fn,
             histogram_fn=histogram_fn,
+            expected_polarity=expected_polarity(stats, layer_polarity) if kind == "sem" else None,
         )
+        if kind == "sem":
+            det.reference_polarity = polarity_mix(stats)
         if (z_threshold is None or kl_threshold is None) and registered is not None:
             det.z_threshold = z_threshold or registered[direction]["z_threshold"]
             det.kl_threshold = kl_threshold or registered[direction]["kl_threshold"]
@@ -333,8 +410,13 @@ class DriftOptions:
     z_threshold: float | None = None
     kl_threshold: float | None = None
     target_rate: float = 0.01
+    layer_polarity: int | None = None  # the served layer's polarity, when configured
 
     def detectors(self, reference: Path) -> dict[str, DriftDetector]:
         return detectors_from_reference(
-            reference, self.z_threshold, self.kl_threshold, self.target_rate
+            reference,
+            self.z_threshold,
+            self.kl_threshold,
+            self.target_rate,
+            layer_polarity=self.layer_polarity,
         )

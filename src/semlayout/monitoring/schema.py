@@ -7,7 +7,9 @@ Tables (timestamps are UNIX seconds, UTC):
 ```
 predictions        id, ts, direction, model_version, input_sha256, width, height,
                    output_png (kept as configured: none, a thumbnail or the full output),
-                   output_bytes (its size, for the byte budget of the retention policy)
+                   output_bytes (its size, for the byte budget of the retention policy),
+                   polarity (+1 / -1: the contrast polarity it was translated in; NULL in rows
+                   made before it was recorded)
 inference_events   one row per request outcome: latency, forward time, status, error reason,
                    input/output statistics (JSON)
 drift_events       one row per translated image: drifted, max |z|, KL, z-scores and features (JSON)
@@ -53,6 +55,7 @@ predictions = sa.Table(
     sa.Column("height", sa.Integer, nullable=False),
     sa.Column("output_png", sa.LargeBinary),
     sa.Column("output_bytes", sa.Integer),
+    sa.Column("polarity", sa.Integer),
     sa.Index("predictions_ts", "ts"),
 )
 

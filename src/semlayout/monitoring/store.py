@@ -50,6 +50,7 @@ class Prediction:
     width: int
     height: int
     output_png: bytes | None
+    polarity: int | None = None  # +1 / -1: the contrast polarity it was translated in
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,15 @@ class MonitorStore:
         if direction is not None:
             recent = recent.where(d.c.direction == direction)
         return self._mean_and_count(recent.subquery().c.drifted)
+
+    def polarity_mix(self, window: int) -> dict[str, int]:
+        """{"+1": n, "-1": n, "unknown": n} over the last `window` predictions."""
+        p = t.predictions
+        recent = sa.select(p.c.polarity).order_by(p.c.ts.desc()).limit(int(window)).subquery()
+        q = sa.select(recent.c.polarity, sa.func.count()).group_by(recent.c.polarity)
+        with self.reading() as conn:
+            got = {r[0]: int(r[1]) for r in conn.execute(q)}
+        return {"+1": got.get(1, 0), "-1": got.get(-1, 0), "unknown": got.get(None, 0)}
 
     def drift_rate(self, window: int, direction: str | None = None) -> float | None:
         """Share of drifted images among the last `window` (None when there is no traffic)."""

@@ -35,6 +35,7 @@ from semlayout.registry.model_cache import DRIFT_ARTIFACTS, DRIFT_TAG
 from semlayout.registry.run_logging import (
     TAG_CONFIG_HASH,
     TAG_MODEL_URI,
+    TAG_POLARITIES,
     checkpoint_config,
     log_curves,
     log_datasets,
@@ -149,8 +150,9 @@ class Registry(RegistryReader):
 
         Tags set at creation: `lineage.<key>` for every `lineage` item (data URI and content
         hash, pipeline run id, ...; `config_hash` and `git_commit` are filled in when absent),
-        `gate_passed`, `gate_result` (the GateResult JSON) and `gate_metrics` (the metrics it
-        was judged on: `metrics` if given, else the run's `metrics.json`). The alias
+        `gate_passed`, `gate_result` (the GateResult JSON), `gate_metrics` (the metrics it
+        was judged on: `metrics` if given, else the run's `metrics.json`) and `polarities`
+        (the contrast polarities the model learned, "+1,-1"; from the run). The alias
         `challenger` moves to the new version only if the gate passed.
         """
         name = require(name, "model name")
@@ -234,6 +236,7 @@ class Registry(RegistryReader):
                 "gate_result": gate.to_json(),
                 "gate_metrics": to_json(compact_metrics(metrics)),
                 "registered_at": now(),
+                TAG_POLARITIES: run.data.tags.get(TAG_POLARITIES, "+1"),
             }
         )
         return tags

@@ -28,6 +28,9 @@ CHECKPOINT_FILES = ("config.json", "weights.safetensors", "sem2layout.onnx", "la
 TAG_MODEL_URI = "semlayout.model_uri"
 TAG_CONFIG_HASH = "semlayout.config_hash"
 TAG_CHECKPOINT_STEP = "semlayout.checkpoint_step"
+# the contrast polarities the model learned, e.g. "+1,-1" (+1 bright, -1 dark); "+1" for a
+# checkpoint made before polarity was recorded. Copied onto the registered model version.
+TAG_POLARITIES = "polarities"
 _METRIC_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 PathLike = str | os.PathLike[str]
@@ -101,7 +104,12 @@ def checkpoint_config(ckpt: Path, config: Any = None) -> dict[str, Any]:
 
 def run_tags(ckpt: Path, cfg_dict: dict[str, Any], tags: dict[str, str] | None) -> dict[str, str]:
     """The run's tags: the config hash, the checkpoint's step when it recorded one, `tags`."""
-    out = {TAG_CONFIG_HASH: config_hash(cfg_dict), **(tags or {})}
+    learned = (cfg_dict.get("polarity") or {}).get("learned") or [1]
+    out = {
+        TAG_CONFIG_HASH: config_hash(cfg_dict),
+        TAG_POLARITIES: ",".join(f"{int(p):+d}" for p in learned),
+        **(tags or {}),
+    }
     try:
         meta = json.loads((ckpt / "config.json").read_text())
         if isinstance(meta, dict) and "step" in meta:

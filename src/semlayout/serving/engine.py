@@ -13,11 +13,15 @@ model they started with and no request sees a half-loaded model or another versi
 reference. A model given as `models:/NAME@ALIAS` is pinned to the version the alias named
 at load time (loaded as `models:/NAME/VERSION`), which is what `X-Model-Version` reports.
 
+Every image carries the polarity asked for (auto | bright | dark, `semlayout.polarity`) and the
+layer's polarity when the server knows it (the prior of auto); a result says which polarity
+was used (`PolarityDecision`).
+
 `MicroBatcher` (asyncio) queues single images and runs them in batches of up to
-`max_batch` per direction in a worker thread: one forward pass at a time (2 cores are
-better used by one batched pass than by two competing ones). Requests that arrive while a
-forward runs wait in the queue and go together into the next one, so a lone request pays
-no batching delay (`max_wait_ms` > 0 adds an explicit wait for company).
+`max_batch` per direction and polarity request in a worker thread: one forward pass at a
+time (2 cores are better used by one batched pass than by two competing ones). Requests that
+arrive while a forward runs wait in the queue and go together into the next one, so a lone
+request pays no batching delay (`max_wait_ms` > 0 adds an explicit wait for company).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from semlayout.monitoring.drift import DriftDetector, DriftOptions
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from semlayout.inference import Translation
+    from semlayout.polarity_auto import PolarityDecision
     from semlayout.registry import Registry
 
 log = logging.getLogger("semlayout.serving")
@@ -52,7 +58,16 @@ log = logging.getLogger("semlayout.serving")
 class Translates(Protocol):
     image_size: int
 
-    def translate(self, direction: str, images: list[np.ndarray]) -> list[np.ndarray]: ...
+    @property
+    def polarities(self) -> tuple[int, ...]: ...
+
+    def translate_detailed(
+        self, direction: str, images: Sequence[np.ndarray], *, polarity: str, prior: int | None
+    ) -> list[Translation]: ...
+
+    def fixed_polarity(
+        self, direction: str, polarity: str | int | None, prior: int | None = None
+    ) -> PolarityDecision | None: ...
 
     def to_layout(self, grey: np.ndarray) -> np.ndarray: ...
 
@@ -178,6 +193,7 @@ class TranslateResult:
     outputs: list[np.ndarray]
     model: LoadedModel
     forward_ms: float
+    decisions: list[PolarityDecision]
 
 
 class InferenceEngine:
@@ -238,18 +254,28 @@ class InferenceEngine:
     def follows_alias(self) -> bool:
         return parse_alias(self.model) is not None
 
-    def translate(self, direction: str, images: list[np.ndarray]) -> TranslateResult:
+    def translate(
+        self,
+        direction: str,
+        images: list[np.ndarray],
+        polarity: str = "auto",
+        prior: int | None = None,
+    ) -> TranslateResult:
         """Translate a batch on the model current at call time (a swap meanwhile does not
-        affect it)."""
+        affect it), in `polarity` (auto | bright | dark; `prior`: the layer's polarity)."""
         if direction not in DIRECTIONS:
             raise SemlayoutError(
                 f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}"
             )
         loaded = self._current
         t0 = time.perf_counter()
-        outputs = loaded.translator.translate(direction, list(images))
+        done = loaded.translator.translate_detailed(
+            direction, list(images), polarity=polarity, prior=prior
+        )
         forward_ms = (time.perf_counter() - t0) * 1000
-        return TranslateResult(outputs, loaded, forward_ms)
+        return TranslateResult(
+            [t.output for t in done], loaded, forward_ms, [t.decision for t in done]
+        )
 
     def reload(self, force: bool = False) -> dict[str, Any]:
         """Load what `self.model` names now; swap if the version changed (or `force`)."""
@@ -288,6 +314,7 @@ class ImageResult:
     model: LoadedModel  # the model that computed `output` (a swap meanwhile does not change it)
     forward_ms: float  # the whole batch's forward pass
     batch_size: int  # images in that forward pass
+    decision: PolarityDecision  # the polarity it was translated in
 
 
 @dataclass
@@ -295,6 +322,8 @@ class _Job:
     direction: str
     image: np.ndarray
     future: asyncio.Future[ImageResult]
+    polarity: str = "auto"  # auto | bright | dark
+    prior: int | None = None  # the layer's polarity
 
 
 class QueueFull(SemlayoutError):
@@ -353,7 +382,13 @@ class MicroBatcher:
                 f"would pass the limit of {self.max_queue}"
             )
 
-    async def submit_many(self, direction: str, images: Sequence[np.ndarray]) -> list[ImageResult]:
+    async def submit_many(
+        self,
+        direction: str,
+        images: Sequence[np.ndarray],
+        polarity: str = "auto",
+        prior: int | None = None,
+    ) -> list[ImageResult]:
         """One result per image, in order. All of `images` or none: QueueFull before any is
         queued when they do not all fit."""
         self.check_room(len(images))
@@ -362,7 +397,7 @@ class MicroBatcher:
         futures: list[asyncio.Future[ImageResult]] = []
         for image in images:  # no await between the check and the puts: nothing else can queue
             futures.append(loop.create_future())
-            self._queue.put_nowait(_Job(direction, image, futures[-1]))
+            self._queue.put_nowait(_Job(direction, image, futures[-1], polarity, prior))
         try:
             return list(await asyncio.gather(*futures))
         finally:
@@ -385,21 +420,43 @@ class MicroBatcher:
                     )
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
-            for direction in DIRECTIONS:
-                group = [j for j in jobs if j.direction == direction and not j.future.cancelled()]
-                if not group:
-                    continue
-                try:
-                    res = await loop.run_in_executor(
-                        self._executor, self.engine.translate, direction, [j.image for j in group]
-                    )
-                except Exception as err:  # noqa: BLE001 - handed to every waiting request
-                    for j in group:
-                        if not j.future.done():
-                            j.future.set_exception(err)
-                    continue
-                if self.on_batch is not None:
-                    self.on_batch(direction, len(group), res.forward_ms)
-                for j, out in zip(group, res.outputs, strict=True):
-                    if not j.future.done():
-                        j.future.set_result(ImageResult(out, res.model, res.forward_ms, len(group)))
+            # one forward per (direction, polarity request): they run different networks
+            kinds = dict.fromkeys((j.direction, j.polarity, j.prior) for j in jobs)
+            for direction, polarity, prior in kinds:
+                group = [
+                    j
+                    for j in jobs
+                    if (j.direction, j.polarity, j.prior) == (direction, polarity, prior)
+                    and not j.future.cancelled()
+                ]
+                if group:
+                    await self._forward(loop, direction, polarity, prior, group)
+
+    async def _forward(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        direction: str,
+        polarity: str,
+        prior: int | None,
+        group: list[_Job],
+    ) -> None:
+        """One forward of `group` in the worker thread; each job's future gets its result."""
+        try:
+            res = await loop.run_in_executor(
+                self._executor,
+                self.engine.translate,
+                direction,
+                [j.image for j in group],
+                polarity,
+                prior,
+            )
+        except Exception as err:  # noqa: BLE001 - handed to every waiting request
+            for j in group:
+                if not j.future.done():
+                    j.future.set_exception(err)
+            return
+        if self.on_batch is not None:
+            self.on_batch(direction, len(group), res.forward_ms)
+        for j, out, dec in zip(group, res.outputs, res.decisions, strict=True):
+            if not j.future.done():
+                j.future.set_result(ImageResult(out, res.model, res.forward_ms, len(group), dec))

@@ -60,6 +60,9 @@ class DriftInfo(BaseModel):
     kl: float = Field(..., description="KL(p_image || q_reference) of 64-bin histograms, nats")
     z_threshold: float
     kl_threshold: float
+    expected_polarity: int | None = Field(
+        None, description="the polarity the stream should have (+1 / -1); null: either"
+    )
 
 
 class TranslateResponse(BaseModel):
@@ -70,6 +73,17 @@ class TranslateResponse(BaseModel):
     height: int
     image_png_base64: str = Field(..., description="the translated image, PNG, the input's size")
     drift: DriftInfo | None = Field(None, description="null when the server has no drift reference")
+    polarity: int = Field(
+        ..., description="+1 pattern bright, -1 pattern dark: the polarity it was translated in"
+    )
+    polarity_margin: float | None = Field(
+        None, description="auto: how clearly the image chose that polarity; null otherwise"
+    )
+    polarity_source: str = Field(
+        ...,
+        description="given (the request or the layer), auto (the image), only (the model "
+        "serves one polarity)",
+    )
 
 
 class AlignResponse(BaseModel):
@@ -170,9 +184,26 @@ class QualitySummary(BaseModel):
     delta: float | None
 
 
+class PolaritySummary(BaseModel):
+    window: int
+    mix: dict[str, int] = Field(
+        ...,
+        description='contrast polarity of the last `window` predictions: "+1", "-1", '
+        '"unknown" (made before polarity was recorded)',
+    )
+    share_dark: float | None = Field(..., description="share of -1 among those with one")
+    reference: dict[str, int] | None = Field(
+        None, description="the polarity mix of the model's training SEMs (drift reference)"
+    )
+    expected: int | None = Field(
+        None, description="the polarity the drift monitor expects (+1 / -1); null: either"
+    )
+
+
 class MonitoringSummary(BaseModel):
     model_version: str | None
     inference: InferenceSummary
     drift: DriftSummary
     quality: dict[str, QualitySummary]
     feedback_count: int
+    polarity: PolaritySummary

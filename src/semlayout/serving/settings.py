@@ -33,6 +33,14 @@ class ServeSettings(BaseSettings):
             "default: the one registered with the model version"
         ),
     ] = None
+    layer_polarity: Annotated[
+        Literal["bright", "dark"] | None,
+        Field(
+            description="the served layer's contrast polarity when known: the prior of "
+            "polarity=auto and what the drift monitor expects (None: the reference's, when "
+            "one-sided)"
+        ),
+    ] = None
     monitor_db: Annotated[
         str, Field(description="monitoring store: a SQLite path or a postgresql:// URL")
     ] = "monitor.db"
@@ -110,6 +118,13 @@ class ServeSettings(BaseSettings):
     retention_interval_s: Annotated[
         float, Field(ge=0, description="how often the retention policy runs; 0 disables")
     ] = 60.0
+
+    @property
+    def layer_prior(self) -> int | None:
+        """`layer_polarity` as +1 / -1 (None when not configured)."""
+        from semlayout.polarity import polarity_of_name
+
+        return None if self.layer_polarity is None else polarity_of_name(self.layer_polarity)
 
     @field_validator("monitor_db", "feedback_uri", mode="before")
     @classmethod

@@ -49,6 +49,7 @@ def drift_options(settings: ServeSettings) -> DriftOptions:
         settings.drift_z_threshold,
         settings.drift_kl_threshold,
         settings.drift_target_rate,
+        layer_polarity=settings.layer_prior,
     )
 
 

@@ -1,9 +1,11 @@
 """The translate path of a request, in steps that can be called (and extended) one by one.
 
 1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
-2. `forward`: queue room check, the micro-batcher, the drift features (computed while the
-   model runs, they need only the input; judged against the reference of the model that
-   translated the image), `binarize`; nothing is recorded yet;
+2. `forward`: the polarity check (a polarity the model never learned is refused before any
+   work), queue room check, the micro-batcher, the drift features (computed while the model
+   runs, they need only the input; judged against the reference of the model that translated
+   the image) then the image's polarity against the one expected, `binarize`; nothing is
+   recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
 4. `record`: every row of the request in ONE transaction of the monitoring store — all rows or
@@ -32,6 +34,8 @@ from semlayout.monitoring.drift import DriftDetector, DriftResult
 from semlayout.monitoring.inference_monitor import image_stats
 from semlayout.monitoring.performance import new_prediction_id
 from semlayout.monitoring.store import Prediction, TranslationRecord
+from semlayout.polarity import PolarityChoice
+from semlayout.polarity_auto import PolarityDecision
 from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
 from semlayout.serving.settings import ServeSettings
@@ -48,6 +52,7 @@ class Forwarded:
     forward_ms: float  # its micro-batch's forward pass
     batch_size: int  # images in that forward pass
     drift: DriftResult | None  # None without a drift reference for the direction
+    decision: PolarityDecision  # the polarity it was translated in
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Translated:
     png: bytes
     model: LoadedModel
     drift: DriftInfo | None
+    decision: PolarityDecision
 
 
 def _busy(err: QueueFull) -> HTTPException:
@@ -66,9 +72,17 @@ def _busy(err: QueueFull) -> HTTPException:
 
 
 async def forward(
-    state: ServingState, direction: Direction, images: Sequence[np.ndarray], binarize: bool
+    state: ServingState,
+    direction: Direction,
+    images: Sequence[np.ndarray],
+    binarize: bool,
+    polarity: PolarityChoice = PolarityChoice.auto,
 ) -> list[Forwarded]:
-    """Run `images` through the model (all or none: 503 when the queue has no room for all)."""
+    """Run `images` through the model (all or none: 503 when the queue has no room for all)
+    in `polarity` (the server's layer polarity is auto's prior)."""
+    prior = state.settings.layer_prior
+    # refused now (422) rather than answered inverted: a polarity the model never learned
+    state.engine.current.translator.fixed_polarity(direction, polarity, prior)
     try:
         state.batcher.check_room(len(images))  # before any work: a refused batch costs nothing
     except QueueFull as err:
@@ -80,7 +94,7 @@ async def forward(
     )
     try:
         try:
-            results = await state.batcher.submit_many(direction, images)
+            results = await state.batcher.submit_many(direction, images, polarity, prior)
         except QueueFull as err:
             raise _busy(err) from None
         checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
@@ -98,8 +112,12 @@ async def forward(
     finally:
         for drift in drifts:  # a failure above: nothing left running unobserved
             drift.cancel()
+    for i, r in enumerate(results):  # the image's polarity against the one expected
+        det_i = r.model.detectors.get(direction)
+        if det_i is not None and checks[i] is not None:
+            checks[i] = det_i.with_polarity(checks[i], r.decision)
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision)
         for img, out, r, res in zip(images, outs, results, checks, strict=True)
     ]
 
@@ -142,6 +160,7 @@ def prepare(
         width=int(img.shape[1]),
         height=int(img.shape[0]),
         output_png=stored_output(out, png, state.settings),
+        polarity=item.decision.polarity,
     )
     event = {
         "endpoint": endpoint,
@@ -169,7 +188,10 @@ def prepare(
             "prediction_id": pid,
         }
     info = drift_info(res, model.detectors.get(direction))
-    return Translated(pid, out, png, model, info), TranslationRecord(prediction, event, drift)
+    return (
+        Translated(pid, out, png, model, info, item.decision),
+        TranslationRecord(prediction, event, drift),
+    )
 
 
 def _observe(state: ServingState, direction: Direction, done: Sequence[Translated]) -> None:
@@ -190,10 +212,11 @@ async def translate(
     images: Sequence[np.ndarray],
     binarize: bool,
     t0: float,
+    polarity: PolarityChoice = PolarityChoice.auto,
 ) -> list[Translated]:
     """`forward`, `prepare` each image, then record the request's rows in one transaction;
     `endpoint` is the route template, for the events."""
-    items = await forward(state, direction, images, binarize)
+    items = await forward(state, direction, images, binarize, polarity)
     prepared = await asyncio.gather(
         *[run_in_threadpool(prepare, state, endpoint, direction, it, t0) for it in items]
     )
@@ -215,6 +238,7 @@ def drift_info(res: DriftResult | None, det: DriftDetector | None) -> DriftInfo 
         kl=res.kl,
         z_threshold=det.z_threshold,
         kl_threshold=det.kl_threshold,
+        expected_polarity=det.expected_polarity,
     )
 
 
@@ -227,12 +251,22 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         height=int(done.output.shape[0]),
         image_png_base64=base64.b64encode(done.png).decode("ascii"),
         drift=done.drift,
+        polarity=done.decision.polarity,
+        polarity_margin=done.decision.margin,
+        polarity_source=done.decision.source,
     )
 
 
 def png_headers(done: Translated) -> dict[str, str]:
     """The headers of a PNG answer: what the JSON answer carries in its fields."""
-    headers = {"X-Prediction-Id": done.prediction_id, "X-Model-Version": done.model.version}
+    headers = {
+        "X-Prediction-Id": done.prediction_id,
+        "X-Model-Version": done.model.version,
+        "X-Polarity": f"{done.decision.polarity:+d}",
+        "X-Polarity-Source": done.decision.source,
+    }
+    if done.decision.margin is not None:
+        headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"
     if done.drift is not None:
         headers["X-Drift-Score"] = f"{done.drift.score:.4f}"
         headers["X-Drifted"] = "true" if done.drift.drifted else "false"

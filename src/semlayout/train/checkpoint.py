@@ -37,10 +37,12 @@ TRAIN_STATE_FILE = "train_state.pt"
 
 def build_generator(cfg: ExperimentConfig, name: str) -> UNetGenerator:
     """G_A (SEM -> layout) or G_B (layout -> SEM); `input_norm` applies to G_A only (a layout is
-    binary)."""
+    binary), `polarity_flip` to the SEM side of each (G_A's input, G_B's output)."""
     if name == "G_B":
-        return UNetGenerator(cfg.generator.model_copy(update={"input_norm": "none"}))
-    return UNetGenerator(cfg.generator)
+        return UNetGenerator(
+            cfg.generator.model_copy(update={"input_norm": "none"}), flip_side="output"
+        )
+    return UNetGenerator(cfg.generator, flip_side="input")
 
 
 def build_networks(cfg: ExperimentConfig) -> dict[str, nn.Module]:

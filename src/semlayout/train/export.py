@@ -3,6 +3,7 @@
 Exported with the dynamo exporter at opset 18 with a dynamic batch axis (input
 "input" (B, 1, S, S) in [-1, 1], output "output" (B, 1, S, S)). ONNX Runtime
 runs these 1.5-2x faster than eager PyTorch on the CPU (see bench/bench_train.py).
+A polarity-conditioned generator has a second input, "polarity" (B,) of +-1.
 """
 
 from __future__ import annotations
@@ -23,19 +24,23 @@ def export_generator(net: nn.Module, dest: str | Path, image_size: int, opset: i
     """One generator -> one .onnx file, written through a temporary name and a rename."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}.onnx")
-    example = torch.zeros(2, 1, image_size, image_size)  # batch 2 so the exporter keeps it symbolic
+    from semlayout.inference_backends import onnx_example
+
+    example = onnx_example(net, image_size)  # batch 2 so the exporter keeps it symbolic
     batch = torch.export.Dim("batch", min=1, max=4096)
+    names = ["input", "polarity"][: len(example)]
+    shapes = {"x": {0: batch}, "polarity": {0: batch}} if len(example) > 1 else {"x": {0: batch}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 net.eval(),
-                (example,),
+                example,
                 dynamo=True,
                 opset_version=opset,
-                input_names=["input"],
+                input_names=names,
                 output_names=["output"],
-                dynamic_shapes={"x": {0: batch}},
+                dynamic_shapes=shapes,
                 verbose=False,
             )
         assert program is not None

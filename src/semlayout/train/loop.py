@@ -44,6 +44,7 @@ from semlayout.train.checkpoint import (
 )
 from semlayout.train.distributed import DistContext
 from semlayout.train.mlflow_logger import MlflowLogger
+from semlayout.train.polarity_head import with_auto_head
 from semlayout.train.quick_eval import quick_validation, sample_grid, write_grid
 from semlayout.train.rng import seed_everything
 from semlayout.train.run_state import EpochStats, RunState, resume_run, train_state
@@ -87,6 +88,7 @@ def run_training(
 ) -> Path:
     """Train on `train_ds` (items with "sem" and "layout" (1,S,S) in [-1,1]); returns RUN/final."""
     ctx = ctx or distributed.init_from_env(cfg.train.device)
+    cfg = learned_polarities(cfg, train_ds, init_from)
     t = cfg.train
     run_dir = Path(out_dir)
     steps_per_epoch, total_steps = _plan(cfg, len(train_ds), ctx)  # type: ignore[arg-type]
@@ -119,6 +121,8 @@ def run_training(
         run.t0 = time.perf_counter()
         while state.step < total_steps:
             _train_epoch(run, train_ds, weights)
+        if ctx.is_main:  # polarity=auto's calibrated head, from the val split
+            run.cfg = with_auto_head(run.cfg, trainer, val_ds)
         final = _save_final(run)
         distributed.barrier(ctx)
         failed = False
@@ -127,6 +131,30 @@ def run_training(
         if run.bar is not None:
             run.bar.close()
         logger.finish(run_dir, run_dir / "final", failed=failed)
+
+
+def learned_polarities(
+    cfg: ExperimentConfig, train_ds: Dataset, init_from: str | Path | None = None
+) -> ExperimentConfig:
+    """`cfg` with `polarity.learned` = the train split's polarities (with `init_from`, also
+    those its checkpoint had learned); a network that cannot tell polarities apart
+    (`generator.polarity_conditioning: none`) is refused a split that mixes them."""
+    from semlayout.train.checkpoint import read_checkpoint_meta
+
+    pols = set(getattr(train_ds, "item_polarities", None) or [1])
+    if init_from is not None:
+        src = read_checkpoint_meta(init_from).get("config", {}).get("polarity", {})
+        pols |= set(src.get("learned") or [1])
+    if len(pols) > 1 and cfg.generator.polarity_conditioning == "none":
+        raise SemlayoutError(
+            "the training data holds both contrast polarities (bright and dark pairs) but "
+            "generator.polarity_conditioning is 'none': the model could not tell them apart "
+            "and would learn neither; set it to 'channel' or 'film'"
+        )
+    learned = sorted(pols, reverse=True)  # +1 first
+    data = cfg.to_dict()
+    data["polarity"]["learned"] = learned
+    return ExperimentConfig.model_validate(data)
 
 
 def _plan(cfg: ExperimentConfig, n_items: int, ctx: DistContext) -> tuple[int, int]:
@@ -195,7 +223,8 @@ def _train_step(run: _Run, batch: dict[str, Any]) -> tuple[dict[str, float], flo
         lay = lay.contiguous(memory_format=torch.channels_last)
     epochs_done = run.state.step / run.steps_per_epoch
     lr = run.trainer.set_lr_factor(lr_factor(epochs_done, t.epochs, t.decay_start_epoch))
-    losses = run.trainer.train_step(sem, lay, run.state.step)
+    pol = batch["polarity"].to(device) if "polarity" in batch else None
+    losses = run.trainer.train_step(sem, lay, run.state.step, pol)
     run.state.step += 1
     return losses, lr
 

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from semlayout.train.trainer import Trainer
 
 
+def _polarity(items: list[dict], device: torch.device) -> torch.Tensor:
+    """(B,) +-1 of the items (+1 for items without one)."""
+    return torch.tensor([float(it.get("polarity", 1.0)) for it in items], device=device)
+
+
 @torch.no_grad()
 def quick_validation(
     trainer: Trainer, val_ds: Dataset, n: int, batch_size: int
@@ -33,7 +38,8 @@ def quick_validation(
         items = [val_ds[i] for i in idx[lo : lo + batch_size]]
         sem = torch.stack([it["sem"] for it in items]).to(trainer.ctx.device)
         lay = torch.stack([it["layout"] for it in items]).to(trainer.ctx.device)
-        fake_lay, fake_sem = trainer.G_A(sem), trainer.G_B(lay)
+        pol = _polarity(items, trainer.ctx.device)
+        fake_lay, fake_sem = trainer.G_A(sem, pol), trainer.G_B(lay, pol)
         pred, truth = fake_lay > 0, lay > 0
         inter += float((pred & truth).sum())
         union += float((pred | truth).sum())
@@ -58,7 +64,8 @@ def sample_grid(trainer: Trainer, val_ds: Dataset, n: int) -> np.ndarray:
     for i in range(min(n, len(val_ds))):  # type: ignore[arg-type]
         it = val_ds[i]
         sem, lay = it["sem"][None].to(trainer.ctx.device), it["layout"][None].to(trainer.ctx.device)
-        cols = [sem, trainer.G_A(sem), lay, trainer.G_B(lay)]
+        pol = _polarity([it], trainer.ctx.device)
+        cols = [sem, trainer.G_A(sem, pol), lay, trainer.G_B(lay, pol)]
         rows.append(torch.cat([c[0, 0].cpu() for c in cols], dim=1))
     for g in (trainer.G_A, trainer.G_B):
         g.train()

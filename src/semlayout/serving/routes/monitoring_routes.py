@@ -1,4 +1,5 @@
-"""GET /v1/monitoring/summary: inference health, drift rate, rolling SSIM, feedback count."""
+"""GET /v1/monitoring/summary: inference health, drift rate, rolling SSIM, feedback count,
+the polarity mix of recent predictions beside the training reference's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from semlayout.serving.schemas import (
     DriftSummary,
     InferenceSummary,
     MonitoringSummary,
+    PolaritySummary,
     QualitySummary,
 )
 from semlayout.serving.state import ServingState
@@ -50,4 +52,18 @@ def build_summary(state: ServingState, window: int) -> MonitoringSummary:
         ),
         quality=quality,
         feedback_count=state.store.feedback_count(None),
+        polarity=polarity_summary(state, window),
+    )
+
+
+def polarity_summary(state: ServingState, window: int) -> PolaritySummary:
+    mix = state.store.polarity_mix(window)
+    known = mix["+1"] + mix["-1"]
+    det = state.engine.current.detectors.get("sem2layout")
+    return PolaritySummary(
+        window=window,
+        mix=mix,
+        share_dark=mix["-1"] / known if known else None,
+        reference=det.reference_polarity if det is not None else None,
+        expected=det.expected_polarity if det is not None else state.settings.layer_prior,
     )

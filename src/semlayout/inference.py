@@ -49,8 +49,29 @@ from semlayout.inference_backends import (
     onnx_files,
     onnx_runner,
 )
-from semlayout.polarity import BRIGHT, PolarityChoice, check_polarity, name_of, parse_choice
-from semlayout.polarity_auto import PolarityDecision, auto_sem2layout
+from semlayout.polarity import (
+    BRIGHT,
+    DARK,
+    PolarityChoice,
+    check_polarity,
+    name_of,
+    parse_choice,
+)
+from semlayout.polarity_auto import (
+    PRIOR_LOGODDS,
+    PolarityDecision,
+    auto_sem2layout,
+    evidence,
+    hypotheses,
+)
+from semlayout.tiling import (
+    MAX_FIELD_SIDE,
+    check_field,
+    is_field,
+    sample_windows,
+    translate_field,
+    translator_forward,
+)
 
 # eager: fp32 PyTorch (channels_last); bf16: the same with bfloat16 weights and activations
 # (outputs within ~1e-3 of fp32, i.e. under a grey level; several times faster where the CPU
@@ -319,31 +340,69 @@ class Translator:
         batch_size: int = 16,
         polarity: str | int | None = "auto",
         prior: int | None = None,
+        max_field_side: int = MAX_FIELD_SIDE,
     ) -> list[Translation]:
-        """`translate`, with the polarity decision of every image."""
+        """`translate`, with the polarity decision of every image. An image larger than one
+        window (`semlayout.tiling.is_field`) is a field: translated by overlapping tiles at
+        its own scale, up to `max_field_side` px a side (checked before any work)."""
         Direction.parse(direction)
         images = check_images(images)
         if binarize and direction != "sem2layout":
             raise SemlayoutError(
                 "binarize applies to sem2layout only (layouts are binary, SEMs are not)"
             )
+        fields = [i for i, im in enumerate(images) if is_field(im.shape)]
+        for i in fields:
+            check_field(images[i], max_field_side)
         fixed = self.fixed_polarity(direction, polarity, prior)
-        out: list[Translation] = []
-        for start in range(0, len(images), max(1, batch_size)):
-            chunk = images[start : start + batch_size]
-            batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
-            if fixed is not None:
-                pred = self.run_batch(direction, batch, fixed.polarity)
-                decisions = [fixed] * len(chunk)
-            else:
-                pred, decisions = auto_sem2layout(
-                    self._runners["sem2layout"],
-                    self._runners["layout2sem"],
-                    batch,
-                    prior,
-                    self.config.polarity.auto_head,
-                )
-            for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True):
-                grey = self.postprocess(p, im.shape)
-                out.append(Translation(self.to_layout(grey) if binarize else grey, dec))
-        return out
+        out: dict[int, Translation] = {}
+        singles = [i for i in range(len(images)) if i not in set(fields)]
+        for start in range(0, len(singles), max(1, batch_size)):
+            chunk = singles[start : start + batch_size]
+            done = self._translate_windows(direction, [images[i] for i in chunk], fixed, prior)
+            out.update(zip(chunk, done, strict=True))
+        for i in fields:
+            dec = fixed or self._field_polarity(images[i], prior, batch_size)
+            forward = translator_forward(self, direction, dec.polarity)
+            blended = translate_field(
+                images[i], forward, batch_size=batch_size, max_side=max_field_side
+            )
+            out[i] = Translation(self.postprocess(blended, images[i].shape), dec)
+        if binarize:
+            out = {i: Translation(self.to_layout(t.output), t.decision) for i, t in out.items()}
+        return [out[i] for i in range(len(images))]
+
+    def _translate_windows(
+        self,
+        direction: str,
+        chunk: list[np.ndarray],
+        fixed: PolarityDecision | None,
+        prior: int | None,
+    ) -> list[Translation]:
+        """One forward of whole images (each resized to the model's size and back)."""
+        batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
+        if fixed is not None:
+            pred = self.run_batch(direction, batch, fixed.polarity)
+            decisions = [fixed] * len(chunk)
+        else:
+            pred, decisions = auto_sem2layout(
+                self._runners["sem2layout"],
+                self._runners["layout2sem"],
+                batch,
+                prior,
+                self.config.polarity.auto_head,
+            )
+        return [
+            Translation(self.postprocess(p, im.shape), dec)
+            for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True)
+        ]
+
+    def _field_polarity(self, img: np.ndarray, prior: int | None, n: int) -> PolarityDecision:
+        """auto on a SEM field: one polarity for the whole field, from the mean evidence of
+        up to `n` windows spread over it (neighbouring windows are not independent readings,
+        so their log-odds are averaged, not summed), shifted toward the layer prior."""
+        batch = np.stack([self.preprocess(w) for w in sample_windows(img, n)])[:, None]
+        _, feats = hypotheses(self._runners["sem2layout"], self._runners["layout2sem"], batch)
+        e = float(np.mean(evidence(feats, self.config.polarity.auto_head)))
+        total = e + (0.0 if prior is None else PRIOR_LOGODDS * prior)
+        return PolarityDecision(BRIGHT if total >= 0 else DARK, "auto", abs(total), e)

@@ -22,6 +22,10 @@ from semlayout.errors import SemlayoutError
 
 WINDOW = 250  # the template size the generators learned at (SEM crops, layouts)
 OVERLAP = 64
+# an image larger than this on a side is a field: tiled rather than resized as one window (the
+# raw 304 px SEMs and the 250 px crops stay single windows, as the generators learned them)
+SINGLE_MAX = 320
+MAX_FIELD_SIDE = 2048  # the default limit of a field's side (SEMLAYOUT_MAX_FIELD_SIDE)
 
 # (B, h, w) uint8 windows -> (B, h, w) float32 outputs in [-1, 1]
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -78,7 +82,7 @@ def translate_field(
     window: int = WINDOW,
     overlap: int = OVERLAP,
     batch_size: int = 8,
-    max_side: int = 2048,
+    max_side: int = MAX_FIELD_SIDE,
 ) -> np.ndarray:
     """(H, W) uint8 field -> (H, W) float32 in [-1, 1]: `forward` on overlapping windows,
     blended without seams."""
@@ -106,9 +110,16 @@ def translate_field(
     return acc / weight
 
 
-def translator_forward(translator: object, direction: str) -> Forward:
-    """A `Translator`'s network as a `Forward`: each window resized to the network's input
-    size and back, in float (the field is quantised to uint8 once, after blending)."""
+def is_field(shape: tuple[int, ...], single_max: int = SINGLE_MAX, window: int = WINDOW) -> bool:
+    """Whether an image is translated as a field (tiles) rather than as one window: larger than
+    `single_max` on a side and at least one window on both (a thin strip stays one image)."""
+    return max(shape) > single_max and min(shape) >= window
+
+
+def translator_forward(translator: object, direction: str, polarity: int = 1) -> Forward:
+    """A `Translator`'s network as a `Forward` in `polarity`: each window resized to the
+    network's input size and back, in float (the field is quantised to uint8 once, after
+    blending)."""
     import cv2
 
     tr: Any = translator
@@ -116,9 +127,17 @@ def translator_forward(translator: object, direction: str) -> Forward:
     def forward(batch: np.ndarray) -> np.ndarray:
         h, w = batch.shape[1:]
         x = np.stack([tr.preprocess(im) for im in batch])[:, None]  # (B, 1, S, S)
-        y = tr.run_batch(direction, x)[:, 0]  # (B, S, S)
+        y = tr.run_batch(direction, x, polarity)[:, 0]  # (B, S, S)
         if y.shape[1:] == (h, w):
             return y
         return np.stack([cv2.resize(o, (w, h), interpolation=cv2.INTER_LINEAR) for o in y])
 
     return forward
+
+
+def sample_windows(img: np.ndarray, n: int, window: int = WINDOW) -> np.ndarray:
+    """(k, window, window) uint8: up to `n` windows spread evenly over the field (no overlap
+    needed: what they are for is a reading of the whole field, e.g. its polarity)."""
+    origins = list(windows(img.shape, window, OVERLAP))
+    picks = np.unique(np.linspace(0, len(origins) - 1, min(n, len(origins))).round().astype(int))
+    return np.stack([img[r : r + window, c : c + window] for r, c in (origins[i] for i in picks)])

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from semlayout.errors import SemlayoutError
+from semlayout.tiling import MAX_FIELD_SIDE
 
 
 def _list_pngs(in_dir: Path) -> list[Path]:
@@ -76,9 +77,19 @@ def predict(
         "--layer-polarity",
         help="the layer's polarity when known (bright or dark): auto leans toward it",
     ),
+    max_field_side: int = typer.Option(
+        MAX_FIELD_SIDE,
+        "--max-field-side",
+        min=250,
+        help="largest side (px) of a field: an image larger than one window is translated "
+        "by overlapping tiles at its own scale",
+    ),
 ) -> None:
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT, and write
-    OUT/predictions.csv (id,direction,polarity,polarity_margin,polarity_source)."""
+    OUT/predictions.csv (id,direction,polarity,polarity_margin,polarity_source).
+
+    An image larger than one window (a whole SEM field, a layout clip) is cut into
+    overlapping 250 px tiles, translated and blended without seams."""
     import cv2
 
     from semlayout.atomic import atomic_dir, check_not_over_inputs
@@ -86,6 +97,7 @@ def predict(
     from semlayout.directions import Direction
     from semlayout.inference import Translator
     from semlayout.polarity import PolarityChoice, parse_choice
+    from semlayout.tiling import check_field, is_field
 
     Direction.parse(direction)
     choice = parse_choice(polarity, "--polarity")
@@ -100,6 +112,12 @@ def predict(
     files = _list_pngs(in_dir)
     check_not_over_inputs(out, input_folder=in_dir, model=model)
     images = [read_gray8(p) for p in files]  # refuses 16-bit / RGB naming the file, before any work
+    for path, img in zip(files, images, strict=True):  # and fields over the limit
+        if is_field(img.shape):
+            try:
+                check_field(img, max_field_side)
+            except SemlayoutError as err:
+                raise SemlayoutError(f"{path.name}: {err}") from None
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
     tr.fixed_polarity(direction, choice, prior)  # a polarity the model never learned: refused now
     rows: list[dict[str, str]] = []
@@ -112,6 +130,7 @@ def predict(
                 batch_size=batch_size,
                 polarity=choice,
                 prior=prior,
+                max_field_side=max_field_side,
             )
             for path, t in zip(files[start : start + batch_size], done, strict=True):
                 ok, buf = cv2.imencode(".png", t.output)

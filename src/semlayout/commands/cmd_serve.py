@@ -54,6 +54,11 @@ def serve(
         help="the served layer's contrast polarity, bright or dark: auto's prior and what the "
         "drift monitor expects",
     ),
+    max_field_side: int = typer.Option(
+        None,
+        "--max-field-side",
+        help="largest side (px) of a field translated by overlapping tiles (default 2048)",
+    ),
     log_level: str = typer.Option("info", "--log-level", help=_LOG_HELP),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
@@ -79,6 +84,7 @@ def serve(
         "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "poll_interval_s": poll_interval,
         "layer_polarity": layer_polarity,
+        "max_field_side": max_field_side,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})

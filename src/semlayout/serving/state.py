@@ -70,6 +70,7 @@ async def open_state(
             drift_options(settings),
         )
     )
+    eng.max_field_side = settings.max_field_side
     store = await run_in_threadpool(MonitorStore, settings.monitor_db)
     baseline = _baseline_ssim(eng, settings)
     batcher = MicroBatcher(

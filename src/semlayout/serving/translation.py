@@ -40,6 +40,7 @@ from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
 from semlayout.serving.settings import ServeSettings
 from semlayout.serving.state import ServingState
+from semlayout.tiling import check_field, is_field
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ async def forward(
     prior = state.settings.layer_prior
     # refused now (422) rather than answered inverted: a polarity the model never learned
     state.engine.current.translator.fixed_polarity(direction, polarity, prior)
+    for img in images:  # a field over the size limit: refused before any work too
+        if is_field(img.shape):
+            check_field(img, state.settings.max_field_side)
     try:
         state.batcher.check_room(len(images))  # before any work: a refused batch costs nothing
     except QueueFull as err:

@@ -4,15 +4,15 @@
 layer, or decided by `polarity=auto`), so the monitoring summary can show a stream's polarity
 mix. Rows written before it stay NULL ("unknown" in the summary).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -26,6 +26,7 @@ from semlayout.monitoring.performance import PerformanceTracker
 from semlayout.monitoring.store import MonitorStore
 from semlayout.serving.engine import InferenceEngine, MicroBatcher
 from semlayout.serving.prometheus import ServingMetrics
+from semlayout.serving.record_writer import RecordWriter
 from semlayout.serving.settings import ServeSettings
 
 log = logging.getLogger("semlayout.serving")
@@ -41,6 +42,7 @@ class ServingState:
     feedback: FeedbackStore
     metrics: ServingMetrics
     batcher: MicroBatcher
+    writer: RecordWriter  # the translate path's rows, committed in groups
 
 
 def drift_options(settings: ServeSettings) -> DriftOptions:
@@ -56,9 +58,10 @@ def drift_options(settings: ServeSettings) -> DriftOptions:
 async def open_state(
     settings: ServeSettings, metrics: ServingMetrics, engine: InferenceEngine | None = None
 ) -> ServingState:
-    """Everything a request needs, loaded in worker threads; the batcher is running.
+    """Everything a request needs, loaded in worker threads; the batcher and the record writer
+    are running.
 
-    The caller stops the batcher and closes the store (the app's lifespan)."""
+    The caller stops the batcher, closes the writer and then the store (the app's lifespan)."""
     eng: InferenceEngine = (
         engine
         if engine is not None
@@ -90,6 +93,7 @@ async def open_state(
         FeedbackStore(settings.feedback_uri, store),
         metrics,
         batcher,
+        RecordWriter(store, settings.max_queue),
     )
     cur = eng.current
     metrics.set_model(cur.version, cur.source, cur.backend)

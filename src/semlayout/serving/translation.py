@@ -8,8 +8,9 @@
    recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
-4. `record`: every row of the request in ONE transaction of the monitoring store — all rows or
-   none; a store that cannot take it answers 503 and the request leaves no trace;
+4. `record`: every row of the request handed to the record writer (`serving.record_writer`:
+   one thread, group commits), awaited — all rows or none; a store that cannot take them (or a
+   full writer) answers 503 and the request leaves no trace;
 5. the answer: `as_response` (JSON) or `png_headers` (PNG).
 
 `translate` is 2 + 3 + 4 for a list of images: nothing is recorded unless every image was
@@ -224,7 +225,7 @@ async def translate(
     prepared = await asyncio.gather(
         *[run_in_threadpool(prepare, state, endpoint, direction, it, t0) for it in items]
     )
-    await run_in_threadpool(state.store.record_translations, [rec for _, rec in prepared])
+    await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
     done = [tr for tr, _ in prepared]
     _observe(state, direction, done)
     return done

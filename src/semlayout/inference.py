@@ -76,7 +76,9 @@ from semlayout.tiling import (
 # eager: fp32 PyTorch (channels_last); bf16: the same with bfloat16 weights and activations
 # (outputs within ~1e-3 of fp32, i.e. under a grey level; several times faster where the CPU
 # has bf16 units such as AMX, slower where it emulates them); onnx: ONNX Runtime, fp32
-BACKENDS = ("eager", "bf16", "onnx")
+# auto: the fastest of them whose outputs match eager fp32, measured at load
+# (`semlayout.backend_probe`)
+BACKENDS = ("eager", "bf16", "onnx", "auto")
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class Translator:
             raise SemlayoutError(
                 f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}"
             )
+        if backend == "auto":
+            return cls._load_fastest(model, tracking_uri, device, num_threads, cache_dir)
         import torch
 
         if num_threads is not None:
@@ -242,6 +246,28 @@ class Translator:
             runners = {d: onnx_runner(files[d], num_threads) for d in DIRECTIONS}
             info["onnx"] = {d: str(p) for d, p in files.items()}
         return cls(runners, cfg, size, str(model), backend, info)
+
+    @classmethod
+    def _load_fastest(
+        cls,
+        model: str | os.PathLike[str],
+        tracking_uri: str | None,
+        device: str,
+        num_threads: int | None,
+        cache_dir: str | os.PathLike[str] | None,
+    ) -> Translator:
+        """backend="auto": every candidate loaded, probed and timed; the winner returned with
+        the probe's report in `info["backend_probe"]`."""
+        from semlayout.backend_probe import candidates, choose
+
+        names = candidates() if device == "cpu" else ["eager"]
+        loaded = {
+            b: cls.load(model, b, tracking_uri, device, num_threads, cache_dir) for b in names
+        }
+        chosen, report = choose(loaded)
+        tr = loaded[chosen]
+        tr.info["backend_probe"] = {"chosen": chosen, "candidates": report}
+        return tr
 
     # ------------------------------------------------------------ polarity
     @property

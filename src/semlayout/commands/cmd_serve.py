@@ -22,7 +22,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help=_HOST_HELP),
     port: int = typer.Option(8000, "--port", help="TCP port to listen on"),
     backend: str = typer.Option(
-        None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
+        None,
+        "--backend",
+        help="auto (default: the fastest backend whose outputs match eager fp32, measured at "
+        "start-up) | eager | bf16 | onnx",
     ),
     reference: Path = typer.Option(
         None,

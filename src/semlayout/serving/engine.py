@@ -182,7 +182,7 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             translator,
             str(mv.version),
             str(pinned),
-            backend,
+            translator.backend,  # what "auto" chose
             baseline_ssim=_registry_baseline(registry.client, mv.run_id),
             drift_reference=drift_reference_of(ckpt),
         )
@@ -192,7 +192,7 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             f"model not found: '{model}' (expected a checkpoint folder or models:/NAME@ALIAS)"
         )
     translator = Translator.load(folder, backend=backend)
-    return LoadedModel(translator, _local_version(folder), str(folder), backend)
+    return LoadedModel(translator, _local_version(folder), str(folder), translator.backend)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ class ServeSettings(BaseSettings):
     model: Annotated[
         str, Field(description="checkpoint folder, models:/NAME@ALIAS or models:/NAME/VERSION")
     ] = ""
-    backend: Literal["eager", "bf16", "onnx"] = "eager"
+    backend: Annotated[
+        Literal["auto", "eager", "bf16", "onnx"],
+        Field(
+            description="auto: the fastest backend whose outputs match eager fp32, measured at "
+            "start-up (semlayout.backend_probe)"
+        ),
+    ] = "auto"
     tracking_uri: Annotated[
         str | None, Field(description="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     ] = None

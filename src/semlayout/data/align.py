@@ -174,6 +174,7 @@ def polarity_margin(
         (peak.coef_t, peak.coef_e),
         (qy, qx),
         (float(a[qy, qx]), float(b[qy, qx])),
+        scene.units,
     )
     return float(min(_MAX_CONFIDENCE, gap / (sigma * np.sqrt(d2))))
 
@@ -219,7 +220,9 @@ def decide(
 ) -> AlignResult:
     """The QC verdict and polarity of a prepared pair (module docstring: polarity as data)."""
     maps = scene.maps
-    free = evaluate(maps.R, maps.coefficients, scene.table, scene.T, scene.E, scene.raw, cfg)
+    free = evaluate(
+        maps.R, maps.coefficients, scene.table, scene.T, scene.E, scene.raw, cfg, None, scene.noise
+    )
     sign = 1 if free.peak.coef_t >= 0 else -1
     fits = {s: signed_fit(maps, s) for s in (1, -1)}
     margin = polarity_margin(scene, free.peak, fits[-sign], float(free.sigma))

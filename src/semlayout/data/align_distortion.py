@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from semlayout.data.align_config import AlignConfig
-from semlayout.data.align_maps import noise_ratio, score_map, sem_features
+from semlayout.data.align_maps import score_map, sem_features
 from semlayout.data.align_scene import Scene, rematch
 from semlayout.data.field_distortion import warp_field
 
@@ -245,7 +245,7 @@ def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
     y, x = (int(v) for v in np.unravel_index(int(np.argmax(scene.maps.R)), scene.maps.R.shape))
     a, b = scene.maps.coefficients(y, x)
     model = np.asarray(a * scene.T + (b * scene.E if scene.E is not None else 0.0), np.float32)
-    noise_sd = noise_ratio(scene.raw) * float(scene.raw.std())
+    noise_sd = scene.noise * float(scene.raw.std())
     return estimate_distortion(
         scene.sem_f, model, y, x, noise_sd, cfg.distortion_grid, cfg.distortion_search
     )

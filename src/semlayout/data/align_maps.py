@@ -115,6 +115,13 @@ def signed_fit(maps: ScoreMaps, sign: int) -> tuple[np.ndarray, np.ndarray, np.n
     return np.sqrt(np.clip(r2, 0, 1)).astype(np.float32), coef_a, coef_b
 
 
+def unit64(v: np.ndarray) -> np.ndarray:
+    """`v` zero-mean and unit-norm, in float64 (unchanged when constant)."""
+    v = v.astype(np.float64) - float(v.mean())
+    n = float(np.sqrt((v * v).sum()))
+    return v / n if n > 0 else v
+
+
 def pair_model_dist2(
     T: np.ndarray,
     E: np.ndarray | None,
@@ -122,18 +129,16 @@ def pair_model_dist2(
     coef_p: tuple[float, float],
     q: tuple[int, int],
     coef_q: tuple[float, float],
+    units: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> float:
     """|m_p - m_q|^2 of the unit-norm fitted models m = a T~ + b E~ placed at offsets p and q
-    (row, column) of the SEM, zero outside each model's window; in [0, 4]."""
-
-    def unit(v: np.ndarray) -> np.ndarray:
-        v = v.astype(np.float64) - float(v.mean())
-        n = float(np.sqrt((v * v).sum()))
-        return v / n if n > 0 else v
+    (row, column) of the SEM, zero outside each model's window; in [0, 4]. `units`:
+    (`unit64(T)`, `unit64(E)`) when the caller has them already."""
+    tu, eu = units if units is not None else (unit64(T), None if E is None else unit64(E))
 
     def model(a: float, b: float) -> np.ndarray:
-        m = a * unit(T) + (b * unit(E) if E is not None else 0.0)
-        return unit(np.asarray(m))
+        m = a * tu + (b * eu if eu is not None else 0.0)
+        return unit64(np.asarray(m))
 
     mp, mq = model(*coef_p), model(*coef_q)
     h, w = mp.shape

@@ -177,3 +177,13 @@ def test_the_api_translates_a_field_and_refuses_one_over_its_own_limit(tmp_path)
         assert r.status_code == 422 and "1024 px limit" in r.json()["detail"], r.text
         summary = httpx.get(f"{url}/v1/monitoring/summary", timeout=30).json()
         assert summary["inference"]["requests_by_direction"] == {"layout2sem": 1, "sem2layout": 1}
+
+
+def test_the_input_batch_is_preprocess_exactly_and_reused(translator) -> None:
+    rng = np.random.default_rng(9)
+    imgs = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((250, 250), (32, 32))]
+    first = translator.input_batch(imgs)
+    expect = np.stack([translator.preprocess(im) for im in imgs])[:, None]
+    assert first.dtype == np.float32 and np.array_equal(first, expect)  # bit for bit
+    again = translator.input_batch(imgs[:1])
+    assert np.shares_memory(first, again)  # the same buffer: no allocation per request

@@ -33,6 +33,7 @@ concurrent requests; the default leaves torch / ORT at their defaults).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from semlayout.inference_backends import (
     NET_FOR_DIRECTION,
     Runner,
     eager_runner,
+    load_generators,
     onnx_files,
     onnx_runner,
 )
@@ -127,55 +129,6 @@ def resolve_model_path(
     return Path(model), False
 
 
-def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(config, {"G_A", "G_B"} in eval mode, meta) from a checkpoint folder.
-
-    Only the generators are built and loaded: inference never needs the
-    discriminators, so a checkpoint whose D differs from today's code still serves.
-    """
-    from safetensors import safe_open
-
-    from semlayout.config import config_from_dict
-    from semlayout.train.checkpoint import (
-        CONFIG_FILE,
-        WEIGHTS_FILE,
-        build_generator,
-        load_state_into,
-        read_checkpoint_meta,
-    )
-
-    meta = read_checkpoint_meta(path)
-    cfg = config_from_dict(meta.get("config", {}), source=str(path / CONFIG_FILE))
-    weights = path / WEIGHTS_FILE
-    nets: dict[str, Any] = {}
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            for name in NET_FOR_DIRECTION.values():
-                state = {
-                    k[len(name) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(name + ".")
-                }
-                broken = [
-                    k
-                    for k, t in state.items()
-                    if t.is_floating_point() and not bool(t.isfinite().all())
-                ]
-                if broken:  # would translate every image to black, silently
-                    raise SemlayoutError(
-                        f"{weights}: {name} has non-finite (NaN/inf) weights in {len(broken)} "
-                        f"tensor(s), e.g. {name}.{broken[0]}; this checkpoint cannot serve"
-                    )
-                net = build_generator(cfg, name)
-                load_state_into(net, name, state, str(weights))
-                nets[name] = net.to(device).eval()
-    except SemlayoutError:
-        raise
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise SemlayoutError(f"{weights} is not a readable safetensors file: {err}") from None
-    info = {k: v for k, v in meta.items() if k != "config"}
-    return cfg, nets, info
-
-
 class Translator:
     """A loaded model that translates uint8 images in either direction (see module docstring)."""
 
@@ -194,6 +147,7 @@ class Translator:
         self.source = source
         self.backend = backend
         self.info: dict[str, Any] = dict(info or {})
+        self._pool = threading.local()  # each thread's reusable input batch (`input_batch`)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -330,6 +284,24 @@ class Translator:
             img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
         return img.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
+    def input_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, 1, S, S) float32 in [-1, 1] of `images` (each as `preprocess` makes it), written
+        into this thread's reusable buffer: a request allocates no input batch. Valid until
+        this thread's next call (every forward here is synchronous)."""
+        import cv2
+
+        s, n = self.image_size, len(images)
+        buf = getattr(self._pool, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = self._pool.buf = np.empty((max(n, 8), 1, s, s), np.float32)
+        out = buf[:n]
+        for i, img in enumerate(images):
+            if img.shape != (s, s):
+                img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+            np.divide(img, np.float32(127.5), out=out[i, 0], casting="unsafe")
+            out[i, 0] -= np.float32(1.0)
+        return out
+
     @staticmethod
     def postprocess(out: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """(S, S) float32 in [-1, 1] -> (H, W) uint8."""
@@ -406,7 +378,7 @@ class Translator:
         prior: int | None,
     ) -> list[Translation]:
         """One forward of whole images (each resized to the model's size and back)."""
-        batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
+        batch = self.input_batch(chunk)  # (B, 1, S, S)
         if fixed is not None:
             pred = self.run_batch(direction, batch, fixed.polarity)
             decisions = [fixed] * len(chunk)

@@ -1,4 +1,5 @@
-"""How a generator runs for `semlayout.inference.Translator`: eager PyTorch or ONNX Runtime.
+"""How a generator runs for `semlayout.inference.Translator`: eager PyTorch or ONNX Runtime,
+and `load_generators` (a checkpoint's two generators, without its discriminators).
 
 A `Runner` maps a (B, 1, S, S) float32 batch in [-1, 1] and the (B,) float32 polarity of
 each image (+1 / -1) to the (B, 1, S, S) output. A generator that is not
@@ -131,6 +132,55 @@ def onnx_files(
         finally:
             onnx_log.setLevel(level)
     return out
+
+
+def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(config, {"G_A", "G_B"} in eval mode, meta) from a checkpoint folder.
+
+    Only the generators are built and loaded: inference never needs the
+    discriminators, so a checkpoint whose D differs from today's code still serves.
+    """
+    from safetensors import safe_open
+
+    from semlayout.config import config_from_dict
+    from semlayout.train.checkpoint import (
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        build_generator,
+        load_state_into,
+        read_checkpoint_meta,
+    )
+
+    meta = read_checkpoint_meta(path)
+    cfg = config_from_dict(meta.get("config", {}), source=str(path / CONFIG_FILE))
+    weights = path / WEIGHTS_FILE
+    nets: dict[str, Any] = {}
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            for name in NET_FOR_DIRECTION.values():
+                state = {
+                    k[len(name) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(name + ".")
+                }
+                broken = [
+                    k
+                    for k, t in state.items()
+                    if t.is_floating_point() and not bool(t.isfinite().all())
+                ]
+                if broken:  # would translate every image to black, silently
+                    raise SemlayoutError(
+                        f"{weights}: {name} has non-finite (NaN/inf) weights in {len(broken)} "
+                        f"tensor(s), e.g. {name}.{broken[0]}; this checkpoint cannot serve"
+                    )
+                net = build_generator(cfg, name)
+                load_state_into(net, name, state, str(weights))
+                nets[name] = net.to(device).eval()
+    except SemlayoutError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise SemlayoutError(f"{weights} is not a readable safetensors file: {err}") from None
+    info = {k: v for k, v in meta.items() if k != "config"}
+    return cfg, nets, info
 
 
 def eager_runner(net: Any, device: Any, dtype: Any) -> Runner:

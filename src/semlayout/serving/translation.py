@@ -2,10 +2,10 @@
 
 1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
 2. `forward`: the polarity check (a polarity the model never learned is refused before any
-   work), queue room check, the micro-batcher, the drift features (computed while the model
-   runs, they need only the input; judged against the reference of the model that translated
-   the image) then the image's polarity against the one expected, `binarize`; nothing is
-   recorded yet;
+   work), queue room check, the micro-batcher, and meanwhile `input_side` (the input's hash,
+   statistics and drift features, in one worker-thread hop: they need only the input; drift is
+   judged against the reference of the model that translated the image), then the image's
+   polarity against the one expected, `binarize`; nothing is recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
 4. `record`: every row of the request handed to the record writer (`serving.record_writer`:
@@ -45,6 +45,24 @@ from semlayout.tiling import check_field, is_field
 
 
 @dataclass(frozen=True)
+class InputSide:
+    """What the rows need from an input alone, computed while the model runs."""
+
+    sha256: str
+    stats: dict[str, float]
+    drift: DriftResult | None  # None without a drift reference for the direction
+
+
+def input_side(img: np.ndarray, det: DriftDetector | None) -> InputSide:
+    """The input's hash, statistics and drift features (one worker-thread hop per image)."""
+    from semlayout.monitoring.performance import sha256
+
+    return InputSide(
+        sha256(np.ascontiguousarray(img)), image_stats(img), det.check(img) if det else None
+    )
+
+
+@dataclass(frozen=True)
 class Forwarded:
     """One image after the model: what `prepare` turns into rows."""
 
@@ -55,6 +73,7 @@ class Forwarded:
     batch_size: int  # images in that forward pass
     drift: DriftResult | None  # None without a drift reference for the direction
     decision: PolarityDecision  # the polarity it was translated in
+    side: InputSide  # hash and statistics of the input
 
 
 @dataclass(frozen=True)
@@ -81,7 +100,8 @@ async def forward(
     polarity: PolarityChoice = PolarityChoice.auto,
 ) -> list[Forwarded]:
     """Run `images` through the model (all or none: 503 when the queue has no room for all)
-    in `polarity` (the server's layer polarity is auto's prior)."""
+    in `polarity` (the server's layer polarity is auto's prior); the input side of the rows
+    (hash, statistics, drift features) is computed meanwhile."""
     prior = state.settings.layer_prior
     # refused now (422) rather than answered inverted: a polarity the model never learned
     state.engine.current.translator.fixed_polarity(direction, polarity, prior)
@@ -94,15 +114,14 @@ async def forward(
         raise _busy(err) from None
     model = state.engine.current
     det = model.detectors.get(direction)
-    drifts = (
-        [asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images] if det else []
-    )
+    sides = [asyncio.ensure_future(run_in_threadpool(input_side, img, det)) for img in images]
     try:
         try:
             results = await state.batcher.submit_many(direction, images, polarity, prior)
         except QueueFull as err:
             raise _busy(err) from None
-        checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
+        done: list[InputSide] = list(await asyncio.gather(*sides))
+        checks: list[Any] = [d.drift for d in done]
         for i, r in enumerate(results):
             if r.model is not model:  # swapped meanwhile: judged by the new version's reference
                 new_det = r.model.detectors.get(direction)
@@ -115,15 +134,15 @@ async def forward(
                 )
             )
     finally:
-        for drift in drifts:  # a failure above: nothing left running unobserved
-            drift.cancel()
+        for side in sides:  # a failure above: nothing left running unobserved
+            side.cancel()
     for i, r in enumerate(results):  # the image's polarity against the one expected
         det_i = r.model.detectors.get(direction)
         if det_i is not None and checks[i] is not None:
             checks[i] = det_i.with_polarity(checks[i], r.decision)
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision)
-        for img, out, r, res in zip(images, outs, results, checks, strict=True)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side)
+        for img, out, r, res, side in zip(images, outs, results, checks, done, strict=True)
     ]
 
 
@@ -151,7 +170,6 @@ def prepare(
 
     `t0` is when the request started (`time.perf_counter()`), for the recorded latency."""
     from semlayout.data.pairs import encode_png
-    from semlayout.monitoring.performance import sha256
 
     img, out, model, res = item.image, item.output, item.model, item.drift
     png = encode_png(out)
@@ -161,7 +179,7 @@ def prepare(
         ts=time.time(),
         direction=direction,
         model_version=model.version,
-        input_sha256=sha256(np.ascontiguousarray(img)),
+        input_sha256=item.side.sha256,
         width=int(img.shape[1]),
         height=int(img.shape[0]),
         output_png=stored_output(out, png, state.settings),
@@ -177,7 +195,7 @@ def prepare(
         "latency_ms": (time.perf_counter() - t0) * 1000,
         "forward_ms": item.forward_ms,
         "batch_size": item.batch_size,
-        "input_stats": image_stats(img),
+        "input_stats": item.side.stats,
         "output_stats": image_stats(out),
     }
     drift = None

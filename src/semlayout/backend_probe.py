@@ -20,6 +20,7 @@ The bounds are the measured behaviour, not hopes (docs/performance.md):
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,7 +141,9 @@ def choose(translators: dict[str, Any], rounds: int = 7) -> tuple[str, dict[str,
         if ok:
             eligible.append(name)
     one = batches["sem2layout"][:1]
-    fns = {n: (lambda tr=translators[n]: tr.run_batch("sem2layout", one)) for n in eligible}
+    fns: dict[str, Callable[[], Any]] = {
+        n: functools.partial(translators[n].run_batch, "sem2layout", one) for n in eligible
+    }
     timed = _time(fns, rounds) if len(eligible) > 1 else {"eager": float("nan")}
     for n, v in timed.items():
         report.setdefault(n, {})["batch1_ms"] = round(v, 3)

@@ -73,24 +73,30 @@ def _rewrite_csv(path: Path, change: Any) -> None:
 
 @pytest.fixture
 def mixed_aligned(tiny_aligned: Path, tmp_path: Path) -> Path:
-    """tiny_aligned with every third pair declared dark in manifest.csv."""
+    """tiny_aligned with every third pair declared dark (`declared_polarity`, what the data
+    says, e.g. synth's physics) and the aligner's reading (`polarity`) the opposite."""
     dest = tmp_path / "aligned"
     shutil.copytree(tiny_aligned, dest)
 
     def declare(i: int, row: dict[str, str]) -> dict[str, str]:
-        row["polarity"] = "-1" if i % 3 == 0 else "1"
+        row["declared_polarity"] = "-1" if i % 3 == 0 else "1"
+        row["polarity"], row["polarity_source"] = ("1" if i % 3 == 0 else "-1"), "pair"
         return row
 
     _rewrite_csv(dest / "manifest.csv", declare)
     return dest
 
 
-def _declared(folder: Path) -> dict[str, int]:
+def _declared(folder: Path, column: str = "declared_polarity") -> dict[str, int]:
     with open(folder / "manifest.csv", newline="") as f:
-        return {r["id"]: int(r["polarity"]) for r in csv.DictReader(f)}
+        return {r["id"]: int(r[column]) for r in csv.DictReader(f)}
 
 
-def test_shards_carry_each_pairs_polarity_from_the_manifest(mixed_aligned, tmp_path):
+def _without(*columns: str) -> Any:
+    return lambda i, r: {k: v for k, v in r.items() if k not in columns}
+
+
+def test_shards_carry_each_pairs_declared_polarity_over_the_aligners(mixed_aligned, tmp_path):
     out = tmp_path / "shards"
     index = shard(mixed_aligned, out, val=0.15, test=0.25, seed=0, shard_size=8)
     declared = _declared(mixed_aligned)
@@ -108,7 +114,7 @@ def test_shards_carry_each_pairs_polarity_from_the_manifest(mixed_aligned, tmp_p
         "+1": sum(v == 1 for v in got.values()),
         "-1": sum(v == -1 for v in got.values()),
     }
-    assert index["polarity_sources"] == {"manifest": len(got)}
+    assert index["polarity_sources"] == {"declared": len(got)}
     ds = ShardDataset(out, "train", image_size=64)
     assert [float(ds[i]["polarity"]) for i in range(len(ds))] == [float(got[pid]) for pid in ds.ids]
     assert set(ds.polarities) == set(ds.item_polarities)
@@ -120,11 +126,31 @@ def test_shards_carry_each_pairs_polarity_from_the_manifest(mixed_aligned, tmp_p
     }
 
 
+def test_without_a_declared_polarity_the_aligners_reading_is_used(mixed_aligned, tmp_path):
+    """Real data declares none: the aligned manifest's `polarity` (the aligner's), with the
+    aligner's source."""
+    _rewrite_csv(mixed_aligned / "manifest.csv", _without("declared_polarity"))
+    aligner = _declared(mixed_aligned, "polarity")
+    index = shard(mixed_aligned, tmp_path / "shards", val=0.15, test=0.25, seed=0)
+    assert index["polarity_sources"] == {"pair": len(aligner)}
+    recs = [r for s in ("train", "val", "test") for r in iter_split(tmp_path / "shards", s)]
+    assert all(r["polarity"] == aligner[r["id"]] for r in recs)
+
+
+def test_a_folder_that_was_not_aligned_declares_its_polarity_in_its_own_column(
+    mixed_aligned, tmp_path
+):
+    (mixed_aligned / "alignment.csv").unlink()  # SEMs already 250 px: a plain pair folder
+    _rewrite_csv(mixed_aligned / "manifest.csv", _without("declared_polarity", "polarity_source"))
+    index = shard(mixed_aligned, tmp_path / "shards", val=0.15, test=0.25, seed=0)
+    assert set(index["polarity_sources"]) == {"declared"}
+
+
 def test_alignment_polarity_is_used_when_the_manifest_has_none(tiny_aligned, tmp_path):
     aligned = tmp_path / "aligned"
     shutil.copytree(tiny_aligned, aligned)
     _rewrite_csv(
-        aligned / "manifest.csv", lambda i, r: {k: v for k, v in r.items() if k != "polarity"}
+        aligned / "manifest.csv", _without("polarity", "declared_polarity", "polarity_source")
     )
     with open(aligned / "alignment.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -144,12 +170,8 @@ def test_alignment_polarity_is_used_when_the_manifest_has_none(tiny_aligned, tmp
 def test_data_without_polarity_reads_as_bright_and_says_so(tiny_aligned, tmp_path):
     aligned = tmp_path / "aligned"
     shutil.copytree(tiny_aligned, aligned)
-    _rewrite_csv(
-        aligned / "manifest.csv", lambda i, r: {k: v for k, v in r.items() if k != "polarity"}
-    )
-    _rewrite_csv(
-        aligned / "alignment.csv", lambda i, r: {k: v for k, v in r.items() if k != "polarity"}
-    )
+    _rewrite_csv(aligned / "manifest.csv", _without("polarity", "declared_polarity"))
+    _rewrite_csv(aligned / "alignment.csv", _without("polarity"))
     index = shard(aligned, tmp_path / "shards", val=0.15, test=0.25, seed=0)
     assert set(index["polarity_sources"]) == {"assumed"} and index["polarity"]["-1"] == 0
 

@@ -190,7 +190,7 @@ def validate_pairs(
     `Reject`. `polarity_prior`: a fixed `PriorTable` (`align_polarity.prior_table`); None
     estimates the batch's polarity from its confident pairs."""
     from semlayout.data.align import AlignConfig
-    from semlayout.data.alignment_table import polarity_columns
+    from semlayout.data.alignment_table import DECLARED_POLARITY, polarity_columns
     from semlayout.data.pairs import read_manifest
 
     cfg = align_cfg or AlignConfig()
@@ -210,7 +210,7 @@ def validate_pairs(
             rejects.append(Reject(rec.id, f"align:{result.reason}", detail))
             continue
         files = _files(rec)
-        extra = {("declared_polarity" if k == "polarity" else k): v for k, v in rec.extra.items()}
+        extra = {(DECLARED_POLARITY if k == "polarity" else k): v for k, v in rec.extra.items()}
         extra.update(polarity_columns(result))
         pair = ValidPair(
             rec.id, rec.pattern_type, files, {r: _sha256_file(p) for r, p in files.items()}, extra

@@ -26,6 +26,7 @@ from semlayout.data.align import AlignConfig, AlignResult, align_pair, aligned_c
 from semlayout.data.align_polarity import PolarityPrior, PriorTable, estimate_priors, needs_prior
 from semlayout.data.alignment_table import (
     ALIGNMENT_FILE,
+    DECLARED_POLARITY,
     POLARITY_COLUMNS,
     polarity_columns,
     result_row,
@@ -40,7 +41,6 @@ from semlayout.data.pairs import (
 )
 from semlayout.errors import SemlayoutError
 
-DECLARED = "declared_polarity"  # an input manifest's own `polarity` column, kept under this name
 Job = tuple[PairRecord, Path, AlignConfig, PolarityPrior | None]
 
 
@@ -239,7 +239,7 @@ def _write_outputs(
     extra_cols: list[str] = []
     for r in records:
         for k in r.extra:
-            name = DECLARED if k == "polarity" else k
+            name = DECLARED_POLARITY if k == "polarity" else k
             if name not in extra_cols and name not in POLARITY_COLUMNS:
                 extra_cols.append(name)
     columns = list(REQUIRED_COLUMNS) + (["clean_path"] if has_clean else []) + extra_cols
@@ -259,7 +259,7 @@ def _write_outputs(
         if has_clean:
             out["clean_path"] = f"clean/{rec.id}.png" if rec.clean_path is not None else ""
         for k in extra_cols:
-            out[k] = rec.extra.get("polarity" if k == DECLARED else k, "")
+            out[k] = rec.extra.get("polarity" if k == DECLARED_POLARITY else k, "")
         out.update(polarity_columns(res))
         mw.writerow(out)
     (tmp / "manifest.csv").write_text(buf.getvalue())

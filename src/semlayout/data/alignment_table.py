@@ -52,6 +52,8 @@ ALIGNMENT_COLUMNS = (
 REQUIRED_ALIGNMENT_COLUMNS = ALIGNMENT_COLUMNS[:6]
 # what the aligned folder's manifest (and the intake and feedback manifests) carry per pair
 POLARITY_COLUMNS = ("polarity", "polarity_margin", "polarity_source")
+# an aligned (or intake) manifest keeps its input's own `polarity` column under this name
+DECLARED_POLARITY = "declared_polarity"
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 

@@ -9,10 +9,18 @@ entry keeps the name of its source; an id that clashes with an earlier source's 
 the prefix `s<k>-`.
 
 Each entry also carries its contrast polarity (+1 / -1, `semlayout.polarity`) and where it
-came from (`polarity_source`): the manifest's `polarity` column (synthetic pairs know their
-own; an aligned folder's manifest carries the aligner's, with its `polarity_source` when it
-writes one) -> `alignment.csv`'s `polarity` column -> a shard set's `polarity` array ->
-otherwise +1, counted as `assumed` (data made before polarity was recorded was bright).
+came from (`polarity_source`). One rule, first found wins:
+1. what the data declares: an aligned folder's `declared_polarity` column (the aligner keeps
+   its input manifest's own `polarity` there, e.g. the physics synth drew), or the `polarity`
+   column of a folder that was not aligned (no `alignment.csv`: synth at 250 px, collected
+   reviewed pairs) -> `declared` (or the folder's own `polarity_source`, when it writes one);
+2. the aligner's estimate: an aligned folder's manifest `polarity` column, with the
+   aligner's `polarity_source` (`pair`: the pair's own fit, `prior`: the data set's
+   polarity), or `alignment.csv`'s `polarity` column -> `alignment`;
+3. a shard set's `polarity` array -> `shards`;
+4. otherwise +1, counted as `assumed` (data made before polarity was recorded was bright).
+So a synthetic set trains on the polarity it was drawn with, and real data (which declares
+none) on the aligner's.
 """
 
 from __future__ import annotations
@@ -28,7 +36,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from semlayout.data.alignment_table import ALIGNMENT_FILE, failed_ids, read_alignment_table
+from semlayout.data.alignment_table import (
+    ALIGNMENT_FILE,
+    DECLARED_POLARITY,
+    failed_ids,
+    read_alignment_table,
+)
 from semlayout.data.pairs import (
     TEMPLATE_SHAPE,
     PairRecord,
@@ -64,7 +77,8 @@ class Entry:
     has_clean: bool
     load: Callable[[], Images]
     polarity: int = UNKNOWN_READS_AS  # +1 pattern bright, -1 dark
-    polarity_source: str = "assumed"  # manifest | alignment | shards | assumed (or the manifest's)
+    # declared | pair | prior | alignment | shards | assumed (the module docstring's rule)
+    polarity_source: str = "assumed"
 
 
 SourceLike = str | os.PathLike[str] | ShardSource | tuple[str | os.PathLike[str], int | None]
@@ -115,11 +129,20 @@ def _alignment_verdicts(folder: Path) -> tuple[set[str], dict[str, int]]:
     return failed_ids(rows), polarity
 
 
-def _pair_polarity(rec: PairRecord, aligned: dict[str, int]) -> tuple[int, str]:
-    """(polarity, source) of a manifest row: its own column, then the aligner's, then +1."""
-    own = read_polarity_cell(rec.extra.get("polarity"))
-    if own is not None:
-        return own, (rec.extra.get("polarity_source") or "").strip() or "manifest"
+def _pair_polarity(
+    rec: PairRecord, aligned: dict[str, int], has_alignment: bool
+) -> tuple[int, str]:
+    """(polarity, source) of a manifest row: what the data declares, then the aligner's, then
+    +1 (the module docstring's rule)."""
+    column = read_polarity_cell(rec.extra.get("polarity"))
+    source = (rec.extra.get("polarity_source") or "").strip()
+    declared = read_polarity_cell(rec.extra.get(DECLARED_POLARITY))
+    if declared is not None:
+        return declared, "declared"
+    if column is not None and not has_alignment:
+        return column, source or "declared"
+    if column is not None:  # an aligned folder's manifest: the aligner's estimate
+        return column, source or "alignment"
     if rec.id in aligned:
         return aligned[rec.id], "alignment"
     return UNKNOWN_READS_AS, "assumed"
@@ -155,7 +178,7 @@ def _pair_folder_entries(folder: Path, name: str) -> list[Entry]:
             name,
             rec.clean_path is not None,
             functools.partial(_load_pair, rec, folder, has_alignment),
-            *_pair_polarity(rec, aligned),
+            *_pair_polarity(rec, aligned, has_alignment),
         )
         for rec in read_manifest(folder)
         if rec.id not in failed

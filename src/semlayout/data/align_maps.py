@@ -117,9 +117,17 @@ def signed_fit(maps: ScoreMaps, sign: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 def unit64(v: np.ndarray) -> np.ndarray:
     """`v` zero-mean and unit-norm, in float64 (unchanged when constant)."""
-    v = v.astype(np.float64) - float(v.mean())
-    n = float(np.sqrt((v * v).sum()))
-    return v / n if n > 0 else v
+    return _unit64_inplace(np.array(v, dtype=np.float64), float(v.mean()))
+
+
+def _unit64_inplace(v: np.ndarray, mean: float | None = None) -> np.ndarray:
+    """`unit64` of a float64 array it may overwrite (the same arithmetic, no copies);
+    `mean`: the mean as computed in the input's own dtype."""
+    v -= float(v.mean()) if mean is None else mean
+    n = float(np.sqrt(np.square(v).sum()))
+    if n > 0:
+        v /= n
+    return v
 
 
 def pair_model_dist2(
@@ -137,8 +145,10 @@ def pair_model_dist2(
     tu, eu = units if units is not None else (unit64(T), None if E is None else unit64(E))
 
     def model(a: float, b: float) -> np.ndarray:
-        m = a * tu + (b * eu if eu is not None else 0.0)
-        return unit64(np.asarray(m))
+        m = a * tu
+        if eu is not None:
+            m += b * eu
+        return _unit64_inplace(m)
 
     mp, mq = model(*coef_p), model(*coef_q)
     h, w = mp.shape

@@ -277,7 +277,7 @@ def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
     y, x = (int(v) for v in np.unravel_index(int(np.argmax(scene.maps.R)), scene.maps.R.shape))
     a, b = scene.maps.coefficients(y, x)
     model = np.asarray(a * scene.T + (b * scene.E if scene.E is not None else 0.0), np.float32)
-    noise_sd = scene.noise * float(scene.raw.std())
+    noise_sd = scene.noise * scene.raw_std
     return estimate_distortion(
         scene.sem_f, model, y, x, noise_sd, cfg.distortion_grid, cfg.distortion_search
     )
@@ -291,7 +291,7 @@ def _fits_better(
 
     def best(img: np.ndarray) -> float:
         f = sem_features(img, max(cfg.blur, _FAIR_BLUR), cfg.highpass)
-        return float(score_map(f, scene.T, scene.E, cfg.edges_bright).R.max())
+        return float(score_map(f, scene.T, scene.E, cfg.edges_bright, scene.rho).R.max())
 
     return best(corrected) > best(current)
 

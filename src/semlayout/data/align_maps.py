@@ -240,26 +240,40 @@ def _xcorr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
     )
 
 
+def feature_rho(T: np.ndarray, E: np.ndarray | None) -> float | bool:
+    """The correlation of the template features T and E (fixed by the template), or False
+    when E adds nothing to the fit (absent, constant, or nearly collinear with T)."""
+    if E is None:
+        return False
+    tc = T - T.mean()
+    ec = E - E.mean()
+    denom = float(np.sqrt((tc * tc).sum() * (ec * ec).sum()))
+    rho = float((tc * ec).sum() / denom) if denom > 0 else 0.0
+    if 1 - rho * rho < 1e-3 or denom == 0:
+        return False
+    return rho
+
+
 def score_map(
-    sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True
+    sem_f: np.ndarray,
+    T: np.ndarray,
+    E: np.ndarray | None,
+    edges_bright: bool = True,
+    rho: float | bool | None = None,
 ) -> ScoreMaps:
     """Score every offset by the multiple correlation R of the SEM window with {T, E}.
 
     r_T and r_E are `cv2.matchTemplate` TM_CCOEFF_NORMED maps. With unit-normalised
     zero-mean regressors T~, E~ (correlation rho), the squared multiple correlation is
     (r_T^2 + r_E^2 - 2 rho r_T r_E) / (1 - rho^2); its material coefficient is
-    proportional to r_T - rho r_E (sign = polarity).
+    proportional to r_T - rho r_E (sign = polarity). `rho`: `feature_rho(T, E)` when the
+    caller has it already.
     """
     import cv2
 
     rT = cv2.matchTemplate(sem_f, T, cv2.TM_CCOEFF_NORMED)
-    if E is None:
-        return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
-    tc = T - T.mean()
-    ec = E - E.mean()
-    denom = float(np.sqrt((tc * tc).sum() * (ec * ec).sum()))
-    rho = float((tc * ec).sum() / denom) if denom > 0 else 0.0
-    if 1 - rho * rho < 1e-3 or denom == 0:
+    rho = feature_rho(T, E) if rho is None else rho
+    if E is None or rho is False:
         return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
     rE = cv2.matchTemplate(sem_f, E, cv2.TM_CCOEFF_NORMED)
     r2 = (rT * rT + rE * rE - 2 * rho * rT * rE) / (1 - rho * rho)

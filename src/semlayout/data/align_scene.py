@@ -43,6 +43,16 @@ class Scene:
         return noise_ratio(self.raw)
 
     @cached_property
+    def raw_std(self) -> float:
+        """Standard deviation of the raw SEM (grey levels)."""
+        return float(self.raw.std())
+
+    @property
+    def rho(self) -> float | bool:
+        """`align_maps.feature_rho` of the template (what `score_map` computed)."""
+        return self.maps.rho if self.maps.rE is not None else False
+
+    @cached_property
     def units(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(T, E) zero-mean and unit-norm in float64 (`align_maps.pair_model_dist2`)."""
         return unit64(self.T), None if self.E is None else unit64(self.E)
@@ -83,9 +93,9 @@ def prepare(raw: np.ndarray, layout: np.ndarray, cfg: AlignConfig) -> Scene:
 def rematch(scene: Scene, sem: np.ndarray, cfg: AlignConfig) -> Scene:
     """The same pair with the SEM replaced (a corrected one), maps recomputed."""
     sem_f = sem_features(sem, cfg.blur, cfg.highpass)
-    maps = score_map(sem_f, scene.T, scene.E, cfg.edges_bright)
+    maps = score_map(sem_f, scene.T, scene.E, cfg.edges_bright, scene.rho)
     new = Scene(scene.raw, sem, scene.T, scene.E, scene.table, sem_f, maps)
-    for known in ("noise", "units", "tables"):  # the same raw SEM and template, same shapes
+    for known in ("noise", "raw_std", "units", "tables"):  # the same raw SEM and template, same shapes
         if known in scene.__dict__:
             new.__dict__[known] = scene.__dict__[known]
     return new

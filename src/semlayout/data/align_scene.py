@@ -95,7 +95,8 @@ def rematch(scene: Scene, sem: np.ndarray, cfg: AlignConfig) -> Scene:
     sem_f = sem_features(sem, cfg.blur, cfg.highpass)
     maps = score_map(sem_f, scene.T, scene.E, cfg.edges_bright, scene.rho)
     new = Scene(scene.raw, sem, scene.T, scene.E, scene.table, sem_f, maps)
-    for known in ("noise", "raw_std", "units", "tables"):  # the same raw SEM and template, same shapes
+    # the same raw SEM and template, same shapes
+    for known in ("noise", "raw_std", "units", "tables"):
         if known in scene.__dict__:
             new.__dict__[known] = scene.__dict__[known]
     return new

@@ -10,17 +10,20 @@ Sources of pairs, all cropped at the true offset (so alignment is not what is me
   `sem_physics.py` (other families, another edge and noise model, dose 2.5-60 e-/px, 20 %
   reversed contrast and 70 % for dense contact holes). Per family and dose band on normal
   contrast, as before.
-Each image is translated twice: in its true polarity (`given`, what a caller who knows the
-layer gets) and with `polarity=auto` (decided per image, no layer prior); `auto ok` is how
-often auto chose the true polarity. The baseline is what an engineer would do instead:
-Gaussian blur, Otsu threshold, the true polarity's side = pattern
+Each image is translated in both polarities and its own polarity evidence read once
+(`bench.polarity_streams`): `given` is the true polarity's output (a caller who knows the
+layer), `auto` the image alone deciding (the mixed per-image case), `pooled` streams of one
+layer each (per family and polarity, random order, the layer's evidence starting from
+nothing, first images included), with the head training now fits (refitted on fresh
+synthetic SEMs of both polarities for the checkpoint measured); `ok` how often each chose the
+true polarity, `ok-ckpt` auto with the checkpoint's own head. The baseline is what an
+engineer would do instead: Gaussian blur, Otsu threshold, the true polarity's side = pattern
 (`semlayout.evaluation.otsu_layout_baseline`).
 
-Drift (`drift`): a served layer declared bright (`--layer-polarity bright`) receives a stream
-of normal-contrast and a stream of reversed-contrast fresh synth SEMs; the share of images the
-drift monitor flags (grey-level features against the model's reference, and the polarity the
-stream's recent images read, `semlayout.monitoring.drift`): each stream starts on a fresh
-server, so its first images are judged on a short window.
+Drift (`drift`): a layer configured bright receives a stream of normal-contrast and a stream
+of reversed-contrast fresh synth SEMs, each from a fresh layer state; the share of images
+flagged by the grey-level features against the model's reference or by the layer's
+sequential test on the images' evidence (`semlayout.polarity_layer`, as the server keeps it).
 
 Must-show lines (issue 16) are printed at the end, against today's normal-contrast numbers
 (`TODAY`: the model `make run` trained before polarity conditioning). With
@@ -42,10 +45,13 @@ from typing import Any
 
 import numpy as np
 
+from bench import polarity_streams
+
 ROOT = Path(__file__).resolve().parents[1]
 TODAY = {"test split": 0.875, "independent": 0.798}  # normal-contrast IoU before issue 16
-COLS = ("given", "auto", "auto_ok", "otsu", "today")
+COLS = ("given", "auto", "auto_ok", "pooled", "pooled_ok", "auto_ok_ckpt", "otsu", "today")
 _TODAY: dict[str, Any] = {"tr": None}  # today's model (SEMLAYOUT_BENCH_TODAY), when given
+_HEADS: dict[str, Any] = {}  # polarity heads: "checkpoint" (its own), "refit" (fresh synth)
 
 
 def _latest() -> dict[str, Any]:
@@ -62,64 +68,54 @@ def _model() -> str | None:
 
 
 def _score(
-    tr: Any, sems: list[np.ndarray], layouts: list[np.ndarray], pol: np.ndarray
+    tr: Any, sems: list[np.ndarray], layouts: list[np.ndarray], pol: np.ndarray, fam: np.ndarray
 ) -> np.ndarray:
-    """Per image: IoU given the true polarity (NaN where the model refuses it), IoU with auto,
-    auto chose the true polarity (0/1), Otsu IoU with the true polarity, IoU of today's model
-    (NaN without one)."""
+    """Per image (columns `COLS`): IoU given the true polarity (NaN where the model refuses
+    it), with auto (the image alone), auto chose the truth, IoU in a pooled layer stream
+    (`polarity_streams`), it chose the truth, auto with the checkpoint's own head chose the
+    truth (before the refit), Otsu IoU with the true polarity, IoU of today's model."""
     from semlayout import metrics as M
     from semlayout.evaluation import otsu_layout_baseline
-    from semlayout.polarity import POLARITIES
 
-    given = np.full(len(sems), np.nan)
-    for p in POLARITIES:
-        idx = np.flatnonzero(pol == p)
-        if len(idx) and p in tr.polarities:
-            out = tr.translate("sem2layout", [sems[i] for i in idx], binarize=True, polarity=p)
-            given[idx] = [M.iou(o, layouts[i]) for o, i in zip(out, idx, strict=True)]
-    auto = tr.translate_detailed("sem2layout", sems, binarize=True, polarity="auto")
+    read = polarity_streams.read_all(tr, sems, _HEADS)
+    sc = polarity_streams.scores(read, layouts, pol, fam, "refit")
+    before = (np.where(read["e"]["checkpoint"] >= 0, 1, -1) == pol).astype(float)
     today = np.full(len(sems), np.nan)
     if _TODAY["tr"] is not None:
         old = _TODAY["tr"].translate("sem2layout", sems, binarize=True)
         today[:] = [M.iou(o, lay) for o, lay in zip(old, layouts, strict=True)]
-    return np.array(
-        [
-            (
-                given[i],
-                M.iou(a.output, layouts[i]),
-                float(a.decision.polarity == pol[i]),
-                M.iou(
-                    otsu_layout_baseline(sems[i], "bright" if pol[i] > 0 else "dark"), layouts[i]
-                ),
-                today[i],
-            )
-            for i, a in enumerate(auto)
-        ]
-    )
+    otsu = [
+        M.iou(otsu_layout_baseline(sems[i], "bright" if pol[i] > 0 else "dark"), layouts[i])
+        for i in range(len(sems))
+    ]
+    cols = [sc["given"], sc["auto"], sc["auto_ok"], sc["pooled"], sc["pooled_ok"], before]
+    return np.stack([*cols, np.array(otsu), today], axis=1)
 
 
 def _rows(title: str, groups: dict[str, np.ndarray]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    head = f"{'given':>7} {'auto':>7} {'auto-gvn':>8} {'auto ok':>7} {'Otsu':>6} {'today':>6}"
-    print(f"{title:<26} {'n':>4} {head}")
+    head = (
+        f"{'given':>6} {'auto':>6} {'ok':>6} {'pooled':>6} {'ok':>6} {'pl-gvn':>6} "
+        f"{'ok-ckpt':>7} {'Otsu':>6} {'today':>6}"
+    )
+    print(f"{title:<30} {'n':>4} {head}")
     for name, v in groups.items():
         if not len(v):
             continue
-        means = {
+        m = {
             c: float(np.nanmean(v[:, k])) if np.isfinite(v[:, k]).any() else None
             for k, c in enumerate(COLS)
         }
-        out[name] = {
-            "n": len(v),
-            **{k: None if x is None else round(x, 4) for k, x in means.items()},
-        }
-        g, a = means["given"], means["auto"]
-        gap = "" if g is None or a is None else f"{a - g:+8.3f}"
-        gs = "refused" if g is None else f"{g:7.3f}"
-        td = "" if means["today"] is None else f"{means['today']:6.3f}"
+        out[name] = {"n": len(v), **{k: None if x is None else round(x, 4) for k, x in m.items()}}
+
+        def f(x: float | None, fmt: str = "6.3f") -> str:
+            return "     -" if x is None else format(x, fmt)
+
+        gap = None if m["given"] is None else m["pooled"] - m["given"]  # type: ignore[operator]
         print(
-            f"  {name:<24} {len(v):>4} {gs:>7} {a:7.3f} {gap:>8} {means['auto_ok']:7.1%} "
-            f"{means['otsu']:6.3f} {td:>6}"
+            f"  {name:<28} {len(v):>4} {f(m['given'])} {f(m['auto'])} {f(m['auto_ok'], '6.1%')} "
+            f"{f(m['pooled'])} {f(m['pooled_ok'], '6.1%')} {f(gap, '+6.3f')} "
+            f"{f(m['auto_ok_ckpt'], '7.1%')} {f(m['otsu'])} {f(m['today'])}"
         )
     return out
 
@@ -155,7 +151,7 @@ def fresh_synth(
 
 def synth_quality(tr: Any, n: int, seed: int = 90210) -> dict[str, Any]:
     sems, lays, pol, fams = fresh_synth(n, seed, reverse_fraction=0.5)
-    return _rows("synth (fresh seed)", _groups(_score(tr, sems, lays, pol), pol, fams))
+    return _rows("synth (fresh seed)", _groups(_score(tr, sems, lays, pol, fams), pol, fams))
 
 
 def split_quality(tr: Any, shards: str | None, n: int) -> dict[str, Any] | None:
@@ -168,7 +164,7 @@ def split_quality(tr: Any, shards: str | None, n: int) -> dict[str, Any] | None:
     d = load_split_arrays(shards, "test")
     idx = select_indices(d["families"], n)
     pol, fam = d["polarity"][idx].astype(int), d["families"][idx]
-    scores = _score(tr, list(d["sem"][idx]), list(d["layout"][idx]), pol)
+    scores = _score(tr, list(d["sem"][idx]), list(d["layout"][idx]), pol, fam)
     return _rows(f"test split ({Path(shards).name})", _groups(scores, pol, fam))
 
 
@@ -181,7 +177,7 @@ def independent_quality(tr: Any, n: int) -> dict[str, Any]:
     sems = [p.sem[p.y : p.y + sim.TPL, p.x : p.x + sim.TPL] for p in pairs]
     pol = np.array([p.polarity for p in pairs])
     fam, dose = np.array([p.family for p in pairs]), np.array([p.dose for p in pairs])
-    scores = _score(tr, sems, [p.layout for p in pairs], pol)
+    scores = _score(tr, sems, [p.layout for p in pairs], pol, fam)
     groups = _groups(scores, pol, fam)
     for lo, hi in ((2.5, 6), (6, 15), (15, 60)):
         groups[f"dose {lo:g}-{hi:g} normal"] = scores[(dose >= lo) & (dose < hi) & (pol > 0)]
@@ -189,38 +185,34 @@ def independent_quality(tr: Any, n: int) -> dict[str, Any]:
 
 
 def drift_quality(tr: Any, reference: str | None, n: int) -> dict[str, Any] | None:
-    """Flagged share of a normal and of a reversed stream, the layer declared bright."""
+    """Flagged share of a normal and of a reversed stream on a layer configured bright: the
+    grey-level features against the model's reference, or the layer's CUSUM of the images'
+    evidence (`polarity_layer`, as the server keeps it per layer), from the first image."""
     from semlayout.monitoring.drift import detectors_from_reference
 
     if not reference or not Path(reference).exists() or len(tr.polarities) < 2:
         print("drift: needs the model's reference shards and a model of both polarities (skipped)")
         return None
     out: dict[str, Any] = {"expected_polarity": 1}
-    print(
-        f"{'drift, layer bright':<26} {'n':>4} {'flagged':>8} {'by polarity':>12} "
-        f"{'by features':>12}"
-    )
+    print(f"{'drift, layer bright':<26} {'n':>4} {'flagged':>8} {'by polarity':>12} "
+          f"{'by features':>12} {'(ckpt head)':>12}")  # fmt: skip
+    det = detectors_from_reference(reference, layer_polarity=1)["sem2layout"]
     for name, rf, seed in (("normal stream", 0.0, 4242), ("reversed stream", 1.0, 4343)):
-        # a server started for the stream: its polarity window starts empty
-        det = detectors_from_reference(reference, layer_polarity=1)["sem2layout"]
         sems, _, _, _ = fresh_synth(n, seed, reverse_fraction=rf)
-        done = tr.translate_detailed("sem2layout", sems, polarity="auto")
-        feats = [det.check(s) for s in sems]
-        res = [det.with_polarity(f, t.decision) for f, t in zip(feats, done, strict=True)]
-        by_pol = np.mean(
-            [
-                r.worst_feature == "polarity" or (r.drifted and not f.drifted)
-                for r, f in zip(res, feats, strict=True)
-            ]
-        )
-        flagged, by_feat = np.mean([r.drifted for r in res]), np.mean([f.drifted for f in feats])
+        e = polarity_streams.read_all(tr, sems, _HEADS, translate=False)["e"]
+        by_pol = polarity_streams.stream_flags(e["refit"])
+        before = polarity_streams.stream_flags(e["checkpoint"])
+        by_feat = np.array([det.check(s).drifted for s in sems])
+        flagged = by_pol | by_feat
         out[name] = {
             "n": n,
-            "flagged": float(flagged),
-            "by_polarity": float(by_pol),
-            "by_features": float(by_feat),
+            "flagged": float(flagged.mean()),
+            "by_polarity": float(by_pol.mean()),
+            "by_features": float(by_feat.mean()),
+            "by_polarity_checkpoint_head": float(before.mean()),
         }
-        print(f"  {name:<24} {n:>4} {flagged:8.1%} {by_pol:12.1%} {by_feat:12.1%}")
+        print(f"  {name:<24} {n:>4} {flagged.mean():8.1%} {by_pol.mean():12.1%} "
+              f"{by_feat.mean():12.1%} {before.mean():12.1%}")  # fmt: skip
     return out
 
 
@@ -233,13 +225,16 @@ def _must_show(res: dict[str, Any]) -> None:
         a = block["all"]
         norm, rev = block.get("normal", {}), block.get("reversed", {})
         if a["given"] is not None:
+            for how in ("pooled", "auto"):
+                print(
+                    f"  {src}: {how} {a[how]:.3f} vs given {a['given']:.3f} "
+                    f"(gap {a[how] - a['given']:+.3f}; bar |gap| <= 0.02)"
+                )
+        if norm and rev and norm.get("given") and rev.get("given") is not None:
             print(
-                f"  {src}: auto {a['auto']:.3f} vs given {a['given']:.3f} "
-                f"(gap {a['auto'] - a['given']:+.3f}; bar |gap| <= 0.02)"
-            )
-        if norm and rev and norm.get("auto"):
-            print(
-                f"  {src}: reversed / normal (auto) {rev['auto'] / norm['auto']:.2f} (bar >= 0.90)"
+                f"  {src}: reversed / normal, given {rev['given'] / norm['given']:.2f}, pooled "
+                f"{rev['pooled'] / norm['pooled']:.2f}, auto {rev['auto'] / norm['auto']:.2f} "
+                "(bar >= 0.90)"
             )
         if src in TODAY and norm.get("given") is not None:
             print(
@@ -269,6 +264,14 @@ def main(quick: bool = False) -> dict[str, Any]:
         print("no model: run `make run` first or set SEMLAYOUT_BENCH_MODEL (nothing measured)")
         return {"model": None}
     tr = Translator.load(model)
+    _HEADS["checkpoint"] = tr.config.polarity.auto_head
+    if len(tr.polarities) == 2:  # the head training now fits, refitted for this checkpoint
+        from semlayout.train.polarity_head import synth_head
+
+        _HEADS["refit"] = synth_head(tr)
+        print(f"polarity head refitted on {_HEADS['refit'].n} fresh synthetic SEMs (half dark)")
+    else:
+        _HEADS["refit"] = _HEADS["checkpoint"]
     today = os.environ.get("SEMLAYOUT_BENCH_TODAY")
     _TODAY["tr"] = Translator.load(today) if today else None
     n = 60 if quick else 300

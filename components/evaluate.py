@@ -27,6 +27,7 @@ def evaluate(
     from collections import namedtuple
     from pathlib import Path
 
+    from semlayout.confidence_fit import calibrate_and_judge, json_ready
     from semlayout.directions import DIRECTIONS
     from semlayout.evaluation import evaluate_model
     from semlayout.evaluation_report import write_report_html
@@ -36,6 +37,8 @@ def evaluate(
     with Stopwatch() as sw:
         result = evaluate_model(Path(model.path), Path(shards.path), split="test")
         samples = result.pop("samples", [])
+        # issue 17: the confidence calibration, fitted on the val split, judged on the test one
+        calibration, judged = calibrate_and_judge(Path(model.path), Path(shards.path))
         champion, champion_version = None, None
         if mlflow_uri and model_name:
             from semlayout.model_uri import ModelUri
@@ -57,7 +60,16 @@ def evaluate(
         gate = judge(result, champion, cfg)
     history = Path(model.path) / "history.json"
     curves = read_json(history) if history.is_file() else None
-    write_report_html(Path(report.path), result, samples, curves=curves, gate=gate)
+    write_report_html(
+        Path(report.path), result, samples, curves=curves, gate=gate, confidence=judged or {}
+    )
+    if judged is not None:
+        result["confidence"] = json_ready(judged)
+        for direction in DIRECTIONS:
+            block = judged.get(direction) or {}
+            for key in ("spearman", "capture_20", "calibration_error"):
+                if isinstance(block.get(key), float):
+                    metrics.log_metric(f"{direction}_confidence_{key}", block[key])
     for direction in DIRECTIONS:
         for key, value in result[direction].items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -73,6 +85,7 @@ def evaluate(
             "champion_version": champion_version,
             "gate": json.loads(gate.to_json()),
             "gate_config": cfg.model_dump(),
+            "confidence_calibration": None if calibration is None else calibration.to_dict(),
         },
     )
     evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})

@@ -1,7 +1,8 @@
 """Judge a fine-tuned model: better on the new pairs, not worse on the original test shard.
 
 The champion is evaluated on the same two splits, so the comparison is like for like
-(`semlayout.gate.judge_finetune`).
+(`semlayout.finetune_eval`: per-pair scores, a paired bootstrap in
+`semlayout.gate.judge_finetune`, which says how sure it is).
 """
 
 from typing import NamedTuple
@@ -29,9 +30,10 @@ def evaluate_finetune(
     from pathlib import Path
 
     from semlayout.directions import DIRECTIONS
-    from semlayout.evaluation import evaluate_model
+    from semlayout.evaluation import metrics_json_ready
     from semlayout.evaluation_report import write_report_html
-    from semlayout.gate import gate_config, judge_finetune
+    from semlayout.finetune_eval import evaluate_pair_of_models, judge_evaluations
+    from semlayout.gate import gate_config
     from semlayout.model_uri import ModelUri
     from semlayout.registry import CHAMPION, Registry
     from semlayout_components.common import Stopwatch, read_json, write_json
@@ -40,19 +42,23 @@ def evaluate_finetune(
         base_model or str(ModelUri(model_name, alias=CHAMPION)), mlflow_uri or None
     )
     with Stopwatch() as sw:
-        new = evaluate_model(Path(model.path), Path(new_shards.path), split="test")
-        samples = new.pop("samples", [])
-        new_champ = evaluate_model(champ, Path(new_shards.path), split="test")
-        orig = evaluate_model(Path(model.path), Path(original_shards.path), split="test")
-        orig_champ = evaluate_model(champ, Path(original_shards.path), split="test")
-        for m in (new_champ, orig, orig_champ):
-            m.pop("samples", None)
+        evals = evaluate_pair_of_models(
+            Path(model.path), champ, Path(new_shards.path), Path(original_shards.path)
+        )
+        samples = evals["new"].pop("samples", [])
         cfg = gate_config(
             floors={"sem2layout": floor_sem2layout, "layout2sem": floor_layout2sem},
             tolerance=tolerance,
             min_improvement=min_improvement,
         )
-        gate = judge_finetune(new, new_champ, orig, orig_champ, cfg)
+        gate = judge_evaluations(evals, cfg)
+        # issue 17: the challenger's own confidence calibration (original data's val split)
+        from semlayout.confidence_fit import calibrate_and_judge
+
+        calibration, _ = calibrate_and_judge(Path(model.path), Path(original_shards.path))
+    new, new_champ, orig, orig_champ = (
+        metrics_json_ready(evals[k]) for k in ("new", "new_champion", "orig", "orig_champion")
+    )
     history = Path(model.path) / "history.json"
     write_report_html(
         Path(report.path),
@@ -83,6 +89,9 @@ def evaluate_finetune(
             "new_pairs_champion_metrics": new_champ,
             "gate": json.loads(gate.to_json()),
             "gate_config": cfg.model_dump(),
+            "confidence_calibration": None if calibration is None else calibration.to_dict(),
+            # the fine-tune's learning curve on the held-out reviewed pairs (and original ones)
+            "learning_curve": (read_json(history) if history.is_file() else {}).get("epochs", []),
         },
     )
     evaluation.metadata.update({"gate_passed": gate.passed, "seconds": sw.seconds})

@@ -52,35 +52,39 @@ def track(
             "champion_version": ev.get("champion_version"),
             "metrics": ev["champion_metrics"],
         }
-    run_id = Registry(mlflow_uri, create=True).log_run(
-        experiment,
-        Path(model.path),
-        ev["metrics"],
-        params={
-            "config": config,
-            "step": model.metadata.get("step"),
-            "gate_passed": ev["gate"]["passed"],
-            **{f"lineage.{k}": v for k, v in lineage.items()},
-        },
-        config=ckpt_cfg,
-        report_html=Path(report.path),
-        tags={"gate_passed": str(ev["gate"]["passed"]).lower(), "pipeline_run": pipeline_run},
-        run_name=run_name(pipeline_run, data_uri, data_sha, config),
-        datasets=[
-            {
-                "name": "pairs",
-                "source": pairs.uri if data_uri.startswith("synth:") else data_uri,
-                "digest": data_sha,
-                "context": "training",
+    # the confidence calibration fitted at evaluate time travels beside the weights
+    from semlayout.confidence_calibration import staged_with_calibration
+
+    with staged_with_calibration(Path(model.path), ev.get("confidence_calibration")) as ckpt:
+        run_id = Registry(mlflow_uri, create=True).log_run(
+            experiment,
+            ckpt,
+            ev["metrics"],
+            params={
+                "config": config,
+                "step": model.metadata.get("step"),
+                "gate_passed": ev["gate"]["passed"],
+                **{f"lineage.{k}": v for k, v in lineage.items()},
             },
-            {
-                "name": "test split",
-                "source": shards.uri,
-                "digest": lineage["shards_sha256"],
-                "context": "test",
-            },
-        ],  # fmt: skip
-        training_window_ms=(int(started), int(ended)) if started and ended else None,
-        extra_json=extra,
-    )
+            config=ckpt_cfg,
+            report_html=Path(report.path),
+            tags={"gate_passed": str(ev["gate"]["passed"]).lower(), "pipeline_run": pipeline_run},
+            run_name=run_name(pipeline_run, data_uri, data_sha, config),
+            datasets=[
+                {
+                    "name": "pairs",
+                    "source": pairs.uri if data_uri.startswith("synth:") else data_uri,
+                    "digest": data_sha,
+                    "context": "training",
+                },
+                {
+                    "name": "test split",
+                    "source": shards.uri,
+                    "digest": lineage["shards_sha256"],
+                    "context": "test",
+                },
+            ],  # fmt: skip
+            training_window_ms=(int(started), int(ended)) if started and ended else None,
+            extra_json=extra,
+        )
     return namedtuple("Outputs", ["run_id", "lineage"])(run_id, json.dumps(lineage))

@@ -2,10 +2,12 @@
 register.
 
 ```
-ingest(reviewed) -> align_qc -> shard (new pairs: train/val/test)
-ingest(original) -> align_qc -> shard (original: the test shard for the forgetting check)
-shard_mix(new train + replay sample of original train) -> finetune (from the champion's weights)
-evaluate_finetune(new test split, original test shard; the champion on both) -> track
+ingest(reviewed) -> align_qc -> shard (new pairs by content: train/val/test, REVIEWED_SPLIT)
+ingest(original) -> align_qc -> shard (original: replay pairs, the test shard for forgetting)
+finetune (from the champion's weights, semlayout.train.adaptation: the new train split with
+          replay of the original train split, best weights on the new val split)
+shard_mix(new train + replay sample of original train): the registered drift reference
+evaluate_finetune(new test split, original test shard; the champion on both, pair by pair) -> track
 dsl.If(gate passed) -> register (alias "challenger")   dsl.Else() -> gate_failed
 ```
 `drift_monitor` wraps it: drift_check over the monitoring store -> dsl.If(proceed) -> this.
@@ -17,6 +19,7 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, Model
 
 from semlayout.gate import DEFAULT_FLOORS, DEFAULT_TOLERANCE
+from semlayout.train.recipe import REVIEWED_SPLIT
 from semlayout_components.catalog import steps
 from semlayout_pipelines.cluster import (
     ClusterSettings,
@@ -27,8 +30,6 @@ from semlayout_pipelines.cluster import (
 )
 
 PIPELINE_NAME = "semlayout-finetune"
-# low LR, few epochs: adapt, do not forget
-DEFAULT_FINETUNE_OVERRIDES = '{"train.lr": 5e-05, "train.epochs": 3, "train.decay_start_epoch": 1}'
 
 
 class FinetuneOutputs(NamedTuple):
@@ -55,7 +56,8 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         replay_n: int = 64,
         seed: int = 0,
         config: str = "small",
-        config_overrides: str = DEFAULT_FINETUNE_OVERRIDES,
+        config_overrides: str = "",
+        adaptation: str = "",
         base_model: str = "",
         mlflow_uri: str = "",
         experiment: str = "semlayout-finetune",
@@ -72,7 +74,14 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
             c.align_qc(pairs=t_new.outputs["pairs"], min_pass_fraction=min_qc_pass), s
         )
         t_new_sh = on_cpu_pool(
-            c.shard(aligned=t_new_al.outputs["aligned"], val=0.1, test=0.3, seed=seed), s
+            c.shard(
+                aligned=t_new_al.outputs["aligned"],
+                val=REVIEWED_SPLIT["val"],
+                test=REVIEWED_SPLIT["test"],
+                seed=seed,
+                split_by="content",
+            ),
+            s,
         )
         t_orig = with_s3(
             on_cpu_pool(c.ingest(data_uri=original_data_uri, n_synth=n_synth, seed=seed), s), s
@@ -96,12 +105,13 @@ def build_finetune_pipeline(settings: "ClusterSettings | None" = None):  # noqa:
         t_ft = with_mlflow(
             on_gpu_pool(
                 c.finetune(
-                    shards=t_mix.outputs["mixed"],
+                    new_shards=t_new_sh.outputs["shards"],
+                    original_shards=t_orig_sh.outputs["shards"],
                     mlflow_uri=mlflow_uri,
                     model_name=model_name,
                     base_model=base_model,
-                    config=config,
                     overrides=config_overrides,
+                    recipe=adaptation,
                 ),
                 s,
             ),

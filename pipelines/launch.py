@@ -38,6 +38,7 @@ def pipeline_arguments(cfg: Any, reviewed_uri: str) -> dict[str, Any]:
         "replay_n": cfg.replay_n,
         "config": cfg.config,
         "config_overrides": json.dumps(cfg.finetune_overrides),
+        "adaptation": cfg.adaptation.model_dump_json(),
         "mlflow_uri": tracking,
         "model_name": cfg.model_name,
         "floor_sem2layout": floors["sem2layout"],

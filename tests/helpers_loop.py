@@ -43,7 +43,7 @@ discriminator: {base_filters: 8, n_layers: 2, spectral_norm: true, norm: instanc
 loss: {gan_mode: lsgan, lambda_l1: 100.0, lambda_cycle: 10.0, lambda_fm: 10.0, real_label: 0.9}
 train: {epochs: %(epochs)d, decay_start_epoch: %(decay)d, batch_size: 4, lr: 0.001, buffer_size: 8,
         augment: true, checkpoint_every: 100000, val_samples: 4, sample_images: 1, seed: 0,
-        num_threads: 2}
+        num_threads: %(threads)d}
 """
 
 
@@ -53,8 +53,8 @@ def ranges(dose: tuple[float, float] = NARROW_DOSE):  # type: ignore[no-untyped-
     return PhysicsRanges(dose=dose, reverse_fraction=0.0)
 
 
-def write_config(path: Path, epochs: int, decay: int) -> Path:
-    path.write_text(E2E_CONFIG % {"epochs": epochs, "decay": decay})
+def write_config(path: Path, epochs: int, decay: int, threads: int = 2) -> Path:
+    path.write_text(E2E_CONFIG % {"epochs": epochs, "decay": decay, "threads": threads})
     return path
 
 
@@ -144,11 +144,91 @@ def train_champion(
     }
 
 
+# the fine-tune recipe for the tests' tiny 64 px models: no crops, a few hundred steps
+TINY_ADAPTATION = {
+    "steps": 240,
+    "lr": 5e-4,
+    "crop_size": None,
+    "replay_fraction": 0.25,
+    "eval_every": 40,
+}
+
+
+def write_loop_config(
+    path: Path,
+    root: Path,
+    policy: dict[str, Any],
+    serving: dict[str, str],
+    finetune_overrides: dict[str, Any],
+    tolerance: float,
+    adaptation: dict[str, Any] | None = None,
+) -> Path:
+    """The loop config both end-to-end tests run (`semlayout loop check|run --config`): the
+    fine-tune of `serving["model_name"]`'s champion on the reviewed pairs + 24 replayed
+    originals (`serving["original_data_uri"]`), floors out of the way (the tiny model's SSIM is
+    below any real floor: the fine-tune gate judges the new family and forgetting), work in
+    `root / "loop"`. `serving`: monitor_db, feedback_dir, tracking_uri, model_name,
+    original_data_uri, config, and intake_uri when there is one."""
+    path.write_text(
+        json.dumps(
+            {
+                "policy": policy,
+                **serving,
+                "replay_n": 24,
+                "finetune_overrides": finetune_overrides,
+                # the loop's recipe (semlayout.train.recipe.AdaptConfig), sized for the test
+                "adaptation": adaptation or TINY_ADAPTATION,
+                "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
+                "tolerance": tolerance,
+                "min_improvement": 0.0,
+                "workdir": str(root / "loop"),
+            }
+        )
+    )
+    return path
+
+
+def heldout_shards(pairs: Path, dest: Path) -> Path:
+    """Aligned and sharded as one split ("train"): a set only for scoring."""
+    from semlayout.data.align_folder import align_folder
+    from semlayout.data.shards import write_shards
+
+    align_folder(pairs, dest.with_name(dest.name + "-aligned"))
+    write_shards(dest.with_name(dest.name + "-aligned"), dest, val=0.0, test=0.0, seed=0)
+    return dest
+
+
+def heldout_gain(champion: Path, challenger: Path, shards: Path) -> dict[str, float]:
+    """Challenger minus champion on `shards`: SEM->Layout IoU and Layout->SEM SSIM."""
+    from semlayout.evaluation import evaluate_model
+
+    a, b = (
+        evaluate_model(m, shards, split="train", n_report_samples=0) for m in (champion, challenger)
+    )
+    return {
+        "sem2layout_iou": round(b["sem2layout"]["iou"] - a["sem2layout"]["iou"], 4),
+        "layout2sem_ssim": round(b["layout2sem"]["ssim"] - a["layout2sem"]["ssim"], 4),
+        "champion_iou": round(a["sem2layout"]["iou"], 4),
+        "challenger_iou": round(b["sem2layout"]["iou"], 4),
+    }
+
+
 # --------------------------------------------------------------------------- processes
 def cli_env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def e2e_env(
+    monkeypatch: Any, tmp_path: Path, tracking: str, extra: dict[str, str]
+) -> dict[str, str]:
+    """The registry and model cache for this process (monkeypatched) and the CLI's environment
+    (`cli_env` with them and `extra`)."""
+    cache = str(tmp_path / "model-cache")
+    monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", cache)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    return cli_env({"MLFLOW_TRACKING_URI": tracking, "SEMLAYOUT_CACHE_DIR": cache, **extra})
 
 
 def cli(

@@ -53,6 +53,7 @@ class SimPair:
     polarity: int = 1  # +1 features bright, -1 dark
     # 2x3 map sample -> SEM pixel of the stage distortion (None: the identity)
     warp: np.ndarray | None = None
+    clean: np.ndarray | None = None  # (304, 304) uint8: the SEM without shot noise and banding
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -209,6 +210,19 @@ def render_sem(
     warp: np.ndarray | None = None,
     n_particles: int = 0,
 ) -> np.ndarray:
+    return render_sem_and_clean(field, rng, polarity, dose, warp, n_particles)[0]
+
+
+def render_sem_and_clean(
+    field: np.ndarray,
+    rng: np.random.Generator,
+    polarity: int,
+    dose: float,
+    warp: np.ndarray | None = None,
+    n_particles: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The SEM and its noise-free rendering (the signal before shot noise and banding, through
+    the same gain and offset); the random draws are render_sem's, in the same order."""
     f = field.astype(np.float32)
     inside = cv2.distanceTransform(field.astype(np.uint8), cv2.DIST_L2, 3)
     outside = cv2.distanceTransform((1 - field).astype(np.uint8), cv2.DIST_L2, 3)
@@ -246,7 +260,8 @@ def render_sem(
     img += rng.normal(0, float(rng.uniform(0.0, 0.03)), size=(SEM, 1)).astype(np.float32)  # banding
     gain = float(rng.uniform(150, 230))
     offset = float(rng.uniform(-10, 30))
-    return np.clip(img * gain + offset, 0, 255).astype(np.uint8)
+    clean = np.clip(signal / 0.9 * gain + offset, 0, 255).astype(np.uint8)
+    return np.clip(img * gain + offset, 0, 255).astype(np.uint8), clean
 
 
 def make_pair(
@@ -259,19 +274,20 @@ def make_pair(
     max_scale: float = 0.0,
     p_particles: float = 0.0,
     p_reversed_grating: float = 0.0,
+    p_reversed_contacts: float = 0.7,
 ) -> SimPair:
     family = families[i % len(families)]
     field = make_field(family, rng)
     m = 7 if (max_rotation or max_scale) else 0  # the turned template stays inside the SEM
     x, y = int(rng.integers(m, SEM - TPL + 1 - m)), int(rng.integers(m, SEM - TPL + 1 - m))
     # dense contact holes image dark (reversed) most of the time
-    p_rev = {"contacts": 0.7, "grating": p_reversed_grating}.get(family, p_reversed)
+    p_rev = {"contacts": p_reversed_contacts, "grating": p_reversed_grating}.get(family, p_reversed)
     polarity = -1 if rng.random() < p_rev else 1
     dose = float(np.exp(rng.uniform(np.log(2.5), np.log(60.0))))
     layout = (field[y : y + TPL, x : x + TPL] * 255).astype(np.uint8)
     pair_id = f"{family}-{i:05d}"
     kind = "normal"
-    warp = None
+    warp = clean = None
     if rng.random() < p_unalignable:
         kind = "blank_sem" if rng.random() < 0.4 else "wrong_template"
     if kind == "blank_sem":
@@ -285,7 +301,7 @@ def make_pair(
             warp = cv2.getRotationMatrix2D(((SEM - 1) / 2, (SEM - 1) / 2), angle, scale)
         if p_particles and rng.random() < p_particles:
             n_particles = int(rng.integers(1, 5))
-        sem = render_sem(field, rng, polarity, dose, warp, n_particles)
+        sem, clean = render_sem_and_clean(field, rng, polarity, dose, warp, n_particles)
     if kind == "wrong_template":
         other = make_field(family, rng)  # same family, different field: looks plausible
         ox, oy = int(rng.integers(0, SEM - TPL + 1)), int(rng.integers(0, SEM - TPL + 1))
@@ -303,6 +319,7 @@ def make_pair(
         dose,
         polarity,
         warp if kind != "blank_sem" else None,
+        clean,
     )
 
 

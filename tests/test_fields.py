@@ -18,9 +18,12 @@ from test_serving_polarity import both_polarities_checkpoint
 from semlayout.data.pairs import encode_png
 from semlayout.errors import SemlayoutError
 from semlayout.inference import Translator
+from semlayout.polarity import PolarityChoice
+from semlayout.polarity_layer import LayerPrior, LayerState
+from semlayout.predict_folder import translate_folder
 from semlayout.serving.app import create_app
 from semlayout.serving.settings import ServeSettings
-from semlayout.tiling import OVERLAP, SINGLE_MAX, WINDOW, is_field, windows
+from semlayout.tiling import OVERLAP, SINGLE_MAX, WINDOW, field_reading, is_field, windows
 
 
 def _field(shape: tuple[int, int], seed: int = 1) -> np.ndarray:
@@ -116,6 +119,37 @@ def test_a_field_takes_one_polarity_and_the_limit_is_checked_first(tmp_path) -> 
         tr.translate("sem2layout", [img[:250, :250], _field((300, 700))], max_field_side=600)
     with pytest.raises(SemlayoutError, match="binarize applies to sem2layout"):
         tr.translate("layout2sem", [img], binarize=True)
+
+
+def test_a_field_in_a_folder_is_read_by_its_windows_and_takes_the_layers_word(tmp_path) -> None:
+    tr = Translator.load(both_polarities_checkpoint(tmp_path / "both"))
+    img = _field((520, 480))
+    crop = img[:250, :250]
+    ev = tr.read_evidence([crop, img], batch_size=4)
+    assert ev[0] == pytest.approx(tr.read_evidence([crop])[0])
+    assert ev[1] == pytest.approx(field_reading(tr, img, 4)[0])
+    squeezed = cv2.resize(img, (250, 250), interpolation=cv2.INTER_AREA)
+    assert ev[1] != pytest.approx(tr.read_evidence([squeezed])[0])  # not the field downsampled
+    # the folder is one layer: the field's reading is pooled with the crop's
+    done, after = translate_folder(
+        tr, "sem2layout", [crop, img], PolarityChoice.auto, LayerState(), batch_size=4
+    )
+    assert [t.decision.source for t in done] == ["pooled", "pooled"] and after.n == 2
+    assert done[1].output.shape == img.shape
+    assert {t.decision.polarity for t in done} == {-1 if after.pooled < 0 else 1}
+    # a configured layer polarity decides a field as it decides one image
+    for configured in (1, -1):
+        got = tr.translate_detailed("sem2layout", [img], prior=LayerPrior(configured=configured))
+        assert (got[0].decision.polarity, got[0].decision.source) == (configured, "layer")
+    with pytest.raises(SemlayoutError, match="600 px limit"):
+        translate_folder(
+            tr,
+            "sem2layout",
+            [crop, _field((300, 700))],
+            PolarityChoice.auto,
+            LayerState(),
+            max_field_side=600,
+        )
 
 
 def _cli(*args: object) -> subprocess.CompletedProcess[str]:

@@ -26,15 +26,20 @@ from helpers_loop import (
     LOW_DOSE,
     NEW_FAMILY,
     ORIG_MIX,
+    TINY_ADAPTATION,
     cli,
     cli_env,
     cropped_sems,
+    e2e_env,
+    heldout_gain,
+    heldout_shards,
     png,
     serve,
     split_pair_folder,
     synth,
     train_champion,
     write_config,
+    write_loop_config,
 )
 
 moto_server, s3_env, s3_bucket = hs.moto_server, hs.s3_env, hs.s3_bucket
@@ -89,17 +94,15 @@ def test_loop_closes_end_to_end(
         return time.perf_counter()
 
     tracking = sqlite_tracking_uri
-    cache = tmp_path / "model-cache"
-    monkeypatch.setenv("SEMLAYOUT_CACHE_DIR", str(cache))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    env = cli_env(
+    env = e2e_env(
+        monkeypatch,
+        tmp_path,
+        tracking,
         {
             **s3_env,
-            "MLFLOW_TRACKING_URI": tracking,
-            "SEMLAYOUT_CACHE_DIR": str(cache),
             "SEMLAYOUT_API_TOKEN": API,
             "SEMLAYOUT_ADMIN_TOKEN": ADMIN,
-        }
+        },
     )
     work = tmp_path / "work"
     work.mkdir()
@@ -112,6 +115,10 @@ def test_loop_closes_end_to_end(
         reviewed_all, [tmp_path / "reviewed-api", tmp_path / "reviewed-s3"], [22, 34]
     )
     drift_src = synth(tmp_path / "drifted", 24, seed=3, mix={NEW_FAMILY: 1.0}, dose=LOW_DOSE)
+    # a further held-out set of the new family, never reviewed: where the GAIN is measured
+    heldout = heldout_shards(
+        synth(tmp_path / "heldout", 32, seed=4, mix={NEW_FAMILY: 1.0}), tmp_path / "heldout-sh"
+    )
     t = lap("synth", t)
     # enough epochs that the champion has learnt its families (at 10 the fine-tune's gain on the new
     # family was within run-to-run noise, and CI once saw it negative)
@@ -220,39 +227,29 @@ def test_loop_closes_end_to_end(
         t = lap("reviewed_pairs", t)
 
         # ---- 5. the trigger check fires, with its reasons and numbers
-        loop_cfg = tmp_path / "loop.yaml"
-        loop_cfg.write_text(
-            json.dumps(
-                {
-                    "policy": {
-                        "min_new_pairs": 30,
-                        "drift_rate_threshold": 0.3,
-                        "drift_window": 30,
-                        "min_drift_samples": 20,
-                        "cooldown_minutes": 60,
-                    },
-                    "monitor_db": str(db),
-                    "feedback_dir": str(feedback_dir),
-                    "intake_uri": intake_uri,
-                    "tracking_uri": tracking,
-                    "model_name": MODEL,
-                    "original_data_uri": str(original),
-                    "replay_n": 24,
-                    "config": str(cfg_path),
-                    # fine-tune: the champion's weights, a lower LR than its training, a few epochs
-                    "finetune_overrides": {
-                        "train.lr": 5e-4,
-                        "train.epochs": 16,
-                        "train.decay_start_epoch": 8,
-                    },
-                    # the tiny model's floors sit below its measured SSIM; the fine-tune gate judges
-                    # improvement on the new family and forgetting on the original test shard
-                    "floors": {"sem2layout": 0.0, "layout2sem": 0.0},
-                    "tolerance": 0.01,
-                    "min_improvement": 0.0,
-                    "workdir": str(tmp_path / "loop"),
-                }
-            )
+        loop_cfg = write_loop_config(
+            tmp_path / "loop.yaml",
+            tmp_path,
+            policy={
+                "min_new_pairs": 30,
+                "drift_rate_threshold": 0.3,
+                "drift_window": 30,
+                "min_drift_samples": 20,
+                "cooldown_minutes": 60,
+            },
+            serving={
+                "monitor_db": str(db),
+                "feedback_dir": str(feedback_dir),
+                "intake_uri": intake_uri,
+                "tracking_uri": tracking,
+                "model_name": MODEL,
+                "original_data_uri": str(original),
+                "config": str(cfg_path),
+            },
+            finetune_overrides={},
+            # fine-tune: the loop's recipe, sized for the tiny 64 px model (no crops)
+            adaptation=TINY_ADAPTATION,
+            tolerance=0.01,
         )
         chk = cli(["loop", "check", "--config", str(loop_cfg), "--json"], env, work)
         assert chk.returncode == 0, chk.stderr
@@ -296,9 +293,24 @@ def test_loop_closes_end_to_end(
                 d,
                 v,
             )  # no forgetting beyond the tolerance
+            # the verdict says how sure it is: a paired bootstrap on the same pairs
+            judged = ev["gate"]["judged"][d]
+            assert judged["paired"] and judged["p_improved"] >= 0.95, judged
+            assert judged["new_ci95"][0] > 0, judged
+        # the loop's report carries the learning curve on the held-out reviewed pairs
+        curve = ev["learning_curve"]
+        assert curve[0]["step"] == 0 and "val_reviewed_sem2layout_ssim" in curve[-1], curve
+        # THE GAIN, on new-family pairs neither model saw (not the reviewed test split)
+        gain = heldout_gain(champ["checkpoint"], Path(outcome["checkpoint"]), heldout)
+        print("held-out new-family gain:", json.dumps(gain))
+        assert gain["sem2layout_iou"] >= 0.05 and gain["layout2sem_ssim"] > 0.0, gain
 
         # ---- 7. champion unchanged until the release manager approves; then the server serves v2
         assert _aliases(tracking, MODEL) == {"champion": "1", "challenger": "2"}
+        from mlflow import MlflowClient
+
+        tags = MlflowClient(tracking_uri=tracking).get_model_version(MODEL, "2").tags
+        assert float(tags["gate_confidence"]) >= 0.95, tags  # how sure, in the registry too
         assert _translate(url, in_dist[0]).headers["x-model-version"] == "1"
         appr = cli(
             [
@@ -359,10 +371,10 @@ def _evaluation(loop_dir: Path) -> dict:
 def test_example_loop_config_loads() -> None:
     from helpers_loop import REPO
 
-    from semlayout.continual import load_loop_config
+    from semlayout.continual import LoopConfig, load_loop_config
 
     cfg = load_loop_config(REPO / "configs" / "loop.yaml")
-    assert cfg.policy.min_new_pairs >= 1 and cfg.finetune_overrides["train.lr"] < 2e-4
+    assert cfg.policy.min_new_pairs >= 1 and cfg.adaptation == LoopConfig().adaptation
     assert set(cfg.floors) == {"sem2layout", "layout2sem"}
 
 

@@ -335,3 +335,39 @@ def test_an_unreachable_server_is_one_line(tmp_path):
     assert time.monotonic() - t0 < 10
     assert "\n" not in str(err.value) and "topsecret" not in str(err.value)
     assert "127.0.0.1" in str(err.value)
+
+
+def test_layer_evidence_from_two_replicas_loses_nothing(db):
+    """Folds of one layer's evidence from two stores (replicas) at once: every image counted,
+    the pooled sum what one process folding them all would hold (SQLite BEGIN IMMEDIATE,
+    PostgreSQL SELECT ... FOR UPDATE); the configured polarity survives the folds."""
+    from semlayout.monitoring.layer_book import LayerBook
+    from semlayout.polarity_layer import LayerState
+
+    a, b = MonitorStore(db), MonitorStore(db)
+    books = (LayerBook(a), LayerBook(b))
+    books[0].configure("L", -1)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(20):
+                books[i % 2].fold("L", [0.25])  # s_bright (no cap) sums them all
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    got = books[1].get("L")
+    want = LayerState().fold_all([0.25] * 120)
+    assert (got.n, got.configured) == (120, -1)
+    assert got.pooled == pytest.approx(want.pooled) and got.s_bright == pytest.approx(want.s_bright)
+    assert [s.layer for s in books[0].all()] == ["L"]
+    assert books[0].get("unknown") == LayerState("unknown")  # nothing recorded: a fresh state
+    assert books[1].configure("L", None).configured is None
+    a.close()
+    b.close()

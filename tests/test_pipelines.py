@@ -144,8 +144,12 @@ def test_finetune_dag(compiled: dict) -> None:
     assert deps["align-qc"] == {"ingest"} and deps["shard"] == {"align-qc"}
     assert deps["align-qc-2"] == {"ingest-2"} and deps["shard-2"] == {"align-qc-2"}
     assert deps["shard-mix"] == {"shard", "shard-2"}
-    assert deps["finetune"] == {"shard-mix"}
+    # the fine-tune reads the reviewed shards (train + val: early stopping) and replays the
+    # original ones; shard-mix is what the registered version's drift reference describes
+    assert deps["finetune"] == {"shard", "shard-2"}
     assert deps["evaluate-finetune"] == {"finetune", "shard", "shard-2"}
+    shard_params = tasks["shard"]["inputs"]["parameters"]
+    assert shard_params["split_by"]["runtimeValue"]["constant"] == "content"
     ev = tasks["evaluate-finetune"]["inputs"]["artifacts"]
     assert ev["new_shards"]["taskOutputArtifact"]["producerTask"] == "shard"
     assert (
@@ -153,9 +157,10 @@ def test_finetune_dag(compiled: dict) -> None:
     ), "forgetting check"
     ft = tasks["finetune"]["inputs"]["parameters"]
     assert ft["overrides"]["componentInputParameter"] == "config_overrides"
-    defaults = spec["root"]["inputDefinitions"]["parameters"]
-    overrides = json.loads(defaults["config_overrides"]["defaultValue"])
-    assert overrides["train.lr"] < 2e-4 and overrides["train.epochs"] <= 5, "low LR, few epochs"
+    assert ft["recipe"]["componentInputParameter"] == "adaptation"
+    ft_in = tasks["finetune"]["inputs"]["artifacts"]
+    assert ft_in["new_shards"]["taskOutputArtifact"]["producerTask"] == "shard"
+    assert ft_in["original_shards"]["taskOutputArtifact"]["producerTask"] == "shard-2"
     branch = next(k for k in spec["components"] if k.startswith("comp-condition-branches"))
     conds = {
         n: t["triggerPolicy"]["condition"]
@@ -458,12 +463,7 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
         original_data_uri=data_dir,
         replay_n=4,
         config=cfg_args[0],
-        finetune_overrides={
-            "train.lr": 5e-5,
-            "train.epochs": 1,
-            "train.decay_start_epoch": 0,
-            "train.max_steps": 2,
-        },
+        adaptation={"steps": 2, "lr": 5e-5, "eval_every": 1, "crop_size": None},
         floors={"sem2layout": 0.0, "layout2sem": 0.0},
         tolerance=1.0,
         workdir=str(tmp_path / "loop"),
@@ -493,6 +493,8 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
     champ_cfg = client.get_run(client.get_model_version("semlayout", "1").run_id).data.params
     assert str(ft_cfg["generator"]["image_size"]) == champ_cfg["cfg.generator.image_size"]
     assert ft_cfg["train"]["lr"] == 5e-5
+    ev = json.loads(next((tmp_path / "loop").rglob("evaluate-finetune/evaluation")).read_text())
+    assert [r["step"] for r in ev["learning_curve"]] == [0, 1, 2]
 
 
 def test_cli_pipeline_run_passes_options_through(tmp_path: Path) -> None:

@@ -27,13 +27,14 @@ from semlayout.inference import Translator
 from semlayout.polarity import CHOICES, PolarityChoice, check_polarity, parse_choice
 from semlayout.polarity_auto import (
     FEATURES,
-    PRIOR_LOGODDS,
     auto_sem2layout,
     fit_head,
     observed_polarity,
 )
+from semlayout.polarity_layer import CLIP, LayerPrior
 from semlayout.train.checkpoint import build_networks, save_checkpoint
 from semlayout.train.loop import run_training
+from semlayout.train.polarity_head import SYNTH_PAIRS
 
 # ----------------------------------------------------------------------------- the values
 
@@ -345,12 +346,12 @@ def test_a_model_of_both_polarities_translates_each_and_decides_auto(tmp_path):
     for t, b, d in zip(done, bright, dark, strict=True):
         dec = t.decision
         assert dec.source == "auto" and dec.margin is not None and dec.evidence is not None
-        assert dec.margin == pytest.approx(abs(dec.evidence))
+        assert dec.margin == pytest.approx(min(abs(dec.evidence), CLIP))  # counted clipped
         assert np.array_equal(t.output, b if dec.polarity == 1 else d)
     # layout2sem: nothing in a layout says how it images -> the layer's polarity, else bright
     assert {t.decision.polarity for t in tr.translate_detailed("layout2sem", sems)} == {1}
     dark_layer = tr.translate_detailed("layout2sem", sems, prior=-1)
-    assert {(t.decision.polarity, t.decision.source) for t in dark_layer} == {(-1, "given")}
+    assert {(t.decision.polarity, t.decision.source) for t in dark_layer} == {(-1, "layer")}
     assert tr.translate("layout2sem", sems, prior=-1)[0].tolist() == (
         tr.translate("layout2sem", sems, polarity="dark")[0].tolist()
     )
@@ -385,11 +386,20 @@ def test_auto_picks_the_hypothesis_whose_rendering_explains_the_image():
         out, decisions = auto_sem2layout(run_a, renders(truth), x)
         assert [d.polarity for d in decisions] == [truth] * 4
         np.testing.assert_array_equal(out, x * truth)
-        assert all(d.margin > PRIOR_LOGODDS and np.sign(d.evidence) == truth for d in decisions)
-        # a layer prior moves a decision only by PRIOR_LOGODDS of evidence: here it cannot
-        _, against = auto_sem2layout(run_a, renders(truth), x, prior=-truth)
-        assert [d.polarity for d in against] == [truth] * 4
+        assert all(d.margin > 2 and np.sign(d.evidence) == truth for d in decisions)
+        assert {d.source for d in decisions} == {"auto"}  # no layer evidence: the image alone
+        # a configured layer polarity is the strongest word: the image is translated in it,
+        # and its own reading (what drift judges) is still the truth
+        out, against = auto_sem2layout(run_a, renders(truth), x, prior=-truth)
+        assert [(d.polarity, d.source) for d in against] == [(-truth, "layer")] * 4
+        np.testing.assert_array_equal(out, -x * truth)
         assert observed_polarity(against[0]) == truth
+        # pooled evidence adds to the image's, which counts at most CLIP: a layer whose
+        # evidence is stronger outweighs any one image
+        e = float(np.clip(against[0].evidence, -CLIP, CLIP))
+        _, pooled = auto_sem2layout(run_a, renders(truth), x, LayerPrior(None, -2 * e, 5))
+        assert [(d.polarity, d.source) for d in pooled] == [(-truth, "pooled")] * 4
+        assert pooled[0].margin == pytest.approx(abs(e), rel=1e-6)
 
 
 def test_a_layer_prior_settles_an_image_that_cannot_tell():
@@ -403,8 +413,10 @@ def test_a_layer_prior_settles_an_image_that_cannot_tell():
 
     for prior in (1, -1):
         _, decisions = auto_sem2layout(run_a, run_b, x, prior=prior)
-        assert [d.polarity for d in decisions] == [prior, prior]
-        assert decisions[0].margin == pytest.approx(PRIOR_LOGODDS)
+        assert [(d.polarity, d.source) for d in decisions] == [(prior, "layer")] * 2
+        _, decisions = auto_sem2layout(run_a, run_b, x, prior=LayerPrior(None, 3.0 * prior, 4))
+        assert [(d.polarity, d.source) for d in decisions] == [(prior, "pooled")] * 2
+        assert decisions[0].margin == pytest.approx(3.0)
         assert observed_polarity(decisions[0]) is None  # the image itself said nothing
 
 
@@ -417,27 +429,39 @@ def test_the_head_is_a_calibrated_logistic_regression():
     head = fit_head(feats, pol)
     z = (feats - np.array(head["mean"])) / np.array(head["scale"])
     logit = z @ np.array(head["weights"]) + head["bias"]
-    assert head["accuracy"] == pytest.approx(np.mean((logit >= 0) == (pol > 0)))
+    right = (logit >= 0) == (pol > 0)
+    assert head["accuracy"] == pytest.approx(
+        np.mean([right[pol > 0].mean(), right[pol < 0].mean()])
+    )
     assert head["accuracy"] > 0.6 and head["weights"][0] > 0
     assert fit_head(feats, pol) == head  # deterministic
+    # the polarities weigh the same whatever their counts: 9 bright images for 1 dark and
+    # features that say nothing give log-odds ~0 (a likelihood ratio, no base rate to pool)
+    skewed = np.where(np.arange(2000) % 10 == 0, -1, 1)
+    flat = fit_head(rng.normal(0, 1, (2000, len(FEATURES))), skewed)
+    assert abs(flat["bias"]) < 0.2  # unweighted, it would be log(9) = 2.2
 
 
 def test_training_on_both_polarities_fits_autos_head_on_the_val_split(tmp_path):
     cfg = _cfg("film", flip=True, max_steps=4, checkpoint_every=4)
     final = run_training(cfg, MixedPairs(8), tmp_path / "r", val_ds=MixedPairs(20), progress=False)
     head = json.loads((final / "config.json").read_text())["config"]["polarity"]["auto_head"]
-    assert head["n"] == 20 and len(head["weights"]) == len(FEATURES)
+    # the val split plus fresh synthetic pairs of both polarities drawn at fit time
+    assert head["n"] == 20 + SYNTH_PAIRS and len(head["weights"]) == len(FEATURES)
     tr = Translator.load(final)
     assert tr.config.polarity.auto_head is not None
     done = tr.translate_detailed("sem2layout", _sems())
     assert all(t.decision.source == "auto" for t in done)
     few = run_training(cfg, MixedPairs(8), tmp_path / "few", val_ds=MixedPairs(6), progress=False)
-    assert json.loads((few / "config.json").read_text())["config"]["polarity"]["auto_head"] is None
+    # a val split with few reversed pairs still gets a head: the synthetic ones are balanced
+    few_head = json.loads((few / "config.json").read_text())["config"]["polarity"]["auto_head"]
+    assert few_head["n"] == 6 + SYNTH_PAIRS
 
 
 def test_the_drift_monitor_flags_a_stream_whose_polarity_flipped():
-    from semlayout.monitoring.drift import POLARITY_MIN_READINGS, DriftDetector, DriftResult
+    from semlayout.monitoring.drift import DriftDetector, DriftResult
     from semlayout.polarity_auto import PolarityDecision
+    from semlayout.polarity_layer import CLIP, CUSUM_H
 
     def detector() -> DriftDetector:
         return DriftDetector(
@@ -450,15 +474,21 @@ def test_the_drift_monitor_flags_a_stream_whose_polarity_flipped():
     def auto(evidence: float) -> PolarityDecision:
         return PolarityDecision(1 if evidence >= 0 else -1, "auto", abs(evidence), evidence)
 
-    det = detector()  # a bright layer whose images read dark 3 times in 4: flagged once judged
+    det = detector()  # a bright layer whose images read dark 3 times in 4: flagged, and stays
     flags = [det.with_polarity(quiet, auto(-2.0 if i % 4 else 2.0)).drifted for i in range(40)]
-    assert not any(flags[: POLARITY_MIN_READINGS - 1]) and all(flags[POLARITY_MIN_READINGS:])
+    first = flags.index(True)
+    assert CUSUM_H / 2.0 <= first <= 2 * CUSUM_H and all(flags[first:])
     det = detector()  # the same layer reading bright 3 times in 4: never
     assert not any(
         det.with_polarity(quiet, auto(2.0 if i % 4 else -2.0)).drifted for i in range(40)
     )
-    det = detector()  # images that read nothing either way do not count
-    assert not any(det.with_polarity(quiet, auto(-0.1)).drifted for _ in range(40))
+    det = detector()  # one image, however sure, is no flipped stream (its evidence is clipped)
+    assert not det.with_polarity(quiet, auto(-50.0)).drifted and CLIP < CUSUM_H
+    det = detector()  # evidence that says nothing on balance does not accumulate
+    assert not any(det.with_polarity(quiet, auto((-1) ** i * 0.5)).drifted for i in range(200))
+    # the layer's own test, when the server passes it, is what counts
+    assert det.with_polarity(quiet, auto(2.0), expected=1, flipped=True).drifted
+    assert not det.with_polarity(quiet, auto(-2.0), expected=1, flipped=False).drifted
     # the caller's word is enough: a given dark image on a bright layer is drift at once
     given = detector().with_polarity(quiet, PolarityDecision(-1, "given"))
     assert given.drifted and given.worst_feature == "polarity" and given.score > 1

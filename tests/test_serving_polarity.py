@@ -110,8 +110,9 @@ def test_query_and_form_give_the_polarity_and_the_answer_says_which(both, data):
     assert by_query.content == by_form.content
     bright = httpx.post(url, params={"polarity": "bright"}, files=_files(sem), timeout=60)
     assert bright.headers["X-Polarity"] == "+1" and bright.content != by_query.content
-    auto = httpx.post(url, files=_files(sem), timeout=60)  # default auto
-    assert auto.headers["X-Polarity-Source"] == "auto"
+    # default auto; a layer of its own, which has read nothing yet: the image alone decides
+    auto = httpx.post(url, params={"layer": "t-query"}, files=_files(sem), timeout=60)
+    assert auto.headers["X-Polarity-Source"] == "auto" and auto.headers["X-Layer"] == "t-query"
     assert float(auto.headers["X-Polarity-Margin"]) >= 0
     assert auto.content == (bright if auto.headers["X-Polarity"] == "+1" else by_query).content
     clash = httpx.post(
@@ -122,8 +123,10 @@ def test_query_and_form_give_the_polarity_and_the_answer_says_which(both, data):
 
 def test_json_and_batch_carry_polarity_fields(both, data):
     url = f"{both['url']}/v1/translate/sem2layout"
-    one = httpx.post(f"{url}/json", files=_files(_sem(data)), timeout=60).json()
+    one = httpx.post(f"{url}/json", data={"layer": "t-json"}, files=_files(_sem(data)), timeout=60)
+    one = one.json()
     assert one["polarity"] in (1, -1) and one["polarity_source"] == "auto"
+    assert one["layer"] == "t-json"
     assert one["polarity_margin"] >= 0
     files = [("images", ("a.png", encode_png(_sem(data, i)), "image/png")) for i in range(3)]
     many = httpx.post(f"{url}/batch", params={"polarity": "bright"}, files=files, timeout=60)
@@ -207,10 +210,23 @@ def test_predict_writes_predictions_csv_and_refuses_bad_polarities(data, tmp_pat
     assert res.returncode == 0, res.stderr
     with open(tmp_path / "auto" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "direction", "polarity", "polarity_margin", "polarity_source"]
+    assert list(rows[0]) == [
+        "id",
+        "direction",
+        "polarity",
+        "confidence",
+        "predicted_iou",
+        "polarity_margin",
+        "polarity_source",
+        "confidence_reason",
+        "layer",
+    ]
+    assert {r["confidence"] for r in rows} == {"unknown"}  # no calibration beside the weights
     assert [r["id"] for r in rows] == ["img0", "img1", "img2"]
-    assert all(r["polarity"] in ("+1", "-1") and r["polarity_source"] == "auto" for r in rows)
-    assert all(float(r["polarity_margin"]) >= 0 for r in rows)
+    # the folder is one layer: one pooled polarity for all, its margin the pooled log-odds
+    assert len({(r["polarity"], r["polarity_margin"]) for r in rows}) == 1
+    assert all(r["polarity"] in ("+1", "-1") and r["polarity_source"] == "pooled" for r in rows)
+    assert all(float(r["polarity_margin"]) >= 0 and r["layer"] == "default" for r in rows)
     res = _cli(*base, "--model", both_ckpt, "--out", tmp_path / "dark", "--polarity", "dark")
     with open(tmp_path / "dark" / "predictions.csv", newline="") as f:
         assert {(r["polarity"], r["polarity_margin"]) for r in csv.DictReader(f)} == {("-1", "")}

@@ -94,4 +94,6 @@ def test_decision_serialises():
         "drift",
         "ssim_drop_sem2layout",
         "ssim_drop_layout2sem",
+        "low_confidence_rate",  # issue 17
+        "population_drift",
     }

@@ -24,6 +24,7 @@ from semlayout.commands import (
     cmd_model,
     cmd_monitor,
     cmd_registry,
+    cmd_review,
     cmd_serve,
     cmd_shard,
     cmd_train,
@@ -57,6 +58,7 @@ AREAS = (
     cmd_intake,
     cmd_serve,
     cmd_monitor,
+    cmd_review,
     cmd_loop,
 )
 # commands that live above the library (the KFP pipelines) register themselves through this

@@ -11,14 +11,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from semlayout.errors import SemlayoutError, validation_error
 from semlayout.layout_fit import FitMethod
 from semlayout.polarity import DEFAULT_SYNTH_REVERSE_FRACTION, UNKNOWN_READS_AS
+from semlayout.profiles import PROFILE_PATTERN
 
 
 class _Strict(BaseModel):
@@ -53,6 +61,13 @@ class GeneratorConfig(_Strict):
         description="with polarity conditioning: G_A multiplies its input SEM by the polarity "
         "and G_B its output SEM, so a reversed image reaches the network with the material "
         "contrast of a normal one and the conditioning learns what differs (the rims)",
+    )
+    profiles: list[Annotated[str, StringConstraints(pattern=PROFILE_PATTERN)]] = Field(
+        default_factory=list,
+        description="tool / layer profiles the generators are conditioned on: each has its own "
+        "scale and shift of every block's features (zero = the shared network), learned by a "
+        "fine-tune on that profile's reviewed pairs (docs/adaptation.md); an image without a "
+        "profile runs the shared network",
     )
     input_norm: Literal["none", "standardize"] = Field(
         "none",

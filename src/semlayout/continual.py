@@ -45,6 +45,7 @@ from semlayout.reviewed import (
     pending_pairs,
     qc_failed_ids,
 )
+from semlayout.train.recipe import AdaptConfig
 from semlayout.triggers import Observations, TriggerDecision, TriggerPolicy, decide
 
 
@@ -73,7 +74,13 @@ class LoopConfig(BaseModel):
     replay_n: int = Field(64, ge=0, description="original pairs mixed into the fine-tune set")
     config: str = Field("small", description="experiment config name or path for the run settings")
     finetune_overrides: dict[str, Any] = Field(
-        default_factory=lambda: {"train.lr": 5e-5, "train.epochs": 3, "train.decay_start_epoch": 1}
+        default_factory=dict,
+        description="experiment-config overrides for the fine-tune run (e.g. train.precision)",
+    )
+    adaptation: AdaptConfig = Field(
+        default_factory=lambda: AdaptConfig(),
+        description="the fine-tune recipe (semlayout.train.recipe; measured in "
+        "docs/adaptation.md)",
     )
     floors: dict[str, float] = Field(
         default_factory=dict, description="absolute SSIM floors per direction"
@@ -160,7 +167,21 @@ def observe(
         value, k = store.rolling_ssim_stats(d, cfg.policy.ssim_window)
         if value is not None:
             rolling[d], samples[d] = value, k
+    from semlayout.monitoring.confidence_store import low_confidence_rate
+    from semlayout.monitoring.population import loop_population
+
+    pol = cfg.policy
+    low, n_conf = low_confidence_rate(store, pol.low_confidence_window, pol.low_confidence)
     return Observations(
+        low_confidence_rate=low,
+        confidence_samples=n_conf,
+        population=loop_population(
+            store,
+            champion_checkpoint(cfg),
+            pol.population_window,
+            pol.population_alpha,
+            pol.min_population_samples,
+        ),
         new_pairs_feedback=sum(p.source == "feedback" for p in pending),
         new_pairs_intake=sum(p.source == "intake" for p in pending),
         drift_rate=rate,
@@ -170,6 +191,21 @@ def observe(
         baseline_ssim=baseline_ssim(cfg.tracking_uri, cfg.model_name),
         last_run_at=last,
     )
+
+
+def champion_checkpoint(cfg: LoopConfig) -> Path | None:
+    """The champion's local checkpoint folder (its calibration and drift reference beside
+    it), or None when there is no registry or champion to ask."""
+    from semlayout.model_uri import ModelUri
+    from semlayout.registry import CHAMPION, Registry
+
+    try:
+        registry = Registry.existing(cfg.tracking_uri or None)
+        if registry is None or registry.champion_version(cfg.model_name) is None:
+            return None
+        return registry.fetch(ModelUri(cfg.model_name, alias=CHAMPION))
+    except SemlayoutError:  # no registry or no champion: no reference to test against
+        return None
 
 
 def check(cfg: LoopConfig, now: datetime | None = None) -> tuple[TriggerDecision, Observations]:

@@ -363,8 +363,10 @@ def write_evaluation(
     report: str | os.PathLike[str] | None = None,
     curves: Any = None,
     gate: Any = None,
+    confidence: dict[str, Any] | None = None,
 ) -> None:
-    """metrics.json (atomic) and optionally the HTML report."""
+    """metrics.json (atomic) and optionally the HTML report; `confidence`: the calibration
+    judged on the split (`confidence_fit.judge_split`), in both."""
     import json
 
     from semlayout.atomic import atomic_write_text
@@ -382,7 +384,11 @@ def write_evaluation(
             curves=curves,
             gate=gate,
             title=f"semlayout evaluation: {result.get('model', '')}",
+            confidence=confidence,
         )
-    atomic_write_text(
-        Path(out), json.dumps(metrics_json_ready(result), indent=2, sort_keys=True) + "\n"
-    )
+    doc = metrics_json_ready(result)
+    if confidence is not None:
+        from semlayout.confidence_fit import json_ready
+
+        doc["confidence"] = json_ready(confidence)
+    atomic_write_text(Path(out), json.dumps(doc, indent=2, sort_keys=True) + "\n")

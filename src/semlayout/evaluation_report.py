@@ -366,8 +366,12 @@ def render_report_html(
     curves: Any = None,
     gate: Any = None,
     title: str = "semlayout evaluation report",
+    confidence: Mapping[str, Any] | None = None,
 ) -> str:
-    """The report as an HTML string (see module docstring)."""
+    """The report as an HTML string (see module docstring); `confidence`: the calibration
+    judged on the test split (`semlayout.confidence_fit.judge_split`)."""
+    from semlayout.confidence_report import confidence_section
+
     head = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title>"
@@ -382,6 +386,7 @@ def render_report_html(
         body.append(_sem2layout_section(metrics["sem2layout"]))
     if isinstance(metrics.get("layout2sem"), Mapping):
         body.append(_layout2sem_section(metrics["layout2sem"]))
+    body.append(confidence_section(confidence))
     body.append(_samples_section(samples))
     body.append(_curves_section(curves))
     return head + "".join(body) + "</body></html>\n"
@@ -394,12 +399,15 @@ def write_report_html(
     curves: Any = None,
     gate: Any = None,
     title: str = "semlayout evaluation report",
+    confidence: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the self-contained report atomically to `dest` and return its path.
 
     `curves`: a parsed `history.json`, a path to one, or {series: [values]}.
     `gate`: a `semlayout.gate.GateResult` or a dict with "passed" and "reasons".
+    `confidence`: see `render_report_html`.
     """
     dest = Path(dest)
-    atomic_write_text(dest, render_report_html(metrics, samples, curves, gate, title))
+    page = render_report_html(metrics, samples, curves, gate, title, confidence)
+    atomic_write_text(dest, page)
     return dest

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from semlayout.directions import DIRECTIONS
@@ -51,6 +52,20 @@ class GateConfig(BaseModel):
     min_improvement: float = Field(
         0.0, ge=0, description="fine-tune gate: required gain over the champion on the new pairs"
     )
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="fine-tune gate on per-pair scores: how sure (paired bootstrap) the gain "
+        "exceeds min_improvement and the loss on the original shard stays within tolerance",
+    )
+    bootstrap: int = Field(2000, ge=200, description="bootstrap resamples of the pairs")
+    gain_in: Literal["every", "any"] = Field(
+        "any",
+        description="fine-tune gate on per-pair scores: the new pairs must gain in every "
+        "direction, or in at least one with the others not worse than `tolerance` (Layout->SEM "
+        "against a low-dose SEM barely moves SSIM even when the clean prediction improves)",
+    )
 
     @field_validator("floors")
     @classmethod
@@ -80,6 +95,20 @@ class GateResult(BaseModel):
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def confidence(self) -> float | None:
+        """How sure a paired fine-tune verdict is: the smallest bootstrap probability behind it
+        — the surest gain on the new pairs, each direction's condition there (gain, or not
+        worse), each direction kept on the original shard; None for verdicts not judged pair
+        by pair."""
+        entries = [e for e in self.judged.values() if isinstance(e, dict) and e.get("paired")]
+        if not entries:
+            return None
+        probs = [max(float(e["p_improved"]) for e in entries)]
+        for e in entries:
+            probs.append(float(e["p_improved"] if e["improved"] else e["p_not_worse"]))
+            probs.append(float(e["p_kept"]))
+        return min(probs)
 
     @classmethod
     def from_json(cls, text: str) -> GateResult:
@@ -156,6 +185,84 @@ def judge(
     return GateResult(passed=all_ok, reasons=reasons, judged=judged)
 
 
+def paired_bootstrap(
+    candidate: list[float], champion: list[float], resamples: int, seed: int = 0
+) -> dict[str, Any] | None:
+    """Mean of the per-pair differences candidate - champion (pairs where both are finite),
+    its 95 % bootstrap interval and the bootstrap means (resampling pairs, seeded: the same
+    scores give the same answer). None when fewer than 2 pairs were scored."""
+    d = np.array([c - b for c, b in zip(candidate, champion, strict=True) if math.isfinite(c - b)])
+    if d.size < 2:
+        return None
+    rng = np.random.default_rng([seed, d.size])
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"n": int(d.size), "delta": float(d.mean()), "ci95": [float(lo), float(hi)],
+            "means": means}  # fmt: skip
+
+
+def _per_pair(metrics: dict[str, Any], direction: str, metric: str) -> list[float] | None:
+    values = ((metrics.get("per_pair") or {}).get(direction) or {}).get(metric)
+    return [float(v) for v in values] if isinstance(values, list) else None
+
+
+def _paired(
+    cand: dict[str, Any], champ: dict[str, Any], direction: str, cfg: GateConfig
+) -> dict[str, Any] | None:
+    """The paired bootstrap of one direction when both evaluations carry per-pair scores of
+    the same pairs, else None (the gate then compares means)."""
+    a, b = _per_pair(cand, direction, cfg.metric), _per_pair(champ, direction, cfg.metric)
+    ids_a, ids_b = (m.get("per_pair", {}).get("ids") for m in (cand, champ))
+    if a is None or b is None or ids_a != ids_b:
+        return None
+    return paired_bootstrap(a, b, cfg.bootstrap)
+
+
+def _sure(p: float, cfg: GateConfig) -> str:
+    return f"P = {p:.3f} {'>=' if p >= cfg.confidence else '<'} {cfg.confidence:g}"
+
+
+def _judge_paired(
+    direction: str, new: dict[str, Any], orig: dict[str, Any], cfg: GateConfig, floor: float,
+    orig_mean: float,
+) -> tuple[bool, list[str], dict[str, Any]]:  # fmt: skip
+    """On the new pairs: improved (or, with gain_in="any", not worse); on the original shard:
+    kept within tolerance — each with probability `cfg.confidence`."""
+    m, tol, gain, conf = cfg.metric, cfg.tolerance, cfg.min_improvement, cfg.confidence
+    p_gain = float((new["means"] > gain).mean())
+    p_same = float((new["means"] >= -tol).mean())
+    p_kept = float((orig["means"] >= -tol).mean())
+    improved, kept, floor_ok = p_gain >= conf, p_kept >= conf, orig_mean >= floor
+    not_worse = improved or p_same >= conf
+    on_new = "improved" if improved else "no sure improvement"
+    if not improved and cfg.gain_in == "any":
+        on_new += f"; P(loss <= {tol:.4f}) {_sure(p_same, cfg)}: " + (
+            "not worse" if not_worse else "may be worse"
+        )
+    (lo, hi), (olo, ohi) = new["ci95"], orig["ci95"]
+    reasons = [
+        f"{direction}: on the {new['n']} new test pairs {m} {new['delta']:+.4f} vs champion "
+        f"(95% CI {lo:+.4f}..{hi:+.4f}); P(gain > {gain:+.4f}) {_sure(p_gain, cfg)}: {on_new}.",
+        f"{direction}: on the {orig['n']} original test pairs {m} {orig['delta']:+.4f} vs "
+        f"champion (95% CI {olo:+.4f}..{ohi:+.4f}); P(loss <= {tol:.4f}) {_sure(p_kept, cfg)}: "
+        f"{'kept' if kept else 'may lose too much'}.",
+    ]
+    if not floor_ok:
+        reasons.append(
+            f"{direction}: {m} {orig_mean:.4f} on the original test shard is below the floor "
+            f"{floor:.4f}."
+        )
+    entry = {
+        "paired": True, "improved": improved,
+        "new_delta": new["delta"], "new_ci95": new["ci95"], "new_n": new["n"],
+        "p_improved": p_gain, "p_not_worse": p_same,
+        "orig_delta": orig["delta"], "orig_ci95": orig["ci95"], "orig_n": orig["n"],
+        "p_kept": p_kept,
+    }  # fmt: skip
+    on_new_ok = improved if cfg.gain_in == "every" else not_worse
+    return on_new_ok and kept and floor_ok, reasons, entry
+
+
 def judge_finetune(
     new_metrics: dict[str, Any],
     new_baseline_metrics: dict[str, Any],
@@ -169,6 +276,13 @@ def judge_finetune(
       (`new_metrics` vs `new_baseline_metrics`, the champion evaluated on the same split), and
     - on the original test shard it loses no more than `tolerance` against the champion
       (`orig_metrics` vs `orig_champion_metrics`) and stays at or above the floor.
+
+    When the evaluations carry per-pair scores of the same pairs (`evaluate_model(...,
+    per_pair=True)`), both conditions are judged on the paired differences with a bootstrap:
+    each must hold with probability `cfg.confidence`, and the verdict states the interval and
+    the probability. With `cfg.gain_in == "any"` (the default) one direction must gain surely
+    and the others must surely lose no more than `tolerance` on the new pairs. Without per-pair
+    scores the means are compared (no noise margin, a gain in every direction).
     """
     m, tol, gain = cfg.metric, cfg.tolerance, cfg.min_improvement
     reasons: list[str] = []
@@ -177,6 +291,7 @@ def judge_finetune(
         "metric": m,
         "tolerance": tol,
         "min_improvement": gain,
+        "confidence": cfg.confidence,
     }
     all_ok = True
     for direction, floor in cfg.floors.items():
@@ -206,6 +321,13 @@ def judge_finetune(
             reasons.append(
                 f"{direction}: no finite {m} for {', '.join(missing)}, so the gate fails."
             )
+        elif (pn := _paired(new_metrics, new_baseline_metrics, direction, cfg)) and (
+            po := _paired(orig_metrics, orig_champion_metrics, direction, cfg)
+        ):
+            assert orig is not None
+            ok, more, extra = _judge_paired(direction, pn, po, cfg, floor, orig)
+            reasons += more
+            entry.update(extra)
         else:
             assert new is not None and base is not None and orig is not None and champ is not None
             improved = new - base > gain
@@ -230,5 +352,9 @@ def judge_finetune(
         entry["passed"] = ok
         judged[direction] = entry
         all_ok = all_ok and ok
+    paired = [e for e in judged.values() if isinstance(e, dict) and e.get("paired")]
+    if all_ok and paired and not any(e["improved"] for e in paired):
+        all_ok = False
+        reasons.append("No direction improved surely on the new pairs.")
     reasons.append("Fine-tune gate passed." if all_ok else "Fine-tune gate failed.")
     return GateResult(passed=all_ok, reasons=reasons, judged=judged)

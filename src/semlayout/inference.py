@@ -13,12 +13,14 @@ as the checkpoint's `layout_fit` config says). Directions:
 `sem2layout` = G_A, `layout2sem` = G_B.
 
 Polarity (`semlayout.polarity`): every call takes `polarity` = auto | bright | dark (or +-1)
-and an optional layer `prior` (+1 / -1). A model serves the polarities it learned
-(`config.polarity.serves`; a checkpoint made before polarity was recorded serves +1 only);
-asking it for another is a `SemlayoutError` naming what it learned, never an inverted answer.
-`auto`: sem2layout decides per image (`semlayout.polarity_auto`, analysis by synthesis,
-shifted toward the prior); layout2sem renders in the prior's polarity, else bright; a model
-that serves one polarity answers in it. Each `Translation` says which polarity was used, how
+and an optional layer `prior`: its configured polarity (+1 / -1) or a
+`semlayout.polarity_layer.LayerPrior` (configured and pooled evidence). A model serves the
+polarities it learned (`config.polarity.serves`; a checkpoint made before polarity was
+recorded serves +1 only); asking it for another is a `SemlayoutError` naming what it learned,
+never an inverted answer. `auto`: sem2layout decides per image (`semlayout.polarity_auto`,
+analysis by synthesis plus the layer's pooled evidence; a configured layer polarity decides);
+layout2sem renders in the layer's polarity, else bright; a model that serves one polarity
+answers in it. Each `Translation` says which polarity was used, how
 it was chosen and, for auto, the margin.
 
 Backends (eager, bf16, ONNX Runtime) are `semlayout.inference_backends`.
@@ -50,27 +52,16 @@ from semlayout.inference_backends import (
     load_generators,
     onnx_files,
     onnx_runner,
+    profile_views,
 )
-from semlayout.polarity import (
-    BRIGHT,
-    DARK,
-    PolarityChoice,
-    check_polarity,
-    name_of,
-    parse_choice,
-)
-from semlayout.polarity_auto import (
-    PRIOR_LOGODDS,
-    PolarityDecision,
-    auto_sem2layout,
-    evidence,
-    hypotheses,
-)
+from semlayout.polarity import BRIGHT, PolarityChoice, check_polarity, name_of, parse_choice
+from semlayout.polarity_auto import PolarityDecision, auto_sem2layout, choose, evidence, hypotheses
+from semlayout.polarity_layer import LayerPrior
 from semlayout.tiling import (
     MAX_FIELD_SIDE,
     check_field,
+    field_reading,
     is_field,
-    sample_windows,
     translate_field,
     translator_forward,
 )
@@ -159,14 +150,19 @@ class Translator:
         device: str = "cpu",
         num_threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        profile: str | None = None,
     ) -> Translator:
-        """Load a checkpoint folder or a `models:/NAME@ALIAS` / `models:/NAME/VERSION` URI."""
+        """Load a checkpoint folder or a `models:/NAME@ALIAS` / `models:/NAME/VERSION` URI.
+
+        `profile` (a tool / layer label, `semlayout.profiles`) selects that profile's
+        conditioning when the model learned it; otherwise the shared network answers
+        (`info["profile"]` says which: the label, or None)."""
         if backend not in BACKENDS:
             raise SemlayoutError(
                 f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}"
             )
         if backend == "auto":
-            return cls._load_fastest(model, tracking_uri, device, num_threads, cache_dir)
+            return cls._load_fastest(model, tracking_uri, device, num_threads, cache_dir, profile)
         import torch
 
         if num_threads is not None:
@@ -174,6 +170,12 @@ class Translator:
         ckpt, registry = resolve_model_path(model, tracking_uri)
         dev = torch.device(device)
         cfg, nets, meta = load_generators(ckpt, dev)
+        nets, used_profile = profile_views(cfg, nets, profile)
+        if used_profile is not None and backend == "onnx":
+            raise SemlayoutError(
+                f"profile {used_profile!r}: the onnx backend serves the shared network only; "
+                "use the eager backend for a tool / layer profile"
+            )
         size = cfg.generator.image_size
         info = {
             "source": str(model),
@@ -187,6 +189,8 @@ class Translator:
             "from_registry": registry,
             "polarities": list(cfg.polarity.serves),
             "polarity_conditioning": cfg.generator.polarity_conditioning,
+            "profiles": list(cfg.generator.profiles),
+            "profile": used_profile,
         }
         if backend in ("eager", "bf16"):
             dtype = torch.bfloat16 if backend == "bf16" else torch.float32
@@ -209,14 +213,19 @@ class Translator:
         device: str,
         num_threads: int | None,
         cache_dir: str | os.PathLike[str] | None,
+        profile: str | None,
     ) -> Translator:
         """backend="auto": every candidate loaded, probed and timed; the winner returned with
-        the probe's report in `info["backend_probe"]`."""
+        the probe's report in `info["backend_probe"]` (onnx is no candidate for a profile:
+        it serves the shared network only)."""
         from semlayout.backend_probe import candidates, choose
 
         names = candidates() if device == "cpu" else ["eager"]
+        if profile is not None:
+            names = [b for b in names if b != "onnx"]
         loaded = {
-            b: cls.load(model, b, tracking_uri, device, num_threads, cache_dir) for b in names
+            b: cls.load(model, b, tracking_uri, device, num_threads, cache_dir, profile)
+            for b in names
         }
         chosen, report = choose(loaded)
         tr = loaded[chosen]
@@ -240,14 +249,16 @@ class Translator:
             )
 
     def fixed_polarity(
-        self, direction: str, polarity: str | int | None, prior: int | None = None
+        self, direction: str, polarity: str | int | None, prior: int | LayerPrior | None = None
     ) -> PolarityDecision | None:
         """The decision when no image is needed to make it; None when sem2layout must decide
-        per image (auto on a model that serves both polarities)."""
+        per image (auto on a model that serves both polarities; a configured layer polarity
+        decides too, but the image's evidence is still read, for the layer and drift)."""
         choice = parse_choice(polarity)
-        if prior is not None:
-            prior = check_polarity(prior, "layer polarity")
-            self.check_served(prior, "is the layer's")
+        layer = LayerPrior.of(prior)
+        if layer.configured is not None:
+            check_polarity(layer.configured, "layer polarity")
+            self.check_served(layer.configured, "is the layer's")
         if choice is not PolarityChoice.auto:
             fixed = choice.value_or_none
             assert fixed is not None
@@ -256,7 +267,12 @@ class Translator:
         if len(self.polarities) == 1:
             return PolarityDecision(self.polarities[0], "only")
         if direction == Direction.layout2sem:  # nothing in a layout says how it will image
-            return PolarityDecision(prior if prior is not None else BRIGHT, "given")
+            if layer.configured is not None:
+                return PolarityDecision(layer.configured, "layer")
+            if layer.n > 0 and layer.pooled != 0:
+                implied = BRIGHT if layer.pooled > 0 else -BRIGHT
+                return PolarityDecision(implied, "pooled", abs(layer.pooled))
+            return PolarityDecision(BRIGHT, "given")
         return None
 
     # ------------------------------------------------------------ inference
@@ -319,6 +335,24 @@ class Translator:
         fit = self.config.layout_fit
         return fit_layout(grey, fit.method, fit.threshold, fit.min_iou)
 
+    def read_evidence(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        """Each SEM's own evidence of its polarity, log-odds of bright (N,): auto's reading
+        (`polarity_auto`) without translating; a field's is its windows' mean
+        (`tiling.field_reading`); needs a model of both polarities."""
+        if len(self.polarities) < 2:
+            raise SemlayoutError("this model learned one polarity: there is nothing to read")
+        images = check_images(images)
+        out = np.zeros(len(images), np.float64)
+        singles = [i for i, im in enumerate(images) if not is_field(im.shape)]
+        for start in range(0, len(singles), max(1, batch_size)):
+            idx = singles[start : start + batch_size]
+            batch = np.stack([self.preprocess(images[i]) for i in idx])[:, None]
+            _, feats = hypotheses(self._runners["sem2layout"], self._runners["layout2sem"], batch)
+            out[idx] = evidence(feats, self.config.polarity.auto_head)
+        for i in sorted(set(range(len(images))) - set(singles)):
+            out[i] = field_reading(self, images[i], batch_size)[0]
+        return out
+
     def translate(
         self, direction: str, images: Sequence[np.ndarray], binarize: bool = False, **options: Any
     ) -> list[np.ndarray]:
@@ -337,7 +371,7 @@ class Translator:
         binarize: bool = False,
         batch_size: int = 16,
         polarity: str | int | None = "auto",
-        prior: int | None = None,
+        prior: int | LayerPrior | None = None,
         max_field_side: int = MAX_FIELD_SIDE,
     ) -> list[Translation]:
         """`translate`, with the polarity decision of every image. An image larger than one
@@ -375,7 +409,7 @@ class Translator:
         direction: str,
         chunk: list[np.ndarray],
         fixed: PolarityDecision | None,
-        prior: int | None,
+        prior: int | LayerPrior | None,
     ) -> list[Translation]:
         """One forward of whole images (each resized to the model's size and back)."""
         batch = self.input_batch(chunk)  # (B, 1, S, S)
@@ -395,12 +429,18 @@ class Translator:
             for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True)
         ]
 
-    def _field_polarity(self, img: np.ndarray, prior: int | None, n: int) -> PolarityDecision:
-        """auto on a SEM field: one polarity for the whole field, from the mean evidence of
-        up to `n` windows spread over it (neighbouring windows are not independent readings,
-        so their log-odds are averaged, not summed), shifted toward the layer prior."""
-        batch = np.stack([self.preprocess(w) for w in sample_windows(img, n)])[:, None]
-        _, feats = hypotheses(self._runners["sem2layout"], self._runners["layout2sem"], batch)
-        e = float(np.mean(evidence(feats, self.config.polarity.auto_head)))
-        total = e + (0.0 if prior is None else PRIOR_LOGODDS * prior)
-        return PolarityDecision(BRIGHT if total >= 0 else DARK, "auto", abs(total), e)
+    def _field_polarity(
+        self, img: np.ndarray, prior: int | LayerPrior | None, n: int
+    ) -> PolarityDecision:
+        """auto on a SEM field: one polarity for the whole field, from its windows' mean
+        evidence (`tiling.field_reading`) with the layer's word, as for one image
+        (`polarity_auto.choose`)."""
+        e, cyc = field_reading(self, img, n)
+        blank = np.zeros((1, 1, 1, 1), np.float32)  # choose picks outputs too: none here
+        _, (decision,) = choose(
+            {BRIGHT: blank, -BRIGHT: blank},
+            np.array([e]),
+            LayerPrior.of(prior),
+            {p: np.array([c]) for p, c in cyc.items()},
+        )
+        return decision

@@ -222,3 +222,17 @@ def onnx_runner(path: Path, num_threads: int | None) -> Runner:
         return np.asarray(sess.run(None, feed)[0], dtype=np.float32)
 
     return run
+
+
+def profile_views(
+    cfg: Any, nets: dict[str, Any], profile: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """The generators answering for `profile` (views sharing the weights) and the profile used:
+    None (the shared network) when no label is given or the model never learned it."""
+    from semlayout.models.unet import ProfileView
+    from semlayout.profiles import NONE, profile_index
+
+    row = profile_index(list(cfg.generator.profiles), profile)
+    if row == NONE:
+        return nets, None
+    return {name: ProfileView(net, row).eval() for name, net in nets.items()}, profile

@@ -16,8 +16,10 @@ The evidence for bright is a log-odds `e`: with the checkpoint's calibrated head
 (`polarity.auto_head`, a logistic regression fitted by training on its val split: the two
 branches of a generator are not equally good, so the raw difference of correlations is
 biased), `e = w . standardised(features) + b`; without one, `e = RAW_SCALE * (c_+1 - c_-1)`
-at 1.5 px. A layer prior (+1 / -1) adds `PRIOR_LOGODDS` toward its polarity; the image's
-polarity is the sign of the sum and `margin` its absolute value (log-odds: 0 = a coin toss).
+at 1.5 px. The layer's word (`semlayout.polarity_layer.LayerPrior`): a configured polarity
+decides (source `layer`); else its pooled evidence adds to the image's (source `pooled` once
+the layer has read images, `auto` for the image alone): the polarity is the sign of the sum
+and `margin` its absolute value (log-odds: 0 = a coin toss).
 Cost: two G_A and two G_B forwards instead of one G_A (the chosen hypothesis' output is
 already computed). docs/polarity.md has the measurements.
 """
@@ -31,15 +33,20 @@ from typing import Any
 import numpy as np
 
 from semlayout.polarity import BRIGHT, DARK
+from semlayout.polarity_layer import CLIP, LayerPrior
 
 SIGMAS = (0.75, 1.5, 3.0)  # px at the model's size: below, about and above a rim width
+RIM_SCALES = ((0.75, 3.0), (1.0, 5.0), (0.5, 2.0))  # (fine, coarse) blurs, px at model size
 FEATURES = (
     *(f"corr_{p}_s{s}" for s in SIGMAS for p in ("bright", "dark")),
     "decided_bright",
     "decided_dark",
+    # which phase the SE rims lie on, from the image alone (`rim_features`); appended: a head
+    # fitted before they existed uses the first len(weights) features
+    *(f"rim_{k}_s{f}_{c}" for f, c in RIM_SCALES for k in ("phase", "side")),
+    "skew",
 )
 RAW_SCALE = 50.0  # logits per unit of c_+1 - c_-1 when there is no calibrated head
-PRIOR_LOGODDS = 2.2  # a layer prior of about 9:1 (docs/polarity.md)
 # |evidence| below this (logits: p < 0.62) is no reading of the image's polarity: the drift
 # monitor counts it neither way
 EVIDENCE_MIN = 0.5
@@ -52,10 +59,13 @@ class PolarityDecision:
     """The polarity an image was translated in, and why."""
 
     polarity: int  # +1 bright, -1 dark
-    source: str  # given (the caller or a layer fixed it) | auto (decided from the image) | only
-    # (the model serves one polarity)
-    margin: float | None = None  # auto: |evidence + prior|, log-odds of the choice
+    source: str  # given (the caller) | layer (configured) | pooled (the image + its layer's
+    # evidence) | auto (the image alone) | only (the model serves one polarity)
+    margin: float | None = None  # pooled / auto: |clipped evidence + pooled|, log-odds
     evidence: float | None = None  # auto: log-odds of bright from the image alone
+    # auto: corr(blur(G_B(G_A(x))), blur(x)) at 0.75 px in the chosen polarity, the cycle
+    # reconstruction the analysis already computed (the confidence reuses it, issue 17)
+    cycle: float | None = None
 
 
 def _blur(batch: np.ndarray, sigma: float) -> np.ndarray:
@@ -74,6 +84,34 @@ def consistency(x: np.ndarray, rendered: np.ndarray, sigma: float = 1.5) -> np.n
     return np.where(den > 0, (a * b).sum(axis=1) / np.maximum(den, 1e-12), 0.0)
 
 
+def rim_features(x: np.ndarray) -> list[float]:
+    """Which phase the secondary-electron rims lie on, from the image alone ((S, S) in
+    [-1, 1]): rims are on the pattern side of every edge in both polarities, so near edges the
+    fine-scale residual (a light blur minus a heavier one) is bright on the bright phase in
+    normal contrast and on the dark phase in reversed contrast. Per scale pair: the residual
+    times the local phase (its sign against a wide blur) near edges, over |residual|; the
+    residual's mean on the bright side minus the dark side, over the image's spread. Then the
+    grey levels' skewness."""
+    import cv2
+
+    x = np.asarray(x, np.float32)
+    wide = cv2.GaussianBlur(x, (0, 0), 12.0)
+    out: list[float] = []
+    for fine, coarse in RIM_SCALES:
+        a, b = cv2.GaussianBlur(x, (0, 0), fine), cv2.GaussianBlur(x, (0, 0), coarse)
+        res, phase = a - b, np.sign(b - wide)
+        grad = np.hypot(cv2.Sobel(b, cv2.CV_32F, 1, 0), cv2.Sobel(b, cv2.CV_32F, 0, 1))
+        near = grad > np.quantile(grad, 0.8)
+        hi, lo = near & (phase > 0), near & (phase < 0)
+        if not hi.any() or not lo.any():
+            out += [0.0, 0.0]
+            continue
+        out.append(float((res * phase)[near].mean() / (np.abs(res[near]).mean() + 1e-6)))
+        out.append(float((res[hi].mean() - res[lo].mean()) / (x.std() + 1e-6)))
+    out.append(float(((x - x.mean()) ** 3).mean() / (x.std() ** 3 + 1e-6)))
+    return out
+
+
 def hypotheses(
     run_a: Run, run_b: Run, batch: np.ndarray
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
@@ -83,7 +121,8 @@ def hypotheses(
     ren = {p: run_b(lay[p], p * ones)[:, 0] for p in (BRIGHT, DARK)}
     cols = [consistency(batch[:, 0], ren[p], s) for s in SIGMAS for p in (BRIGHT, DARK)]
     cols += [np.abs(lay[p][:, 0]).mean(axis=(1, 2)) for p in (BRIGHT, DARK)]
-    return lay, np.stack(cols, axis=1).astype(np.float64)
+    rims = np.array([rim_features(x) for x in batch[:, 0]], np.float64).reshape(len(batch), -1)
+    return lay, np.concatenate([np.stack(cols, axis=1), rims], axis=1).astype(np.float64)
 
 
 def evidence(feats: np.ndarray, head: Any | None = None) -> np.ndarray:
@@ -91,7 +130,8 @@ def evidence(feats: np.ndarray, head: Any | None = None) -> np.ndarray:
     if head is None:
         i, j = FEATURES.index("corr_bright_s1.5"), FEATURES.index("corr_dark_s1.5")
         return RAW_SCALE * (feats[:, i] - feats[:, j])
-    z = (feats - np.asarray(head.mean)) / np.asarray(head.scale)
+    f = feats[:, : len(head.weights)]  # a head fitted before the rim features: the first ones
+    z = (f - np.asarray(head.mean)) / np.asarray(head.scale)
     return z @ np.asarray(head.weights) + head.bias
 
 
@@ -99,36 +139,70 @@ def auto_sem2layout(
     run_a: Run,
     run_b: Run,
     batch: np.ndarray,
-    prior: int | None = None,
+    prior: int | LayerPrior | None = None,
     head: Any | None = None,
 ) -> tuple[np.ndarray, list[PolarityDecision]]:
     """(G_A output in the chosen polarity (B, 1, S, S), one decision per image) for a
-    (B, 1, S, S) float32 batch; `prior` is the layer's polarity when one is configured."""
+    (B, 1, S, S) float32 batch; `prior`: the layer's configured polarity (+1 / -1) or its
+    `LayerPrior` (configured and pooled evidence)."""
     lay, feats = hypotheses(run_a, run_b, batch)
     e = evidence(feats, head)
-    total = e + (0.0 if prior is None else PRIOR_LOGODDS * prior)
-    chosen = np.where(total >= 0, BRIGHT, DARK)
-    out = np.where(chosen[:, None, None, None] == BRIGHT, lay[BRIGHT], lay[DARK])
+    cycles = {
+        BRIGHT: feats[:, FEATURES.index("corr_bright_s0.75")],
+        DARK: feats[:, FEATURES.index("corr_dark_s0.75")],
+    }
+    return choose(lay, e, LayerPrior.of(prior), cycles)
+
+
+def choose(
+    lay: dict[int, np.ndarray],
+    e: np.ndarray,
+    prior: LayerPrior,
+    cycles: dict[int, np.ndarray] | None = None,
+) -> tuple[np.ndarray, list[PolarityDecision]]:
+    """Pick each image's hypothesis from its evidence `e` (B,) and the layer's word: the
+    image's evidence counts clipped (`polarity_layer.CLIP`), as when it is pooled, so a
+    layer's pooled evidence can outweigh any one image. `cycles`: each hypothesis' cycle
+    correlation (B,), kept in the decision for the chosen one (the confidence reuses it)."""
+    total = np.clip(e, -CLIP, CLIP) + prior.pooled
+    if prior.configured is not None:
+        chosen = np.full(len(e), prior.configured)
+        source = "layer"
+        margins: list[float | None] = [None] * len(e)
+    else:
+        chosen = np.where(total >= 0, BRIGHT, DARK)
+        source = "pooled" if prior.n > 0 else "auto"
+        margins = [float(abs(t)) for t in total]
+    cyc: list[float | None] = [None] * len(e)
+    if cycles is not None:
+        cyc = [float(v) for v in np.where(chosen == BRIGHT, cycles[BRIGHT], cycles[DARK])]
     decisions = [
-        PolarityDecision(int(c), "auto", float(abs(t)), float(v))
-        for c, t, v in zip(chosen, total, e, strict=True)
+        PolarityDecision(int(c), source, m, float(v), r)
+        for c, m, v, r in zip(chosen, margins, e, cyc, strict=True)
     ]
+    out = np.where(chosen[:, None, None, None] == BRIGHT, lay[BRIGHT], lay[DARK])
     return out, decisions
 
 
 def fit_head(feats: np.ndarray, polarity: np.ndarray, l2: float = 0.01) -> dict[str, Any]:
     """A logistic regression of bright (polarity +1) on standardised `feats` (N, F): the
-    fields of `AutoHeadConfig`. Deterministic (full-batch gradient descent from zero)."""
+    fields of `AutoHeadConfig`. The two polarities weigh the same whatever their counts, so
+    the log-odds are a likelihood ratio (no base rate in the bias: a layer's images can be
+    pooled, `semlayout.polarity_layer`). Deterministic (full-batch gradient descent from
+    zero); `accuracy` is the balanced accuracy (the mean of the per-polarity ones)."""
     y = (np.asarray(polarity) > 0).astype(np.float64)
+    n_pos, n_neg = max(y.sum(), 1.0), max((1 - y).sum(), 1.0)
+    wt = np.where(y > 0.5, 0.5 / n_pos, 0.5 / n_neg)  # sums to 1, half per polarity
     mean = feats.mean(axis=0)
     scale = feats.std(axis=0) + 1e-6
     z = (feats - mean) / scale
     w, b = np.zeros(z.shape[1]), 0.0
     for _ in range(2000):
-        p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
-        w -= 0.5 * (z.T @ (p - y) / len(y) + l2 * w)
-        b -= 0.5 * float(np.mean(p - y))
-    acc = float(np.mean(((z @ w + b) >= 0) == (y > 0.5)))
+        r = wt * (1.0 / (1.0 + np.exp(-(z @ w + b))) - y)
+        w -= 0.5 * (z.T @ r + l2 * w)
+        b -= 0.5 * float(r.sum())
+    right = ((z @ w + b) >= 0) == (y > 0.5)
+    acc = float(np.sum(wt * right))
     return {
         "mean": mean.tolist(),
         "scale": scale.tolist(),
@@ -144,7 +218,7 @@ def observed_polarity(decision: PolarityDecision) -> int | None:
     of auto's evidence (before any layer prior) when clear enough, else None (not judged)."""
     if decision.source == "given":
         return decision.polarity
-    e = decision.evidence if decision.source == "auto" else None
+    e = decision.evidence if decision.source in ("auto", "pooled", "layer") else None
     if e is None or abs(e) < EVIDENCE_MIN:
         return None
     return BRIGHT if e > 0 else DARK

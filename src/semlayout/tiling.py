@@ -141,3 +141,24 @@ def sample_windows(img: np.ndarray, n: int, window: int = WINDOW) -> np.ndarray:
     origins = list(windows(img.shape, window, OVERLAP))
     picks = np.unique(np.linspace(0, len(origins) - 1, min(n, len(origins))).round().astype(int))
     return np.stack([img[r : r + window, c : c + window] for r, c in (origins[i] for i in picks)])
+
+
+def field_reading(translator: object, img: np.ndarray, n: int) -> tuple[float, dict[int, float]]:
+    """A SEM field's own polarity evidence (log-odds of bright: the mean of up to `n` windows
+    spread over it; neighbouring windows are not independent readings, so their log-odds are
+    averaged, not summed) and each hypothesis' mean cycle correlation {+1, -1}."""
+    from semlayout.polarity_auto import FEATURES, evidence, hypotheses
+
+    tr: Any = translator
+    batch = np.stack([tr.preprocess(w) for w in sample_windows(img, n)])[:, None]
+    _, feats = hypotheses(
+        lambda x, p: tr.run_batch("sem2layout", x, p),
+        lambda x, p: tr.run_batch("layout2sem", x, p),
+        batch,
+    )
+    e = float(np.mean(evidence(feats, tr.config.polarity.auto_head)))
+    cycles = {
+        p: float(feats[:, FEATURES.index(f"corr_{name}_s0.75")].mean())
+        for p, name in ((1, "bright"), (-1, "dark"))
+    }
+    return e, cycles

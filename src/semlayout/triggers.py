@@ -1,10 +1,14 @@
 """When to fine-tune: the trigger policy of the continuous-learning loop.
 
-Three independent reasons can fire a fine-tune run, each with its numbers:
+Independent reasons can fire a fine-tune run, each with its numbers:
 - enough new reviewed pairs (API feedback + S3 intake batches that no completed run has used yet),
 - a drift rate over the recent traffic window above a threshold,
 - a rolling reviewed SSIM (ground truth that arrived later) below the promotion baseline
-  by more than a margin.
+  by more than a margin,
+- `low_confidence_rate`: the share of recent predictions the model itself is unsure of (issue
+  17: confidence below `low_confidence` by the version's calibration) above a threshold,
+- `population_drift`: the two-sample test of the recent stream against the reference fired
+  for some cohort (`semlayout.monitoring.population`).
 A cooldown holds any firing for a while after the last run, so one burst of drifted
 traffic or feedback does not start many runs. `decide` is pure: observations in,
 decision out; gathering observations and acting on the decision live in `semlayout.continual`.
@@ -42,6 +46,19 @@ class TriggerPolicy(BaseModel):
     cooldown_minutes: float = Field(
         default=24 * 60, ge=0, description="no new run this soon after the last"
     )
+    low_confidence: float = Field(
+        default=0.5, gt=0, le=1, description="a prediction below this confidence is unsure"
+    )
+    low_confidence_rate_threshold: float = Field(
+        default=0.3, gt=0, le=1, description="share of unsure predictions that fires"
+    )
+    low_confidence_window: int = Field(default=200, ge=1)
+    min_confidence_samples: int = Field(default=20, ge=1)
+    population_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="two-sample test p-value below which it fires"
+    )
+    population_window: int = Field(default=100, ge=10)
+    min_population_samples: int = Field(default=30, ge=10)
 
 
 @dataclass
@@ -56,6 +73,10 @@ class Observations:
     ssim_samples: dict[str, int] = field(default_factory=dict)
     baseline_ssim: dict[str, float] = field(default_factory=dict)
     last_run_at: datetime | None = None
+    low_confidence_rate: float | None = None
+    confidence_samples: int = 0
+    # per direction and cohort: {"cohort", "n", "p_value", "drifted", "detail", ...}
+    population: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -165,12 +186,64 @@ def _ssim_drop_reason(policy: TriggerPolicy, obs: Observations, direction: str) 
     )
 
 
+def _low_confidence_reason(policy: TriggerPolicy, obs: Observations) -> Reason:
+    rate, n = obs.low_confidence_rate, obs.confidence_samples
+    if rate is None or n < policy.min_confidence_samples:
+        return Reason(
+            name="low_confidence_rate",
+            fired=False,
+            value=rate,
+            threshold=policy.low_confidence_rate_threshold,
+            detail=(
+                f"only {n} predictions with a known confidence "
+                f"(need {policy.min_confidence_samples}); no verdict"
+            ),
+        )
+    return Reason(
+        name="low_confidence_rate",
+        fired=rate > policy.low_confidence_rate_threshold,
+        value=rate,
+        threshold=policy.low_confidence_rate_threshold,
+        detail=(
+            f"{rate:.1%} of the last {n} predictions below confidence "
+            f"{policy.low_confidence:.2f}; threshold {policy.low_confidence_rate_threshold:.1%}"
+        ),
+    )
+
+
+def _population_reason(policy: TriggerPolicy, obs: Observations) -> Reason:
+    judged = [r for r in obs.population if r.get("p_value") is not None]
+    if not judged:
+        return Reason(
+            name="population_drift",
+            fired=False,
+            value=None,
+            threshold=policy.population_alpha,
+            detail="no cohort with enough requests for a two-sample test; no verdict",
+        )
+    worst = min(judged, key=lambda r: r["p_value"])
+    fired = [r for r in judged if r["p_value"] < policy.population_alpha]
+    names = ", ".join(f"{r['direction']}/{r['cohort']}" for r in fired) or "none"
+    return Reason(
+        name="population_drift",
+        fired=bool(fired),
+        value=float(worst["p_value"]),
+        threshold=policy.population_alpha,
+        detail=(
+            f"smallest p {worst['p_value']:.4f} ({worst['direction']}/{worst['cohort']}, "
+            f"{worst['n']} requests); fired for: {names}; alpha {policy.population_alpha}"
+        ),
+    )
+
+
 def decide(policy: TriggerPolicy, obs: Observations, now: datetime) -> TriggerDecision:
     """Evaluate every trigger, then apply the cooldown to the verdict."""
     reasons = [
         _new_pairs_reason(policy, obs),
         _drift_reason(policy, obs),
         *(_ssim_drop_reason(policy, obs, d) for d in DIRECTIONS),
+        _low_confidence_reason(policy, obs),
+        _population_reason(policy, obs),
     ]
     any_fired = any(r.fired for r in reasons)
     cooldown_until = None

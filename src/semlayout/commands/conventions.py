@@ -35,6 +35,7 @@ SHARED: dict[str, tuple[str, ...]] = {
     "--by": ("SEMLAYOUT_USER",),
     "--layer-polarity": ("SEMLAYOUT_LAYER_POLARITY",),
     "--max-field-side": ("SEMLAYOUT_MAX_FIELD_SIDE",),
+    "--layer": ("SEMLAYOUT_LAYER",),
 }
 # an option shared by the commands of one group only: (group, option) -> variable
 GROUP_SHARED: dict[tuple[str, str], tuple[str, ...]] = {

@@ -29,11 +29,12 @@ this module is the public API of a shard set: writing it and reading its records
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,16 @@ def assign_splits(
     val: float,
     test: float,
     seed: int,
+    content: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Map each id to a split. keys: (id, family, source). Stratified by (source, family).
 
     Each (source, family) group is shuffled by a generator seeded with (seed, family), so adding
     a family does not reshuffle another and a folder's name plays no part; each group is cut
-    by `split_counts`. Then a family with >= 3 pairs in total that still misses a split
+    by `split_counts`. With `content` ({id: hash of the pair's pixels}) a group is ordered by
+    sha256(seed, content) instead: the split follows what a pair IS, not what it is called, so
+    reviewed pairs that come back under new ids (each feedback post makes one) land in the
+    same split on every run. Then a family with >= 3 pairs in total that still misses a split
     (possible only when it is spread thinly across sources) gets a train pair moved there.
     """
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -123,8 +128,11 @@ def assign_splits(
     for (_src, fam), ids in sorted(groups.items()):
         ids = sorted(ids)
         # seeded by family only: renaming or moving a folder must not change its split
-        rng = np.random.default_rng([seed, zlib.crc32(fam.encode())])
-        order = [ids[i] for i in rng.permutation(len(ids))]
+        if content is not None:
+            order = sorted(ids, key=lambda i: _content_rank(seed, content[i], i))
+        else:
+            rng = np.random.default_rng([seed, zlib.crc32(fam.encode())])
+            order = [ids[i] for i in rng.permutation(len(ids))]
         n_train, n_val, _ = split_counts(len(ids), val, test)
         for j, pid in enumerate(order):
             out[pid] = "train" if j < n_train else "val" if j < n_train + n_val else "test"
@@ -144,6 +152,15 @@ def assign_splits(
     return out
 
 
+def _content_rank(seed: int, content: str, pid: str) -> tuple[str, str]:
+    return hashlib.sha256(f"{seed}:{content}".encode()).hexdigest(), pid
+
+
+def content_hash(sem: np.ndarray, layout: np.ndarray) -> str:
+    """A pair's identity for splitting: sha256 of its SEM and layout pixels."""
+    return hashlib.sha256(sem.tobytes() + b"|" + layout.tobytes()).hexdigest()
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -156,8 +173,12 @@ def write_shards(
     shard_size: int = 256,
     max_per_source: int | None = None,
     progress: bool = False,
+    split_by: str = "id",
 ) -> dict[str, Any]:
     """Shard one or more aligned folders (or shard sets) into `out_dir`; returns the index dict.
+
+    `split_by`: "id" (the seeded shuffle of ids) or "content" (by a hash of each pair's pixels:
+    the same pairs get the same split whatever their ids; see `assign_splits`).
 
     `aligned_dir`: a path, a `(path, max_n)` tuple, a `ShardSource`, or a list of them.
     `max_per_source` caps every source that has no cap of its own (deterministic sample by seed).
@@ -175,8 +196,17 @@ def write_shards(
     for src in sources:
         check_not_over_inputs(out_dir, input=src.path)
     entries, source_summary = collect_entries(sources, seed)
-    split_of = assign_splits([(e.id, e.family, e.source) for e in entries], val, test, seed)
+    if split_by not in ("id", "content"):
+        raise SemlayoutError(f"split_by must be 'id' or 'content', got {split_by!r}")
+    content = None
+    if split_by == "content":
+        content = {e.id: content_hash(*e.load()[:2]) for e in entries}
+    split_of = assign_splits(
+        [(e.id, e.family, e.source) for e in entries], val, test, seed, content
+    )
     index = _index_header(entries, source_summary, val, test, seed, shard_size)
+    if content is not None:
+        index["split_by"] = split_by
     try:
         return _write(entries, split_of, index, Path(out_dir), progress)
     except (PermissionError, NotADirectoryError, FileExistsError) as err:

@@ -24,6 +24,10 @@ identity at init). `none`: the network ignores polarity (one polarity per model)
 input for G_A (`flip_side="input"`), the output for G_B (`"output"`), so both polarities
 share the mapping of the material contrast and the conditioning learns the rest.
 
+Tool / layer profiles (`profiles`, `semlayout.profiles`): a second FiLM after the polarity's
+with one zero-initialised row per profile (`ProfileFiLM`); `forward(x, polarity, profile)`
+takes (B,) row indices, -1 = the shared network. `ProfileView` fixes the row for inference.
+
 Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
 pix2pix — the loss weights (lambda_l1=100 ...) were tuned against that init.
 """
@@ -73,6 +77,23 @@ class PolarityFiLM(nn.Module):
         # index (B,) long; gamma[index] (B, C) -> (B, C, 1, 1)
         g = self.gamma[index][:, :, None, None].to(x.dtype)
         b = self.beta[index][:, :, None, None].to(x.dtype)
+        return x * (1 + g) + b
+
+
+class ProfileFiLM(nn.Module):
+    """x * (1 + gamma[t]) + beta[t] per channel for a tool / layer profile t (`profile` (B,) of
+    row indices); -1 (`semlayout.profiles.NONE`) leaves x as it is: the shared network."""
+
+    def __init__(self, channels: int, n_profiles: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(n_profiles, channels))
+        self.beta = nn.Parameter(torch.zeros(n_profiles, channels))
+
+    def forward(self, x: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        on = (profile >= 0).to(x.dtype)[:, None]  # (B, 1): 0 for the shared network
+        rows = profile.clamp(min=0)
+        g = (self.gamma[rows] * on)[:, :, None, None].to(x.dtype)
+        b = (self.beta[rows] * on)[:, :, None, None].to(x.dtype)
         return x * (1 + g) + b
 
 
@@ -143,6 +164,14 @@ class UNetGenerator(nn.Module):
             self.film_down.extend(PolarityFiLM(c) for c in ch)
             self.film_up.extend(PolarityFiLM(ch[j - 1]) for j in range(n - 1, 0, -1))
 
+        # a tool / layer profile's scale and shift after the polarity's, at the same places
+        self.profile_down = nn.ModuleList()
+        self.profile_up = nn.ModuleList()
+        if cfg.profiles:
+            k = len(cfg.profiles)
+            self.profile_down.extend(ProfileFiLM(c, k) for c in ch)
+            self.profile_up.extend(ProfileFiLM(ch[j - 1], k) for j in range(n - 1, 0, -1))
+
         init_weights(self)
 
         # the network is fully convolutional (training may use crops of image_size), so an
@@ -157,9 +186,27 @@ class UNetGenerator(nn.Module):
         key = self._attention_at_level.get(level)
         return self.attention[key](x) if key is not None else x
 
-    def forward(self, x: torch.Tensor, polarity: torch.Tensor | None = None) -> torch.Tensor:
+    def _condition(
+        self, x: torch.Tensor, at: int, up: bool, index: torch.Tensor | None,
+        profile: torch.Tensor | None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The polarity's FiLM, then the profile's, after encoder (or decoder) block `at`."""
+        film, prof = (self.film_up, self.profile_up) if up else (self.film_down, self.profile_down)
+        if index is not None and film:
+            x = film[at](x, index)
+        if profile is not None and prof:
+            x = prof[at](x, profile)
+        return x
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        polarity: torch.Tensor | None = None,
+        profile: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, in_channels, S, S) in [-1, 1] and, for a conditioned network, polarity (B,) of
-        +-1 -> (B, out_channels, S, S) in [-1, 1]."""
+        +-1 (and optionally the tool / layer `profile` (B,) of row indices, -1 = none)
+        -> (B, out_channels, S, S) in [-1, 1]."""
         sign = None
         if self.flip_side is not None and polarity is not None:
             sign = polarity.to(x.dtype).reshape(-1, 1, 1, 1)
@@ -181,18 +228,37 @@ class UNetGenerator(nn.Module):
             index = (polarity.reshape(-1) < 0).long()
         skips = []
         for k, block in enumerate(self.down):
-            x = block(x)
-            if index is not None and self.film_down:
-                x = self.film_down[k](x, index)
+            x = self._condition(block(x), k, False, index, profile)
             skips.append(x)
         n = len(self.down)
         x = self._attend(skips.pop(), n)  # bottleneck (B, ch[n-1], S/2^n, S/2^n)
         for i, (j, block) in enumerate(zip(range(n - 1, 0, -1), self.up, strict=True)):
-            y = block(x)
-            if index is not None and self.film_up:
-                y = self.film_up[i](y, index)
+            y = self._condition(block(x), i, True, index, profile)
             x = self._attend(torch.cat([y, skips.pop()], dim=1), j)
         out = self.outermost(x)  # (B, out_channels, S, S) in [-1, 1]
         if sign is not None and self.flip_side == "output":
             out = out * sign.to(out.dtype)
         return out
+
+
+class ProfileView(nn.Module):
+    """A generator answering for one tool / layer profile (row `row` of its profile tables)
+    whenever the caller passes no profile: what inference loads for a request's label, so the
+    backends (eager, ONNX export) keep their (image, polarity) interface. Shares the weights."""
+
+    def __init__(self, net: UNetGenerator, row: int):
+        super().__init__()
+        self.net = net
+        self.row = int(row)
+        self.conditioning = net.conditioning
+        self.cfg = net.cfg
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        polarity: torch.Tensor | None = None,
+        profile: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if profile is None:
+            profile = torch.full((x.shape[0],), self.row, dtype=torch.long, device=x.device)
+        return self.net(x, polarity, profile)

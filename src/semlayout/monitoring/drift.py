@@ -19,15 +19,16 @@ layout for `layout2sem` — in two ways:
 3. **Contrast polarity** (SEMs only). A detector may expect one polarity
    (`expected_polarity`: the layer's, as the server is configured, or the reference's when
    at least `SINGLE_POLARITY_SHARE` of its train SEMs have one). `with_polarity(result,
-   decision)` then flags an image translated in the other polarity by the caller's word
-   (a given polarity), and an auto-translated image when the STREAM has flipped: among the
-   last `POLARITY_WINDOW` images whose own evidence read a polarity
-   (`semlayout.polarity_auto.observed_polarity`), at least `POLARITY_MIN_READINGS`, more
-   than half read the other one. Polarity belongs to the layer, so it is judged on the
-   stream: one image's reading is right about 3 times in 4 (docs/polarity.md), twenty of
-   them rarely mislead. Grey-level features barely see a reversed layer (a reversed stream
-   moved them on 7.5 % of images). A reference that mixes polarities expects none: both are
-   in distribution (the summary shows the mix).
+   decision, expected, flipped)` then flags an image translated in the other polarity by the
+   caller's word (a given polarity), and an auto-translated image when its layer's STREAM
+   has flipped: a sequential test on the images' own evidence (log-odds of bright), Page's
+   CUSUM of the evidence for the other polarity above `polarity_layer.CUSUM_H`
+   (`semlayout.polarity_layer`: the server keeps it per layer in the monitor store and
+   passes `expected` / `flipped`; without them the detector keeps one stream's in memory).
+   Polarity belongs to the layer, so it is judged on the stream: one image's reading is
+   right about 3 times in 4, a run of them rarely misleads. Grey-level features barely see a
+   reversed layer (a reversed stream moved them on 7.5 % of images). A reference that mixes
+   polarities expects none: both are in distribution (the summary shows the mix).
 
 An image is **drifted** when `max |z| > z_threshold` or `KL > kl_threshold` or its polarity
 is not the expected one; its drift score is `max(max|z| / z_threshold, KL / kl_threshold,
@@ -51,7 +52,6 @@ import json
 import math
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -63,6 +63,7 @@ from semlayout.data.reference_stats import load_reference_stats, polarity_mix
 from semlayout.errors import SemlayoutError
 from semlayout.polarity import BRIGHT, DARK
 from semlayout.polarity_auto import PolarityDecision, observed_polarity
+from semlayout.polarity_layer import LayerState
 
 EPS = 1e-4
 MIN_Z = 3.0
@@ -72,8 +73,6 @@ DEFAULT_KL = 0.5
 MARGIN = 1.1
 POLARITY_SCORE = 2.0  # the score of an image of the unexpected polarity
 SINGLE_POLARITY_SHARE = 0.95  # a reference this one-sided expects its polarity
-POLARITY_WINDOW = 20  # the stream's recent polarity readings a flip is judged on
-POLARITY_MIN_READINGS = 10
 DIRECTION_KIND = {"sem2layout": "sem", "layout2sem": "layout"}
 CALIBRATION_FILE = "drift_calibration.json"
 
@@ -154,8 +153,8 @@ class DriftDetector:
         self.kl_threshold = float(kl_threshold)
         self.expected_polarity = expected_polarity
         self.reference_polarity: dict[str, int] | None = None  # the train split's mix (SEMs)
-        self._readings: deque[int] = deque(maxlen=POLARITY_WINDOW)
-        self._readings_lock = threading.Lock()
+        self._stream = LayerState()  # the stream's evidence, when no layer state is given
+        self._stream_lock = threading.Lock()
         if feature_fn is None or histogram_fn is None:
             df, dh = _default_fns()
             feature_fn, histogram_fn = feature_fn or df, histogram_fn or dh
@@ -197,26 +196,32 @@ class DriftDetector:
             features=feats,
         )
 
-    def stream_flipped(self, reading: int | None) -> bool:
-        """Record one image's polarity reading; whether the recent stream reads the other
-        polarity than the expected one (see the module docstring)."""
-        with self._readings_lock:
-            if reading is not None:
-                self._readings.append(reading)
-            readings = list(self._readings)
-        contrary = sum(r != self.expected_polarity for r in readings)
-        return len(readings) >= POLARITY_MIN_READINGS and contrary > len(readings) / 2
+    def stream_flipped(self, decision: PolarityDecision) -> bool:
+        """Pool one image's evidence into the detector's own stream; whether the stream now
+        reads the other polarity than the expected one (see the module docstring)."""
+        with self._stream_lock:
+            if decision.evidence is not None:
+                self._stream = self._stream.fold(decision.evidence)
+            return self._stream.flipped(self.expected_polarity)
 
-    def with_polarity(self, res: DriftResult, decision: PolarityDecision) -> DriftResult:
-        """`res` judged also on the polarity (see the module docstring)."""
-        expected = self.expected_polarity
+    def with_polarity(
+        self,
+        res: DriftResult,
+        decision: PolarityDecision,
+        expected: int | None = None,
+        flipped: bool | None = None,
+    ) -> DriftResult:
+        """`res` judged also on the polarity (see the module docstring): against `expected`
+        (default: the detector's) and, for an image read by auto, `flipped` (the layer's
+        sequential test; default: the detector's own stream's)."""
+        expected = self.expected_polarity if expected is None else expected
         if expected is None:
             return res
         reading = observed_polarity(decision)
         if decision.source == "given":
             flipped = decision.polarity != expected
-        else:
-            flipped = self.stream_flipped(reading)
+        elif flipped is None:
+            flipped = self.stream_flipped(decision)
         if not flipped:
             return replace(res, polarity=reading, expected_polarity=expected)
         return replace(

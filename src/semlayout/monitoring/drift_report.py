@@ -58,6 +58,9 @@ def drift_report(
     store = MonitorStore(db, create=False)
     try:
         rows = store.recent_drift_features(window, direction)
+        from semlayout.monitoring.confidence_store import served_confidence
+
+        confidence = served_confidence(store, direction, window)
     finally:
         store.close()
     if len(rows) < 2:
@@ -85,7 +88,10 @@ def drift_report(
     os.close(fd)
     try:  # Evidently writes the file itself: into a private temporary, renamed when complete
         snap.save_html(tmp_name)
-        _add_header(Path(tmp_name), _header(direction, window, rows))
+        from semlayout.confidence_report import confidence_section
+
+        section = confidence_section(confidence, "Confidence of the served predictions")
+        _add_header(Path(tmp_name), _header(direction, window, rows) + _boxed(section))
         os.chmod(tmp_name, 0o666 & ~_umask())
         os.replace(tmp_name, out)
     finally:
@@ -144,6 +150,14 @@ def _header(direction: str, window: int, rows: list[dict[str, Any]]) -> str:
     return (
         '<div id="semlayout-header" style="font:600 15px system-ui,sans-serif;padding:10px 16px;'
         f'background:#eef3fb;border-bottom:1px solid #c5d3ea">{html.escape(text)}</div>'
+    )
+
+
+def _boxed(section: str) -> str:
+    """The confidence section (issue 17) under the header, above Evidently's page."""
+    return (
+        '<div id="semlayout-confidence" style="font:13px system-ui,sans-serif;padding:8px 16px;'
+        f'border-bottom:1px solid #c5d3ea">{section}</div>'
     )
 
 

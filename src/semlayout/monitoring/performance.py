@@ -5,7 +5,9 @@ input and the output image (PNG, in the monitoring store; a thumbnail of at most
 resolution by default, and the truth is then scored at the thumbnail's size). When the truth
 for that id arrives later (`POST /v1/ground-truth/{id}`), L1 / SSIM / PSNR / IoU are computed
 with `semlayout.metrics` and stored; the rolling mean SSIM per direction is compared
-with the promotion baseline (the SSIM the model was approved on).
+with the promotion baseline (the SSIM the model was approved on). What the prediction's
+confidence predicted (`predicted_quality`: IoU for sem2layout, SSIM for layout2sem) is stored
+beside the truth, so the calibration error over time is a monitored number (`calibration`).
 """
 
 from __future__ import annotations
@@ -72,13 +74,28 @@ class PerformanceTracker:
             "psnr": metrics.psnr(output, truth),
             "iou": metrics.iou(output, truth),
         }
-        self.store.add_ground_truth(prediction_id, pred.direction, pred.model_version, values)
+        self.store.add_ground_truth(
+            prediction_id,
+            pred.direction,
+            pred.model_version,
+            values,
+            predicted_quality=pred.predicted_quality,
+            confidence=pred.confidence,
+        )
         return {
             "prediction_id": prediction_id,
             "direction": pred.direction,
             "model_version": pred.model_version,
             "metrics": values,
+            "predicted_quality": pred.predicted_quality,
+            "confidence": pred.confidence,
         }
+
+    def calibration(self, direction: str, window: int) -> dict[str, Any]:
+        """Mean |predicted - true| quality over the last `window` ground truths."""
+        from semlayout.monitoring.confidence_store import calibration_error
+
+        return calibration_error(self.store, direction, window)
 
     def rolling(self, direction: str, window: int) -> dict[str, Any]:
         mean, n = self.store.rolling_ssim_stats(direction, window)

@@ -70,12 +70,17 @@ def _keep_newest(conn: Connection, table: sa.Table, order: Any, keep: int) -> in
     return int(conn.execute(table.delete().where(order <= cutoff)).rowcount)
 
 
+def _kept(p: sa.Table) -> Any:
+    """A prediction that still keeps an image: its output or (for review) its input."""
+    return sa.or_(p.c.output_png.is_not(None), p.c.input_png.is_not(None))
+
+
 def _drop(conn: Connection, cutoff_ts: float) -> int:
     p = t.predictions
     res = conn.execute(
         p.update()
-        .where(p.c.output_png.is_not(None), p.c.ts <= cutoff_ts)
-        .values(output_png=None, output_bytes=None)
+        .where(_kept(p), p.c.ts <= cutoff_ts)
+        .values(output_png=None, input_png=None, output_bytes=None)
     )
     return int(res.rowcount)
 
@@ -83,11 +88,7 @@ def _drop(conn: Connection, cutoff_ts: float) -> int:
 def _drop_outputs_beyond_count(conn: Connection, keep: int) -> int:
     p = t.predictions
     cutoff = conn.execute(
-        sa.select(p.c.ts)
-        .where(p.c.output_png.is_not(None))
-        .order_by(p.c.ts.desc())
-        .offset(keep)
-        .limit(1)
+        sa.select(p.c.ts).where(_kept(p)).order_by(p.c.ts.desc()).offset(keep).limit(1)
     ).scalar()
     return 0 if cutoff is None else _drop(conn, float(cutoff))
 
@@ -106,7 +107,7 @@ def _drop_outputs_beyond_bytes(conn: Connection, budget: int) -> int:
             .over(order_by=(p.c.ts.desc(), p.c.id.desc()))
             .label("cum"),
         )
-        .where(p.c.output_png.is_not(None))
+        .where(_kept(p))
         .subquery()
     )
     cutoff = conn.execute(

@@ -9,11 +9,13 @@ predictions        id, ts, direction, model_version, input_sha256, width, height
                    output_png (kept as configured: none, a thumbnail or the full output),
                    output_bytes (its size, for the byte budget of the retention policy),
                    polarity (+1 / -1: the contrast polarity it was translated in; NULL in rows
-                   made before it was recorded)
+                   made before it was recorded), confidence, predicted_quality,
+                   confidence_reason, cohort, input_png (kept for review; issue 17)
 inference_events   one row per request outcome: latency, forward time, status, error reason,
                    input/output statistics (JSON)
 drift_events       one row per translated image: drifted, max |z|, KL, z-scores and features (JSON)
-ground_truth       one row per prediction that later received its truth: l1, ssim, psnr, iou
+ground_truth       one row per prediction that later received its truth: l1, ssim, psnr, iou,
+                   and what its confidence predicted (predicted_quality, confidence)
 feedback           reviewed pairs posted to /v1/feedback: the row is written LAST, after both
                    images are in the feedback object store (`folder` + `sem_path`/`layout_path`);
                    one row per SEM (unique `sem_sha256`, the hash of its decoded pixels);
@@ -22,6 +24,8 @@ feedback           reviewed pairs posted to /v1/feedback: the row is written LAS
 trigger_decisions  what the continuous-learning loop decided, and when
 loop_consumed      the reviewed pairs completed fine-tune runs have used (the loop's ledger)
 meta               key/value (the readiness probe's last write)
+layer_polarity     per layer label: its configured polarity (an admin's; NULL: none), the
+                   pooled evidence of its images and the drift CUSUMs (`polarity_layer`)
 ```
 Adding a column: a new migration in `migrations/versions/` (op.add_column) and the column
 here; nothing else reads the schema.
@@ -56,7 +60,14 @@ predictions = sa.Table(
     sa.Column("output_png", sa.LargeBinary),
     sa.Column("output_bytes", sa.Integer),
     sa.Column("polarity", sa.Integer),
+    sa.Column("confidence", sa.Float),  # issue 17 (migration 0006): NULL = unknown
+    sa.Column("predicted_quality", sa.Float),
+    sa.Column("confidence_reason", sa.Text),
+    sa.Column("confidence_signals", sa.Text),  # JSON {signal: value}
+    sa.Column("cohort", sa.Text),
+    sa.Column("input_png", sa.LargeBinary),
     sa.Index("predictions_ts", "ts"),
+    sa.Index("predictions_sha", "input_sha256"),
 )
 
 inference_events = sa.Table(
@@ -106,6 +117,8 @@ ground_truth = sa.Table(
     sa.Column("ssim", sa.Float, nullable=False),
     sa.Column("psnr", sa.Float, nullable=False),
     sa.Column("iou", sa.Float, nullable=False),
+    sa.Column("predicted_quality", sa.Float),  # what the prediction's confidence said
+    sa.Column("confidence", sa.Float),
     sa.Index("ground_truth_dir", "direction", "ts"),
 )
 
@@ -145,6 +158,18 @@ loop_consumed = sa.Table(
     sa.Column("pair_id", sa.Text, nullable=False),
     sa.Column("run_id", sa.Text, nullable=False),
     sa.Column("qc_failed", sa.Integer),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+
+layer_polarity = sa.Table(
+    "layer_polarity",
+    metadata,
+    sa.Column("layer", sa.Text, primary_key=True),
+    sa.Column("configured", sa.Integer),
+    sa.Column("pooled", sa.Float, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("s_dark", sa.Float, nullable=False),
+    sa.Column("s_bright", sa.Float, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
 )
 

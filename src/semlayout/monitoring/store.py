@@ -51,6 +51,14 @@ class Prediction:
     height: int
     output_png: bytes | None
     polarity: int | None = None  # +1 / -1: the contrast polarity it was translated in
+    # issue 17: P(good) (None: unknown), predicted IoU / SSIM, why lowest or unknown, the
+    # caller's cohort label, the input PNG kept for review (semlayout.confidence)
+    confidence: float | None = None
+    predicted_quality: float | None = None
+    confidence_reason: str | None = None
+    confidence_signals: str | None = None  # JSON {signal: value}
+    cohort: str | None = None
+    input_png: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,8 @@ def drift_row(
 
 def prediction_row(pred: Prediction) -> dict[str, Any]:
     row = {k: getattr(pred, k) for k in Prediction.__dataclass_fields__}
-    row["output_bytes"] = None if pred.output_png is None else len(pred.output_png)
+    kept = [b for b in (pred.output_png, pred.input_png) if b is not None]
+    row["output_bytes"] = sum(len(b) for b in kept) if kept else None  # the retention budget
     return row
 
 
@@ -236,15 +245,19 @@ class MonitorStore:
         model_version: str,
         metrics: Mapping[str, float],
         ts: float | None = None,
+        predicted_quality: float | None = None,
+        confidence: float | None = None,
     ) -> None:
-        """Store the quality of one prediction; a second truth for the same id replaces the
-        first."""
+        """Store the quality of one prediction (and what its confidence predicted); a second
+        truth for the same id replaces the first."""
         row = {
             "prediction_id": prediction_id,
             "ts": ts or time.time(),
             "direction": direction,
             "model_version": model_version,
             **{k: float(metrics[k]) for k in ("l1", "ssim", "psnr", "iou")},
+            "predicted_quality": predicted_quality,
+            "confidence": confidence,
         }
         with self.transaction() as conn:
             upsert(conn, t.ground_truth, row, ["prediction_id"])

@@ -239,6 +239,9 @@ class Registry(RegistryReader):
                 TAG_POLARITIES: run.data.tags.get(TAG_POLARITIES, "+1"),
             }
         )
+        sure = gate.confidence()
+        if sure is not None:
+            tags["gate_confidence"] = f"{sure:.3f}"
         return tags
 
     def _ensure_model(self, name: str) -> None:

@@ -24,7 +24,13 @@ from semlayout.errors import SemlayoutError
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_NAME_IN_RUN = "model"
-CHECKPOINT_FILES = ("config.json", "weights.safetensors", "sem2layout.onnx", "layout2sem.onnx")
+CHECKPOINT_FILES = (
+    "config.json",
+    "weights.safetensors",
+    "sem2layout.onnx",
+    "layout2sem.onnx",
+    "confidence_calibration.json",  # issue 17: fitted at evaluate time, beside the weights
+)
 TAG_MODEL_URI = "semlayout.model_uri"
 TAG_CONFIG_HASH = "semlayout.config_hash"
 TAG_CHECKPOINT_STEP = "semlayout.checkpoint_step"
@@ -220,7 +226,9 @@ def log_curves(client: Any, run_id: str, folder: Path) -> int:
                     if key in ("epoch", "step") or isinstance(value, bool):
                         continue
                     if isinstance(value, int | float) and math.isfinite(float(value)):
-                        values.append(Metric(key, float(value), 0, int(rec["epoch"])))
+                        # a fine-tune's records are per evaluation (a step, no epoch)
+                        at = int(rec.get("epoch", rec.get("step", 0)))
+                        values.append(Metric(key, float(value), 0, at))
     for start in range(0, len(values), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=values[start : start + 1000])
     return len(values)

@@ -51,7 +51,9 @@ from semlayout.serving.routes import (
     docs_routes,
     feedback_routes,
     health_routes,
+    layer_routes,
     monitoring_routes,
+    review_routes,
     translate_routes,
 )
 from semlayout.serving.schemas import SERVER_ERROR
@@ -89,6 +91,8 @@ def create_app(
         align_routes,
         feedback_routes,
         monitoring_routes,
+        layer_routes,
+        review_routes,
         admin_routes,
         docs_routes,
     ):

@@ -13,9 +13,9 @@ model they started with and no request sees a half-loaded model or another versi
 reference. A model given as `models:/NAME@ALIAS` is pinned to the version the alias named
 at load time (loaded as `models:/NAME/VERSION`), which is what `X-Model-Version` reports.
 
-Every image carries the polarity asked for (auto | bright | dark, `semlayout.polarity`) and the
-layer's polarity when the server knows it (the prior of auto); a result says which polarity
-was used (`PolarityDecision`).
+Every image carries the polarity asked for (auto | bright | dark, `semlayout.polarity`) and
+its layer's word (`polarity_layer.LayerPrior`: configured polarity, pooled evidence; auto's
+prior); a result says which polarity was used (`PolarityDecision`).
 
 `MicroBatcher` (asyncio) queues single images and runs them in batches of up to
 `max_batch` per direction and polarity request in a worker thread: one forward pass at a
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from semlayout.confidence_calibration import Calibration, load_calibration
 from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 from semlayout.model_uri import ModelUri
@@ -51,7 +52,10 @@ if TYPE_CHECKING:
 
     from semlayout.inference import Translation
     from semlayout.polarity_auto import PolarityDecision
+    from semlayout.polarity_layer import LayerPrior
     from semlayout.registry import Registry
+
+    Prior = int | LayerPrior | None  # the layer's word: configured polarity, pooled evidence
 
 log = logging.getLogger("semlayout.serving")
 
@@ -68,12 +72,12 @@ class Translates(Protocol):
         images: Sequence[np.ndarray],
         *,
         polarity: str,
-        prior: int | None,
+        prior: Prior,
         max_field_side: int,
     ) -> list[Translation]: ...
 
     def fixed_polarity(
-        self, direction: str, polarity: str | int | None, prior: int | None = None
+        self, direction: str, polarity: str | int | None, prior: Prior = None
     ) -> PolarityDecision | None: ...
 
     def to_layout(self, grey: np.ndarray) -> np.ndarray: ...
@@ -92,6 +96,8 @@ class LoadedModel:
     # the detectors this model's requests are judged by, and where their reference came from
     detectors: dict[str, DriftDetector] = field(default_factory=dict)
     drift_source: str | None = None
+    # the confidence calibration saved beside the weights (None: confidence unknown)
+    calibration: Calibration | None = None
 
 
 def registry_ref(uri: str) -> ModelUri | None:
@@ -185,6 +191,7 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             translator.backend,  # what "auto" chose
             baseline_ssim=_registry_baseline(registry.client, mv.run_id),
             drift_reference=drift_reference_of(ckpt),
+            calibration=load_calibration(ckpt),
         )
     folder = Path(model)
     if not folder.is_dir():
@@ -192,7 +199,13 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             f"model not found: '{model}' (expected a checkpoint folder or models:/NAME@ALIAS)"
         )
     translator = Translator.load(folder, backend=backend)
-    return LoadedModel(translator, _local_version(folder), str(folder), translator.backend)
+    return LoadedModel(
+        translator,
+        _local_version(folder),
+        str(folder),
+        translator.backend,  # what "auto" chose
+        calibration=load_calibration(folder),
+    )
 
 
 @dataclass(frozen=True)
@@ -269,7 +282,7 @@ class InferenceEngine:
         direction: str,
         images: list[np.ndarray],
         polarity: str = "auto",
-        prior: int | None = None,
+        prior: Prior = None,
     ) -> TranslateResult:
         """Translate a batch on the model current at call time (a swap meanwhile does not
         affect it), in `polarity` (auto | bright | dark; `prior`: the layer's polarity)."""
@@ -337,7 +350,7 @@ class _Job:
     image: np.ndarray
     future: asyncio.Future[ImageResult]
     polarity: str = "auto"  # auto | bright | dark
-    prior: int | None = None  # the layer's polarity
+    prior: Prior = None  # the layer's word
 
     @property
     def field(self) -> bool:
@@ -405,7 +418,7 @@ class MicroBatcher:
         direction: str,
         images: Sequence[np.ndarray],
         polarity: str = "auto",
-        prior: int | None = None,
+        prior: Prior = None,
     ) -> list[ImageResult]:
         """One result per image, in order. All of `images` or none: QueueFull before any is
         queued when they do not all fit."""
@@ -456,7 +469,7 @@ class MicroBatcher:
         loop: asyncio.AbstractEventLoop,
         direction: str,
         polarity: str,
-        prior: int | None,
+        prior: Prior,
         group: list[_Job],
     ) -> None:
         """One forward of `group` in the worker thread; each job's future gets its result."""

@@ -69,6 +69,26 @@ class ServingMetrics:
             buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2, 5, 10),
             registry=r,
         )
+        self.confidence = Histogram(  # issue 17; the low-confidence alert reads its buckets
+            "semlayout_confidence",
+            "per-prediction confidence: P(good) from the model's calibration",
+            ["direction"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.confidence_error = Histogram(
+            "semlayout_confidence_abs_error",
+            "|predicted - true| quality when a prediction's ground truth arrives",
+            ["direction"],
+            buckets=(0.02, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5, 1.0),
+            registry=r,
+        )
+        self.confidence_unknown = Counter(
+            "semlayout_confidence_unknown",
+            "predictions whose confidence is unknown (the model version has no calibration)",
+            ["direction"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "semlayout_model_info",
             "the model being served (value 1)",

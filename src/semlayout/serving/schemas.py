@@ -77,13 +77,48 @@ class TranslateResponse(BaseModel):
         ..., description="+1 pattern bright, -1 pattern dark: the polarity it was translated in"
     )
     polarity_margin: float | None = Field(
-        None, description="auto: how clearly the image chose that polarity; null otherwise"
+        None,
+        description="pooled / auto: how clearly the evidence chose that polarity (log-odds); "
+        "null otherwise",
     )
     polarity_source: str = Field(
         ...,
-        description="given (the request or the layer), auto (the image), only (the model "
-        "serves one polarity)",
+        description="given (the request), layer (the layer's configured polarity), pooled "
+        "(the image and its layer's pooled evidence), auto (the image alone), only (the "
+        "model serves one polarity)",
     )
+    layer: str = Field("default", description="the layer the image was read as part of")
+    confidence: float | None = Field(
+        None,
+        description="P(the prediction is good: IoU >= 0.6 for sem2layout, SSIM over the "
+        "calibration's threshold for layout2sem); null: unknown (no calibration)",
+    )
+    predicted_iou: float | None = Field(None, description="sem2layout: the predicted IoU")
+    predicted_ssim: float | None = Field(None, description="layout2sem: the predicted SSIM")
+    confidence_reason: str | None = Field(
+        None, description="why the confidence is the lowest (a blank input...) or unknown"
+    )
+
+
+class LayerInfo(BaseModel):
+    """A layer's polarity: what is configured and what its images' evidence says."""
+
+    layer: str
+    configured: int | None = Field(
+        None, description="+1 / -1 set by an admin (PUT /v1/layers/{layer}/polarity); null: none"
+    )
+    pooled_logodds: float = Field(
+        ..., description="the pooled evidence of its images: log-odds of bright (capped)"
+    )
+    implied: int | None = Field(None, description="the polarity the pooled evidence implies")
+    established: int | None = Field(
+        None, description="the implied polarity once the evidence is strong enough; else null"
+    )
+    images: int = Field(..., description="images whose evidence was pooled")
+
+
+class LayerPolarityRequest(BaseModel):
+    polarity: str = Field(..., description="bright or dark (also +1 / -1)")
 
 
 class AlignResponse(BaseModel):
@@ -114,6 +149,10 @@ class GroundTruthResponse(BaseModel):
     direction: Direction
     model_version: str
     metrics: QualityMetrics
+    predicted_quality: float | None = Field(
+        None, description="what the prediction's confidence predicted (IoU / SSIM); null: unknown"
+    )
+    confidence: float | None = None
 
 
 class FeedbackResponse(BaseModel):
@@ -200,6 +239,27 @@ class PolaritySummary(BaseModel):
     )
 
 
+class ConfidenceSummary(BaseModel):
+    """Issue 17: how sure the served model has been, per direction and cohort."""
+
+    window: int
+    low_threshold: float = Field(..., description="a confidence below this counts as low")
+    calibrated: dict[str, bool] = Field(
+        ..., description="per direction: whether the served version has a calibration"
+    )
+    directions: dict[str, Any] = Field(
+        ...,
+        description="{direction: {all: {n, known, low, low_confidence_rate, mean_confidence}, "
+        "cohorts: {cohort: {...same...}}}}",
+    )
+    calibration_error: dict[str, Any] = Field(
+        ..., description="per direction: mean |predicted - true| over the recent ground truth"
+    )
+    population: dict[str, list[dict[str, Any]]] = Field(
+        ..., description="per direction: the two-sample test of the recent stream per cohort"
+    )
+
+
 class MonitoringSummary(BaseModel):
     model_version: str | None
     inference: InferenceSummary
@@ -207,3 +267,4 @@ class MonitoringSummary(BaseModel):
     quality: dict[str, QualitySummary]
     feedback_count: int
     polarity: PolaritySummary
+    confidence: ConfidenceSummary | None = None

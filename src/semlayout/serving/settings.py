@@ -119,6 +119,16 @@ class ServeSettings(BaseSettings):
         ),
     ] = "thumbnail"
     thumbnail_side: Annotated[int, Field(ge=16, le=4096)] = 256
+    review_keep_below: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1.01,
+            description="keep the input (PNG) of a prediction whose confidence is below this "
+            "or unknown, for the review queue's export (0: keep none; 1.01: keep all); the "
+            "retention byte budget counts it",
+        ),
+    ] = 0.5
     max_stored_outputs: Annotated[
         int,
         Field(ge=1, description="output images kept for late ground truth; older ones dropped"),

@@ -1,8 +1,9 @@
 """The running service: what the app opens at startup and the one way to reload its model.
 
 `open_state` loads the model (unless one is given) with its drift detectors, opens the
-monitoring store and the feedback store, and starts the micro-batcher; the app's lifespan
-holds the result as `app.state.svc` and endpoints get it injected (`serving.deps.StateDep`).
+monitoring store (with the layers' polarity book) and the feedback store, and starts the
+micro-batcher; the app's lifespan holds the result as `app.state.svc` and endpoints get it
+injected (`serving.deps.StateDep`).
 `reload_model` is the reload with its bookkeeping (model gauge, reload counter), shared by
 the registry poller (`poll_registry`) and `POST /v1/admin/reload`. `enforce_retention` runs
 the store's retention policy every `retention_interval_s`.
@@ -22,6 +23,7 @@ from semlayout.directions import DIRECTIONS
 from semlayout.monitoring.drift import DriftOptions
 from semlayout.monitoring.feedback import FeedbackStore
 from semlayout.monitoring.inference_monitor import InferenceMonitor
+from semlayout.monitoring.layer_book import LayerBook
 from semlayout.monitoring.performance import PerformanceTracker
 from semlayout.monitoring.store import MonitorStore
 from semlayout.serving.engine import InferenceEngine, MicroBatcher
@@ -42,6 +44,7 @@ class ServingState:
     feedback: FeedbackStore
     metrics: ServingMetrics
     batcher: MicroBatcher
+    layers: LayerBook  # the layers' polarity (configured, pooled evidence) in the store
     writer: RecordWriter  # the translate path's rows, committed in groups
 
 
@@ -93,6 +96,7 @@ async def open_state(
         FeedbackStore(settings.feedback_uri, store),
         metrics,
         batcher,
+        LayerBook(store),
         RecordWriter(store, settings.max_queue),
     )
     cur = eng.current

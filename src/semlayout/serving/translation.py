@@ -1,11 +1,16 @@
 """The translate path of a request, in steps that can be called (and extended) one by one.
 
 1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
-2. `forward`: the polarity check (a polarity the model never learned is refused before any
-   work), queue room check, the micro-batcher, and meanwhile `input_side` (the input's hash,
-   statistics and drift features, in one worker-thread hop: they need only the input; drift is
-   judged against the reference of the model that translated the image), then the image's
-   polarity against the one expected, `binarize`; nothing is recorded yet;
+2. `forward`: the request's layer (its configured polarity and pooled evidence, from the
+   store: `monitoring.layer_book`), the polarity check (a polarity the model never learned is
+   refused before any work; so is a field over the size limit), queue room check, the
+   micro-batcher, and meanwhile `input_side` (the input's hash, statistics and drift features,
+   in one worker-thread hop: they need only the input; drift is judged against the reference
+   of the model that translated the image), the confidence of every image
+   (`semlayout.confidence.assess`, one call per model, computed while the input sides finish),
+   then the images' evidence is pooled into the layer (its own transaction) and each image's
+   polarity judged against the one the layer should show (`polarity_layer`: configured > the
+   server's > established), `binarize`; no prediction is recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
 4. `record`: every row of the request handed to the record writer (`serving.record_writer`:
@@ -21,15 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from semlayout.confidence import Confidence, assess
 from semlayout.directions import Direction
 from semlayout.monitoring.drift import DriftDetector, DriftResult
 from semlayout.monitoring.inference_monitor import image_stats
@@ -37,6 +44,7 @@ from semlayout.monitoring.performance import new_prediction_id
 from semlayout.monitoring.store import Prediction, TranslationRecord
 from semlayout.polarity import PolarityChoice
 from semlayout.polarity_auto import PolarityDecision
+from semlayout.polarity_layer import DEFAULT_LAYER, LayerState
 from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
 from semlayout.serving.settings import ServeSettings
@@ -74,6 +82,8 @@ class Forwarded:
     drift: DriftResult | None  # None without a drift reference for the direction
     decision: PolarityDecision  # the polarity it was translated in
     side: InputSide  # hash and statistics of the input
+    confidence: Confidence  # how sure the model is (confidence None: unknown)
+    layer: str = DEFAULT_LAYER  # the layer it was read as part of
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class Translated:
     model: LoadedModel
     drift: DriftInfo | None
     decision: PolarityDecision
+    confidence: Confidence
+    layer: str = DEFAULT_LAYER
 
 
 def _busy(err: QueueFull) -> HTTPException:
@@ -98,11 +110,14 @@ async def forward(
     images: Sequence[np.ndarray],
     binarize: bool,
     polarity: PolarityChoice = PolarityChoice.auto,
+    layer: str = DEFAULT_LAYER,
 ) -> list[Forwarded]:
     """Run `images` through the model (all or none: 503 when the queue has no room for all)
-    in `polarity` (the server's layer polarity is auto's prior); the input side of the rows
-    (hash, statistics, drift features) is computed meanwhile."""
-    prior = state.settings.layer_prior
+    in `polarity` (auto: with `layer`'s configured polarity and pooled evidence); the input
+    side of the rows (hash, statistics, drift features) is computed meanwhile."""
+    known = await run_in_threadpool(state.layers.get, layer)
+    fallback = state.settings.layer_prior  # the server's layer polarity, for every layer
+    prior = replace(known, configured=known.configured or fallback).prior()
     # refused now (422) rather than answered inverted: a polarity the model never learned
     state.engine.current.translator.fixed_polarity(direction, polarity, prior)
     for img in images:  # a field over the size limit: refused before any work too
@@ -115,11 +130,17 @@ async def forward(
     model = state.engine.current
     det = model.detectors.get(direction)
     sides = [asyncio.ensure_future(run_in_threadpool(input_side, img, det)) for img in images]
+    conf_task: asyncio.Future[list[Confidence]] | None = None
     try:
         try:
             results = await state.batcher.submit_many(direction, images, polarity, prior)
         except QueueFull as err:
             raise _busy(err) from None
+        # the confidence needs only the inputs and outputs: computed while the input sides
+        # finish and the layouts are drawn
+        conf_task = asyncio.ensure_future(
+            run_in_threadpool(confidences, direction, images, results)
+        )
         done: list[InputSide] = list(await asyncio.gather(*sides))
         checks: list[Any] = [d.drift for d in done]
         for i, r in enumerate(results):
@@ -133,17 +154,75 @@ async def forward(
                     *[run_in_threadpool(r.model.translator.to_layout, r.output) for r in results]
                 )
             )
+    except BaseException:
+        if conf_task is not None:  # a failure above: nothing left running unobserved
+            conf_task.cancel()
+        raise
     finally:
         for side in sides:  # a failure above: nothing left running unobserved
             side.cancel()
+    after = await _pool(state, layer, known, [r.decision for r in results])
     for i, r in enumerate(results):  # the image's polarity against the one expected
         det_i = r.model.detectors.get(direction)
         if det_i is not None and checks[i] is not None:
-            checks[i] = det_i.with_polarity(checks[i], r.decision)
+            expected = after[i].expected(fallback or det_i.expected_polarity)
+            flipped = after[i].flipped(expected)
+            checks[i] = det_i.with_polarity(checks[i], r.decision, expected, flipped)
+    confs = await conf_task if conf_task is not None else []
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side)
-        for img, out, r, res, side in zip(images, outs, results, checks, done, strict=True)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side, c, layer)
+        for img, out, r, res, side, c in zip(
+            images, outs, results, checks, done, confs, strict=True
+        )
     ]
+
+
+async def _pool(
+    state: ServingState, layer: str, known: LayerState, decisions: Sequence[PolarityDecision]
+) -> list[LayerState]:
+    """Fold the images' own evidence into the layer (one transaction); the layer's state
+    after each image (an image without evidence, e.g. a given polarity, leaves it as is)."""
+    evidences = [d.evidence for d in decisions if d.evidence is not None]
+    folded = iter(await run_in_threadpool(state.layers.fold, layer, evidences))
+    after, cur = [], known
+    for d in decisions:
+        if d.evidence is not None:
+            cur = next(folded)
+        after.append(cur)
+    return after
+
+
+def confidences(
+    direction: Direction, images: Sequence[np.ndarray], results: Sequence[Any]
+) -> list[Confidence]:
+    """The confidence of each image, by the model (and calibration) that translated it, from
+    its grey output (before any binarization)."""
+    out: list[Confidence | None] = [None] * len(images)
+    for model in {id(r.model): r.model for r in results}.values():
+        idx = [i for i, r in enumerate(results) if r.model is model]
+        got = assess(
+            model.translator,
+            model.calibration,
+            direction,
+            [images[i] for i in idx],
+            [results[i].output for i in idx],
+            [results[i].decision for i in idx],
+        )
+        for i, c in zip(idx, got, strict=True):
+            out[i] = c
+    return [c for c in out if c is not None]
+
+
+def kept_input(item: Forwarded, settings: ServeSettings) -> bytes | None:
+    """The input as PNG when the review queue may need it: its confidence is below
+    `settings.review_keep_below` or unknown (`review_keep_below` 0 keeps none)."""
+    from semlayout.data.pairs import encode_png
+
+    conf = item.confidence.confidence
+    limit = settings.review_keep_below
+    if limit <= 0 or (conf is not None and conf >= limit):
+        return None
+    return encode_png(item.image)
 
 
 def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes | None:
@@ -164,7 +243,12 @@ def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes
 
 
 def prepare(
-    state: ServingState, endpoint: str, direction: Direction, item: Forwarded, t0: float
+    state: ServingState,
+    endpoint: str,
+    direction: Direction,
+    item: Forwarded,
+    t0: float,
+    cohort: str | None = None,
 ) -> tuple[Translated, TranslationRecord]:
     """The answer and the rows of one image (worker thread); nothing is written yet.
 
@@ -184,6 +268,12 @@ def prepare(
         height=int(img.shape[0]),
         output_png=stored_output(out, png, state.settings),
         polarity=item.decision.polarity,
+        confidence=item.confidence.confidence,
+        predicted_quality=item.confidence.predicted,
+        confidence_reason=item.confidence.reason,
+        confidence_signals=json.dumps(item.confidence.signals) if item.confidence.signals else None,
+        cohort=cohort,
+        input_png=kept_input(item, state.settings),
     )
     event = {
         "endpoint": endpoint,
@@ -212,7 +302,7 @@ def prepare(
         }
     info = drift_info(res, model.detectors.get(direction))
     return (
-        Translated(pid, out, png, model, info, item.decision),
+        Translated(pid, out, png, model, info, item.decision, item.confidence, item.layer),
         TranslationRecord(prediction, event, drift),
     )
 
@@ -222,6 +312,11 @@ def _observe(state: ServingState, direction: Direction, done: Sequence[Translate
     m = state.metrics
     for d in done:
         m.translations.labels(direction, "ok").inc()
+        conf = d.confidence.confidence
+        if conf is None:
+            m.confidence_unknown.labels(direction).inc()
+        else:
+            m.confidence.labels(direction).observe(conf)
         if d.drift is not None:
             m.drift_score.labels(direction).observe(d.drift.score)
             if d.drift.drifted:
@@ -236,12 +331,17 @@ async def translate(
     binarize: bool,
     t0: float,
     polarity: PolarityChoice = PolarityChoice.auto,
+    layer: str = DEFAULT_LAYER,
+    cohort: str | None = None,
 ) -> list[Translated]:
-    """`forward`, `prepare` each image, then record the request's rows in one transaction;
-    `endpoint` is the route template, for the events."""
-    items = await forward(state, direction, images, binarize, polarity)
+    """`forward`, `prepare` each image, then hand the request's rows to the record writer
+    (committed, all or none, before the answer);
+    `endpoint` is the route template, for the events; `layer` the data set the images belong
+    to (polarity pooling), `cohort` the caller's label (pattern family, tool or client) the
+    monitors slice by."""
+    items = await forward(state, direction, images, binarize, polarity, layer)
     prepared = await asyncio.gather(
-        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0) for it in items]
+        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0, cohort) for it in items]
     )
     await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
     done = [tr for tr, _ in prepared]
@@ -277,7 +377,33 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         polarity=done.decision.polarity,
         polarity_margin=done.decision.margin,
         polarity_source=done.decision.source,
+        layer=done.layer,
+        **confidence_fields(done.confidence),
     )
+
+
+def confidence_fields(c: Confidence) -> dict[str, Any]:
+    """The JSON answer's confidence fields (None: unknown, with the reason)."""
+    return {
+        "confidence": c.confidence,
+        "predicted_iou": c.predicted if c.metric == "iou" else None,
+        "predicted_ssim": c.predicted if c.metric == "ssim" else None,
+        "confidence_reason": c.reason,
+    }
+
+
+def confidence_headers(c: Confidence) -> dict[str, str]:
+    """X-Confidence and X-Predicted-IoU / X-Predicted-SSIM ("unknown" without a calibration),
+    X-Confidence-Reason when there is one."""
+
+    def fmt(v: float | None) -> str:
+        return "unknown" if v is None else f"{v:.4f}"
+
+    name = "X-Predicted-IoU" if c.metric == "iou" else "X-Predicted-SSIM"
+    headers = {"X-Confidence": fmt(c.confidence), name: fmt(c.predicted)}
+    if c.reason:
+        headers["X-Confidence-Reason"] = c.reason.encode("ascii", "replace").decode("ascii")
+    return headers
 
 
 def png_headers(done: Translated) -> dict[str, str]:
@@ -287,6 +413,8 @@ def png_headers(done: Translated) -> dict[str, str]:
         "X-Model-Version": done.model.version,
         "X-Polarity": f"{done.decision.polarity:+d}",
         "X-Polarity-Source": done.decision.source,
+        "X-Layer": done.layer,
+        **confidence_headers(done.confidence),
     }
     if done.decision.margin is not None:
         headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"

@@ -96,6 +96,7 @@ class _Batch:
     real_sem: torch.Tensor
     real_lay: torch.Tensor
     polarity: torch.Tensor  # (B,) +-1: the contrast polarity of each pair
+    profile: torch.Tensor | None  # (B,) tool / layer profile rows (-1: none), or None
     fake_lay: torch.Tensor  # G_A(real_sem)
     fake_sem: torch.Tensor  # G_B(real_lay)
     real_pair_A: torch.Tensor  # what D_A should call real: (sem, layout)
@@ -149,10 +150,16 @@ class Trainer:
             return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _gen(self, net: nn.Module, x: torch.Tensor, polarity: torch.Tensor) -> torch.Tensor:
+    def _gen(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        polarity: torch.Tensor,
+        profile: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """A generator forward at the step's precision; the output in fp32."""
         with self._autocast():
-            out = net(x, polarity)
+            out = net(x, polarity) if profile is None else net(x, polarity, profile)
         return out.float()
 
     def _disc(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -184,9 +191,11 @@ class Trainer:
         real_lay: torch.Tensor,
         step: int = 0,
         polarity: torch.Tensor | None = None,
+        profile: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One update of D_A, D_B then of G_A, G_B on a batch of (B, 1, S, S) tensors in [-1, 1];
-        `polarity` (B,) of +-1 (None: all +1) conditions the generators when they are."""
+        `polarity` (B,) of +-1 (None: all +1) conditions the generators when they are, and
+        `profile` (B,) the tool / layer profile rows (None: the shared network)."""
         D = (self.D_A, self.D_B)
         if polarity is None:
             polarity = real_sem.new_ones(real_sem.shape[0])
@@ -194,8 +203,9 @@ class Trainer:
             real_sem,
             real_lay,
             polarity,
-            fake_lay=self._gen(self.G_A, real_sem, polarity),  # SEM -> layout
-            fake_sem=self._gen(self.G_B, real_lay, polarity),  # layout -> SEM
+            profile,
+            fake_lay=self._gen(self.G_A, real_sem, polarity, profile),  # SEM -> layout
+            fake_sem=self._gen(self.G_B, real_lay, polarity, profile),  # layout -> SEM
             real_pair_A=torch.cat([real_sem, real_lay], 1),
             real_pair_B=torch.cat([real_lay, real_sem], 1),
         )
@@ -265,10 +275,10 @@ class Trainer:
             dice_A = lc.lambda_dice * soft_dice_loss(b.fake_lay, b.real_lay)
         if lc.lambda_cycle > 0:
             cycle_A = lc.lambda_cycle * l1_loss(
-                self._gen(self.G_B, b.fake_lay, b.polarity), b.real_sem
+                self._gen(self.G_B, b.fake_lay, b.polarity, b.profile), b.real_sem
             )
             cycle_B = lc.lambda_cycle * l1_loss(
-                self._gen(self.G_A, b.fake_sem, b.polarity), b.real_lay
+                self._gen(self.G_A, b.fake_sem, b.polarity, b.profile), b.real_lay
             )
         if lc.lambda_fm > 0:
             with torch.no_grad():  # targets: real activations carry no gradient
@@ -286,10 +296,10 @@ class Trainer:
             )
         if lc.lambda_identity > 0:
             idt_A = lc.lambda_identity * l1_loss(
-                self._gen(self.G_A, b.real_lay, b.polarity), b.real_lay
+                self._gen(self.G_A, b.real_lay, b.polarity, b.profile), b.real_lay
             )
             idt_B = lc.lambda_identity * l1_loss(
-                self._gen(self.G_B, b.real_sem, b.polarity), b.real_sem
+                self._gen(self.G_B, b.real_sem, b.polarity, b.profile), b.real_sem
             )
         values = (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B, dice_A)
         return dict(zip(LOSS_TERMS, values, strict=True))

@@ -56,6 +56,11 @@ async def ground_truth(
     truth = await read_image(image, "image", settings)
     res = await run_in_threadpool(state.tracker.add_ground_truth, prediction_id, truth)
     metrics.ground_truth.labels(res["direction"]).inc()
+    if res.get("predicted_quality") is not None:  # calibration error over time (issue 17)
+        true = res["metrics"]["iou" if res["direction"] == "sem2layout" else "ssim"]
+        metrics.confidence_error.labels(res["direction"]).observe(
+            abs(res["predicted_quality"] - true)
+        )
     return res
 
 

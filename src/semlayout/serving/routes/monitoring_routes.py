@@ -1,9 +1,11 @@
 """GET /v1/monitoring/summary: inference health, drift rate, rolling SSIM, feedback count,
-the polarity mix of recent predictions beside the training reference's."""
+the polarity mix of recent predictions beside the training reference's, and the confidence
+(low-confidence rates per direction and cohort, calibration error, population drift)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
@@ -12,6 +14,7 @@ from semlayout.directions import DIRECTIONS
 from semlayout.serving.deps import SettingsDep, StateDep
 from semlayout.serving.schemas import (
     STORE_ERROR,
+    ConfidenceSummary,
     DriftSummary,
     InferenceSummary,
     MonitoringSummary,
@@ -53,7 +56,48 @@ def build_summary(state: ServingState, window: int) -> MonitoringSummary:
         quality=quality,
         feedback_count=state.store.feedback_count(None),
         polarity=polarity_summary(state, window),
+        confidence=confidence_summary(state, window),
     )
+
+
+def confidence_summary(state: ServingState, window: int) -> ConfidenceSummary:
+    from semlayout.monitoring import confidence_store as cs
+    from semlayout.monitoring.population import by_cohort
+
+    model = state.engine.current
+    tests = population_tests(model)
+    population = {
+        d: [r.to_dict() for r in by_cohort(det, cs.population_window(state.store, d, 100))]
+        for d, det in tests.items()
+    }
+    return ConfidenceSummary(
+        **cs.confidence_summary(state.store, window),
+        calibrated={
+            d: model.calibration is not None and model.calibration.get(d) is not None
+            for d in DIRECTIONS
+        },
+        calibration_error={d: cs.calibration_error(state.store, d, window) for d in DIRECTIONS},
+        population=population,
+    )
+
+
+def population_tests(model: Any) -> dict[str, Any]:
+    """The served model's population tests (built once per loaded model)."""
+    from semlayout.monitoring.population import detectors_for
+
+    key = id(model)
+    if _POPULATION.get("key") != key:
+        stats = None
+        if model.drift_reference is not None:
+            from semlayout.data.reference_stats import load_reference_stats
+
+            with contextlib.suppress(Exception):  # no usable reference: features-only skipped
+                stats = load_reference_stats(model.drift_reference)
+        _POPULATION.update(key=key, tests=detectors_for(model.calibration, stats))
+    return dict(_POPULATION["tests"])
+
+
+_POPULATION: dict[str, Any] = {}
 
 
 def polarity_summary(state: ServingState, window: int) -> PolaritySummary:

@@ -3,14 +3,20 @@
 Each endpoint: check the query, decode the uploads (`serving.uploads.read_image`), then
 `serving.translation.translate` (forward through the micro-batcher, record) and answer.
 `polarity` (auto | bright | dark; a query parameter or a form field) says which side of the
-SEM contrast is the pattern; the answer says which one was used (`X-Polarity`, and
-`X-Polarity-Margin` when auto decided it; the same as JSON fields).
+SEM contrast is the pattern; `layer` (a query parameter or a form field, `[A-Za-z0-9._-]{1,64}`;
+`default` without one) names the data set the image belongs to: auto pools the evidence of
+a layer's images and follows its configured polarity (`semlayout.polarity_layer`). The answer
+says which polarity was used and why (`X-Polarity`, `X-Polarity-Source`, `X-Polarity-Margin`
+when auto decided it, `X-Layer`; the same as JSON fields).
+How sure the model is: `X-Confidence`, `X-Predicted-IoU` / `X-Predicted-SSIM` ("unknown" for a
+version without a calibration; `X-Confidence-Reason`). `cohort` labels the request for the
+monitors.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import Response
@@ -18,6 +24,7 @@ from fastapi.responses import Response
 from semlayout.directions import Direction
 from semlayout.errors import SemlayoutError
 from semlayout.polarity import CHOICES, PolarityChoice, parse_choice
+from semlayout.polarity_layer import check_layer
 from semlayout.serving.deps import SettingsDep, StateDep
 from semlayout.serving.schemas import PNG_IMAGE, UPLOAD_ERRORS, TranslateResponse
 from semlayout.serving.translation import as_response, png_headers, translate
@@ -32,18 +39,46 @@ POLARITY_HELP = (
 )
 PolarityQuery = Annotated[str | None, Query(alias="polarity", description=POLARITY_HELP)]
 PolarityForm = Annotated[str | None, Form(alias="polarity", description=POLARITY_HELP)]
+LAYER_HELP = (
+    "the layer (data set) the images belong to, 1-64 of A-Z a-z 0-9 . _ - (default: "
+    "'default'): auto pools its images' polarity evidence and follows its configured polarity"
+)
+LayerQuery = Annotated[str | None, Query(alias="layer", description=LAYER_HELP)]
+LayerForm = Annotated[str | None, Form(alias="layer", description=LAYER_HELP)]
+
+
+def _query_or_form(name: str, query: str | None, form: str | None, parse: Any) -> Any:
+    """`parse` of a field given as a query parameter or a form field (or neither); 422 when
+    both are given and differ, or when `parse` refuses it."""
+    if query is not None and form is not None and query.strip() != form.strip():
+        raise HTTPException(
+            422, detail=f"{name} given twice and differently: query {query!r}, form {form!r}"
+        )
+    try:
+        return parse(query if query is not None else form)
+    except SemlayoutError as err:
+        raise HTTPException(422, detail=str(err)) from None
+
+
+def layer_label(query: str | None, form: str | None) -> str:
+    """The request's layer (`default` without one)."""
+    return str(_query_or_form("layer", query, form, check_layer))
+
+
+COHORT_HELP = (
+    "optional label the monitors slice by (pattern family, tool or client): letters, digits, "
+    "'.', '_', '-', at most 64"
+)
+CohortQuery = Annotated[
+    str | None,
+    Query(description=COHORT_HELP, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"),
+]
 
 
 def polarity_choice(query: str | None, form: str | None) -> PolarityChoice:
-    """The request's polarity (query parameter or form field); 422 naming the choices."""
-    if query is not None and form is not None and query.strip() != form.strip():
-        raise HTTPException(
-            422, detail=f"polarity given twice and differently: query {query!r}, form {form!r}"
-        )
-    try:
-        return parse_choice(query if query is not None else form)
-    except SemlayoutError as err:
-        raise HTTPException(422, detail=str(err)) from None
+    """The request's polarity; 422 naming the choices."""
+    choice: PolarityChoice = _query_or_form("polarity", query, form, parse_choice)
+    return choice
 
 
 def check_binarize(direction: Direction, binarize: bool) -> None:
@@ -64,14 +99,18 @@ async def translate_png(
     binarize: Annotated[bool, Query(description=BINARIZE_HELP)] = False,
     polarity: PolarityQuery = None,
     polarity_form: PolarityForm = None,
+    layer: LayerQuery = None,
+    layer_form: LayerForm = None,
+    cohort: CohortQuery = None,
 ) -> Response:
     """Translate one image; answers a PNG of the input's size."""
     t0 = time.perf_counter()
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
+    lay = layer_label(layer, layer_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol
+        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol, lay, cohort
     )
     return Response(done.png, media_type="image/png", headers=png_headers(done))
 
@@ -89,15 +128,19 @@ async def translate_json(
     binarize: Annotated[bool, Query()] = False,
     polarity: PolarityQuery = None,
     polarity_form: PolarityForm = None,
+    layer: LayerQuery = None,
+    layer_form: LayerForm = None,
+    cohort: CohortQuery = None,
 ) -> TranslateResponse:
     """Translate one image; answers JSON with the PNG in base64, the polarity used and the
     drift verdict."""
     t0 = time.perf_counter()
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
+    lay = layer_label(layer, layer_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}/json", direction, [img], binarize, t0, pol
+        state, "/v1/translate/{direction}/json", direction, [img], binarize, t0, pol, lay, cohort
     )
     return as_response(done, direction)
 
@@ -115,12 +158,16 @@ async def translate_batch(
     binarize: Annotated[bool, Query()] = False,
     polarity: PolarityQuery = None,
     polarity_form: PolarityForm = None,
+    layer: LayerQuery = None,
+    layer_form: LayerForm = None,
+    cohort: CohortQuery = None,
 ) -> list[TranslateResponse]:
     """Translate several `images` fields (up to SEMLAYOUT_MAX_BATCH_IMAGES) in one request,
     all in `polarity` (auto decides per image)."""
     t0 = time.perf_counter()
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
+    lay = layer_label(layer, layer_form)
     if not images:
         raise HTTPException(422, detail="images: at least one image is required")
     if len(images) > settings.max_batch_images:
@@ -130,6 +177,6 @@ async def translate_batch(
         )
     decoded = [await read_image(up, f"images[{i}]", settings) for i, up in enumerate(images)]
     done = await translate(
-        state, "/v1/translate/{direction}/batch", direction, decoded, binarize, t0, pol
+        state, "/v1/translate/{direction}/batch", direction, decoded, binarize, t0, pol, lay, cohort
     )
     return [as_response(d, direction) for d in done]

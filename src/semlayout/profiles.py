@@ -1,0 +1,44 @@
+"""Tool / layer profiles: the label that says which tool imaged a SEM or which layer it shows.
+
+A fab runs several SEM tools and many layers; one model serves them when its generators are
+conditioned on a profile (`GeneratorConfig.profiles`: a per-profile scale and shift of every
+block's features, zero = the shared network, `semlayout.models.unet.ProfileFiLM`). A fine-tune
+on one profile's reviewed pairs learns only that profile's rows (`AdaptConfig.profile`), so
+the shared network and every other profile answer exactly as before: no forgetting by
+construction. A request without a profile, or with one the model has not learned, runs the
+shared network (the answer says which was used).
+"""
+
+from __future__ import annotations
+
+import re
+
+from semlayout.errors import SemlayoutError
+from semlayout.polarity_layer import LAYER_PATTERN
+
+PROFILE_PATTERN = LAYER_PATTERN  # a profile is named by the label requests carry (`layer`)
+_PROFILE = re.compile(PROFILE_PATTERN)
+NONE = -1  # the index of "no profile": the shared network
+
+
+def check_profile(label: str) -> str:
+    """`label` if it is a valid profile name, else one `SemlayoutError` line."""
+    if not _PROFILE.match(label):
+        raise SemlayoutError(
+            f"profile {label!r}: use 1-64 letters, digits, '.', '_' or '-' (e.g. tool-b.M1)"
+        )
+    return label
+
+
+def profile_index(profiles: list[str], label: str | None) -> int:
+    """The row of `label` among a model's `profiles`; `NONE` for no label or an unknown one."""
+    if label is None:
+        return NONE
+    check_profile(label)
+    return profiles.index(label) if label in profiles else NONE
+
+
+def with_profile(profiles: list[str], label: str) -> list[str]:
+    """`profiles` with `label` appended when it is new (existing rows keep their index)."""
+    check_profile(label)
+    return list(profiles) if label in profiles else [*profiles, label]

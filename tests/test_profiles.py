@@ -1,0 +1,114 @@
+"""Tool / layer profiles: a per-profile conditioning that a fine-tune learns alone, so the
+shared network (and every other profile) answers exactly as the champion did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers_train import tiny_config
+
+from semlayout.config import apply_overrides
+from semlayout.errors import SemlayoutError
+from semlayout.train.recipe import AdaptConfig, adapt_config
+
+
+def _film_cfg(profiles: list[str] | None = None):  # noqa: ANN202
+    cfg = apply_overrides(tiny_config(), {"generator.polarity_conditioning": "film"})
+    return apply_overrides(cfg, {"generator.profiles": profiles or []})
+
+
+def _champion(tmp_path: Path) -> Path:
+    from semlayout.train.checkpoint import build_networks, save_checkpoint
+
+    cfg = _film_cfg()
+    torch.manual_seed(0)
+    return Path(save_checkpoint(tmp_path / "champion", cfg, build_networks(cfg), 0, 0))
+
+
+def _x(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.rand(n, 1, 32, 32) * 2 - 1, torch.tensor([1.0, -1.0, 1.0][:n])
+
+
+def test_profile_labels_are_checked_and_unknown_ones_run_the_shared_network() -> None:
+    from semlayout.profiles import NONE, check_profile, profile_index, with_profile
+
+    assert check_profile("tool-b.M1_2") == "tool-b.M1_2"
+    for bad in ("", "a b", "x" * 65, "../etc"):
+        with pytest.raises(SemlayoutError, match="1-64 letters"):
+            check_profile(bad)
+    assert profile_index(["a", "b"], "b") == 1
+    assert profile_index(["a"], "c") == NONE and profile_index(["a"], None) == NONE
+    assert with_profile(["a"], "b") == ["a", "b"] and with_profile(["a", "b"], "a") == ["a", "b"]
+    with pytest.raises(SemlayoutError, match="profile"):
+        adapt_config({"profile": "no spaces"})
+    with pytest.raises(SemlayoutError):
+        apply_overrides(tiny_config(), {"generator.profiles": ["bad label"]})
+
+
+def test_a_new_profile_starts_as_the_shared_network_and_a_view_fixes_its_row() -> None:
+    from semlayout.models.unet import ProfileView
+    from semlayout.train.checkpoint import build_networks
+
+    torch.manual_seed(0)
+    net = build_networks(_film_cfg(["a", "b"]))["G_A"].eval()
+    x, pol = _x()
+    shared = net(x, pol)
+    for row in (0, 1):
+        assert torch.equal(net(x, pol, torch.full((3,), row)), shared)  # zero rows: identity
+    with torch.no_grad():
+        net.profile_down[1].gamma[1].fill_(0.5)
+    mixed = net(x, pol, torch.tensor([-1, 1, 0]))
+    assert torch.equal(mixed[0], shared[0]) and torch.equal(mixed[2], shared[2])
+    assert not torch.equal(mixed[1], shared[1])
+    assert torch.equal(ProfileView(net, 1)(x, pol), net(x, pol, torch.full((3,), 1)))
+
+
+def test_adapting_a_profile_leaves_the_shared_network_bit_identical(
+    tiny_aligned: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from semlayout.data.shards import write_shards
+    from semlayout.inference import Translator
+    from semlayout.train.adaptation import adapt
+    from semlayout.train.checkpoint import load_checkpoint
+
+    champ = _champion(tmp_path)
+    # no held-out reviewed pairs: the last weights are the result (so the rows surely moved)
+    reviewed = tmp_path / "reviewed"
+    write_shards(tiny_aligned, reviewed, val=0.0, test=0.25, seed=0, shard_size=16)
+    acfg = AdaptConfig(steps=4, lr=5e-2, batch_size=2, crop_size=None, eval_every=2,
+                       eval_pairs=2, replay_fraction=0.5, forget_budget=None,
+                       ema_decay=0.0, profile="tool-b")  # fmt: skip
+    res = adapt(champ, reviewed, tmp_path / "out", acfg, replay_shards=tiny_shards)
+    assert res.best_step == 4, res.curve
+    cfg, _, _ = load_checkpoint(res.path)
+    assert cfg.generator.profiles == ["tool-b"]
+    before = load_file(champ / "weights.safetensors")
+    after = load_file(res.path / "weights.safetensors")
+    gen_keys = [k for k in before if k.startswith(("G_A.", "G_B."))]
+    assert gen_keys and all(torch.equal(before[k], after[k]) for k in gen_keys)
+    grown = [k for k in after if ".profile_" in k]
+    assert grown and all(k not in before for k in grown)
+    assert any(after[k].abs().sum() > 0 for k in grown)
+    # the original direction answers exactly as the champion; the profile answers differently
+    rng = np.random.default_rng(0)
+    sems = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(2)]
+    champ_out = Translator.load(champ).translate("sem2layout", sems, polarity="bright")
+    shared = Translator.load(res.path)
+    assert shared.info["profile"] is None and shared.info["profiles"] == ["tool-b"]
+    same = shared.translate("sem2layout", sems, polarity="bright")
+    assert all(np.array_equal(a, b) for a, b in zip(same, champ_out, strict=True))
+    tool = Translator.load(res.path, profile="tool-b")
+    assert tool.info["profile"] == "tool-b"
+    diff = tool.translate("sem2layout", sems, polarity="bright", binarize=False)
+    base = shared.translate("sem2layout", sems, polarity="bright", binarize=False)
+    assert any(not np.array_equal(a, b) for a, b in zip(diff, base, strict=True))
+    unknown = Translator.load(res.path, profile="tool-c")
+    assert unknown.info["profile"] is None  # not learned: the shared network, said so
+    with pytest.raises(SemlayoutError, match="onnx backend serves the shared network only"):
+        Translator.load(res.path, backend="onnx", profile="tool-b")

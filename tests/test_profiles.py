@@ -112,3 +112,20 @@ def test_adapting_a_profile_leaves_the_shared_network_bit_identical(
     assert unknown.info["profile"] is None  # not learned: the shared network, said so
     with pytest.raises(SemlayoutError, match="onnx backend serves the shared network only"):
         Translator.load(res.path, backend="onnx", profile="tool-b")
+    # the CLI's --layer selects the layer's profile: the same answer as the profile's view
+    import cv2
+
+    from semlayout.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, sem in enumerate(sems):
+        cv2.imwrite(str(src / f"s{i}.png"), sem)
+    outs = {}
+    for label in ("tool-b", "tool-c"):
+        out = tmp_path / f"pred-{label}"
+        args = ["predict", "--model", str(res.path), "--direction", "sem2layout", str(src)]
+        assert main([*args, "--out", str(out), "--polarity", "bright", "--layer", label]) == 0
+        outs[label] = [cv2.imread(str(out / f"s{i}.png"), cv2.IMREAD_UNCHANGED) for i in (0, 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(outs["tool-b"], diff, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(outs["tool-c"], base, strict=True))

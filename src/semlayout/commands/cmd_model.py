@@ -103,7 +103,8 @@ def predict(
         None,
         "--layer",
         help="the layer (data set) the folder belongs to, 1-64 of A-Z a-z 0-9 . _ - "
-        "(default: 'default'); with --db its pooled evidence and configured polarity are "
+        "(default: 'default'); a model adapted to this layer (a profile) translates with its "
+        "conditioning; with --db its pooled evidence and configured polarity are "
         "read from the monitor store and the folder's evidence is added to them",
     ),
     per_image_polarity: bool = typer.Option(
@@ -160,7 +161,7 @@ def predict(
             except SemlayoutError as err:
                 raise SemlayoutError(f"{path.name}: {err}") from None
     book, state = _layer_state(db, name, configured)
-    tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri)
+    tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri, profile=layer)
     tr.fixed_polarity(direction, choice, state.prior())  # a polarity never learned: refused now
     calibration = load_calibration(Path(tr.info["path"]))
     done, after = translate_folder(
@@ -196,8 +197,13 @@ def predict(
     print(
         f"translated {len(files)} image(s) {direction} with {tr.source} ({backend}) -> {out} "
         f"(polarity {polarity}: {len(rows) - n_dark} bright, {n_dark} dark; "
-        f"{'/'.join(sources)}; layer {name}; {how})"
+        f"{'/'.join(sources)}; layer {name}{_profile_note(tr)}; {how})"
     )
+
+
+def _profile_note(tr: Any) -> str:
+    """' (its profile)' when the model translated with the layer's learned conditioning."""
+    return " (its profile)" if tr.info.get("profile") else ""
 
 
 def _layer_polarity(value: str | None) -> int | None:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import cpu_model
+from bench.timing import describe_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REF = "487dbbc"  # main before issue 16: the aligner as the issue measured it
@@ -243,7 +243,7 @@ def main(quick: bool = False) -> dict:
     sets = make_sets(0.1 if quick else 1.0)
     print(
         f"data: {sum(map(len, sets.values()))} pairs in {time.perf_counter() - t0:.0f} s; "
-        f"today = {today_name}; CPU {cpu_model()}"
+        f"today = {today_name}; CPU {describe_cpu()}"
     )
     print(
         f"{'set':27s} {'aligner':6s} {'right%':>7s} {'wrong+QC%':>9s} {'yield%':>7s} "

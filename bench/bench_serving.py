@@ -1,51 +1,67 @@
-"""Serving benchmark: latency and throughput of `semlayout serve`, and its overhead over the bare
-model.
+"""Serving benchmark: what a client sees against the server's own forward, on the product
+checkpoint, every backend timed in the same rounds.
 
-Setup (not timed): a random-weight generator of the served size (256 px, 32 base filters,
-5 downs -- the "ngf 32" row of ENVIRONMENT.md), a drift reference from synthetic pairs,
-250x250 synthetic SEM requests. For each backend (eager fp32, eager bf16, ONNX Runtime):
-1. bare: `Translator.translate("sem2layout", [img])` at batch 1 in this process (the same
-   work the server does minus HTTP, decoding, drift features, SQLite and PNG encoding);
-2. one client, sequential requests to a real `semlayout serve` subprocess: p50 latency, and
-   the overhead ratio p50_server / p50_forward - 1 (goal <= 10%), where p50_forward is the
-   Translator call timed inside the server for the same requests (on a shared 2-core machine a
-   separate bare measurement drifts with other users' load; it is reported beside it);
-3. C concurrent clients for D seconds (60 s full, 10 s quick): p50 / p99 latency,
-   throughput, errors (must be 0), and the micro-batcher's mean batch size.
+Model: the checkpoint `make run` trained (`outputs/latest/summary.json`), or
+`SEMLAYOUT_BENCH_CHECKPOINT`; without either, a random-weight checkpoint of the same config
+(`small`: the same network, so the same speed; said so in the output). Requests: 250x250
+synthetic SEM crops, a drift reference from synthetic pairs.
+
+One `semlayout serve` per backend (eager fp32, ONNX Runtime, bf16 where the CPU has bf16
+units, and `auto`: the default, which picks one of them at start-up), all started first. Then
+`rounds` rounds; in each, every backend in turn (the first one rotating) runs three phases:
+1. sequential: one client, batch 1, a warm-up request then `seq_n` timed ones; the server's
+   forward for the *same* requests is read from its store by prediction id (inference_events),
+   so the ratio client p50 / forward p50 compares the same requests under the same load;
+2. load: 4 clients for `load_s` seconds (throughput, p50/p99, errors, mean micro-batch);
+3. ceiling: the forward alone in this process, back to back at batch 4 (the largest batch 4
+   clients can form) for `load_s` seconds, in a worker thread as the server runs it: the
+   throughput no server can beat with this model and backend.
+Reported: medians over all rounds with the 25-75 % range, and the CPU.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-GEN = {"image_size": 256, "base_filters": 32, "max_filters": 256, "n_down": 5, "norm": "batch"}
+from bench.timing import Stats, describe_cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = 4
 
 
-def _checkpoint(dest: Path) -> Path:
+def product_checkpoint(work: Path) -> tuple[Path, str]:
+    """(checkpoint, what it is): make run's, the one named by SEMLAYOUT_BENCH_CHECKPOINT, or a
+    random-weight one of the product config."""
+    given = os.environ.get("SEMLAYOUT_BENCH_CHECKPOINT")
+    if given:
+        return Path(given), f"SEMLAYOUT_BENCH_CHECKPOINT={given}"
+    summary = ROOT / "outputs" / "latest" / "summary.json"
+    if summary.is_file():
+        ckpt = Path(json.loads(summary.read_text())["checkpoint"])
+        if (ckpt / "weights.safetensors").is_file():
+            return ckpt, f"make run's checkpoint {ckpt}"
     import torch
 
-    from semlayout.config import config_from_dict
+    from semlayout.config import load_config
     from semlayout.train.checkpoint import build_networks, save_checkpoint
 
-    cfg = config_from_dict(
-        {
-            "name": "bench-serving",
-            "generator": GEN,
-            "discriminator": {"base_filters": 8, "n_layers": 1},
-        }
-    )
+    cfg = load_config("small")
     torch.manual_seed(0)
-    return Path(save_checkpoint(dest, cfg, build_networks(cfg), step=0, epoch=0))
+    dest = save_checkpoint(work / "ckpt", cfg, build_networks(cfg), step=0, epoch=0)
+    return Path(dest), "NOT the product checkpoint: random weights of configs/small.yaml"
 
 
 def _requests(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -79,6 +95,7 @@ def _free_port() -> int:
 
 
 def _start(ckpt: Path, backend: str, ref: Path, work: Path) -> tuple[subprocess.Popen, str]:
+    """A `semlayout serve` subprocess; (process, URL) once /readyz answers 200."""
     import httpx
 
     port = _free_port()
@@ -126,199 +143,187 @@ def _start(ckpt: Path, backend: str, ref: Path, work: Path) -> tuple[subprocess.
 
 
 def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def _bench_backend(
-    backend: str,
-    ckpt: Path,
-    ref: Path,
-    work: Path,
-    pngs: list[bytes],
-    imgs: list[np.ndarray],
-    seq_n: int,
-    duration: float,
-    clients: int,
-) -> dict[str, Any]:
-    import httpx
+class Server:
+    """One backend's server and what the rounds measured on it."""
 
-    from semlayout.inference import Translator
+    def __init__(self, backend: str, ckpt: Path, ref: Path, work: Path):
+        self.backend = backend
+        self.db = work / f"monitor-{backend}.db"
+        self.proc, self.url = _start(ckpt, backend, ref, work)
+        self.seq: dict[str, float] = {}  # prediction id -> client ms
+        self.load: list[dict[str, Any]] = []
+        self.ceiling: list[float] = []  # images/s
+        self.chosen = backend
 
-    def bare_run(tr: Any) -> list[float]:
-        out = []
-        for i in range(seq_n):
-            t0 = time.perf_counter()
-            tr.translate("sem2layout", [imgs[i % len(imgs)]])
-            out.append((time.perf_counter() - t0) * 1000)
-        return out
+    def post(self, client: Any, png: bytes) -> tuple[bool, str, float]:
+        t0 = time.perf_counter()
+        try:
+            r = client.post(
+                f"{self.url}/v1/translate/sem2layout", files={"image": ("x.png", png, "image/png")}
+            )
+        except Exception:  # noqa: BLE001 - counted as an error
+            return False, "", (time.perf_counter() - t0) * 1000
+        ms = (time.perf_counter() - t0) * 1000
+        return r.status_code == 200, r.headers.get("x-prediction-id", ""), ms
 
-    # in a worker thread, as the server runs it: torch's intra-op pool behaves very differently
-    # from the main thread on a loaded machine (measured 4x slower there)
-    from concurrent.futures import ThreadPoolExecutor
+    def sequential(self, pngs: list[bytes], n: int, start: int) -> None:
+        import httpx
 
-    # measured before the server starts: two processes' thread pools would fight over 2 cores
-    translator = Translator.load(ckpt, backend=backend)
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(bare_run, translator).result()  # warm-up in that thread
-        bare = pool.submit(bare_run, translator).result()
-    del translator
-    proc, url = _start(ckpt, backend, ref, work)
-    try:
-        seq: list[float] = []
         with httpx.Client(timeout=60) as c:
+            self.post(c, pngs[start % len(pngs)])  # warm-up: the same variant right before
+            for i in range(n):
+                ok, pid, ms = self.post(c, pngs[(start + i) % len(pngs)])
+                if not ok:
+                    raise RuntimeError(f"{self.backend}: a sequential request failed")
+                self.seq[pid] = ms
 
-            def post(i: int) -> httpx.Response:
-                return c.post(
-                    f"{url}/v1/translate/sem2layout",
-                    files={"image": ("x.png", pngs[i % len(pngs)], "image/png")},
-                )
+    def under_load(self, pngs: list[bytes], seconds: float) -> None:
+        import httpx
 
-            for i in range(5):
-                post(i)  # warm-up: first forwards, DB connection per worker thread
-            for i in range(seq_n):
-                t0 = time.perf_counter()
-                r = post(i)
-                seq.append((time.perf_counter() - t0) * 1000)
-                assert r.status_code == 200, r.text
-        # the server's own split of the same requests: handler time minus forward time
-        import sqlite3
-
-        with sqlite3.connect(work / f"monitor-{backend}.db") as db:
-            rows = db.execute(
-                "SELECT latency_ms, forward_ms FROM inference_events WHERE status = 'ok'"
-                " ORDER BY id LIMIT ? OFFSET 5",
-                (seq_n,),
-            ).fetchall()
-        inner = [lat_ms - fwd_ms for lat_ms, fwd_ms in rows]
-        fwd_in_server = [fwd_ms for _, fwd_ms in rows]
         lat: list[float] = []
         errors = [0]
         lock = threading.Lock()
-        stop_at = time.monotonic() + duration
+        stop_at = time.monotonic() + seconds
 
         def client(k: int) -> None:
-            with httpx.Client(timeout=60) as cc:
+            with httpx.Client(timeout=60) as c:
+                self.post(c, pngs[k])  # warm-up
                 i = k
                 while time.monotonic() < stop_at:
-                    t0 = time.perf_counter()
-                    try:
-                        r = cc.post(
-                            f"{url}/v1/translate/sem2layout",
-                            files={"image": ("x.png", pngs[i % len(pngs)], "image/png")},
-                        )
-                        ok = r.status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    dt = (time.perf_counter() - t0) * 1000
+                    ok, _, ms = self.post(c, pngs[i % len(pngs)])
                     with lock:
-                        if ok:
-                            lat.append(dt)
-                        else:
-                            errors[0] += 1
-                    i += clients
+                        lat.append(ms) if ok else errors.__setitem__(0, errors[0] + 1)
+                    i += CLIENTS
 
-        t_start = time.monotonic()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        wall = time.monotonic() - t_start
-        metrics = httpx.get(f"{url}/metrics").text
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    batch_sum = next(
-        (
-            float(line.split()[-1])
-            for line in metrics.splitlines()
-            if line.startswith("semlayout_forward_batch_size_sum")
-        ),
-        0.0,
-    )
-    batch_n = next(
-        (
-            float(line.split()[-1])
-            for line in metrics.splitlines()
-            if line.startswith("semlayout_forward_batch_size_count")
-        ),
-        1.0,
-    )
-    bare_p50, seq_p50 = statistics.median(bare), statistics.median(seq)
-    fwd_p50 = statistics.median(fwd_in_server)
+        wall = time.monotonic() - t0
+        self.load.append(
+            {"rps": len(lat) / wall, "p50": _pct(lat, 50), "p99": _pct(lat, 99), "err": errors[0]}
+        )
+
+    def forward_of(self, ids: list[str]) -> dict[str, float]:
+        with sqlite3.connect(self.db) as db:
+            rows = db.execute("SELECT prediction_id, forward_ms FROM inference_events").fetchall()
+        want = set(ids)
+        return {pid: ms for pid, ms in rows if pid in want}
+
+    def batch_mean(self) -> float:
+        with sqlite3.connect(self.db) as db:
+            (mean,) = db.execute("SELECT AVG(batch_size) FROM inference_events").fetchone()
+        return float(mean or 0.0)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _ceiling(translator: Any, imgs: list[np.ndarray], seconds: float) -> float:
+    """Images/s of the forward alone at batch CLIENTS, back to back, in a worker thread."""
+
+    def run() -> float:
+        translator.translate("sem2layout", imgs[:CLIENTS])  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            translator.translate("sem2layout", imgs[n % 8 : n % 8 + CLIENTS])
+            n += CLIENTS
+        return n / (time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+def _summary(s: Server) -> dict[str, Any]:
+    fwd = s.forward_of(list(s.seq))
+    ids = [pid for pid in s.seq if pid in fwd]
+    client = Stats.of([s.seq[p] for p in ids])
+    forward = Stats.of([fwd[p] for p in ids])
+    rps = Stats.of([x["rps"] for x in s.load])
+    ceiling = Stats.of(s.ceiling)
     return {
-        "backend": backend,
-        "bare_p50_ms": bare_p50,
-        "server_seq_p50_ms": seq_p50,
-        "overhead_vs_bare_ratio": seq_p50 / bare_p50 - 1,
-        # the goal's number: client-observed latency vs the forward (Translator call) inside the
-        # server for the same requests, so both sides see the same load on a shared machine
-        "overhead_ms": seq_p50 - fwd_p50,
-        "overhead_ratio": seq_p50 / fwd_p50 - 1,
-        "server_forward_p50_ms": fwd_p50,
-        "server_handler_overhead_p50_ms": statistics.median(inner),
-        "clients": clients,
-        "duration_s": wall,
-        "requests": len(lat),
-        "errors": errors[0],
-        "throughput_rps": len(lat) / wall,
-        "p50_ms": _pct(lat, 50) if lat else None,
-        "p99_ms": _pct(lat, 99) if lat else None,
-        "mean_batch": batch_sum / max(batch_n, 1.0),
+        "backend": s.backend,
+        "chosen": s.chosen,
+        "requests": len(ids),
+        "client_p50_ms": client.to_dict(),
+        "forward_p50_ms": forward.to_dict(),
+        "client_over_forward": round(client.median / forward.median, 3),
+        "load_rps": rps.to_dict(),
+        "load_p50_ms": round(statistics.median(x["p50"] for x in s.load), 2),
+        "load_p99_ms": round(statistics.median(x["p99"] for x in s.load), 2),
+        "errors": sum(x["err"] for x in s.load),
+        "mean_batch": round(s.batch_mean(), 2),
+        "ceiling_ips": ceiling.to_dict(),
+        "load_over_ceiling": round(rps.median / ceiling.median, 3),
     }
 
 
 def main(quick: bool = False) -> dict[str, Any]:
+    from semlayout.backend_probe import candidates
     from semlayout.data.pairs import encode_png
+    from semlayout.inference import Translator
 
-    duration = 10.0 if quick else 60.0
-    seq_n = 20 if quick else 60
-    clients = 4
+    rounds, seq_n, load_s = (2, 12, 3.0) if quick else (5, 30, 8.0)
+    backends = [*candidates(), "auto"]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
-        ckpt = _checkpoint(work / "ckpt")
+        ckpt, what = product_checkpoint(work)
         sems, layouts = _requests(40)
         ref = _reference(work / "ref", sems, layouts)
         pngs = [encode_png(s) for s in sems]
-        rows = [
-            _bench_backend(b, ckpt, ref, work, pngs, sems, seq_n, duration, clients)
-            for b in ("eager", "bf16", "onnx")
-        ]
+        servers = {b: Server(b, ckpt, ref, work) for b in backends}
+        local = {b: Translator.load(ckpt, backend=b) for b in backends if b != "auto"}
+        try:
+            servers["auto"].chosen = _served_backend(servers["auto"].url)
+            for r in range(rounds):
+                for b in backends[r % len(backends) :] + backends[: r % len(backends)]:
+                    s = servers[b]
+                    s.sequential(pngs, seq_n, start=r * seq_n)
+                    s.under_load(pngs, load_s)
+                    s.ceiling.append(_ceiling(local[s.chosen], sems, load_s))
+            rows = [_summary(servers[b]) for b in backends]
+        finally:
+            for s in servers.values():
+                s.stop()
+    _print(rows, what, quick)
+    return {"checkpoint": what, "cpu": describe_cpu(), "rows": rows}
+
+
+def _served_backend(url: str) -> str:
+    """The backend a server runs, from its model-info metric (what `auto` chose)."""
+    import re
+
+    import httpx
+
+    m = re.search(r'semlayout_model_info\{backend="([a-z0-9]+)"', httpx.get(f"{url}/metrics").text)
+    if m is None:
+        raise RuntimeError(f"{url}/metrics does not name the backend")
+    return m.group(1)
+
+
+def _print(rows: list[dict[str, Any]], what: str, quick: bool) -> None:
+    print(f"serving bench ({'quick' if quick else 'full'}) on {what}; CPU {describe_cpu()}")
+    print("medians over interleaved rounds [25-75 %]; client/forward = the same requests")
     print(
-        f"serving bench ({'quick' if quick else 'full'}): generator {GEN['image_size']} px, "
-        f"{GEN['base_filters']} base filters; 250x250 SEM requests; {clients} concurrent clients"
-    )
-    print(
-        f"{'backend':8} {'bare p50':>9} {'fwd in srv':>11} {'server p50':>11} {'overhead':>9} "
-        f"{'conc p50':>9} {'conc p99':>9} {'req/s':>7} {'batch':>6} {'errors':>6}"
+        f"{'backend':12} {'client p50':>18} {'forward p50':>18} {'ratio':>6} "
+        f"{'4-client req/s':>18} {'ceiling img/s':>18} {'load/ceil':>9} {'batch':>5} {'err':>4}"
     )
     for r in rows:
+        c, f, t, k = r["client_p50_ms"], r["forward_p50_ms"], r["load_rps"], r["ceiling_ips"]
+        name = r["backend"] + (f" ({r['chosen']})" if r["backend"] == "auto" else "")
         print(
-            f"{r['backend']:8} {r['bare_p50_ms']:8.1f}ms {r['server_forward_p50_ms']:10.1f}ms "
-            f"{r['server_seq_p50_ms']:10.1f}ms "
-            f"{r['overhead_ratio']:+8.1%} {r['p50_ms']:8.1f}ms {r['p99_ms']:8.1f}ms "
-            f"{r['throughput_rps']:7.1f} {r['mean_batch']:6.2f} {r['errors']:6d}"
+            f"{name:12} {c['ms']:6.2f} [{c['p25_ms']:.2f}-{c['p75_ms']:.2f}] "
+            f"{f['ms']:6.2f} [{f['p25_ms']:.2f}-{f['p75_ms']:.2f}] {r['client_over_forward']:6.3f} "
+            f"{t['ms']:6.1f} [{t['p25_ms']:.1f}-{t['p75_ms']:.1f}] "
+            f"{k['ms']:6.1f} [{k['p25_ms']:.1f}-{k['p75_ms']:.1f}] {r['load_over_ceiling']:9.3f} "
+            f"{r['mean_batch']:5.2f} {r['errors']:4d}"
         )
-    eager, bf16, onnx = rows
-    for r in rows:
-        print(
-            f"{r['backend']}: inside the server, forward p50 {r['server_forward_p50_ms']:.1f} ms, "
-            "the rest of the handler (decode, drift features, SQLite, PNG) p50 "
-            f"{r['server_handler_overhead_p50_ms']:.1f} ms"
-        )
-    for other in (bf16, onnx):
-        print(
-            f"{other['backend']} vs eager: "
-            f"bare {eager['bare_p50_ms'] / other['bare_p50_ms']:.2f}x faster, "
-            f"throughput {other['throughput_rps'] / eager['throughput_rps']:.2f}x"
-        )
-    return {
-        "rows": rows,
-        "onnx_speedup_bare": eager["bare_p50_ms"] / onnx["bare_p50_ms"],
-        "onnx_speedup_throughput": onnx["throughput_rps"] / eager["throughput_rps"],
-        "bf16_speedup_bare": eager["bare_p50_ms"] / bf16["bare_p50_ms"],
-        "bf16_speedup_throughput": bf16["throughput_rps"] / eager["throughput_rps"],
-    }
 
 
 if __name__ == "__main__":

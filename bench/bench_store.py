@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import cpu_model
+from bench.timing import describe_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 4
@@ -135,13 +135,13 @@ def main(quick: bool = False) -> dict[str, Any]:
     from helpers_postgres import start_postgres
     from helpers_replicas import ServeProcess
 
-    from bench.bench_serving import _checkpoint, _reference, _requests
+    from bench.bench_serving import _reference, _requests, product_checkpoint
     from semlayout.data.pairs import encode_png
 
     seconds, rounds = (5.0, 2) if quick else (20.0, 3)
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp, start_postgres() as pg:
         work = Path(tmp)
-        ckpt = _checkpoint(work / "ckpt")
+        ckpt, _ = product_checkpoint(work)
         sems, layouts = _requests(40)
         ref = _reference(work / "ref", sems, layouts)
         pngs = [encode_png(s) for s in sems]
@@ -172,7 +172,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 
     ratios = [p["rps"] / s["rps"] for p, s in zip(e2e["postgresql"], e2e["sqlite"], strict=True)]
     res = {
-        "cpu": cpu_model(),
+        "cpu": describe_cpu(),
         "clients": CLIENTS,
         "backend": BACKEND,
         "seconds_per_round": seconds,

@@ -9,9 +9,11 @@ training step (`Trainer.train_step`: D update + G update, both directions) in im
 the config's batch size and at `train.crop_size` when the config trains on crops (the step
 `make run` runs).
 
-Every variant keeps the architecture and the weights; ratios are against plain fp32 eager in
-the same run. The variants of one table are timed round-robin (eager, A, B, ..., eager, A,
-B, ...) and reported as medians, so a load change on the shared machine hits all of them.
+Every variant keeps the architecture and the weights; ratios are against plain fp32 eager
+(contiguous memory, no autocast: the config's own `channels_last` / `precision` never leak
+into the baseline) in the same run. The variants of one table take turns round-robin, each
+timed call right after an untimed call of the same variant (`bench.timing.interleaved`), and
+are reported as medians with their interquartile range (IQR, relative to the median).
 Inference: channels_last; oneDNN fusion through `torch.jit.trace` + `torch.jit.freeze`;
 oneDNN Graph (`torch.jit.enable_onednn_fusion`) on the frozen trace; bf16 as autocast around
 the fp32 network (`bf16_autocast`) or as a bf16 copy of the weights (`bf16`, `cl+bf16`,
@@ -54,6 +56,8 @@ from typing import Any
 import torch
 import torch._dynamo
 
+from bench.timing import describe_cpu, interleaved
+
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_INFERENCE, GOAL_TRAIN = 1.5, 1.2
 
@@ -67,17 +71,6 @@ def _median_ms(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
         fn()
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
-
-
-def _round_robin_ms(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-    """ms of each call, the variants taking turns (already warmed up by the caller)."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) * 1000)
-    return times
 
 
 def native_bf16() -> bool:
@@ -237,12 +230,13 @@ def _inference(cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[str, Any]:
                     del variants[vname]
                     continue
                 diffs[vname] = float((torch.as_tensor(out).float() - ref).abs().max())
-            times = _round_robin_ms(variants, reps)
-        base = statistics.median(times["eager"])
-        for vname, ts in times.items():
-            ms = statistics.median(ts)
+            times = interleaved(variants, reps)
+        base = times["eager"].median
+        for vname, st in times.items():
+            ms = st.median
             row[vname] = {
                 "ms": round(ms, 2),
+                "spread": round(st.spread, 3),
                 "gflops": round(gflop / (ms / 1000), 1),
                 "speedup": round(base / ms, 2),
                 "max_abs_diff": float(f"{diffs[vname]:.2g}"),
@@ -272,17 +266,20 @@ def _ort_runner(net: torch.nn.Module, size: int, x: torch.Tensor) -> Callable[[]
 
 def _train_variants(quick: bool, name: str, bf16: bool) -> dict[str, tuple[dict[str, Any], bool]]:
     """variant -> (train config overrides, torch.compile the four networks)."""
+    # every variant spells out both settings: the config's own values (small.yaml trains with
+    # channels_last and precision auto) must not leak into the plain eager baseline
+    fp32, cl = {"precision": "fp32", "channels_last": False}, {"channels_last": True}
     out: dict[str, tuple[dict[str, Any], bool]] = {
-        "eager": ({}, False),
-        "channels_last": ({"channels_last": True}, False),
+        "eager": (fp32, False),
+        "channels_last": ({**fp32, **cl}, False),
     }
     if bf16:
-        out["bf16"] = ({"precision": "bf16"}, False)
-        out["cl+bf16"] = ({"channels_last": True, "precision": "bf16"}, False)
+        out["bf16"] = ({**fp32, "precision": "bf16"}, False)
+        out["cl+bf16"] = ({**cl, "precision": "bf16"}, False)
     if not quick and name != "pix2pix":  # the reference network: eager-family variants only
-        out["compile"] = ({}, True)
+        out["compile"] = (fp32, True)
         if bf16:
-            out["compile+bf16"] = ({"precision": "bf16"}, True)
+            out["compile+bf16"] = ({**fp32, "precision": "bf16"}, True)
     return out
 
 
@@ -347,14 +344,15 @@ def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[s
             before = _graphs_compiled()
             step()
             info[vname]["recompiled_after_warmup"] = _graphs_compiled() - before
-    times = _round_robin_ms(steps, reps)
-    base = statistics.median(times["eager"])
+    times = interleaved(steps, reps)
+    base = times["eager"].median
     ref = first_losses["eager"]
-    for vname, ts in times.items():
-        ms = statistics.median(ts)
+    for vname, st in times.items():
+        ms = st.median
         loss_diff = max(abs(first_losses[vname][k] - ref[k]) / max(abs(ref[k]), 1e-6) for k in ref)
         res[vname] = {
             "step_ms": round(ms, 1),
+            "spread": round(st.spread, 3),
             "images_per_s": round(batch / (ms / 1000), 2),
             "speedup": round(base / ms, 2),
             "first_step_loss_rel_diff": float(f"{loss_diff:.2g}"),
@@ -365,8 +363,8 @@ def _training(name: str, cfg: Any, quick: bool, reps: int, bf16: bool) -> dict[s
 
 def _print_inference(name: str, inf: dict[str, Any], peak: float) -> None:
     print(
-        f"{'network':<8} {'batch':>5} {'variant':<18} {'ms':>9} {'GFLOP/s':>8} {'of fp32':>7} "
-        f"{'x eager':>7} {'max|diff|':>9}"
+        f"{'network':<8} {'batch':>5} {'variant':<18} {'ms':>9} {'IQR':>5} {'GFLOP/s':>8} "
+        f"{'of fp32':>7} {'x eager':>7} {'max|diff|':>9}"
     )
     for b in ("b1", "b8"):
         for vname, v in inf[b].items():
@@ -376,16 +374,17 @@ def _print_inference(name: str, inf: dict[str, Any], peak: float) -> None:
                 print(f"{name:<8} {b[1:]:>5} {vname:<18} failed: {v['error']}")
                 continue
             print(
-                f"{name:<8} {b[1:]:>5} {vname:<18} {v['ms']:>9.2f} {v['gflops']:>8.1f} "
-                f"{v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f} {v['max_abs_diff']:>9.2g}",
+                f"{name:<8} {b[1:]:>5} {vname:<18} {v['ms']:>9.2f} {v['spread']:>5.0%} "
+                f"{v['gflops']:>8.1f} {v['gflops'] / peak:>7.0%} {v['speedup']:>7.2f} "
+                f"{v['max_abs_diff']:>9.2g}",
                 flush=True,
             )
 
 
 def _print_training(name: str, t: dict[str, Any]) -> None:
     print(
-        f"{'network':<8} {'train step':<18} {'size':>5} {'ms':>9} {'img/s':>8} {'x eager':>7} "
-        f"{'loss diff':>9}  compile"
+        f"{'network':<8} {'train step':<18} {'size':>5} {'ms':>9} {'IQR':>5} {'img/s':>8} "
+        f"{'x eager':>7} {'loss diff':>9}  compile"
     )
     for vname, v in t.items():
         if not isinstance(v, dict):
@@ -402,8 +401,9 @@ def _print_training(name: str, t: dict[str, Any]) -> None:
             else ""
         )
         print(
-            f"{name:<8} {vname:<18} {t['size']:>5} {v['step_ms']:>9.1f} {v['images_per_s']:>8.2f} "
-            f"{v['speedup']:>7.2f} {v['first_step_loss_rel_diff']:>9.2g}{extra}",
+            f"{name:<8} {vname:<18} {t['size']:>5} {v['step_ms']:>9.1f} {v['spread']:>5.0%} "
+            f"{v['images_per_s']:>8.2f} {v['speedup']:>7.2f} "
+            f"{v['first_step_loss_rel_diff']:>9.2g}{extra}",
             flush=True,
         )
 
@@ -434,6 +434,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     peak = matmul_gflops(reps)
     bf16 = native_bf16()
     results: dict[str, Any] = {
+        "cpu": describe_cpu(),
         "threads": torch.get_num_threads(),
         "matmul_2048_gflops": round(peak, 1),
         "bf16_units": bf16,
@@ -447,8 +448,8 @@ def main(quick: bool = False) -> dict[str, Any]:
             "no bf16 units: bf16 variants skipped (SEMLAYOUT_BENCH_BF16=1 times them anyway)"
         )
     print(
-        f"threads {results['threads']}, fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), "
-        f"{bf16_text}",
+        f"{results['cpu']}, threads {results['threads']}, "
+        f"fp32 2048^2 matmul: {peak:.1f} GFLOP/s (the ceiling), {bf16_text}",
         flush=True,
     )
     for name, cfg in _configs(quick).items():

@@ -77,6 +77,7 @@ def test_alias_move_is_picked_up_and_swapped_atomically(
         feedback_uri=tmp_path / "fb",
         admin_token=ADMIN,
         poll_interval_s=0.5,
+        backend="eager",  # the metric below names it (auto would name what it measured)
     )
     with running_server(create_app(settings), timeout=120) as url:
 

@@ -35,6 +35,7 @@ concurrent requests; the default leaves torch / ORT at their defaults).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,17 +49,29 @@ from semlayout.inference_backends import (
     NET_FOR_DIRECTION,
     Runner,
     eager_runner,
+    load_generators,
     onnx_files,
     onnx_runner,
+    profile_views,
 )
 from semlayout.polarity import BRIGHT, PolarityChoice, check_polarity, name_of, parse_choice
-from semlayout.polarity_auto import PolarityDecision, auto_sem2layout
+from semlayout.polarity_auto import PolarityDecision, auto_sem2layout, choose, evidence, hypotheses
 from semlayout.polarity_layer import LayerPrior
+from semlayout.tiling import (
+    MAX_FIELD_SIDE,
+    check_field,
+    field_reading,
+    is_field,
+    translate_field,
+    translator_forward,
+)
 
 # eager: fp32 PyTorch (channels_last); bf16: the same with bfloat16 weights and activations
 # (outputs within ~1e-3 of fp32, i.e. under a grey level; several times faster where the CPU
 # has bf16 units such as AMX, slower where it emulates them); onnx: ONNX Runtime, fp32
-BACKENDS = ("eager", "bf16", "onnx")
+# auto: the fastest of them whose outputs match eager fp32, measured at load
+# (`semlayout.backend_probe`)
+BACKENDS = ("eager", "bf16", "onnx", "auto")
 
 
 @dataclass(frozen=True)
@@ -107,69 +120,6 @@ def resolve_model_path(
     return Path(model), False
 
 
-def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(config, {"G_A", "G_B"} in eval mode, meta) from a checkpoint folder.
-
-    Only the generators are built and loaded: inference never needs the
-    discriminators, so a checkpoint whose D differs from today's code still serves.
-    """
-    from safetensors import safe_open
-
-    from semlayout.config import config_from_dict
-    from semlayout.train.checkpoint import (
-        CONFIG_FILE,
-        WEIGHTS_FILE,
-        build_generator,
-        load_state_into,
-        read_checkpoint_meta,
-    )
-
-    meta = read_checkpoint_meta(path)
-    cfg = config_from_dict(meta.get("config", {}), source=str(path / CONFIG_FILE))
-    weights = path / WEIGHTS_FILE
-    nets: dict[str, Any] = {}
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            for name in NET_FOR_DIRECTION.values():
-                state = {
-                    k[len(name) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(name + ".")
-                }
-                broken = [
-                    k
-                    for k, t in state.items()
-                    if t.is_floating_point() and not bool(t.isfinite().all())
-                ]
-                if broken:  # would translate every image to black, silently
-                    raise SemlayoutError(
-                        f"{weights}: {name} has non-finite (NaN/inf) weights in {len(broken)} "
-                        f"tensor(s), e.g. {name}.{broken[0]}; this checkpoint cannot serve"
-                    )
-                net = build_generator(cfg, name)
-                load_state_into(net, name, state, str(weights))
-                nets[name] = net.to(device).eval()
-    except SemlayoutError:
-        raise
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise SemlayoutError(f"{weights} is not a readable safetensors file: {err}") from None
-    info = {k: v for k, v in meta.items() if k != "config"}
-    return cfg, nets, info
-
-
-def profile_views(
-    cfg: Any, nets: dict[str, Any], profile: str | None
-) -> tuple[dict[str, Any], str | None]:
-    """The generators answering for `profile` (views sharing the weights) and the profile used:
-    None (the shared network) when no label is given or the model never learned it."""
-    from semlayout.models.unet import ProfileView
-    from semlayout.profiles import NONE, profile_index
-
-    row = profile_index(list(cfg.generator.profiles), profile)
-    if row == NONE:
-        return nets, None
-    return {name: ProfileView(net, row).eval() for name, net in nets.items()}, profile
-
-
 class Translator:
     """A loaded model that translates uint8 images in either direction (see module docstring)."""
 
@@ -188,6 +138,7 @@ class Translator:
         self.source = source
         self.backend = backend
         self.info: dict[str, Any] = dict(info or {})
+        self._pool = threading.local()  # each thread's reusable input batch (`input_batch`)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -210,6 +161,8 @@ class Translator:
             raise SemlayoutError(
                 f"unknown backend '{backend}': expected one of {', '.join(BACKENDS)}"
             )
+        if backend == "auto":
+            return cls._load_fastest(model, tracking_uri, device, num_threads, cache_dir, profile)
         import torch
 
         if num_threads is not None:
@@ -251,6 +204,33 @@ class Translator:
             runners = {d: onnx_runner(files[d], num_threads) for d in DIRECTIONS}
             info["onnx"] = {d: str(p) for d, p in files.items()}
         return cls(runners, cfg, size, str(model), backend, info)
+
+    @classmethod
+    def _load_fastest(
+        cls,
+        model: str | os.PathLike[str],
+        tracking_uri: str | None,
+        device: str,
+        num_threads: int | None,
+        cache_dir: str | os.PathLike[str] | None,
+        profile: str | None,
+    ) -> Translator:
+        """backend="auto": every candidate loaded, probed and timed; the winner returned with
+        the probe's report in `info["backend_probe"]` (onnx is no candidate for a profile:
+        it serves the shared network only)."""
+        from semlayout.backend_probe import candidates, choose
+
+        names = candidates() if device == "cpu" else ["eager"]
+        if profile is not None:
+            names = [b for b in names if b != "onnx"]
+        loaded = {
+            b: cls.load(model, b, tracking_uri, device, num_threads, cache_dir, profile)
+            for b in names
+        }
+        chosen, report = choose(loaded)
+        tr = loaded[chosen]
+        tr.info["backend_probe"] = {"chosen": chosen, "candidates": report}
+        return tr
 
     # ------------------------------------------------------------ polarity
     @property
@@ -320,6 +300,24 @@ class Translator:
             img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
         return img.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
+    def input_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, 1, S, S) float32 in [-1, 1] of `images` (each as `preprocess` makes it), written
+        into this thread's reusable buffer: a request allocates no input batch. Valid until
+        this thread's next call (every forward here is synchronous)."""
+        import cv2
+
+        s, n = self.image_size, len(images)
+        buf = getattr(self._pool, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = self._pool.buf = np.empty((max(n, 8), 1, s, s), np.float32)
+        out = buf[:n]
+        for i, img in enumerate(images):
+            if img.shape != (s, s):
+                img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+            np.divide(img, np.float32(127.5), out=out[i, 0], casting="unsafe")
+            out[i, 0] -= np.float32(1.0)
+        return out
+
     @staticmethod
     def postprocess(out: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """(S, S) float32 in [-1, 1] -> (H, W) uint8."""
@@ -339,19 +337,21 @@ class Translator:
 
     def read_evidence(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
         """Each SEM's own evidence of its polarity, log-odds of bright (N,): auto's reading
-        (`polarity_auto`) without translating; needs a model of both polarities."""
-        from semlayout.polarity_auto import evidence, hypotheses
-
+        (`polarity_auto`) without translating; a field's is its windows' mean
+        (`tiling.field_reading`); needs a model of both polarities."""
         if len(self.polarities) < 2:
             raise SemlayoutError("this model learned one polarity: there is nothing to read")
         images = check_images(images)
-        out = []
-        for start in range(0, len(images), max(1, batch_size)):
-            chunk = images[start : start + batch_size]
-            batch = np.stack([self.preprocess(im) for im in chunk])[:, None]
+        out = np.zeros(len(images), np.float64)
+        singles = [i for i, im in enumerate(images) if not is_field(im.shape)]
+        for start in range(0, len(singles), max(1, batch_size)):
+            idx = singles[start : start + batch_size]
+            batch = np.stack([self.preprocess(images[i]) for i in idx])[:, None]
             _, feats = hypotheses(self._runners["sem2layout"], self._runners["layout2sem"], batch)
-            out.append(evidence(feats, self.config.polarity.auto_head))
-        return np.concatenate(out)
+            out[idx] = evidence(feats, self.config.polarity.auto_head)
+        for i in sorted(set(range(len(images))) - set(singles)):
+            out[i] = field_reading(self, images[i], batch_size)[0]
+        return out
 
     def translate(
         self, direction: str, images: Sequence[np.ndarray], binarize: bool = False, **options: Any
@@ -372,31 +372,75 @@ class Translator:
         batch_size: int = 16,
         polarity: str | int | None = "auto",
         prior: int | LayerPrior | None = None,
+        max_field_side: int = MAX_FIELD_SIDE,
     ) -> list[Translation]:
-        """`translate`, with the polarity decision of every image."""
+        """`translate`, with the polarity decision of every image. An image larger than one
+        window (`semlayout.tiling.is_field`) is a field: translated by overlapping tiles at
+        its own scale, up to `max_field_side` px a side (checked before any work)."""
         Direction.parse(direction)
         images = check_images(images)
         if binarize and direction != "sem2layout":
             raise SemlayoutError(
                 "binarize applies to sem2layout only (layouts are binary, SEMs are not)"
             )
+        fields = [i for i, im in enumerate(images) if is_field(im.shape)]
+        for i in fields:
+            check_field(images[i], max_field_side)
         fixed = self.fixed_polarity(direction, polarity, prior)
-        out: list[Translation] = []
-        for start in range(0, len(images), max(1, batch_size)):
-            chunk = images[start : start + batch_size]
-            batch = np.stack([self.preprocess(im) for im in chunk])[:, None]  # (B, 1, S, S)
-            if fixed is not None:
-                pred = self.run_batch(direction, batch, fixed.polarity)
-                decisions = [fixed] * len(chunk)
-            else:
-                pred, decisions = auto_sem2layout(
-                    self._runners["sem2layout"],
-                    self._runners["layout2sem"],
-                    batch,
-                    prior,
-                    self.config.polarity.auto_head,
-                )
-            for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True):
-                grey = self.postprocess(p, im.shape)
-                out.append(Translation(self.to_layout(grey) if binarize else grey, dec))
-        return out
+        out: dict[int, Translation] = {}
+        singles = [i for i in range(len(images)) if i not in set(fields)]
+        for start in range(0, len(singles), max(1, batch_size)):
+            chunk = singles[start : start + batch_size]
+            done = self._translate_windows(direction, [images[i] for i in chunk], fixed, prior)
+            out.update(zip(chunk, done, strict=True))
+        for i in fields:
+            dec = fixed or self._field_polarity(images[i], prior, batch_size)
+            forward = translator_forward(self, direction, dec.polarity)
+            blended = translate_field(
+                images[i], forward, batch_size=batch_size, max_side=max_field_side
+            )
+            out[i] = Translation(self.postprocess(blended, images[i].shape), dec)
+        if binarize:
+            out = {i: Translation(self.to_layout(t.output), t.decision) for i, t in out.items()}
+        return [out[i] for i in range(len(images))]
+
+    def _translate_windows(
+        self,
+        direction: str,
+        chunk: list[np.ndarray],
+        fixed: PolarityDecision | None,
+        prior: int | LayerPrior | None,
+    ) -> list[Translation]:
+        """One forward of whole images (each resized to the model's size and back)."""
+        batch = self.input_batch(chunk)  # (B, 1, S, S)
+        if fixed is not None:
+            pred = self.run_batch(direction, batch, fixed.polarity)
+            decisions = [fixed] * len(chunk)
+        else:
+            pred, decisions = auto_sem2layout(
+                self._runners["sem2layout"],
+                self._runners["layout2sem"],
+                batch,
+                prior,
+                self.config.polarity.auto_head,
+            )
+        return [
+            Translation(self.postprocess(p, im.shape), dec)
+            for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True)
+        ]
+
+    def _field_polarity(
+        self, img: np.ndarray, prior: int | LayerPrior | None, n: int
+    ) -> PolarityDecision:
+        """auto on a SEM field: one polarity for the whole field, from its windows' mean
+        evidence (`tiling.field_reading`) with the layer's word, as for one image
+        (`polarity_auto.choose`)."""
+        e, cyc = field_reading(self, img, n)
+        blank = np.zeros((1, 1, 1, 1), np.float32)  # choose picks outputs too: none here
+        _, (decision,) = choose(
+            {BRIGHT: blank, -BRIGHT: blank},
+            np.array([e]),
+            LayerPrior.of(prior),
+            {p: np.array([c]) for p, c in cyc.items()},
+        )
+        return decision

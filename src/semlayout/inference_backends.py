@@ -1,4 +1,5 @@
-"""How a generator runs for `semlayout.inference.Translator`: eager PyTorch or ONNX Runtime.
+"""How a generator runs for `semlayout.inference.Translator`: eager PyTorch or ONNX Runtime,
+and `load_generators` (a checkpoint's two generators, without its discriminators).
 
 A `Runner` maps a (B, 1, S, S) float32 batch in [-1, 1] and the (B,) float32 polarity of
 each image (+1 / -1) to the (B, 1, S, S) output. A generator that is not
@@ -133,6 +134,55 @@ def onnx_files(
     return out
 
 
+def load_generators(path: Path, device: Any = "cpu") -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(config, {"G_A", "G_B"} in eval mode, meta) from a checkpoint folder.
+
+    Only the generators are built and loaded: inference never needs the
+    discriminators, so a checkpoint whose D differs from today's code still serves.
+    """
+    from safetensors import safe_open
+
+    from semlayout.config import config_from_dict
+    from semlayout.train.checkpoint import (
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        build_generator,
+        load_state_into,
+        read_checkpoint_meta,
+    )
+
+    meta = read_checkpoint_meta(path)
+    cfg = config_from_dict(meta.get("config", {}), source=str(path / CONFIG_FILE))
+    weights = path / WEIGHTS_FILE
+    nets: dict[str, Any] = {}
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            for name in NET_FOR_DIRECTION.values():
+                state = {
+                    k[len(name) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(name + ".")
+                }
+                broken = [
+                    k
+                    for k, t in state.items()
+                    if t.is_floating_point() and not bool(t.isfinite().all())
+                ]
+                if broken:  # would translate every image to black, silently
+                    raise SemlayoutError(
+                        f"{weights}: {name} has non-finite (NaN/inf) weights in {len(broken)} "
+                        f"tensor(s), e.g. {name}.{broken[0]}; this checkpoint cannot serve"
+                    )
+                net = build_generator(cfg, name)
+                load_state_into(net, name, state, str(weights))
+                nets[name] = net.to(device).eval()
+    except SemlayoutError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise SemlayoutError(f"{weights} is not a readable safetensors file: {err}") from None
+    info = {k: v for k, v in meta.items() if k != "config"}
+    return cfg, nets, info
+
+
 def eager_runner(net: Any, device: Any, dtype: Any) -> Runner:
     import torch
 
@@ -172,3 +222,17 @@ def onnx_runner(path: Path, num_threads: int | None) -> Runner:
         return np.asarray(sess.run(None, feed)[0], dtype=np.float32)
 
     return run
+
+
+def profile_views(
+    cfg: Any, nets: dict[str, Any], profile: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """The generators answering for `profile` (views sharing the weights) and the profile used:
+    None (the shared network) when no label is given or the model never learned it."""
+    from semlayout.models.unet import ProfileView
+    from semlayout.profiles import NONE, profile_index
+
+    row = profile_index(list(cfg.generator.profiles), profile)
+    if row == NONE:
+        return nets, None
+    return {name: ProfileView(net, row).eval() for name, net in nets.items()}, profile

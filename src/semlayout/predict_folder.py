@@ -45,7 +45,7 @@ def translate_folder(
 ) -> tuple[list[Translation], LayerState]:
     """The translations of `images` (in order) and the layer's state after reading them.
 
-    `options`: `translate_detailed`'s binarize and batch_size."""
+    `options`: `translate_detailed`'s binarize, batch_size and max_field_side (fields)."""
     if per_image or not pools(tr, direction, choice, layer):
         done = tr.translate_detailed(
             direction, images, polarity=choice, prior=layer.prior(), **options

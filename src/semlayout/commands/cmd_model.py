@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from semlayout.errors import SemlayoutError
+from semlayout.tiling import MAX_FIELD_SIDE
 
 
 def _list_pngs(in_dir: Path) -> list[Path]:
@@ -114,13 +115,23 @@ def predict(
     db: str | None = typer.Option(
         None, "--db", help="monitor store (SQLite path or postgresql:// URL) holding the layers"
     ),
+    max_field_side: int = typer.Option(
+        MAX_FIELD_SIDE,
+        "--max-field-side",
+        min=250,
+        help="largest side (px) of a field: an image larger than one window is translated "
+        "by overlapping tiles at its own scale",
+    ),
 ) -> None:
     """Translate every PNG in IN_DIR to a PNG of the same name and size in OUT, and write
     OUT/predictions.csv (id,direction,polarity,confidence,predicted_iou|predicted_ssim,
     polarity_margin,polarity_source,confidence_reason,layer).
 
     With polarity auto the folder is one data set: every SEM's polarity evidence is read
-    first, then every image is translated in the pooled polarity (source 'pooled')."""
+    first, then every image is translated in the pooled polarity (source 'pooled').
+
+    An image larger than one window (a whole SEM field, a layout clip) is cut into
+    overlapping 250 px tiles, translated and blended without seams."""
     import cv2
 
     from semlayout.atomic import atomic_dir, check_not_over_inputs
@@ -132,6 +143,7 @@ def predict(
     from semlayout.polarity import parse_choice
     from semlayout.polarity_layer import check_layer
     from semlayout.predict_folder import translate_folder
+    from semlayout.tiling import check_field, is_field
 
     Direction.parse(direction)
     choice = parse_choice(polarity, "--polarity")
@@ -142,12 +154,25 @@ def predict(
     files = _list_pngs(in_dir)
     check_not_over_inputs(out, input_folder=in_dir, model=model)
     images = [read_gray8(p) for p in files]  # refuses 16-bit / RGB naming the file, before any work
+    for path, img in zip(files, images, strict=True):  # and fields over the limit
+        if is_field(img.shape):
+            try:
+                check_field(img, max_field_side)
+            except SemlayoutError as err:
+                raise SemlayoutError(f"{path.name}: {err}") from None
     book, state = _layer_state(db, name, configured)
     tr = Translator.load(model, backend=backend, tracking_uri=tracking_uri, profile=layer)
     tr.fixed_polarity(direction, choice, state.prior())  # a polarity never learned: refused now
     calibration = load_calibration(Path(tr.info["path"]))
     done, after = translate_folder(
-        tr, direction, images, choice, state, per_image_polarity, batch_size=batch_size
+        tr,
+        direction,
+        images,
+        choice,
+        state,
+        per_image_polarity,
+        batch_size=batch_size,
+        max_field_side=max_field_side,
     )
     greys = [t.output for t in done]
     confs = []

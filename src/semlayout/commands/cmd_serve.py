@@ -22,7 +22,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help=_HOST_HELP),
     port: int = typer.Option(8000, "--port", help="TCP port to listen on"),
     backend: str = typer.Option(
-        None, "--backend", help="eager | bf16 | onnx (env SEMLAYOUT_BACKEND)"
+        None,
+        "--backend",
+        help="auto (default: the fastest backend whose outputs match eager fp32, measured at "
+        "start-up) | eager | bf16 | onnx",
     ),
     reference: Path = typer.Option(
         None,
@@ -54,6 +57,11 @@ def serve(
         help="the served layer's contrast polarity, bright or dark: auto's prior and what the "
         "drift monitor expects",
     ),
+    max_field_side: int = typer.Option(
+        None,
+        "--max-field-side",
+        help="largest side (px) of a field translated by overlapping tiles (default 2048)",
+    ),
     log_level: str = typer.Option("info", "--log-level", help=_LOG_HELP),
 ) -> None:
     """Serve both translation directions with drift, health and quality monitoring.
@@ -79,6 +87,7 @@ def serve(
         "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "poll_interval_s": poll_interval,
         "layer_polarity": layer_polarity,
+        "max_field_side": max_field_side,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})

@@ -34,6 +34,7 @@ SHARED: dict[str, tuple[str, ...]] = {
     "--experiment": ("SEMLAYOUT_EXPERIMENT",),
     "--by": ("SEMLAYOUT_USER",),
     "--layer-polarity": ("SEMLAYOUT_LAYER_POLARITY",),
+    "--max-field-side": ("SEMLAYOUT_MAX_FIELD_SIDE",),
     "--layer": ("SEMLAYOUT_LAYER",),
 }
 # an option shared by the commands of one group only: (group, option) -> variable

@@ -57,6 +57,7 @@ aligned pair folder + alignment.csv atomically.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,6 +175,7 @@ def polarity_margin(
         (peak.coef_t, peak.coef_e),
         (qy, qx),
         (float(a[qy, qx]), float(b[qy, qx])),
+        scene.units,
     )
     return float(min(_MAX_CONFIDENCE, gap / (sigma * np.sqrt(d2))))
 
@@ -219,17 +221,19 @@ def decide(
 ) -> AlignResult:
     """The QC verdict and polarity of a prepared pair (module docstring: polarity as data)."""
     maps = scene.maps
-    free = evaluate(maps.R, maps.coefficients, scene.table, scene.T, scene.E, scene.raw, cfg)
+    free = evaluate(
+        maps.R, maps.coefficients, scene.table, scene.T, scene.E, scene.raw, cfg, None, scene.noise
+    )
     sign = 1 if free.peak.coef_t >= 0 else -1
-    fits = {s: signed_fit(maps, s) for s in (1, -1)}
-    margin = polarity_margin(scene, free.peak, fits[-sign], float(free.sigma))
+    fits = functools.cache(lambda s: signed_fit(maps, s))  # each sign's maps, when needed
+    margin = polarity_margin(scene, free.peak, fits(-sign), float(free.sigma))
     if free.peak.score < cfg.min_score:
         return _result(free, "low_score", sign, margin, "pair", field)
     weak = margin < cfg.min_polarity_margin
     if free.confidence >= cfg.min_confidence:
         if not prior.clear or prior.polarity == sign:
             return _result(free, "ok", sign, margin, "pair", field)
-        if _same_place(fits[-sign][0], free):  # the data set's polarity, the same place
+        if _same_place(fits(-sign)[0], free):  # the data set's polarity, the same place
             if weak:
                 return _result(free, "ok", -sign, 0.0, "prior", field)
             return _result(free, "ok", sign, margin, "pair", field)
@@ -239,12 +243,12 @@ def decide(
     own: Verdict | None = None
     if prior.polarity is not None and (prior.polarity == sign or weak):
         pol = prior.polarity
-        v = scene.evaluate_signed(*fits[pol], cfg)
+        v = scene.evaluate_signed(*fits(pol), cfg)
         if v.peak.score >= cfg.min_score and v.confidence >= cfg.min_confidence:
-            m = polarity_margin(scene, v.peak, fits[-pol], float(v.sigma))
+            m = polarity_margin(scene, v.peak, fits(-pol), float(v.sigma))
             return _result(v, "ok", pol, m, "prior", field)
         own = v if pol == sign else None
-    own = own or scene.evaluate_signed(*fits[sign], cfg)
+    own = own or scene.evaluate_signed(*fits(sign), cfg)
     reason = "ambiguous_polarity" if own.confidence >= cfg.min_confidence else "ambiguous"
     return _result(free, reason, sign, margin, "pair", field)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from semlayout.data.align_config import AlignConfig
-from semlayout.data.align_maps import noise_ratio, score_map, sem_features
+from semlayout.data.align_maps import score_map, sem_features
 from semlayout.data.align_scene import Scene, rematch
 from semlayout.data.field_distortion import warp_field
 
@@ -69,6 +69,9 @@ class Patches:
         return len(self.centre)
 
 
+_KERNEL3 = np.ones((3, 3), np.uint8)
+
+
 def _nearest_peak(m: np.ndarray, expected: tuple[int, int]) -> tuple[int, int]:
     """Of the local maxima of `m` within NEAR_PEAK of its maximum, the one closest to the
     expected place: a periodic patch matches every period equally well, and the nearest
@@ -76,7 +79,7 @@ def _nearest_peak(m: np.ndarray, expected: tuple[int, int]) -> tuple[int, int]:
     import cv2
 
     top = float(m.max())
-    peaks = (cv2.dilate(m, np.ones((3, 3), np.uint8)) <= m) & (m >= top - NEAR_PEAK * abs(top))
+    peaks = (cv2.dilate(m, _KERNEL3) <= m) & (m >= top - NEAR_PEAK * abs(top))
     ys, xs = np.nonzero(peaks)
     k = int(np.argmin((ys - expected[0]) ** 2 + (xs - expected[1]) ** 2))
     return int(ys[k]), int(xs[k])
@@ -88,7 +91,7 @@ def _subpixel(m: np.ndarray, y: int, x: int) -> tuple[float, float]:
 
     def off(a: float, b: float, c: float) -> float:
         d = a - 2 * b + c
-        return 0.0 if d >= 0 else float(np.clip(0.5 * (a - c) / d, -0.5, 0.5))
+        return 0.0 if d >= 0 else float(min(max(0.5 * (a - c) / d, -0.5), 0.5))
 
     dy = off(m[y - 1, x], m[y, x], m[y + 1, x]) if 0 < y < m.shape[0] - 1 else 0.0
     dx = off(m[y, x - 1], m[y, x], m[y, x + 1]) if 0 < x < m.shape[1] - 1 else 0.0
@@ -107,6 +110,41 @@ def _window(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * ramp)
 
 
+def _band_weights(
+    length: int, cells: int, half: int, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patch starts along one axis (a `cells`-cell lattice of centres, each patch 2*half+1
+    long, kept inside `length`) and the (cells, length) matrix of each patch's squared taper
+    `w`**2 (zero outside the patch): the patches of one grid row share their rows."""
+    n = 2 * half + 1
+    starts = np.array(
+        [
+            min(max(int(round(c)) - half, 0), length - n)
+            for c in (np.arange(cells) + 0.5) * length / cells
+        ]
+    )
+    band = np.zeros((cells, length))
+    for k, s0 in enumerate(starts):
+        band[k, s0 : s0 + n] = w * w
+    return starts, band
+
+
+def _gradient(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d/dy, d/dx) of a 2-D float64 array as `np.gradient` computes them (central
+    differences inside, one-sided at the borders), without its generic overhead."""
+    out = []
+    for axis in (0, 1):
+        g = np.empty_like(f)
+        a = np.moveaxis(f, axis, 0)
+        o = np.moveaxis(g, axis, 0)
+        np.subtract(a[2:], a[:-2], out=o[1:-1])
+        o[1:-1] /= 2.0
+        o[0] = a[1] - a[0]
+        o[-1] = a[-1] - a[-2]
+        out.append(g)
+    return out[0], out[1]
+
+
 def patch_shifts(
     sem_f: np.ndarray, model: np.ndarray, y0: int, x0: int, snr2: float, grid: int, search: int
 ) -> Patches:
@@ -118,35 +156,29 @@ def patch_shifts(
     h, w = model.shape
     half = min(int(round(0.75 * max(h, w) / grid)), (min(h, w) - 1) // 2)
     n = 2 * half + 1
-    taper = np.outer(_window(n), _window(n)).astype(np.float32)
-    w2 = taper.astype(np.float64) ** 2
+    win = _window(n)
+    taper = np.outer(win, win).astype(np.float32)
+    rows, row_w = _band_weights(h, grid, half, win)
+    cols, col_w = _band_weights(w, grid, half, win)
     # information of the pattern seen through the window (not of the window's own edges:
-    # along a straight line there is none)
-    gy, gx = (np.asarray(g) for g in np.gradient(model.astype(np.float64)))
+    # along a straight line there is none); the taper is separable, so every patch's
+    # weighted sums at once: (grid, h) @ (h, w) @ (w, grid)
+    gy, gx = _gradient(model.astype(np.float64))
+    sxx, sxy, syy = (row_w @ g @ col_w.T for g in (gx * gx, gx * gy, gy * gy))
+    H, W = sem_f.shape
     centres, shifts, infos = [], [], []
-    for cy in (np.arange(grid) + 0.5) * h / grid:
-        for cx in (np.arange(grid) + 0.5) * w / grid:
-            r0 = min(max(int(round(cy)) - half, 0), h - n)
-            c0 = min(max(int(round(cx)) - half, 0), w - n)
-            sl = (slice(r0, r0 + n), slice(c0, c0 + n))
-            px_, py_ = gx[sl], gy[sl]
-            info = snr2 * np.array(
-                [
-                    [(w2 * px_ * px_).sum(), (w2 * px_ * py_).sum()],
-                    [(w2 * px_ * py_).sum(), (w2 * py_ * py_).sum()],
-                ]
-            )
+    for i, r0 in enumerate(rows):
+        for j, c0 in enumerate(cols):
+            info = snr2 * np.array([[sxx[i, j], sxy[i, j]], [sxy[i, j], syy[i, j]]])
             if float(np.trace(info)) <= 1e-9:
                 continue  # nothing drawn here
             top, left = max(0, y0 + r0 - search), max(0, x0 + c0 - search)
-            bottom = min(sem_f.shape[0], y0 + r0 + n + search)
-            right = min(sem_f.shape[1], x0 + c0 + n + search)
-            region = sem_f[top:bottom, left:right]
-            if region.shape[0] <= n + 1 or region.shape[1] <= n + 1:
+            bottom, right = min(H, y0 + r0 + n + search), min(W, x0 + c0 + n + search)
+            if bottom - top <= n + 1 or right - left <= n + 1:
                 continue
-            cut = model[sl]
-            tpl = np.ascontiguousarray((cut - float(cut.mean())) * taper)
-            m = cv2.matchTemplate(region, tpl, cv2.TM_CCOEFF_NORMED)
+            cut = model[r0 : r0 + n, c0 : c0 + n]
+            tpl = (cut - cut.mean()) * taper
+            m = cv2.matchTemplate(sem_f[top:bottom, left:right], tpl, cv2.TM_CCOEFF_NORMED)
             py, px = _nearest_peak(m, (y0 + r0 - top, x0 + c0 - left))
             dy, dx = _subpixel(m, py, px)
             shifts.append((left + px + dx - (x0 + c0), top + py + dy - (y0 + r0)))
@@ -245,7 +277,7 @@ def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
     y, x = (int(v) for v in np.unravel_index(int(np.argmax(scene.maps.R)), scene.maps.R.shape))
     a, b = scene.maps.coefficients(y, x)
     model = np.asarray(a * scene.T + (b * scene.E if scene.E is not None else 0.0), np.float32)
-    noise_sd = noise_ratio(scene.raw) * float(scene.raw.std())
+    noise_sd = scene.noise * scene.raw_std
     return estimate_distortion(
         scene.sem_f, model, y, x, noise_sd, cfg.distortion_grid, cfg.distortion_search
     )
@@ -259,7 +291,7 @@ def _fits_better(
 
     def best(img: np.ndarray) -> float:
         f = sem_features(img, max(cfg.blur, _FAIR_BLUR), cfg.highpass)
-        return float(score_map(f, scene.T, scene.E, cfg.edges_bright).R.max())
+        return float(score_map(f, scene.T, scene.E, cfg.edges_bright, scene.rho).R.max())
 
     return best(corrected) > best(current)
 

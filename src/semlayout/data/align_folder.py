@@ -11,12 +11,15 @@ column `polarity` (e.g. synth's drawn physics) is kept as `declared_polarity`.""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +89,11 @@ def align_folder(
             (r, tmp, cfg, prior.for_pattern(r.pattern_type) if prior is not None else None)
             for r in records
         ]
-        results = _run_jobs(jobs, workers, progress)
-        table = prior
-        if table is None:
-            table = _with_estimated_prior(records, results, tmp, cfg, workers, progress)
+        with _worker_pool(workers, len(jobs)) as pool:  # one pool for both passes
+            results = _run_jobs(jobs, pool, progress)
+            table = prior
+            if table is None:
+                table = _with_estimated_prior(records, results, tmp, cfg, pool, progress)
         _write_outputs(tmp, records, results, has_clean)
     seconds = time.perf_counter() - t0
     reasons = Counter(r.reason for r in results)
@@ -110,7 +114,7 @@ def _with_estimated_prior(
     results: list[AlignResult],
     tmp: Path,
     cfg: AlignConfig,
-    workers: int,
+    pool: Pool | None,
     progress: bool,
 ) -> PriorTable:
     """The data set's polarity from the first pass's confident pairs; the pairs it can help
@@ -129,7 +133,7 @@ def _with_estimated_prior(
     jobs: list[Job] = [
         (records[i], tmp, cfg, table.for_pattern(records[i].pattern_type)) for i in again
     ]
-    for i, res in zip(again, _run_jobs(jobs, workers, progress), strict=True):
+    for i, res in zip(again, _run_jobs(jobs, pool, progress), strict=True):
         results[i] = res
     return table
 
@@ -196,28 +200,39 @@ def _drop_crops(tmp: Path, pair_id: str) -> None:
         (tmp / sub / f"{pair_id}.png").unlink(missing_ok=True)
 
 
-def _run_jobs(jobs: list[Job], workers: int, progress: bool) -> list[AlignResult]:
+MIN_POOL_JOBS = 64  # fewer pairs than this are aligned in this process
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int, n_jobs: int) -> Iterator[Pool | None]:
+    """`workers` processes (None: align in this process), started once for the whole run."""
+    if workers == 1 or n_jobs < MIN_POOL_JOBS:
+        yield None
+        return
+    import multiprocessing as mp
+
+    # spawn, not fork: forking a process whose OpenCV thread pool is already running
+    # can deadlock the children (seen here: workers stuck in a futex wait forever)
+    with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+        yield pool
+
+
+def _run_jobs(jobs: list[Job], pool: Pool | None, progress: bool) -> list[AlignResult]:
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), unit="pair", desc="align", disable=not progress, leave=False)
     try:
-        if workers == 1 or len(jobs) < 64:
+        if pool is None or len(jobs) < MIN_POOL_JOBS:
             results = []
             for j in jobs:
                 results.append(_worker_run(j))
                 bar.update()
             return results
-        import multiprocessing as mp
-
-        # spawn, not fork: forking a process whose OpenCV thread pool is already running
-        # can deadlock the children (seen here: workers stuck in a futex wait forever)
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init) as pool:
-            results = []
-            for res in pool.imap(_worker_run, jobs, chunksize=16):
-                results.append(res)
-                bar.update()
-            return results
+        results = []
+        for res in pool.imap(_worker_run, jobs, chunksize=16):
+            results.append(res)
+            bar.update()
+        return results
     finally:
         bar.close()
 

@@ -115,6 +115,21 @@ def signed_fit(maps: ScoreMaps, sign: int) -> tuple[np.ndarray, np.ndarray, np.n
     return np.sqrt(np.clip(r2, 0, 1)).astype(np.float32), coef_a, coef_b
 
 
+def unit64(v: np.ndarray) -> np.ndarray:
+    """`v` zero-mean and unit-norm, in float64 (unchanged when constant)."""
+    return _unit64_inplace(np.array(v, dtype=np.float64), float(v.mean()))
+
+
+def _unit64_inplace(v: np.ndarray, mean: float | None = None) -> np.ndarray:
+    """`unit64` of a float64 array it may overwrite (the same arithmetic, no copies);
+    `mean`: the mean as computed in the input's own dtype."""
+    v -= float(v.mean()) if mean is None else mean
+    n = float(np.sqrt(np.square(v).sum()))
+    if n > 0:
+        v /= n
+    return v
+
+
 def pair_model_dist2(
     T: np.ndarray,
     E: np.ndarray | None,
@@ -122,18 +137,18 @@ def pair_model_dist2(
     coef_p: tuple[float, float],
     q: tuple[int, int],
     coef_q: tuple[float, float],
+    units: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> float:
     """|m_p - m_q|^2 of the unit-norm fitted models m = a T~ + b E~ placed at offsets p and q
-    (row, column) of the SEM, zero outside each model's window; in [0, 4]."""
-
-    def unit(v: np.ndarray) -> np.ndarray:
-        v = v.astype(np.float64) - float(v.mean())
-        n = float(np.sqrt((v * v).sum()))
-        return v / n if n > 0 else v
+    (row, column) of the SEM, zero outside each model's window; in [0, 4]. `units`:
+    (`unit64(T)`, `unit64(E)`) when the caller has them already."""
+    tu, eu = units if units is not None else (unit64(T), None if E is None else unit64(E))
 
     def model(a: float, b: float) -> np.ndarray:
-        m = a * unit(T) + (b * unit(E) if E is not None else 0.0)
-        return unit(np.asarray(m))
+        m = a * tu
+        if eu is not None:
+            m += b * eu
+        return _unit64_inplace(m)
 
     mp, mq = model(*coef_p), model(*coef_q)
     h, w = mp.shape
@@ -225,26 +240,40 @@ def _xcorr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
     )
 
 
+def feature_rho(T: np.ndarray, E: np.ndarray | None) -> float | bool:
+    """The correlation of the template features T and E (fixed by the template), or False
+    when E adds nothing to the fit (absent, constant, or nearly collinear with T)."""
+    if E is None:
+        return False
+    tc = T - T.mean()
+    ec = E - E.mean()
+    denom = float(np.sqrt((tc * tc).sum() * (ec * ec).sum()))
+    rho = float((tc * ec).sum() / denom) if denom > 0 else 0.0
+    if 1 - rho * rho < 1e-3 or denom == 0:
+        return False
+    return rho
+
+
 def score_map(
-    sem_f: np.ndarray, T: np.ndarray, E: np.ndarray | None, edges_bright: bool = True
+    sem_f: np.ndarray,
+    T: np.ndarray,
+    E: np.ndarray | None,
+    edges_bright: bool = True,
+    rho: float | bool | None = None,
 ) -> ScoreMaps:
     """Score every offset by the multiple correlation R of the SEM window with {T, E}.
 
     r_T and r_E are `cv2.matchTemplate` TM_CCOEFF_NORMED maps. With unit-normalised
     zero-mean regressors T~, E~ (correlation rho), the squared multiple correlation is
     (r_T^2 + r_E^2 - 2 rho r_T r_E) / (1 - rho^2); its material coefficient is
-    proportional to r_T - rho r_E (sign = polarity).
+    proportional to r_T - rho r_E (sign = polarity). `rho`: `feature_rho(T, E)` when the
+    caller has it already.
     """
     import cv2
 
     rT = cv2.matchTemplate(sem_f, T, cv2.TM_CCOEFF_NORMED)
-    if E is None:
-        return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
-    tc = T - T.mean()
-    ec = E - E.mean()
-    denom = float(np.sqrt((tc * tc).sum() * (ec * ec).sum()))
-    rho = float((tc * ec).sum() / denom) if denom > 0 else 0.0
-    if 1 - rho * rho < 1e-3 or denom == 0:
+    rho = feature_rho(T, E) if rho is None else rho
+    if E is None or rho is False:
         return ScoreMaps(np.abs(rT), rT, None, 0.0, edges_bright)
     rE = cv2.matchTemplate(sem_f, E, cv2.TM_CCOEFF_NORMED)
     r2 = (rT * rT + rE * rE - 2 * rho * rT * rE) / (1 - rho * rho)

@@ -90,7 +90,9 @@ def equivalent_offsets(
     return Equivalence(table.mismatch[win] <= equiv_tol, table.dist2[win])
 
 
-def score_noise(sem: np.ndarray, score: float, n_pixels: int, cfg: AlignConfig) -> np.float64:
+def score_noise(
+    sem: np.ndarray, score: float, n_pixels: int, cfg: AlignConfig, ratio: float | None = None
+) -> np.float64:
     """Std of a score difference R_p - R_q per unit |m_p - m_q| (float64, scales z-scores).
 
     The noise of that difference is (residual/std) * |m_p - m_q| / sqrt(N) for white
@@ -100,10 +102,10 @@ def score_noise(sem: np.ndarray, score: float, n_pixels: int, cfg: AlignConfig) 
     sqrt(1 - R^2). Split it: shot noise (white, Immerkaer's estimate) and the rest, a
     systematic misfit whose residual is structured (few independent samples) -- e.g. a
     line/space array seen with the other polarity half a period away fits almost as well
-    at any dose.
+    at any dose. `ratio`: `noise_ratio(sem)` when the caller has it already.
     """
     unexplained = max(1.0 - score * score, 1e-4)
-    noise = min(noise_ratio(sem) ** 2, unexplained)
+    noise = min((noise_ratio(sem) if ratio is None else ratio) ** 2, unexplained)
     return np.float64(
         np.sqrt(
             (cfg.misfit_corr * noise + cfg.systematic_corr * (unexplained - noise))
@@ -189,6 +191,7 @@ def evaluate(
     sem: np.ndarray,
     cfg: AlignConfig,
     model_dist2: Callable[[Peak], np.ndarray] | None = None,
+    noise: float | None = None,
 ) -> Verdict:
     """Peak, equivalence, noise and z-scores of score map `R` (see the module docstring).
 
@@ -197,7 +200,7 @@ def evaluate(
     polarity's map, where a look-alike may be fitted by the edges alone."""
     peak = find_peak(R, coefficients)
     equiv = equivalent_offsets(table, R.shape, peak, cfg.equiv_tol)
-    sigma = score_noise(sem, peak.score, T.size, cfg)
+    sigma = score_noise(sem, peak.score, T.size, cfg, noise)
     d2 = model_dist2(peak) if model_dist2 is not None else None
     separation = separation_z(R, peak, equiv, sigma, cfg.exclusion, d2)
     localization = localization_z(R, T, E, peak, equiv, sigma, cfg.exclusion)

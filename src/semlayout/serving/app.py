@@ -36,6 +36,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from semlayout.errors import SemlayoutError, describe_errors
 from semlayout.monitoring.database import StoreUnavailable
@@ -124,6 +125,7 @@ def lifespan(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.batcher.stop()
+            await run_in_threadpool(state.writer.close)  # commits what it took, says so
             app.state.svc = None
             state.store.close()
 

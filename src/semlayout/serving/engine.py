@@ -45,6 +45,7 @@ from semlayout.directions import DIRECTIONS
 from semlayout.errors import SemlayoutError
 from semlayout.model_uri import ModelUri
 from semlayout.monitoring.drift import DriftDetector, DriftOptions
+from semlayout.tiling import MAX_FIELD_SIDE, is_field
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -66,7 +67,13 @@ class Translates(Protocol):
     def polarities(self) -> tuple[int, ...]: ...
 
     def translate_detailed(
-        self, direction: str, images: Sequence[np.ndarray], *, polarity: str, prior: Prior
+        self,
+        direction: str,
+        images: Sequence[np.ndarray],
+        *,
+        polarity: str,
+        prior: Prior,
+        max_field_side: int,
     ) -> list[Translation]: ...
 
     def fixed_polarity(
@@ -181,7 +188,7 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             translator,
             str(mv.version),
             str(pinned),
-            backend,
+            translator.backend,  # what "auto" chose
             baseline_ssim=_registry_baseline(registry.client, mv.run_id),
             drift_reference=drift_reference_of(ckpt),
             calibration=load_calibration(ckpt),
@@ -196,7 +203,7 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
         translator,
         _local_version(folder),
         str(folder),
-        backend,
+        translator.backend,  # what "auto" chose
         calibration=load_calibration(folder),
     )
 
@@ -218,8 +225,10 @@ class InferenceEngine:
         tracking_uri: str | None = None,
         loader: Callable[[str, str, str | None], LoadedModel] = load_model,
         drift: DriftOptions | None = None,
+        max_field_side: int = MAX_FIELD_SIDE,
     ):
         self.model = model if model is not None else loaded.source
+        self.max_field_side = max_field_side
         self.backend = backend
         self.tracking_uri = tracking_uri
         self.drift = drift or DriftOptions()
@@ -235,9 +244,10 @@ class InferenceEngine:
         backend: str = "eager",
         tracking_uri: str | None = None,
         drift: DriftOptions | None = None,
+        max_field_side: int = MAX_FIELD_SIDE,
     ) -> InferenceEngine:
         loaded = load_model(model, backend, tracking_uri)
-        return cls(loaded, model, backend, tracking_uri, drift=drift)
+        return cls(loaded, model, backend, tracking_uri, drift=drift, max_field_side=max_field_side)
 
     def _with_drift(self, loaded: LoadedModel) -> LoadedModel:
         """`loaded` with its drift detectors: from the `--reference` override (built once), else
@@ -283,7 +293,11 @@ class InferenceEngine:
         loaded = self._current
         t0 = time.perf_counter()
         done = loaded.translator.translate_detailed(
-            direction, list(images), polarity=polarity, prior=prior
+            direction,
+            list(images),
+            polarity=polarity,
+            prior=prior,
+            max_field_side=self.max_field_side,
         )
         forward_ms = (time.perf_counter() - t0) * 1000
         return TranslateResult(
@@ -337,6 +351,10 @@ class _Job:
     future: asyncio.Future[ImageResult]
     polarity: str = "auto"  # auto | bright | dark
     prior: Prior = None  # the layer's word
+
+    @property
+    def field(self) -> bool:
+        return is_field(self.image.shape)
 
 
 class QueueFull(SemlayoutError):
@@ -433,17 +451,18 @@ class MicroBatcher:
                     )
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
-            # one forward per (direction, polarity request): they run different networks
+            # one forward per (direction, polarity request): they run different networks; a
+            # field (tiles, `semlayout.tiling`) runs alone, after the windows it came with
             kinds = dict.fromkeys((j.direction, j.polarity, j.prior) for j in jobs)
-            for direction, polarity, prior in kinds:
-                group = [
-                    j
-                    for j in jobs
-                    if (j.direction, j.polarity, j.prior) == (direction, polarity, prior)
-                    and not j.future.cancelled()
-                ]
+            groups = [
+                [j for j in jobs if (j.direction, j.polarity, j.prior) == k and not j.field]
+                for k in kinds
+            ] + [[j] for j in jobs if j.field]
+            for group in groups:
+                group = [j for j in group if not j.future.cancelled()]
                 if group:
-                    await self._forward(loop, direction, polarity, prior, group)
+                    j = group[0]
+                    await self._forward(loop, j.direction, j.polarity, j.prior, group)
 
     async def _forward(
         self,

@@ -22,7 +22,13 @@ class ServeSettings(BaseSettings):
     model: Annotated[
         str, Field(description="checkpoint folder, models:/NAME@ALIAS or models:/NAME/VERSION")
     ] = ""
-    backend: Literal["eager", "bf16", "onnx"] = "eager"
+    backend: Annotated[
+        Literal["auto", "eager", "bf16", "onnx"],
+        Field(
+            description="auto: the fastest backend whose outputs match eager fp32, measured at "
+            "start-up (semlayout.backend_probe)"
+        ),
+    ] = "auto"
     tracking_uri: Annotated[
         str | None, Field(description="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     ] = None
@@ -65,12 +71,20 @@ class ServeSettings(BaseSettings):
     max_upload_bytes: Annotated[int, Field(ge=1024, description="whole request body limit")] = (
         8 * 1024 * 1024
     )
-    # the models take 250-304 px images (resized to 256 px inside): 1024x1024 leaves room for
-    # a larger field of view and refuses the 16-megapixel uploads that cost seconds of CPU and
-    # gigabytes of memory to decode, before decoding
+    # a 2048x2048 field (tiled: `semlayout.tiling`) is the largest image served by default;
+    # the 16-megapixel uploads that cost seconds of CPU and gigabytes of memory to decode are
+    # refused from their header, before decoding
     max_pixels: Annotated[
         int, Field(ge=64, description="width*height limit, checked from the header")
-    ] = 1024 * 1024
+    ] = 2048 * 2048
+    max_field_side: Annotated[
+        int,
+        Field(
+            ge=250,
+            description="largest side of a field: an image larger than one window is "
+            "translated by overlapping tiles up to this size (beyond: 422)",
+        ),
+    ] = 2048
     min_side: Annotated[int, Field(ge=1, description="smallest accepted width/height (px)")] = 8
     max_batch_images: Annotated[int, Field(ge=1, description="images per /batch request")] = 16
 

@@ -28,6 +28,7 @@ from semlayout.monitoring.performance import PerformanceTracker
 from semlayout.monitoring.store import MonitorStore
 from semlayout.serving.engine import InferenceEngine, MicroBatcher
 from semlayout.serving.prometheus import ServingMetrics
+from semlayout.serving.record_writer import RecordWriter
 from semlayout.serving.settings import ServeSettings
 
 log = logging.getLogger("semlayout.serving")
@@ -44,6 +45,7 @@ class ServingState:
     metrics: ServingMetrics
     batcher: MicroBatcher
     layers: LayerBook  # the layers' polarity (configured, pooled evidence) in the store
+    writer: RecordWriter  # the translate path's rows, committed in groups
 
 
 def drift_options(settings: ServeSettings) -> DriftOptions:
@@ -59,9 +61,10 @@ def drift_options(settings: ServeSettings) -> DriftOptions:
 async def open_state(
     settings: ServeSettings, metrics: ServingMetrics, engine: InferenceEngine | None = None
 ) -> ServingState:
-    """Everything a request needs, loaded in worker threads; the batcher is running.
+    """Everything a request needs, loaded in worker threads; the batcher and the record writer
+    are running.
 
-    The caller stops the batcher and closes the store (the app's lifespan)."""
+    The caller stops the batcher, closes the writer and then the store (the app's lifespan)."""
     eng: InferenceEngine = (
         engine
         if engine is not None
@@ -73,6 +76,7 @@ async def open_state(
             drift_options(settings),
         )
     )
+    eng.max_field_side = settings.max_field_side
     store = await run_in_threadpool(MonitorStore, settings.monitor_db)
     baseline = _baseline_ssim(eng, settings)
     batcher = MicroBatcher(
@@ -93,6 +97,7 @@ async def open_state(
         metrics,
         batcher,
         LayerBook(store),
+        RecordWriter(store, settings.max_queue),
     )
     cur = eng.current
     metrics.set_model(cur.version, cur.source, cur.backend)

@@ -3,18 +3,19 @@
 1. decode: `serving.uploads.read_image`, per upload field (the routes call it);
 2. `forward`: the request's layer (its configured polarity and pooled evidence, from the
    store: `monitoring.layer_book`), the polarity check (a polarity the model never learned is
-   refused before any work), queue room check, the micro-batcher, the drift features
-   (computed while the model runs, they need only the input; judged against the reference of
-   the model that translated the image), the confidence of every image
-   (`semlayout.confidence.assess`, one call per model, computed while the drift checks finish:
-   the one function issue 20's off-path writer can move), then the images' evidence is pooled
-   into the layer (its own transaction) and each image's polarity judged against the one the
-   layer should show (`polarity_layer`: configured > the server's > established), `binarize`;
-   no prediction is recorded yet;
+   refused before any work; so is a field over the size limit), queue room check, the
+   micro-batcher, and meanwhile `input_side` (the input's hash, statistics and drift features,
+   in one worker-thread hop: they need only the input; drift is judged against the reference
+   of the model that translated the image), the confidence of every image
+   (`semlayout.confidence.assess`, one call per model, computed while the input sides finish),
+   then the images' evidence is pooled into the layer (its own transaction) and each image's
+   polarity judged against the one the layer should show (`polarity_layer`: configured > the
+   server's > established), `binarize`; no prediction is recorded yet;
 3. `prepare` (worker thread): the PNG answer and the rows to record (the stored output as
    configured: none, a thumbnail or the full image);
-4. `record`: every row of the request in ONE transaction of the monitoring store — all rows or
-   none; a store that cannot take it answers 503 and the request leaves no trace;
+4. `record`: every row of the request handed to the record writer (`serving.record_writer`:
+   one thread, group commits), awaited — all rows or none; a store that cannot take them (or a
+   full writer) answers 503 and the request leaves no trace;
 5. the answer: `as_response` (JSON) or `png_headers` (PNG).
 
 `translate` is 2 + 3 + 4 for a list of images: nothing is recorded unless every image was
@@ -48,6 +49,25 @@ from semlayout.serving.engine import LoadedModel, QueueFull
 from semlayout.serving.schemas import DriftInfo, TranslateResponse
 from semlayout.serving.settings import ServeSettings
 from semlayout.serving.state import ServingState
+from semlayout.tiling import check_field, is_field
+
+
+@dataclass(frozen=True)
+class InputSide:
+    """What the rows need from an input alone, computed while the model runs."""
+
+    sha256: str
+    stats: dict[str, float]
+    drift: DriftResult | None  # None without a drift reference for the direction
+
+
+def input_side(img: np.ndarray, det: DriftDetector | None) -> InputSide:
+    """The input's hash, statistics and drift features (one worker-thread hop per image)."""
+    from semlayout.monitoring.performance import sha256
+
+    return InputSide(
+        sha256(np.ascontiguousarray(img)), image_stats(img), det.check(img) if det else None
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,7 @@ class Forwarded:
     batch_size: int  # images in that forward pass
     drift: DriftResult | None  # None without a drift reference for the direction
     decision: PolarityDecision  # the polarity it was translated in
+    side: InputSide  # hash and statistics of the input
     confidence: Confidence  # how sure the model is (confidence None: unknown)
     layer: str = DEFAULT_LAYER  # the layer it was read as part of
 
@@ -92,33 +113,36 @@ async def forward(
     layer: str = DEFAULT_LAYER,
 ) -> list[Forwarded]:
     """Run `images` through the model (all or none: 503 when the queue has no room for all)
-    in `polarity` (auto: with `layer`'s configured polarity and pooled evidence)."""
+    in `polarity` (auto: with `layer`'s configured polarity and pooled evidence); the input
+    side of the rows (hash, statistics, drift features) is computed meanwhile."""
     known = await run_in_threadpool(state.layers.get, layer)
     fallback = state.settings.layer_prior  # the server's layer polarity, for every layer
     prior = replace(known, configured=known.configured or fallback).prior()
     # refused now (422) rather than answered inverted: a polarity the model never learned
     state.engine.current.translator.fixed_polarity(direction, polarity, prior)
+    for img in images:  # a field over the size limit: refused before any work too
+        if is_field(img.shape):
+            check_field(img, state.settings.max_field_side)
     try:
         state.batcher.check_room(len(images))  # before any work: a refused batch costs nothing
     except QueueFull as err:
         raise _busy(err) from None
     model = state.engine.current
     det = model.detectors.get(direction)
-    drifts = (
-        [asyncio.ensure_future(run_in_threadpool(det.check, img)) for img in images] if det else []
-    )
+    sides = [asyncio.ensure_future(run_in_threadpool(input_side, img, det)) for img in images]
     conf_task: asyncio.Future[list[Confidence]] | None = None
     try:
         try:
             results = await state.batcher.submit_many(direction, images, polarity, prior)
         except QueueFull as err:
             raise _busy(err) from None
-        # the confidence needs only the inputs and outputs: computed while the drift checks
+        # the confidence needs only the inputs and outputs: computed while the input sides
         # finish and the layouts are drawn
         conf_task = asyncio.ensure_future(
             run_in_threadpool(confidences, direction, images, results)
         )
-        checks: list[Any] = list(await asyncio.gather(*drifts)) if drifts else [None] * len(images)
+        done: list[InputSide] = list(await asyncio.gather(*sides))
+        checks: list[Any] = [d.drift for d in done]
         for i, r in enumerate(results):
             if r.model is not model:  # swapped meanwhile: judged by the new version's reference
                 new_det = r.model.detectors.get(direction)
@@ -135,8 +159,8 @@ async def forward(
             conf_task.cancel()
         raise
     finally:
-        for drift in drifts:  # a failure above: nothing left running unobserved
-            drift.cancel()
+        for side in sides:  # a failure above: nothing left running unobserved
+            side.cancel()
     after = await _pool(state, layer, known, [r.decision for r in results])
     for i, r in enumerate(results):  # the image's polarity against the one expected
         det_i = r.model.detectors.get(direction)
@@ -146,8 +170,10 @@ async def forward(
             checks[i] = det_i.with_polarity(checks[i], r.decision, expected, flipped)
     confs = await conf_task if conf_task is not None else []
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, c, layer)
-        for img, out, r, res, c in zip(images, outs, results, checks, confs, strict=True)
+        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side, c, layer)
+        for img, out, r, res, side, c in zip(
+            images, outs, results, checks, done, confs, strict=True
+        )
     ]
 
 
@@ -228,7 +254,6 @@ def prepare(
 
     `t0` is when the request started (`time.perf_counter()`), for the recorded latency."""
     from semlayout.data.pairs import encode_png
-    from semlayout.monitoring.performance import sha256
 
     img, out, model, res = item.image, item.output, item.model, item.drift
     png = encode_png(out)
@@ -238,7 +263,7 @@ def prepare(
         ts=time.time(),
         direction=direction,
         model_version=model.version,
-        input_sha256=sha256(np.ascontiguousarray(img)),
+        input_sha256=item.side.sha256,
         width=int(img.shape[1]),
         height=int(img.shape[0]),
         output_png=stored_output(out, png, state.settings),
@@ -260,7 +285,7 @@ def prepare(
         "latency_ms": (time.perf_counter() - t0) * 1000,
         "forward_ms": item.forward_ms,
         "batch_size": item.batch_size,
-        "input_stats": image_stats(img),
+        "input_stats": item.side.stats,
         "output_stats": image_stats(out),
     }
     drift = None
@@ -309,7 +334,8 @@ async def translate(
     layer: str = DEFAULT_LAYER,
     cohort: str | None = None,
 ) -> list[Translated]:
-    """`forward`, `prepare` each image, then record the request's rows in one transaction;
+    """`forward`, `prepare` each image, then hand the request's rows to the record writer
+    (committed, all or none, before the answer);
     `endpoint` is the route template, for the events; `layer` the data set the images belong
     to (polarity pooling), `cohort` the caller's label (pattern family, tool or client) the
     monitors slice by."""
@@ -317,7 +343,7 @@ async def translate(
     prepared = await asyncio.gather(
         *[run_in_threadpool(prepare, state, endpoint, direction, it, t0, cohort) for it in items]
     )
-    await run_in_threadpool(state.store.record_translations, [rec for _, rec in prepared])
+    await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
     done = [tr for tr, _ in prepared]
     _observe(state, direction, done)
     return done

@@ -1,0 +1,103 @@
+"""The translate path's record writer on a real SQLite store: a request returns once its rows
+are committed, groups are all-or-none per request, a full writer refuses at once and says so,
+and closing commits everything it took."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from test_monitoring_store import _record
+
+from semlayout.monitoring.store import MonitorStore
+from semlayout.serving.record_writer import RecordWriter, WriterFull
+
+
+class GatedStore(MonitorStore):
+    """A real store whose commits wait until the test opens the gate (to hold requests)."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.commits: list[int] = []
+
+    def record_translations(self, records):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        self.gate.wait(30)
+        super().record_translations(records)
+        self.commits.append(len(records))
+
+
+def _ids(store: MonitorStore) -> set[str]:
+    with store.engine.connect() as conn:
+        return {r[0] for r in conn.exec_driver_sql("SELECT id FROM predictions")}
+
+
+def test_requests_wait_for_their_commit_and_a_full_writer_says_so(tmp_path) -> None:
+    store = GatedStore(str(tmp_path / "m.db"))
+    writer = RecordWriter(store, max_pending=3)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(writer.record([_record("a")]))
+        await asyncio.to_thread(store.entered.wait, 30)  # the writer holds "a" in a commit
+        more = [asyncio.ensure_future(writer.record([_record(p)])) for p in ("b", "c")]
+        await asyncio.sleep(0)
+        assert writer.pending == 3 and not first.done()
+        with pytest.raises(WriterFull, match="monitoring writer full: 3 requests waiting"):
+            await writer.record([_record("d")])
+        assert _ids(store) == set()  # nothing answered, nothing committed yet
+        store.gate.set()
+        await asyncio.gather(first, *more)
+        assert _ids(store) == {"a", "b", "c"} and writer.pending == 0
+
+    asyncio.run(main())
+    # "b" and "c" arrived during the first commit: they went in together
+    assert store.commits == [1, 2]
+    writer.close()
+
+
+def test_a_group_is_all_or_none_per_request(tmp_path) -> None:
+    store = GatedStore(str(tmp_path / "m.db"))
+    store.gate.set()
+    store.record_translations([_record("taken")])
+    store.gate.clear()
+    store.entered.clear()
+    writer = RecordWriter(store)
+
+    async def main() -> list[object]:
+        hold = asyncio.ensure_future(writer.record([_record("h")]))
+        await asyncio.to_thread(store.entered.wait, 30)
+        group = [
+            asyncio.ensure_future(writer.record(rs))
+            for rs in ([_record("x1"), _record("x2")], [_record("y"), _record("taken")])
+        ]
+        await asyncio.sleep(0)
+        store.gate.set()
+        return await asyncio.gather(hold, *group, return_exceptions=True)
+
+    hold, ok, bad = asyncio.run(main())
+    assert hold is None and ok is None and isinstance(bad, Exception)
+    # the request with a duplicate id failed alone and left nothing; its group-mate is in
+    assert _ids(store) == {"taken", "h", "x1", "x2"}
+    writer.close()
+
+
+def test_closing_commits_what_it_took_and_refuses_more(tmp_path) -> None:
+    store = GatedStore(str(tmp_path / "m.db"))
+    writer = RecordWriter(store)
+
+    async def main() -> None:
+        waiting = [asyncio.ensure_future(writer.record([_record(f"p{i}")])) for i in range(5)]
+        await asyncio.to_thread(store.entered.wait, 30)
+        closing = asyncio.ensure_future(asyncio.to_thread(writer.close))
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        await closing
+        await asyncio.gather(*waiting)  # every request taken before close got its commit
+        with pytest.raises(WriterFull, match="shutting down"):
+            await writer.record([_record("late")])
+
+    asyncio.run(main())
+    assert _ids(store) == {f"p{i}" for i in range(5)}

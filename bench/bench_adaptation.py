@@ -99,8 +99,9 @@ def score(
     from semlayout.inference import Translator
 
     tool = Translator.load(model, profile=profile)
+    shared = tool if tool.info["profile"] is None else Translator.load(model)  # loaded once
     new = evaluate_model(tool, data["heldout"], split="train", n_report_samples=0)
-    old = evaluate_model(model, orig, split="test", n_report_samples=0, per_pair=True)
+    old = evaluate_model(shared, orig, split="test", n_report_samples=0, per_pair=True)
     reviewed = evaluate_model(
         tool, data[f"reviewed{n_pairs}"], split="test", n_report_samples=0, per_pair=True
     )

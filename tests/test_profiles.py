@@ -38,7 +38,7 @@ def test_profile_labels_are_checked_and_unknown_ones_run_the_shared_network() ->
 
     assert check_profile("tool-b.M1_2") == "tool-b.M1_2"
     for bad in ("", "a b", "x" * 65, "../etc"):
-        with pytest.raises(SemlayoutError, match="1-64 letters"):
+        with pytest.raises(SemlayoutError, match="expected 1-64 characters"):
             check_profile(bad)
     assert profile_index(["a", "b"], "b") == 1
     assert profile_index(["a"], "c") == NONE and profile_index(["a"], None) == NONE

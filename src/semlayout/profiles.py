@@ -2,7 +2,7 @@
 
 A fab runs several SEM tools and many layers; one model serves them when its generators are
 conditioned on a profile (`GeneratorConfig.profiles`: a per-profile scale and shift of every
-block's features, zero = the shared network, `semlayout.models.unet.ProfileFiLM`). A fine-tune
+block's features, zero = the shared network, `semlayout.models.unet.FiLM`). A fine-tune
 on one profile's reviewed pairs learns only that profile's rows (`AdaptConfig.profile`), so
 the shared network and every other profile answer exactly as before: no forgetting by
 construction. A request without a profile, or with one the model has not learned, runs the
@@ -11,23 +11,16 @@ shared network (the answer says which was used).
 
 from __future__ import annotations
 
-import re
-
-from semlayout.errors import SemlayoutError
-from semlayout.polarity_layer import LAYER_PATTERN
+from semlayout.polarity_layer import LAYER_PATTERN, check_layer
 
 PROFILE_PATTERN = LAYER_PATTERN  # a profile is named by the label requests carry (`layer`)
-_PROFILE = re.compile(PROFILE_PATTERN)
 NONE = -1  # the index of "no profile": the shared network
 
 
 def check_profile(label: str) -> str:
-    """`label` if it is a valid profile name, else one `SemlayoutError` line."""
-    if not _PROFILE.match(label):
-        raise SemlayoutError(
-            f"profile {label!r}: use 1-64 letters, digits, '.', '_' or '-' (e.g. tool-b.M1)"
-        )
-    return label
+    """`label` if it is a valid profile name (the layer label's rule), else one
+    `SemlayoutError` line."""
+    return check_layer(label, "profile")
 
 
 def profile_index(profiles: list[str], label: str | None) -> int:

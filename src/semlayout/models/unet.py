@@ -18,14 +18,14 @@ the Translator, ONNX and serving all see the same input.
 Polarity conditioning (`polarity_conditioning`; +1 pattern bright, -1 dark, see
 `semlayout.polarity`): `forward(x, polarity)` takes a (B,) tensor of +-1. `channel` appends a
 constant +-1 plane to the input of the first conv; `film` scales and shifts the features after
-every encoder and decoder block by a learned per-polarity (gamma, beta) (`PolarityFiLM`,
+every encoder and decoder block by a learned per-polarity (gamma, beta) (`FiLM`,
 identity at init). `none`: the network ignores polarity (one polarity per model).
 `polarity_flip` multiplies the image by the polarity on the image side of the network: the
 input for G_A (`flip_side="input"`), the output for G_B (`"output"`), so both polarities
 share the mapping of the material contrast and the conditioning learns the rest.
 
 Tool / layer profiles (`profiles`, `semlayout.profiles`): a second FiLM after the polarity's
-with one zero-initialised row per profile (`ProfileFiLM`); `forward(x, polarity, profile)`
+with one zero-initialised row per profile (the same `FiLM`); `forward(x, polarity, profile)`
 takes (B,) row indices, -1 = the shared network. `ProfileView` fixes the row for inference.
 
 Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
@@ -65,33 +65,19 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
-class PolarityFiLM(nn.Module):
-    """x * (1 + gamma[p]) + beta[p] per channel, p = 0 for +1, 1 for -1; zero init = identity."""
+class FiLM(nn.Module):
+    """x * (1 + gamma[r]) + beta[r] per channel, row r of a table (`index` (B,) of rows): the
+    polarity's (row 0 for +1, 1 for -1) or a tool / layer profile's; a negative row leaves x
+    as it is (no profile: the shared network). Zero init = identity."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, rows: int):
         super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(2, channels))
-        self.beta = nn.Parameter(torch.zeros(2, channels))
+        self.gamma = nn.Parameter(torch.zeros(rows, channels))
+        self.beta = nn.Parameter(torch.zeros(rows, channels))
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        # index (B,) long; gamma[index] (B, C) -> (B, C, 1, 1)
-        g = self.gamma[index][:, :, None, None].to(x.dtype)
-        b = self.beta[index][:, :, None, None].to(x.dtype)
-        return x * (1 + g) + b
-
-
-class ProfileFiLM(nn.Module):
-    """x * (1 + gamma[t]) + beta[t] per channel for a tool / layer profile t (`profile` (B,) of
-    row indices); -1 (`semlayout.profiles.NONE`) leaves x as it is: the shared network."""
-
-    def __init__(self, channels: int, n_profiles: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(n_profiles, channels))
-        self.beta = nn.Parameter(torch.zeros(n_profiles, channels))
-
-    def forward(self, x: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
-        on = (profile >= 0).to(x.dtype)[:, None]  # (B, 1): 0 for the shared network
-        rows = profile.clamp(min=0)
+        on = (index >= 0).to(x.dtype)[:, None]  # (B, 1): 0 where there is no row
+        rows = index.clamp(min=0)
         g = (self.gamma[rows] * on)[:, :, None, None].to(x.dtype)
         b = (self.beta[rows] * on)[:, :, None, None].to(x.dtype)
         return x * (1 + g) + b
@@ -161,16 +147,16 @@ class UNetGenerator(nn.Module):
         self.film_down = nn.ModuleList()
         self.film_up = nn.ModuleList()
         if self.conditioning == "film":
-            self.film_down.extend(PolarityFiLM(c) for c in ch)
-            self.film_up.extend(PolarityFiLM(ch[j - 1]) for j in range(n - 1, 0, -1))
+            self.film_down.extend(FiLM(c, 2) for c in ch)
+            self.film_up.extend(FiLM(ch[j - 1], 2) for j in range(n - 1, 0, -1))
 
         # a tool / layer profile's scale and shift after the polarity's, at the same places
         self.profile_down = nn.ModuleList()
         self.profile_up = nn.ModuleList()
         if cfg.profiles:
             k = len(cfg.profiles)
-            self.profile_down.extend(ProfileFiLM(c, k) for c in ch)
-            self.profile_up.extend(ProfileFiLM(ch[j - 1], k) for j in range(n - 1, 0, -1))
+            self.profile_down.extend(FiLM(c, k) for c in ch)
+            self.profile_up.extend(FiLM(ch[j - 1], k) for j in range(n - 1, 0, -1))
 
         init_weights(self)
 

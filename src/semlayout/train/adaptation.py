@@ -225,10 +225,11 @@ def _stack(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, tor
 def _gen(net: nn.Module, x: torch.Tensor, polarity: torch.Tensor, row: int | None) -> torch.Tensor:
     """A generator's output; the polarity goes in when the network is conditioned on it, the
     profile row when one is given."""
+    from semlayout.inference_backends import is_conditioned
+
     if row is not None:
         return net(x, polarity, torch.full((x.shape[0],), row, dtype=torch.long))
-    conditioned = getattr(net, "conditioning", "none") != "none"
-    return net(x, polarity) if conditioned else net(x)
+    return net(x, polarity) if is_conditioned(net) else net(x)
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ aligned as `semlayout align` does (the data set's prior estimated from the confi
 the pairs it can help aligned again), every field of every result written as JSON; then two
 such files compared field by field.
 
-    python -m bench.align_results dump before.json [--scale 0.1]
+    python -m bench.align_results dump before.json [--scale 0.1] [--base 1600]
     (change the code)
     python -m bench.align_results dump after.json [--scale 0.1]
     python -m bench.align_results compare before.json after.json
@@ -22,7 +22,7 @@ import time
 FLOAT_TOL = 1e-6  # relative: below this a float difference is rounding, not a changed answer
 
 
-def dump(path: str, scale: float) -> None:
+def dump(path: str, scale: float, base: int | None = None) -> None:
     import cv2
 
     from bench import bench_align as ba
@@ -31,7 +31,8 @@ def dump(path: str, scale: float) -> None:
 
     cv2.setNumThreads(1)
     cfg, sim, out = AlignConfig(), ba._sim(), {}
-    for name, pairs in ba.make_sets(scale).items():
+    sets = ba.make_sets(scale, ba.SEED_BASE if base is None else base)
+    for name, pairs in sets.items():
         c0 = time.process_time()
         res = [align_pair(p.sem, p.layout, cfg) for p in pairs]
         table = estimate_priors(
@@ -71,6 +72,7 @@ def compare(before: str, after: str) -> int:
     for name in a:
         for i, (ra, rb) in enumerate(zip(a[name]["results"], b[name]["results"], strict=True)):
             n += 1
+            rb = {k: rb[k] for k in ra if k in rb}  # fields added since `before` are not compared
             if ra == rb:
                 continue
             changed = {k: (ra[k], rb[k]) for k in ra if not _close(ra[k], rb[k])}
@@ -80,8 +82,8 @@ def compare(before: str, after: str) -> int:
                 continue
             n_float += 1
             worst = max(
-                worst,
-                *(abs(ra[k] - rb[k]) / max(1.0, abs(ra[k])) for k in ra if ra[k] != rb[k]),
+                [worst]
+                + [abs(ra[k] - rb[k]) / max(1.0, abs(ra[k])) for k in ra if ra[k] != rb[k]]
             )
         sa, sb = a[name]["scores"], b[name]["scores"]
         if sa != sb:
@@ -99,12 +101,15 @@ def main() -> int:
     d = sub.add_parser("dump")
     d.add_argument("path")
     d.add_argument("--scale", type=float, default=0.1, help="share of bench_align's set sizes")
+    d.add_argument(
+        "--base", type=int, default=None, help="seed base (default bench_align.SEED_BASE)"
+    )
     c = sub.add_parser("compare")
     c.add_argument("before")
     c.add_argument("after")
     args = ap.parse_args()
     if args.cmd == "dump":
-        dump(args.path, args.scale)
+        dump(args.path, args.scale, args.base)
         return 0
     return compare(args.before, args.after)
 

@@ -34,7 +34,9 @@ is built differently:
   whose pass line is `min_confidence`.
 
 * field distortion: a stage rotation and a magnification error move the template's
-  corners by pixels; after the integer peak the distortion is estimated from patch
+  corners by pixels; after the integer peak a cheap linearised screen
+  (`align_distortion.screen_distortion`) clears the pairs whose corners it sees move by
+  less than `distortion_screen_px`, and for the others the distortion is estimated from patch
   displacements (`semlayout.data.align_distortion`) and, when large and significant,
   undone: the SEM is resampled into the layout's frame and matched again. `rotation_deg`
   and `scale` say what was undone (0 and 1: nothing).
@@ -63,7 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from semlayout.data.align_config import REASONS, AlignConfig
-from semlayout.data.align_distortion import FieldDistortion, correct_field
+from semlayout.data.align_distortion import FieldDistortion, correct_field, needs_estimate
 from semlayout.data.align_maps import (
     pair_model_dist2,
     signed_fit,
@@ -94,6 +96,9 @@ class AlignResult:
     scale: float | None = None  # field magnification undone before matching (1: none)
     qc_pass: bool = False
     reason: str = "ok"
+    # True: the patch estimate of the field distortion ran (the screen saw a possible one);
+    # False: the screen cleared the pair and it was skipped; None: not attempted
+    distortion_estimated: bool | None = None
 
     @property
     def corrected(self) -> bool:
@@ -286,13 +291,16 @@ def align_pair(
         return AlignResult(reason=bad)
     scene = prepare(sem, layout, cfg)
     field = None
-    if cfg.correct_distortion:
+    estimated = cfg.correct_distortion and needs_estimate(scene, cfg)
+    if estimated:
         scene, field, refused = correct_field(scene, cfg)
         if refused is not None:
             res = decide(scene, cfg, PolarityPrior(), refused)
-            res.qc_pass, res.reason = False, "distorted"
+            res.qc_pass, res.reason, res.distortion_estimated = False, "distorted", True
             return res
-    return decide(scene, cfg, as_prior(prior), field)
+    res = decide(scene, cfg, as_prior(prior), field)
+    res.distortion_estimated = estimated if cfg.correct_distortion else None
+    return res
 
 
 def aligned_crop(img: np.ndarray, res: AlignResult, shape: tuple[int, ...]) -> np.ndarray:

@@ -71,6 +71,9 @@ class AlignConfig:
     residual_px: float = 1.0
     residual_z: float = 2.5
     distortion_grid: int = 4  # patches per side for the estimate
+    # the estimate runs only when a linearised whole-window screen moves a template corner by
+    # >= this (px; 0 = always); set on a tuning set, docs/alignment.md
+    distortion_screen_px: float = 0.35
     distortion_search: int = 5  # px searched around each patch's expected place
     max_rotation_deg: float = 3.0  # a larger significant estimate is refused ("distorted")
     max_scale_error: float = 0.05  # |scale - 1| beyond this is refused too
@@ -99,6 +102,7 @@ class AlignConfig:
             "residual_px": self.residual_px >= self.min_distortion_px,
             "residual_z": self.residual_z >= 0,
             "distortion_grid": self.distortion_grid >= 3,
+            "distortion_screen_px": 0 <= self.distortion_screen_px <= self.min_distortion_px,
             "distortion_search": self.distortion_search >= 1,
             "max_rotation_deg": self.max_rotation_deg > 0,
             "max_scale_error": 0 < self.max_scale_error < 1,
@@ -113,5 +117,5 @@ class AlignConfig:
                 "0 < max_clipped/max_dark <= 1, -1 <= min_score <= 1, prior_min_pairs >= 1, "
                 "0.5 < prior_min_share <= 1, max_rotation_deg > 0, 0 < max_scale_error < 1, "
                 "distortion_steps >= 1, residual_px >= min_distortion_px, distortion_grid >= 3, "
-                "distortion_search >= 1)"
+                "distortion_search >= 1, 0 <= distortion_screen_px <= min_distortion_px)"
             )

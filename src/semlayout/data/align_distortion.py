@@ -24,6 +24,7 @@ Conventions are `semlayout.data.field_distortion`'s: image = c + s R(theta) (sam
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -267,16 +268,92 @@ def estimate_distortion(
     return fit_similarity(patches, max(h, w) / 2.0)
 
 
+SCREEN_STRIDE = 2  # pixel stride of `screen_distortion`'s fit
+
+
+@functools.cache
+def _centred_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y) float32 pixel coordinates relative to the centre of an (h, w) window."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs - (w - 1) / 2.0, ys - (h - 1) / 2.0
+
+
+def screen_distortion(sem_f: np.ndarray, model: np.ndarray, y0: int, x0: int) -> FieldDistortion:
+    """A cheap first look (about a tenth of `estimate_distortion`): one linearised
+    (Lucas-Kanade) least-squares step of a whole-window similarity, ``window = c + g*model
+    - g*grad(model) . d(t)`` with d as in the module docstring, fitted by ordinary least
+    squares over the window at the integer peak (y0, x0). Its corner displacement is what
+    `AlignConfig.screen_px` gates the patch estimate on: not robust to particles and
+    biased low for displacements beyond the blur, but near zero only when the field is
+    near undistorted. `corner_sd` is the white-noise standard error (an underestimate)."""
+    h, w = model.shape
+    k = SCREEN_STRIDE  # every k-th pixel each way: the model is blurred, its gradient smooth
+    win = np.ascontiguousarray(sem_f[y0 : y0 + h : k, x0 : x0 + w : k]).reshape(-1)
+    gy, gx = (g[::k, ::k] for g in _gradient32(model))
+    X, Y = (c[::k, ::k] for c in _centred_grid(h, w))
+    m = model[::k, ::k]
+    A = np.stack([np.ones_like(m), m, gx, gy, X * gx + Y * gy, X * gy - Y * gx]).reshape(6, -1)
+    G = (A @ A.T).astype(np.float64) + 1e-9 * np.eye(6)
+    coef = np.linalg.solve(G, (A @ win).astype(np.float64))
+    gain = float(coef[1])
+    if abs(gain) < 1e-12:
+        return FieldDistortion()
+    a, b = -float(coef[4]) / gain, -float(coef[5]) / gain
+    res = win - (coef.astype(np.float32) @ A)
+    s2 = float(res @ res) / max(res.size - 6, 1)
+    cov = np.linalg.inv(G) * s2 / (gain * gain)
+    rr = math.hypot((h - 1) / 2.0, (w - 1) / 2.0)
+    return FieldDistortion(
+        rotation_deg=math.degrees(math.atan2(b, 1 + a)),
+        scale=math.hypot(1 + a, b),
+        corner_px=rr * math.hypot(a, b),
+        corner_sd=rr * math.sqrt(max(float(cov[4, 4] + cov[5, 5]), 0.0)),
+        n_patches=0,
+    )
+
+
+def _gradient32(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences (d/dy, d/dx) of a float32 array, one-sided at the borders."""
+    gy, gx = np.empty_like(f), np.empty_like(f)
+    gy[1:-1] = (f[2:] - f[:-2]) * 0.5
+    gy[0], gy[-1] = f[1] - f[0], f[-1] - f[-2]
+    gx[:, 1:-1] = (f[:, 2:] - f[:, :-2]) * 0.5
+    gx[:, 0], gx[:, -1] = f[:, 1] - f[:, 0], f[:, -1] - f[:, -2]
+    return gy, gx
+
+
 # ----------------------------------------------------------------------------- undoing it
 
 _FAIR_BLUR = 1.0  # px: blur that hides the smoothing a resampling adds (bilinear: ~0.5 px)
 
 
-def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
-    """The distortion still left in `scene`, around its integer peak."""
+def _peak_model(scene: Scene) -> tuple[int, int, np.ndarray]:
+    """(y, x, model): the integer peak of `scene` and the fitted model a*T + b*E there."""
     y, x = (int(v) for v in np.unravel_index(int(np.argmax(scene.maps.R)), scene.maps.R.shape))
     a, b = scene.maps.coefficients(y, x)
     model = np.asarray(a * scene.T + (b * scene.E if scene.E is not None else 0.0), np.float32)
+    return y, x, model
+
+
+def screen(scene: Scene) -> FieldDistortion:
+    """`screen_distortion` of a prepared pair around its integer peak."""
+    y, x, model = _peak_model(scene)
+    return screen_distortion(scene.sem_f, model, y, x)
+
+
+def needs_estimate(scene: Scene, cfg: AlignConfig) -> bool:
+    """Run the patch estimate (`correct_field`)? Yes unless `screen` moves a template corner
+    by less than `cfg.distortion_screen_px` (0: always). The gate was set on a tuning set with
+    its own seeds (docs/alignment.md): no pair the estimate would correct or refuse was
+    screened out there, with the smallest such screen value 1.56x the gate."""
+    if cfg.distortion_screen_px <= 0:
+        return True
+    return screen(scene).corner_px >= cfg.distortion_screen_px
+
+
+def _estimate(scene: Scene, cfg: AlignConfig) -> FieldDistortion:
+    """The distortion still left in `scene`, around its integer peak."""
+    y, x, model = _peak_model(scene)
     noise_sd = scene.noise * scene.raw_std
     return estimate_distortion(
         scene.sem_f, model, y, x, noise_sd, cfg.distortion_grid, cfg.distortion_search

@@ -117,6 +117,29 @@ def test_an_undistorted_pair_is_left_alone():
     assert not r.corrected and "rotation" not in r.qc_summary()
 
 
+@pytest.mark.parametrize("rot, scale", [(0.6, 1.01), (0.3, 1.0), (0.0, 0.996)])
+def test_a_distorted_pair_gets_the_estimate_and_a_clean_one_skips_it(rot, scale):
+    """The screen (`distortion_screen_px`) lets the patch estimate run on a distorted pair,
+    down to a corner shift of ~0.7-0.9 px, and clears a clean one with the same answer as
+    running the estimate on it anyway (the gate is judged through the result, not timing)."""
+    field, sem, tpl, warp = distorted_blobs(rot, scale, seed=5)
+    r = align_pair(sem, tpl, CFG)
+    assert r.distortion_estimated is True and r.qc_pass, r.qc_summary()
+    assert r.corrected or rot < 0.6  # a small one may stay below what is worth undoing
+    if r.corrected:
+        assert abs(r.rotation_deg - rot) <= ROT_TOL and abs(r.scale - scale) <= SCALE_TOL, r
+    assert placement_right_mapped(field, tpl, to_sem(r), warp)
+    clean = blobs_field(7)
+    pair = (render(clean, dose=100), cut(clean, 21, 12))
+    skipped = align_pair(*pair, CFG)
+    assert skipped.distortion_estimated is False and skipped.qc_pass and not skipped.corrected
+    always = align_pair(*pair, AlignConfig(distortion_screen_px=0.0))
+    assert always.distortion_estimated is True
+    assert {**vars(always), "distortion_estimated": False} == vars(skipped)
+    off = align_pair(*pair, AlignConfig(correct_distortion=False))
+    assert off.distortion_estimated is None and (off.x, off.y) == (21, 12)
+
+
 def test_a_distortion_beyond_the_bounds_is_refused_and_named():
     field, sem, tpl, _ = distorted_blobs(2.5, 1.0, seed=3)
     r = align_pair(sem, tpl, AlignConfig(max_rotation_deg=1.5))
@@ -200,6 +223,8 @@ def test_bad_physics_ranges_are_refused(kw, match):
         {"distortion_grid": 2},
         {"max_scale_error": 1.5},
         {"prior_min_share": 0.4},
+        {"distortion_screen_px": 0.6},
+        {"distortion_screen_px": -0.1},
     ],
 )
 def test_bad_align_settings_are_refused(kw):

@@ -1,12 +1,16 @@
 """Alignment speed: `semlayout align` on a pair folder against a plain `cv2.matchTemplate`
 loop over the same pairs, and its scaling with workers.
 
-Data: `n` synthetic pairs (default mix, 30 % reversed contrast; 2,000 full, 200 quick) written
-as a pair folder first (not timed). Variants, each over the whole folder, in rounds with the
-order rotating (the machine is shared: a load change hits all of them alike):
+Data: two folders of `n` synthetic pairs each (default mix, 30 % reversed contrast; 2,000
+full, 200 quick), written first (not timed): `undistorted`, and `mixed`, whose second half is
+drawn with bench_align's field distortion (rotation within +-1 deg, magnification within
++-2 %, bright particles on 20 % of those images) and first half without. Variants, each over
+the whole folder, in rounds with the order rotating (the machine is shared: a load change hits
+all of them alike):
 
 - `plain`: one process, OpenCV on one thread: read both PNGs, `TM_CCOEFF_NORMED` on float32,
-  argmax, write the cropped SEM PNG and copy the layout: the least an aligner does per pair;
+  argmax, write the cropped SEM PNG (and the cropped clean image, as the aligner does, when
+  the folder has one) and copy the layout: the least an aligner does per pair, same I/O;
 - `align_1`, `align_2`: `align_folder` with 1 and 2 worker processes (what `semlayout align
   --workers N` runs: reading, matching, QC, polarity prior and second pass, field distortion,
   writing the aligned folder and alignment.csv atomically).
@@ -55,6 +59,7 @@ def plain_loop(pairs_dir: Path, out: Path) -> int:
     cv2.setNumThreads(1)
     (out / "sem").mkdir(parents=True)
     (out / "layout").mkdir()
+    (out / "clean").mkdir()
     n = 0
     for rec in read_manifest(pairs_dir):
         sem = cv2.imread(str(rec.sem_path), cv2.IMREAD_UNCHANGED)
@@ -62,49 +67,108 @@ def plain_loop(pairs_dir: Path, out: Path) -> int:
         r = cv2.matchTemplate(sem.astype(np.float32), lay.astype(np.float32), cv2.TM_CCOEFF_NORMED)
         y, x = np.unravel_index(int(np.argmax(r)), r.shape)
         h, w = lay.shape
-        cv2.imwrite(str(out / "sem" / f"{rec.id}.png"), sem[y : y + h, x : x + w])
+        fast = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # as align_folder writes its crops
+        cv2.imwrite(str(out / "sem" / f"{rec.id}.png"), sem[y : y + h, x : x + w], fast)
         shutil.copyfile(rec.layout_path, out / "layout" / f"{rec.id}.png")
+        if rec.clean_path is not None:
+            clean = cv2.imread(str(rec.clean_path), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(out / "clean" / f"{rec.id}.png"), clean[y : y + h, x : x + w], fast)
         n += 1
     return n
 
 
+def _mixed_folder(work: Path, n: int) -> Path:
+    """A pair folder whose first half is undistorted and second half distorted (bench_align's
+    DISTORTION), made by merging two synthesized folders (ids and files prefixed)."""
+    import csv
+
+    from bench.bench_align import DISTORTION
+    from semlayout.data.sem_physics import PhysicsRanges
+    from semlayout.data.synth import synthesize
+
+    plain = PhysicsRanges(reverse_fraction=0.3)
+    bent = PhysicsRanges(reverse_fraction=0.3, **DISTORTION)  # type: ignore[arg-type]
+    out, rows, fields = work / "mixed", [], None
+    for sub in ("sem", "layout", "clean"):
+        (out / sub).mkdir(parents=True)
+    for tag, ranges, k, seed in (("u", plain, n // 2, 8), ("d", bent, n - n // 2, 9)):
+        src = synthesize(work / f"half-{tag}", k, seed=seed, ranges=ranges, progress=False)
+        with open(src / "manifest.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames
+            for row in reader:
+                row["id"] = f"{tag}{row['id']}"
+                for col in ("sem_path", "layout_path", "clean_path"):
+                    if row.get(col):
+                        rel = Path(row[col])
+                        new = rel.parent / f"{tag}{rel.name}"
+                        shutil.move(src / rel, out / new)
+                        row[col] = new.as_posix()
+                rows.append(row)
+    with open(out / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields or []), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
 def main(quick: bool = False) -> dict[str, Any]:
-    from semlayout.data.align_folder import align_folder
+    from semlayout.data.sem_physics import PhysicsRanges
     from semlayout.data.synth import synthesize
 
     n, rounds = (200, 1) if quick else (2000, 2)
+    out: dict[str, Any] = {"cpu": describe_cpu()}
     with tempfile.TemporaryDirectory(prefix="bench-align-speed-") as tmp:
         work = Path(tmp)
-        from semlayout.data.sem_physics import PhysicsRanges
-
-        pairs = synthesize(
-            work / "pairs", n, seed=7, ranges=PhysicsRanges(reverse_fraction=0.3), progress=False
-        )
-        variants = {
-            "plain": lambda out: plain_loop(pairs, out),
-            "align_1": lambda out: align_folder(pairs, out, workers=1),
-            "align_2": lambda out: align_folder(pairs, out, workers=2),
+        folders = {
+            "undistorted": synthesize(
+                work / "pairs",
+                n,
+                seed=7,
+                ranges=PhysicsRanges(reverse_fraction=0.3),
+                progress=False,
+            ),
+            "mixed": _mixed_folder(work, n),
         }
-        names = list(variants)
-        secs: dict[str, list[float]] = {k: [] for k in names}
-        cpu: dict[str, list[float]] = {k: [] for k in names}
-        passed = 0
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                out = work / f"out-{name}-{r}"
-                c0, t0 = _cpu(), time.perf_counter()
-                res = variants[name](out)
-                secs[name].append(time.perf_counter() - t0)
-                cpu[name].append(_cpu() - c0)
-                if name == "align_2":
-                    passed = res.n_passed
-                shutil.rmtree(out, ignore_errors=True)
+        for name, pairs in folders.items():
+            out[name] = _time_folder(name, pairs, work, n, rounds)
+    return out
+
+
+def _time_folder(label: str, pairs: Path, work: Path, n: int, rounds: int) -> dict[str, Any]:
+    """The three variants over one pair folder, in rounds with the order rotating."""
+    from semlayout.data.align_folder import align_folder
+
+    variants = {
+        "plain": lambda out: plain_loop(pairs, out),
+        "align_1": lambda out: align_folder(pairs, out, workers=1),
+        "align_2": lambda out: align_folder(pairs, out, workers=2),
+    }
+    names = list(variants)
+    secs: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    passed, reasons = 0, {}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            out = work / f"out-{label}-{name}-{r}"
+            c0, t0 = _cpu(), time.perf_counter()
+            res = variants[name](out)
+            secs[name].append(time.perf_counter() - t0)
+            cpu[name].append(_cpu() - c0)
+            if name == "align_2":
+                passed, reasons = res.n_passed, res.reasons
+            shutil.rmtree(out, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in secs.items()}
     per_pair = {k: 1000 * v / n for k, v in med.items()}
     cpu_pair = {k: 1000 * statistics.median(v) / n for k, v in cpu.items()}
     ratio, scaling = med["align_1"] / med["plain"], med["align_1"] / med["align_2"]
     cpu_ratio = cpu_pair["align_1"] / cpu_pair["plain"]
-    print(f"align speed: {n} synthetic pairs, {rounds} round(s), CPU {describe_cpu()}")
+    est = _estimated_share(pairs)
+    print(
+        f"align speed, {label}: {n} synthetic pairs, {rounds} round(s), CPU {describe_cpu()}; "
+        f"patch estimate ran on {100 * est['estimated']:.1f} % of the pairs, a distortion was "
+        f"undone on {100 * est['corrected']:.1f} %"
+    )
     print(f"  load average at the end: {_load()}")
     for k in names:
         lo, hi = min(secs[k]), max(secs[k])
@@ -117,10 +181,11 @@ def main(quick: bool = False) -> dict[str, Any]:
         f"align_1 / align_2 = {scaling:.2f}x (2.0 = linear); {n} pairs with 2 workers: "
         f"{med['align_2']:.1f} s (goal <= 10 s for 2,000); QC passed {passed}/{n}"
     )
+    print(f"  QC reasons: {reasons}")
     return {
         "n": n,
         "rounds": rounds,
-        "cpu": describe_cpu(),
+        **est,
         "seconds": secs,
         "ms_per_pair": per_pair,
         "cpu_ms_per_pair": cpu_pair,
@@ -128,6 +193,28 @@ def main(quick: bool = False) -> dict[str, Any]:
         "align_over_plain": ratio,
         "scaling_2_workers": scaling,
         "n_passed": passed,
+    }
+
+
+def _estimated_share(pairs: Path) -> dict[str, float]:
+    """Shares of the folder's pairs on which the patch estimate ran and a distortion was undone
+    (first pass, read from `AlignResult`; not timed)."""
+    import cv2
+
+    from semlayout.data.align import align_pair
+    from semlayout.data.pairs import read_manifest
+
+    res = [
+        align_pair(
+            cv2.imread(str(r.sem_path), cv2.IMREAD_UNCHANGED),
+            cv2.imread(str(r.layout_path), cv2.IMREAD_UNCHANGED),
+        )
+        for r in read_manifest(pairs)
+    ]
+    n = max(len(res), 1)
+    return {
+        "estimated": sum(bool(r.distortion_estimated) for r in res) / n,
+        "corrected": sum(r.corrected for r in res) / n,
     }
 
 

@@ -19,10 +19,11 @@ import dataclasses
 import json
 import time
 
+INFO_FIELDS = ("distortion_estimated",)  # did the patch estimate run (not part of the answer)
 FLOAT_TOL = 1e-6  # relative: below this a float difference is rounding, not a changed answer
 
 
-def dump(path: str, scale: float, base: int | None = None) -> None:
+def dump(path: str, scale: float, base: int | None = None, screen_px: float | None = None) -> None:
     import cv2
 
     from bench import bench_align as ba
@@ -30,7 +31,8 @@ def dump(path: str, scale: float, base: int | None = None) -> None:
     from semlayout.data.align_polarity import estimate_priors, needs_prior
 
     cv2.setNumThreads(1)
-    cfg, sim, out = AlignConfig(), ba._sim(), {}
+    cfg = AlignConfig() if screen_px is None else AlignConfig(distortion_screen_px=screen_px)
+    sim, out = ba._sim(), {}
     sets = ba.make_sets(scale, ba.SEED_BASE if base is None else base)
     for name, pairs in sets.items():
         c0 = time.process_time()
@@ -69,10 +71,16 @@ def compare(before: str, after: str) -> int:
         b = json.load(f)
     n = n_float = n_changed = 0
     worst = 0.0
+    info: dict[str, int] = {}
     for name in a:
         for i, (ra, rb) in enumerate(zip(a[name]["results"], b[name]["results"], strict=True)):
             n += 1
             rb = {k: rb[k] for k in ra if k in rb}  # fields added since `before` are not compared
+            for k in INFO_FIELDS:  # what the aligner did, not what it answered: counted apart
+                if k in ra and k in rb and ra[k] != rb[k]:
+                    info[k] = info.get(k, 0) + 1
+                ra, rb = {q: v for q, v in ra.items() if q != k}, rb
+                rb.pop(k, None)
             if ra == rb:
                 continue
             changed = {k: (ra[k], rb[k]) for k in ra if not _close(ra[k], rb[k])}
@@ -82,15 +90,15 @@ def compare(before: str, after: str) -> int:
                 continue
             n_float += 1
             worst = max(
-                [worst]
-                + [abs(ra[k] - rb[k]) / max(1.0, abs(ra[k])) for k in ra if ra[k] != rb[k]]
+                [worst] + [abs(ra[k] - rb[k]) / max(1.0, abs(ra[k])) for k in ra if ra[k] != rb[k]]
             )
         sa, sb = a[name]["scores"], b[name]["scores"]
         if sa != sb:
             print(f"  {name}: scores {sa} -> {sb}")
     print(
         f"{n} results: {n_changed} changed, {n_float} differ only in a float "
-        f"(at most {worst:.1e} relative), {n - n_changed - n_float} identical"
+        f"(at most {worst:.1e} relative), {n - n_changed - n_float} identical; "
+        f"{', '.join(f'{k} differs on {v}' for k, v in info.items()) or 'no other difference'}"
     )
     return 1 if n_changed else 0
 
@@ -104,12 +112,19 @@ def main() -> int:
     d.add_argument(
         "--base", type=int, default=None, help="seed base (default bench_align.SEED_BASE)"
     )
+    d.add_argument(
+        "--screen-px",
+        type=float,
+        default=None,
+        help="AlignConfig.distortion_screen_px (0: the patch estimate on every pair, as before "
+        "the screen)",
+    )
     c = sub.add_parser("compare")
     c.add_argument("before")
     c.add_argument("after")
     args = ap.parse_args()
     if args.cmd == "dump":
-        dump(args.path, args.scale, args.base)
+        dump(args.path, args.scale, args.base, args.screen_px)
         return 0
     return compare(args.before, args.after)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 import shutil
 import time
 from collections import Counter
@@ -212,9 +213,24 @@ def _worker_pool(workers: int, n_jobs: int) -> Iterator[Pool | None]:
     import multiprocessing as mp
 
     # spawn, not fork: forking a process whose OpenCV thread pool is already running
-    # can deadlock the children (seen here: workers stuck in a futex wait forever)
-    with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+    # can deadlock the children (seen here: workers stuck in a futex wait forever).
+    # One thread per worker for numpy's BLAS too (read when the child imports numpy, before
+    # any initializer runs): N workers on N cores, not N x BLAS threads
+    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)
+    try:
+        started = mp.get_context("spawn").Pool(workers, initializer=_worker_init)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    with started as pool:
         yield pool
+
+
+_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _run_jobs(jobs: list[Job], pool: Pool | None, progress: bool) -> list[AlignResult]:

@@ -131,7 +131,7 @@ def _band_weights(
 
 
 def _gradient(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d/dy, d/dx) of a 2-D float64 array as `np.gradient` computes them (central
+    """(d/dy, d/dx) of a 2-D float array (same dtype out) as `np.gradient` computes them (central
     differences inside, one-sided at the borders), without its generic overhead."""
     out = []
     for axis in (0, 1):
@@ -289,7 +289,7 @@ def screen_distortion(sem_f: np.ndarray, model: np.ndarray, y0: int, x0: int) ->
     h, w = model.shape
     k = SCREEN_STRIDE  # every k-th pixel each way: the model is blurred, its gradient smooth
     win = np.ascontiguousarray(sem_f[y0 : y0 + h : k, x0 : x0 + w : k]).reshape(-1)
-    gy, gx = (g[::k, ::k] for g in _gradient32(model))
+    gy, gx = (g[::k, ::k] for g in _gradient(model))
     X, Y = (c[::k, ::k] for c in _centred_grid(h, w))
     m = model[::k, ::k]
     A = np.stack([np.ones_like(m), m, gx, gy, X * gx + Y * gy, X * gy - Y * gx]).reshape(6, -1)
@@ -310,16 +310,6 @@ def screen_distortion(sem_f: np.ndarray, model: np.ndarray, y0: int, x0: int) ->
         corner_sd=rr * math.sqrt(max(float(cov[4, 4] + cov[5, 5]), 0.0)),
         n_patches=0,
     )
-
-
-def _gradient32(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Central differences (d/dy, d/dx) of a float32 array, one-sided at the borders."""
-    gy, gx = np.empty_like(f), np.empty_like(f)
-    gy[1:-1] = (f[2:] - f[:-2]) * 0.5
-    gy[0], gy[-1] = f[1] - f[0], f[-1] - f[-2]
-    gx[:, 1:-1] = (f[:, 2:] - f[:, :-2]) * 0.5
-    gx[:, 0], gx[:, -1] = f[:, 1] - f[:, 0], f[:, -1] - f[:, -2]
-    return gy, gx
 
 
 # ----------------------------------------------------------------------------- undoing it

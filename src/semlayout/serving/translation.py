@@ -262,8 +262,9 @@ def full_confidence(
         )
         updates.append((pid, c, png))
     update_confidence(state.store, updates)
-    for c in confs:
-        _observe_confidence(state, direction, c)
+    for c in confs:  # an unknown one was counted with its answer
+        if c.confidence is not None:
+            state.metrics.confidence.labels(direction).observe(c.confidence)
 
 
 def _kept(item: Forwarded, settings: ServeSettings) -> bool:
@@ -381,19 +382,15 @@ def _observe(state: ServingState, direction: Direction, done: Sequence[Translate
     m = state.metrics
     for d in done:
         m.translations.labels(direction, "ok").inc()
-        if d.confidence.source == "full":  # an inline one: observed when the full one is in
-            _observe_confidence(state, direction, d.confidence)
+        c = d.confidence
+        if c.confidence is None:  # unknown in both tiers (no calibration): counted now
+            m.confidence_unknown.labels(direction).inc()
+        elif c.source == "full":  # an inline one: observed when the full one is in
+            m.confidence.labels(direction).observe(c.confidence)
         if d.drift is not None:
             m.drift_score.labels(direction).observe(d.drift.score)
             if d.drift.drifted:
                 m.drift_alerts.labels(direction).inc()
-
-
-def _observe_confidence(state: ServingState, direction: Direction, c: Confidence) -> None:
-    if c.confidence is None:
-        state.metrics.confidence_unknown.labels(direction).inc()
-    else:
-        state.metrics.confidence.labels(direction).observe(c.confidence)
 
 
 async def translate(

@@ -147,17 +147,7 @@ async def forward(
             raise _busy(err) from None
         # the confidence needs only the inputs and outputs: computed while the input sides
         # finish and the layouts are drawn
-        conf_task = asyncio.ensure_future(
-            run_in_threadpool(
-                confidences,
-                direction,
-                images,
-                [r.output for r in results],
-                [r.model for r in results],
-                [r.decision for r in results],
-                tier,
-            )
-        )
+        conf_task = _confidence_task(direction, images, results, tier)
         done: list[InputSide] = list(await asyncio.gather(*sides))
         checks: list[Any] = [d.drift for d in done]
         for i, r in enumerate(results):
@@ -194,6 +184,17 @@ async def forward(
             images, outs, results, checks, done, confs, strict=True
         )
     ]
+
+
+def _confidence_task(
+    direction: Direction, images: Sequence[np.ndarray], results: Sequence[Any], tier: str
+) -> asyncio.Future[list[Confidence]]:
+    """`confidences` of the batcher's results in a worker thread, as a future."""
+    outs, models = [r.output for r in results], [r.model for r in results]
+    decisions = [r.decision for r in results]
+    return asyncio.ensure_future(
+        run_in_threadpool(confidences, direction, images, outs, models, decisions, tier)
+    )
 
 
 async def _pool(

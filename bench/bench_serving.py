@@ -271,6 +271,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 
     rounds, seq_n, load_s = (2, 12, 3.0) if quick else (5, 30, 8.0)
     backends = [*candidates(), "auto"]
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
         ckpt, what = product_checkpoint(work)
@@ -292,7 +293,9 @@ def main(quick: bool = False) -> dict[str, Any]:
             for s in servers.values():
                 s.stop()
     _print(rows, what, quick)
-    return {"checkpoint": what, "cpu": describe_cpu(), "rows": rows}
+    load = {"before": load_before, "after": os.getloadavg()}
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
+    return {"checkpoint": what, "cpu": describe_cpu(), "rows": rows, "load_average": load}
 
 
 def _served_backend(url: str) -> str:

@@ -229,3 +229,82 @@ def test_a_calibrated_checkpoint_folder_needs_no_pickle(tmp_path):
     doc = json.loads(Path(path).read_text())
     flat = json.dumps(doc)
     assert "pickle" not in flat and "__" not in flat
+
+
+def _tiered(rng: np.random.Generator, n: int = 120) -> Calibration:
+    """A full calibration over the kept signals and the inline tiers, fitted on one sample
+    (as `confidence_fit.fit_tiers` does at evaluate time)."""
+    from semlayout.confidence_fit import all_signals, fit_tiers
+
+    names = all_signals("sem2layout")
+    x = rng.normal(size=(n, len(names)))
+    y = np.clip(0.6 + 0.15 * x[:, 0] + rng.normal(0, 0.05, n), 0, 1)
+    full, tiers = fit_tiers(x, y, names, "sem2layout", 0.6)
+    return Calibration({"sem2layout": full}, "toy", {"sem2layout": tiers})
+
+
+def _both_polarities(dest: Path) -> Translator:
+    import torch
+
+    from semlayout.config import config_from_dict
+    from semlayout.train.checkpoint import build_networks, save_checkpoint
+
+    gen = {"image_size": 32, "base_filters": 4, "max_filters": 8, "n_down": 3}
+    cfg = config_from_dict(
+        {
+            "name": "tiers-test",
+            "generator": gen | {"polarity_conditioning": "film", "polarity_flip": True},
+            "discriminator": {"base_filters": 4, "n_layers": 1},
+            "polarity": {"learned": [1, -1]},
+        }
+    )
+    torch.manual_seed(0)
+    return Translator.load(save_checkpoint(dest, cfg, build_networks(cfg), step=0, epoch=0))
+
+
+def test_the_inline_tier_costs_no_forward_and_an_old_calibration_gives_the_full_one(
+    tmp_path, monkeypatch
+):
+    translator = _both_polarities(tmp_path / "ckpt")
+    cal = _tiered(np.random.default_rng(8))
+    assert [c.signals for c in cal.inline["sem2layout"]] == [
+        ["decided", "cycle", "margin"],
+        ["decided"],
+    ]
+    cal.save(tmp_path)
+    again = load_calibration(tmp_path)
+    assert again is not None and again.to_dict() == cal.to_dict()
+    rng = np.random.default_rng(9)
+    imgs = [rng.integers(0, 256, (48, 48), dtype=np.uint8) for _ in range(2)]
+    auto = translator.translate_detailed("sem2layout", imgs[:1], polarity="auto")
+    given = translator.translate_detailed("sem2layout", imgs[1:], polarity="bright")
+    done = auto + given
+    outs, decs = [t.output for t in done], [t.decision for t in done]
+    forwards = []
+    real = translator.run_batch
+    monkeypatch.setattr(
+        translator, "run_batch", lambda *a, **k: forwards.append(a) or real(*a, **k)
+    )
+    inline = assess(translator, cal, "sem2layout", imgs, outs, decs, "inline")
+    assert forwards == []  # free signals only
+    assert [c.source for c in inline] == ["inline", "inline"]
+    assert set(inline[0].signals) == {"decided", "cycle", "margin"}  # auto computed the cycle
+    assert set(inline[1].signals) == {"decided"}  # a given polarity: no cycle, no margin
+    assert all(0 <= c.confidence <= 1 and 0 <= c.predicted <= 1 for c in inline)
+    full = assess(translator, cal, "sem2layout", imgs, outs, decs)
+    assert forwards and [c.source for c in full] == ["full", "full"]
+    assert set(full[1].signals) == {"decided", "cycle", "dihedral", "margin"}
+    # a calibration fitted before the tiers: the inline tier is the full confidence
+    old = Calibration(cal.directions, "old")
+    (tmp_path / "old").mkdir()
+    old.save(tmp_path / "old")
+    loaded = load_calibration(tmp_path / "old")
+    assert loaded is not None and loaded.inline == {}
+    same = assess(translator, loaded, "sem2layout", imgs, outs, decs, "inline")
+    assert [(c.source, c.confidence) for c in same] == [(c.source, c.confidence) for c in full]
+    with pytest.raises(ValueError, match="inline, full"):
+        assess(translator, cal, "sem2layout", imgs, outs, decs, "cheap")
+    doc = cal.to_dict() | {"inline": {"sem2layout": {"not": "a list"}}}
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(doc))
+    with pytest.raises(SemlayoutError, match="inline"):
+        load_calibration(tmp_path)

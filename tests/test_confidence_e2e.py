@@ -168,7 +168,9 @@ def test_low_confidence_stream_review_feedback_finetune(
         for sem, _ in stream:
             r = httpx.post(
                 f"{url}/v1/translate/sem2layout",
-                params={"polarity": "bright", "cohort": NEW_FAMILY},
+                # the full confidence inline: the store has it when the loop checks (the
+                # default inline answer's full one follows off the request path)
+                params={"polarity": "bright", "cohort": NEW_FAMILY, "confidence": "full"},
                 files={"image": ("x.png", png(sem), "image/png")},
                 timeout=120,
             )

@@ -101,3 +101,36 @@ def test_closing_commits_what_it_took_and_refuses_more(tmp_path) -> None:
 
     asyncio.run(main())
     assert _ids(store) == {f"p{i}" for i in range(5)}
+
+
+def test_deferred_jobs_run_after_the_answer_a_full_queue_says_so_and_close_runs_them_all(
+    tmp_path, caplog
+) -> None:
+    store = MonitorStore(str(tmp_path / "m.db"))
+    writer = RecordWriter(store, max_deferred=2)
+    gate, started, ran = threading.Event(), threading.Event(), []
+
+    def held() -> None:
+        started.set()
+        gate.wait(30)
+        ran.append("held")
+
+    assert writer.defer(held)
+    assert started.wait(30)  # the deferred thread holds "held": two more fill the queue
+    assert writer.defer(lambda: ran.append("a")) and writer.defer(lambda: ran.append("b"))
+    with caplog.at_level("WARNING", logger="semlayout.serving"):
+        assert not writer.defer(lambda: ran.append("c"), "the full confidence")
+    assert "deferred work full: 2 jobs waiting (limit 2); the full confidence" in caplog.text
+    assert writer.stats["deferred_full"] == 1 and ran == []
+
+    def boom() -> None:
+        raise RuntimeError("a failing job is logged, not fatal")
+
+    gate.set()
+    while writer.deferred:  # the queue drains (no sleep-based timing: wait on the queue)
+        started.wait(0.01)
+    assert writer.defer(boom) and writer.defer(lambda: ran.append("d"))
+    writer.close()  # runs every job taken before it, in order
+    assert ran == ["held", "a", "b", "d"] and writer.stats["deferred_failed"] == 1
+    assert not writer.defer(lambda: ran.append("e"))  # closed: the caller runs it
+    store.close()

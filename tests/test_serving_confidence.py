@@ -252,3 +252,57 @@ def test_predict_writes_the_confidence_of_a_calibrated_model(served, tmp_path):
         rows["blank"]["confidence"] == "0.0000"
         and "one value" in rows["blank"]["confidence_reason"]
     )
+
+
+def test_answers_carry_the_inline_confidence_and_the_store_gets_the_full_one(tmp_path):
+    """With a calibration that has inline tiers the answer carries the inline confidence (no
+    extra forward on the request), `confidence=full` asks for the full one, a bad value is a
+    422 naming the choices, and the full one replaces the inline one in the store off the
+    request path (every deferred job is run by the shutdown at the latest)."""
+    from semlayout.confidence_fit import all_signals, fit_tiers
+
+    rng = np.random.default_rng(1)
+    dirs, inline = {}, {}
+    for direction in ("sem2layout", "layout2sem"):
+        names = all_signals(direction)
+        x = rng.normal(size=(60, len(names)))
+        y = np.clip(0.6 + 0.2 * x[:, 0] + rng.normal(0, 0.05, 60), 0, 1)
+        dirs[direction], inline[direction] = fit_tiers(x, y, names, direction, 0.6)
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    Calibration(dirs, "test", inline).save(ckpt)
+    settings = _settings(ckpt, tmp_path)
+    with running_server(create_app(settings)) as url:
+        r = _post(url, _img(70), polarity="bright")
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Confidence-Source"] == "inline"
+        inline_conf = float(r.headers["X-Confidence"])
+        full = _post(url, _img(70), polarity="bright", confidence="full")
+        assert full.headers["X-Confidence-Source"] == "full"
+        j = _post(url, _img(70), "/json", polarity="bright", confidence="full").json()
+        assert j["confidence_source"] == "full"
+        assert j["confidence"] == pytest.approx(float(full.headers["X-Confidence"]), abs=1e-4)
+        files = {"image": ("x.png", encode_png(_img(70)), "image/png")}
+        form = httpx.post(
+            f"{url}/v1/translate/sem2layout/json",
+            files=files,
+            data={"confidence": "inline", "polarity": "bright"},
+            timeout=60,
+        ).json()
+        assert form["confidence_source"] == "inline"
+        assert form["confidence"] == pytest.approx(inline_conf, abs=1e-4)
+        bad = _post(url, _img(70), polarity="bright", confidence="cheap")
+        assert bad.status_code == 422 and "inline, full" in bad.json()["detail"]
+        files = {"image": ("x.png", encode_png(_img(71) > 127), "image/png")}
+        lay = httpx.post(f"{url}/v1/translate/layout2sem", files=files, timeout=60)
+        assert lay.headers["X-Confidence-Source"] == "inline"
+    db = sqlite3.connect(tmp_path / "monitor.db")
+    rows = db.execute(
+        "SELECT id, confidence, confidence_signals FROM predictions WHERE direction = ?",
+        ("sem2layout",),
+    ).fetchall()
+    db.close()
+    by_id = {pid: (conf, sig) for pid, conf, sig in rows}
+    stored, signals = by_id[r.headers["X-Prediction-Id"]]
+    assert stored == pytest.approx(float(full.headers["X-Confidence"]), abs=1e-4)
+    assert '"dihedral"' in signals  # the full signals, computed after the answer
+    assert all('"dihedral"' in sig for _, sig in by_id.values())

@@ -21,6 +21,14 @@ dihedral   IoU(T^-1 G(T x) > 0, y > 0), T = transpose: agreement under a symmetr
 margin     |log-odds| of polarity=auto's choice  sem2layout, free (capped at MARGIN_CAP, the
                                                  cap itself when the polarity was given)
 ```
+Two tiers (docs/confidence.md, "Latency"): the **full** confidence uses every kept signal
+(the dihedral and, with a given polarity, the cycle cost a forward each); the **inline** one
+uses only the signals an image has for free (`free_signals`: decided; the margin and the cycle
+when `polarity=auto` computed them), with its own calibration (`Calibration.inline`). The API
+answers with the inline one and computes the full one off the request path; `semlayout
+predict` and evaluation use the full one. A calibration without inline tiers (fitted before
+them) gives the full confidence in both tiers.
+
 An input that defeats the signals — blank, saturated, one value (`input_defect`) — gets
 confidence 0 and predicted quality 0 with the reason; a non-finite signal likewise. A model
 version without a calibration answers `confidence=None` ("unknown") with its signals.
@@ -29,7 +37,7 @@ version without a calibration answers `confidence=None` ("unknown") with its sig
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +49,12 @@ KEPT: dict[str, tuple[str, ...]] = {
     "sem2layout": ("decided", "cycle", "dihedral", "margin"),
     "layout2sem": ("cycle_iou", "dihedral"),
 }
+# the inline tiers fitted beside the full calibration, most signals first (each costs no forward)
+INLINE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "sem2layout": (("decided", "cycle", "margin"), ("decided",)),
+    "layout2sem": (("decided",),),
+}
+TIERS = ("inline", "full")
 UNCALIBRATED = "uncalibrated"
 MIN_STD = 1.0  # grey levels: an input flatter than this carries no pattern to read
 EXTREME_SHARE = 0.98  # share of pixels at 0 or 255 over which an input is saturated
@@ -56,6 +70,7 @@ class Confidence:
     metric: str  # "iou" | "ssim"
     reason: str | None = None  # why the lowest, or why unknown
     signals: dict[str, float] = field(default_factory=dict)
+    source: str = "full"  # which tier: "inline" (free signals) | "full" (every kept signal)
 
     @property
     def known(self) -> bool:
@@ -147,10 +162,17 @@ def assess(
     images: Sequence[np.ndarray],
     outputs: Sequence[np.ndarray],
     decisions: Sequence[Any],
+    tier: str = "full",
 ) -> list[Confidence]:
     """The confidence of each prediction (see the module docstring). `outputs` are the grey
-    outputs (before any binarization), `decisions` the `PolarityDecision` of each image."""
+    outputs (before any binarization), `decisions` the `PolarityDecision` of each image;
+    `tier` "inline": from the free signals only (the full one where the calibration has no
+    inline tier for an image: the answer's `source` says which)."""
     d = Direction.parse(direction).value
+    if tier not in TIERS:
+        raise ValueError(f"confidence tier must be one of {', '.join(TIERS)}, got {tier!r}")
+    if tier == "inline" and (calibration is None or calibration.inline.get(d)):
+        return _assess_inline(translator, calibration, d, images, outputs, decisions)
     metric = METRIC[d]
     cal = calibration.get(d) if calibration is not None else None
     names = tuple(cal.signals) if cal is not None else KEPT[d]
@@ -187,3 +209,70 @@ def _judge(cal: Any, metric: str, sig: dict[str, float]) -> Confidence:
         return Confidence(None, None, metric, UNCALIBRATED, sig)
     pred, conf = cal.predict(np.array([[sig[k] for k in cal.signals]]))
     return Confidence(float(conf[0]), float(pred[0]), metric, None, sig)
+
+
+def free_signals(direction: str, decision: Any) -> tuple[str, ...]:
+    """The signals an image has without a forward: decided; for sem2layout the polarity
+    margin and the cycle when `polarity=auto` decided it (and computed the cycle)."""
+    if Direction.parse(direction) is not Direction.sem2layout:
+        return ("decided",)
+    have = ["decided"]
+    if getattr(decision, "margin", None) is not None:
+        have.append("margin")
+    if getattr(decision, "cycle", None) is not None:
+        have.append("cycle")
+    return tuple(have)
+
+
+def _assess_inline(
+    translator: Any,
+    calibration: Calibration | None,
+    direction: str,
+    images: Sequence[np.ndarray],
+    outputs: Sequence[np.ndarray],
+    decisions: Sequence[Any],
+) -> list[Confidence]:
+    """`assess` in the inline tier: each image by the first inline calibration whose signals
+    it has for free (the full tier for an image none fits); uncalibrated: unknown, with the
+    free signals."""
+    metric = METRIC[direction]
+    out: list[Confidence | None] = [None] * len(images)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    full: list[int] = []
+    for i, img in enumerate(images):
+        why = input_defect(img)
+        have = free_signals(direction, decisions[i])
+        cal = calibration.inline_for(direction, have) if calibration is not None else None
+        if why is not None:
+            low = 0.0 if calibration is not None and calibration.get(direction) else None
+            out[i] = Confidence(low, low, metric, why, source="inline")
+        elif cal is None and calibration is not None:
+            full.append(i)
+        else:
+            groups.setdefault(tuple(cal.signals) if cal else have, []).append(i)
+    for names, idx in groups.items():
+        sig = signals(
+            translator,
+            direction,
+            [images[i] for i in idx],
+            [outputs[i] for i in idx],
+            [decisions[i].polarity for i in idx],
+            [decisions[i].margin for i in idx],
+            names,
+            [getattr(decisions[i], "cycle", None) for i in idx],
+        )
+        cal = calibration.inline_for(direction, names) if calibration is not None else None
+        for i, s in zip(idx, sig, strict=True):
+            out[i] = replace(_judge(cal, metric, s), source="inline")
+    if full:
+        got = assess(
+            translator,
+            calibration,
+            direction,
+            [images[i] for i in full],
+            [outputs[i] for i in full],
+            [decisions[i] for i in full],
+        )
+        for i, c in zip(full, got, strict=True):
+            out[i] = c
+    return [c for c in out if c is not None]

@@ -12,6 +12,11 @@ confidence = good(score)                               isotonic map to P(quality
 Both maps are piecewise linear through the pool-adjacent-violators blocks (`iso_x`,
 `iso_y`, `good_y`), flat beyond the ends: an input past anything seen in validation gets the
 value of the most extreme validation images, never an extrapolation.
+Two tiers (issue 17's latency bar): the **full** calibration (`directions`: every kept signal,
+some of which cost a forward) and the **inline** ones (`inline`: per direction a list of
+calibrations of signals that cost no forward on the request, the first whose signals an image
+has is used), fitted on the same samples. A file without `inline` (fitted before the tiers)
+loads with an empty one: its answers carry the full confidence, computed inline.
 `good_threshold` is the issue's bar for a usable SEM->Layout prediction (IoU 0.6); for
 Layout->SEM, whose SSIM against a noisy SEM is capped by the dose, it is `GOOD_SSIM_SHARE` of
 the validation median.
@@ -156,16 +161,29 @@ class Calibration:
 
     directions: dict[str, DirectionCalibration]
     source: str = ""  # what it was fitted on (shards folder, split)
+    # the cheap tiers: per direction, calibrations of free signals only, most signals first
+    inline: dict[str, list[DirectionCalibration]] = field(default_factory=dict)
 
     def get(self, direction: str) -> DirectionCalibration | None:
         return self.directions.get(str(direction))
 
+    def inline_for(self, direction: str, available: Sequence[str]) -> DirectionCalibration | None:
+        """The first inline calibration of `direction` whose signals are all `available`."""
+        have = set(available)
+        for cal in self.inline.get(str(direction), []):
+            if set(cal.signals) <= have:
+                return cal
+        return None
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "source": self.source,
             "directions": {d: asdict(c) for d, c in self.directions.items()},
         }
+        if self.inline:
+            doc["inline"] = {d: [asdict(c) for c in cs] for d, cs in self.inline.items()}
+        return doc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -213,9 +231,16 @@ def calibration_from_dict(doc: Any, where: str) -> Calibration:
     dirs = doc.get("directions")
     if not isinstance(dirs, dict):
         raise SemlayoutError(f"{f}: 'directions' must be an object")
+    inline = doc.get("inline", {})
+    if not isinstance(inline, dict) or not all(isinstance(v, list) for v in inline.values()):
+        raise SemlayoutError(f"{f}: 'inline' must map a direction to a list of calibrations")
     return Calibration(
         {str(k): _direction_from(v, f"{f} [{k}]") for k, v in dirs.items()},
         str(doc.get("source", "")),
+        {
+            str(k): [_direction_from(c, f"{f} [inline {k} {i}]") for i, c in enumerate(v)]
+            for k, v in inline.items()
+        },
     )
 
 

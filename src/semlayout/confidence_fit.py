@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from semlayout.confidence import KEPT, signals
+from semlayout.confidence import INLINE, KEPT, signals
 from semlayout.confidence_calibration import (
     GOOD_IOU,
     GOOD_SSIM_SHARE,
     METRIC,
     Calibration,
+    DirectionCalibration,
     fit_direction,
 )
 
@@ -117,19 +118,48 @@ def fit_calibration(
     pol = np.array([p if p in translator.polarities else translator.polarities[0] for p in pol])
     from semlayout.data.features import features_table
 
-    out = {}
+    out, inline = {}, {}
     for direction in ("sem2layout", "layout2sem"):
-        x, y, _ = direction_samples(translator, direction, sems, lays, pol)
+        names = all_signals(direction)
+        x, y, _ = direction_samples(translator, direction, sems, lays, pol, names)
         good = GOOD_IOU if direction == "sem2layout" else GOOD_SSIM_SHARE * float(np.median(y))
         if stress and direction == "sem2layout":
-            xs, ys, _ = direction_samples(translator, direction, stressed(sems), lays, pol)
+            xs, ys, _ = direction_samples(translator, direction, stressed(sems), lays, pol, names)
             x, y = np.concatenate([x, xs]), np.concatenate([y, ys])
-        names = KEPT[direction]
+        kept = KEPT[direction]
         ref: dict[str, list[float]] = features_table(sems if direction == "sem2layout" else lays)
-        ref |= {k: x[:, j].tolist() for j, k in enumerate(names)}
-        out[direction] = fit_direction(x, y, names, METRIC[direction], good, ref)
+        ref |= {k: x[:, names.index(k)].tolist() for k in kept}
+        out[direction], inline[direction] = fit_tiers(x, y, names, direction, good, ref)
     extra = " + stress copies" if stress else ""
-    return Calibration(out, f"{Path(shards_dir).name}:{split} ({len(idx)} pairs{extra})")
+    return Calibration(out, f"{Path(shards_dir).name}:{split} ({len(idx)} pairs{extra})", inline)
+
+
+def all_signals(direction: str) -> tuple[str, ...]:
+    """The kept signals of `direction` and those of its inline tiers, each once."""
+    names = list(KEPT[direction])
+    for tier in INLINE[direction]:
+        names += [k for k in tier if k not in names]
+    return tuple(names)
+
+
+def fit_tiers(
+    x: np.ndarray,
+    y: np.ndarray,
+    names: tuple[str, ...],
+    direction: str,
+    good: float,
+    ref: dict[str, list[float]] | None = None,
+) -> tuple[DirectionCalibration, list[DirectionCalibration]]:
+    """The full calibration (the kept signals, with the population reference) and the inline
+    tiers, fitted on the same (N, len(names)) signals `x` and qualities `y`."""
+
+    def cols(want: tuple[str, ...]) -> np.ndarray:
+        return x[:, [names.index(k) for k in want]]
+
+    metric = METRIC[direction]
+    full = fit_direction(cols(KEPT[direction]), y, KEPT[direction], metric, good, ref)
+    tiers = [fit_direction(cols(t), y, t, metric, good) for t in INLINE[direction]]
+    return full, tiers
 
 
 def reliability(predicted: np.ndarray, true: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -207,9 +237,16 @@ def judge_split(
         cal = calibration.get(direction)
         if cal is None:
             continue
-        x, y, outs = direction_samples(translator, direction, sems, lays, pol, tuple(cal.signals))
-        pred, conf = cal.predict(x)
+        names = tuple(dict.fromkeys((*cal.signals, *all_signals(direction))))
+        x, y, outs = direction_samples(translator, direction, sems, lays, pol, names)
+        pred, conf = cal.predict(x[:, [names.index(k) for k in cal.signals]])
         res = judge(pred, conf, y, cal.good_threshold)
+        tier = calibration.inline_for(direction, names)
+        if tier is not None:  # the inline tier's numbers on the same predictions
+            ip, ic = tier.predict(x[:, [names.index(k) for k in tier.signals]])
+            res["inline"] = {
+                k: v for k, v in judge(ip, ic, y, tier.good_threshold).items() if k != "reliability"
+            } | {"signals": list(tier.signals)}
         inputs = sems if direction == "sem2layout" else lays
         res["least_confident"] = [
             {

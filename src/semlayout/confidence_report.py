@@ -79,6 +79,12 @@ def confidence_section(judged: Mapping[str, Any] | None, title: str = "Confidenc
             f"<tr><td>{html.escape(k)}</td><td>{_num(block.get(k))}</td></tr>"
             for k in ("n", "spearman", "bad", "capture_20", "calibration_error", "mae")
         )
+        inline = block.get("inline")
+        if isinstance(inline, Mapping):  # the answer's tier: free signals only
+            rows += "".join(
+                f"<tr><td>inline tier {html.escape(k)}</td><td>{_num(inline.get(k))}</td></tr>"
+                for k in ("spearman", "capture_20", "calibration_error")
+            )
         out.append(
             f"<h3>{html.escape(direction)}: predicted vs true {html.escape(metric)}</h3>"
             f"<div style='display:flex;gap:24px;align-items:flex-start'>"

@@ -223,3 +223,29 @@ def served_confidence(
         for r in low
     ]
     return {direction: block}
+
+
+def update_confidence(store: MonitorStore, updates: list[tuple[str, Any, bytes | None]]) -> int:
+    """Replace the confidence of recorded predictions by the full one computed off the
+    request path: (prediction id, `Confidence`, the input PNG to keep or None to leave the
+    kept input as is); a ground truth already recorded for one takes the new numbers too.
+    One transaction; returns the predictions updated (one pruned meanwhile is skipped)."""
+    p, g = t.predictions, t.ground_truth
+    done = 0
+    with store.transaction() as conn:
+        for pid, c, png in updates:
+            values: dict[str, Any] = {
+                "confidence": c.confidence,
+                "predicted_quality": c.predicted,
+                "confidence_reason": c.reason,
+                "confidence_signals": json.dumps(c.signals) if c.signals else None,
+            }
+            if png is not None:
+                values["input_png"] = png
+            done += conn.execute(sa.update(p).where(p.c.id == pid).values(**values)).rowcount
+            conn.execute(
+                sa.update(g)
+                .where(g.c.prediction_id == pid)
+                .values(confidence=c.confidence, predicted_quality=c.predicted)
+            )
+    return done

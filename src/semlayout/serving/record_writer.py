@@ -16,6 +16,12 @@ never queue on the database's write lock.
 - **Nothing lost on shutdown**: `close()` stops taking rows, commits everything already taken
   (each request is still waiting for its answer) and says in the log how many it wrote and how
   many the store refused.
+
+**Deferred work** (`defer`): a second thread runs jobs handed over after a request's rows are
+committed and its answer is on its way — the full confidence (issue 17: its dihedral / cycle
+forwards and the update of the rows), off the request path. Bounded (`max_deferred` jobs):
+when full, `defer` says so (returns False, logs it, counts `stats["deferred_full"]`) and the
+caller runs the job itself; `close()` runs every job taken before it stops (nothing lost).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,17 +56,73 @@ class _Pending:
 class RecordWriter:
     """One thread that commits requests' rows in groups (see the module docstring)."""
 
-    def __init__(self, store: MonitorStore, max_pending: int = 256, max_group: int = 64):
+    def __init__(
+        self,
+        store: MonitorStore,
+        max_pending: int = 256,
+        max_group: int = 64,
+        max_deferred: int = 256,
+    ):
         self.store = store
         self.max_pending = max_pending
         self.max_group = max_group
+        self.max_deferred = max_deferred
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._jobs: queue.Queue[Any] = queue.Queue()
         self._pending = 0  # requests taken and not answered yet
         self._lock = threading.Lock()
         self._closed = False
-        self.stats = {"groups": 0, "requests": 0, "failed": 0}
+        self.stats = {
+            "groups": 0,
+            "requests": 0,
+            "failed": 0,
+            "deferred": 0,
+            "deferred_failed": 0,
+            "deferred_full": 0,
+        }
         self._thread = threading.Thread(target=self._run, name="semlayout-writer", daemon=True)
         self._thread.start()
+        self._worker = threading.Thread(
+            target=self._run_jobs, name="semlayout-deferred", daemon=True
+        )
+        self._worker.start()
+
+    @property
+    def deferred(self) -> int:
+        """Jobs taken and not run yet."""
+        return self._jobs.qsize()
+
+    def defer(self, job: Callable[[], None], what: str = "job") -> bool:
+        """Run `job` in the deferred thread; False (logged) when `max_deferred` jobs wait
+        already or the writer is closed: the caller then runs it itself."""
+        with self._lock:
+            if not self._closed and self._jobs.qsize() < self.max_deferred:
+                self._jobs.put(job)
+                return True
+            self.stats["deferred_full"] += 1
+            closed = self._closed
+        if closed:
+            log.warning("deferred work: writer closed; %s runs on the request", what)
+        else:
+            log.warning(
+                "deferred work full: %d jobs waiting (limit %d); %s runs on the request",
+                self._jobs.qsize(),
+                self.max_deferred,
+                what,
+            )
+        return False
+
+    def _run_jobs(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            try:
+                job()
+                self.stats["deferred"] += 1
+            except Exception:  # noqa: BLE001 - logged; the request was answered already
+                self.stats["deferred_failed"] += 1
+                log.exception("deferred work failed")
 
     @property
     def pending(self) -> int:
@@ -91,6 +153,17 @@ class RecordWriter:
                 return
             self._closed = True
             left = self._pending
+            jobs = self._jobs.qsize()
+        self._jobs.put(_STOP)  # after every job taken: they run first
+        self._worker.join(timeout)
+        log.info(
+            "deferred work closed: %d job(s) were waiting at shutdown; %d run, %d failed, "
+            "%d ran on their request (queue full) in all",
+            jobs,
+            self.stats["deferred"],
+            self.stats["deferred_failed"],
+            self.stats["deferred_full"],
+        )
         self._queue.put(_STOP)
         self._thread.join(timeout)
         if self._thread.is_alive():

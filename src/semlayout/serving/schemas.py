@@ -98,6 +98,11 @@ class TranslateResponse(BaseModel):
     confidence_reason: str | None = Field(
         None, description="why the confidence is the lowest (a blank input...) or unknown"
     )
+    confidence_source: str = Field(
+        "full",
+        description="which confidence: inline (free signals only; the full one follows in the "
+        "monitor store) or full (every kept signal; ask with confidence=full)",
+    )
 
 
 class LayerInfo(BaseModel):

@@ -7,7 +7,8 @@
    micro-batcher, and meanwhile `input_side` (the input's hash, statistics and drift features,
    in one worker-thread hop: they need only the input; drift is judged against the reference
    of the model that translated the image), the confidence of every image
-   (`semlayout.confidence.assess`, one call per model, computed while the input sides finish),
+   (`semlayout.confidence.assess`, one call per model, computed while the input sides finish;
+   the **inline** tier by default: free signals only, no forward),
    then the images' evidence is pooled into the layer (its own transaction) and each image's
    polarity judged against the one the layer should show (`polarity_layer`: configured > the
    server's > established), `binarize`; no prediction is recorded yet;
@@ -16,7 +17,13 @@
 4. `record`: every row of the request handed to the record writer (`serving.record_writer`:
    one thread, group commits), awaited — all rows or none; a store that cannot take them (or a
    full writer) answers 503 and the request leaves no trace;
-5. the answer: `as_response` (JSON) or `png_headers` (PNG).
+5. the answer: `as_response` (JSON) or `png_headers` (PNG);
+6. `defer_full`: for images answered with the inline confidence, the **full** one (its
+   dihedral / cycle forwards) is computed in the record writer's deferred thread, after the
+   answer, and replaces the inline one in the store (what the review queue, the summary and
+   the calibration over time read) and in the Prometheus histogram. The answer says which it
+   carries (`X-Confidence-Source`, `confidence_source`); `confidence=full` asks for the full
+   one inline.
 
 `translate` is 2 + 3 + 4 for a list of images: nothing is recorded unless every image was
 translated. Everything heavy runs in worker threads, never on the event loop.
@@ -25,7 +32,6 @@ translated. Everything heavy runs in worker threads, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import Sequence
@@ -46,7 +52,7 @@ from semlayout.polarity import PolarityChoice
 from semlayout.polarity_auto import PolarityDecision
 from semlayout.polarity_layer import DEFAULT_LAYER, LayerState
 from semlayout.serving.engine import LoadedModel, QueueFull
-from semlayout.serving.schemas import DriftInfo, TranslateResponse
+from semlayout.serving.schemas import DriftInfo
 from semlayout.serving.settings import ServeSettings
 from semlayout.serving.state import ServingState
 from semlayout.tiling import check_field, is_field
@@ -84,6 +90,7 @@ class Forwarded:
     side: InputSide  # hash and statistics of the input
     confidence: Confidence  # how sure the model is (confidence None: unknown)
     layer: str = DEFAULT_LAYER  # the layer it was read as part of
+    grey: np.ndarray | None = None  # the model's grey output (before any binarization)
 
 
 @dataclass(frozen=True)
@@ -111,10 +118,12 @@ async def forward(
     binarize: bool,
     polarity: PolarityChoice = PolarityChoice.auto,
     layer: str = DEFAULT_LAYER,
+    tier: str = "inline",
 ) -> list[Forwarded]:
     """Run `images` through the model (all or none: 503 when the queue has no room for all)
     in `polarity` (auto: with `layer`'s configured polarity and pooled evidence); the input
-    side of the rows (hash, statistics, drift features) is computed meanwhile."""
+    side of the rows (hash, statistics, drift features) is computed meanwhile, and the
+    confidence in `tier` (inline | full)."""
     known = await run_in_threadpool(state.layers.get, layer)
     fallback = state.settings.layer_prior  # the server's layer polarity, for every layer
     prior = replace(known, configured=known.configured or fallback).prior()
@@ -138,9 +147,7 @@ async def forward(
             raise _busy(err) from None
         # the confidence needs only the inputs and outputs: computed while the input sides
         # finish and the layouts are drawn
-        conf_task = asyncio.ensure_future(
-            run_in_threadpool(confidences, direction, images, results)
-        )
+        conf_task = _confidence_task(direction, images, results, tier)
         done: list[InputSide] = list(await asyncio.gather(*sides))
         checks: list[Any] = [d.drift for d in done]
         for i, r in enumerate(results):
@@ -170,11 +177,24 @@ async def forward(
             checks[i] = det_i.with_polarity(checks[i], r.decision, expected, flipped)
     confs = await conf_task if conf_task is not None else []
     return [
-        Forwarded(img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side, c, layer)
+        Forwarded(
+            img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side, c, layer, r.output
+        )
         for img, out, r, res, side, c in zip(
             images, outs, results, checks, done, confs, strict=True
         )
     ]
+
+
+def _confidence_task(
+    direction: Direction, images: Sequence[np.ndarray], results: Sequence[Any], tier: str
+) -> asyncio.Future[list[Confidence]]:
+    """`confidences` of the batcher's results in a worker thread, as a future."""
+    outs, models = [r.output for r in results], [r.model for r in results]
+    decisions = [r.decision for r in results]
+    return asyncio.ensure_future(
+        run_in_threadpool(confidences, direction, images, outs, models, decisions, tier)
+    )
 
 
 async def _pool(
@@ -193,24 +213,77 @@ async def _pool(
 
 
 def confidences(
-    direction: Direction, images: Sequence[np.ndarray], results: Sequence[Any]
+    direction: Direction,
+    images: Sequence[np.ndarray],
+    outputs: Sequence[np.ndarray],
+    models: Sequence[LoadedModel],
+    decisions: Sequence[PolarityDecision],
+    tier: str = "full",
 ) -> list[Confidence]:
-    """The confidence of each image, by the model (and calibration) that translated it, from
-    its grey output (before any binarization)."""
+    """The confidence of each image in `tier`, by the model (and calibration) that translated
+    it, from its grey output (before any binarization)."""
     out: list[Confidence | None] = [None] * len(images)
-    for model in {id(r.model): r.model for r in results}.values():
-        idx = [i for i, r in enumerate(results) if r.model is model]
+    for model in {id(m): m for m in models}.values():
+        idx = [i for i, m in enumerate(models) if m is model]
         got = assess(
             model.translator,
             model.calibration,
             direction,
             [images[i] for i in idx],
-            [results[i].output for i in idx],
-            [results[i].decision for i in idx],
+            [outputs[i] for i in idx],
+            [decisions[i] for i in idx],
+            tier,
         )
         for i, c in zip(idx, got, strict=True):
             out[i] = c
     return [c for c in out if c is not None]
+
+
+def full_confidence(
+    state: ServingState, direction: Direction, items: Sequence[Forwarded], ids: Sequence[str]
+) -> None:
+    """The full confidence of answered predictions (deferred thread): computed, written over
+    the inline one in the store (with the input kept when it is now below the review limit)
+    and observed by the Prometheus histogram."""
+    confs = confidences(
+        direction,
+        [it.image for it in items],
+        [it.grey if it.grey is not None else it.output for it in items],
+        [it.model for it in items],
+        [it.decision for it in items],
+    )
+    from semlayout.monitoring.confidence_store import update_confidence
+
+    updates = []
+    for it, pid, c in zip(items, ids, confs, strict=True):  # an input kept stays kept
+        png = (
+            None
+            if _kept(it, state.settings)
+            else kept_input(replace(it, confidence=c), state.settings)
+        )
+        updates.append((pid, c, png))
+    update_confidence(state.store, updates)
+    for c in confs:  # an unknown one was counted with its answer
+        if c.confidence is not None:
+            state.metrics.confidence.labels(direction).observe(c.confidence)
+
+
+def _kept(item: Forwarded, settings: ServeSettings) -> bool:
+    conf, limit = item.confidence.confidence, settings.review_keep_below
+    return limit > 0 and (conf is None or conf < limit)
+
+
+async def defer_full(
+    state: ServingState, direction: Direction, items: Sequence[Forwarded], ids: Sequence[str]
+) -> None:
+    """Hand the full confidence of the images answered with the inline one to the record
+    writer's deferred thread; when its queue is full (it says so), computed here instead."""
+    todo = [i for i, it in enumerate(items) if it.confidence.source == "inline"]
+    if not todo:
+        return
+    args = (state, direction, [items[i] for i in todo], [ids[i] for i in todo])
+    if not state.writer.defer(lambda: full_confidence(*args), "the full confidence"):
+        await run_in_threadpool(full_confidence, *args)
 
 
 def kept_input(item: Forwarded, settings: ServeSettings) -> bytes | None:
@@ -218,9 +291,7 @@ def kept_input(item: Forwarded, settings: ServeSettings) -> bytes | None:
     `settings.review_keep_below` or unknown (`review_keep_below` 0 keeps none)."""
     from semlayout.data.pairs import encode_png
 
-    conf = item.confidence.confidence
-    limit = settings.review_keep_below
-    if limit <= 0 or (conf is not None and conf >= limit):
+    if not _kept(item, settings):
         return None
     return encode_png(item.image)
 
@@ -312,11 +383,11 @@ def _observe(state: ServingState, direction: Direction, done: Sequence[Translate
     m = state.metrics
     for d in done:
         m.translations.labels(direction, "ok").inc()
-        conf = d.confidence.confidence
-        if conf is None:
+        c = d.confidence
+        if c.confidence is None:  # unknown in both tiers (no calibration): counted now
             m.confidence_unknown.labels(direction).inc()
-        else:
-            m.confidence.labels(direction).observe(conf)
+        elif c.source == "full":  # an inline one: observed when the full one is in
+            m.confidence.labels(direction).observe(c.confidence)
         if d.drift is not None:
             m.drift_score.labels(direction).observe(d.drift.score)
             if d.drift.drifted:
@@ -333,19 +404,22 @@ async def translate(
     polarity: PolarityChoice = PolarityChoice.auto,
     layer: str = DEFAULT_LAYER,
     cohort: str | None = None,
+    tier: str = "inline",
 ) -> list[Translated]:
     """`forward`, `prepare` each image, then hand the request's rows to the record writer
     (committed, all or none, before the answer);
     `endpoint` is the route template, for the events; `layer` the data set the images belong
     to (polarity pooling), `cohort` the caller's label (pattern family, tool or client) the
-    monitors slice by."""
-    items = await forward(state, direction, images, binarize, polarity, layer)
+    monitors slice by; `tier` the confidence the answer carries (the full one follows in the
+    store when it is the inline one: `defer_full`)."""
+    items = await forward(state, direction, images, binarize, polarity, layer, tier)
     prepared = await asyncio.gather(
         *[run_in_threadpool(prepare, state, endpoint, direction, it, t0, cohort) for it in items]
     )
     await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
     done = [tr for tr, _ in prepared]
     _observe(state, direction, done)
+    await defer_full(state, direction, items, [tr.prediction_id for tr in done])
     return done
 
 
@@ -363,62 +437,3 @@ def drift_info(res: DriftResult | None, det: DriftDetector | None) -> DriftInfo 
         kl_threshold=det.kl_threshold,
         expected_polarity=det.expected_polarity,
     )
-
-
-def as_response(done: Translated, direction: Direction) -> TranslateResponse:
-    return TranslateResponse(
-        prediction_id=done.prediction_id,
-        direction=direction,
-        model_version=done.model.version,
-        width=int(done.output.shape[1]),
-        height=int(done.output.shape[0]),
-        image_png_base64=base64.b64encode(done.png).decode("ascii"),
-        drift=done.drift,
-        polarity=done.decision.polarity,
-        polarity_margin=done.decision.margin,
-        polarity_source=done.decision.source,
-        layer=done.layer,
-        **confidence_fields(done.confidence),
-    )
-
-
-def confidence_fields(c: Confidence) -> dict[str, Any]:
-    """The JSON answer's confidence fields (None: unknown, with the reason)."""
-    return {
-        "confidence": c.confidence,
-        "predicted_iou": c.predicted if c.metric == "iou" else None,
-        "predicted_ssim": c.predicted if c.metric == "ssim" else None,
-        "confidence_reason": c.reason,
-    }
-
-
-def confidence_headers(c: Confidence) -> dict[str, str]:
-    """X-Confidence and X-Predicted-IoU / X-Predicted-SSIM ("unknown" without a calibration),
-    X-Confidence-Reason when there is one."""
-
-    def fmt(v: float | None) -> str:
-        return "unknown" if v is None else f"{v:.4f}"
-
-    name = "X-Predicted-IoU" if c.metric == "iou" else "X-Predicted-SSIM"
-    headers = {"X-Confidence": fmt(c.confidence), name: fmt(c.predicted)}
-    if c.reason:
-        headers["X-Confidence-Reason"] = c.reason.encode("ascii", "replace").decode("ascii")
-    return headers
-
-
-def png_headers(done: Translated) -> dict[str, str]:
-    """The headers of a PNG answer: what the JSON answer carries in its fields."""
-    headers = {
-        "X-Prediction-Id": done.prediction_id,
-        "X-Model-Version": done.model.version,
-        "X-Polarity": f"{done.decision.polarity:+d}",
-        "X-Polarity-Source": done.decision.source,
-        "X-Layer": done.layer,
-        **confidence_headers(done.confidence),
-    }
-    if done.decision.margin is not None:
-        headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"
-    if done.drift is not None:
-        headers["X-Drift-Score"] = f"{done.drift.score:.4f}"
-        headers["X-Drifted"] = "true" if done.drift.drifted else "false"
-    return headers

@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from semlayout.directions import Direction
-from semlayout.serving import translation
+from semlayout.serving import answers, translation
 from semlayout.serving.deps import SettingsDep, StateDep
 from semlayout.serving.schemas import UPLOAD_ERRORS, AlignResponse
 from semlayout.serving.uploads import read_image
@@ -50,7 +50,7 @@ async def align(
         crop = np.ascontiguousarray(sem_img[y : y + h, x : x + w])
         direction = Direction.sem2layout
         [done] = await translation.translate(state, "/v1/align", direction, [crop], False, t0)
-        translated = translation.as_response(done, direction)
+        translated = answers.as_response(done, direction)
     return AlignResponse(**res, translated=translated)
 
 

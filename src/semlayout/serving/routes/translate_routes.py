@@ -9,7 +9,9 @@ a layer's images and follows its configured polarity (`semlayout.polarity_layer`
 says which polarity was used and why (`X-Polarity`, `X-Polarity-Source`, `X-Polarity-Margin`
 when auto decided it, `X-Layer`; the same as JSON fields).
 How sure the model is: `X-Confidence`, `X-Predicted-IoU` / `X-Predicted-SSIM` ("unknown" for a
-version without a calibration; `X-Confidence-Reason`). `cohort` labels the request for the
+version without a calibration; `X-Confidence-Reason`); `X-Confidence-Source` says which tier:
+`inline` (the default: free signals only; the full one follows in the monitor store) or `full`
+(every kept signal, asked with `confidence=full`). `cohort` labels the request for the
 monitors.
 """
 
@@ -21,13 +23,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import Response
 
+from semlayout.confidence import TIERS
 from semlayout.directions import Direction
 from semlayout.errors import SemlayoutError
 from semlayout.polarity import CHOICES, PolarityChoice, parse_choice
 from semlayout.polarity_layer import check_layer
+from semlayout.serving.answers import as_response, png_headers
 from semlayout.serving.deps import SettingsDep, StateDep
 from semlayout.serving.schemas import PNG_IMAGE, UPLOAD_ERRORS, TranslateResponse
-from semlayout.serving.translation import as_response, png_headers, translate
+from semlayout.serving.translation import translate
 from semlayout.serving.uploads import read_image
 
 router = APIRouter(tags=["translate"])
@@ -63,6 +67,27 @@ def _query_or_form(name: str, query: str | None, form: str | None, parse: Any) -
 def layer_label(query: str | None, form: str | None) -> str:
     """The request's layer (`default` without one)."""
     return str(_query_or_form("layer", query, form, check_layer))
+
+
+CONFIDENCE_HELP = (
+    f"which confidence the answer carries: {' | '.join(TIERS)} (default inline: free signals "
+    "only, the full one is computed after the answer for the monitors; full: every kept signal, "
+    "one or two more forwards on this request)"
+)
+ConfidenceQuery = Annotated[str | None, Query(alias="confidence", description=CONFIDENCE_HELP)]
+ConfidenceForm = Annotated[str | None, Form(alias="confidence", description=CONFIDENCE_HELP)]
+
+
+def _parse_tier(value: str | None) -> str:
+    tier = "inline" if value is None else value.strip().lower()
+    if tier not in TIERS:
+        raise SemlayoutError(f"confidence must be one of {', '.join(TIERS)}, got {value!r}")
+    return tier
+
+
+def confidence_tier(query: str | None, form: str | None) -> str:
+    """The confidence tier the answer carries; 422 naming the choices."""
+    return str(_query_or_form("confidence", query, form, _parse_tier))
 
 
 COHORT_HELP = (
@@ -102,15 +127,18 @@ async def translate_png(
     layer: LayerQuery = None,
     layer_form: LayerForm = None,
     cohort: CohortQuery = None,
+    confidence: ConfidenceQuery = None,
+    confidence_form: ConfidenceForm = None,
 ) -> Response:
     """Translate one image; answers a PNG of the input's size."""
     t0 = time.perf_counter()
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
     lay = layer_label(layer, layer_form)
+    tier = confidence_tier(confidence, confidence_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol, lay, cohort
+        state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol, lay, cohort, tier
     )
     return Response(done.png, media_type="image/png", headers=png_headers(done))
 
@@ -131,6 +159,8 @@ async def translate_json(
     layer: LayerQuery = None,
     layer_form: LayerForm = None,
     cohort: CohortQuery = None,
+    confidence: ConfidenceQuery = None,
+    confidence_form: ConfidenceForm = None,
 ) -> TranslateResponse:
     """Translate one image; answers JSON with the PNG in base64, the polarity used and the
     drift verdict."""
@@ -138,9 +168,19 @@ async def translate_json(
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
     lay = layer_label(layer, layer_form)
+    tier = confidence_tier(confidence, confidence_form)
     img = await read_image(image, "image", settings)
     [done] = await translate(
-        state, "/v1/translate/{direction}/json", direction, [img], binarize, t0, pol, lay, cohort
+        state,
+        "/v1/translate/{direction}/json",
+        direction,
+        [img],
+        binarize,
+        t0,
+        pol,
+        lay,
+        cohort,
+        tier,
     )
     return as_response(done, direction)
 
@@ -161,6 +201,8 @@ async def translate_batch(
     layer: LayerQuery = None,
     layer_form: LayerForm = None,
     cohort: CohortQuery = None,
+    confidence: ConfidenceQuery = None,
+    confidence_form: ConfidenceForm = None,
 ) -> list[TranslateResponse]:
     """Translate several `images` fields (up to SEMLAYOUT_MAX_BATCH_IMAGES) in one request,
     all in `polarity` (auto decides per image)."""
@@ -168,6 +210,7 @@ async def translate_batch(
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
     lay = layer_label(layer, layer_form)
+    tier = confidence_tier(confidence, confidence_form)
     if not images:
         raise HTTPException(422, detail="images: at least one image is required")
     if len(images) > settings.max_batch_images:
@@ -177,6 +220,15 @@ async def translate_batch(
         )
     decoded = [await read_image(up, f"images[{i}]", settings) for i, up in enumerate(images)]
     done = await translate(
-        state, "/v1/translate/{direction}/batch", direction, decoded, binarize, t0, pol, lay, cohort
+        state,
+        "/v1/translate/{direction}/batch",
+        direction,
+        decoded,
+        binarize,
+        t0,
+        pol,
+        lay,
+        cohort,
+        tier,
     )
     return [as_response(d, direction) for d in done]

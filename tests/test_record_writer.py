@@ -120,7 +120,9 @@ def test_deferred_jobs_run_after_the_answer_a_full_queue_says_so_and_close_runs_
     assert writer.defer(lambda: ran.append("a")) and writer.defer(lambda: ran.append("b"))
     with caplog.at_level("WARNING", logger="semlayout.serving"):
         assert not writer.defer(lambda: ran.append("c"), "the full confidence")
-    assert "deferred work full: 2 jobs waiting (limit 2); the full confidence" in caplog.text
+    assert "deferred work full: 2 jobs holding 0 MiB waiting (limits 2, 256 MiB); the full " in (
+        caplog.text
+    )
     assert writer.stats["deferred_full"] == 1 and ran == []
 
     def boom() -> None:
@@ -133,4 +135,26 @@ def test_deferred_jobs_run_after_the_answer_a_full_queue_says_so_and_close_runs_
     writer.close()  # runs every job taken before it, in order
     assert ran == ["held", "a", "b", "d"] and writer.stats["deferred_failed"] == 1
     assert not writer.defer(lambda: ran.append("e"))  # closed: the caller runs it
+    store.close()
+
+
+def test_deferred_jobs_are_bounded_by_the_images_they_hold(tmp_path) -> None:
+    """Whole 2048^2 fields add up: a job that would take the waiting jobs over
+    `max_deferred_bytes` runs on the request (the caller); one alone is always taken."""
+    store = MonitorStore(str(tmp_path / "m.db"))
+    writer = RecordWriter(store, max_deferred=100, max_deferred_bytes=10 * 2**20)
+    gate, started, ran = threading.Event(), threading.Event(), []
+
+    def held() -> None:
+        started.set()
+        gate.wait(30)
+
+    assert writer.defer(held, nbytes=64 * 2**20)  # larger than the budget, but alone
+    assert started.wait(30)
+    assert writer.defer(lambda: ran.append("a"), nbytes=1 * 2**20) is False  # 65 MiB held
+    gate.set()
+    while writer.deferred:
+        started.wait(0.01)
+    writer.close()
+    assert writer.stats["deferred_full"] == 1 and writer._deferred_bytes == 0
     store.close()

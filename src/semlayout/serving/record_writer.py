@@ -62,11 +62,14 @@ class RecordWriter:
         max_pending: int = 256,
         max_group: int = 64,
         max_deferred: int = 256,
+        max_deferred_bytes: int = 256 * 2**20,
     ):
         self.store = store
         self.max_pending = max_pending
         self.max_group = max_group
         self.max_deferred = max_deferred
+        self.max_deferred_bytes = max_deferred_bytes  # the images the waiting jobs hold
+        self._deferred_bytes = 0
         self._queue: queue.Queue[Any] = queue.Queue()
         self._jobs: queue.Queue[Any] = queue.Queue()
         self._pending = 0  # requests taken and not answered yet
@@ -92,12 +95,17 @@ class RecordWriter:
         """Jobs taken and not run yet."""
         return self._jobs.qsize()
 
-    def defer(self, job: Callable[[], None], what: str = "job") -> bool:
+    def defer(self, job: Callable[[], None], what: str = "job", nbytes: int = 0) -> bool:
         """Run `job` in the deferred thread; False (logged) when `max_deferred` jobs wait
-        already or the writer is closed: the caller then runs it itself."""
+        already, the jobs hold `max_deferred_bytes` (`nbytes`: what this one holds: whole
+        2048^2 fields add up; one job alone always fits), or the writer is closed: the caller
+        then runs it itself."""
         with self._lock:
-            if not self._closed and self._jobs.qsize() < self.max_deferred:
-                self._jobs.put(job)
+            held = self._deferred_bytes  # by the jobs waiting and the one running
+            fits = held + nbytes <= self.max_deferred_bytes or held == 0
+            if not self._closed and self._jobs.qsize() < self.max_deferred and fits:
+                self._deferred_bytes += nbytes
+                self._jobs.put((job, nbytes))
                 return True
             self.stats["deferred_full"] += 1
             closed = self._closed
@@ -105,24 +113,31 @@ class RecordWriter:
             log.warning("deferred work: writer closed; %s runs on the request", what)
         else:
             log.warning(
-                "deferred work full: %d jobs waiting (limit %d); %s runs on the request",
+                "deferred work full: %d jobs holding %.0f MiB waiting (limits %d, %.0f MiB); "
+                "%s runs on the request",
                 self._jobs.qsize(),
+                self._deferred_bytes / 2**20,
                 self.max_deferred,
+                self.max_deferred_bytes / 2**20,
                 what,
             )
         return False
 
     def _run_jobs(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is _STOP:
+            item = self._jobs.get()
+            if item is _STOP:
                 return
+            job, nbytes = item
             try:
                 job()
                 self.stats["deferred"] += 1
             except Exception:  # noqa: BLE001 - logged; the request was answered already
                 self.stats["deferred_failed"] += 1
                 log.exception("deferred work failed")
+            finally:
+                with self._lock:
+                    self._deferred_bytes -= nbytes
 
     @property
     def pending(self) -> int:

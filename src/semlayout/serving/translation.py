@@ -282,7 +282,8 @@ async def defer_full(
     if not todo:
         return
     args = (state, direction, [items[i] for i in todo], [ids[i] for i in todo])
-    if not state.writer.defer(lambda: full_confidence(*args), "the full confidence"):
+    held = sum(items[i].image.nbytes + items[i].output.nbytes for i in todo)
+    if not state.writer.defer(lambda: full_confidence(*args), "the full confidence", held):
         await run_in_threadpool(full_confidence, *args)
 
 

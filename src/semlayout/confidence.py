@@ -185,19 +185,32 @@ def assess(
         else:
             todo.append(i)
     if todo:
-        sig = signals(
-            translator,
-            d,
-            [images[i] for i in todo],
-            [outputs[i] for i in todo],
-            [decisions[i].polarity for i in todo],
-            [decisions[i].margin for i in todo],
-            names,
-            [getattr(decisions[i], "cycle", None) for i in todo],
-        )
+        sig = _signals_of(translator, d, todo, images, outputs, decisions, names)
         for i, s in zip(todo, sig, strict=True):
             out[i] = _judge(cal, metric, s)
     return [c for c in out if c is not None]
+
+
+def _signals_of(
+    translator: Any,
+    direction: str,
+    idx: Sequence[int],
+    images: Sequence[np.ndarray],
+    outputs: Sequence[np.ndarray],
+    decisions: Sequence[Any],
+    names: Sequence[str],
+) -> list[dict[str, float]]:
+    """`signals` of the images at `idx`, each with its polarity decision's margin and cycle."""
+    return signals(
+        translator,
+        direction,
+        [images[i] for i in idx],
+        [outputs[i] for i in idx],
+        [decisions[i].polarity for i in idx],
+        [decisions[i].margin for i in idx],
+        names,
+        [getattr(decisions[i], "cycle", None) for i in idx],
+    )
 
 
 def _judge(cal: Any, metric: str, sig: dict[str, float]) -> Confidence:
@@ -251,16 +264,7 @@ def _assess_inline(
         else:
             groups.setdefault(tuple(cal.signals) if cal else have, []).append(i)
     for names, idx in groups.items():
-        sig = signals(
-            translator,
-            direction,
-            [images[i] for i in idx],
-            [outputs[i] for i in idx],
-            [decisions[i].polarity for i in idx],
-            [decisions[i].margin for i in idx],
-            names,
-            [getattr(decisions[i], "cycle", None) for i in idx],
-        )
+        sig = _signals_of(translator, direction, idx, images, outputs, decisions, names)
         cal = calibration.inline_for(direction, names) if calibration is not None else None
         for i, s in zip(idx, sig, strict=True):
             out[i] = replace(_judge(cal, metric, s), source="inline")

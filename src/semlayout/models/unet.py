@@ -185,9 +185,7 @@ class UNetGenerator(nn.Module):
         self.profile_adapt = nn.ModuleList()
         if cfg.profiles and cfg.profile_adapter_rank:
             k, r = len(cfg.profiles), cfg.profile_adapter_rank
-            self.profile_adapt.extend(
-                ProfileAdapter(ch[j - 1], k, r) for j in range(n - 1, 0, -1)
-            )
+            self.profile_adapt.extend(ProfileAdapter(ch[j - 1], k, r) for j in range(n - 1, 0, -1))
 
         init_weights(self)
 

@@ -152,12 +152,16 @@ def test_a_profile_adapter_starts_as_the_identity_and_acts_on_its_row_only() -> 
     assert torch.equal(a(y, torch.tensor([-1, -1])), y)
 
 
-def _adapt(champ: Path, reviewed: Path, out: Path, shards: Path, label: str, rank: int):  # noqa: ANN202
+def _adapt(  # noqa: ANN202
+    champ: Path, reviewed: Path, out: Path, shards: Path, label: str, rank: int,
+    directions: tuple[str, ...] = ("sem2layout", "layout2sem"),
+):  # fmt: skip
     from semlayout.train.adaptation import adapt
 
     acfg = AdaptConfig(steps=4, lr=5e-2, batch_size=2, crop_size=None, eval_every=2,
                        eval_pairs=2, replay_fraction=0.5, forget_budget=None,
-                       ema_decay=0.0, profile=label, adapter_rank=rank)  # fmt: skip
+                       ema_decay=0.0, profile=label, adapter_rank=rank,
+                       directions=list(directions))  # fmt: skip
     res = adapt(champ, reviewed, out, acfg, replay_shards=shards)
     assert res.best_step == 4, res.curve
     return res.path
@@ -211,3 +215,22 @@ def test_adapting_a_profile_with_adapters_keeps_the_rest_bit_identical(
         assert all(np.array_equal(a, b) for a, b in zip(again, out, strict=True)), label
     tool_b = answers(second, "tool-b")
     assert any(not np.array_equal(a, b) for a, b in zip(tool_b, before[None], strict=True))
+
+
+def test_a_profile_adapts_only_the_directions_asked(
+    tiny_aligned: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """directions=[sem2layout]: G_A's profile row and adapter learn, G_B's stay zero (its
+    Layout->SEM for the profile is the shared network's)."""
+    from safetensors.torch import load_file
+
+    from semlayout.data.shards import write_shards
+
+    reviewed = tmp_path / "reviewed"
+    write_shards(tiny_aligned, reviewed, val=0.0, test=0.25, seed=0, shard_size=16)
+    out = _adapt(_champion(tmp_path), reviewed, tmp_path / "a", tiny_shards, "tool-a", 2,
+                 ("sem2layout",))  # fmt: skip
+    w = load_file(out / "weights.safetensors")
+    rows = {k: v for k, v in w.items() if ".profile_" in k and not k.endswith(".down")}
+    assert all(v.abs().sum() == 0 for k, v in rows.items() if k.startswith("G_B."))
+    assert any(v.abs().sum() > 0 for k, v in rows.items() if k.startswith("G_A."))

@@ -124,14 +124,18 @@ def grow_profile(
     return grown_cfg, grown, profiles.index(label)
 
 
-def train_profile_only(nets: dict[str, nn.Module], row: int) -> int:
-    """Only row `row` of the generators' profile tables trains (a gradient mask keeps the other
-    rows bit-identical; the residual adapters' tables, when there are, train the same way);
-    every other generator weight is frozen. Returns the trainable count."""
+def train_profile_only(
+    nets: dict[str, nn.Module], row: int, directions: tuple[str, ...] = DIRECTIONS
+) -> int:
+    """Only row `row` of the profile tables of the generators of `directions` trains (a
+    gradient mask keeps the other rows bit-identical; the residual adapters' tables, when there
+    are, train the same way); every other generator weight is frozen (a direction left out
+    keeps the profile's row at zero: the shared network). Returns the trainable count."""
     trainable = 0
     for name in GENERATORS:
+        adapted = DIRECTIONS[GENERATORS.index(name)] in directions
         for pname, p in nets[name].named_parameters():
-            keep = pname.startswith(("profile_down.", "profile_up.", "profile_adapt."))
+            keep = adapted and pname.startswith(("profile_down.", "profile_up.", "profile_adapt."))
             p.requires_grad_(keep)
             if keep:
                 mask = torch.zeros_like(p)
@@ -379,7 +383,7 @@ def adapt(
     if row is None:
         freeze_generators(trainer.nets, acfg.freeze, tuple(acfg.directions))
     else:
-        train_profile_only(trainer.nets, row)
+        train_profile_only(trainer.nets, row, tuple(acfg.directions))
     ema = WeightAverage(trainer.nets, acfg.ema_decay) if acfg.ema_decay > 0 else None
     pull = AnchorPull(trainer.nets, acfg.l2sp) if acfg.l2sp > 0 else None
     batches = MixedBatches(new, replay, acfg, row)

@@ -216,7 +216,8 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 def table(cache: Path) -> str:
     """The experiments log as a markdown table (docs/adaptation.md)."""
-    keys = ("lr", "replay_fraction", "ema_decay", "l2sp", "forget_budget", "directions")
+    keys = ("lr", "replay_fraction", "ema_decay", "l2sp", "forget_budget", "directions",
+            "steps", "profile", "adapter_rank")  # fmt: skip
     rows = [
         "| experiment | pairs | recipe (vs defaults) | best step / run | s | new IoU | new L2S "
         "vs clean | orig S2L SSIM | orig L2S SSIM | gate (P) |",

@@ -69,6 +69,14 @@ class GeneratorConfig(_Strict):
         "fine-tune on that profile's reviewed pairs (docs/adaptation.md); an image without a "
         "profile runs the shared network",
     )
+    profile_adapter_rank: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="with profiles: a per-profile residual low-rank 1x1 conv after every "
+        "decoder block of both generators (x + U_p relu(D_p x), U_p zero at init: the shared "
+        "network until trained), so a profile can re-learn a tool's rendering; 0 = none",
+    )
     input_norm: Literal["none", "standardize"] = Field(
         "none",
         description="standardize: G_A (SEM -> layout) scales each input image to zero mean and "

@@ -2,7 +2,9 @@
 
 A fab runs several SEM tools and many layers; one model serves them when its generators are
 conditioned on a profile (`GeneratorConfig.profiles`: a per-profile scale and shift of every
-block's features, zero = the shared network, `semlayout.models.unet.FiLM`). A fine-tune
+block's features, zero = the shared network, `semlayout.models.unet.FiLM`; with
+`GeneratorConfig.profile_adapter_rank` also a residual low-rank 1x1 conv after every decoder
+block, `semlayout.models.unet.ProfileAdapter`, zero = the shared network). A fine-tune
 on one profile's reviewed pairs learns only that profile's rows (`AdaptConfig.profile`), so
 the shared network and every other profile answer exactly as before: no forgetting by
 construction. A request without a profile, or with one the model has not learned, runs the

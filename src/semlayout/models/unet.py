@@ -26,7 +26,9 @@ share the mapping of the material contrast and the conditioning learns the rest.
 
 Tool / layer profiles (`profiles`, `semlayout.profiles`): a second FiLM after the polarity's
 with one zero-initialised row per profile (the same `FiLM`); `forward(x, polarity, profile)`
-takes (B,) row indices, -1 = the shared network. `ProfileView` fixes the row for inference.
+takes (B,) row indices, -1 = the shared network. With `profile_adapter_rank` > 0 each profile
+also has a residual low-rank 1x1 conv after every decoder block (`ProfileAdapter`, zero = the
+shared network): the capacity to re-learn a tool's rendering. `ProfileView` fixes the row.
 
 Init: normal(0, 0.02) for conv weights, normal(1, 0.02) for norm scales, as in
 pix2pix — the loss weights (lambda_l1=100 ...) were tuned against that init.
@@ -81,6 +83,28 @@ class FiLM(nn.Module):
         g = (self.gamma[rows] * on)[:, :, None, None].to(x.dtype)
         b = (self.beta[rows] * on)[:, :, None, None].to(x.dtype)
         return x * (1 + g) + b
+
+
+class ProfileAdapter(nn.Module):
+    """x + U[r] relu(D[r] x): a residual low-rank 1x1 conv per row r (`index` (B,) of rows, a
+    negative row leaves x as it is). U is zero at init (identity); D is random so U's
+    gradient is not zero (LoRA's init). (rows, rank, C) and (rows, C, rank) tables: a
+    gradient mask on one row trains that profile alone."""
+
+    def __init__(self, channels: int, rows: int, rank: int):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(rows, rank, channels) * channels**-0.5)
+        self.up = nn.Parameter(torch.zeros(rows, channels, rank))
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        on = index >= 0
+        if not bool(on.any()):
+            return x
+        rows = index.clamp(min=0)
+        d = self.down[rows].to(x.dtype)  # (B, rank, C)
+        u = (self.up[rows] * on.to(self.up.dtype)[:, None, None]).to(x.dtype)  # (B, C, rank)
+        h = torch.relu(torch.einsum("brc,bchw->brhw", d, x))
+        return x + torch.einsum("bcr,brhw->bchw", u, h)
 
 
 class UNetGenerator(nn.Module):
@@ -157,6 +181,11 @@ class UNetGenerator(nn.Module):
             k = len(cfg.profiles)
             self.profile_down.extend(FiLM(c, k) for c in ch)
             self.profile_up.extend(FiLM(ch[j - 1], k) for j in range(n - 1, 0, -1))
+        # and, with a rank, a residual adapter per profile after every decoder block
+        self.profile_adapt = nn.ModuleList()
+        if cfg.profiles and cfg.profile_adapter_rank:
+            k, r = len(cfg.profiles), cfg.profile_adapter_rank
+            self.profile_adapt.extend(ProfileAdapter(ch[j - 1], k, r) for j in range(n - 1, 0, -1))
 
         init_weights(self)
 
@@ -182,6 +211,8 @@ class UNetGenerator(nn.Module):
             x = film[at](x, index)
         if profile is not None and prof:
             x = prof[at](x, profile)
+            if up and self.profile_adapt:
+                x = self.profile_adapt[at](x, profile)
         return x
 
     def forward(

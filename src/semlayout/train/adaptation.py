@@ -93,11 +93,12 @@ def freeze_generators(
 
 
 def grow_profile(
-    cfg: Any, nets: dict[str, nn.Module], label: str
+    cfg: Any, nets: dict[str, nn.Module], label: str, adapter_rank: int = 0
 ) -> tuple[Any, dict[str, nn.Module], int]:
     """(cfg with `label` among `generator.profiles`, networks with its zero rows added, the
     row): the champion's weights and existing profile rows are copied as they are, so the
-    grown networks answer exactly as the champion for every other profile."""
+    grown networks answer exactly as the champion for every other profile. `adapter_rank`
+    adds residual adapters when the champion has none (a champion's own rank is kept)."""
     from semlayout.config import config_from_dict
     from semlayout.profiles import with_profile
     from semlayout.train.checkpoint import build_networks
@@ -105,6 +106,8 @@ def grow_profile(
     profiles = with_profile(list(cfg.generator.profiles), label)
     data = cfg.model_dump(mode="json")
     data["generator"]["profiles"] = profiles
+    if not cfg.generator.profile_adapter_rank:
+        data["generator"]["profile_adapter_rank"] = adapter_rank
     grown_cfg = config_from_dict(data)
     grown = build_networks(grown_cfg)
     with torch.no_grad():
@@ -113,7 +116,7 @@ def grow_profile(
             for key, value in net.state_dict().items():
                 src = old.get(key)
                 if src is None:
-                    continue  # a profile table the champion did not have: zeros (identity)
+                    continue  # a profile table the champion did not have: identity
                 if src.shape != value.shape:  # a profile table that grew by one row
                     value[: src.shape[0]].copy_(src)
                 else:
@@ -121,19 +124,24 @@ def grow_profile(
     return grown_cfg, grown, profiles.index(label)
 
 
-def train_profile_only(nets: dict[str, nn.Module], row: int) -> int:
-    """Only row `row` of the generators' profile tables trains (a gradient mask keeps the other
-    rows bit-identical); every other generator weight is frozen. Returns the trainable count."""
+def train_profile_only(
+    nets: dict[str, nn.Module], row: int, directions: tuple[str, ...] = DIRECTIONS
+) -> int:
+    """Only row `row` of the profile tables of the generators of `directions` trains (a
+    gradient mask keeps the other rows bit-identical; the residual adapters' tables, when there
+    are, train the same way); every other generator weight is frozen (a direction left out
+    keeps the profile's row at zero: the shared network). Returns the trainable count."""
     trainable = 0
     for name in GENERATORS:
+        adapted = DIRECTIONS[GENERATORS.index(name)] in directions
         for pname, p in nets[name].named_parameters():
-            keep = pname.startswith(("profile_down.", "profile_up."))
+            keep = adapted and pname.startswith(("profile_down.", "profile_up.", "profile_adapt."))
             p.requires_grad_(keep)
             if keep:
                 mask = torch.zeros_like(p)
                 mask[row] = 1.0
                 p.register_hook(lambda g, m=mask: g * m)
-                trainable += p.shape[1]
+                trainable += p[row].numel()
     return trainable
 
 
@@ -370,12 +378,12 @@ def adapt(
     cfg = learned_polarities(cfg, new, champion)  # the champion's and the reviewed pairs'
     row = None
     if acfg.profile is not None:  # only the profile's rows learn: nothing else can forget
-        cfg, nets, row = grow_profile(cfg, nets, acfg.profile)
+        cfg, nets, row = grow_profile(cfg, nets, acfg.profile, acfg.adapter_rank)
     trainer = Trainer(cfg, nets)
     if row is None:
         freeze_generators(trainer.nets, acfg.freeze, tuple(acfg.directions))
     else:
-        train_profile_only(trainer.nets, row)
+        train_profile_only(trainer.nets, row, tuple(acfg.directions))
     ema = WeightAverage(trainer.nets, acfg.ema_decay) if acfg.ema_decay > 0 else None
     pull = AnchorPull(trainer.nets, acfg.l2sp) if acfg.l2sp > 0 else None
     batches = MixedBatches(new, replay, acfg, row)

@@ -58,6 +58,14 @@ class AdaptConfig(BaseModel):
         "profile's conditioning rows train (the shared network and every other profile keep "
         "the champion's weights exactly); None: the shared network adapts",
     )
+    adapter_rank: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="with a profile: the rank of its residual 1x1 adapter after every decoder "
+        "block (trained with its FiLM rows; 0 = FiLM rows only). A champion that already has "
+        "adapters keeps its rank",
+    )
     seed: int = 0
 
 

@@ -228,7 +228,7 @@ def test_adapt_keeps_the_encoder_frozen_and_writes_its_curve(
     assert res.curve[0]["eligible"]  # the champion itself is always a candidate
     best = max(
         (r for r in res.curve if r["eligible"]),
-        key=lambda r: r["val_reviewed_sem2layout_ssim"] + r["val_reviewed_layout2sem_ssim"],
+        key=lambda r: r["val_reviewed_sem2layout_ssim"] + r["val_reviewed_layout2sem_ssim_lowpass"],
     )
     assert res.best_step == best["step"]
     assert "val_original_sem2layout_ssim" in res.curve[-1]
@@ -280,7 +280,8 @@ def test_weights_that_forget_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> No
 
     def fake(g_a: Any, g_b: Any, ds: str, n: int, row: int | None = None) -> dict[str, float]:
         v = script[now["step"]][0 if ds == "new" else 1]
-        return {"sem2layout_ssim": v, "layout2sem_ssim": v, "sem2layout_iou": v}
+        return {"sem2layout_ssim": v, "layout2sem_ssim": v, "layout2sem_ssim_lowpass": v,
+                "sem2layout_iou": v}  # fmt: skip
 
     monkeypatch.setattr(adaptation, "held_out_scores", fake)
     net = torch.nn.Linear(1, 1)
@@ -377,3 +378,30 @@ def test_a_polarity_conditioned_champion_adapts_on_dark_reviewed_pairs(
     out_cfg, _, _ = load_checkpoint(res.path)
     assert out_cfg.polarity.learned == [1, -1]
     assert "val_reviewed_sem2layout_ssim" in res.curve[-1]
+
+
+def test_paired_gate_judges_layout2sem_after_the_low_pass_when_both_carry_it() -> None:
+    """A smoother Layout->SEM: worse in plain SSIM against the noisy reviewed SEMs, better
+    after the low-pass (`GateConfig.paired_metric`). Judged on the low-pass it passes, and
+    the reasons name the metric; the floors stay on plain SSIM; without the low-pass scores
+    (an older evaluation) the plain SSIM decides, and the gate refuses."""
+    rng = np.random.default_rng(7)
+    new_a, new_b, orig_a, orig_b = _case(np.zeros(12), rng.normal(0, 0.002, 60))
+    new_a["per_pair"]["sem2layout"]["ssim"] = list(
+        np.array(new_b["per_pair"]["sem2layout"]["ssim"]) + 0.05 + rng.normal(0, 0.01, 12)
+    )
+    plain = np.array(new_b["per_pair"]["layout2sem"]["ssim"])
+    new_a["per_pair"]["layout2sem"]["ssim"] = list(plain - 0.03 + rng.normal(0, 0.003, 12))
+    assert not judge_finetune(new_a, new_b, orig_a, orig_b, CFG).passed  # plain SSIM: worse
+    for ev, shift in ((new_a, 0.04), (new_b, 0.0), (orig_a, 0.0), (orig_b, 0.0)):
+        pp = np.array(ev["per_pair"]["layout2sem"]["ssim"])
+        ev["per_pair"]["layout2sem"]["ssim_lowpass"] = list(pp + 0.2 + shift)
+    new_a["per_pair"]["layout2sem"]["ssim_lowpass"] = list(plain + 0.2 + 0.04)
+    r = judge_finetune(new_a, new_b, orig_a, orig_b, CFG)
+    assert r.passed, r.reasons
+    j = r.judged["layout2sem"]
+    assert j["metric"] == "ssim_lowpass" and j["improved"] and j["new_delta"] > 0.03
+    assert r.judged["sem2layout"]["metric"] == "ssim"
+    assert any("layout2sem: on the 12 new test pairs ssim_lowpass" in x for x in r.reasons)
+    plain_only = CFG.model_copy(update={"paired_metric": {}})
+    assert not judge_finetune(new_a, new_b, orig_a, orig_b, plain_only).passed

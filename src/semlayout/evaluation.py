@@ -143,6 +143,7 @@ def _sem_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, list[float]]:
     return {
         "l1": M.l1_batch(pred, target).tolist(),
         "ssim": M.ssim_batch(pred, target).tolist(),
+        "ssim_lowpass": M.ssim_lowpass_batch(pred, target).tolist(),
         "psnr": M.psnr_batch(pred, target).tolist(),
         "iou": M.iou_batch(pb, tb).tolist(),
     }

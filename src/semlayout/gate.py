@@ -60,6 +60,14 @@ class GateConfig(BaseModel):
         "exceeds min_improvement and the loss on the original shard stays within tolerance",
     )
     bootstrap: int = Field(2000, ge=200, description="bootstrap resamples of the pairs")
+    paired_metric: dict[str, str] = Field(
+        default_factory=lambda: {"layout2sem": "ssim_lowpass"},
+        description="fine-tune gate on per-pair scores: per direction, the metric the paired "
+        "comparisons use instead of `metric` when both evaluations carry it (Layout->SEM: SSIM "
+        "after a low-pass, `metrics.ssim_lowpass`: reviewed SEMs are noisy, and the plain SSIM "
+        "against them ranks predictions by how well they imitate the noise); the floors stay on "
+        "`metric`",
+    )
     gain_in: Literal["every", "any"] = Field(
         "any",
         description="fine-tune gate on per-pair scores: the new pairs must gain in every "
@@ -211,11 +219,24 @@ def _paired(
 ) -> dict[str, Any] | None:
     """The paired bootstrap of one direction when both evaluations carry per-pair scores of
     the same pairs, else None (the gate then compares means)."""
-    a, b = _per_pair(cand, direction, cfg.metric), _per_pair(champ, direction, cfg.metric)
+    metric = paired_metric(cand, champ, direction, cfg)
+    a, b = _per_pair(cand, direction, metric), _per_pair(champ, direction, metric)
     ids_a, ids_b = (m.get("per_pair", {}).get("ids") for m in (cand, champ))
     if a is None or b is None or ids_a != ids_b:
         return None
-    return paired_bootstrap(a, b, cfg.bootstrap)
+    return {**paired_bootstrap(a, b, cfg.bootstrap), "metric": metric}
+
+
+def paired_metric(
+    cand: dict[str, Any], champ: dict[str, Any], direction: str, cfg: GateConfig
+) -> str:
+    """The per-pair metric the paired comparison of `direction` uses: `cfg.paired_metric`'s
+    when both evaluations carry it (an evaluation made before it existed does not), else
+    `cfg.metric`."""
+    want = cfg.paired_metric.get(direction, cfg.metric)
+    if all(_per_pair(m, direction, want) is not None for m in (cand, champ)):
+        return want
+    return cfg.metric
 
 
 def _sure(p: float, cfg: GateConfig) -> str:
@@ -228,7 +249,7 @@ def _judge_paired(
 ) -> tuple[bool, list[str], dict[str, Any]]:  # fmt: skip
     """On the new pairs: improved (or, with gain_in="any", not worse); on the original shard:
     kept within tolerance — each with probability `cfg.confidence`."""
-    m, tol, gain, conf = cfg.metric, cfg.tolerance, cfg.min_improvement, cfg.confidence
+    m, tol, gain, conf = new["metric"], cfg.tolerance, cfg.min_improvement, cfg.confidence
     p_gain = float((new["means"] > gain).mean())
     p_same = float((new["means"] >= -tol).mean())
     p_kept = float((orig["means"] >= -tol).mean())
@@ -249,15 +270,15 @@ def _judge_paired(
     ]
     if not floor_ok:
         reasons.append(
-            f"{direction}: {m} {orig_mean:.4f} on the original test shard is below the floor "
-            f"{floor:.4f}."
+            f"{direction}: {cfg.metric} {orig_mean:.4f} on the original test shard is below the "
+            f"floor {floor:.4f}."
         )
     entry = {
         "paired": True, "improved": improved,
         "new_delta": new["delta"], "new_ci95": new["ci95"], "new_n": new["n"],
         "p_improved": p_gain, "p_not_worse": p_same,
         "orig_delta": orig["delta"], "orig_ci95": orig["ci95"], "orig_n": orig["n"],
-        "p_kept": p_kept,
+        "p_kept": p_kept, "metric": m,
     }  # fmt: skip
     on_new_ok = improved if cfg.gain_in == "every" else not_worse
     return on_new_ok and kept and floor_ok, reasons, entry

@@ -244,14 +244,15 @@ def _gen(net: nn.Module, x: torch.Tensor, polarity: torch.Tensor, row: int | Non
 def held_out_scores(
     g_a: nn.Module, g_b: nn.Module, ds: Any, n: int, batch: int = 8, row: int | None = None
 ) -> dict[str, float]:
-    """Mean SSIM of both directions and SEM->Layout IoU on the first `n` items of `ds`
+    """Mean SSIM of both directions (Layout->SEM also after the low-pass the fine-tune gate
+    judges it with: `metrics.ssim_lowpass`) and SEM->Layout IoU on the first `n` items of `ds`
     (network resolution; the full evaluation is `semlayout.evaluation`)."""
     from semlayout import metrics as M
     from semlayout.data.dataset import to_uint8
 
     g_a.eval()
     g_b.eval()
-    s2l, l2s, iou = [], [], []
+    s2l, l2s, l2s_lp, iou = [], [], [], []
     idx = list(range(min(n, len(ds))))
     for lo in range(0, len(idx), batch):
         sem, lay, pol = _stack([ds[i] for i in idx[lo : lo + batch]])
@@ -260,12 +261,19 @@ def held_out_scores(
             p_l, p_s, t_s, t_l = (to_uint8(x[0]) for x in (pl, ps, ts, tl))
             s2l.append(M.ssim(p_l, t_l))
             l2s.append(M.ssim(p_s, t_s))
+            l2s_lp.append(float(M.ssim_lowpass_batch(p_s[None], t_s[None])[0]))
             iou.append(M.iou(p_l, t_l))
     return {
         "sem2layout_ssim": float(np.mean(s2l)),
         "layout2sem_ssim": float(np.mean(l2s)),
+        "layout2sem_ssim_lowpass": float(np.mean(l2s_lp)),
         "sem2layout_iou": float(np.mean(iou)),
     }
+
+
+# what the early stopping and the forgetting budget judge, as the fine-tune gate does
+# (`GateConfig.paired_metric`): Layout->SEM after the low-pass, reviewed SEMs being noisy
+GATED = ("sem2layout_ssim", "layout2sem_ssim_lowpass")
 
 
 # ---------------------------------------------------------------- the run
@@ -291,14 +299,14 @@ class _Evaluator:
         if self.new_val is not None:
             s = held_out_scores(gens["G_A"], gens["G_B"], self.new_val, self.n, row=self.row)
             record.update({f"val_reviewed_{k}": v for k, v in s.items()})
-            score = (s["sem2layout_ssim"] + s["layout2sem_ssim"]) / 2
+            score = sum(s[k] for k in GATED) / len(GATED)
         else:  # no held-out reviewed pairs: the last weights are the result
             score = float(step)
         eligible = True
         if self.orig_val is not None:
             o = held_out_scores(gens["G_A"], gens["G_B"], self.orig_val, self.n)
             record.update({f"val_original_{k}": v for k, v in o.items()})
-            ssims = {k: v for k, v in o.items() if k.endswith("_ssim")}
+            ssims = {k: o[k] for k in GATED}
             if self.orig_start is None:
                 self.orig_start = ssims
             if self.forget_budget is not None:  # per direction, as the gate judges

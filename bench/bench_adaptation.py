@@ -116,10 +116,15 @@ def _lean(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("sem2layout", "layout2sem", "per_pair")}
 
 
+SCORES = "per-pair ssim, ssim_lowpass (layout2sem), iou"
+
+
 def champion_scores(
     champ: Path, data: dict[str, Path], orig: Path, cache: Path, n_pairs: int
 ) -> Any:
-    key = hashlib.sha256(str(champ.resolve()).encode()).hexdigest()[:12]  # stable across runs
+    # stable across runs; SCORES names what a score holds (a cached champion scored before
+    # `ssim_lowpass` existed would silently turn the gate's Layout->SEM back to plain SSIM)
+    key = hashlib.sha256(f"{champ.resolve()}|{SCORES}".encode()).hexdigest()[:12]
     path = cache / f"champion-{n_pairs}-{key}.json"
     if not path.is_file():
         path.write_text(json.dumps(score(champ, data, orig, n_pairs), default=float))

@@ -224,7 +224,8 @@ def _paired(
     ids_a, ids_b = (m.get("per_pair", {}).get("ids") for m in (cand, champ))
     if a is None or b is None or ids_a != ids_b:
         return None
-    return {**paired_bootstrap(a, b, cfg.bootstrap), "metric": metric}
+    boot = paired_bootstrap(a, b, cfg.bootstrap)
+    return None if boot is None else {**boot, "metric": metric}
 
 
 def paired_metric(

@@ -87,3 +87,17 @@ class LayerBook:
             state = LayerState(layer, polarity, state.pooled, state.n, state.s_dark, state.s_bright)
             upsert(conn, t.layer_polarity, _row(state), ["layer"])
         return state
+
+
+def update_drift(store: MonitorStore, updates: Sequence[tuple[str, Any]]) -> int:
+    """The drift verdict of recorded predictions judged again once their image's polarity
+    evidence was read after the answer (`serving.layer_evidence`): (prediction id,
+    `DriftResult`) -> its drift row's drifted flag and score. One transaction; returns the
+    rows updated (one pruned meanwhile is skipped)."""
+    d = t.drift_events
+    done = 0
+    with store.transaction() as conn:
+        for pid, res in updates:
+            q = sa.update(d).where(d.c.prediction_id == pid)
+            done += conn.execute(q.values(drifted=int(res.drifted), score=res.score)).rowcount
+    return done

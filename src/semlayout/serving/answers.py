@@ -26,6 +26,7 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         polarity_margin=done.decision.margin,
         polarity_source=done.decision.source,
         layer=done.layer,
+        polarity_evidence=done.evidence,
         **confidence_fields(done.confidence),
     )
 
@@ -69,6 +70,8 @@ def png_headers(done: Translated) -> dict[str, str]:
         "X-Layer": done.layer,
         **confidence_headers(done.confidence),
     }
+    if done.evidence is not None:
+        headers["X-Polarity-Evidence"] = done.evidence
     if done.decision.margin is not None:
         headers["X-Polarity-Margin"] = f"{done.decision.margin:.4f}"
     if done.drift is not None:

@@ -123,10 +123,19 @@ class RecordWriter:
             )
         return False
 
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until every deferred job handed over so far has run (tests, benches: the
+        monitors' numbers once the work after the answers is done); False when `timeout`
+        seconds passed first."""
+        done = self._jobs.all_tasks_done
+        with done:
+            return done.wait_for(lambda: self._jobs.unfinished_tasks == 0, timeout)
+
     def _run_jobs(self) -> None:
         while True:
             item = self._jobs.get()
             if item is _STOP:
+                self._jobs.task_done()
                 return
             job, nbytes = item
             try:
@@ -138,6 +147,7 @@ class RecordWriter:
             finally:
                 with self._lock:
                     self._deferred_bytes -= nbytes
+                self._jobs.task_done()
 
     @property
     def pending(self) -> int:

@@ -79,7 +79,8 @@ class TranslateResponse(BaseModel):
     polarity_margin: float | None = Field(
         None,
         description="pooled / auto: how clearly the evidence chose that polarity (log-odds); "
-        "null otherwise",
+        "for a one-pass answer (polarity_evidence `deferred`) the layer's pooled evidence "
+        "|pooled|, not this image's; null otherwise",
     )
     polarity_source: str = Field(
         ...,
@@ -88,6 +89,13 @@ class TranslateResponse(BaseModel):
         "model serves one polarity)",
     )
     layer: str = Field("default", description="the layer the image was read as part of")
+    polarity_evidence: str | None = Field(
+        None,
+        description="the image's own polarity evidence: image (read in the request, four "
+        "generator passes), deferred (the layer has settled its polarity: answered in one "
+        "pass, the image's evidence read after the answer for the layer's pooling and drift "
+        "test); null: not read (a given polarity, layout2sem, a one-polarity model)",
+    )
     confidence: float | None = Field(
         None,
         description="P(the prediction is good: IoU >= 0.6 for sem2layout, SSIM over the "

@@ -31,10 +31,9 @@ translated. Everything heavy runs in worker threads, never on the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,16 +41,18 @@ import numpy as np
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from semlayout.confidence import Confidence, assess
+from semlayout.confidence import Confidence
 from semlayout.directions import Direction
 from semlayout.monitoring.drift import DriftDetector, DriftResult
 from semlayout.monitoring.inference_monitor import image_stats
 from semlayout.monitoring.performance import new_prediction_id
 from semlayout.monitoring.store import Prediction, TranslationRecord
-from semlayout.polarity import PolarityChoice
+from semlayout.polarity import PolarityChoice, name_of
 from semlayout.polarity_auto import PolarityDecision
-from semlayout.polarity_layer import DEFAULT_LAYER, LayerState
-from semlayout.serving.engine import LoadedModel, QueueFull
+from semlayout.polarity_layer import DEFAULT_LAYER, LayerPrior, LayerState
+from semlayout.serving.deferred_work import confidences, defer_full, kept_input
+from semlayout.serving.engine import ImageResult, LoadedModel, QueueFull
+from semlayout.serving.layer_evidence import settled_decision
 from semlayout.serving.schemas import DriftInfo
 from semlayout.serving.settings import ServeSettings
 from semlayout.serving.state import ServingState
@@ -91,6 +92,9 @@ class Forwarded:
     confidence: Confidence  # how sure the model is (confidence None: unknown)
     layer: str = DEFAULT_LAYER  # the layer it was read as part of
     grey: np.ndarray | None = None  # the model's grey output (before any binarization)
+    # the image's own polarity evidence: read in the request ("image"), after the answer
+    # ("deferred": a one-pass answer, `serving.layer_evidence`), or not at all (None)
+    evidence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,26 +109,35 @@ class Translated:
     decision: PolarityDecision
     confidence: Confidence
     layer: str = DEFAULT_LAYER
+    evidence: str | None = None  # as `Forwarded.evidence`
 
 
 def _busy(err: QueueFull) -> HTTPException:
     return HTTPException(503, detail=str(err), headers={"Retry-After": "1"})
 
 
-async def forward(
+@dataclass(frozen=True)
+class _Before:
+    """What a request knows before its forward (`_before`)."""
+
+    known: LayerState  # its layer, as the store has it
+    prior: LayerPrior | None  # the layer's word for the batcher (None: a one-pass request)
+    model: LoadedModel  # the model its input sides were judged for
+    sides: list[InputSide]
+    one: PolarityDecision | None  # the layer's settled polarity: one pass (`layer_evidence`)
+
+
+def _before(
     state: ServingState,
     direction: Direction,
     images: Sequence[np.ndarray],
-    binarize: bool,
-    polarity: PolarityChoice = PolarityChoice.auto,
-    layer: str = DEFAULT_LAYER,
-    tier: str = "inline",
-) -> list[Forwarded]:
-    """Run `images` through the model (all or none: 503 when the queue has no room for all)
-    in `polarity` (auto: with `layer`'s configured polarity and pooled evidence); the input
-    side of the rows (hash, statistics, drift features) is computed meanwhile, and the
-    confidence in `tier` (inline | full)."""
-    known = await run_in_threadpool(state.layers.get, layer)
+    polarity: PolarityChoice,
+    layer: str,
+) -> _Before:
+    """Worker thread, before the forward: the layer's state, the refusals (a polarity the
+    model never learned, a field over the size limit, no room in the queue: before any
+    work), the input sides and whether the layer's polarity is settled."""
+    known = state.layers.get(layer)
     fallback = state.settings.layer_prior  # the server's layer polarity, for every layer
     prior = replace(known, configured=known.configured or fallback).prior()
     # refused now (422) rather than answered inverted: a polarity the model never learned
@@ -138,163 +151,117 @@ async def forward(
         raise _busy(err) from None
     model = state.engine.current
     det = model.detectors.get(direction)
-    sides = [asyncio.ensure_future(run_in_threadpool(input_side, img, det)) for img in images]
-    conf_task: asyncio.Future[list[Confidence]] | None = None
-    try:
-        try:
-            results = await state.batcher.submit_many(direction, images, polarity, prior)
-        except QueueFull as err:
-            raise _busy(err) from None
-        # the confidence needs only the inputs and outputs: computed while the input sides
-        # finish and the layouts are drawn
-        conf_task = _confidence_task(direction, images, results, tier)
-        done: list[InputSide] = list(await asyncio.gather(*sides))
-        checks: list[Any] = [d.drift for d in done]
-        for i, r in enumerate(results):
-            if r.model is not model:  # swapped meanwhile: judged by the new version's reference
-                new_det = r.model.detectors.get(direction)
-                checks[i] = await run_in_threadpool(new_det.check, images[i]) if new_det else None
-        outs = [r.output for r in results]
-        if binarize:  # the drawn layout, as the serving model's layout_fit config says
-            outs = list(
-                await asyncio.gather(
-                    *[run_in_threadpool(r.model.translator.to_layout, r.output) for r in results]
-                )
-            )
-    except BaseException:
-        if conf_task is not None:  # a failure above: nothing left running unobserved
-            conf_task.cancel()
-        raise
-    finally:
-        for side in sides:  # a failure above: nothing left running unobserved
-            side.cancel()
-    after = await _pool(state, layer, known, [r.decision for r in results])
+    sides = [input_side(img, det) for img in images]
+    expected = det.expected_polarity if det is not None else None
+    one = settled_decision(model.translator, direction, polarity, known, fallback, expected, images)
+    return _Before(known, None if one else prior, model, sides, one)
+
+
+def _after(
+    state: ServingState,
+    direction: Direction,
+    images: Sequence[np.ndarray],
+    binarize: bool,
+    layer: str,
+    tier: str,
+    pre: _Before,
+    results: Sequence[ImageResult],
+) -> list[Forwarded]:
+    """Worker thread, after the forward: the confidences, the drift checks (a model swapped
+    meanwhile judges by its own reference), `binarize`, the images' evidence pooled into the
+    layer and each image's polarity judged against the one the layer should show."""
+    if pre.one is not None:  # one pass in the layer's polarity: the evidence is deferred
+        results = [replace(r, decision=pre.one) for r in results]
+        # the confidence's signals as under a given polarity (the layer's margin is not this
+        # image's); the full one follows with the image's own margin and cycle
+        decisions = [replace(pre.one, margin=None)] * len(results)
+    else:
+        decisions = [r.decision for r in results]
+    models = [r.model for r in results]
+    confs = confidences(direction, images, [r.output for r in results], models, decisions, tier)
+    checks: list[DriftResult | None] = [s.drift for s in pre.sides]
+    for i, r in enumerate(results):
+        if r.model is not pre.model:  # swapped meanwhile: judged by the new version's reference
+            new_det = r.model.detectors.get(direction)
+            checks[i] = new_det.check(images[i]) if new_det else None
+    outs = [r.output for r in results]
+    if binarize:  # the drawn layout, as the serving model's layout_fit config says
+        outs = [r.model.translator.to_layout(r.output) for r in results]
+    after = _pool(state, layer, pre.known, [r.decision for r in results])
+    fallback = state.settings.layer_prior
     for i, r in enumerate(results):  # the image's polarity against the one expected
         det_i = r.model.detectors.get(direction)
-        if det_i is not None and checks[i] is not None:
+        check = checks[i]
+        if det_i is not None and check is not None:
             expected = after[i].expected(fallback or det_i.expected_polarity)
             flipped = after[i].flipped(expected)
-            checks[i] = det_i.with_polarity(checks[i], r.decision, expected, flipped)
-    confs = await conf_task if conf_task is not None else []
+            checks[i] = det_i.with_polarity(check, r.decision, expected, flipped)
+    reading = "deferred" if pre.one is not None else None
     return [
         Forwarded(
-            img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side, c, layer, r.output
-        )
+            img,
+            out,
+            r.model,
+            r.forward_ms,
+            r.batch_size,
+            res,
+            r.decision,
+            side,
+            c,
+            layer,
+            r.output,
+            reading or ("image" if r.decision.evidence is not None else None),
+        )  # fmt: skip
         for img, out, r, res, side, c in zip(
-            images, outs, results, checks, done, confs, strict=True
+            images, outs, results, checks, pre.sides, confs, strict=True
         )
     ]
 
 
-def _confidence_task(
-    direction: Direction, images: Sequence[np.ndarray], results: Sequence[Any], tier: str
-) -> asyncio.Future[list[Confidence]]:
-    """`confidences` of the batcher's results in a worker thread, as a future."""
-    outs, models = [r.output for r in results], [r.model for r in results]
-    decisions = [r.decision for r in results]
-    return asyncio.ensure_future(
-        run_in_threadpool(confidences, direction, images, outs, models, decisions, tier)
-    )
+async def forward(
+    state: ServingState,
+    direction: Direction,
+    images: Sequence[np.ndarray],
+    binarize: bool,
+    polarity: PolarityChoice = PolarityChoice.auto,
+    layer: str = DEFAULT_LAYER,
+    tier: str = "inline",
+    *,
+    finish: Callable[[list[Forwarded]], Any] | None = None,
+) -> Any:
+    """Run `images` through the model (all or none: 503 when the queue has no room for all)
+    in `polarity` (auto: with `layer`'s configured polarity and pooled evidence; one pass when
+    the layer has settled it, `serving.layer_evidence`); the input side of the rows (hash,
+    statistics, drift features) and the confidence in `tier` (inline | full). One worker-thread
+    hop before the forward (`_before`) and one after (`_after`, then `finish`, e.g. `prepare`,
+    in the same hop); returns `finish(items)`, the items without it."""
+    pre = await run_in_threadpool(_before, state, direction, images, polarity, layer)
+    ask = PolarityChoice(name_of(pre.one.polarity)) if pre.one is not None else polarity
+    try:
+        results = await state.batcher.submit_many(direction, images, ask, pre.prior)
+    except QueueFull as err:
+        raise _busy(err) from None
+
+    def post() -> Any:
+        items = _after(state, direction, images, binarize, layer, tier, pre, results)
+        return finish(items) if finish is not None else items
+
+    return await run_in_threadpool(post)
 
 
-async def _pool(
+def _pool(
     state: ServingState, layer: str, known: LayerState, decisions: Sequence[PolarityDecision]
 ) -> list[LayerState]:
     """Fold the images' own evidence into the layer (one transaction); the layer's state
     after each image (an image without evidence, e.g. a given polarity, leaves it as is)."""
     evidences = [d.evidence for d in decisions if d.evidence is not None]
-    folded = iter(await run_in_threadpool(state.layers.fold, layer, evidences))
+    folded = iter(state.layers.fold(layer, evidences))
     after, cur = [], known
     for d in decisions:
         if d.evidence is not None:
             cur = next(folded)
         after.append(cur)
     return after
-
-
-def confidences(
-    direction: Direction,
-    images: Sequence[np.ndarray],
-    outputs: Sequence[np.ndarray],
-    models: Sequence[LoadedModel],
-    decisions: Sequence[PolarityDecision],
-    tier: str = "full",
-) -> list[Confidence]:
-    """The confidence of each image in `tier`, by the model (and calibration) that translated
-    it, from its grey output (before any binarization)."""
-    out: list[Confidence | None] = [None] * len(images)
-    for model in {id(m): m for m in models}.values():
-        idx = [i for i, m in enumerate(models) if m is model]
-        got = assess(
-            model.translator,
-            model.calibration,
-            direction,
-            [images[i] for i in idx],
-            [outputs[i] for i in idx],
-            [decisions[i] for i in idx],
-            tier,
-        )
-        for i, c in zip(idx, got, strict=True):
-            out[i] = c
-    return [c for c in out if c is not None]
-
-
-def full_confidence(
-    state: ServingState, direction: Direction, items: Sequence[Forwarded], ids: Sequence[str]
-) -> None:
-    """The full confidence of answered predictions (deferred thread): computed, written over
-    the inline one in the store (with the input kept when it is now below the review limit)
-    and observed by the Prometheus histogram."""
-    confs = confidences(
-        direction,
-        [it.image for it in items],
-        [it.grey if it.grey is not None else it.output for it in items],
-        [it.model for it in items],
-        [it.decision for it in items],
-    )
-    from semlayout.monitoring.confidence_store import update_confidence
-
-    updates = []
-    for it, pid, c in zip(items, ids, confs, strict=True):  # an input kept stays kept
-        png = (
-            None
-            if _kept(it, state.settings)
-            else kept_input(replace(it, confidence=c), state.settings)
-        )
-        updates.append((pid, c, png))
-    update_confidence(state.store, updates)
-    for c in confs:  # an unknown one was counted with its answer
-        if c.confidence is not None:
-            state.metrics.confidence.labels(direction).observe(c.confidence)
-
-
-def _kept(item: Forwarded, settings: ServeSettings) -> bool:
-    conf, limit = item.confidence.confidence, settings.review_keep_below
-    return limit > 0 and (conf is None or conf < limit)
-
-
-async def defer_full(
-    state: ServingState, direction: Direction, items: Sequence[Forwarded], ids: Sequence[str]
-) -> None:
-    """Hand the full confidence of the images answered with the inline one to the record
-    writer's deferred thread; when its queue is full (it says so), computed here instead."""
-    todo = [i for i, it in enumerate(items) if it.confidence.source == "inline"]
-    if not todo:
-        return
-    args = (state, direction, [items[i] for i in todo], [ids[i] for i in todo])
-    held = sum(items[i].image.nbytes + items[i].output.nbytes for i in todo)
-    if not state.writer.defer(lambda: full_confidence(*args), "the full confidence", held):
-        await run_in_threadpool(full_confidence, *args)
-
-
-def kept_input(item: Forwarded, settings: ServeSettings) -> bytes | None:
-    """The input as PNG when the review queue may need it: its confidence is below
-    `settings.review_keep_below` or unknown (`review_keep_below` 0 keeps none)."""
-    from semlayout.data.pairs import encode_png
-
-    if not _kept(item, settings):
-        return None
-    return encode_png(item.image)
 
 
 def stored_output(out: np.ndarray, png: bytes, settings: ServeSettings) -> bytes | None:
@@ -374,7 +341,9 @@ def prepare(
         }
     info = drift_info(res, model.detectors.get(direction))
     return (
-        Translated(pid, out, png, model, info, item.decision, item.confidence, item.layer),
+        Translated(
+            pid, out, png, model, info, item.decision, item.confidence, item.layer, item.evidence
+        ),
         TranslationRecord(prediction, event, drift),
     )
 
@@ -413,9 +382,12 @@ async def translate(
     to (polarity pooling), `cohort` the caller's label (pattern family, tool or client) the
     monitors slice by; `tier` the confidence the answer carries (the full one follows in the
     store when it is the inline one: `defer_full`)."""
-    items = await forward(state, direction, images, binarize, polarity, layer, tier)
-    prepared = await asyncio.gather(
-        *[run_in_threadpool(prepare, state, endpoint, direction, it, t0, cohort) for it in items]
+
+    def then(items: list[Forwarded]) -> tuple[list[Forwarded], list[Any]]:
+        return items, [prepare(state, endpoint, direction, it, t0, cohort) for it in items]
+
+    items, prepared = await forward(
+        state, direction, images, binarize, polarity, layer, tier, finish=then
     )
     await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
     done = [tr for tr, _ in prepared]

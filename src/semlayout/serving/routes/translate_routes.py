@@ -7,7 +7,9 @@ SEM contrast is the pattern; `layer` (a query parameter or a form field, `[A-Za-
 `default` without one) names the data set the image belongs to: auto pools the evidence of
 a layer's images and follows its configured polarity (`semlayout.polarity_layer`). The answer
 says which polarity was used and why (`X-Polarity`, `X-Polarity-Source`, `X-Polarity-Margin`
-when auto decided it, `X-Layer`; the same as JSON fields).
+when auto decided it, `X-Layer`; the same as JSON fields); `X-Polarity-Evidence` whether the
+image's own evidence was read in the request (`image`) or, the layer's polarity being settled
+and the answer one generator pass, after it (`deferred`, `serving.layer_evidence`).
 How sure the model is: `X-Confidence`, `X-Predicted-IoU` / `X-Predicted-SSIM` ("unknown" for a
 version without a calibration; `X-Confidence-Reason`); `X-Confidence-Source` says which tier:
 `inline` (the default: free signals only; the full one follows in the monitor store) or `full`

@@ -205,3 +205,9 @@ def alignable_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
     layout = (field[y : y + 250, x : x + 250] * 255).astype(np.uint8)
     sem = cv2.GaussianBlur(40.0 + 150.0 * field, (0, 0), 1.2) + rng.normal(0, 12, (304, 304))
     return np.clip(sem, 0, 255).astype(np.uint8), layout
+
+
+def drain(app, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the server of `app` ran its deferred work (the full confidence, the
+    polarity evidence of one-pass answers): the monitors' numbers are then final."""
+    assert app.state.svc.writer.drain(timeout), "deferred work still running"

@@ -15,7 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers_serving import aligned_arrays, cached_reference, make_checkpoint, running_server
+from helpers_serving import (
+    aligned_arrays,
+    cached_reference,
+    drain,
+    make_checkpoint,
+    running_server,
+)
 from test_serving_polarity import both_polarities_checkpoint
 
 from semlayout.data.pairs import encode_png
@@ -68,10 +74,16 @@ def _layers(url: str) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
+def served(model, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve-layers")
-    with running_server(create_app(_settings(model["ckpt"], work))) as url:
-        yield url
+    app = create_app(_settings(model["ckpt"], work))
+    with running_server(app) as url:
+        yield app, url
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[1]
 
 
 @pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "../etc", "é"])
@@ -86,9 +98,15 @@ def test_a_bad_layer_label_is_a_422(server, model, bad):
     assert r.status_code == 422 and "given twice" in r.json()["detail"]
 
 
-def test_a_layers_stream_converges_and_its_answers_say_pooled(server, model):
+def test_a_layers_stream_converges_and_its_answers_say_pooled(served, model):
+    """(A layer settled past CLIP answers in one pass and folds the image's evidence after
+    the answer: `drain` waits for it, tests/test_serving_settled.py tests that path.)"""
+    app, server = served
     img, e = model["sems"][model["pos"]], float(model["ev"][model["pos"]])
-    answers = [_post(server, img, layer="conv").json() for _ in range(6)]
+    answers = []
+    for _ in range(6):
+        answers.append(_post(server, img, layer="conv").json())
+        drain(app)
     assert answers[0]["polarity_source"] == "auto" and answers[0]["layer"] == "conv"
     assert {a["polarity_source"] for a in answers[1:]} == {"pooled"}
     margins = [a["polarity_margin"] for a in answers]
@@ -101,6 +119,7 @@ def test_a_layers_stream_converges_and_its_answers_say_pooled(server, model):
     other = model["sems"][model["neg"]]
     for _ in range(int(CAP / min(CLIP, e)) + 1):
         _post(server, img, layer="conv")
+        drain(app)
     assert _layers(server)["conv"]["pooled_logodds"] == pytest.approx(CAP)
     assert _post(server, other, layer="fresh-one").json()["polarity"] == -1  # alone: dark
     against = _post(server, other, layer="conv").json()
@@ -110,7 +129,8 @@ def test_a_layers_stream_converges_and_its_answers_say_pooled(server, model):
     assert _layers(server)["default"]["images"] >= 1
 
 
-def test_the_admin_sets_and_clears_a_layers_polarity(server, model, tmp_path):
+def test_the_admin_sets_and_clears_a_layers_polarity(served, model, tmp_path):
+    app, server = served
     url = f"{server}/v1/layers/adm/polarity"
     assert httpx.put(url, json={"polarity": "dark"}, timeout=30).status_code == 401
     bad = {"Authorization": "Bearer nope"}
@@ -127,6 +147,7 @@ def test_the_admin_sets_and_clears_a_layers_polarity(server, model, tmp_path):
     img = model["sems"][model["pos"]]  # reads bright; the layer's word is stronger
     done = _post(server, img, layer="adm").json()
     assert (done["polarity"], done["polarity_source"]) == (-1, "layer")
+    drain(app)  # one pass in the configured polarity: the evidence is read after the answer
     row = _layers(server)["adm"]
     assert row["configured"] == -1 and row["images"] == 1  # its evidence still pooled
     r = httpx.delete(url, headers=AUTH, timeout=30)
@@ -152,18 +173,23 @@ def test_a_model_that_never_learned_a_polarity_refuses_it_for_a_layer(tmp_path):
 def test_layers_survive_a_restart_and_are_shared_by_two_replicas(model, tmp_path):
     settings = _settings(model["ckpt"], tmp_path)
     img = model["sems"][model["pos"]]
-    with running_server(create_app(settings)) as url:
+    first = create_app(settings)
+    with running_server(first) as url:
         for _ in range(3):
             _post(url, img, layer="keep")
+            drain(first)
         httpx.put(f"{url}/v1/layers/set/polarity", json={"polarity": "dark"}, headers=AUTH)
         before = _layers(url)
-    with running_server(create_app(settings)) as a, running_server(create_app(settings)) as b:
+    app_a, app_b = create_app(settings), create_app(settings)
+    with running_server(app_a) as a, running_server(app_b) as b:
         assert _layers(a) == before == _layers(b)  # a restart keeps it
         assert _post(b, img, layer="set").json()["polarity_source"] == "layer"
         # concurrent images of one layer through both replicas: none is lost
         with ThreadPoolExecutor(4) as pool:
             done = list(pool.map(lambda i: _post((a, b)[i % 2], img, layer="keep"), range(12)))
         assert all(r.status_code == 200 for r in done)
+        drain(app_a)  # a settled layer's evidence: read after the answers
+        drain(app_b)
         assert _layers(a)["keep"]["images"] == 15 == _layers(b)["keep"]["images"]
         want = LayerState().fold_all([float(model["ev"][model["pos"]])] * 15).pooled
         assert _layers(b)["keep"]["pooled_logodds"] == pytest.approx(want, abs=1e-3)
@@ -175,14 +201,16 @@ def test_a_layer_whose_images_read_the_other_polarity_drifts(model, data, tmp_pa
     settings = _settings(model["ckpt"], tmp_path, reference=data["shards"] / "reference_stats.json")
     dark_img, e = model["sems"][model["neg"]], float(model["ev"][model["neg"]])
     bright_img = model["sems"][model["pos"]]
-    with running_server(create_app(settings)) as url:
+    app = create_app(settings)
+    with running_server(app) as url:
         for name in ("flip", "steady"):
             httpx.put(f"{url}/v1/layers/{name}/polarity", json={"polarity": "bright"}, headers=AUTH)
         n = 8 + int(CUSUM_H / min(CLIP, abs(e)))
-        flags = [
-            _post(url, dark_img, layer="flip").json()["drift"]["worst_feature"] == "polarity"
-            for _ in range(n)
-        ]
+        flags = []
+        for _ in range(n):  # a configured layer answers in one pass: its evidence follows
+            answer = _post(url, dark_img, layer="flip").json()
+            flags.append(answer["drift"]["worst_feature"] == "polarity")
+            drain(app)
         first = int(np.ceil(CUSUM_H / min(CLIP, abs(e)) + 1e-9))  # images until S > H
         assert not any(flags[: first - 1]) and all(flags[first:]), (flags, e)
         steady = [

@@ -31,12 +31,14 @@ translated. Everything heavy runs in worker threads, never on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import anyio.from_thread
 import numpy as np
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
@@ -133,10 +135,12 @@ def _before(
     images: Sequence[np.ndarray],
     polarity: PolarityChoice,
     layer: str,
+    start: Callable[[PolarityDecision | None, LayerPrior | None], None],
 ) -> _Before:
     """Worker thread, before the forward: the layer's state, the refusals (a polarity the
     model never learned, a field over the size limit, no room in the queue: before any
-    work), the input sides and whether the layer's polarity is settled."""
+    work), whether the layer's polarity is settled, then `start` (the forward, with the
+    settled decision and the batcher's prior) and the input sides while it runs."""
     known = state.layers.get(layer)
     fallback = state.settings.layer_prior  # the server's layer polarity, for every layer
     prior = replace(known, configured=known.configured or fallback).prior()
@@ -151,9 +155,10 @@ def _before(
         raise _busy(err) from None
     model = state.engine.current
     det = model.detectors.get(direction)
-    sides = [input_side(img, det) for img in images]
     expected = det.expected_polarity if det is not None else None
     one = settled_decision(model.translator, direction, polarity, known, fallback, expected, images)
+    start(one, None if one else prior)  # a one-pass request batches with any layer's
+    sides = [input_side(img, det) for img in images]  # while the model runs
     return _Before(known, None if one else prior, model, sides, one)
 
 
@@ -233,14 +238,27 @@ async def forward(
     in `polarity` (auto: with `layer`'s configured polarity and pooled evidence; one pass when
     the layer has settled it, `serving.layer_evidence`); the input side of the rows (hash,
     statistics, drift features) and the confidence in `tier` (inline | full). One worker-thread
-    hop before the forward (`_before`) and one after (`_after`, then `finish`, e.g. `prepare`,
-    in the same hop); returns `finish(items)`, the items without it."""
-    pre = await run_in_threadpool(_before, state, direction, images, polarity, layer)
-    ask = PolarityChoice(name_of(pre.one.polarity)) if pre.one is not None else polarity
+    hop before the forward (`_before`: it starts the forward on the event loop and computes
+    the input sides while the model runs) and one after (`_after`, then `finish`, e.g.
+    `prepare`, in the same hop); returns `finish(items)`, the items without it."""
+    task: list[asyncio.Future[list[ImageResult]]] = []
+
+    def launch(one: PolarityDecision | None, prior: LayerPrior | None) -> None:  # event loop
+        ask = PolarityChoice(name_of(one.polarity)) if one is not None else polarity
+        task.append(asyncio.ensure_future(state.batcher.submit_many(direction, images, ask, prior)))
+
+    def start(one: PolarityDecision | None, prior: LayerPrior | None) -> None:  # worker thread
+        anyio.from_thread.run_sync(launch, one, prior)
+
     try:
-        results = await state.batcher.submit_many(direction, images, ask, pre.prior)
+        pre = await run_in_threadpool(_before, state, direction, images, polarity, layer, start)
+        results = await task[0]
     except QueueFull as err:
         raise _busy(err) from None
+    except BaseException:
+        for t in task:  # a failure meanwhile: nothing left running unobserved
+            t.cancel()
+        raise
 
     def post() -> Any:
         items = _after(state, direction, images, binarize, layer, tier, pre, results)

@@ -17,7 +17,9 @@ decides, four passes), **auto, settled** (a layer configured bright with
    warm-up request of the same variant before each timed one and a pause after each so that
    the deferred work of the previous request does not overlap the timed one (it is measured
    under load, below); the server's forward and path for the same requests from its store;
-2. load: 4 clients for `load_s` seconds per variant (deferred work included);
+2. load: 4 clients for `load_s` seconds per variant, then until the server is idle again (its
+   CPU time stops growing: the deferred work the load left behind is done): req/s over the
+   load alone and over load + drain (what the server sustains, deferred work included);
 3. ceiling: the forward alone in this process, batch 4, back to back: four passes (auto) or
    one (bright) - what a server's answers can reach at best.
 """
@@ -70,6 +72,7 @@ class Target:
         self.name, self.proc, self.url, self.db = name, proc, url, db
         self.seq: dict[str, dict[str, float]] = {v: {} for v in VARIANTS}  # pid -> client ms
         self.load: dict[str, list[float]] = {v: [] for v in VARIANTS}  # req/s per round
+        self.sustained: dict[str, list[float]] = {v: [] for v in VARIANTS}  # with the drain
         self.errors = 0
         self._fresh = 0
         r = httpx.put(
@@ -125,6 +128,24 @@ class Target:
         for t in threads:
             t.join()
         self.load[variant].append(done[0] / (time.monotonic() - t0))
+        self.idle()
+        self.sustained[variant].append(done[0] / (time.monotonic() - t0))
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def idle(self, timeout: float = 300.0) -> None:
+        """Wait until the server's CPU time grows by < 20 ms in 0.5 s (its deferred work is
+        done)."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_s()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_s()
+            if now - last < 0.02:
+                return
+            last = now
 
     def stored(self) -> dict[str, tuple[float, float]]:
         """prediction id -> (forward ms, server path ms) from the store."""
@@ -172,6 +193,7 @@ def _rows(targets: list[Target], ceilings: dict[str, list[float]]) -> list[dict[
             forward = Stats.of([stored[p][0] for p in ids])
             path = Stats.of([stored[p][1] for p in ids])
             rps = Stats.of(t.load[v])
+            sustained = Stats.of(t.sustained[v])
             ceiling = Stats.of(ceilings["auto" if v == "auto-unsettled" else "one"])
             rows.append(
                 {
@@ -186,6 +208,8 @@ def _rows(targets: list[Target], ceilings: dict[str, list[float]]) -> list[dict[
                     "load_rps": rps.to_dict(),
                     "ceiling_ips": ceiling.to_dict(),
                     "load_over_ceiling": round(rps.median / ceiling.median, 3),
+                    "sustained_rps": sustained.to_dict(),
+                    "sustained_over_ceiling": round(sustained.median / ceiling.median, 3),
                 }
             )
     return rows
@@ -277,6 +301,7 @@ def _print(out: dict[str, Any]) -> None:
     print(
         f"{'server':8} {'variant':15} {'client p50 [IQR]':>22} {'forward p50':>12} "
         f"{'path p50':>9} {'ratio':>6} {'4-client req/s':>15} {'ceiling':>8} {'load/ceil':>9}"
+        f" {'with drain':>10} {'/ceil':>6}"
     )
     for r in out["rows"]:
         c, f, p, t, k = (
@@ -287,6 +312,7 @@ def _print(out: dict[str, Any]) -> None:
             f"[{c['p25_ms']:.1f}-{c['p75_ms']:.1f}] {f['ms']:12.1f} {p['ms']:9.1f} "
             f"{r['client_over_forward']:6.3f} {t['ms']:15.2f}"
             f" {k['ms']:8.2f} {r['load_over_ceiling']:9.3f}"
+            f" {r['sustained_rps']['ms']:10.2f} {r['sustained_over_ceiling']:6.3f}"
         )
     load = out["load_average"]
     print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")

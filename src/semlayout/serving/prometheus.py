@@ -102,6 +102,12 @@ class ServingMetrics:
         self.queue_depth = Gauge(
             "semlayout_queue_depth", "images waiting for the model", registry=r
         )
+        self.deferred_jobs = Gauge(
+            "semlayout_deferred_jobs",
+            "work after the answers (full confidence, one-pass polarity evidence) waiting or "
+            "running in the deferred thread",
+            registry=r,
+        )
         self.ground_truth = Counter(
             "semlayout_ground_truth",
             "ground-truth submissions by direction",

@@ -123,6 +123,11 @@ class RecordWriter:
             )
         return False
 
+    @property
+    def outstanding(self) -> int:
+        """Deferred jobs taken and not finished (waiting or running)."""
+        return self._jobs.unfinished_tasks
+
     def drain(self, timeout: float = 60.0) -> bool:
         """Wait until every deferred job handed over so far has run (tests, benches: the
         monitors' numbers once the work after the answers is done); False when `timeout`

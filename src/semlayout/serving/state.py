@@ -101,6 +101,7 @@ async def open_state(
     )
     cur = eng.current
     metrics.set_model(cur.version, cur.source, cur.backend)
+    metrics.deferred_jobs.set_function(lambda: state.writer.outstanding)
     return state
 
 

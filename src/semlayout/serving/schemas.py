@@ -42,8 +42,30 @@ STORE_ERROR: Responses = {
     503: {**ERROR, "description": "model not loaded or the monitoring store unavailable"}
 }
 SERVER_ERROR: Responses = {500: {**ERROR, "description": "server bug (never a user mistake)"}}
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
 PNG_IMAGE: Responses = {
-    200: {"content": {"image/png": {}}, "description": "the translated image, the input's size"}
+    200: {
+        "content": {"image/png": {}},
+        "description": "the translated image, the input's size",
+        "headers": {
+            "X-Polarity": _header("+1 / -1: the polarity it was translated in"),
+            "X-Polarity-Source": _header("given | layer | pooled | auto | only"),
+            "X-Polarity-Margin": _header(
+                "pooled / auto: log-odds of the choice; for a one-pass answer "
+                "(X-Polarity-Evidence: deferred) the layer's pooled evidence, not this image's"
+            ),
+            "X-Polarity-Evidence": _header(
+                "image: the image's own polarity evidence was read in the request (four "
+                "generator passes); deferred: the layer's polarity is settled, the answer is "
+                "one pass and the evidence is read after it (layer pooling, drift test)"
+            ),
+        },
+    }
 }
 
 # for the token endpoints, whose 503 is AUTH_ERRORS' "token not configured"

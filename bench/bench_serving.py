@@ -181,32 +181,9 @@ class Server:
                 self.seq[pid] = ms
 
     def under_load(self, pngs: list[bytes], seconds: float) -> None:
-        import httpx
-
-        lat: list[float] = []
-        errors = [0]
-        lock = threading.Lock()
-        stop_at = time.monotonic() + seconds
-
-        def client(k: int) -> None:
-            with httpx.Client(timeout=60) as c:
-                self.post(c, pngs[k])  # warm-up
-                i = k
-                while time.monotonic() < stop_at:
-                    ok, _, ms = self.post(c, pngs[i % len(pngs)])
-                    with lock:
-                        lat.append(ms) if ok else errors.__setitem__(0, errors[0] + 1)
-                    i += CLIENTS
-
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.monotonic() - t0
+        lat, errors, wall = four_clients(self.post, pngs, seconds, warmup=True)
         self.load.append(
-            {"rps": len(lat) / wall, "p50": _pct(lat, 50), "p99": _pct(lat, 99), "err": errors[0]}
+            {"rps": len(lat) / wall, "p50": _pct(lat, 50), "p99": _pct(lat, 99), "err": errors}
         )
 
     def forward_of(self, ids: list[str]) -> dict[str, float]:
@@ -223,6 +200,39 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+
+def four_clients(
+    post: Any, pngs: list[bytes], seconds: float, warmup: bool = False
+) -> tuple[list[float], int, float]:
+    """CLIENTS clients, each `post(client, png) -> (ok, id, ms)` back to back for `seconds`
+    (after one untimed request each with `warmup`): (the ms of the answered ones, errors,
+    wall seconds)."""
+    import httpx
+
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            if warmup:
+                post(c, pngs[k])
+            i = k
+            while time.monotonic() < stop_at:
+                ok, _, ms = post(c, pngs[i % len(pngs)])
+                with lock:
+                    lat.append(ms) if ok else errors.__setitem__(0, errors[0] + 1)
+                i += CLIENTS
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, errors[0], time.monotonic() - t0
 
 
 def _ceiling(translator: Any, imgs: list[np.ndarray], seconds: float) -> float:

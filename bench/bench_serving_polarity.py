@@ -30,14 +30,19 @@ import os
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.bench_serving import CLIENTS, _ceiling, _reference, _start, product_checkpoint
+from bench.bench_serving import (
+    _ceiling,
+    _reference,
+    _start,
+    four_clients,
+    product_checkpoint,
+)
 from bench.timing import Stats, describe_cpu
 
 TOKEN = "bench-serving-polarity"
@@ -106,30 +111,12 @@ class Target:
         return r.status_code == 200, r.headers.get("x-prediction-id", ""), ms
 
     def under_load(self, pngs: list[bytes], variant: str, seconds: float) -> None:
-        import httpx
-
-        done, lock = [0], threading.Lock()
-        stop_at = time.monotonic() + seconds
-
-        def client(k: int) -> None:
-            with httpx.Client(timeout=120) as c:
-                i = k
-                while time.monotonic() < stop_at:
-                    ok, _, _ = self.post(c, pngs[i % len(pngs)], variant)
-                    with lock:
-                        done[0] += ok
-                        self.errors += not ok
-                    i += CLIENTS
-
         t0 = time.monotonic()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.load[variant].append(done[0] / (time.monotonic() - t0))
+        lat, errors, wall = four_clients(lambda c, png: self.post(c, png, variant), pngs, seconds)
+        self.errors += errors
+        self.load[variant].append(len(lat) / wall)
         self.idle()
-        self.sustained[variant].append(done[0] / (time.monotonic() - t0))
+        self.sustained[variant].append(len(lat) / (time.monotonic() - t0))
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()

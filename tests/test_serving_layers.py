@@ -41,9 +41,13 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, data):
+    return polarity_model(tmp_path_factory.mktemp("layers") / "ckpt", data)
+
+
+def polarity_model(dest: Path, data: dict) -> dict:
     """A model of both polarities and the SEMs' own evidence under it (the server reads the
     same): two images whose evidence points opposite ways."""
-    ckpt = both_polarities_checkpoint(tmp_path_factory.mktemp("layers") / "ckpt")
+    ckpt = both_polarities_checkpoint(dest)
     sems = aligned_arrays(data["fresh"])[0][:12]
     ev = Translator.load(ckpt).read_evidence(sems)
     pos, neg = int(np.argmax(ev)), int(np.argmin(ev))

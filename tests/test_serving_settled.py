@@ -15,11 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers_serving import aligned_arrays, cached_reference, drain, running_server
-from test_serving_polarity import both_polarities_checkpoint
+from helpers_serving import cached_reference, drain, running_server
+from test_serving_layers import polarity_model
 
 from semlayout.data.pairs import encode_png
-from semlayout.inference import Translator
 from semlayout.monitoring.drift import POLARITY_SCORE
 from semlayout.polarity_layer import CAP, CLIP, CUSUM_H, LayerState, clip
 from semlayout.serving.app import create_app
@@ -30,19 +29,10 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return cached_reference(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, data):
-    """A model of both polarities and two SEMs whose own evidence points opposite ways."""
-    ckpt = both_polarities_checkpoint(tmp_path_factory.mktemp("settled") / "ckpt")
-    sems = aligned_arrays(data["fresh"])[0][:12]
-    ev = Translator.load(ckpt).read_evidence(sems)
-    pos, neg = int(np.argmax(ev)), int(np.argmin(ev))
-    assert ev[pos] > 0.05 and ev[neg] < -0.05, ev
-    return {"ckpt": ckpt, "sems": sems, "ev": ev, "pos": pos, "neg": neg}
+def model(tmp_path_factory):
+    """test_serving_layers' model (two SEMs reading opposite ways) and its reference data."""
+    data = cached_reference(tmp_path_factory)
+    return {**polarity_model(tmp_path_factory.mktemp("settled") / "ckpt", data), "data": data}
 
 
 def _app(model, work: Path, reference: Path | None = None):  # type: ignore[no-untyped-def]
@@ -170,12 +160,12 @@ def test_pooled_evidence_beyond_one_image_settles_and_a_flip_unsettles(model, tm
         assert _layer(url, "pool")["images"] == state.n
 
 
-def test_a_flipped_stream_on_a_settled_layer_is_flagged_in_the_store(model, data, tmp_path):
+def test_a_flipped_stream_on_a_settled_layer_is_flagged_in_the_store(model, tmp_path):
     """The layer is configured bright; its images read dark. One-pass answers cannot carry
     the image's verdict, but its stored drift row gets it once the evidence is read (the
     same verdict the full path gives, image by image), and once flagged the layer answers
     with the full decision again: the answers are flagged too. A steady stream never is."""
-    app = _app(model, tmp_path, reference=data["shards"] / "reference_stats.json")
+    app = _app(model, tmp_path, reference=model["data"]["shards"] / "reference_stats.json")
     dark_img, e = model["sems"][model["neg"]], float(model["ev"][model["neg"]])
     bright_img = model["sems"][model["pos"]]
     with running_server(app) as url:

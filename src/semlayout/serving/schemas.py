@@ -43,7 +43,21 @@ STORE_ERROR: Responses = {
 }
 SERVER_ERROR: Responses = {500: {**ERROR, "description": "server bug (never a user mistake)"}}
 PNG_IMAGE: Responses = {
-    200: {"content": {"image/png": {}}, "description": "the translated image, the input's size"}
+    200: {
+        "content": {"image/png": {}},
+        "description": "the translated image, the input's size",
+        "headers": {
+            "X-Profile": {
+                "description": "the tool / layer profile that answered: the `layer` label when "
+                "the served model learned that profile, `none` for the shared network",
+                "schema": {"type": "string"},
+            },
+            "X-Layer": {
+                "description": "the layer the image was read as part of",
+                "schema": {"type": "string"},
+            },
+        },
+    }
 }
 
 # for the token endpoints, whose 503 is AUTH_ERRORS' "token not configured"
@@ -88,6 +102,12 @@ class TranslateResponse(BaseModel):
         "model serves one polarity)",
     )
     layer: str = Field("default", description="the layer the image was read as part of")
+    profile: str | None = Field(
+        None,
+        description="the tool / layer profile that answered: the `layer` label when the served "
+        "model learned that profile (its own conditioning), null for the shared network (no "
+        "such profile, or a backend that serves the shared network only); as `X-Profile`",
+    )
     confidence: float | None = Field(
         None,
         description="P(the prediction is good: IoU >= 0.6 for sem2layout, SSIM over the "
@@ -185,6 +205,16 @@ class ReadyResponse(BaseModel):
     drift_reference: str | None = Field(
         None, description="where the drift reference comes from; null: drift checks are off"
     )
+    profiles: list[str] = Field(
+        default_factory=list,
+        description="the tool / layer profiles the served model answers with (a request whose "
+        "`layer` is one of them gets its conditioning)",
+    )
+    profile_note: str | None = Field(
+        None,
+        description="why the model's learned profiles are not served (e.g. the onnx backend "
+        "serves the shared network only); null: they are, or it learned none",
+    )
     reasons: list[str] = Field(default_factory=list)
 
 
@@ -265,6 +295,19 @@ class ConfidenceSummary(BaseModel):
     )
 
 
+class ProfileSummary(BaseModel):
+    """Issue 21: the recent predictions per tool / layer profile that answered them."""
+
+    window: int
+    served: list[str] = Field(..., description="the profiles the served model answers with")
+    profiles: dict[str, Any] = Field(
+        ...,
+        description="{profile ('none': the shared network): {n, directions: {direction: {n, "
+        "with_truth, ssim, iou}}}} over the last `window` predictions; ssim / iou: means over "
+        "those with ground truth (null: none yet)",
+    )
+
+
 class MonitoringSummary(BaseModel):
     model_version: str | None
     inference: InferenceSummary
@@ -273,3 +316,4 @@ class MonitoringSummary(BaseModel):
     feedback_count: int
     polarity: PolaritySummary
     confidence: ConfidenceSummary | None = None
+    profiles: ProfileSummary | None = None

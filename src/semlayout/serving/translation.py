@@ -91,6 +91,7 @@ class Forwarded:
     confidence: Confidence  # how sure the model is (confidence None: unknown)
     layer: str = DEFAULT_LAYER  # the layer it was read as part of
     grey: np.ndarray | None = None  # the model's grey output (before any binarization)
+    profile: str | None = None  # the tool / layer profile that answered (None: shared network)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Translated:
     decision: PolarityDecision
     confidence: Confidence
     layer: str = DEFAULT_LAYER
+    profile: str | None = None  # the tool / layer profile that answered (None: shared network)
 
 
 def _busy(err: QueueFull) -> HTTPException:
@@ -142,7 +144,10 @@ async def forward(
     conf_task: asyncio.Future[list[Confidence]] | None = None
     try:
         try:
-            results = await state.batcher.submit_many(direction, images, polarity, prior)
+            # the layer label selects its profile when the model learned one (the engine's call)
+            results = await state.batcher.submit_many(
+                direction, images, polarity, prior, profile=layer
+            )
         except QueueFull as err:
             raise _busy(err) from None
         # the confidence needs only the inputs and outputs: computed while the input sides
@@ -178,7 +183,18 @@ async def forward(
     confs = await conf_task if conf_task is not None else []
     return [
         Forwarded(
-            img, out, r.model, r.forward_ms, r.batch_size, res, r.decision, side, c, layer, r.output
+            img,
+            out,
+            r.model,
+            r.forward_ms,
+            r.batch_size,
+            res,
+            r.decision,
+            side,
+            c,
+            layer,
+            r.output,
+            r.profile,
         )
         for img, out, r, res, side, c in zip(
             images, outs, results, checks, done, confs, strict=True
@@ -346,6 +362,7 @@ def prepare(
         confidence_signals=json.dumps(item.confidence.signals) if item.confidence.signals else None,
         cohort=cohort,
         input_png=kept_input(item, state.settings),
+        profile=item.profile,
     )
     event = {
         "endpoint": endpoint,
@@ -374,7 +391,9 @@ def prepare(
         }
     info = drift_info(res, model.detectors.get(direction))
     return (
-        Translated(pid, out, png, model, info, item.decision, item.confidence, item.layer),
+        Translated(
+            pid, out, png, model, info, item.decision, item.confidence, item.layer, item.profile
+        ),
         TranslationRecord(prediction, event, drift),
     )
 

@@ -7,7 +7,9 @@ SEM contrast is the pattern; `layer` (a query parameter or a form field, `[A-Za-
 `default` without one) names the data set the image belongs to: auto pools the evidence of
 a layer's images and follows its configured polarity (`semlayout.polarity_layer`). The answer
 says which polarity was used and why (`X-Polarity`, `X-Polarity-Source`, `X-Polarity-Margin`
-when auto decided it, `X-Layer`; the same as JSON fields).
+when auto decided it, `X-Layer`; the same as JSON fields). The `layer` label also selects the
+tool / layer profile (`semlayout.profiles`) when the served model learned one of that name:
+`X-Profile` / `profile` say which answered (`none` / null: the shared network).
 How sure the model is: `X-Confidence`, `X-Predicted-IoU` / `X-Predicted-SSIM` ("unknown" for a
 version without a calibration; `X-Confidence-Reason`); `X-Confidence-Source` says which tier:
 `inline` (the default: free signals only; the full one follows in the monitor store) or `full`
@@ -45,7 +47,9 @@ PolarityQuery = Annotated[str | None, Query(alias="polarity", description=POLARI
 PolarityForm = Annotated[str | None, Form(alias="polarity", description=POLARITY_HELP)]
 LAYER_HELP = (
     "the layer (data set) the images belong to, 1-64 of A-Z a-z 0-9 . _ - (default: "
-    "'default'): auto pools its images' polarity evidence and follows its configured polarity"
+    "'default'): auto pools its images' polarity evidence and follows its configured "
+    "polarity; when the served model learned a tool / layer profile of that name, it answers "
+    "with that profile (X-Profile / profile say which)"
 )
 LayerQuery = Annotated[str | None, Query(alias="layer", description=LAYER_HELP)]
 LayerForm = Annotated[str | None, Form(alias="layer", description=LAYER_HELP)]

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 from helpers_serving import running_server
+from test_serving_polarity import _settings
 
 from semlayout.config import config_from_dict
 from semlayout.data.pairs import encode_png
 from semlayout.inference import Translator
 from semlayout.serving.app import create_app
-from semlayout.serving.settings import ServeSettings
 
 PROFILE = "tool-b"
 
@@ -72,16 +72,6 @@ def ckpt(tmp_path_factory) -> Path:
 def images() -> list[np.ndarray]:
     rng = np.random.default_rng(3)
     return [rng.integers(0, 256, (40, 48), dtype=np.uint8) for _ in range(4)]
-
-
-def _settings(model: Path, work: Path, **kw) -> ServeSettings:
-    return ServeSettings(
-        model=str(model),
-        monitor_db=work / "monitor.db",
-        feedback_dir=work / "feedback",
-        poll_interval_s=0,
-        **kw,
-    )
 
 
 @pytest.fixture(scope="module")

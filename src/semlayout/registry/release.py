@@ -154,12 +154,9 @@ class Registry(RegistryReader):
         hash, pipeline run id, ...; `config_hash` and `git_commit` are filled in when absent),
         `gate_passed`, `gate_result` (the GateResult JSON), `gate_metrics` (the metrics it
         was judged on: `metrics` if given, else the run's `metrics.json`) and `polarities`
-        (the contrast polarities the model learned, "+1,-1"; from the run), `profiles` (the
-        tool / layer profiles its weights carry, when any; from the run) and, for a profile
-        fine-tune, `profile` (`registry.profile_tags.profile_record`: the profile it adapted
-        and its metrics on the reviewed pairs, as `adapted_profile` and
-        `profile.<name>.<direction>.<metric>` tags). The alias `challenger` moves to the new
-        version only if the gate passed.
+        (the contrast polarities the model learned, "+1,-1"; from the run), `profiles` and
+        `profile`'s tags (what it was adapted to: `registry.profile_tags`). The alias
+        `challenger` moves to the new version only if the gate passed.
         """
         name = require(name, "model name")
         with mlflow_errors(f"MLflow run '{run_id}'"):

@@ -77,7 +77,8 @@ def images() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def served(ckpt, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve-profiles")
-    with running_server(create_app(_settings(ckpt, work))) as url:
+    # eager: answers compared byte for byte (auto may pick bf16, within a grey level)
+    with running_server(create_app(_settings(ckpt, work, backend="eager"))) as url:
         yield url, work / "monitor.db"
 
 

@@ -57,8 +57,9 @@ def _cache() -> Path:
     return path
 
 
-def prepare(cache: Path) -> dict[str, Path]:
-    """The new tool's reviewed pool, its held-out set and the reviewed shards (made once)."""
+def prepare(cache: Path, n_pairs: int | None = None) -> dict[str, Path]:
+    """The new tool's reviewed pool, its held-out set and the reviewed shards of each of
+    PAIR_COUNTS and `n_pairs` (made once; a larger count's pool starts with the smaller's)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import new_tool
 
@@ -71,8 +72,9 @@ def prepare(cache: Path) -> dict[str, Path]:
             cache / "heldout_pairs", new_tool.tool_pairs(N_HELDOUT, HELDOUT_SEED)
         )
         write_shards(folder, out["heldout"], val=0.0, test=0.0, seed=0)
-    pool = new_tool.tool_pairs(max(PAIR_COUNTS), POOL_SEED)
-    for n in PAIR_COUNTS:
+    counts = sorted({*PAIR_COUNTS, *([n_pairs] if n_pairs else [])})
+    pool = new_tool.tool_pairs(max(counts), POOL_SEED)
+    for n in counts:
         dest = out[f"reviewed{n}"] = cache / f"reviewed{n}_shards"
         if not (dest / "index.json").is_file():
             folder = new_tool.write_cropped_folder(cache / f"reviewed{n}_pairs", pool[:n])
@@ -150,7 +152,7 @@ def experiment(
     found = _champion()
     assert found is not None
     champ, orig = found
-    data = prepare(cache)
+    data = prepare(cache, n_pairs)
     base = champion_scores(champ, data, orig, cache, n_pairs)
     acfg = adapt_config({**LoopConfig().adaptation.model_dump(), **overrides})
     with tempfile.TemporaryDirectory(prefix="adapt-", dir=cache) as tmp:

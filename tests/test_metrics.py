@@ -206,3 +206,14 @@ def test_ssim_lowpass_separates_the_noise_free_prediction_from_a_noise_imitation
     low = M.ssim_lowpass_batch(clean, noisy)[0], M.ssim_lowpass_batch(imitation, noisy)[0]
     assert low[0] > low[1] and low[0] - low[1] > plain[0] - plain[1], (plain, low)
     assert M.ssim_lowpass_batch(clean[:0], clean[:0]).shape == (0,)
+
+
+def test_ssim_lowpass_sigma_follows_the_image_width():
+    """The low-pass is 2 px at the product's 256 px and scales with the width (the 250 -> S
+    INTER_AREA resize has averaged the noise already): 0.5 px at 64 px."""
+    rng = np.random.default_rng(4)
+    for width, sigma in ((256, 2.0), (64, 0.5)):
+        a, b = rng.random((2, 2, width, width))
+        got = M.ssim_lowpass_batch(a, b)
+        assert np.array_equal(got, M.ssim_lowpass_batch(a, b, sigma=sigma)), width
+        assert not np.array_equal(got, M.ssim_lowpass_batch(a, b, sigma=2 * sigma)), width

@@ -11,12 +11,14 @@ stacks and return one value per image. Layouts are binary with the pattern
           the map with the 5-px border cropped: identical to scikit-image's
           `structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
           use_sample_covariance=False, data_range=1.0)`.
-- `ssim_lowpass`  SSIM after a Gaussian low-pass (sigma `LOWPASS_SIGMA` = 2 px) of both
-          images: Layout->SEM against a *noisy* SEM, where no model can predict the shot
-          noise and the plain SSIM rewards imitating it. On the test split of the `make run`
-          model (60 pairs with their noise-free SEM) the per-pair Spearman correlation with
-          SSIM against the noise-free SEM is 0.16 for the plain SSIM against the noisy one,
-          0.51 / 0.65 / 0.74 / 0.76 after a low-pass of 1 / 1.5 / 2 / 3 px (docs/adaptation.md).
+- `ssim_lowpass`  SSIM after a Gaussian low-pass of both images (sigma `LOWPASS_SIGMA` =
+          2 px at 256 px, scaled with the width: 0.5 px at 64 px, where the 250 -> 64
+          INTER_AREA resize has already averaged the noise 4x4): Layout->SEM against a *noisy*
+          SEM, where no model can predict the shot noise and the plain SSIM rewards imitating
+          it. On the test split of the `make run` model (60 pairs with their noise-free SEM)
+          the per-pair Spearman correlation with SSIM against the noise-free SEM is 0.16 for
+          the plain SSIM against the noisy one, 0.51 / 0.65 / 0.74 / 0.76 after a low-pass of
+          1 / 1.5 / 2 / 3 px (docs/adaptation.md).
 - `psnr`  dB with data_range 1, capped at `PSNR_CAP_DB` = 100 dB so identical
           images give a finite number that JSON and means can carry.
 - `iou`   intersection over union of the foregrounds after `> threshold`;
@@ -40,7 +42,8 @@ from semlayout.errors import SemlayoutError
 
 PSNR_CAP_DB = 100.0
 SSIM_SIGMA = 1.5
-LOWPASS_SIGMA = 2.0  # px: `ssim_lowpass` (Layout->SEM against noisy SEMs)
+LOWPASS_SIGMA = 2.0  # px at LOWPASS_WIDTH: `ssim_lowpass` (Layout->SEM against noisy SEMs)
+LOWPASS_WIDTH = 256  # px: the image width LOWPASS_SIGMA was chosen at (the product's size)
 SSIM_TRUNCATE = 3.5
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5, as scipy.ndimage rounds it
 SSIM_WIN = 2 * SSIM_RADIUS + 1  # 11
@@ -149,11 +152,14 @@ def ssim_batch(a: np.ndarray, b: np.ndarray, chunk: int = 2) -> np.ndarray:
     )
 
 
-def ssim_lowpass_batch(a: np.ndarray, b: np.ndarray, sigma: float = LOWPASS_SIGMA) -> np.ndarray:
-    """SSIM per image after a Gaussian low-pass of both (N, H, W) stacks (module docstring)."""
+def ssim_lowpass_batch(a: np.ndarray, b: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """SSIM per image after a Gaussian low-pass of both (N, H, W) stacks (module docstring);
+    `sigma` in px, by default LOWPASS_SIGMA scaled from LOWPASS_WIDTH to the images' width."""
     import cv2
 
     x, y = _pair(a, b, 3)
+    if sigma is None:
+        sigma = LOWPASS_SIGMA * x.shape[-1] / LOWPASS_WIDTH
     smooth = [
         np.stack([cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for img in z])
         if len(z)

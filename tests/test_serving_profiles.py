@@ -25,6 +25,7 @@ from semlayout.inference import Translator
 from semlayout.serving.app import create_app
 
 PROFILE = "tool-b"
+TOKEN = "profiles-api-token"
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -78,7 +79,8 @@ def images() -> list[np.ndarray]:
 def served(ckpt, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve-profiles")
     # eager: answers compared byte for byte (auto may pick bf16, within a grey level)
-    with running_server(create_app(_settings(ckpt, work, backend="eager"))) as url:
+    settings = _settings(ckpt, work, backend="eager", api_token=TOKEN)
+    with running_server(create_app(settings)) as url:
         yield url, work / "monitor.db"
 
 
@@ -200,6 +202,33 @@ def test_predictions_record_the_profile_and_the_summary_slices_by_it(served, ima
     assert summary["profiles"][PROFILE]["n"] == n_tool + 2
     assert summary["profiles"]["none"]["n"] == n_none + 1
     assert summary["profiles"][PROFILE]["directions"]["sem2layout"]["with_truth"] == 0
+    # the quality per profile: a ground truth for one profile prediction (its own output:
+    # SSIM 1) and one for a shared-network prediction (its inverse: SSIM far lower)
+    truths = {}
+    for lab in (PROFILE, "x-layer"):
+        files = {"image": ("x.png", encode_png(images[3]), "image/png")}
+        r = httpx.post(
+            f"{url}/v1/translate/sem2layout/json",
+            params={"layer": lab, "polarity": "bright", "binarize": "true"},
+            files=files,
+            timeout=60,
+        ).json()
+        out = decode_png(base64.b64decode(r["image_png_base64"]))
+        truth = out if lab == PROFILE else 255 - out
+        g = httpx.post(
+            f"{url}/v1/ground-truth/{r['prediction_id']}",
+            files={"image": ("t.png", encode_png(truth), "image/png")},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=60,
+        )
+        assert g.status_code == 200, g.text
+        truths[lab] = g.json()["metrics"]["ssim"]
+    summary = httpx.get(f"{url}/v1/monitoring/summary", timeout=30).json()["profiles"]
+    tool = summary["profiles"][PROFILE]["directions"]["sem2layout"]
+    shared = summary["profiles"]["none"]["directions"]["sem2layout"]
+    assert tool["with_truth"] == 1 and tool["ssim"] == pytest.approx(truths[PROFILE])
+    assert shared["with_truth"] == 1 and shared["ssim"] == pytest.approx(truths["x-layer"])
+    assert truths[PROFILE] > truths["x-layer"]
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT profile, COUNT(*) FROM predictions GROUP BY profile").fetchall()
     counts = dict(rows)

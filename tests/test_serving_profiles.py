@@ -106,6 +106,10 @@ def test_the_layer_label_selects_the_learned_profile_on_every_endpoint(served, c
     assert r.headers["X-Profile"] == PROFILE and r.headers["X-Layer"] == PROFILE
     assert np.array_equal(decode_png(r.content), tool)
 
+    r = _png(url, img, layer=PROFILE, polarity="bright", confidence="full")
+    assert r.status_code == 200 and r.headers["X-Confidence-Source"] == "full"
+    assert r.headers["X-Profile"] == PROFILE and np.array_equal(decode_png(r.content), tool)
+
     r = _png(url, img, polarity="bright")  # no label: layer "default", no such profile
     assert r.status_code == 200 and r.headers["X-Profile"] == "none"
     assert np.array_equal(decode_png(r.content), shared)
@@ -262,3 +266,35 @@ def test_auto_picks_a_backend_that_serves_the_profiles(ckpt):
     assert list(views) == [PROFILE]
     assert views[PROFILE].eager is tr.eager  # one set of weights: views over the same nets
     assert views[PROFILE].info["profile"] == PROFILE and tr.info["profile"] is None
+
+
+def test_the_full_confidence_runs_the_profile_that_answered(served, ckpt, images):
+    """The full confidence's own forwards (cycle, dihedral) use the answering profile: the
+    stored signals equal `assess` with the profile's translator, not the shared network's."""
+    import json
+
+    from semlayout.confidence import assess
+    from semlayout.polarity_auto import PolarityDecision
+
+    url, db = served
+    img = images[1]
+    got = {}
+    for lab in (PROFILE, "x-layer"):
+        r = httpx.post(
+            f"{url}/v1/translate/sem2layout/json",
+            params={"layer": lab, "polarity": "bright", "confidence": "full"},
+            files={"image": ("x.png", encode_png(img), "image/png")},
+            timeout=60,
+        ).json()
+        with sqlite3.connect(db) as conn:
+            [(sig,)] = conn.execute(
+                "SELECT confidence_signals FROM predictions WHERE id = ?", (r["prediction_id"],)
+            ).fetchall()
+        got[lab] = json.loads(sig)
+    decision = PolarityDecision(1, "given")
+    for lab, profile in ((PROFILE, PROFILE), ("x-layer", None)):
+        tr = Translator.load(ckpt, profile=profile)
+        [grey] = tr.translate("sem2layout", [img], polarity="bright")
+        [want] = assess(tr, None, "sem2layout", [img], [grey], [decision], "full")
+        assert got[lab] == pytest.approx(want.signals), lab
+    assert got[PROFILE] != got["x-layer"]

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 from helpers_serving import running_server
+from test_profiles import _film_cfg
 from test_serving_polarity import _settings
 
-from semlayout.config import config_from_dict
+from semlayout.config import apply_overrides
 from semlayout.data.pairs import encode_png
 from semlayout.inference import Translator
 from semlayout.serving.app import create_app
@@ -39,21 +40,7 @@ def profile_checkpoint(dest: Path) -> Path:
     profile fine-tune changes; `tests/test_profiles.py` trains one for real)."""
     from semlayout.train.checkpoint import build_networks, save_checkpoint
 
-    cfg = config_from_dict(
-        {
-            "name": "serving-profile-test",
-            "generator": {
-                "image_size": 32,
-                "base_filters": 4,
-                "max_filters": 8,
-                "n_down": 3,
-                "polarity_conditioning": "film",
-                "profiles": [PROFILE],
-                "profile_adapter_rank": 2,
-            },
-            "discriminator": {"base_filters": 4, "n_layers": 1},
-        }
-    )
+    cfg = apply_overrides(_film_cfg([PROFILE]), {"generator.profile_adapter_rank": 2})
     torch.manual_seed(0)
     nets = build_networks(cfg)
     with torch.no_grad():

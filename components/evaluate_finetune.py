@@ -36,14 +36,24 @@ def evaluate_finetune(
     from semlayout.gate import gate_config
     from semlayout.model_uri import ModelUri
     from semlayout.registry import CHAMPION, Registry
+    from semlayout.registry.profile_tags import profile_record
     from semlayout_components.common import Stopwatch, read_json, write_json
 
     champ = Registry.local_checkpoint(
         base_model or str(ModelUri(model_name, alias=CHAMPION)), mlflow_uri or None
     )
+    # a profile fine-tune (issue 21): the new pairs are judged with that profile
+    adaptation = Path(model.path) / "adaptation.json"
+    profile = (
+        (read_json(adaptation).get("config") or {}).get("profile") if adaptation.is_file() else None
+    )
     with Stopwatch() as sw:
         evals = evaluate_pair_of_models(
-            Path(model.path), champ, Path(new_shards.path), Path(original_shards.path)
+            Path(model.path),
+            champ,
+            Path(new_shards.path),
+            Path(original_shards.path),
+            profile=profile,
         )
         samples = evals["new"].pop("samples", [])
         cfg = gate_config(
@@ -90,6 +100,8 @@ def evaluate_finetune(
             "gate": json.loads(gate.to_json()),
             "gate_config": cfg.model_dump(),
             "confidence_calibration": None if calibration is None else calibration.to_dict(),
+            # what the version was adapted to: its profile and that profile's metrics
+            "profile": None if profile is None else profile_record(profile, new, new_champ),
             # the fine-tune's learning curve on the held-out reviewed pairs (and original ones)
             "learning_curve": (read_json(history) if history.is_file() else {}).get("epochs", []),
         },

@@ -36,7 +36,12 @@ def register(
     gate = GateResult.model_validate(ev["gate"])
     registry = Registry(mlflow_uri)
     version = registry.register(
-        model_name, run_id, gate, json.loads(lineage), drift_reference=shards.path
+        model_name,
+        run_id,
+        gate,
+        json.loads(lineage),
+        drift_reference=shards.path,
+        profile=ev.get("profile"),  # a profile fine-tune: the profile and its metrics
     )
     uri = str(ModelUri(model_name, version=str(version)))
     print(f"registered {uri} (alias challenger: {gate.passed})")

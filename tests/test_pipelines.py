@@ -428,7 +428,9 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
     tmp_path: Path, tiny_run_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Train -> approve (champion) -> the loop's local launcher runs the fine-tune pipeline:
-    reviewed pairs + replay, fine-tune from the champion, judged on both test splits."""
+    reviewed pairs + replay, fine-tune of a tool / layer profile from the champion, judged on
+    both test splits (the reviewed pairs with the profile); the version it registers names
+    the profile and its metrics (issue 21)."""
     from mlflow.tracking import MlflowClient
 
     from semlayout.continual import LaunchRequest, LoopConfig
@@ -463,7 +465,14 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
         original_data_uri=data_dir,
         replay_n=4,
         config=cfg_args[0],
-        adaptation={"steps": 2, "lr": 5e-5, "eval_every": 1, "crop_size": None},
+        adaptation={
+            "steps": 2,
+            "lr": 5e-5,
+            "eval_every": 1,
+            "crop_size": None,
+            "profile": "tool-b",
+            "adapter_rank": 2,
+        },
         floors={"sem2layout": 0.0, "layout2sem": 0.0},
         tolerance=1.0,
         workdir=str(tmp_path / "loop"),
@@ -481,9 +490,16 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
     assert {"ingest", "ingest-2", "shard-mix", "finetune", "evaluate-finetune", "track"} <= steps
     client = MlflowClient(tracking_uri=tracking)
     versions = sorted(str(v.version) for v in client.search_model_versions("name='semlayout'"))
+    ev = json.loads(next((tmp_path / "loop").rglob("evaluate-finetune/evaluation")).read_text())
+    assert ev["profile"]["name"] == "tool-b"
+    new_iou = ev["new_pairs_metrics"]["sem2layout"]["iou"]
+    assert ev["profile"]["metrics"]["sem2layout.iou"] == new_iou
     if result.gate_passed:
         assert result.model_version == "2" and versions == ["1", "2"]
         assert str(client.get_model_version_by_alias("semlayout", "challenger").version) == "2"
+        tags = client.get_model_version("semlayout", "2").tags
+        assert tags["profiles"] == "tool-b" and tags["adapted_profile"] == "tool-b"
+        assert float(tags["profile.tool-b.sem2layout.iou"]) == pytest.approx(new_iou, abs=1e-4)
     else:
         assert result.model_version is None and versions == ["1"]
     # a fine-tune never moves the champion: that is the release manager's decision
@@ -493,7 +509,7 @@ def test_finetune_pipeline_from_the_champion_via_the_loop_launcher(
     champ_cfg = client.get_run(client.get_model_version("semlayout", "1").run_id).data.params
     assert str(ft_cfg["generator"]["image_size"]) == champ_cfg["cfg.generator.image_size"]
     assert ft_cfg["train"]["lr"] == 5e-5
-    ev = json.loads(next((tmp_path / "loop").rglob("evaluate-finetune/evaluation")).read_text())
+    assert ft_cfg["generator"]["profiles"] == ["tool-b"]
     assert [r["step"] for r in ev["learning_curve"]] == [0, 1, 2]
 
 

@@ -15,16 +15,28 @@ from semlayout.gate import GateConfig, GateResult, gate_config, judge_finetune
 
 
 def evaluate_pair_of_models(
-    candidate: Path, champion: Path, new_shards: Path, original_shards: Path, n_samples: int = 4
+    candidate: Path,
+    champion: Path,
+    new_shards: Path,
+    original_shards: Path,
+    n_samples: int = 4,
+    profile: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{"new", "new_champion", "orig", "orig_champion"}: `evaluate_model` results with per-pair
-    scores (report samples only in "new")."""
+    scores (report samples only in "new"). `profile`: the tool / layer profile the reviewed
+    pairs come from (a profile fine-tune's): both models translate the new pairs with it, as
+    the server would answer that layer (a model that never learned it: its shared network);
+    the original shard always with the shared network."""
     from semlayout.evaluation import evaluate_model
+    from semlayout.inference import Translator
+
+    def on_new(model: Path) -> Any:
+        return Translator.load(model, profile=profile) if profile else model
 
     out: dict[str, dict[str, Any]] = {}
     for key, model, shards in (
-        ("new", candidate, new_shards),
-        ("new_champion", champion, new_shards),
+        ("new", on_new(candidate), new_shards),
+        ("new_champion", on_new(champion), new_shards),
         ("orig", candidate, original_shards),
         ("orig_champion", champion, original_shards),
     ):

@@ -138,6 +138,8 @@ class Translator:
         self.source = source
         self.backend = backend
         self.info: dict[str, Any] = dict(info or {})
+        # eager / bf16: (generators, device, dtype), for profile views sharing the weights
+        self.eager: tuple[dict[str, Any], Any, Any] | None = None
         self._pool = threading.local()  # each thread's reusable input batch (`input_batch`)
 
     # ------------------------------------------------------------ construction
@@ -169,8 +171,8 @@ class Translator:
             torch.set_num_threads(max(1, int(num_threads)))
         ckpt, registry = resolve_model_path(model, tracking_uri)
         dev = torch.device(device)
-        cfg, nets, meta = load_generators(ckpt, dev)
-        nets, used_profile = profile_views(cfg, nets, profile)
+        cfg, shared, meta = load_generators(ckpt, dev)
+        nets, used_profile = profile_views(cfg, shared, profile)
         if used_profile is not None and backend == "onnx":
             raise SemlayoutError(
                 f"profile {used_profile!r}: the onnx backend serves the shared network only; "
@@ -197,12 +199,14 @@ class Translator:
             runners: dict[str, Runner] = {
                 d: eager_runner(nets[NET_FOR_DIRECTION[d]], dev, dtype) for d in DIRECTIONS
             }
-        else:
-            if dev.type != "cpu":
-                raise SemlayoutError(f"the onnx backend runs on cpu here, got device '{device}'")
-            files = onnx_files(ckpt, registry, Path(cache_dir) if cache_dir else None, nets, size)
-            runners = {d: onnx_runner(files[d], num_threads) for d in DIRECTIONS}
-            info["onnx"] = {d: str(p) for d, p in files.items()}
+            tr = cls(runners, cfg, size, str(model), backend, info)
+            tr.eager = (shared, dev, dtype)
+            return tr
+        if dev.type != "cpu":
+            raise SemlayoutError(f"the onnx backend runs on cpu here, got device '{device}'")
+        files = onnx_files(ckpt, registry, Path(cache_dir) if cache_dir else None, nets, size)
+        runners = {d: onnx_runner(files[d], num_threads) for d in DIRECTIONS}
+        info["onnx"] = {d: str(p) for d, p in files.items()}
         return cls(runners, cfg, size, str(model), backend, info)
 
     @classmethod
@@ -216,12 +220,13 @@ class Translator:
         profile: str | None,
     ) -> Translator:
         """backend="auto": every candidate loaded, probed and timed; the winner returned with
-        the probe's report in `info["backend_probe"]` (onnx is no candidate for a profile:
-        it serves the shared network only)."""
+        the probe's report in `info["backend_probe"]` (onnx is no candidate for a profile or
+        a model that learned profiles: it serves the shared network only)."""
         from semlayout.backend_probe import candidates, choose
+        from semlayout.inference_profiles import learned_profiles
 
         names = candidates() if device == "cpu" else ["eager"]
-        if profile is not None:
+        if profile is not None or learned_profiles(model, tracking_uri):
             names = [b for b in names if b != "onnx"]
         loaded = {
             b: cls.load(model, b, tracking_uri, device, num_threads, cache_dir, profile)

@@ -124,6 +124,22 @@ def _echo_metrics(info: dict[str, Any]) -> None:
     typer.echo("  (better / worse: direction only, no noise estimate; all metrics: --json)")
 
 
+def _echo_adaptation(info: dict[str, Any]) -> None:
+    """What the version was adapted to: polarities, tool / layer profiles, per-profile metrics
+    (`registry.profile_tags`)."""
+    typer.echo(f"polarities: {', '.join(info.get('polarities') or []) or '+1'}")
+    typer.echo(f"profiles: {', '.join(info.get('profiles') or []) or 'none (shared network)'}")
+    if info.get("adapted_profile"):
+        typer.echo(f"adapted profile: {info['adapted_profile']}")
+    for name, block in sorted((info.get("profile_metrics") or {}).items()):
+        n = f" ({block['n_pairs']} reviewed test pairs)" if block.get("n_pairs") else ""
+        typer.echo(f"profile {name}{n}:{'':<6}{'this version':>14}{'champion':>12}{'delta':>10}")
+        for key, va in sorted(block.get("metrics", {}).items()):
+            vb = block.get("champion", {}).get(key)
+            delta = f"{va - vb:+.4f}" if vb is not None else "-"
+            typer.echo(f"  {key:<28}{_fmt(va):>14}{_fmt(vb):>12}{delta:>10}")
+
+
 @group.command("show")
 def show_cmd(
     name: Annotated[str, typer.Argument(help="registered model name")],
@@ -167,6 +183,7 @@ def show_cmd(
     for reason in gate_info.get("reasons", []):
         typer.echo(f"  - {reason}")
     _echo_metrics(info)
+    _echo_adaptation(info.get("adaptation") or {})
     typer.echo("lineage:")
     for k, v in sorted(info["lineage"].items()):
         typer.echo(f"  {k}: {v}")

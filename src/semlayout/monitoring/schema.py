@@ -10,7 +10,9 @@ predictions        id, ts, direction, model_version, input_sha256, width, height
                    output_bytes (its size, for the byte budget of the retention policy),
                    polarity (+1 / -1: the contrast polarity it was translated in; NULL in rows
                    made before it was recorded), confidence, predicted_quality,
-                   confidence_reason, cohort, input_png (kept for review; issue 17)
+                   confidence_reason, cohort, input_png (kept for review; issue 17),
+                   profile (the tool / layer profile that answered; NULL: the shared network,
+                   or a row made before profiles were recorded; issue 21)
 inference_events   one row per request outcome: latency, forward time, status, error reason,
                    input/output statistics (JSON)
 drift_events       one row per translated image: drifted, max |z|, KL, z-scores and features (JSON)
@@ -66,6 +68,7 @@ predictions = sa.Table(
     sa.Column("confidence_signals", sa.Text),  # JSON {signal: value}
     sa.Column("cohort", sa.Text),
     sa.Column("input_png", sa.LargeBinary),
+    sa.Column("profile", sa.Text),  # issue 21 (migration 0007): NULL = the shared network
     sa.Index("predictions_ts", "ts"),
     sa.Index("predictions_sha", "input_sha256"),
 )

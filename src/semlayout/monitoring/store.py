@@ -59,6 +59,7 @@ class Prediction:
     confidence_signals: str | None = None  # JSON {signal: value}
     cohort: str | None = None
     input_png: bytes | None = None
+    profile: str | None = None  # the tool / layer profile that answered (None: shared network)
 
 
 @dataclass(frozen=True)

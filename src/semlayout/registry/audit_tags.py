@@ -19,6 +19,7 @@ import subprocess
 from typing import Any
 
 from semlayout.errors import SemlayoutError
+from semlayout.registry.profile_tags import read_adaptation
 from semlayout.registry.run_logging import flatten_numbers
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
@@ -130,6 +131,7 @@ def version_summary(mv: Any, aliases: dict[str, str]) -> dict[str, Any]:
         "lineage": {k[len("lineage.") :]: v for k, v in tags.items() if k.startswith("lineage.")},
         "decision": {k: tags[k] for k in DECISION_TAGS if k in tags},
         "audit_log": read_list(tags, AUDIT_TAG),
+        "adaptation": read_adaptation(tags),
     }
 
 

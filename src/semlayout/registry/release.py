@@ -32,6 +32,7 @@ from semlayout.registry.audit_tags import (
 )
 from semlayout.registry.lookups import RegistryReader
 from semlayout.registry.model_cache import DRIFT_ARTIFACTS, DRIFT_TAG
+from semlayout.registry.profile_tags import TAG_PROFILES, profile_tags
 from semlayout.registry.run_logging import (
     TAG_CONFIG_HASH,
     TAG_MODEL_URI,
@@ -139,6 +140,7 @@ class Registry(RegistryReader):
         lineage: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         drift_reference: PathLike | None = None,
+        profile: dict[str, Any] | None = None,
     ) -> int:
         """Register the run's pyfunc model as a new version of `name`; returns its number.
 
@@ -152,7 +154,8 @@ class Registry(RegistryReader):
         hash, pipeline run id, ...; `config_hash` and `git_commit` are filled in when absent),
         `gate_passed`, `gate_result` (the GateResult JSON), `gate_metrics` (the metrics it
         was judged on: `metrics` if given, else the run's `metrics.json`) and `polarities`
-        (the contrast polarities the model learned, "+1,-1"; from the run). The alias
+        (the contrast polarities the model learned, "+1,-1"; from the run), `profiles` and
+        `profile`'s tags (what it was adapted to: `registry.profile_tags`). The alias
         `challenger` moves to the new version only if the gate passed.
         """
         name = require(name, "model name")
@@ -168,6 +171,9 @@ class Registry(RegistryReader):
             with contextlib.suppress(Exception):
                 metrics = self.run_metrics(run_id)
         tags = self._registration_tags(run, gate, lineage, metrics)
+        tags.update(profile_tags(profile))
+        if run.data.tags.get(TAG_PROFILES):
+            tags[TAG_PROFILES] = run.data.tags[TAG_PROFILES]
         if drift_reference is not None:
             tags[DRIFT_TAG] = self._log_drift_reference(run_id, drift_reference)
         self._ensure_model(name)

@@ -109,13 +109,18 @@ def checkpoint_config(ckpt: Path, config: Any = None) -> dict[str, Any]:
 
 
 def run_tags(ckpt: Path, cfg_dict: dict[str, Any], tags: dict[str, str] | None) -> dict[str, str]:
-    """The run's tags: the config hash, the checkpoint's step when it recorded one, `tags`."""
+    """The run's tags: the config hash, the learned polarities and tool / layer profiles
+    (`registry.profile_tags`), the checkpoint's step when it recorded one, `tags`."""
+    from semlayout.registry.profile_tags import TAG_PROFILES, profiles_tag
+
     learned = (cfg_dict.get("polarity") or {}).get("learned") or [1]
     out = {
         TAG_CONFIG_HASH: config_hash(cfg_dict),
         TAG_POLARITIES: ",".join(f"{int(p):+d}" for p in learned),
         **(tags or {}),
     }
+    if profiles_tag(cfg_dict):
+        out[TAG_PROFILES] = profiles_tag(cfg_dict)
     try:
         meta = json.loads((ckpt / "config.json").read_text())
         if isinstance(meta, dict) and "step" in meta:

@@ -1,6 +1,7 @@
 """The answer of a translate request, from its `serving.translation.Translated`: the JSON
 body (`as_response`, with `confidence_fields`) or a PNG's headers (`png_headers`, with
-`confidence_headers`: which confidence tier it carries is `X-Confidence-Source`)."""
+`confidence_headers`: which confidence tier it carries is `X-Confidence-Source`); the tool /
+layer profile that answered is `X-Profile` / `profile` (`none` / null: the shared network)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,16 @@ def as_response(done: Translated, direction: Direction) -> TranslateResponse:
         polarity_source=done.decision.source,
         layer=done.layer,
         polarity_evidence=done.evidence,
+        profile=done.profile,
         **confidence_fields(done.confidence),
     )
+
+
+def profile_header(profile: str | None) -> str:
+    """`X-Profile`: the tool / layer profile that answered, `none` for the shared network."""
+    from semlayout.monitoring.profile_store import SHARED
+
+    return SHARED if profile is None else profile
 
 
 def confidence_fields(c: Confidence) -> dict[str, Any]:
@@ -68,6 +77,7 @@ def png_headers(done: Translated) -> dict[str, str]:
         "X-Polarity": f"{done.decision.polarity:+d}",
         "X-Polarity-Source": done.decision.source,
         "X-Layer": done.layer,
+        "X-Profile": profile_header(done.profile),
         **confidence_headers(done.confidence),
     }
     if done.evidence is not None:

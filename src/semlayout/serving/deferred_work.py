@@ -36,14 +36,18 @@ def confidences(
     models: Sequence[LoadedModel],
     decisions: Sequence[PolarityDecision],
     tier: str = "full",
+    profiles: Sequence[str | None] | None = None,
 ) -> list[Confidence]:
     """The confidence of each image in `tier`, by the model (and calibration) that translated
-    it, from its grey output (before any binarization)."""
+    it, from its grey output (before any binarization); its forwards run the tool / layer
+    profile that answered (`profiles`; None: the shared network)."""
     out: list[Confidence | None] = [None] * len(images)
-    for model in {id(m): m for m in models}.values():
-        idx = [i for i, m in enumerate(models) if m is model]
+    profs = list(profiles) if profiles is not None else [None] * len(images)
+    keys = {(id(m), p): (m, p) for m, p in zip(models, profs, strict=True)}
+    for model, profile in keys.values():
+        idx = [i for i, m in enumerate(models) if m is model and profs[i] == profile]
         got = assess(
-            model.translator,
+            model.translator_for(profile),
             model.calibration,
             direction,
             [images[i] for i in idx],
@@ -68,6 +72,7 @@ def full_confidence(
         [it.grey if it.grey is not None else it.output for it in items],
         [it.model for it in items],
         [it.decision for it in items],
+        profiles=[it.profile for it in items],
     )
     from semlayout.monitoring.confidence_store import update_confidence
 

@@ -98,6 +98,20 @@ class LoadedModel:
     drift_source: str | None = None
     # the confidence calibration saved beside the weights (None: confidence unknown)
     calibration: Calibration | None = None
+    # {tool / layer profile: a translator answering for it}, sharing `translator`'s weights
+    # (`semlayout.inference_profiles`); {} when the model learned none or the backend cannot
+    # serve them (`profile_note` says why)
+    profiles: dict[str, Translates] = field(default_factory=dict)
+    profile_note: str | None = None
+
+    def profile_for(self, label: str | None) -> str | None:
+        """The profile that answers a request labelled `label`: the label when this model
+        serves it, else None (the shared network)."""
+        return label if label is not None and label in self.profiles else None
+
+    def translator_for(self, profile: str | None) -> Translates:
+        """The translator of `profile` (`profile_for`'s answer; None: the shared network)."""
+        return self.translator if profile is None else self.profiles[profile]
 
 
 def registry_ref(uri: str) -> ModelUri | None:
@@ -169,8 +183,9 @@ def _registry_version(
 
 def load_model(model: str, backend: str = "eager", tracking_uri: str | None = None) -> LoadedModel:
     """Load a checkpoint folder or registry URI into a `LoadedModel` (pinning aliases to a
-    version)."""
+    version), with its tool / layer profiles (`serving.profile_loading.with_profiles`)."""
     from semlayout.inference import Translator
+    from semlayout.serving.profile_loading import with_profiles
 
     if not model:
         raise SemlayoutError(
@@ -184,7 +199,7 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
         pinned = ref.pinned(mv.version)
         ckpt = registry.fetch(pinned)  # downloaded once: Translator.load finds it in the cache
         translator = Translator.load(str(pinned), backend=backend, tracking_uri=tracking_uri)
-        return LoadedModel(
+        loaded = LoadedModel(
             translator,
             str(mv.version),
             str(pinned),
@@ -193,19 +208,21 @@ def load_model(model: str, backend: str = "eager", tracking_uri: str | None = No
             drift_reference=drift_reference_of(ckpt),
             calibration=load_calibration(ckpt),
         )
+        return with_profiles(loaded)
     folder = Path(model)
     if not folder.is_dir():
         raise SemlayoutError(
             f"model not found: '{model}' (expected a checkpoint folder or models:/NAME@ALIAS)"
         )
     translator = Translator.load(folder, backend=backend)
-    return LoadedModel(
+    loaded = LoadedModel(
         translator,
         _local_version(folder),
         str(folder),
         translator.backend,  # what "auto" chose
         calibration=load_calibration(folder),
     )
+    return with_profiles(loaded)
 
 
 @dataclass(frozen=True)
@@ -214,6 +231,7 @@ class TranslateResult:
     model: LoadedModel
     forward_ms: float
     decisions: list[PolarityDecision]
+    profile: str | None = None  # the tool / layer profile that answered (None: shared network)
 
 
 class InferenceEngine:
@@ -283,16 +301,19 @@ class InferenceEngine:
         images: list[np.ndarray],
         polarity: str = "auto",
         prior: Prior = None,
+        profile: str | None = None,
     ) -> TranslateResult:
         """Translate a batch on the model current at call time (a swap meanwhile does not
-        affect it), in `polarity` (auto | bright | dark; `prior`: the layer's polarity)."""
+        affect it), in `polarity` (auto | bright | dark; `prior`: the layer's polarity), with
+        the tool / layer `profile` when that model serves it (else the shared network)."""
         if direction not in DIRECTIONS:
             raise SemlayoutError(
                 f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}"
             )
         loaded = self._current
+        used = loaded.profile_for(profile)
         t0 = time.perf_counter()
-        done = loaded.translator.translate_detailed(
+        done = loaded.translator_for(used).translate_detailed(
             direction,
             list(images),
             polarity=polarity,
@@ -301,7 +322,7 @@ class InferenceEngine:
         )
         forward_ms = (time.perf_counter() - t0) * 1000
         return TranslateResult(
-            [t.output for t in done], loaded, forward_ms, [t.decision for t in done]
+            [t.output for t in done], loaded, forward_ms, [t.decision for t in done], used
         )
 
     def reload(self, force: bool = False) -> dict[str, Any]:
@@ -342,6 +363,7 @@ class ImageResult:
     forward_ms: float  # the whole batch's forward pass
     batch_size: int  # images in that forward pass
     decision: PolarityDecision  # the polarity it was translated in
+    profile: str | None = None  # the tool / layer profile that answered (None: shared network)
 
 
 @dataclass
@@ -351,6 +373,7 @@ class _Job:
     future: asyncio.Future[ImageResult]
     polarity: str = "auto"  # auto | bright | dark
     prior: Prior = None  # the layer's word
+    profile: str | None = None  # the tool / layer profile asked for (the request's layer)
 
     @property
     def field(self) -> bool:
@@ -419,16 +442,19 @@ class MicroBatcher:
         images: Sequence[np.ndarray],
         polarity: str = "auto",
         prior: Prior = None,
+        profile: str | None = None,
     ) -> list[ImageResult]:
-        """One result per image, in order. All of `images` or none: QueueFull before any is
-        queued when they do not all fit."""
+        """One result per image, in order, translated with the tool / layer `profile` when the
+        served model learned it (else the shared network). All of `images` or none: QueueFull
+        before any is queued when they do not all fit."""
         self.check_room(len(images))
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[ImageResult]] = []
         for image in images:  # no await between the check and the puts: nothing else can queue
             futures.append(loop.create_future())
-            self._queue.put_nowait(_Job(direction, image, futures[-1], polarity, prior))
+            job = _Job(direction, image, futures[-1], polarity, prior, profile)
+            self._queue.put_nowait(job)
         try:
             return list(await asyncio.gather(*futures))
         finally:
@@ -451,36 +477,41 @@ class MicroBatcher:
                     )
                 except (asyncio.QueueEmpty, TimeoutError):
                     break
-            # one forward per (direction, polarity request): they run different networks; a
-            # field (tiles, `semlayout.tiling`) runs alone, after the windows it came with
-            kinds = dict.fromkeys((j.direction, j.polarity, j.prior) for j in jobs)
-            groups = [
-                [j for j in jobs if (j.direction, j.polarity, j.prior) == k and not j.field]
-                for k in kinds
-            ] + [[j] for j in jobs if j.field]
+            # one forward per (direction, polarity request, profile that answers): they run
+            # different networks; a field (tiles, `semlayout.tiling`) runs alone, after the
+            # windows it came with
+            kind = self._kind(self.engine.current)
+            kinds = dict.fromkeys(kind(j) for j in jobs)
+            groups = [[j for j in jobs if kind(j) == k and not j.field] for k in kinds] + [
+                [j] for j in jobs if j.field
+            ]
             for group in groups:
                 group = [j for j in group if not j.future.cancelled()]
-                if group:
-                    j = group[0]
-                    await self._forward(loop, j.direction, j.polarity, j.prior, group)
+                if group:  # the profile that answers, as grouped (a swap meanwhile: honest)
+                    await self._forward(loop, group, kind(group[0])[3])
+
+    @staticmethod
+    def _kind(current: LoadedModel) -> Callable[[_Job], tuple[Any, ...]]:
+        """A job's forward group: (direction, polarity request, prior, the profile of `current`
+        that answers its label)."""
+        return lambda j: (j.direction, j.polarity, j.prior, current.profile_for(j.profile))
 
     async def _forward(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        direction: str,
-        polarity: str,
-        prior: Prior,
-        group: list[_Job],
+        self, loop: asyncio.AbstractEventLoop, group: list[_Job], profile: str | None
     ) -> None:
-        """One forward of `group` in the worker thread; each job's future gets its result."""
+        """One forward of `group` (one direction, polarity request and `profile`) in the worker
+        thread; each job's future gets its result."""
+        first = group[0]
+        direction = first.direction
         try:
             res = await loop.run_in_executor(
                 self._executor,
                 self.engine.translate,
                 direction,
                 [j.image for j in group],
-                polarity,
-                prior,
+                first.polarity,
+                first.prior,
+                profile,
             )
         except Exception as err:  # noqa: BLE001 - handed to every waiting request
             for j in group:
@@ -491,4 +522,6 @@ class MicroBatcher:
             self.on_batch(direction, len(group), res.forward_ms)
         for j, out, dec in zip(group, res.outputs, res.decisions, strict=True):
             if not j.future.done():
-                j.future.set_result(ImageResult(out, res.model, res.forward_ms, len(group), dec))
+                j.future.set_result(
+                    ImageResult(out, res.model, res.forward_ms, len(group), dec, res.profile)
+                )

@@ -95,10 +95,10 @@ def _read(items: Sequence[Forwarded]) -> list[PolarityDecision]:
     """Each item's decision completed with its image's own evidence, cycle and margin (what
     the full decision would have carried; the polarity stays the one it was answered in)."""
     out: list[PolarityDecision | None] = [None] * len(items)
-    models = {id(it.model): it.model for it in items}
-    for key, model in models.items():
-        idx = [i for i, it in enumerate(items) if id(it.model) == key]
-        e, cyc = read_images(model.translator, [items[i].image for i in idx])
+    keys = {(id(it.model), it.profile): (it.model, it.profile) for it in items}
+    for key, (model, profile) in keys.items():  # the profile that answered reads it
+        idx = [i for i, it in enumerate(items) if (id(it.model), it.profile) == key]
+        e, cyc = read_images(model.translator_for(profile), [items[i].image for i in idx])
         for k, i in enumerate(idx):
             d = items[i].decision
             margin = None

@@ -64,6 +64,15 @@ PNG_IMAGE: Responses = {
                 "generator passes); deferred: the layer's polarity is settled, the answer is "
                 "one pass and the evidence is read after it (layer pooling, drift test)"
             ),
+            "X-Profile": {
+                "description": "the tool / layer profile that answered: the `layer` label when "
+                "the served model learned that profile, `none` for the shared network",
+                "schema": {"type": "string"},
+            },
+            "X-Layer": {
+                "description": "the layer the image was read as part of",
+                "schema": {"type": "string"},
+            },
         },
     }
 }
@@ -117,6 +126,12 @@ class TranslateResponse(BaseModel):
         "generator passes), deferred (the layer has settled its polarity: answered in one "
         "pass, the image's evidence read after the answer for the layer's pooling and drift "
         "test); null: not read (a given polarity, layout2sem, a one-polarity model)",
+    )
+    profile: str | None = Field(
+        None,
+        description="the tool / layer profile that answered: the `layer` label when the served "
+        "model learned that profile (its own conditioning), null for the shared network (no "
+        "such profile, or a backend that serves the shared network only); as `X-Profile`",
     )
     confidence: float | None = Field(
         None,
@@ -215,6 +230,16 @@ class ReadyResponse(BaseModel):
     drift_reference: str | None = Field(
         None, description="where the drift reference comes from; null: drift checks are off"
     )
+    profiles: list[str] = Field(
+        default_factory=list,
+        description="the tool / layer profiles the served model answers with (a request whose "
+        "`layer` is one of them gets its conditioning)",
+    )
+    profile_note: str | None = Field(
+        None,
+        description="why the model's learned profiles are not served (e.g. the onnx backend "
+        "serves the shared network only); null: they are, or it learned none",
+    )
     reasons: list[str] = Field(default_factory=list)
 
 
@@ -295,6 +320,19 @@ class ConfidenceSummary(BaseModel):
     )
 
 
+class ProfileSummary(BaseModel):
+    """Issue 21: the recent predictions per tool / layer profile that answered them."""
+
+    window: int
+    served: list[str] = Field(..., description="the profiles the served model answers with")
+    profiles: dict[str, Any] = Field(
+        ...,
+        description="{profile ('none': the shared network): {n, directions: {direction: {n, "
+        "with_truth, ssim, iou}}}} over the last `window` predictions; ssim / iou: means over "
+        "those with ground truth (null: none yet)",
+    )
+
+
 class MonitoringSummary(BaseModel):
     model_version: str | None
     inference: InferenceSummary
@@ -303,3 +341,4 @@ class MonitoringSummary(BaseModel):
     feedback_count: int
     polarity: PolaritySummary
     confidence: ConfidenceSummary | None = None
+    profiles: ProfileSummary | None = None

@@ -94,6 +94,7 @@ class Forwarded:
     confidence: Confidence  # how sure the model is (confidence None: unknown)
     layer: str = DEFAULT_LAYER  # the layer it was read as part of
     grey: np.ndarray | None = None  # the model's grey output (before any binarization)
+    profile: str | None = None  # the tool / layer profile that answered (None: shared network)
     # the image's own polarity evidence: read in the request ("image"), after the answer
     # ("deferred": a one-pass answer, `serving.layer_evidence`), or not at all (None)
     evidence: str | None = None
@@ -111,6 +112,7 @@ class Translated:
     decision: PolarityDecision
     confidence: Confidence
     layer: str = DEFAULT_LAYER
+    profile: str | None = None  # the tool / layer profile that answered (None: shared network)
     evidence: str | None = None  # as `Forwarded.evidence`
 
 
@@ -156,7 +158,8 @@ def _before(
     model = state.engine.current
     det = model.detectors.get(direction)
     expected = det.expected_polarity if det is not None else None
-    one = settled_decision(model.translator, direction, polarity, known, fallback, expected, images)
+    translator = model.translator_for(model.profile_for(layer))
+    one = settled_decision(translator, direction, polarity, known, fallback, expected, images)
     start(one, None if one else prior)  # a one-pass request batches with any layer's
     sides = [input_side(img, det) for img in images]  # while the model runs
     return _Before(known, None if one else prior, model, sides, one)
@@ -183,7 +186,8 @@ def _after(
     else:
         decisions = [r.decision for r in results]
     models = [r.model for r in results]
-    confs = confidences(direction, images, [r.output for r in results], models, decisions, tier)
+    outs, profiles = [r.output for r in results], [r.profile for r in results]
+    confs = confidences(direction, images, outs, models, decisions, tier, profiles)
     checks: list[DriftResult | None] = [s.drift for s in pre.sides]
     for i, r in enumerate(results):
         if r.model is not pre.model:  # swapped meanwhile: judged by the new version's reference
@@ -215,6 +219,7 @@ def _after(
             c,
             layer,
             r.output,
+            r.profile,
             reading or ("image" if r.decision.evidence is not None else None),
         )  # fmt: skip
         for img, out, r, res, side, c in zip(
@@ -245,7 +250,12 @@ async def forward(
 
     def launch(one: PolarityDecision | None, prior: LayerPrior | None) -> None:  # event loop
         ask = PolarityChoice(name_of(one.polarity)) if one is not None else polarity
-        task.append(asyncio.ensure_future(state.batcher.submit_many(direction, images, ask, prior)))
+        # the layer label selects its profile when the model learned one (the engine's call)
+        task.append(
+            asyncio.ensure_future(
+                state.batcher.submit_many(direction, images, ask, prior, profile=layer)
+            )
+        )
 
     def start(one: PolarityDecision | None, prior: LayerPrior | None) -> None:  # worker thread
         anyio.from_thread.run_sync(launch, one, prior)
@@ -331,6 +341,7 @@ def prepare(
         confidence_signals=json.dumps(item.confidence.signals) if item.confidence.signals else None,
         cohort=cohort,
         input_png=kept_input(item, state.settings),
+        profile=item.profile,
     )
     event = {
         "endpoint": endpoint,
@@ -360,7 +371,16 @@ def prepare(
     info = drift_info(res, model.detectors.get(direction))
     return (
         Translated(
-            pid, out, png, model, info, item.decision, item.confidence, item.layer, item.evidence
+            pid,
+            out,
+            png,
+            model,
+            info,
+            item.decision,
+            item.confidence,
+            item.layer,
+            item.profile,
+            item.evidence,
         ),
         TranslationRecord(prediction, event, drift),
     )

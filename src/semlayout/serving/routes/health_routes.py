@@ -54,6 +54,8 @@ async def readyz(state: MaybeStateDep) -> Any:
         feedback_writable=feedback_writable,
         model_version=current.version if current else None,
         drift_reference=current.drift_source if current else None,
+        profiles=sorted(current.profiles) if current else [],
+        profile_note=current.profile_note if current else None,
         reasons=reasons,
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

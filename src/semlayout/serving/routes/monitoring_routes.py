@@ -1,6 +1,7 @@
 """GET /v1/monitoring/summary: inference health, drift rate, rolling SSIM, feedback count,
-the polarity mix of recent predictions beside the training reference's, and the confidence
-(low-confidence rates per direction and cohort, calibration error, population drift)."""
+the polarity mix of recent predictions beside the training reference's, the confidence
+(low-confidence rates per direction and cohort, calibration error, population drift), and the
+predictions per tool / layer profile (counts and quality with ground truth)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from semlayout.serving.schemas import (
     InferenceSummary,
     MonitoringSummary,
     PolaritySummary,
+    ProfileSummary,
     QualitySummary,
 )
 from semlayout.serving.state import ServingState
@@ -57,6 +59,18 @@ def build_summary(state: ServingState, window: int) -> MonitoringSummary:
         feedback_count=state.store.feedback_count(None),
         polarity=polarity_summary(state, window),
         confidence=confidence_summary(state, window),
+        profiles=profile_summary(state, window),
+    )
+
+
+def profile_summary(state: ServingState, window: int) -> ProfileSummary:
+    """The recent predictions per profile that answered them (issue 21)."""
+    from semlayout.monitoring import profile_store
+
+    return ProfileSummary(
+        window=window,
+        served=sorted(state.engine.current.profiles),
+        profiles=profile_store.profile_summary(state.store, window),
     )
 
 

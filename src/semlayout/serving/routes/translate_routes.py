@@ -9,7 +9,9 @@ a layer's images and follows its configured polarity (`semlayout.polarity_layer`
 says which polarity was used and why (`X-Polarity`, `X-Polarity-Source`, `X-Polarity-Margin`
 when auto decided it, `X-Layer`; the same as JSON fields); `X-Polarity-Evidence` whether the
 image's own evidence was read in the request (`image`) or, the layer's polarity being settled
-and the answer one generator pass, after it (`deferred`, `serving.layer_evidence`).
+and the answer one generator pass, after it (`deferred`, `serving.layer_evidence`). The `layer`
+label also selects the tool / layer profile (`semlayout.profiles`) when the served model learned
+one of that name: `X-Profile` / `profile` say which answered (`none` / null: the shared network).
 How sure the model is: `X-Confidence`, `X-Predicted-IoU` / `X-Predicted-SSIM` ("unknown" for a
 version without a calibration; `X-Confidence-Reason`); `X-Confidence-Source` says which tier:
 `inline` (the default: free signals only; the full one follows in the monitor store) or `full`
@@ -47,7 +49,9 @@ PolarityQuery = Annotated[str | None, Query(alias="polarity", description=POLARI
 PolarityForm = Annotated[str | None, Form(alias="polarity", description=POLARITY_HELP)]
 LAYER_HELP = (
     "the layer (data set) the images belong to, 1-64 of A-Z a-z 0-9 . _ - (default: "
-    "'default'): auto pools its images' polarity evidence and follows its configured polarity"
+    "'default'): auto pools its images' polarity evidence and follows its configured "
+    "polarity; when the served model learned a tool / layer profile of that name, it answers "
+    "with that profile (X-Profile / profile say which)"
 )
 LayerQuery = Annotated[str | None, Query(alias="layer", description=LAYER_HELP)]
 LayerForm = Annotated[str | None, Form(alias="layer", description=LAYER_HELP)]

@@ -11,14 +11,8 @@ from helpers_serving import make_checkpoint
 
 from semlayout.errors import SemlayoutError
 from semlayout.inference import Translator
-from semlayout.serving.engine import (
-    ImageResult,
-    InferenceEngine,
-    MicroBatcher,
-    QueueFull,
-    load_model,
-    parse_alias,
-)
+from semlayout.serving.batcher import ImageResult, MicroBatcher, QueueFull
+from semlayout.serving.engine import InferenceEngine, load_model, parse_alias
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ from starlette.concurrency import run_in_threadpool
 from semlayout.errors import SemlayoutError, describe_errors
 from semlayout.monitoring.database import StoreUnavailable
 from semlayout.monitoring.performance import UnknownPrediction
-from semlayout.serving.engine import InferenceEngine, QueueFull
+from semlayout.serving.batcher import QueueFull
+from semlayout.serving.engine import InferenceEngine
 from semlayout.serving.middleware import RequestMetricsMiddleware
 from semlayout.serving.openapi import install_openapi
 from semlayout.serving.prometheus import ServingMetrics

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semlayout.monitoring.store import MonitorStore, TranslationRecord
-from semlayout.serving.engine import QueueFull
+from semlayout.serving.batcher import QueueFull
 
 log = logging.getLogger("semlayout.serving")
 

@@ -26,7 +26,8 @@ from semlayout.monitoring.inference_monitor import InferenceMonitor
 from semlayout.monitoring.layer_book import LayerBook
 from semlayout.monitoring.performance import PerformanceTracker
 from semlayout.monitoring.store import MonitorStore
-from semlayout.serving.engine import InferenceEngine, MicroBatcher
+from semlayout.serving.batcher import MicroBatcher
+from semlayout.serving.engine import InferenceEngine
 from semlayout.serving.prometheus import ServingMetrics
 from semlayout.serving.record_writer import RecordWriter
 from semlayout.serving.settings import ServeSettings

@@ -52,8 +52,9 @@ from semlayout.monitoring.store import Prediction, TranslationRecord
 from semlayout.polarity import PolarityChoice, name_of
 from semlayout.polarity_auto import PolarityDecision
 from semlayout.polarity_layer import DEFAULT_LAYER, LayerPrior, LayerState
+from semlayout.serving.batcher import ImageResult, QueueFull
 from semlayout.serving.deferred_work import confidences, defer_full, kept_input
-from semlayout.serving.engine import ImageResult, LoadedModel, QueueFull
+from semlayout.serving.engine import LoadedModel
 from semlayout.serving.layer_evidence import settled_decision
 from semlayout.serving.schemas import DriftInfo
 from semlayout.serving.settings import ServeSettings

@@ -35,15 +35,14 @@ def profile_translators(tr: Translator) -> dict[str, Translator]:
     no profile or its backend cannot serve them (ONNX: the shared network only)."""
     from semlayout.directions import DIRECTIONS
     from semlayout.inference import Translator
-    from semlayout.inference_backends import NET_FOR_DIRECTION, Runner, eager_runner
-    from semlayout.models.unet import ProfileView
+    from semlayout.inference_backends import NET_FOR_DIRECTION, Runner, eager_runner, profile_views
 
     if tr.eager is None:
         return {}
     nets, dev, dtype = tr.eager
     out: dict[str, Translator] = {}
-    for row, label in enumerate(tr.config.generator.profiles):
-        views = {name: ProfileView(net, row).eval() for name, net in nets.items()}
+    for label in tr.config.generator.profiles:
+        views, _ = profile_views(tr.config, nets, label)
         runners: dict[str, Runner] = {
             d: eager_runner(views[NET_FOR_DIRECTION[d]], dev, dtype) for d in DIRECTIONS
         }

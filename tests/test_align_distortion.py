@@ -13,6 +13,7 @@ from test_align import blobs_field, cut, render
 from semlayout.cli import main as cli_main
 from semlayout.data import synth
 from semlayout.data.align import AlignConfig, AlignResult, align_pair, aligned_crop
+from semlayout.data.align_distortion import _gradient, _strided_gradient
 from semlayout.data.field_distortion import (
     add_particles,
     max_displacement,
@@ -56,6 +57,17 @@ def render_float(signal: np.ndarray, seed: int, dose: float = 200.0) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- the transform
+
+
+@pytest.mark.parametrize("shape", [(250, 250), (251, 250), (250, 249), (7, 5), (3, 3)])
+def test_the_screen_gradient_on_every_other_pixel_is_the_full_one_subsampled(shape):
+    """The screen computes its gradient only where it reads it (issue 20); bit for bit the
+    full gradient's every 2nd pixel, borders included."""
+    f = (np.random.default_rng(sum(shape)).normal(size=shape) * 50).astype(np.float32)
+    gy, gx = _gradient(f)
+    sy, sx = _strided_gradient(f, 2)
+    assert sy.dtype == np.float32 and sx.dtype == np.float32
+    assert np.array_equal(sy, gy[::2, ::2]) and np.array_equal(sx, gx[::2, ::2])
 
 
 def test_the_transform_and_its_inverse():

@@ -85,6 +85,44 @@ def test_model_distances_for_every_offset_match_the_direct_sum():
     assert d2[30, 20] < 1e-3
 
 
+def test_pair_distance_equals_the_two_models_built_and_overlapped():
+    """`pair_model_dist2` expands the overlap of the two fitted models into products of T~ and
+    E~ (issue 20: no model images built); it must equal building them, within rounding."""
+    field = blobs_field(5)
+    scene = prepare(render(field, dose=50), cut(field, 20, 30), CFG)
+    tu, eu = scene.units
+
+    def brute(p, cp, q, cq, with_e=True):
+        def model(a, b):
+            m = a * tu + (b * eu if with_e else 0.0)
+            m = m - m.mean()
+            n = np.sqrt((m * m).sum())
+            return m / n if n > 0 else m
+
+        mp, mq = model(*cp), model(*cq)
+        h, w = mp.shape
+        dy, dx = q[0] - p[0], q[1] - p[1]
+        ov = np.zeros((h + abs(dy), w + abs(dx)))
+        big_p, big_q = ov.copy(), ov.copy()
+        oy, ox = max(0, -dy), max(0, -dx)
+        big_p[oy : oy + h, ox : ox + w] = mp
+        big_q[oy + dy : oy + dy + h, ox + dx : ox + dx + w] = mq
+        return float(np.clip(2 * (1 - (big_p * big_q).sum()), 1e-6, 4))
+
+    cases = [
+        ((30, 20), (0.8, 0.3), (31, 22), (0.7, 0.4)),
+        ((30, 20), (0.8, 0.3), (2, 50), (-0.6, 0.1)),
+        ((0, 0), (1.0, 0.0), (54, 54), (0.0, 1.0)),
+        ((10, 10), (0.5, 0.5), (10, 10), (0.5, 0.5)),
+        ((10, 10), (0.5, 0.2), (12, 9), (0.0, 0.0)),  # a zero model: distance 2
+    ]
+    for p, cp, q, cq in cases:
+        got = pair_model_dist2(scene.T, scene.E, p, cp, q, cq, scene.units)
+        assert got == pytest.approx(brute(p, cp, q, cq), rel=1e-7, abs=1e-12)
+        alone = pair_model_dist2(scene.T, None, p, cp, q, cq, (tu, None))
+        assert alone == pytest.approx(brute(p, cp, q, cq, with_e=False), rel=1e-7, abs=1e-12)
+
+
 # ----------------------------------------------------------------------------- one pair
 
 

@@ -146,6 +146,24 @@ def _gradient(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+def _strided_gradient(f: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_gradient(f)` read at every k-th pixel each way (``g[::k, ::k]``), computed only there
+    (the same differences, bit for bit: central inside, one-sided on the borders)."""
+
+    def axis_diff(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        at = np.arange(0, n, k)
+        lo, hi = np.maximum(at - 1, 0), np.minimum(at + 1, n - 1)
+        return lo, hi, (hi - lo).astype(f.dtype)  # 2 inside, 1 on a border: exact divisions
+
+    h, w = f.shape
+    lo_r, hi_r, den_r = axis_diff(h)
+    lo_c, hi_c, den_c = axis_diff(w)
+    rows, cols = f[::k], f[:, ::k]
+    gy = (cols[hi_r] - cols[lo_r]) / den_r[:, None]
+    gx = (rows[:, hi_c] - rows[:, lo_c]) / den_c[None, :]
+    return gy, gx
+
+
 def patch_shifts(
     sem_f: np.ndarray, model: np.ndarray, y0: int, x0: int, snr2: float, grid: int, search: int
 ) -> Patches:
@@ -289,7 +307,7 @@ def screen_distortion(sem_f: np.ndarray, model: np.ndarray, y0: int, x0: int) ->
     h, w = model.shape
     k = SCREEN_STRIDE  # every k-th pixel each way: the model is blurred, its gradient smooth
     win = np.ascontiguousarray(sem_f[y0 : y0 + h : k, x0 : x0 + w : k]).reshape(-1)
-    gy, gx = (g[::k, ::k] for g in _gradient(model))
+    gy, gx = _strided_gradient(model, k)
     X, Y = (c[::k, ::k] for c in _centred_grid(h, w))
     m = model[::k, ::k]
     A = np.stack([np.ones_like(m), m, gx, gy, X * gx + Y * gy, X * gy - Y * gx]).reshape(6, -1)
@@ -389,10 +407,10 @@ def correct_field(
         if abs(new_rot) > cfg.max_rotation_deg or abs(new_scale - 1) > cfg.max_scale_error:
             return current, None, FieldDistortion(new_rot, new_scale, est.corner_px, est.corner_sd)
         warped = warp_field(scene.raw.astype(np.float32), new_rot, new_scale, inverse=True)
-        fixed = rematch(scene, warped, cfg)
         if not _fits_better(scene, warped, current.sem, cfg):
             break  # the correction does not explain the image better
-        current, rot, scale, left = fixed, new_rot, new_scale, None
+        # matched again only once kept (the same scene either way, one score map less when not)
+        current, rot, scale, left = rematch(scene, warped, cfg), new_rot, new_scale, None
     applied = None if rot == 0.0 and scale == 1.0 else FieldDistortion(rot, scale)
     if left is not None:
         return (

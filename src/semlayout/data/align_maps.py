@@ -143,22 +143,30 @@ def pair_model_dist2(
     (row, column) of the SEM, zero outside each model's window; in [0, 4]. `units`:
     (`unit64(T)`, `unit64(E)`) when the caller has them already."""
     tu, eu = units if units is not None else (unit64(T), None if E is None else unit64(E))
-
-    def model(a: float, b: float) -> np.ndarray:
-        m = a * tu
-        if eu is not None:
-            m += b * eu
-        return _unit64_inplace(m)
-
-    mp, mq = model(*coef_p), model(*coef_q)
-    h, w = mp.shape
+    h, w = tu.shape
     dy, dx = q[0] - p[0], q[1] - p[1]
     if abs(dy) >= h or abs(dx) >= w:
         return 2.0
-    # m_p(i) overlaps m_q(i - d): rows/columns of m_p from max(0, d) to min(h, h + d)
-    a = mp[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
-    b = mq[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
-    return float(np.clip(2.0 * (1.0 - float((a * b).sum())), 1e-6, 4.0))
+    # m_p(i) overlaps m_q(i - d): rows/columns of m_p from max(0, d) to min(h, h + d). The
+    # inner product of the two models expands into the four overlap products of T~ and E~
+    # (no model images built); their norms are a^2 + b^2 + 2ab<T~, E~>.
+    ip = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
+    iq = (slice(max(0, -dy), h + min(0, -dy)), slice(max(0, -dx), w + min(0, -dx)))
+    (a1, b1), (a2, b2) = coef_p, coef_q
+
+    def dot(u: np.ndarray, v: np.ndarray) -> float:
+        return float(np.einsum("ij,ij->", u, v))
+
+    inner, rho = a1 * a2 * dot(tu[ip], tu[iq]), 0.0
+    if eu is None:
+        b1 = b2 = 0.0
+    else:
+        rho = dot(tu, eu)
+        inner += b1 * b2 * dot(eu[ip], eu[iq])
+        inner += a1 * b2 * dot(tu[ip], eu[iq]) + b1 * a2 * dot(eu[ip], tu[iq])
+    n2 = (a1 * a1 + b1 * b1 + 2 * a1 * b1 * rho) * (a2 * a2 + b2 * b2 + 2 * a2 * b2 * rho)
+    cos = inner / np.sqrt(n2) if n2 > 0 else 0.0  # a zero model: no overlap
+    return float(np.clip(2.0 * (1.0 - cos), 1e-6, 4.0))
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from semlayout.monitoring.store import Prediction, TranslationRecord
 from semlayout.polarity import PolarityChoice, name_of
 from semlayout.polarity_auto import PolarityDecision
 from semlayout.polarity_layer import DEFAULT_LAYER, LayerPrior, LayerState
+from semlayout.serving import server_timing
 from semlayout.serving.batcher import ImageResult, QueueFull
 from semlayout.serving.deferred_work import confidences, defer_full, kept_input
 from semlayout.serving.engine import LoadedModel
@@ -262,8 +263,10 @@ async def forward(
         anyio.from_thread.run_sync(launch, one, prior)
 
     try:
-        pre = await run_in_threadpool(_before, state, direction, images, polarity, layer, start)
-        results = await task[0]
+        with server_timing.span("before"):
+            pre = await run_in_threadpool(_before, state, direction, images, polarity, layer, start)
+        with server_timing.span("model"):
+            results = await task[0]
     except QueueFull as err:
         raise _busy(err) from None
     except BaseException:
@@ -275,7 +278,9 @@ async def forward(
         items = _after(state, direction, images, binarize, layer, tier, pre, results)
         return finish(items) if finish is not None else items
 
-    return await run_in_threadpool(post)
+    server_timing.add("forward", max(r.forward_ms for r in results))
+    with server_timing.span("after"):
+        return await run_in_threadpool(post)
 
 
 def _pool(
@@ -428,7 +433,8 @@ async def translate(
     items, prepared = await forward(
         state, direction, images, binarize, polarity, layer, tier, finish=then
     )
-    await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
+    with server_timing.span("record"):
+        await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
     done = [tr for tr, _ in prepared]
     _observe(state, direction, done)
     await defer_full(state, direction, items, [tr.prediction_id for tr in done])

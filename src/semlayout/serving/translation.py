@@ -100,6 +100,7 @@ class Forwarded:
     # the image's own polarity evidence: read in the request ("image"), after the answer
     # ("deferred": a one-pass answer, `serving.layer_evidence`), or not at all (None)
     evidence: str | None = None
+    raw: np.ndarray | None = None  # the network's own output (the deferred reading reuses it)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ def _after(
             r.output,
             r.profile,
             reading or ("image" if r.decision.evidence is not None else None),
+            r.raw if reading else None,  # only a deferred reading needs it
         )  # fmt: skip
         for img, out, r, res, side, c in zip(
             images, outs, results, checks, pre.sides, confs, strict=True

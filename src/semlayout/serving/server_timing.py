@@ -6,12 +6,13 @@ one); the translate path marks its stages with `span` / `add`; the middleware wr
 and `app` (the request's time in the app until its answer starts), into the answer's
 headers. A client subtracts `app` from what it measured to get the transport's share (HTTP,
 the socket, its own parsing). Stages of a translate request: `parse` (the body read and the
-multipart form parsed before the handler runs), `decode` (the upload to pixels), `before`
-(the worker-thread hop before the forward, including the wait for a free worker),
+multipart form parsed before the handler runs), `decode` (the uploads to pixels, the first
+thing `before` does), `before` (the worker-thread hop before the forward, including the wait
+for a free worker),
 `model` (the wait for the micro-batcher: queue + forward), `forward` (the forward pass of the
 micro-batch that carried the request, part of `model`), `after` (the hop after it: the
 confidence, the layer's evidence, the answer's PNG and the rows), `record` (the awaited
-commit of the rows).
+commit of the rows, handed to the record writer at the end of `after`).
 """
 
 from __future__ import annotations

@@ -9,10 +9,19 @@ every backend it can run (eager fp32, ONNX Runtime, bf16 where the CPU has bf16 
 batch 1, all interleaved round-robin with a warm-up call of the same variant before each
 timed call (`bench.timing.interleaved`). A student whose best backend is not 1.5x faster
 than the teacher's best needs no training to be dropped.
+
+Trained weights: with `SEMLAYOUT_BENCH_STUDENTS` (checkpoint folders separated by `:`, e.g.
+the students `semlayout train --set loss.lambda_distill=... --set train.teacher=...` made)
+the networks timed are those checkpoints and the trained teacher (`SEMLAYOUT_BENCH_MODEL`,
+else the last `make run`'s checkpoint), loaded with `Translator.load` as a server would, each
+on every backend, interleaved the same way. The quality half is `python -m bench quality` on
+each checkpoint (docs/performance.md section 5).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -45,29 +54,68 @@ def _checkpoint(dest: Path, overrides: dict[str, Any]) -> Path:
     return Path(save_checkpoint(dest, cfg, build_networks(cfg), step=0, epoch=0))
 
 
-def main(quick: bool = False) -> dict[str, Any]:
+def _trained() -> dict[str, str] | None:
+    """{"teacher": checkpoint, <student folder name>: checkpoint, ...} from the environment,
+    or None (random weights of the architectures in STUDENTS)."""
+    students = [p for p in os.environ.get("SEMLAYOUT_BENCH_STUDENTS", "").split(":") if p]
+    if not students:
+        return None
+    teacher = os.environ.get("SEMLAYOUT_BENCH_MODEL")
+    summary = Path(__file__).resolve().parents[1] / "outputs" / "latest" / "summary.json"
+    if not teacher and summary.is_file():
+        teacher = json.loads(summary.read_text()).get("checkpoint")
+    if not teacher:
+        raise SystemExit("SEMLAYOUT_BENCH_STUDENTS needs the teacher: set SEMLAYOUT_BENCH_MODEL")
+    named = {"teacher": teacher}
+    for path in students:
+        p = Path(path)
+        named[p.parent.name if p.name in ("final", "model") else p.name] = path
+    return named
+
+
+def _time(models: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """Every (network, backend) timed interleaved on one 256 px SEM at batch 1."""
     from semlayout.backend_probe import candidates
     from semlayout.inference import Translator
 
-    rounds = 10 if quick else 40
     x = np.random.default_rng(0).uniform(-1, 1, (1, 1, 256, 256)).astype(np.float32)
     fns = {}
-    with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
-        for name, over in STUDENTS.items():
-            ckpt = _checkpoint(Path(tmp) / name, over)
-            for backend in candidates():
-                tr = Translator.load(ckpt, backend=backend)
-                fns[f"{name}/{backend}"] = lambda tr=tr: tr.run_batch("sem2layout", x, 1)
-        stats = interleaved(fns, rounds)
+    for name, ckpt in models.items():
+        for backend in candidates():
+            tr = Translator.load(ckpt, backend=backend)
+            fns[f"{name}/{backend}"] = lambda tr=tr: tr.run_batch("sem2layout", x, 1)
+    return interleaved(fns, rounds)
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    rounds = 10 if quick else 40
+    trained = _trained()
+    if trained is not None:
+        stats = _time(trained, rounds)
+        names = list(trained)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
+            stats = _time(
+                {n: _checkpoint(Path(tmp) / n, over) for n, over in STUDENTS.items()}, rounds
+            )
+        names = list(STUDENTS)
     best = {
         name: min((s.median, k.split("/")[1]) for k, s in stats.items() if k.startswith(name + "/"))
-        for name in STUDENTS
+        for name in names
     }
     teacher_ms = best["teacher"][0]
-    print(f"student bench: SEM->Layout forward at batch 1, {rounds} rounds; CPU {describe_cpu()}")
+    weights = "trained checkpoints" if trained else "random weights"
+    print(
+        f"student bench ({weights}): SEM->Layout forward at batch 1, {rounds} rounds; "
+        f"CPU {describe_cpu()}; load average {os.getloadavg()[0]:.2f}"
+    )
     for k, s in stats.items():
         print(f"  {k:28} {s.median:7.2f} ms [{s.p25:.2f}-{s.p75:.2f}]")
-    out: dict[str, Any] = {"cpu": describe_cpu(), "ms": {k: s.to_dict() for k, s in stats.items()}}
+    out: dict[str, Any] = {
+        "cpu": describe_cpu(),
+        "weights": trained or "random",
+        "ms": {k: s.to_dict() for k, s in stats.items()},
+    }
     for name, (ms, backend) in best.items():
         speedup = teacher_ms / ms
         verdict = "meets the speed bar" if speedup >= 1.5 else "drop: under 1.5x"

@@ -308,7 +308,10 @@ class Trainer:
                 self._gen(self.G_B, b.real_sem, b.polarity, b.profile), b.real_sem
             )
         values = (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B, dice_A)
-        return {**dict(zip(LOSS_TERMS[: len(values)], values, strict=True)), **self._distill_terms(b)}
+        return {
+            **dict(zip(LOSS_TERMS[: len(values)], values, strict=True)),
+            **self._distill_terms(b),
+        }
 
     def _distill_terms(self, b: _Batch) -> dict[str, torch.Tensor]:
         """distill_A / distill_B: L1 of G_A's / G_B's output to the frozen teacher's for the

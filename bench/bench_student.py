@@ -24,12 +24,14 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.timing import describe_cpu, interleaved
+from bench.timing import Stats, describe_cpu, interleaved
 
 STUDENTS: dict[str, dict[str, Any]] = {
     "teacher": {},
@@ -73,17 +75,17 @@ def _trained() -> dict[str, str] | None:
     return named
 
 
-def _time(models: dict[str, Any], rounds: int) -> dict[str, Any]:
+def _time(models: dict[str, Any], rounds: int) -> dict[str, Stats]:
     """Every (network, backend) timed interleaved on one 256 px SEM at batch 1."""
     from semlayout.backend_probe import candidates
     from semlayout.inference import Translator
 
     x = np.random.default_rng(0).uniform(-1, 1, (1, 1, 256, 256)).astype(np.float32)
-    fns = {}
+    fns: dict[str, Callable[[], Any]] = {}
     for name, ckpt in models.items():
         for backend in candidates():
             tr = Translator.load(ckpt, backend=backend)
-            fns[f"{name}/{backend}"] = lambda tr=tr: tr.run_batch("sem2layout", x, 1)
+            fns[f"{name}/{backend}"] = partial(tr.run_batch, "sem2layout", x, 1)
     return interleaved(fns, rounds)
 
 

@@ -15,6 +15,7 @@ for both polarities; the student would learn it). Anything else is one `Semlayou
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from semlayout.config import ExperimentConfig
@@ -42,7 +43,9 @@ def check_compatible(student: ExperimentConfig, teacher: ExperimentConfig, sourc
             )
 
 
-def load_teacher(cfg: ExperimentConfig, device: object = "cpu") -> dict[str, nn.Module] | None:
+def load_teacher(
+    cfg: ExperimentConfig, device: str | torch.device = "cpu"
+) -> dict[str, nn.Module] | None:
     """The teacher's G_A and G_B (eval mode, frozen, on `device`), or None without a teacher."""
     if not cfg.train.teacher:
         return None
@@ -56,7 +59,7 @@ def load_teacher(cfg: ExperimentConfig, device: object = "cpu") -> dict[str, nn.
     check_compatible(cfg, teacher_cfg, source)
     out: dict[str, nn.Module] = {}
     for name in TEACHER_NETS:
-        net = nets[name].to(device).eval()  # type: ignore[arg-type]
+        net = nets[name].to(device).eval()
         for p in net.parameters():
             p.requires_grad_(False)
         out[name] = net

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_train import PairsInMemory, tiny_config
+from helpers_train import PairsInMemory, one_thread, tiny_config
 from safetensors.torch import load_file
 
 from semlayout.config import ExperimentConfig, apply_overrides, load_config
@@ -22,22 +22,8 @@ SIZE = 64
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_shards(tmp_path_factory):
-    from helpers_shards import make_pairs
-
-    from semlayout.data.shards import write_shards
-
-    root = tmp_path_factory.mktemp("shards")
-    make_pairs(root / "aligned", {"line_space": 6, "via_array": 4})
-    write_shards([root / "aligned"], root / "shards", val=0.2, test=0.2, seed=0)
-    return root / "shards"
+    with one_thread():
+        yield
 
 
 def _cfg(**over: object) -> ExperimentConfig:

@@ -80,6 +80,7 @@ class Target:
         self.sustained: dict[str, list[float]] = {v: [] for v in VARIANTS}  # with the drain
         self.errors = 0
         self._fresh = 0
+        self.timings: dict[str, str] = {}  # pid -> the answer's Server-Timing header
         r = httpx.put(
             f"{url}/v1/layers/settled/polarity",
             json={"polarity": "bright"},
@@ -108,7 +109,10 @@ class Target:
         except Exception:  # noqa: BLE001 - counted as an error
             return False, "", (time.perf_counter() - t0) * 1000
         ms = (time.perf_counter() - t0) * 1000
-        return r.status_code == 200, r.headers.get("x-prediction-id", ""), ms
+        pid = r.headers.get("x-prediction-id", "")
+        if "server-timing" in r.headers:  # a tree before the header has none
+            self.timings[pid] = r.headers["server-timing"]
+        return r.status_code == 200, pid, ms
 
     def under_load(self, pngs: list[bytes], variant: str, seconds: float) -> None:
         t0 = time.monotonic()
@@ -184,6 +188,7 @@ def _rows(targets: list[Target], ceilings: dict[str, list[float]]) -> list[dict[
             ceiling = Stats.of(ceilings["auto" if v == "auto-unsettled" else "one"])
             rows.append(
                 {
+                    "stages_ms": _stages(t, ids),
                     "server": t.name,
                     "variant": v,
                     "requests": len(ids),
@@ -200,6 +205,18 @@ def _rows(targets: list[Target], ceilings: dict[str, list[float]]) -> list[dict[
                 }
             )
     return rows
+
+
+def _stages(t: Target, ids: list[str]) -> dict[str, float]:
+    """Median ms of each Server-Timing stage over the sequential requests `ids` (the server's
+    own account of where a request's time went, `serving.server_timing`)."""
+    per: dict[str, list[float]] = {}
+    for pid in ids:
+        for part in t.timings.get(pid, "").split(", "):
+            if ";dur=" in part:
+                name, dur = part.split(";dur=")
+                per.setdefault(name, []).append(float(dur))
+    return {name: round(float(np.median(v)), 2) for name, v in per.items()}
 
 
 def _backend() -> str:
@@ -301,6 +318,10 @@ def _print(out: dict[str, Any]) -> None:
             f" {k['ms']:8.2f} {r['load_over_ceiling']:9.3f}"
             f" {r['sustained_rps']['ms']:10.2f} {r['sustained_over_ceiling']:6.3f}"
         )
+    for r in out["rows"]:
+        if r["stages_ms"]:
+            stages = "  ".join(f"{k} {v:.2f}" for k, v in r["stages_ms"].items())
+            print(f"  {r['server']} {r['variant']} Server-Timing p50 (ms): {stages}")
     load = out["load_average"]
     print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}")
 

@@ -218,7 +218,9 @@ def test_feedback_is_stored_as_objects_and_rows(server, data):
 
 def test_health_readiness_and_prometheus(server):
     url = server["url"]
-    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    health = httpx.get(f"{url}/healthz")
+    assert health.json() == {"status": "ok"}
+    assert health.headers["Server-Timing"].startswith("app;dur=")  # no stages: the app's time
     ready = httpx.get(f"{url}/readyz").json()
     assert ready["ready"] and ready["model_loaded"] and ready["db_writable"]
     r = httpx.get(f"{url}/metrics")

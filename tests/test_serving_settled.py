@@ -77,6 +77,21 @@ def _post(url: str, img: np.ndarray, **params) -> httpx.Response:
     return r
 
 
+STAGES = ["parse", "decode", "before", "model", "forward", "after", "record", "app"]
+
+
+def _check_server_timing(r: httpx.Response) -> None:
+    """The answer says where its time went (`serving.server_timing`): every stage of the
+    translate path in order, `app` last and covering the stages that do not overlap."""
+    parts = [p.split(";dur=") for p in r.headers["Server-Timing"].split(", ")]
+    assert [name for name, _ in parts] == STAGES, parts
+    ms = {name: float(dur) for name, dur in parts}
+    assert all(v >= 0 for v in ms.values()), ms
+    serial = ms["parse"] + ms["before"] + ms["model"] + ms["after"] + ms["record"]
+    assert ms["decode"] <= ms["before"], ms  # the uploads are decoded in the first worker hop
+    assert ms["forward"] <= ms["app"] and serial <= ms["app"] + 0.05, ms
+
+
 def _layer(url: str, name: str) -> dict:
     rows = httpx.get(f"{url}/v1/layers", timeout=30).json()
     return next(row for row in rows if row["layer"] == name)
@@ -108,7 +123,10 @@ def test_a_configured_layer_answers_in_one_pass_and_reads_the_image_after(model,
         assert r.headers["X-Confidence"] == given.headers["X-Confidence"]
         drain(app)
         counted = passes.take()
-        assert counted["request"] == 1 and counted["deferred"] >= 4, counted
+        # after the answer: the reading's three passes (the answer's own pass reused) and
+        # the full confidence's one (its dihedral; the cycle comes from the reading)
+        assert counted == {"request": 1, "deferred": 4}, counted
+        _check_server_timing(r)
         row = _layer(url, "cfg")  # the image's evidence reached the layer, after the answer
         assert row["images"] == 1 and row["pooled_logodds"] == pytest.approx(clip(e), abs=1e-3)
         body = httpx.post(

@@ -80,6 +80,9 @@ class Translation:
 
     output: np.ndarray  # (H, W) uint8, the input's size ({0, 255} when binarized)
     decision: PolarityDecision
+    # the network's own output for a window (S, S) float32 in [-1, 1], before resizing back
+    # (None for a field): what a later reading of the same pass can reuse
+    raw: np.ndarray | None = None
 
 
 def check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -406,7 +409,9 @@ class Translator:
             )
             out[i] = Translation(self.postprocess(blended, images[i].shape), dec)
         if binarize:
-            out = {i: Translation(self.to_layout(t.output), t.decision) for i, t in out.items()}
+            out = {
+                i: Translation(self.to_layout(t.output), t.decision, t.raw) for i, t in out.items()
+            }
         return [out[i] for i in range(len(images))]
 
     def _translate_windows(
@@ -430,7 +435,7 @@ class Translator:
                 self.config.polarity.auto_head,
             )
         return [
-            Translation(self.postprocess(p, im.shape), dec)
+            Translation(self.postprocess(p, im.shape), dec, p)
             for p, im, dec in zip(pred[:, 0], chunk, decisions, strict=True)
         ]
 

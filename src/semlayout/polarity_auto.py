@@ -113,11 +113,14 @@ def rim_features(x: np.ndarray) -> list[float]:
 
 
 def hypotheses(
-    run_a: Run, run_b: Run, batch: np.ndarray
+    run_a: Run, run_b: Run, batch: np.ndarray, known: dict[int, np.ndarray] | None = None
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """({+1: G_A output if bright, -1: if dark} (B, 1, S, S), features (B, len(FEATURES)))."""
+    """({+1: G_A output if bright, -1: if dark} (B, 1, S, S), features (B, len(FEATURES)));
+    `known`: G_A's output of this batch in a polarity already computed (e.g. the answer's own
+    pass): not run again."""
     ones = np.ones(len(batch), np.float32)
-    lay = {p: run_a(batch, p * ones) for p in (BRIGHT, DARK)}
+    known = known or {}
+    lay = {p: known[p] if p in known else run_a(batch, p * ones) for p in (BRIGHT, DARK)}
     ren = {p: run_b(lay[p], p * ones)[:, 0] for p in (BRIGHT, DARK)}
     cols = [consistency(batch[:, 0], ren[p], s) for s in SIGMAS for p in (BRIGHT, DARK)]
     cols += [np.abs(lay[p][:, 0]).mean(axis=(1, 2)) for p in (BRIGHT, DARK)]

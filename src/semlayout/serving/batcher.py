@@ -37,6 +37,7 @@ class ImageResult:
     batch_size: int  # images in that forward pass
     decision: PolarityDecision  # the polarity it was translated in
     profile: str | None = None  # the tool / layer profile that answered (None: shared network)
+    raw: np.ndarray | None = None  # the network's own output (`inference.Translation.raw`)
 
 
 @dataclass
@@ -193,8 +194,9 @@ class MicroBatcher:
             return
         if self.on_batch is not None:
             self.on_batch(direction, len(group), res.forward_ms)
-        for j, out, dec in zip(group, res.outputs, res.decisions, strict=True):
+        raws = res.raws or [None] * len(group)
+        for j, out, dec, raw in zip(group, res.outputs, res.decisions, raws, strict=True):
             if not j.future.done():
                 j.future.set_result(
-                    ImageResult(out, res.model, res.forward_ms, len(group), dec, res.profile)
+                    ImageResult(out, res.model, res.forward_ms, len(group), dec, res.profile, raw)
                 )

@@ -90,6 +90,13 @@ def full_confidence(
             state.metrics.confidence.labels(direction).observe(c.confidence)
 
 
+def _held(item: Forwarded) -> int:
+    """The bytes a deferred job keeps of an item: its input, its output, the network's own
+    output when the reading reuses it."""
+    raw = item.raw.nbytes if item.raw is not None else 0
+    return item.image.nbytes + item.output.nbytes + raw
+
+
 def _kept(item: Forwarded, settings: ServeSettings) -> bool:
     conf, limit = item.confidence.confidence, settings.review_keep_below
     return limit > 0 and (conf is None or conf < limit)
@@ -106,7 +113,7 @@ async def defer_full(
     settle = [i for i, it in enumerate(items) if it.evidence == "deferred"]
     if settle:
         sargs = (state, direction, [items[i] for i in settle], [ids[i] for i in settle])
-        held = sum(items[i].image.nbytes + items[i].output.nbytes for i in settle)
+        held = sum(_held(items[i]) for i in settle)
         if not state.writer.defer(lambda: settle_deferred(*sargs), "the polarity evidence", held):
             await run_in_threadpool(settle_deferred, *sargs)
     todo = [

@@ -224,6 +224,7 @@ class TranslateResult:
     forward_ms: float
     decisions: list[PolarityDecision]
     profile: str | None = None  # the tool / layer profile that answered (None: shared network)
+    raws: list[np.ndarray | None] | None = None  # the network's own outputs (`Translation.raw`)
 
 
 class InferenceEngine:
@@ -314,7 +315,12 @@ class InferenceEngine:
         )
         forward_ms = (time.perf_counter() - t0) * 1000
         return TranslateResult(
-            [t.output for t in done], loaded, forward_ms, [t.decision for t in done], used
+            [t.output for t in done],
+            loaded,
+            forward_ms,
+            [t.decision for t in done],
+            used,
+            [t.raw for t in done],
         )
 
     def reload(self, force: bool = False) -> dict[str, Any]:

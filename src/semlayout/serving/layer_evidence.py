@@ -75,10 +75,18 @@ def settled_decision(
     return None
 
 
-def read_images(translator: Any, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def read_images(
+    translator: Any,
+    images: Sequence[np.ndarray],
+    answered: tuple[int, Sequence[np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(each SEM's evidence of bright (N,), its cycle correlation under bright and dark
-    (N, 2)): auto's reading (`polarity_auto.hypotheses`), four generator passes."""
+    (N, 2)): auto's reading (`polarity_auto.hypotheses`), four generator passes; three when
+    `answered` = (polarity, each image's network output in it) gives the answer's own pass."""
     batch = np.stack([translator.preprocess(im) for im in images])[:, None]
+    known = None
+    if answered is not None:
+        known = {answered[0]: np.stack(list(answered[1]))[:, None].astype(np.float32)}
 
     def run_a(b: np.ndarray, p: np.ndarray) -> np.ndarray:
         return np.asarray(translator.run_batch(Direction.sem2layout, b, p))
@@ -86,7 +94,7 @@ def read_images(translator: Any, images: Sequence[np.ndarray]) -> tuple[np.ndarr
     def run_b(b: np.ndarray, p: np.ndarray) -> np.ndarray:
         return np.asarray(translator.run_batch(Direction.layout2sem, b, p))
 
-    _, feats = hypotheses(run_a, run_b, batch)
+    _, feats = hypotheses(run_a, run_b, batch, known)
     cyc = feats[:, [FEATURES.index("corr_bright_s0.75"), FEATURES.index("corr_dark_s0.75")]]
     return evidence(feats, translator.config.polarity.auto_head), cyc
 
@@ -95,10 +103,19 @@ def _read(items: Sequence[Forwarded]) -> list[PolarityDecision]:
     """Each item's decision completed with its image's own evidence, cycle and margin (what
     the full decision would have carried; the polarity stays the one it was answered in)."""
     out: list[PolarityDecision | None] = [None] * len(items)
-    keys = {(id(it.model), it.profile): (it.model, it.profile) for it in items}
-    for key, (model, profile) in keys.items():  # the profile that answered reads it
-        idx = [i for i, it in enumerate(items) if (id(it.model), it.profile) == key]
-        e, cyc = read_images(model.translator_for(profile), [items[i].image for i in idx])
+
+    def key(it: Forwarded) -> tuple[Any, ...]:  # one reading per model, profile and polarity
+        return (id(it.model), it.profile, it.decision.polarity, it.raw is not None)
+
+    keys = {key(it): it for it in items}
+    for k_, first in keys.items():  # the profile that answered reads it
+        idx = [i for i, it in enumerate(items) if key(it) == k_]
+        raws = [items[i].raw for i in idx]
+        answered = None  # the answer's own pass, reused: three passes instead of four
+        if all(r is not None for r in raws):
+            answered = (first.decision.polarity, [r for r in raws if r is not None])
+        translator = first.model.translator_for(first.profile)
+        e, cyc = read_images(translator, [items[i].image for i in idx], answered)
         for k, i in enumerate(idx):
             d = items[i].decision
             margin = None

@@ -12,11 +12,13 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from semlayout.directions import DIRECTIONS
+from semlayout.serving import server_timing
 from semlayout.serving.prometheus import ServingMetrics
 
 
 class RequestMetricsMiddleware:
-    """Pure ASGI: counts every request by route template and status, times it, and records
+    """Pure ASGI: counts every request by route template and status, times it (and says where
+    its time went in the `Server-Timing` header, `serving.server_timing`), and records
     refused translate/align requests as error events in the monitoring store (after the
     response has gone out, so the client does not wait for the write)."""
 
@@ -33,11 +35,15 @@ class RequestMetricsMiddleware:
             return
         status = 500
         t0 = time.perf_counter()
+        timing = server_timing.begin()
 
         async def send_wrapper(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                headers = list(message.get("headers") or [])
+                headers.append((b"server-timing", timing.header().encode("latin-1")))
+                message = {**message, "headers": headers}
             await send(message)
 
         self.metrics.inflight.inc()

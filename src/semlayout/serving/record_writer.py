@@ -164,6 +164,20 @@ class RecordWriter:
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        self.hand_over(records, fut, loop)
+        await fut
+
+    def hand_over(
+        self,
+        records: Sequence[TranslationRecord],
+        fut: asyncio.Future[None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Queue one request's rows; `fut` (of `loop`) is settled once they are committed
+        (or with the error that refused them). Callable from any thread, so that the worker
+        thread that prepared the rows hands them over itself (the request then awaits `fut`:
+        the commit runs while the hop returns to the event loop); WriterFull at once when the
+        writer is closed or holds `max_pending` requests already."""
         with self._lock:
             if self._closed:
                 raise WriterFull("monitoring writer closed: the server is shutting down")
@@ -174,7 +188,6 @@ class RecordWriter:
                 )
             self._pending += 1
             self._queue.put(_Pending(list(records), fut, loop))
-        await fut
 
     def close(self, timeout: float = 60.0) -> None:
         """Take no more rows; commit what was taken; say what happened."""

@@ -52,6 +52,7 @@ from semlayout.monitoring.store import Prediction, TranslationRecord
 from semlayout.polarity import PolarityChoice, name_of
 from semlayout.polarity_auto import PolarityDecision
 from semlayout.polarity_layer import DEFAULT_LAYER, LayerPrior, LayerState
+from semlayout.serving import server_timing
 from semlayout.serving.batcher import ImageResult, QueueFull
 from semlayout.serving.deferred_work import confidences, defer_full, kept_input
 from semlayout.serving.engine import LoadedModel
@@ -59,6 +60,7 @@ from semlayout.serving.layer_evidence import settled_decision
 from semlayout.serving.schemas import DriftInfo
 from semlayout.serving.settings import ServeSettings
 from semlayout.serving.state import ServingState
+from semlayout.serving.uploads import Encoded, decode_all
 from semlayout.tiling import check_field, is_field
 
 
@@ -99,6 +101,7 @@ class Forwarded:
     # the image's own polarity evidence: read in the request ("image"), after the answer
     # ("deferred": a one-pass answer, `serving.layer_evidence`), or not at all (None)
     evidence: str | None = None
+    raw: np.ndarray | None = None  # the network's own output (the deferred reading reuses it)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ def _busy(err: QueueFull) -> HTTPException:
 class _Before:
     """What a request knows before its forward (`_before`)."""
 
+    images: list[np.ndarray]  # the request's images, decoded
     known: LayerState  # its layer, as the store has it
     prior: LayerPrior | None  # the layer's word for the batcher (None: a one-pass request)
     model: LoadedModel  # the model its input sides were judged for
@@ -135,15 +139,17 @@ class _Before:
 def _before(
     state: ServingState,
     direction: Direction,
-    images: Sequence[np.ndarray],
+    uploads: Sequence[np.ndarray | Encoded],
     polarity: PolarityChoice,
     layer: str,
-    start: Callable[[PolarityDecision | None, LayerPrior | None], None],
+    start: Callable[[PolarityDecision | None, LayerPrior | None, list[np.ndarray]], None],
 ) -> _Before:
-    """Worker thread, before the forward: the layer's state, the refusals (a polarity the
+    """Worker thread, before the forward: the uploads decoded, the layer's state, the
+    refusals (a polarity the
     model never learned, a field over the size limit, no room in the queue: before any
     work), whether the layer's polarity is settled, then `start` (the forward, with the
     settled decision and the batcher's prior) and the input sides while it runs."""
+    images = decode_all(uploads, state.settings)
     known = state.layers.get(layer)
     fallback = state.settings.layer_prior  # the server's layer polarity, for every layer
     prior = replace(known, configured=known.configured or fallback).prior()
@@ -161,15 +167,14 @@ def _before(
     expected = det.expected_polarity if det is not None else None
     translator = model.translator_for(model.profile_for(layer))
     one = settled_decision(translator, direction, polarity, known, fallback, expected, images)
-    start(one, None if one else prior)  # a one-pass request batches with any layer's
+    start(one, None if one else prior, images)  # a one-pass request batches with any layer's
     sides = [input_side(img, det) for img in images]  # while the model runs
-    return _Before(known, None if one else prior, model, sides, one)
+    return _Before(images, known, None if one else prior, model, sides, one)
 
 
 def _after(
     state: ServingState,
     direction: Direction,
-    images: Sequence[np.ndarray],
     binarize: bool,
     layer: str,
     tier: str,
@@ -179,6 +184,7 @@ def _after(
     """Worker thread, after the forward: the confidences, the drift checks (a model swapped
     meanwhile judges by its own reference), `binarize`, the images' evidence pooled into the
     layer and each image's polarity judged against the one the layer should show."""
+    images = pre.images
     if pre.one is not None:  # one pass in the layer's polarity: the evidence is deferred
         results = [replace(r, decision=pre.one) for r in results]
         # the confidence's signals as under a given polarity (the layer's margin is not this
@@ -222,6 +228,7 @@ def _after(
             r.output,
             r.profile,
             reading or ("image" if r.decision.evidence is not None else None),
+            r.raw if reading else None,  # only a deferred reading needs it
         )  # fmt: skip
         for img, out, r, res, side, c in zip(
             images, outs, results, checks, pre.sides, confs, strict=True
@@ -232,7 +239,7 @@ def _after(
 async def forward(
     state: ServingState,
     direction: Direction,
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray | Encoded],
     binarize: bool,
     polarity: PolarityChoice = PolarityChoice.auto,
     layer: str = DEFAULT_LAYER,
@@ -243,27 +250,34 @@ async def forward(
     """Run `images` through the model (all or none: 503 when the queue has no room for all)
     in `polarity` (auto: with `layer`'s configured polarity and pooled evidence; one pass when
     the layer has settled it, `serving.layer_evidence`); the input side of the rows (hash,
-    statistics, drift features) and the confidence in `tier` (inline | full). One worker-thread
-    hop before the forward (`_before`: it starts the forward on the event loop and computes
-    the input sides while the model runs) and one after (`_after`, then `finish`, e.g.
+    statistics, drift features) and the confidence in `tier` (inline | full). `images`: arrays,
+    or uploads read but not decoded (`uploads.Encoded`). One worker-thread hop before the
+    forward (`_before`: it decodes the uploads, starts the forward on the event loop and
+    computes the input sides while the model runs) and one after (`_after`, then `finish`, e.g.
     `prepare`, in the same hop); returns `finish(items)`, the items without it."""
     task: list[asyncio.Future[list[ImageResult]]] = []
 
-    def launch(one: PolarityDecision | None, prior: LayerPrior | None) -> None:  # event loop
+    def launch(
+        one: PolarityDecision | None, prior: LayerPrior | None, decoded: list[np.ndarray]
+    ) -> None:  # event loop
         ask = PolarityChoice(name_of(one.polarity)) if one is not None else polarity
         # the layer label selects its profile when the model learned one (the engine's call)
         task.append(
             asyncio.ensure_future(
-                state.batcher.submit_many(direction, images, ask, prior, profile=layer)
+                state.batcher.submit_many(direction, decoded, ask, prior, profile=layer)
             )
         )
 
-    def start(one: PolarityDecision | None, prior: LayerPrior | None) -> None:  # worker thread
-        anyio.from_thread.run_sync(launch, one, prior)
+    def start(
+        one: PolarityDecision | None, prior: LayerPrior | None, decoded: list[np.ndarray]
+    ) -> None:  # worker thread
+        anyio.from_thread.run_sync(launch, one, prior, decoded)
 
     try:
-        pre = await run_in_threadpool(_before, state, direction, images, polarity, layer, start)
-        results = await task[0]
+        with server_timing.span("before"):
+            pre = await run_in_threadpool(_before, state, direction, images, polarity, layer, start)
+        with server_timing.span("model"):
+            results = await task[0]
     except QueueFull as err:
         raise _busy(err) from None
     except BaseException:
@@ -272,10 +286,12 @@ async def forward(
         raise
 
     def post() -> Any:
-        items = _after(state, direction, images, binarize, layer, tier, pre, results)
+        items = _after(state, direction, binarize, layer, tier, pre, results)
         return finish(items) if finish is not None else items
 
-    return await run_in_threadpool(post)
+    server_timing.add("forward", max(r.forward_ms for r in results))
+    with server_timing.span("after"):
+        return await run_in_threadpool(post)
 
 
 def _pool(
@@ -407,7 +423,7 @@ async def translate(
     state: ServingState,
     endpoint: str,
     direction: Direction,
-    images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray | Encoded],
     binarize: bool,
     t0: float,
     polarity: PolarityChoice = PolarityChoice.auto,
@@ -422,13 +438,20 @@ async def translate(
     monitors slice by; `tier` the confidence the answer carries (the full one follows in the
     store when it is the inline one: `defer_full`)."""
 
+    loop = asyncio.get_running_loop()
+    committed: asyncio.Future[None] = loop.create_future()
+
     def then(items: list[Forwarded]) -> tuple[list[Forwarded], list[Any]]:
-        return items, [prepare(state, endpoint, direction, it, t0, cohort) for it in items]
+        prepared = [prepare(state, endpoint, direction, it, t0, cohort) for it in items]
+        # handed to the record writer from this worker thread: the commit runs meanwhile
+        state.writer.hand_over([rec for _, rec in prepared], committed, loop)
+        return items, prepared
 
     items, prepared = await forward(
         state, direction, images, binarize, polarity, layer, tier, finish=then
     )
-    await state.writer.record([rec for _, rec in prepared])  # committed: then the answer
+    with server_timing.span("record"):
+        await committed  # committed (all rows or none): then the answer
     done = [tr for tr, _ in prepared]
     _observe(state, direction, done)
     await defer_full(state, direction, items, [tr.prediction_id for tr in done])

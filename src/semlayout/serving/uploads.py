@@ -5,7 +5,8 @@ header is read first (`semlayout.data.image_header`: PNG, TIFF, JPEG; anything e
 its size and depth checked, and only then does `cv2.imdecode` run; its result is checked
 again (`semlayout.data.pairs.decode_gray8`). Errors name the upload field.
 `read_image` is a request's whole decode step: read the part, then check and decode it in
-a worker thread (never on the event loop).
+a worker thread (never on the event loop); the translate path reads the part on the event
+loop (`read_encoded`) and decodes it in its first worker-thread hop (`decode_all`).
 
 The request body itself is limited by `BodyLimitMiddleware`: a Content-Length above the
 limit is answered 413 at once, and a chunked body is counted while it streams in and
@@ -14,19 +15,26 @@ cut off with 413 when it passes the limit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from fastapi import HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from semlayout.data.image_header import HeaderRejected, ImageHeader, check_header, read_header
 from semlayout.data.pairs import ImageRejected, decode_gray8
+from semlayout.serving import server_timing
 from semlayout.serving.settings import ServeSettings
 
 __all__ = [
+    "Encoded",
     "ImageHeader",
     "UploadRejected",
     "check_header",
+    "decode_all",
     "decode_upload",
+    "read_encoded",
     "read_header",
     "read_image",
     "read_upload",
@@ -70,6 +78,32 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise UploadRejected(413, f"'{upload.filename}' exceeds the {max_bytes} byte limit")
     return data
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An upload's bytes, read on the event loop and decoded in the request's first
+    worker-thread hop (`decode_all`): one hop fewer than `read_image`."""
+
+    data: bytes
+    name: str  # the form field, for the error messages
+
+
+async def read_encoded(upload: UploadFile, name: str, settings: ServeSettings) -> Encoded:
+    """Read one upload field within the byte limit; decoded later (`decode_all`)."""
+    return Encoded(await read_upload(upload, settings.max_upload_bytes), name)
+
+
+def decode_all(images: Sequence[np.ndarray | Encoded], settings: ServeSettings) -> list[np.ndarray]:
+    """Worker thread: the uploads decoded within the server's limits (4xx with the field's
+    name for the first that is refused); decoded arrays pass through."""
+    with server_timing.span("decode"):
+        return [
+            decode_upload(x.data, x.name, settings.max_pixels, settings.min_side)
+            if isinstance(x, Encoded)
+            else x
+            for x in images
+        ]
 
 
 async def read_image(upload: UploadFile, name: str, settings: ServeSettings) -> np.ndarray:

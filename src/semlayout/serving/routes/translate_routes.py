@@ -1,6 +1,7 @@
 """POST /v1/translate/{direction} (PNG), .../json (TranslateResponse), .../batch (a list).
 
-Each endpoint: check the query, decode the uploads (`serving.uploads.read_image`), then
+Each endpoint: check the query, read the uploads (`serving.uploads.read_encoded`; decoded in
+the translate path's first worker-thread hop), then
 `serving.translation.translate` (forward through the micro-batcher, record) and answer.
 `polarity` (auto | bright | dark; a query parameter or a form field) says which side of the
 SEM contrast is the pattern; `layer` (a query parameter or a form field, `[A-Za-z0-9._-]{1,64}`;
@@ -32,11 +33,12 @@ from semlayout.directions import Direction
 from semlayout.errors import SemlayoutError
 from semlayout.polarity import CHOICES, PolarityChoice, parse_choice
 from semlayout.polarity_layer import check_layer
+from semlayout.serving import server_timing
 from semlayout.serving.answers import as_response, png_headers
 from semlayout.serving.deps import SettingsDep, StateDep
 from semlayout.serving.schemas import PNG_IMAGE, UPLOAD_ERRORS, TranslateResponse
 from semlayout.serving.translation import translate
-from semlayout.serving.uploads import read_image
+from semlayout.serving.uploads import read_encoded
 
 router = APIRouter(tags=["translate"])
 
@@ -138,11 +140,12 @@ async def translate_png(
 ) -> Response:
     """Translate one image; answers a PNG of the input's size."""
     t0 = time.perf_counter()
+    server_timing.mark_since_start("parse")  # the body read, the form parsed
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
     lay = layer_label(layer, layer_form)
     tier = confidence_tier(confidence, confidence_form)
-    img = await read_image(image, "image", settings)
+    img = await read_encoded(image, "image", settings)  # decoded in the first worker hop
     [done] = await translate(
         state, "/v1/translate/{direction}", direction, [img], binarize, t0, pol, lay, cohort, tier
     )
@@ -171,11 +174,12 @@ async def translate_json(
     """Translate one image; answers JSON with the PNG in base64, the polarity used and the
     drift verdict."""
     t0 = time.perf_counter()
+    server_timing.mark_since_start("parse")  # the body read, the form parsed
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
     lay = layer_label(layer, layer_form)
     tier = confidence_tier(confidence, confidence_form)
-    img = await read_image(image, "image", settings)
+    img = await read_encoded(image, "image", settings)  # decoded in the first worker hop
     [done] = await translate(
         state,
         "/v1/translate/{direction}/json",
@@ -213,6 +217,7 @@ async def translate_batch(
     """Translate several `images` fields (up to SEMLAYOUT_MAX_BATCH_IMAGES) in one request,
     all in `polarity` (auto decides per image)."""
     t0 = time.perf_counter()
+    server_timing.mark_since_start("parse")  # the body read, the form parsed
     check_binarize(direction, binarize)
     pol = polarity_choice(polarity, polarity_form)
     lay = layer_label(layer, layer_form)
@@ -224,7 +229,7 @@ async def translate_batch(
             413,
             detail=f"{len(images)} images in one batch; the limit is {settings.max_batch_images}",
         )
-    decoded = [await read_image(up, f"images[{i}]", settings) for i, up in enumerate(images)]
+    decoded = [await read_encoded(up, f"images[{i}]", settings) for i, up in enumerate(images)]
     done = await translate(
         state,
         "/v1/translate/{direction}/batch",

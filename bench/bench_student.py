@@ -15,7 +15,10 @@ the students `semlayout train --set loss.lambda_distill=... --set train.teacher=
 the networks timed are those checkpoints and the trained teacher (`SEMLAYOUT_BENCH_MODEL`,
 else the last `make run`'s checkpoint), loaded with `Translator.load` as a server would, each
 on every backend, interleaved the same way. The quality half is `python -m bench quality` on
-each checkpoint (docs/performance.md section 5).
+each checkpoint (docs/performance.md section 5); with `SEMLAYOUT_BENCH_SHARDS` too, this bench
+adds the paired view of it: per-image SEM->Layout IoU (given polarity, the drawn layout) of the
+teacher and each student on the same test-split and independent-simulator pairs, and the mean
+loss with a 95 % bootstrap interval (is a gap to the 0.005 bar more than sampling noise?).
 """
 
 from __future__ import annotations
@@ -89,6 +92,60 @@ def _time(models: dict[str, Any], rounds: int) -> dict[str, Stats]:
     return interleaved(fns, rounds)
 
 
+def _pairs(shards: str, n: int) -> dict[str, tuple[list[np.ndarray], list[np.ndarray], Any]]:
+    """{"test split": (sems, layouts, polarities), "independent": (...)}: bench quality's pairs."""
+    from semlayout.data.shards import load_split_arrays
+    from semlayout.evaluation import select_indices
+
+    d = load_split_arrays(shards, "test")
+    idx = select_indices(d["families"], n)
+    out = {"test split": (list(d["sem"][idx]), list(d["layout"][idx]), d["polarity"][idx])}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import independent_sim as sim
+
+    rng = np.random.default_rng(123)  # bench quality's seed: the same 300 pairs
+    made = [sim.make_pair(i, rng, p_unalignable=0.0) for i in range(n)]
+    sems = [p.sem[p.y : p.y + sim.TPL, p.x : p.x + sim.TPL] for p in made]
+    out["independent"] = (sems, [p.layout for p in made], np.array([p.polarity for p in made]))
+    return out
+
+
+def paired_quality(models: dict[str, str], shards: str, n: int) -> dict[str, Any]:
+    """Per source, each student's mean IoU loss against the teacher on identical pairs, with a
+    95 % bootstrap interval over the pairs (2,000 resamples)."""
+    from semlayout import metrics as M
+    from semlayout.inference import Translator
+
+    pairs, out = _pairs(shards, n), {}
+    for source, (sems, lays, pol) in pairs.items():
+        iou = {}
+        for name, ckpt in models.items():
+            tr, scores = Translator.load(ckpt), np.full(len(sems), np.nan)
+            for p in (1, -1):
+                at = np.flatnonzero(pol == p)
+                drawn = tr.translate("sem2layout", [sems[i] for i in at], binarize=True, polarity=p)
+                scores[at] = [M.iou(o, lays[i]) for o, i in zip(drawn, at, strict=True)]
+            iou[name] = scores
+        rng = np.random.default_rng(0)
+        for name in list(models)[1:]:
+            loss = iou["teacher"] - iou[name]
+            boot = [loss[rng.integers(0, len(loss), len(loss))].mean() for _ in range(2000)]
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            out[f"{source}/{name}"] = {
+                "n": len(loss),
+                "teacher": float(iou["teacher"].mean()),
+                "student": float(iou[name].mean()),
+                "loss": float(loss.mean()),
+                "ci95": [float(lo), float(hi)],
+            }
+            print(
+                f"  {source:12} {name:10} n={len(loss)} IoU teacher {iou['teacher'].mean():.4f} "
+                f"student {iou[name].mean():.4f}: loss {loss.mean():+.4f} "
+                f"[{lo:+.4f}, {hi:+.4f}] (bar <= 0.005)"
+            )
+    return out
+
+
 def main(quick: bool = False) -> dict[str, Any]:
     rounds = 10 if quick else 40
     trained = _trained()
@@ -126,6 +183,10 @@ def main(quick: bool = False) -> dict[str, Any]:
             f"{verdict if name != 'teacher' else 'the reference'}"
         )
         out[name] = {"best_ms": ms, "backend": backend, "speedup": speedup}
+    shards = os.environ.get("SEMLAYOUT_BENCH_SHARDS")
+    if trained is not None and shards:
+        print("paired SEM->Layout IoU, given polarity (mean loss vs the teacher [95 % bootstrap]):")
+        out["paired_quality"] = paired_quality(trained, shards, 60 if quick else 300)
     return out
 
 

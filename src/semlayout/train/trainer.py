@@ -10,7 +10,7 @@ Loss terms, each already multiplied by its lambda:
   idt_A / idt_B     G_A(layout) vs layout / G_B(sem) vs sem (optional)
   dice_A            soft Dice of G_A(sem) vs layout (optional: small, rare features)
   distill_A / _B    G_A(sem) / G_B(layout) vs a frozen teacher's output for the same input and
-                    polarity (optional: loss.lambda_distill + train.teacher, train.distill)
+                    polarity (optional: loss.lambda_distill + train.teacher; train/distill.py)
 
 `Trainer` owns the networks, optimisers and image pools and runs one step
 (`semlayout.train.loop` drives the epochs).

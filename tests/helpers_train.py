@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -9,6 +11,18 @@ import torch
 from torch.utils.data import Dataset
 
 from semlayout.config import ExperimentConfig, config_from_dict
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch at one intra-op thread inside (the machine is shared: two threads spin against
+    other jobs and run 10x slower), its previous count restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def tiny_config(**train: Any) -> ExperimentConfig:

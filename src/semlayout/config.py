@@ -136,6 +136,12 @@ class LossConfig(_Strict):
         "leans on L1 and predicts the expected SEM rather than imitating its shot noise",
     )
     real_label: float = Field(0.9, gt=0, le=1, description="label smoothing on real targets")
+    lambda_distill: float = Field(
+        0.0,
+        ge=0,
+        description="distillation: L1 of each student generator's output to the teacher's "
+        "(train.teacher, eval mode, no grad) for the same input and polarity; 0 disables it",
+    )
 
 
 class TrainConfig(_Strict):
@@ -177,6 +183,12 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, description="step checkpoints kept in RUN/checkpoints")
     val_samples: int = Field(32, ge=0, description="val images scored after each epoch; 0 skips")
     sample_images: int = Field(4, ge=0, description="val images in the per-epoch sample grid")
+    teacher: str | None = Field(
+        None,
+        description="distillation teacher: a checkpoint folder (config.json + "
+        "weights.safetensors) whose generators the student's follow at loss.lambda_distill; "
+        "same image size, channels, polarity conditioning and profiles; None = no teacher",
+    )
 
     @model_validator(mode="after")
     def _decay_inside_run(self) -> TrainConfig:
@@ -268,6 +280,15 @@ class ExperimentConfig(_Strict):
                     f"n_down={g.n_down}: expected at most image_size and a multiple of "
                     f"2**n_down={2**g.n_down} that leaves a bottleneck >= 2 px"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _distill_has_teacher(self) -> ExperimentConfig:
+        if (self.loss.lambda_distill > 0) != bool(self.train.teacher):
+            raise ValueError(
+                "loss.lambda_distill > 0 and train.teacher go together: set both to distill "
+                f"(lambda_distill={self.loss.lambda_distill}, teacher={self.train.teacher!r})"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,11 +8,11 @@ headers. A client subtracts `app` from what it measured to get the transport's s
 the socket, its own parsing). Stages of a translate request: `parse` (the body read and the
 multipart form parsed before the handler runs), `decode` (the uploads to pixels, the first
 thing `before` does), `before` (the worker-thread hop before the forward, including the wait
-for a free worker),
-`model` (the wait for the micro-batcher: queue + forward), `forward` (the forward pass of the
-micro-batch that carried the request, part of `model`), `after` (the hop after it: the
-confidence, the layer's evidence, the answer's PNG and the rows), `record` (the awaited
-commit of the rows, handed to the record writer at the end of `after`).
+for a free worker), `model` (the wait for the micro-batcher after that hop: the forward
+started inside it), `forward` (the forward pass of the micro-batch that carried the
+request), `after` (the hop after it: the confidence, the layer's evidence, the answer's PNG
+and the rows), `record` (the awaited commit of the rows, handed to the record writer at the
+end of `after`).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from semlayout.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from semlayout.train.distill import load_teacher
 from semlayout.train.distributed import DistContext
 from semlayout.train.mlflow_logger import MlflowLogger
 from semlayout.train.polarity_head import with_auto_head
@@ -53,6 +54,7 @@ from semlayout.train.schedule import lr_factor
 from semlayout.train.trainer import LOGGED, Trainer
 
 PROGRESS_KEYS = ("d_A", "d_B", "gan_A", "gan_B", "l1_A", "l1_B", "cycle_A", "fm_A")
+DISTILL_KEYS = ("distill_A", "distill_B")
 
 
 @dataclass
@@ -100,7 +102,7 @@ def run_training(
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed)
-    trainer = Trainer(cfg, _networks(cfg, init_from), ctx)
+    trainer = Trainer(cfg, _networks(cfg, init_from), ctx, load_teacher(cfg, ctx.device))
     state = resume_run(run_dir, trainer, ctx) if resume else RunState()
     weights = family_weights(train_ds) if t.balanced_sampling else None
     logger = MlflowLogger(mlflow_uri, experiment, cfg, enabled=ctx.is_main)
@@ -249,7 +251,8 @@ def _show_progress(run: _Run, losses: dict[str, float]) -> None:
         return
     run.bar.update(1)
     if run.state.step % max(1, min(run.cfg.train.log_every, 10)) == 0:
-        run.bar.set_postfix({k: f"{losses[k]:.3g}" for k in PROGRESS_KEYS})
+        keys = PROGRESS_KEYS + (DISTILL_KEYS if run.cfg.loss.lambda_distill > 0 else ())
+        run.bar.set_postfix({k: f"{losses[k]:.3g}" for k in keys})
 
 
 # ---------------------------------------------------------------- end of an epoch

@@ -9,6 +9,8 @@ Loss terms, each already multiplied by its lambda:
   fm_A / fm_B       feature matching on D_A / D_B hidden layers (real side detached)
   idt_A / idt_B     G_A(layout) vs layout / G_B(sem) vs sem (optional)
   dice_A            soft Dice of G_A(sem) vs layout (optional: small, rare features)
+  distill_A / _B    G_A(sem) / G_B(layout) vs a frozen teacher's output for the same input and
+                    polarity (optional: loss.lambda_distill + train.teacher; train/distill.py)
 
 `Trainer` owns the networks, optimisers and image pools and runs one step
 (`semlayout.train.loop` drives the epochs).
@@ -60,6 +62,8 @@ LOSS_TERMS = (
     "idt_A",
     "idt_B",
     "dice_A",
+    "distill_A",
+    "distill_B",
 )
 LOGGED = ("loss_D", "d_A", "d_B", "loss_G", *LOSS_TERMS)
 
@@ -111,6 +115,7 @@ class Trainer:
         cfg: ExperimentConfig,
         nets: dict[str, nn.Module] | None = None,
         ctx: DistContext | None = None,
+        teacher: dict[str, nn.Module] | None = None,
     ):
         self.cfg = cfg
         self.ctx = ctx or DistContext()
@@ -121,6 +126,10 @@ class Trainer:
             distributed.broadcast_module(net, self.ctx)
         self.G_A, self.G_B = self.nets["G_A"], self.nets["G_B"]
         self.D_A, self.D_B = self.nets["D_A"], self.nets["D_B"]
+        # frozen G_A / G_B of a distillation teacher (semlayout.train.distill), or None
+        self.teacher = teacher
+        for net in (teacher or {}).values():
+            net.to(self.ctx.device, memory_format=memory_format).eval()  # type: ignore[call-overload]
         t = cfg.train
         device = self.ctx.device
         if t.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -248,12 +257,9 @@ class Trainer:
         """Update G_A and G_B (D frozen) on the sum of the loss terms; returns loss_G and them."""
         self.opt_G.zero_grad(set_to_none=True)
         terms = self._g_terms(b)
-        gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B, dice_A = (
-            terms[k] for k in LOSS_TERMS
-        )
-        loss_G = (
-            gan_A + gan_B + l1_A + l1_B + cycle_A + cycle_B + fm_A + fm_B + idt_A + idt_B + dice_A
-        )
+        loss_G = terms[LOSS_TERMS[0]]
+        for k in LOSS_TERMS[1:]:  # in order: the same sum, bit for bit, as before distillation
+            loss_G = loss_G + terms[k]
         g_values = self._check_finite({"loss_G": loss_G, **terms}, step)
         loss_G.backward()
         distributed.all_reduce_grads(chain(self.G_A.parameters(), self.G_B.parameters()), self.ctx)
@@ -302,7 +308,24 @@ class Trainer:
                 self._gen(self.G_B, b.real_sem, b.polarity, b.profile), b.real_sem
             )
         values = (gan_A, gan_B, l1_A, l1_B, cycle_A, cycle_B, fm_A, fm_B, idt_A, idt_B, dice_A)
-        return dict(zip(LOSS_TERMS, values, strict=True))
+        return {
+            **dict(zip(LOSS_TERMS[: len(values)], values, strict=True)),
+            **self._distill_terms(b),
+        }
+
+    def _distill_terms(self, b: _Batch) -> dict[str, torch.Tensor]:
+        """distill_A / distill_B: L1 of G_A's / G_B's output to the frozen teacher's for the
+        same input and polarity, times loss.lambda_distill (0 without a teacher)."""
+        lam, zero = self.cfg.loss.lambda_distill, b.real_sem.new_zeros(())
+        if self.teacher is None or lam <= 0:
+            return {"distill_A": zero, "distill_B": zero}
+        with torch.no_grad():
+            t_lay = self._gen(self.teacher["G_A"], b.real_sem, b.polarity, b.profile)
+            t_sem = self._gen(self.teacher["G_B"], b.real_lay, b.polarity, b.profile)
+        return {
+            "distill_A": lam * l1_loss(b.fake_lay, t_lay),
+            "distill_B": lam * l1_loss(b.fake_sem, t_sem),
+        }
 
     # ------------------------------------------------------------ optimiser state
 

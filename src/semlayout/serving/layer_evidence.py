@@ -86,7 +86,7 @@ def read_images(
     batch = np.stack([translator.preprocess(im) for im in images])[:, None]
     known = None
     if answered is not None:
-        known = {answered[0]: np.stack(list(answered[1]))[:, None].astype(np.float32)}
+        known = {answered[0]: np.stack(list(answered[1]))[:, None].astype(np.float32, copy=False)}
 
     def run_a(b: np.ndarray, p: np.ndarray) -> np.ndarray:
         return np.asarray(translator.run_batch(Direction.sem2layout, b, p))
@@ -110,10 +110,10 @@ def _read(items: Sequence[Forwarded]) -> list[PolarityDecision]:
     keys = {key(it): it for it in items}
     for k_, first in keys.items():  # the profile that answered reads it
         idx = [i for i, it in enumerate(items) if key(it) == k_]
-        raws = [items[i].raw for i in idx]
-        answered = None  # the answer's own pass, reused: three passes instead of four
-        if all(r is not None for r in raws):
-            answered = (first.decision.polarity, [r for r in raws if r is not None])
+        # the answer's own pass, reused: three passes instead of four (the key groups the
+        # items that kept it)
+        raws = [r for r in (items[i].raw for i in idx) if r is not None]
+        answered = (first.decision.polarity, raws) if first.raw is not None else None
         translator = first.model.translator_for(first.profile)
         e, cyc = read_images(translator, [items[i].image for i in idx], answered)
         for k, i in enumerate(idx):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +33,6 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
-        t0 = time.perf_counter()
         timing = server_timing.begin()
 
         async def send_wrapper(message: Any) -> None:
@@ -51,7 +49,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.inflight.dec()
-            await self._count(scope, status, time.perf_counter() - t0)
+            await self._count(scope, status, timing.since_start() / 1000)
 
     async def _count(self, scope: Any, status: int, dt: float) -> None:
         m = self.metrics
